@@ -1,0 +1,543 @@
+//! The durable log store: topics of entries, version vectors, consumers and tables, on sled.
+//!
+//! Data flow:
+//! - Writers ([`Store::append`], [`Store::commit`], topic and peer changes) send a request
+//!   to the one **owner** thread through a bounded inbox, and wait for its reply.
+//! - The owner drains what is waiting (up to `max_group` requests), applies each request
+//!   to its in-memory state (a refused transaction is rolled back alone), writes the whole
+//!   group as one sled batch, flushes once (fsync), then **publishes** the new state and
+//!   replies. This is group commit: concurrent appends share one flush.
+//! - Readers ([`Store::read`] and friends) run on any thread, concurrently, straight on
+//!   sled; they see only what is published, so never an entry that is not yet durable.
+//! - Tailers wait on a per-topic watch channel that the owner updates on publish.
+//!
+//! The durable write path, in order:
+//! 1. the group's entries of each topic become one block (`BLOCK` key), with a `TIME`
+//!    index key, and the topic's `STATE` (head, next offset, bytes, version vector);
+//! 2. table documents, cursors, interned names and topic definitions join the same batch;
+//! 3. `apply_batch` (sled recovers a batch all or nothing), then `flush` (fsync);
+//! 4. only then: publish to readers, wake tailers, acknowledge the writers.
+//!
+//! A failed write or flush **poisons** the store: every later write is refused with the
+//! cause, and the node must restart (reopen) to go on. Nothing acknowledged is lost.
+//!
+//! On open, the store checks the format version and that it belongs to this node, loads
+//! the catalog (topics, names, peers, counters) and creates the `_gaps` system topic.
+
+mod error;
+mod format;
+mod owner;
+mod txn;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::codec;
+use crate::entry::{Entry, EntryId, NodeName, Offset, Record, Retention, Scope, Seq, Timestamp};
+use crate::entry::{TopicConfig, TopicName};
+use format::{StoredEntry, block_key, doc_key, doc_prefix};
+use owner::Request;
+
+pub use error::{OpenError, ReadError, WriteError};
+pub use txn::{Appended, Committed, ConsumerName, TableName, Txn};
+
+/// The system topic where gaps (entries lost to the disk budget) are recorded.
+pub const GAPS_TOPIC: &str = "_gaps";
+
+/// How a store behaves; `Default` suits a local demo.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The node that owns the store: the origin of its appends.
+    pub node: NodeName,
+    /// Largest entry (or table document) accepted, in bytes as [`Entry::size`] counts.
+    pub max_entry_bytes: u64,
+    /// Total entry bytes the node may hold. Past it, retention removes the oldest entries
+    /// even if a peer still needs them, and records a gap. `None`: no budget.
+    pub disk_budget: Option<u64>,
+    /// sled's page cache, in bytes: more is faster reads, and more resident memory.
+    pub cache_bytes: u64,
+    /// Most requests one group commit takes: bounds the latency of one flush.
+    pub max_group: usize,
+    /// Requests that may wait for the owner; a full inbox makes writers wait.
+    pub inbox: usize,
+}
+
+impl StoreConfig {
+    /// The defaults, for a node of this name.
+    pub fn new(node: NodeName) -> Self {
+        Self {
+            node,
+            max_entry_bytes: 1 << 20,
+            disk_budget: None,
+            cache_bytes: 32 << 20,
+            max_group: 1024,
+            inbox: 4096,
+        }
+    }
+}
+
+/// A per origin map of the highest sequence held without a hole: what this node has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionVector(pub BTreeMap<NodeName, Seq>);
+
+impl VersionVector {
+    /// The highest sequence held from `origin` (0 if none).
+    pub fn get(&self, origin: &NodeName) -> Seq {
+        self.0.get(origin).copied().unwrap_or_default()
+    }
+}
+
+/// A topic as the store sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Its definition.
+    pub config: TopicConfig,
+    /// The oldest offset held.
+    pub first: Offset,
+    /// The offset the next entry gets.
+    pub next: Offset,
+    /// Entry bytes held.
+    pub bytes: u64,
+}
+
+/// A peer this node replicates to, for retention: an entry it has not received is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's name.
+    pub name: NodeName,
+    /// Whether it is the core (it receives entries addressed to any node).
+    pub core: bool,
+    /// The topics it receives from this node.
+    pub topics: Vec<TopicName>,
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Entries removed.
+    pub removed: u64,
+    /// Gaps recorded (ranges a peer will never receive from this node).
+    pub gaps: Vec<Gap>,
+}
+
+/// Entries lost before a peer received them: recorded in [`GAPS_TOPIC`] as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Gap {
+    /// The topic.
+    pub topic: TopicName,
+    /// The origin of the lost entries.
+    pub origin: NodeName,
+    /// First lost sequence.
+    pub first: Seq,
+    /// Last lost sequence.
+    pub last: Seq,
+    /// Why they were removed.
+    pub reason: String,
+    /// The peers that had not received them.
+    pub peers: Vec<NodeName>,
+}
+
+/// A handle to an open store. Cheap to clone; the store closes when the last handle
+/// drops (or at [`Store::close`]).
+#[derive(Debug, Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    inbox: mpsc::Sender<Request>,
+}
+
+/// What readers and the owner share. Only the owner changes the catalog and publishes.
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    node: NodeName,
+    db: sled::Db,
+    tree: sled::Tree,
+    catalog: RwLock<Catalog>,
+}
+
+#[derive(Debug, Default)]
+struct Catalog {
+    topics: HashMap<TopicName, Arc<TopicView>>,
+    /// Interned node names, by id.
+    names: Vec<NodeName>,
+}
+
+/// A topic's published state: what readers may see.
+#[derive(Debug)]
+struct TopicView {
+    id: u32,
+    config: Mutex<TopicConfig>,
+    published: Mutex<format::StateRecord>,
+    tail: watch::Sender<Offset>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        let db = open_sled(&path, config.cache_bytes)?;
+        let tree = db.open_tree("tether").map_err(|e| sled_open_error(&path, e))?;
+        let shared = Arc::new(Shared {
+            path,
+            node: config.node.clone(),
+            db,
+            tree,
+            catalog: RwLock::new(Catalog::default()),
+        });
+        let inbox = owner::start(shared.clone(), config)?;
+        Ok(Store { shared, inbox })
+    }
+
+    /// The node that owns this store.
+    pub fn node(&self) -> &NodeName {
+        &self.shared.node
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Creates a topic, or updates the retention of an existing one. Its scope never
+    /// changes: asking for another scope is an error.
+    pub async fn create_topic(&self, config: TopicConfig) -> Result<(), WriteError> {
+        self.request(|reply| Request::CreateTopic { config, reply }).await
+    }
+
+    /// Appends one entry of this node's origin; returns once it is durable.
+    pub async fn append(&self, topic: &TopicName, append: crate::entry::Append) -> Result<Appended, WriteError> {
+        let mut txn = Txn::new();
+        txn.append(topic, append);
+        let mut done = self.commit(txn).await?;
+        done.appended.pop().ok_or(WriteError::Closed)
+    }
+
+    /// Commits a transaction; returns once all of it is durable, or an error and nothing.
+    pub async fn commit(&self, txn: Txn) -> Result<Committed, WriteError> {
+        self.request(|reply| Request::Commit { txn, reply }).await
+    }
+
+    /// Records (or replaces) a peer and the topics it receives from this node.
+    pub async fn set_peer(&self, peer: PeerConfig) -> Result<(), WriteError> {
+        self.request(|reply| Request::SetPeer { peer, reply }).await
+    }
+
+    /// Records that `peer` durably holds `vector` of `topic`: retention may now remove
+    /// what it covers.
+    pub async fn peer_acked(&self, peer: &NodeName, topic: &TopicName, vector: VersionVector) -> Result<(), WriteError> {
+        let (peer, topic) = (peer.clone(), topic.clone());
+        self.request(|reply| Request::PeerAcked { peer, topic, vector, reply }).await
+    }
+
+    /// Applies retention now. The node calls this on a timer; tests call it directly.
+    pub async fn enforce_retention(&self) -> Result<RetentionReport, WriteError> {
+        self.request(|reply| Request::Retain { reply }).await
+    }
+
+    /// Finishes the writes already queued, flushes, and stops the owner. Later writes
+    /// fail with [`WriteError::Closed`]; reads go on working.
+    pub async fn close(&self) -> Result<(), WriteError> {
+        self.request(|reply| Request::Close { reply }).await
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, WriteError>>) -> Request) -> Result<T, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.inbox.send(make(reply)).await.map_err(|_| WriteError::Closed)?;
+        rx.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// All topics, sorted by name.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let views: Vec<_> = self.catalog().topics.values().cloned().collect();
+        let mut infos: Vec<_> = views.iter().map(|v| v.info()).collect();
+        infos.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        infos
+    }
+
+    /// One topic, if it exists.
+    pub fn topic(&self, name: &TopicName) -> Option<TopicInfo> {
+        self.view(name).ok().map(|v| v.info())
+    }
+
+    /// Up to `max` records from offset `from` on, in offset order. Offsets below the
+    /// topic's head (removed by retention) are skipped.
+    pub fn read(&self, topic: &TopicName, from: Offset, max: usize) -> Result<Vec<Record>, ReadError> {
+        let view = self.view(topic)?;
+        let (first, next) = view.window();
+        let start = from.0.max(first);
+        let mut out = Vec::new();
+        if start >= next || max == 0 {
+            return Ok(out);
+        }
+        // The block holding `start` is the last one that begins at or before it.
+        let tree = &self.shared.tree;
+        let lo = block_key(view.id, 0);
+        let begin = match tree.range(lo..=block_key(view.id, start)).next_back() {
+            Some(kv) => kv.map_err(|e| self.corrupt(e))?.0,
+            None => block_key(view.id, start).as_slice().into(),
+        };
+        let end: sled::IVec = block_key(view.id + 1, 0).as_slice().into();
+        for kv in tree.range(begin..end) {
+            let (key, value) = kv.map_err(|e| self.corrupt(e))?;
+            let block_first = format::block_first(&key).ok_or_else(|| self.corrupt("bad block key"))?;
+            if block_first >= next {
+                break;
+            }
+            for (offset, e) in (block_first..).zip(self.decode_block(&value)?) {
+                if offset >= start && offset < next {
+                    out.push(self.record(Offset(offset), e)?);
+                    if out.len() == max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` records whose origin timestamp lies in `[from, to)`, in offset order.
+    pub fn read_time(&self, topic: &TopicName, from: Timestamp, to: Timestamp, max: usize) -> Result<Vec<Record>, ReadError> {
+        let view = self.view(topic)?;
+        let (first, next) = view.window();
+        // The time index is keyed by each block's newest timestamp: every block with an
+        // entry at or after `from` is at or after (from, 0).
+        let mut blocks = Vec::new();
+        let range = format::time_key(view.id, from.0, 0)..format::time_key(view.id + 1, 0, 0);
+        for kv in self.shared.tree.range(range) {
+            let (key, value) = kv.map_err(|e| self.corrupt(e))?;
+            let (_, block_first) = format::time_parts(&key).ok_or_else(|| self.corrupt("bad time key"))?;
+            let min_ts = format::u64_value(&value).ok_or_else(|| self.corrupt("bad time value"))?;
+            if min_ts < to.0 && block_first < next {
+                blocks.push(block_first);
+            }
+        }
+        blocks.sort_unstable();
+        let mut out = Vec::new();
+        for block_first in blocks {
+            let Some(value) = self.shared.tree.get(block_key(view.id, block_first)).map_err(|e| self.corrupt(e))? else {
+                continue; // removed by retention since the index was read
+            };
+            for (offset, e) in (block_first..).zip(self.decode_block(&value)?) {
+                if offset >= first && offset < next && e.ts >= from.0 && e.ts < to.0 {
+                    out.push(self.record(Offset(offset), e)?);
+                    if out.len() == max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The topic's version vector, as durable.
+    pub fn vector(&self, topic: &TopicName) -> Result<VersionVector, ReadError> {
+        let view = self.view(topic)?;
+        let ids = view.published().vector;
+        let catalog = self.catalog();
+        let mut vector = BTreeMap::new();
+        for (id, seq) in ids {
+            let name = catalog.names.get(id as usize).ok_or_else(|| self.corrupt("unknown origin id"))?;
+            vector.insert(name.clone(), Seq(seq));
+        }
+        Ok(VersionVector(vector))
+    }
+
+    /// A watch of the topic's next offset: it changes when new entries are durable.
+    pub fn subscribe(&self, topic: &TopicName) -> Result<watch::Receiver<Offset>, ReadError> {
+        Ok(self.view(topic)?.tail.subscribe())
+    }
+
+    /// Waits until the topic holds an entry at `offset` (or later), without polling.
+    pub async fn wait(&self, topic: &TopicName, offset: Offset) -> Result<(), ReadError> {
+        let mut rx = self.subscribe(topic)?;
+        // The sender lives in the catalog for the store's life, so `wait_for` only fails
+        // once the store is gone; then there is nothing more to wait for.
+        let _ = rx.wait_for(|next| *next > offset).await;
+        Ok(())
+    }
+
+    /// A consumer's cursor: the first offset it has not processed (0 if new).
+    pub fn cursor(&self, consumer: &ConsumerName, topic: &TopicName) -> Result<Offset, ReadError> {
+        let view = self.view(topic)?;
+        let key = format::cursor_key(consumer.as_str(), view.id);
+        match self.shared.tree.get(key).map_err(|e| self.corrupt(e))? {
+            Some(v) => format::u64_value(&v).map(Offset).ok_or_else(|| self.corrupt("bad cursor value")),
+            None => Ok(Offset(0)),
+        }
+    }
+
+    /// A durable consumer of `topic`, starting at its committed cursor.
+    pub fn consumer(&self, name: ConsumerName, topic: TopicName) -> Result<Consumer, ReadError> {
+        let position = self.cursor(&name, &topic)?;
+        Ok(Consumer { store: self.clone(), name, topic, position })
+    }
+
+    /// A document of a table.
+    pub fn doc(&self, table: &TableName, id: &str) -> Result<Option<serde_json::Value>, ReadError> {
+        let key = doc_key(table.as_str(), id);
+        let Some(bytes) = self.shared.tree.get(key).map_err(|e| self.corrupt(e))? else {
+            return Ok(None);
+        };
+        let doc = serde_json::from_slice(&bytes).map_err(|e| self.corrupt(format!("document {table:?}/{id}: {e}")))?;
+        Ok(Some(doc))
+    }
+
+    /// All documents of a table, by id.
+    pub fn docs(&self, table: &TableName) -> Result<Vec<(String, serde_json::Value)>, ReadError> {
+        let prefix = doc_prefix(table.as_str());
+        let mut out = Vec::new();
+        for kv in self.shared.tree.scan_prefix(&prefix) {
+            let (key, value) = kv.map_err(|e| self.corrupt(e))?;
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let doc = serde_json::from_slice(&value).map_err(|e| self.corrupt(format!("document {table:?}/{id}: {e}")))?;
+            out.push((id, doc));
+        }
+        Ok(out)
+    }
+
+    /// Bytes the store's files take on disk now (sled's count, garbage included).
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        // The owner never panics while holding the lock (it only inserts into maps), so a
+        // poisoned lock still holds a consistent catalog.
+        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn view(&self, topic: &TopicName) -> Result<Arc<TopicView>, ReadError> {
+        self.catalog().topics.get(topic).cloned().ok_or_else(|| ReadError::UnknownTopic(topic.clone()))
+    }
+
+    fn decode_block(&self, bytes: &[u8]) -> Result<Vec<StoredEntry>, ReadError> {
+        codec::decode(bytes, "entry block").map_err(|e| self.corrupt(e))
+    }
+
+    fn record(&self, offset: Offset, e: StoredEntry) -> Result<Record, ReadError> {
+        let catalog = self.catalog();
+        let name = |id: u32| catalog.names.get(id as usize).cloned().ok_or_else(|| self.corrupt(format!("unknown node id {id}")));
+        let entry = Entry {
+            id: EntryId { origin: name(e.origin)?, seq: Seq(e.seq) },
+            timestamp: Timestamp(e.ts),
+            key: e.key,
+            to: e.to.map(name).transpose()?,
+            headers: e.headers,
+            payload: e.payload,
+        };
+        Ok(Record { offset, entry })
+    }
+
+    fn corrupt(&self, detail: impl std::fmt::Display) -> ReadError {
+        ReadError::Corrupt { path: self.shared.path.clone(), detail: detail.to_string() }
+    }
+}
+
+impl TopicView {
+    fn published(&self) -> format::StateRecord {
+        self.published.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `(first, next)`: the offsets readers may see.
+    fn window(&self) -> (u64, u64) {
+        let p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        (p.first, p.next)
+    }
+
+    fn info(&self) -> TopicInfo {
+        let config = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let p = self.published();
+        TopicInfo { config, first: Offset(p.first), next: Offset(p.next), bytes: p.bytes }
+    }
+}
+
+/// A durable, named cursor over one topic.
+///
+/// Read with [`Consumer::poll`], do the work, then [`Consumer::commit`] the results and
+/// the new position in one transaction: a crash in between repeats nothing and skips
+/// nothing.
+#[derive(Debug)]
+pub struct Consumer {
+    store: Store,
+    name: ConsumerName,
+    topic: TopicName,
+    position: Offset,
+}
+
+impl Consumer {
+    /// The first offset not yet committed.
+    pub fn position(&self) -> Offset {
+        self.position
+    }
+
+    /// Waits until there is at least one entry at the position, then returns up to `max`.
+    pub async fn poll(&mut self, max: usize) -> Result<Vec<Record>, ReadError> {
+        loop {
+            self.store.wait(&self.topic, self.position).await?;
+            let records = self.store.read(&self.topic, self.position, max)?;
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            // Retention moved the head past the position: go on from the head.
+            if let Some(info) = self.store.topic(&self.topic) {
+                self.position = self.position.max(info.first);
+            }
+        }
+    }
+
+    /// Commits `txn` together with the cursor moved to `next`.
+    pub async fn commit(&mut self, mut txn: Txn, next: Offset) -> Result<Committed, WriteError> {
+        txn.cursor(&self.name, &self.topic, next);
+        let done = self.store.commit(txn).await?;
+        self.position = next;
+        Ok(done)
+    }
+}
+
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
+    let config = sled::Config::new().path(path.join("sled")).cache_capacity(cache_bytes).flush_every_ms(None);
+    // sled may panic on some damaged files instead of returning an error; a damaged store
+    // must give an error that names the path, so the panic is caught and reported.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(sled_open_error(path, e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("sled panicked");
+            Err(OpenError::Corrupt { path: path.to_path_buf(), detail: what.to_owned() })
+        }
+    }
+}
+
+fn sled_open_error(path: &Path, e: sled::Error) -> OpenError {
+    let path = path.to_path_buf();
+    match e {
+        sled::Error::Io(source) if source.kind() == std::io::ErrorKind::WouldBlock => OpenError::Locked { path },
+        sled::Error::Io(source) if source.to_string().contains("lock") => OpenError::Locked { path },
+        sled::Error::Io(source) => OpenError::Io { path, source },
+        other => OpenError::Corrupt { path, detail: other.to_string() },
+    }
+}
+
+impl Retention {
+    pub(crate) fn is_unlimited(&self) -> bool {
+        self.max_age.is_none() && self.max_bytes.is_none() && self.max_entries.is_none()
+    }
+}
+
+impl Scope {
+    pub(crate) fn leaves_node(self) -> bool {
+        self != Scope::Local
+    }
+}

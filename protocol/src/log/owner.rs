@@ -1,0 +1,888 @@
+//! The owner thread: the one writer of the store.
+//!
+//! - It takes requests from the bounded inbox, as many as are waiting (up to
+//!   `max_group`, or [`GROUP_BYTES`] of entries), into one **group**.
+//! - Each request is applied to a working copy of the topics it touches; a refused
+//!   transaction drops its copy and leaves the group as it was.
+//! - The group is written as one sled batch and flushed once; then the owner publishes
+//!   the new counters to readers, wakes tailers and replies to every writer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::error::{OpenError, WriteError};
+use super::format::{self, PeerRecord, StateRecord, StoredEntry, TopicRecord};
+use super::txn::{Appended, Committed, Op, TableName, Txn};
+use super::{Catalog, GAPS_TOPIC, Gap, PeerConfig, RetentionReport, Shared, StoreConfig, TopicView, VersionVector};
+use crate::codec;
+use crate::entry::{Append, NodeName, Offset, Retention, Scope, Seq, Timestamp, TopicConfig, TopicName};
+
+/// A group stops taking requests once it holds this many entry bytes, so that one flush
+/// (and the latency of everyone in it) stays bounded even with large entries.
+const GROUP_BYTES: u64 = 8 << 20;
+/// A block holds the entries of one topic from one group, cut at this many entries or
+/// bytes, so that a read decodes little more than it returns.
+const BLOCK_ENTRIES: usize = 256;
+const BLOCK_BYTES: u64 = 256 << 10;
+
+type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
+
+/// A request to the owner; each carries the sender of its reply.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Commit { txn: Txn, reply: Reply<Committed> },
+    CreateTopic { config: TopicConfig, reply: Reply<()> },
+    SetPeer { peer: PeerConfig, reply: Reply<()> },
+    PeerAcked { peer: NodeName, topic: TopicName, vector: VersionVector, reply: Reply<()> },
+    Retain { reply: Reply<RetentionReport> },
+    Close { reply: Reply<()> },
+}
+
+/// Loads the catalog, then starts the owner thread; returns its inbox.
+pub(crate) fn start(shared: Arc<Shared>, config: StoreConfig) -> Result<mpsc::Sender<Request>, OpenError> {
+    let (tx, rx) = mpsc::channel(config.inbox.max(1));
+    let owner = Owner::load(shared.clone(), config)?;
+    std::thread::Builder::new()
+        .name("tether-store".into())
+        .spawn(move || owner.run(rx))
+        .map_err(|source| OpenError::Io { path: shared.path.clone(), source })?;
+    Ok(tx)
+}
+
+struct Owner {
+    shared: Arc<Shared>,
+    config: StoreConfig,
+    topics: HashMap<u32, TopicState>,
+    by_name: HashMap<TopicName, u32>,
+    names: HashMap<NodeName, u32>,
+    self_id: u32,
+    peers: BTreeMap<NodeName, Peer>,
+    poisoned: Option<String>,
+}
+
+struct TopicState {
+    view: Arc<TopicView>,
+    config: TopicConfig,
+    counters: Counters,
+}
+
+/// A topic's counters as the owner works on them (the vector as a map).
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    first: u64,
+    next: u64,
+    bytes: u64,
+    vector: BTreeMap<u32, u64>,
+}
+
+struct Peer {
+    core: bool,
+    id: u32,
+    topics: HashSet<u32>,
+    acked: HashMap<(u32, u32), u64>,
+}
+
+/// One group commit in the making.
+#[derive(Default)]
+struct Group {
+    /// Topics touched, with their new counters and new entries.
+    pending: HashMap<u32, Pending>,
+    /// Other writes: documents, cursors, names, topic and peer records. `None` removes.
+    kv: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Replies to send once the group is durable.
+    done: Vec<Done>,
+}
+
+struct Pending {
+    counters: Counters,
+    /// The offset of the first entry in `new`.
+    new_first: u64,
+    new: Vec<StoredEntry>,
+}
+
+enum Done {
+    Commit(Reply<Committed>, Committed),
+    Unit(Reply<()>),
+    Retain(Reply<RetentionReport>, RetentionReport),
+}
+
+impl Owner {
+    fn load(shared: Arc<Shared>, config: StoreConfig) -> Result<Owner, OpenError> {
+        let tree = &shared.tree.clone();
+        let path = shared.path.clone();
+        let corrupt = |detail: String| OpenError::Corrupt { path: path.clone(), detail };
+        let sled_err = |e: sled::Error| corrupt(e.to_string());
+        let mut init = sled::Batch::default();
+        match tree.get(format::META_FORMAT).map_err(sled_err)? {
+            Some(v) => {
+                let found = format::u32_value(&v).ok_or_else(|| corrupt("unreadable format marker".into()))?;
+                if found != format::FORMAT_VERSION {
+                    let (path, supported) = (shared.path.clone(), format::FORMAT_VERSION);
+                    return Err(OpenError::UnknownFormat { path, found, supported });
+                }
+                let node = tree.get(format::META_NODE).map_err(sled_err)?.unwrap_or_default();
+                if node.as_ref() != config.node.as_str().as_bytes() {
+                    let found = String::from_utf8_lossy(&node).into_owned();
+                    return Err(OpenError::WrongNode { path: shared.path.clone(), found, expected: config.node.clone() });
+                }
+            }
+            None if tree.is_empty() => {
+                init.insert(format::META_FORMAT, &format::FORMAT_VERSION.to_be_bytes());
+                init.insert(format::META_NODE, config.node.as_str().as_bytes());
+            }
+            None => return Err(corrupt("no format marker: not a tether store, or its first write was lost".into())),
+        }
+
+        let mut names = HashMap::new();
+        let mut by_id = Vec::new();
+        for kv in tree.scan_prefix([format::NAME]) {
+            let (k, v) = kv.map_err(sled_err)?;
+            let text = String::from_utf8_lossy(&k[1..]).into_owned();
+            let name = NodeName::new(text).map_err(|e| corrupt(format!("interned name: {e}")))?;
+            let id = format::u32_value(&v).ok_or_else(|| corrupt(format!("id of name {name}")))?;
+            if by_id.len() <= id as usize {
+                by_id.resize(id as usize + 1, None);
+            }
+            by_id[id as usize] = Some(name.clone());
+            names.insert(name, id);
+        }
+        let by_id: Vec<NodeName> = by_id
+            .into_iter()
+            .enumerate()
+            .map(|(id, n)| n.ok_or_else(|| corrupt(format!("node id {id} has no name"))))
+            .collect::<Result<_, _>>()?;
+
+        let mut topics = HashMap::new();
+        let mut by_name = HashMap::new();
+        let mut views = HashMap::new();
+        for kv in tree.scan_prefix([format::TOPIC]) {
+            let (k, v) = kv.map_err(sled_err)?;
+            let text = String::from_utf8_lossy(&k[1..]).into_owned();
+            let name = TopicName::new(text).map_err(|e| corrupt(format!("topic record: {e}")))?;
+            let record: TopicRecord = codec::decode(&v, "topic record").map_err(|e| corrupt(format!("topic {name}: {e}")))?;
+            let state: StateRecord = match tree.get(format::state_key(record.id)).map_err(sled_err)? {
+                Some(v) => codec::decode(&v, "topic state").map_err(|e| corrupt(format!("topic {name}: {e}")))?,
+                None => StateRecord::default(),
+            };
+            if state.first > state.next {
+                return Err(corrupt(format!("topic {name}: head {} past end {}", state.first, state.next)));
+            }
+            let config = TopicConfig { name: name.clone(), scope: record.scope, retention: record.retention() };
+            let view = TopicView::new(record.id, config.clone(), state.clone());
+            views.insert(name.clone(), view.clone());
+            by_name.insert(name, record.id);
+            topics.insert(record.id, TopicState { view, config, counters: Counters::from(state) });
+        }
+
+        let mut peers = BTreeMap::new();
+        for kv in tree.scan_prefix([format::PEER]) {
+            let (k, v) = kv.map_err(sled_err)?;
+            let text = String::from_utf8_lossy(&k[1..]).into_owned();
+            let name = NodeName::new(text).map_err(|e| corrupt(format!("peer record: {e}")))?;
+            let record: PeerRecord = codec::decode(&v, "peer record").map_err(|e| corrupt(format!("peer {name}: {e}")))?;
+            let id = *names.get(&name).ok_or_else(|| corrupt(format!("peer {name} has no id")))?;
+            let topics = record.topics.into_iter().collect();
+            peers.insert(name, Peer { core: record.core, id, topics, acked: HashMap::new() });
+        }
+        for (name, peer) in &mut peers {
+            let prefix = format::ack_key(name.as_str(), 0, 0);
+            let prefix = &prefix[..prefix.len() - 8];
+            for kv in tree.scan_prefix(prefix) {
+                let (k, v) = kv.map_err(sled_err)?;
+                let ids = &k[prefix.len()..];
+                let (Some(t), Some(o), Some(seq)) =
+                    (format::u32_value(&ids[..4.min(ids.len())]), format::u32_value(ids.get(4..).unwrap_or_default()), format::u64_value(&v))
+                else {
+                    return Err(corrupt(format!("acknowledgement of peer {name}")));
+                };
+                peer.acked.insert((t, o), seq);
+            }
+        }
+
+        *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = Catalog { topics: views, names: by_id };
+        let mut owner = Owner { shared, config, topics, by_name, names, self_id: 0, peers, poisoned: None };
+
+        // First use: intern this node's name and create the gaps topic, durably.
+        let mut g = Group::default();
+        owner.self_id = owner.intern(&owner.config.node.clone(), &mut g);
+        let gaps = TopicConfig {
+            name: TopicName::new(GAPS_TOPIC).map_err(|e| corrupt(e.to_string()))?,
+            scope: Scope::All,
+            retention: Retention { max_entries: Some(100_000), ..Retention::default() },
+        };
+        if !owner.by_name.contains_key(&gaps.name) {
+            owner.define_topic(&gaps, &mut g).map_err(|e| corrupt(e.to_string()))?;
+        }
+        for (k, v) in g.kv {
+            if let Some(v) = v {
+                init.insert(k, v);
+            }
+        }
+        tree.apply_batch(init).map_err(sled_err)?;
+        owner.shared.db.flush().map_err(sled_err)?;
+        Ok(owner)
+    }
+
+    fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
+        while let Some(first) = inbox.blocking_recv() {
+            let mut requests = vec![first];
+            let mut weight = requests[0].weight();
+            while requests.len() < self.config.max_group && weight < GROUP_BYTES {
+                match inbox.try_recv() {
+                    Ok(r) => {
+                        weight += r.weight();
+                        requests.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut g = Group::default();
+            let mut close = None;
+            for request in requests {
+                match request {
+                    Request::Close { reply } => close = Some(reply),
+                    _ if close.is_some() => request.refuse(WriteError::Closed),
+                    request => self.handle(request, &mut g),
+                }
+            }
+            self.write(g);
+            if let Some(reply) = close {
+                let flushed = self.shared.db.flush().map(drop).map_err(|e| WriteError::Poisoned(e.to_string()));
+                let _ = reply.send(flushed);
+                tracing::debug!(path = %self.shared.path.display(), "store closed");
+                return;
+            }
+        }
+        // Every handle is gone: make sure the last writes are on disk.
+        if let Err(err) = self.shared.db.flush() {
+            tracing::error!(%err, "final flush of the store failed");
+        }
+    }
+
+    fn handle(&mut self, request: Request, g: &mut Group) {
+        if let Some(cause) = &self.poisoned {
+            return request.refuse(WriteError::Poisoned(cause.clone()));
+        }
+        match request {
+            Request::Commit { txn, reply } => match self.apply(txn, g) {
+                Ok(done) => g.done.push(Done::Commit(reply, done)),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::CreateTopic { config, reply } => match self.define_topic(&config, g) {
+                Ok(_) => g.done.push(Done::Unit(reply)),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::SetPeer { peer, reply } => match self.set_peer(peer, g) {
+                Ok(()) => g.done.push(Done::Unit(reply)),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::PeerAcked { peer, topic, vector, reply } => match self.peer_acked(&peer, &topic, vector, g) {
+                Ok(()) => g.done.push(Done::Unit(reply)),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::Retain { reply } => {
+                let report = self.retain(g);
+                g.done.push(Done::Retain(reply, report));
+            }
+            Request::Close { .. } => unreachable!("close is taken out by run"),
+        }
+    }
+
+    /// Applies one transaction to the group, or nothing of it.
+    fn apply(&mut self, txn: Txn, g: &mut Group) -> Result<Committed, WriteError> {
+        let mut work: HashMap<u32, Pending> = HashMap::new();
+        let mut kv = Vec::new();
+        let mut done = Committed::default();
+        for op in txn.ops {
+            match op {
+                Op::Append { topic, append } => {
+                    if topic.is_system() {
+                        return Err(WriteError::SystemTopic(topic));
+                    }
+                    let t = self.topic_id(&topic)?;
+                    let (offset, seq) = self.append_own(&mut work, g, t, append)?;
+                    done.appended.push(Appended { topic, offset, seq });
+                }
+                Op::Insert { topic, entries } => {
+                    let t = self.topic_id(&topic)?;
+                    for e in entries {
+                        self.check_size(e.size())?;
+                        let origin = self.intern(&e.id.origin, g);
+                        let to = e.to.as_ref().map(|n| self.intern(n, g));
+                        let w = work_for(&mut work, g, &self.topics, t);
+                        let held = w.counters.vector.get(&origin).copied().unwrap_or(0);
+                        if e.id.seq.0 <= held {
+                            done.duplicates += 1;
+                            continue;
+                        }
+                        if origin == self.self_id {
+                            return Err(WriteError::OwnOrigin { topic, seq: e.id.seq });
+                        }
+                        if e.id.seq.0 != held + 1 {
+                            let (expected, got) = (Seq(held + 1), e.id.seq);
+                            return Err(WriteError::OutOfOrder { topic, origin: e.id.origin, expected, got });
+                        }
+                        let stored = StoredEntry {
+                            origin,
+                            seq: e.id.seq.0,
+                            ts: e.timestamp.0,
+                            key: e.key,
+                            to,
+                            headers: e.headers,
+                            payload: e.payload,
+                        };
+                        w.push(stored);
+                        done.inserted += 1;
+                    }
+                }
+                Op::Skip { topic, origin, through } => {
+                    let t = self.topic_id(&topic)?;
+                    let origin = self.intern(&origin, g);
+                    if origin == self.self_id {
+                        return Err(WriteError::OwnOrigin { topic, seq: through });
+                    }
+                    let w = work_for(&mut work, g, &self.topics, t);
+                    let held = w.counters.vector.entry(origin).or_default();
+                    *held = (*held).max(through.0);
+                }
+                Op::Put { table, id, doc } => {
+                    check_doc_id(&id)?;
+                    // A `Value` always serializes: its map keys are strings.
+                    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+                    self.check_size(bytes.len() as u64)?;
+                    kv.push((format::doc_key(table.as_str(), &id), Some(bytes.clone())));
+                    let t = self.table_feed(&table, g)?;
+                    let change = Append::new(bytes).key(id).header("op", *b"put");
+                    self.append_own(&mut work, g, t, change)?;
+                }
+                Op::Delete { table, id } => {
+                    check_doc_id(&id)?;
+                    kv.push((format::doc_key(table.as_str(), &id), None));
+                    let t = self.table_feed(&table, g)?;
+                    let change = Append::new(Vec::new()).key(id).header("op", *b"delete");
+                    self.append_own(&mut work, g, t, change)?;
+                }
+                Op::Cursor { consumer, topic, next } => {
+                    let t = self.topic_id(&topic)?;
+                    let end = work_for(&mut work, g, &self.topics, t).counters.next;
+                    if next.0 > end {
+                        return Err(WriteError::BeyondEnd { topic, offset: next, next: Offset(end) });
+                    }
+                    kv.push((format::cursor_key(consumer.as_str(), t), Some(next.0.to_be_bytes().to_vec())));
+                }
+            }
+        }
+        for (t, w) in work {
+            match g.pending.get_mut(&t) {
+                Some(p) => {
+                    p.counters = w.counters;
+                    p.new.extend(w.new);
+                }
+                None => {
+                    g.pending.insert(t, w);
+                }
+            }
+        }
+        g.kv.extend(kv);
+        Ok(done)
+    }
+
+    fn append_own(&mut self, work: &mut HashMap<u32, Pending>, g: &mut Group, t: u32, append: Append) -> Result<(Offset, Seq), WriteError> {
+        self.check_size(append.size())?;
+        let to = append.to.as_ref().map(|n| self.intern(n, g));
+        let w = work_for(work, g, &self.topics, t);
+        let seq = w.counters.vector.get(&self.self_id).copied().unwrap_or(0) + 1;
+        w.counters.vector.insert(self.self_id, seq);
+        let offset = w.counters.next;
+        w.push(StoredEntry {
+            origin: self.self_id,
+            seq,
+            ts: Timestamp::now().0,
+            key: append.key,
+            to,
+            headers: append.headers,
+            payload: append.payload,
+        });
+        Ok((Offset(offset), Seq(seq)))
+    }
+
+    /// Writes the group as one batch, flushes, publishes, replies.
+    fn write(&mut self, g: Group) {
+        if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
+            return;
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in g.kv {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        for (&t, p) in &g.pending {
+            let mut first = p.new_first;
+            for block in blocks(&p.new) {
+                let (min, max) = block.iter().fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
+                batch.insert(&format::block_key(t, first)[..], codec::encode(block));
+                batch.insert(&format::time_key(t, max, first)[..], &min.to_be_bytes()[..]);
+                first += block.len() as u64;
+            }
+            batch.insert(&format::state_key(t)[..], codec::encode(&p.counters.record()));
+        }
+        let written = self.shared.tree.apply_batch(batch).and_then(|()| self.shared.db.flush());
+        if let Err(err) = written {
+            let cause = err.to_string();
+            tracing::error!(path = %self.shared.path.display(), %err, "store write failed; refusing writes until restart");
+            self.poisoned = Some(cause.clone());
+            for done in g.done {
+                done.refuse(WriteError::Poisoned(cause.clone()));
+            }
+            return;
+        }
+        for (t, p) in g.pending {
+            if let Some(state) = self.topics.get_mut(&t) {
+                state.view.publish(p.counters.record());
+                state.counters = p.counters;
+            }
+        }
+        for done in g.done {
+            match done {
+                Done::Commit(reply, c) => drop(reply.send(Ok(c))),
+                Done::Unit(reply) => drop(reply.send(Ok(()))),
+                Done::Retain(reply, r) => drop(reply.send(Ok(r))),
+            }
+        }
+    }
+
+    /// Creates a topic (or updates its retention); returns its id.
+    fn define_topic(&mut self, config: &TopicConfig, g: &mut Group) -> Result<u32, WriteError> {
+        if let Some(&t) = self.by_name.get(&config.name) {
+            let state = self.topics.get_mut(&t).ok_or(WriteError::UnknownTopic(config.name.clone()))?;
+            if state.config.scope != config.scope {
+                let (existing, requested) = (state.config.scope, config.scope);
+                return Err(WriteError::ScopeConflict { topic: config.name.clone(), existing, requested });
+            }
+            if state.config.retention != config.retention {
+                state.config.retention = config.retention;
+                *state.view.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+                g.kv.push((format::topic_key(config.name.as_str()), Some(codec::encode(&TopicRecord::new(t, config)))));
+            }
+            return Ok(t);
+        }
+        let t = self.topics.keys().max().map_or(0, |m| m + 1);
+        g.kv.push((format::topic_key(config.name.as_str()), Some(codec::encode(&TopicRecord::new(t, config)))));
+        g.kv.push((format::state_key(t).to_vec(), Some(codec::encode(&StateRecord::default()))));
+        let view = TopicView::new(t, config.clone(), StateRecord::default());
+        let mut catalog = self.shared.catalog.write().unwrap_or_else(|p| p.into_inner());
+        catalog.topics.insert(config.name.clone(), view.clone());
+        drop(catalog);
+        self.by_name.insert(config.name.clone(), t);
+        self.topics.insert(t, TopicState { view, config: config.clone(), counters: Counters::default() });
+        tracing::info!(topic = %config.name, scope = %config.scope, "topic created");
+        Ok(t)
+    }
+
+    fn table_feed(&mut self, table: &TableName, g: &mut Group) -> Result<u32, WriteError> {
+        let name = table.feed();
+        match self.by_name.get(&name) {
+            Some(&t) => Ok(t),
+            None => {
+                let retention = Retention { max_entries: Some(100_000), ..Retention::default() };
+                self.define_topic(&TopicConfig { name, scope: Scope::Local, retention }, g)
+            }
+        }
+    }
+
+    fn set_peer(&mut self, peer: PeerConfig, g: &mut Group) -> Result<(), WriteError> {
+        let topics = peer.topics.iter().map(|t| self.topic_id(t)).collect::<Result<HashSet<_>, _>>()?;
+        let id = self.intern(&peer.name, g);
+        let mut record_topics: Vec<u32> = topics.iter().copied().collect();
+        record_topics.sort_unstable();
+        let record = PeerRecord { core: peer.core, topics: record_topics };
+        g.kv.push((format::peer_key(peer.name.as_str()), Some(codec::encode(&record))));
+        let acked = self.peers.remove(&peer.name).map(|p| p.acked).unwrap_or_default();
+        self.peers.insert(peer.name, Peer { core: peer.core, id, topics, acked });
+        Ok(())
+    }
+
+    fn peer_acked(&mut self, peer: &NodeName, topic: &TopicName, vector: VersionVector, g: &mut Group) -> Result<(), WriteError> {
+        let t = self.topic_id(topic)?;
+        let origins: Vec<(u32, u64)> = vector.0.iter().map(|(o, s)| (self.intern(o, g), s.0)).collect();
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Ok(()); // not a peer that retention waits for
+        };
+        for (o, seq) in origins {
+            let held = p.acked.entry((t, o)).or_default();
+            if seq > *held {
+                *held = seq;
+                g.kv.push((format::ack_key(peer.as_str(), t, o), Some(seq.to_be_bytes().to_vec())));
+            }
+        }
+        Ok(())
+    }
+
+    /// One retention pass: topic limits first (never past what a peer lacks), then the
+    /// disk budget (past it if it must, recording gaps).
+    fn retain(&mut self, g: &mut Group) -> RetentionReport {
+        let cutoff = Timestamp::now();
+        let mut report = RetentionReport::default();
+        let mut ids: Vec<u32> = self.topics.keys().copied().collect();
+        ids.sort_unstable();
+        for &t in &ids {
+            let retention = self.topics[&t].config.retention;
+            if retention.is_unlimited() {
+                continue;
+            }
+            let mut head = match Head::open(&self.shared, t, work_for_group(g, &self.topics, t).counters.first) {
+                Ok(head) => head,
+                Err(err) => {
+                    tracing::error!(topic = %self.topics[&t].config.name, %err, "retention cannot read the topic head");
+                    continue;
+                }
+            };
+            while let Some(e) = head.peek() {
+                let c = &work_for_group(g, &self.topics, t).counters;
+                let over = retention.max_entries.is_some_and(|m| c.next - c.first > m)
+                    || retention.max_bytes.is_some_and(|m| c.bytes > m)
+                    || retention.max_age.is_some_and(|age| e.ts < cutoff.minus(age).0);
+                if !over || !self.needed_by(t, e).is_empty() {
+                    break;
+                }
+                self.remove_head(g, &mut head);
+                report.removed += 1;
+            }
+        }
+
+        let mut lost: BTreeMap<(u32, u32), (u64, u64, BTreeSet<NodeName>)> = BTreeMap::new();
+        if let Some(budget) = self.config.disk_budget {
+            let gaps_id = self.by_name.get(&TopicName::new(GAPS_TOPIC).unwrap_or_else(|_| unreachable!())).copied();
+            let mut heads: HashMap<u32, Head> = HashMap::new();
+            loop {
+                let total: u64 = ids.iter().map(|&t| work_for_group(g, &self.topics, t).counters.bytes).sum();
+                if total <= budget {
+                    break;
+                }
+                // Remove the oldest entry (by origin timestamp) of all topics' heads.
+                let mut oldest: Option<(u64, u32)> = None;
+                for &t in ids.iter().filter(|&&t| Some(t) != gaps_id) {
+                    if !heads.contains_key(&t) {
+                        let first = work_for_group(g, &self.topics, t).counters.first;
+                        match Head::open(&self.shared, t, first) {
+                            Ok(head) => drop(heads.insert(t, head)),
+                            Err(err) => tracing::error!(%err, "retention cannot read a topic head"),
+                        }
+                    }
+                    if let Some(e) = heads.get(&t).and_then(Head::peek) {
+                        if oldest.is_none_or(|(ts, _)| e.ts < ts) {
+                            oldest = Some((e.ts, t));
+                        }
+                    }
+                }
+                let Some((_, t)) = oldest else { break };
+                let Some(head) = heads.get_mut(&t) else { break };
+                let Some(e) = head.peek() else { break };
+                let peers = self.needed_by(t, e);
+                if !peers.is_empty() {
+                    let range = lost.entry((t, e.origin)).or_insert((e.seq, e.seq, BTreeSet::new()));
+                    range.1 = e.seq;
+                    range.2.extend(peers);
+                }
+                self.remove_head(g, head);
+                report.removed += 1;
+            }
+        }
+        if report.removed > 0 {
+            tracing::info!(removed = report.removed, gaps = lost.len(), "retention removed entries");
+        }
+        self.record_gaps(lost, g, &mut report);
+        report
+    }
+
+    fn record_gaps(&mut self, lost: BTreeMap<(u32, u32), (u64, u64, BTreeSet<NodeName>)>, g: &mut Group, report: &mut RetentionReport) {
+        let Some(&gaps_id) = TopicName::new(GAPS_TOPIC).ok().and_then(|n| self.by_name.get(&n)) else {
+            return;
+        };
+        let catalog_names = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).names.clone();
+        for ((t, origin), (first, last, peers)) in lost {
+            let (Some(topic), Some(origin)) = (self.topics.get(&t), catalog_names.get(origin as usize)) else {
+                continue;
+            };
+            let gap = Gap {
+                topic: topic.config.name.clone(),
+                origin: origin.clone(),
+                first: Seq(first),
+                last: Seq(last),
+                reason: "disk budget".into(),
+                peers: peers.into_iter().collect(),
+            };
+            tracing::warn!(topic = %gap.topic, origin = %gap.origin, first, last, peers = ?gap.peers, "gap recorded: entries lost before peers received them");
+            let payload = serde_json::to_vec(&gap).unwrap_or_default();
+            let mut work = HashMap::new();
+            // The gap record is small; it cannot exceed the entry limit.
+            if self.append_own(&mut work, g, gaps_id, Append::new(payload)).is_ok() {
+                for (t, w) in work {
+                    match g.pending.get_mut(&t) {
+                        Some(p) => {
+                            p.counters = w.counters;
+                            p.new.extend(w.new);
+                        }
+                        None => drop(g.pending.insert(t, w)),
+                    }
+                }
+            }
+            report.gaps.push(gap);
+        }
+    }
+
+    fn remove_head(&mut self, g: &mut Group, head: &mut Head) {
+        let t = head.topic;
+        let w = work_for_group_mut(g, &self.topics, t);
+        if let Some(e) = head.peek() {
+            w.counters.first += 1;
+            w.counters.bytes = w.counters.bytes.saturating_sub(e.size());
+        }
+        if let Some((first, max_ts)) = head.advance(&self.shared) {
+            g.kv.push((format::block_key(t, first).to_vec(), None));
+            g.kv.push((format::time_key(t, max_ts, first).to_vec(), None));
+        }
+    }
+
+    /// The peers in scope that have not received `e` of topic `t`.
+    fn needed_by(&self, t: u32, e: &StoredEntry) -> Vec<NodeName> {
+        let local = self.topics.get(&t).is_none_or(|s| !s.config.scope.leaves_node());
+        if local {
+            return Vec::new();
+        }
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.topics.contains(&t)
+                    && p.id != e.origin
+                    && (e.to.is_none() || e.to == Some(p.id) || p.core)
+                    && p.acked.get(&(t, e.origin)).copied().unwrap_or(0) < e.seq
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn topic_id(&self, topic: &TopicName) -> Result<u32, WriteError> {
+        self.by_name.get(topic).copied().ok_or_else(|| WriteError::UnknownTopic(topic.clone()))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), WriteError> {
+        let limit = self.config.max_entry_bytes;
+        if size > limit { Err(WriteError::TooLarge { size, limit }) } else { Ok(()) }
+    }
+
+    /// The id of a node name, interning it (durably, with the group) if new.
+    fn intern(&mut self, name: &NodeName, g: &mut Group) -> u32 {
+        if let Some(&id) = self.names.get(name) {
+            return id;
+        }
+        let mut catalog = self.shared.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let id = catalog.names.len() as u32;
+        catalog.names.push(name.clone());
+        drop(catalog);
+        self.names.insert(name.clone(), id);
+        g.kv.push((format::name_key(name.as_str()), Some(id.to_be_bytes().to_vec())));
+        id
+    }
+}
+
+impl Request {
+    fn weight(&self) -> u64 {
+        match self {
+            Request::Commit { txn, .. } => txn
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Append { append, .. } => append.size(),
+                    Op::Insert { entries, .. } => entries.iter().map(|e| e.size()).sum(),
+                    _ => 64,
+                })
+                .sum(),
+            _ => 64,
+        }
+    }
+
+    fn refuse(self, e: WriteError) {
+        match self {
+            Request::Commit { reply, .. } => drop(reply.send(Err(e))),
+            Request::Retain { reply } => drop(reply.send(Err(e))),
+            Request::CreateTopic { reply, .. }
+            | Request::SetPeer { reply, .. }
+            | Request::PeerAcked { reply, .. }
+            | Request::Close { reply } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+impl Done {
+    fn refuse(self, e: WriteError) {
+        match self {
+            Done::Commit(reply, _) => drop(reply.send(Err(e))),
+            Done::Unit(reply) => drop(reply.send(Err(e))),
+            Done::Retain(reply, _) => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+impl Pending {
+    fn push(&mut self, e: StoredEntry) {
+        self.counters.next += 1;
+        self.counters.bytes += e.size();
+        self.new.push(e);
+    }
+}
+
+/// The transaction's working copy of topic `t`, made from the group's (or the owner's).
+fn work_for<'a>(work: &'a mut HashMap<u32, Pending>, g: &Group, topics: &HashMap<u32, TopicState>, t: u32) -> &'a mut Pending {
+    work.entry(t).or_insert_with(|| {
+        let counters = match g.pending.get(&t) {
+            Some(p) => p.counters.clone(),
+            None => topics.get(&t).map(|s| s.counters.clone()).unwrap_or_default(),
+        };
+        Pending { new_first: counters.next, counters, new: Vec::new() }
+    })
+}
+
+fn work_for_group<'a>(g: &'a mut Group, topics: &HashMap<u32, TopicState>, t: u32) -> &'a Pending {
+    work_for_group_mut(g, topics, t)
+}
+
+fn work_for_group_mut<'a>(g: &'a mut Group, topics: &HashMap<u32, TopicState>, t: u32) -> &'a mut Pending {
+    g.pending.entry(t).or_insert_with(|| {
+        let counters = topics.get(&t).map(|s| s.counters.clone()).unwrap_or_default();
+        Pending { new_first: counters.next, counters, new: Vec::new() }
+    })
+}
+
+/// Cuts one topic's new entries into blocks of bounded size.
+fn blocks(entries: &[StoredEntry]) -> impl Iterator<Item = &[StoredEntry]> {
+    let mut rest = entries;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && n < BLOCK_ENTRIES && (n == 0 || bytes + rest[n].size() <= BLOCK_BYTES) {
+            bytes += rest[n].size();
+            n += 1;
+        }
+        let (block, tail) = rest.split_at(n);
+        rest = tail;
+        Some(block)
+    })
+}
+
+fn check_doc_id(id: &str) -> Result<(), WriteError> {
+    if id.is_empty() || id.len() > 256 { Err(WriteError::DocumentId(id.to_owned())) } else { Ok(()) }
+}
+
+/// Walks a topic's oldest entries, block by block, for retention.
+struct Head {
+    topic: u32,
+    block_first: u64,
+    entries: Vec<StoredEntry>,
+    index: usize,
+}
+
+impl Head {
+    fn open(shared: &Shared, topic: u32, first: u64) -> Result<Head, String> {
+        let mut head = Head { topic, block_first: 0, entries: Vec::new(), index: 0 };
+        let start = shared
+            .tree
+            .range(format::block_key(topic, 0)..=format::block_key(topic, first))
+            .next_back()
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .and_then(|(k, _)| format::block_first(&k))
+            .unwrap_or(first);
+        head.load(shared, start)?;
+        // Skip what retention already removed from a partly removed block.
+        head.index = first.saturating_sub(head.block_first) as usize;
+        Ok(head)
+    }
+
+    /// Loads the first block at or after `from`.
+    fn load(&mut self, shared: &Shared, from: u64) -> Result<(), String> {
+        self.entries.clear();
+        self.index = 0;
+        let range = format::block_key(self.topic, from)..format::block_key(self.topic + 1, 0);
+        if let Some(kv) = shared.tree.range(range).next() {
+            let (k, v) = kv.map_err(|e| e.to_string())?;
+            self.block_first = format::block_first(&k).ok_or("bad block key")?;
+            self.entries = codec::decode(&v, "entry block").map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn peek(&self) -> Option<&StoredEntry> {
+        self.entries.get(self.index)
+    }
+
+    /// Moves past the current entry; when that empties the block, returns the block's
+    /// `(first, max_ts)` for deletion and loads the next one.
+    fn advance(&mut self, shared: &Shared) -> Option<(u64, u64)> {
+        self.index += 1;
+        if self.index < self.entries.len() {
+            return None;
+        }
+        let max_ts = self.entries.iter().map(|e| e.ts).max().unwrap_or(0);
+        let done = (self.block_first, max_ts);
+        let next = self.block_first + self.entries.len() as u64;
+        if let Err(err) = self.load(shared, next) {
+            tracing::error!(%err, "retention cannot read the next block");
+            self.entries.clear();
+        }
+        Some(done)
+    }
+}
+
+impl TopicView {
+    fn new(id: u32, config: TopicConfig, state: StateRecord) -> Arc<TopicView> {
+        let (tail, _) = watch::channel(Offset(state.next));
+        Arc::new(TopicView { id, config: Mutex::new(config), published: Mutex::new(state), tail })
+    }
+
+    fn publish(&self, state: StateRecord) {
+        let next = Offset(state.next);
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        self.tail.send_replace(next);
+    }
+}
+
+impl TopicRecord {
+    fn new(id: u32, config: &TopicConfig) -> Self {
+        let r = config.retention;
+        TopicRecord {
+            id,
+            scope: config.scope,
+            max_age_ms: r.max_age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+            max_bytes: r.max_bytes,
+            max_entries: r.max_entries,
+        }
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            max_age: self.max_age_ms.map(std::time::Duration::from_millis),
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+        }
+    }
+}
+
+impl Counters {
+    fn record(&self) -> StateRecord {
+        StateRecord { first: self.first, next: self.next, bytes: self.bytes, vector: self.vector.iter().map(|(&o, &s)| (o, s)).collect() }
+    }
+}
+
+impl From<StateRecord> for Counters {
+    fn from(s: StateRecord) -> Self {
+        Counters { first: s.first, next: s.next, bytes: s.bytes, vector: s.vector.into_iter().collect() }
+    }
+}

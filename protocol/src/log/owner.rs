@@ -250,8 +250,11 @@ impl Owner {
             self.write(g);
             if let Some(reply) = close {
                 let flushed = self.shared.db.flush().map(drop).map_err(|e| WriteError::Poisoned(e.to_string()));
-                let _ = reply.send(flushed);
                 tracing::debug!(path = %self.shared.path.display(), "store closed");
+                // Let go of the database before replying, so that once the last handle
+                // drops after `close`, the files are free to be opened again.
+                drop(self);
+                let _ = reply.send(flushed);
                 return;
             }
         }
@@ -394,7 +397,6 @@ impl Owner {
         let to = append.to.as_ref().map(|n| self.intern(n, g));
         let w = work_for(work, g, &self.topics, t);
         let seq = w.counters.vector.get(&self.self_id).copied().unwrap_or(0) + 1;
-        w.counters.vector.insert(self.self_id, seq);
         let offset = w.counters.next;
         w.push(StoredEntry {
             origin: self.self_id,
@@ -730,6 +732,8 @@ impl Done {
 
 impl Pending {
     fn push(&mut self, e: StoredEntry) {
+        let held = self.counters.vector.entry(e.origin).or_default();
+        *held = (*held).max(e.seq);
         self.counters.next += 1;
         self.counters.bytes += e.size();
         self.new.push(e);

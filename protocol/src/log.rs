@@ -4,9 +4,11 @@
 //! - Writers ([`Store::append`], [`Store::commit`], topic and peer changes) send a request
 //!   to the one **owner** thread through a bounded inbox, and wait for its reply.
 //! - The owner drains what is waiting (up to `max_group` requests), applies each request
-//!   to its in-memory state (a refused transaction is rolled back alone), writes the whole
-//!   group as one sled batch, flushes once (fsync), then **publishes** the new state and
-//!   replies. This is group commit: concurrent appends share one flush.
+//!   to its in-memory state (a refused transaction is rolled back alone) and writes the
+//!   whole group as one sled batch. The **flusher** thread then flushes once (fsync) for
+//!   all groups written so far, **publishes** their state and replies. This is group
+//!   commit: concurrent appends share one flush, and the next group is written while the
+//!   previous one is in fsync.
 //! - Readers ([`Store::read`] and friends) run on any thread, concurrently, straight on
 //!   sled; they see only what is published, so never an entry that is not yet durable.
 //! - Tailers wait on a per-topic watch channel that the owner updates on publish.
@@ -15,8 +17,9 @@
 //! 1. the group's entries of each topic become one block (`BLOCK` key), with a `TIME`
 //!    index key, and the topic's `STATE` (head, next offset, bytes, version vector);
 //! 2. table documents, cursors, interned names and topic definitions join the same batch;
-//! 3. `apply_batch` (sled recovers a batch all or nothing), then `flush` (fsync);
-//! 4. only then: publish to readers, wake tailers, acknowledge the writers.
+//! 3. `apply_batch` by the owner (sled recovers a batch all or nothing);
+//! 4. `flush` (fsync) by the flusher, covering every batch applied before it started;
+//! 5. only then: publish to readers, wake tailers, acknowledge the writers.
 //!
 //! A failed write or flush **poisons** the store: every later write is refused with the
 //! cause, and the node must restart (reopen) to go on. Nothing acknowledged is lost.
@@ -160,6 +163,28 @@ struct Shared {
     db: sled::Db,
     tree: sled::Tree,
     catalog: RwLock<Catalog>,
+    /// Set by the first failed write or flush; every later write is refused with it.
+    poisoned: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn poisoned(&self) -> Option<String> {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a failed write or flush; returns the cause to report.
+    fn poison(&self, err: &sled::Error) -> String {
+        let cause = err.to_string();
+        tracing::error!(path = %self.path.display(), %err, "store write failed; refusing writes until restart");
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(cause)
+            .clone()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -182,15 +207,21 @@ impl Store {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        std::fs::create_dir_all(&path).map_err(|source| OpenError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let db = open_sled(&path, config.cache_bytes)?;
-        let tree = db.open_tree("tether").map_err(|e| sled_open_error(&path, e))?;
+        let tree = db
+            .open_tree("tether")
+            .map_err(|e| sled_open_error(&path, e))?;
         let shared = Arc::new(Shared {
             path,
             node: config.node.clone(),
             db,
             tree,
             catalog: RwLock::new(Catalog::default()),
+            poisoned: Mutex::new(None),
         });
         let inbox = owner::start(shared.clone(), config)?;
         Ok(Store { shared, inbox })
@@ -209,11 +240,16 @@ impl Store {
     /// Creates a topic, or updates the retention of an existing one. Its scope never
     /// changes: asking for another scope is an error.
     pub async fn create_topic(&self, config: TopicConfig) -> Result<(), WriteError> {
-        self.request(|reply| Request::CreateTopic { config, reply }).await
+        self.request(|reply| Request::CreateTopic { config, reply })
+            .await
     }
 
     /// Appends one entry of this node's origin; returns once it is durable.
-    pub async fn append(&self, topic: &TopicName, append: crate::entry::Append) -> Result<Appended, WriteError> {
+    pub async fn append(
+        &self,
+        topic: &TopicName,
+        append: crate::entry::Append,
+    ) -> Result<Appended, WriteError> {
         let mut txn = Txn::new();
         txn.append(topic, append);
         let mut done = self.commit(txn).await?;
@@ -232,9 +268,20 @@ impl Store {
 
     /// Records that `peer` durably holds `vector` of `topic`: retention may now remove
     /// what it covers.
-    pub async fn peer_acked(&self, peer: &NodeName, topic: &TopicName, vector: VersionVector) -> Result<(), WriteError> {
+    pub async fn peer_acked(
+        &self,
+        peer: &NodeName,
+        topic: &TopicName,
+        vector: VersionVector,
+    ) -> Result<(), WriteError> {
         let (peer, topic) = (peer.clone(), topic.clone());
-        self.request(|reply| Request::PeerAcked { peer, topic, vector, reply }).await
+        self.request(|reply| Request::PeerAcked {
+            peer,
+            topic,
+            vector,
+            reply,
+        })
+        .await
     }
 
     /// Applies retention now. The node calls this on a timer; tests call it directly.
@@ -248,9 +295,15 @@ impl Store {
         self.request(|reply| Request::Close { reply }).await
     }
 
-    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, WriteError>>) -> Request) -> Result<T, WriteError> {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, WriteError>>) -> Request,
+    ) -> Result<T, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.inbox.send(make(reply)).await.map_err(|_| WriteError::Closed)?;
+        self.inbox
+            .send(make(reply))
+            .await
+            .map_err(|_| WriteError::Closed)?;
         rx.await.map_err(|_| WriteError::Closed)?
     }
 
@@ -269,7 +322,12 @@ impl Store {
 
     /// Up to `max` records from offset `from` on, in offset order. Offsets below the
     /// topic's head (removed by retention) are skipped.
-    pub fn read(&self, topic: &TopicName, from: Offset, max: usize) -> Result<Vec<Record>, ReadError> {
+    pub fn read(
+        &self,
+        topic: &TopicName,
+        from: Offset,
+        max: usize,
+    ) -> Result<Vec<Record>, ReadError> {
         let view = self.view(topic)?;
         let (first, next) = view.window();
         let start = from.0.max(first);
@@ -287,7 +345,8 @@ impl Store {
         let end: sled::IVec = block_key(view.id + 1, 0).as_slice().into();
         for kv in tree.range(begin..end) {
             let (key, value) = kv.map_err(|e| self.corrupt(e))?;
-            let block_first = format::block_first(&key).ok_or_else(|| self.corrupt("bad block key"))?;
+            let block_first =
+                format::block_first(&key).ok_or_else(|| self.corrupt("bad block key"))?;
             if block_first >= next {
                 break;
             }
@@ -304,7 +363,13 @@ impl Store {
     }
 
     /// Up to `max` records whose origin timestamp lies in `[from, to)`, in offset order.
-    pub fn read_time(&self, topic: &TopicName, from: Timestamp, to: Timestamp, max: usize) -> Result<Vec<Record>, ReadError> {
+    pub fn read_time(
+        &self,
+        topic: &TopicName,
+        from: Timestamp,
+        to: Timestamp,
+        max: usize,
+    ) -> Result<Vec<Record>, ReadError> {
         let view = self.view(topic)?;
         let (first, next) = view.window();
         // The time index is keyed by each block's newest timestamp: every block with an
@@ -313,7 +378,8 @@ impl Store {
         let range = format::time_key(view.id, from.0, 0)..format::time_key(view.id + 1, 0, 0);
         for kv in self.shared.tree.range(range) {
             let (key, value) = kv.map_err(|e| self.corrupt(e))?;
-            let (_, block_first) = format::time_parts(&key).ok_or_else(|| self.corrupt("bad time key"))?;
+            let (_, block_first) =
+                format::time_parts(&key).ok_or_else(|| self.corrupt("bad time key"))?;
             let min_ts = format::u64_value(&value).ok_or_else(|| self.corrupt("bad time value"))?;
             if min_ts < to.0 && block_first < next {
                 blocks.push(block_first);
@@ -322,7 +388,12 @@ impl Store {
         blocks.sort_unstable();
         let mut out = Vec::new();
         for block_first in blocks {
-            let Some(value) = self.shared.tree.get(block_key(view.id, block_first)).map_err(|e| self.corrupt(e))? else {
+            let Some(value) = self
+                .shared
+                .tree
+                .get(block_key(view.id, block_first))
+                .map_err(|e| self.corrupt(e))?
+            else {
                 continue; // removed by retention since the index was read
             };
             for (offset, e) in (block_first..).zip(self.decode_block(&value)?) {
@@ -344,7 +415,10 @@ impl Store {
         let catalog = self.catalog();
         let mut vector = BTreeMap::new();
         for (id, seq) in ids {
-            let name = catalog.names.get(id as usize).ok_or_else(|| self.corrupt("unknown origin id"))?;
+            let name = catalog
+                .names
+                .get(id as usize)
+                .ok_or_else(|| self.corrupt("unknown origin id"))?;
             vector.insert(name.clone(), Seq(seq));
         }
         Ok(VersionVector(vector))
@@ -369,7 +443,9 @@ impl Store {
         let view = self.view(topic)?;
         let key = format::cursor_key(consumer.as_str(), view.id);
         match self.shared.tree.get(key).map_err(|e| self.corrupt(e))? {
-            Some(v) => format::u64_value(&v).map(Offset).ok_or_else(|| self.corrupt("bad cursor value")),
+            Some(v) => format::u64_value(&v)
+                .map(Offset)
+                .ok_or_else(|| self.corrupt("bad cursor value")),
             None => Ok(Offset(0)),
         }
     }
@@ -377,7 +453,12 @@ impl Store {
     /// A durable consumer of `topic`, starting at its committed cursor.
     pub fn consumer(&self, name: ConsumerName, topic: TopicName) -> Result<Consumer, ReadError> {
         let position = self.cursor(&name, &topic)?;
-        Ok(Consumer { store: self.clone(), name, topic, position })
+        Ok(Consumer {
+            store: self.clone(),
+            name,
+            topic,
+            position,
+        })
     }
 
     /// A document of a table.
@@ -386,7 +467,8 @@ impl Store {
         let Some(bytes) = self.shared.tree.get(key).map_err(|e| self.corrupt(e))? else {
             return Ok(None);
         };
-        let doc = serde_json::from_slice(&bytes).map_err(|e| self.corrupt(format!("document {table:?}/{id}: {e}")))?;
+        let doc = serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(format!("document {table:?}/{id}: {e}")))?;
         Ok(Some(doc))
     }
 
@@ -397,7 +479,8 @@ impl Store {
         for kv in self.shared.tree.scan_prefix(&prefix) {
             let (key, value) = kv.map_err(|e| self.corrupt(e))?;
             let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            let doc = serde_json::from_slice(&value).map_err(|e| self.corrupt(format!("document {table:?}/{id}: {e}")))?;
+            let doc = serde_json::from_slice(&value)
+                .map_err(|e| self.corrupt(format!("document {table:?}/{id}: {e}")))?;
             out.push((id, doc));
         }
         Ok(out)
@@ -411,11 +494,18 @@ impl Store {
     fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
         // The owner never panics while holding the lock (it only inserts into maps), so a
         // poisoned lock still holds a consistent catalog.
-        self.shared.catalog.read().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn view(&self, topic: &TopicName) -> Result<Arc<TopicView>, ReadError> {
-        self.catalog().topics.get(topic).cloned().ok_or_else(|| ReadError::UnknownTopic(topic.clone()))
+        self.catalog()
+            .topics
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| ReadError::UnknownTopic(topic.clone()))
     }
 
     fn decode_block(&self, bytes: &[u8]) -> Result<Vec<StoredEntry>, ReadError> {
@@ -424,9 +514,18 @@ impl Store {
 
     fn record(&self, offset: Offset, e: StoredEntry) -> Result<Record, ReadError> {
         let catalog = self.catalog();
-        let name = |id: u32| catalog.names.get(id as usize).cloned().ok_or_else(|| self.corrupt(format!("unknown node id {id}")));
+        let name = |id: u32| {
+            catalog
+                .names
+                .get(id as usize)
+                .cloned()
+                .ok_or_else(|| self.corrupt(format!("unknown node id {id}")))
+        };
         let entry = Entry {
-            id: EntryId { origin: name(e.origin)?, seq: Seq(e.seq) },
+            id: EntryId {
+                origin: name(e.origin)?,
+                seq: Seq(e.seq),
+            },
             timestamp: Timestamp(e.ts),
             key: e.key,
             to: e.to.map(name).transpose()?,
@@ -437,13 +536,19 @@ impl Store {
     }
 
     fn corrupt(&self, detail: impl std::fmt::Display) -> ReadError {
-        ReadError::Corrupt { path: self.shared.path.clone(), detail: detail.to_string() }
+        ReadError::Corrupt {
+            path: self.shared.path.clone(),
+            detail: detail.to_string(),
+        }
     }
 }
 
 impl TopicView {
     fn published(&self) -> format::StateRecord {
-        self.published.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `(first, next)`: the offsets readers may see.
@@ -453,9 +558,18 @@ impl TopicView {
     }
 
     fn info(&self) -> TopicInfo {
-        let config = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let config = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let p = self.published();
-        TopicInfo { config, first: Offset(p.first), next: Offset(p.next), bytes: p.bytes }
+        TopicInfo {
+            config,
+            first: Offset(p.first),
+            next: Offset(p.next),
+            bytes: p.bytes,
+        }
     }
 }
 
@@ -503,7 +617,10 @@ impl Consumer {
 }
 
 fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
-    let config = sled::Config::new().path(path.join("sled")).cache_capacity(cache_bytes).flush_every_ms(None);
+    let config = sled::Config::new()
+        .path(path.join("sled"))
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None);
     // sled may panic on some damaged files instead of returning an error; a damaged store
     // must give an error that names the path, so the panic is caught and reported.
     match std::panic::catch_unwind(AssertUnwindSafe(|| config.open())) {
@@ -515,7 +632,10 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("sled panicked");
-            Err(OpenError::Corrupt { path: path.to_path_buf(), detail: what.to_owned() })
+            Err(OpenError::Corrupt {
+                path: path.to_path_buf(),
+                detail: what.to_owned(),
+            })
         }
     }
 }
@@ -523,10 +643,17 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
 fn sled_open_error(path: &Path, e: sled::Error) -> OpenError {
     let path = path.to_path_buf();
     match e {
-        sled::Error::Io(source) if source.kind() == std::io::ErrorKind::WouldBlock => OpenError::Locked { path },
-        sled::Error::Io(source) if source.to_string().contains("lock") => OpenError::Locked { path },
+        sled::Error::Io(source) if source.kind() == std::io::ErrorKind::WouldBlock => {
+            OpenError::Locked { path }
+        }
+        sled::Error::Io(source) if source.to_string().contains("lock") => {
+            OpenError::Locked { path }
+        }
         sled::Error::Io(source) => OpenError::Io { path, source },
-        other => OpenError::Corrupt { path, detail: other.to_string() },
+        other => OpenError::Corrupt {
+            path,
+            detail: other.to_string(),
+        },
     }
 }
 

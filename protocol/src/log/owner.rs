@@ -4,8 +4,11 @@
 //!   `max_group`, or [`GROUP_BYTES`] of entries), into one **group**.
 //! - Each request is applied to a working copy of the topics it touches; a refused
 //!   transaction drops its copy and leaves the group as it was.
-//! - The group is written as one sled batch and flushed once; then the owner publishes
-//!   the new counters to readers, wakes tailers and replies to every writer.
+//! - The group is written as one sled batch and handed to the **flusher** thread, and the
+//!   owner goes on with the next group while the flusher runs `flush` (fsync): writing
+//!   group N+1 overlaps the fsync of group N.
+//! - The flusher takes every group written so far, flushes once, then publishes their
+//!   counters to readers, wakes tailers and replies to every writer, in order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,9 +18,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::error::{OpenError, WriteError};
 use super::format::{self, PeerRecord, StateRecord, StoredEntry, TopicRecord};
 use super::txn::{Appended, Committed, Op, TableName, Txn};
-use super::{Catalog, GAPS_TOPIC, Gap, PeerConfig, RetentionReport, Shared, StoreConfig, TopicView, VersionVector};
+use super::{
+    Catalog, GAPS_TOPIC, Gap, PeerConfig, RetentionReport, Shared, StoreConfig, TopicView,
+    VersionVector,
+};
 use crate::codec;
-use crate::entry::{Append, NodeName, Offset, Retention, Scope, Seq, Timestamp, TopicConfig, TopicName};
+use crate::entry::{
+    Append, NodeName, Offset, Retention, Scope, Seq, Timestamp, TopicConfig, TopicName,
+};
 
 /// A group stops taking requests once it holds this many entry bytes, so that one flush
 /// (and the latency of everyone in it) stays bounded even with large entries.
@@ -32,22 +40,65 @@ type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 /// A request to the owner; each carries the sender of its reply.
 #[derive(Debug)]
 pub(crate) enum Request {
-    Commit { txn: Txn, reply: Reply<Committed> },
-    CreateTopic { config: TopicConfig, reply: Reply<()> },
-    SetPeer { peer: PeerConfig, reply: Reply<()> },
-    PeerAcked { peer: NodeName, topic: TopicName, vector: VersionVector, reply: Reply<()> },
-    Retain { reply: Reply<RetentionReport> },
-    Close { reply: Reply<()> },
+    Commit {
+        txn: Txn,
+        reply: Reply<Committed>,
+    },
+    CreateTopic {
+        config: TopicConfig,
+        reply: Reply<()>,
+    },
+    SetPeer {
+        peer: PeerConfig,
+        reply: Reply<()>,
+    },
+    PeerAcked {
+        peer: NodeName,
+        topic: TopicName,
+        vector: VersionVector,
+        reply: Reply<()>,
+    },
+    Retain {
+        reply: Reply<RetentionReport>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
 }
 
-/// Loads the catalog, then starts the owner thread; returns its inbox.
-pub(crate) fn start(shared: Arc<Shared>, config: StoreConfig) -> Result<mpsc::Sender<Request>, OpenError> {
+/// Groups written and waiting for the flusher; past this the owner waits for it.
+const FLUSH_QUEUE: usize = 4;
+
+/// Loads the catalog, then starts the owner and flusher threads; returns the inbox.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    config: StoreConfig,
+) -> Result<mpsc::Sender<Request>, OpenError> {
     let (tx, rx) = mpsc::channel(config.inbox.max(1));
-    let owner = Owner::load(shared.clone(), config)?;
+    let io_error = |source| OpenError::Io {
+        path: shared.path.clone(),
+        source,
+    };
+    let (to_flusher, flusher_inbox) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
+    let flusher = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("tether-flush".into())
+            .spawn(move || flush_loop(&shared, flusher_inbox))
+            .map_err(io_error)?
+    };
+    let owner = Owner::load(
+        shared.clone(),
+        config,
+        Flusher {
+            queue: to_flusher,
+            thread: flusher,
+        },
+    )?;
     std::thread::Builder::new()
         .name("tether-store".into())
         .spawn(move || owner.run(rx))
-        .map_err(|source| OpenError::Io { path: shared.path.clone(), source })?;
+        .map_err(io_error)?;
     Ok(tx)
 }
 
@@ -59,7 +110,18 @@ struct Owner {
     names: HashMap<NodeName, u32>,
     self_id: u32,
     peers: BTreeMap<NodeName, Peer>,
-    poisoned: Option<String>,
+    flusher: Flusher,
+}
+
+struct Flusher {
+    queue: std::sync::mpsc::SyncSender<Written>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// A group that is in sled but not yet flushed: what to publish and whom to answer.
+struct Written {
+    publish: Vec<(Arc<TopicView>, StateRecord)>,
+    done: Vec<Done>,
 }
 
 struct TopicState {
@@ -109,30 +171,53 @@ enum Done {
 }
 
 impl Owner {
-    fn load(shared: Arc<Shared>, config: StoreConfig) -> Result<Owner, OpenError> {
+    fn load(
+        shared: Arc<Shared>,
+        config: StoreConfig,
+        flusher: Flusher,
+    ) -> Result<Owner, OpenError> {
         let tree = &shared.tree.clone();
         let path = shared.path.clone();
-        let corrupt = |detail: String| OpenError::Corrupt { path: path.clone(), detail };
+        let corrupt = |detail: String| OpenError::Corrupt {
+            path: path.clone(),
+            detail,
+        };
         let sled_err = |e: sled::Error| corrupt(e.to_string());
         let mut init = sled::Batch::default();
         match tree.get(format::META_FORMAT).map_err(sled_err)? {
             Some(v) => {
-                let found = format::u32_value(&v).ok_or_else(|| corrupt("unreadable format marker".into()))?;
+                let found = format::u32_value(&v)
+                    .ok_or_else(|| corrupt("unreadable format marker".into()))?;
                 if found != format::FORMAT_VERSION {
                     let (path, supported) = (shared.path.clone(), format::FORMAT_VERSION);
-                    return Err(OpenError::UnknownFormat { path, found, supported });
+                    return Err(OpenError::UnknownFormat {
+                        path,
+                        found,
+                        supported,
+                    });
                 }
-                let node = tree.get(format::META_NODE).map_err(sled_err)?.unwrap_or_default();
+                let node = tree
+                    .get(format::META_NODE)
+                    .map_err(sled_err)?
+                    .unwrap_or_default();
                 if node.as_ref() != config.node.as_str().as_bytes() {
                     let found = String::from_utf8_lossy(&node).into_owned();
-                    return Err(OpenError::WrongNode { path: shared.path.clone(), found, expected: config.node.clone() });
+                    return Err(OpenError::WrongNode {
+                        path: shared.path.clone(),
+                        found,
+                        expected: config.node.clone(),
+                    });
                 }
             }
             None if tree.is_empty() => {
                 init.insert(format::META_FORMAT, &format::FORMAT_VERSION.to_be_bytes());
                 init.insert(format::META_NODE, config.node.as_str().as_bytes());
             }
-            None => return Err(corrupt("no format marker: not a tether store, or its first write was lost".into())),
+            None => {
+                return Err(corrupt(
+                    "no format marker: not a tether store, or its first write was lost".into(),
+                ));
+            }
         }
 
         let mut names = HashMap::new();
@@ -161,19 +246,36 @@ impl Owner {
             let (k, v) = kv.map_err(sled_err)?;
             let text = String::from_utf8_lossy(&k[1..]).into_owned();
             let name = TopicName::new(text).map_err(|e| corrupt(format!("topic record: {e}")))?;
-            let record: TopicRecord = codec::decode(&v, "topic record").map_err(|e| corrupt(format!("topic {name}: {e}")))?;
-            let state: StateRecord = match tree.get(format::state_key(record.id)).map_err(sled_err)? {
-                Some(v) => codec::decode(&v, "topic state").map_err(|e| corrupt(format!("topic {name}: {e}")))?,
-                None => StateRecord::default(),
-            };
+            let record: TopicRecord = codec::decode(&v, "topic record")
+                .map_err(|e| corrupt(format!("topic {name}: {e}")))?;
+            let state: StateRecord =
+                match tree.get(format::state_key(record.id)).map_err(sled_err)? {
+                    Some(v) => codec::decode(&v, "topic state")
+                        .map_err(|e| corrupt(format!("topic {name}: {e}")))?,
+                    None => StateRecord::default(),
+                };
             if state.first > state.next {
-                return Err(corrupt(format!("topic {name}: head {} past end {}", state.first, state.next)));
+                return Err(corrupt(format!(
+                    "topic {name}: head {} past end {}",
+                    state.first, state.next
+                )));
             }
-            let config = TopicConfig { name: name.clone(), scope: record.scope, retention: record.retention() };
+            let config = TopicConfig {
+                name: name.clone(),
+                scope: record.scope,
+                retention: record.retention(),
+            };
             let view = TopicView::new(record.id, config.clone(), state.clone());
             views.insert(name.clone(), view.clone());
             by_name.insert(name, record.id);
-            topics.insert(record.id, TopicState { view, config, counters: Counters::from(state) });
+            topics.insert(
+                record.id,
+                TopicState {
+                    view,
+                    config,
+                    counters: Counters::from(state),
+                },
+            );
         }
 
         let mut peers = BTreeMap::new();
@@ -181,10 +283,21 @@ impl Owner {
             let (k, v) = kv.map_err(sled_err)?;
             let text = String::from_utf8_lossy(&k[1..]).into_owned();
             let name = NodeName::new(text).map_err(|e| corrupt(format!("peer record: {e}")))?;
-            let record: PeerRecord = codec::decode(&v, "peer record").map_err(|e| corrupt(format!("peer {name}: {e}")))?;
-            let id = *names.get(&name).ok_or_else(|| corrupt(format!("peer {name} has no id")))?;
+            let record: PeerRecord = codec::decode(&v, "peer record")
+                .map_err(|e| corrupt(format!("peer {name}: {e}")))?;
+            let id = *names
+                .get(&name)
+                .ok_or_else(|| corrupt(format!("peer {name} has no id")))?;
             let topics = record.topics.into_iter().collect();
-            peers.insert(name, Peer { core: record.core, id, topics, acked: HashMap::new() });
+            peers.insert(
+                name,
+                Peer {
+                    core: record.core,
+                    id,
+                    topics,
+                    acked: HashMap::new(),
+                },
+            );
         }
         for (name, peer) in &mut peers {
             let prefix = format::ack_key(name.as_str(), 0, 0);
@@ -192,17 +305,31 @@ impl Owner {
             for kv in tree.scan_prefix(prefix) {
                 let (k, v) = kv.map_err(sled_err)?;
                 let ids = &k[prefix.len()..];
-                let (Some(t), Some(o), Some(seq)) =
-                    (format::u32_value(&ids[..4.min(ids.len())]), format::u32_value(ids.get(4..).unwrap_or_default()), format::u64_value(&v))
-                else {
+                let (Some(t), Some(o), Some(seq)) = (
+                    format::u32_value(&ids[..4.min(ids.len())]),
+                    format::u32_value(ids.get(4..).unwrap_or_default()),
+                    format::u64_value(&v),
+                ) else {
                     return Err(corrupt(format!("acknowledgement of peer {name}")));
                 };
                 peer.acked.insert((t, o), seq);
             }
         }
 
-        *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = Catalog { topics: views, names: by_id };
-        let mut owner = Owner { shared, config, topics, by_name, names, self_id: 0, peers, poisoned: None };
+        *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = Catalog {
+            topics: views,
+            names: by_id,
+        };
+        let mut owner = Owner {
+            shared,
+            config,
+            topics,
+            by_name,
+            names,
+            self_id: 0,
+            peers,
+            flusher,
+        };
 
         // First use: intern this node's name and create the gaps topic, durably.
         let mut g = Group::default();
@@ -210,10 +337,15 @@ impl Owner {
         let gaps = TopicConfig {
             name: TopicName::new(GAPS_TOPIC).map_err(|e| corrupt(e.to_string()))?,
             scope: Scope::All,
-            retention: Retention { max_entries: Some(100_000), ..Retention::default() },
+            retention: Retention {
+                max_entries: Some(100_000),
+                ..Retention::default()
+            },
         };
         if !owner.by_name.contains_key(&gaps.name) {
-            owner.define_topic(&gaps, &mut g).map_err(|e| corrupt(e.to_string()))?;
+            owner
+                .define_topic(&gaps, &mut g)
+                .map_err(|e| corrupt(e.to_string()))?;
         }
         for (k, v) in g.kv {
             if let Some(v) = v {
@@ -249,24 +381,39 @@ impl Owner {
             }
             self.write(g);
             if let Some(reply) = close {
-                let flushed = self.shared.db.flush().map(drop).map_err(|e| WriteError::Poisoned(e.to_string()));
-                tracing::debug!(path = %self.shared.path.display(), "store closed");
-                // Let go of the database before replying, so that once the last handle
+                let flushed = self.stop().map_err(WriteError::Poisoned);
+                // The database is let go before replying, so that once the last handle
                 // drops after `close`, the files are free to be opened again.
-                drop(self);
                 let _ = reply.send(flushed);
                 return;
             }
         }
         // Every handle is gone: make sure the last writes are on disk.
-        if let Err(err) = self.shared.db.flush() {
+        if let Err(err) = self.stop() {
             tracing::error!(%err, "final flush of the store failed");
         }
     }
 
+    /// Waits for the flusher to finish what is queued, flushes, and drops the database.
+    fn stop(self) -> Result<(), String> {
+        let Owner {
+            shared, flusher, ..
+        } = self;
+        drop(flusher.queue);
+        if flusher.thread.join().is_err() {
+            return Err("the flush thread panicked".into());
+        }
+        if let Some(cause) = shared.poisoned() {
+            return Err(cause);
+        }
+        let flushed = shared.db.flush().map(drop).map_err(|e| e.to_string());
+        tracing::debug!(path = %shared.path.display(), "store closed");
+        flushed
+    }
+
     fn handle(&mut self, request: Request, g: &mut Group) {
-        if let Some(cause) = &self.poisoned {
-            return request.refuse(WriteError::Poisoned(cause.clone()));
+        if let Some(cause) = self.shared.poisoned() {
+            return request.refuse(WriteError::Poisoned(cause));
         }
         match request {
             Request::Commit { txn, reply } => match self.apply(txn, g) {
@@ -281,7 +428,12 @@ impl Owner {
                 Ok(()) => g.done.push(Done::Unit(reply)),
                 Err(e) => drop(reply.send(Err(e))),
             },
-            Request::PeerAcked { peer, topic, vector, reply } => match self.peer_acked(&peer, &topic, vector, g) {
+            Request::PeerAcked {
+                peer,
+                topic,
+                vector,
+                reply,
+            } => match self.peer_acked(&peer, &topic, vector, g) {
                 Ok(()) => g.done.push(Done::Unit(reply)),
                 Err(e) => drop(reply.send(Err(e))),
             },
@@ -321,11 +473,19 @@ impl Owner {
                             continue;
                         }
                         if origin == self.self_id {
-                            return Err(WriteError::OwnOrigin { topic, seq: e.id.seq });
+                            return Err(WriteError::OwnOrigin {
+                                topic,
+                                seq: e.id.seq,
+                            });
                         }
                         if e.id.seq.0 != held + 1 {
                             let (expected, got) = (Seq(held + 1), e.id.seq);
-                            return Err(WriteError::OutOfOrder { topic, origin: e.id.origin, expected, got });
+                            return Err(WriteError::OutOfOrder {
+                                topic,
+                                origin: e.id.origin,
+                                expected,
+                                got,
+                            });
                         }
                         let stored = StoredEntry {
                             origin,
@@ -340,11 +500,18 @@ impl Owner {
                         done.inserted += 1;
                     }
                 }
-                Op::Skip { topic, origin, through } => {
+                Op::Skip {
+                    topic,
+                    origin,
+                    through,
+                } => {
                     let t = self.topic_id(&topic)?;
                     let origin = self.intern(&origin, g);
                     if origin == self.self_id {
-                        return Err(WriteError::OwnOrigin { topic, seq: through });
+                        return Err(WriteError::OwnOrigin {
+                            topic,
+                            seq: through,
+                        });
                     }
                     let w = work_for(&mut work, g, &self.topics, t);
                     let held = w.counters.vector.entry(origin).or_default();
@@ -367,13 +534,24 @@ impl Owner {
                     let change = Append::new(Vec::new()).key(id).header("op", *b"delete");
                     self.append_own(&mut work, g, t, change)?;
                 }
-                Op::Cursor { consumer, topic, next } => {
+                Op::Cursor {
+                    consumer,
+                    topic,
+                    next,
+                } => {
                     let t = self.topic_id(&topic)?;
                     let end = work_for(&mut work, g, &self.topics, t).counters.next;
                     if next.0 > end {
-                        return Err(WriteError::BeyondEnd { topic, offset: next, next: Offset(end) });
+                        return Err(WriteError::BeyondEnd {
+                            topic,
+                            offset: next,
+                            next: Offset(end),
+                        });
                     }
-                    kv.push((format::cursor_key(consumer.as_str(), t), Some(next.0.to_be_bytes().to_vec())));
+                    kv.push((
+                        format::cursor_key(consumer.as_str(), t),
+                        Some(next.0.to_be_bytes().to_vec()),
+                    ));
                 }
             }
         }
@@ -392,7 +570,13 @@ impl Owner {
         Ok(done)
     }
 
-    fn append_own(&mut self, work: &mut HashMap<u32, Pending>, g: &mut Group, t: u32, append: Append) -> Result<(Offset, Seq), WriteError> {
+    fn append_own(
+        &mut self,
+        work: &mut HashMap<u32, Pending>,
+        g: &mut Group,
+        t: u32,
+        append: Append,
+    ) -> Result<(Offset, Seq), WriteError> {
         self.check_size(append.size())?;
         let to = append.to.as_ref().map(|n| self.intern(n, g));
         let w = work_for(work, g, &self.topics, t);
@@ -410,7 +594,7 @@ impl Owner {
         Ok((Offset(offset), Seq(seq)))
     }
 
-    /// Writes the group as one batch, flushes, publishes, replies.
+    /// Writes the group as one batch and queues it for the flusher.
     fn write(&mut self, g: Group) {
         if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
             return;
@@ -425,62 +609,90 @@ impl Owner {
         for (&t, p) in &g.pending {
             let mut first = p.new_first;
             for block in blocks(&p.new) {
-                let (min, max) = block.iter().fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
+                let (min, max) = block
+                    .iter()
+                    .fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
                 batch.insert(&format::block_key(t, first)[..], codec::encode(block));
                 batch.insert(&format::time_key(t, max, first)[..], &min.to_be_bytes()[..]);
                 first += block.len() as u64;
             }
-            batch.insert(&format::state_key(t)[..], codec::encode(&p.counters.record()));
+            batch.insert(
+                &format::state_key(t)[..],
+                codec::encode(&p.counters.record()),
+            );
         }
-        let written = self.shared.tree.apply_batch(batch).and_then(|()| self.shared.db.flush());
-        if let Err(err) = written {
-            let cause = err.to_string();
-            tracing::error!(path = %self.shared.path.display(), %err, "store write failed; refusing writes until restart");
-            self.poisoned = Some(cause.clone());
+        if let Err(err) = self.shared.tree.apply_batch(batch) {
+            let cause = self.shared.poison(&err);
             for done in g.done {
                 done.refuse(WriteError::Poisoned(cause.clone()));
             }
             return;
         }
+        let mut publish = Vec::with_capacity(g.pending.len());
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
-                state.view.publish(p.counters.record());
+                publish.push((state.view.clone(), p.counters.record()));
                 state.counters = p.counters;
             }
         }
-        for done in g.done {
-            match done {
-                Done::Commit(reply, c) => drop(reply.send(Ok(c))),
-                Done::Unit(reply) => drop(reply.send(Ok(()))),
-                Done::Retain(reply, r) => drop(reply.send(Ok(r))),
-            }
-        }
+        // A send fails only if the flusher is gone, which happens only at `stop`.
+        let _ = self.flusher.queue.send(Written {
+            publish,
+            done: g.done,
+        });
     }
 
     /// Creates a topic (or updates its retention); returns its id.
     fn define_topic(&mut self, config: &TopicConfig, g: &mut Group) -> Result<u32, WriteError> {
         if let Some(&t) = self.by_name.get(&config.name) {
-            let state = self.topics.get_mut(&t).ok_or(WriteError::UnknownTopic(config.name.clone()))?;
+            let state = self
+                .topics
+                .get_mut(&t)
+                .ok_or(WriteError::UnknownTopic(config.name.clone()))?;
             if state.config.scope != config.scope {
                 let (existing, requested) = (state.config.scope, config.scope);
-                return Err(WriteError::ScopeConflict { topic: config.name.clone(), existing, requested });
+                return Err(WriteError::ScopeConflict {
+                    topic: config.name.clone(),
+                    existing,
+                    requested,
+                });
             }
             if state.config.retention != config.retention {
                 state.config.retention = config.retention;
                 *state.view.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
-                g.kv.push((format::topic_key(config.name.as_str()), Some(codec::encode(&TopicRecord::new(t, config)))));
+                g.kv.push((
+                    format::topic_key(config.name.as_str()),
+                    Some(codec::encode(&TopicRecord::new(t, config))),
+                ));
             }
             return Ok(t);
         }
         let t = self.topics.keys().max().map_or(0, |m| m + 1);
-        g.kv.push((format::topic_key(config.name.as_str()), Some(codec::encode(&TopicRecord::new(t, config)))));
-        g.kv.push((format::state_key(t).to_vec(), Some(codec::encode(&StateRecord::default()))));
+        g.kv.push((
+            format::topic_key(config.name.as_str()),
+            Some(codec::encode(&TopicRecord::new(t, config))),
+        ));
+        g.kv.push((
+            format::state_key(t).to_vec(),
+            Some(codec::encode(&StateRecord::default())),
+        ));
         let view = TopicView::new(t, config.clone(), StateRecord::default());
-        let mut catalog = self.shared.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let mut catalog = self
+            .shared
+            .catalog
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         catalog.topics.insert(config.name.clone(), view.clone());
         drop(catalog);
         self.by_name.insert(config.name.clone(), t);
-        self.topics.insert(t, TopicState { view, config: config.clone(), counters: Counters::default() });
+        self.topics.insert(
+            t,
+            TopicState {
+                view,
+                config: config.clone(),
+                counters: Counters::default(),
+            },
+        );
         tracing::info!(topic = %config.name, scope = %config.scope, "topic created");
         Ok(t)
     }
@@ -490,27 +702,69 @@ impl Owner {
         match self.by_name.get(&name) {
             Some(&t) => Ok(t),
             None => {
-                let retention = Retention { max_entries: Some(100_000), ..Retention::default() };
-                self.define_topic(&TopicConfig { name, scope: Scope::Local, retention }, g)
+                let retention = Retention {
+                    max_entries: Some(100_000),
+                    ..Retention::default()
+                };
+                self.define_topic(
+                    &TopicConfig {
+                        name,
+                        scope: Scope::Local,
+                        retention,
+                    },
+                    g,
+                )
             }
         }
     }
 
     fn set_peer(&mut self, peer: PeerConfig, g: &mut Group) -> Result<(), WriteError> {
-        let topics = peer.topics.iter().map(|t| self.topic_id(t)).collect::<Result<HashSet<_>, _>>()?;
+        let topics = peer
+            .topics
+            .iter()
+            .map(|t| self.topic_id(t))
+            .collect::<Result<HashSet<_>, _>>()?;
         let id = self.intern(&peer.name, g);
         let mut record_topics: Vec<u32> = topics.iter().copied().collect();
         record_topics.sort_unstable();
-        let record = PeerRecord { core: peer.core, topics: record_topics };
-        g.kv.push((format::peer_key(peer.name.as_str()), Some(codec::encode(&record))));
-        let acked = self.peers.remove(&peer.name).map(|p| p.acked).unwrap_or_default();
-        self.peers.insert(peer.name, Peer { core: peer.core, id, topics, acked });
+        let record = PeerRecord {
+            core: peer.core,
+            topics: record_topics,
+        };
+        g.kv.push((
+            format::peer_key(peer.name.as_str()),
+            Some(codec::encode(&record)),
+        ));
+        let acked = self
+            .peers
+            .remove(&peer.name)
+            .map(|p| p.acked)
+            .unwrap_or_default();
+        self.peers.insert(
+            peer.name,
+            Peer {
+                core: peer.core,
+                id,
+                topics,
+                acked,
+            },
+        );
         Ok(())
     }
 
-    fn peer_acked(&mut self, peer: &NodeName, topic: &TopicName, vector: VersionVector, g: &mut Group) -> Result<(), WriteError> {
+    fn peer_acked(
+        &mut self,
+        peer: &NodeName,
+        topic: &TopicName,
+        vector: VersionVector,
+        g: &mut Group,
+    ) -> Result<(), WriteError> {
         let t = self.topic_id(topic)?;
-        let origins: Vec<(u32, u64)> = vector.0.iter().map(|(o, s)| (self.intern(o, g), s.0)).collect();
+        let origins: Vec<(u32, u64)> = vector
+            .0
+            .iter()
+            .map(|(o, s)| (self.intern(o, g), s.0))
+            .collect();
         let Some(p) = self.peers.get_mut(peer) else {
             return Ok(()); // not a peer that retention waits for
         };
@@ -518,7 +772,10 @@ impl Owner {
             let held = p.acked.entry((t, o)).or_default();
             if seq > *held {
                 *held = seq;
-                g.kv.push((format::ack_key(peer.as_str(), t, o), Some(seq.to_be_bytes().to_vec())));
+                g.kv.push((
+                    format::ack_key(peer.as_str(), t, o),
+                    Some(seq.to_be_bytes().to_vec()),
+                ));
             }
         }
         Ok(())
@@ -536,7 +793,11 @@ impl Owner {
             if retention.is_unlimited() {
                 continue;
             }
-            let mut head = match Head::open(&self.shared, t, work_for_group(g, &self.topics, t).counters.first) {
+            let mut head = match Head::open(
+                &self.shared,
+                t,
+                work_for_group(g, &self.topics, t).counters.first,
+            ) {
                 Ok(head) => head,
                 Err(err) => {
                     tracing::error!(topic = %self.topics[&t].config.name, %err, "retention cannot read the topic head");
@@ -547,7 +808,9 @@ impl Owner {
                 let c = &work_for_group(g, &self.topics, t).counters;
                 let over = retention.max_entries.is_some_and(|m| c.next - c.first > m)
                     || retention.max_bytes.is_some_and(|m| c.bytes > m)
-                    || retention.max_age.is_some_and(|age| e.ts < cutoff.minus(age).0);
+                    || retention
+                        .max_age
+                        .is_some_and(|age| e.ts < cutoff.minus(age).0);
                 if !over || !self.needed_by(t, e).is_empty() {
                     break;
                 }
@@ -558,10 +821,16 @@ impl Owner {
 
         let mut lost: BTreeMap<(u32, u32), (u64, u64, BTreeSet<NodeName>)> = BTreeMap::new();
         if let Some(budget) = self.config.disk_budget {
-            let gaps_id = self.by_name.get(&TopicName::new(GAPS_TOPIC).unwrap_or_else(|_| unreachable!())).copied();
+            let gaps_id = self
+                .by_name
+                .get(&TopicName::new(GAPS_TOPIC).unwrap_or_else(|_| unreachable!()))
+                .copied();
             let mut heads: HashMap<u32, Head> = HashMap::new();
             loop {
-                let total: u64 = ids.iter().map(|&t| work_for_group(g, &self.topics, t).counters.bytes).sum();
+                let total: u64 = ids
+                    .iter()
+                    .map(|&t| work_for_group(g, &self.topics, t).counters.bytes)
+                    .sum();
                 if total <= budget {
                     break;
                 }
@@ -586,7 +855,9 @@ impl Owner {
                 let Some(e) = head.peek() else { break };
                 let peers = self.needed_by(t, e);
                 if !peers.is_empty() {
-                    let range = lost.entry((t, e.origin)).or_insert((e.seq, e.seq, BTreeSet::new()));
+                    let range =
+                        lost.entry((t, e.origin))
+                            .or_insert((e.seq, e.seq, BTreeSet::new()));
                     range.1 = e.seq;
                     range.2.extend(peers);
                 }
@@ -595,19 +866,39 @@ impl Owner {
             }
         }
         if report.removed > 0 {
-            tracing::info!(removed = report.removed, gaps = lost.len(), "retention removed entries");
+            tracing::info!(
+                removed = report.removed,
+                gaps = lost.len(),
+                "retention removed entries"
+            );
         }
         self.record_gaps(lost, g, &mut report);
         report
     }
 
-    fn record_gaps(&mut self, lost: BTreeMap<(u32, u32), (u64, u64, BTreeSet<NodeName>)>, g: &mut Group, report: &mut RetentionReport) {
-        let Some(&gaps_id) = TopicName::new(GAPS_TOPIC).ok().and_then(|n| self.by_name.get(&n)) else {
+    fn record_gaps(
+        &mut self,
+        lost: BTreeMap<(u32, u32), (u64, u64, BTreeSet<NodeName>)>,
+        g: &mut Group,
+        report: &mut RetentionReport,
+    ) {
+        let Some(&gaps_id) = TopicName::new(GAPS_TOPIC)
+            .ok()
+            .and_then(|n| self.by_name.get(&n))
+        else {
             return;
         };
-        let catalog_names = self.shared.catalog.read().unwrap_or_else(|p| p.into_inner()).names.clone();
+        let catalog_names = self
+            .shared
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .names
+            .clone();
         for ((t, origin), (first, last, peers)) in lost {
-            let (Some(topic), Some(origin)) = (self.topics.get(&t), catalog_names.get(origin as usize)) else {
+            let (Some(topic), Some(origin)) =
+                (self.topics.get(&t), catalog_names.get(origin as usize))
+            else {
                 continue;
             };
             let gap = Gap {
@@ -622,7 +913,10 @@ impl Owner {
             let payload = serde_json::to_vec(&gap).unwrap_or_default();
             let mut work = HashMap::new();
             // The gap record is small; it cannot exceed the entry limit.
-            if self.append_own(&mut work, g, gaps_id, Append::new(payload)).is_ok() {
+            if self
+                .append_own(&mut work, g, gaps_id, Append::new(payload))
+                .is_ok()
+            {
                 for (t, w) in work {
                     match g.pending.get_mut(&t) {
                         Some(p) => {
@@ -652,7 +946,10 @@ impl Owner {
 
     /// The peers in scope that have not received `e` of topic `t`.
     fn needed_by(&self, t: u32, e: &StoredEntry) -> Vec<NodeName> {
-        let local = self.topics.get(&t).is_none_or(|s| !s.config.scope.leaves_node());
+        let local = self
+            .topics
+            .get(&t)
+            .is_none_or(|s| !s.config.scope.leaves_node());
         if local {
             return Vec::new();
         }
@@ -669,12 +966,19 @@ impl Owner {
     }
 
     fn topic_id(&self, topic: &TopicName) -> Result<u32, WriteError> {
-        self.by_name.get(topic).copied().ok_or_else(|| WriteError::UnknownTopic(topic.clone()))
+        self.by_name
+            .get(topic)
+            .copied()
+            .ok_or_else(|| WriteError::UnknownTopic(topic.clone()))
     }
 
     fn check_size(&self, size: u64) -> Result<(), WriteError> {
         let limit = self.config.max_entry_bytes;
-        if size > limit { Err(WriteError::TooLarge { size, limit }) } else { Ok(()) }
+        if size > limit {
+            Err(WriteError::TooLarge { size, limit })
+        } else {
+            Ok(())
+        }
     }
 
     /// The id of a node name, interning it (durably, with the group) if new.
@@ -682,12 +986,19 @@ impl Owner {
         if let Some(&id) = self.names.get(name) {
             return id;
         }
-        let mut catalog = self.shared.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let mut catalog = self
+            .shared
+            .catalog
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let id = catalog.names.len() as u32;
         catalog.names.push(name.clone());
         drop(catalog);
         self.names.insert(name.clone(), id);
-        g.kv.push((format::name_key(name.as_str()), Some(id.to_be_bytes().to_vec())));
+        g.kv.push((
+            format::name_key(name.as_str()),
+            Some(id.to_be_bytes().to_vec()),
+        ));
         id
     }
 }
@@ -721,6 +1032,14 @@ impl Request {
 }
 
 impl Done {
+    fn accept(self) {
+        match self {
+            Done::Commit(reply, c) => drop(reply.send(Ok(c))),
+            Done::Unit(reply) => drop(reply.send(Ok(()))),
+            Done::Retain(reply, r) => drop(reply.send(Ok(r))),
+        }
+    }
+
     fn refuse(self, e: WriteError) {
         match self {
             Done::Commit(reply, _) => drop(reply.send(Err(e))),
@@ -740,14 +1059,56 @@ impl Pending {
     }
 }
 
+/// The flusher thread: flushes once for every group written so far, then publishes and
+/// replies. A failed flush poisons the store.
+fn flush_loop(shared: &Shared, inbox: std::sync::mpsc::Receiver<Written>) {
+    while let Ok(first) = inbox.recv() {
+        // Every group received here was applied before this flush starts: it covers them.
+        let groups: Vec<Written> = std::iter::once(first).chain(inbox.try_iter()).collect();
+        let flushed = match shared.poisoned() {
+            Some(cause) => Err(cause),
+            None => shared.db.flush().map_err(|err| shared.poison(&err)),
+        };
+        for group in groups {
+            match &flushed {
+                Ok(_) => {
+                    for (view, state) in group.publish {
+                        view.publish(state);
+                    }
+                    for done in group.done {
+                        done.accept();
+                    }
+                }
+                Err(cause) => {
+                    for done in group.done {
+                        done.refuse(WriteError::Poisoned(cause.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The transaction's working copy of topic `t`, made from the group's (or the owner's).
-fn work_for<'a>(work: &'a mut HashMap<u32, Pending>, g: &Group, topics: &HashMap<u32, TopicState>, t: u32) -> &'a mut Pending {
+fn work_for<'a>(
+    work: &'a mut HashMap<u32, Pending>,
+    g: &Group,
+    topics: &HashMap<u32, TopicState>,
+    t: u32,
+) -> &'a mut Pending {
     work.entry(t).or_insert_with(|| {
         let counters = match g.pending.get(&t) {
             Some(p) => p.counters.clone(),
-            None => topics.get(&t).map(|s| s.counters.clone()).unwrap_or_default(),
+            None => topics
+                .get(&t)
+                .map(|s| s.counters.clone())
+                .unwrap_or_default(),
         };
-        Pending { new_first: counters.next, counters, new: Vec::new() }
+        Pending {
+            new_first: counters.next,
+            counters,
+            new: Vec::new(),
+        }
     })
 }
 
@@ -755,10 +1116,21 @@ fn work_for_group<'a>(g: &'a mut Group, topics: &HashMap<u32, TopicState>, t: u3
     work_for_group_mut(g, topics, t)
 }
 
-fn work_for_group_mut<'a>(g: &'a mut Group, topics: &HashMap<u32, TopicState>, t: u32) -> &'a mut Pending {
+fn work_for_group_mut<'a>(
+    g: &'a mut Group,
+    topics: &HashMap<u32, TopicState>,
+    t: u32,
+) -> &'a mut Pending {
     g.pending.entry(t).or_insert_with(|| {
-        let counters = topics.get(&t).map(|s| s.counters.clone()).unwrap_or_default();
-        Pending { new_first: counters.next, counters, new: Vec::new() }
+        let counters = topics
+            .get(&t)
+            .map(|s| s.counters.clone())
+            .unwrap_or_default();
+        Pending {
+            new_first: counters.next,
+            counters,
+            new: Vec::new(),
+        }
     })
 }
 
@@ -771,7 +1143,10 @@ fn blocks(entries: &[StoredEntry]) -> impl Iterator<Item = &[StoredEntry]> {
         }
         let mut bytes = 0;
         let mut n = 0;
-        while n < rest.len() && n < BLOCK_ENTRIES && (n == 0 || bytes + rest[n].size() <= BLOCK_BYTES) {
+        while n < rest.len()
+            && n < BLOCK_ENTRIES
+            && (n == 0 || bytes + rest[n].size() <= BLOCK_BYTES)
+        {
             bytes += rest[n].size();
             n += 1;
         }
@@ -782,7 +1157,11 @@ fn blocks(entries: &[StoredEntry]) -> impl Iterator<Item = &[StoredEntry]> {
 }
 
 fn check_doc_id(id: &str) -> Result<(), WriteError> {
-    if id.is_empty() || id.len() > 256 { Err(WriteError::DocumentId(id.to_owned())) } else { Ok(()) }
+    if id.is_empty() || id.len() > 256 {
+        Err(WriteError::DocumentId(id.to_owned()))
+    } else {
+        Ok(())
+    }
 }
 
 /// Walks a topic's oldest entries, block by block, for retention.
@@ -795,7 +1174,12 @@ struct Head {
 
 impl Head {
     fn open(shared: &Shared, topic: u32, first: u64) -> Result<Head, String> {
-        let mut head = Head { topic, block_first: 0, entries: Vec::new(), index: 0 };
+        let mut head = Head {
+            topic,
+            block_first: 0,
+            entries: Vec::new(),
+            index: 0,
+        };
         let start = shared
             .tree
             .range(format::block_key(topic, 0)..=format::block_key(topic, first))
@@ -848,7 +1232,12 @@ impl Head {
 impl TopicView {
     fn new(id: u32, config: TopicConfig, state: StateRecord) -> Arc<TopicView> {
         let (tail, _) = watch::channel(Offset(state.next));
-        Arc::new(TopicView { id, config: Mutex::new(config), published: Mutex::new(state), tail })
+        Arc::new(TopicView {
+            id,
+            config: Mutex::new(config),
+            published: Mutex::new(state),
+            tail,
+        })
     }
 
     fn publish(&self, state: StateRecord) {
@@ -864,7 +1253,9 @@ impl TopicRecord {
         TopicRecord {
             id,
             scope: config.scope,
-            max_age_ms: r.max_age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+            max_age_ms: r
+                .max_age
+                .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
             max_bytes: r.max_bytes,
             max_entries: r.max_entries,
         }
@@ -881,12 +1272,22 @@ impl TopicRecord {
 
 impl Counters {
     fn record(&self) -> StateRecord {
-        StateRecord { first: self.first, next: self.next, bytes: self.bytes, vector: self.vector.iter().map(|(&o, &s)| (o, s)).collect() }
+        StateRecord {
+            first: self.first,
+            next: self.next,
+            bytes: self.bytes,
+            vector: self.vector.iter().map(|(&o, &s)| (o, s)).collect(),
+        }
     }
 }
 
 impl From<StateRecord> for Counters {
     fn from(s: StateRecord) -> Self {
-        Counters { first: s.first, next: s.next, bytes: s.bytes, vector: s.vector.into_iter().collect() }
+        Counters {
+            first: s.first,
+            next: s.next,
+            bytes: s.bytes,
+            vector: s.vector.into_iter().collect(),
+        }
     }
 }

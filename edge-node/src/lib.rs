@@ -1,1 +1,24 @@
-//! placeholder
+//! A field node (`edge-node`): it keeps working when the link to the core is down.
+//!
+//! What it is: [`run`], the node as a library, so that tests start it in-process. Today it
+//! opens the store, creates the topics an edge holds and applies retention (all in
+//! [`protocol::node`]); the QUIC link to the core, the HTTP API and the edge services
+//! join it here.
+//!
+//! What it is not: argument parsing or logging setup; `main.rs` hands those to
+//! [`protocol::node::main_for`].
+//!
+//! IO: the node's data directory.
+
+use std::future::Future;
+
+use protocol::config::Config;
+use protocol::node::{NodeError, Role};
+
+/// Runs the field node until `shutdown` resolves, then flushes and closes its store.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError> {
+    protocol::node::run(Role::Edge, config, shutdown).await
+}

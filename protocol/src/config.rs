@@ -1,0 +1,1182 @@
+//! A node's configuration: one TOML file, environment overrides, and the checked result.
+//!
+//! Loading goes in three steps ([`Config::load`]):
+//! 1. the file (if any) is parsed as it is written, so that a syntax error, an unknown key
+//!    or a value of the wrong type is reported with its line, its column and the file;
+//! 2. each environment variable `TETHER_<SECTION>__<KEY>` replaces one key (for example
+//!    `TETHER_NODE__NAME=bravo`, `TETHER_STORE__DISK_BUDGET=10GiB`); the value is read as
+//!    a TOML value if it is one, else as a string. Variables without `__` are ignored.
+//!    Topics cannot be set from the environment;
+//! 3. the result is checked and converted into [`Config`]: names, sizes, durations, no
+//!    duplicate topic. Errors name the key (`topics[2].name`, counted from 0) and where it
+//!    came from (the file or the variable).
+//!
+//! Keys left out take the defaults of the node's [`Role`]; a file that lists `[[topics]]`
+//! replaces the default list. Sizes are bytes, as an integer or a string with a unit
+//! (`"512KiB"`, `"64MiB"`, `"10GB"`); durations are strings with a unit (`"500ms"`,
+//! `"10s"`, `"30m"`, `"12h"`, `"7d"`).
+//!
+//! IO: [`Config::load`] reads the file it is given and the process environment.
+
+use std::collections::HashSet;
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
+use crate::log::StoreConfig;
+use crate::node::Role;
+
+/// The prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "TETHER_";
+
+/// A node's checked configuration. [`Config::default_for`] is the local demo setup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[node]`: who this node is and where it keeps its data.
+    pub node: NodeSettings,
+    /// `[log]`: how the binary logs.
+    pub log: LogSettings,
+    /// `[store]`: limits of the log store.
+    pub store: StoreSettings,
+    /// `[[topics]]`: the topics the node creates (or updates) at start.
+    pub topics: Vec<TopicConfig>,
+}
+
+/// The `[node]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// The node's name; it is the origin of every entry this node appends.
+    pub name: NodeName,
+    /// Where the node keeps its data; the store is in `<data_dir>/store`. A relative path
+    /// starts at the working directory. Default: `data/<name>`.
+    pub data_dir: PathBuf,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Text for people or JSON for log collectors.
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive, such as `info` or `protocol=debug,info`.
+    /// `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Largest entry a producer or a peer may append, in bytes; larger ones are refused.
+    pub max_entry_bytes: u64,
+    /// Total entry bytes the node may hold. Past it, retention removes the oldest entries
+    /// even if a peer has not received them, and records a gap. `None`: no budget.
+    pub disk_budget: Option<u64>,
+    /// sled's page cache, in bytes: more is faster reads and more resident memory.
+    pub cache_bytes: u64,
+    /// How often retention runs. Shorter frees space sooner and costs more idle work.
+    pub retention_interval: Duration,
+}
+
+/// Why a config could not be loaded. Each names the file, variable or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("config file {}: {}", path.display(), source.to_string().trim_end())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's error: it shows the line, the column and the offending text.
+        source: toml::de::Error,
+    },
+    /// An environment variable could not be applied to the config.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// The variable, such as `TETHER_NODE__NAME`.
+        var: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A value is malformed or out of range.
+    #[error("{origin}: {key}: {reason}")]
+    Invalid {
+        /// Where the value came from.
+        origin: Origin,
+        /// The key, such as `store.max_entry_bytes` or `topics[2].name`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Where a config value came from, to name it in errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in defaults.
+    Default,
+    /// The config file at this path.
+    File(PathBuf),
+    /// This environment variable.
+    Env(String),
+}
+
+impl Config {
+    /// The defaults for a node of this role: a local demo with the mission pipeline's
+    /// topics (core: `hq`; edge: `alpha`).
+    pub fn default_for(role: Role) -> Config {
+        let name = match role {
+            Role::Core => "hq",
+            Role::Edge => "alpha",
+        };
+        let name = NodeName::new(name).expect("the default node names are valid");
+        Config {
+            node: NodeSettings {
+                data_dir: default_data_dir(&name),
+                name,
+            },
+            log: LogSettings {
+                format: LogFormat::Text,
+                filter: "info".to_owned(),
+            },
+            store: StoreSettings {
+                max_entry_bytes: 1 << 20,
+                disk_budget: None,
+                cache_bytes: 32 << 20,
+                retention_interval: Duration::from_secs(10),
+            },
+            topics: default_topics(role),
+        }
+    }
+
+    /// Loads the config of a node of this role: the defaults, the file at `path` if one
+    /// is given, then the `TETHER_<SECTION>__<KEY>` environment variables.
+    pub fn load(role: Role, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Some((path, text))
+            }
+            None => None,
+        };
+        let mut env = Vec::new();
+        for (var, value) in std::env::vars_os() {
+            // A variable whose name is not Unicode cannot be one of ours.
+            let Some(var) = var
+                .to_str()
+                .filter(|v| v.starts_with(ENV_PREFIX) && v.contains("__"))
+            else {
+                continue;
+            };
+            let value = value.into_string().map_err(|_| ConfigError::Env {
+                var: var.to_owned(),
+                reason: "the value is not valid Unicode".to_owned(),
+            })?;
+            env.push((var.to_owned(), value));
+        }
+        env.sort();
+        Config::from_sources(role, file.as_ref().map(|(p, t)| (*p, t.as_str())), &env)
+    }
+
+    /// The store's directory: `<data_dir>/store`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.node.data_dir.join("store")
+    }
+
+    /// The log store's settings, for [`crate::log::Store::open`].
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            max_entry_bytes: self.store.max_entry_bytes,
+            disk_budget: self.store.disk_budget,
+            cache_bytes: self.store.cache_bytes,
+            ..StoreConfig::new(self.node.name.clone())
+        }
+    }
+
+    /// The config as a commented TOML file, as `--print-config` prints it. Loading the
+    /// text back (for the same role) gives this config again.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_toml(&mut out);
+        out
+    }
+
+    fn write_toml(&self, out: &mut String) -> fmt::Result {
+        let Config {
+            node,
+            log,
+            store,
+            topics,
+        } = self;
+        let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        out.push_str(
+            r#"# Tether node configuration.
+#
+# Every key of [node], [log] and [store] may be overridden by an environment variable
+# TETHER_<SECTION>__<KEY>, such as TETHER_NODE__NAME=bravo or
+# TETHER_STORE__DISK_BUDGET=10GiB. Topics are set in this file only.
+# Sizes are bytes, as an integer or a string with a unit: "512KiB", "64MiB", "10GB".
+# Durations are strings with a unit: "500ms", "10s", "30m", "12h", "7d".
+"#,
+        );
+        if topics.is_empty() {
+            out.push_str("\n# This node holds no topics (without this key: the defaults).\n");
+            out.push_str("topics = []\n");
+        }
+        // The default data directory stays a comment, so that it follows a changed name.
+        let data_dir = text(&node.data_dir.to_string_lossy());
+        let data_dir = if node.data_dir == default_data_dir(&node.name) {
+            format!("# data_dir = {data_dir}")
+        } else {
+            format!("data_dir = {data_dir}")
+        };
+        let disk_budget = match store.disk_budget {
+            Some(budget) => format!("disk_budget = {}", size_value(budget)),
+            None => "# disk_budget = \"10GiB\"".to_owned(),
+        };
+        write!(
+            out,
+            r#"
+[node]
+# The node's name, 1 to 63 of a-z, 0-9 and '-': the origin of its entries everywhere.
+name = {name}
+# Where the node keeps its data (the store is in <data_dir>/store). A relative path
+# starts at the working directory. Default: "data/<name>".
+{data_dir}
+
+[log]
+# "text" for people, "json" for log collectors.
+format = {format}
+# What to log, as a tracing filter directive: "info", "protocol=debug,info".
+# RUST_LOG overrides it.
+filter = {filter}
+
+[store]
+# Largest entry a producer or a peer may append; larger ones are refused.
+max_entry_bytes = {max_entry_bytes}
+# Total entry bytes the node may hold. Past it, retention removes the oldest entries
+# even if a peer has not received them, and records a gap. Left out: no budget.
+{disk_budget}
+# sled's page cache: more is faster reads and more resident memory.
+cache_bytes = {cache_bytes}
+# How often retention runs (each topic's max_age, max_bytes and max_entries).
+retention_interval = {retention_interval}
+"#,
+            name = text(node.name.as_str()),
+            format = text(log.format.as_str()),
+            filter = text(&log.filter),
+            max_entry_bytes = size_value(store.max_entry_bytes),
+            cache_bytes = size_value(store.cache_bytes),
+            retention_interval = text(&format_duration(store.retention_interval)),
+        )?;
+        if !topics.is_empty() {
+            out.push_str(
+                r#"
+# The topics this node holds; listing any replaces the default list. scope: "local"
+# never leaves the node, "core" is stored at the core, "all" on every node that
+# subscribes. Retention (max_age, max_bytes, max_entries): left out, no such limit.
+"#,
+            );
+        }
+        for topic in topics {
+            writeln!(out, "\n[[topics]]")?;
+            writeln!(out, "name = {}", text(topic.name.as_str()))?;
+            writeln!(out, "scope = {}", text(&topic.scope.to_string()))?;
+            let Retention {
+                max_age,
+                max_bytes,
+                max_entries,
+            } = topic.retention;
+            if let Some(age) = max_age {
+                writeln!(out, "max_age = {}", text(&format_duration(age)))?;
+            }
+            if let Some(bytes) = max_bytes {
+                writeln!(out, "max_bytes = {}", size_value(bytes))?;
+            }
+            if let Some(entries) = max_entries {
+                // TOML integers are signed; no topic holds 2^63 entries.
+                writeln!(
+                    out,
+                    "max_entries = {}",
+                    i64::try_from(entries).unwrap_or(i64::MAX)
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads from an optional `(path, text)` file and `(variable, value)` overrides.
+    fn from_sources(
+        role: Role,
+        file: Option<(&Path, &str)>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let (mut table, mut raw) = match file {
+            Some((path, text)) => {
+                let parse_error = |source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                // Parsed once into the schema, so that errors point into the text, and
+                // once as a plain table, for the overrides to edit.
+                let raw: RawConfig = toml::from_str(text).map_err(parse_error)?;
+                let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+                (table, raw)
+            }
+            None => (toml::Table::new(), RawConfig::default()),
+        };
+        let mut overrides = Vec::new();
+        for (var, value) in env {
+            let env_error = |reason: String| ConfigError::Env {
+                var: var.clone(),
+                reason,
+            };
+            let path = env_path(var).map_err(env_error)?;
+            let parsed = toml_value(value);
+            let is_string = matches!(parsed, toml::Value::String(_));
+            let mut tried = table.clone();
+            set_path(&mut tried, &path, parsed).map_err(env_error)?;
+            raw = match deserialize(&tried) {
+                Ok(raw) => {
+                    table = tried;
+                    raw
+                }
+                // `TETHER_NODE__NAME=7` reads as an integer: try it as the string it also is.
+                Err(first) if !is_string => {
+                    let mut tried = table.clone();
+                    set_path(&mut tried, &path, toml::Value::String(value.clone()))
+                        .map_err(env_error)?;
+                    let raw = deserialize(&tried).map_err(|_| env_error(first))?;
+                    table = tried;
+                    raw
+                }
+                Err(reason) => return Err(env_error(reason)),
+            };
+            overrides.push((path.join("."), var.clone()));
+        }
+        let origins = Origins {
+            file: file.map(|(path, _)| path.to_path_buf()),
+            overrides,
+        };
+        raw.check(role, &origins)
+    }
+}
+
+impl LogFormat {
+    /// The name used in the config file: `text` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default config"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// `data/<name>`.
+fn default_data_dir(name: &NodeName) -> PathBuf {
+    Path::new("data").join(name.as_str())
+}
+
+/// The mission pipeline's topics (DESIGN.md, "The mission pipeline") as each role holds them.
+fn default_topics(role: Role) -> Vec<TopicConfig> {
+    const DAY: u64 = 24 * 60 * 60;
+    let topic = |name: &str, scope, days| TopicConfig {
+        name: TopicName::new(name).expect("the default topic names are valid"),
+        scope,
+        retention: Retention {
+            max_age: Some(Duration::from_secs(days * DAY)),
+            ..Retention::default()
+        },
+    };
+    // The core's internal pipeline steps are worth a week; what crosses the link is kept
+    // a month, so that an edge that was away for weeks still finds it.
+    let mut topics = match role {
+        Role::Core => vec![
+            topic("IMAGE_FEED", Scope::Local, 7),
+            topic("IMAGE_DOWNLOAD", Scope::Local, 7),
+        ],
+        Role::Edge => Vec::new(),
+    };
+    topics.extend([
+        topic("ASSET_BROADCAST", Scope::All, 30),
+        topic("ASSET_REQUEST", Scope::Core, 30),
+        topic("ASSET_RESPONSE", Scope::All, 30),
+    ]);
+    topics
+}
+
+/// The file as written: every key optional, values not yet checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    store: RawStore,
+    topics: Option<Vec<RawTopic>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    filter: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    max_entry_bytes: Option<Scalar>,
+    disk_budget: Option<Scalar>,
+    cache_bytes: Option<Scalar>,
+    retention_interval: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopic {
+    name: String,
+    scope: Scope,
+    max_age: Option<Scalar>,
+    max_bytes: Option<Scalar>,
+    max_entries: Option<u64>,
+}
+
+/// A size or duration as written: an integer or a string, parsed when checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scalar {
+    Int(i64),
+    Text(String),
+}
+
+/// Which keys the environment set, to name the right origin in errors.
+#[derive(Debug)]
+struct Origins {
+    file: Option<PathBuf>,
+    /// `(dotted key path, variable)`, in the order applied.
+    overrides: Vec<(String, String)>,
+}
+
+impl Origins {
+    fn of(&self, key: &str) -> Origin {
+        let set_by = |path: &str| key == path || key.starts_with(&format!("{path}."));
+        if let Some((_, var)) = self.overrides.iter().rev().find(|(path, _)| set_by(path)) {
+            return Origin::Env(var.clone());
+        }
+        match &self.file {
+            Some(path) => Origin::File(path.clone()),
+            None => Origin::Default,
+        }
+    }
+
+    fn invalid(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.of(key),
+            key: key.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl RawConfig {
+    /// Fills in the role's defaults and checks every value.
+    fn check(self, role: Role, origins: &Origins) -> Result<Config, ConfigError> {
+        let defaults = Config::default_for(role);
+        let name = match self.node.name {
+            Some(name) => NodeName::new(name).map_err(|e| origins.invalid("node.name", e))?,
+            None => defaults.node.name,
+        };
+        let data_dir = match self.node.data_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(origins.invalid("node.data_dir", "must not be empty"));
+            }
+            Some(dir) => dir,
+            None => default_data_dir(&name),
+        };
+        let filter = self.log.filter.unwrap_or(defaults.log.filter);
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
+            return Err(
+                origins.invalid("log.filter", format_args!("invalid filter {filter:?}: {e}"))
+            );
+        }
+        let size = |key: &str, value: Option<Scalar>, default: u64| match value {
+            Some(value) => positive_size(&value).map_err(|e| origins.invalid(key, e)),
+            None => Ok(default),
+        };
+        let store = StoreSettings {
+            max_entry_bytes: size(
+                "store.max_entry_bytes",
+                self.store.max_entry_bytes,
+                defaults.store.max_entry_bytes,
+            )?,
+            disk_budget: match self.store.disk_budget {
+                Some(value) => Some(
+                    positive_size(&value).map_err(|e| origins.invalid("store.disk_budget", e))?,
+                ),
+                None => None,
+            },
+            cache_bytes: size(
+                "store.cache_bytes",
+                self.store.cache_bytes,
+                defaults.store.cache_bytes,
+            )?,
+            retention_interval: match self.store.retention_interval {
+                Some(value) => positive_duration(&value)
+                    .map_err(|e| origins.invalid("store.retention_interval", e))?,
+                None => defaults.store.retention_interval,
+            },
+        };
+        let topics = match self.topics {
+            Some(raw) => check_topics(raw, origins)?,
+            None => defaults.topics,
+        };
+        Ok(Config {
+            node: NodeSettings { name, data_dir },
+            log: LogSettings {
+                format: self.log.format.unwrap_or(defaults.log.format),
+                filter,
+            },
+            store,
+            topics,
+        })
+    }
+}
+
+fn check_topics(raw: Vec<RawTopic>, origins: &Origins) -> Result<Vec<TopicConfig>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut topics = Vec::with_capacity(raw.len());
+    for (i, topic) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("topics[{i}].{field}");
+        let name = TopicName::new(topic.name).map_err(|e| origins.invalid(&key("name"), e))?;
+        if name.is_system() {
+            return Err(origins.invalid(
+                &key("name"),
+                format_args!("topic {name}: names starting with '_' belong to the system"),
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(origins.invalid(&key("name"), format_args!("duplicate topic {name}")));
+        }
+        let max_age = match topic.max_age {
+            Some(value) => {
+                Some(positive_duration(&value).map_err(|e| origins.invalid(&key("max_age"), e))?)
+            }
+            None => None,
+        };
+        let max_bytes = match topic.max_bytes {
+            Some(value) => {
+                Some(positive_size(&value).map_err(|e| origins.invalid(&key("max_bytes"), e))?)
+            }
+            None => None,
+        };
+        if topic.max_entries == Some(0) {
+            return Err(origins.invalid(&key("max_entries"), "must be more than 0"));
+        }
+        let retention = Retention {
+            max_age,
+            max_bytes,
+            max_entries: topic.max_entries,
+        };
+        topics.push(TopicConfig {
+            name,
+            scope: topic.scope,
+            retention,
+        });
+    }
+    Ok(topics)
+}
+
+/// Deserializes the edited table into the schema; the error is one line.
+fn deserialize(table: &toml::Table) -> Result<RawConfig, String> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string().trim_end().replace('\n', " "))
+}
+
+/// `TETHER_STORE__MAX_ENTRY_BYTES` -> `["store", "max_entry_bytes"]`.
+fn env_path(var: &str) -> Result<Vec<String>, String> {
+    let rest = var.strip_prefix(ENV_PREFIX).unwrap_or(var);
+    let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!(
+            "expected {ENV_PREFIX}<SECTION>__<KEY>, such as {ENV_PREFIX}NODE__NAME"
+        ));
+    }
+    if path[0] == "topics" {
+        return Err(
+            "topics cannot be set from the environment; list them in the config file".to_owned(),
+        );
+    }
+    Ok(path)
+}
+
+/// An environment value as TOML (`2`, `true`, `"x"`, `[1, 2]`), or else as a string.
+fn toml_value(text: &str) -> toml::Value {
+    let parsed: Option<toml::Table> = toml::from_str(&format!("value = {text}")).ok();
+    match parsed {
+        Some(mut table) if table.len() == 1 => table.remove("value"),
+        _ => None,
+    }
+    .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// Sets `value` at `path` in `table`, creating the tables on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err("empty key".to_owned());
+    };
+    let mut at = table;
+    for (depth, part) in parents.iter().enumerate() {
+        let entry = at
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => return Err(format!("`{}` is not a section", path[..=depth].join("."))),
+        };
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
+
+/// A size more than 0, in bytes.
+fn positive_size(value: &Scalar) -> Result<u64, String> {
+    let bytes = match value {
+        Scalar::Int(n) => {
+            u64::try_from(*n).map_err(|_| format!("invalid size {n}: must not be negative"))?
+        }
+        Scalar::Text(text) => parse_size(text)?,
+    };
+    if bytes == 0 {
+        return Err("must be more than 0".to_owned());
+    }
+    Ok(bytes)
+}
+
+/// A duration more than 0.
+fn positive_duration(value: &Scalar) -> Result<Duration, String> {
+    let duration = match value {
+        Scalar::Int(n) => {
+            return Err(format!(
+                "invalid duration {n}: add a unit, as in \"{n}s\" (ns, us, ms, s, m, h, d)"
+            ));
+        }
+        Scalar::Text(text) => parse_duration(text)?,
+    };
+    if duration.is_zero() {
+        return Err("must be more than 0".to_owned());
+    }
+    Ok(duration)
+}
+
+/// Size units, largest first; [`format_size`] picks the first that divides exactly.
+const SIZE_UNITS: [(&str, u64); 8] = [
+    ("TiB", 1 << 40),
+    ("TB", 1_000_000_000_000),
+    ("GiB", 1 << 30),
+    ("GB", 1_000_000_000),
+    ("MiB", 1 << 20),
+    ("MB", 1_000_000),
+    ("KiB", 1 << 10),
+    ("KB", 1_000),
+];
+
+/// Parses `"512MiB"`, `"10 GB"`, `"4096"` or `"4096B"` into bytes (units ignore case).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = split_number(text.trim());
+    let invalid = |why: &str| format!("invalid size {text:?}: {why}");
+    if number.is_empty() {
+        return Err(invalid(
+            "expected a whole number and a unit, as in \"512MiB\"",
+        ));
+    }
+    if unit.starts_with(['.', ',']) {
+        return Err(invalid(
+            "use a whole number with a smaller unit, as in \"1536MiB\"",
+        ));
+    }
+    let multiplier = match unit {
+        "" => 1,
+        u if u.eq_ignore_ascii_case("b") => 1,
+        u => SIZE_UNITS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(u))
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                invalid(&format!(
+                    "unknown unit {u:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB)"
+                ))
+            })?,
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| invalid("too large"))
+}
+
+/// Parses `"500ms"`, `"10s"`, `"30m"`, `"12h"` or `"7d"` (also `ns` and `us`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = split_number(text.trim());
+    let invalid = |why: &str| format!("invalid duration {text:?}: {why}");
+    if number.is_empty() {
+        return Err(invalid("expected a whole number and a unit, as in \"10s\""));
+    }
+    if unit.starts_with(['.', ',']) {
+        return Err(invalid(
+            "use a whole number with a smaller unit, as in \"1500ms\"",
+        ));
+    }
+    let n: u64 = number.parse().map_err(|_| invalid("too large"))?;
+    let secs = |unit: u64| {
+        n.checked_mul(unit)
+            .map(Duration::from_secs)
+            .ok_or_else(|| invalid("too large"))
+    };
+    match unit {
+        "" => Err(invalid(&format!(
+            "add a unit, as in \"{n}s\" (ns, us, ms, s, m, h, d)"
+        ))),
+        "ns" => Ok(Duration::from_nanos(n)),
+        "us" => Ok(Duration::from_micros(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(60 * 60),
+        "d" => secs(24 * 60 * 60),
+        u => Err(invalid(&format!(
+            "unknown unit {u:?} (use ns, us, ms, s, m, h or d)"
+        ))),
+    }
+}
+
+/// `"10 GiB"` -> `("10", "GiB")`.
+fn split_number(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(end);
+    (number, unit.trim_start())
+}
+
+/// A size as TOML: a string with the largest exact unit, else an integer of bytes.
+fn size_value(bytes: u64) -> toml::Value {
+    match SIZE_UNITS.iter().find(|(_, m)| bytes.is_multiple_of(*m)) {
+        Some((unit, m)) if bytes > 0 => toml::Value::String(format!("{}{unit}", bytes / m)),
+        // Past i64 (TOML's integers), the digits alone as a string still parse as bytes.
+        _ => i64::try_from(bytes).map_or_else(
+            |_| toml::Value::String(bytes.to_string()),
+            toml::Value::Integer,
+        ),
+    }
+}
+
+/// A duration with the largest unit that divides it exactly: `"7d"`, `"90s"`, `"1500ms"`.
+fn format_duration(duration: Duration) -> String {
+    const UNITS: [(&str, u128); 7] = [
+        ("d", 86_400_000_000_000),
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ];
+    let nanos = duration.as_nanos();
+    let (unit, per) = UNITS
+        .iter()
+        .find(|(_, per)| nanos.is_multiple_of(*per))
+        .copied()
+        .unwrap_or(("ns", 1));
+    format!("{}{unit}", nanos / per)
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer or a string with a unit")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Scalar, E> {
+                i64::try_from(n)
+                    .map(Scalar::Int)
+                    .map_err(|_| E::custom("integer too large"))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(role: Role, text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<_> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_sources(role, Some((Path::new("/etc/tether/node.toml"), text)), &env)
+    }
+
+    /// The error's message, checked to contain each of `parts`.
+    #[track_caller]
+    fn check_error(result: Result<Config, ConfigError>, parts: &[&str]) {
+        let message = result.unwrap_err().to_string();
+        for part in parts {
+            assert!(message.contains(part), "{part:?} is not in:\n{message}");
+        }
+    }
+
+    #[test]
+    fn printed_config_round_trips() {
+        for role in [Role::Core, Role::Edge] {
+            let config = Config::default_for(role);
+            let text = config.to_toml();
+            assert_eq!(load(role, &text, &[]).unwrap(), config, "{text}");
+        }
+        let mut config = Config::default_for(Role::Edge);
+        config.node.data_dir = PathBuf::from("/var/lib/tether");
+        config.log = LogSettings {
+            format: LogFormat::Json,
+            filter: "protocol=debug,info".to_owned(),
+        };
+        config.store.disk_budget = Some(10_000_000_000);
+        config.store.max_entry_bytes = 1000;
+        config.store.cache_bytes = 12345;
+        config.store.retention_interval = Duration::from_millis(1500);
+        config.topics[0].retention = Retention {
+            max_age: Some(Duration::from_micros(3)),
+            max_bytes: Some(3 << 30),
+            max_entries: Some(10),
+        };
+        let text = config.to_toml();
+        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
+        config.topics.clear();
+        let text = config.to_toml();
+        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn empty_file_gives_the_role_defaults() {
+        assert_eq!(
+            load(Role::Core, "", &[]).unwrap(),
+            Config::default_for(Role::Core)
+        );
+        assert_eq!(
+            load(Role::Edge, "", &[]).unwrap(),
+            Config::default_for(Role::Edge)
+        );
+        let none = Config::from_sources(Role::Edge, None, &[]).unwrap();
+        assert_eq!(none, Config::default_for(Role::Edge));
+        assert_eq!(none.node.data_dir, Path::new("data/alpha"));
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let text = r#"
+            [node]
+            name = "bravo"
+            [store]
+            max_entry_bytes = 4096
+            disk_budget = "2 GiB"
+            retention_interval = "1m"
+            [[topics]]
+            name = "REPORTS"
+            scope = "core"
+            max_bytes = "10MB"
+            max_entries = 5
+        "#;
+        let config = load(Role::Edge, text, &[]).unwrap();
+        assert_eq!(config.node.name.as_str(), "bravo");
+        assert_eq!(config.node.data_dir, Path::new("data/bravo"));
+        assert_eq!(config.store.max_entry_bytes, 4096);
+        assert_eq!(config.store.disk_budget, Some(2 << 30));
+        assert_eq!(config.store.retention_interval, Duration::from_secs(60));
+        assert_eq!(config.topics.len(), 1);
+        let retention = Retention {
+            max_age: None,
+            max_bytes: Some(10_000_000),
+            max_entries: Some(5),
+        };
+        assert_eq!(config.topics[0].retention, retention);
+        let store = config.store_config();
+        assert_eq!(
+            (store.node.as_str(), store.max_entry_bytes),
+            ("bravo", 4096)
+        );
+        assert_eq!(config.store_dir(), Path::new("data/bravo/store"));
+    }
+
+    #[test]
+    fn env_overrides_keys() {
+        let env = [
+            ("TETHER_NODE__NAME", "bravo"),
+            ("TETHER_STORE__MAX_ENTRY_BYTES", "2MiB"),
+            ("TETHER_STORE__CACHE_BYTES", "1024"),
+            ("TETHER_LOG__FORMAT", "json"),
+            ("TETHER_LOG__FILTER", "\"warn\""),
+        ];
+        let config = load(Role::Core, "[node]\nname = \"hq\"\n", &env).unwrap();
+        assert_eq!(config.node.name.as_str(), "bravo");
+        assert_eq!(config.node.data_dir, Path::new("data/bravo"));
+        assert_eq!(config.store.max_entry_bytes, 2 << 20);
+        assert_eq!(config.store.cache_bytes, 1024);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.filter, "warn");
+        // A value that reads as a TOML integer is also tried as a string.
+        let config = load(Role::Core, "", &[("TETHER_NODE__NAME", "7")]).unwrap();
+        assert_eq!(config.node.name.as_str(), "7");
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        check_error(
+            load(Role::Core, "", &[("TETHER_NODE__NAME", "bad_name")]),
+            &[
+                "environment variable TETHER_NODE__NAME",
+                "node.name",
+                "invalid node name \"bad_name\"",
+            ],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_STORE__MAX_ENTRY_BYTES", "lots")]),
+            &[
+                "TETHER_STORE__MAX_ENTRY_BYTES",
+                "store.max_entry_bytes",
+                "invalid size \"lots\"",
+            ],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_STORE__TYPO", "1")]),
+            &["TETHER_STORE__TYPO", "unknown field `typo`"],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_LOG__FORMAT", "xml")]),
+            &["TETHER_LOG__FORMAT", "unknown variant `xml`"],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_TOPICS__NAME", "X")]),
+            &["TETHER_TOPICS__NAME", "topics cannot be set"],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_NODE__NAME__X", "x")]),
+            &["TETHER_NODE__NAME__X", "in `node.name`"],
+        );
+        let file = "[node]\nname = \"hq\"\n";
+        check_error(
+            load(Role::Core, file, &[("TETHER_NODE__NAME__X", "x")]),
+            &["`node.name` is not a section"],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_NODE__", "x")]),
+            &["TETHER_NODE__", "expected TETHER_<SECTION>__<KEY>"],
+        );
+    }
+
+    #[test]
+    fn bad_keys_name_the_file_and_the_key() {
+        check_error(
+            load(Role::Core, "[store]\nmax_entry_byte = 5\n", &[]),
+            &[
+                "config file /etc/tether/node.toml",
+                "line 2",
+                "unknown field `max_entry_byte`",
+            ],
+        );
+        check_error(
+            load(Role::Core, "[nodes]\n", &[]),
+            &["/etc/tether/node.toml", "unknown field `nodes`"],
+        );
+        check_error(
+            load(Role::Core, "[node]\nname = 3\n", &[]),
+            &["/etc/tether/node.toml", "line 2", "invalid type"],
+        );
+        check_error(
+            load(Role::Core, "[node\n", &[]),
+            &["/etc/tether/node.toml", "line 1"],
+        );
+        check_error(
+            load(
+                Role::Core,
+                "[[topics]]\nname = \"A\"\nscope = \"global\"\n",
+                &[],
+            ),
+            &[
+                "/etc/tether/node.toml",
+                "line 3",
+                "unknown variant `global`",
+            ],
+        );
+        check_error(
+            load(
+                Role::Core,
+                "[[topics]]\nname = \"A\"\nscope = \"all\"\nretention = \"1d\"\n",
+                &[],
+            ),
+            &["/etc/tether/node.toml", "unknown field `retention`"],
+        );
+        check_error(
+            load(Role::Core, "[log]\nfilter = \"a=nonsense=\"\n", &[]),
+            &["config file /etc/tether/node.toml: log.filter: invalid filter"],
+        );
+    }
+
+    #[test]
+    fn bad_sizes_and_durations() {
+        let store =
+            |key: &str, value: &str| load(Role::Core, &format!("[store]\n{key} = {value}\n"), &[]);
+        check_error(
+            store("max_entry_bytes", "\"12XB\""),
+            &["store.max_entry_bytes", "unknown unit \"XB\""],
+        );
+        check_error(
+            store("max_entry_bytes", "\"MiB\""),
+            &["store.max_entry_bytes", "expected a whole number"],
+        );
+        check_error(
+            store("max_entry_bytes", "\"1.5MiB\""),
+            &["store.max_entry_bytes", "use a whole number"],
+        );
+        check_error(
+            store("max_entry_bytes", "0"),
+            &["store.max_entry_bytes: must be more than 0"],
+        );
+        check_error(
+            store("cache_bytes", "-1"),
+            &["store.cache_bytes", "must not be negative"],
+        );
+        check_error(
+            store("disk_budget", "\"99999999999TiB\""),
+            &["store.disk_budget", "too large"],
+        );
+        check_error(
+            store("disk_budget", "true"),
+            &["line 2", "expected an integer or a string"],
+        );
+        check_error(
+            store("retention_interval", "10"),
+            &["store.retention_interval", "add a unit, as in \"10s\""],
+        );
+        check_error(
+            store("retention_interval", "\"10\""),
+            &["store.retention_interval", "add a unit"],
+        );
+        check_error(
+            store("retention_interval", "\"10y\""),
+            &["store.retention_interval", "unknown unit \"y\""],
+        );
+        check_error(
+            store("retention_interval", "\"0s\""),
+            &["store.retention_interval: must be more than 0"],
+        );
+        let topic = |extra: &str| {
+            load(
+                Role::Core,
+                &format!("[[topics]]\nname = \"A\"\nscope = \"all\"\n{extra}\n"),
+                &[],
+            )
+        };
+        check_error(
+            topic("max_age = \"1w\""),
+            &[
+                "config file /etc/tether/node.toml: topics[0].max_age",
+                "unknown unit \"w\"",
+            ],
+        );
+        check_error(
+            topic("max_bytes = 0"),
+            &["topics[0].max_bytes: must be more than 0"],
+        );
+        check_error(
+            topic("max_entries = 0"),
+            &["topics[0].max_entries: must be more than 0"],
+        );
+
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10mb"), Ok(10_000_000));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(size_value(1 << 20).to_string(), "\"1MiB\"");
+        assert_eq!(size_value(10_000_000).to_string(), "\"10MB\"");
+        assert_eq!(size_value(1001).to_string(), "1001");
+    }
+
+    #[test]
+    fn bad_topics_name_their_index() {
+        let topics = |names: &[&str]| {
+            let text: String = names
+                .iter()
+                .map(|n| format!("[[topics]]\nname = \"{n}\"\nscope = \"all\"\n"))
+                .collect();
+            load(Role::Core, &text, &[])
+        };
+        check_error(
+            topics(&["A", "B", "A"]),
+            &["config file /etc/tether/node.toml: topics[2].name: duplicate topic A"],
+        );
+        check_error(
+            topics(&["A", "B", "C/D"]),
+            &["topics[2].name: invalid topic name \"C/D\""],
+        );
+        check_error(
+            topics(&["_gaps"]),
+            &["topics[0].name", "belong to the system"],
+        );
+    }
+}

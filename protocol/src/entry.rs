@@ -39,12 +39,18 @@ impl NodeName {
         let name = name.into();
         let rule = "1 to 63 of a-z, 0-9 and '-', starting with a letter or digit";
         let ok = (1..=63).contains(&name.len())
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-');
         if ok {
             Ok(Self(name))
         } else {
-            Err(NameError { kind: "node", name, rule })
+            Err(NameError {
+                kind: "node",
+                name,
+                rule,
+            })
         }
     }
 
@@ -73,10 +79,16 @@ impl TopicName {
 }
 
 /// Checks a symbol-like name (topic, table, consumer): `A-Z a-z 0-9 _ - .`, bounded length.
-pub(crate) fn check_symbol(kind: &'static str, name: String, max: usize) -> Result<String, NameError> {
+pub(crate) fn check_symbol(
+    kind: &'static str,
+    name: String,
+    max: usize,
+) -> Result<String, NameError> {
     let ok = !name.is_empty()
         && name.len() <= max
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if ok {
         Ok(name)
     } else {
@@ -120,27 +132,38 @@ name_impls!(NodeName);
 name_impls!(TopicName);
 
 /// A position in one topic on one node, in arrival order, starting at 0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Offset(pub u64);
 
 /// An origin's sequence number in one topic, starting at 1 (0 means "nothing yet").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Seq(pub u64);
 
 /// Milliseconds since the Unix epoch, as the origin's clock read it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
     /// The current wall-clock time (a clock before 1970 reads as 0).
     pub fn now() -> Self {
-        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Self(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// This time moved back by `age`, saturating at the epoch.
     pub fn minus(self, age: Duration) -> Self {
-        Self(self.0.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)))
+        Self(
+            self.0
+                .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        )
     }
 }
 
@@ -260,7 +283,10 @@ pub struct Append {
 impl Append {
     /// An append of this payload, with no key, destination or headers.
     pub fn new(payload: impl Into<Vec<u8>>) -> Self {
-        Self { payload: payload.into(), ..Self::default() }
+        Self {
+            payload: payload.into(),
+            ..Self::default()
+        }
     }
 
     /// Sets the key.

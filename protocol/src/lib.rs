@@ -1,16 +1,19 @@
 //! The Tether framework library that `core-node` and `edge-node` share.
 //!
 //! What it is: the entry model ([`entry`]), the one serialization codec ([`codec`]), the
-//! durable log store on sled ([`log`]) and node configuration ([`config`]). Replication
-//! over QUIC, volume mirroring and the service runtime join it in later modules.
+//! durable log store on sled ([`log`]), node configuration ([`config`]) and the node
+//! runtime that both binaries share ([`node`]). Replication over QUIC, volume mirroring
+//! and the service runtime join it in later modules.
 //!
 //! What it is not: an HTTP server (that is the `ui` crate) or a binary. It installs no
-//! tracing subscriber; it only emits events.
+//! tracing subscriber and handles no signal, except in [`node::main_for`], which is the
+//! binaries' `main`; everywhere else it only emits events.
 //!
 //! IO: only [`log`] touches the disk (the store directory), and [`config`] reads the
-//! config file it is pointed at. Nothing here opens a socket yet.
+//! config file it is pointed at and the environment. Nothing here opens a socket yet.
 
 pub mod codec;
 pub mod config;
 pub mod entry;
 pub mod log;
+pub mod node;

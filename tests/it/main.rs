@@ -1,3 +1,6 @@
 //! The integration-test binary: one module per scenario.
+// A failed unwrap in a test is a failed test with a backtrace: what we want here.
+#![allow(clippy::unwrap_used, reason = "test code")]
 
 mod crash;
+mod nodes;

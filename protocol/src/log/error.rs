@@ -68,7 +68,9 @@ pub enum WriteError {
         limit: u64,
     },
     /// An entry from a peer skips sequences: per-origin order would break.
-    #[error("topic {topic}: entry {origin}:{got} arrived out of order, expected {origin}:{expected}")]
+    #[error(
+        "topic {topic}: entry {origin}:{got} arrived out of order, expected {origin}:{expected}"
+    )]
     OutOfOrder {
         /// The topic.
         topic: TopicName,
@@ -80,7 +82,9 @@ pub enum WriteError {
         got: Seq,
     },
     /// A peer sent an entry of this node's own origin that this node never wrote.
-    #[error("topic {topic}: a peer sent {seq} of this node's own origin, which this node never wrote")]
+    #[error(
+        "topic {topic}: a peer sent {seq} of this node's own origin, which this node never wrote"
+    )]
     OwnOrigin {
         /// The topic.
         topic: TopicName,

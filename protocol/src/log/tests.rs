@@ -41,14 +41,24 @@ fn open(dir: &Path, name: &str) -> Store {
 async fn open_with(dir: &Path, name: &str, topics: &[(&str, Scope, Retention)]) -> Store {
     let store = open(dir, name);
     for (t, scope, retention) in topics {
-        store.create_topic(TopicConfig { name: topic(t), scope: *scope, retention: *retention }).await.unwrap();
+        store
+            .create_topic(TopicConfig {
+                name: topic(t),
+                scope: *scope,
+                retention: *retention,
+            })
+            .await
+            .unwrap();
     }
     store
 }
 
 fn remote(origin: &str, seq: u64, payload: &str) -> Entry {
     Entry {
-        id: EntryId { origin: node(origin), seq: Seq(seq) },
+        id: EntryId {
+            origin: node(origin),
+            seq: Seq(seq),
+        },
         timestamp: Timestamp(1_000 * seq),
         key: None,
         to: None,
@@ -58,29 +68,50 @@ fn remote(origin: &str, seq: u64, payload: &str) -> Entry {
 }
 
 fn payloads(records: &[Record]) -> Vec<String> {
-    records.iter().map(|r| String::from_utf8(r.entry.payload.clone()).unwrap()).collect()
+    records
+        .iter()
+        .map(|r| String::from_utf8(r.entry.payload.clone()).unwrap())
+        .collect()
 }
 
 #[tokio::test]
 async fn append_then_read_back_with_identity_and_offsets() {
     let dir = TempDir::new();
     let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention::default())]).await;
-    let a = store.append(&topic("t"), Append::new(*b"one").key(*b"k1").header("h", *b"v")).await.unwrap();
-    let b = store.append(&topic("t"), Append::new(*b"two").to(node("alpha"))).await.unwrap();
+    let a = store
+        .append(
+            &topic("t"),
+            Append::new(*b"one").key(*b"k1").header("h", *b"v"),
+        )
+        .await
+        .unwrap();
+    let b = store
+        .append(&topic("t"), Append::new(*b"two").to(node("alpha")))
+        .await
+        .unwrap();
     assert_eq!((a.offset, a.seq), (Offset(0), Seq(1)));
     assert_eq!((b.offset, b.seq), (Offset(1), Seq(2)));
 
     let records = store.read(&topic("t"), Offset(0), 10).unwrap();
     assert_eq!(payloads(&records), ["one", "two"]);
     let first = &records[0].entry;
-    assert_eq!(first.id, EntryId { origin: node("hq"), seq: Seq(1) });
+    assert_eq!(
+        first.id,
+        EntryId {
+            origin: node("hq"),
+            seq: Seq(1)
+        }
+    );
     assert_eq!(first.key.as_deref(), Some(&b"k1"[..]));
     assert_eq!(first.headers, vec![("h".to_owned(), b"v".to_vec())]);
     assert_eq!(records[1].entry.to, Some(node("alpha")));
     assert_eq!(store.read(&topic("t"), Offset(1), 10).unwrap().len(), 1);
     assert_eq!(store.read(&topic("t"), Offset(2), 10).unwrap().len(), 0);
     assert_eq!(store.vector(&topic("t")).unwrap().get(&node("hq")), Seq(2));
-    assert!(matches!(store.read(&topic("nope"), Offset(0), 1), Err(ReadError::UnknownTopic(_))));
+    assert!(matches!(
+        store.read(&topic("nope"), Offset(0), 1),
+        Err(ReadError::UnknownTopic(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +124,10 @@ async fn concurrent_appends_share_flushes_and_get_distinct_offsets() {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for i in 0..50 {
-                let a = store.append(&topic("t"), Append::new(format!("{p}-{i}"))).await.unwrap();
+                let a = store
+                    .append(&topic("t"), Append::new(format!("{p}-{i}")))
+                    .await
+                    .unwrap();
                 got.push(a.offset.0);
             }
             got
@@ -109,10 +143,19 @@ async fn concurrent_appends_share_flushes_and_get_distinct_offsets() {
     assert_eq!(records.len(), 1600);
     // Per producer, offsets follow append order.
     for p in 0..32 {
-        let mine: Vec<_> = payloads(&records).into_iter().filter(|s| s.starts_with(&format!("{p}-"))).collect();
-        assert_eq!(mine, (0..50).map(|i| format!("{p}-{i}")).collect::<Vec<_>>());
+        let mine: Vec<_> = payloads(&records)
+            .into_iter()
+            .filter(|s| s.starts_with(&format!("{p}-")))
+            .collect();
+        assert_eq!(
+            mine,
+            (0..50).map(|i| format!("{p}-{i}")).collect::<Vec<_>>()
+        );
     }
-    assert_eq!(store.vector(&topic("t")).unwrap().get(&node("hq")), Seq(1600));
+    assert_eq!(
+        store.vector(&topic("t")).unwrap().get(&node("hq")),
+        Seq(1600)
+    );
 }
 
 #[tokio::test]
@@ -120,36 +163,71 @@ async fn remote_entries_are_inserted_once_and_in_order() {
     let dir = TempDir::new();
     let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention::default())]).await;
     let mut txn = Txn::new();
-    txn.insert(&topic("t"), vec![remote("alpha", 1, "a1"), remote("alpha", 2, "a2"), remote("bravo", 1, "b1")]);
+    txn.insert(
+        &topic("t"),
+        vec![
+            remote("alpha", 1, "a1"),
+            remote("alpha", 2, "a2"),
+            remote("bravo", 1, "b1"),
+        ],
+    );
     let done = store.commit(txn).await.unwrap();
     assert_eq!((done.inserted, done.duplicates), (3, 0));
 
     // A retry with overlap: the held ones are duplicates, the new one goes in.
     let mut txn = Txn::new();
-    txn.insert(&topic("t"), vec![remote("alpha", 1, "x"), remote("alpha", 2, "x"), remote("alpha", 3, "a3")]);
+    txn.insert(
+        &topic("t"),
+        vec![
+            remote("alpha", 1, "x"),
+            remote("alpha", 2, "x"),
+            remote("alpha", 3, "a3"),
+        ],
+    );
     let done = store.commit(txn).await.unwrap();
     assert_eq!((done.inserted, done.duplicates), (1, 2));
-    assert_eq!(payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()), ["a1", "a2", "b1", "a3"]);
+    assert_eq!(
+        payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()),
+        ["a1", "a2", "b1", "a3"]
+    );
 
     // A hole is refused, and nothing of that transaction is applied.
     let mut txn = Txn::new();
-    txn.insert(&topic("t"), vec![remote("bravo", 2, "b2"), remote("bravo", 4, "b4")]);
+    txn.insert(
+        &topic("t"),
+        vec![remote("bravo", 2, "b2"), remote("bravo", 4, "b4")],
+    );
     let err = store.commit(txn).await.unwrap_err();
-    assert_eq!(err, WriteError::OutOfOrder { topic: topic("t"), origin: node("bravo"), expected: Seq(3), got: Seq(4) });
+    assert_eq!(
+        err,
+        WriteError::OutOfOrder {
+            topic: topic("t"),
+            origin: node("bravo"),
+            expected: Seq(3),
+            got: Seq(4)
+        }
+    );
     assert!(err.to_string().contains("expected bravo:3"), "{err}");
     assert_eq!(store.read(&topic("t"), Offset(0), 10).unwrap().len(), 4);
 
     // A peer cannot invent entries of this node's own origin.
     let mut txn = Txn::new();
     txn.insert(&topic("t"), vec![remote("hq", 1, "forged")]);
-    assert!(matches!(store.commit(txn).await, Err(WriteError::OwnOrigin { .. })));
+    assert!(matches!(
+        store.commit(txn).await,
+        Err(WriteError::OwnOrigin { .. })
+    ));
 
     // A recorded loss lets the origin's later entries in.
     let mut txn = Txn::new();
-    txn.skip(&topic("t"), &node("bravo"), Seq(5)).insert(&topic("t"), vec![remote("bravo", 6, "b6")]);
+    txn.skip(&topic("t"), &node("bravo"), Seq(5))
+        .insert(&topic("t"), vec![remote("bravo", 6, "b6")]);
     store.commit(txn).await.unwrap();
     let vector = store.vector(&topic("t")).unwrap();
-    assert_eq!((vector.get(&node("alpha")), vector.get(&node("bravo"))), (Seq(3), Seq(6)));
+    assert_eq!(
+        (vector.get(&node("alpha")), vector.get(&node("bravo"))),
+        (Seq(3), Seq(6))
+    );
 }
 
 #[tokio::test]
@@ -167,7 +245,10 @@ async fn a_refused_transaction_leaves_nothing_and_spares_its_group() {
     let (bad, good) = tokio::join!(store.commit(bad), store.commit(good));
     assert_eq!(bad.unwrap_err(), WriteError::UnknownTopic(topic("missing")));
     assert_eq!(good.unwrap().appended[0].offset, Offset(0));
-    assert_eq!(payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()), ["kept"]);
+    assert_eq!(
+        payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()),
+        ["kept"]
+    );
     assert_eq!(store.doc(&table, "a").unwrap(), None);
     assert_eq!(store.vector(&topic("t")).unwrap().get(&node("hq")), Seq(1));
 }
@@ -178,12 +259,37 @@ async fn oversized_entries_are_refused_with_the_limit() {
     let mut config = StoreConfig::new(node("hq"));
     config.max_entry_bytes = 1000;
     let store = Store::open(&dir.0, config).unwrap();
-    store.create_topic(TopicConfig { name: topic("t"), scope: Scope::Local, retention: Retention::default() }).await.unwrap();
-    let err = store.append(&topic("t"), Append::new(vec![0; 1000])).await.unwrap_err();
-    assert_eq!(err, WriteError::TooLarge { size: 1016, limit: 1000 });
-    assert_eq!(err.to_string(), "entry of 1016 bytes is over the limit of 1000 bytes");
-    store.append(&topic("t"), Append::new(vec![0; 984])).await.unwrap();
-    let err = store.append(&topic("_gaps"), Append::new(*b"x")).await.unwrap_err();
+    store
+        .create_topic(TopicConfig {
+            name: topic("t"),
+            scope: Scope::Local,
+            retention: Retention::default(),
+        })
+        .await
+        .unwrap();
+    let err = store
+        .append(&topic("t"), Append::new(vec![0; 1000]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        WriteError::TooLarge {
+            size: 1016,
+            limit: 1000
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "entry of 1016 bytes is over the limit of 1000 bytes"
+    );
+    store
+        .append(&topic("t"), Append::new(vec![0; 984]))
+        .await
+        .unwrap();
+    let err = store
+        .append(&topic("_gaps"), Append::new(*b"x"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, WriteError::SystemTopic(_)));
 }
 
@@ -193,9 +299,24 @@ async fn everything_survives_a_reopen() {
     let table = TableName::new("assets").unwrap();
     let consumer = ConsumerName::new("svc").unwrap();
     {
-        let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention { max_entries: Some(10), ..Retention::default() })]).await;
+        let store = open_with(
+            &dir.0,
+            "hq",
+            &[(
+                "t",
+                Scope::All,
+                Retention {
+                    max_entries: Some(10),
+                    ..Retention::default()
+                },
+            )],
+        )
+        .await;
         for i in 0..5 {
-            store.append(&topic("t"), Append::new(format!("e{i}"))).await.unwrap();
+            store
+                .append(&topic("t"), Append::new(format!("e{i}")))
+                .await
+                .unwrap();
         }
         let mut txn = Txn::new();
         txn.insert(&topic("t"), vec![remote("alpha", 1, "a1")])
@@ -203,18 +324,47 @@ async fn everything_survives_a_reopen() {
             .cursor(&consumer, &topic("t"), Offset(3));
         store.commit(txn).await.unwrap();
         store.close().await.unwrap();
-        assert_eq!(store.append(&topic("t"), Append::new(*b"late")).await.unwrap_err(), WriteError::Closed);
+        assert_eq!(
+            store
+                .append(&topic("t"), Append::new(*b"late"))
+                .await
+                .unwrap_err(),
+            WriteError::Closed
+        );
     }
     let store = open(&dir.0, "hq");
     let info = store.topic(&topic("t")).unwrap();
-    assert_eq!((info.config.scope, info.config.retention.max_entries, info.next), (Scope::All, Some(10), Offset(6)));
-    assert_eq!(payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()), ["e0", "e1", "e2", "e3", "e4", "a1"]);
+    assert_eq!(
+        (
+            info.config.scope,
+            info.config.retention.max_entries,
+            info.next
+        ),
+        (Scope::All, Some(10), Offset(6))
+    );
+    assert_eq!(
+        payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()),
+        ["e0", "e1", "e2", "e3", "e4", "a1"]
+    );
     let vector = store.vector(&topic("t")).unwrap();
-    assert_eq!((vector.get(&node("hq")), vector.get(&node("alpha"))), (Seq(5), Seq(1)));
+    assert_eq!(
+        (vector.get(&node("hq")), vector.get(&node("alpha"))),
+        (Seq(5), Seq(1))
+    );
     assert_eq!(store.cursor(&consumer, &topic("t")).unwrap(), Offset(3));
-    assert_eq!(store.doc(&table, "x").unwrap(), Some(serde_json::json!({"state": "ready"})));
+    assert_eq!(
+        store.doc(&table, "x").unwrap(),
+        Some(serde_json::json!({"state": "ready"}))
+    );
     // The origin sequence goes on where it stopped.
-    assert_eq!(store.append(&topic("t"), Append::new(*b"e5")).await.unwrap().seq, Seq(6));
+    assert_eq!(
+        store
+            .append(&topic("t"), Append::new(*b"e5"))
+            .await
+            .unwrap()
+            .seq,
+        Seq(6)
+    );
 }
 
 #[tokio::test]
@@ -222,7 +372,10 @@ async fn reads_by_time_range_use_the_origin_timestamp() {
     let dir = TempDir::new();
     let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention::default())]).await;
     // Arrival order differs from timestamp order: a backlog arrives late.
-    let batches = [vec![remote("alpha", 1, "t5"), remote("alpha", 2, "t10")], vec![remote("bravo", 1, "t1")]];
+    let batches = [
+        vec![remote("alpha", 1, "t5"), remote("alpha", 2, "t10")],
+        vec![remote("bravo", 1, "t1")],
+    ];
     for batch in batches {
         let mut txn = Txn::new();
         txn.insert(&topic("t"), batch);
@@ -232,12 +385,27 @@ async fn reads_by_time_range_use_the_origin_timestamp() {
     txn.insert(&topic("t"), vec![remote("alpha", 3, "t15")]);
     store.commit(txn).await.unwrap();
     // Timestamps are 1000 * seq: t5 = 1000, t10 = 2000, t1 = 1000, t15 = 3000.
-    let got = store.read_time(&topic("t"), Timestamp(1000), Timestamp(2001), 10).unwrap();
+    let got = store
+        .read_time(&topic("t"), Timestamp(1000), Timestamp(2001), 10)
+        .unwrap();
     assert_eq!(payloads(&got), ["t5", "t10", "t1"]);
-    let got = store.read_time(&topic("t"), Timestamp(1001), Timestamp(5000), 10).unwrap();
+    let got = store
+        .read_time(&topic("t"), Timestamp(1001), Timestamp(5000), 10)
+        .unwrap();
     assert_eq!(payloads(&got), ["t10", "t15"]);
-    assert_eq!(store.read_time(&topic("t"), Timestamp(0), Timestamp(5000), 1).unwrap().len(), 1);
-    assert!(store.read_time(&topic("t"), Timestamp(3001), Timestamp(9000), 10).unwrap().is_empty());
+    assert_eq!(
+        store
+            .read_time(&topic("t"), Timestamp(0), Timestamp(5000), 1)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .read_time(&topic("t"), Timestamp(3001), Timestamp(9000), 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -251,17 +419,34 @@ async fn a_tail_wakes_on_a_durable_append() {
             store.read(&topic("t"), Offset(0), 10).unwrap()
         })
     };
-    store.append(&topic("t"), Append::new(*b"hello")).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
+    store
+        .append(&topic("t"), Append::new(*b"hello"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(payloads(&got), ["hello"]);
 }
 
 #[tokio::test]
 async fn a_consumer_commits_results_and_cursor_together() {
     let dir = TempDir::new();
-    let store = open_with(&dir.0, "hq", &[("in", Scope::Local, Retention::default()), ("out", Scope::Local, Retention::default())]).await;
+    let store = open_with(
+        &dir.0,
+        "hq",
+        &[
+            ("in", Scope::Local, Retention::default()),
+            ("out", Scope::Local, Retention::default()),
+        ],
+    )
+    .await;
     for i in 0..3 {
-        store.append(&topic("in"), Append::new(format!("{i}"))).await.unwrap();
+        store
+            .append(&topic("in"), Append::new(format!("{i}")))
+            .await
+            .unwrap();
     }
     let name = ConsumerName::new("doubler").unwrap();
     let mut consumer = store.consumer(name.clone(), topic("in")).unwrap();
@@ -271,15 +456,28 @@ async fn a_consumer_commits_results_and_cursor_together() {
     for r in &batch {
         txn.append(&topic("out"), Append::new(r.entry.payload.repeat(2)));
     }
-    consumer.commit(txn, Offset(batch[1].offset.0 + 1)).await.unwrap();
+    consumer
+        .commit(txn, Offset(batch[1].offset.0 + 1))
+        .await
+        .unwrap();
     // A new consumer of the same name resumes after the committed work.
     let mut again = store.consumer(name, topic("in")).unwrap();
     assert_eq!(again.position(), Offset(2));
     assert_eq!(payloads(&again.poll(10).await.unwrap()), ["2"]);
-    assert_eq!(payloads(&store.read(&topic("out"), Offset(0), 10).unwrap()), ["00", "11"]);
+    assert_eq!(
+        payloads(&store.read(&topic("out"), Offset(0), 10).unwrap()),
+        ["00", "11"]
+    );
     // A cursor cannot point past the end.
     let err = again.commit(Txn::new(), Offset(9)).await.unwrap_err();
-    assert_eq!(err, WriteError::BeyondEnd { topic: topic("in"), offset: Offset(9), next: Offset(3) });
+    assert_eq!(
+        err,
+        WriteError::BeyondEnd {
+            topic: topic("in"),
+            offset: Offset(9),
+            next: Offset(3)
+        }
+    );
 }
 
 #[tokio::test]
@@ -288,48 +486,120 @@ async fn tables_keep_documents_and_a_change_feed() {
     let store = open(&dir.0, "hq");
     let table = TableName::new("assets").unwrap();
     let mut txn = Txn::new();
-    txn.put(&table, "a", serde_json::json!({"n": 1})).put(&table, "b", serde_json::json!({"n": 2}));
+    txn.put(&table, "a", serde_json::json!({"n": 1}))
+        .put(&table, "b", serde_json::json!({"n": 2}));
     store.commit(txn).await.unwrap();
     let mut txn = Txn::new();
-    txn.put(&table, "a", serde_json::json!({"n": 3})).delete(&table, "b");
+    txn.put(&table, "a", serde_json::json!({"n": 3}))
+        .delete(&table, "b");
     store.commit(txn).await.unwrap();
-    assert_eq!(store.docs(&table).unwrap(), vec![("a".to_owned(), serde_json::json!({"n": 3}))]);
+    assert_eq!(
+        store.docs(&table).unwrap(),
+        vec![("a".to_owned(), serde_json::json!({"n": 3}))]
+    );
     let feed = store.read(&table.feed(), Offset(0), 10).unwrap();
     let changes: Vec<_> = feed
         .iter()
-        .map(|r| (r.entry.key.clone().unwrap(), r.entry.headers[0].1.clone(), String::from_utf8(r.entry.payload.clone()).unwrap()))
+        .map(|r| {
+            (
+                r.entry.key.clone().unwrap(),
+                r.entry.headers[0].1.clone(),
+                String::from_utf8(r.entry.payload.clone()).unwrap(),
+            )
+        })
         .collect();
-    let expect = |k: &str, op: &str, doc: &str| (k.as_bytes().to_vec(), op.as_bytes().to_vec(), doc.to_owned());
-    assert_eq!(changes, vec![expect("a", "put", r#"{"n":1}"#), expect("b", "put", r#"{"n":2}"#), expect("a", "put", r#"{"n":3}"#), expect("b", "delete", "")]);
-    assert_eq!(store.topic(&table.feed()).unwrap().config.scope, Scope::Local);
+    let expect = |k: &str, op: &str, doc: &str| {
+        (
+            k.as_bytes().to_vec(),
+            op.as_bytes().to_vec(),
+            doc.to_owned(),
+        )
+    };
+    assert_eq!(
+        changes,
+        vec![
+            expect("a", "put", r#"{"n":1}"#),
+            expect("b", "put", r#"{"n":2}"#),
+            expect("a", "put", r#"{"n":3}"#),
+            expect("b", "delete", "")
+        ]
+    );
+    assert_eq!(
+        store.topic(&table.feed()).unwrap().config.scope,
+        Scope::Local
+    );
     let mut txn = Txn::new();
     txn.put(&table, "", serde_json::json!(null));
-    assert!(matches!(store.commit(txn).await, Err(WriteError::DocumentId(_))));
+    assert!(matches!(
+        store.commit(txn).await,
+        Err(WriteError::DocumentId(_))
+    ));
 }
 
 #[tokio::test]
 async fn retention_keeps_what_a_peer_lacks() {
     let dir = TempDir::new();
-    let limit = Retention { max_entries: Some(3), ..Retention::default() };
-    let store = open_with(&dir.0, "alpha", &[("reports", Scope::Core, limit), ("scratch", Scope::Local, limit)]).await;
-    store.set_peer(PeerConfig { name: node("hq"), core: true, topics: vec![topic("reports")] }).await.unwrap();
+    let limit = Retention {
+        max_entries: Some(3),
+        ..Retention::default()
+    };
+    let store = open_with(
+        &dir.0,
+        "alpha",
+        &[
+            ("reports", Scope::Core, limit),
+            ("scratch", Scope::Local, limit),
+        ],
+    )
+    .await;
+    store
+        .set_peer(PeerConfig {
+            name: node("hq"),
+            core: true,
+            topics: vec![topic("reports")],
+        })
+        .await
+        .unwrap();
     for i in 0..10 {
-        store.append(&topic("reports"), Append::new(format!("r{i}"))).await.unwrap();
-        store.append(&topic("scratch"), Append::new(format!("s{i}"))).await.unwrap();
+        store
+            .append(&topic("reports"), Append::new(format!("r{i}")))
+            .await
+            .unwrap();
+        store
+            .append(&topic("scratch"), Append::new(format!("s{i}")))
+            .await
+            .unwrap();
     }
     let report = store.enforce_retention().await.unwrap();
     // The local topic is trimmed; the core has received nothing, so reports stay.
     assert_eq!(report.removed, 7);
     assert_eq!(store.topic(&topic("scratch")).unwrap().first, Offset(7));
-    assert_eq!(payloads(&store.read(&topic("scratch"), Offset(0), 10).unwrap()), ["s7", "s8", "s9"]);
-    assert_eq!(store.read(&topic("reports"), Offset(0), 100).unwrap().len(), 10);
+    assert_eq!(
+        payloads(&store.read(&topic("scratch"), Offset(0), 10).unwrap()),
+        ["s7", "s8", "s9"]
+    );
+    assert_eq!(
+        store.read(&topic("reports"), Offset(0), 100).unwrap().len(),
+        10
+    );
 
     // The core acknowledges up to 5: those may go, not more.
     let vector = VersionVector([(node("alpha"), Seq(5))].into_iter().collect());
-    store.peer_acked(&node("hq"), &topic("reports"), vector).await.unwrap();
+    store
+        .peer_acked(&node("hq"), &topic("reports"), vector)
+        .await
+        .unwrap();
     assert_eq!(store.enforce_retention().await.unwrap().removed, 5);
-    assert_eq!(payloads(&store.read(&topic("reports"), Offset(0), 100).unwrap())[0], "r5");
-    assert!(store.read(&topic("_gaps"), Offset(0), 10).unwrap().is_empty());
+    assert_eq!(
+        payloads(&store.read(&topic("reports"), Offset(0), 100).unwrap())[0],
+        "r5"
+    );
+    assert!(
+        store
+            .read(&topic("_gaps"), Offset(0), 10)
+            .unwrap()
+            .is_empty()
+    );
 
     // Retention survives a reopen: the head and the acknowledgements are durable.
     store.close().await.unwrap();
@@ -345,10 +615,27 @@ async fn the_disk_budget_forces_removal_and_records_a_gap() {
     let mut config = StoreConfig::new(node("alpha"));
     config.disk_budget = Some(5 * (16 + 100));
     let store = Store::open(&dir.0, config).unwrap();
-    store.create_topic(TopicConfig { name: topic("reports"), scope: Scope::Core, retention: Retention::default() }).await.unwrap();
-    store.set_peer(PeerConfig { name: node("hq"), core: true, topics: vec![topic("reports")] }).await.unwrap();
+    store
+        .create_topic(TopicConfig {
+            name: topic("reports"),
+            scope: Scope::Core,
+            retention: Retention::default(),
+        })
+        .await
+        .unwrap();
+    store
+        .set_peer(PeerConfig {
+            name: node("hq"),
+            core: true,
+            topics: vec![topic("reports")],
+        })
+        .await
+        .unwrap();
     for _ in 0..8 {
-        store.append(&topic("reports"), Append::new(vec![b'x'; 100])).await.unwrap();
+        store
+            .append(&topic("reports"), Append::new(vec![b'x'; 100]))
+            .await
+            .unwrap();
     }
     let report = store.enforce_retention().await.unwrap();
     assert_eq!(report.removed, 3);
@@ -363,7 +650,10 @@ async fn the_disk_budget_forces_removal_and_records_a_gap() {
     assert_eq!(report.gaps, vec![gap.clone()]);
     let recorded = store.read(&topic(GAPS_TOPIC), Offset(0), 10).unwrap();
     assert_eq!(recorded.len(), 1);
-    assert_eq!(serde_json::from_slice::<Gap>(&recorded[0].entry.payload).unwrap(), gap);
+    assert_eq!(
+        serde_json::from_slice::<Gap>(&recorded[0].entry.payload).unwrap(),
+        gap
+    );
     assert_eq!(store.topic(&topic("reports")).unwrap().bytes, 5 * 116);
 }
 
@@ -371,11 +661,25 @@ async fn the_disk_budget_forces_removal_and_records_a_gap() {
 async fn topics_keep_their_scope() {
     let dir = TempDir::new();
     let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention::default())]).await;
-    let again = TopicConfig { name: topic("t"), scope: Scope::Local, retention: Retention::default() };
+    let again = TopicConfig {
+        name: topic("t"),
+        scope: Scope::Local,
+        retention: Retention::default(),
+    };
     let err = store.create_topic(again).await.unwrap_err();
     assert_eq!(err.to_string(), "topic t exists with scope all, not local");
-    let longer = Retention { max_age: Some(Duration::from_secs(60)), ..Retention::default() };
-    store.create_topic(TopicConfig { name: topic("t"), scope: Scope::All, retention: longer }).await.unwrap();
+    let longer = Retention {
+        max_age: Some(Duration::from_secs(60)),
+        ..Retention::default()
+    };
+    store
+        .create_topic(TopicConfig {
+            name: topic("t"),
+            scope: Scope::All,
+            retention: longer,
+        })
+        .await
+        .unwrap();
     assert_eq!(store.topic(&topic("t")).unwrap().config.retention, longer);
 }
 
@@ -385,12 +689,18 @@ async fn opening_names_the_path_and_the_problem() {
     let store = open(&dir.0, "hq");
     // A second open of the same directory while it is in use.
     let err = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap_err();
-    assert_eq!(err.to_string(), format!("store at {} is in use by another process", dir.0.display()));
+    assert_eq!(
+        err.to_string(),
+        format!("store at {} is in use by another process", dir.0.display())
+    );
     // `close` lets go of the files once the last handle drops.
     store.close().await.unwrap();
     drop(store);
     let err = Store::open(&dir.0, StoreConfig::new(node("alpha"))).unwrap_err();
-    assert_eq!(err.to_string(), format!("store at {} belongs to node hq, not alpha", dir.0.display()));
+    assert_eq!(
+        err.to_string(),
+        format!("store at {} belongs to node hq, not alpha", dir.0.display())
+    );
 }
 
 #[test]
@@ -399,28 +709,54 @@ fn an_unknown_format_version_is_a_clear_error() {
     {
         let db = sled::open(dir.0.join("sled")).unwrap();
         let tree = db.open_tree("tether").unwrap();
-        tree.insert(format::META_FORMAT, &7u32.to_be_bytes()).unwrap();
+        tree.insert(format::META_FORMAT, &7u32.to_be_bytes())
+            .unwrap();
         db.flush().unwrap();
     }
     let err = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap_err();
-    assert!(matches!(err, OpenError::UnknownFormat { found: 7, supported: 1, .. }), "{err}");
-    assert!(err.to_string().contains("format version 7; this build reads version 1"), "{err}");
+    assert!(
+        matches!(
+            err,
+            OpenError::UnknownFormat {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("format version 7; this build reads version 1"),
+        "{err}"
+    );
 }
 
 #[test]
 fn damaged_files_give_an_error_not_a_panic() {
     let dir = TempDir::new();
     std::fs::create_dir_all(dir.0.join("sled")).unwrap();
-    std::fs::write(dir.0.join("sled").join("conf"), b"garbage that is not a sled config").unwrap();
+    std::fs::write(
+        dir.0.join("sled").join("conf"),
+        b"garbage that is not a sled config",
+    )
+    .unwrap();
     std::fs::write(dir.0.join("sled").join("db"), vec![0xAB; 4096]).unwrap();
     let err = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap_err();
-    assert!(err.to_string().starts_with(&format!("store at {} ", dir.0.display())), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("store at {} ", dir.0.display())),
+        "{err}"
+    );
 
     // A sled database that is not a Tether store.
     let other = TempDir::new();
     {
         let db = sled::open(other.0.join("sled")).unwrap();
-        db.open_tree("tether").unwrap().insert(b"foreign", b"data").unwrap();
+        db.open_tree("tether")
+            .unwrap()
+            .insert(b"foreign", b"data")
+            .unwrap();
         db.flush().unwrap();
     }
     let err = Store::open(&other.0, StoreConfig::new(node("hq"))).unwrap_err();

@@ -54,12 +54,33 @@ pub struct Txn {
 
 #[derive(Debug)]
 pub(crate) enum Op {
-    Append { topic: TopicName, append: Append },
-    Insert { topic: TopicName, entries: Vec<Entry> },
-    Skip { topic: TopicName, origin: NodeName, through: Seq },
-    Put { table: TableName, id: String, doc: serde_json::Value },
-    Delete { table: TableName, id: String },
-    Cursor { consumer: ConsumerName, topic: TopicName, next: Offset },
+    Append {
+        topic: TopicName,
+        append: Append,
+    },
+    Insert {
+        topic: TopicName,
+        entries: Vec<Entry>,
+    },
+    Skip {
+        topic: TopicName,
+        origin: NodeName,
+        through: Seq,
+    },
+    Put {
+        table: TableName,
+        id: String,
+        doc: serde_json::Value,
+    },
+    Delete {
+        table: TableName,
+        id: String,
+    },
+    Cursor {
+        consumer: ConsumerName,
+        topic: TopicName,
+        next: Offset,
+    },
 }
 
 impl Txn {
@@ -70,14 +91,20 @@ impl Txn {
 
     /// Appends an entry of this node's origin.
     pub fn append(&mut self, topic: &TopicName, append: Append) -> &mut Self {
-        self.ops.push(Op::Append { topic: topic.clone(), append });
+        self.ops.push(Op::Append {
+            topic: topic.clone(),
+            append,
+        });
         self
     }
 
     /// Inserts entries that arrived from a peer, by identity: an entry already held is
     /// ignored; per origin, sequences must follow on from what is held.
     pub fn insert(&mut self, topic: &TopicName, entries: Vec<Entry>) -> &mut Self {
-        self.ops.push(Op::Insert { topic: topic.clone(), entries });
+        self.ops.push(Op::Insert {
+            topic: topic.clone(),
+            entries,
+        });
         self
     }
 
@@ -85,7 +112,11 @@ impl Txn {
     /// a peer lost them (its disk budget forced retention and it recorded a gap).
     pub fn skip(&mut self, topic: &TopicName, origin: &NodeName, through: Seq) -> &mut Self {
         let (topic, origin) = (topic.clone(), origin.clone());
-        self.ops.push(Op::Skip { topic, origin, through });
+        self.ops.push(Op::Skip {
+            topic,
+            origin,
+            through,
+        });
         self
     }
 
@@ -98,14 +129,26 @@ impl Txn {
 
     /// Deletes a document (a no-op if absent), and records the change in the feed.
     pub fn delete(&mut self, table: &TableName, id: &str) -> &mut Self {
-        self.ops.push(Op::Delete { table: table.clone(), id: id.to_owned() });
+        self.ops.push(Op::Delete {
+            table: table.clone(),
+            id: id.to_owned(),
+        });
         self
     }
 
     /// Moves a consumer's cursor: `next` is the first offset it has not processed.
-    pub fn cursor(&mut self, consumer: &ConsumerName, topic: &TopicName, next: Offset) -> &mut Self {
+    pub fn cursor(
+        &mut self,
+        consumer: &ConsumerName,
+        topic: &TopicName,
+        next: Offset,
+    ) -> &mut Self {
         let (consumer, topic) = (consumer.clone(), topic.clone());
-        self.ops.push(Op::Cursor { consumer, topic, next });
+        self.ops.push(Op::Cursor {
+            consumer,
+            topic,
+            next,
+        });
         self
     }
 

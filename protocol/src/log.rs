@@ -4,11 +4,11 @@
 //! - Writers ([`Store::append`], [`Store::commit`], topic and peer changes) send a request
 //!   to the one **owner** thread through a bounded inbox, and wait for its reply.
 //! - The owner drains what is waiting (up to `max_group` requests), applies each request
-//!   to its in-memory state (a refused transaction is rolled back alone) and writes the
-//!   whole group as one sled batch. The **flusher** thread then flushes once (fsync) for
-//!   all groups written so far, **publishes** their state and replies. This is group
-//!   commit: concurrent appends share one flush, and the next group is written while the
-//!   previous one is in fsync.
+//!   to its in-memory state (a refused transaction is rolled back alone) and encodes the
+//!   group's writes. The **flusher** thread takes every group queued so far, writes them
+//!   as one sled batch, flushes once (fsync), then **publishes** their state and replies.
+//!   This is group commit: concurrent appends share one batch and one flush, and the
+//!   owner prepares the next groups while the flusher is in fsync.
 //! - Readers ([`Store::read`] and friends) run on any thread, concurrently, straight on
 //!   sled; they see only what is published, so never an entry that is not yet durable.
 //! - Tailers wait on a per-topic watch channel that the owner updates on publish.
@@ -17,9 +17,9 @@
 //! 1. the group's entries of each topic become one block (`BLOCK` key), with a `TIME`
 //!    index key, and the topic's `STATE` (head, next offset, bytes, version vector);
 //! 2. table documents, cursors, interned names and topic definitions join the same batch;
-//! 3. `apply_batch` by the owner (sled recovers a batch all or nothing);
-//! 4. `flush` (fsync) by the flusher, covering every batch applied before it started;
-//! 5. only then: publish to readers, wake tailers, acknowledge the writers.
+//! 3. the flusher merges every queued group into one `apply_batch` (sled recovers a
+//!    batch all or nothing), then calls `flush` (fsync);
+//! 4. only then: publish to readers, wake tailers, acknowledge the writers.
 //!
 //! A failed write or flush **poisons** the store: every later write is refused with the
 //! cause, and the node must restart (reopen) to go on. Nothing acknowledged is lost.
@@ -38,7 +38,9 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -70,6 +72,10 @@ pub struct StoreConfig {
     pub max_group: usize,
     /// Requests that may wait for the owner; a full inbox makes writers wait.
     pub inbox: usize,
+    /// Longest a flush waits for writers still on their way, so that one fsync serves
+    /// more of them: more throughput under concurrency, at most this much latency. A
+    /// lone writer never waits.
+    pub commit_delay: Duration,
 }
 
 impl StoreConfig {
@@ -82,6 +88,7 @@ impl StoreConfig {
             cache_bytes: 32 << 20,
             max_group: 1024,
             inbox: 4096,
+            commit_delay: Duration::from_micros(200),
         }
     }
 }
@@ -165,6 +172,9 @@ struct Shared {
     catalog: RwLock<Catalog>,
     /// Set by the first failed write or flush; every later write is refused with it.
     poisoned: Mutex<Option<String>>,
+    /// Write requests sent and not yet answered: the flusher's commit delay waits for
+    /// them, up to `commit_delay`.
+    writers: AtomicUsize,
 }
 
 impl Shared {
@@ -222,6 +232,7 @@ impl Store {
             tree,
             catalog: RwLock::new(Catalog::default()),
             poisoned: Mutex::new(None),
+            writers: AtomicUsize::new(0),
         });
         let inbox = owner::start(shared.clone(), config)?;
         Ok(Store { shared, inbox })
@@ -300,6 +311,7 @@ impl Store {
         make: impl FnOnce(oneshot::Sender<Result<T, WriteError>>) -> Request,
     ) -> Result<T, WriteError> {
         let (reply, rx) = oneshot::channel();
+        let _writing = Writing::start(&self.shared.writers);
         self.inbox
             .send(make(reply))
             .await
@@ -540,6 +552,22 @@ impl Store {
             path: self.shared.path.clone(),
             detail: detail.to_string(),
         }
+    }
+}
+
+/// Counts a write request in flight, until its reply arrives or its future is dropped.
+struct Writing<'a>(&'a AtomicUsize);
+
+impl<'a> Writing<'a> {
+    fn start(writers: &'a AtomicUsize) -> Self {
+        writers.fetch_add(1, Ordering::Relaxed);
+        Writing(writers)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

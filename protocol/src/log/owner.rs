@@ -1,17 +1,24 @@
-//! The owner thread: the one writer of the store.
+//! The owner thread, which decides every write of the store, and the flusher thread,
+//! which performs them.
 //!
-//! - It takes requests from the bounded inbox, as many as are waiting (up to
+//! - The owner takes requests from the bounded inbox, as many as are waiting (up to
 //!   `max_group`, or [`GROUP_BYTES`] of entries), into one **group**.
 //! - Each request is applied to a working copy of the topics it touches; a refused
 //!   transaction drops its copy and leaves the group as it was.
-//! - The group is written as one sled batch and handed to the **flusher** thread, and the
-//!   owner goes on with the next group while the flusher runs `flush` (fsync): writing
-//!   group N+1 overlaps the fsync of group N.
-//! - The flusher takes every group written so far, flushes once, then publishes their
-//!   counters to readers, wakes tailers and replies to every writer, in order.
+//! - The owner takes the group's counters as current, encodes its writes and queues it
+//!   for the flusher (a bounded queue), then goes on with the next group.
+//! - The flusher takes every queued group, writes them as one sled batch, flushes once
+//!   (fsync), then publishes their counters to readers, wakes tailers and replies to
+//!   every writer, in order.
+//!
+//! So sled may lag the owner by the groups in the queue; only retention reads sled from
+//! the owner, and it only looks at a topic's oldest blocks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -83,11 +90,13 @@ pub(crate) fn start(
         source,
     };
     let (to_flusher, flusher_inbox) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
+    let disk = DiskSync::open(&shared.path.join("sled")).map_err(io_error)?;
+    let commit_delay = config.commit_delay;
     let flusher = {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("tether-flush".into())
-            .spawn(move || flush_loop(&shared, flusher_inbox))
+            .spawn(move || flush_loop(&shared, flusher_inbox, disk, commit_delay))
             .map_err(io_error)?
     };
     let owner = Owner::load(
@@ -121,8 +130,10 @@ struct Flusher {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// A group that is in sled but not yet flushed: what to publish and whom to answer.
+/// A group ready for the flusher: what to write, what to publish and whom to answer.
 struct Written {
+    /// In order; a later write of the same key wins. `None` removes.
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     publish: Vec<(Arc<TopicView>, StateRecord)>,
     done: Vec<Done>,
 }
@@ -587,39 +598,29 @@ impl Owner {
         Ok((Offset(offset), Seq(seq)))
     }
 
-    /// Writes the group as one batch and queues it for the flusher.
+    /// Encodes the group's writes, takes its counters as current, and queues it for the
+    /// flusher.
     fn write(&mut self, g: Group) {
         if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
             return;
         }
-        let mut batch = sled::Batch::default();
-        for (k, v) in g.kv {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
+        let mut writes = g.kv;
         for (&t, p) in &g.pending {
             let mut first = p.new_first;
             for block in blocks(&p.new) {
                 let (min, max) = block
                     .iter()
                     .fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
-                batch.insert(&format::block_key(t, first)[..], codec::encode(block));
-                batch.insert(&format::time_key(t, max, first)[..], &min.to_be_bytes()[..]);
+                writes.push((
+                    format::block_key(t, first).to_vec(),
+                    Some(codec::encode(block)),
+                ));
+                let time_key = format::time_key(t, max, first).to_vec();
+                writes.push((time_key, Some(min.to_be_bytes().to_vec())));
                 first += block.len() as u64;
             }
-            batch.insert(
-                &format::state_key(t)[..],
-                codec::encode(&p.counters.record()),
-            );
-        }
-        if let Err(err) = self.shared.tree.apply_batch(batch) {
-            let cause = self.shared.poison(&err);
-            for done in g.done {
-                done.refuse(WriteError::Poisoned(cause.clone()));
-            }
-            return;
+            let state = codec::encode(&p.counters.record());
+            writes.push((format::state_key(t).to_vec(), Some(state)));
         }
         let mut publish = Vec::with_capacity(g.pending.len());
         for (t, p) in g.pending {
@@ -630,6 +631,7 @@ impl Owner {
         }
         // A send fails only if the flusher is gone, which happens only at `stop`.
         let _ = self.flusher.queue.send(Written {
+            writes,
             publish,
             done: g.done,
         });
@@ -883,19 +885,61 @@ impl Pending {
     }
 }
 
-/// The flusher thread: flushes once for every group written so far, then publishes and
-/// replies. A failed flush poisons the store.
-fn flush_loop(shared: &Shared, inbox: std::sync::mpsc::Receiver<Written>) {
+/// The flusher thread: writes every queued group in one sled batch, flushes once, then
+/// publishes and replies. A failed write or flush poisons the store.
+fn flush_loop(
+    shared: &Shared,
+    inbox: std::sync::mpsc::Receiver<Written>,
+    mut disk: DiskSync,
+    commit_delay: Duration,
+) {
     while let Ok(first) = inbox.recv() {
-        // Every group received here was applied before this flush starts: it covers them.
-        let groups: Vec<Written> = std::iter::once(first).chain(inbox.try_iter()).collect();
+        let mut groups = vec![first];
+        groups.extend(inbox.try_iter());
+        // Commit delay: while writers are still on their way (replied to a moment ago and
+        // about to send again), wait a little for them, so that one flush serves them all
+        // instead of every flush serving half of them. Never waits for a lone writer.
+        let deadline = Instant::now() + commit_delay;
+        loop {
+            let taken: usize = groups.iter().map(|g| g.done.len()).sum();
+            let now = Instant::now();
+            if taken >= shared.writers.load(Ordering::Relaxed) || now >= deadline {
+                break;
+            }
+            match inbox.recv_timeout(deadline - now) {
+                Ok(group) => {
+                    groups.push(group);
+                    groups.extend(inbox.try_iter());
+                }
+                Err(_) => break,
+            }
+        }
+
+        let mut batch = sled::Batch::default();
+        let mut large = false;
+        for group in &mut groups {
+            for (k, v) in group.writes.drain(..) {
+                match v {
+                    Some(v) => {
+                        large |= v.len() >= SLED_BLOB_THRESHOLD;
+                        batch.insert(k, v);
+                    }
+                    None => batch.remove(k),
+                }
+            }
+        }
         let flushed = match shared.poisoned() {
             Some(cause) => Err(cause),
-            None => shared.db.flush().map_err(|err| shared.poison(&err)),
+            None => shared
+                .tree
+                .apply_batch(batch)
+                .and_then(|()| shared.db.flush())
+                .map_err(|err| shared.poison(&err))
+                .and_then(|_| disk.sync(large).map_err(|err| shared.poison(&err.into()))),
         };
         for group in groups {
             match &flushed {
-                Ok(_) => {
+                Ok(()) => {
                     for (view, state) in group.publish {
                         view.publish(state);
                     }
@@ -910,6 +954,59 @@ fn flush_loop(shared: &Shared, inbox: std::sync::mpsc::Receiver<Written>) {
                 }
             }
         }
+    }
+}
+
+/// Values at least this large go to a blob file of their own in sled 0.34 (a quarter of
+/// its 512 KiB segment, less headers; rounded down to be safe).
+const SLED_BLOB_THRESHOLD: usize = 120 << 10;
+
+/// What sled's `flush` leaves out, for durability across power loss: sled 0.34 only
+/// calls `sync_file_range` on its log (which neither flushes the disk's cache nor the
+/// file's size), and never syncs its blob files. This syncs both.
+struct DiskSync {
+    log: std::fs::File,
+    blobs: PathBuf,
+    synced: HashSet<std::ffi::OsString>,
+}
+
+impl DiskSync {
+    fn open(sled_dir: &Path) -> std::io::Result<DiskSync> {
+        let log = std::fs::File::open(sled_dir.join("db"))?;
+        let blobs = sled_dir.join("blobs");
+        let mut disk = DiskSync {
+            log,
+            blobs,
+            synced: HashSet::new(),
+        };
+        disk.sync(true)?; // blobs written before a crash may not have been synced
+        Ok(disk)
+    }
+
+    /// `fdatasync` of the log; with `blobs`, also every blob file not yet synced, and
+    /// the blob directory (new names).
+    fn sync(&mut self, blobs: bool) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        if !blobs {
+            return Ok(());
+        }
+        let mut present = HashSet::new();
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced.contains(&name) {
+                std::fs::File::open(entry.path())?.sync_all()?;
+            }
+            present.insert(name);
+        }
+        std::fs::File::open(&self.blobs)?.sync_all()?;
+        self.synced = present;
+        Ok(())
     }
 }
 

@@ -648,6 +648,7 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
     let config = sled::Config::new()
         .path(path.join("sled"))
         .cache_capacity(cache_bytes)
+        .segment_size(format::SLED_SEGMENT)
         .flush_every_ms(None);
     // sled may panic on some damaged files instead of returning an error; a damaged store
     // must give an error that names the path, so the panic is caught and reported.

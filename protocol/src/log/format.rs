@@ -26,6 +26,10 @@ use crate::entry::Scope;
 /// The version this build writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
+/// sled's segment size, part of the format: sled refuses to open a database with another.
+/// 2 MiB puts sled's blob threshold (a quarter segment) above a leaf of 16 blocks.
+pub(crate) const SLED_SEGMENT: usize = 2 << 20;
+
 pub(crate) const TOPIC: u8 = 1;
 pub(crate) const NAME: u8 = 2;
 pub(crate) const BLOCK: u8 = 3;

@@ -37,11 +37,11 @@ use crate::entry::{
 /// (and the latency of everyone in it) stays bounded even with large entries.
 const GROUP_BYTES: u64 = 8 << 20;
 /// A block holds the entries of one topic from one group, cut at this many entries or
-/// bytes, so that a read decodes little more than it returns. 64 KiB also stays under
-/// sled's blob threshold (a quarter of its 512 KiB segment), above which a value is
-/// written to a file of its own.
+/// bytes, so that a read decodes little more than it returns. With 16 KiB blocks, a sled
+/// leaf (at most 16 keys) stays under sled's blob threshold, so that appends do not
+/// create blob files (each costs a file and an fsync).
 const BLOCK_ENTRIES: usize = 256;
-const BLOCK_BYTES: u64 = 64 << 10;
+const BLOCK_BYTES: u64 = 16 << 10;
 
 mod retention;
 
@@ -916,14 +916,10 @@ fn flush_loop(
         }
 
         let mut batch = sled::Batch::default();
-        let mut large = false;
         for group in &mut groups {
             for (k, v) in group.writes.drain(..) {
                 match v {
-                    Some(v) => {
-                        large |= v.len() >= SLED_BLOB_THRESHOLD;
-                        batch.insert(k, v);
-                    }
+                    Some(v) => batch.insert(k, v),
                     None => batch.remove(k),
                 }
             }
@@ -935,7 +931,7 @@ fn flush_loop(
                 .apply_batch(batch)
                 .and_then(|()| shared.db.flush())
                 .map_err(|err| shared.poison(&err))
-                .and_then(|_| disk.sync(large).map_err(|err| shared.poison(&err.into()))),
+                .and_then(|_| disk.sync().map_err(|err| shared.poison(&err.into()))),
         };
         for group in groups {
             match &flushed {
@@ -957,13 +953,10 @@ fn flush_loop(
     }
 }
 
-/// Values at least this large go to a blob file of their own in sled 0.34 (a quarter of
-/// its 512 KiB segment, less headers; rounded down to be safe).
-const SLED_BLOB_THRESHOLD: usize = 120 << 10;
-
 /// What sled's `flush` leaves out, for durability across power loss: sled 0.34 only
 /// calls `sync_file_range` on its log (which neither flushes the disk's cache nor the
-/// file's size), and never syncs its blob files. This syncs both.
+/// file's size), and never syncs its blob files (values, and consolidated tree pages,
+/// over a quarter of a segment). This syncs both.
 struct DiskSync {
     log: std::fs::File,
     blobs: PathBuf,
@@ -979,17 +972,16 @@ impl DiskSync {
             blobs,
             synced: HashSet::new(),
         };
-        disk.sync(true)?; // blobs written before a crash may not have been synced
+        disk.sync()?; // blobs written before a crash may not have been synced
         Ok(disk)
     }
 
-    /// `fdatasync` of the log; with `blobs`, also every blob file not yet synced, and
-    /// the blob directory (new names).
-    fn sync(&mut self, blobs: bool) -> std::io::Result<()> {
+    /// `fdatasync` of the log; then `fsync` of every blob file not yet synced and, if
+    /// there was one, of the blob directory (new names). Blob files never change once
+    /// written, so each is synced once.
+    fn sync(&mut self) -> std::io::Result<()> {
         self.log.sync_data()?;
-        if !blobs {
-            return Ok(());
-        }
+        let mut fresh = false;
         let mut present = HashSet::new();
         let entries = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
@@ -1001,10 +993,13 @@ impl DiskSync {
             let name = entry.file_name();
             if !self.synced.contains(&name) {
                 std::fs::File::open(entry.path())?.sync_all()?;
+                fresh = true;
             }
             present.insert(name);
         }
-        std::fs::File::open(&self.blobs)?.sync_all()?;
+        if fresh {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+        }
         self.synced = present;
         Ok(())
     }

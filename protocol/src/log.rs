@@ -645,11 +645,7 @@ impl Consumer {
 }
 
 fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
-    let config = sled::Config::new()
-        .path(path.join("sled"))
-        .cache_capacity(cache_bytes)
-        .segment_size(format::SLED_SEGMENT)
-        .flush_every_ms(None);
+    let config = sled_config(path, cache_bytes);
     // sled may panic on some damaged files instead of returning an error; a damaged store
     // must give an error that names the path, so the panic is caught and reported.
     match std::panic::catch_unwind(AssertUnwindSafe(|| config.open())) {
@@ -667,6 +663,15 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
             })
         }
     }
+}
+
+/// sled's settings for a store in `path`; the segment size is part of the format.
+fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path.join("sled"))
+        .cache_capacity(cache_bytes)
+        .segment_size(format::SLED_SEGMENT)
+        .flush_every_ms(None)
 }
 
 fn sled_open_error(path: &Path, e: sled::Error) -> OpenError {

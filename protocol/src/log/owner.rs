@@ -1,24 +1,21 @@
-//! The owner thread, which decides every write of the store, and the flusher thread,
-//! which performs them.
+//! The owner thread: the one writer of the store.
 //!
-//! - The owner takes requests from the bounded inbox, as many as are waiting (up to
+//! - It takes requests from the bounded inbox, as many as are waiting (up to
 //!   `max_group`, or [`GROUP_BYTES`] of entries), into one **group**.
+//! - Commit delay: while other writers still have a request on its way (the count of
+//!   requests sent and not answered is above the group's), it waits for them, up to
+//!   `commit_delay`, so that one flush serves them all. A lone writer never waits.
 //! - Each request is applied to a working copy of the topics it touches; a refused
 //!   transaction drops its copy and leaves the group as it was.
-//! - The owner takes the group's counters as current, encodes its writes and queues it
-//!   for the flusher (a bounded queue), then goes on with the next group.
-//! - The flusher takes every queued group, writes them as one sled batch, flushes once
-//!   (fsync), then publishes their counters to readers, wakes tailers and replies to
-//!   every writer, in order.
-//!
-//! So sled may lag the owner by the groups in the queue; only retention reads sled from
-//! the owner, and it only looks at a topic's oldest blocks.
+//! - The group becomes one sled batch, then one `flush`, then the syncs sled leaves out
+//!   ([`DiskSync`]); only then are the new counters published to readers, tailers woken
+//!   and every writer answered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -76,10 +73,7 @@ pub(crate) enum Request {
     },
 }
 
-/// Groups written and waiting for the flusher; past this the owner waits for it.
-const FLUSH_QUEUE: usize = 4;
-
-/// Loads the catalog, then starts the owner and flusher threads; returns the inbox.
+/// Loads the catalog, then starts the owner thread; returns its inbox.
 pub(crate) fn start(
     shared: Arc<Shared>,
     config: StoreConfig,
@@ -89,24 +83,8 @@ pub(crate) fn start(
         path: shared.path.clone(),
         source,
     };
-    let (to_flusher, flusher_inbox) = std::sync::mpsc::sync_channel(FLUSH_QUEUE);
     let disk = DiskSync::open(&shared.path.join("sled")).map_err(io_error)?;
-    let commit_delay = config.commit_delay;
-    let flusher = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("tether-flush".into())
-            .spawn(move || flush_loop(&shared, flusher_inbox, disk, commit_delay))
-            .map_err(io_error)?
-    };
-    let owner = Owner::load(
-        shared.clone(),
-        config,
-        Flusher {
-            queue: to_flusher,
-            thread: flusher,
-        },
-    )?;
+    let owner = Owner::load(shared.clone(), config, disk)?;
     std::thread::Builder::new()
         .name("tether-store".into())
         .spawn(move || owner.run(rx))
@@ -122,20 +100,7 @@ struct Owner {
     names: HashMap<NodeName, u32>,
     self_id: u32,
     peers: BTreeMap<NodeName, Peer>,
-    flusher: Flusher,
-}
-
-struct Flusher {
-    queue: std::sync::mpsc::SyncSender<Written>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-/// A group ready for the flusher: what to write, what to publish and whom to answer.
-struct Written {
-    /// In order; a later write of the same key wins. `None` removes.
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    publish: Vec<(Arc<TopicView>, StateRecord)>,
-    done: Vec<Done>,
+    disk: DiskSync,
 }
 
 struct TopicState {
@@ -185,11 +150,7 @@ enum Done {
 }
 
 impl Owner {
-    fn load(
-        shared: Arc<Shared>,
-        config: StoreConfig,
-        flusher: Flusher,
-    ) -> Result<Owner, OpenError> {
+    fn load(shared: Arc<Shared>, config: StoreConfig, disk: DiskSync) -> Result<Owner, OpenError> {
         let tree = &shared.tree.clone();
         let path = shared.path.clone();
         let corrupt = |detail: String| OpenError::Corrupt {
@@ -342,7 +303,7 @@ impl Owner {
             names,
             self_id: 0,
             peers,
-            flusher,
+            disk,
         };
 
         // First use: intern this node's name and create the gaps topic, durably.
@@ -372,25 +333,46 @@ impl Owner {
     }
 
     fn run(mut self, mut inbox: mpsc::Receiver<Request>) {
+        // A timer for the commit delay's timed wait on the inbox; this thread runs nothing
+        // else on it. Without one, groups are flushed without waiting.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build();
+        if let Err(err) = &timer {
+            tracing::warn!(%err, "no timer for the commit delay: flushing without it");
+        }
         while let Some(first) = inbox.blocking_recv() {
-            let mut requests = vec![first];
-            let mut weight = requests[0].weight();
-            while requests.len() < self.config.max_group && weight < GROUP_BYTES {
-                match inbox.try_recv() {
-                    Ok(r) => {
-                        weight += r.weight();
-                        requests.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
             let mut g = Group::default();
             let mut close = None;
-            for request in requests {
-                match request {
-                    Request::Close { reply } => close = Some(reply),
-                    _ if close.is_some() => request.refuse(WriteError::Closed),
-                    request => self.handle(request, &mut g),
+            let (mut taken, mut weight) = (0, 0);
+            let mut next = Some(first);
+            let deadline = Instant::now() + self.config.commit_delay;
+            loop {
+                while let Some(request) = next.take().or_else(|| inbox.try_recv().ok()) {
+                    taken += 1;
+                    weight += request.weight();
+                    match request {
+                        Request::Close { reply } => close = Some(reply),
+                        _ if close.is_some() => request.refuse(WriteError::Closed),
+                        request => self.handle(request, &mut g),
+                    }
+                    if taken >= self.config.max_group || weight >= GROUP_BYTES {
+                        break;
+                    }
+                }
+                let full = taken >= self.config.max_group || weight >= GROUP_BYTES;
+                let everyone = g.done.len() >= self.shared.writers.load(Ordering::Relaxed);
+                let now = Instant::now();
+                let (false, false, None, Ok(timer)) = (full, everyone, &close, &timer) else {
+                    break;
+                };
+                if now >= deadline {
+                    break;
+                }
+                let wait = async { tokio::time::timeout(deadline - now, inbox.recv()).await };
+                match timer.block_on(wait) {
+                    Ok(Some(request)) => next = Some(request),
+                    _ => break, // the delay is over, or every handle is gone
                 }
             }
             self.write(g);
@@ -408,21 +390,18 @@ impl Owner {
         }
     }
 
-    /// Waits for the flusher to finish what is queued, flushes, and drops the database.
+    /// Flushes and syncs what is written, and drops the database.
     fn stop(self) -> Result<(), String> {
         let Owner {
-            shared, flusher, ..
+            shared, mut disk, ..
         } = self;
-        drop(flusher.queue);
-        if flusher.thread.join().is_err() {
-            return Err("the flush thread panicked".into());
-        }
         if let Some(cause) = shared.poisoned() {
             return Err(cause);
         }
-        let flushed = shared.db.flush().map(drop).map_err(|e| e.to_string());
+        let flushed = shared.db.flush().map_err(|e| e.to_string());
+        let synced = flushed.and_then(|_| disk.sync().map_err(|e| e.to_string()));
         tracing::debug!(path = %shared.path.display(), "store closed");
-        flushed
+        synced
     }
 
     fn handle(&mut self, request: Request, g: &mut Group) {
@@ -598,43 +577,56 @@ impl Owner {
         Ok((Offset(offset), Seq(seq)))
     }
 
-    /// Encodes the group's writes, takes its counters as current, and queues it for the
-    /// flusher.
+    /// Writes the group as one batch, flushes and syncs, then publishes and replies.
     fn write(&mut self, g: Group) {
         if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
             return;
         }
-        let mut writes = g.kv;
+        let mut batch = sled::Batch::default();
+        for (k, v) in g.kv {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
         for (&t, p) in &g.pending {
             let mut first = p.new_first;
             for block in blocks(&p.new) {
                 let (min, max) = block
                     .iter()
                     .fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
-                writes.push((
-                    format::block_key(t, first).to_vec(),
-                    Some(codec::encode(block)),
-                ));
-                let time_key = format::time_key(t, max, first).to_vec();
-                writes.push((time_key, Some(min.to_be_bytes().to_vec())));
+                batch.insert(&format::block_key(t, first)[..], codec::encode(block));
+                batch.insert(&format::time_key(t, max, first)[..], &min.to_be_bytes()[..]);
                 first += block.len() as u64;
             }
             let state = codec::encode(&p.counters.record());
-            writes.push((format::state_key(t).to_vec(), Some(state)));
+            batch.insert(&format::state_key(t)[..], state);
         }
-        let mut publish = Vec::with_capacity(g.pending.len());
+        let shared = &self.shared;
+        let written = match shared.poisoned() {
+            Some(cause) => Err(cause),
+            None => shared
+                .tree
+                .apply_batch(batch)
+                .and_then(|()| shared.db.flush())
+                .map_err(|err| shared.poison(&err))
+                .and_then(|_| self.disk.sync().map_err(|err| shared.poison(&err.into()))),
+        };
+        if let Err(cause) = written {
+            for done in g.done {
+                done.refuse(WriteError::Poisoned(cause.clone()));
+            }
+            return;
+        }
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
-                publish.push((state.view.clone(), p.counters.record()));
+                state.view.publish(p.counters.record());
                 state.counters = p.counters;
             }
         }
-        // A send fails only if the flusher is gone, which happens only at `stop`.
-        let _ = self.flusher.queue.send(Written {
-            writes,
-            publish,
-            done: g.done,
-        });
+        for done in g.done {
+            done.accept();
+        }
     }
 
     /// Creates a topic (or updates its retention); returns its id.
@@ -882,74 +874,6 @@ impl Pending {
         self.counters.next += 1;
         self.counters.bytes += e.size();
         self.new.push(e);
-    }
-}
-
-/// The flusher thread: writes every queued group in one sled batch, flushes once, then
-/// publishes and replies. A failed write or flush poisons the store.
-fn flush_loop(
-    shared: &Shared,
-    inbox: std::sync::mpsc::Receiver<Written>,
-    mut disk: DiskSync,
-    commit_delay: Duration,
-) {
-    while let Ok(first) = inbox.recv() {
-        let mut groups = vec![first];
-        groups.extend(inbox.try_iter());
-        // Commit delay: while writers are still on their way (replied to a moment ago and
-        // about to send again), wait a little for them, so that one flush serves them all
-        // instead of every flush serving half of them. Never waits for a lone writer.
-        let deadline = Instant::now() + commit_delay;
-        loop {
-            let taken: usize = groups.iter().map(|g| g.done.len()).sum();
-            let now = Instant::now();
-            if taken >= shared.writers.load(Ordering::Relaxed) || now >= deadline {
-                break;
-            }
-            match inbox.recv_timeout(deadline - now) {
-                Ok(group) => {
-                    groups.push(group);
-                    groups.extend(inbox.try_iter());
-                }
-                Err(_) => break,
-            }
-        }
-
-        let mut batch = sled::Batch::default();
-        for group in &mut groups {
-            for (k, v) in group.writes.drain(..) {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
-                }
-            }
-        }
-        let flushed = match shared.poisoned() {
-            Some(cause) => Err(cause),
-            None => shared
-                .tree
-                .apply_batch(batch)
-                .and_then(|()| shared.db.flush())
-                .map_err(|err| shared.poison(&err))
-                .and_then(|_| disk.sync().map_err(|err| shared.poison(&err.into()))),
-        };
-        for group in groups {
-            match &flushed {
-                Ok(()) => {
-                    for (view, state) in group.publish {
-                        view.publish(state);
-                    }
-                    for done in group.done {
-                        done.accept();
-                    }
-                }
-                Err(cause) => {
-                    for done in group.done {
-                        done.refuse(WriteError::Poisoned(cause.clone()));
-                    }
-                }
-            }
-        }
     }
 }
 

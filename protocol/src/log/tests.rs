@@ -707,7 +707,7 @@ async fn opening_names_the_path_and_the_problem() {
 fn an_unknown_format_version_is_a_clear_error() {
     let dir = TempDir::new();
     {
-        let db = sled::open(dir.0.join("sled")).unwrap();
+        let db = sled_config(&dir.0, 1 << 20).open().unwrap();
         let tree = db.open_tree("tether").unwrap();
         tree.insert(format::META_FORMAT, &7u32.to_be_bytes())
             .unwrap();
@@ -752,7 +752,7 @@ fn damaged_files_give_an_error_not_a_panic() {
     // A sled database that is not a Tether store.
     let other = TempDir::new();
     {
-        let db = sled::open(other.0.join("sled")).unwrap();
+        let db = sled_config(&other.0, 1 << 20).open().unwrap();
         db.open_tree("tether")
             .unwrap()
             .insert(b"foreign", b"data")

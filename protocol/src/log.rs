@@ -27,6 +27,7 @@
 //! On open, the store checks the format version and that it belongs to this node, loads
 //! the catalog (topics, names, peers, counters) and creates the `_gaps` system topic.
 
+mod checkpoint;
 mod error;
 mod format;
 mod owner;

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::checkpoint::Checkpoint;
 use super::error::{OpenError, WriteError};
 use super::format::{self, PeerRecord, StateRecord, StoredEntry, TopicRecord};
 use super::txn::{Appended, Committed, Op, TableName, Txn};
@@ -101,6 +102,7 @@ struct Owner {
     self_id: u32,
     peers: BTreeMap<NodeName, Peer>,
     disk: DiskSync,
+    checkpoint: Checkpoint,
 }
 
 struct TopicState {
@@ -291,6 +293,14 @@ impl Owner {
             }
         }
 
+        let checkpoint = Checkpoint::new(&path);
+        checkpoint
+            .verify(|name| {
+                let id = by_name.get(&TopicName::new(name).ok()?)?;
+                topics.get(id).map(|t: &TopicState| t.counters.next)
+            })
+            .map_err(corrupt)?;
+
         *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = Catalog {
             topics: views,
             names: by_id,
@@ -304,6 +314,7 @@ impl Owner {
             self_id: 0,
             peers,
             disk,
+            checkpoint,
         };
 
         // First use: intern this node's name and create the gaps topic, durably.
@@ -391,17 +402,15 @@ impl Owner {
     }
 
     /// Flushes and syncs what is written, and drops the database.
-    fn stop(self) -> Result<(), String> {
-        let Owner {
-            shared, mut disk, ..
-        } = self;
-        if let Some(cause) = shared.poisoned() {
+    fn stop(mut self) -> Result<(), String> {
+        if let Some(cause) = self.shared.poisoned() {
             return Err(cause);
         }
-        let flushed = shared.db.flush().map_err(|e| e.to_string());
-        let synced = flushed.and_then(|_| disk.sync().map_err(|e| e.to_string()));
-        tracing::debug!(path = %shared.path.display(), "store closed");
-        synced
+        let flushed = self.shared.db.flush().map_err(|e| e.to_string());
+        flushed.and_then(|_| self.disk.sync().map_err(|e| e.to_string()))?;
+        self.write_checkpoint();
+        tracing::debug!(path = %self.shared.path.display(), "store closed");
+        Ok(())
     }
 
     fn handle(&mut self, request: Request, g: &mut Group) {
@@ -626,6 +635,21 @@ impl Owner {
         }
         for done in g.done {
             done.accept();
+        }
+        if self.checkpoint.due() {
+            self.write_checkpoint();
+        }
+    }
+
+    /// Records every topic's (durable) next offset in the checkpoint file.
+    fn write_checkpoint(&mut self) {
+        let topics = self
+            .topics
+            .values()
+            .map(|t| (t.config.name.to_string(), t.counters.next))
+            .collect();
+        if let Err(err) = self.checkpoint.write(format::FORMAT_VERSION, topics) {
+            tracing::error!(path = %self.shared.path.display(), %err, "cannot write the store checkpoint");
         }
     }
 

@@ -762,3 +762,76 @@ fn damaged_files_give_an_error_not_a_panic() {
     let err = Store::open(&other.0, StoreConfig::new(node("hq"))).unwrap_err();
     assert!(err.to_string().contains("not a tether store"), "{err}");
 }
+
+#[tokio::test]
+async fn a_truncated_store_is_an_error_not_a_silent_loss() {
+    let dir = TempDir::new();
+    {
+        let store = open_with(&dir.0, "hq", &[("t", Scope::Local, Retention::default())]).await;
+        for i in 0..2000 {
+            store
+                .append(
+                    &topic("t"),
+                    Append::new(format!("entry {i} {}", "x".repeat(200))),
+                )
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let db = dir.0.join("sled").join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    // Cut the log at several points: sled itself notices some, the checkpoint the rest.
+    for cut in [len * 95 / 100, len * 9 / 10, len / 2, 100] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let err = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("store at {} is corrupt: ", dir.0.display())),
+            "cut at {cut}: {text}"
+        );
+    }
+    // The operator may accept the loss by removing the checkpoint, as the error says.
+    let dir = TempDir::new();
+    {
+        let store = open_with(&dir.0, "hq", &[("t", Scope::Local, Retention::default())]).await;
+        for i in 0..2000 {
+            store
+                .append(
+                    &topic("t"),
+                    Append::new(format!("entry {i} {}", "x".repeat(200))),
+                )
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let db = dir.0.join("sled").join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(len * 9 / 10)
+        .unwrap();
+    let err = Store::open(&dir.0, StoreConfig::new(node("hq")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("truncated: topic t reaches offset") && err.contains("remove"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.0.join("checkpoint")).unwrap();
+    let store = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap();
+    let held = store.topic(&topic("t")).unwrap().next.0;
+    assert!(held < 2000, "the cut removed entries");
+    assert_eq!(
+        store.read(&topic("t"), Offset(0), 5000).unwrap().len() as u64,
+        held
+    );
+}

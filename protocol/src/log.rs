@@ -3,29 +3,33 @@
 //! Data flow:
 //! - Writers ([`Store::append`], [`Store::commit`], topic and peer changes) send a request
 //!   to the one **owner** thread through a bounded inbox, and wait for its reply.
-//! - The owner drains what is waiting (up to `max_group` requests), applies each request
-//!   to its in-memory state (a refused transaction is rolled back alone) and encodes the
-//!   group's writes. The **flusher** thread takes every group queued so far, writes them
-//!   as one sled batch, flushes once (fsync), then **publishes** their state and replies.
-//!   This is group commit: concurrent appends share one batch and one flush, and the
-//!   owner prepares the next groups while the flusher is in fsync.
+//! - The owner drains what is waiting (up to `max_group` requests) into a **group**; while
+//!   other writers are still on their way it waits for them, up to `commit_delay`. It
+//!   applies each request to its in-memory state (a refused transaction is rolled back
+//!   alone), writes the group as one sled batch, flushes and syncs once, then
+//!   **publishes** the new state and replies. This is group commit: concurrent writers
+//!   share one batch and one fsync.
 //! - Readers ([`Store::read`] and friends) run on any thread, concurrently, straight on
 //!   sled; they see only what is published, so never an entry that is not yet durable.
 //! - Tailers wait on a per-topic watch channel that the owner updates on publish.
 //!
 //! The durable write path, in order:
-//! 1. the group's entries of each topic become one block (`BLOCK` key), with a `TIME`
+//! 1. the group's entries of each topic become blocks (`BLOCK` keys), each with a `TIME`
 //!    index key, and the topic's `STATE` (head, next offset, bytes, version vector);
 //! 2. table documents, cursors, interned names and topic definitions join the same batch;
-//! 3. the flusher merges every queued group into one `apply_batch` (sled recovers a
-//!    batch all or nothing), then calls `flush` (fsync);
-//! 4. only then: publish to readers, wake tailers, acknowledge the writers.
+//! 3. `apply_batch` (sled recovers a batch all or nothing), `flush` (sled's write and
+//!    `sync_file_range`), then `fdatasync` of sled's log and `fsync` of any new blob file
+//!    and of the blob directory, which sled 0.34 leaves out;
+//! 4. only then: publish to readers, wake tailers, acknowledge the writers;
+//! 5. at most every 5 s, and at close: the checkpoint (each topic's next offset) is
+//!    replaced atomically beside sled's files.
 //!
-//! A failed write or flush **poisons** the store: every later write is refused with the
+//! A failed write or sync **poisons** the store: every later write is refused with the
 //! cause, and the node must restart (reopen) to go on. Nothing acknowledged is lost.
 //!
-//! On open, the store checks the format version and that it belongs to this node, loads
-//! the catalog (topics, names, peers, counters) and creates the `_gaps` system topic.
+//! On open, the store checks the format version, that it belongs to this node and that
+//! it holds at least what its checkpoint recorded, loads the catalog (topics, names,
+//! peers, counters) and creates the `_gaps` system topic.
 
 mod checkpoint;
 mod error;
@@ -173,7 +177,7 @@ struct Shared {
     catalog: RwLock<Catalog>,
     /// Set by the first failed write or flush; every later write is refused with it.
     poisoned: Mutex<Option<String>>,
-    /// Write requests sent and not yet answered: the flusher's commit delay waits for
+    /// Write requests sent and not yet answered: the owner's commit delay waits for
     /// them, up to `commit_delay`.
     writers: AtomicUsize,
 }

@@ -35,6 +35,15 @@ impl Drop for TempDir {
     }
 }
 
+/// The runtime of the bench runner and the crash child: two workers, as on the target
+/// machine's two cores.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 /// Bytes held by the files under `dir`, recursively.
 pub fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;

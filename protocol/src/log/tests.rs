@@ -67,6 +67,13 @@ fn remote(origin: &str, seq: u64, payload: &str) -> Entry {
     }
 }
 
+/// Commits entries from peers into topic `t`.
+async fn insert(store: &Store, entries: Vec<Entry>) -> Result<Committed, WriteError> {
+    let mut txn = Txn::new();
+    txn.insert(&topic("t"), entries);
+    store.commit(txn).await
+}
+
 fn payloads(records: &[Record]) -> Vec<String> {
     records
         .iter()
@@ -162,29 +169,29 @@ async fn concurrent_appends_share_flushes_and_get_distinct_offsets() {
 async fn remote_entries_are_inserted_once_and_in_order() {
     let dir = TempDir::new();
     let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention::default())]).await;
-    let mut txn = Txn::new();
-    txn.insert(
-        &topic("t"),
+    let done = insert(
+        &store,
         vec![
             remote("alpha", 1, "a1"),
             remote("alpha", 2, "a2"),
             remote("bravo", 1, "b1"),
         ],
-    );
-    let done = store.commit(txn).await.unwrap();
+    )
+    .await
+    .unwrap();
     assert_eq!((done.inserted, done.duplicates), (3, 0));
 
     // A retry with overlap: the held ones are duplicates, the new one goes in.
-    let mut txn = Txn::new();
-    txn.insert(
-        &topic("t"),
+    let done = insert(
+        &store,
         vec![
             remote("alpha", 1, "x"),
             remote("alpha", 2, "x"),
             remote("alpha", 3, "a3"),
         ],
-    );
-    let done = store.commit(txn).await.unwrap();
+    )
+    .await
+    .unwrap();
     assert_eq!((done.inserted, done.duplicates), (1, 2));
     assert_eq!(
         payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()),
@@ -192,12 +199,12 @@ async fn remote_entries_are_inserted_once_and_in_order() {
     );
 
     // A hole is refused, and nothing of that transaction is applied.
-    let mut txn = Txn::new();
-    txn.insert(
-        &topic("t"),
+    let err = insert(
+        &store,
         vec![remote("bravo", 2, "b2"), remote("bravo", 4, "b4")],
-    );
-    let err = store.commit(txn).await.unwrap_err();
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err,
         WriteError::OutOfOrder {
@@ -211,10 +218,8 @@ async fn remote_entries_are_inserted_once_and_in_order() {
     assert_eq!(store.read(&topic("t"), Offset(0), 10).unwrap().len(), 4);
 
     // A peer cannot invent entries of this node's own origin.
-    let mut txn = Txn::new();
-    txn.insert(&topic("t"), vec![remote("hq", 1, "forged")]);
     assert!(matches!(
-        store.commit(txn).await,
+        insert(&store, vec![remote("hq", 1, "forged")]).await,
         Err(WriteError::OwnOrigin { .. })
     ));
 
@@ -381,9 +386,9 @@ async fn reads_by_time_range_use_the_origin_timestamp() {
         txn.insert(&topic("t"), batch);
         store.commit(txn).await.unwrap();
     }
-    let mut txn = Txn::new();
-    txn.insert(&topic("t"), vec![remote("alpha", 3, "t15")]);
-    store.commit(txn).await.unwrap();
+    insert(&store, vec![remote("alpha", 3, "t15")])
+        .await
+        .unwrap();
     // Timestamps are 1000 * seq: t5 = 1000, t10 = 2000, t1 = 1000, t15 = 3000.
     let got = store
         .read_time(&topic("t"), Timestamp(1000), Timestamp(2001), 10)
@@ -763,62 +768,52 @@ fn damaged_files_give_an_error_not_a_panic() {
     assert!(err.to_string().contains("not a tether store"), "{err}");
 }
 
-#[tokio::test]
-async fn a_truncated_store_is_an_error_not_a_silent_loss() {
+/// A closed store of 2,000 entries in topic `t`, written in 20 transactions; returns
+/// its directory and sled's log file.
+async fn closed_store_of_2000() -> (TempDir, PathBuf) {
     let dir = TempDir::new();
-    {
-        let store = open_with(&dir.0, "hq", &[("t", Scope::Local, Retention::default())]).await;
-        for i in 0..2000 {
-            store
-                .append(
-                    &topic("t"),
-                    Append::new(format!("entry {i} {}", "x".repeat(200))),
-                )
-                .await
-                .unwrap();
+    let store = open_with(&dir.0, "hq", &[("t", Scope::Local, Retention::default())]).await;
+    for round in 0..20 {
+        let mut txn = Txn::new();
+        for i in 0..100 {
+            let payload = format!("entry {} {}", round * 100 + i, "x".repeat(200));
+            txn.append(&topic("t"), Append::new(payload));
         }
-        store.close().await.unwrap();
+        store.commit(txn).await.unwrap();
     }
+    store.close().await.unwrap();
     let db = dir.0.join("sled").join("db");
-    let len = std::fs::metadata(&db).unwrap().len();
-    // Cut the log at several points: sled itself notices some, the checkpoint the rest.
-    for cut in [len * 95 / 100, len * 9 / 10, len / 2, 100] {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&db)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
-        let err = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.starts_with(&format!("store at {} is corrupt: ", dir.0.display())),
-            "cut at {cut}: {text}"
-        );
-    }
-    // The operator may accept the loss by removing the checkpoint, as the error says.
-    let dir = TempDir::new();
-    {
-        let store = open_with(&dir.0, "hq", &[("t", Scope::Local, Retention::default())]).await;
-        for i in 0..2000 {
-            store
-                .append(
-                    &topic("t"),
-                    Append::new(format!("entry {i} {}", "x".repeat(200))),
-                )
-                .await
-                .unwrap();
-        }
-        store.close().await.unwrap();
-    }
-    let db = dir.0.join("sled").join("db");
-    let len = std::fs::metadata(&db).unwrap().len();
+    (dir, db)
+}
+
+fn cut(file: &Path, len: u64) {
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&db)
+        .open(file)
         .unwrap()
-        .set_len(len * 9 / 10)
+        .set_len(len)
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_truncated_store_is_an_error_not_a_silent_loss() {
+    let (dir, db) = closed_store_of_2000().await;
+    let len = std::fs::metadata(&db).unwrap().len();
+    // Cut the log at several points: sled itself notices some, the checkpoint the rest.
+    for at in [len * 95 / 100, len * 9 / 10, len / 2, 100] {
+        cut(&db, at);
+        let err = Store::open(&dir.0, StoreConfig::new(node("hq")))
+            .unwrap_err()
+            .to_string();
+        let prefix = format!("store at {} is corrupt: ", dir.0.display());
+        assert!(err.starts_with(&prefix), "cut at {at}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_operator_may_accept_a_truncated_store() {
+    let (dir, db) = closed_store_of_2000().await;
+    cut(&db, std::fs::metadata(&db).unwrap().len() * 9 / 10);
     let err = Store::open(&dir.0, StoreConfig::new(node("hq")))
         .unwrap_err()
         .to_string();
@@ -826,6 +821,7 @@ async fn a_truncated_store_is_an_error_not_a_silent_loss() {
         err.contains("truncated: topic t reaches offset") && err.contains("remove"),
         "{err}"
     );
+    // As the error says: removing the checkpoint opens the store as it is.
     std::fs::remove_file(dir.0.join("checkpoint")).unwrap();
     let store = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap();
     let held = store.topic(&topic("t")).unwrap().next.0;

@@ -180,6 +180,8 @@ struct Shared {
     /// Write requests sent and not yet answered: the owner's commit delay waits for
     /// them, up to `commit_delay`.
     writers: AtomicUsize,
+    /// Counts published groups: one wake-up for "something changed in any topic".
+    changes: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -238,6 +240,7 @@ impl Store {
             catalog: RwLock::new(Catalog::default()),
             poisoned: Mutex::new(None),
             writers: AtomicUsize::new(0),
+            changes: watch::Sender::new(0),
         });
         let inbox = owner::start(shared.clone(), config)?;
         Ok(Store { shared, inbox })
@@ -446,6 +449,11 @@ impl Store {
         Ok(self.view(topic)?.tail.subscribe())
     }
 
+    /// A watch that changes whenever new writes of any topic become visible.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
     /// Waits until the topic holds an entry at `offset` (or later), without polling.
     pub async fn wait(&self, topic: &TopicName, offset: Offset) -> Result<(), ReadError> {
         let mut rx = self.subscribe(topic)?;
@@ -465,6 +473,26 @@ impl Store {
                 .ok_or_else(|| self.corrupt("bad cursor value")),
             None => Ok(Offset(0)),
         }
+    }
+
+    /// What `peer` has acknowledged holding of `topic` (see [`Store::peer_acked`]).
+    pub fn peer_vector(&self, peer: &NodeName, topic: &TopicName) -> Result<VersionVector, ReadError> {
+        let view = self.view(topic)?;
+        let full = format::ack_key(peer.as_str(), view.id, 0);
+        let prefix = &full[..full.len() - 4];
+        let catalog = self.catalog();
+        let mut vector = BTreeMap::new();
+        for kv in self.shared.tree.scan_prefix(prefix) {
+            let (key, value) = kv.map_err(|e| self.corrupt(e))?;
+            let origin = key.get(prefix.len()..).and_then(format::u32_value);
+            let seq = format::u64_value(&value);
+            let (Some(origin), Some(seq)) = (origin, seq) else {
+                return Err(self.corrupt(format!("acknowledgement of peer {peer}")));
+            };
+            let name = catalog.names.get(origin as usize).ok_or_else(|| self.corrupt("unknown origin id"))?;
+            vector.insert(name.clone(), Seq(seq));
+        }
+        Ok(VersionVector(vector))
     }
 
     /// A durable consumer of `topic`, starting at its committed cursor.

@@ -633,6 +633,7 @@ impl Owner {
                 state.counters = p.counters;
             }
         }
+        self.shared.changes.send_modify(|n| *n += 1);
         for done in g.done {
             done.accept();
         }

@@ -1,0 +1,493 @@
+//! The wire format between two nodes: frames, their encoding, and the compressed stream.
+//!
+//! A link carries two kinds of QUIC stream. The **control** stream (bidirectional, opened
+//! by the edge) carries small frames as they are: `Hello`, `Have`, `Pause`, `Resume`. Each
+//! **entry** stream (unidirectional, one per direction) carries `Batch` and `Skip` frames
+//! through one zstd stream whose context lasts as long as the QUIC stream, so that small,
+//! similar entries cost a fraction of their size; the sender flushes zstd whenever it has
+//! nothing more to send at once, so nothing waits in the compressor.
+//!
+//! On both, a frame is its length (an unsigned LEB128 varint) followed by the frame in
+//! the project's codec ([`crate::codec`], postcard). A frame longer than [`MAX_FRAME`] is
+//! refused before it is read, and decompression never runs more than 64 KiB ahead of the
+//! frame being assembled, so a peer cannot make a node buffer without bound.
+//!
+//! Frame numbers (postcard encodes the variant's index, so the order below is the
+//! number). Numbers are never reused; a retired frame keeps its place with a note.
+//!
+//! | # | frame | stream | meaning |
+//! | --- | --- | --- | --- |
+//! | 0 | `Hello` | control | first frame each way: version, node, role, topics held |
+//! | 1 | `Have` | control | what the sender durably holds of a topic: sent at start, and after every durable insert (the acknowledgement) |
+//! | 2 | `Batch` | entry | entries of one topic, in the sender's order |
+//! | 3 | `Skip` | entry | the sender lost an origin's entries up to a sequence (disk budget): account for them |
+//! | 4 | `Pause` | control | an operator paused the link at the sender: stop sending entries |
+//! | 5 | `Resume` | control | the link is resumed |
+//!
+//! This module does no IO and never reads the clock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::entry::{Entry, EntryId, NodeName, Scope, Seq, Timestamp, TopicName};
+
+/// The protocol version this build speaks (also in the ALPN).
+pub const VERSION: u32 = 1;
+
+/// Largest encoded frame accepted: a batch of entries at the size limit fits.
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// Output produced per decompression step: how far decompression may run ahead.
+const INFLATE_STEP: usize = 64 << 10;
+
+/// One message between two nodes; see the module doc for the numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// 0: the first frame on the control stream, each way.
+    Hello(Hello),
+    /// 1: the highest sequence per origin that the sender durably holds of a topic.
+    Have {
+        /// The topic.
+        topic: TopicName,
+        /// Origin and sequence.
+        vector: Vec<(NodeName, u64)>,
+    },
+    /// 2: entries of one topic.
+    Batch(Batch),
+    /// 3: the sender cannot send `origin`'s entries of `topic` up to `through`: they
+    /// were lost (recorded as a gap); the receiver accounts for them and goes on.
+    Skip {
+        /// The topic.
+        topic: TopicName,
+        /// The origin whose entries were lost.
+        origin: NodeName,
+        /// The last lost sequence.
+        through: u64,
+    },
+    /// 4: stop sending entries until `Resume`.
+    Pause,
+    /// 5: sending may go on.
+    Resume,
+}
+
+/// Who a node is and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version it speaks.
+    pub version: u32,
+    /// Its name (also in its certificate; the two must agree).
+    pub node: NodeName,
+    /// Whether it is the core.
+    pub core: bool,
+    /// The topics it holds that may cross a link (scope `core` or `all`).
+    pub topics: Vec<(TopicName, Scope)>,
+}
+
+/// Entries of one topic, compactly: node names once per batch, sequences and timestamps
+/// as differences.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The topic.
+    pub topic: TopicName,
+    names: Vec<NodeName>,
+    base_ts: u64,
+    entries: Vec<WireEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WireEntry {
+    /// Index of the origin in `names`.
+    origin: u32,
+    /// Sequence minus the previous sequence of the same origin in this batch (or 0).
+    seq_delta: u64,
+    /// Timestamp minus the batch's `base_ts`.
+    ts_delta: i64,
+    #[serde(with = "serde_bytes")]
+    key: Option<Vec<u8>>,
+    /// Index of the destination in `names`.
+    to: Option<u32>,
+    headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+/// Bytes from a peer that are not a valid frame or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A frame says it is longer than [`MAX_FRAME`].
+    #[error("frame of {size} bytes is over the limit of {MAX_FRAME} bytes")]
+    TooLarge {
+        /// The length it announced.
+        size: u64,
+    },
+    /// A length prefix that is not a valid varint.
+    #[error("bad frame length")]
+    BadLength,
+    /// The frame's bytes do not decode.
+    #[error(transparent)]
+    Decode(#[from] codec::DecodeError),
+    /// A batch refers to a name it does not carry, or its sequences overflow.
+    #[error("malformed batch of topic {0}")]
+    BadBatch(TopicName),
+    /// The compressed stream is corrupt.
+    #[error("corrupt compressed stream: {0}")]
+    Inflate(std::io::Error),
+}
+
+impl Batch {
+    /// A batch of `entries` of `topic`, in the order given.
+    pub fn new(topic: TopicName, entries: &[Entry]) -> Batch {
+        let base_ts = entries.first().map_or(0, |e| e.timestamp.0);
+        let mut names: Vec<NodeName> = Vec::new();
+        let mut index = |name: &NodeName| match names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                names.push(name.clone());
+                names.len() as u32 - 1
+            }
+        };
+        let mut last_seq: Vec<u64> = Vec::new();
+        let mut wire = Vec::with_capacity(entries.len());
+        for e in entries {
+            let origin = index(&e.id.origin);
+            if last_seq.len() <= origin as usize {
+                last_seq.resize(origin as usize + 1, 0);
+            }
+            let seq_delta = e.id.seq.0.wrapping_sub(last_seq[origin as usize]);
+            last_seq[origin as usize] = e.id.seq.0;
+            wire.push(WireEntry {
+                origin,
+                seq_delta,
+                ts_delta: e.timestamp.0.wrapping_sub(base_ts) as i64,
+                key: e.key.clone(),
+                to: e.to.as_ref().map(&mut index),
+                headers: e.headers.clone(),
+                payload: e.payload.clone(),
+            });
+        }
+        Batch { topic, names, base_ts, entries: wire }
+    }
+
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries, checked: every index refers to a carried name.
+    pub fn into_entries(self) -> Result<Vec<Entry>, WireError> {
+        let bad = || WireError::BadBatch(self.topic.clone());
+        let name = |i: u32| self.names.get(i as usize).cloned().ok_or_else(bad);
+        let mut last_seq = vec![0u64; self.names.len()];
+        let mut out = Vec::with_capacity(self.entries.len());
+        for w in self.entries.iter() {
+            let origin = name(w.origin)?;
+            let last = &mut last_seq[w.origin as usize];
+            let seq = last.checked_add(w.seq_delta).ok_or_else(bad)?;
+            *last = seq;
+            out.push(Entry {
+                id: EntryId { origin, seq: Seq(seq) },
+                timestamp: Timestamp(self.base_ts.wrapping_add(w.ts_delta as u64)),
+                key: w.key.clone(),
+                to: w.to.map(name).transpose()?,
+                headers: w.headers.clone(),
+                payload: w.payload.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Appends one frame, length-prefixed, to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let body = codec::encode(frame);
+    let mut len = body.len() as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(&body);
+}
+
+/// Assembles frames from bytes as they arrive.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    /// Adds received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame; `Ok(None)` when more bytes are needed.
+    pub fn next(&mut self) -> Result<Option<Frame>, WireError> {
+        let pending = &self.buf[self.start..];
+        let mut len: u64 = 0;
+        let mut header = None;
+        for (i, &byte) in pending.iter().enumerate().take(10) {
+            len |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                header = Some(i + 1);
+                break;
+            }
+        }
+        let Some(header) = header else {
+            return if pending.len() >= 10 { Err(WireError::BadLength) } else { Ok(None) };
+        };
+        if len > MAX_FRAME as u64 {
+            return Err(WireError::TooLarge { size: len });
+        }
+        let end = header + len as usize;
+        if pending.len() < end {
+            return Ok(None);
+        }
+        let frame = codec::decode(&pending[header..end], "frame")?;
+        self.start += end;
+        // Keep the buffer from growing with consumed bytes.
+        if self.start > 64 << 10 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(Some(frame))
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// The sending end of a compressed entry stream.
+pub struct Deflate {
+    zstd: zstd::stream::raw::Encoder<'static>,
+    frame: Vec<u8>,
+}
+
+impl std::fmt::Debug for Deflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deflate").finish_non_exhaustive()
+    }
+}
+
+impl Deflate {
+    /// A compressor at zstd level `level` (1 to 3 suit a link: fast, and most of the gain).
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        Ok(Deflate { zstd: zstd::stream::raw::Encoder::new(level)?, frame: Vec::new() })
+    }
+
+    /// Compresses one frame, appending what zstd emits to `out`.
+    pub fn write(&mut self, frame: &Frame, out: &mut Vec<u8>) -> std::io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        self.frame.clear();
+        encode(frame, &mut self.frame);
+        let mut input = InBuffer::around(&self.frame);
+        while input.pos() < self.frame.len() {
+            out.reserve(self.frame.len() / 2 + 1024);
+            let mut output = OutBuffer::around_pos(out, out.len());
+            self.zstd.run(&mut input, &mut output)?;
+        }
+        Ok(())
+    }
+
+    /// Emits everything compressed so far (the context is kept for what follows).
+    pub fn flush(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        use zstd::stream::raw::{Operation, OutBuffer};
+        loop {
+            out.reserve(16 << 10);
+            let mut output = OutBuffer::around_pos(out, out.len());
+            if self.zstd.flush(&mut output)? == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The receiving end of a compressed entry stream: bytes in, frames out.
+pub struct Inflate {
+    zstd: zstd::stream::raw::Decoder<'static>,
+    input: Vec<u8>,
+    used: usize,
+    /// The decoder filled its last output: it may hold more without new input.
+    more: bool,
+    frames: FrameReader,
+}
+
+impl std::fmt::Debug for Inflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflate").field("buffered", &self.frames.buffered()).finish_non_exhaustive()
+    }
+}
+
+impl Inflate {
+    /// A decompressor for one stream.
+    pub fn new() -> std::io::Result<Self> {
+        let zstd = zstd::stream::raw::Decoder::new()?;
+        Ok(Inflate { zstd, input: Vec::new(), used: 0, more: false, frames: FrameReader::default() })
+    }
+
+    /// Adds compressed bytes as they arrived.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.used == self.input.len() {
+            self.input.clear();
+            self.used = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame; `Ok(None)` when more bytes are needed.
+    pub fn next(&mut self) -> Result<Option<Frame>, WireError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut step = [0u8; INFLATE_STEP];
+        loop {
+            if let Some(frame) = self.frames.next()? {
+                return Ok(Some(frame));
+            }
+            if self.used == self.input.len() && !self.more {
+                return Ok(None);
+            }
+            let mut input = InBuffer::around(&self.input[self.used..]);
+            let mut output = OutBuffer::around(&mut step[..]);
+            self.zstd.run(&mut input, &mut output).map_err(WireError::Inflate)?;
+            let (read, written) = (input.pos(), output.pos());
+            self.used += read;
+            self.more = written == INFLATE_STEP;
+            self.frames.push(&step[..written]);
+            if read == 0 && written == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(origin: &str, seq: u64, ts: u64, payload: &[u8]) -> Entry {
+        Entry {
+            id: EntryId { origin: NodeName::new(origin).unwrap(), seq: Seq(seq) },
+            timestamp: Timestamp(ts),
+            key: (seq % 2 == 0).then(|| b"k".to_vec()),
+            to: (seq % 3 == 0).then(|| NodeName::new("alpha").unwrap()),
+            headers: vec![("h".into(), vec![seq as u8])],
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn topic() -> TopicName {
+        TopicName::new("t").unwrap()
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let entries = vec![
+            entry("hq", 7, 1_700_000_000_000, b"one"),
+            entry("bravo", 1, 1_699_999_999_000, b"two"),
+            entry("hq", 8, 1_700_000_000_005, b""),
+            entry("hq", 12, 1_700_000_000_009, &[0; 1000]),
+        ];
+        let batch = Batch::new(topic(), &entries);
+        let frame = Frame::Batch(batch);
+        let mut bytes = Vec::new();
+        encode(&frame, &mut bytes);
+        let mut reader = FrameReader::default();
+        // Byte by byte: a frame is only returned once whole.
+        for b in &bytes[..bytes.len() - 1] {
+            reader.push(&[*b]);
+            assert!(reader.next().unwrap().is_none());
+        }
+        reader.push(&bytes[bytes.len() - 1..]);
+        let Some(Frame::Batch(back)) = reader.next().unwrap() else { panic!("not a batch") };
+        assert_eq!(back.into_entries().unwrap(), entries);
+    }
+
+    #[test]
+    fn compressed_streams_round_trip_and_shrink_similar_entries() {
+        let mut deflate = Deflate::new(3).unwrap();
+        let mut inflate = Inflate::new().unwrap();
+        let mut sent = Vec::new();
+        let mut wire = 0;
+        let mut raw = 0;
+        for i in 0..200u64 {
+            let json = format!(r#"{{"nasa_id":"PIA{i:05}","title":"Mars rover image {i}","center":"JPL","media_type":"image"}}"#);
+            let frame = Frame::Batch(Batch::new(topic(), &[entry("hq", i + 1, 1_700_000_000_000 + i, json.as_bytes())]));
+            raw += json.len();
+            let mut out = Vec::new();
+            deflate.write(&frame, &mut out).unwrap();
+            deflate.flush(&mut out).unwrap();
+            wire += out.len();
+            inflate.push(&out);
+            assert_eq!(inflate.next().unwrap(), Some(frame.clone()));
+            assert_eq!(inflate.next().unwrap(), None);
+            sent.push(frame);
+        }
+        assert!(wire * 2 < raw, "{wire} bytes on the wire for {raw} bytes of JSON");
+    }
+
+    #[test]
+    fn oversized_and_garbage_input_is_an_error_not_a_panic() {
+        let mut reader = FrameReader::default();
+        reader.push(&[0xff, 0xff, 0xff, 0xff, 0x7f]); // a length of 34 GB
+        assert!(matches!(reader.next(), Err(WireError::TooLarge { .. })));
+
+        let mut reader = FrameReader::default();
+        reader.push(&[0x80; 12]);
+        assert!(matches!(reader.next(), Err(WireError::BadLength)));
+
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for len in [1usize, 2, 5, 17, 100, 1000] {
+            let mut garbage = vec![0u8; len];
+            for b in &mut garbage {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                *b = rng as u8;
+            }
+            let mut reader = FrameReader::default();
+            reader.push(&garbage);
+            let _ = reader.next(); // any result but a panic
+            let mut inflate = Inflate::new().unwrap();
+            inflate.push(&garbage);
+            let _ = inflate.next();
+        }
+
+        // A batch that points at a name it does not carry.
+        let mut batch = Batch::new(topic(), &[entry("hq", 1, 0, b"x")]);
+        batch.entries[0].origin = 5;
+        assert!(matches!(batch.into_entries(), Err(WireError::BadBatch(_))));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_without_buffering_it() {
+        // 64 MB of zeros compress to a few KB; the frame inside claims more than allowed.
+        let mut body = Vec::new();
+        let mut len = 64u64 << 20;
+        while len >= 0x80 {
+            body.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        body.push(len as u8);
+        body.resize(body.len() + (64 << 20), 0);
+        let compressed = zstd::encode_all(&body[..], 3).unwrap();
+        let mut inflate = Inflate::new().unwrap();
+        inflate.push(&compressed);
+        assert!(matches!(inflate.next(), Err(WireError::TooLarge { .. })));
+        assert!(inflate.frames.buffered() <= INFLATE_STEP + 16);
+    }
+}

@@ -4,12 +4,14 @@
 //! 1. the file (if any) is parsed as it is written, so that a syntax error, an unknown key
 //!    or a value of the wrong type is reported with its line, its column and the file;
 //! 2. each environment variable `TETHER_<SECTION>__<KEY>` replaces one key (for example
-//!    `TETHER_NODE__NAME=bravo`, `TETHER_STORE__DISK_BUDGET=10GiB`); the value is read as
-//!    a TOML value if it is one, else as a string. Variables without `__` are ignored.
-//!    Topics cannot be set from the environment;
+//!    `TETHER_NODE__NAME=bravo`, `TETHER_STORE__DISK_BUDGET=10GiB`,
+//!    `TETHER_LINK__EDGES=alpha,bravo`); the value is read as a TOML value if it is one,
+//!    else as a string. Variables without `__` are ignored. Topics cannot be set from the
+//!    environment;
 //! 3. the result is checked and converted into [`Config`]: names, sizes, durations, no
-//!    duplicate topic. Errors name the key (`topics[2].name`, counted from 0) and where it
-//!    came from (the file or the variable).
+//!    duplicate topic, the `[link]` keys of the node's role only (a core listens, an edge
+//!    dials). Errors name the key (`topics[2].name`, counted from 0) and where it came
+//!    from (the file or the variable).
 //!
 //! Keys left out take the defaults of the node's [`Role`]; a file that lists `[[topics]]`
 //! replaces the default list. Sizes are bytes, as an integer or a string with a unit
@@ -20,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use serde::Deserialize;
 use crate::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
 use crate::log::StoreConfig;
 use crate::node::Role;
+use crate::tls::Allowed;
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "TETHER_";
@@ -35,12 +39,17 @@ pub const ENV_PREFIX: &str = "TETHER_";
 /// A node's checked configuration. [`Config::default_for`] is the local demo setup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// The kind of node this config is for (not a key: the binary decides it). It picks
+    /// the defaults and which `[link]` keys apply.
+    pub role: Role,
     /// `[node]`: who this node is and where it keeps its data.
     pub node: NodeSettings,
     /// `[log]`: how the binary logs.
     pub log: LogSettings,
     /// `[store]`: limits of the log store.
     pub store: StoreSettings,
+    /// `[link]`: the QUIC link between the core and its edges, and its certificates.
+    pub link: LinkSettings,
     /// `[[topics]]`: the topics the node creates (or updates) at start.
     pub topics: Vec<TopicConfig>,
 }
@@ -87,6 +96,31 @@ pub struct StoreSettings {
     pub cache_bytes: u64,
     /// How often retention runs. Shorter frees space sooner and costs more idle work.
     pub retention_interval: Duration,
+}
+
+/// The `[link]` section. A core uses `listen`, `edges` and `allow_any_edge`; an edge uses
+/// `core` and `core_name`; the keys of the other role keep their defaults (setting one is
+/// an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Core: the UDP address it listens on for its edges.
+    pub listen: SocketAddr,
+    /// Core: the edges that may connect, by node name (each also needs a certificate from
+    /// the mission CA naming it). No duplicates, not the core's own name.
+    pub edges: Vec<NodeName>,
+    /// Core: accept any edge the mission CA issued a certificate to, listed or not.
+    pub allow_any_edge: bool,
+    /// Edge: the core's address, `host:port`, the host a DNS name or an IP address
+    /// (IPv6 in brackets); resolved at each dial.
+    pub core: String,
+    /// Edge: the core's node name; the core's certificate must name it.
+    pub core_name: NodeName,
+    /// The node's certificate and key (`<name>.pem`, `<name>.key`) and the mission CA's
+    /// certificate (`ca.pem`); on the core also the CA's key. Default: `<data_dir>/certs`.
+    pub certs_dir: PathBuf,
+    /// For a demo: at start, create what is missing in `certs_dir` (see
+    /// [`crate::tls::ensure_demo_files`]). Nodes still authenticate each other.
+    pub demo_certs: bool,
 }
 
 /// Why a config could not be loaded. Each names the file, variable or key at fault.
@@ -148,11 +182,21 @@ impl Config {
             Role::Edge => "alpha",
         };
         let name = NodeName::new(name).expect("the default node names are valid");
+        let data_dir = default_data_dir(&name);
+        let hq = NodeName::new("hq").expect("the default node names are valid");
+        let alpha = NodeName::new("alpha").expect("the default node names are valid");
         Config {
-            node: NodeSettings {
-                data_dir: default_data_dir(&name),
-                name,
+            role,
+            link: LinkSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+                edges: vec![alpha],
+                allow_any_edge: false,
+                core: "127.0.0.1:7000".to_owned(),
+                core_name: hq,
+                certs_dir: default_certs_dir(&data_dir),
+                demo_certs: true,
             },
+            node: NodeSettings { data_dir, name },
             log: LogSettings {
                 format: LogFormat::Text,
                 filter: "info".to_owned(),
@@ -214,6 +258,16 @@ impl Config {
         }
     }
 
+    /// Which edges a core accepts: [`Allowed::AnyEdge`] if `allow_any_edge`, else
+    /// `edges`.
+    pub fn allowed_edges(&self) -> Allowed {
+        if self.link.allow_any_edge {
+            Allowed::AnyEdge
+        } else {
+            Allowed::List(self.link.edges.clone())
+        }
+    }
+
     /// The config as a commented TOML file, as `--print-config` prints it. Loading the
     /// text back (for the same role) gives this config again.
     pub fn to_toml(&self) -> String {
@@ -225,18 +279,21 @@ impl Config {
 
     fn write_toml(&self, out: &mut String) -> fmt::Result {
         let Config {
+            role: _,
             node,
             log,
             store,
+            link,
             topics,
         } = self;
         let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
         out.push_str(
             r#"# Tether node configuration.
 #
-# Every key of [node], [log] and [store] may be overridden by an environment variable
-# TETHER_<SECTION>__<KEY>, such as TETHER_NODE__NAME=bravo or
-# TETHER_STORE__DISK_BUDGET=10GiB. Topics are set in this file only.
+# Every key of [node], [log], [store] and [link] may be overridden by an environment
+# variable TETHER_<SECTION>__<KEY>, such as TETHER_NODE__NAME=bravo,
+# TETHER_STORE__DISK_BUDGET=10GiB or TETHER_LINK__EDGES=alpha,bravo. Topics are set in
+# this file only.
 # Sizes are bytes, as an integer or a string with a unit: "512KiB", "64MiB", "10GB".
 # Durations are strings with a unit: "500ms", "10s", "30m", "12h", "7d".
 "#,
@@ -291,6 +348,7 @@ retention_interval = {retention_interval}
             cache_bytes = size_value(store.cache_bytes),
             retention_interval = text(&format_duration(store.retention_interval)),
         )?;
+        self.write_link_toml(out, link)?;
         if !topics.is_empty() {
             out.push_str(
                 r#"
@@ -325,6 +383,77 @@ retention_interval = {retention_interval}
             }
         }
         Ok(())
+    }
+
+    /// The `[link]` section: the keys of this node's role, then the shared ones.
+    fn write_link_toml(&self, out: &mut String, link: &LinkSettings) -> fmt::Result {
+        let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        out.push_str("\n[link]\n");
+        if self.is_core() {
+            let edges: toml::Value = link
+                .edges
+                .iter()
+                .map(|edge| toml::Value::String(edge.to_string()))
+                .collect::<Vec<_>>()
+                .into();
+            write!(
+                out,
+                r#"# The UDP address this core listens on for its edges' QUIC connections
+# ("0.0.0.0:7000": every interface).
+listen = {listen}
+# The edges that may connect, by node name. Each must also present a certificate from
+# the mission CA that names it.
+edges = {edges}
+# Accept any edge the mission CA issued a certificate to, listed or not.
+allow_any_edge = {allow_any_edge}
+"#,
+                listen = text(&link.listen.to_string()),
+                allow_any_edge = link.allow_any_edge,
+            )?;
+        } else {
+            write!(
+                out,
+                r#"# The core's address, host:port (UDP); the host is a name or an IP address
+# (IPv6 in brackets). A name is resolved again at each dial.
+core = {core}
+# The core's node name: the certificate the core presents must name it.
+core_name = {core_name}
+"#,
+                core = text(&link.core),
+                core_name = text(link.core_name.as_str()),
+            )?;
+        }
+        let certs_dir = text(&link.certs_dir.to_string_lossy());
+        let certs_dir = if link.certs_dir == default_certs_dir(&self.node.data_dir) {
+            format!("# certs_dir = {certs_dir}")
+        } else {
+            format!("certs_dir = {certs_dir}")
+        };
+        let demo_note = if self.is_core() {
+            ""
+        } else {
+            "\n# An edge cannot issue its own certificate without the CA's key: for a demo on one\n\
+             # machine, point certs_dir at the core's (\"data/hq/certs\"); alone, it makes a CA\n\
+             # of its own, which the core does not trust."
+        };
+        write!(
+            out,
+            r#"# This node's certificate and key (<name>.pem, <name>.key) and the mission CA's
+# certificate (ca.pem); on the core also the CA's key (ca.key). `core-node certs init`
+# and `core-node certs issue <edge>` make them. Default: "<data_dir>/certs".
+{certs_dir}
+# For a demo: at start, create what is missing in certs_dir (a CA if there is none,
+# this node's certificate, and on the core those of its edges). The nodes still
+# authenticate each other. Set it to false in production: a node then refuses to start
+# without its files.{demo_note}
+demo_certs = {demo_certs}
+"#,
+            demo_certs = link.demo_certs,
+        )
+    }
+
+    fn is_core(&self) -> bool {
+        self.role == Role::Core
     }
 
     /// Loads from an optional `(path, text)` file and `(variable, value)` overrides.
@@ -409,6 +538,11 @@ fn default_data_dir(name: &NodeName) -> PathBuf {
     Path::new("data").join(name.as_str())
 }
 
+/// `<data_dir>/certs`.
+fn default_certs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("certs")
+}
+
 /// The mission pipeline's topics (DESIGN.md, "The mission pipeline") as each role holds them.
 fn default_topics(role: Role) -> Vec<TopicConfig> {
     const DAY: u64 = 24 * 60 * 60;
@@ -447,6 +581,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    link: RawLink,
     topics: Option<Vec<RawTopic>>,
 }
 
@@ -472,6 +608,23 @@ struct RawStore {
     cache_bytes: Option<Scalar>,
     retention_interval: Option<Scalar>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    listen: Option<String>,
+    edges: Option<NameList>,
+    allow_any_edge: Option<bool>,
+    core: Option<String>,
+    core_name: Option<String>,
+    certs_dir: Option<PathBuf>,
+    demo_certs: Option<bool>,
+}
+
+/// A list of names as written: a TOML array of strings, or one string of names separated
+/// by commas (handy in an environment variable: `TETHER_LINK__EDGES=alpha,bravo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NameList(Vec<String>);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -500,7 +653,11 @@ struct Origins {
 
 impl Origins {
     fn of(&self, key: &str) -> Origin {
-        let set_by = |path: &str| key == path || key.starts_with(&format!("{path}."));
+        let set_by = |path: &str| {
+            key == path
+                || key.starts_with(&format!("{path}."))
+                || key.starts_with(&format!("{path}["))
+        };
         if let Some((_, var)) = self.overrides.iter().rev().find(|(path, _)| set_by(path)) {
             return Origin::Env(var.clone());
         }
@@ -571,7 +728,12 @@ impl RawConfig {
             Some(raw) => check_topics(raw, origins)?,
             None => defaults.topics,
         };
+        let link = self
+            .link
+            .check(role, &name, &data_dir, defaults.link, origins)?;
         Ok(Config {
+            role,
+            link,
             node: NodeSettings { name, data_dir },
             log: LogSettings {
                 format: self.log.format.unwrap_or(defaults.log.format),
@@ -580,6 +742,157 @@ impl RawConfig {
             store,
             topics,
         })
+    }
+}
+
+impl RawLink {
+    /// Fills in the defaults; checks the values, and that only this role's keys are set.
+    fn check(
+        self,
+        role: Role,
+        name: &NodeName,
+        data_dir: &Path,
+        defaults: LinkSettings,
+        origins: &Origins,
+    ) -> Result<LinkSettings, ConfigError> {
+        let set = |key: &str| match key {
+            "link.core" => self.core.is_some(),
+            "link.core_name" => self.core_name.is_some(),
+            "link.listen" => self.listen.is_some(),
+            "link.edges" => self.edges.is_some(),
+            _ => self.allow_any_edge.is_some(),
+        };
+        let (theirs, why): (&[&str], _) = match role {
+            Role::Core => (
+                &["link.core", "link.core_name"],
+                "an edge's key; a core listens on link.listen",
+            ),
+            Role::Edge => (
+                &["link.listen", "link.edges", "link.allow_any_edge"],
+                "a core's key; an edge dials link.core",
+            ),
+        };
+        if let Some(key) = theirs.iter().find(|key| set(key)) {
+            return Err(origins.invalid(key, why));
+        }
+        let listen = match self.listen {
+            Some(text) => text.parse().map_err(|_| {
+                origins.invalid(
+                    "link.listen",
+                    format_args!(
+                        "invalid socket address {text:?}: expected ip:port, such as \
+                         \"0.0.0.0:7000\" or \"[::]:7000\""
+                    ),
+                )
+            })?,
+            None => defaults.listen,
+        };
+        let edges = match self.edges {
+            Some(NameList(listed)) => check_edges(listed, name, origins)?,
+            // A core named like the default edge does not list itself.
+            None if role == Role::Core => {
+                defaults.edges.into_iter().filter(|e| e != name).collect()
+            }
+            None => defaults.edges,
+        };
+        let core = match self.core {
+            Some(text) => {
+                check_host_port(&text).map_err(|e| origins.invalid("link.core", e))?;
+                text
+            }
+            None => defaults.core,
+        };
+        let core_name = match self.core_name {
+            Some(text) => NodeName::new(text).map_err(|e| origins.invalid("link.core_name", e))?,
+            None => defaults.core_name,
+        };
+        if role == Role::Edge && core_name == *name {
+            return Err(origins.invalid(
+                "link.core_name",
+                format_args!("{core_name} is this edge's own name, not the core's"),
+            ));
+        }
+        let certs_dir = match self.certs_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(origins.invalid("link.certs_dir", "must not be empty"));
+            }
+            Some(dir) => dir,
+            None => default_certs_dir(data_dir),
+        };
+        Ok(LinkSettings {
+            listen,
+            edges,
+            allow_any_edge: self.allow_any_edge.unwrap_or(defaults.allow_any_edge),
+            core,
+            core_name,
+            certs_dir,
+            demo_certs: self.demo_certs.unwrap_or(defaults.demo_certs),
+        })
+    }
+}
+
+/// The core's list of edges: valid names, no duplicate, not the core's own name.
+fn check_edges(
+    listed: Vec<String>,
+    core: &NodeName,
+    origins: &Origins,
+) -> Result<Vec<NodeName>, ConfigError> {
+    let mut edges: Vec<NodeName> = Vec::with_capacity(listed.len());
+    for (i, text) in listed.into_iter().enumerate() {
+        let key = format!("link.edges[{i}]");
+        let edge = NodeName::new(text).map_err(|e| origins.invalid(&key, e))?;
+        if edge == *core {
+            return Err(origins.invalid(
+                &key,
+                format_args!("{edge} is this core's own name, not an edge's"),
+            ));
+        }
+        if edges.contains(&edge) {
+            return Err(origins.invalid(&key, format_args!("duplicate edge {edge}")));
+        }
+        edges.push(edge);
+    }
+    Ok(edges)
+}
+
+/// Checks a `host:port` address to dial: a port from 1 to 65535, a host that is a DNS
+/// name or an IP address, IPv6 in brackets.
+fn check_host_port(text: &str) -> Result<(), String> {
+    let invalid = |why: &str| {
+        format!(
+            "invalid address {text:?}: {why} (expected host:port, such as \"hq.example.org:7000\", \
+             \"10.0.0.1:7000\" or \"[fd00::1]:7000\")"
+        )
+    };
+    if text.parse::<SocketAddr>().is_ok() {
+        return if text.ends_with(":0") {
+            Err(invalid("port 0 cannot be dialed"))
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(invalid("no port"));
+    };
+    match port.parse::<u16>() {
+        Ok(0) => return Err(invalid("port 0 cannot be dialed")),
+        Ok(_) => {}
+        Err(_) => return Err(invalid("the port is not a number from 1 to 65535")),
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if name_ok {
+        Ok(())
+    } else if host.contains(':') && !host.starts_with('[') {
+        Err(invalid("write an IPv6 address in brackets"))
+    } else {
+        Err(invalid("the host is not a DNS name nor an IP address"))
     }
 }
 
@@ -856,6 +1169,33 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+impl<'de> Deserialize<'de> for NameList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NameList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of names, or names separated by commas")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<NameList, E> {
+                let names = text.split(',').map(str::trim).filter(|n| !n.is_empty());
+                Ok(NameList(names.map(str::to_owned).collect()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NameList, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(NameList(names))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -899,11 +1239,162 @@ mod tests {
             max_bytes: Some(3 << 30),
             max_entries: Some(10),
         };
+        config.link.core = "hq.example.org:7443".to_owned();
+        config.link.core_name = NodeName::new("base").unwrap();
+        config.link.demo_certs = false;
         let text = config.to_toml();
-        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
+        assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
+        assert!(
+            text.contains("\ncerts_dir = \"data/alpha/certs\"\n"),
+            "{text}"
+        );
         config.topics.clear();
         let text = config.to_toml();
+        assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
+
+        let mut config = Config::default_for(Role::Core);
+        config.node.data_dir = PathBuf::from("/var/lib/tether");
+        config.link.certs_dir = PathBuf::from("/var/lib/tether/certs");
+        config.link.listen = "[::]:7443".parse().unwrap();
+        config.link.edges = vec![NodeName::new("bravo").unwrap(), NodeName::new("c").unwrap()];
+        config.link.allow_any_edge = true;
+        let text = config.to_toml();
         assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
+        // The certificates directory follows the data directory unless it is set.
+        assert!(
+            text.contains("\n# certs_dir = \"/var/lib/tether/certs\"\n"),
+            "{text}"
+        );
+        assert_eq!(config.allowed_edges(), Allowed::AnyEdge);
+        config.link.edges.clear();
+        config.link.allow_any_edge = false;
+        let text = config.to_toml();
+        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
+        assert_eq!(config.allowed_edges(), Allowed::List(Vec::new()));
+    }
+
+    #[test]
+    fn link_keys_are_read_and_checked() {
+        let config = load(Role::Core, "", &[]).unwrap();
+        assert_eq!(config.link.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(
+            config.allowed_edges(),
+            Allowed::List(vec![NodeName::new("alpha").unwrap()])
+        );
+        assert_eq!(config.link.certs_dir, Path::new("data/hq/certs"));
+        assert!(config.link.demo_certs);
+        let edge = load(Role::Edge, "[node]\ndata_dir = \"/srv/e\"\n", &[]).unwrap();
+        assert_eq!(edge.link.core, "127.0.0.1:7000");
+        assert_eq!(edge.link.core_name.as_str(), "hq");
+        assert_eq!(edge.link.certs_dir, Path::new("/srv/e/certs"));
+
+        let env = [
+            ("TETHER_LINK__LISTEN", "0.0.0.0:7443"),
+            ("TETHER_LINK__EDGES", "alpha, bravo"),
+            ("TETHER_LINK__ALLOW_ANY_EDGE", "true"),
+            ("TETHER_LINK__CERTS_DIR", "/etc/tether/certs"),
+            ("TETHER_LINK__DEMO_CERTS", "false"),
+        ];
+        let core = load(Role::Core, "", &env).unwrap();
+        assert_eq!(core.link.listen, "0.0.0.0:7443".parse().unwrap());
+        let names: Vec<_> = core.link.edges.iter().map(NodeName::as_str).collect();
+        assert_eq!(names, ["alpha", "bravo"]);
+        assert!(core.link.allow_any_edge && !core.link.demo_certs);
+        assert_eq!(core.link.certs_dir, Path::new("/etc/tether/certs"));
+        let env = [("TETHER_LINK__EDGES", "[\"delta\"]")];
+        let names = load(Role::Core, "", &env).unwrap().link.edges;
+        assert_eq!(names, [NodeName::new("delta").unwrap()]);
+        let env = [
+            ("TETHER_LINK__CORE", "[fd00::1]:7000"),
+            ("TETHER_LINK__CORE_NAME", "base"),
+        ];
+        let edge = load(Role::Edge, "", &env).unwrap();
+        assert_eq!(
+            (edge.link.core.as_str(), edge.link.core_name.as_str()),
+            ("[fd00::1]:7000", "base")
+        );
+        for good in [
+            "hq.example.org:7000",
+            "10.0.0.1:1",
+            "hq:65535",
+            "[::1]:7000",
+        ] {
+            let file = format!("[link]\ncore = \"{good}\"\n");
+            assert_eq!(load(Role::Edge, &file, &[]).unwrap().link.core, good);
+        }
+        // A core named like the default edge does not list itself.
+        let alpha = load(Role::Core, "[node]\nname = \"alpha\"\n", &[]).unwrap();
+        assert_eq!(alpha.link.edges, []);
+    }
+
+    #[test]
+    fn bad_link_keys_name_the_key() {
+        let link = |role, body: &str| load(role, &format!("[link]\n{body}\n"), &[]);
+        check_error(
+            link(Role::Core, "listen = \"localhost:7000\""),
+            &[
+                "config file /etc/tether/node.toml: link.listen",
+                "invalid socket address",
+            ],
+        );
+        check_error(
+            link(Role::Core, "edges = [\"alpha\", \"Bravo\"]"),
+            &["link.edges[1]: invalid node name \"Bravo\""],
+        );
+        check_error(
+            link(Role::Core, "edges = [\"alpha\", \"alpha\"]"),
+            &["link.edges[1]: duplicate edge alpha"],
+        );
+        check_error(
+            link(Role::Core, "edges = [\"hq\"]"),
+            &["link.edges[0]: hq is this core's own name"],
+        );
+        check_error(
+            link(Role::Core, "edges = 3"),
+            &["line 2", "a list of names, or names separated by commas"],
+        );
+        check_error(
+            link(Role::Core, "core = \"hq:7000\""),
+            &["link.core: an edge's key; a core listens on link.listen"],
+        );
+        check_error(
+            link(Role::Edge, "allow_any_edge = true"),
+            &["link.allow_any_edge: a core's key; an edge dials link.core"],
+        );
+        check_error(
+            load(Role::Edge, "", &[("TETHER_LINK__LISTEN", "0.0.0.0:1")]),
+            &["environment variable TETHER_LINK__LISTEN: link.listen: a core's key"],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_LINK__EDGES", "alpha,b_c")]),
+            &["environment variable TETHER_LINK__EDGES: link.edges[1]: invalid node name"],
+        );
+        check_error(
+            link(Role::Edge, "core_name = \"alpha\""),
+            &["link.core_name: alpha is this edge's own name"],
+        );
+        check_error(
+            link(Role::Edge, "certs_dir = \"\""),
+            &["link.certs_dir: must not be empty"],
+        );
+        check_error(
+            link(Role::Edge, "demo_certs = \"yes\""),
+            &["line 2", "invalid type"],
+        );
+        for (bad, why) in [
+            ("hq", "no port"),
+            ("hq:0", "port 0"),
+            ("hq:70000", "not a number from 1 to 65535"),
+            (":7000", "not a DNS name nor an IP address"),
+            ("h q:7000", "not a DNS name"),
+            ("fd00::1:7000", "in brackets"),
+            ("127.0.0.1:0", "port 0"),
+        ] {
+            check_error(
+                link(Role::Edge, &format!("core = \"{bad}\"")),
+                &["link.core: invalid address", why],
+            );
+        }
     }
 
     #[test]

@@ -15,5 +15,9 @@
 pub mod codec;
 pub mod config;
 pub mod entry;
+pub mod link;
 pub mod log;
 pub mod node;
+pub mod replication;
+pub mod tls;
+pub mod wire;

@@ -476,7 +476,11 @@ impl Store {
     }
 
     /// What `peer` has acknowledged holding of `topic` (see [`Store::peer_acked`]).
-    pub fn peer_vector(&self, peer: &NodeName, topic: &TopicName) -> Result<VersionVector, ReadError> {
+    pub fn peer_vector(
+        &self,
+        peer: &NodeName,
+        topic: &TopicName,
+    ) -> Result<VersionVector, ReadError> {
         let view = self.view(topic)?;
         let full = format::ack_key(peer.as_str(), view.id, 0);
         let prefix = &full[..full.len() - 4];
@@ -489,7 +493,10 @@ impl Store {
             let (Some(origin), Some(seq)) = (origin, seq) else {
                 return Err(self.corrupt(format!("acknowledgement of peer {peer}")));
             };
-            let name = catalog.names.get(origin as usize).ok_or_else(|| self.corrupt("unknown origin id"))?;
+            let name = catalog
+                .names
+                .get(origin as usize)
+                .ok_or_else(|| self.corrupt("unknown origin id"))?;
             vector.insert(name.clone(), Seq(seq));
         }
         Ok(VersionVector(vector))

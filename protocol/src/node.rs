@@ -1,31 +1,36 @@
 //! The node runtime both binaries share: start a node, run it until asked to stop, stop it.
 //!
-//! - [`run`] opens the store at `<data_dir>/store`, creates the configured topics, then
-//!   applies retention every `retention_interval` until its shutdown future resolves;
-//!   then it flushes and closes the store. QUIC links and the HTTP API join it later.
-//! - [`main_for`] is all of a binary's `main`: arguments (no clap: four flags), config,
-//!   the tracing subscriber, the tokio runtime, and SIGTERM or Ctrl-C as the shutdown
-//!   signal (a second one exits at once). Errors are printed with their causes, and
-//!   become the exit code.
+//! - [`run`] loads the node's TLS identity from `link.certs_dir` (in demo mode creating
+//!   what is missing there first), opens the store at `<data_dir>/store`, creates the
+//!   configured topics, then applies retention every `retention_interval` until its
+//!   shutdown future resolves; then it flushes and closes the store. QUIC links and the
+//!   HTTP API join it later.
+//! - [`main_for`] is all of a binary's `main`: arguments (no clap: a few flags and the
+//!   `certs` commands), config, the tracing subscriber, the tokio runtime, and SIGTERM or
+//!   Ctrl-C as the shutdown signal (a second one exits at once). Errors are printed with
+//!   their causes, and become the exit code.
+//! - `core-node certs init` and `core-node certs issue <edge>` create the mission CA and
+//!   issue certificates ([`crate::tls`]), then exit.
 //!
-//! IO: the store directory, and (in [`main_for`] only) arguments, environment, signals,
-//! stdout and stderr.
+//! IO: the store and certificates directories, and (in [`main_for`] only) arguments,
+//! environment, signals, stdout and stderr.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, LogFormat, LogSettings};
-use crate::entry::TopicName;
+use crate::entry::{NameError, NodeName, TopicName};
 use crate::log::{OpenError, Store, WriteError};
+use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, Ca, NodeIdentity, TlsError};
 
 /// What a node is in the mission: the HQ node or a field node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +44,17 @@ pub enum Role {
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The node's certificate, key or CA certificate could not be loaded (or, in demo
+    /// mode, created).
+    #[error("TLS identity of node {node}: {source}{hint}")]
+    Identity {
+        /// The node.
+        node: NodeName,
+        /// What is wrong; it names the file (in `link.certs_dir`).
+        source: TlsError,
+        /// How to get the files, when they are missing; else empty.
+        hint: String,
+    },
     /// The store could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -112,6 +128,9 @@ async fn run_boxed(
     config: Config,
     mut shutdown: Pin<Box<dyn Future<Output = ()> + Send + '_>>,
 ) -> Result<(), NodeError> {
+    // Loaded first, so that a missing or bad certificate stops the node at once. The link
+    // (next) runs on it.
+    let _identity = load_identity(role, &config)?;
     // Opening reads the catalog from disk on this thread: it happens once, before the
     // node does anything else, so blocking a worker for it is harmless.
     let store = Store::open(config.store_dir(), config.store_config())?;
@@ -126,6 +145,7 @@ async fn run_boxed(
         node = %config.node.name,
         role = %role,
         data_dir = %config.node.data_dir.display(),
+        certs_dir = %config.link.certs_dir.display(),
         topics = config.topics.len(),
         "node ready"
     );
@@ -151,6 +171,56 @@ async fn run_boxed(
     store.close().await.map_err(NodeError::Close)?;
     info!(node = %config.node.name, "node stopped");
     Ok(())
+}
+
+/// Loads the node's TLS identity from `link.certs_dir`; with `link.demo_certs`, first
+/// creates what is missing there (and logs what it created).
+fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError> {
+    let node = &config.node.name;
+    let dir = &config.link.certs_dir;
+    let failed = |source: TlsError| {
+        let hint = match (&source, role) {
+            (TlsError::Missing { .. }, Role::Core) if !config.link.demo_certs => {
+                "; create the mission CA and this core's certificate with `core-node certs \
+                 init`, or set link.demo_certs = true for a demo"
+                    .to_owned()
+            }
+            (TlsError::Missing { .. }, Role::Edge) => format!(
+                "; run `core-node certs issue {node}` on the core and copy the files it writes \
+                 into {}, or for a demo on one machine set link.certs_dir to the core's",
+                dir.display()
+            ),
+            _ => String::new(),
+        };
+        NodeError::Identity {
+            node: node.clone(),
+            source,
+            hint,
+        }
+    };
+    if config.link.demo_certs {
+        let edges = match role {
+            Role::Core => config.link.edges.as_slice(),
+            Role::Edge => &[],
+        };
+        let created = crate::tls::ensure_demo_files(dir, node, role, edges).map_err(failed)?;
+        let shown = dir.display();
+        if created.ca_created {
+            match role {
+                Role::Core => info!(certs_dir = %shown, "demo certificates: created a mission CA"),
+                Role::Edge => warn!(
+                    certs_dir = %shown,
+                    "demo certificates: created a mission CA for this edge alone; the core \
+                     refuses it unless they share the CA: set link.certs_dir to the core's \
+                     certificates directory, or install the files of `core-node certs issue`"
+                ),
+            }
+        }
+        for issued in &created.issued {
+            info!(node = %issued, certs_dir = %shown, "demo certificates: issued a certificate");
+        }
+    }
+    NodeIdentity::load(dir, node, role).map_err(failed)
 }
 
 /// The whole `main` of a node binary: parses the arguments, loads the config, installs
@@ -193,6 +263,26 @@ where
                 Err(e) => fail(&e),
             };
         }
+        Action::Certs(_, _) if role == Role::Edge => {
+            eprintln!(
+                "error: `certs` runs on the core, which holds the mission CA: run `core-node \
+                 certs issue <this edge's name>` there, and copy the files it writes into this \
+                 edge's link.certs_dir"
+            );
+            return ExitCode::from(2);
+        }
+        Action::Certs(path, command) => {
+            return match Config::load(role, path.as_deref()) {
+                Ok(config) => match certs(&config, command) {
+                    Ok(report) => {
+                        print!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                },
+                Err(e) => fail(&e),
+            };
+        }
         Action::Run(path) => path,
     };
     let config = match Config::load(role, path.as_deref()) {
@@ -228,8 +318,41 @@ where
 enum Action {
     Run(Option<PathBuf>),
     PrintConfig(Option<PathBuf>),
+    /// A `certs` command, with the config file if one was given.
+    Certs(Option<PathBuf>, CertsCommand),
     Help,
     Version,
+}
+
+/// `core-node certs ...`.
+#[derive(Debug, PartialEq, Eq)]
+enum CertsCommand {
+    /// `certs init [--dir D]`: create the mission CA and the core's certificate in D.
+    Init { dir: Option<PathBuf> },
+    /// `certs issue <edge> [--dir D] [--out O]`: issue an edge's certificate with the CA
+    /// in D, into O.
+    Issue {
+        edge: String,
+        dir: Option<PathBuf>,
+        out: Option<PathBuf>,
+    },
+}
+
+/// Why a `certs` command failed.
+#[derive(Debug, thiserror::Error)]
+enum CertsError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot issue a certificate: {0}")]
+    Name(#[from] NameError),
+    #[error("{0} is this core's own name; an edge needs a name of its own")]
+    OwnName(NodeName),
+    #[error(
+        "no mission CA in {} ({CA_CERT_FILE} and {CA_KEY_FILE}): run `core-node certs init` \
+         first, or give the CA's directory with --dir",
+        .0.display()
+    )]
+    NoCa(PathBuf),
 }
 
 /// How [`serve`] ended.
@@ -247,41 +370,175 @@ struct StartError(&'static str, #[source] std::io::Error);
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String> {
     let mut args = args.into_iter();
-    let mut config = None;
+    let (mut config, mut dir, mut out) = (None, None, None);
     let mut print = false;
+    let mut words = Vec::new();
     while let Some(arg) = args.next() {
         let Some(text) = arg.to_str() else {
             return Err(format!("unexpected argument {}", arg.to_string_lossy()));
         };
-        match text {
+        // `--config=<path>` as well as `--config <path>`.
+        let (flag, inline) = match text.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
+            _ => (text, None),
+        };
+        let slot = match flag {
+            "-c" | "--config" => &mut config,
+            "--dir" => &mut dir,
+            "--out" => &mut out,
+            _ if inline.is_some() => return Err(format!("unexpected argument {text:?}")),
             "-h" | "--help" => return Ok(Action::Help),
             "--version" => return Ok(Action::Version),
-            "--print-config" => print = true,
-            "-c" | "--config" => {
-                let path = args.next().ok_or_else(|| format!("{text} needs a path"))?;
-                if config.replace(PathBuf::from(path)).is_some() {
-                    return Err(format!("{text} given twice"));
-                }
+            "--print-config" => {
+                print = true;
+                continue;
             }
-            _ if text.starts_with("--config=") => {
-                let path = &text["--config=".len()..];
-                if config.replace(PathBuf::from(path)).is_some() {
-                    return Err("--config given twice".to_owned());
-                }
+            _ if flag.starts_with('-') => return Err(format!("unexpected argument {text:?}")),
+            _ => {
+                words.push(text.to_owned());
+                continue;
             }
-            _ => return Err(format!("unexpected argument {text:?}")),
+        };
+        let path = match inline {
+            Some(path) => PathBuf::from(path),
+            None => PathBuf::from(args.next().ok_or_else(|| format!("{flag} needs a path"))?),
+        };
+        if slot.replace(path).is_some() {
+            return Err(format!("{flag} given twice"));
         }
     }
-    Ok(if print {
-        Action::PrintConfig(config)
-    } else {
-        Action::Run(config)
-    })
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let Some((&"certs", command)) = words.split_first() else {
+        if let Some(word) = words.first() {
+            return Err(format!("unexpected argument {word:?}"));
+        }
+        if dir.is_some() || out.is_some() {
+            return Err("--dir and --out go with `certs`".to_owned());
+        }
+        return Ok(if print {
+            Action::PrintConfig(config)
+        } else {
+            Action::Run(config)
+        });
+    };
+    if print {
+        return Err("--print-config does not go with `certs`".to_owned());
+    }
+    let command = match command {
+        ["init"] if out.is_some() => return Err("--out goes with `certs issue`".to_owned()),
+        ["init"] => CertsCommand::Init { dir },
+        ["issue", edge] => CertsCommand::Issue {
+            edge: (*edge).to_owned(),
+            dir,
+            out,
+        },
+        ["issue"] => return Err("`certs issue` needs the edge's name".to_owned()),
+        [] => return Err("`certs` needs a command: init or issue".to_owned()),
+        [word, ..] => return Err(format!("unexpected argument {word:?}")),
+    };
+    Ok(Action::Certs(config, command))
+}
+
+/// Runs a `certs` command with the CA in `--dir` (default: `link.certs_dir`); returns
+/// what to print.
+fn certs(config: &Config, command: CertsCommand) -> Result<String, CertsError> {
+    let core = &config.node.name;
+    match command {
+        CertsCommand::Init { dir } => {
+            let dir = dir.unwrap_or_else(|| config.link.certs_dir.clone());
+            let written = certs_init(&dir, core)?;
+            Ok(format!(
+                "Created the mission CA and the certificate of core {core} in {}:\n{}\
+                 Keep {CA_KEY_FILE} on the core only. Next, for each edge: `core-node certs \
+                 issue <edge-name>`.\n",
+                dir.display(),
+                list(&written),
+            ))
+        }
+        CertsCommand::Issue { edge, dir, out } => {
+            let dir = dir.unwrap_or_else(|| config.link.certs_dir.clone());
+            let out = out.unwrap_or_else(|| dir.clone());
+            let edge = NodeName::new(edge)?;
+            let written = certs_issue(&dir, &out, &edge, core)?;
+            let mut report = format!(
+                "Issued the certificate of edge {edge}:\n{}Copy these files into the edge's \
+                 link.certs_dir; its [node] name must be \"{edge}\".\n",
+                list(&written)
+            );
+            if !config.allowed_edges().allows(&edge) {
+                report.push_str(&format!(
+                    "Note: {edge} is not in this core's link.edges: add it there (or set \
+                     link.allow_any_edge = true) for the core to accept it.\n"
+                ));
+            }
+            Ok(report)
+        }
+    }
+}
+
+/// Creates the mission CA and the core's certificate in `dir`; refuses if any of these
+/// files is there already. Returns the files written.
+fn certs_init(dir: &Path, core: &NodeName) -> Result<Vec<PathBuf>, CertsError> {
+    let ca = Ca::create(&format!("Tether mission CA {core}"))?;
+    let identity = ca.issue(core, Role::Core)?;
+    // Checked before writing anything, so that a refusal leaves nothing half done.
+    if dir.join(CA_CERT_FILE).exists() || dir.join(CA_KEY_FILE).exists() {
+        return Err(TlsError::CaExists {
+            dir: dir.to_path_buf(),
+        }
+        .into());
+    }
+    for file in [format!("{core}.pem"), format!("{core}.key")] {
+        let path = dir.join(file);
+        if path.exists() {
+            return Err(TlsError::Exists { path }.into());
+        }
+    }
+    let mut written = ca.save(dir)?;
+    written.extend(identity.save(dir)?);
+    Ok(written)
+}
+
+/// Issues `edge` a certificate with the CA in `dir`, into `out` (with `ca.pem`).
+fn certs_issue(
+    dir: &Path,
+    out: &Path,
+    edge: &NodeName,
+    core: &NodeName,
+) -> Result<Vec<PathBuf>, CertsError> {
+    if edge == core {
+        return Err(CertsError::OwnName(edge.clone()));
+    }
+    let ca = match Ca::load(dir) {
+        Err(TlsError::Missing { path })
+            if path == dir.join(CA_CERT_FILE) && !dir.join(CA_KEY_FILE).exists() =>
+        {
+            return Err(CertsError::NoCa(dir.to_path_buf()));
+        }
+        loaded => loaded?,
+    };
+    Ok(ca.issue(edge, Role::Edge)?.save(out)?)
+}
+
+/// Files, one per line, indented.
+fn list(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|file| format!("  {}\n", file.display()))
+        .collect()
 }
 
 fn usage(role: Role) -> String {
     let bin = role.binary();
-    format!("Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n")
+    let mut usage =
+        format!("Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n");
+    if role == Role::Core {
+        usage.push_str(&format!(
+            "       {bin} certs init [--dir <dir>] [--config <path>]\n       \
+             {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n"
+        ));
+    }
+    usage
 }
 
 fn help(role: Role) -> String {
@@ -298,14 +555,34 @@ Options:
       --print-config   print the default config, or with --config the config as loaded
   -h, --help           print this help
       --version        print the version
-
+{certs}
 Environment:
   TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo
   RUST_LOG                 log filter; overrides the config's [log] filter
 ",
         usage = usage(role),
+        certs = match role {
+            Role::Core => CORE_CERTS_HELP,
+            Role::Edge => EDGE_CERTS_HELP,
+        },
     )
 }
+
+const CORE_CERTS_HELP: &str = "
+Certificates (the mission CA lives with the core):
+  certs init           create the mission CA (ca.pem, ca.key) and this core's
+                       certificate (<name>.pem, <name>.key); refuses to replace a CA
+  certs issue <edge>   issue an edge's certificate and key, written with ca.pem, for
+                       the edge's link.certs_dir
+      --dir <dir>      where the CA is (default: the config's link.certs_dir)
+      --out <dir>      where `issue` writes (default: the CA's directory)
+  With link.demo_certs (the default), a node creates what is missing at start.
+";
+
+const EDGE_CERTS_HELP: &str = "
+Certificates: an edge's come from the core: `core-node certs issue <edge-name>`, copied
+into link.certs_dir (<name>.pem, <name>.key, ca.pem).
+";
 
 /// Prints `error: ` and the error with its causes on one line; returns exit code 1.
 fn fail(err: &(dyn std::error::Error + 'static)) -> ExitCode {
@@ -473,6 +750,135 @@ mod tests {
             parse(&["node.toml"]),
             Err("unexpected argument \"node.toml\"".to_owned())
         );
+    }
+
+    #[test]
+    fn certs_arguments() {
+        let certs = |command| Ok(Action::Certs(None, command));
+        let dir = |d: &str| Some(PathBuf::from(d));
+        assert_eq!(
+            parse(&["certs", "init"]),
+            certs(CertsCommand::Init { dir: None })
+        );
+        assert_eq!(
+            parse(&["certs", "init", "--dir", "d", "-c", "x.toml"]),
+            Ok(Action::Certs(
+                Some(PathBuf::from("x.toml")),
+                CertsCommand::Init { dir: dir("d") }
+            ))
+        );
+        assert_eq!(
+            parse(&["--dir=d", "certs", "issue", "bravo", "--out", "o"]),
+            certs(CertsCommand::Issue {
+                edge: "bravo".to_owned(),
+                dir: dir("d"),
+                out: dir("o")
+            })
+        );
+        let err = |args: &[&str]| parse(args).unwrap_err();
+        assert_eq!(err(&["certs"]), "`certs` needs a command: init or issue");
+        assert_eq!(
+            err(&["certs", "issue"]),
+            "`certs issue` needs the edge's name"
+        );
+        assert_eq!(err(&["certs", "renew"]), "unexpected argument \"renew\"");
+        assert_eq!(err(&["certs", "init", "x"]), "unexpected argument \"init\"");
+        assert_eq!(
+            err(&["certs", "init", "--out", "o"]),
+            "--out goes with `certs issue`"
+        );
+        assert_eq!(err(&["--dir", "d"]), "--dir and --out go with `certs`");
+        assert_eq!(
+            err(&["--print-config", "certs", "init"]),
+            "--print-config does not go with `certs`"
+        );
+        assert_eq!(err(&["certs", "init", "--dir"]), "--dir needs a path");
+        assert_eq!(
+            err(&["--print-config=x"]),
+            "unexpected argument \"--print-config=x\""
+        );
+        assert!(help(Role::Core).contains("certs issue <edge>"));
+        assert!(!usage(Role::Edge).contains("certs"));
+    }
+
+    #[test]
+    fn certs_init_then_issue_make_loadable_identities() {
+        let dir = crate::tls::tests::TempDir::new("node-certs");
+        let ca_dir = dir.path().join("hq/certs");
+        let mut config = Config::default_for(Role::Core);
+        config.link.certs_dir = ca_dir.clone();
+        let hq = NodeName::new("hq").unwrap();
+        let bravo = NodeName::new("bravo").unwrap();
+
+        let report = certs(&config, CertsCommand::Init { dir: None }).unwrap();
+        assert!(
+            report.contains("Created the mission CA and the certificate of core hq"),
+            "{report}"
+        );
+        NodeIdentity::load(&ca_dir, &hq, Role::Core).unwrap();
+        let again = certs(&config, CertsCommand::Init { dir: None }).unwrap_err();
+        assert!(
+            again.to_string().contains("already holds a mission CA"),
+            "{again}"
+        );
+
+        let out = dir.path().join("bravo-files");
+        let issue = |edge: &str, out: Option<PathBuf>| {
+            certs(
+                &config,
+                CertsCommand::Issue {
+                    edge: edge.to_owned(),
+                    dir: None,
+                    out,
+                },
+            )
+        };
+        let report = issue("bravo", Some(out.clone())).unwrap();
+        assert!(
+            report.contains("bravo is not in this core's link.edges"),
+            "{report}"
+        );
+        NodeIdentity::load(&out, &bravo, Role::Edge).unwrap();
+        // Without --out, into the CA's directory; alpha is a listed edge.
+        let report = issue("alpha", None).unwrap();
+        assert!(!report.contains("Note"), "{report}");
+        NodeIdentity::load(&ca_dir, &NodeName::new("alpha").unwrap(), Role::Edge).unwrap();
+
+        let err = |edge: &str| issue(edge, None).unwrap_err().to_string();
+        assert!(err("alpha").contains("alpha.pem already exists"));
+        assert!(err("hq").contains("hq is this core's own name"));
+        assert!(err("Bravo").contains("invalid node name"));
+        let mut elsewhere = config.clone();
+        elsewhere.link.certs_dir = dir.path().join("nowhere");
+        let command = CertsCommand::Issue {
+            edge: "charlie".to_owned(),
+            dir: None,
+            out: None,
+        };
+        let err = certs(&elsewhere, command).unwrap_err().to_string();
+        assert!(err.contains("run `core-node certs init` first"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_node_without_its_certificates_does_not_start() {
+        let dir = crate::tls::tests::TempDir::new("node-no-certs");
+        for role in [Role::Core, Role::Edge] {
+            let mut config = Config::default_for(role);
+            config.node.data_dir = dir.path().join(role.as_str());
+            config.link.certs_dir = dir.path().join("certs");
+            config.link.demo_certs = false;
+            let err = run(role, config, async {}).await.unwrap_err().to_string();
+            let expected = match role {
+                Role::Core => "or set link.demo_certs = true",
+                Role::Edge => "run `core-node certs issue alpha` on the core",
+            };
+            assert!(
+                err.contains("missing file") && err.contains(expected),
+                "{err}"
+            );
+            // It stopped before opening its store.
+            assert!(!dir.path().join(role.as_str()).exists());
+        }
     }
 
     #[test]

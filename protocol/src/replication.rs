@@ -76,7 +76,15 @@ impl Outbound {
     /// Sending `topic` to `peer`, from local offset `start`.
     pub fn new(topic: TopicName, peer: NodeName, peer_core: bool, start: Offset) -> Self {
         let (have, told, in_flight) = (None, HashMap::new(), VecDeque::new());
-        Outbound { topic, peer, peer_core, have, told, position: start.0, in_flight }
+        Outbound {
+            topic,
+            peer,
+            peer_core,
+            have,
+            told,
+            position: start.0,
+            in_flight,
+        }
     }
 
     /// Whether the peer is the core.
@@ -106,7 +114,11 @@ impl Outbound {
 
     /// The lowest offset not known to be held by the peer (see the type's doc).
     pub fn cursor(&self) -> Offset {
-        Offset(self.in_flight.front().map_or(self.position, |(offset, _, _)| *offset))
+        Offset(
+            self.in_flight
+                .front()
+                .map_or(self.position, |(offset, _, _)| *offset),
+        )
     }
 
     /// Takes the peer's `Have`: what it durably holds.
@@ -130,7 +142,10 @@ impl Outbound {
     /// The peer's acknowledged vector, for retention.
     pub fn acknowledged(&self) -> VersionVector {
         let have = self.have.iter().flatten();
-        VersionVector(have.map(|(o, s)| (o.clone(), crate::entry::Seq(*s))).collect())
+        VersionVector(
+            have.map(|(o, s)| (o.clone(), crate::entry::Seq(*s)))
+                .collect(),
+        )
     }
 
     /// Plans the frames for `records` (read from [`Outbound::position`] on, in order),
@@ -143,7 +158,9 @@ impl Outbound {
             let e = record.entry;
             let origin = &e.id.origin;
             let told = self.told.get(origin).copied().unwrap_or(0);
-            let for_peer = e.to.as_ref().is_none_or(|to| *to == self.peer || self.peer_core);
+            let for_peer =
+                e.to.as_ref()
+                    .is_none_or(|to| *to == self.peer || self.peer_core);
             if e.id.seq.0 <= told || *origin == self.peer || !for_peer {
                 continue;
             }
@@ -154,10 +171,15 @@ impl Outbound {
                     entries.clear();
                 }
                 let (topic, origin, through) = (self.topic.clone(), origin.clone(), e.id.seq.0 - 1);
-                frames.push(Frame::Skip { topic, origin, through });
+                frames.push(Frame::Skip {
+                    topic,
+                    origin,
+                    through,
+                });
             }
             self.told.insert(origin.clone(), e.id.seq.0);
-            self.in_flight.push_back((record.offset.0, origin.clone(), e.id.seq.0));
+            self.in_flight
+                .push_back((record.offset.0, origin.clone(), e.id.seq.0));
             entries.push(e);
         }
         if !entries.is_empty() {
@@ -182,14 +204,20 @@ mod tests {
 
     fn record(offset: u64, origin: &str, seq: u64, to: Option<&str>) -> Record {
         let entry = Entry {
-            id: EntryId { origin: node(origin), seq: Seq(seq) },
+            id: EntryId {
+                origin: node(origin),
+                seq: Seq(seq),
+            },
             timestamp: Timestamp(0),
             key: None,
             to: to.map(node),
             headers: vec![],
             payload: vec![],
         };
-        Record { offset: Offset(offset), entry }
+        Record {
+            offset: Offset(offset),
+            entry,
+        }
     }
 
     /// Frames as short strings: `b:origin:seq,...` for batches, `s:origin:through`.
@@ -198,10 +226,17 @@ mod tests {
             .into_iter()
             .map(|f| match f {
                 Frame::Batch(b) => {
-                    let ids: Vec<String> = b.into_entries().unwrap().iter().map(|e| format!("{}:{}", e.id.origin, e.id.seq)).collect();
+                    let ids: Vec<String> = b
+                        .into_entries()
+                        .unwrap()
+                        .iter()
+                        .map(|e| format!("{}:{}", e.id.origin, e.id.seq))
+                        .collect();
                     format!("b:{}", ids.join(","))
                 }
-                Frame::Skip { origin, through, .. } => format!("s:{origin}:{through}"),
+                Frame::Skip {
+                    origin, through, ..
+                } => format!("s:{origin}:{through}"),
                 other => format!("{other:?}"),
             })
             .collect()
@@ -242,9 +277,17 @@ mod tests {
         let mut out = Outbound::new(topic("t"), node("alpha"), false, Offset(0));
         assert!(!out.ready());
         out.have(&[(node("hq"), 1)]);
-        let frames = out.plan(vec![record(0, "hq", 1, None), record(1, "hq", 2, None), record(2, "bravo", 1, None), record(3, "hq", 3, None)]);
+        let frames = out.plan(vec![
+            record(0, "hq", 1, None),
+            record(1, "hq", 2, None),
+            record(2, "bravo", 1, None),
+            record(3, "hq", 3, None),
+        ]);
         assert_eq!(show(frames), ["b:hq:2,bravo:1,hq:3"]);
-        assert_eq!((out.position(), out.cursor(), out.in_flight()), (Offset(4), Offset(1), 3));
+        assert_eq!(
+            (out.position(), out.cursor(), out.in_flight()),
+            (Offset(4), Offset(1), 3)
+        );
         // Acknowledgements move the cursor past what the peer holds.
         out.have(&[(node("hq"), 2)]);
         assert_eq!(out.cursor(), Offset(2));
@@ -271,7 +314,11 @@ mod tests {
         // Toward the core: everything but its own.
         let mut out = Outbound::new(topic("t"), node("hq"), true, Offset(0));
         out.have(&[]);
-        let frames = out.plan(vec![record(0, "alpha", 1, Some("bravo")), record(1, "hq", 1, None), record(2, "alpha", 2, None)]);
+        let frames = out.plan(vec![
+            record(0, "alpha", 1, Some("bravo")),
+            record(1, "hq", 1, None),
+            record(2, "alpha", 2, None),
+        ]);
         assert_eq!(show(frames), ["b:alpha:1,alpha:2"]);
     }
 
@@ -280,7 +327,10 @@ mod tests {
         // Sequences 2 and 3 of bravo were lost here (disk budget): say so before 4.
         let mut out = Outbound::new(topic("t"), node("alpha"), false, Offset(0));
         out.have(&[(node("bravo"), 1)]);
-        let frames = out.plan(vec![record(7, "bravo", 4, None), record(8, "bravo", 5, None)]);
+        let frames = out.plan(vec![
+            record(7, "bravo", 4, None),
+            record(8, "bravo", 5, None),
+        ]);
         assert_eq!(show(frames), ["s:bravo:3", "b:bravo:4,bravo:5"]);
     }
 }

@@ -165,7 +165,12 @@ impl Batch {
                 payload: e.payload.clone(),
             });
         }
-        Batch { topic, names, base_ts, entries: wire }
+        Batch {
+            topic,
+            names,
+            base_ts,
+            entries: wire,
+        }
     }
 
     /// How many entries it holds.
@@ -190,7 +195,10 @@ impl Batch {
             let seq = last.checked_add(w.seq_delta).ok_or_else(bad)?;
             *last = seq;
             out.push(Entry {
-                id: EntryId { origin, seq: Seq(seq) },
+                id: EntryId {
+                    origin,
+                    seq: Seq(seq),
+                },
                 timestamp: Timestamp(self.base_ts.wrapping_add(w.ts_delta as u64)),
                 key: w.key.clone(),
                 to: w.to.map(name).transpose()?,
@@ -248,7 +256,11 @@ impl FrameReader {
             }
         }
         let Some(header) = header else {
-            return if pending.len() >= 10 { Err(WireError::BadLength) } else { Ok(None) };
+            return if pending.len() >= 10 {
+                Err(WireError::BadLength)
+            } else {
+                Ok(None)
+            };
         };
         if len > MAX_FRAME as u64 {
             return Err(WireError::TooLarge { size: len });
@@ -288,7 +300,10 @@ impl std::fmt::Debug for Deflate {
 impl Deflate {
     /// A compressor at zstd level `level` (1 to 3 suit a link: fast, and most of the gain).
     pub fn new(level: i32) -> std::io::Result<Self> {
-        Ok(Deflate { zstd: zstd::stream::raw::Encoder::new(level)?, frame: Vec::new() })
+        Ok(Deflate {
+            zstd: zstd::stream::raw::Encoder::new(level)?,
+            frame: Vec::new(),
+        })
     }
 
     /// Compresses one frame, appending what zstd emits to `out`.
@@ -330,7 +345,9 @@ pub struct Inflate {
 
 impl std::fmt::Debug for Inflate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inflate").field("buffered", &self.frames.buffered()).finish_non_exhaustive()
+        f.debug_struct("Inflate")
+            .field("buffered", &self.frames.buffered())
+            .finish_non_exhaustive()
     }
 }
 
@@ -338,7 +355,13 @@ impl Inflate {
     /// A decompressor for one stream.
     pub fn new() -> std::io::Result<Self> {
         let zstd = zstd::stream::raw::Decoder::new()?;
-        Ok(Inflate { zstd, input: Vec::new(), used: 0, more: false, frames: FrameReader::default() })
+        Ok(Inflate {
+            zstd,
+            input: Vec::new(),
+            used: 0,
+            more: false,
+            frames: FrameReader::default(),
+        })
     }
 
     /// Adds compressed bytes as they arrived.
@@ -363,7 +386,9 @@ impl Inflate {
             }
             let mut input = InBuffer::around(&self.input[self.used..]);
             let mut output = OutBuffer::around(&mut step[..]);
-            self.zstd.run(&mut input, &mut output).map_err(WireError::Inflate)?;
+            self.zstd
+                .run(&mut input, &mut output)
+                .map_err(WireError::Inflate)?;
             let (read, written) = (input.pos(), output.pos());
             self.used += read;
             self.more = written == INFLATE_STEP;
@@ -381,7 +406,10 @@ mod tests {
 
     fn entry(origin: &str, seq: u64, ts: u64, payload: &[u8]) -> Entry {
         Entry {
-            id: EntryId { origin: NodeName::new(origin).unwrap(), seq: Seq(seq) },
+            id: EntryId {
+                origin: NodeName::new(origin).unwrap(),
+                seq: Seq(seq),
+            },
             timestamp: Timestamp(ts),
             key: (seq % 2 == 0).then(|| b"k".to_vec()),
             to: (seq % 3 == 0).then(|| NodeName::new("alpha").unwrap()),
@@ -413,7 +441,9 @@ mod tests {
             assert!(reader.next().unwrap().is_none());
         }
         reader.push(&bytes[bytes.len() - 1..]);
-        let Some(Frame::Batch(back)) = reader.next().unwrap() else { panic!("not a batch") };
+        let Some(Frame::Batch(back)) = reader.next().unwrap() else {
+            panic!("not a batch")
+        };
         assert_eq!(back.into_entries().unwrap(), entries);
     }
 
@@ -425,8 +455,13 @@ mod tests {
         let mut wire = 0;
         let mut raw = 0;
         for i in 0..200u64 {
-            let json = format!(r#"{{"nasa_id":"PIA{i:05}","title":"Mars rover image {i}","center":"JPL","media_type":"image"}}"#);
-            let frame = Frame::Batch(Batch::new(topic(), &[entry("hq", i + 1, 1_700_000_000_000 + i, json.as_bytes())]));
+            let json = format!(
+                r#"{{"nasa_id":"PIA{i:05}","title":"Mars rover image {i}","center":"JPL","media_type":"image"}}"#
+            );
+            let frame = Frame::Batch(Batch::new(
+                topic(),
+                &[entry("hq", i + 1, 1_700_000_000_000 + i, json.as_bytes())],
+            ));
             raw += json.len();
             let mut out = Vec::new();
             deflate.write(&frame, &mut out).unwrap();
@@ -437,7 +472,10 @@ mod tests {
             assert_eq!(inflate.next().unwrap(), None);
             sent.push(frame);
         }
-        assert!(wire * 2 < raw, "{wire} bytes on the wire for {raw} bytes of JSON");
+        assert!(
+            wire * 2 < raw,
+            "{wire} bytes on the wire for {raw} bytes of JSON"
+        );
     }
 
     #[test]

@@ -3,4 +3,6 @@
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 mod crash;
+mod link;
 mod nodes;
+mod replication;

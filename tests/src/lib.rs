@@ -1,5 +1,6 @@
 //! Support shared by the end-to-end tests (`it/`), the crash child and the bench runner:
-//! scratch directories, a seeded random generator, and the crash scenario's topics.
+//! scratch directories, a seeded random generator, the crash scenario's topics, and the
+//! link emulator with its named profiles ([`link`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
 use protocol::log::{ConsumerName, TableName};
+
+pub mod cluster;
+pub mod link;
 
 /// A scratch directory under the system temp dir, removed when dropped.
 #[derive(Debug)]

@@ -1,0 +1,373 @@
+//! Links: keeping one QUIC connection per peer up, and replicating over it.
+//!
+//! - The core runs [`serve`]: it accepts edges (the TLS handshake and the allow-list are
+//!   [`crate::tls`]'s), one session each; a newer connection of the same edge replaces
+//!   the older one.
+//! - An edge runs [`dial`]: it connects to the core and, whenever the link drops,
+//!   reconnects with jittered exponential backoff, forever.
+//! - A session (`link/session.rs`) replicates until the connection ends.
+//! - [`Links`] holds every peer's [`PeerLink`]: its status, and the operator's pause
+//!   switch, which outlives sessions.
+//!
+//! This module and [`crate::tls`] are the only ones that speak quinn.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::entry::{NodeName, TopicName};
+use crate::log::{ReadError, Store};
+use crate::tls::{self, Allowed, CloseCode};
+use crate::wire::{self, WireError};
+
+mod session;
+
+pub use session::session;
+
+/// How a session behaves; `Default` suits both loopback and a radio link.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Most entries read from the log for one batch.
+    pub batch_entries: usize,
+    /// Compressed bytes gathered before they are handed to QUIC.
+    pub batch_bytes: usize,
+    /// Most entries sent and not yet acknowledged, per topic: bounds memory and the
+    /// work redone after a reconnect.
+    pub max_in_flight: usize,
+    /// How often cursors and acknowledgements are stored.
+    pub persist_every: Duration,
+    /// How long to wait for the peer's `Hello`.
+    pub hello_timeout: Duration,
+    /// zstd level of the entry streams (1 to 3: fast, and most of the gain).
+    pub zstd_level: i32,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        LinkSettings {
+            batch_entries: 1024,
+            batch_bytes: 256 << 10,
+            max_in_flight: 65_536,
+            persist_every: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(60),
+            zstd_level: 1,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The connection failed or was closed.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The peer broke the protocol; the connection is closed with this reason.
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(String),
+    /// The peer sent a frame over the size limit.
+    #[error("the peer sent {0}")]
+    TooLarge(String),
+    /// The peer speaks another version.
+    #[error("peer speaks protocol version {0}; this node speaks {v}", v = wire::VERSION)]
+    Version(u32),
+    /// The local store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// The peer said nothing in time.
+    #[error("no hello from the peer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl LinkError {
+    /// The close code and reason to send the peer for this error.
+    pub fn close(&self) -> (CloseCode, String) {
+        match self {
+            LinkError::Protocol(why) => (CloseCode::Protocol, why.clone()),
+            LinkError::TooLarge(why) => (CloseCode::TooLarge, why.clone()),
+            LinkError::Version(v) => {
+                (CloseCode::Version, format!("version {v} is not spoken here; this node speaks {}", wire::VERSION))
+            }
+            LinkError::Store(_) => (CloseCode::Shutdown, "the node cannot go on".into()),
+            LinkError::Timeout(_) => (CloseCode::Protocol, "no hello".into()),
+            LinkError::Connection(_) => (CloseCode::Shutdown, String::new()),
+        }
+    }
+}
+
+impl From<WireError> for LinkError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::TooLarge { .. } => LinkError::TooLarge(e.to_string()),
+            other => LinkError::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl From<ReadError> for LinkError {
+    fn from(e: ReadError) -> Self {
+        LinkError::Store(e.to_string())
+    }
+}
+
+/// One topic and direction of a link, as seen now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStatus {
+    /// The topic.
+    pub topic: TopicName,
+    /// `true`: this node sends it; `false`: it receives it.
+    pub out: bool,
+    /// Entries sent (out) or stored (in) in this session.
+    pub entries: u64,
+    /// Entries after the peer's acknowledged position (out only, an upper bound: some
+    /// may not be for this peer).
+    pub backlog: u64,
+    /// When the direction last had nothing left to send or acknowledge.
+    pub up_to_date: Option<SystemTime>,
+}
+
+/// A link as seen now, for the UI, metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The peer.
+    pub peer: NodeName,
+    /// Whether a session is up.
+    pub connected: bool,
+    /// Since when it has been up (or down).
+    pub since: SystemTime,
+    /// Paused by an operator on this side.
+    pub paused_here: bool,
+    /// Paused by an operator on the peer's side.
+    pub paused_by_peer: bool,
+    /// QUIC's smoothed round trip.
+    pub rtt: Option<Duration>,
+    /// Compressed entry-stream bytes sent and received in this session.
+    pub bytes_out: u64,
+    /// See `bytes_out`.
+    pub bytes_in: u64,
+    /// Per topic and direction.
+    pub topics: Vec<TopicStatus>,
+}
+
+/// The state of one peer's link, shared by its sessions, the link manager and readers.
+#[derive(Debug)]
+pub struct PeerLink {
+    peer: NodeName,
+    paused_here: watch::Sender<bool>,
+    status: Mutex<LinkStatus>,
+    current: Mutex<Option<quinn::Connection>>,
+}
+
+impl PeerLink {
+    /// A link to `peer`, down and not paused.
+    pub fn new(peer: NodeName) -> Arc<PeerLink> {
+        let status = LinkStatus {
+            peer: peer.clone(),
+            connected: false,
+            since: SystemTime::now(),
+            paused_here: false,
+            paused_by_peer: false,
+            rtt: None,
+            bytes_out: 0,
+            bytes_in: 0,
+            topics: Vec::new(),
+        };
+        let (paused_here, status, current) = (watch::Sender::new(false), Mutex::new(status), Mutex::new(None));
+        Arc::new(PeerLink { peer, paused_here, status, current })
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> &NodeName {
+        &self.peer
+    }
+
+    /// A snapshot of the status.
+    pub fn status(&self) -> LinkStatus {
+        self.lock().clone()
+    }
+
+    /// Stops entries from flowing both ways (the peer is told), until [`PeerLink::resume`].
+    pub fn pause(&self) {
+        self.paused_here.send_replace(true);
+        self.lock().paused_here = true;
+    }
+
+    /// Lets entries flow again, from where they stopped.
+    pub fn resume(&self) {
+        self.paused_here.send_replace(false);
+        self.lock().paused_here = false;
+    }
+
+    /// Sets the current connection; returns the one it replaces.
+    fn replace(&self, connection: Option<quinn::Connection>) -> Option<quinn::Connection> {
+        std::mem::replace(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()), connection)
+    }
+
+    /// Clears the current connection if it is still `connection`.
+    fn replace_if(&self, connection: &quinn::Connection) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|c| c.stable_id() == connection.stable_id()) {
+            *current = None;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_connected(&self, connected: bool) {
+        let mut s = self.lock();
+        if s.connected != connected {
+            s.connected = connected;
+            s.since = SystemTime::now();
+        }
+        if !connected {
+            s.paused_by_peer = false;
+            s.rtt = None;
+        }
+    }
+
+    fn topic(&self, topic: &TopicName, out: bool, update: impl FnOnce(&mut TopicStatus)) {
+        let mut s = self.lock();
+        let i = match s.topics.iter().position(|t| t.topic == *topic && t.out == out) {
+            Some(i) => i,
+            None => {
+                let (entries, backlog, up_to_date) = (0, 0, None);
+                s.topics.push(TopicStatus { topic: topic.clone(), out, entries, backlog, up_to_date });
+                s.topics.len() - 1
+            }
+        };
+        update(&mut s.topics[i]);
+    }
+}
+
+/// What a session needs of its node.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// The node's store.
+    pub store: Store,
+    /// Whether this node is the core.
+    pub core: bool,
+    /// Session settings.
+    pub settings: LinkSettings,
+}
+
+/// Every peer's link on this node.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    peers: Arc<Mutex<BTreeMap<NodeName, Arc<PeerLink>>>>,
+}
+
+impl Links {
+    /// The link to `peer`, made (down, not paused) if it is new.
+    pub fn link(&self, peer: &NodeName) -> Arc<PeerLink> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.entry(peer.clone()).or_insert_with(|| PeerLink::new(peer.clone())).clone()
+    }
+
+    /// The link to `peer`, if it has ever been seen.
+    pub fn get(&self, peer: &NodeName) -> Option<Arc<PeerLink>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
+    }
+
+    /// Every link's status, by peer name.
+    pub fn status(&self) -> Vec<LinkStatus> {
+        let peers: Vec<_> = self.peers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        peers.iter().map(|p| p.status()).collect()
+    }
+}
+
+/// The core's side: accepts edges on `endpoint` and runs a session for each, until the
+/// endpoint is closed. A newer connection of an edge replaces its older one.
+pub async fn serve(local: Local, endpoint: quinn::Endpoint, allowed: Allowed, links: Links) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                if let Err(err) = done {
+                    tracing::error!(%err, "a link session panicked");
+                }
+            }
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let (local, allowed, links) = (local.clone(), allowed.clone(), links.clone());
+                sessions.spawn(async move {
+                    // tls::accept logs a refused edge itself.
+                    let Ok(peer) = tls::accept(incoming, &allowed).await else { return };
+                    let link = links.link(&peer.name);
+                    if let Some(old) = link.replace(Some(peer.connection.clone())) {
+                        CloseCode::Replaced.close(&old, "a newer connection of this node replaced it");
+                    }
+                    let err = session(&local, &peer.connection, &link, false).await;
+                    link.replace_if(&peer.connection);
+                    log_end(&peer.name, &err);
+                });
+            }
+        }
+    }
+    sessions.shutdown().await;
+}
+
+/// Backoff between dials: from `MIN_BACKOFF`, doubling to `MAX_BACKOFF`, each wait
+/// drawn between half and all of it, so that many edges do not redial in step.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// An edge's side: keeps a link to the core at `addr` (whose certificate names `core`)
+/// up, reconnecting after every loss, until the future is dropped.
+pub async fn dial(local: Local, endpoint: quinn::Endpoint, addr: SocketAddr, core: NodeName, link: Arc<PeerLink>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut jitter = Jitter::new();
+    loop {
+        let started = std::time::Instant::now();
+        match tls::connect(&endpoint, addr, &core).await {
+            Ok(peer) => {
+                link.replace(Some(peer.connection.clone()));
+                let err = session(&local, &peer.connection, &link, true).await;
+                link.replace_if(&peer.connection);
+                log_end(&core, &err);
+                if started.elapsed() >= STABLE {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Err(_) => {} // tls::connect logged it
+        }
+        let wait = jitter.spread(backoff);
+        tracing::debug!(peer = %core, ?wait, "redialing");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn log_end(peer: &NodeName, err: &LinkError) {
+    match err {
+        LinkError::Connection(e) => tracing::info!(%peer, reason = %tls::explain(e), "link down"),
+        other => tracing::warn!(%peer, err = %other, "link closed"),
+    }
+}
+
+/// A small generator for backoff jitter (xorshift, seeded from the clock and address).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        let clock = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let here = &clock as *const u64 as u64;
+        Jitter((clock ^ here.rotate_left(32)) | 1)
+    }
+
+    /// A duration between half and all of `d`.
+    fn spread(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let fraction = 0.5 + (self.0 % 1000) as f64 / 2000.0;
+        d.mul_f64(fraction)
+    }
+}

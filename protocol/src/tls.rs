@@ -1,0 +1,631 @@
+//! The link's transport: QUIC (quinn) with mutual TLS 1.3 (rustls, ring) and the mission CA.
+//!
+//! - The mission CA ([`Ca`]) lives with the core: `ca.pem` (its certificate, which every
+//!   node holds) and `ca.key` (its private key, which stays on the core). It issues each
+//!   node a [`NodeIdentity`]: `<node>.pem` and `<node>.key`, ECDSA P-256, the node's name
+//!   as the certificate's DNS name and common name. The core's certificate is for server
+//!   authentication only and an edge's for client authentication only, so an edge cannot
+//!   pose as the core, nor the core's key dial in as an edge. All files are plain PEM, so
+//!   a Kubernetes secret can hold them.
+//! - The core listens ([`server_endpoint`]) and requires a client certificate that chains
+//!   to the CA. After the handshake, [`accept`] reads the edge's name from its certificate
+//!   ([`peer_name`]) and checks it against [`Allowed`]; an edge not allowed is closed with
+//!   [`CloseCode::NotAllowed`] and a reason, and the refusal is logged with its address.
+//! - An edge dials ([`client_endpoint`], [`connect`]): it trusts only the CA, presents its
+//!   own certificate, and checks that the server's certificate names the core.
+//! - Both sides speak the ALPN [`ALPN`] (protocol and version); a peer that speaks another
+//!   fails the handshake, and [`explain`] says so in the log of either side.
+//! - [`transport_config`] holds the QUIC settings chosen for slow, lossy, long links.
+//!
+//! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best).
+//!
+//! IO: the certificates directory (reading and writing PEM files, in `tls/ca.rs`) and UDP
+//! sockets (the endpoints).
+
+mod ca;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, TransportErrorCode, VarInt};
+use rustls::AlertDescription;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use tracing::warn;
+
+pub use self::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, ensure_demo_files};
+use crate::entry::NodeName;
+
+/// The ALPN protocol name both sides offer: the protocol and its major version. A peer
+/// offering anything else fails the TLS handshake (`no_application_protocol`).
+pub const ALPN: &[u8] = b"tether/1";
+
+/// How often a side with nothing to send pings its peer. It keeps NAT and conntrack
+/// state alive (Linux forgets an idle UDP flow after 30 s, or 120 s once it has seen
+/// replies; home NATs often after 30 s) and costs a ~50-byte packet and its ack each time,
+/// about 7 bytes/s: nothing even at 64 kbit/s.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A link on which no packet arrived for this long is dead and is closed (then the edge
+/// redials). Four keep-alive intervals: a 5-second round trip, or a fade of up to ~45 s,
+/// is not mistaken for a dead link; the price is that a link that did die is noticed
+/// only after a minute. quinn also never times out before 3 probe timeouts, so a very
+/// slow link stretches it further. The smaller of the two sides' values applies.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The round-trip estimate before the first sample (quinn's default: 333 ms). The first
+/// handshake packet is resent after about 3 times this without an answer: 1.5 s here, so
+/// a geostationary satellite hop (~600 ms) does not resend the handshake spuriously, at
+/// the cost of waiting 1.5 s instead of 1 s when a first packet really was lost. Links
+/// with several seconds of round trip still resend a few handshake packets (exponential
+/// backoff keeps that to a handful); after the first sample the estimate is measured.
+pub const INITIAL_RTT: Duration = Duration::from_millis(500);
+
+/// Bytes a peer may send on one stream before we read them. A stream's throughput is at
+/// most this per round trip: 4 MiB covers ~6 Mbit/s at a 5 s round trip. It is also the
+/// memory a stream can make the receiver hold.
+const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+
+/// Bytes a peer may have in flight on all streams of a connection: bounds the memory one
+/// peer can make us buffer (quinn's default has no bound).
+const RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// Bytes we keep unacknowledged in flight to a peer, on all streams: memory held per peer
+/// while a slow link drains it.
+const SEND_WINDOW: u64 = 16 << 20;
+
+/// The longest close reason sent: it must fit one packet on a small-MTU link.
+const MAX_REASON_BYTES: usize = 256;
+
+/// Which edges a core accepts, once their certificate chains to the mission CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// Only the edges with these names.
+    List(Vec<NodeName>),
+    /// Any edge the mission CA issued a certificate to.
+    AnyEdge,
+}
+
+/// Why this node closes a link, sent as the QUIC application close code with a reason
+/// text. One place for every code; numbers are never reused, retired ones stay here with
+/// a note.
+///
+/// | code | name          | meaning                                                    |
+/// | ---- | ------------- | ---------------------------------------------------------- |
+/// | 0    | `shutdown`    | the node is stopping, or an operator closed the link       |
+/// | 1    | `not-allowed` | the peer's certificate is valid, but its name is not allowed |
+/// | 2    | `version`     | the peer speaks no protocol version this node does         |
+/// | 3    | `protocol`    | the peer broke the protocol: garbage, an unexpected frame  |
+/// | 4    | `too-large`   | the peer sent a frame over the size limit                  |
+/// | 5    | `replaced`    | a newer connection from the same node replaced this one    |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// 0: the node is stopping, or an operator closed the link. The peer may redial.
+    Shutdown,
+    /// 1: the peer's certificate is from the mission CA, but the core does not list its
+    /// name (`link.edges`). Redialing will not help until the core's config changes.
+    NotAllowed,
+    /// 2: the peer speaks no protocol version this node does; the reason lists the
+    /// versions this node speaks.
+    Version,
+    /// 3: the peer broke the protocol: bytes that do not decode, a frame out of place.
+    Protocol,
+    /// 4: the peer sent a frame over the size limit; the reason gives the limit.
+    TooLarge,
+    /// 5: the same node connected again; the older connection is closed.
+    Replaced,
+}
+
+/// A node on the other end of an authenticated link.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The QUIC connection, authenticated both ways.
+    pub connection: quinn::Connection,
+    /// The peer's node name, read from its certificate.
+    pub name: NodeName,
+}
+
+/// A problem with certificates, keys or the TLS setup. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file that should be there is not.
+    #[error("missing file {}", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A file or directory could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A file exists where a new one was to be written; it is left as it is.
+    #[error("{} already exists; refusing to overwrite it (remove it first to replace it)", path.display())]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A directory already holds a mission CA where a new one was to be created.
+    #[error(
+        "{} already holds a mission CA ({CA_CERT_FILE}, {CA_KEY_FILE}); refusing to replace \
+         it, as every certificate it issued would stop working (to start a new mission, \
+         remove them and every node's certificate first)",
+        dir.display()
+    )]
+    CaExists {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A file is not the PEM it should be: garbage, a truncated file, no certificate or
+    /// key in it.
+    #[error("{}: {reason}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate or key was read but cannot serve: the key does not match the
+    /// certificate, it has expired, it is not issued by this CA, or for another node.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A node name that is not a valid DNS name (all digits, or ending with '-') cannot be
+    /// a certificate's name.
+    #[error(
+        "node name {name} cannot name a certificate: as a DNS name it must not be all \
+         digits nor end with '-'"
+    )]
+    NotDnsName {
+        /// The node name.
+        name: NodeName,
+    },
+    /// A key or certificate could not be generated.
+    #[error("cannot generate {what}: {source}")]
+    Generate {
+        /// What was being generated.
+        what: String,
+        /// rcgen's reason.
+        source: rcgen::Error,
+    },
+    /// rustls or quinn refused the TLS configuration built from the identity.
+    #[error("invalid TLS configuration: {reason}")]
+    Config {
+        /// Their reason.
+        reason: String,
+    },
+    /// The UDP socket could not be opened.
+    #[error("cannot open UDP socket {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The peer presented no certificate (a server always does; the core requires one).
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+    /// The peer's certificate names no node.
+    #[error("the peer's certificate names no node: {reason}")]
+    PeerName {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Why a link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The dial could not start (bad address, endpoint closed).
+    #[error("cannot dial {peer}: {source}")]
+    Dial {
+        /// The address dialed.
+        peer: SocketAddr,
+        /// quinn's reason.
+        source: quinn::ConnectError,
+    },
+    /// The QUIC or TLS handshake failed, here or at the peer.
+    #[error("handshake with {peer} failed: {}", explain(source))]
+    Handshake {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// quinn's error; [`explain`] reads it.
+        source: ConnectionError,
+    },
+    /// The handshake succeeded but the peer's certificate names no node.
+    #[error("{peer}: {source}")]
+    Identity {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// What is wrong with its certificate.
+        source: TlsError,
+    },
+    /// The edge's certificate is valid but the core does not allow its name.
+    #[error("edge {name} at {peer} is not in this core's list of edges (link.edges)")]
+    NotAllowed {
+        /// The edge's address.
+        peer: SocketAddr,
+        /// The edge's name, from its certificate.
+        name: NodeName,
+    },
+}
+
+impl Allowed {
+    /// Whether an edge of this name (already authenticated by the CA) may connect.
+    pub fn allows(&self, name: &NodeName) -> bool {
+        match self {
+            Allowed::List(names) => names.contains(name),
+            Allowed::AnyEdge => true,
+        }
+    }
+}
+
+impl CloseCode {
+    /// Every code, in number order.
+    pub const ALL: [CloseCode; 6] = [
+        CloseCode::Shutdown,
+        CloseCode::NotAllowed,
+        CloseCode::Version,
+        CloseCode::Protocol,
+        CloseCode::TooLarge,
+        CloseCode::Replaced,
+    ];
+
+    /// The code's number on the wire.
+    pub fn code(self) -> VarInt {
+        VarInt::from_u32(match self {
+            CloseCode::Shutdown => 0,
+            CloseCode::NotAllowed => 1,
+            CloseCode::Version => 2,
+            CloseCode::Protocol => 3,
+            CloseCode::TooLarge => 4,
+            CloseCode::Replaced => 5,
+        })
+    }
+
+    /// The code with this number, if this version knows it.
+    pub fn from_code(code: VarInt) -> Option<CloseCode> {
+        CloseCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// The code's name for logs: `not-allowed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseCode::Shutdown => "shutdown",
+            CloseCode::NotAllowed => "not-allowed",
+            CloseCode::Version => "version",
+            CloseCode::Protocol => "protocol",
+            CloseCode::TooLarge => "too-large",
+            CloseCode::Replaced => "replaced",
+        }
+    }
+
+    /// Closes `connection` with this code and `reason` (cut to 256 bytes), for the peer
+    /// to log. Streams stop at once; what was not yet acknowledged is dropped.
+    pub fn close(self, connection: &quinn::Connection, reason: &str) {
+        let mut end = reason.len().min(MAX_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        connection.close(self.code(), &reason.as_bytes()[..end]);
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The QUIC transport settings for the link, chosen for slow, lossy links with long round
+/// trips; each constant above documents its consequence.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        // 60 000 ms fits a VarInt by far.
+        .max_idle_timeout(Some(
+            VarInt::from_u32(IDLE_TIMEOUT.as_millis() as u32).into(),
+        ))
+        .initial_rtt(INITIAL_RTT)
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        // The link uses streams only: refusing datagrams is one less thing a peer can send.
+        .datagram_receive_buffer_size(None)
+        .congestion_controller_factory(congestion_controller());
+    config
+}
+
+/// The congestion controller: the one place to change it. CUBIC (quinn's default) for
+/// now; BBR copes better with loss that is not congestion (radio) and is worth measuring
+/// with the link emulator once replication runs over it.
+fn congestion_controller() -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+    Arc::new(quinn::congestion::CubicConfig::default())
+}
+
+/// The TLS provider: ring, for every config here.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The core's QUIC server config: TLS 1.3, ALPN [`ALPN`], a client certificate chaining to
+/// the mission CA required, the identity's certificate presented.
+pub fn server_config(
+    identity: &NodeIdentity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
+        .build()
+        .map_err(config_error)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain().to_vec(), identity.key())
+        .map_err(config_error)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// An edge's QUIC client config: TLS 1.3, ALPN [`ALPN`], only the mission CA trusted,
+/// the identity's certificate presented. The server's name is checked per dial.
+pub fn client_config(
+    identity: &NodeIdentity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_root_certificates(identity.roots())
+        .with_client_auth_cert(identity.chain().to_vec(), identity.key())
+        .map_err(config_error)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The core's endpoint, listening on `listen` (UDP). Must be called inside a tokio
+/// runtime. Accept with `endpoint.accept()`, then [`accept`].
+pub fn server_endpoint(
+    listen: SocketAddr,
+    identity: &NodeIdentity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::Endpoint, TlsError> {
+    let config = server_config(identity, transport)?;
+    quinn::Endpoint::server(config, listen).map_err(|source| TlsError::Bind {
+        addr: listen,
+        source,
+    })
+}
+
+/// An edge's endpoint, bound to `bind` (usually `0.0.0.0:0`, or `[::]:0` to reach an
+/// IPv6 core), with the client config as its default. Must be called inside a tokio
+/// runtime. Dial with [`connect`].
+pub fn client_endpoint(
+    bind: SocketAddr,
+    identity: &NodeIdentity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::Endpoint, TlsError> {
+    let config = client_config(identity, transport)?;
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| TlsError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Completes an incoming connection at the core: the TLS handshake (the client's
+/// certificate must chain to the CA), then the edge's name must be allowed. A refused
+/// edge is closed with [`CloseCode::NotAllowed`] and a reason. Every refusal is logged
+/// here (warn, with the peer's address), so the caller need not log it again.
+pub async fn accept(incoming: quinn::Incoming, allowed: &Allowed) -> Result<Peer, HandshakeError> {
+    let peer = incoming.remote_address();
+    let accepted = accept_inner(incoming, allowed, peer).await;
+    if let Err(err) = &accepted {
+        warn!(%peer, %err, "link refused");
+    }
+    accepted
+}
+
+async fn accept_inner(
+    incoming: quinn::Incoming,
+    allowed: &Allowed,
+    peer: SocketAddr,
+) -> Result<Peer, HandshakeError> {
+    let handshake = |source| HandshakeError::Handshake { peer, source };
+    let connection = incoming
+        .accept()
+        .map_err(handshake)?
+        .await
+        .map_err(handshake)?;
+    let name = match peer_name(&connection) {
+        Ok(name) => name,
+        Err(source) => {
+            CloseCode::Protocol.close(&connection, &source.to_string());
+            return Err(HandshakeError::Identity { peer, source });
+        }
+    };
+    if !allowed.allows(&name) {
+        let reason = format!("edge {name} is not in this core's list of edges");
+        CloseCode::NotAllowed.close(&connection, &reason);
+        return Err(HandshakeError::NotAllowed { peer, name });
+    }
+    Ok(Peer { connection, name })
+}
+
+/// Dials the core at `addr` from an endpoint made by [`client_endpoint`]; the core's
+/// certificate must name `core`. Failures are logged here (warn), with [`explain`]'s
+/// reading of them.
+///
+/// In TLS 1.3 the server checks the client's certificate after the client has finished
+/// its side of the handshake: when the core refuses this edge's certificate or name, this
+/// may still succeed, and the refusal arrives as the connection's close (see
+/// `quinn::Connection::closed`, and [`explain`] for its reason).
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    core: &NodeName,
+) -> Result<Peer, HandshakeError> {
+    let connected = connect_inner(endpoint, addr, core).await;
+    if let Err(err) = &connected {
+        warn!(peer = %addr, %err, "cannot connect to the core");
+    }
+    connected
+}
+
+async fn connect_inner(
+    endpoint: &quinn::Endpoint,
+    peer: SocketAddr,
+    core: &NodeName,
+) -> Result<Peer, HandshakeError> {
+    let connecting = endpoint
+        .connect(peer, core.as_str())
+        .map_err(|source| HandshakeError::Dial { peer, source })?;
+    let connection = connecting
+        .await
+        .map_err(|source| HandshakeError::Handshake { peer, source })?;
+    // rustls checked that the certificate names the core; this reads that same name.
+    let name =
+        peer_name(&connection).map_err(|source| HandshakeError::Identity { peer, source })?;
+    Ok(Peer { connection, name })
+}
+
+/// The peer's node name: the DNS name in its certificate (which the handshake verified
+/// against the mission CA).
+pub fn peer_name(connection: &quinn::Connection) -> Result<NodeName, TlsError> {
+    let identity = connection
+        .peer_identity()
+        .ok_or(TlsError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::NoPeerCertificate)?;
+    let cert = chain.first().ok_or(TlsError::NoPeerCertificate)?;
+    name_in_certificate(cert).map_err(|reason| TlsError::PeerName { reason })
+}
+
+/// A connection error as a sentence for the log: application close codes by name with
+/// their reason, TLS alerts with what they usually mean here.
+pub fn explain(err: &ConnectionError) -> String {
+    match err {
+        ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason);
+            match CloseCode::from_code(close.error_code) {
+                Some(code) => format!("closed by the peer ({code}): {reason}"),
+                None => format!(
+                    "closed by the peer with unknown code {}: {reason}",
+                    close.error_code
+                ),
+            }
+        }
+        ConnectionError::ConnectionClosed(close) => match tls_alert(close.error_code) {
+            Some(alert) => format!("the peer refused the TLS handshake: {}", alert_hint(alert)),
+            None => format!("closed by the peer's QUIC stack: {close}"),
+        },
+        ConnectionError::TransportError(error) => match tls_alert(error.code) {
+            Some(alert) => format!(
+                "TLS handshake refused here: {} ({})",
+                alert_hint(alert),
+                error.reason
+            ),
+            None => format!("QUIC error: {error}"),
+        },
+        ConnectionError::TimedOut => format!(
+            "no packet from the peer for {} s (idle timeout, or no answer to the handshake)",
+            IDLE_TIMEOUT.as_secs()
+        ),
+        ConnectionError::VersionMismatch => {
+            "the peer speaks no QUIC version this node does".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The TLS alert inside a QUIC CRYPTO_ERROR code (0x100 to 0x1ff), if it is one.
+fn tls_alert(code: TransportErrorCode) -> Option<AlertDescription> {
+    let code = u64::from(code);
+    (0x100..0x200)
+        .contains(&code)
+        .then(|| AlertDescription::from((code & 0xff) as u8))
+}
+
+/// What a TLS alert usually means on a Tether link.
+fn alert_hint(alert: AlertDescription) -> String {
+    let alpn = String::from_utf8_lossy(ALPN);
+    match alert {
+        AlertDescription::NoApplicationProtocol => format!(
+            "no common application protocol (ALPN): this node speaks {alpn}, the peer another \
+             protocol or version"
+        ),
+        AlertDescription::CertificateRequired => {
+            "the client presented no certificate; the core requires one from the mission CA"
+                .to_owned()
+        }
+        AlertDescription::UnknownCA => {
+            "a certificate is not issued by the mission CA the other side trusts".to_owned()
+        }
+        // What webpki reports for a certificate whose issuer has the CA's name but not its
+        // key: another mission's CA of the same name.
+        AlertDescription::DecryptError => {
+            "a certificate's signature does not verify: it is not issued by the mission CA \
+             the other side trusts (another CA of the same name?)"
+                .to_owned()
+        }
+        AlertDescription::BadCertificate | AlertDescription::UnsupportedCertificate => {
+            "a certificate was refused: another CA, another name, or issued for another role"
+                .to_owned()
+        }
+        AlertDescription::CertificateExpired => "a certificate has expired".to_owned(),
+        other => format!("TLS alert {other:?}"),
+    }
+}
+
+/// The node name a certificate is issued to: its one DNS name.
+fn name_in_certificate(cert: &CertificateDer<'_>) -> Result<NodeName, String> {
+    let cert = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let mut names = cert.valid_dns_names();
+    let name = names.next().ok_or("it holds no DNS name")?;
+    if names.next().is_some() {
+        return Err("it holds more than one DNS name".to_owned());
+    }
+    NodeName::new(name).map_err(|e| e.to_string())
+}
+
+/// A node name as the TLS server name that the core's certificate must hold.
+fn server_name(name: &NodeName) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.as_str().to_owned())
+        .map_err(|_| TlsError::NotDnsName { name: name.clone() })
+}
+
+fn config_error(err: impl std::fmt::Display) -> TlsError {
+    TlsError::Config {
+        reason: err.to_string(),
+    }
+}

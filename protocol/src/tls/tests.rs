@@ -1,0 +1,558 @@
+//! Tests of the link transport: the CA's files, and handshakes between real quinn
+//! endpoints on 127.0.0.1.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::node::Role;
+
+/// A scratch directory, removed when dropped.
+#[derive(Debug)]
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(purpose: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tether-{purpose}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn name(text: &str) -> NodeName {
+    NodeName::new(text).unwrap()
+}
+
+fn localhost() -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, 0).into()
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config())
+}
+
+/// A mission: its CA and the core `hq`'s identity.
+fn mission() -> (Ca, NodeIdentity) {
+    let ca = Ca::create("Tether test CA").unwrap();
+    let core = ca.issue(&name("hq"), Role::Core).unwrap();
+    (ca, core)
+}
+
+/// A client config built by hand: trusting `trust`'s CA, presenting `present`'s
+/// certificate (or none), offering `alpn`.
+fn client_tls(
+    trust: &NodeIdentity,
+    present: Option<&NodeIdentity>,
+    alpn: &[u8],
+) -> quinn::ClientConfig {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(trust.roots());
+    let mut tls = match present {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain().to_vec(), identity.key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
+/// One handshake: a core with `core` accepts with `allowed`; a client dials it with
+/// `client`, expecting the server to be `expect`. Returns the core's result and how the
+/// client's connection ended (it waits for the core to close it if the handshake passed).
+async fn refused(
+    core: &NodeIdentity,
+    allowed: Allowed,
+    client: quinn::ClientConfig,
+    expect: &str,
+) -> (Result<Peer, HandshakeError>, ConnectionError) {
+    let server = server_endpoint(localhost(), core, transport()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let dialer = quinn::Endpoint::client(localhost()).unwrap();
+    let accepting = async {
+        let incoming = server.accept().await.unwrap();
+        accept(incoming, &allowed).await
+    };
+    let dialing = async {
+        match dialer.connect_with(client, addr, expect).unwrap().await {
+            Ok(connection) => connection.closed().await,
+            Err(err) => err,
+        }
+    };
+    tokio::join!(accepting, dialing)
+}
+
+#[track_caller]
+fn check_contains(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} is not in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_edge_connects_and_each_side_knows_the_other() {
+    let (ca, core) = mission();
+    let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
+    let server = server_endpoint(localhost(), &core, transport()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let edge = client_endpoint(localhost(), &alpha, transport()).unwrap();
+    let hq = name("hq");
+    let allowed = Allowed::List(vec![name("alpha")]);
+
+    let accepting = async { accept(server.accept().await.unwrap(), &allowed).await };
+    let (at_core, at_edge) = tokio::join!(accepting, connect(&edge, addr, &hq));
+    let (at_core, at_edge) = (at_core.unwrap(), at_edge.unwrap());
+    assert_eq!(at_core.name, name("alpha"));
+    assert_eq!(at_edge.name, name("hq"));
+    assert_eq!(
+        at_core.connection.handshake_data().and_then(|d| {
+            d.downcast::<quinn::crypto::rustls::HandshakeData>()
+                .ok()
+                .and_then(|d| d.protocol)
+        }),
+        Some(ALPN.to_vec())
+    );
+
+    // Data flows, and a close carries its code and reason to the other side.
+    let mut send = at_edge.connection.open_uni().await.unwrap();
+    send.write_all(b"hello").await.unwrap();
+    send.finish().unwrap();
+    let mut recv = at_core.connection.accept_uni().await.unwrap();
+    assert_eq!(recv.read_to_end(64).await.unwrap(), b"hello");
+    CloseCode::Shutdown.close(&at_core.connection, "core stopping");
+    let closed = at_edge.connection.closed().await;
+    check_contains(
+        &explain(&closed),
+        &["closed by the peer (shutdown): core stopping"],
+    );
+}
+
+#[tokio::test]
+async fn a_reconnecting_edge_is_still_known_by_name() {
+    // The second handshake may resume the first TLS session: the core must still learn
+    // the edge's name from it.
+    let (ca, core) = mission();
+    let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
+    let server = server_endpoint(localhost(), &core, transport()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let edge = client_endpoint(localhost(), &alpha, transport()).unwrap();
+    let hq = name("hq");
+    let allowed = Allowed::List(vec![name("alpha")]);
+    for _ in 0..3 {
+        let accepting = async { accept(server.accept().await.unwrap(), &allowed).await };
+        let (at_core, at_edge) = tokio::join!(accepting, connect(&edge, addr, &hq));
+        let (at_core, at_edge) = (at_core.unwrap(), at_edge.unwrap());
+        assert_eq!((at_core.name.as_str(), at_edge.name.as_str()), ("alpha", "hq"));
+        CloseCode::Replaced.close(&at_edge.connection, "reconnecting");
+        at_core.connection.closed().await;
+    }
+}
+
+#[tokio::test]
+async fn any_edge_of_the_ca_connects_when_allowed() {
+    let (ca, core) = mission();
+    let bravo = ca.issue(&name("bravo"), Role::Edge).unwrap();
+    let server = server_endpoint(localhost(), &core, transport()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let edge = client_endpoint(localhost(), &bravo, transport()).unwrap();
+    let hq = name("hq");
+    let accepting = async { accept(server.accept().await.unwrap(), &Allowed::AnyEdge).await };
+    let (at_core, at_edge) = tokio::join!(accepting, connect(&edge, addr, &hq));
+    assert_eq!(at_core.unwrap().name, name("bravo"));
+    assert_eq!(at_edge.unwrap().name, name("hq"));
+}
+
+#[tokio::test]
+async fn an_edge_not_in_the_list_is_closed_with_not_allowed() {
+    let (ca, core) = mission();
+    let bravo = ca.issue(&name("bravo"), Role::Edge).unwrap();
+    let client = client_config(&bravo, transport()).unwrap();
+    let allowed = Allowed::List(vec![name("alpha")]);
+    let (at_core, at_edge) = refused(&core, allowed, client, "hq").await;
+
+    let err = at_core.unwrap_err();
+    assert!(
+        matches!(&err, HandshakeError::NotAllowed { name, .. } if name.as_str() == "bravo"),
+        "{err:?}"
+    );
+    check_contains(
+        &err.to_string(),
+        &["edge bravo at 127.0.0.1:", "not in this core's list"],
+    );
+    let ConnectionError::ApplicationClosed(close) = &at_edge else {
+        panic!("expected an application close, got {at_edge:?}");
+    };
+    assert_eq!(close.error_code, CloseCode::NotAllowed.code());
+    check_contains(
+        &explain(&at_edge),
+        &["closed by the peer (not-allowed): edge bravo is not in this core's list of edges"],
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused() {
+    let (_ca, core) = mission();
+    let client = client_tls(&core, None, ALPN);
+    let (at_core, at_edge) = refused(&core, Allowed::AnyEdge, client, "hq").await;
+    let err = at_core.unwrap_err().to_string();
+    check_contains(
+        &err,
+        &["handshake with 127.0.0.1:", "presented no certificate"],
+    );
+    check_contains(
+        &explain(&at_edge),
+        &["the peer refused the TLS handshake", "no certificate"],
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    let (_ca, core) = mission();
+    let other_ca = Ca::create("Another mission's CA").unwrap();
+    let stranger = other_ca.issue(&name("alpha"), Role::Edge).unwrap();
+    // The stranger trusts the real CA (so it accepts the core), but its own certificate
+    // comes from another CA.
+    let client = client_tls(&core, Some(&stranger), ALPN);
+    let allowed = Allowed::List(vec![name("alpha")]);
+    let (at_core, at_edge) = refused(&core, allowed, client, "hq").await;
+    let err = at_core.unwrap_err().to_string();
+    check_contains(
+        &err,
+        &["TLS handshake refused here", "not issued by the mission CA"],
+    );
+    check_contains(
+        &explain(&at_edge),
+        &["the peer refused the TLS handshake", "mission CA"],
+    );
+
+    // The other way round: an edge of the other CA does not trust this core.
+    let edge = client_config(&stranger, transport()).unwrap();
+    let (at_core, at_edge) = refused(&core, Allowed::AnyEdge, edge, "hq").await;
+    check_contains(
+        &explain(&at_edge),
+        &["TLS handshake refused here", "UnknownIssuer"],
+    );
+    check_contains(
+        &at_core.unwrap_err().to_string(),
+        &["the peer refused the TLS handshake", "mission CA"],
+    );
+
+    // Another CA of the same name: its signature gives it away.
+    let (namesake, _) = mission();
+    let stranger = namesake.issue(&name("alpha"), Role::Edge).unwrap();
+    let client = client_tls(&core, Some(&stranger), ALPN);
+    let (at_core, at_edge) = refused(&core, Allowed::AnyEdge, client, "hq").await;
+    check_contains(
+        &at_core.unwrap_err().to_string(),
+        &["TLS handshake refused here", "another CA of the same name"],
+    );
+    check_contains(
+        &explain(&at_edge),
+        &[
+            "the peer refused the TLS handshake",
+            "signature does not verify",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_alpn_fails_the_handshake_on_both_sides() {
+    let (ca, core) = mission();
+    let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
+    let client = client_tls(&core, Some(&alpha), b"tether/0");
+    let (at_core, at_edge) = refused(&core, Allowed::AnyEdge, client, "hq").await;
+    let expected = ["no common application protocol (ALPN)", "tether/1"];
+    check_contains(&at_core.unwrap_err().to_string(), &expected);
+    check_contains(&explain(&at_edge), &expected);
+}
+
+#[tokio::test]
+async fn roles_and_names_cannot_be_swapped() {
+    let (ca, core) = mission();
+    let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
+
+    // The core's certificate cannot dial in as an edge.
+    let client = client_tls(&core, Some(&core), ALPN);
+    let (at_core, _) = refused(&core, Allowed::AnyEdge, client, "hq").await;
+    check_contains(
+        &at_core.unwrap_err().to_string(),
+        &["TLS handshake refused here"],
+    );
+
+    // An edge's certificate cannot serve as the core, even one issued under its name.
+    let fake_core = ca.issue(&name("hq"), Role::Edge).unwrap();
+    let client = client_config(&alpha, transport()).unwrap();
+    let (_, at_edge) = refused(&fake_core, Allowed::AnyEdge, client, "hq").await;
+    check_contains(
+        &explain(&at_edge),
+        &[
+            "TLS handshake refused here",
+            "extended key usage for server",
+        ],
+    );
+
+    // A core under another name is not the core the edge dials.
+    let client = client_config(&alpha, transport()).unwrap();
+    let (_, at_edge) = refused(&core, Allowed::AnyEdge, client, "hq2").await;
+    check_contains(
+        &explain(&at_edge),
+        &["TLS handshake refused here", "not valid for name \"hq2\""],
+    );
+}
+
+#[test]
+fn the_ca_and_identities_round_trip_through_files() {
+    let dir = TempDir::new("tls-files");
+    let certs = dir.path().join("certs");
+    let ca = Ca::create("Tether mission CA hq").unwrap();
+    let written = ca.save(&certs).unwrap();
+    assert_eq!(written, [certs.join("ca.pem"), certs.join("ca.key")]);
+    let again = ca.save(&certs).unwrap_err().to_string();
+    check_contains(
+        &again,
+        &["already holds a mission CA", "refusing to replace it"],
+    );
+
+    let loaded = Ca::load(&certs).unwrap();
+    assert_eq!(loaded.name(), "Tether mission CA hq");
+    assert_eq!(loaded.cert_pem(), ca.cert_pem());
+    let alpha = loaded.issue(&name("alpha"), Role::Edge).unwrap();
+    let out = dir.path().join("out");
+    let written = alpha.save(&out).unwrap();
+    assert_eq!(
+        written,
+        [
+            out.join("alpha.pem"),
+            out.join("alpha.key"),
+            out.join("ca.pem")
+        ]
+    );
+    let identity = NodeIdentity::load(&out, &name("alpha"), Role::Edge).unwrap();
+    assert_eq!(
+        (identity.name().as_str(), identity.role()),
+        ("alpha", Role::Edge)
+    );
+    let err = alpha.save(&out).unwrap_err().to_string();
+    check_contains(&err, &["alpha.pem already exists; refusing to overwrite"]);
+    // Into the CA's own directory: ca.pem is there already, and the same.
+    assert_eq!(alpha.save(&certs).unwrap().len(), 2);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(out.join("alpha.key")), 0o600);
+        assert_eq!(mode(certs.join("ca.key")), 0o600);
+        assert_eq!(mode(out.join("alpha.pem")), 0o644);
+        assert_eq!(mode(certs.clone()), 0o700);
+    }
+
+    // A certificate for the wrong role, or another node's.
+    let err = NodeIdentity::load(&out, &name("alpha"), Role::Core)
+        .unwrap_err()
+        .to_string();
+    check_contains(&err, &["alpha.pem", "not issued for a core"]);
+    std::fs::copy(out.join("alpha.pem"), out.join("bravo.pem")).unwrap();
+    std::fs::copy(out.join("alpha.key"), out.join("bravo.key")).unwrap();
+    let err = NodeIdentity::load(&out, &name("bravo"), Role::Edge)
+        .unwrap_err()
+        .to_string();
+    check_contains(&err, &["bravo.pem", "issued to node alpha, not to bravo"]);
+
+    // Another CA's certificate in the output directory is not replaced.
+    let other = Ca::create("other")
+        .unwrap()
+        .issue(&name("charlie"), Role::Edge)
+        .unwrap();
+    let err = other.save(&out).unwrap_err().to_string();
+    check_contains(&err, &["ca.pem", "holds another CA's certificate"]);
+}
+
+#[test]
+fn bad_files_name_the_file_and_the_fault() {
+    let dir = TempDir::new("tls-bad");
+    let d = dir.path();
+    let alpha = name("alpha");
+    let load = || {
+        NodeIdentity::load(d, &alpha, Role::Edge)
+            .unwrap_err()
+            .to_string()
+    };
+    let write = |file: &str, text: &[u8]| std::fs::write(d.join(file), text).unwrap();
+
+    assert_eq!(
+        load(),
+        format!("missing file {}", d.join("alpha.pem").display())
+    );
+    let (ca, _) = mission();
+    let good = ca.issue(&alpha, Role::Edge).unwrap();
+    good.save(d).unwrap();
+    let path = |file: &str| d.join(file).display().to_string();
+
+    let cert = std::fs::read(d.join("alpha.pem")).unwrap();
+    write("alpha.pem", b"garbage\n");
+    check_contains(&load(), &[&path("alpha.pem"), "holds no certificate"]);
+    write("alpha.pem", b"\xff\xfe\x00binary");
+    check_contains(&load(), &[&path("alpha.pem"), "not a PEM file"]);
+    write(
+        "alpha.pem",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    check_contains(
+        &load(),
+        &[&path("alpha.pem"), "not a valid X.509 certificate"],
+    );
+    write("alpha.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n");
+    check_contains(
+        &load(),
+        &[&path("alpha.pem"), "not a valid PEM certificate"],
+    );
+    write("alpha.pem", &cert);
+
+    let key = std::fs::read(d.join("alpha.key")).unwrap();
+    write("alpha.key", b"not a key");
+    check_contains(&load(), &[&path("alpha.key"), "holds no private key"]);
+    std::fs::remove_file(d.join("alpha.key")).unwrap();
+    check_contains(&load(), &["missing file", &path("alpha.key")]);
+    let other_key = ca.issue(&name("bravo"), Role::Edge).unwrap().key_pem;
+    write("alpha.key", other_key.as_bytes());
+    check_contains(
+        &load(),
+        &[&path("alpha.key"), "does not match the certificate"],
+    );
+    write("alpha.key", &key);
+
+    let ca_pem = std::fs::read(d.join("ca.pem")).unwrap();
+    write("ca.pem", Ca::create("other").unwrap().cert_pem().as_bytes());
+    check_contains(
+        &load(),
+        &[&path("alpha.pem"), "not issued by the mission CA"],
+    );
+    write("ca.pem", &[ca_pem.as_slice(), ca_pem.as_slice()].concat());
+    check_contains(&load(), &[&path("ca.pem"), "holds 2 certificates"]);
+    write("ca.pem", &ca_pem);
+    NodeIdentity::load(d, &alpha, Role::Edge).unwrap();
+
+    // Expired, and not yet valid.
+    let now = SystemTime::now();
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let expired = ca
+        .issue_valid(&name("old"), Role::Edge, now - 2 * year, now - year)
+        .unwrap();
+    expired.save(d).unwrap();
+    let err = NodeIdentity::load(d, &name("old"), Role::Edge)
+        .unwrap_err()
+        .to_string();
+    check_contains(&err, &[&path("old.pem"), "has expired"]);
+    let future = ca
+        .issue_valid(&name("new"), Role::Edge, now + year, now + 2 * year)
+        .unwrap();
+    future.save(d).unwrap();
+    let err = NodeIdentity::load(d, &name("new"), Role::Edge)
+        .unwrap_err()
+        .to_string();
+    check_contains(&err, &[&path("new.pem"), "not valid yet"]);
+
+    // The CA's own files.
+    let err = Ca::load(d).unwrap_err().to_string();
+    assert_eq!(err, format!("missing file {}", path("ca.key")));
+    write("ca.key", key.as_slice());
+    check_contains(
+        &Ca::load(d).unwrap_err().to_string(),
+        &[&path("ca.key"), "does not match"],
+    );
+    write(
+        "ca.key",
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    check_contains(
+        &Ca::load(d).unwrap_err().to_string(),
+        &[&path("ca.key"), "not a usable private key"],
+    );
+
+    // A node name that is no DNS name cannot be issued.
+    let err = ca.issue(&name("7"), Role::Edge).unwrap_err().to_string();
+    check_contains(&err, &["node name 7 cannot name a certificate"]);
+}
+
+#[test]
+fn demo_files_are_created_once_and_only_with_the_ca_key() {
+    let dir = TempDir::new("tls-demo");
+    let certs = dir.path().join("hq/certs");
+    let (hq, alpha, bravo) = (name("hq"), name("alpha"), name("bravo"));
+    let edges = [alpha.clone(), bravo.clone()];
+
+    let done = ensure_demo_files(&certs, &hq, Role::Core, &edges).unwrap();
+    assert!(done.ca_created);
+    assert_eq!(done.issued, [hq.clone(), alpha.clone(), bravo.clone()]);
+    NodeIdentity::load(&certs, &hq, Role::Core).unwrap();
+    NodeIdentity::load(&certs, &bravo, Role::Edge).unwrap();
+    // Again: nothing to do, for the core or for an edge sharing its directory.
+    let again = ensure_demo_files(&certs, &hq, Role::Core, &edges).unwrap();
+    assert_eq!(again, DemoFiles::default());
+    let edge = ensure_demo_files(&certs, &alpha, Role::Edge, &[]).unwrap();
+    assert_eq!(edge, DemoFiles::default());
+    // A new edge in the core's directory is issued from its CA.
+    let charlie = ensure_demo_files(&certs, &name("charlie"), Role::Edge, &[]).unwrap();
+    assert_eq!(charlie.issued, [name("charlie")]);
+    assert!(!charlie.ca_created);
+
+    // Without the CA's key an edge cannot issue itself a certificate.
+    let field = dir.path().join("delta/certs");
+    std::fs::create_dir_all(&field).unwrap();
+    std::fs::copy(certs.join("ca.pem"), field.join("ca.pem")).unwrap();
+    let err = ensure_demo_files(&field, &name("delta"), Role::Edge, &[]).unwrap_err();
+    check_contains(
+        &err.to_string(),
+        &[
+            "ca.key: missing",
+            "run `core-node certs issue delta` on the core",
+        ],
+    );
+    // An edge alone makes a CA of its own.
+    let alone = dir.path().join("echo/certs");
+    let done = ensure_demo_files(&alone, &name("echo"), Role::Edge, &[]).unwrap();
+    assert!(done.ca_created);
+    NodeIdentity::load(&alone, &name("echo"), Role::Edge).unwrap();
+}
+
+#[test]
+fn close_codes_are_distinct_and_read_back() {
+    for (i, code) in CloseCode::ALL.into_iter().enumerate() {
+        assert_eq!(code.code(), VarInt::from_u32(i as u32));
+        assert_eq!(CloseCode::from_code(code.code()), Some(code));
+    }
+    assert_eq!(CloseCode::from_code(VarInt::from_u32(999)), None);
+    assert_eq!(CloseCode::NotAllowed.to_string(), "not-allowed");
+}
+
+#[test]
+fn a_ca_subject_is_read_back() {
+    let long = Ca::create("Tether mission CA with a long name ".repeat(5).trim()).unwrap();
+    let anchor = webpki::anchor_from_trusted_cert(&long.cert).unwrap();
+    assert_eq!(
+        ca::single_common_name(anchor.subject.as_ref()).as_deref(),
+        Some(long.name())
+    );
+    assert_eq!(ca::single_common_name(&[]), None);
+    assert_eq!(ca::single_common_name(&[0x31, 0x05, 0x30]), None);
+}

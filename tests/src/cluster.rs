@@ -1,0 +1,173 @@
+//! In-process clusters for end-to-end tests: a core and edges, each with a real store on
+//! disk and real QUIC with mutual TLS on 127.0.0.1, replicating through `protocol::link`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::entry::{NodeName, Offset, Retention, Scope, TopicConfig, TopicName};
+use protocol::link::{self, Links, Local, LinkSettings, PeerLink};
+use protocol::log::{Store, StoreConfig};
+use protocol::node::Role;
+use protocol::tls::{self, Allowed, Ca, NodeIdentity};
+
+use crate::TempDir;
+
+/// What can go wrong starting a cluster (all of it is a test failure).
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// One running node.
+#[derive(Debug)]
+pub struct Node {
+    /// Its name.
+    pub name: NodeName,
+    /// Its store.
+    pub store: Store,
+    /// Its links.
+    pub links: Links,
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// The link to `peer` (made if new).
+    pub fn link(&self, peer: &str) -> Arc<PeerLink> {
+        self.links.link(&name(peer))
+    }
+
+    /// Stops the node's links at once (like a cable pulled): its store stays open.
+    pub fn cut(&self) {
+        self.task.abort();
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"cut");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// A core and its edges, with the topics every node holds.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: TempDir,
+    ca: Ca,
+    topics: Vec<TopicConfig>,
+    /// The core.
+    pub core: Node,
+    /// The edges, in the order given.
+    pub edges: Vec<Node>,
+}
+
+/// A node name from a literal.
+pub fn name(n: &str) -> NodeName {
+    NodeName::new(n).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A topic name from a literal.
+pub fn topic(n: &str) -> TopicName {
+    TopicName::new(n).unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Cluster {
+    /// Starts a core `hq` and the named edges, each holding `topics`, all linked.
+    pub async fn start(edges: &[&str], topics: &[(&str, Scope)]) -> Result<Cluster, Error> {
+        let dir = TempDir::new("cluster")?;
+        let ca = Ca::create("test mission")?;
+        let topics: Vec<TopicConfig> = topics
+            .iter()
+            .map(|(n, scope)| TopicConfig { name: topic(n), scope: *scope, retention: Retention::default() })
+            .collect();
+        let allowed = Allowed::List(edges.iter().map(|e| name(e)).collect());
+        let core = start_core(&dir, &ca, &topics, allowed).await?;
+        let mut cluster = Cluster { dir, ca, topics, core, edges: Vec::new() };
+        for edge in edges {
+            let node = cluster.start_edge(edge).await?;
+            cluster.edges.push(node);
+        }
+        Ok(cluster)
+    }
+
+    /// The edge called `n`.
+    pub fn edge(&self, n: &str) -> &Node {
+        self.edges.iter().find(|e| e.name.as_str() == n).unwrap_or_else(|| panic!("no edge {n}"))
+    }
+
+    /// The core's address.
+    pub fn core_addr(&self) -> SocketAddr {
+        self.core.endpoint.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The mission CA, to issue more identities.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// Starts (or restarts, on its existing store) the edge `n`, dialing the core.
+    pub async fn start_edge(&self, n: &str) -> Result<Node, Error> {
+        let node = name(n);
+        let store = open_store(&self.dir, &node, &self.topics).await?;
+        let identity = self.ca.issue(&node, Role::Edge)?;
+        let endpoint = tls::client_endpoint(([127, 0, 0, 1], 0).into(), &identity, Arc::new(tls::transport_config()))?;
+        let links = Links::default();
+        let link = links.link(&name("hq"));
+        let local = Local { store: store.clone(), core: false, settings: LinkSettings::default() };
+        let task = tokio::spawn(link::dial(local, endpoint.clone(), self.core_addr(), name("hq"), link));
+        Ok(Node { name: node, store, links, endpoint, task })
+    }
+
+    /// Replaces edge `n` by a restarted one on the same store (after [`Node::cut`] or a
+    /// drop of the old one, whose store must be closed first).
+    pub async fn restart_edge(&mut self, n: &str) -> Result<(), Error> {
+        let i = self.edges.iter().position(|e| e.name.as_str() == n).ok_or("no such edge")?;
+        let old = self.edges.remove(i);
+        old.cut();
+        old.store.close().await?;
+        drop(old);
+        let node = self.start_edge(n).await?;
+        self.edges.insert(i, node);
+        Ok(())
+    }
+}
+
+async fn start_core(dir: &TempDir, ca: &Ca, topics: &[TopicConfig], allowed: Allowed) -> Result<Node, Error> {
+    let node = name("hq");
+    let store = open_store(dir, &node, topics).await?;
+    let identity: NodeIdentity = ca.issue(&node, Role::Core)?;
+    let endpoint = tls::server_endpoint(([127, 0, 0, 1], 0).into(), &identity, Arc::new(tls::transport_config()))?;
+    let links = Links::default();
+    let local = Local { store: store.clone(), core: true, settings: LinkSettings::default() };
+    let task = tokio::spawn(link::serve(local, endpoint.clone(), allowed, links.clone()));
+    Ok(Node { name: node, store, links, endpoint, task })
+}
+
+async fn open_store(dir: &TempDir, node: &NodeName, topics: &[TopicConfig]) -> Result<Store, Error> {
+    let store = Store::open(dir.path().join(node.as_str()), StoreConfig::new(node.clone()))?;
+    for topic in topics {
+        store.create_topic(topic.clone()).await?;
+    }
+    Ok(store)
+}
+
+/// Waits (on the store's change signal, not by polling) until `topic` holds at least
+/// `count` entries; fails after `within`.
+pub async fn wait_for_count(store: &Store, topic: &TopicName, count: u64, within: Duration) -> Result<(), String> {
+    let mut changes = store.changes();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let held = store.topic(topic).map_or(0, |t| t.next.0 - t.first.0);
+        if held >= count {
+            return Ok(());
+        }
+        changes.borrow_and_update();
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            return Err(format!("{} holds {held} of {count} entries of {topic} after {within:?}", store.node()));
+        }
+    }
+}
+
+/// Every entry of `topic` at `store`, from offset 0.
+pub fn all(store: &Store, topic: &TopicName) -> Vec<protocol::entry::Record> {
+    store.read(topic, Offset(0), usize::MAX).unwrap_or_else(|e| panic!("{e}"))
+}

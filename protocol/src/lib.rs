@@ -9,8 +9,9 @@
 //! tracing subscriber and handles no signal, except in [`node::main_for`], which is the
 //! binaries' `main`; everywhere else it only emits events.
 //!
-//! IO: only [`log`] touches the disk (the store directory), and [`config`] reads the
-//! config file it is pointed at and the environment. Nothing here opens a socket yet.
+//! IO: [`log`] touches the store directory; [`tls`] reads and writes the certificates
+//! directory and opens the QUIC endpoints' UDP sockets; [`config`] reads the config file
+//! it is pointed at and the environment.
 
 pub mod codec;
 pub mod config;

@@ -88,9 +88,13 @@ impl LinkError {
         match self {
             LinkError::Protocol(why) => (CloseCode::Protocol, why.clone()),
             LinkError::TooLarge(why) => (CloseCode::TooLarge, why.clone()),
-            LinkError::Version(v) => {
-                (CloseCode::Version, format!("version {v} is not spoken here; this node speaks {}", wire::VERSION))
-            }
+            LinkError::Version(v) => (
+                CloseCode::Version,
+                format!(
+                    "version {v} is not spoken here; this node speaks {}",
+                    wire::VERSION
+                ),
+            ),
             LinkError::Store(_) => (CloseCode::Shutdown, "the node cannot go on".into()),
             LinkError::Timeout(_) => (CloseCode::Protocol, "no hello".into()),
             LinkError::Connection(_) => (CloseCode::Shutdown, String::new()),
@@ -157,7 +161,7 @@ pub struct LinkStatus {
 pub struct PeerLink {
     peer: NodeName,
     paused_here: watch::Sender<bool>,
-    status: Mutex<LinkStatus>,
+    status: watch::Sender<LinkStatus>,
     current: Mutex<Option<quinn::Connection>>,
 }
 
@@ -175,8 +179,17 @@ impl PeerLink {
             bytes_in: 0,
             topics: Vec::new(),
         };
-        let (paused_here, status, current) = (watch::Sender::new(false), Mutex::new(status), Mutex::new(None));
-        Arc::new(PeerLink { peer, paused_here, status, current })
+        let (paused_here, status, current) = (
+            watch::Sender::new(false),
+            watch::Sender::new(status),
+            Mutex::new(None),
+        );
+        Arc::new(PeerLink {
+            peer,
+            paused_here,
+            status,
+            current,
+        })
     }
 
     /// The peer.
@@ -186,61 +199,84 @@ impl PeerLink {
 
     /// A snapshot of the status.
     pub fn status(&self) -> LinkStatus {
-        self.lock().clone()
+        self.status.borrow().clone()
+    }
+
+    /// A watch of the status: it changes on every update (connection, pause, counters).
+    pub fn watch(&self) -> watch::Receiver<LinkStatus> {
+        self.status.subscribe()
     }
 
     /// Stops entries from flowing both ways (the peer is told), until [`PeerLink::resume`].
     pub fn pause(&self) {
         self.paused_here.send_replace(true);
-        self.lock().paused_here = true;
+        self.update(|s| s.paused_here = true);
     }
 
     /// Lets entries flow again, from where they stopped.
     pub fn resume(&self) {
         self.paused_here.send_replace(false);
-        self.lock().paused_here = false;
+        self.update(|s| s.paused_here = false);
     }
 
     /// Sets the current connection; returns the one it replaces.
     fn replace(&self, connection: Option<quinn::Connection>) -> Option<quinn::Connection> {
-        std::mem::replace(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()), connection)
+        std::mem::replace(
+            &mut *self.current.lock().unwrap_or_else(|p| p.into_inner()),
+            connection,
+        )
     }
 
     /// Clears the current connection if it is still `connection`.
     fn replace_if(&self, connection: &quinn::Connection) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.as_ref().is_some_and(|c| c.stable_id() == connection.stable_id()) {
+        if current
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == connection.stable_id())
+        {
             *current = None;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LinkStatus> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    fn update(&self, change: impl FnOnce(&mut LinkStatus)) {
+        self.status.send_modify(change);
     }
 
     fn set_connected(&self, connected: bool) {
-        let mut s = self.lock();
-        if s.connected != connected {
-            s.connected = connected;
-            s.since = SystemTime::now();
-        }
-        if !connected {
-            s.paused_by_peer = false;
-            s.rtt = None;
-        }
+        self.update(|s| {
+            if s.connected != connected {
+                s.connected = connected;
+                s.since = SystemTime::now();
+            }
+            if !connected {
+                s.paused_by_peer = false;
+                s.rtt = None;
+            }
+        });
     }
 
     fn topic(&self, topic: &TopicName, out: bool, update: impl FnOnce(&mut TopicStatus)) {
-        let mut s = self.lock();
-        let i = match s.topics.iter().position(|t| t.topic == *topic && t.out == out) {
-            Some(i) => i,
-            None => {
-                let (entries, backlog, up_to_date) = (0, 0, None);
-                s.topics.push(TopicStatus { topic: topic.clone(), out, entries, backlog, up_to_date });
-                s.topics.len() - 1
-            }
-        };
-        update(&mut s.topics[i]);
+        self.update(|s| {
+            let i = match s
+                .topics
+                .iter()
+                .position(|t| t.topic == *topic && t.out == out)
+            {
+                Some(i) => i,
+                None => {
+                    let (entries, backlog, up_to_date) = (0, 0, None);
+                    s.topics.push(TopicStatus {
+                        topic: topic.clone(),
+                        out,
+                        entries,
+                        backlog,
+                        up_to_date,
+                    });
+                    s.topics.len() - 1
+                }
+            };
+            update(&mut s.topics[i]);
+        });
     }
 }
 
@@ -265,17 +301,30 @@ impl Links {
     /// The link to `peer`, made (down, not paused) if it is new.
     pub fn link(&self, peer: &NodeName) -> Arc<PeerLink> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers.entry(peer.clone()).or_insert_with(|| PeerLink::new(peer.clone())).clone()
+        peers
+            .entry(peer.clone())
+            .or_insert_with(|| PeerLink::new(peer.clone()))
+            .clone()
     }
 
     /// The link to `peer`, if it has ever been seen.
     pub fn get(&self, peer: &NodeName) -> Option<Arc<PeerLink>> {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
     }
 
     /// Every link's status, by peer name.
     pub fn status(&self) -> Vec<LinkStatus> {
-        let peers: Vec<_> = self.peers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let peers: Vec<_> = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         peers.iter().map(|p| p.status()).collect()
     }
 }
@@ -321,7 +370,13 @@ const STABLE: Duration = Duration::from_secs(10);
 
 /// An edge's side: keeps a link to the core at `addr` (whose certificate names `core`)
 /// up, reconnecting after every loss, until the future is dropped.
-pub async fn dial(local: Local, endpoint: quinn::Endpoint, addr: SocketAddr, core: NodeName, link: Arc<PeerLink>) {
+pub async fn dial(
+    local: Local,
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    core: NodeName,
+    link: Arc<PeerLink>,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut jitter = Jitter::new();
     loop {
@@ -357,7 +412,9 @@ struct Jitter(u64);
 
 impl Jitter {
     fn new() -> Self {
-        let clock = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let clock = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         let here = &clock as *const u64 as u64;
         Jitter((clock ^ here.rotate_left(32)) | 1)
     }

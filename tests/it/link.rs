@@ -173,10 +173,17 @@ fn receive_all(
                 Err(_) => {
                     let c = link.counters();
                     let idle = c.e2c.held.packets == 0 && c.c2e.held.packets == 0;
-                    if sent.load(Ordering::SeqCst) && idle && got.len() as u64 == delivered(&c) - before {
+                    if sent.load(Ordering::SeqCst)
+                        && idle
+                        && got.len() as u64 == delivered(&c) - before
+                    {
                         break;
                     }
-                    assert!(Instant::now() < deadline, "timed out: got {}, {c:?}", got.len());
+                    assert!(
+                        Instant::now() < deadline,
+                        "timed out: got {}, {c:?}",
+                        got.len()
+                    );
                 }
             }
         }
@@ -202,7 +209,11 @@ fn shaped(rate_bps: u64, queue_bytes: u64, delay: Duration) -> OneWay {
 fn relays_both_ways_and_follows_the_edge() {
     let ends = Ends::new(Profile::lan());
     let relay = ends.hello();
-    assert_ne!(relay, ends.edge.local_addr().unwrap(), "the core sees the relay");
+    assert_ne!(
+        relay,
+        ends.edge.local_addr().unwrap(),
+        "the core sees the relay"
+    );
 
     ends.core.send_to(&datagram(1, 100), relay).unwrap();
     assert_eq!(recv(&ends.edge).seq, 1);
@@ -215,7 +226,10 @@ fn relays_both_ways_and_follows_the_edge() {
     ends.core.send_to(&datagram(3, 100), relay).unwrap();
     assert_eq!(recv(&moved).seq, 3);
     ends.edge.set_nonblocking(true).unwrap();
-    assert!(ends.edge.recv(&mut [0; 64]).is_err(), "the old address gets nothing");
+    assert!(
+        ends.edge.recv(&mut [0; 64]).is_err(),
+        "the old address gets nothing"
+    );
 
     // A stranger on the core side is not relayed.
     let stranger = socket();
@@ -226,7 +240,10 @@ fn relays_both_ways_and_follows_the_edge() {
     let c = settled(&ends.link);
     assert_eq!(c.e2c.delivered.packets, 2);
     assert_eq!(c.c2e.delivered.packets, 3);
-    assert_eq!(c.c2e.offered.packets, 3, "the stranger's datagram is not offered");
+    assert_eq!(
+        c.c2e.offered.packets, 3,
+        "the stranger's datagram is not offered"
+    );
     assert_eq!(c.wire_bytes(), 16 + 100 * 4);
     assert_eq!(ends.link.stop(), c);
 }
@@ -254,10 +271,16 @@ fn rate_is_within_5_percent() {
             send_paced(&ends.edge, count, len, pps)
         });
         let c = settled(&ends.link);
-        assert!(c.e2c.dropped_queue.packets > 0, "{rate}: the queue overflowed");
+        assert!(
+            c.e2c.dropped_queue.packets > 0,
+            "{rate}: the queue overflowed"
+        );
         let measured = slope(&got) * 8.0;
         let error = measured / rate as f64 - 1.0;
-        report.push(format!("{rate} bit/s: {measured:.0} ({:+.2} %)", error * 100.0));
+        report.push(format!(
+            "{rate} bit/s: {measured:.0} ({:+.2} %)",
+            error * 100.0
+        ));
         assert!(
             error.abs() < 0.05,
             "{rate} bit/s measured {measured:.0}, {:?}",
@@ -327,7 +350,11 @@ fn delay_is_within_a_millisecond() {
         assert_eq!(got.len() as u64, count, "{name}: all arrive");
         let mut times: Vec<Duration> = got.iter().map(|g| g.one_way).collect();
         times.sort();
-        let (min, p50, p99) = (times[0], times[times.len() / 2], times[times.len() * 99 / 100]);
+        let (min, p50, p99) = (
+            times[0],
+            times[times.len() / 2],
+            times[times.len() * 99 / 100],
+        );
         report.push(format!(
             "{name} set {expected:?}: min {min:?} p50 {p50:?} p99 {p99:?}"
         ));
@@ -362,9 +389,10 @@ fn jitter_spreads_but_never_reorders() {
     let max = got.iter().map(|g| g.one_way).max().unwrap();
     assert!(min >= delay, "early: {min:?}");
     assert!(max - min >= jitter / 2, "spread {:?}", max - min);
-    // Not reordering can only hold a datagram until the one ahead, itself within bounds.
+    // Not reordering can only hold a datagram until the one ahead, itself within bounds;
+    // the 100 ms on top are for a descheduled thread on a loaded machine.
     assert!(
-        max <= delay + jitter + PATIENCE / 100,
+        max <= delay + jitter + Duration::from_millis(100),
         "late: {max:?} for {delay:?} + {jitter:?}"
     );
     settled(&ends.link);

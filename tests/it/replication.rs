@@ -14,7 +14,11 @@ fn check_once_in_order(records: &[Record]) -> HashMap<NodeName, u64> {
     let mut last: HashMap<NodeName, u64> = HashMap::new();
     for r in records {
         let seen = last.entry(r.entry.id.origin.clone()).or_default();
-        assert!(r.entry.id.seq.0 > *seen, "{:?} after seq {seen}: a duplicate or out of order", r.entry.id);
+        assert!(
+            r.entry.id.seq.0 > *seen,
+            "{:?} after seq {seen}: a duplicate or out of order",
+            r.entry.id
+        );
         *seen = r.entry.id.seq.0;
     }
     last
@@ -32,9 +36,17 @@ async fn append_n(store: &Store, t: &str, n: usize, to: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_and_two_edges_converge_by_scope_and_destination() {
-    let topics = [("broadcast", Scope::All), ("reports", Scope::Core), ("scratch", Scope::Local)];
+    let topics = [
+        ("broadcast", Scope::All),
+        ("reports", Scope::Core),
+        ("scratch", Scope::Local),
+    ];
     let cluster = Cluster::start(&["alpha", "bravo"], &topics).await.unwrap();
-    let (hq, alpha, bravo) = (&cluster.core.store, &cluster.edge("alpha").store, &cluster.edge("bravo").store);
+    let (hq, alpha, bravo) = (
+        &cluster.core.store,
+        &cluster.edge("alpha").store,
+        &cluster.edge("bravo").store,
+    );
 
     // Every node appends to every topic; the core also sends one private entry to alpha.
     for store in [hq, alpha, bravo] {
@@ -49,9 +61,13 @@ async fn a_core_and_two_edges_converge_by_scope_and_destination() {
     // destination and the core. core: the core gets every edge's reports; edges keep their own only.
     let b = topic("broadcast");
     wait_for_count(hq, &b, 150 + 3 + 2, PATIENCE).await.unwrap();
-    wait_for_count(alpha, &b, 150 + 3 + 2, PATIENCE).await.unwrap();
+    wait_for_count(alpha, &b, 150 + 3 + 2, PATIENCE)
+        .await
+        .unwrap();
     wait_for_count(bravo, &b, 150 + 2, PATIENCE).await.unwrap();
-    wait_for_count(hq, &topic("reports"), 60, PATIENCE).await.unwrap();
+    wait_for_count(hq, &topic("reports"), 60, PATIENCE)
+        .await
+        .unwrap();
 
     for (store, expect) in [(hq, 155), (alpha, 155), (bravo, 152)] {
         let records = all(store, &b);
@@ -78,11 +94,223 @@ async fn a_core_and_two_edges_converge_by_scope_and_destination() {
     // Vectors agree where the entries do.
     let hq_vector = hq.vector(&b).unwrap();
     let alpha_vector = alpha.vector(&b).unwrap();
-    assert_eq!(hq_vector.get(&name("bravo")), alpha_vector.get(&name("bravo")));
+    assert_eq!(
+        hq_vector.get(&name("bravo")),
+        alpha_vector.get(&name("bravo"))
+    );
 
     // Status: each edge's link to the core is up and has carried entries both ways.
     let status = cluster.edge("alpha").link("hq").status();
     assert!(status.connected);
-    assert!(status.topics.iter().any(|t| t.topic == b && t.out && t.entries >= 52));
-    assert!(status.topics.iter().any(|t| t.topic == b && !t.out && t.entries >= 101));
+    assert!(
+        status
+            .topics
+            .iter()
+            .any(|t| t.topic == b && t.out && t.entries >= 52)
+    );
+    assert!(
+        status
+            .topics
+            .iter()
+            .any(|t| t.topic == b && !t.out && t.entries >= 101)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_with_no_loss_and_no_duplicates() {
+    let mut cluster = Cluster::start(
+        &["alpha"],
+        &[("broadcast", Scope::All), ("reports", Scope::Core)],
+    )
+    .await
+    .unwrap();
+    let b = topic("broadcast");
+    append_n(&cluster.core.store, "broadcast", 10, None).await;
+    wait_for_count(&cluster.edge("alpha").store, &b, 10, PATIENCE)
+        .await
+        .unwrap();
+
+    // The link goes down; both sides go on appending.
+    cluster.edge("alpha").cut();
+    append_n(&cluster.core.store, "broadcast", 300, None).await;
+    append_n(&cluster.edge("alpha").store, "broadcast", 200, None).await;
+    append_n(&cluster.edge("alpha").store, "reports", 100, None).await;
+
+    // The edge comes back (a restart, on its store): everything converges.
+    cluster.restart_edge("alpha").await.unwrap();
+    let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
+    wait_for_count(hq, &b, 510, PATIENCE).await.unwrap();
+    wait_for_count(alpha, &b, 510, PATIENCE).await.unwrap();
+    wait_for_count(hq, &topic("reports"), 100, PATIENCE)
+        .await
+        .unwrap();
+    for store in [hq, alpha] {
+        let records = all(store, &b);
+        assert_eq!(records.len(), 510, "{}", store.node());
+        let last = check_once_in_order(&records);
+        assert_eq!((last[&name("hq")], last[&name("alpha")]), (310, 200));
+    }
+    assert_eq!(all(hq, &topic("reports")).len(), 100);
+}
+
+/// Waits until `check` holds for the link's status (on its change signal).
+async fn wait_status(
+    link: &protocol::link::PeerLink,
+    what: &str,
+    check: impl Fn(&protocol::link::LinkStatus) -> bool,
+) {
+    let mut watch = link.watch();
+    let waited = tokio::time::timeout(PATIENCE, watch.wait_for(|s| check(s))).await;
+    assert!(
+        matches!(waited, Ok(Ok(_))),
+        "link never {what}: {:?}",
+        link.status()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_both_ways_and_resume_goes_on_where_it_stopped() {
+    let cluster = Cluster::start(&["alpha"], &[("broadcast", Scope::All)])
+        .await
+        .unwrap();
+    let b = topic("broadcast");
+    let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
+    let here = cluster.edge("alpha").link("hq");
+    wait_status(&here, "up", |s| s.connected).await;
+
+    // The field operator pauses; the core sees it.
+    here.pause();
+    wait_status(&cluster.core.link("alpha"), "paused by the peer", |s| {
+        s.paused_by_peer
+    })
+    .await;
+    append_n(hq, "broadcast", 20, None).await;
+    append_n(alpha, "broadcast", 10, None).await;
+    // Nothing crosses while paused: a second is ample on loopback, where the same
+    // entries cross in milliseconds when the link is not paused.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        all(alpha, &b).len(),
+        10,
+        "entries reached the edge while paused"
+    );
+    assert_eq!(
+        all(hq, &b).len(),
+        20,
+        "entries reached the core while paused"
+    );
+    assert!(here.status().paused_here);
+
+    here.resume();
+    wait_for_count(alpha, &b, 30, PATIENCE).await.unwrap();
+    wait_for_count(hq, &b, 30, PATIENCE).await.unwrap();
+    check_once_in_order(&all(alpha, &b));
+    check_once_in_order(&all(hq, &b));
+}
+
+/// Connects to the core as `who` (from `ca`), writes `bytes` on a control stream, and
+/// returns how the core closed the connection: code name and reason.
+async fn misbehave(cluster: &Cluster, ca: &protocol::tls::Ca, who: &str, bytes: Vec<u8>) -> String {
+    let endpoint = Cluster::endpoint_for(ca, who).unwrap();
+    let closed = match protocol::tls::connect(&endpoint, cluster.core_addr(), &name("hq")).await {
+        Err(e) => return format!("handshake failed: {e}"),
+        Ok(peer) => {
+            // Both halves stay open until the core closes the connection.
+            let mut stream = peer.connection.open_bi().await;
+            if let Ok((send, _)) = &mut stream {
+                let _ = send.write_all(&bytes).await;
+            }
+            let closed = tokio::time::timeout(PATIENCE, peer.connection.closed())
+                .await
+                .expect("the core closes the link");
+            drop(stream);
+            closed
+        }
+    };
+    protocol::tls::explain(&closed)
+}
+
+fn framed(frame: &protocol::wire::Frame) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    protocol::wire::encode(frame, &mut bytes);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_peers_are_refused_with_a_reason_and_the_core_serves_on() {
+    use protocol::wire::{Frame, Hello};
+    let cluster = Cluster::start_allowing(&["alpha"], &["mallory"], &[("broadcast", Scope::All)])
+        .await
+        .unwrap();
+    let ca = cluster.ca();
+    let hello = |version| {
+        Frame::Hello(Hello {
+            version,
+            node: name("mallory"),
+            core: false,
+            topics: vec![(topic("broadcast"), Scope::All)],
+        })
+    };
+
+    let not_listed = misbehave(&cluster, ca, "charlie", Vec::new()).await;
+    assert!(
+        not_listed.contains("not-allowed") && not_listed.contains("charlie"),
+        "{not_listed}"
+    );
+
+    let other_ca = protocol::tls::Ca::create("another mission").unwrap();
+    let stranger = misbehave(&cluster, &other_ca, "alpha", Vec::new()).await;
+    assert!(
+        !stranger.contains("closed by the peer (shutdown)"),
+        "a stranger got in: {stranger}"
+    );
+
+    let version = misbehave(&cluster, ca, "mallory", framed(&hello(99))).await;
+    assert!(
+        version.contains("(version)") && version.contains("99"),
+        "{version}"
+    );
+
+    let garbage = misbehave(
+        &cluster,
+        ca,
+        "mallory",
+        b"\x05\xff\xff\xff\xff\xff and more garbage".to_vec(),
+    )
+    .await;
+    assert!(garbage.contains("(protocol)"), "{garbage}");
+
+    let mut huge = framed(&hello(1));
+    huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // a 4 GiB frame follows
+    let too_large = misbehave(&cluster, ca, "mallory", huge).await;
+    assert!(too_large.contains("(too-large)"), "{too_large}");
+
+    let wrong_name = misbehave(
+        &cluster,
+        ca,
+        "mallory",
+        framed(&Frame::Hello(Hello {
+            node: name("alpha"),
+            ..match hello(1) {
+                Frame::Hello(h) => h,
+                _ => unreachable!(),
+            }
+        })),
+    )
+    .await;
+    assert!(
+        wrong_name.contains("(protocol)") && wrong_name.contains("certificate"),
+        "{wrong_name}"
+    );
+
+    // Meanwhile alpha's link is unharmed: entries flow both ways.
+    let b = topic("broadcast");
+    append_n(&cluster.edge("alpha").store, "broadcast", 5, None).await;
+    append_n(&cluster.core.store, "broadcast", 5, None).await;
+    wait_for_count(&cluster.core.store, &b, 10, PATIENCE)
+        .await
+        .unwrap();
+    wait_for_count(&cluster.edge("alpha").store, &b, 10, PATIENCE)
+        .await
+        .unwrap();
 }

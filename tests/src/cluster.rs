@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::entry::{NodeName, Offset, Retention, Scope, TopicConfig, TopicName};
-use protocol::link::{self, Links, Local, LinkSettings, PeerLink};
+use protocol::link::{self, LinkSettings, Links, Local, PeerLink};
 use protocol::log::{Store, StoreConfig};
 use protocol::node::Role;
 use protocol::tls::{self, Allowed, Ca, NodeIdentity};
@@ -73,15 +73,35 @@ pub fn topic(n: &str) -> TopicName {
 impl Cluster {
     /// Starts a core `hq` and the named edges, each holding `topics`, all linked.
     pub async fn start(edges: &[&str], topics: &[(&str, Scope)]) -> Result<Cluster, Error> {
+        Cluster::start_allowing(edges, &[], topics).await
+    }
+
+    /// Like [`Cluster::start`]; the core also allows the edges named in `more`, which
+    /// are not started (tests connect as them by hand).
+    pub async fn start_allowing(
+        edges: &[&str],
+        more: &[&str],
+        topics: &[(&str, Scope)],
+    ) -> Result<Cluster, Error> {
         let dir = TempDir::new("cluster")?;
         let ca = Ca::create("test mission")?;
         let topics: Vec<TopicConfig> = topics
             .iter()
-            .map(|(n, scope)| TopicConfig { name: topic(n), scope: *scope, retention: Retention::default() })
+            .map(|(n, scope)| TopicConfig {
+                name: topic(n),
+                scope: *scope,
+                retention: Retention::default(),
+            })
             .collect();
-        let allowed = Allowed::List(edges.iter().map(|e| name(e)).collect());
+        let allowed = Allowed::List(edges.iter().chain(more).map(|e| name(e)).collect());
         let core = start_core(&dir, &ca, &topics, allowed).await?;
-        let mut cluster = Cluster { dir, ca, topics, core, edges: Vec::new() };
+        let mut cluster = Cluster {
+            dir,
+            ca,
+            topics,
+            core,
+            edges: Vec::new(),
+        };
         for edge in edges {
             let node = cluster.start_edge(edge).await?;
             cluster.edges.push(node);
@@ -91,12 +111,28 @@ impl Cluster {
 
     /// The edge called `n`.
     pub fn edge(&self, n: &str) -> &Node {
-        self.edges.iter().find(|e| e.name.as_str() == n).unwrap_or_else(|| panic!("no edge {n}"))
+        self.edges
+            .iter()
+            .find(|e| e.name.as_str() == n)
+            .unwrap_or_else(|| panic!("no edge {n}"))
     }
 
     /// The core's address.
     pub fn core_addr(&self) -> SocketAddr {
-        self.core.endpoint.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        self.core
+            .endpoint
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An edge endpoint with a certificate for `n` from `ca`, not connected.
+    pub fn endpoint_for(ca: &Ca, n: &str) -> Result<quinn::Endpoint, Error> {
+        let identity = ca.issue(&name(n), Role::Edge)?;
+        Ok(tls::client_endpoint(
+            ([127, 0, 0, 1], 0).into(),
+            &identity,
+            Arc::new(tls::transport_config()),
+        )?)
     }
 
     /// The mission CA, to issue more identities.
@@ -109,18 +145,42 @@ impl Cluster {
         let node = name(n);
         let store = open_store(&self.dir, &node, &self.topics).await?;
         let identity = self.ca.issue(&node, Role::Edge)?;
-        let endpoint = tls::client_endpoint(([127, 0, 0, 1], 0).into(), &identity, Arc::new(tls::transport_config()))?;
+        let endpoint = tls::client_endpoint(
+            ([127, 0, 0, 1], 0).into(),
+            &identity,
+            Arc::new(tls::transport_config()),
+        )?;
         let links = Links::default();
         let link = links.link(&name("hq"));
-        let local = Local { store: store.clone(), core: false, settings: LinkSettings::default() };
-        let task = tokio::spawn(link::dial(local, endpoint.clone(), self.core_addr(), name("hq"), link));
-        Ok(Node { name: node, store, links, endpoint, task })
+        let local = Local {
+            store: store.clone(),
+            core: false,
+            settings: LinkSettings::default(),
+        };
+        let task = tokio::spawn(link::dial(
+            local,
+            endpoint.clone(),
+            self.core_addr(),
+            name("hq"),
+            link,
+        ));
+        Ok(Node {
+            name: node,
+            store,
+            links,
+            endpoint,
+            task,
+        })
     }
 
     /// Replaces edge `n` by a restarted one on the same store (after [`Node::cut`] or a
     /// drop of the old one, whose store must be closed first).
     pub async fn restart_edge(&mut self, n: &str) -> Result<(), Error> {
-        let i = self.edges.iter().position(|e| e.name.as_str() == n).ok_or("no such edge")?;
+        let i = self
+            .edges
+            .iter()
+            .position(|e| e.name.as_str() == n)
+            .ok_or("no such edge")?;
         let old = self.edges.remove(i);
         old.cut();
         old.store.close().await?;
@@ -131,19 +191,45 @@ impl Cluster {
     }
 }
 
-async fn start_core(dir: &TempDir, ca: &Ca, topics: &[TopicConfig], allowed: Allowed) -> Result<Node, Error> {
+async fn start_core(
+    dir: &TempDir,
+    ca: &Ca,
+    topics: &[TopicConfig],
+    allowed: Allowed,
+) -> Result<Node, Error> {
     let node = name("hq");
     let store = open_store(dir, &node, topics).await?;
     let identity: NodeIdentity = ca.issue(&node, Role::Core)?;
-    let endpoint = tls::server_endpoint(([127, 0, 0, 1], 0).into(), &identity, Arc::new(tls::transport_config()))?;
+    let endpoint = tls::server_endpoint(
+        ([127, 0, 0, 1], 0).into(),
+        &identity,
+        Arc::new(tls::transport_config()),
+    )?;
     let links = Links::default();
-    let local = Local { store: store.clone(), core: true, settings: LinkSettings::default() };
+    let local = Local {
+        store: store.clone(),
+        core: true,
+        settings: LinkSettings::default(),
+    };
     let task = tokio::spawn(link::serve(local, endpoint.clone(), allowed, links.clone()));
-    Ok(Node { name: node, store, links, endpoint, task })
+    Ok(Node {
+        name: node,
+        store,
+        links,
+        endpoint,
+        task,
+    })
 }
 
-async fn open_store(dir: &TempDir, node: &NodeName, topics: &[TopicConfig]) -> Result<Store, Error> {
-    let store = Store::open(dir.path().join(node.as_str()), StoreConfig::new(node.clone()))?;
+async fn open_store(
+    dir: &TempDir,
+    node: &NodeName,
+    topics: &[TopicConfig],
+) -> Result<Store, Error> {
+    let store = Store::open(
+        dir.path().join(node.as_str()),
+        StoreConfig::new(node.clone()),
+    )?;
     for topic in topics {
         store.create_topic(topic.clone()).await?;
     }
@@ -152,7 +238,12 @@ async fn open_store(dir: &TempDir, node: &NodeName, topics: &[TopicConfig]) -> R
 
 /// Waits (on the store's change signal, not by polling) until `topic` holds at least
 /// `count` entries; fails after `within`.
-pub async fn wait_for_count(store: &Store, topic: &TopicName, count: u64, within: Duration) -> Result<(), String> {
+pub async fn wait_for_count(
+    store: &Store,
+    topic: &TopicName,
+    count: u64,
+    within: Duration,
+) -> Result<(), String> {
     let mut changes = store.changes();
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -161,13 +252,21 @@ pub async fn wait_for_count(store: &Store, topic: &TopicName, count: u64, within
             return Ok(());
         }
         changes.borrow_and_update();
-        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-            return Err(format!("{} holds {held} of {count} entries of {topic} after {within:?}", store.node()));
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            return Err(format!(
+                "{} holds {held} of {count} entries of {topic} after {within:?}",
+                store.node()
+            ));
         }
     }
 }
 
 /// Every entry of `topic` at `store`, from offset 0.
 pub fn all(store: &Store, topic: &TopicName) -> Vec<protocol::entry::Record> {
-    store.read(topic, Offset(0), usize::MAX).unwrap_or_else(|e| panic!("{e}"))
+    store
+        .read(topic, Offset(0), usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

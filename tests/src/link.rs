@@ -15,9 +15,13 @@
 //! - a release thread sleeps until the first held datagram is due and sends it on.
 //!
 //! Dedicated threads rather than tokio tasks: tokio's timers have a 1 ms granularity,
-//! while a thread waiting on a condition variable wakes within tens of microseconds of
-//! the deadline, which is what the accuracy targets (rate within 5 %, delay within 1 ms)
-//! need. Memory is bounded: each direction holds at most its queue plus its delay line.
+//! while a thread waiting on a condition variable (a futex with a high-resolution
+//! timeout) wakes within tens of microseconds of the deadline. Measured on the 2-core
+//! build box, even with both cores busy: the median datagram arrives 0.1 ms after its
+//! due time (three thread wake-ups: relay receive, relay release, the receiver), and the
+//! rate is within 0.5 % of the setting. Spinning before the deadline bought nothing
+//! worth a core. Memory is bounded: each direction holds at most its queue plus its
+//! delay line at full rate (see `shaper`).
 //!
 //! Everything is counted in UDP payload bytes (no IP or UDP headers), in the rate as in
 //! the counters. The delivered bytes of both directions are "bytes on the wire" for the
@@ -437,11 +441,10 @@ fn receive(shared: &Shared, socket: &UdpSocket, side: Side) {
     let lane = shared.lane(side);
     let mut buf = vec![0; MAX_DATAGRAM];
     while !shared.stop.load(Ordering::SeqCst) {
-        let (len, from) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            // Timeouts, and any error a UDP socket may report for an earlier send: the
-            // relay goes on; only the stop flag ends it.
-            Err(_) => continue,
+        // Timeouts, and any error a UDP socket may report for an earlier send: the relay
+        // goes on; only the stop flag ends it.
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            continue;
         };
         let now = Instant::now();
         if shared.stop.load(Ordering::SeqCst) {

@@ -32,7 +32,12 @@ use crate::wire::{self, Deflate, Frame, FrameReader, Hello, Inflate};
 
 /// Runs one session on an authenticated connection with `peer` until it ends, then
 /// closes the connection with the reason. `dialer`: this side opened the connection.
-pub async fn session(local: &Local, conn: &quinn::Connection, link: &Arc<PeerLink>, dialer: bool) -> LinkError {
+pub async fn session(
+    local: &Local,
+    conn: &quinn::Connection,
+    link: &Arc<PeerLink>,
+    dialer: bool,
+) -> LinkError {
     let result = run(local, conn, link, dialer).await;
     link.set_connected(false);
     let err = match result {
@@ -46,10 +51,19 @@ pub async fn session(local: &Local, conn: &quinn::Connection, link: &Arc<PeerLin
 
 enum Never {}
 
-async fn run(local: &Local, conn: &quinn::Connection, link: &Arc<PeerLink>, dialer: bool) -> Result<Never, LinkError> {
+async fn run(
+    local: &Local,
+    conn: &quinn::Connection,
+    link: &Arc<PeerLink>,
+    dialer: bool,
+) -> Result<Never, LinkError> {
     let peer = link.peer().clone();
     let store = &local.store;
-    let (mut control_send, mut control_recv) = if dialer { conn.open_bi().await? } else { conn.accept_bi().await? };
+    let (mut control_send, mut control_recv) = if dialer {
+        conn.open_bi().await?
+    } else {
+        conn.accept_bi().await?
+    };
 
     // Hello, both ways.
     let topics: Vec<(TopicName, Scope)> = store
@@ -58,52 +72,81 @@ async fn run(local: &Local, conn: &quinn::Connection, link: &Arc<PeerLink>, dial
         .filter(|t| t.config.scope != Scope::Local)
         .map(|t| (t.config.name, t.config.scope))
         .collect();
-    let hello = Hello { version: wire::VERSION, node: store.node().clone(), core: local.core, topics: topics.clone() };
+    let hello = Hello {
+        version: wire::VERSION,
+        node: store.node().clone(),
+        core: local.core,
+        topics: topics.clone(),
+    };
     let mut bytes = Vec::new();
     wire::encode(&Frame::Hello(hello), &mut bytes);
     control_send.write_all(&bytes).await.map_err(closed)?;
     let mut control = FrameReader::default();
     let timeout = local.settings.hello_timeout;
-    let theirs = match tokio::time::timeout(timeout, read_frame(&mut control_recv, &mut control)).await {
-        Err(_) => return Err(LinkError::Timeout(timeout)),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(Frame::Hello(hello))) => hello,
-        Ok(Ok(other)) => return Err(LinkError::Protocol(format!("expected hello, got {}", name(&other)))),
-    };
+    let theirs =
+        match tokio::time::timeout(timeout, read_frame(&mut control_recv, &mut control)).await {
+            Err(_) => return Err(LinkError::Timeout(timeout)),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Frame::Hello(hello))) => hello,
+            Ok(Ok(other)) => {
+                return Err(LinkError::Protocol(format!(
+                    "expected hello, got {}",
+                    name(&other)
+                )));
+            }
+        };
     if theirs.version != wire::VERSION {
         return Err(LinkError::Version(theirs.version));
     }
     if theirs.node != peer {
-        return Err(LinkError::Protocol(format!("hello names {}, the certificate {peer}", theirs.node)));
+        return Err(LinkError::Protocol(format!(
+            "hello names {}, the certificate {peer}",
+            theirs.node
+        )));
     }
     if theirs.core == local.core {
         let role = if local.core { "core" } else { "edge" };
         return Err(LinkError::Protocol(format!("both ends are a {role}")));
     }
     let routes = Routes::between(local.core, &topics, &theirs);
-    let out_config = PeerConfig { name: peer.clone(), core: theirs.core, topics: routes.out.clone() };
+    let out_config = PeerConfig {
+        name: peer.clone(),
+        core: theirs.core,
+        topics: routes.out.clone(),
+    };
     store.set_peer(out_config).await.map_err(store_error)?;
     link.set_connected(true);
     tracing::info!(%peer, out = routes.out.len(), input = routes.input.len(), "link up");
 
     // Where each outgoing topic starts: the stored cursor, unless the peer lost data.
-    let consumer = ConsumerName::new(format!("link.{peer}")).map_err(|e| LinkError::Store(e.to_string()))?;
+    let consumer =
+        ConsumerName::new(format!("link.{peer}")).map_err(|e| LinkError::Store(e.to_string()))?;
     let mut outbound = HashMap::new();
     for topic in &routes.out {
         let start = store.cursor(&consumer, topic)?;
-        outbound.insert(topic.clone(), Outbound::new(topic.clone(), peer.clone(), theirs.core, start));
+        outbound.insert(
+            topic.clone(),
+            Outbound::new(topic.clone(), peer.clone(), theirs.core, start),
+        );
         link.topic(topic, true, |_| {});
     }
     for topic in &routes.input {
         link.topic(topic, false, |_| {});
     }
-    let shared = Arc::new(Shared { outbound: Mutex::new(outbound), wake: Notify::new(), paused_by_peer: watch::Sender::new(false) });
+    let shared = Arc::new(Shared {
+        outbound: Mutex::new(outbound),
+        wake: Notify::new(),
+        paused_by_peer: watch::Sender::new(false),
+    });
 
     // Control writer: every frame for the control stream goes through one queue.
     let (control_tx, mut control_rx) = mpsc::channel::<Frame>(1024);
     for topic in &routes.input {
         let vector = wire_vector(&store.vector(topic)?);
-        let _ = control_tx.try_send(Frame::Have { topic: topic.clone(), vector });
+        let _ = control_tx.try_send(Frame::Have {
+            topic: topic.clone(),
+            vector,
+        });
     }
     let writer = async {
         let mut buf = Vec::new();
@@ -162,13 +205,18 @@ async fn control_loop(
         match read_frame(&mut recv, &mut reader).await? {
             Frame::Have { topic, vector } => {
                 if !routes.out.contains(&topic) {
-                    return Err(LinkError::Protocol(format!("have for topic {topic}, which this node does not send")));
+                    return Err(LinkError::Protocol(format!(
+                        "have for topic {topic}, which this node does not send"
+                    )));
                 }
                 let mut outbound = shared.outbound();
-                let Some(out) = outbound.get_mut(&topic) else { continue };
+                let Some(out) = outbound.get_mut(&topic) else {
+                    continue;
+                };
                 if !out.ready() && regressed(store, peer, &topic, &vector)? {
                     tracing::warn!(%peer, %topic, "peer holds less than it acknowledged before: sending from the start");
-                    *out = Outbound::new(topic.clone(), peer.clone(), out.peer_is_core(), Offset(0));
+                    *out =
+                        Outbound::new(topic.clone(), peer.clone(), out.peer_is_core(), Offset(0));
                 }
                 out.have(&vector);
                 let (cursor, position) = (out.cursor(), out.position());
@@ -185,25 +233,38 @@ async fn control_loop(
             }
             Frame::Pause => {
                 shared.paused_by_peer.send_replace(true);
-                link.lock().paused_by_peer = true;
+                link.update(|s| s.paused_by_peer = true);
                 tracing::info!(%peer, "peer paused the link");
             }
             Frame::Resume => {
                 shared.paused_by_peer.send_replace(false);
-                link.lock().paused_by_peer = false;
+                link.update(|s| s.paused_by_peer = false);
                 shared.wake.notify_one();
                 tracing::info!(%peer, "peer resumed the link");
             }
-            other => return Err(LinkError::Protocol(format!("{} on the control stream", name(&other)))),
+            other => {
+                return Err(LinkError::Protocol(format!(
+                    "{} on the control stream",
+                    name(&other)
+                )));
+            }
         }
     }
 }
 
 /// Whether the peer now holds less of `topic` than it once acknowledged (it lost data).
-fn regressed(store: &Store, peer: &NodeName, topic: &TopicName, have: &[(NodeName, u64)]) -> Result<bool, LinkError> {
+fn regressed(
+    store: &Store,
+    peer: &NodeName,
+    topic: &TopicName,
+    have: &[(NodeName, u64)],
+) -> Result<bool, LinkError> {
     let acked = store.peer_vector(peer, topic)?;
     let held: BTreeMap<&NodeName, u64> = have.iter().map(|(o, s)| (o, *s)).collect();
-    Ok(acked.0.iter().any(|(origin, seq)| held.get(origin).copied().unwrap_or(0) < seq.0))
+    Ok(acked
+        .0
+        .iter()
+        .any(|(origin, seq)| held.get(origin).copied().unwrap_or(0) < seq.0))
 }
 
 /// Tells the peer when an operator pauses or resumes the link here.
@@ -214,7 +275,10 @@ async fn pause_loop(link: &PeerLink, control: &mpsc::Sender<Frame>) -> Result<Ne
         let now = *paused.borrow_and_update();
         if now != told {
             let frame = if now { Frame::Pause } else { Frame::Resume };
-            control.send(frame).await.map_err(|_| LinkError::Protocol("control queue closed".into()))?;
+            control
+                .send(frame)
+                .await
+                .map_err(|_| LinkError::Protocol("control queue closed".into()))?;
             told = now;
         }
         if paused.changed().await.is_err() {
@@ -224,11 +288,18 @@ async fn pause_loop(link: &PeerLink, control: &mpsc::Sender<Frame>) -> Result<Ne
 }
 
 /// Sends entries: reads each outgoing topic from its position, plans, compresses, writes.
-async fn send_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, shared: &Shared, routes: &Routes) -> Result<Never, LinkError> {
+async fn send_loop(
+    local: &Local,
+    conn: &quinn::Connection,
+    link: &PeerLink,
+    shared: &Shared,
+    routes: &Routes,
+) -> Result<Never, LinkError> {
     let settings = &local.settings;
     let store = &local.store;
     let mut send = conn.open_uni().await?;
-    let mut deflate = Deflate::new(settings.zstd_level).map_err(|e| LinkError::Store(e.to_string()))?;
+    let mut deflate =
+        Deflate::new(settings.zstd_level).map_err(|e| LinkError::Store(e.to_string()))?;
     let mut changes = store.changes();
     let mut paused_here = link.paused_here.subscribe();
     let mut paused_by_peer = shared.paused_by_peer.subscribe();
@@ -245,11 +316,16 @@ async fn send_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, sha
                 let topic = &routes.out[(turn + i) % n.max(1)];
                 let (position, room) = {
                     let outbound = shared.outbound();
-                    let Some(out) = outbound.get(topic) else { continue };
+                    let Some(out) = outbound.get(topic) else {
+                        continue;
+                    };
                     if !out.ready() {
                         continue;
                     }
-                    (out.position(), settings.max_in_flight.saturating_sub(out.in_flight()))
+                    (
+                        out.position(),
+                        settings.max_in_flight.saturating_sub(out.in_flight()),
+                    )
                 };
                 if room == 0 {
                     continue;
@@ -268,7 +344,9 @@ async fn send_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, sha
                     if let Frame::Batch(b) = frame {
                         entries += b.len() as u64;
                     }
-                    deflate.write(frame, &mut buf).map_err(|e| LinkError::Store(e.to_string()))?;
+                    deflate
+                        .write(frame, &mut buf)
+                        .map_err(|e| LinkError::Store(e.to_string()))?;
                 }
                 counts.push((topic.clone(), entries));
                 if buf.len() >= settings.batch_bytes {
@@ -278,10 +356,12 @@ async fn send_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, sha
             turn = turn.wrapping_add(1);
         }
         if !buf.is_empty() || progressed {
-            deflate.flush(&mut buf).map_err(|e| LinkError::Store(e.to_string()))?;
+            deflate
+                .flush(&mut buf)
+                .map_err(|e| LinkError::Store(e.to_string()))?;
             if !buf.is_empty() {
                 send.write_all(&buf).await.map_err(closed)?;
-                link.lock().bytes_out += buf.len() as u64;
+                link.update(|s| s.bytes_out += buf.len() as u64);
                 buf.clear();
             }
             for (topic, entries) in counts {
@@ -301,18 +381,27 @@ async fn send_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, sha
 
 /// Receives the peer's entry stream: reads ahead, commits what is queued as one
 /// transaction, acknowledges with `Have`.
-async fn receive_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, routes: &Routes, control: &mpsc::Sender<Frame>) -> Result<Never, LinkError> {
+async fn receive_loop(
+    local: &Local,
+    conn: &quinn::Connection,
+    link: &PeerLink,
+    routes: &Routes,
+    control: &mpsc::Sender<Frame>,
+) -> Result<Never, LinkError> {
     let store = &local.store;
     let mut recv = conn.accept_uni().await?;
     let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(256);
     let read = async {
         let mut inflate = Inflate::new().map_err(|e| LinkError::Store(e.to_string()))?;
         loop {
-            let chunk = recv.read_chunk(64 << 10, true).await.map_err(|e| LinkError::Protocol(e.to_string()))?;
+            let chunk = recv
+                .read_chunk(64 << 10, true)
+                .await
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
             let Some(chunk) = chunk else {
                 return Err(LinkError::Protocol("entry stream ended".into()));
             };
-            link.lock().bytes_in += chunk.bytes.len() as u64;
+            link.update(|s| s.bytes_in += chunk.bytes.len() as u64);
             inflate.push(&chunk.bytes);
             while let Some(frame) = inflate.next()? {
                 if frames_tx.send(frame).await.is_err() {
@@ -332,10 +421,17 @@ async fn receive_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, 
                 let topic = match &frame {
                     Frame::Batch(b) => b.topic.clone(),
                     Frame::Skip { topic, .. } => topic.clone(),
-                    other => return Err(LinkError::Protocol(format!("{} on the entry stream", name(other)))),
+                    other => {
+                        return Err(LinkError::Protocol(format!(
+                            "{} on the entry stream",
+                            name(other)
+                        )));
+                    }
                 };
                 if !routes.input.contains(&topic) {
-                    return Err(LinkError::Protocol(format!("entries of topic {topic}, which this node does not take from the peer")));
+                    return Err(LinkError::Protocol(format!(
+                        "entries of topic {topic}, which this node does not take from the peer"
+                    )));
                 }
                 match frame {
                     Frame::Batch(batch) => {
@@ -344,7 +440,9 @@ async fn receive_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, 
                         *stored.entry(topic.clone()).or_default() += list.len() as u64;
                         txn.insert(&topic, list);
                     }
-                    Frame::Skip { origin, through, .. } => {
+                    Frame::Skip {
+                        origin, through, ..
+                    } => {
                         txn.skip(&topic, &origin, crate::entry::Seq(through));
                     }
                     _ => {}
@@ -358,7 +456,9 @@ async fn receive_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, 
             }
             match store.commit(txn).await {
                 Ok(_) => {}
-                Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => return Err(store_error(e)),
+                Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
+                    return Err(store_error(e));
+                }
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),
             }
             for topic in touched {
@@ -382,7 +482,13 @@ async fn receive_loop(local: &Local, conn: &quinn::Connection, link: &PeerLink, 
 }
 
 /// Stores cursors and acknowledged vectors every `persist_every`; updates the round trip.
-async fn persist_loop(local: &Local, conn: &quinn::Connection, consumer: &ConsumerName, link: &PeerLink, shared: &Shared) -> Result<Never, LinkError> {
+async fn persist_loop(
+    local: &Local,
+    conn: &quinn::Connection,
+    consumer: &ConsumerName,
+    link: &PeerLink,
+    shared: &Shared,
+) -> Result<Never, LinkError> {
     let store = &local.store;
     let peer = link.peer();
     let mut stored: HashMap<TopicName, Offset> = HashMap::new();
@@ -390,7 +496,7 @@ async fn persist_loop(local: &Local, conn: &quinn::Connection, consumer: &Consum
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        link.lock().rtt = Some(conn.rtt());
+        link.update(|s| s.rtt = Some(conn.rtt()));
         let snapshot: Vec<_> = shared
             .outbound()
             .values()
@@ -404,14 +510,20 @@ async fn persist_loop(local: &Local, conn: &quinn::Connection, consumer: &Consum
             let mut txn = Txn::new();
             txn.cursor(consumer, &topic, cursor);
             store.commit(txn).await.map_err(store_error)?;
-            store.peer_acked(peer, &topic, acknowledged).await.map_err(store_error)?;
+            store
+                .peer_acked(peer, &topic, acknowledged)
+                .await
+                .map_err(store_error)?;
             stored.insert(topic, cursor);
         }
     }
 }
 
 /// Reads the next whole frame from a control stream.
-async fn read_frame(recv: &mut quinn::RecvStream, reader: &mut FrameReader) -> Result<Frame, LinkError> {
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+) -> Result<Frame, LinkError> {
     loop {
         if let Some(frame) = reader.next()? {
             return Ok(frame);

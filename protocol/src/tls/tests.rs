@@ -161,7 +161,10 @@ async fn a_reconnecting_edge_is_still_known_by_name() {
         let accepting = async { accept(server.accept().await.unwrap(), &allowed).await };
         let (at_core, at_edge) = tokio::join!(accepting, connect(&edge, addr, &hq));
         let (at_core, at_edge) = (at_core.unwrap(), at_edge.unwrap());
-        assert_eq!((at_core.name.as_str(), at_edge.name.as_str()), ("alpha", "hq"));
+        assert_eq!(
+            (at_core.name.as_str(), at_edge.name.as_str()),
+            ("alpha", "hq")
+        );
         CloseCode::Replaced.close(&at_edge.connection, "reconnecting");
         at_core.connection.closed().await;
     }

@@ -72,7 +72,11 @@ pub const fn queue_for(rate_bps: u64) -> u64 {
     }
     let one_second = rate_bps / 8;
     let floor = 4 * FULL_DATAGRAM;
-    if one_second > floor { one_second } else { floor }
+    if one_second > floor {
+        one_second
+    } else {
+        floor
+    }
 }
 
 /// A link: what each direction does, under a name for logs and reports.

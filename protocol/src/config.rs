@@ -116,8 +116,9 @@ pub struct LinkSettings {
     /// Edge: the core's node name; the core's certificate must name it.
     pub core_name: NodeName,
     /// The node's certificate and key (`<name>.pem`, `<name>.key`) and the mission CA's
-    /// certificate (`ca.pem`); on the core also the CA's key. Default: `<data_dir>/certs`.
-    pub certs_dir: PathBuf,
+    /// certificate (`ca.pem`); on the core also the CA's key. `None`: `<data_dir>/certs`,
+    /// following the data directory; [`Config::certs_dir`] resolves it.
+    pub certs_dir: Option<PathBuf>,
     /// For a demo: at start, create what is missing in `certs_dir` (see
     /// [`crate::tls::ensure_demo_files`]). Nodes still authenticate each other.
     pub demo_certs: bool,
@@ -193,7 +194,7 @@ impl Config {
                 allow_any_edge: false,
                 core: "127.0.0.1:7000".to_owned(),
                 core_name: hq,
-                certs_dir: default_certs_dir(&data_dir),
+                certs_dir: None,
                 demo_certs: true,
             },
             node: NodeSettings { data_dir, name },
@@ -246,6 +247,14 @@ impl Config {
     /// The store's directory: `<data_dir>/store`.
     pub fn store_dir(&self) -> PathBuf {
         self.node.data_dir.join("store")
+    }
+
+    /// The certificates directory: `link.certs_dir`, by default `<data_dir>/certs`.
+    pub fn certs_dir(&self) -> PathBuf {
+        match &self.link.certs_dir {
+            Some(dir) => dir.clone(),
+            None => self.node.data_dir.join("certs"),
+        }
     }
 
     /// The log store's settings, for [`crate::log::Store::open`].
@@ -423,11 +432,13 @@ core_name = {core_name}
                 core_name = text(link.core_name.as_str()),
             )?;
         }
-        let certs_dir = text(&link.certs_dir.to_string_lossy());
-        let certs_dir = if link.certs_dir == default_certs_dir(&self.node.data_dir) {
-            format!("# certs_dir = {certs_dir}")
-        } else {
-            format!("certs_dir = {certs_dir}")
+        let certs_dir = match &link.certs_dir {
+            Some(dir) => format!("certs_dir = {}", text(&dir.to_string_lossy())),
+            // The default stays a comment, so that it follows a changed data directory.
+            None => format!(
+                "# certs_dir = {}",
+                text(&self.certs_dir().to_string_lossy())
+            ),
         };
         let demo_note = if self.is_core() {
             ""
@@ -536,11 +547,6 @@ impl fmt::Display for Origin {
 /// `data/<name>`.
 fn default_data_dir(name: &NodeName) -> PathBuf {
     Path::new("data").join(name.as_str())
-}
-
-/// `<data_dir>/certs`.
-fn default_certs_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("certs")
 }
 
 /// The mission pipeline's topics (DESIGN.md, "The mission pipeline") as each role holds them.
@@ -728,9 +734,7 @@ impl RawConfig {
             Some(raw) => check_topics(raw, origins)?,
             None => defaults.topics,
         };
-        let link = self
-            .link
-            .check(role, &name, &data_dir, defaults.link, origins)?;
+        let link = self.link.check(role, &name, defaults.link, origins)?;
         Ok(Config {
             role,
             link,
@@ -751,7 +755,6 @@ impl RawLink {
         self,
         role: Role,
         name: &NodeName,
-        data_dir: &Path,
         defaults: LinkSettings,
         origins: &Origins,
     ) -> Result<LinkSettings, ConfigError> {
@@ -816,8 +819,7 @@ impl RawLink {
             Some(dir) if dir.as_os_str().is_empty() => {
                 return Err(origins.invalid("link.certs_dir", "must not be empty"));
             }
-            Some(dir) => dir,
-            None => default_certs_dir(data_dir),
+            dir => dir,
         };
         Ok(LinkSettings {
             listen,
@@ -1242,10 +1244,11 @@ mod tests {
         config.link.core = "hq.example.org:7443".to_owned();
         config.link.core_name = NodeName::new("base").unwrap();
         config.link.demo_certs = false;
+        config.link.certs_dir = Some(PathBuf::from("/etc/tether/certs"));
         let text = config.to_toml();
         assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
         assert!(
-            text.contains("\ncerts_dir = \"data/alpha/certs\"\n"),
+            text.contains("\ncerts_dir = \"/etc/tether/certs\"\n"),
             "{text}"
         );
         config.topics.clear();
@@ -1254,7 +1257,6 @@ mod tests {
 
         let mut config = Config::default_for(Role::Core);
         config.node.data_dir = PathBuf::from("/var/lib/tether");
-        config.link.certs_dir = PathBuf::from("/var/lib/tether/certs");
         config.link.listen = "[::]:7443".parse().unwrap();
         config.link.edges = vec![NodeName::new("bravo").unwrap(), NodeName::new("c").unwrap()];
         config.link.allow_any_edge = true;
@@ -1281,12 +1283,12 @@ mod tests {
             config.allowed_edges(),
             Allowed::List(vec![NodeName::new("alpha").unwrap()])
         );
-        assert_eq!(config.link.certs_dir, Path::new("data/hq/certs"));
+        assert_eq!(config.certs_dir(), Path::new("data/hq/certs"));
         assert!(config.link.demo_certs);
         let edge = load(Role::Edge, "[node]\ndata_dir = \"/srv/e\"\n", &[]).unwrap();
         assert_eq!(edge.link.core, "127.0.0.1:7000");
         assert_eq!(edge.link.core_name.as_str(), "hq");
-        assert_eq!(edge.link.certs_dir, Path::new("/srv/e/certs"));
+        assert_eq!(edge.certs_dir(), Path::new("/srv/e/certs"));
 
         let env = [
             ("TETHER_LINK__LISTEN", "0.0.0.0:7443"),
@@ -1300,7 +1302,7 @@ mod tests {
         let names: Vec<_> = core.link.edges.iter().map(NodeName::as_str).collect();
         assert_eq!(names, ["alpha", "bravo"]);
         assert!(core.link.allow_any_edge && !core.link.demo_certs);
-        assert_eq!(core.link.certs_dir, Path::new("/etc/tether/certs"));
+        assert_eq!(core.certs_dir(), Path::new("/etc/tether/certs"));
         let env = [("TETHER_LINK__EDGES", "[\"delta\"]")];
         let names = load(Role::Core, "", &env).unwrap().link.edges;
         assert_eq!(names, [NodeName::new("delta").unwrap()]);

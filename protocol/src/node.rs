@@ -145,7 +145,7 @@ async fn run_boxed(
         node = %config.node.name,
         role = %role,
         data_dir = %config.node.data_dir.display(),
-        certs_dir = %config.link.certs_dir.display(),
+        certs_dir = %config.certs_dir().display(),
         topics = config.topics.len(),
         "node ready"
     );
@@ -177,7 +177,7 @@ async fn run_boxed(
 /// creates what is missing there (and logs what it created).
 fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError> {
     let node = &config.node.name;
-    let dir = &config.link.certs_dir;
+    let dir = config.certs_dir();
     let failed = |source: TlsError| {
         let hint = match (&source, role) {
             (TlsError::Missing { .. }, Role::Core) if !config.link.demo_certs => {
@@ -203,7 +203,7 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
             Role::Core => config.link.edges.as_slice(),
             Role::Edge => &[],
         };
-        let created = crate::tls::ensure_demo_files(dir, node, role, edges).map_err(failed)?;
+        let created = crate::tls::ensure_demo_files(&dir, node, role, edges).map_err(failed)?;
         let shown = dir.display();
         if created.ca_created {
             match role {
@@ -220,7 +220,7 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
             info!(node = %issued, certs_dir = %shown, "demo certificates: issued a certificate");
         }
     }
-    NodeIdentity::load(dir, node, role).map_err(failed)
+    NodeIdentity::load(&dir, node, role).map_err(failed)
 }
 
 /// The whole `main` of a node binary: parses the arguments, loads the config, installs
@@ -445,7 +445,7 @@ fn certs(config: &Config, command: CertsCommand) -> Result<String, CertsError> {
     let core = &config.node.name;
     match command {
         CertsCommand::Init { dir } => {
-            let dir = dir.unwrap_or_else(|| config.link.certs_dir.clone());
+            let dir = dir.unwrap_or_else(|| config.certs_dir());
             let written = certs_init(&dir, core)?;
             Ok(format!(
                 "Created the mission CA and the certificate of core {core} in {}:\n{}\
@@ -456,7 +456,7 @@ fn certs(config: &Config, command: CertsCommand) -> Result<String, CertsError> {
             ))
         }
         CertsCommand::Issue { edge, dir, out } => {
-            let dir = dir.unwrap_or_else(|| config.link.certs_dir.clone());
+            let dir = dir.unwrap_or_else(|| config.certs_dir());
             let out = out.unwrap_or_else(|| dir.clone());
             let edge = NodeName::new(edge)?;
             let written = certs_issue(&dir, &out, &edge, core)?;
@@ -806,7 +806,7 @@ mod tests {
         let dir = crate::tls::tests::TempDir::new("node-certs");
         let ca_dir = dir.path().join("hq/certs");
         let mut config = Config::default_for(Role::Core);
-        config.link.certs_dir = ca_dir.clone();
+        config.link.certs_dir = Some(ca_dir.clone());
         let hq = NodeName::new("hq").unwrap();
         let bravo = NodeName::new("bravo").unwrap();
 
@@ -849,7 +849,7 @@ mod tests {
         assert!(err("hq").contains("hq is this core's own name"));
         assert!(err("Bravo").contains("invalid node name"));
         let mut elsewhere = config.clone();
-        elsewhere.link.certs_dir = dir.path().join("nowhere");
+        elsewhere.link.certs_dir = Some(dir.path().join("nowhere"));
         let command = CertsCommand::Issue {
             edge: "charlie".to_owned(),
             dir: None,
@@ -865,7 +865,7 @@ mod tests {
         for role in [Role::Core, Role::Edge] {
             let mut config = Config::default_for(role);
             config.node.data_dir = dir.path().join(role.as_str());
-            config.link.certs_dir = dir.path().join("certs");
+            config.link.certs_dir = Some(dir.path().join("certs"));
             config.link.demo_certs = false;
             let err = run(role, config, async {}).await.unwrap_err().to_string();
             let expected = match role {

@@ -245,6 +245,23 @@ fn relays_both_ways_and_follows_the_edge() {
         "the stranger's datagram is not offered"
     );
     assert_eq!(c.wire_bytes(), 16 + 100 * 4);
+
+    // A new profile applies to what arrives next.
+    let slow = OneWay {
+        delay: Duration::from_millis(30),
+        ..OneWay::UNLIMITED
+    };
+    ends.link.set_profile(Profile::symmetric("slow", slow));
+    assert_eq!(ends.link.profile().name, "slow");
+    moved.send(&datagram(6, 100)).unwrap();
+    let got = recv(&ends.core);
+    assert_eq!(got.seq, 6);
+    assert!(
+        got.one_way >= Duration::from_millis(30),
+        "{:?}",
+        got.one_way
+    );
+    let c = settled(&ends.link);
     assert_eq!(ends.link.stop(), c);
 }
 

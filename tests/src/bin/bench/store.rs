@@ -1,10 +1,5 @@
-//! The benchmark runner: `bench <scenario> [--quick]`.
-//!
-//! Results go to stdout, one JSON object per line with `"scenario"` and its metric keys
-//! (see `shared/BENCHMARKS.md`); progress for people goes to stderr. Every scenario runs
-//! on real components: the real sled store on disk, real sockets on 127.0.0.1.
+//! Scenarios of one node's store.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use protocol::entry::{Append, NodeName, Retention, Scope, TopicConfig, TopicName};
@@ -12,63 +7,10 @@ use protocol::log::{Store, StoreConfig};
 use serde_json::json;
 use tests::{Rng, TempDir, dir_bytes};
 
-const SCENARIOS: &[(&str, &str)] = &[(
-    "log-append",
-    "durable appends from 64 concurrent producers into one store",
-)];
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let scenario = args.iter().find(|a| !a.starts_with("--"));
-    let usage = || {
-        eprintln!("usage: bench <scenario> [--quick]\n\nscenarios:");
-        for (name, what) in SCENARIOS {
-            eprintln!("  {name:<12} {what}");
-        }
-    };
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        usage();
-        return ExitCode::SUCCESS;
-    }
-    if let Some(bad) = args.iter().find(|a| a.starts_with("--") && *a != "--quick") {
-        eprintln!("error: unknown option {bad}");
-        usage();
-        return ExitCode::from(2);
-    }
-    let runtime = match tests::runtime() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = match scenario.map(String::as_str) {
-        Some("log-append") => runtime.block_on(log_append(quick)),
-        Some(other) => {
-            eprintln!("error: unknown scenario {other:?}");
-            usage();
-            return ExitCode::from(2);
-        }
-        None => {
-            usage();
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
+use crate::round2;
 
 /// `log-append`: 200,000 durable appends of 256-byte payloads from 64 producers.
-async fn log_append(quick: bool) -> Result<serde_json::Value, String> {
+pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String> {
     const PRODUCERS: usize = 64;
     const PAYLOAD: usize = 256;
     let total: usize = if quick { 20_000 } else { 200_000 };
@@ -138,8 +80,4 @@ async fn log_append(quick: bool) -> Result<serde_json::Value, String> {
         "seconds": round2(elapsed.as_secs_f64()),
         "quick": quick,
     }))
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }

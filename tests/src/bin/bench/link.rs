@@ -1,0 +1,232 @@
+//! Scenarios of two linked nodes: a core and one edge in this process, each with its
+//! store on disk, over real QUIC with mutual TLS on 127.0.0.1.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::entry::{Append, Offset, Scope};
+use protocol::log::{Store, Txn};
+use serde_json::json;
+use tests::Rng;
+use tests::cluster::{Cluster, topic, wait_for_count};
+
+use crate::round2;
+
+const PAYLOAD: usize = 256;
+const PATIENCE: Duration = Duration::from_secs(300);
+
+async fn cluster() -> Result<Cluster, String> {
+    let cluster = Cluster::start(&["alpha"], &[("bench", Scope::All)])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut up = cluster.edge("alpha").link("hq").watch();
+    tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected))
+        .await
+        .map_err(|_| "the link never came up")?
+        .map_err(|e| e.to_string())?;
+    Ok(cluster)
+}
+
+/// Appends `n` random 256-byte entries to `bench` at `store`: 8 producers, 100 entries
+/// per transaction, so that appending is not what is measured.
+async fn fill(store: &Store, n: usize) -> Result<(), String> {
+    const PRODUCERS: usize = 8;
+    const PER_TXN: usize = 100;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PRODUCERS {
+        let store = store.clone();
+        let count = n / PRODUCERS + usize::from(p < n % PRODUCERS);
+        tasks.spawn(async move {
+            let mut rng = Rng::new(p as u64 + 1);
+            let mut left = count;
+            while left > 0 {
+                let mut txn = Txn::new();
+                for _ in 0..left.min(PER_TXN) {
+                    let mut payload = vec![0; PAYLOAD];
+                    rng.fill(&mut payload);
+                    txn.append(&topic("bench"), Append::new(payload));
+                }
+                left -= left.min(PER_TXN);
+                store.commit(txn).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// `replicate`: 100,000 entries appended at one node; time until all are durable and
+/// readable at the other. Both directions.
+pub(crate) async fn replicate(quick: bool) -> crate::Lines {
+    let n = if quick { 20_000 } else { 100_000 };
+    let mut lines = Vec::new();
+    for dir in ["e2c", "c2e"] {
+        let cluster = cluster().await?;
+        let (origin, target) = match dir {
+            "e2c" => (&cluster.edge("alpha").store, &cluster.core.store),
+            _ => (&cluster.core.store, &cluster.edge("alpha").store),
+        };
+        eprintln!("replicate {dir}: {n} entries of {PAYLOAD} bytes");
+        let bench = topic("bench");
+        let started = Instant::now();
+        let (filled, arrived) = tokio::join!(
+            async {
+                fill(origin, n).await?;
+                Ok::<_, String>(started.elapsed())
+            },
+            wait_for_count(target, &bench, n as u64, PATIENCE)
+        );
+        let appended = filled?;
+        arrived?;
+        let secs = started.elapsed().as_secs_f64();
+        let rate = n as f64 / secs;
+        eprintln!("replicate {dir}: {rate:.0} entries/s");
+        lines.push(json!({
+            "scenario": "replicate",
+            "dir": dir,
+            "entries": n,
+            "payload_bytes": PAYLOAD,
+            "entries_per_s": rate.round(),
+            "mb_per_s": round2(rate * PAYLOAD as f64 / 1e6),
+            "append_s": round2(appended.as_secs_f64()),
+            "seconds": round2(secs),
+            "quick": quick,
+        }));
+    }
+    Ok(lines)
+}
+
+/// `latency`: 200 entries/s for 20 s appended at the edge; from the start of each append
+/// to the moment it is readable at the core.
+pub(crate) async fn latency(quick: bool) -> crate::Lines {
+    let seconds = if quick { 3 } else { 20 };
+    let total = 200 * seconds;
+    let cluster = cluster().await?;
+    let (origin, target) = (
+        cluster.edge("alpha").store.clone(),
+        cluster.core.store.clone(),
+    );
+    let started: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+    let watch = {
+        let (started, target) = (started.clone(), target.clone());
+        tokio::spawn(async move {
+            let mut changes = target.changes();
+            let mut position = Offset(0);
+            let mut latencies = Vec::with_capacity(total);
+            while latencies.len() < total {
+                changes.borrow_and_update();
+                for record in target
+                    .read(&topic("bench"), position, 1024)
+                    .map_err(|e| e.to_string())?
+                {
+                    let arrived = Instant::now();
+                    position = Offset(record.offset.0 + 1);
+                    let index = u64::from_le_bytes(
+                        record.entry.payload[..8]
+                            .try_into()
+                            .map_err(|_| "short payload")?,
+                    ) as usize;
+                    let sent = started.lock().map_err(|e| e.to_string())?[index]
+                        .ok_or("arrived before it was sent")?;
+                    latencies.push(arrived - sent);
+                }
+                if latencies.len() < total {
+                    tokio::time::timeout(PATIENCE, changes.changed())
+                        .await
+                        .map_err(|_| "entries stopped arriving")?
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Ok::<_, String>(latencies)
+        })
+    };
+    eprintln!("latency: 200 entries/s for {seconds} s, edge to core");
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut rng = Rng::new(7);
+    for i in 0..total {
+        tick.tick().await;
+        let mut payload = vec![0; PAYLOAD];
+        rng.fill(&mut payload);
+        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        started.lock().map_err(|e| e.to_string())?[i] = Some(Instant::now());
+        origin
+            .append(&topic("bench"), Append::new(payload))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut latencies = watch.await.map_err(|e| e.to_string())??;
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1e3
+    };
+    eprintln!("latency: p50 {:.2} ms, p99 {:.2} ms", pct(0.5), pct(0.99));
+    Ok(vec![json!({
+        "scenario": "latency",
+        "dir": "e2c",
+        "entries": total,
+        "rate_per_s": 200,
+        "p50_ms": round2(pct(0.5)),
+        "p99_ms": round2(pct(0.99)),
+        "max_ms": round2(pct(1.0)),
+        "quick": quick,
+    })])
+}
+
+/// `catch-up`: 50,000 entries appended at the edge while its link is down; then the link
+/// comes back: time until all are at the core, and how long a new entry from the core
+/// takes to reach the edge meanwhile (it must not wait behind the backlog).
+pub(crate) async fn catch_up(quick: bool) -> crate::Lines {
+    let n = if quick { 10_000 } else { 50_000 };
+    let mut cluster = cluster().await?;
+    cluster.edge("alpha").cut();
+    eprintln!("catch-up: {n} entries appended at the edge while the link is down");
+    fill(&cluster.edge("alpha").store, n).await?;
+
+    let started = Instant::now();
+    cluster
+        .restart_edge("alpha")
+        .await
+        .map_err(|e| e.to_string())?;
+    let (hq, alpha) = (
+        cluster.core.store.clone(),
+        cluster.edge("alpha").store.clone(),
+    );
+    let first_new = async {
+        // As soon as the link is back, the core appends one entry for the edge.
+        let mut up = cluster.edge("alpha").link("hq").watch();
+        tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected))
+            .await
+            .map_err(|_| "no link")?
+            .map_err(|e| e.to_string())?;
+        let sent = Instant::now();
+        hq.append(&topic("bench"), Append::new(vec![1; PAYLOAD]))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for_count(&alpha, &topic("bench"), n as u64 + 1, PATIENCE).await?;
+        Ok::<_, String>(sent.elapsed())
+    };
+    let bench = topic("bench");
+    let (first_new, all_in) = tokio::join!(
+        first_new,
+        wait_for_count(&hq, &bench, n as u64 + 1, PATIENCE)
+    );
+    let first_new = first_new?;
+    all_in?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "catch-up: {secs:.2} s, first new entry {:.1} ms",
+        first_new.as_secs_f64() * 1e3
+    );
+    Ok(vec![json!({
+        "scenario": "catch-up",
+        "profile": "lan",
+        "entries": n,
+        "catchup_s": round2(secs),
+        "first_new_entry_ms": round2(first_new.as_secs_f64() * 1e3),
+        "quick": quick,
+    })])
+}

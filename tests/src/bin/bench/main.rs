@@ -1,0 +1,94 @@
+//! The benchmark runner: `bench <scenario> [--quick]`.
+//!
+//! Results go to stdout, one JSON object per line with `"scenario"` and its metric keys
+//! (see `shared/BENCHMARKS.md`); progress for people goes to stderr. Every scenario runs
+//! on real components: the real sled store on disk, real sockets on 127.0.0.1.
+
+mod link;
+mod store;
+
+use std::process::ExitCode;
+
+const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "log-append",
+        "durable appends from 64 concurrent producers into one store",
+    ),
+    (
+        "replicate",
+        "100,000 entries from one node to the other, each direction",
+    ),
+    (
+        "latency",
+        "200 entries/s for 20 s: append at the origin to readable at the other",
+    ),
+    (
+        "catch-up",
+        "50,000 entries appended while the link is down, then up",
+    ),
+];
+
+/// A scenario's result lines, or what went wrong.
+type Lines = Result<Vec<serde_json::Value>, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let scenario = args.iter().find(|a| !a.starts_with("--"));
+    let usage = || {
+        eprintln!("usage: bench <scenario> [--quick]\n\nscenarios:");
+        for (name, what) in SCENARIOS {
+            eprintln!("  {name:<12} {what}");
+        }
+    };
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        usage();
+        return ExitCode::SUCCESS;
+    }
+    if let Some(bad) = args.iter().find(|a| a.starts_with("--") && *a != "--quick") {
+        eprintln!("error: unknown option {bad}");
+        usage();
+        return ExitCode::from(2);
+    }
+    let runtime = match tests::runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match scenario.map(String::as_str) {
+        Some("log-append") => runtime
+            .block_on(store::log_append(quick))
+            .map(|line| vec![line]),
+        Some("replicate") => runtime.block_on(link::replicate(quick)),
+        Some("latency") => runtime.block_on(link::latency(quick)),
+        Some("catch-up") => runtime.block_on(link::catch_up(quick)),
+        Some(other) => {
+            eprintln!("error: unknown scenario {other:?}");
+            usage();
+            return ExitCode::from(2);
+        }
+        None => {
+            usage();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `x` rounded to two decimals, for readable JSON.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

@@ -381,17 +381,15 @@ pub async fn dial(
     let mut jitter = Jitter::new();
     loop {
         let started = std::time::Instant::now();
-        match tls::connect(&endpoint, addr, &core).await {
-            Ok(peer) => {
-                link.replace(Some(peer.connection.clone()));
-                let err = session(&local, &peer.connection, &link, true).await;
-                link.replace_if(&peer.connection);
-                log_end(&core, &err);
-                if started.elapsed() >= STABLE {
-                    backoff = MIN_BACKOFF;
-                }
+        // tls::connect logs a failure itself.
+        if let Ok(peer) = tls::connect(&endpoint, addr, &core).await {
+            link.replace(Some(peer.connection.clone()));
+            let err = session(&local, &peer.connection, &link, true).await;
+            link.replace_if(&peer.connection);
+            log_end(&core, &err);
+            if started.elapsed() >= STABLE {
+                backoff = MIN_BACKOFF;
             }
-            Err(_) => {} // tls::connect logged it
         }
         let wait = jitter.spread(backoff);
         tracing::debug!(peer = %core, ?wait, "redialing");

@@ -244,7 +244,7 @@ impl FrameReader {
     }
 
     /// The next complete frame; `Ok(None)` when more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Frame>, WireError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
         let pending = &self.buf[self.start..];
         let mut len: u64 = 0;
         let mut header = None;
@@ -374,11 +374,11 @@ impl Inflate {
     }
 
     /// The next complete frame; `Ok(None)` when more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Frame>, WireError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
         let mut step = [0u8; INFLATE_STEP];
         loop {
-            if let Some(frame) = self.frames.next()? {
+            if let Some(frame) = self.frames.next_frame()? {
                 return Ok(Some(frame));
             }
             if self.used == self.input.len() && !self.more {
@@ -411,8 +411,8 @@ mod tests {
                 seq: Seq(seq),
             },
             timestamp: Timestamp(ts),
-            key: (seq % 2 == 0).then(|| b"k".to_vec()),
-            to: (seq % 3 == 0).then(|| NodeName::new("alpha").unwrap()),
+            key: seq.is_multiple_of(2).then(|| b"k".to_vec()),
+            to: seq.is_multiple_of(3).then(|| NodeName::new("alpha").unwrap()),
             headers: vec![("h".into(), vec![seq as u8])],
             payload: payload.to_vec(),
         }
@@ -438,10 +438,10 @@ mod tests {
         // Byte by byte: a frame is only returned once whole.
         for b in &bytes[..bytes.len() - 1] {
             reader.push(&[*b]);
-            assert!(reader.next().unwrap().is_none());
+            assert!(reader.next_frame().unwrap().is_none());
         }
         reader.push(&bytes[bytes.len() - 1..]);
-        let Some(Frame::Batch(back)) = reader.next().unwrap() else {
+        let Some(Frame::Batch(back)) = reader.next_frame().unwrap() else {
             panic!("not a batch")
         };
         assert_eq!(back.into_entries().unwrap(), entries);
@@ -468,8 +468,8 @@ mod tests {
             deflate.flush(&mut out).unwrap();
             wire += out.len();
             inflate.push(&out);
-            assert_eq!(inflate.next().unwrap(), Some(frame.clone()));
-            assert_eq!(inflate.next().unwrap(), None);
+            assert_eq!(inflate.next_frame().unwrap(), Some(frame.clone()));
+            assert_eq!(inflate.next_frame().unwrap(), None);
             sent.push(frame);
         }
         assert!(
@@ -482,11 +482,14 @@ mod tests {
     fn oversized_and_garbage_input_is_an_error_not_a_panic() {
         let mut reader = FrameReader::default();
         reader.push(&[0xff, 0xff, 0xff, 0xff, 0x7f]); // a length of 34 GB
-        assert!(matches!(reader.next(), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            reader.next_frame(),
+            Err(WireError::TooLarge { .. })
+        ));
 
         let mut reader = FrameReader::default();
         reader.push(&[0x80; 12]);
-        assert!(matches!(reader.next(), Err(WireError::BadLength)));
+        assert!(matches!(reader.next_frame(), Err(WireError::BadLength)));
 
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         for len in [1usize, 2, 5, 17, 100, 1000] {
@@ -499,10 +502,10 @@ mod tests {
             }
             let mut reader = FrameReader::default();
             reader.push(&garbage);
-            let _ = reader.next(); // any result but a panic
+            let _ = reader.next_frame(); // any result but a panic
             let mut inflate = Inflate::new().unwrap();
             inflate.push(&garbage);
-            let _ = inflate.next();
+            let _ = inflate.next_frame();
         }
 
         // A batch that points at a name it does not carry.
@@ -525,7 +528,10 @@ mod tests {
         let compressed = zstd::encode_all(&body[..], 3).unwrap();
         let mut inflate = Inflate::new().unwrap();
         inflate.push(&compressed);
-        assert!(matches!(inflate.next(), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            inflate.next_frame(),
+            Err(WireError::TooLarge { .. })
+        ));
         assert!(inflate.frames.buffered() <= INFLATE_STEP + 16);
     }
 }

@@ -403,7 +403,7 @@ async fn receive_loop(
             };
             link.update(|s| s.bytes_in += chunk.bytes.len() as u64);
             inflate.push(&chunk.bytes);
-            while let Some(frame) = inflate.next()? {
+            while let Some(frame) = inflate.next_frame()? {
                 if frames_tx.send(frame).await.is_err() {
                     return Err(LinkError::Store("committer gone".into()));
                 }
@@ -525,7 +525,7 @@ async fn read_frame(
     reader: &mut FrameReader,
 ) -> Result<Frame, LinkError> {
     loop {
-        if let Some(frame) = reader.next()? {
+        if let Some(frame) = reader.next_frame()? {
             return Ok(frame);
         }
         match recv.read_chunk(64 << 10, true).await {

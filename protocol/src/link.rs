@@ -42,6 +42,10 @@ pub struct LinkSettings {
     pub persist_every: Duration,
     /// How long to wait for the peer's `Hello`.
     pub hello_timeout: Duration,
+    /// While entries stream in, the longest between two acknowledgements (`Have`) of a
+    /// topic; a quiet stream is acknowledged at once. Longer: fewer packets back, more
+    /// entries re-sent after a reconnect.
+    pub have_every: Duration,
     /// zstd level of the entry streams (1 to 3: fast, and most of the gain).
     pub zstd_level: i32,
 }
@@ -54,6 +58,7 @@ impl Default for LinkSettings {
             max_in_flight: 65_536,
             persist_every: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(60),
+            have_every: Duration::from_millis(100),
             zstd_level: 1,
         }
     }

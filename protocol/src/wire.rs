@@ -102,13 +102,19 @@ struct WireEntry {
     seq_delta: u64,
     /// Timestamp minus the batch's `base_ts`.
     ts_delta: i64,
+    /// Key, destination and headers, which most entries lack: one byte when absent.
+    extras: Option<Box<Extras>>,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Extras {
     #[serde(with = "serde_bytes")]
     key: Option<Vec<u8>>,
     /// Index of the destination in `names`.
     to: Option<u32>,
     headers: Vec<(String, Vec<u8>)>,
-    #[serde(with = "serde_bytes")]
-    payload: Vec<u8>,
 }
 
 /// Bytes from a peer that are not a valid frame or stream.
@@ -155,13 +161,20 @@ impl Batch {
             }
             let seq_delta = e.id.seq.0.wrapping_sub(last_seq[origin as usize]);
             last_seq[origin as usize] = e.id.seq.0;
+            let plain = e.key.is_none() && e.to.is_none() && e.headers.is_empty();
+            let extras = (!plain).then(|| {
+                let (key, headers) = (e.key.clone(), e.headers.clone());
+                Box::new(Extras {
+                    key,
+                    to: e.to.as_ref().map(&mut index),
+                    headers,
+                })
+            });
             wire.push(WireEntry {
                 origin,
                 seq_delta,
                 ts_delta: e.timestamp.0.wrapping_sub(base_ts) as i64,
-                key: e.key.clone(),
-                to: e.to.as_ref().map(&mut index),
-                headers: e.headers.clone(),
+                extras,
                 payload: e.payload.clone(),
             });
         }
@@ -194,15 +207,23 @@ impl Batch {
             let last = &mut last_seq[w.origin as usize];
             let seq = last.checked_add(w.seq_delta).ok_or_else(bad)?;
             *last = seq;
+            let (key, to, headers) = match &w.extras {
+                Some(x) => (
+                    x.key.clone(),
+                    x.to.map(name).transpose()?,
+                    x.headers.clone(),
+                ),
+                None => (None, None, Vec::new()),
+            };
             out.push(Entry {
                 id: EntryId {
                     origin,
                     seq: Seq(seq),
                 },
                 timestamp: Timestamp(self.base_ts.wrapping_add(w.ts_delta as u64)),
-                key: w.key.clone(),
-                to: w.to.map(name).transpose()?,
-                headers: w.headers.clone(),
+                key,
+                to,
+                headers,
                 payload: w.payload.clone(),
             });
         }
@@ -412,7 +433,9 @@ mod tests {
             },
             timestamp: Timestamp(ts),
             key: seq.is_multiple_of(2).then(|| b"k".to_vec()),
-            to: seq.is_multiple_of(3).then(|| NodeName::new("alpha").unwrap()),
+            to: seq
+                .is_multiple_of(3)
+                .then(|| NodeName::new("alpha").unwrap()),
             headers: vec![("h".into(), vec![seq as u8])],
             payload: payload.to_vec(),
         }

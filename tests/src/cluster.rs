@@ -56,7 +56,7 @@ pub struct Cluster {
     topics: Vec<TopicConfig>,
     /// The core.
     pub core: Node,
-    /// The edges, in the order given.
+    /// The edges, in the order given (and any added with [`Cluster::add`]).
     pub edges: Vec<Node>,
 }
 
@@ -109,6 +109,11 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Adds a started edge to the cluster.
+    pub fn add(&mut self, edge: Node) {
+        self.edges.push(edge);
+    }
+
     /// The edge called `n`.
     pub fn edge(&self, n: &str) -> &Node {
         self.edges
@@ -142,6 +147,11 @@ impl Cluster {
 
     /// Starts (or restarts, on its existing store) the edge `n`, dialing the core.
     pub async fn start_edge(&self, n: &str) -> Result<Node, Error> {
+        self.start_edge_via(n, self.core_addr()).await
+    }
+
+    /// Like [`Cluster::start_edge`], dialing the core at `addr` (a link emulator's).
+    pub async fn start_edge_via(&self, n: &str, addr: SocketAddr) -> Result<Node, Error> {
         let node = name(n);
         let store = open_store(&self.dir, &node, &self.topics).await?;
         let identity = self.ca.issue(&node, Role::Edge)?;
@@ -157,13 +167,7 @@ impl Cluster {
             core: false,
             settings: LinkSettings::default(),
         };
-        let task = tokio::spawn(link::dial(
-            local,
-            endpoint.clone(),
-            self.core_addr(),
-            name("hq"),
-            link,
-        ));
+        let task = tokio::spawn(link::dial(local, endpoint.clone(), addr, name("hq"), link));
         Ok(Node {
             name: node,
             store,

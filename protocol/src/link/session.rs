@@ -411,6 +411,8 @@ async fn receive_loop(
         }
     };
     let commit = async {
+        let mut unacknowledged: Vec<TopicName> = Vec::new();
+        let mut last_have = std::time::Instant::now();
         while let Some(first) = frames_rx.recv().await {
             let mut txn = Txn::new();
             let mut touched: Vec<TopicName> = Vec::new();
@@ -462,15 +464,26 @@ async fn receive_loop(
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),
             }
             for topic in touched {
-                let vector = wire_vector(&store.vector(&topic)?);
                 let count = stored.get(&topic).copied().unwrap_or(0);
                 link.topic(&topic, false, |t| {
                     t.entries += count;
                     t.up_to_date = Some(SystemTime::now());
                 });
-                if control.send(Frame::Have { topic, vector }).await.is_err() {
-                    return Err(LinkError::Protocol("control queue closed".into()));
+                if !unacknowledged.contains(&topic) {
+                    unacknowledged.push(topic);
                 }
+            }
+            // Acknowledge at once when the stream goes quiet, and at most every
+            // `have_every` while it streams: one `Have` per commit would cost a packet
+            // back per commit during a bulk transfer.
+            if frames_rx.is_empty() || last_have.elapsed() >= local.settings.have_every {
+                for topic in unacknowledged.drain(..) {
+                    let vector = wire_vector(&store.vector(&topic)?);
+                    if control.send(Frame::Have { topic, vector }).await.is_err() {
+                        return Err(LinkError::Protocol("control queue closed".into()));
+                    }
+                }
+                last_have = std::time::Instant::now();
             }
         }
         Err(LinkError::Protocol("entry stream ended".into()))

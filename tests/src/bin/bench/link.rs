@@ -230,3 +230,105 @@ pub(crate) async fn catch_up(quick: bool) -> crate::Lines {
         "quick": quick,
     })])
 }
+
+/// An asset's metadata as `ASSET_BROADCAST` carries it: NASA Image Library fields.
+fn asset_json(i: usize, rng: &mut Rng) -> Vec<u8> {
+    const CENTERS: [&str; 5] = ["JPL", "GSFC", "JSC", "KSC", "ARC"];
+    const WORDS: [&str; 8] = [
+        "Mars",
+        "rover",
+        "crater",
+        "Perseverance",
+        "sol",
+        "panorama",
+        "dust",
+        "ridge",
+    ];
+    let pick =
+        |rng: &mut Rng, list: &[&'static str]| list[rng.range(0, list.len() as u64 - 1) as usize];
+    let id = format!("PIA{:05}", 20_000 + i);
+    let keywords: Vec<&str> = (0..3).map(|_| pick(rng, &WORDS)).collect();
+    json!({
+        "asset_id": id,
+        "nasa_id": id,
+        "title": format!("{} {} {}", pick(rng, &WORDS), pick(rng, &WORDS), i),
+        "description": format!("Image {i} taken by the {} camera on sol {}.", pick(rng, &WORDS), rng.range(1, 4000)),
+        "date_created": format!("2026-{:02}-{:02}T{:02}:{:02}:00Z", rng.range(1, 12), rng.range(1, 28), rng.range(0, 23), rng.range(0, 59)),
+        "center": pick(rng, &CENTERS),
+        "media_type": "image",
+        "keywords": keywords,
+        "href": format!("https://images-assets.nasa.gov/image/{id}/{id}~orig.jpg"),
+        "bytes": rng.range(100_000, 9_000_000),
+        "sha256": format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64()),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// `wire`: bytes on the link per entry, counted at a relay (the link emulator, `lan`
+/// profile: no limits), handshake and acknowledgements included.
+pub(crate) async fn wire(quick: bool) -> crate::Lines {
+    let n = if quick { 5_000 } else { 20_000 };
+    let mut line =
+        json!({ "scenario": "wire", "entries": n, "payload_bytes": PAYLOAD, "quick": quick });
+    for kind in ["random", "json"] {
+        let mut cluster = Cluster::start_allowing(&[], &["alpha"], &[("bench", Scope::All)])
+            .await
+            .map_err(|e| e.to_string())?;
+        let relay = tests::link::Link::start(cluster.core_addr(), tests::link::Profile::lan())
+            .map_err(|e| e.to_string())?;
+        let edge = cluster
+            .start_edge_via("alpha", relay.addr())
+            .await
+            .map_err(|e| e.to_string())?;
+        cluster.add(edge);
+        let alpha = cluster.edge("alpha").store.clone();
+        let mut rng = Rng::new(11);
+        let mut json_bytes = 0;
+        let mut txn = Txn::new();
+        for i in 0..n {
+            let payload = match kind {
+                "random" => {
+                    let mut p = vec![0; PAYLOAD];
+                    rng.fill(&mut p);
+                    p
+                }
+                _ => asset_json(i, &mut rng),
+            };
+            json_bytes += payload.len();
+            txn.append(&topic("bench"), Append::new(payload));
+            if txn_len(i) {
+                alpha
+                    .commit(std::mem::take(&mut txn))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        alpha.commit(txn).await.map_err(|e| e.to_string())?;
+        wait_for_count(&cluster.core.store, &topic("bench"), n as u64, PATIENCE).await?;
+        // Let the last acknowledgements cross before counting.
+        let acked = cluster.edge("alpha").link("hq");
+        let mut watch = acked.watch();
+        let done = |s: &protocol::link::LinkStatus| {
+            s.topics
+                .iter()
+                .any(|t| t.out && t.backlog == 0 && t.up_to_date.is_some())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|s| done(s))).await;
+        let counters = relay.stop();
+        let per_entry = counters.wire_bytes() as f64 / n as f64;
+        eprintln!("wire {kind}: {per_entry:.1} bytes per entry on the wire");
+        line[format!("wire_bytes_per_entry_{kind}")] = json!(round2(per_entry));
+        if kind == "json" {
+            let json_per_entry = json_bytes as f64 / n as f64;
+            line["json_bytes_per_entry"] = json!(round2(json_per_entry));
+            line["json_wire_ratio"] = json!(round2(per_entry / json_per_entry));
+        }
+    }
+    Ok(vec![line])
+}
+
+/// Entries arrive in transactions of 10, as a busy producer would make them.
+fn txn_len(i: usize) -> bool {
+    i % 10 == 9
+}

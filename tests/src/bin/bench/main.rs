@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Some("replicate") => runtime.block_on(link::replicate(quick)),
         Some("latency") => runtime.block_on(link::latency(quick)),
         Some("catch-up") => runtime.block_on(link::catch_up(quick)),
+        Some("wire") => runtime.block_on(link::wire(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");
             usage();

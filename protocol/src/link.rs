@@ -30,7 +30,7 @@ pub use session::session;
 
 /// How a session behaves; `Default` suits both loopback and a radio link.
 #[derive(Debug, Clone)]
-pub struct LinkSettings {
+pub struct SessionSettings {
     /// Most entries read from the log for one batch.
     pub batch_entries: usize,
     /// Compressed bytes gathered before they are handed to QUIC.
@@ -50,9 +50,9 @@ pub struct LinkSettings {
     pub zstd_level: i32,
 }
 
-impl Default for LinkSettings {
+impl Default for SessionSettings {
     fn default() -> Self {
-        LinkSettings {
+        SessionSettings {
             batch_entries: 1024,
             batch_bytes: 256 << 10,
             max_in_flight: 65_536,
@@ -293,7 +293,7 @@ pub struct Local {
     /// Whether this node is the core.
     pub core: bool,
     /// Session settings.
-    pub settings: LinkSettings,
+    pub settings: SessionSettings,
 }
 
 /// Every peer's link on this node.
@@ -373,12 +373,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
-/// An edge's side: keeps a link to the core at `addr` (whose certificate names `core`)
-/// up, reconnecting after every loss, until the future is dropped.
+/// An edge's side: keeps a link to the core at `addr` (`host:port`, resolved at every
+/// attempt; its certificate must name `core`) up, reconnecting after every loss, until
+/// the future is dropped.
 pub async fn dial(
     local: Local,
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
+    addr: String,
     core: NodeName,
     link: Arc<PeerLink>,
 ) {
@@ -386,14 +387,21 @@ pub async fn dial(
     let mut jitter = Jitter::new();
     loop {
         let started = std::time::Instant::now();
-        // tls::connect logs a failure itself.
-        if let Ok(peer) = tls::connect(&endpoint, addr, &core).await {
-            link.replace(Some(peer.connection.clone()));
-            let err = session(&local, &peer.connection, &link, true).await;
-            link.replace_if(&peer.connection);
-            log_end(&core, &err);
-            if started.elapsed() >= STABLE {
-                backoff = MIN_BACKOFF;
+        match resolve(&addr).await {
+            // tls::connect logs a failure itself.
+            Ok(resolved) => {
+                if let Ok(peer) = tls::connect(&endpoint, resolved, &core).await {
+                    link.replace(Some(peer.connection.clone()));
+                    let err = session(&local, &peer.connection, &link, true).await;
+                    link.replace_if(&peer.connection);
+                    log_end(&core, &err);
+                    if started.elapsed() >= STABLE {
+                        backoff = MIN_BACKOFF;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(peer = %core, %addr, %err, "cannot resolve the core's address")
             }
         }
         let wait = jitter.spread(backoff);
@@ -401,6 +409,14 @@ pub async fn dial(
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The first address `host:port` resolves to.
+pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    let mut found = tokio::net::lookup_host(addr).await?;
+    found
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
 fn log_end(peer: &NodeName, err: &LinkError) {

@@ -22,15 +22,18 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, LogFormat, LogSettings};
 use crate::entry::{NameError, NodeName, TopicName};
+use crate::link::{self, Links, Local, SessionSettings};
 use crate::log::{OpenError, Store, WriteError};
-use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, Ca, NodeIdentity, TlsError};
+use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, NodeIdentity, TlsError};
 
 /// What a node is in the mission: the HQ node or a field node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +77,12 @@ pub enum NodeError {
     /// The store could not be flushed and closed at shutdown.
     #[error("cannot close the store: {0}")]
     Close(WriteError),
+    /// The QUIC endpoint could not be opened (for example, the listen address is taken).
+    #[error("cannot open the link endpoint: {0}")]
+    Endpoint(TlsError),
+    /// The link's accept or dial loop ended while the node ran (its endpoint closed).
+    #[error("the link stopped unexpectedly")]
+    LinkStopped,
 }
 
 /// Resolves when the process is asked to stop: the first SIGTERM or Ctrl-C that
@@ -130,7 +139,7 @@ async fn run_boxed(
 ) -> Result<(), NodeError> {
     // Loaded first, so that a missing or bad certificate stops the node at once. The link
     // (next) runs on it.
-    let _identity = load_identity(role, &config)?;
+    let identity = load_identity(role, &config)?;
     // Opening reads the catalog from disk on this thread: it happens once, before the
     // node does anything else, so blocking a worker for it is harmless.
     let store = Store::open(config.store_dir(), config.store_config())?;
@@ -141,36 +150,129 @@ async fn run_boxed(
             source,
         })?;
     }
+
+    // The link: the core listens for its edges, an edge dials the core.
+    let links = Links::default();
+    let local = Local {
+        store: store.clone(),
+        core: role == Role::Core,
+        settings: SessionSettings::default(),
+    };
+    let transport = Arc::new(tls::transport_config());
+    let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
+        match role {
+            Role::Core => {
+                let endpoint = tls::server_endpoint(config.link.listen, &identity, transport)
+                    .map_err(NodeError::Endpoint)?;
+                let serve = link::serve(
+                    local,
+                    endpoint.clone(),
+                    config.allowed_edges(),
+                    links.clone(),
+                );
+                (endpoint, Box::pin(serve))
+            }
+            Role::Edge => {
+                // Bind the address family of the core's address (IPv4 unless it is IPv6).
+                let v6 = link::resolve(&config.link.core)
+                    .await
+                    .is_ok_and(|a| a.is_ipv6());
+                let bind: std::net::SocketAddr = if v6 {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                let endpoint = tls::client_endpoint(bind, &identity, transport)
+                    .map_err(NodeError::Endpoint)?;
+                let link = links.link(&config.link.core_name);
+                let dial = link::dial(
+                    local,
+                    endpoint.clone(),
+                    config.link.core.clone(),
+                    config.link.core_name.clone(),
+                    link,
+                );
+                (endpoint, Box::pin(dial))
+            }
+        };
+    let address = endpoint
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     info!(
         node = %config.node.name,
         role = %role,
         data_dir = %config.node.data_dir.display(),
         certs_dir = %config.certs_dir().display(),
         topics = config.topics.len(),
+        link = %address,
         "node ready"
     );
 
     // The first tick completes at once: retention also runs at start, after a long stop.
-    let mut ticker = tokio::time::interval(config.store.retention_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut retention = tokio::time::interval(config.store.retention_interval);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    status.tick().await;
+    let mut link_loop = link_loop;
+    let stopped = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
-            _ = ticker.tick() => match store.enforce_retention().await {
+            () = &mut shutdown => break Ok(()),
+            () = &mut link_loop => break Err(NodeError::LinkStopped),
+            _ = retention.tick() => match store.enforce_retention().await {
                 // The store logs what retention removed and any gap it recorded.
                 Ok(_) => {}
                 Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
-                    return Err(NodeError::Store(e));
+                    break Err(NodeError::Store(e));
                 }
                 Err(err) => error!(%err, "retention failed"),
             },
+            _ = status.tick() => log_links(&links),
         }
-    }
+    };
 
+    // Stop the links: sessions end, the peers are told why, then the store closes.
+    drop(link_loop);
+    endpoint.close(CloseCode::Shutdown.code(), b"the node is stopping");
+    if tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("peers did not acknowledge the close in time");
+    }
+    stopped?;
     store.close().await.map_err(NodeError::Close)?;
     info!(node = %config.node.name, "node stopped");
     Ok(())
+}
+
+/// How often each link's status is logged (it is also logged when a link goes up or down).
+const STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a stopping node waits for its peers to acknowledge the close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Logs one line per link: up or down, round trip, entries each way, backlog.
+fn log_links(links: &Links) {
+    for s in links.status() {
+        let sent: u64 = s.topics.iter().filter(|t| t.out).map(|t| t.entries).sum();
+        let received: u64 = s.topics.iter().filter(|t| !t.out).map(|t| t.entries).sum();
+        let backlog: u64 = s.topics.iter().filter(|t| t.out).map(|t| t.backlog).sum();
+        let rtt_ms = s.rtt.map(|r| r.as_secs_f64() * 1e3);
+        info!(
+            peer = %s.peer,
+            connected = s.connected,
+            paused = s.paused_here || s.paused_by_peer,
+            rtt_ms,
+            sent,
+            received,
+            backlog,
+            bytes_out = s.bytes_out,
+            bytes_in = s.bytes_in,
+            "link status"
+        );
+    }
 }
 
 /// Loads the node's TLS identity from `link.certs_dir`; with `link.demo_certs`, first

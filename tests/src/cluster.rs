@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::entry::{NodeName, Offset, Retention, Scope, TopicConfig, TopicName};
-use protocol::link::{self, LinkSettings, Links, Local, PeerLink};
+use protocol::link::{self, Links, Local, PeerLink, SessionSettings};
 use protocol::log::{Store, StoreConfig};
 use protocol::node::Role;
 use protocol::tls::{self, Allowed, Ca, NodeIdentity};
@@ -165,9 +165,15 @@ impl Cluster {
         let local = Local {
             store: store.clone(),
             core: false,
-            settings: LinkSettings::default(),
+            settings: SessionSettings::default(),
         };
-        let task = tokio::spawn(link::dial(local, endpoint.clone(), addr, name("hq"), link));
+        let task = tokio::spawn(link::dial(
+            local,
+            endpoint.clone(),
+            addr.to_string(),
+            name("hq"),
+            link,
+        ));
         Ok(Node {
             name: node,
             store,
@@ -213,7 +219,7 @@ async fn start_core(
     let local = Local {
         store: store.clone(),
         core: true,
-        settings: LinkSettings::default(),
+        settings: SessionSettings::default(),
     };
     let task = tokio::spawn(link::serve(local, endpoint.clone(), allowed, links.clone()));
     Ok(Node {

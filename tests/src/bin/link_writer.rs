@@ -1,0 +1,125 @@
+//! The kill test's child: a node (store and link, as `core-node` and `edge-node` run
+//! them) that appends to an `all` topic in a loop until it is killed.
+//!
+//! Usage: `link-writer <core|edge> <data-dir> <certs-dir> <address>`. The core listens on
+//! the address (port 0 picks one) and prints `listening <address>` first; the edge dials
+//! it. Each acknowledged (durable) append prints `ack <seq> <token>`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use protocol::entry::{Append, Retention, Scope, TopicConfig};
+use protocol::link::{self, Links, Local, SessionSettings};
+use protocol::log::{Store, StoreConfig};
+use protocol::node::Role;
+use protocol::tls::{self, Allowed, NodeIdentity};
+use tests::cluster::{name, topic};
+
+const PRODUCERS: usize = 4;
+
+/// The topic the kill test replicates.
+const TOPIC: &str = "kill.b";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [role, data, certs, address] = args.as_slice() else {
+        eprintln!("usage: link-writer <core|edge> <data-dir> <certs-dir> <address>");
+        return ExitCode::from(2);
+    };
+    let role = match role.as_str() {
+        "core" => Role::Core,
+        "edge" => Role::Edge,
+        other => {
+            eprintln!("error: unknown role {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tests::runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(role, data.into(), certs.into(), address)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    role: Role,
+    data: PathBuf,
+    certs: PathBuf,
+    address: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let node = name(if role == Role::Core { "hq" } else { "alpha" });
+    let store = Store::open(&data, StoreConfig::new(node.clone()))?;
+    let config = TopicConfig {
+        name: topic(TOPIC),
+        scope: Scope::All,
+        retention: Retention::default(),
+    };
+    store.create_topic(config).await?;
+    let identity = NodeIdentity::load(&certs, &node, role)?;
+    let transport = Arc::new(tls::transport_config());
+    // Cursors are stored every 10 ms instead of every second, so that kills land between
+    // stores, sends and acknowledgements in every combination.
+    let settings = SessionSettings {
+        persist_every: std::time::Duration::from_millis(10),
+        ..SessionSettings::default()
+    };
+    let local = Local {
+        store: store.clone(),
+        core: role == Role::Core,
+        settings,
+    };
+    let links = Links::default();
+    let mut tasks = tokio::task::JoinSet::<Result<(), String>>::new();
+    match role {
+        Role::Core => {
+            let endpoint = tls::server_endpoint(address.parse()?, &identity, transport)?;
+            println!("listening {}", endpoint.local_addr()?);
+            tasks.spawn(async move {
+                link::serve(local, endpoint, Allowed::List(vec![name("alpha")]), links).await;
+                Ok(())
+            });
+        }
+        Role::Edge => {
+            let endpoint = tls::client_endpoint(([127, 0, 0, 1], 0).into(), &identity, transport)?;
+            let link = links.link(&name("hq"));
+            let address = address.to_owned();
+            tasks.spawn(async move {
+                link::dial(local, endpoint, address, name("hq"), link).await;
+                Ok(())
+            });
+        }
+    }
+    let pid = std::process::id();
+    for p in 0..PRODUCERS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in 0u64.. {
+                let token = format!("{}-{pid}-{p}-{i}", store.node());
+                let done = store
+                    .append(&topic(TOPIC), Append::new(token.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Written only after the append is acknowledged (durable).
+                writeln!(std::io::stdout().lock(), "ack {} {token}", done.seq)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+    }
+    match tasks.join_next().await {
+        Some(Ok(result)) => result.map_err(Into::into),
+        Some(Err(e)) => Err(e.into()),
+        None => Ok(()),
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -201,7 +201,7 @@ async fn killed_nodes_restart_and_converge_without_losing_acknowledged_entries()
 }
 
 /// Opens both stores and links them; returns once their vectors agree.
-async fn link_again(dir: &TempDir, certs: &PathBuf) -> (Store, Store) {
+async fn link_again(dir: &TempDir, certs: &Path) -> (Store, Store) {
     let open = |n: &str| Store::open(dir.path().join(n), StoreConfig::new(name(n))).unwrap();
     let (hq, alpha) = (open("hq"), open("alpha"));
     let transport = Arc::new(tls::transport_config());

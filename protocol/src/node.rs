@@ -373,6 +373,18 @@ where
             );
             return ExitCode::from(2);
         }
+        Action::Entries(path, command) => {
+            return match Config::load(role, path.as_deref()) {
+                Ok(config) => match entries(&config, command) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => fail(&e),
+            };
+        }
         Action::Certs(path, command) => {
             return match Config::load(role, path.as_deref()) {
                 Ok(config) => match certs(&config, command) {
@@ -422,8 +434,19 @@ enum Action {
     PrintConfig(Option<PathBuf>),
     /// A `certs` command, with the config file if one was given.
     Certs(Option<PathBuf>, CertsCommand),
+    /// `append <topic> <text>` or `read <topic>` on the stopped node's store.
+    Entries(Option<PathBuf>, EntriesCommand),
     Help,
     Version,
+}
+
+/// `append` and `read`: the node's store, opened while the node is stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum EntriesCommand {
+    /// Appends one entry with this text as payload; it is sent when the node runs.
+    Append { topic: String, text: String },
+    /// Prints a topic's entries.
+    Read { topic: String },
 }
 
 /// `core-node certs ...`.
@@ -510,6 +533,25 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
         }
     }
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let entries = match words.as_slice() {
+        ["append", topic, text] => Some(EntriesCommand::Append {
+            topic: (*topic).to_owned(),
+            text: (*text).to_owned(),
+        }),
+        ["read", topic] => Some(EntriesCommand::Read {
+            topic: (*topic).to_owned(),
+        }),
+        ["append" | "read", ..] => {
+            return Err("usage: append <topic> <text> | read <topic>".to_owned());
+        }
+        _ => None,
+    };
+    if let Some(command) = entries {
+        if print || dir.is_some() || out.is_some() {
+            return Err("append and read take only --config".to_owned());
+        }
+        return Ok(Action::Entries(config, command));
+    }
     let Some((&"certs", command)) = words.split_first() else {
         if let Some(word) = words.first() {
             return Err(format!("unexpected argument {word:?}"));
@@ -539,6 +581,56 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
         [word, ..] => return Err(format!("unexpected argument {word:?}")),
     };
     Ok(Action::Certs(config, command))
+}
+
+/// Runs `append` or `read` on the node's store (the node must be stopped: the store is
+/// locked while it runs). An append is durable when this returns, and crosses the link
+/// when the node runs again: store and forward, by hand.
+fn entries(config: &Config, command: EntriesCommand) -> Result<(), String> {
+    let store = Store::open(config.store_dir(), config.store_config()).map_err(|e| match e {
+        OpenError::Locked { .. } => format!("{e}: stop the node first"),
+        other => other.to_string(),
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        match command {
+            EntriesCommand::Append { topic, text } => {
+                let topic = TopicName::new(topic).map_err(|e| e.to_string())?;
+                let done = store
+                    .append(&topic, crate::entry::Append::new(text))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "appended to {topic} at offset {} (sequence {} of {})",
+                    done.offset,
+                    done.seq,
+                    store.node()
+                );
+            }
+            EntriesCommand::Read { topic } => {
+                let topic = TopicName::new(topic).map_err(|e| e.to_string())?;
+                for r in store
+                    .read(&topic, crate::entry::Offset(0), usize::MAX)
+                    .map_err(|e| e.to_string())?
+                {
+                    let e = &r.entry;
+                    let to =
+                        e.to.as_ref()
+                            .map(|t| format!(" to {t}"))
+                            .unwrap_or_default();
+                    let text = String::from_utf8_lossy(&e.payload);
+                    println!(
+                        "{} {}:{} at {} ms{to}: {text}",
+                        r.offset, e.id.origin, e.id.seq, e.timestamp.0
+                    );
+                }
+            }
+        }
+        store.close().await.map_err(|e| e.to_string())
+    })
 }
 
 /// Runs a `certs` command with the CA in `--dir` (default: `link.certs_dir`); returns
@@ -632,8 +724,9 @@ fn list(files: &[PathBuf]) -> String {
 
 fn usage(role: Role) -> String {
     let bin = role.binary();
-    let mut usage =
-        format!("Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n");
+    let mut usage = format!(
+        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n"
+    );
     if role == Role::Core {
         usage.push_str(&format!(
             "       {bin} certs init [--dir <dir>] [--config <path>]\n       \
@@ -657,6 +750,10 @@ Options:
       --print-config   print the default config, or with --config the config as loaded
   -h, --help           print this help
       --version        print the version
+
+Entries (with the node stopped: its store is locked while it runs):
+  append <topic> <text>  append an entry; it crosses the link when the node runs again
+  read <topic>           print a topic's entries: offset, origin:sequence, time, payload
 {certs}
 Environment:
   TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo

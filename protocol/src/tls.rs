@@ -376,7 +376,12 @@ const ACK_ELICITING_THRESHOLD: u32 = 7;
 /// now; BBR copes better with loss that is not congestion (radio) and is worth measuring
 /// with the link emulator once replication runs over it.
 fn congestion_controller() -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
-    Arc::new(quinn::congestion::CubicConfig::default())
+    // TEMPORARY (measuring): to be removed before commit.
+    match std::env::var("TETHER_CC").as_deref() {
+        Ok("bbr") => Arc::new(quinn::congestion::BbrConfig::default()),
+        Ok("newreno") => Arc::new(quinn::congestion::NewRenoConfig::default()),
+        _ => Arc::new(quinn::congestion::CubicConfig::default()),
+    }
 }
 
 /// The TLS provider: ring, for every config here.

@@ -152,14 +152,24 @@ impl Cluster {
 
     /// Like [`Cluster::start_edge`], dialing the core at `addr` (a link emulator's).
     pub async fn start_edge_via(&self, n: &str, addr: SocketAddr) -> Result<Node, Error> {
+        self.start_edge_tuned(n, addr, tls::transport_config())
+            .await
+    }
+
+    /// Like [`Cluster::start_edge_via`], with the edge's QUIC settings given instead of
+    /// [`tls::transport_config`]'s. The idle timeout applies to both sides (QUIC uses the
+    /// smaller of the two), so a test can shorten it here alone.
+    pub async fn start_edge_tuned(
+        &self,
+        n: &str,
+        addr: SocketAddr,
+        transport: quinn::TransportConfig,
+    ) -> Result<Node, Error> {
         let node = name(n);
         let store = open_store(&self.dir, &node, &self.topics).await?;
         let identity = self.ca.issue(&node, Role::Edge)?;
-        let endpoint = tls::client_endpoint(
-            ([127, 0, 0, 1], 0).into(),
-            &identity,
-            Arc::new(tls::transport_config()),
-        )?;
+        let endpoint =
+            tls::client_endpoint(([127, 0, 0, 1], 0).into(), &identity, Arc::new(transport))?;
         let links = Links::default();
         let link = links.link(&name("hq"));
         let local = Local {
@@ -186,6 +196,11 @@ impl Cluster {
     /// Replaces edge `n` by a restarted one on the same store (after [`Node::cut`] or a
     /// drop of the old one, whose store must be closed first).
     pub async fn restart_edge(&mut self, n: &str) -> Result<(), Error> {
+        self.restart_edge_via(n, self.core_addr()).await
+    }
+
+    /// Like [`Cluster::restart_edge`], dialing the core at `addr` (a link emulator's).
+    pub async fn restart_edge_via(&mut self, n: &str, addr: SocketAddr) -> Result<(), Error> {
         let i = self
             .edges
             .iter()
@@ -195,7 +210,7 @@ impl Cluster {
         old.cut();
         old.store.close().await?;
         drop(old);
-        let node = self.start_edge(n).await?;
+        let node = self.start_edge_via(n, addr).await?;
         self.edges.insert(i, node);
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! (see `shared/BENCHMARKS.md`); progress for people goes to stderr. Every scenario runs
 //! on real components: the real sled store on disk, real sockets on 127.0.0.1.
 
+mod impaired;
 mod link;
 mod store;
 
@@ -24,7 +25,21 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "catch-up",
-        "50,000 entries appended while the link is down, then up",
+        "50,000 entries appended while the link is down, then up; then the same through \
+         the satcom and tactical profiles (and hf), each direction",
+    ),
+    (
+        "wire",
+        "bytes on the link per entry, random and JSON payloads",
+    ),
+    (
+        "idle",
+        "bytes per minute on an idle link, on lan and tactical (3 minutes)",
+    ),
+    (
+        "first-entry",
+        "tactical down 60 s while the edge appends 10,000 entries; then one new entry \
+         each way",
     ),
 ];
 
@@ -63,7 +78,12 @@ fn main() -> ExitCode {
             .map(|line| vec![line]),
         Some("replicate") => runtime.block_on(link::replicate(quick)),
         Some("latency") => runtime.block_on(link::latency(quick)),
-        Some("catch-up") => runtime.block_on(link::catch_up(quick)),
+        Some("catch-up") => runtime.block_on(async {
+            let lan = link::catch_up(quick).await?;
+            impaired::catch_up_profiles(quick, lan).await
+        }),
+        Some("idle") => runtime.block_on(impaired::idle(quick)),
+        Some("first-entry") => runtime.block_on(impaired::first_entry(quick)),
         Some("wire") => runtime.block_on(link::wire(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");

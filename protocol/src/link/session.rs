@@ -64,6 +64,9 @@ async fn run(
     } else {
         conn.accept_bi().await?
     };
+    // Traffic classes: quinn sends the stream with the highest priority first, so an
+    // acknowledgement or a pause never waits behind a batch of entries.
+    let _ = control_send.set_priority(PRIORITY_CONTROL);
 
     // Hello, both ways.
     let topics: Vec<(TopicName, Scope)> = store
@@ -176,6 +179,11 @@ async fn run(
         e = conn.closed() => Err(LinkError::Connection(e)),
     }
 }
+
+/// Stream priorities (higher goes first): control, then entries; mirror transfers will
+/// come last, below entries.
+const PRIORITY_CONTROL: i32 = 1;
+const PRIORITY_ENTRIES: i32 = 0;
 
 /// Session state the loops share.
 struct Shared {
@@ -298,6 +306,7 @@ async fn send_loop(
     let settings = &local.settings;
     let store = &local.store;
     let mut send = conn.open_uni().await?;
+    let _ = send.set_priority(PRIORITY_ENTRIES);
     let mut deflate =
         Deflate::new(settings.zstd_level).map_err(|e| LinkError::Store(e.to_string()))?;
     let mut changes = store.changes();

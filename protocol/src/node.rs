@@ -123,128 +123,176 @@ impl Future for Shutdown {
     }
 }
 
-/// Runs a node of `role` until `shutdown` resolves, then closes its store.
+/// Runs a node of `role` until `shutdown` resolves, then closes its links and store.
 pub async fn run(
     role: Role,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
-    run_boxed(role, config, Box::pin(shutdown)).await
+    Node::start(role, config).await?.serve(shutdown).await
 }
 
-async fn run_boxed(
-    role: Role,
+/// A started node: its store and links are up; [`Node::serve`] runs it until shutdown.
+/// The demo and tests hold on to [`Node::store`] and [`Node::links`].
+pub struct Node {
     config: Config,
-    mut shutdown: Pin<Box<dyn Future<Output = ()> + Send + '_>>,
-) -> Result<(), NodeError> {
-    // Loaded first, so that a missing or bad certificate stops the node at once. The link
-    // (next) runs on it.
-    let identity = load_identity(role, &config)?;
-    // Opening reads the catalog from disk on this thread: it happens once, before the
-    // node does anything else, so blocking a worker for it is harmless.
-    let store = Store::open(config.store_dir(), config.store_config())?;
-    for topic in &config.topics {
-        let created = store.create_topic(topic.clone()).await;
-        created.map_err(|source| NodeError::CreateTopic {
-            topic: topic.name.clone(),
-            source,
-        })?;
+    store: Store,
+    links: Links,
+    endpoint: quinn::Endpoint,
+    link_loop: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("node", &self.config.node.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Loads the identity, opens the store, creates the configured topics and opens the
+    /// link endpoint (the core listens, an edge dials). Every startup error surfaces here.
+    pub async fn start(role: Role, config: Config) -> Result<Node, NodeError> {
+        // Loaded first, so that a missing or bad certificate stops the node at once.
+        let identity = load_identity(role, &config)?;
+        // Opening reads the catalog from disk on this thread: it happens once, before the
+        // node does anything else, so blocking a worker for it is harmless.
+        let store = Store::open(config.store_dir(), config.store_config())?;
+        for topic in &config.topics {
+            let created = store.create_topic(topic.clone()).await;
+            created.map_err(|source| NodeError::CreateTopic {
+                topic: topic.name.clone(),
+                source,
+            })?;
+        }
+
+        let links = Links::default();
+        let local = Local {
+            store: store.clone(),
+            core: role == Role::Core,
+            settings: SessionSettings::default(),
+        };
+        let transport = Arc::new(tls::transport_config());
+        let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
+            match role {
+                Role::Core => {
+                    let endpoint = tls::server_endpoint(config.link.listen, &identity, transport)
+                        .map_err(NodeError::Endpoint)?;
+                    let serve = link::serve(
+                        local,
+                        endpoint.clone(),
+                        config.allowed_edges(),
+                        links.clone(),
+                    );
+                    (endpoint, Box::pin(serve))
+                }
+                Role::Edge => {
+                    // Bind the address family of the core's address (IPv4 unless it is IPv6).
+                    let v6 = link::resolve(&config.link.core)
+                        .await
+                        .is_ok_and(|a| a.is_ipv6());
+                    let bind: std::net::SocketAddr = if v6 {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    } else {
+                        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                    };
+                    let endpoint = tls::client_endpoint(bind, &identity, transport)
+                        .map_err(NodeError::Endpoint)?;
+                    let link = links.link(&config.link.core_name);
+                    let (core, name) = (config.link.core.clone(), config.link.core_name.clone());
+                    (
+                        endpoint.clone(),
+                        Box::pin(link::dial(local, endpoint, core, name, link)),
+                    )
+                }
+            };
+        let address = endpoint
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        info!(
+            node = %config.node.name,
+            role = %role,
+            data_dir = %config.node.data_dir.display(),
+            certs_dir = %config.certs_dir().display(),
+            topics = config.topics.len(),
+            link = %address,
+            "node ready"
+        );
+        Ok(Node {
+            config,
+            store,
+            links,
+            endpoint,
+            link_loop,
+        })
     }
 
-    // The link: the core listens for its edges, an edge dials the core.
-    let links = Links::default();
-    let local = Local {
-        store: store.clone(),
-        core: role == Role::Core,
-        settings: SessionSettings::default(),
-    };
-    let transport = Arc::new(tls::transport_config());
-    let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
-        match role {
-            Role::Core => {
-                let endpoint = tls::server_endpoint(config.link.listen, &identity, transport)
-                    .map_err(NodeError::Endpoint)?;
-                let serve = link::serve(
-                    local,
-                    endpoint.clone(),
-                    config.allowed_edges(),
-                    links.clone(),
-                );
-                (endpoint, Box::pin(serve))
-            }
-            Role::Edge => {
-                // Bind the address family of the core's address (IPv4 unless it is IPv6).
-                let v6 = link::resolve(&config.link.core)
-                    .await
-                    .is_ok_and(|a| a.is_ipv6());
-                let bind: std::net::SocketAddr = if v6 {
-                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-                };
-                let endpoint = tls::client_endpoint(bind, &identity, transport)
-                    .map_err(NodeError::Endpoint)?;
-                let link = links.link(&config.link.core_name);
-                let dial = link::dial(
-                    local,
-                    endpoint.clone(),
-                    config.link.core.clone(),
-                    config.link.core_name.clone(),
-                    link,
-                );
-                (endpoint, Box::pin(dial))
+    /// The node's store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's links.
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// The UDP address of the node's link endpoint (the core's listening address).
+    pub fn link_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Runs the node (links, retention, status logs) until `shutdown` resolves; then
+    /// closes its links (peers are told why) and its store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
+        let Node {
+            config,
+            store,
+            links,
+            endpoint,
+            mut link_loop,
+        } = self;
+        tokio::pin!(shutdown);
+        // The first tick completes at once: retention also runs at start, after a long stop.
+        let mut retention = tokio::time::interval(config.store.retention_interval);
+        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status = tokio::time::interval(STATUS_EVERY);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status.tick().await;
+        let stopped = loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                () = &mut link_loop => break Err(NodeError::LinkStopped),
+                _ = retention.tick() => match store.enforce_retention().await {
+                    // The store logs what retention removed and any gap it recorded.
+                    Ok(_) => {}
+                    Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
+                        break Err(NodeError::Store(e));
+                    }
+                    Err(err) => error!(%err, "retention failed"),
+                },
+                _ = status.tick() => log_links(&links),
             }
         };
-    let address = endpoint
-        .local_addr()
-        .map_or_else(|e| e.to_string(), |a| a.to_string());
-    info!(
-        node = %config.node.name,
-        role = %role,
-        data_dir = %config.node.data_dir.display(),
-        certs_dir = %config.certs_dir().display(),
-        topics = config.topics.len(),
-        link = %address,
-        "node ready"
-    );
 
-    // The first tick completes at once: retention also runs at start, after a long stop.
-    let mut retention = tokio::time::interval(config.store.retention_interval);
-    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut status = tokio::time::interval(STATUS_EVERY);
-    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    status.tick().await;
-    let mut link_loop = link_loop;
-    let stopped = loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break Ok(()),
-            () = &mut link_loop => break Err(NodeError::LinkStopped),
-            _ = retention.tick() => match store.enforce_retention().await {
-                // The store logs what retention removed and any gap it recorded.
-                Ok(_) => {}
-                Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
-                    break Err(NodeError::Store(e));
-                }
-                Err(err) => error!(%err, "retention failed"),
-            },
-            _ = status.tick() => log_links(&links),
+        // Stop the links: sessions end, the peers are told why, then the store closes.
+        drop(link_loop);
+        endpoint.close(CloseCode::Shutdown.code(), b"the node is stopping");
+        if tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            // QUIC keeps a closed connection draining for three probe timeouts, which
+            // on a satellite link is longer than this grace: the peers were told anyway.
+            info!("links still draining after {CLOSE_GRACE:?}; stopping anyway");
         }
-    };
-
-    // Stop the links: sessions end, the peers are told why, then the store closes.
-    drop(link_loop);
-    endpoint.close(CloseCode::Shutdown.code(), b"the node is stopping");
-    if tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle())
-        .await
-        .is_err()
-    {
-        warn!("peers did not acknowledge the close in time");
+        stopped?;
+        store.close().await.map_err(NodeError::Close)?;
+        info!(node = %config.node.name, "node stopped");
+        Ok(())
     }
-    stopped?;
-    store.close().await.map_err(NodeError::Close)?;
-    info!(node = %config.node.name, "node stopped");
-    Ok(())
 }
 
 /// How often each link's status is logged (it is also logged when a link goes up or down).
@@ -807,7 +855,7 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// Installs the process's subscriber: text or JSON on stderr, filtered by `RUST_LOG` if
 /// set, else by the config's filter.
-fn init_tracing(log: &LogSettings) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub fn init_tracing(log: &LogSettings) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use tracing_subscriber::EnvFilter;
 
     let directives = match std::env::var("RUST_LOG") {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 mod crash;
+mod impaired;
 mod kill;
 mod link;
 mod nodes;

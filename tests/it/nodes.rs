@@ -137,10 +137,14 @@ impl Node {
 fn write_config(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join("node.toml");
     let data = dir.join("data");
-    let text = format!(
+    let mut text = format!(
         "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n",
         data.display()
     );
+    // Port 0: no clash with another test, or with a node a developer runs.
+    if name == "hq" {
+        text.push_str("[link]\nlisten = \"127.0.0.1:0\"\n");
+    }
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -232,4 +236,60 @@ fn a_bad_config_names_the_file_and_the_key() {
         err.contains("TETHER_NODE__NAME") && err.contains("invalid node name"),
         "{err}"
     );
+}
+
+#[test]
+fn the_demo_shows_store_and_forward_across_an_outage() {
+    use std::io::Write;
+    let dir = TempDir::new("demo").unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--profile", "lte", "--data"])
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |text: &str| loop {
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no {text:?} in:\n{}", seen.join("\n")));
+        let found = line.contains(text);
+        seen.push(line);
+        if found {
+            break;
+        }
+    };
+    let mut input = demo.stdin.take().unwrap();
+    let mut say = |line: &str| writeln!(input, "{line}").unwrap();
+
+    wait_for("demo: HQ listens");
+    say("hq hello field");
+    wait_for("alpha received ASSET_BROADCAST hq:1 \"hello field\"");
+    // The link goes down: the edge's request waits at the edge, then crosses.
+    say("down");
+    wait_for("link down");
+    say("alpha sent while down");
+    wait_for("alpha appended to ASSET_REQUEST");
+    say("up");
+    wait_for("hq received ASSET_REQUEST alpha:1 \"sent while down\"");
+    say("quit");
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || drop(done_tx.send(demo.wait())));
+    let status = done_rx
+        .recv_timeout(PATIENCE)
+        .expect("the demo stops")
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::entry::{NodeName, Offset, Retention, Scope, TopicConfig, TopicName};
-use protocol::link::{self, Links, Local, PeerLink, SessionSettings};
+use protocol::link::{self, LinkStatus, Links, Local, PeerLink, SessionSettings};
 use protocol::log::{Store, StoreConfig};
 use protocol::node::Role;
 use protocol::tls::{self, Allowed, Ca, NodeIdentity};
 
 use crate::TempDir;
+use crate::link::{Link, Profile};
 
 /// What can go wrong starting a cluster (all of it is a test failure).
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -112,6 +113,20 @@ impl Cluster {
     /// Adds a started edge to the cluster.
     pub fn add(&mut self, edge: Node) {
         self.edges.push(edge);
+    }
+
+    /// Starts a core `hq` holding `topics` and one edge `n` that dials it through a link
+    /// emulator imposing `profile`; does not wait for the link to come up.
+    pub async fn start_through(
+        n: &str,
+        profile: Profile,
+        topics: &[(&str, Scope)],
+    ) -> Result<(Cluster, Link), Error> {
+        let mut cluster = Cluster::start_allowing(&[], &[n], topics).await?;
+        let relay = Link::start(cluster.core_addr(), profile)?;
+        let edge = cluster.start_edge_via(n, relay.addr()).await?;
+        cluster.add(edge);
+        Ok((cluster, relay))
     }
 
     /// The edge called `n`.
@@ -286,6 +301,25 @@ pub async fn wait_for_count(
                 store.node()
             ));
         }
+    }
+}
+
+/// Waits (on the link's status watch, not by polling) until `check` holds for the status
+/// of `link`, and returns that status; fails after `within`, saying `what` was awaited.
+pub async fn wait_link(
+    link: &PeerLink,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&LinkStatus) -> bool,
+) -> Result<LinkStatus, String> {
+    let mut watch = link.watch();
+    match tokio::time::timeout(within, watch.wait_for(|s| check(s))).await {
+        Ok(Ok(status)) => Ok(status.clone()),
+        _ => Err(format!(
+            "the link to {} was not {what} after {within:?}: {:?}",
+            link.peer(),
+            link.status()
+        )),
     }
 }
 

@@ -228,10 +228,10 @@ async fn catch_up_one(
     let bulk = topic(BULK);
     eprintln!("catch-up {name} {dir}: {n} entries of {PAYLOAD} bytes while the edge is away");
     let origin = match dir {
-        "e2c" => pair.edge().store.clone(),
-        _ => pair.core().store.clone(),
+        "e2c" => &pair.edge().store,
+        _ => &pair.core().store,
     };
-    fill(&origin, &bulk, n, 5).await?;
+    fill(origin, &bulk, n, 5).await?;
 
     let before = pair.relay.counters();
     let started = Instant::now();
@@ -363,6 +363,11 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
     let pair = Pair::start(profile).await?;
     let (bulk, urgent) = (topic(BULK), topic(URGENT));
     let (edge, core) = (pair.edge().store.clone(), pair.core().store.clone());
+    // Each side hears where the other stands (`Have`) before the outage, on both topics.
+    for t in [&bulk, &urgent] {
+        one_across(&edge, &core, t, 1, PATIENCE).await?;
+        one_across(&core, &edge, t, 2, PATIENCE).await?;
+    }
     let link = pair.edge().link("hq");
     let since = link.status().since;
 
@@ -373,10 +378,9 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
     tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     pair.relay.up();
     let before = pair.relay.counters();
-    let up = Instant::now();
-    let other_side = one_across(&core, &edge, &bulk, n as u64 + 1, PATIENCE);
+    let other_side = one_across(&core, &edge, &bulk, n as u64 + 3, PATIENCE);
     let same_side = async {
-        match one_across(&edge, &core, &urgent, 1, same_side_patience).await {
+        match one_across(&edge, &core, &urgent, 3, same_side_patience).await {
             Ok(d) => Some(d),
             Err(e) => {
                 eprintln!("first-entry: same side: {e}");
@@ -386,7 +390,7 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
     };
     let (other_side, same_side) = tokio::join!(other_side, same_side);
     let other_side = other_side?;
-    let backlog_in = held(&core, &bulk);
+    let backlog_in = held(&core, &bulk) - 3;
     let after = pair.relay.counters();
     let status = link.status();
     let reconnected = status.since != since;
@@ -398,7 +402,6 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
         other_side.as_secs_f64() / round_trip.as_secs_f64(),
         same_side.map_or("none".to_owned(), |d| format!("{:.0} ms", ms(d))),
     );
-    let _ = up;
     Ok(vec![json!({
         "scenario": "first-entry",
         "profile": "tactical",

@@ -314,3 +314,23 @@ async fn misbehaving_peers_are_refused_with_a_reason_and_the_core_serves_on() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_closed_after_the_hello_timeout() {
+    // A valid, allowed edge that connects and says nothing: its session must end.
+    let cluster = Cluster::start_allowing(&[], &["mallory"], &[("broadcast", Scope::All)])
+        .await
+        .unwrap();
+    let endpoint = Cluster::endpoint_for(cluster.ca(), "mallory").unwrap();
+    let peer = protocol::tls::connect(&endpoint, cluster.core_addr(), &name("hq"))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(90), peer.connection.closed())
+        .await
+        .expect("closed by the core");
+    let why = protocol::tls::explain(&closed);
+    assert!(
+        why.contains("(protocol)") && why.contains("no hello"),
+        "{why}"
+    );
+}

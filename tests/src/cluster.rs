@@ -190,7 +190,7 @@ impl Cluster {
         let local = Local {
             store: store.clone(),
             core: false,
-            settings: SessionSettings::default(),
+            settings: settings(),
         };
         let task = tokio::spawn(link::dial(
             local,
@@ -249,7 +249,7 @@ async fn start_core(
     let local = Local {
         store: store.clone(),
         core: true,
-        settings: SessionSettings::default(),
+        settings: settings(),
     };
     let task = tokio::spawn(link::serve(local, endpoint.clone(), allowed, links.clone()));
     Ok(Node {
@@ -259,6 +259,15 @@ async fn start_core(
         endpoint,
         task,
     })
+}
+
+/// Session settings for clusters on loopback: a short hello timeout, so that tests of a
+/// silent peer do not wait a minute.
+fn settings() -> SessionSettings {
+    SessionSettings {
+        hello_timeout: Duration::from_secs(3),
+        ..SessionSettings::default()
+    }
 }
 
 async fn open_store(

@@ -59,11 +59,16 @@ async fn run(
 ) -> Result<Never, LinkError> {
     let peer = link.peer().clone();
     let store = &local.store;
-    let (mut control_send, mut control_recv) = if dialer {
-        conn.open_bi().await?
+    // The hello timeout covers the control stream's opening too: an authenticated peer
+    // that never opens it must not hold a session open.
+    let timeout = local.settings.hello_timeout;
+    let opened = if dialer {
+        tokio::time::timeout(timeout, conn.open_bi()).await
     } else {
-        conn.accept_bi().await?
+        tokio::time::timeout(timeout, conn.accept_bi()).await
     };
+    let (mut control_send, mut control_recv) =
+        opened.map_err(|_| LinkError::Timeout(timeout))??;
     // Traffic classes: quinn sends the stream with the highest priority first, so an
     // acknowledgement or a pause never waits behind a batch of entries.
     let _ = control_send.set_priority(PRIORITY_CONTROL);
@@ -85,7 +90,6 @@ async fn run(
     wire::encode(&Frame::Hello(hello), &mut bytes);
     control_send.write_all(&bytes).await.map_err(closed)?;
     let mut control = FrameReader::default();
-    let timeout = local.settings.hello_timeout;
     let theirs =
         match tokio::time::timeout(timeout, read_frame(&mut control_recv, &mut control)).await {
             Err(_) => return Err(LinkError::Timeout(timeout)),

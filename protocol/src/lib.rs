@@ -2,8 +2,8 @@
 //!
 //! What it is: the entry model ([`entry`]), the one serialization codec ([`codec`]), the
 //! durable log store on sled ([`log`]), node configuration ([`config`]) and the node
-//! runtime that both binaries share ([`node`]). Replication over QUIC, volume mirroring
-//! and the service runtime join it in later modules.
+//! runtime that both binaries share ([`node`]), and the file side of volume mirroring
+//! ([`mirror`]). The service runtime joins it in a later module.
 //!
 //! What it is not: an HTTP server (that is the `ui` crate) or a binary. It installs no
 //! tracing subscriber and handles no signal, except in [`node::main_for`], which is the
@@ -11,13 +11,15 @@
 //!
 //! IO: [`log`] touches the store directory; [`tls`] reads and writes the certificates
 //! directory and opens the QUIC endpoints' UDP sockets; [`config`] reads the config file
-//! it is pointed at and the environment.
+//! it is pointed at and the environment; [`mirror`] reads the core's volume (and watches
+//! it) and writes the edge's mirror directory.
 
 pub mod codec;
 pub mod config;
 pub mod entry;
 pub mod link;
 pub mod log;
+pub mod mirror;
 pub mod node;
 pub mod replication;
 pub mod tls;

@@ -157,7 +157,7 @@ async fn exact_under(profile: &'static str, n: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replication_is_exact_under_every_profile() {
+async fn a_core_and_an_edge_replicate_exactly_under_every_profile() {
     // All at once: the slow profiles spend their time waiting on the link, not the CPU.
     // Counts shrink with the link: hf carries 9.6 kbit/s with 10 % loss.
     tokio::join!(
@@ -316,7 +316,13 @@ async fn a_new_entry_does_not_wait_behind_the_backlog() {
     // the new entry would also wait for that first exchange, lost in the outage.
     append_range(hq, TOPIC, 0, 1).await;
     append_range(alpha, TOPIC, 0, 1).await;
-    converged(&cluster, &[("hq", 1), ("alpha", 1)], patience("tactical"), "before").await;
+    converged(
+        &cluster,
+        &[("hq", 1), ("alpha", 1)],
+        patience("tactical"),
+        "before",
+    )
+    .await;
 
     // While the link is down, the edge gathers a backlog of ~120 kB: about 15 s on a
     // 64 kbit/s link at best.

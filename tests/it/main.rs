@@ -6,5 +6,6 @@ mod crash;
 mod impaired;
 mod kill;
 mod link;
+mod mirror;
 mod nodes;
 mod replication;

@@ -55,6 +55,8 @@ pub struct Cluster {
     dir: TempDir,
     ca: Ca,
     topics: Vec<TopicConfig>,
+    /// The session settings of every node.
+    settings: SessionSettings,
     /// The core.
     pub core: Node,
     /// The edges, in the order given (and any added with [`Cluster::add`]).
@@ -84,6 +86,15 @@ impl Cluster {
         more: &[&str],
         topics: &[(&str, Scope)],
     ) -> Result<Cluster, Error> {
+        Cluster::start_with(edges, more, topics, settings()).await
+    }
+
+    async fn start_with(
+        edges: &[&str],
+        more: &[&str],
+        topics: &[(&str, Scope)],
+        settings: SessionSettings,
+    ) -> Result<Cluster, Error> {
         let dir = TempDir::new("cluster")?;
         let ca = Ca::create("test mission")?;
         let topics: Vec<TopicConfig> = topics
@@ -95,11 +106,12 @@ impl Cluster {
             })
             .collect();
         let allowed = Allowed::List(edges.iter().chain(more).map(|e| name(e)).collect());
-        let core = start_core(&dir, &ca, &topics, allowed).await?;
+        let core = start_core(&dir, &ca, &topics, allowed, &settings).await?;
         let mut cluster = Cluster {
             dir,
             ca,
             topics,
+            settings,
             core,
             edges: Vec::new(),
         };
@@ -116,13 +128,16 @@ impl Cluster {
     }
 
     /// Starts a core `hq` holding `topics` and one edge `n` that dials it through a link
-    /// emulator imposing `profile`; does not wait for the link to come up.
+    /// emulator imposing `profile`; does not wait for the link to come up. The nodes
+    /// run the default session settings, as on a real link (the hello timeout of
+    /// loopback clusters is too short for a slow profile's first exchange).
     pub async fn start_through(
         n: &str,
         profile: Profile,
         topics: &[(&str, Scope)],
     ) -> Result<(Cluster, Link), Error> {
-        let mut cluster = Cluster::start_allowing(&[], &[n], topics).await?;
+        let mut cluster =
+            Cluster::start_with(&[], &[n], topics, SessionSettings::default()).await?;
         let relay = Link::start(cluster.core_addr(), profile)?;
         let edge = cluster.start_edge_via(n, relay.addr()).await?;
         cluster.add(edge);
@@ -190,7 +205,7 @@ impl Cluster {
         let local = Local {
             store: store.clone(),
             core: false,
-            settings: settings(),
+            settings: self.settings.clone(),
         };
         let task = tokio::spawn(link::dial(
             local,
@@ -236,6 +251,7 @@ async fn start_core(
     ca: &Ca,
     topics: &[TopicConfig],
     allowed: Allowed,
+    settings: &SessionSettings,
 ) -> Result<Node, Error> {
     let node = name("hq");
     let store = open_store(dir, &node, topics).await?;
@@ -249,7 +265,7 @@ async fn start_core(
     let local = Local {
         store: store.clone(),
         core: true,
-        settings: settings(),
+        settings: settings.clone(),
     };
     let task = tokio::spawn(link::serve(local, endpoint.clone(), allowed, links.clone()));
     Ok(Node {

@@ -46,15 +46,9 @@ impl Pair {
     /// Starts the pair on `profile` and waits until the link is up.
     async fn start(profile: Profile) -> Result<Pair, String> {
         let topics = [(BULK, Scope::All), (URGENT, Scope::All)];
-        let mut cluster = Cluster::start_allowing(&[], &["alpha"], &topics)
+        let (cluster, relay) = Cluster::start_through("alpha", profile, &topics)
             .await
             .map_err(|e| e.to_string())?;
-        let relay = Link::start(cluster.core_addr(), profile).map_err(|e| e.to_string())?;
-        let edge = cluster
-            .start_edge_via("alpha", relay.addr())
-            .await
-            .map_err(|e| e.to_string())?;
-        cluster.add(edge);
         let pair = Pair { cluster, relay };
         pair.connected().await?;
         Ok(pair)
@@ -350,7 +344,9 @@ pub(crate) async fn idle(quick: bool) -> crate::Lines {
 /// the edge also appends one entry to another topic when the link comes up, until it is
 /// stored at the core: it shares the direction (and the entry stream) with the backlog;
 /// `null` if it did not arrive within 120 s (30 s with `--quick`). `reconnected`: whether
-/// the edge dialed a new connection (the outage outlived QUIC's idle timeout).
+/// the edge dialed a new connection (the outage outlived QUIC's idle timeout); then
+/// `reconnect_ms` is from the link coming up to the new session being up (the
+/// handshake, and whatever the redial's backoff added).
 pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
     let (n, outage) = if quick {
         (1_000, Duration::from_secs(10))
@@ -377,6 +373,7 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
     fill(&edge, &bulk, n, 9).await?;
     tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     pair.relay.up();
+    let up = std::time::SystemTime::now();
     let before = pair.relay.counters();
     let other_side = one_across(&core, &edge, &bulk, n as u64 + 3, PATIENCE);
     let same_side = async {
@@ -394,6 +391,8 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
     let after = pair.relay.counters();
     let status = link.status();
     let reconnected = status.since != since;
+    // When the new session came up, if there was one: the handshake's share.
+    let reconnect = reconnected.then(|| status.since.duration_since(up).unwrap_or_default());
     let ms = |d: Duration| round2(d.as_secs_f64() * 1e3);
     eprintln!(
         "first-entry: {:.0} ms ({:.1} round trips), same side {}, reconnected: {reconnected}, \
@@ -412,6 +411,7 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
         "first_new_entry_rtts": round2(other_side.as_secs_f64() / round_trip.as_secs_f64()),
         "first_new_entry_same_side_ms": same_side.map(ms),
         "reconnected": reconnected,
+        "reconnect_ms": reconnect.map(ms),
         "backlog_delivered": backlog_in,
         "wire_bytes_after_up": after.wire_bytes() - before.wire_bytes(),
         "quick": quick,

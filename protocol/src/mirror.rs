@@ -1,0 +1,58 @@
+//! Volume mirroring, the file side: chunking, manifests, plans, the core's scanner and
+//! watcher, the edge's spool and atomic apply, and the status model.
+//!
+//! Data flow (the transfer over the link joins later, see "Frames" below):
+//!
+//! - **Core.** [`SourceVolume`] watches the mission volume (notify) and keeps a
+//!   [`Manifest`] current, re-hashing only paths that changed (`scan`: a stat cache and
+//!   stable reads). It serves chunks by hash, re-reading them from the files and checking
+//!   them again ([`SourceVolume::read_chunk`]); a file that changed since the manifest
+//!   makes that chunk fail with [`ServeError::Changed`], and the edge re-plans.
+//! - **Edge.** [`ReplicaVolume`] holds the mirror: `current -> versions/v<N>` plus a
+//!   spool of verified chunks and the persisted target. [`ReplicaVolume::begin`] takes a
+//!   validated target manifest and returns the [`Plan`]; [`ReplicaVolume::receive`]
+//!   verifies and spools chunks; [`ReplicaVolume::apply`] builds the new version aside and
+//!   swaps `current` in one rename.
+//! - Between them, [`Delta`] carries a target as changes to the manifest the edge holds,
+//!   and [`MirrorStatus`] is what operators see.
+//!
+//! The sans-IO parts (`chunk`, `path`, `manifest`, `plan`, `status`) never touch the file
+//! system or the clock; `scan` and `source` read the core's volume; `spool` and
+//! `replica` write under the edge's mirror directory.
+//!
+//! # Frames (proposed; the transfer is not built yet)
+//!
+//! Mirror frames travel on their own low-priority QUIC stream pair (a third traffic class
+//! below control and entries), opened by the edge for each mirror run:
+//!
+//! | frame | way | body | size |
+//! | --- | --- | --- | --- |
+//! | `MirrorStart` | edge → core | root and version the edge holds; target root if resuming | ~80 B |
+//! | `MirrorManifest` | core → edge | a [`Delta`] from the edge's root if the core still knows it, else the full [`Manifest`], in parts of at most 1 MiB (`part`, `last`) | a change: ~100 B + ~100 B per changed file; none: < 100 B |
+//! | `ChunkRequest` | edge → core | up to 4096 hashes from [`Plan::batches`], about 1 MiB of payload each, a few requests outstanding | 32 B per chunk |
+//! | `Chunk` | core → edge | hash and bytes (≤ the chunker's maximum, 256 KiB) | payload + ~40 B |
+//! | `ChunkGone` | core → edge | a requested hash the core can no longer serve (file changed): the edge re-plans against a new manifest | ~40 B |
+//! | `MirrorStop` | either | the operator stopped it, or the edge applied the target | a few bytes |
+//!
+//! The edge never trusts these: a manifest is checked by [`Manifest::decode`] (or
+//! [`Delta::apply`]), a chunk by its hash in [`ReplicaVolume::receive`].
+
+mod chunk;
+mod manifest;
+mod path;
+mod plan;
+mod replica;
+mod scan;
+mod source;
+mod spool;
+mod status;
+
+pub use chunk::{ChunkParams, ChunkRef, Chunked, Hash, chunk_bytes, chunk_reader};
+pub use manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
+pub use path::{MAX_NAME, MAX_PATH, PathError, PathRule, RelPath};
+pub use plan::{Delta, Plan, plan};
+pub use replica::{Applied, ApplyError, ApplyStep, ReceiveError, ReplicaError, ReplicaVolume};
+pub use scan::{Problem, ScanStats, Scanner};
+pub use source::{ServeError, Snapshot, SourceError, SourceVolume};
+pub use spool::{Spool, SpoolError};
+pub use status::{MirrorState, MirrorStatus};

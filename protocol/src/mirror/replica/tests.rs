@@ -1,0 +1,433 @@
+//! The edge's mirror on real files: mirrors from a real source directory, resume, bad
+//! manifests, damaged chunks, a full disk, and a stop after every step of an apply.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+use super::*;
+use crate::codec;
+use crate::mirror::manifest::Entry;
+use crate::mirror::scan::tests::{Scratch, random, write_old};
+use crate::mirror::source::SourceVolume;
+
+/// A core volume and an edge mirror in one scratch directory.
+struct Pair {
+    dir: Scratch,
+    source: SourceVolume,
+}
+
+impl Pair {
+    fn new(what: &str) -> Pair {
+        let dir = Scratch::new(what);
+        fs::create_dir(dir.0.join("src")).unwrap();
+        let source = SourceVolume::unwatched(dir.0.join("src"), ChunkParams::default()).unwrap();
+        Pair { dir, source }
+    }
+
+    fn src(&self) -> PathBuf {
+        self.dir.0.join("src")
+    }
+
+    fn edge(&self) -> PathBuf {
+        self.dir.0.join("edge")
+    }
+
+    fn open(&self) -> ReplicaVolume {
+        ReplicaVolume::open(&self.edge(), Limits::default()).unwrap()
+    }
+
+    /// The core's manifest now.
+    fn manifest(&mut self) -> Manifest {
+        self.source.manifest().unwrap().manifest.clone()
+    }
+
+    /// Begins a mirror of the source's current state and receives every chunk; returns
+    /// the plan and the target.
+    fn fetch(&mut self, replica: &mut ReplicaVolume) -> (Plan, Manifest) {
+        let target = self.manifest();
+        let plan = replica.begin(target.clone()).unwrap();
+        for chunk in &plan.fetch {
+            let bytes = self.source.read_chunk(&chunk.hash).unwrap();
+            replica.receive(&chunk.hash, &bytes).unwrap();
+        }
+        (plan, target)
+    }
+
+    /// Mirrors the source now: fetch and apply.
+    fn mirror(&mut self, replica: &mut ReplicaVolume) -> (Plan, Manifest) {
+        let (plan, target) = self.fetch(replica);
+        replica.apply().unwrap();
+        (plan, target)
+    }
+}
+
+/// What a tree holds, without modes and times: path, kind, content hash or link target.
+fn describe(manifest: &Manifest) -> Vec<(String, String)> {
+    manifest
+        .entries
+        .iter()
+        .map(|e| {
+            let what = match &e.node {
+                Node::Dir { .. } => "dir".to_string(),
+                Node::File(f) => format!("file {}", f.hash()),
+                Node::Symlink { target } => format!("link {target}"),
+            };
+            (e.path.to_string(), what)
+        })
+        .collect()
+}
+
+/// The tree readers see through `current`, scanned from disk.
+fn on_disk(replica: &ReplicaVolume) -> Vec<(String, String)> {
+    let mut scan = SourceVolume::unwatched(replica.current_dir(), ChunkParams::default()).unwrap();
+    let snapshot = scan.manifest().unwrap();
+    assert!(scan.problems().is_empty(), "{:?}", scan.problems());
+    describe(&snapshot.manifest)
+}
+
+fn fill(root: &Path) {
+    write_old(root, "images/big.bin", &random(3 << 20, 1));
+    write_old(root, "images/small.jpg", &random(5000, 2));
+    write_old(root, "docs/readme.txt", b"read me");
+    write_old(root, "docs/empty", b"");
+    write_old(root, "tool.sh", b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(root.join("tool.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(root.join("empty/dir")).unwrap();
+    symlink("../images/small.jpg", root.join("docs/photo")).unwrap();
+}
+
+#[test]
+fn first_mirror_then_edits_renames_and_deletions() {
+    let mut pair = Pair::new("replica");
+    fill(&pair.src());
+    let mut replica = pair.open();
+    assert!(
+        on_disk(&replica).is_empty(),
+        "an empty v0 before the first mirror"
+    );
+
+    let (plan, target) = pair.mirror(&mut replica);
+    assert_eq!(on_disk(&replica), describe(&target));
+    assert_eq!(plan.fetch_bytes, (3 << 20) + 5000 + 7 + 18);
+    let tool = fs::metadata(replica.current_dir().join("tool.sh")).unwrap();
+    assert_eq!(
+        tool.permissions().mode() & 0o777,
+        0o555,
+        "executable, read-only"
+    );
+
+    // Nothing changed: nothing to fetch, nothing to do.
+    let again = pair.manifest();
+    assert!(replica.begin(again).unwrap().is_empty());
+
+    // An edit inside the big file, a rename, a move, a deletion, a new file.
+    let src = pair.src();
+    let mut big = random(3 << 20, 1);
+    big[1 << 20..(1 << 20) + 4096].copy_from_slice(&random(4096, 9));
+    write_old(&src, "images/big.bin", &big);
+    fs::rename(src.join("images/small.jpg"), src.join("images/renamed.jpg")).unwrap();
+    fs::rename(src.join("docs"), src.join("archive")).unwrap();
+    fs::remove_file(src.join("tool.sh")).unwrap();
+    fs::remove_file(src.join("archive/photo")).unwrap();
+    write_old(&src, "new.txt", b"new");
+    let (plan, target) = pair.mirror(&mut replica);
+    assert!(
+        plan.fetch_bytes <= 3 * (256 << 10) + 3,
+        "{} bytes",
+        plan.fetch_bytes
+    );
+    assert!(plan.delete.iter().any(|p| p.as_str() == "tool.sh"));
+    assert_eq!(on_disk(&replica), describe(&target));
+
+    // The previous version is kept for readers, older ones deleted.
+    let versions: Vec<String> = fs::read_dir(pair.edge().join("versions"))
+        .unwrap()
+        .map(|i| i.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".manifest"))
+        .collect();
+    let mut versions = versions;
+    versions.sort();
+    assert_eq!(versions, ["v1", "v2"]);
+    assert!(
+        fs::read_dir(pair.edge().join("spool/chunks"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    // A reopened mirror reads the same state.
+    drop(replica);
+    let replica = pair.open();
+    assert_eq!(describe(replica.current()), describe(&target));
+}
+
+#[test]
+fn many_small_files_one_batch_each_megabyte() {
+    let mut pair = Pair::new("small");
+    for i in 0..500 {
+        write_old(
+            &pair.src(),
+            &format!("d{}/f{i}", i % 7),
+            &random(4096, 100 + i),
+        );
+    }
+    let mut replica = pair.open();
+    let (plan, target) = pair.fetch(&mut replica);
+    assert_eq!(plan.fetch.len(), 500);
+    assert_eq!(plan.batches(1 << 20, 4096).count(), 2);
+    let applied = replica.apply().unwrap();
+    assert_eq!(applied.written, 500);
+    assert_eq!(on_disk(&replica), describe(&target));
+
+    // Moving every file costs no chunk, and the apply links instead of writing.
+    let src = pair.src();
+    fs::create_dir(src.join("moved")).unwrap();
+    for d in 0..7 {
+        fs::rename(src.join(format!("d{d}")), src.join(format!("moved/d{d}"))).unwrap();
+    }
+    let target = pair.manifest();
+    let plan = replica.begin(target.clone()).unwrap();
+    assert_eq!(plan.fetch_bytes, 0);
+    let applied = replica.apply().unwrap();
+    assert_eq!((applied.linked, applied.written), (500, 0));
+    assert_eq!(on_disk(&replica), describe(&target));
+}
+
+#[test]
+fn a_restart_resumes_without_refetching() {
+    let mut pair = Pair::new("resume");
+    fill(&pair.src());
+    let mut replica = pair.open();
+    let target = pair.manifest();
+    let plan = replica.begin(target.clone()).unwrap();
+    let (first, rest) = plan.fetch.split_at(plan.fetch.len() / 2);
+    for chunk in first {
+        let bytes = pair.source.read_chunk(&chunk.hash).unwrap();
+        replica.receive(&chunk.hash, &bytes).unwrap();
+    }
+    replica.sync().unwrap();
+    drop(replica); // the outage, or a restart
+
+    let mut replica = pair.open();
+    assert_eq!(replica.target(), Some(&target));
+    let resumed = replica.plan().unwrap();
+    assert_eq!(resumed.fetch, rest);
+    assert_eq!(replica.missing(), rest.len());
+    assert!(matches!(replica.apply(), Err(ApplyError::Missing { .. })));
+    for chunk in rest {
+        let bytes = pair.source.read_chunk(&chunk.hash).unwrap();
+        replica.receive(&chunk.hash, &bytes).unwrap();
+    }
+    replica.apply().unwrap();
+    assert_eq!(on_disk(&replica), describe(&target));
+    assert!(replica.target().is_none());
+}
+
+#[test]
+fn corrupted_and_unasked_chunks_are_refused() {
+    let mut pair = Pair::new("corrupt");
+    fill(&pair.src());
+    let mut replica = pair.open();
+    let plan = replica.begin(pair.manifest()).unwrap();
+    let chunk = plan.fetch[0];
+    let mut bytes = pair.source.read_chunk(&chunk.hash).unwrap();
+    bytes[0] ^= 0xff;
+    assert!(matches!(
+        replica.receive(&chunk.hash, &bytes),
+        Err(ReceiveError::Spool(SpoolError::HashMismatch { .. }))
+    ));
+    assert_eq!(replica.missing(), plan.fetch.len(), "still wanted");
+    assert!(matches!(
+        replica.receive(&Hash::of(b"x"), b"x"),
+        Err(ReceiveError::NotWanted(_))
+    ));
+
+    // A spooled chunk damaged on disk is caught at apply, never published, and wanted
+    // again.
+    for c in &plan.fetch {
+        let bytes = pair.source.read_chunk(&c.hash).unwrap();
+        replica.receive(&c.hash, &bytes).unwrap();
+    }
+    replica.sync().unwrap();
+    let victim = plan.fetch[1].hash;
+    fs::write(
+        pair.edge().join("spool/chunks").join(victim.to_string()),
+        b"rot",
+    )
+    .unwrap();
+    assert!(matches!(replica.apply(), Err(ApplyError::Chunk { .. })));
+    assert!(on_disk(&replica).is_empty());
+    assert_eq!(replica.missing(), 1);
+    let bytes = pair.source.read_chunk(&victim).unwrap();
+    replica.receive(&victim, &bytes).unwrap();
+    replica.apply().unwrap();
+}
+
+#[test]
+fn bad_manifests_are_refused_and_change_nothing() {
+    let mut pair = Pair::new("bad");
+    fill(&pair.src());
+    let mut replica = pair.open();
+    let (_, good) = pair.mirror(&mut replica);
+    let before = on_disk(&replica);
+
+    let evil_path = |path: &str| Entry {
+        path: codec::decode(&codec::encode(path), "path").unwrap(),
+        node: Node::Dir { mode: 0o755 },
+    };
+    let mut cases: Vec<(Manifest, &str)> = Vec::new();
+    for (path, rule) in [
+        ("../escape", "`.` or `..` component"),
+        ("/etc", "absolute path"),
+        ("a//b", "empty component"),
+        ("nul\0", "NUL byte"),
+        ("..\\..\\x", "backslash"),
+    ] {
+        let mut m = good.clone();
+        m.entries.insert(0, evil_path(path));
+        cases.push((m, rule));
+    }
+    let mut link_out = good.clone();
+    link_out.entries.push(Entry {
+        path: RelPath::new("zz").unwrap(),
+        node: Node::Symlink {
+            target: "../../etc/passwd".into(),
+        },
+    });
+    cases.push((link_out, "target escapes"));
+    let mut dup = good.clone();
+    dup.entries.push(dup.entries.last().unwrap().clone());
+    cases.push((dup, "listed twice"));
+    let mut case = good.clone();
+    case.entries.push(Entry {
+        path: RelPath::new("TOOL.SH").unwrap(),
+        node: Node::Dir { mode: 0o755 },
+    });
+    case.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    cases.push((case, "collides with"));
+    let mut lying = good.clone();
+    for e in &mut lying.entries {
+        if let Node::File(f) = &mut e.node
+            && f.size > 0
+        {
+            f.size += 1;
+        }
+    }
+    cases.push((lying, "do not add up"));
+
+    for (manifest, rule) in cases {
+        // As bytes from the peer, and as a value.
+        let bytes = manifest.encode();
+        let err = Manifest::decode(&bytes, &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains(rule), "{err} lacks {rule}");
+        let err = replica.begin(manifest).unwrap_err();
+        assert!(err.to_string().contains(rule), "{err} lacks {rule}");
+        assert!(replica.target().is_none());
+        assert!(!pair.edge().join("target.manifest").exists());
+        assert_eq!(on_disk(&replica), before);
+    }
+
+    // Over a size limit.
+    drop(replica);
+    let tight = Limits {
+        max_file_size: 1 << 20,
+        ..Limits::default()
+    };
+    let mut replica = ReplicaVolume::open(&pair.edge(), tight).unwrap();
+    let err = replica.begin(good).unwrap_err().to_string();
+    assert!(
+        err.contains("images/big.bin") && err.contains("over the limit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_keeps_the_previous_version() {
+    let mut pair = Pair::new("full");
+    write_old(&pair.src(), "a", b"first");
+    let mut replica = pair.open();
+    pair.mirror(&mut replica);
+    let before = on_disk(&replica);
+
+    fill(&pair.src());
+    let (_, target) = pair.fetch(&mut replica);
+    let mut writes = 0;
+    let mut full = |at: ApplyStep<'_>| {
+        if matches!(at, ApplyStep::Write { .. }) {
+            writes += 1;
+            if writes == 3 {
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+        }
+        Ok(())
+    };
+    let err = replica.apply_with(&mut full).unwrap_err();
+    assert!(matches!(err, ApplyError::DiskFull { .. }), "{err}");
+    assert_eq!(on_disk(&replica), before);
+    assert!(
+        fs::read_dir(pair.edge().join("staging"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+
+    // Space again: the same mirror completes from the spool, nothing fetched.
+    assert_eq!(replica.missing(), 0);
+    replica.apply().unwrap();
+    assert_eq!(on_disk(&replica), describe(&target));
+}
+
+#[test]
+fn a_stop_at_any_step_leaves_the_old_or_the_new_version() {
+    let mut pair = Pair::new("steps");
+    fill(&pair.src());
+    let mut replica = pair.open();
+    let (_, old) = pair.mirror(&mut replica);
+    drop(replica);
+    let src = pair.src();
+    fs::remove_file(src.join("docs/readme.txt")).unwrap();
+    write_old(&src, "images/big.bin", &random(3 << 20, 77));
+    write_old(&src, "more/new", b"new");
+    let new = pair.manifest();
+    let (old, new) = (describe(&old), describe(&new));
+
+    let mut stop_at = 0;
+    loop {
+        let mut replica = pair.open();
+        assert_eq!(on_disk(&replica), old, "after reopen, step {stop_at}");
+        pair.fetch(&mut replica);
+        let mut steps = 0;
+        let mut committed = false;
+        let result = replica.apply_with(&mut |at| {
+            committed |= matches!(at, ApplyStep::Clean);
+            steps += 1;
+            if steps == stop_at + 1 {
+                return Err(io::Error::other("stopped"));
+            }
+            Ok(())
+        });
+        let tree = on_disk(&replica);
+        match result {
+            Ok(_) => {
+                assert_eq!(tree, new);
+                break;
+            }
+            Err(_) if committed => assert_eq!(tree, new, "stopped after the commit"),
+            Err(_) => assert_eq!(tree, old, "stopped at step {stop_at}"),
+        }
+        // A stop is a crash: reopen recovers to exactly one of the two.
+        drop(replica);
+        let reopened = pair.open();
+        let tree = on_disk(&reopened);
+        assert!(
+            tree == old || tree == new,
+            "mixed tree after step {stop_at}"
+        );
+        if tree == new {
+            // Committed: every later step is cleaning up.
+            break;
+        }
+        stop_at += 1;
+    }
+    assert!(stop_at > 10, "only {stop_at} steps tried");
+}

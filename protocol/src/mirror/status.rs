@@ -1,0 +1,250 @@
+//! What a mirror is doing, for operators: a state and counters that the transfer fills in
+//! and the UI, the HTTP API and metrics read.
+//!
+//! Progress is counted in fetched bytes after deduplication (the real work), never in
+//! logical file sizes; it only goes up, across interruptions and resumes.
+//!
+//! IO: none, and no clock: callers pass `now`.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::plan::Plan;
+
+/// Where a mirror stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MirrorState {
+    /// No mirror has run since the node started, or the last one finished.
+    #[default]
+    Idle,
+    /// Fetching the manifest and working out what is missing.
+    Planning,
+    /// Fetching chunks, then applying.
+    Running,
+    /// The last mirror completed: the edge holds the target.
+    Done,
+    /// The last mirror stopped on an error (`last_error`); the previous state is kept.
+    Failed,
+    /// The link dropped or an operator stopped it; received chunks are kept and a new
+    /// start resumes.
+    Interrupted,
+}
+
+/// A mirror's status. `Default` is an edge that never mirrored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MirrorStatus {
+    /// Where it stands.
+    pub state: MirrorState,
+    /// The version the edge held when this mirror started.
+    pub base_version: Option<u64>,
+    /// The version it is fetching.
+    pub target_version: Option<u64>,
+    /// Files of the target written or linked.
+    pub files_done: u64,
+    /// Files the target adds or changes.
+    pub files_todo: u64,
+    /// Chunk bytes received and verified.
+    pub bytes_done: u64,
+    /// Chunk bytes to fetch (after deduplication against what the edge holds).
+    pub bytes_todo: u64,
+    /// Bytes of new or changed files taken from chunks the edge already held.
+    pub bytes_reused: u64,
+    /// Bytes of mirror traffic that crossed the link, both ways, framing and refetches
+    /// included.
+    pub bytes_on_link: u64,
+    /// Chunks that failed verification and were fetched again.
+    pub refetched: u64,
+    /// Recent rate of verified bytes, per second.
+    pub rate: f64,
+    /// Time left at `rate`, once there is a rate.
+    pub eta: Option<Duration>,
+    /// When this mirror started.
+    pub started: Option<SystemTime>,
+    /// When the last successful mirror completed.
+    pub last_success: Option<SystemTime>,
+    /// The version the last successful mirror brought.
+    pub last_success_version: Option<u64>,
+    /// The last error, kept until the next success.
+    pub last_error: Option<String>,
+    /// Interruptions of this mirror (link drops, operator stops).
+    pub interruptions: u32,
+    meter: RateMeter,
+}
+
+/// An exponentially weighted rate over about ten seconds.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct RateMeter {
+    since: Option<Instant>,
+    bytes: u64,
+}
+
+/// How long samples are gathered before the rate is updated.
+const RATE_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Weight of a new one-second sample: about a ten-second memory.
+const RATE_WEIGHT: f64 = 0.1;
+
+impl MirrorStatus {
+    /// A mirror is starting: the manifest is being fetched.
+    pub fn planning(&mut self, base_version: Option<u64>, now: SystemTime) {
+        self.state = MirrorState::Planning;
+        self.base_version = base_version;
+        if self.started.is_none() {
+            self.started = Some(now);
+        }
+    }
+
+    /// The plan is known; counters restart unless this resumes the same target.
+    pub fn running(&mut self, plan: &Plan) {
+        let resumed = self.target_version == Some(plan.target_version);
+        self.state = MirrorState::Running;
+        self.target_version = Some(plan.target_version);
+        self.files_todo = (plan.create.len() + plan.replace.len()) as u64;
+        if resumed {
+            // What was verified before stays done: the plan no longer lists it.
+            self.bytes_todo = self.bytes_done + plan.fetch_bytes;
+        } else {
+            self.files_done = 0;
+            self.bytes_done = 0;
+            self.bytes_todo = plan.fetch_bytes;
+            self.refetched = 0;
+        }
+        self.bytes_reused = plan.reuse_bytes;
+        self.meter = RateMeter::default();
+        self.rate = 0.0;
+        self.eta = None;
+    }
+
+    /// A chunk of `bytes` was received and verified.
+    pub fn received(&mut self, bytes: u64, now: Instant) {
+        self.bytes_done += bytes;
+        let since = *self.meter.since.get_or_insert(now);
+        self.meter.bytes += bytes;
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= RATE_SAMPLE {
+            let sample = self.meter.bytes as f64 / elapsed.as_secs_f64();
+            self.rate = if self.rate == 0.0 {
+                sample
+            } else {
+                self.rate + RATE_WEIGHT * (sample - self.rate)
+            };
+            self.meter = RateMeter {
+                since: Some(now),
+                bytes: 0,
+            };
+        }
+        let left = self.bytes_todo.saturating_sub(self.bytes_done);
+        self.eta = if self.rate > 0.0 {
+            Duration::try_from_secs_f64(left as f64 / self.rate).ok()
+        } else {
+            None
+        };
+    }
+
+    /// `bytes` of mirror traffic crossed the link (either way).
+    pub fn on_link(&mut self, bytes: u64) {
+        self.bytes_on_link += bytes;
+    }
+
+    /// A chunk failed verification and will be fetched again.
+    pub fn refetch(&mut self) {
+        self.refetched += 1;
+    }
+
+    /// A file of the target was written or linked.
+    pub fn file_done(&mut self) {
+        self.files_done += 1;
+    }
+
+    /// The link dropped or an operator stopped the mirror.
+    pub fn interrupted(&mut self) {
+        self.state = MirrorState::Interrupted;
+        self.interruptions += 1;
+        self.rate = 0.0;
+        self.eta = None;
+        self.meter = RateMeter::default();
+    }
+
+    /// The mirror stopped on `error`.
+    pub fn failed(&mut self, error: impl std::fmt::Display) {
+        self.state = MirrorState::Failed;
+        self.last_error = Some(error.to_string());
+        self.rate = 0.0;
+        self.eta = None;
+    }
+
+    /// The target is in place.
+    pub fn done(&mut self, now: SystemTime) {
+        self.state = MirrorState::Done;
+        self.last_success = Some(now);
+        self.last_success_version = self.target_version;
+        self.last_error = None;
+        self.started = None;
+        self.interruptions = 0;
+        self.files_done = self.files_todo;
+        self.rate = 0.0;
+        self.eta = None;
+    }
+
+    /// Verified bytes over bytes to fetch, 0 to 100; 100 when nothing is to fetch.
+    pub fn percent(&self) -> f64 {
+        if self.bytes_todo == 0 {
+            return if self.state == MirrorState::Idle {
+                0.0
+            } else {
+                100.0
+            };
+        }
+        (self.bytes_done as f64 * 100.0 / self.bytes_todo as f64).min(100.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::chunk::{ChunkRef, Hash};
+
+    fn plan(version: u64, fetch: u64) -> Plan {
+        Plan {
+            target_version: version,
+            target_root: Hash::of(b"t"),
+            fetch: vec![ChunkRef {
+                hash: Hash::of(b"c"),
+                len: fetch as u32,
+            }],
+            fetch_bytes: fetch,
+            reuse_bytes: 5,
+            create: Vec::new(),
+            replace: Vec::new(),
+            delete: Vec::new(),
+            unchanged: 0,
+            files: 0,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn progress_rate_and_resume() {
+        let (t0, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let mut s = MirrorStatus::default();
+        s.planning(Some(1), wall);
+        s.running(&plan(2, 1000));
+        assert_eq!(s.state, MirrorState::Running);
+        s.received(100, t0);
+        s.received(100, t0 + Duration::from_secs(1));
+        assert_eq!(s.rate, 200.0);
+        assert_eq!(s.eta, Some(Duration::from_secs(4)));
+        assert_eq!(s.percent(), 20.0);
+        s.interrupted();
+        // Resume of the same target: 800 bytes left, progress kept.
+        s.running(&plan(2, 800));
+        assert_eq!(s.bytes_todo, 1000);
+        assert_eq!(s.percent(), 20.0);
+        s.received(800, t0 + Duration::from_secs(2));
+        s.done(wall);
+        assert_eq!(s.state, MirrorState::Done);
+        assert_eq!(s.last_success_version, Some(2));
+        assert_eq!(s.percent(), 100.0);
+        s.failed("disk full");
+        assert_eq!(s.last_error.as_deref(), Some("disk full"));
+    }
+}

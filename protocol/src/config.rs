@@ -50,6 +50,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// `[link]`: the QUIC link between the core and its edges, and its certificates.
     pub link: LinkSettings,
+    /// `[mirror]`: volume mirroring (the core's mission volume, the edge's mirror).
+    pub mirror: MirrorConfig,
     /// `[[topics]]`: the topics the node creates (or updates) at start.
     pub topics: Vec<TopicConfig>,
 }
@@ -122,6 +124,20 @@ pub struct LinkSettings {
     /// For a demo: at start, create what is missing in `certs_dir` (see
     /// [`crate::tls::ensure_demo_files`]). Nodes still authenticate each other.
     pub demo_certs: bool,
+}
+
+/// The `[mirror]` section. A core uses `volume`, an edge `dir`; both `max_rate`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MirrorConfig {
+    /// Core: the mission volume it serves to its edges' mirrors. `None`:
+    /// `<data_dir>/volume`; [`Config::volume_dir`] resolves it.
+    pub volume: Option<PathBuf>,
+    /// Edge: where it keeps its mirror (readers use `<dir>/current`). `None`:
+    /// `<data_dir>/mirror`; [`Config::mirror_dir`] resolves it.
+    pub dir: Option<PathBuf>,
+    /// Cap on mirror chunk bytes per second (the lower of the core's and the edge's
+    /// applies). `None`: no cap (the mirror still yields to entries).
+    pub max_rate: Option<u64>,
 }
 
 /// Why a config could not be loaded. Each names the file, variable or key at fault.
@@ -197,6 +213,7 @@ impl Config {
                 certs_dir: None,
                 demo_certs: true,
             },
+            mirror: MirrorConfig::default(),
             node: NodeSettings { data_dir, name },
             log: LogSettings {
                 format: LogFormat::Text,
@@ -257,6 +274,22 @@ impl Config {
         }
     }
 
+    /// The core's mission volume: `mirror.volume`, by default `<data_dir>/volume`.
+    pub fn volume_dir(&self) -> PathBuf {
+        match &self.mirror.volume {
+            Some(dir) => dir.clone(),
+            None => self.node.data_dir.join("volume"),
+        }
+    }
+
+    /// The edge's mirror directory: `mirror.dir`, by default `<data_dir>/mirror`.
+    pub fn mirror_dir(&self) -> PathBuf {
+        match &self.mirror.dir {
+            Some(dir) => dir.clone(),
+            None => self.node.data_dir.join("mirror"),
+        }
+    }
+
     /// The log store's settings, for [`crate::log::Store::open`].
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
@@ -293,14 +326,15 @@ impl Config {
             log,
             store,
             link,
+            mirror,
             topics,
         } = self;
         let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
         out.push_str(
             r#"# Tether node configuration.
 #
-# Every key of [node], [log], [store] and [link] may be overridden by an environment
-# variable TETHER_<SECTION>__<KEY>, such as TETHER_NODE__NAME=bravo,
+# Every key of [node], [log], [store], [link] and [mirror] may be overridden by an
+# environment variable TETHER_<SECTION>__<KEY>, such as TETHER_NODE__NAME=bravo,
 # TETHER_STORE__DISK_BUDGET=10GiB or TETHER_LINK__EDGES=alpha,bravo. Topics are set in
 # this file only.
 # Sizes are bytes, as an integer or a string with a unit: "512KiB", "64MiB", "10GB".
@@ -358,6 +392,7 @@ retention_interval = {retention_interval}
             retention_interval = text(&format_duration(store.retention_interval)),
         )?;
         self.write_link_toml(out, link)?;
+        self.write_mirror_toml(out, mirror)?;
         if !topics.is_empty() {
             out.push_str(
                 r#"
@@ -460,6 +495,41 @@ core_name = {core_name}
 demo_certs = {demo_certs}
 "#,
             demo_certs = link.demo_certs,
+        )
+    }
+
+    /// The `[mirror]` section: the key of this node's role, then the shared one.
+    fn write_mirror_toml(&self, out: &mut String, mirror: &MirrorConfig) -> fmt::Result {
+        let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        out.push_str("\n[mirror]\n");
+        // Defaults stay comments, so that they follow a changed data directory.
+        let dir_line = |key: &str, set: &Option<PathBuf>, resolved: PathBuf| match set {
+            Some(dir) => format!("{key} = {}", text(&dir.to_string_lossy())),
+            None => format!("# {key} = {}", text(&resolved.to_string_lossy())),
+        };
+        if self.is_core() {
+            writeln!(
+                out,
+                "# The mission volume served to the edges' mirrors; it is watched, so a mirror\n\
+                 # with no change costs almost nothing. Default: \"<data_dir>/volume\".\n{}",
+                dir_line("volume", &mirror.volume, self.volume_dir())
+            )?;
+        } else {
+            writeln!(
+                out,
+                "# Where the mirror of the core's volume is kept; readers use <dir>/current.\n\
+                 # A mirror runs only when an operator starts it. Default: \"<data_dir>/mirror\".\n{}",
+                dir_line("dir", &mirror.dir, self.mirror_dir())
+            )?;
+        }
+        let max_rate = match mirror.max_rate {
+            Some(rate) => format!("max_rate = {}", size_value(rate)),
+            None => "# max_rate = \"64KiB\"".to_owned(),
+        };
+        writeln!(
+            out,
+            "# Cap on mirror bytes per second (the lower of the core's and the edge's applies).\n\
+             # Left out: no cap; mirrors always yield to entries and control anyway.\n{max_rate}"
         )
     }
 
@@ -589,6 +659,8 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     link: RawLink,
+    #[serde(default)]
+    mirror: RawMirror,
     topics: Option<Vec<RawTopic>>,
 }
 
@@ -625,6 +697,14 @@ struct RawLink {
     core_name: Option<String>,
     certs_dir: Option<PathBuf>,
     demo_certs: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    volume: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    max_rate: Option<Scalar>,
 }
 
 /// A list of names as written: a TOML array of strings, or one string of names separated
@@ -735,9 +815,11 @@ impl RawConfig {
             None => defaults.topics,
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
+        let mirror = self.mirror.check(role, origins)?;
         Ok(Config {
             role,
             link,
+            mirror,
             node: NodeSettings { name, data_dir },
             log: LogSettings {
                 format: self.log.format.unwrap_or(defaults.log.format),
@@ -745,6 +827,41 @@ impl RawConfig {
             },
             store,
             topics,
+        })
+    }
+}
+
+impl RawMirror {
+    /// Checks that only this role's keys are set, and the values.
+    fn check(self, role: Role, origins: &Origins) -> Result<MirrorConfig, ConfigError> {
+        match role {
+            Role::Core if self.dir.is_some() => {
+                return Err(
+                    origins.invalid("mirror.dir", "an edge's key; a core serves mirror.volume")
+                );
+            }
+            Role::Edge if self.volume.is_some() => {
+                return Err(
+                    origins.invalid("mirror.volume", "a core's key; an edge keeps mirror.dir")
+                );
+            }
+            _ => {}
+        }
+        for (key, dir) in [("mirror.volume", &self.volume), ("mirror.dir", &self.dir)] {
+            if dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+                return Err(origins.invalid(key, "must not be empty"));
+            }
+        }
+        let max_rate = match self.max_rate {
+            Some(value) => {
+                Some(positive_size(&value).map_err(|e| origins.invalid("mirror.max_rate", e))?)
+            }
+            None => None,
+        };
+        Ok(MirrorConfig {
+            volume: self.volume,
+            dir: self.dir,
+            max_rate,
         })
     }
 }
@@ -1245,6 +1362,8 @@ mod tests {
         config.link.core_name = NodeName::new("base").unwrap();
         config.link.demo_certs = false;
         config.link.certs_dir = Some(PathBuf::from("/etc/tether/certs"));
+        config.mirror.dir = Some(PathBuf::from("/srv/mirror"));
+        config.mirror.max_rate = Some(65536);
         let text = config.to_toml();
         assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
         assert!(
@@ -1260,6 +1379,7 @@ mod tests {
         config.link.listen = "[::]:7443".parse().unwrap();
         config.link.edges = vec![NodeName::new("bravo").unwrap(), NodeName::new("c").unwrap()];
         config.link.allow_any_edge = true;
+        config.mirror.volume = Some(PathBuf::from("/srv/volume"));
         let text = config.to_toml();
         assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
         // The certificates directory follows the data directory unless it is set.
@@ -1327,6 +1447,29 @@ mod tests {
         // A core named like the default edge does not list itself.
         let alpha = load(Role::Core, "[node]\nname = \"alpha\"\n", &[]).unwrap();
         assert_eq!(alpha.link.edges, []);
+    }
+
+    #[test]
+    fn mirror_keys_are_read_and_checked() {
+        let env = [("TETHER_MIRROR__MAX_RATE", "512KiB")];
+        let core = load(Role::Core, "[mirror]\nvolume = \"/srv/v\"\n", &env).unwrap();
+        assert_eq!(core.volume_dir(), Path::new("/srv/v"));
+        assert_eq!(core.mirror.max_rate, Some(512 << 10));
+        let edge = load(Role::Edge, "[node]\ndata_dir = \"/d\"\n", &[]).unwrap();
+        assert_eq!(edge.mirror_dir(), Path::new("/d/mirror"));
+        assert_eq!(edge.mirror.max_rate, None);
+        check_error(
+            load(Role::Core, "[mirror]\ndir = \"/m\"\n", &[]),
+            &["mirror.dir", "an edge's key"],
+        );
+        check_error(
+            load(Role::Edge, "", &[("TETHER_MIRROR__VOLUME", "/v")]),
+            &["TETHER_MIRROR__VOLUME", "mirror.volume", "a core's key"],
+        );
+        check_error(
+            load(Role::Edge, "[mirror]\nmax_rate = 0\n", &[]),
+            &["mirror.max_rate"],
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - An edge runs [`dial`]: it connects to the core and, whenever the link drops,
 //!   reconnects with jittered exponential backoff, forever.
 //! - A session (`link/session.rs`) replicates until the connection ends.
+//! - Volume mirroring (`link/mirror.rs`) runs on its own stream of the session's
+//!   connection, at the lowest priority: [`Mirror`] at the edge, [`MirrorSource`] at the
+//!   core.
 //! - [`Links`] holds every peer's [`PeerLink`]: its status, and the operator's pause
 //!   switch, which outlives sessions.
 //!
@@ -24,8 +27,10 @@ use crate::log::{ReadError, Store};
 use crate::tls::{self, Allowed, CloseCode};
 use crate::wire::{self, WireError};
 
+mod mirror;
 mod session;
 
+pub use mirror::{MAX_REFETCH, Mirror, MirrorSettings, MirrorSource, PRIORITY_MIRROR};
 pub use session::session;
 
 /// How a session behaves; `Default` suits both loopback and a radio link.
@@ -168,6 +173,8 @@ pub struct PeerLink {
     paused_here: watch::Sender<bool>,
     status: watch::Sender<LinkStatus>,
     current: Mutex<Option<quinn::Connection>>,
+    /// The connection of the session that is up (past the hellos), for the mirror.
+    session: watch::Sender<Option<quinn::Connection>>,
 }
 
 impl PeerLink {
@@ -194,6 +201,7 @@ impl PeerLink {
             paused_here,
             status,
             current,
+            session: watch::Sender::new(None),
         })
     }
 
@@ -240,6 +248,28 @@ impl PeerLink {
             .is_some_and(|c| c.stable_id() == connection.stable_id())
         {
             *current = None;
+        }
+    }
+
+    /// Publishes the connection of a session that is up, or clears it if it is still
+    /// `ended`'s.
+    fn set_session(&self, up: Option<&quinn::Connection>, ended: Option<&quinn::Connection>) {
+        match (up, ended) {
+            (Some(conn), _) => {
+                self.session.send_replace(Some(conn.clone()));
+            }
+            (None, Some(ended)) => {
+                self.session.send_if_modified(|c| {
+                    let same = c
+                        .as_ref()
+                        .is_some_and(|c| c.stable_id() == ended.stable_id());
+                    if same {
+                        *c = None;
+                    }
+                    same
+                });
+            }
+            (None, None) => {}
         }
     }
 
@@ -294,6 +324,9 @@ pub struct Local {
     pub core: bool,
     /// Session settings.
     pub settings: SessionSettings,
+    /// The core's mission volume, served to mirrors (`None` at an edge, or a core
+    /// without a volume: mirrors are refused with a reason).
+    pub mirror: Option<MirrorSource>,
 }
 
 /// Every peer's link on this node.

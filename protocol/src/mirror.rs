@@ -1,7 +1,7 @@
 //! Volume mirroring, the file side: chunking, manifests, plans, the core's scanner and
 //! watcher, the edge's spool and atomic apply, and the status model.
 //!
-//! Data flow (the transfer over the link joins later, see "Frames" below):
+//! Data flow (the transfer over the link is `link/mirror.rs`, see "Frames" below):
 //!
 //! - **Core.** [`SourceVolume`] watches the mission volume (notify) and keeps a
 //!   [`Manifest`] current, re-hashing only paths that changed (`scan`: a stat cache and
@@ -20,7 +20,7 @@
 //! system or the clock; `scan` and `source` read the core's volume; `spool` and
 //! `replica` write under the edge's mirror directory.
 //!
-//! # Frames (proposed; the transfer is not built yet)
+//! # Frames (as built: [`MirrorFrame`] in `mirror/wire.rs`, numbered there)
 //!
 //! Mirror frames travel on their own low-priority QUIC stream pair (a third traffic class
 //! below control and entries), opened by the edge for each mirror run:
@@ -46,6 +46,7 @@ mod scan;
 mod source;
 mod spool;
 mod status;
+mod wire;
 
 pub use chunk::{ChunkParams, ChunkRef, Chunked, Hash, chunk_bytes, chunk_reader};
 pub use manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
@@ -56,3 +57,6 @@ pub use scan::{Problem, ScanStats, Scanner};
 pub use source::{ServeError, Snapshot, SourceError, SourceVolume};
 pub use spool::{Spool, SpoolError};
 pub use status::{MirrorState, MirrorStatus};
+pub use wire::{
+    MANIFEST_PART, MAX_REQUEST, ManifestAssembly, MirrorFrame, RefusedManifest, manifest_frames,
+};

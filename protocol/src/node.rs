@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, LogFormat, LogSettings};
 use crate::entry::{NameError, NodeName, TopicName};
-use crate::link::{self, Links, Local, SessionSettings};
+use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
 use crate::log::{OpenError, Store, WriteError};
 use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, NodeIdentity, TlsError};
 
@@ -80,6 +80,22 @@ pub enum NodeError {
     /// The QUIC endpoint could not be opened (for example, the listen address is taken).
     #[error("cannot open the link endpoint: {0}")]
     Endpoint(TlsError),
+    /// The core's mission volume cannot be served.
+    #[error("mirror volume {}: {source}", path.display())]
+    Volume {
+        /// The volume's directory.
+        path: PathBuf,
+        /// Why.
+        source: crate::mirror::SourceError,
+    },
+    /// The edge's mirror directory cannot be opened.
+    #[error("mirror directory {}: {source}", path.display())]
+    Mirror {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: crate::mirror::ReplicaError,
+    },
     /// The link's accept or dial loop ended while the node ran (its endpoint closed).
     #[error("the link stopped unexpectedly")]
     LinkStopped,
@@ -140,6 +156,8 @@ pub struct Node {
     links: Links,
     endpoint: quinn::Endpoint,
     link_loop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    source: Option<MirrorSource>,
+    mirror: Option<Mirror>,
 }
 
 impl fmt::Debug for Node {
@@ -168,11 +186,34 @@ impl Node {
         }
 
         let links = Links::default();
+        // The core serves its mission volume (made if missing); an edge keeps a mirror.
+        let source = match role {
+            Role::Core => {
+                let path = config.volume_dir();
+                let volume_error = |source| NodeError::Volume {
+                    path: path.clone(),
+                    source,
+                };
+                std::fs::create_dir_all(&path).map_err(|e| {
+                    volume_error(crate::mirror::SourceError::Root {
+                        path: path.clone(),
+                        source: e,
+                    })
+                })?;
+                let source = MirrorSource::open(path.clone(), config.mirror.max_rate)
+                    .await
+                    .map_err(volume_error)?;
+                Some(source)
+            }
+            Role::Edge => None,
+        };
         let local = Local {
             store: store.clone(),
             core: role == Role::Core,
             settings: SessionSettings::default(),
+            mirror: source.clone(),
         };
+        let mut mirror = None;
         let transport = Arc::new(tls::transport_config());
         let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
             match role {
@@ -200,6 +241,17 @@ impl Node {
                     let endpoint = tls::client_endpoint(bind, &identity, transport)
                         .map_err(NodeError::Endpoint)?;
                     let link = links.link(&config.link.core_name);
+                    let settings = MirrorSettings {
+                        max_rate: config.mirror.max_rate,
+                        ..MirrorSettings::default()
+                    };
+                    let dir = config.mirror_dir();
+                    mirror = Some(Mirror::open(&dir, settings, link.clone()).map_err(
+                        |source| NodeError::Mirror {
+                            path: dir.clone(),
+                            source,
+                        },
+                    )?);
                     let (core, name) = (config.link.core.clone(), config.link.core_name.clone());
                     (
                         endpoint.clone(),
@@ -225,7 +277,19 @@ impl Node {
             links,
             endpoint,
             link_loop,
+            source,
+            mirror,
         })
+    }
+
+    /// The edge's mirror of the core's volume (`None` at the core).
+    pub fn mirror(&self) -> Option<&Mirror> {
+        self.mirror.as_ref()
+    }
+
+    /// The core's served mission volume (`None` at an edge).
+    pub fn mirror_source(&self) -> Option<&MirrorSource> {
+        self.source.as_ref()
     }
 
     /// The node's store.
@@ -252,6 +316,8 @@ impl Node {
             links,
             endpoint,
             mut link_loop,
+            source: _source,
+            mirror: _mirror,
         } = self;
         tokio::pin!(shutdown);
         // The first tick completes at once: retention also runs at start, after a long stop.

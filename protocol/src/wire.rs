@@ -233,7 +233,13 @@ impl Batch {
 
 /// Appends one frame, length-prefixed, to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
-    let body = codec::encode(frame);
+    encode_value(frame, out);
+}
+
+/// Appends any value in the codec, length-prefixed like a frame: the framing of the other
+/// stream kinds (the mirror stream's [`crate::mirror::MirrorFrame`]).
+pub fn encode_value<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    let body = codec::encode(value);
     let mut len = body.len() as u64;
     loop {
         let byte = (len & 0x7f) as u8;
@@ -266,6 +272,12 @@ impl FrameReader {
 
     /// The next complete frame; `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        self.next_value()
+    }
+
+    /// The next complete length-prefixed value of type `T` (see [`encode_value`]), under
+    /// the same size limit as a frame; `Ok(None)` when more bytes are needed.
+    pub fn next_value<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         let pending = &self.buf[self.start..];
         let mut len: u64 = 0;
         let mut header = None;

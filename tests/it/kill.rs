@@ -214,6 +214,7 @@ async fn link_again(dir: &TempDir, certs: &Path) -> (Store, Store) {
         store: store.clone(),
         core,
         settings: SessionSettings::default(),
+        mirror: None,
     };
     let allowed = Allowed::List(vec![name("alpha")]);
     tokio::spawn(link::serve(

@@ -7,5 +7,6 @@ mod impaired;
 mod kill;
 mod link;
 mod mirror;
+mod mirroring;
 mod nodes;
 mod replication;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::entry::{NodeName, Offset, Retention, Scope, TopicConfig, TopicName};
-use protocol::link::{self, LinkStatus, Links, Local, PeerLink, SessionSettings};
+use protocol::link::{
+    self, LinkStatus, Links, Local, Mirror, MirrorSettings, MirrorSource, PeerLink, SessionSettings,
+};
 use protocol::log::{Store, StoreConfig};
 use protocol::node::Role;
 use protocol::tls::{self, Allowed, Ca, NodeIdentity};
@@ -28,6 +30,10 @@ pub struct Node {
     pub links: Links,
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
+    /// The core's served volume, in a mirroring cluster.
+    pub source: Option<MirrorSource>,
+    /// An edge's mirror, in a mirroring cluster.
+    pub mirror: Option<Mirror>,
 }
 
 impl Node {
@@ -57,6 +63,8 @@ pub struct Cluster {
     topics: Vec<TopicConfig>,
     /// The session settings of every node.
     settings: SessionSettings,
+    /// The edges' mirror settings, in a mirroring cluster.
+    mirror: Option<MirrorSettings>,
     /// The core.
     pub core: Node,
     /// The edges, in the order given (and any added with [`Cluster::add`]).
@@ -86,7 +94,42 @@ impl Cluster {
         more: &[&str],
         topics: &[(&str, Scope)],
     ) -> Result<Cluster, Error> {
-        Cluster::start_with(edges, more, topics, settings()).await
+        Cluster::start_with(edges, more, topics, settings(), None).await
+    }
+
+    /// A mirroring cluster: a core `hq` serving the volume [`Cluster::volume`] (empty
+    /// at first; its edges' chunk rate capped at `max_rate`) and one edge `n` keeping a
+    /// mirror with `mirror` settings in `<dir>/<n>-mirror`, dialing the core directly or
+    /// through a link emulator with `profile`, with the QUIC settings `transport` (see
+    /// [`Cluster::start_edge_tuned`]). Holds no topics. Does not wait for the link.
+    pub async fn start_mirroring(
+        n: &str,
+        profile: Option<Profile>,
+        max_rate: Option<u64>,
+        mirror: MirrorSettings,
+        transport: quinn::TransportConfig,
+    ) -> Result<(Cluster, Option<Link>), Error> {
+        let mut cluster = Cluster::start_with(
+            &[],
+            &[n],
+            &[],
+            SessionSettings::default(),
+            Some((max_rate, mirror)),
+        )
+        .await?;
+        let relay = match profile {
+            Some(profile) => Some(Link::start(cluster.core_addr(), profile)?),
+            None => None,
+        };
+        let addr = relay.as_ref().map_or(cluster.core_addr(), Link::addr);
+        let edge = cluster.start_edge_tuned(n, addr, transport).await?;
+        cluster.add(edge);
+        Ok((cluster, relay))
+    }
+
+    /// The core's mission volume directory (served in a mirroring cluster).
+    pub fn volume(&self) -> std::path::PathBuf {
+        self.dir.path().join("hq-volume")
     }
 
     async fn start_with(
@@ -94,6 +137,7 @@ impl Cluster {
         more: &[&str],
         topics: &[(&str, Scope)],
         settings: SessionSettings,
+        mirroring: Option<(Option<u64>, MirrorSettings)>,
     ) -> Result<Cluster, Error> {
         let dir = TempDir::new("cluster")?;
         let ca = Ca::create("test mission")?;
@@ -106,12 +150,24 @@ impl Cluster {
             })
             .collect();
         let allowed = Allowed::List(edges.iter().chain(more).map(|e| name(e)).collect());
-        let core = start_core(&dir, &ca, &topics, allowed, &settings).await?;
+        let (source, mirror) = match mirroring {
+            Some((max_rate, mirror)) => {
+                let volume = dir.path().join("hq-volume");
+                std::fs::create_dir_all(&volume)?;
+                (
+                    Some(MirrorSource::open(volume, max_rate).await?),
+                    Some(mirror),
+                )
+            }
+            None => (None, None),
+        };
+        let core = start_core(&dir, &ca, &topics, allowed, &settings, source).await?;
         let mut cluster = Cluster {
             dir,
             ca,
             topics,
             settings,
+            mirror,
             core,
             edges: Vec::new(),
         };
@@ -137,7 +193,7 @@ impl Cluster {
         topics: &[(&str, Scope)],
     ) -> Result<(Cluster, Link), Error> {
         let mut cluster =
-            Cluster::start_with(&[], &[n], topics, SessionSettings::default()).await?;
+            Cluster::start_with(&[], &[n], topics, SessionSettings::default(), None).await?;
         let relay = Link::start(cluster.core_addr(), profile)?;
         let edge = cluster.start_edge_via(n, relay.addr()).await?;
         cluster.add(edge);
@@ -206,6 +262,15 @@ impl Cluster {
             store: store.clone(),
             core: false,
             settings: self.settings.clone(),
+            mirror: None,
+        };
+        let mirror = match &self.mirror {
+            Some(settings) => Some(Mirror::open(
+                &self.dir.path().join(format!("{n}-mirror")),
+                settings.clone(),
+                link.clone(),
+            )?),
+            None => None,
         };
         let task = tokio::spawn(link::dial(
             local,
@@ -220,6 +285,8 @@ impl Cluster {
             links,
             endpoint,
             task,
+            source: None,
+            mirror,
         })
     }
 
@@ -252,6 +319,7 @@ async fn start_core(
     topics: &[TopicConfig],
     allowed: Allowed,
     settings: &SessionSettings,
+    source: Option<MirrorSource>,
 ) -> Result<Node, Error> {
     let node = name("hq");
     let store = open_store(dir, &node, topics).await?;
@@ -266,6 +334,7 @@ async fn start_core(
         store: store.clone(),
         core: true,
         settings: settings.clone(),
+        mirror: source.clone(),
     };
     let task = tokio::spawn(link::serve(local, endpoint.clone(), allowed, links.clone()));
     Ok(Node {
@@ -274,6 +343,8 @@ async fn start_core(
         links,
         endpoint,
         task,
+        source,
+        mirror: None,
     })
 }
 

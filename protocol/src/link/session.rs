@@ -40,6 +40,7 @@ pub async fn session(
 ) -> LinkError {
     let result = run(local, conn, link, dialer).await;
     link.set_connected(false);
+    link.set_session(None, Some(conn));
     let err = match result {
         Ok(never) => match never {},
         Err(e) => e,
@@ -123,6 +124,7 @@ async fn run(
     };
     store.set_peer(out_config).await.map_err(store_error)?;
     link.set_connected(true);
+    link.set_session(Some(conn), None);
     tracing::info!(%peer, out = routes.out.len(), input = routes.input.len(), "link up");
 
     // Where each outgoing topic starts: the stored cursor, unless the peer lost data.
@@ -173,7 +175,9 @@ async fn run(
     let sender = send_loop(local, conn, link, &shared, &routes);
     let receiver = receive_loop(local, conn, link, &routes, &control_tx);
     let persist = persist_loop(local, conn, &consumer, link, &shared);
+    let mirrors = mirror_loop(local, conn, &peer);
     tokio::select! {
+        r = mirrors, if !dialer => r,
         r = writer => r,
         r = reader => r,
         r = pause => r,
@@ -184,8 +188,8 @@ async fn run(
     }
 }
 
-/// Stream priorities (higher goes first): control, then entries; mirror transfers will
-/// come last, below entries.
+/// Stream priorities (higher goes first): control, then entries; mirror transfers come
+/// last, below entries ([`super::PRIORITY_MIRROR`]).
 const PRIORITY_CONTROL: i32 = 1;
 const PRIORITY_ENTRIES: i32 = 0;
 
@@ -504,6 +508,29 @@ async fn receive_loop(
     tokio::select! {
         r = read => r,
         r = commit => r,
+    }
+}
+
+/// The core's side of mirroring: each bidirectional stream the edge opens after the
+/// control stream is a mirror run, served by its own task until the session ends.
+async fn mirror_loop(
+    local: &Local,
+    conn: &quinn::Connection,
+    peer: &NodeName,
+) -> Result<Never, LinkError> {
+    let mut runs = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(done) = runs.join_next(), if !runs.is_empty() => {
+                if let Err(err) = done {
+                    tracing::error!(%peer, %err, "a mirror stream task panicked");
+                }
+            }
+            opened = conn.accept_bi() => {
+                let (send, recv) = opened?;
+                runs.spawn(super::mirror::serve_stream(local.mirror.clone(), peer.clone(), send, recv));
+            }
+        }
     }
 }
 

@@ -178,6 +178,11 @@ impl SourceVolume {
         })
     }
 
+    /// The volume's directory.
+    pub fn root(&self) -> &Path {
+        self.scanner.root()
+    }
+
     /// Whether a watcher keeps the manifest current.
     pub fn watching(&self) -> bool {
         self.watcher.is_some()

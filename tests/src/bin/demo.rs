@@ -7,6 +7,9 @@
 //! - `alpha <text>`: the edge sends `<text>` to HQ (`ASSET_REQUEST`);
 //! - `down` / `up`: take the link down, bring it back;
 //! - `profile <name>`: switch the link to `lan`, `lte`, `satcom`, `tactical` or `hf`;
+//! - `mirror`: the edge mirrors HQ's mission volume (`<data>/hq/volume`, seeded with a
+//!   few files; add your own) into `<data>/alpha/mirror/current`; `mirror stop` stops it
+//!   (a later `mirror` resumes), `mirror status` shows where it stands;
 //! - `status`: both ends' view of the link; `quit` (or Ctrl-C) stops.
 //!
 //! Every entry is printed when it becomes durable at the other node, with how long it
@@ -23,7 +26,7 @@ use protocol::node::{Node, Role};
 use tests::link::{Link, LinkConfig, Profile};
 use tokio::sync::{mpsc, watch};
 
-const HELP: &str = "commands: hq <text> | alpha <text> | down | up | profile <lan|lte|satcom|tactical|hf> | status | quit";
+const HELP: &str = "commands: hq <text> | alpha <text> | down | up | profile <lan|lte|satcom|tactical|hf> | mirror [stop|status] | status | quit";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -62,6 +65,7 @@ async fn run(profile: Profile, data: PathBuf) -> Result<(), Box<dyn std::error::
     core.node.data_dir = data.join("hq");
     core.link.listen = ([127, 0, 0, 1], 0).into();
     protocol::node::init_tracing(&core.log).map_err(|e| e.to_string())?;
+    seed_volume(&core.volume_dir())?;
     let hq = Node::start(Role::Core, core.clone()).await?;
 
     // The edge dials the emulator, which relays to HQ; it uses HQ's demo certificates.
@@ -105,6 +109,7 @@ async fn run(profile: Profile, data: PathBuf) -> Result<(), Box<dyn std::error::
     ];
     let (hq_store, alpha_store) = (hq.store().clone(), alpha.store().clone());
     let (hq_links, alpha_links) = (hq.links().clone(), alpha.links().clone());
+    let mirror = alpha.mirror().cloned().ok_or("the edge has no mirror")?;
     let hq_task = tokio::spawn(hq.serve(until(stopped.clone())));
     let alpha_task = tokio::spawn(alpha.serve(until(stopped.clone())));
 
@@ -164,6 +169,39 @@ async fn run(profile: Profile, data: PathBuf) -> Result<(), Box<dyn std::error::
                 }
                 println!("emulator: {}", link.counters().to_json());
             }
+            "mirror" => match rest {
+                "" => match mirror.start() {
+                    Ok(()) => println!("mirror started: {}", mirror.current_dir().display()),
+                    Err(e) => println!("cannot start the mirror: {e}"),
+                },
+                "stop" => match mirror.stop() {
+                    Ok(()) => println!("mirror stopped; `mirror` resumes it"),
+                    Err(e) => println!("cannot stop the mirror: {e}"),
+                },
+                "status" => {
+                    let s = mirror.status();
+                    let eta = s
+                        .eta
+                        .map_or("-".into(), |d| format!("{:.0} s", d.as_secs_f64()));
+                    println!(
+                        "mirror {:?}: {:.0} %, files {}/{}, bytes {}/{} (reused {}), {} on the link, \
+                         rate {:.0} B/s, eta {eta}, refetched {}, last version {:?}, last error {}",
+                        s.state,
+                        s.percent(),
+                        s.files_done,
+                        s.files_todo,
+                        s.bytes_done,
+                        s.bytes_todo,
+                        s.bytes_reused,
+                        s.bytes_on_link,
+                        s.rate,
+                        s.refetched,
+                        s.last_success_version,
+                        s.last_error.as_deref().unwrap_or("-"),
+                    );
+                }
+                _ => println!("{HELP}"),
+            },
             "quit" | "exit" => break,
             _ => println!("{HELP}"),
         }
@@ -176,6 +214,29 @@ async fn run(profile: Profile, data: PathBuf) -> Result<(), Box<dyn std::error::
         watcher.abort();
     }
     link.stop();
+    Ok(())
+}
+
+/// Puts a few files into HQ's mission volume the first time.
+fn seed_volume(volume: &std::path::Path) -> std::io::Result<()> {
+    if volume.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(volume.join("maps"))?;
+    std::fs::create_dir_all(volume.join("briefings"))?;
+    std::fs::write(
+        volume.join("briefings/mission.txt"),
+        "Mission: survey the ridge. Rendezvous at dawn.\n",
+    )?;
+    let mut rng = tests::Rng::new(7);
+    for (name, len) in [
+        ("maps/sector-7.bin", 2 << 20),
+        ("maps/sector-8.bin", 512 << 10),
+    ] {
+        let mut bytes = vec![0u8; len];
+        rng.fill(&mut bytes);
+        std::fs::write(volume.join(name), bytes)?;
+    }
     Ok(())
 }
 

@@ -78,6 +78,7 @@ async fn run(
         store: store.clone(),
         core: role == Role::Core,
         settings,
+        mirror: None,
     };
     let links = Links::default();
     let mut tasks = tokio::task::JoinSet::<Result<(), String>>::new();

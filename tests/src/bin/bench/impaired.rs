@@ -343,7 +343,7 @@ pub(crate) async fn idle(quick: bool) -> crate::Lines {
 /// edge (issue 4: within 3 round trips plus the handshake). `first_new_entry_same_side_ms`:
 /// the edge also appends one entry to another topic when the link comes up, until it is
 /// stored at the core: it shares the direction (and the entry stream) with the backlog;
-/// `null` if it did not arrive within 120 s (30 s with `--quick`). `reconnected`: whether
+/// `null` if it did not arrive within 120 s (15 s with `--quick`). `reconnected`: whether
 /// the edge dialed a new connection (the outage outlived QUIC's idle timeout); then
 /// `reconnect_ms` is from the link coming up to the new session being up (the
 /// handshake, and whatever the redial's backoff added).
@@ -353,7 +353,7 @@ pub(crate) async fn first_entry(quick: bool) -> crate::Lines {
     } else {
         (10_000, Duration::from_secs(60))
     };
-    let same_side_patience = Duration::from_secs(if quick { 30 } else { 120 });
+    let same_side_patience = Duration::from_secs(if quick { 15 } else { 120 });
     let profile = Profile::named("tactical").map_err(|e| e.to_string())?;
     let round_trip = profile.round_trip();
     let pair = Pair::start(profile).await?;

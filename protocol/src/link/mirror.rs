@@ -1,0 +1,812 @@
+//! Volume mirroring over the link: the third traffic class.
+//!
+//! - **Stream.** Each mirror run is one bidirectional QUIC stream opened by the edge on
+//!   the session's connection, once the session is up (after the hellos, so the control
+//!   stream is always the first one). It runs at [`PRIORITY_MIRROR`], below entries (0)
+//!   and control (1): quinn fills each packet from the highest-priority stream with data,
+//!   so a mirror only ever uses what entries and control leave. Frames are
+//!   [`MirrorFrame`]s (numbered in `mirror/wire.rs`).
+//! - **Edge** ([`Mirror`]): runs only when an operator started it (a marker file,
+//!   `<dir>/mirror.run`, keeps that wish across restarts). A run sends `Start` with the
+//!   roots it holds, assembles and checks the manifest (full or a delta), plans against
+//!   the current version and the spool ([`ReplicaVolume::begin`], or the stored plan when
+//!   it resumes the same target), then asks for chunks in requests of about
+//!   [`MirrorSettings::request_bytes`], at most [`MirrorSettings::in_flight`] requests
+//!   outstanding (so little mirror data is ever queued at the core), verifies and spools
+//!   each chunk, syncs the spool after each request, and applies. A chunk that fails its
+//!   hash is asked for again (up to [`MAX_REFETCH`] times); a `Gone` chunk (its file
+//!   changed at the core) makes the run re-plan against a fresh manifest. A lost
+//!   connection interrupts the run; it resumes on the next session, fetching only what
+//!   the spool lacks. [`Mirror::stop`] interrupts it until [`Mirror::start`].
+//! - **Core** (`serve_stream`, one task per stream, spawned by the session): the one
+//!   [`SourceVolume`] of the node sits behind a mutex, used only on blocking threads
+//!   (`manifest()` re-hashes what changed; `read_chunk` reads and checks). Chunks go out
+//!   one at a time, in the order asked, each written before the next is read, through an
+//!   optional token bucket (the lower of the core's and the edge's caps).
+//! - A mirror error never ends the session: the stream is reset and entries go on.
+//!
+//! `bytes_on_link` in the status counts the mirror stream's bytes both ways (frames),
+//! not QUIC's own overhead.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use super::PeerLink;
+use crate::entry::NodeName;
+use crate::mirror::{
+    ChunkParams, Hash, Limits, MAX_REQUEST, Manifest, ManifestAssembly, MirrorFrame, MirrorStatus,
+    Plan, ReceiveError, ReplicaError, ReplicaVolume, Snapshot, SourceError, SourceVolume,
+    SpoolError, manifest_frames,
+};
+use crate::wire::{self, FrameReader};
+
+/// The mirror stream's QUIC priority: below entries (0) and control (1).
+pub const PRIORITY_MIRROR: i32 = -1;
+
+/// Times one chunk may fail its hash before the run fails.
+pub const MAX_REFETCH: u32 = 3;
+
+/// Fresh manifests asked for in one run after chunks were `Gone`, before it fails.
+const MAX_REPLANS: usize = 8;
+
+/// Application error code of a mirror stream reset (the reason is logged at each end).
+const RESET_CODE: u32 = 1;
+
+/// The core's mission volume, served to its edges' mirrors.
+#[derive(Debug, Clone)]
+pub struct MirrorSource {
+    volume: Arc<Mutex<SourceVolume>>,
+    max_rate: Option<u64>,
+    corrupt: Arc<AtomicU32>,
+}
+
+impl MirrorSource {
+    /// Serves `volume`, sending chunk bytes at most at `max_rate` bytes per second (the
+    /// edge may ask for less).
+    pub fn new(volume: SourceVolume, max_rate: Option<u64>) -> MirrorSource {
+        MirrorSource {
+            volume: Arc::new(Mutex::new(volume)),
+            max_rate: max_rate.filter(|r| *r > 0),
+            corrupt: Arc::default(),
+        }
+    }
+
+    /// Watches and scans the volume at `root` (on a blocking thread), then serves it.
+    pub async fn open(root: PathBuf, max_rate: Option<u64>) -> Result<MirrorSource, SourceError> {
+        let opened =
+            tokio::task::spawn_blocking(move || SourceVolume::open(root, ChunkParams::default()))
+                .await
+                .map_err(|e| SourceError::Root {
+                    path: PathBuf::new(),
+                    source: io::Error::other(e.to_string()),
+                })??;
+        Ok(MirrorSource::new(opened, max_rate))
+    }
+
+    /// For tests of the edge's checks: the next `chunks` chunks served have one byte
+    /// flipped (after the core checked them), as a faulty path would deliver them.
+    pub fn corrupt_next(&self, chunks: u32) {
+        self.corrupt.store(chunks, Ordering::SeqCst);
+    }
+
+    /// The current manifest, brought up to date with what the watcher saw.
+    pub async fn manifest(&self) -> Result<Arc<Snapshot>, SourceError> {
+        let volume = self.volume.clone();
+        tokio::task::spawn_blocking(move || MirrorSource::lock(&volume).manifest())
+            .await
+            .map_err(|e| SourceError::Root {
+                path: PathBuf::new(),
+                source: io::Error::other(e.to_string()),
+            })?
+    }
+
+    /// For tests and tools after writing into the volume: waits until the watched
+    /// manifest equals a fresh walk of the volume (the watcher has seen every change),
+    /// waking on the watcher's events; returns it, or the last difference after `within`.
+    pub async fn settled(&self, within: Duration) -> Result<Arc<Snapshot>, String> {
+        let volume = self.volume.clone();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + within;
+            let root = MirrorSource::lock(&volume).root().to_path_buf();
+            loop {
+                let watched = MirrorSource::lock(&volume)
+                    .manifest()
+                    .map_err(|e| e.to_string())?;
+                let mut fresh = SourceVolume::unwatched(&root, watched.manifest.chunking)
+                    .map_err(|e| e.to_string())?;
+                let walked = fresh.manifest().map_err(|e| e.to_string())?;
+                if walked.manifest.entries == watched.manifest.entries {
+                    return Ok(watched);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "the watched manifest of {} still differs from the volume",
+                        root.display()
+                    ));
+                }
+                MirrorSource::lock(&volume).wait_change(left.min(Duration::from_millis(100)));
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    fn lock(volume: &Mutex<SourceVolume>) -> MutexGuard<'_, SourceVolume> {
+        volume.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serves one mirror stream of `peer` until the edge ends it; an error resets it.
+pub(super) async fn serve_stream(
+    source: Option<MirrorSource>,
+    peer: NodeName,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let _ = send.set_priority(PRIORITY_MIRROR);
+    let result = match &source {
+        Some(source) => serve(source, &mut send, &mut recv).await,
+        None => {
+            let refused = MirrorFrame::Refused {
+                reason: "this core has no mirror volume".into(),
+            };
+            write(&mut send, &refused).await.map(drop)
+        }
+    };
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(RunError::Link(why)) => tracing::debug!(%peer, %why, "mirror stream cut"),
+        Err(RunError::Failed(why) | RunError::Stopped(why)) => {
+            tracing::warn!(%peer, %why, "mirror stream ended");
+            let _ = send.reset(quinn::VarInt::from_u32(RESET_CODE));
+        }
+    }
+}
+
+async fn serve(
+    source: &MirrorSource,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), RunError> {
+    let mut reader = FrameReader::default();
+    let mut bucket: Option<TokenBucket> = None;
+    loop {
+        let Some(frame) = read(recv, &mut reader, &mut 0).await? else {
+            return Ok(());
+        };
+        match frame {
+            MirrorFrame::Start {
+                have_root,
+                target_root,
+                max_rate,
+                ..
+            } => {
+                let rate = match (source.max_rate, max_rate.filter(|r| *r > 0)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                bucket = rate.map(TokenBucket::new);
+                let volume = source.volume.clone();
+                let frames = tokio::task::spawn_blocking(move || {
+                    let mut volume = MirrorSource::lock(&volume);
+                    let snapshot = volume.manifest().map_err(|e| e.to_string())?;
+                    // The closest manifest the edge holds: the target it is resuming, else
+                    // its current version; none (a core restart forgets them): all of it.
+                    let base = target_root
+                        .and_then(|r| volume.snapshot(&r))
+                        .or_else(|| volume.snapshot(&have_root));
+                    Ok::<_, String>(manifest_frames(
+                        &snapshot.manifest,
+                        base.as_ref().map(|b| &b.manifest),
+                    ))
+                })
+                .await
+                .map_err(|e| RunError::Failed(e.to_string()))?;
+                let frames = match frames {
+                    Ok(frames) => frames,
+                    Err(reason) => vec![MirrorFrame::Refused { reason }],
+                };
+                for frame in &frames {
+                    write(send, frame).await?;
+                }
+            }
+            MirrorFrame::Request { hashes } => {
+                if hashes.len() > MAX_REQUEST {
+                    return Err(RunError::Failed(format!(
+                        "request of {} chunks, over the limit of {MAX_REQUEST}",
+                        hashes.len()
+                    )));
+                }
+                for hash in hashes {
+                    let volume = source.volume.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        MirrorSource::lock(&volume).read_chunk(&hash)
+                    })
+                    .await
+                    .map_err(|e| RunError::Failed(e.to_string()))?;
+                    let frame = match read {
+                        Ok(mut bytes) => {
+                            if let Some(bucket) = &mut bucket {
+                                bucket.take(bytes.len()).await;
+                            }
+                            let flip = source.corrupt.fetch_update(
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                                |n| n.checked_sub(1),
+                            );
+                            if flip.is_ok()
+                                && let Some(b) = bytes.first_mut()
+                            {
+                                *b ^= 0xff;
+                            }
+                            MirrorFrame::Chunk { hash, bytes }
+                        }
+                        Err(err) => {
+                            tracing::info!(%err, "chunk gone: the edge re-plans");
+                            MirrorFrame::Gone { hash }
+                        }
+                    };
+                    write(send, &frame).await?;
+                }
+            }
+            MirrorFrame::Done => return Ok(()),
+            other => {
+                return Err(RunError::Failed(format!(
+                    "{} from the edge on the mirror stream",
+                    other.name()
+                )));
+            }
+        }
+    }
+}
+
+/// Paces chunk bytes: `rate` per second, bursts of a quarter second (at least 64 KiB).
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u64) -> TokenBucket {
+        let burst = (rate as f64 / 4.0).max(64.0 * 1024.0);
+        TokenBucket {
+            rate: rate as f64,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` bytes' worth, waiting for the debt to be paid off.
+    async fn take(&mut self, n: usize) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - n as f64;
+        if self.tokens < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
+        }
+    }
+}
+
+/// The edge's mirror settings.
+#[derive(Debug, Clone)]
+pub struct MirrorSettings {
+    /// What a manifest from the core may hold.
+    pub limits: Limits,
+    /// The operator's cap on chunk bytes per second, sent to the core; `None`: none.
+    pub max_rate: Option<u64>,
+    /// Chunk bytes asked for in one request (many small chunks share one).
+    pub request_bytes: u64,
+    /// Requests outstanding at once: enough to keep the link busy across a round trip,
+    /// few enough that little is queued at the core.
+    pub in_flight: usize,
+}
+
+impl Default for MirrorSettings {
+    fn default() -> Self {
+        MirrorSettings {
+            limits: Limits::default(),
+            max_rate: None,
+            request_bytes: 1 << 20,
+            in_flight: 3,
+        }
+    }
+}
+
+/// The edge's mirror of the core's mission volume: start, stop, status. Clones share
+/// one mirror; its task ends when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    shared: Arc<EdgeShared>,
+    _task: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug)]
+struct EdgeShared {
+    want: watch::Sender<bool>,
+    status: watch::Sender<MirrorStatus>,
+    marker: PathBuf,
+    current: PathBuf,
+}
+
+impl EdgeShared {
+    /// Records the operator's wish, durably, then tells the task.
+    fn set_wanted(&self, wanted: bool) -> io::Result<()> {
+        if wanted {
+            std::fs::write(&self.marker, b"")?;
+        } else {
+            match std::fs::remove_file(&self.marker) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        self.want.send_replace(wanted);
+        Ok(())
+    }
+}
+
+impl Mirror {
+    /// Opens the mirror in `dir` (recovering from any interruption) and starts its task,
+    /// which mirrors over `link` whenever an operator started it. A mirror started before
+    /// a restart resumes by itself. Must be called within a tokio runtime.
+    pub fn open(
+        dir: &Path,
+        settings: MirrorSettings,
+        link: Arc<PeerLink>,
+    ) -> Result<Mirror, ReplicaError> {
+        let replica = ReplicaVolume::open(dir, settings.limits.clone())?;
+        let marker = dir.join("mirror.run");
+        let wanted = marker.exists();
+        let mut status = MirrorStatus::default();
+        let version = replica.current().version;
+        if version > 0 {
+            status.last_success_version = Some(version);
+        }
+        if let Some(target) = replica.target() {
+            status.state = crate::mirror::MirrorState::Interrupted;
+            status.base_version = Some(version);
+            status.target_version = Some(target.version);
+        }
+        let shared = Arc::new(EdgeShared {
+            want: watch::Sender::new(wanted),
+            status: watch::Sender::new(status),
+            marker,
+            current: replica.current_dir(),
+        });
+        let replica = Arc::new(Mutex::new(replica));
+        let task = tokio::spawn(edge_loop(shared.clone(), replica, settings, link));
+        Ok(Mirror {
+            shared,
+            _task: Arc::new(AbortOnDrop(task)),
+        })
+    }
+
+    /// Starts (or resumes) a mirror: it runs as soon as the link is up.
+    pub fn start(&self) -> io::Result<()> {
+        self.shared.set_wanted(true)
+    }
+
+    /// Stops the mirror in progress; what was received is kept for the next start.
+    pub fn stop(&self) -> io::Result<()> {
+        self.shared.set_wanted(false)
+    }
+
+    /// Whether an operator started a mirror that has not finished or stopped.
+    pub fn started(&self) -> bool {
+        *self.shared.want.borrow()
+    }
+
+    /// The status now.
+    pub fn status(&self) -> MirrorStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    /// A watch of the status: it changes on every update.
+    pub fn watch(&self) -> watch::Receiver<MirrorStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Where readers find the mirrored volume (a symlink to the current version).
+    pub fn current_dir(&self) -> PathBuf {
+        self.shared.current.clone()
+    }
+}
+
+/// Why a run ended early.
+#[derive(Debug)]
+enum RunError {
+    /// The connection was lost: resume on the next session.
+    Link(String),
+    /// The operator stopped it (edge), or the peer stopped the stream.
+    Stopped(String),
+    /// It cannot go on: bad input, a disk error; the previous state is kept.
+    Failed(String),
+}
+
+async fn edge_loop(
+    shared: Arc<EdgeShared>,
+    replica: Arc<Mutex<ReplicaVolume>>,
+    settings: MirrorSettings,
+    link: Arc<PeerLink>,
+) {
+    let mut want = shared.want.subscribe();
+    let mut session = link.session.subscribe();
+    loop {
+        if want.wait_for(|w| *w).await.is_err() {
+            return;
+        }
+        let conn = tokio::select! {
+            c = session.wait_for(Option::is_some) => match c {
+                Ok(c) => c.clone(),
+                Err(_) => return,
+            },
+            _ = want.wait_for(|w| !*w) => continue,
+        };
+        let Some(conn) = conn else { continue };
+        let base = lock(&replica).current().version;
+        shared
+            .status
+            .send_modify(|s| s.planning(Some(base), SystemTime::now()));
+        let result = tokio::select! {
+            r = run(&conn, &replica, &settings, &shared.status) => r,
+            _ = want.wait_for(|w| !*w) => Err(RunError::Stopped("stopped by the operator".into())),
+        };
+        match result {
+            Ok(()) => {
+                if let Err(err) = shared.set_wanted(false) {
+                    tracing::warn!(%err, "cannot clear the mirror's run marker");
+                }
+                shared.status.send_modify(|s| s.done(SystemTime::now()));
+                tracing::info!("mirror done");
+            }
+            Err(RunError::Stopped(why)) => {
+                tracing::info!(%why, "mirror interrupted");
+                shared.status.send_modify(MirrorStatus::interrupted);
+            }
+            Err(RunError::Link(why)) => {
+                tracing::info!(%why, "mirror interrupted by the link; resumes when it is back");
+                shared.status.send_modify(|s| {
+                    s.interrupted();
+                    s.last_error = Some(why);
+                });
+                // Wait for another session (or a stop).
+                let id = conn.stable_id();
+                tokio::select! {
+                    r = session.wait_for(|c| c.as_ref().map(quinn::Connection::stable_id) != Some(id)) => if r.is_err() { return },
+                    _ = want.wait_for(|w| !*w) => {}
+                }
+            }
+            Err(RunError::Failed(why)) => {
+                tracing::warn!(%why, "mirror failed; the previous version is kept");
+                if let Err(err) = shared.set_wanted(false) {
+                    tracing::warn!(%err, "cannot clear the mirror's run marker");
+                }
+                shared.status.send_modify(|s| s.failed(&why));
+            }
+        }
+    }
+}
+
+fn lock(replica: &Mutex<ReplicaVolume>) -> MutexGuard<'_, ReplicaVolume> {
+    replica.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on the replica on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    replica: &Arc<Mutex<ReplicaVolume>>,
+    f: impl FnOnce(&mut ReplicaVolume) -> T + Send + 'static,
+) -> Result<T, RunError> {
+    let replica = replica.clone();
+    tokio::task::spawn_blocking(move || f(&mut lock(&replica)))
+        .await
+        .map_err(|e| RunError::Failed(format!("mirror task failed: {e}")))
+}
+
+/// The edge's end of one mirror stream, counting its bytes into the status.
+struct EdgeStream<'a> {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    reader: FrameReader,
+    status: &'a watch::Sender<MirrorStatus>,
+}
+
+impl EdgeStream<'_> {
+    async fn send(&mut self, frame: &MirrorFrame) -> Result<(), RunError> {
+        let n = write(&mut self.send, frame).await?;
+        self.status.send_modify(|s| s.on_link(n as u64));
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<MirrorFrame, RunError> {
+        let mut bytes = 0;
+        let frame = read(&mut self.recv, &mut self.reader, &mut bytes).await;
+        self.status.send_modify(|s| s.on_link(bytes));
+        frame?.ok_or_else(|| RunError::Failed("the core ended the mirror".into()))
+    }
+}
+
+async fn run(
+    conn: &quinn::Connection,
+    replica: &Arc<Mutex<ReplicaVolume>>,
+    settings: &MirrorSettings,
+    status: &watch::Sender<MirrorStatus>,
+) -> Result<(), RunError> {
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| RunError::Link(e.to_string()))?;
+    let _ = send.set_priority(PRIORITY_MIRROR);
+    let mut stream = EdgeStream {
+        send,
+        recv,
+        reader: FrameReader::default(),
+        status,
+    };
+    for _ in 0..MAX_REPLANS {
+        let (have_root, have_version, target_root) = {
+            let r = lock(replica);
+            (
+                r.current().root(),
+                r.current().version,
+                r.target().map(Manifest::root),
+            )
+        };
+        stream
+            .send(&MirrorFrame::Start {
+                have_root,
+                have_version,
+                target_root,
+                max_rate: settings.max_rate,
+            })
+            .await?;
+        let mut assembly = ManifestAssembly::default();
+        loop {
+            match stream.recv().await? {
+                MirrorFrame::Manifest {
+                    root,
+                    base,
+                    total,
+                    last,
+                    bytes,
+                } => {
+                    let complete = assembly
+                        .push(root, base, total, last, &bytes, &settings.limits)
+                        .map_err(|e| RunError::Failed(e.to_string()))?;
+                    if complete {
+                        break;
+                    }
+                }
+                MirrorFrame::Refused { reason } => {
+                    return Err(RunError::Failed(format!("the core refused: {reason}")));
+                }
+                other => {
+                    return Err(RunError::Failed(format!(
+                        "the core sent a {} instead of the manifest",
+                        other.name()
+                    )));
+                }
+            }
+        }
+        let limits = settings.limits.clone();
+        let plan = blocking(replica, move |r| plan_run(r, assembly, &limits))
+            .await?
+            .map_err(RunError::Failed)?;
+        let Some(plan) = plan else {
+            // Nothing to do: the edge holds the core's current state.
+            let version = lock(replica).current().version;
+            status.send_modify(|s| {
+                s.target_version = Some(version);
+                (s.files_done, s.files_todo, s.bytes_done, s.bytes_todo) = (0, 0, 0, 0);
+                s.bytes_reused = 0;
+            });
+            let _ = stream.send(&MirrorFrame::Done).await;
+            let _ = stream.send.finish();
+            return Ok(());
+        };
+        status.send_modify(|s| s.running(&plan));
+        if fetch(&mut stream, replica, &plan, settings).await? {
+            continue;
+        }
+        let applied = blocking(replica, |r| r.apply())
+            .await?
+            .map_err(|e| RunError::Failed(e.to_string()))?;
+        tracing::info!(
+            version = plan.target_version,
+            linked = applied.linked,
+            written = applied.written,
+            "mirror applied"
+        );
+        let _ = stream.send(&MirrorFrame::Done).await;
+        let _ = stream.send.finish();
+        return Ok(());
+    }
+    Err(RunError::Failed(format!(
+        "the core's volume kept changing: {MAX_REPLANS} manifests in a row had chunks gone"
+    )))
+}
+
+/// Checks the assembled target and plans the run: `None` if the edge already holds it.
+fn plan_run(
+    replica: &mut ReplicaVolume,
+    assembly: ManifestAssembly,
+    limits: &Limits,
+) -> Result<Option<Plan>, String> {
+    let holds: Vec<&Manifest> = [Some(replica.current()), replica.target()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let target = assembly.finish(&holds, limits).map_err(|e| e.to_string())?;
+    let root = target.root();
+    if root == replica.current().root() {
+        if replica.target().is_some() {
+            replica.abandon().map_err(|e| e.to_string())?;
+        }
+        return Ok(None);
+    }
+    if replica.target().map(Manifest::root) == Some(root) {
+        return Ok(replica.plan());
+    }
+    replica.begin(target).map(Some).map_err(|e| e.to_string())
+}
+
+/// Fetches the plan's chunks; `Ok(true)` if some were gone (re-plan).
+async fn fetch(
+    stream: &mut EdgeStream<'_>,
+    replica: &Arc<Mutex<ReplicaVolume>>,
+    plan: &Plan,
+    settings: &MirrorSettings,
+) -> Result<bool, RunError> {
+    let mut pending: VecDeque<Vec<Hash>> = plan
+        .batches(settings.request_bytes, MAX_REQUEST)
+        .map(|b| b.iter().map(|c| c.hash).collect())
+        .collect();
+    let mut in_flight: VecDeque<VecDeque<Hash>> = VecDeque::new();
+    let mut retries: HashMap<Hash, u32> = HashMap::new();
+    let mut refetch: Vec<Hash> = Vec::new();
+    let mut gone = false;
+    let max_chunk = settings.limits.max_chunk as usize;
+    loop {
+        while in_flight.len() < settings.in_flight.max(1) && !gone {
+            let batch = if !refetch.is_empty() {
+                std::mem::take(&mut refetch)
+            } else if let Some(batch) = pending.pop_front() {
+                batch
+            } else {
+                break;
+            };
+            stream
+                .send(&MirrorFrame::Request {
+                    hashes: batch.clone(),
+                })
+                .await?;
+            in_flight.push_back(batch.into());
+        }
+        let Some(front) = in_flight.front_mut() else {
+            break;
+        };
+        let Some(expected) = front.pop_front() else {
+            in_flight.pop_front();
+            continue;
+        };
+        match stream.recv().await? {
+            MirrorFrame::Chunk { hash, bytes } => {
+                if hash != expected {
+                    return Err(RunError::Failed(format!(
+                        "the core sent chunk {hash} where {expected} was due"
+                    )));
+                }
+                if bytes.len() > max_chunk {
+                    return Err(RunError::Failed(format!(
+                        "the core sent a chunk of {} bytes, over the limit of {max_chunk}",
+                        bytes.len()
+                    )));
+                }
+                let n = bytes.len() as u64;
+                match blocking(replica, move |r| r.receive(&hash, &bytes)).await? {
+                    Ok(()) => stream.status.send_modify(|s| s.received(n, Instant::now())),
+                    Err(ReceiveError::Spool(SpoolError::HashMismatch { .. })) => {
+                        stream.status.send_modify(MirrorStatus::refetch);
+                        let tries = retries.entry(hash).or_default();
+                        *tries += 1;
+                        if *tries > MAX_REFETCH {
+                            return Err(RunError::Failed(format!(
+                                "chunk {hash} failed its hash {MAX_REFETCH} times"
+                            )));
+                        }
+                        tracing::warn!(%hash, "a chunk failed its hash: fetching it again");
+                        refetch.push(hash);
+                    }
+                    Err(e) => return Err(RunError::Failed(e.to_string())),
+                }
+            }
+            MirrorFrame::Gone { hash } => {
+                if hash != expected {
+                    return Err(RunError::Failed(format!(
+                        "the core said chunk {hash} is gone where {expected} was due"
+                    )));
+                }
+                gone = true;
+            }
+            MirrorFrame::Refused { reason } => {
+                return Err(RunError::Failed(format!("the core refused: {reason}")));
+            }
+            other => {
+                return Err(RunError::Failed(format!(
+                    "the core sent a {} instead of a chunk",
+                    other.name()
+                )));
+            }
+        }
+        if in_flight.front().is_some_and(VecDeque::is_empty) {
+            in_flight.pop_front();
+            blocking(replica, |r| r.sync())
+                .await?
+                .map_err(|e| RunError::Failed(e.to_string()))?;
+        }
+    }
+    Ok(gone)
+}
+
+/// Writes one frame; returns its size.
+async fn write(send: &mut quinn::SendStream, frame: &MirrorFrame) -> Result<usize, RunError> {
+    let mut buf = Vec::new();
+    wire::encode_value(frame, &mut buf);
+    send.write_all(&buf).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(e) => RunError::Link(e.to_string()),
+        quinn::WriteError::Stopped(_) => RunError::Stopped("the peer stopped the stream".into()),
+        other => RunError::Failed(other.to_string()),
+    })?;
+    Ok(buf.len())
+}
+
+/// Reads the next frame; `None` when the peer finished the stream cleanly.
+/// Adds the bytes read from the stream to `count`.
+async fn read(
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+    count: &mut u64,
+) -> Result<Option<MirrorFrame>, RunError> {
+    loop {
+        match reader.next_value::<MirrorFrame>() {
+            Ok(Some(frame)) => return Ok(Some(frame)),
+            Ok(None) => {}
+            Err(e) => return Err(RunError::Failed(format!("bad mirror frame: {e}"))),
+        }
+        match recv.read_chunk(64 << 10, true).await {
+            Ok(Some(chunk)) => {
+                *count += chunk.bytes.len() as u64;
+                reader.push(&chunk.bytes);
+            }
+            Ok(None) => return Ok(None),
+            Err(quinn::ReadError::ConnectionLost(e)) => return Err(RunError::Link(e.to_string())),
+            Err(quinn::ReadError::Reset(code)) => {
+                return Err(RunError::Failed(format!(
+                    "the peer reset the mirror stream (code {code}); see its log"
+                )));
+            }
+            Err(e) => return Err(RunError::Failed(e.to_string())),
+        }
+    }
+}

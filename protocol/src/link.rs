@@ -403,6 +403,8 @@ pub async fn serve(local: Local, endpoint: quinn::Endpoint, allowed: Allowed, li
 /// drawn between half and all of it, so that many edges do not redial in step.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one dial (handshake included) may take before it is abandoned and retried.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
 
@@ -423,7 +425,12 @@ pub async fn dial(
         match resolve(&addr).await {
             // tls::connect logs a failure itself.
             Ok(resolved) => {
-                if let Ok(peer) = tls::connect(&endpoint, resolved, &core).await {
+                // A dial started while the link is down would otherwise sit in QUIC's
+                // backed-off handshake retransmissions until the idle timeout.
+                let connected =
+                    tokio::time::timeout(DIAL_TIMEOUT, tls::connect(&endpoint, resolved, &core))
+                        .await;
+                if let Ok(Ok(peer)) = connected {
                     link.replace(Some(peer.connection.clone()));
                     let err = session(&local, &peer.connection, &link, true).await;
                     link.replace_if(&peer.connection);

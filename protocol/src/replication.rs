@@ -69,7 +69,9 @@ pub struct Outbound {
     /// Per origin, the highest sequence the peer holds or was sent or told to skip.
     told: HashMap<NodeName, u64>,
     position: u64,
-    in_flight: VecDeque<(u64, NodeName, u64)>,
+    /// Offset, origin, sequence and size of each entry sent and not yet acknowledged.
+    in_flight: VecDeque<(u64, NodeName, u64, u64)>,
+    in_flight_bytes: u64,
 }
 
 impl Outbound {
@@ -84,6 +86,7 @@ impl Outbound {
             told,
             position: start.0,
             in_flight,
+            in_flight_bytes: 0,
         }
     }
 
@@ -112,12 +115,17 @@ impl Outbound {
         self.in_flight.len()
     }
 
+    /// Bytes (as [`crate::entry::Entry::size`] counts) sent and not yet acknowledged.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight_bytes
+    }
+
     /// The lowest offset not known to be held by the peer (see the type's doc).
     pub fn cursor(&self) -> Offset {
         Offset(
             self.in_flight
                 .front()
-                .map_or(self.position, |(offset, _, _)| *offset),
+                .map_or(self.position, |(offset, _, _, _)| *offset),
         )
     }
 
@@ -130,8 +138,9 @@ impl Outbound {
             let told = self.told.entry(origin.clone()).or_default();
             *told = (*told).max(*seq);
         }
-        while let Some((_, origin, seq)) = self.in_flight.front() {
+        while let Some((_, origin, seq, size)) = self.in_flight.front() {
             if have.get(origin).is_some_and(|held| held >= seq) {
+                self.in_flight_bytes -= size;
                 self.in_flight.pop_front();
             } else {
                 break;
@@ -178,8 +187,10 @@ impl Outbound {
                 });
             }
             self.told.insert(origin.clone(), e.id.seq.0);
+            let size = e.size();
+            self.in_flight_bytes += size;
             self.in_flight
-                .push_back((record.offset.0, origin.clone(), e.id.seq.0));
+                .push_back((record.offset.0, origin.clone(), e.id.seq.0, size));
             entries.push(e);
         }
         if !entries.is_empty() {

@@ -188,6 +188,10 @@ async fn run(
     }
 }
 
+/// The least the sender may have unacknowledged, whatever the congestion window says:
+/// enough for a burst of small entries on a link that has just started.
+const MIN_IN_FLIGHT_BYTES: u64 = 32 << 10;
+
 /// Stream priorities (higher goes first): control, then entries; mirror transfers come
 /// last, below entries ([`super::PRIORITY_MIRROR`]).
 const PRIORITY_CONTROL: i32 = 1;
@@ -328,8 +332,21 @@ async fn send_loop(
         let mut progressed = false;
         let mut counts: Vec<(TopicName, u64)> = Vec::new();
         if !paused {
+            // Sized to the link: what is sent and not yet acknowledged stays within about
+            // two congestion windows, so that little waits in QUIC's buffers and a new
+            // entry (of another topic, or from the other side) never queues behind a
+            // backlog of megabytes on a slow link.
+            let window = (2 * conn.stats().path.cwnd).max(MIN_IN_FLIGHT_BYTES);
+            let mut unacknowledged: u64 = shared
+                .outbound()
+                .values()
+                .map(Outbound::in_flight_bytes)
+                .sum();
             let n = routes.out.len();
             for i in 0..n {
+                if unacknowledged >= window {
+                    break;
+                }
                 let topic = &routes.out[(turn + i) % n.max(1)];
                 let (position, room) = {
                     let outbound = shared.outbound();
@@ -347,10 +364,20 @@ async fn send_loop(
                 if room == 0 {
                     continue;
                 }
-                let records = store.read(topic, position, settings.batch_entries.min(room))?;
+                let mut records = store.read(topic, position, settings.batch_entries.min(room))?;
                 if records.is_empty() {
                     continue;
                 }
+                // Keep to the window (at least one entry, so that a large one still goes).
+                let mut fits = 0;
+                for r in &records {
+                    if fits > 0 && unacknowledged + r.entry.size() > window {
+                        break;
+                    }
+                    unacknowledged += r.entry.size();
+                    fits += 1;
+                }
+                records.truncate(fits);
                 progressed = true;
                 let frames = match shared.outbound().get_mut(topic) {
                     Some(out) => out.plan(records),

@@ -190,7 +190,7 @@ async fn run(
 
 /// The least the sender may have unacknowledged, whatever the congestion window says:
 /// enough for a burst of small entries on a link that has just started.
-const MIN_IN_FLIGHT_BYTES: u64 = 32 << 10;
+const MIN_IN_FLIGHT_BYTES: u64 = 64 << 10;
 
 /// Stream priorities (higher goes first): control, then entries; mirror transfers come
 /// last, below entries ([`super::PRIORITY_MIRROR`]).
@@ -332,11 +332,12 @@ async fn send_loop(
         let mut progressed = false;
         let mut counts: Vec<(TopicName, u64)> = Vec::new();
         if !paused {
-            // Sized to the link: what is sent and not yet acknowledged stays within about
-            // two congestion windows, so that little waits in QUIC's buffers and a new
+            // Sized to the link: what is sent and not yet acknowledged stays within four
+            // congestion windows (acknowledgements come a round trip plus a commit after
+            // the data; two windows cost a quarter of satcom's goodput), so that little waits in QUIC's buffers and a new
             // entry (of another topic, or from the other side) never queues behind a
             // backlog of megabytes on a slow link.
-            let window = (2 * conn.stats().path.cwnd).max(MIN_IN_FLIGHT_BYTES);
+            let window = (4 * conn.stats().path.cwnd).max(MIN_IN_FLIGHT_BYTES);
             let mut unacknowledged: u64 = shared
                 .outbound()
                 .values()

@@ -981,7 +981,7 @@ where
 
 /// The signals that stop a node: SIGTERM (Kubernetes) and SIGINT (Ctrl-C).
 #[derive(Debug)]
-struct Signals {
+pub struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -990,7 +990,7 @@ struct Signals {
 
 impl Signals {
     /// Starts listening; from now on these signals no longer kill the process.
-    fn new() -> std::io::Result<Signals> {
+    pub fn new() -> std::io::Result<Signals> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -1004,7 +1004,7 @@ impl Signals {
     }
 
     /// Waits for the next signal; returns its name.
-    async fn recv(&mut self) -> &'static str {
+    pub async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {

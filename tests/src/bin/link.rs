@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use protocol::node::Signals;
 use serde_json::json;
 use tests::link::{DEFAULT_SEED, Link, LinkConfig, Profile};
 
@@ -182,46 +183,4 @@ fn address(flag: &str, value: &str) -> Result<SocketAddr, String> {
     value
         .parse()
         .map_err(|_| format!("{flag} takes an address such as 127.0.0.1:7000, not {value:?}"))
-}
-
-/// SIGTERM and SIGINT (Ctrl-C).
-#[derive(Debug)]
-struct Signals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                terminate: signal(SignalKind::terminate())?,
-                interrupt: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    async fn recv(&mut self) -> &'static str {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                Some(()) = self.terminate.recv() => "SIGTERM",
-                Some(()) = self.interrupt.recv() => "SIGINT",
-                else => std::future::pending().await,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            match tokio::signal::ctrl_c().await {
-                Ok(()) => "Ctrl-C",
-                Err(_) => std::future::pending().await,
-            }
-        }
-    }
 }

@@ -176,12 +176,13 @@ fn rate(profile: &Profile, dir: &str) -> Result<u64, String> {
 /// line sums up: the worst goodput per profile, the worst first new entry.
 pub(crate) async fn catch_up_profiles(
     quick: bool,
+    only: Option<&str>,
     mut lines: Vec<serde_json::Value>,
 ) -> crate::Lines {
-    let profiles: &[&str] = if quick {
-        &["satcom", "tactical"]
-    } else {
-        &["satcom", "tactical", "hf"]
+    let profiles: Vec<&str> = match only {
+        Some(name) => vec![name],
+        None if quick => vec!["satcom", "tactical"],
+        None => vec!["satcom", "tactical", "hf"],
     };
     let seconds = if quick { 5 } else { 45 };
     let mut summary = json!({ "scenario": "catch-up", "summary": true, "quick": quick });
@@ -191,7 +192,7 @@ pub(crate) async fn catch_up_profiles(
         }
     }
     let mut worst_first = 0.0f64;
-    for name in profiles {
+    for name in &profiles {
         let profile = Profile::named(name).map_err(|e| e.to_string())?;
         let mut worst = f64::INFINITY;
         for dir in ["e2c", "c2e"] {

@@ -1,4 +1,4 @@
-//! The benchmark runner: `bench <scenario> [--quick]`.
+//! The benchmark runner: `bench <scenario> [--quick] [--profile NAME]`.
 //!
 //! Results go to stdout, one JSON object per line with `"scenario"` and its metric keys
 //! (see `shared/BENCHMARKS.md`); progress for people goes to stderr. Every scenario runs
@@ -49,9 +49,19 @@ type Lines = Result<Vec<serde_json::Value>, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let scenario = args.iter().find(|a| !a.starts_with("--"));
+    // `--profile NAME`: `catch-up` through that link profile only.
+    let profile = args
+        .iter()
+        .position(|a| a == "--profile")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let scenario = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--profile"))
+        .map(|(_, a)| a);
     let usage = || {
-        eprintln!("usage: bench <scenario> [--quick]\n\nscenarios:");
+        eprintln!("usage: bench <scenario> [--quick] [--profile NAME]\n\nscenarios:");
         for (name, what) in SCENARIOS {
             eprintln!("  {name:<12} {what}");
         }
@@ -60,7 +70,10 @@ fn main() -> ExitCode {
         usage();
         return ExitCode::SUCCESS;
     }
-    if let Some(bad) = args.iter().find(|a| a.starts_with("--") && *a != "--quick") {
+    if let Some(bad) = args
+        .iter()
+        .find(|a| a.starts_with("--") && *a != "--quick" && *a != "--profile")
+    {
         eprintln!("error: unknown option {bad}");
         usage();
         return ExitCode::from(2);
@@ -79,8 +92,13 @@ fn main() -> ExitCode {
         Some("replicate") => runtime.block_on(link::replicate(quick)),
         Some("latency") => runtime.block_on(link::latency(quick)),
         Some("catch-up") => runtime.block_on(async {
-            let lan = link::catch_up(quick).await?;
-            impaired::catch_up_profiles(quick, lan).await
+            match profile {
+                Some(name) => impaired::catch_up_profiles(quick, Some(&name), Vec::new()).await,
+                None => {
+                    let lan = link::catch_up(quick).await?;
+                    impaired::catch_up_profiles(quick, None, lan).await
+                }
+            }
         }),
         Some("idle") => runtime.block_on(impaired::idle(quick)),
         Some("first-entry") => runtime.block_on(impaired::first_entry(quick)),

@@ -189,18 +189,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-
-    fn random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            out.extend_from_slice(&seed.to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::mirror::scan::tests::random;
 
     /// Bytes of `new`'s chunks that `old` does not have: what would cross the link.
     fn new_bytes(old: &Chunked, new: &Chunked) -> u64 {

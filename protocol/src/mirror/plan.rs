@@ -266,18 +266,7 @@ mod tests {
     use crate::codec;
     use crate::mirror::chunk::chunk_bytes;
     use crate::mirror::manifest::FileNode;
-
-    fn random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            out.extend_from_slice(&seed.to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::mirror::scan::tests::random;
 
     fn p(path: &str) -> RelPath {
         RelPath::new(path).unwrap()

@@ -37,7 +37,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, FileTimes};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -473,7 +473,8 @@ impl ReplicaVolume {
                     });
                 };
                 let from = src.under(old);
-                let bytes = read_at(&from, *offset, chunk.len).map_err(apply_io("read", &from))?;
+                let bytes = super::chunk::read_at(&from, *offset, chunk.len)
+                    .map_err(apply_io("read", &from))?;
                 if Hash::of(&bytes) != chunk.hash {
                     self.bad_local.insert(chunk.hash);
                     return Err(damaged(chunk.hash, path));
@@ -659,14 +660,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     file.write_all(bytes).map_err(spool_io("write", &tmp))?;
     file.sync_all().map_err(spool_io("sync", &tmp))?;
     fs::rename(&tmp, path).map_err(spool_io("rename", &tmp))
-}
-
-fn read_at(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = vec![0; len as usize];
-    file.read_exact(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// Removes a file or a tree, if present.

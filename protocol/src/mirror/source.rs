@@ -31,8 +31,7 @@
 //! IO: reads the volume; the watcher's thread (notify's) reads inotify events.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -240,7 +239,7 @@ impl SourceVolume {
         else {
             return Err(ServeError::Unknown(*hash));
         };
-        match read_at(&path.under(self.scanner.root()), *offset, *len) {
+        match super::chunk::read_at(&path.under(self.scanner.root()), *offset, *len) {
             Ok(bytes) if Hash::of(&bytes) == *hash => Ok(bytes),
             // Changed, truncated, gone or unreadable: rescan it; the edge re-plans.
             _ => {
@@ -450,14 +449,6 @@ impl Dirty {
             self.all = true;
         }
     }
-}
-
-fn read_at(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = vec![0; len as usize];
-    file.read_exact(&mut bytes)?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! What it is: the entry model ([`entry`]), the one serialization codec ([`codec`]), the
 //! durable log store on sled ([`log`]), node configuration ([`config`]) and the node
 //! runtime that both binaries share ([`node`]), and the file side of volume mirroring
-//! ([`mirror`]). The service runtime joins it in a later module.
+//! ([`mirror`]), and the service runtime ([`service`]).
 //!
 //! What it is not: an HTTP server (that is the `ui` crate) or a binary. It installs no
 //! tracing subscriber and handles no signal, except in [`node::main_for`], which is the
@@ -22,5 +22,6 @@ pub mod log;
 pub mod mirror;
 pub mod node;
 pub mod replication;
+pub mod service;
 pub mod tls;
 pub mod wire;

@@ -33,6 +33,7 @@ use crate::config::{Config, LogFormat, LogSettings};
 use crate::entry::{NameError, NodeName, TopicName};
 use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
 use crate::log::{OpenError, Store, WriteError};
+use crate::service::Services;
 use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, NodeIdentity, TlsError};
 
 /// What a node is in the mission: the HQ node or a field node.
@@ -158,6 +159,7 @@ pub struct Node {
     link_loop: Pin<Box<dyn Future<Output = ()> + Send>>,
     source: Option<MirrorSource>,
     mirror: Option<Mirror>,
+    services: Services,
 }
 
 impl fmt::Debug for Node {
@@ -184,6 +186,13 @@ impl Node {
                 source,
             })?;
         }
+
+        let services = Services::new(store.clone())
+            .await
+            .map_err(|source| NodeError::CreateTopic {
+                topic: crate::service::Tile::topic(),
+                source,
+            })?;
 
         let links = Links::default();
         // The core serves its mission volume (made if missing); an edge keeps a mirror.
@@ -279,7 +288,18 @@ impl Node {
             link_loop,
             source,
             mirror,
+            services,
         })
+    }
+
+    /// The node's services; the node crates add theirs before [`Node::serve`].
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The edge's mirror of the core's volume (`None` at the core).
@@ -318,6 +338,7 @@ impl Node {
             mut link_loop,
             source: _source,
             mirror: _mirror,
+            services,
         } = self;
         tokio::pin!(shutdown);
         // The first tick completes at once: retention also runs at start, after a long stop.
@@ -343,7 +364,9 @@ impl Node {
             }
         };
 
-        // Stop the links: sessions end, the peers are told why, then the store closes.
+        // Stop the services (they start again at the next start), then the links: sessions
+        // end, the peers are told why; then the store closes.
+        services.halt().await;
         drop(link_loop);
         endpoint.close(CloseCode::Shutdown.code(), b"the node is stopping");
         if tokio::time::timeout(CLOSE_GRACE, endpoint.wait_idle())

@@ -1,0 +1,77 @@
+//! A service's durable input: one topic read through a consumer named after the service.
+
+use std::collections::VecDeque;
+
+use crate::entry::{Offset, Record, TopicName};
+use crate::log::{Consumer, ConsumerName, Txn};
+
+use super::{Ctx, ServiceError};
+
+/// How many entries one read takes from the store.
+const BATCH: usize = 64;
+
+/// Entries of one topic for one service, each handed out once and committed with the
+/// service's writes ([`Input::done`], [`Input::failed`]).
+#[derive(Debug)]
+pub struct Input {
+    ctx: Ctx,
+    consumer: Consumer,
+    buffered: VecDeque<Record>,
+}
+
+impl Input {
+    pub(super) fn open(ctx: Ctx, part: &str, topic: &TopicName) -> Result<Input, ServiceError> {
+        let name = if part.is_empty() {
+            ctx.name.to_owned()
+        } else {
+            format!("{}.{part}", ctx.name)
+        };
+        let name = ConsumerName::new(name).map_err(ServiceError::other)?;
+        let consumer = ctx.store.consumer(name, topic.clone())?;
+        Ok(Input {
+            ctx,
+            consumer,
+            buffered: VecDeque::new(),
+        })
+    }
+
+    /// Waits for the next entry not yet committed, then the service's processing delay.
+    pub async fn next(&mut self) -> Result<Record, ServiceError> {
+        if self.buffered.is_empty() {
+            self.buffered = self.consumer.poll(BATCH).await?.into();
+        }
+        let record = self
+            .buffered
+            .pop_front()
+            .ok_or_else(|| ServiceError::other("the store returned no entry after a wake-up"))?;
+        self.ctx.pace().await;
+        Ok(record)
+    }
+
+    /// Commits the work done for `record` (`txn`) with the cursor moved past it, and
+    /// counts it as processed.
+    pub async fn done(&mut self, record: &Record, txn: Txn) -> Result<(), ServiceError> {
+        self.commit(record, txn).await?;
+        self.ctx.processed();
+        Ok(())
+    }
+
+    /// Commits `txn` (which records the failure, for whoever reads the output) with the
+    /// cursor moved past `record`, and counts it as failed with `why`.
+    pub async fn failed(
+        &mut self,
+        record: &Record,
+        txn: Txn,
+        why: impl std::fmt::Display,
+    ) -> Result<(), ServiceError> {
+        self.commit(record, txn).await?;
+        self.ctx.failed(why);
+        Ok(())
+    }
+
+    async fn commit(&mut self, record: &Record, txn: Txn) -> Result<(), ServiceError> {
+        let next = Offset(record.offset.0 + 1);
+        self.consumer.commit(txn, next).await?;
+        Ok(())
+    }
+}

@@ -52,6 +52,10 @@ pub struct Config {
     pub link: LinkSettings,
     /// `[mirror]`: volume mirroring (the core's mission volume, the edge's mirror).
     pub mirror: MirrorConfig,
+    /// `[http]`: the node's HTTP server (API, page, files).
+    pub http: HttpSettings,
+    /// `[pipeline]`: the mission pipeline's services.
+    pub pipeline: PipelineSettings,
     /// `[[topics]]`: the topics the node creates (or updates) at start.
     pub topics: Vec<TopicConfig>,
 }
@@ -140,6 +144,46 @@ pub struct MirrorConfig {
     pub max_rate: Option<u64>,
 }
 
+/// The `[http]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Where the node serves its HTTP API, page and files. Default: 127.0.0.1:8080 at
+    /// the core, 127.0.0.1:8081 at an edge (both on one machine for the demo).
+    pub listen: SocketAddr,
+}
+
+/// The `[pipeline]` section: the mission pipeline's services (DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineSettings {
+    /// Core: the feed document, a path or an http(s) URL in the NASA Image and Video
+    /// Library format. `None`: the built-in demo feed, served by the core itself.
+    pub feed: Option<String>,
+    /// Core: how often the feed service picks new items.
+    pub feed_every: Duration,
+    /// Core: how many new items it picks each time.
+    pub feed_batch: u32,
+    /// Core: the largest image a download may fetch.
+    pub max_download_bytes: u64,
+    /// Core: how long one download may take.
+    pub download_timeout: Duration,
+    /// Whether every service starts the first time a node starts (afterwards a node
+    /// remembers which services an operator left running).
+    pub start_services: bool,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            feed: None,
+            feed_every: Duration::from_secs(10),
+            feed_batch: 2,
+            max_download_bytes: 50 << 20,
+            download_timeout: Duration::from_secs(60),
+            start_services: true,
+        }
+    }
+}
+
 /// Why a config could not be loaded. Each names the file, variable or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -214,6 +258,13 @@ impl Config {
                 demo_certs: true,
             },
             mirror: MirrorConfig::default(),
+            http: HttpSettings {
+                listen: match role {
+                    Role::Core => SocketAddr::from(([127, 0, 0, 1], 8080)),
+                    Role::Edge => SocketAddr::from(([127, 0, 0, 1], 8081)),
+                },
+            },
+            pipeline: PipelineSettings::default(),
             node: NodeSettings { data_dir, name },
             log: LogSettings {
                 format: LogFormat::Text,
@@ -282,6 +333,17 @@ impl Config {
         }
     }
 
+    /// Where the core keeps downloaded images: `<data_dir>/downloads`.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.node.data_dir.join("downloads")
+    }
+
+    /// The core's ingest directory, watched for files to turn into assets:
+    /// `<data_dir>/ingest`.
+    pub fn ingest_dir(&self) -> PathBuf {
+        self.node.data_dir.join("ingest")
+    }
+
     /// The edge's mirror directory: `mirror.dir`, by default `<data_dir>/mirror`.
     pub fn mirror_dir(&self) -> PathBuf {
         match &self.mirror.dir {
@@ -327,16 +389,18 @@ impl Config {
             store,
             link,
             mirror,
+            http,
+            pipeline,
             topics,
         } = self;
         let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
         out.push_str(
             r#"# Tether node configuration.
 #
-# Every key of [node], [log], [store], [link] and [mirror] may be overridden by an
-# environment variable TETHER_<SECTION>__<KEY>, such as TETHER_NODE__NAME=bravo,
-# TETHER_STORE__DISK_BUDGET=10GiB or TETHER_LINK__EDGES=alpha,bravo. Topics are set in
-# this file only.
+# Every key of [node], [log], [store], [link], [mirror], [http] and [pipeline] may be
+# overridden by an environment variable TETHER_<SECTION>__<KEY>, such as
+# TETHER_NODE__NAME=bravo, TETHER_STORE__DISK_BUDGET=10GiB or
+# TETHER_LINK__EDGES=alpha,bravo. Topics are set in this file only.
 # Sizes are bytes, as an integer or a string with a unit: "512KiB", "64MiB", "10GB".
 # Durations are strings with a unit: "500ms", "10s", "30m", "12h", "7d".
 "#,
@@ -393,6 +457,13 @@ retention_interval = {retention_interval}
         )?;
         self.write_link_toml(out, link)?;
         self.write_mirror_toml(out, mirror)?;
+        writeln!(
+            out,
+            "\n[http]\n# Where the node serves its HTTP API, page and files. 127.0.0.1: this machine only.\n\
+             listen = {}",
+            text(&http.listen.to_string())
+        )?;
+        self.write_pipeline_toml(out, pipeline)?;
         if !topics.is_empty() {
             out.push_str(
                 r#"
@@ -533,6 +604,42 @@ demo_certs = {demo_certs}
         )
     }
 
+    /// The `[pipeline]` section: the core's feed and download keys, then the shared one.
+    fn write_pipeline_toml(&self, out: &mut String, pipeline: &PipelineSettings) -> fmt::Result {
+        let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        out.push_str("\n[pipeline]\n");
+        if self.is_core() {
+            let feed = match &pipeline.feed {
+                Some(feed) => format!("feed = {}", text(feed)),
+                None => "# feed = \"https://images-api.nasa.gov/search?q=apollo&media_type=image\"".to_owned(),
+            };
+            write!(
+                out,
+                r#"# The IMAGE feed document: a path or an http(s) URL, in the NASA Image and Video
+# Library API format. Left out: the built-in demo feed, served by this node.
+{feed}
+# How often the feed service picks new items, and how many each time.
+feed_every = {feed_every}
+feed_batch = {feed_batch}
+# Limits on one image download.
+max_download_bytes = {max_download_bytes}
+download_timeout = {download_timeout}
+"#,
+                feed_every = text(&format_duration(pipeline.feed_every)),
+                feed_batch = pipeline.feed_batch,
+                max_download_bytes = size_value(pipeline.max_download_bytes),
+                download_timeout = text(&format_duration(pipeline.download_timeout)),
+            )?;
+        }
+        writeln!(
+            out,
+            "# Start every service the first time the node starts; afterwards the node\n\
+             # remembers which services an operator left running.\n\
+             start_services = {}",
+            pipeline.start_services
+        )
+    }
+
     fn is_core(&self) -> bool {
         self.role == Role::Core
     }
@@ -661,6 +768,10 @@ struct RawConfig {
     link: RawLink,
     #[serde(default)]
     mirror: RawMirror,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    pipeline: RawPipeline,
     topics: Option<Vec<RawTopic>>,
 }
 
@@ -705,6 +816,23 @@ struct RawMirror {
     volume: Option<PathBuf>,
     dir: Option<PathBuf>,
     max_rate: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    feed: Option<String>,
+    feed_every: Option<Scalar>,
+    feed_batch: Option<i64>,
+    max_download_bytes: Option<Scalar>,
+    download_timeout: Option<Scalar>,
+    start_services: Option<bool>,
 }
 
 /// A list of names as written: a TOML array of strings, or one string of names separated
@@ -816,10 +944,24 @@ impl RawConfig {
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
+        let http = HttpSettings {
+            listen: match self.http.listen {
+                Some(text) => text.parse().map_err(|e| {
+                    origins.invalid(
+                        "http.listen",
+                        format_args!("{text:?} is not an address and port such as 127.0.0.1:8080 ({e})"),
+                    )
+                })?,
+                None => defaults.http.listen,
+            },
+        };
+        let pipeline = self.pipeline.check(role, origins)?;
         Ok(Config {
             role,
             link,
             mirror,
+            http,
+            pipeline,
             node: NodeSettings { name, data_dir },
             log: LogSettings {
                 format: self.log.format.unwrap_or(defaults.log.format),
@@ -827,6 +969,53 @@ impl RawConfig {
             },
             store,
             topics,
+        })
+    }
+}
+
+impl RawPipeline {
+    fn check(self, role: Role, origins: &Origins) -> Result<PipelineSettings, ConfigError> {
+        let defaults = PipelineSettings::default();
+        if role == Role::Edge {
+            let core_keys = [
+                ("pipeline.feed", self.feed.is_some()),
+                ("pipeline.feed_every", self.feed_every.is_some()),
+                ("pipeline.feed_batch", self.feed_batch.is_some()),
+                ("pipeline.max_download_bytes", self.max_download_bytes.is_some()),
+                ("pipeline.download_timeout", self.download_timeout.is_some()),
+            ];
+            if let Some((key, _)) = core_keys.iter().find(|(_, set)| *set) {
+                return Err(origins.invalid(key, "a core's key: HQ reads the feed and downloads"));
+            }
+        }
+        if self.feed.as_ref().is_some_and(|f| f.trim().is_empty()) {
+            return Err(origins.invalid("pipeline.feed", "must not be empty (leave it out for the demo feed)"));
+        }
+        let duration = |key: &str, value: Option<Scalar>, default| match value {
+            Some(v) => positive_duration(&v).map_err(|e| origins.invalid(key, e)),
+            None => Ok(default),
+        };
+        Ok(PipelineSettings {
+            feed: self.feed,
+            feed_every: duration("pipeline.feed_every", self.feed_every, defaults.feed_every)?,
+            feed_batch: match self.feed_batch {
+                Some(n) => u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| origins.invalid("pipeline.feed_batch", "must be 1 to 1000"))?,
+                None => defaults.feed_batch,
+            },
+            max_download_bytes: match self.max_download_bytes {
+                Some(v) => positive_size(&v)
+                    .map_err(|e| origins.invalid("pipeline.max_download_bytes", e))?,
+                None => defaults.max_download_bytes,
+            },
+            download_timeout: duration(
+                "pipeline.download_timeout",
+                self.download_timeout,
+                defaults.download_timeout,
+            )?,
+            start_services: self.start_services.unwrap_or(defaults.start_services),
         })
     }
 }

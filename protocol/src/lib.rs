@@ -19,6 +19,7 @@ pub mod config;
 pub mod entry;
 pub mod link;
 pub mod log;
+pub mod mission;
 pub mod mirror;
 pub mod node;
 pub mod replication;

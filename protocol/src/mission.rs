@@ -1,0 +1,123 @@
+//! The mission pipeline's vocabulary, shared by HQ and the edges: its topics, the assets
+//! table, and the messages that cross the link (DESIGN.md, "The mission pipeline").
+//!
+//! Every message is JSON, so that integrators read it with any tool; each has the
+//! asset's id, which is safe as a file name and a table id (HQ makes it so).
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry::TopicName;
+use crate::log::TableName;
+
+/// HQ: items picked from the feed (local).
+pub const IMAGE_FEED: &str = "IMAGE_FEED";
+/// HQ: each download's outcome (local).
+pub const IMAGE_DOWNLOAD: &str = "IMAGE_DOWNLOAD";
+/// HQ to every edge: an asset exists ([`Broadcast`]).
+pub const ASSET_BROADCAST: &str = "ASSET_BROADCAST";
+/// An edge to HQ: send me this asset ([`Request`]).
+pub const ASSET_REQUEST: &str = "ASSET_REQUEST";
+/// HQ to the requesting edge (`to`): the asset is in the mission volume, or not found
+/// ([`Response`]).
+pub const ASSET_RESPONSE: &str = "ASSET_RESPONSE";
+/// The table of assets, on every node: at HQ what it fetched, at an edge what it heard of.
+pub const ASSETS: &str = "assets";
+/// Where HQ puts requested assets in the mission volume (and the edge finds them in its
+/// mirror).
+pub const VOLUME_DIR: &str = "assets";
+
+/// A topic of the pipeline by its constant.
+pub fn topic(name: &str) -> TopicName {
+    TopicName::new(name).expect("the pipeline's topic names are valid")
+}
+
+/// The assets table.
+pub fn assets() -> TableName {
+    TableName::new(ASSETS).expect("`assets` is a valid table name")
+}
+
+/// What HQ tells every edge about an asset: its metadata and a tiny preview, never the
+/// image itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broadcast {
+    /// The asset's id (safe as a file name).
+    pub id: String,
+    /// Its title.
+    pub title: String,
+    /// Its description.
+    #[serde(default)]
+    pub description: String,
+    /// When it was made, as the source said it.
+    #[serde(default)]
+    pub date_created: String,
+    /// Its keywords.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// The centre that made it.
+    #[serde(default)]
+    pub center: String,
+    /// `png`, `jpeg`, ...
+    pub format: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The file's size in bytes: what a request will cost on the link.
+    pub size: u64,
+    /// The file's BLAKE3 hash, hex.
+    pub hash: String,
+    /// A ThumbHash of the image, base64 (a few dozen bytes).
+    #[serde(default)]
+    pub preview: String,
+}
+
+/// An edge asks HQ for an asset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The asset's id.
+    pub asset: String,
+}
+
+/// HQ's answer to a [`Request`], addressed to the edge that asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Response {
+    /// The asset's file is in the mission volume at `path`: mirror to fetch it.
+    Ready {
+        /// The asset's id.
+        asset: String,
+        /// Its path in the mission volume (and so in the edge's mirror).
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its BLAKE3 hash, hex.
+        hash: String,
+    },
+    /// HQ has no such asset, or could not provide it.
+    NotFound {
+        /// The asset's id, as asked.
+        asset: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Response {
+    /// The asset it answers for.
+    pub fn asset(&self) -> &str {
+        match self {
+            Response::Ready { asset, .. } | Response::NotFound { asset, .. } => asset,
+        }
+    }
+}
+
+/// Decodes a pipeline message from an entry's payload.
+pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+/// Encodes a pipeline message.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // The messages are plain structs of strings and numbers: they always serialize.
+    serde_json::to_vec(message).unwrap_or_default()
+}

@@ -1,23 +1,144 @@
 //! The HQ node (`core-node`): the core of a mission, which every edge dials.
 //!
-//! What it is: [`run`], the node as a library, so that tests start it in-process. Today it
-//! opens the store, creates the mission pipeline's topics and applies retention (all in
-//! [`protocol::node`]); the QUIC listener, the HTTP API and the HQ services join it here.
+//! What it is: [`run`], the node as a library, so that tests start it in-process: the
+//! node runtime of [`protocol::node`] (store, links, mission volume), HQ's services
+//! ([`services`]: the feed, downloads, broadcasts, responses, ingest), and its HTTP
+//! server ([`ui`]), which also serves the built-in demo feed's images.
 //!
 //! What it is not: argument parsing or logging setup; `main.rs` hands those to
 //! [`protocol::node::main_for`].
 //!
-//! IO: the node's data directory.
+//! IO: the node's data directory, its HTTP listener, and the feed's URLs.
+
+pub mod demo_feed;
+pub mod download;
+pub mod feed;
+pub mod image;
+pub mod services;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use protocol::config::Config;
-use protocol::node::{NodeError, Role};
+use protocol::node::{Node, NodeError, Role};
+use protocol::service::ServicesError;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-/// Runs the HQ node until `shutdown` resolves, then flushes and closes its store.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), NodeError> {
-    protocol::node::run(Role::Core, config, shutdown).await
+use crate::services::{FeedSource, Pipeline};
+
+/// Why HQ could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node runtime failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The HTTP listener could not be opened.
+    #[error("cannot listen for HTTP on {addr} (http.listen): {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A directory of the pipeline could not be made, or the demo feed written.
+    #[error("cannot prepare {what}: {source}")]
+    Files {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The services could not be started.
+    #[error(transparent)]
+    Services(#[from] ServicesError),
+}
+
+/// Runs the HQ node until `shutdown` resolves, then stops its services, links and HTTP
+/// server and closes its store.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    let node = Node::start(Role::Core, config).await?;
+    let hq = start(&node).await?;
+    let served = node.serve(shutdown).await;
+    hq.stop().await;
+    Ok(served?)
+}
+
+/// HQ's parts around the node runtime: the HTTP server (its services run in the node).
+#[derive(Debug)]
+pub struct Hq {
+    http: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Hq {
+    /// Where HQ serves HTTP.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// Stops the HTTP server.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Opens HQ's HTTP server, writes the demo feed when no feed is configured, and adds
+/// HQ's services to `node`.
+pub async fn start(node: &Node) -> Result<Hq, Error> {
+    let config = node.config();
+    let addr = config.http.listen;
+    let listener = ui::bind(addr)
+        .await
+        .map_err(|source| Error::Http { addr, source })?;
+    let http = listener
+        .local_addr()
+        .map_err(|source| Error::Http { addr, source })?;
+    let demo_dir = config.node.data_dir.join("demo-feed");
+    let feed = match &config.pipeline.feed {
+        Some(location) => FeedSource::Location(location.clone()),
+        None => {
+            // The demo feed's images are a real download, from this node's HTTP server.
+            let host = if http.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], http.port()))
+            } else {
+                http
+            };
+            let base = format!("http://{host}/files/demo-feed");
+            let dir = demo_dir.clone();
+            let demo = tokio::task::spawn_blocking(move || {
+                demo_feed::generate(&dir, &base, demo_feed::DEFAULT_COUNT)
+            })
+            .await
+            .map_err(|e| Error::Files {
+                what: "the demo feed",
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| Error::Files {
+                what: "the demo feed",
+                source,
+            })?;
+            FeedSource::Demo(Arc::new(demo.document))
+        }
+    };
+    let pipeline =
+        Pipeline::new(config, feed, node.mirror_source().cloned()).map_err(|source| {
+            Error::Files {
+                what: "the pipeline's directories",
+                source,
+            }
+        })?;
+    let site = ui::Site::default()
+        .files("demo-feed", demo_dir)
+        .files("downloads", pipeline.downloads.clone());
+    services::add(node, Arc::new(pipeline)).await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ui::serve(listener, site, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(http = %http, "HQ serves HTTP");
+    Ok(Hq { http, stop, task })
 }

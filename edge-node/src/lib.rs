@@ -1,24 +1,95 @@
 //! A field node (`edge-node`): it keeps working when the link to the core is down.
 //!
-//! What it is: [`run`], the node as a library, so that tests start it in-process. Today it
-//! opens the store, creates the topics an edge holds and applies retention (all in
-//! [`protocol::node`]); the QUIC link to the core, the HTTP API and the edge services
-//! join it here.
+//! What it is: [`run`], the node as a library, so that tests start it in-process: the
+//! node runtime of [`protocol::node`] (store, link to the core, mirror), the edge's
+//! services ([`services`]: broadcast listener, asset request, asset viewer), and its
+//! HTTP server ([`ui`]), which serves the mirror's files.
 //!
 //! What it is not: argument parsing or logging setup; `main.rs` hands those to
 //! [`protocol::node::main_for`].
 //!
-//! IO: the node's data directory.
+//! IO: the node's data directory and its HTTP listener.
+
+pub mod services;
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use protocol::config::Config;
-use protocol::node::{NodeError, Role};
+use protocol::node::{Node, NodeError, Role};
+use protocol::service::ServicesError;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-/// Runs the field node until `shutdown` resolves, then flushes and closes its store.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), NodeError> {
-    protocol::node::run(Role::Edge, config, shutdown).await
+/// Why the edge could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node runtime failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The HTTP listener could not be opened.
+    #[error("cannot listen for HTTP on {addr} (http.listen): {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The services could not be started.
+    #[error(transparent)]
+    Services(#[from] ServicesError),
+}
+
+/// Runs the field node until `shutdown` resolves, then stops its services, link and HTTP
+/// server and closes its store.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    let node = Node::start(Role::Edge, config).await?;
+    let edge = start(&node).await?;
+    let served = node.serve(shutdown).await;
+    edge.stop().await;
+    Ok(served?)
+}
+
+/// The edge's parts around the node runtime: the HTTP server (its services run in the
+/// node).
+#[derive(Debug)]
+pub struct Edge {
+    http: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Edge {
+    /// Where the edge serves HTTP.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// Stops the HTTP server.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the edge's HTTP server and adds the edge's services to `node`.
+pub async fn start(node: &Node) -> Result<Edge, Error> {
+    let addr = node.config().http.listen;
+    let listener = ui::bind(addr)
+        .await
+        .map_err(|source| Error::Http { addr, source })?;
+    let http = listener
+        .local_addr()
+        .map_err(|source| Error::Http { addr, source })?;
+    let mut site = ui::Site::default();
+    if let Some(mirror) = node.mirror() {
+        site = site.files("mirror", mirror.current_dir());
+    }
+    services::add(node).await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(ui::serve(listener, site, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(http = %http, "the edge serves HTTP");
+    Ok(Edge { http, stop, task })
 }

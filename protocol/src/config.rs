@@ -611,7 +611,8 @@ demo_certs = {demo_certs}
         if self.is_core() {
             let feed = match &pipeline.feed {
                 Some(feed) => format!("feed = {}", text(feed)),
-                None => "# feed = \"https://images-api.nasa.gov/search?q=apollo&media_type=image\"".to_owned(),
+                None => "# feed = \"https://images-api.nasa.gov/search?q=apollo&media_type=image\""
+                    .to_owned(),
             };
             write!(
                 out,
@@ -949,7 +950,9 @@ impl RawConfig {
                 Some(text) => text.parse().map_err(|e| {
                     origins.invalid(
                         "http.listen",
-                        format_args!("{text:?} is not an address and port such as 127.0.0.1:8080 ({e})"),
+                        format_args!(
+                            "{text:?} is not an address and port such as 127.0.0.1:8080 ({e})"
+                        ),
                     )
                 })?,
                 None => defaults.http.listen,
@@ -981,7 +984,10 @@ impl RawPipeline {
                 ("pipeline.feed", self.feed.is_some()),
                 ("pipeline.feed_every", self.feed_every.is_some()),
                 ("pipeline.feed_batch", self.feed_batch.is_some()),
-                ("pipeline.max_download_bytes", self.max_download_bytes.is_some()),
+                (
+                    "pipeline.max_download_bytes",
+                    self.max_download_bytes.is_some(),
+                ),
                 ("pipeline.download_timeout", self.download_timeout.is_some()),
             ];
             if let Some((key, _)) = core_keys.iter().find(|(_, set)| *set) {
@@ -989,7 +995,10 @@ impl RawPipeline {
             }
         }
         if self.feed.as_ref().is_some_and(|f| f.trim().is_empty()) {
-            return Err(origins.invalid("pipeline.feed", "must not be empty (leave it out for the demo feed)"));
+            return Err(origins.invalid(
+                "pipeline.feed",
+                "must not be empty (leave it out for the demo feed)",
+            ));
         }
         let duration = |key: &str, value: Option<Scalar>, default| match value {
             Some(v) => positive_duration(&v).map_err(|e| origins.invalid(key, e)),

@@ -9,4 +9,5 @@ mod link;
 mod mirror;
 mod mirroring;
 mod nodes;
+mod pipeline;
 mod replication;

@@ -106,6 +106,36 @@ impl MirrorSource {
             })?
     }
 
+    /// Waits until the watched manifest holds the file `path` with BLAKE3 content
+    /// `hash` (hex), waking on the watcher's events: a service that wrote a file into the
+    /// volume calls it before telling an edge to mirror it. Gives up after `within`.
+    pub async fn holds(&self, path: &str, hash: &str, within: Duration) -> Result<(), String> {
+        let volume = self.volume.clone();
+        let (path, hash) = (path.to_owned(), hash.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + within;
+            loop {
+                let snapshot = MirrorSource::lock(&volume)
+                    .manifest()
+                    .map_err(|e| e.to_string())?;
+                let held = snapshot.manifest.entries.iter().any(|e| {
+                    e.path.as_str() == path
+                        && matches!(&e.node, crate::mirror::Node::File(f) if f.hash().to_string() == hash)
+                });
+                if held {
+                    return Ok(());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!("the mission volume's manifest still lacks {path}"));
+                }
+                MirrorSource::lock(&volume).wait_change(left.min(Duration::from_millis(100)));
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// For tests and tools after writing into the volume: waits until the watched
     /// manifest equals a fresh walk of the volume (the watcher has seen every change),
     /// waking on the watcher's events; returns it, or the last difference after `within`.

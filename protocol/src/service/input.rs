@@ -36,16 +36,16 @@ impl Input {
     }
 
     /// Waits for the next entry not yet committed, then the service's processing delay.
+    ///
+    /// Cancel-safe: dropped before it returns, it hands out the same entry next time.
     pub async fn next(&mut self) -> Result<Record, ServiceError> {
         if self.buffered.is_empty() {
             self.buffered = self.consumer.poll(BATCH).await?.into();
         }
-        let record = self
-            .buffered
-            .pop_front()
-            .ok_or_else(|| ServiceError::other("the store returned no entry after a wake-up"))?;
         self.ctx.pace().await;
-        Ok(record)
+        self.buffered
+            .pop_front()
+            .ok_or_else(|| ServiceError::other("the store returned no entry after a wake-up"))
     }
 
     /// Commits the work done for `record` (`txn`) with the cursor moved past it, and
@@ -67,6 +67,11 @@ impl Input {
         self.commit(record, txn).await?;
         self.ctx.failed(why);
         Ok(())
+    }
+
+    /// Moves the cursor past `record`, which needed no work (not counted).
+    pub async fn skip(&mut self, record: &Record) -> Result<(), ServiceError> {
+        self.commit(record, Txn::new()).await
     }
 
     async fn commit(&mut self, record: &Record, txn: Txn) -> Result<(), ServiceError> {

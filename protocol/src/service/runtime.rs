@@ -259,7 +259,12 @@ impl Services {
             Some((name, _)) => Ok(name),
             None => Err(ServicesError::Unknown {
                 name: name.to_owned(),
-                known: state.services.keys().copied().collect::<Vec<_>>().join(", "),
+                known: state
+                    .services
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }

@@ -92,11 +92,17 @@ async fn a_panic_is_shown_and_the_service_restarts_without_losing_or_repeating()
     let copy = Arc::new(Copy::default());
     services.add(copy.clone(), true).await.unwrap();
     for payload in ["a", "panic", "bad", "b"] {
-        store.append(&topic("IN"), Append::new(payload)).await.unwrap();
+        store
+            .append(&topic("IN"), Append::new(payload))
+            .await
+            .unwrap();
     }
     let status = wait_status(&services, |s| s.processed + s.failed == 4).await;
     assert_eq!(status.state, ServiceState::Running);
-    assert_eq!((status.processed, status.failed, status.restarts), (3, 1, 1));
+    assert_eq!(
+        (status.processed, status.failed, status.restarts),
+        (3, 1, 1)
+    );
     assert_eq!(status.last_problem.as_deref(), Some("a bad entry"));
     let out: Vec<Vec<u8>> = store
         .read(&topic("OUT"), crate::entry::Offset(0), 10)
@@ -105,10 +111,15 @@ async fn a_panic_is_shown_and_the_service_restarts_without_losing_or_repeating()
         .map(|r| r.entry.payload)
         .collect();
     assert_eq!(out, [&b"a"[..], b"panic", b"bad", b"b"]);
-    let tiles = store.read(&topic(crate::service::TILES), crate::entry::Offset(0), 10).unwrap();
+    let tiles = store
+        .read(&topic(crate::service::TILES), crate::entry::Offset(0), 10)
+        .unwrap();
     assert_eq!(tiles.len(), 4);
     let tile = Tile::decode(&tiles[0].entry.payload).unwrap();
-    assert_eq!((tile.service.as_str(), tile.title.as_str()), ("copy", "copied"));
+    assert_eq!(
+        (tile.service.as_str(), tile.title.as_str()),
+        ("copy", "copied")
+    );
     services.halt().await;
 }
 
@@ -120,9 +131,15 @@ async fn a_stopped_service_stays_stopped_after_a_restart_and_unknown_names_are_r
         with_topics(&store).await;
         let services = Services::new(store.clone()).await.unwrap();
         services.add(Arc::new(Copy::default()), true).await.unwrap();
-        services.set_delay("copy", Duration::from_millis(5)).await.unwrap();
+        services
+            .set_delay("copy", Duration::from_millis(5))
+            .await
+            .unwrap();
         services.stop("copy").await.unwrap();
-        assert_eq!(services.status("copy").unwrap().state, ServiceState::Stopped);
+        assert_eq!(
+            services.status("copy").unwrap().state,
+            ServiceState::Stopped
+        );
         store.append(&topic("IN"), Append::new("x")).await.unwrap();
         let err = services.start("nope").await.unwrap_err();
         assert_eq!(

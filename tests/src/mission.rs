@@ -1,0 +1,157 @@
+//! A mission in one process: HQ (`hq`) and one edge (`alpha`), each the real node
+//! runtime with its services and HTTP server, the edge dialing HQ through the link
+//! emulator. The demo and the pipeline tests start it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::config::Config;
+use protocol::node::{Node, Role};
+
+use crate::cluster::Error;
+use crate::link::{Link, LinkConfig, Profile};
+
+/// How a mission starts.
+#[derive(Debug, Clone)]
+pub struct MissionConfig {
+    /// Where both nodes keep their data (`<data>/hq`, `<data>/alpha`).
+    pub data: PathBuf,
+    /// The link's profile.
+    pub profile: Profile,
+    /// The HTTP addresses of HQ and the edge (port 0: any free port).
+    pub http: (std::net::SocketAddr, std::net::SocketAddr),
+    /// How often HQ's feed picks new items.
+    pub feed_every: Duration,
+    /// How many items it picks each time.
+    pub feed_batch: u32,
+}
+
+impl MissionConfig {
+    /// Loopback, any free ports, a fast feed.
+    pub fn new(data: &Path, profile: Profile) -> MissionConfig {
+        MissionConfig {
+            data: data.to_path_buf(),
+            profile,
+            http: (([127, 0, 0, 1], 0).into(), ([127, 0, 0, 1], 0).into()),
+            feed_every: Duration::from_millis(200),
+            feed_batch: 4,
+        }
+    }
+
+    /// HQ's node config.
+    pub fn core(&self) -> Config {
+        let mut core = Config::default_for(Role::Core);
+        core.node.data_dir = self.data.join("hq");
+        core.link.listen = ([127, 0, 0, 1], 0).into();
+        core.http.listen = self.http.0;
+        core.pipeline.feed_every = self.feed_every;
+        core.pipeline.feed_batch = self.feed_batch;
+        core
+    }
+
+    /// The edge's node config, dialing `core` (the link emulator's address).
+    pub fn edge(&self, core: std::net::SocketAddr) -> Config {
+        let mut edge = Config::default_for(Role::Edge);
+        edge.node.data_dir = self.data.join("alpha");
+        edge.link.core = core.to_string();
+        edge.link.certs_dir = Some(self.core().certs_dir());
+        edge.http.listen = self.http.1;
+        edge
+    }
+}
+
+/// HQ, the link and the edge, started; each node runs until [`Mission::stop`].
+#[derive(Debug)]
+pub struct Mission {
+    /// HQ's store, links, services, volume.
+    pub hq: Handles,
+    /// The edge's.
+    pub alpha: Handles,
+    /// HQ's HTTP address.
+    pub hq_http: std::net::SocketAddr,
+    /// The edge's HTTP address.
+    pub alpha_http: std::net::SocketAddr,
+    /// The link emulator between them.
+    pub link: Link,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    hq_parts: Option<core_node::Hq>,
+    alpha_parts: Option<edge_node::Edge>,
+}
+
+/// What a test or the demo holds of a running node.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// The store.
+    pub store: protocol::log::Store,
+    /// The links.
+    pub links: protocol::link::Links,
+    /// The services.
+    pub services: protocol::service::Services,
+    /// The edge's mirror (`None` at HQ).
+    pub mirror: Option<protocol::link::Mirror>,
+    /// The node's config.
+    pub config: Config,
+}
+
+impl Mission {
+    /// Starts HQ, the link emulator and the edge.
+    pub async fn start(config: &MissionConfig) -> Result<Mission, Error> {
+        let hq = Node::start(Role::Core, config.core()).await?;
+        let hq_parts = core_node::start(&hq).await?;
+        let link = Link::open(LinkConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            core: hq.link_addr()?,
+            profile: config.profile.clone(),
+            seed: crate::link::DEFAULT_SEED,
+        })?;
+        let alpha = Node::start(Role::Edge, config.edge(link.addr())).await?;
+        let alpha_parts = edge_node::start(&alpha).await?;
+        let handles = |node: &Node| Handles {
+            store: node.store().clone(),
+            links: node.links().clone(),
+            services: node.services().clone(),
+            mirror: node.mirror().cloned(),
+            config: node.config().clone(),
+        };
+        let (hq_handles, alpha_handles) = (handles(&hq), handles(&alpha));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for node in [hq, alpha] {
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let until = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = node.serve(until).await {
+                    tracing::error!(error = %e, "node stopped with an error");
+                }
+            }));
+        }
+        Ok(Mission {
+            hq_http: hq_parts.http_addr(),
+            alpha_http: alpha_parts.http_addr(),
+            hq: hq_handles,
+            alpha: alpha_handles,
+            link,
+            stop,
+            tasks,
+            hq_parts: Some(hq_parts),
+            alpha_parts: Some(alpha_parts),
+        })
+    }
+
+    /// Stops both nodes (services, links, stores) and their HTTP servers.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(parts) = self.hq_parts.take() {
+            parts.stop().await;
+        }
+        if let Some(parts) = self.alpha_parts.take() {
+            parts.stop().await;
+        }
+    }
+}

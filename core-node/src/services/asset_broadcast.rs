@@ -69,6 +69,7 @@ impl Service for AssetBroadcast {
                     broadcast.size.div_ceil(1024)
                 );
                 ctx.tile(&broadcast.title, text)
+                    .asset(&broadcast.id)
                     .preview(Some(broadcast.preview.clone()))
                     .append_to(&mut txn);
                 input.done(&record, txn).await?;

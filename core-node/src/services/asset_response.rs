@@ -57,12 +57,14 @@ impl Service for AssetResponse {
                         )?;
                         let title = title(&ctx, id)?;
                         ctx.tile(title, format!("Sent to the mission volume for {edge}"))
+                            .asset(id)
                             .append_to(&mut txn);
                         input.done(&record, txn).await?;
                     }
                     Response::NotFound { asset: id, reason } => {
                         let why = format!("request from {edge} for {id:?}: {reason}");
                         ctx.tile(id.clone(), format!("Not found for {edge}: {reason}"))
+                            .asset(id)
                             .append_to(&mut txn);
                         input.failed(&record, txn, why).await?;
                     }

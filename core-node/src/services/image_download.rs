@@ -96,6 +96,7 @@ impl Service for ImageDownload {
                         done.append_to(&mut txn);
                         let text = format!("Downloaded {} KiB", bytes.len().div_ceil(1024));
                         ctx.tile(&item.title, text)
+                            .asset(&item.id)
                             .image(format!("downloads/{file}"))
                             .append_to(&mut txn);
                         input.done(&record, txn).await?;
@@ -115,6 +116,7 @@ impl Service for ImageDownload {
                         };
                         failed.append_to(&mut txn);
                         ctx.tile(&item.title, format!("Download failed: {why}"))
+                            .asset(&item.id)
                             .append_to(&mut txn);
                         input.failed(&record, txn, why).await?;
                     }

@@ -31,6 +31,7 @@ impl Service for ImageFeed {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Each bad item is reported once, not at every tick.
             let mut reported = HashSet::new();
+            let remote = matches!(&hq.feed, FeedSource::Location(l) if l.starts_with("http"));
             loop {
                 tick.tick().await;
                 let document = match load(hq).await {
@@ -58,6 +59,17 @@ impl Service for ImageFeed {
                         break;
                     }
                     if asset(ctx.store(), &item.id)?.is_some() {
+                        continue;
+                    }
+                    if remote && item.href.starts_with("file:") {
+                        // A remote feed must not make HQ read (and broadcast) its own files.
+                        if reported.insert(format!("file:{}", item.id)) {
+                            ctx.failed(format!(
+                                "feed {}: item {}: file: links are followed only from a local feed",
+                                where_from(hq),
+                                item.nasa_id
+                            ));
+                        }
                         continue;
                     }
                     ctx.pace().await;
@@ -95,6 +107,7 @@ async fn publish(ctx: &Ctx, item: &feed::FeedItem) -> Result<(), ServiceError> {
         Append::new(payload).key(item.id.clone()),
     );
     ctx.tile(&item.title, format!("New in the feed: {}", item.nasa_id))
+        .asset(&item.id)
         .append_to(&mut txn);
     store.commit(txn).await?;
     ctx.processed();

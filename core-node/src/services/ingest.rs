@@ -219,9 +219,10 @@ async fn take(hq: &Pipeline, ctx: &Ctx, name: &str) -> Result<(), ServiceError> 
             };
             done.append_to(&mut txn);
             doc["state"] = "archived".into();
-            doc["asset"] = asset.into();
+            doc["asset"] = asset.clone().into();
             txn.put(&loads(), &id, doc);
             ctx.tile(name, "Ingested")
+                .asset(&asset)
                 .image(format!("downloads/{file}"))
                 .append_to(&mut txn);
             ctx.store().commit(txn).await?;

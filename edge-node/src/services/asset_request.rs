@@ -63,7 +63,9 @@ impl Service for AssetRequest {
                     &id,
                     json!({ "state": "requested", "requested_ms": now }),
                 )?;
-                ctx.tile(title, "Requested from HQ").append_to(&mut txn);
+                ctx.tile(title, "Requested from HQ")
+                    .asset(&id)
+                    .append_to(&mut txn);
                 input.done(&record, txn).await?;
             }
         })

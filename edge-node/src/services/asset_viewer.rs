@@ -51,14 +51,14 @@ impl Service for AssetViewer {
                                 update_asset(&mut txn, ctx.store(), &id, json!({
                                     "state": "ready", "path": path, "size": size, "hash": hash,
                                 }))?;
-                                ctx.tile(title, "Ready at HQ: mirror to fetch it").append_to(&mut txn);
+                                ctx.tile(title, "Ready at HQ: mirror to fetch it").asset(&id).append_to(&mut txn);
                                 input.done(&record, txn).await?;
                             }
                             Response::NotFound { reason, .. } => {
                                 update_asset(&mut txn, ctx.store(), &id, json!({
                                     "state": "not-found", "error": reason,
                                 }))?;
-                                ctx.tile(title, format!("Not found at HQ: {reason}")).append_to(&mut txn);
+                                ctx.tile(title, format!("Not found at HQ: {reason}")).asset(&id).append_to(&mut txn);
                                 input.failed(&record, txn, format!("{id}: {reason}")).await?;
                             }
                         }
@@ -116,6 +116,7 @@ async fn receive(ctx: &Ctx, mirror: &Mirror) -> Result<(), ServiceError> {
         update_asset(&mut txn, ctx.store(), &id, json!({ "state": "received" }))?;
         let title = doc.get("title").and_then(Value::as_str).unwrap_or(&id);
         ctx.tile(title, "Received")
+            .asset(&id)
             .image(format!("mirror/{}", path.as_str()))
             .append_to(&mut txn);
         ctx.store().commit(txn).await?;

@@ -51,6 +51,7 @@ impl Service for BroadcastListener {
                 update_asset(&mut txn, ctx.store(), &broadcast.id, doc)?;
                 let text = format!("Available ({} KiB)", broadcast.size.div_ceil(1024));
                 ctx.tile(&broadcast.title, text)
+                    .asset(&broadcast.id)
                     .preview(Some(broadcast.preview.clone()))
                     .append_to(&mut txn);
                 input.done(&record, txn).await?;

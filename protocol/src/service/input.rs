@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use crate::entry::{Offset, Record, TopicName};
-use crate::log::{Consumer, ConsumerName, Txn};
+use crate::log::{Consumer, ConsumerName, ReadError, Txn};
 
 use super::{Ctx, ServiceError};
 
@@ -15,7 +15,10 @@ const BATCH: usize = 64;
 #[derive(Debug)]
 pub struct Input {
     ctx: Ctx,
-    consumer: Consumer,
+    name: ConsumerName,
+    topic: TopicName,
+    /// Opened at the first read: a table's change feed exists only after its first write.
+    consumer: Option<Consumer>,
     buffered: VecDeque<Record>,
 }
 
@@ -27,10 +30,11 @@ impl Input {
             format!("{}.{part}", ctx.name)
         };
         let name = ConsumerName::new(name).map_err(ServiceError::other)?;
-        let consumer = ctx.store.consumer(name, topic.clone())?;
         Ok(Input {
             ctx,
-            consumer,
+            name,
+            topic: topic.clone(),
+            consumer: None,
             buffered: VecDeque::new(),
         })
     }
@@ -40,7 +44,7 @@ impl Input {
     /// Cancel-safe: dropped before it returns, it hands out the same entry next time.
     pub async fn next(&mut self) -> Result<Record, ServiceError> {
         if self.buffered.is_empty() {
-            self.buffered = self.consumer.poll(BATCH).await?.into();
+            self.buffered = self.consumer().await?.poll(BATCH).await?.into();
         }
         self.ctx.pace().await;
         self.buffered
@@ -76,7 +80,30 @@ impl Input {
 
     async fn commit(&mut self, record: &Record, txn: Txn) -> Result<(), ServiceError> {
         let next = Offset(record.offset.0 + 1);
-        self.consumer.commit(txn, next).await?;
+        self.consumer().await?.commit(txn, next).await?;
         Ok(())
+    }
+
+    /// The consumer, opened once its topic exists (waiting for it, without polling).
+    async fn consumer(&mut self) -> Result<&mut Consumer, ServiceError> {
+        if self.consumer.is_none() {
+            let store = &self.ctx.store;
+            let mut changes = store.changes();
+            let consumer = loop {
+                changes.borrow_and_update();
+                match store.consumer(self.name.clone(), self.topic.clone()) {
+                    Ok(consumer) => break consumer,
+                    Err(ReadError::UnknownTopic(_)) => changes
+                        .changed()
+                        .await
+                        .map_err(|_| ServiceError::other("the store closed"))?,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            self.consumer = Some(consumer);
+        }
+        self.consumer
+            .as_mut()
+            .ok_or_else(|| ServiceError::other("no consumer"))
     }
 }

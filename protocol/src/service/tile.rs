@@ -24,6 +24,9 @@ pub struct Tile {
     /// `mirror/assets/x.png` at an edge), if there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The asset it is about, if any (the UI links the tile to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
     /// A ThumbHash preview (base64) to show until the image is there, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<String>,
@@ -39,6 +42,7 @@ impl Tile {
             title: title.into(),
             text: text.into(),
             image: None,
+            asset: None,
             preview: None,
             time_ms: Timestamp::now().0,
         }
@@ -47,6 +51,12 @@ impl Tile {
     /// With an image to show.
     pub fn image(mut self, path: impl Into<String>) -> Tile {
         self.image = Some(path.into());
+        self
+    }
+
+    /// About this asset.
+    pub fn asset(mut self, id: impl Into<String>) -> Tile {
+        self.asset = Some(id.into());
         self
     }
 

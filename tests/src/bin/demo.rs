@@ -1,36 +1,39 @@
 //! The demo: HQ (`hq`) and a field node (`alpha`) in one process, each the real node
-//! runtime, linked through the link emulator, with a console to watch store and forward.
+//! runtime with its services and HTTP server, linked through the link emulator, with a
+//! console to watch the mission pipeline and store and forward.
 //!
-//! Usage: `demo [--profile NAME] [--data DIR]`. Commands on stdin:
+//! Usage: `demo [--profile NAME] [--data DIR] [--http-port N]`. HQ serves HTTP on port N
+//! (default 8080), the edge on N+1; 0 picks free ports. Every tile a service publishes
+//! is printed as it happens. Commands on stdin:
 //!
-//! - `hq <text>`: HQ broadcasts `<text>` (`ASSET_BROADCAST`, to every edge);
-//! - `alpha <text>`: the edge sends `<text>` to HQ (`ASSET_REQUEST`);
+//! - `assets`: the edge's assets and their states; `request <id>`: ask HQ for one;
+//! - `services`: both nodes' services; `start|stop <hq|alpha> <service>`;
+//!   `delay <hq|alpha> <service> <ms>` paces a service;
 //! - `down` / `up`: take the link down, bring it back;
 //! - `profile <name>`: switch the link to `lan`, `lte`, `satcom`, `tactical` or `hf`;
 //! - `mirror`: the edge mirrors HQ's mission volume (`<data>/hq/volume`, seeded with a
-//!   few files; add your own) into `<data>/alpha/mirror/current`; `mirror stop` stops it
-//!   (a later `mirror` resumes), `mirror status` shows where it stands;
+//!   few files; requested assets land in its `assets/`) into
+//!   `<data>/alpha/mirror/current`; `mirror stop` stops it (a later `mirror` resumes),
+//!   `mirror status` shows where it stands;
 //! - `status`: both ends' view of the link; `quit` (or Ctrl-C) stops.
-//!
-//! Every entry is printed when it becomes durable at the other node, with how long it
-//! took from the append.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use protocol::config::Config;
-use protocol::entry::{Append, Offset, TopicName};
+use protocol::entry::Offset;
 use protocol::log::Store;
-use protocol::node::{Node, Role};
-use tests::link::{Link, LinkConfig, Profile};
+use protocol::mission;
+use protocol::service::{Services, Tile};
+use tests::link::Profile;
+use tests::mission::{Mission, MissionConfig};
 use tokio::sync::{mpsc, watch};
 
-const HELP: &str = "commands: hq <text> | alpha <text> | down | up | profile <lan|lte|satcom|tactical|hf> | mirror [stop|status] | status | quit";
+const HELP: &str = "commands: assets | request <id> | services | start|stop <hq|alpha> <service> | delay <hq|alpha> <service> <ms> | down | up | profile <lan|lte|satcom|tactical|hf> | mirror [stop|status] | status | quit";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let (mut profile, mut data) = (Profile::lan(), PathBuf::from("data/demo"));
+    let (mut profile, mut data, mut port) = (Profile::lan(), PathBuf::from("data/demo"), 8080u16);
     while let Some(arg) = args.next() {
         let value = args.next();
         match (arg.as_str(), value) {
@@ -39,6 +42,10 @@ fn main() -> ExitCode {
                 Err(e) => return usage(&e.to_string()),
             },
             ("--data", Some(dir)) => data = dir.into(),
+            ("--http-port", Some(n)) => match n.parse::<u16>() {
+                Ok(n) if n < u16::MAX => port = n,
+                _ => return usage(&format!("--http-port {n:?}: a port number below 65535")),
+            },
             (other, _) => return usage(&format!("unexpected argument {other:?}")),
         }
     }
@@ -46,7 +53,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(run(profile, data)) {
+    match runtime.block_on(run(profile, data, port)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -56,62 +63,46 @@ fn main() -> ExitCode {
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("error: {problem}\nusage: demo [--profile lan|lte|satcom|tactical|hf] [--data DIR]");
+    eprintln!(
+        "error: {problem}\nusage: demo [--profile lan|lte|satcom|tactical|hf] [--data DIR] [--http-port N]"
+    );
     ExitCode::from(2)
 }
 
-async fn run(profile: Profile, data: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
-    let mut core = Config::default_for(Role::Core);
-    core.node.data_dir = data.join("hq");
-    core.link.listen = ([127, 0, 0, 1], 0).into();
-    protocol::node::init_tracing(&core.log).map_err(|e| e.to_string())?;
-    seed_volume(&core.volume_dir())?;
-    let hq = Node::start(Role::Core, core.clone()).await?;
-
-    // The edge dials the emulator, which relays to HQ; it uses HQ's demo certificates.
-    let link = Link::open(LinkConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        core: hq.link_addr()?,
-        profile: profile.clone(),
-        seed: tests::link::DEFAULT_SEED,
-    })?;
-    let mut edge = Config::default_for(Role::Edge);
-    edge.node.data_dir = data.join("alpha");
-    edge.link.core = link.addr().to_string();
-    edge.link.certs_dir = Some(core.certs_dir());
-    let alpha = Node::start(Role::Edge, edge).await?;
+async fn run(profile: Profile, data: PathBuf, port: u16) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = MissionConfig::new(&data, profile.clone());
+    let edge_port = if port == 0 { 0 } else { port + 1 };
+    config.http = (
+        ([127, 0, 0, 1], port).into(),
+        ([127, 0, 0, 1], edge_port).into(),
+    );
+    config.feed_every = Duration::from_secs(5);
+    config.feed_batch = 2;
+    protocol::node::init_tracing(&config.core().log).map_err(|e| e.to_string())?;
+    seed_volume(&config.core().volume_dir())?;
+    let mission = Mission::start(&config).await.map_err(|e| e.to_string())?;
+    let link = &mission.link;
     println!(
-        "demo: HQ listens on {}, the edge dials the link emulator at {} ({}); {HELP}",
-        hq.link_addr()?,
+        "demo: HQ listens on {} (HTTP {}), the edge (HTTP {}) dials the link emulator at {} ({}); {HELP}",
+        link.core(),
+        mission.hq_http,
+        mission.alpha_http,
         link.addr(),
         profile.name
     );
 
-    let broadcast = TopicName::new("ASSET_BROADCAST")?;
-    let request = TopicName::new("ASSET_REQUEST")?;
     let (stop, stopped) = watch::channel(false);
-    let until = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let watchers = [
-        tokio::spawn(arrivals(
-            alpha.store().clone(),
-            broadcast.clone(),
-            "alpha",
-            stopped.clone(),
-        )),
-        tokio::spawn(arrivals(
-            hq.store().clone(),
-            request.clone(),
-            "hq",
-            stopped.clone(),
-        )),
+        tokio::spawn(tiles(mission.hq.store.clone(), "hq", stopped.clone())),
+        tokio::spawn(tiles(mission.alpha.store.clone(), "alpha", stopped.clone())),
     ];
-    let (hq_store, alpha_store) = (hq.store().clone(), alpha.store().clone());
-    let (hq_links, alpha_links) = (hq.links().clone(), alpha.links().clone());
-    let mirror = alpha.mirror().cloned().ok_or("the edge has no mirror")?;
-    let hq_task = tokio::spawn(hq.serve(until(stopped.clone())));
-    let alpha_task = tokio::spawn(alpha.serve(until(stopped.clone())));
+    let (hq, alpha) = (&mission.hq, &mission.alpha);
+    let mirror = alpha.mirror.clone().ok_or("the edge has no mirror")?;
+    let services = |node: &str| match node {
+        "hq" => Some(&hq.services),
+        "alpha" => Some(&alpha.services),
+        _ => None,
+    };
 
     let mut lines = stdin_lines();
     loop {
@@ -119,42 +110,58 @@ async fn run(profile: Profile, data: PathBuf) -> Result<(), Box<dyn std::error::
             line = lines.recv() => match line { Some(line) => line, None => break },
             _ = tokio::signal::ctrl_c() => break,
         };
-        let (command, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
-        match command {
-            "" => {}
-            "hq" => report(
-                hq_store
-                    .append(&broadcast, Append::new(rest))
-                    .await
-                    .map(|a| a.offset),
-                "hq",
-                &broadcast,
-            ),
-            "alpha" => report(
-                alpha_store
-                    .append(&request, Append::new(rest))
-                    .await
-                    .map(|a| a.offset),
-                "alpha",
-                &request,
-            ),
-            "down" => {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] => {}
+            ["assets"] => list_assets(&alpha.store),
+            ["request", id] => match edge_node::services::request(&alpha.store, id).await {
+                Ok(state) => println!("alpha: asset {id} is {state}"),
+                Err(e) => println!("alpha: {e}"),
+            },
+            ["services"] => {
+                print_services("hq", &hq.services);
+                print_services("alpha", &alpha.services);
+            }
+            [verb @ ("start" | "stop"), node, name] => match services(node) {
+                Some(services) => {
+                    let done = if *verb == "start" {
+                        services.start(name).await
+                    } else {
+                        services.stop(name).await
+                    };
+                    match done {
+                        Ok(()) => println!("{node}: {name} {verb}ed"),
+                        Err(e) => println!("{node}: {e}"),
+                    }
+                }
+                None => println!("no node {node:?}: hq or alpha"),
+            },
+            ["delay", node, name, ms] => match (services(node), ms.parse::<u64>()) {
+                (Some(services), Ok(ms)) => {
+                    match services.set_delay(name, Duration::from_millis(ms)).await {
+                        Ok(()) => println!("{node}: {name} waits {ms} ms per item"),
+                        Err(e) => println!("{node}: {e}"),
+                    }
+                }
+                _ => println!("delay <hq|alpha> <service> <milliseconds>"),
+            },
+            ["down"] => {
                 link.down();
                 println!("link down: entries wait at their origin");
             }
-            "up" => {
+            ["up"] => {
                 link.up();
                 println!("link up");
             }
-            "profile" => match Profile::named(rest) {
+            ["profile", name] => match Profile::named(name) {
                 Ok(p) => {
                     link.set_profile(p);
-                    println!("link profile {rest}");
+                    println!("link profile {name}");
                 }
                 Err(e) => println!("{e}"),
             },
-            "status" => {
-                for s in hq_links.status().into_iter().chain(alpha_links.status()) {
+            ["status"] => {
+                for s in hq.links.status().into_iter().chain(alpha.links.status()) {
                     let out: u64 = s.topics.iter().filter(|t| t.out).map(|t| t.entries).sum();
                     let backlog: u64 = s.topics.iter().filter(|t| t.out).map(|t| t.backlog).sum();
                     let rtt = s
@@ -169,52 +176,90 @@ async fn run(profile: Profile, data: PathBuf) -> Result<(), Box<dyn std::error::
                 }
                 println!("emulator: {}", link.counters().to_json());
             }
-            "mirror" => match rest {
-                "" => match mirror.start() {
-                    Ok(()) => println!("mirror started: {}", mirror.current_dir().display()),
-                    Err(e) => println!("cannot start the mirror: {e}"),
-                },
-                "stop" => match mirror.stop() {
-                    Ok(()) => println!("mirror stopped; `mirror` resumes it"),
-                    Err(e) => println!("cannot stop the mirror: {e}"),
-                },
-                "status" => {
-                    let s = mirror.status();
-                    let eta = s
-                        .eta
-                        .map_or("-".into(), |d| format!("{:.0} s", d.as_secs_f64()));
-                    println!(
-                        "mirror {:?}: {:.0} %, files {}/{}, bytes {}/{} (reused {}), {} on the link, \
-                         rate {:.0} B/s, eta {eta}, refetched {}, last version {:?}, last error {}",
-                        s.state,
-                        s.percent(),
-                        s.files_done,
-                        s.files_todo,
-                        s.bytes_done,
-                        s.bytes_todo,
-                        s.bytes_reused,
-                        s.bytes_on_link,
-                        s.rate,
-                        s.refetched,
-                        s.last_success_version,
-                        s.last_error.as_deref().unwrap_or("-"),
-                    );
-                }
-                _ => println!("{HELP}"),
+            ["mirror"] => match mirror.start() {
+                Ok(()) => println!("mirror started: {}", mirror.current_dir().display()),
+                Err(e) => println!("cannot start the mirror: {e}"),
             },
-            "quit" | "exit" => break,
+            ["mirror", "stop"] => match mirror.stop() {
+                Ok(()) => println!("mirror stopped; `mirror` resumes it"),
+                Err(e) => println!("cannot stop the mirror: {e}"),
+            },
+            ["mirror", "status"] => {
+                let s = mirror.status();
+                let eta = s
+                    .eta
+                    .map_or("-".into(), |d| format!("{:.0} s", d.as_secs_f64()));
+                println!(
+                    "mirror {:?}: {:.0} %, files {}/{}, bytes {}/{} (reused {}), {} on the link, \
+                     rate {:.0} B/s, eta {eta}, refetched {}, last version {:?}, last error {}",
+                    s.state,
+                    s.percent(),
+                    s.files_done,
+                    s.files_todo,
+                    s.bytes_done,
+                    s.bytes_todo,
+                    s.bytes_reused,
+                    s.bytes_on_link,
+                    s.rate,
+                    s.refetched,
+                    s.last_success_version,
+                    s.last_error.as_deref().unwrap_or("-"),
+                );
+            }
+            ["quit" | "exit"] => break,
             _ => println!("{HELP}"),
         }
     }
     let _ = stop.send(true);
-    for task in [hq_task, alpha_task] {
-        task.await??;
-    }
     for watcher in watchers {
         watcher.abort();
     }
-    link.stop();
+    mission.stop().await;
     Ok(())
+}
+
+fn list_assets(store: &Store) {
+    let docs = store.docs(&mission::assets()).unwrap_or_default();
+    if docs.is_empty() {
+        println!("alpha: no asset yet (HQ's feed lists a few every few seconds)");
+    }
+    for (id, doc) in docs {
+        let field = |k: &str| {
+            doc.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let size = doc
+            .get("size")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        println!(
+            "alpha: {id:<24} {:<10} {:>6} KiB  {}",
+            field("state"),
+            size.div_ceil(1024),
+            field("title")
+        );
+    }
+}
+
+fn print_services(node: &str, services: &Services) {
+    for s in services.list() {
+        let state = match &s.state {
+            protocol::service::ServiceState::Failed { error } => format!("failed: {error}"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        println!(
+            "{node}: {:<20} {state:<10} processed {:>4}, failed {:>3}, delay {} ms{}",
+            s.name,
+            s.processed,
+            s.failed,
+            s.delay_ms,
+            s.last_problem
+                .map(|p| format!(", last problem: {p}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// Puts a few files into HQ's mission volume the first time.
@@ -240,41 +285,22 @@ fn seed_volume(volume: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn report(appended: Result<Offset, protocol::log::WriteError>, node: &str, topic: &TopicName) {
-    match appended {
-        Ok(offset) => println!("{node} appended to {topic} at offset {offset} (durable)"),
-        Err(e) => println!("{node} could not append: {e}"),
-    }
-}
-
-/// Prints each entry of `topic` that arrives at `store` from another node.
-async fn arrivals(
-    store: Store,
-    topic: TopicName,
-    here: &'static str,
-    stopped: watch::Receiver<bool>,
-) {
+/// Prints each tile the services of `store`'s node publish.
+async fn tiles(store: Store, here: &'static str, stopped: watch::Receiver<bool>) {
+    let topic = Tile::topic();
     let mut changes = store.changes();
     let mut position = store.topic(&topic).map_or(Offset(0), |t| t.next);
     while !*stopped.borrow() {
         changes.borrow_and_update();
         for record in store.read(&topic, position, 256).unwrap_or_default() {
             position = Offset(record.offset.0 + 1);
-            let e = record.entry;
-            if e.id.origin == *store.node() {
-                continue;
+            if let Ok(tile) = Tile::decode(&record.entry.payload) {
+                let asset = tile.asset.map(|a| format!(" [{a}]")).unwrap_or_default();
+                println!(
+                    "{here} {}: {}: {}{asset}",
+                    tile.service, tile.title, tile.text
+                );
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_millis() as u64;
-            let text = String::from_utf8_lossy(&e.payload);
-            println!(
-                "{here} received {topic} {}:{} {text:?} {} ms after it was appended",
-                e.id.origin,
-                e.id.seq,
-                now.saturating_sub(e.timestamp.0)
-            );
         }
         if changes.changed().await.is_err() {
             return;

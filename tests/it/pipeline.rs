@@ -144,3 +144,113 @@ async fn a_request_made_while_the_link_is_down_is_answered_when_it_returns() {
     assert_same_image(&mission, &received, &id);
     mission.stop().await;
 }
+
+/// One feed item pointing at `href`.
+fn item(nasa_id: &str, title: serde_json::Value, href: &str) -> serde_json::Value {
+    serde_json::json!({
+        "data": [{ "nasa_id": nasa_id, "title": title, "media_type": "image" }],
+        "links": [{ "href": href, "rel": "preview", "render": "image" }],
+    })
+}
+
+async fn wait_service(
+    services: &protocol::service::Services,
+    name: &str,
+    what: impl Fn(&protocol::service::ServiceStatus) -> bool,
+) -> protocol::service::ServiceStatus {
+    let mut watch = services.watch();
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(s) = services.status(name).filter(|s| what(s)) {
+                return s;
+            }
+            watch.changed().await.unwrap();
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("{name} never matched: {:?}", services.status(name)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_feeds_and_downloads_fail_their_item_with_the_reason_and_the_rest_goes_on() {
+    let dir = TempDir::new("pipeline").unwrap();
+    let files = dir.path().join("files");
+    let demo = core_node::demo_feed::generate(&files, "unused", 1).unwrap();
+    let good = files.join(&demo.files[0]);
+    std::fs::write(files.join("notes.txt"), "not a picture at all\n").unwrap();
+    std::fs::write(files.join("big.png"), vec![7u8; 3 << 20]).unwrap();
+    let url = |name: &str| format!("file://{}", files.join(name).display());
+
+    let feed = dir.path().join("feed.json");
+    std::fs::write(&feed, "{ this is not JSON").unwrap();
+    let mut config = MissionConfig::new(dir.path(), Profile::lan());
+    config.feed = Some(feed.display().to_string());
+    config.feed_batch = 10;
+    config.max_download_bytes = Some(1 << 20);
+    let mission = Mission::start(&config).await.unwrap();
+    let hq = &mission.hq;
+    let status = wait_service(&hq.services, "image-feed", |s| s.last_problem.is_some()).await;
+    let problem = status.last_problem.unwrap();
+    assert!(
+        problem.contains("not JSON") && problem.contains("line 1"),
+        "{problem}"
+    );
+
+    let document = serde_json::json!({ "collection": { "items": [
+        item("GOOD-1", "A good one".into(), &url(&demo.files[0])),
+        item("NOTES", "Not an image".into(), &url("notes.txt")),
+        item("BIG", "Too large".into(), &url("big.png")),
+        item("BADTYPE", 42.into(), &url(&demo.files[0])),
+        item("../../x", "An id that tries to escape".into(), &url(&demo.files[0])),
+        item("GONE", "Unreachable".into(), "http://127.0.0.1:1/gone.png"),
+    ]}});
+    std::fs::write(&feed, document.to_string()).unwrap();
+
+    // The bad item is reported with its index and field; the valid ones are used.
+    let status = wait_service(&hq.services, "image-feed", |s| s.failed >= 1).await;
+    let problem = status.last_problem.unwrap();
+    assert!(
+        problem.contains("item 3") && problem.contains("data[0].title"),
+        "{problem}"
+    );
+    let failed = |id: &'static str, reason: &'static str| async move {
+        let (_, doc) = wait_asset(&hq.store, |i, d| i == id && state(d) != "listed").await;
+        assert_eq!(state(&doc), "download-failed", "{id}: {doc}");
+        let error = doc["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{id}: {error}");
+    };
+    failed("NOTES", "not an image").await;
+    failed("BIG", "larger than the limit").await;
+    failed("GONE", "unreachable").await;
+    let downloads = wait_service(&hq.services, "image-download", |s| s.failed == 3).await;
+    assert_eq!(downloads.state, protocol::service::ServiceState::Running);
+
+    // The good item and the escaping id reach the edge; the id became a safe name.
+    let (_, _) = wait_asset(&mission.alpha.store, |i, _| i == "GOOD-1").await;
+    let (escaped, _) = wait_asset(&mission.alpha.store, |i, _| i.contains("_x-")).await;
+    assert!(
+        !escaped.contains('/') && !escaped.starts_with('.'),
+        "{escaped}"
+    );
+    let downloaded: Vec<String> = std::fs::read_dir(hq.config.downloads_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        downloaded.iter().any(|f| f.starts_with(&escaped)),
+        "{downloaded:?}"
+    );
+    assert!(!dir.path().join("x.png").exists() && !dir.path().join("hq/x.png").exists());
+
+    // A request for an asset HQ does not have gets a "not found" answer, not silence.
+    let request = protocol::entry::Append::new(r#"{"asset":"NO-SUCH-ASSET"}"#);
+    let topic = mission::topic(mission::ASSET_REQUEST);
+    mission.alpha.store.append(&topic, request).await.unwrap();
+    let (_, doc) = wait_asset(&mission.alpha.store, |i, _| i == "NO-SUCH-ASSET").await;
+    assert_eq!(state(&doc), "not-found", "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("no such asset"),
+        "{doc}"
+    );
+    mission.stop().await;
+}

@@ -24,6 +24,10 @@ pub struct MissionConfig {
     pub feed_every: Duration,
     /// How many items it picks each time.
     pub feed_batch: u32,
+    /// HQ's feed document (`None`: the built-in demo feed).
+    pub feed: Option<String>,
+    /// HQ's download size limit (`None`: the default).
+    pub max_download_bytes: Option<u64>,
 }
 
 impl MissionConfig {
@@ -35,6 +39,8 @@ impl MissionConfig {
             http: (([127, 0, 0, 1], 0).into(), ([127, 0, 0, 1], 0).into()),
             feed_every: Duration::from_millis(200),
             feed_batch: 4,
+            feed: None,
+            max_download_bytes: None,
         }
     }
 
@@ -46,6 +52,12 @@ impl MissionConfig {
         core.http.listen = self.http.0;
         core.pipeline.feed_every = self.feed_every;
         core.pipeline.feed_batch = self.feed_batch;
+        core.pipeline.feed = self.feed.clone();
+        if let Some(max) = self.max_download_bytes {
+            core.pipeline.max_download_bytes = max;
+        }
+        // Short, so that a test's slow download fails in seconds.
+        core.pipeline.download_timeout = Duration::from_secs(3);
         core
     }
 

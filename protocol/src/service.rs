@@ -107,14 +107,15 @@ impl Ctx {
 
     /// Counts one item done.
     pub fn processed(&self) {
-        self.shared.count(self.name, true);
+        self.shared.count(self.name, None);
     }
 
     /// Counts one item that failed (the service goes on); `why` is shown as its last
     /// problem.
     pub fn failed(&self, why: impl std::fmt::Display) {
-        self.shared.count(self.name, false);
-        self.problem(why);
+        let why = why.to_string();
+        tracing::warn!(service = self.name, problem = %why, "item failed");
+        self.shared.count(self.name, Some(why));
     }
 
     /// Shows a problem that did not stop the service (a bad feed item, say).

@@ -254,3 +254,68 @@ async fn bad_feeds_and_downloads_fail_their_item_with_the_reason_and_the_rest_go
     );
     mission.stop().await;
 }
+
+/// Waits until HQ's `loads` table has the document `id` in `state`.
+async fn wait_load(store: &Store, id: &str, state: &str) -> Value {
+    let table = protocol::log::TableName::new("loads").unwrap();
+    let mut changes = store.changes();
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let doc = store.doc(&table, id).unwrap();
+            if let Some(doc) = doc.filter(|d| d["state"] == state) {
+                return doc;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("load {id} never {state}: {:?}", store.doc(&table, id)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_dropped_into_ingest_becomes_an_asset_once_complete() {
+    use std::io::Write as _;
+    let dir = TempDir::new("pipeline").unwrap();
+    let files = dir.path().join("files");
+    let demo = core_node::demo_feed::generate(&files, "unused", 1).unwrap();
+    let image = std::fs::read(files.join(&demo.files[0])).unwrap();
+    let mut config = MissionConfig::new(dir.path(), Profile::lan());
+    // No feed items get in the way: an empty feed document.
+    let feed = dir.path().join("feed.json");
+    std::fs::write(&feed, r#"{"collection":{"items":[]}}"#).unwrap();
+    config.feed = Some(feed.display().to_string());
+    let mission = Mission::start(&config).await.unwrap();
+    let hq = &mission.hq;
+    let ingest = hq.config.ingest_dir();
+
+    // Half the file, seen as `ready`; then the rest: the asset is the whole file.
+    let mut file = std::fs::File::create(ingest.join("drop.png")).unwrap();
+    file.write_all(&image[..image.len() / 2]).unwrap();
+    file.flush().unwrap();
+    wait_load(&hq.store, "drop.png", "ready").await;
+    file.write_all(&image[image.len() / 2..]).unwrap();
+    drop(file);
+    let load = wait_load(&hq.store, "drop.png", "archived").await;
+    assert_eq!(load["size"], image.len(), "{load}");
+    let id = load["asset"].as_str().unwrap().to_owned();
+    let (_, doc) = wait_asset(&mission.alpha.store, |i, _| i == id).await;
+    assert_eq!(doc["size"], image.len(), "{doc}");
+    assert_eq!(doc["hash"], blake3_hex(&image), "{doc}");
+    assert!(ingest.join("archive/drop.png").exists());
+
+    // Not an image: errored with the reason, moved aside, the service goes on.
+    std::fs::write(ingest.join("notes.txt"), "meeting at noon\n").unwrap();
+    let load = wait_load(&hq.store, "notes.txt", "errored").await;
+    assert!(
+        load["error"].as_str().unwrap().contains("not an image"),
+        "{load}"
+    );
+    assert!(ingest.join("errored/notes.txt").exists());
+    let status = wait_service(&hq.services, "ingest", |s| s.failed == 1).await;
+    assert_eq!(status.processed, 1, "{status:?}");
+    mission.stop().await;
+}
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    protocol::mirror::Hash::of(bytes).to_string()
+}

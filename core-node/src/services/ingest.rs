@@ -1,7 +1,7 @@
 //! Ingest: files dropped into HQ's ingest directory become assets, as if the feed had
 //! listed and downloaded them. Each is tracked in the `loads` table: `ready` (seen),
-//! `ingesting`, then `archived` (moved to `ingest/archive`) or `errored` with the reason
-//! (moved to `ingest/errored`). A file is taken only once its size and modification time
+//! `ingesting`, `ingested` (the asset exists), then `archived` (moved to
+//! `ingest/archive`), or `errored` with the reason (moved to `ingest/errored`). A file is taken only once its size and modification time
 //! held still for [`STABLE`], so a file still being written is never taken half-written.
 
 use std::collections::HashMap;
@@ -134,7 +134,7 @@ async fn list(dir: &Path) -> Result<Vec<(String, u64, SystemTime)>, ServiceError
     .map_err(ServiceError::other)?
 }
 
-/// Records a newly seen file as a `ready` load (unless it is one already archived).
+/// Records a newly seen file as a `ready` load (unless it is one already taken).
 async fn ready(ctx: &Ctx, name: &str, size: u64, modified: SystemTime) -> Result<(), ServiceError> {
     let id = feed::asset_id(name);
     let current = ctx.store().doc(&loads(), &id)?;
@@ -142,7 +142,7 @@ async fn ready(ctx: &Ctx, name: &str, size: u64, modified: SystemTime) -> Result
         .as_ref()
         .and_then(|d| d.get("state"))
         .and_then(Value::as_str)
-        == Some("archived")
+        .is_some_and(|s| s == "ingested" || s == "archived")
     {
         return Ok(());
     }
@@ -167,9 +167,17 @@ async fn take(hq: &Pipeline, ctx: &Ctx, name: &str) -> Result<(), ServiceError> 
     let digest = hash(&bytes);
     let load = ctx.store().doc(&loads(), &id)?.unwrap_or_default();
     let state = load.get("state").and_then(Value::as_str);
-    if state == Some("archived") && load.get("hash").and_then(Value::as_str) == Some(&digest) {
+    let same = load.get("hash").and_then(Value::as_str) == Some(&digest);
+    if matches!(state, Some("ingested" | "archived")) && same {
         // Taken before a crash, not yet moved.
-        return park(&hq.ingest, "archive", name).await;
+        return archive(
+            hq,
+            ctx,
+            name,
+            &id,
+            load.as_object().cloned().unwrap_or_default(),
+        )
+        .await;
     }
     let mut txn = Txn::new();
     let mut doc =
@@ -218,18 +226,21 @@ async fn take(hq: &Pipeline, ctx: &Ctx, name: &str) -> Result<(), ServiceError> 
                 error: None,
             };
             done.append_to(&mut txn);
-            doc["state"] = "archived".into();
+            doc["state"] = "ingested".into();
             doc["asset"] = asset.clone().into();
-            txn.put(&loads(), &id, doc);
+            txn.put(&loads(), &id, doc.clone());
             ctx.tile(name, "Ingested")
                 .asset(&asset)
                 .image(format!("downloads/{file}"))
                 .append_to(&mut txn);
             ctx.store().commit(txn).await?;
             ctx.processed();
-            park(&hq.ingest, "archive", name).await
+            let doc = doc.as_object().cloned().unwrap_or_default();
+            archive(hq, ctx, name, &id, doc).await
         }
         Err(e) => {
+            // Moved first: the file is kept either way, and `errored` means it is aside.
+            park(&hq.ingest, "errored", name).await?;
             let why = format!("{name}: {e}");
             doc["state"] = "errored".into();
             doc["error"] = why.clone().into();
@@ -238,9 +249,25 @@ async fn take(hq: &Pipeline, ctx: &Ctx, name: &str) -> Result<(), ServiceError> 
                 .append_to(&mut txn);
             ctx.store().commit(txn).await?;
             ctx.failed(why);
-            park(&hq.ingest, "errored", name).await
+            Ok(())
         }
     }
+}
+
+/// Moves an ingested file into `ingest/archive/` and marks its load `archived`.
+async fn archive(
+    hq: &Pipeline,
+    ctx: &Ctx,
+    name: &str,
+    id: &str,
+    mut load: serde_json::Map<String, Value>,
+) -> Result<(), ServiceError> {
+    park(&hq.ingest, "archive", name).await?;
+    load.insert("state".into(), "archived".into());
+    let mut txn = Txn::new();
+    txn.put(&loads(), id, Value::Object(load));
+    ctx.store().commit(txn).await?;
+    Ok(())
 }
 
 /// Moves an ingested file into `ingest/<to>/`.

@@ -317,15 +317,18 @@ impl Shared {
         Duration::from_millis(ms)
     }
 
-    pub(crate) fn count(&self, name: &str, ok: bool) {
+    /// Counts one item: processed, or failed with why (shown as the last problem).
+    pub(crate) fn count(&self, name: &str, failed: Option<String>) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.update(name, |s| {
-            if ok {
-                s.processed += 1;
-            } else {
-                s.failed += 1;
+            match failed {
+                None => s.processed += 1,
+                Some(why) => {
+                    s.failed += 1;
+                    s.last_problem = Some(why);
+                }
             }
             s.last_activity_ms = Some(now);
         });

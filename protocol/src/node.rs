@@ -11,6 +11,8 @@
 //!   their causes, and become the exit code.
 //! - `core-node certs init` and `core-node certs issue <edge>` create the mission CA and
 //!   issue certificates ([`crate::tls`]), then exit.
+//! - `edge-node mirror` runs the edge until the mirror it starts has ended, printing its
+//!   progress (`node/mirror.rs`).
 //!
 //! IO: the store and certificates directories, and (in [`main_for`] only) arguments,
 //! environment, signals, stdout and stderr.
@@ -35,6 +37,8 @@ use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, Sess
 use crate::log::{OpenError, Store, WriteError};
 use crate::service::Services;
 use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, NodeIdentity, TlsError};
+
+mod mirror;
 
 /// What a node is in the mission: the HQ node or a field node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,12 +191,13 @@ impl Node {
             })?;
         }
 
-        let services = Services::new(store.clone())
-            .await
-            .map_err(|source| NodeError::CreateTopic {
-                topic: crate::service::Tile::topic(),
-                source,
-            })?;
+        let services =
+            Services::new(store.clone())
+                .await
+                .map_err(|source| NodeError::CreateTopic {
+                    topic: crate::service::Tile::topic(),
+                    source,
+                })?;
 
         let links = Links::default();
         // The core serves its mission volume (made if missing); an edge keeps a mirror.
@@ -464,9 +469,11 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
 
 /// The whole `main` of a node binary: parses the arguments, loads the config, installs
 /// the tracing subscriber, builds the runtime and calls `run` with a [`Shutdown`] that
-/// resolves at the first SIGTERM or Ctrl-C. A second signal exits at once.
+/// resolves at the first SIGTERM or Ctrl-C. A second signal exits at once. `edge-node
+/// mirror` runs the node of `protocol` instead of `run` (see `node/mirror.rs`).
 ///
-/// Exit codes: 0 after a clean stop, 2 for bad arguments, 1 for any other error.
+/// Exit codes: 0 after a clean stop (`mirror`: once the mirror is done), 2 for bad
+/// arguments, 1 for any other error.
 pub fn main_for<F, Fut, E>(role: Role, run: F) -> ExitCode
 where
     F: FnOnce(Config, Shutdown) -> Fut,
@@ -480,7 +487,7 @@ where
             return ExitCode::from(2);
         }
     };
-    let path = match action {
+    let (path, mirror) = match action {
         Action::Help => {
             print!("{}", help(role));
             return ExitCode::SUCCESS;
@@ -534,7 +541,15 @@ where
                 Err(e) => fail(&e),
             };
         }
-        Action::Run(path) => path,
+        Action::Mirror(_) if role == Role::Core => {
+            eprintln!(
+                "error: `mirror` runs on an edge, which mirrors the core's volume: run \
+                 `edge-node mirror` there"
+            );
+            return ExitCode::from(2);
+        }
+        Action::Run(path) => (path, false),
+        Action::Mirror(path) => (path, true),
     };
     let config = match Config::load(role, path.as_deref()) {
         Ok(config) => config,
@@ -551,7 +566,19 @@ where
         Ok(runtime) => runtime,
         Err(e) => return fail(&StartError("cannot start the async runtime", e)),
     };
+    if mirror {
+        let served = runtime.block_on(serve(config, mirror::run));
+        return exit_code(served, runtime);
+    }
     let served = runtime.block_on(serve(config, run));
+    exit_code(served, runtime)
+}
+
+/// The exit code of a served node: 0 after a clean stop, else 1 with the error printed.
+fn exit_code<E: std::error::Error + 'static>(
+    served: Served<E>,
+    runtime: tokio::runtime::Runtime,
+) -> ExitCode {
     match served {
         Served::Stopped(Ok(())) => ExitCode::SUCCESS,
         Served::Stopped(Err(e)) => fail(&e),
@@ -573,6 +600,8 @@ enum Action {
     Certs(Option<PathBuf>, CertsCommand),
     /// `append <topic> <text>` or `read <topic>` on the stopped node's store.
     Entries(Option<PathBuf>, EntriesCommand),
+    /// `mirror`: run the edge until the mirror it starts has ended.
+    Mirror(Option<PathBuf>),
     Help,
     Version,
 }
@@ -688,6 +717,14 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
             return Err("append and read take only --config".to_owned());
         }
         return Ok(Action::Entries(config, command));
+    }
+    match words.as_slice() {
+        ["mirror"] if print || dir.is_some() || out.is_some() => {
+            return Err("mirror takes only --config".to_owned());
+        }
+        ["mirror"] => return Ok(Action::Mirror(config)),
+        ["mirror", ..] => return Err("usage: mirror [--config <path>]".to_owned()),
+        _ => {}
     }
     let Some((&"certs", command)) = words.split_first() else {
         if let Some(word) = words.first() {
@@ -864,11 +901,12 @@ fn usage(role: Role) -> String {
     let mut usage = format!(
         "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n"
     );
-    if role == Role::Core {
-        usage.push_str(&format!(
+    match role {
+        Role::Edge => usage.push_str(&format!("       {bin} mirror [--config <path>]\n")),
+        Role::Core => usage.push_str(&format!(
             "       {bin} certs init [--dir <dir>] [--config <path>]\n       \
              {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n"
-        ));
+        )),
     }
     usage
 }
@@ -891,20 +929,20 @@ Options:
 Entries (with the node stopped: its store is locked while it runs):
   append <topic> <text>  append an entry; it crosses the link when the node runs again
   read <topic>           print a topic's entries: offset, origin:sequence, time, payload
-{certs}
+{commands}
 Environment:
   TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo
   RUST_LOG                 log filter; overrides the config's [log] filter
 ",
         usage = usage(role),
-        certs = match role {
-            Role::Core => CORE_CERTS_HELP,
-            Role::Edge => EDGE_CERTS_HELP,
+        commands = match role {
+            Role::Core => CORE_HELP,
+            Role::Edge => EDGE_HELP,
         },
     )
 }
 
-const CORE_CERTS_HELP: &str = "
+const CORE_HELP: &str = "
 Certificates (the mission CA lives with the core):
   certs init           create the mission CA (ca.pem, ca.key) and this core's
                        certificate (<name>.pem, <name>.key); refuses to replace a CA
@@ -915,7 +953,13 @@ Certificates (the mission CA lives with the core):
   With link.demo_certs (the default), a node creates what is missing at start.
 ";
 
-const EDGE_CERTS_HELP: &str = "
+const EDGE_HELP: &str = "
+Mirror (the core's mission volume, into mirror.dir; readers use <mirror.dir>/current):
+  mirror               run the node, start a mirror at once, print its progress on
+                       stderr, and exit when it is done (0) or failed (1, the previous
+                       version is kept). Ctrl-C stops it cleanly (1); the mirror resumes
+                       the next time the node runs, with or without `mirror`.
+
 Certificates: an edge's come from the core: `core-node certs issue <edge-name>`, copied
 into link.certs_dir (<name>.pem, <name>.key, ca.pem).
 ";
@@ -1086,6 +1130,22 @@ mod tests {
             parse(&["node.toml"]),
             Err("unexpected argument \"node.toml\"".to_owned())
         );
+        assert_eq!(parse(&["mirror"]), Ok(Action::Mirror(None)));
+        assert_eq!(
+            parse(&["mirror", "-c", "node.toml"]),
+            Ok(Action::Mirror(path()))
+        );
+        assert_eq!(
+            parse(&["mirror", "now"]),
+            Err("usage: mirror [--config <path>]".to_owned())
+        );
+        assert_eq!(
+            parse(&["--print-config", "mirror"]),
+            Err("mirror takes only --config".to_owned())
+        );
+        assert!(usage(Role::Edge).contains("edge-node mirror [--config <path>]"));
+        assert!(help(Role::Edge).contains("mirror               run the node"));
+        assert!(!usage(Role::Core).contains("mirror"));
     }
 
     #[test]
@@ -1258,6 +1318,7 @@ mod tests {
                 "ASSET_BROADCAST",
                 "ASSET_REQUEST",
                 "ASSET_RESPONSE",
+                "TILES",
                 "_gaps"
             ]
         );

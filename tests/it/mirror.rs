@@ -1,17 +1,35 @@
-//! Crash safety of the edge's mirror (issue 5): a child (`mirror-apply`) mirrors tree A,
-//! then B, then A, ... into one mirror directory and is killed with SIGKILL at random
-//! points of its applies. After every kill, what readers see through `current` must be
-//! exactly the empty start, tree A or tree B, never a mix, both before and after the
-//! mirror is reopened (recovery).
+//! Crash safety of the edge's mirror (issue 5), two ways:
+//!
+//! - a child (`mirror-apply`) mirrors tree A, then B, then A, ... into one mirror
+//!   directory and is killed with SIGKILL at random points of its applies;
+//! - a child edge (`mirror-edge`: store, link and mirror) mirrors the volume of an
+//!   in-process core over QUIC and is killed with SIGKILL at random moments of its runs
+//!   (planning, fetching, applying); each time it holds what the core serves, the core's
+//!   volume switches to the other tree. A last run, not killed, must equal the volume.
+//!
+//! After every kill, what readers see through `current` must be exactly the empty start,
+//! tree A or tree B, never a mix, both before and after the mirror is reopened (recovery).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
+use protocol::link::{self, Links, Local, MirrorSource, SessionSettings};
+use protocol::log::{Store, StoreConfig};
 use protocol::mirror::{ChunkParams, Limits, Manifest, Node, ReplicaVolume, SourceVolume};
+use protocol::node::Role;
+use protocol::tls::{self, Allowed, Ca};
+use tests::cluster::name;
 use tests::{Rng, TempDir};
+
+/// How long the network test waits for one line of its child or for the core's watcher.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Kill/reopen rounds; `TETHER_MIRROR_KILL_ROUNDS` sets more for a longer soak.
 fn rounds() -> u64 {
@@ -151,4 +169,259 @@ fn describe(manifest: &Manifest) -> Vec<(String, String)> {
             (e.path.to_string(), what)
         })
         .collect()
+}
+
+/// Kill rounds of the network test; `TETHER_MIRROR_EDGE_KILL_ROUNDS` sets more.
+fn edge_rounds() -> u64 {
+    std::env::var("TETHER_MIRROR_EDGE_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+/// The core of the network test: a store, a served volume and a listening endpoint.
+struct Core {
+    source: MirrorSource,
+    addr: SocketAddr,
+    _store: Store,
+    endpoint: quinn::Endpoint,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"test over");
+    }
+}
+
+async fn serve_volume(dir: &Path, ca: &Ca, volume: PathBuf) -> Core {
+    let hq = name("hq");
+    let store = Store::open(dir.join("hq"), StoreConfig::new(hq.clone())).unwrap();
+    let identity = ca.issue(&hq, Role::Core).unwrap();
+    let transport = Arc::new(tls::transport_config());
+    let endpoint = tls::server_endpoint(([127, 0, 0, 1], 0).into(), &identity, transport).unwrap();
+    let source = MirrorSource::open(volume, None).await.unwrap();
+    let local = Local {
+        store: store.clone(),
+        core: true,
+        settings: SessionSettings::default(),
+        mirror: Some(source.clone()),
+    };
+    let allowed = Allowed::List(vec![name("alpha")]);
+    tokio::spawn(link::serve(
+        local,
+        endpoint.clone(),
+        allowed,
+        Links::default(),
+    ));
+    Core {
+        source,
+        addr: endpoint.local_addr().unwrap(),
+        _store: store,
+        endpoint,
+    }
+}
+
+/// A running `mirror-edge` child and its stdout lines.
+struct EdgeChild {
+    child: Child,
+    lines: tokio::sync::mpsc::Receiver<String>,
+}
+
+impl EdgeChild {
+    fn start(data: &Path, certs: &Path, core: SocketAddr) -> EdgeChild {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mirror-edge"))
+            .arg(data)
+            .arg(certs)
+            .arg(core.to_string())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mirror-edge");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::channel(1024);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        EdgeChild { child, lines }
+    }
+
+    /// The next line; `None` once the child closed its stdout (it exited).
+    async fn next(&mut self, context: &str) -> Option<String> {
+        match tokio::time::timeout(PATIENCE, self.lines.recv()).await {
+            Ok(line) => line,
+            Err(_) => panic!("{context}: no line from mirror-edge within {PATIENCE:?}"),
+        }
+    }
+
+    /// SIGKILL by PID (unless it already exited), then its exit status and stderr.
+    fn kill(mut self) -> (ExitStatus, String) {
+        if self.child.try_wait().unwrap().is_none() {
+            self.child.kill().unwrap();
+        }
+        self.wait()
+    }
+
+    /// Waits for its exit; returns its status and stderr.
+    fn wait(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    }
+}
+
+/// Replaces the volume's content by a copy of `tree`.
+fn replace_volume(volume: &Path, tree: &Path) {
+    for entry in fs::read_dir(volume).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.is_symlink() {
+            fs::remove_dir_all(path).unwrap();
+        } else {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    copy_tree(tree, volume);
+}
+
+/// Copies the tree `from` into the directory `to`, symlinks made in place (the core's
+/// watcher must not take a new symlink for a file being written).
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (source, dest) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            symlink(fs::read_link(&source).unwrap(), dest).unwrap();
+        } else if kind.is_dir() {
+            fs::create_dir(&dest).unwrap();
+            copy_tree(&source, &dest);
+        } else {
+            fs::copy(&source, dest).unwrap();
+        }
+    }
+}
+
+/// Two trees for the network test; B rewrites half of A's large file (so a mirror from
+/// one to the other fetches a few dozen chunks), renames a directory, edits, deletes and
+/// adds files, and changes a symlink.
+fn network_trees(a: &Path, b: &Path, rng: &mut Rng) {
+    trees(a, b, rng);
+    let mut half = vec![0u8; 1 << 20];
+    rng.fill(&mut half);
+    let big = b.join("media/big.bin");
+    let mut bytes = fs::read(&big).unwrap();
+    bytes.truncate(1 << 20);
+    bytes.extend_from_slice(&half);
+    fs::write(big, bytes).unwrap();
+    let mut edited = vec![0u8; 300_000];
+    rng.fill(&mut edited);
+    write(b, "papers/s03", &edited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_edge_mirroring_over_quic_shows_the_old_or_the_new_tree() {
+    let seed = std::env::var("TETHER_MIRROR_EDGE_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(Rng::seed_from_clock);
+    eprintln!("edge mirror kill test seed {seed} (set TETHER_MIRROR_EDGE_KILL_SEED to replay)");
+    let mut rng = Rng::new(seed);
+    let dir = TempDir::new("mirror-edge-kill").unwrap();
+    let path = |p: &str| dir.path().join(p);
+    network_trees(&path("a"), &path("b"), &mut rng);
+    let templates = [path("a"), path("b")];
+    let expected = [
+        vec![],
+        describe_tree(&templates[0]),
+        describe_tree(&templates[1]),
+    ];
+    let ca = Ca::create("mirror kill test").unwrap();
+    let certs = path("certs");
+    ca.save(&certs).unwrap();
+    ca.issue(&name("alpha"), Role::Edge)
+        .unwrap()
+        .save(&certs)
+        .unwrap();
+    let volume = path("volume");
+    fs::create_dir(&volume).unwrap();
+    copy_tree(&templates[0], &volume);
+    // The core serves A first; each time the edge holds what the core serves, the core
+    // switches to the other tree, so every mirror has an old and a new state.
+    let mut serving = 1;
+    let core = serve_volume(dir.path(), &ca, volume.clone()).await;
+    let (data, current) = (path("alpha"), path("alpha/mirror/current"));
+
+    let (mut seen, mut switches, mut cut) = ([0u32; 3], 0, 0);
+    for round in 0..edge_rounds() {
+        let context = format!("round {round}");
+        // A few dozen lines make one mirror: kills land before, during and after runs.
+        let kill_after = rng.range(1, 40);
+        let mut child = EdgeChild::start(&data, &certs, core.addr);
+        let (mut read, mut done) = (0, false);
+        while read < kill_after && !done {
+            let Some(line) = child.next(&context).await else {
+                let (status, stderr) = child.kill();
+                panic!("{context}: mirror-edge exited ({status}): {stderr}");
+            };
+            read += 1;
+            done = line.starts_with("done");
+        }
+        cut += u64::from(!done);
+        let (status, stderr) = child.kill();
+        assert!(
+            status.success() || status.signal() == Some(9),
+            "{context}: mirror-edge failed ({status}): {stderr}"
+        );
+
+        // What a reader sees now, before any recovery, and (every other round, so that
+        // the next child also recovers from kills itself) after the mirror is reopened.
+        let now = describe_tree(&current);
+        let which = expected.iter().position(|e| *e == now);
+        let Some(which) = which else {
+            panic!("{context}: a mixed tree: {now:?}");
+        };
+        if round % 2 == 1 {
+            let replica = ReplicaVolume::open(&data.join("mirror"), Limits::default()).unwrap();
+            assert_eq!(describe(replica.current()), now, "{context}");
+            assert_eq!(describe_tree(&replica.current_dir()), now, "{context}");
+        }
+        seen[which] += 1;
+        if which == serving {
+            serving = 3 - serving;
+            replace_volume(&volume, &templates[serving - 1]);
+            core.source.settled(PATIENCE).await.unwrap();
+            switches += 1;
+        }
+    }
+
+    // A last run, not killed, completes and equals the core's volume.
+    let mut child = EdgeChild::start(&data, &certs, core.addr);
+    let mut done = false;
+    // Until it closes its stdout: it exits by itself once the mirror is done.
+    while let Some(line) = child.next("last run").await {
+        done |= line.starts_with("done");
+    }
+    let (status, stderr) = child.wait();
+    assert!(done && status.success(), "last run: {status}: {stderr}");
+    assert_eq!(describe_tree(&current), expected[serving], "last run");
+    assert_eq!(describe_tree(&current), describe_tree(&volume), "last run");
+    eprintln!(
+        "{} rounds, {cut} killed before the end of a mirror: empty {}, A {}, B {}; the core \
+         switched trees {switches} times",
+        edge_rounds(),
+        seen[0],
+        seen[1],
+        seen[2]
+    );
 }

@@ -191,6 +191,92 @@ async fn an_edit_inside_a_large_file_and_an_append_cost_a_few_chunks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_in_the_middle_of_a_large_file_costs_a_few_chunks() {
+    let cluster = mirroring(MirrorSettings::default()).await;
+    let volume = cluster.volume();
+    let big = random(11, 4 << 20);
+    put(&volume, "imagery/strip.raw", &big);
+    assert_done(&mirror_now(&cluster).await.0, "first");
+
+    // 1 KiB inserted in the middle: every byte after it moves, yet content-defined
+    // boundaries resynchronise within a chunk or two.
+    let middle = big.len() / 2;
+    let mut inserted = big[..middle].to_vec();
+    inserted.extend_from_slice(&random(12, 1024));
+    inserted.extend_from_slice(&big[middle..]);
+    put(&volume, "imagery/strip.raw", &inserted);
+    let (insert, bytes) = mirror_now(&cluster).await;
+    assert_done(&insert, "insert");
+    assert_mirrored(&cluster, "insert");
+    assert!(
+        insert.bytes_done <= 3 * (256 << 10) && bytes < insert.bytes_done + 4096,
+        "an insert of 1 KiB fetched {} bytes, {bytes} on the link",
+        insert.bytes_done
+    );
+    assert!(insert.bytes_reused > 3 << 20, "{insert:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_cut_by_an_edge_restart_resumes_by_itself_without_resending() {
+    // The core caps chunks at 1 MB/s, so that the restart lands mid-run.
+    let (mut cluster, _) = Cluster::start_mirroring(
+        "alpha",
+        None,
+        Some(1_000_000),
+        MirrorSettings::default(),
+        tls::transport_config(),
+    )
+    .await
+    .unwrap();
+    let volume = cluster.volume();
+    let payload = 3_000_000u64;
+    put(&volume, "video/patrol.mp4", &random(13, payload as usize));
+    settle(&cluster).await;
+    mirror(&cluster).start().unwrap();
+    let mut watch = mirror(&cluster).watch();
+    let half = tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|s| s.bytes_todo > 0 && s.bytes_done * 2 >= s.bytes_todo),
+    )
+    .await;
+    assert!(
+        half.is_ok(),
+        "never half way: {:?}",
+        mirror(&cluster).status()
+    );
+    drop(half);
+    drop(watch);
+    let before = mirror(&cluster).status();
+    assert!(before.bytes_done < payload, "{before:?}");
+
+    // The edge node stops (links cut, store closed, mirror task gone) and starts again
+    // on the same directories; nobody presses "Mirror" again.
+    cluster.restart_edge("alpha").await.unwrap();
+    let restarted = mirror(&cluster).status();
+    assert_eq!(restarted.state, MirrorState::Interrupted, "{restarted:?}");
+    assert!(
+        mirror(&cluster).started(),
+        "the operator's start was forgotten"
+    );
+
+    let done = finished(mirror(&cluster), PATIENCE).await;
+    assert_done(&done, "resumed after the restart");
+    assert_mirrored(&cluster, "resumed after the restart");
+    // Only what was not verified before the restart was planned and fetched again.
+    let left = payload - before.bytes_done;
+    assert!(
+        done.bytes_todo <= left && done.bytes_done == done.bytes_todo,
+        "{} bytes verified before the restart, then {done:?}",
+        before.bytes_done
+    );
+    assert!(
+        done.bytes_on_link < left + left / 50 + 8192,
+        "{} bytes on the link after the restart for {left} left of {payload}",
+        done.bytes_on_link
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_directory_costs_no_chunk_and_deletions_are_mirrored() {
     let cluster = mirroring(MirrorSettings::default()).await;
     let volume = cluster.volume();

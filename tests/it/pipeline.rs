@@ -176,7 +176,6 @@ async fn bad_feeds_and_downloads_fail_their_item_with_the_reason_and_the_rest_go
     let dir = TempDir::new("pipeline").unwrap();
     let files = dir.path().join("files");
     let demo = core_node::demo_feed::generate(&files, "unused", 1).unwrap();
-    let good = files.join(&demo.files[0]);
     std::fs::write(files.join("notes.txt"), "not a picture at all\n").unwrap();
     std::fs::write(files.join("big.png"), vec![7u8; 3 << 20]).unwrap();
     let url = |name: &str| format!("file://{}", files.join(name).display());

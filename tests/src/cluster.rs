@@ -42,6 +42,11 @@ impl Node {
         self.links.link(&name(peer))
     }
 
+    /// The local address of the node's QUIC endpoint.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
     /// Stops the node's links at once (like a cable pulled): its store stays open.
     pub fn cut(&self) {
         self.task.abort();
@@ -109,10 +114,23 @@ impl Cluster {
         mirror: MirrorSettings,
         transport: quinn::TransportConfig,
     ) -> Result<(Cluster, Option<Link>), Error> {
+        Cluster::start_mirroring_with(n, &[], profile, max_rate, mirror, transport).await
+    }
+
+    /// Like [`Cluster::start_mirroring`], every node also holding `topics` (entries and a
+    /// mirror on one link, as the `priority` benchmark needs).
+    pub async fn start_mirroring_with(
+        n: &str,
+        topics: &[(&str, Scope)],
+        profile: Option<Profile>,
+        max_rate: Option<u64>,
+        mirror: MirrorSettings,
+        transport: quinn::TransportConfig,
+    ) -> Result<(Cluster, Option<Link>), Error> {
         let mut cluster = Cluster::start_with(
             &[],
             &[n],
-            &[],
+            topics,
             SessionSettings::default(),
             Some((max_rate, mirror)),
         )

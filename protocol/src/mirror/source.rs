@@ -421,7 +421,18 @@ impl Shared {
                         dirty.all = true;
                         continue;
                     };
+                    // inotify reports a new symlink (or hard link) as a created file,
+                    // and no close-after-write ever follows: only a regular file with one
+                    // link is being written.
+                    let written = || {
+                        std::fs::symlink_metadata(path).is_ok_and(|m| {
+                            use std::os::unix::fs::MetadataExt as _;
+                            m.file_type().is_file() && m.nlink() == 1
+                        })
+                    };
                     match writing {
+                        Some(true)
+                            if event.kind == EventKind::Create(CreateKind::File) && !written() => {}
                         Some(true) => {
                             dirty.writing.insert(rel.clone(), Instant::now());
                         }

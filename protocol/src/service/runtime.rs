@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
+use crate::entry::Offset;
 use crate::log::{Store, TableName, Txn, WriteError};
 
 use super::{Ctx, Service};
@@ -84,6 +85,8 @@ pub enum ServicesError {
 pub struct Services {
     store: Store,
     shared: Arc<Shared>,
+    /// Logs every tile once it is durable (operators and tests read the node's log).
+    logger: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// Statuses and processing delays, shared by the runtime and the services' [`Ctx`]s.
@@ -122,12 +125,14 @@ impl Services {
     /// A runtime with no service yet; it creates the `TILES` topic.
     pub async fn new(store: Store) -> Result<Services, WriteError> {
         store.create_topic(super::tile::config()).await?;
+        let logger = tokio::spawn(log_tiles(store.clone()));
         Ok(Services {
             store,
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 changed: watch::Sender::new(0),
             }),
+            logger: Arc::new(Mutex::new(Some(logger))),
         })
     }
 
@@ -233,6 +238,15 @@ impl Services {
         let names: Vec<&'static str> = self.shared.lock().services.keys().copied().collect();
         for name in names {
             self.halt_one(name).await;
+        }
+        let logger = self
+            .logger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(logger) = logger {
+            logger.abort();
+            let _ = logger.await;
         }
     }
 
@@ -347,6 +361,31 @@ impl std::fmt::Debug for State {
 
 fn table() -> TableName {
     TableName::new(TABLE).expect("_services is a valid table name")
+}
+
+/// Logs each tile appended from now on, once it is durable.
+async fn log_tiles(store: Store) {
+    let topic = super::Tile::topic();
+    let mut changes = store.changes();
+    let mut next = store.topic(&topic).map_or(Offset(0), |t| t.next);
+    loop {
+        changes.borrow_and_update();
+        for record in store.read(&topic, next, 256).unwrap_or_default() {
+            next = Offset(record.offset.0 + 1);
+            if let Ok(tile) = super::Tile::decode(&record.entry.payload) {
+                info!(
+                    service = %tile.service,
+                    title = %tile.title,
+                    asset = tile.asset.as_deref().unwrap_or("-"),
+                    "tile: {}",
+                    tile.text
+                );
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs `service` until `stop` fires; restarts it with backoff when it fails or panics.

@@ -12,7 +12,7 @@ mod broadcast_listener;
 
 use std::sync::Arc;
 
-use protocol::log::{ReadError, Store, Txn, WriteError};
+use protocol::log::{Store, Txn};
 use protocol::mission;
 use protocol::node::Node;
 use protocol::service::{ServiceError, ServicesError};
@@ -35,39 +35,7 @@ pub async fn add(node: &Node) -> Result<(), ServicesError> {
     Ok(())
 }
 
-/// Why an operator's request for an asset was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    /// The edge never heard of it.
-    #[error("no asset {0:?} at this edge: only broadcast assets can be requested")]
-    Unknown(String),
-    /// The table could not be read.
-    #[error(transparent)]
-    Read(#[from] ReadError),
-    /// The choice could not be recorded.
-    #[error(transparent)]
-    Write(#[from] WriteError),
-}
-
-/// Marks an asset as wanted, for the Asset Request service to ask HQ for it; returns the
-/// asset's state afterwards. An asset already requested or received is left alone.
-pub async fn request(store: &Store, id: &str) -> Result<String, RequestError> {
-    let Some(Value::Object(mut doc)) = store.doc(&mission::assets(), id)? else {
-        return Err(RequestError::Unknown(id.to_owned()));
-    };
-    let state = doc
-        .get("state")
-        .and_then(Value::as_str)
-        .unwrap_or("available");
-    if !matches!(state, "available" | "not-found") {
-        return Ok(state.to_owned());
-    }
-    doc.insert("state".into(), "wanted".into());
-    let mut txn = Txn::new();
-    txn.put(&mission::assets(), id, Value::Object(doc));
-    store.commit(txn).await?;
-    Ok("wanted".to_owned())
-}
+pub use protocol::mission::{RequestError, request};
 
 /// An asset's document, if the table has it.
 fn asset(store: &Store, id: &str) -> Result<Option<Map<String, Value>>, ServiceError> {

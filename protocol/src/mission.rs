@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::entry::TopicName;
-use crate::log::TableName;
+use crate::log::{ReadError, Store, TableName, Txn, WriteError};
 
 /// HQ: items picked from the feed (local).
 pub const IMAGE_FEED: &str = "IMAGE_FEED";
@@ -120,4 +120,39 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, serde_json
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     // The messages are plain structs of strings and numbers: they always serialize.
     serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// Why an operator's request for an asset was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The edge never heard of it.
+    #[error("no asset {0:?} at this edge: only broadcast assets can be requested")]
+    Unknown(String),
+    /// The table could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The choice could not be recorded.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// At an edge: marks an asset as wanted, for the Asset Request service to ask HQ for it
+/// (at once if the node runs, else at its next start); returns the asset's state
+/// afterwards. An asset already requested or received is left alone.
+pub async fn request(store: &Store, id: &str) -> Result<String, RequestError> {
+    let Some(serde_json::Value::Object(mut doc)) = store.doc(&assets(), id)? else {
+        return Err(RequestError::Unknown(id.to_owned()));
+    };
+    let state = doc
+        .get("state")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("available");
+    if !matches!(state, "available" | "not-found") {
+        return Ok(state.to_owned());
+    }
+    doc.insert("state".into(), "wanted".into());
+    let mut txn = Txn::new();
+    txn.put(&assets(), id, serde_json::Value::Object(doc));
+    store.commit(txn).await?;
+    Ok("wanted".to_owned())
 }

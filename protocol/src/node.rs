@@ -517,6 +517,12 @@ where
             );
             return ExitCode::from(2);
         }
+        Action::Entries(_, EntriesCommand::Request { .. }) if role == Role::Core => {
+            eprintln!(
+                "error: `request` runs at an edge: HQ answers requests, it does not make them"
+            );
+            return ExitCode::from(2);
+        }
         Action::Entries(path, command) => {
             return match Config::load(role, path.as_deref()) {
                 Ok(config) => match entries(&config, command) {
@@ -613,6 +619,10 @@ enum EntriesCommand {
     Append { topic: String, text: String },
     /// Prints a topic's entries.
     Read { topic: String },
+    /// Prints the assets table (the mission pipeline's assets and their states).
+    Assets,
+    /// At an edge: marks an asset as wanted; the request crosses when the node runs.
+    Request { asset: String },
 }
 
 /// `core-node certs ...`.
@@ -707,6 +717,11 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
         ["read", topic] => Some(EntriesCommand::Read {
             topic: (*topic).to_owned(),
         }),
+        ["assets"] => Some(EntriesCommand::Assets),
+        ["request", asset] => Some(EntriesCommand::Request {
+            asset: (*asset).to_owned(),
+        }),
+        ["request", ..] => return Err("usage: request <asset-id>".to_owned()),
         ["append" | "read", ..] => {
             return Err("usage: append <topic> <text> | read <topic>".to_owned());
         }
@@ -714,7 +729,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
     };
     if let Some(command) = entries {
         if print || dir.is_some() || out.is_some() {
-            return Err("append and read take only --config".to_owned());
+            return Err("append, read, assets and request take only --config".to_owned());
         }
         return Ok(Action::Entries(config, command));
     }
@@ -783,6 +798,26 @@ fn entries(config: &Config, command: EntriesCommand) -> Result<(), String> {
                     done.seq,
                     store.node()
                 );
+            }
+            EntriesCommand::Assets => {
+                let docs = store
+                    .docs(&crate::mission::assets())
+                    .map_err(|e| e.to_string())?;
+                for (id, doc) in docs {
+                    let field = |k: &str| {
+                        doc.get(k)
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    println!("{id}\t{}\t{}", field("state"), field("title"));
+                }
+            }
+            EntriesCommand::Request { asset } => {
+                let state = crate::mission::request(&store, &asset)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("asset {asset} is {state}; the request crosses when the node runs");
             }
             EntriesCommand::Read { topic } => {
                 let topic = TopicName::new(topic).map_err(|e| e.to_string())?;
@@ -899,10 +934,12 @@ fn list(files: &[PathBuf]) -> String {
 fn usage(role: Role) -> String {
     let bin = role.binary();
     let mut usage = format!(
-        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n"
+        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} assets [--config <path>]\n"
     );
     match role {
-        Role::Edge => usage.push_str(&format!("       {bin} mirror [--config <path>]\n")),
+        Role::Edge => usage.push_str(&format!(
+            "       {bin} request <asset-id> [--config <path>]\n       {bin} mirror [--config <path>]\n"
+        )),
         Role::Core => usage.push_str(&format!(
             "       {bin} certs init [--dir <dir>] [--config <path>]\n       \
              {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n"
@@ -929,6 +966,7 @@ Options:
 Entries (with the node stopped: its store is locked while it runs):
   append <topic> <text>  append an entry; it crosses the link when the node runs again
   read <topic>           print a topic's entries: offset, origin:sequence, time, payload
+  assets                 print the assets table: id, state, title
 {commands}
 Environment:
   TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo
@@ -954,6 +992,10 @@ Certificates (the mission CA lives with the core):
 ";
 
 const EDGE_HELP: &str = "
+Assets (with the node stopped):
+  request <asset-id>   mark a broadcast asset as wanted: the node asks HQ for it when it
+                       runs; HQ puts it in the mission volume, and a mirror brings it
+
 Mirror (the core's mission volume, into mirror.dir; readers use <mirror.dir>/current):
   mirror               run the node, start a mirror at once, print its progress on
                        stderr, and exit when it is done (0) or failed (1, the previous

@@ -1648,6 +1648,41 @@ mod tests {
     }
 
     #[test]
+    fn pipeline_and_http_keys_are_read_and_checked() {
+        let text = "[pipeline]\nfeed = \"https://example.org/feed.json\"\nfeed_every = \"2s\"\n\
+                    feed_batch = 5\nmax_download_bytes = \"2MiB\"\n[http]\nlisten = \"0.0.0.0:9000\"\n";
+        let env = [("TETHER_PIPELINE__START_SERVICES", "false")];
+        let core = load(Role::Core, text, &env).unwrap();
+        assert_eq!(
+            core.pipeline.feed.as_deref(),
+            Some("https://example.org/feed.json")
+        );
+        assert_eq!(core.pipeline.feed_every, Duration::from_secs(2));
+        assert_eq!(core.pipeline.feed_batch, 5);
+        assert_eq!(core.pipeline.max_download_bytes, 2 << 20);
+        assert!(!core.pipeline.start_services);
+        assert_eq!(core.http.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
+        // What --print-config writes loads back the same.
+        let again = load(Role::Core, &core.to_toml(), &[]).unwrap();
+        assert_eq!(again.pipeline, core.pipeline);
+        assert_eq!(again.http, core.http);
+        let edge = load(Role::Edge, "", &[]).unwrap();
+        assert_eq!(edge.http.listen, SocketAddr::from(([127, 0, 0, 1], 8081)));
+        check_error(
+            load(Role::Edge, "[pipeline]\nfeed = \"x\"\n", &[]),
+            &["pipeline.feed", "a core's key"],
+        );
+        check_error(
+            load(Role::Core, "[pipeline]\nfeed_batch = 0\n", &[]),
+            &["pipeline.feed_batch", "1 to 1000"],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_HTTP__LISTEN", "8080")]),
+            &["TETHER_HTTP__LISTEN", "http.listen", "not an address"],
+        );
+    }
+
+    #[test]
     fn mirror_keys_are_read_and_checked() {
         let env = [("TETHER_MIRROR__MAX_RATE", "512KiB")];
         let core = load(Role::Core, "[mirror]\nvolume = \"/srv/v\"\n", &env).unwrap();

@@ -310,6 +310,12 @@ impl Link {
         self.addr
     }
 
+    /// The address of the relay's own socket toward the core (where the core's
+    /// datagrams arrive), for diagnostics such as the kernel's per-socket drop counts.
+    pub fn core_side(&self) -> io::Result<SocketAddr> {
+        self.core_side.local_addr()
+    }
+
     /// The core's address.
     pub fn core(&self) -> SocketAddr {
         self.shared.core

@@ -6,6 +6,9 @@
 
 mod impaired;
 mod link;
+mod mirror;
+mod priority;
+mod rsync;
 mod store;
 
 use std::process::ExitCode;
@@ -40,6 +43,15 @@ const SCENARIOS: &[(&str, &str)] = &[
         "first-entry",
         "tactical down 60 s while the edge appends 10,000 entries; then one new entry \
          each way",
+    ),
+    (
+        "mirror",
+        "volume mirror cases (initial, no-change, small-edit, insert, append, move, \
+         many-small) on lan against rsync; outage-resume on satcom",
+    ),
+    (
+        "priority",
+        "200-byte entries each second, link idle then while a mirror fills 512 kbit/s",
     ),
 ];
 
@@ -103,6 +115,8 @@ fn main() -> ExitCode {
         Some("idle") => runtime.block_on(impaired::idle(quick)),
         Some("first-entry") => runtime.block_on(impaired::first_entry(quick)),
         Some("wire") => runtime.block_on(link::wire(quick)),
+        Some("mirror") => runtime.block_on(mirror::mirror(quick)),
+        Some("priority") => runtime.block_on(priority::priority(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");
             usage();

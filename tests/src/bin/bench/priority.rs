@@ -1,0 +1,313 @@
+//! `priority`: do small entries keep their latency while a mirror fills the link?
+//!
+//! - A core and an edge holding two `all` topics, `down` (appended at the core) and `up`
+//!   (appended at the edge), and a mirror; the edge dials through the link emulator with
+//!   a custom profile, [`profile`]: 512 kbit/s each way, 300 ms one way (a 600 ms round
+//!   trip, satcom-like), no loss, the usual queue of one second at the rate.
+//! - Probes: 200-byte entries, one a second each way (60 each way; `--quick`: 10 at 4 a
+//!   second), timed from the start of the append at the origin to the moment the entry
+//!   is readable at the other node, as `latency` times them.
+//! - First with the link idle; then while a mirror of random data runs (8 MB, about
+//!   twice the measuring time at the link's rate, stopped once measured), after a few
+//!   seconds for it to fill the link. Chunks go core to edge, so `down` (the headline
+//!   keys) shares their direction; `up` (`_e2c` keys) shares the requests' and ACKs'.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use protocol::entry::{Append, Offset, Scope, TopicName};
+use protocol::link::MirrorSettings;
+use protocol::log::Store;
+use protocol::mirror::MirrorState;
+use protocol::tls;
+use serde_json::json;
+use tests::cluster::{Cluster, topic};
+use tests::link::{OneWay, Profile};
+
+use crate::mirror::{connected, edge_mirror, random, settle};
+use crate::round2;
+
+/// The probe entries' payload.
+const PROBE: usize = 200;
+
+/// Appended at the core: the mirror's direction.
+const DOWN: &str = "down";
+
+/// Appended at the edge.
+const UP: &str = "up";
+
+/// How long a probe may take to arrive before the scenario gives up.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The link: 512 kbit/s each way, 300 ms one way, no loss.
+fn profile() -> Profile {
+    Profile::symmetric(
+        "512k",
+        OneWay::new(512_000, Duration::from_millis(300), 0.0),
+    )
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Probes each way, per phase.
+    samples: usize,
+    /// Between two probes.
+    every: Duration,
+    /// From the mirror's first chunk to the first probe: its window grows until it
+    /// fills the link's queue.
+    warmup: Duration,
+    /// Bytes in the mirrored volume: enough to keep the link busy well past the probes.
+    data: usize,
+}
+
+const FULL: Sizes = Sizes {
+    samples: 60,
+    every: Duration::from_secs(1),
+    warmup: Duration::from_secs(5),
+    // About 125 s at 512 kbit/s, for 65 s of measuring.
+    data: 8_000_000,
+};
+
+const QUICK: Sizes = Sizes {
+    samples: 10,
+    every: Duration::from_millis(250),
+    warmup: Duration::from_secs(2),
+    data: 1_000_000,
+};
+
+/// `priority`: one line with the idle and the busy latencies, both directions.
+pub(crate) async fn priority(quick: bool) -> crate::Lines {
+    let Sizes {
+        samples,
+        every,
+        warmup,
+        data,
+    } = if quick { QUICK } else { FULL };
+    let profile = profile();
+    let (cluster, relay) = Cluster::start_mirroring_with(
+        "alpha",
+        &[(DOWN, Scope::All), (UP, Scope::All)],
+        Some(profile.clone()),
+        None,
+        MirrorSettings::default(),
+        tls::transport_config(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let relay = relay.ok_or("the mirroring pair has no link emulator")?;
+    connected(&cluster).await?;
+    let volume = cluster.volume();
+    tokio::task::block_in_place(|| fill(&volume, data))?;
+    settle(&cluster).await?;
+    let (core, edge) = (
+        cluster.core.store.clone(),
+        cluster.edge("alpha").store.clone(),
+    );
+
+    // One probe each way first: routes and cursors settle before anything is timed.
+    phase(&core, &edge, 1, every).await?;
+    let rate = profile.c2e.rate_bps.map_or(0, |r| r.get());
+    eprintln!(
+        "priority: {samples} probes of {PROBE} bytes each way, every {every:?}, link idle \
+         ({}: {} kbit/s, {} ms round trip)",
+        profile.name,
+        rate / 1000,
+        profile.round_trip().as_millis()
+    );
+    let (idle_down, idle_up) = phase(&core, &edge, samples, every).await?;
+    eprintln!(
+        "priority: idle p99 {:.0} ms down, {:.0} ms up",
+        pct(&idle_down, 0.99),
+        pct(&idle_up, 0.99)
+    );
+
+    let mirror = edge_mirror(&cluster)?;
+    mirror
+        .start()
+        .map_err(|e| format!("cannot start the mirror: {e}"))?;
+    let mut watch = mirror.watch();
+    tokio::time::timeout(PATIENCE, watch.wait_for(|s| s.bytes_done > 0))
+        .await
+        .map_err(|_| format!("the mirror never started: {:?}", mirror.status()))?
+        .map_err(|e| e.to_string())?;
+    // Holding a duration: the mirror's window grows until it fills the link's queue.
+    tokio::time::sleep(warmup).await;
+    eprintln!("priority: the same while a mirror of {data} bytes runs");
+    let (before, mirrored_before, started) =
+        (relay.counters(), mirror.status().bytes_done, Instant::now());
+    let (busy_down, busy_up) = phase(&core, &edge, samples, every).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (after, status) = (relay.counters(), mirror.status());
+    mirror
+        .stop()
+        .map_err(|e| format!("cannot stop the mirror: {e}"))?;
+    // The mirror must have been moving data the whole time, or the figure means nothing.
+    let busy = status.state == MirrorState::Running && status.bytes_done < status.bytes_todo;
+    let mirrored = status.bytes_done - mirrored_before;
+    let c2e = after.c2e.delivered.bytes - before.c2e.delivered.bytes;
+    let tail_drops = after.c2e.dropped_queue.packets - before.c2e.dropped_queue.packets;
+    let utilisation = (c2e * 8) as f64 / seconds / rate.max(1) as f64;
+
+    let (p99_idle, p99_busy) = (pct(&idle_down, 0.99), pct(&busy_down, 0.99));
+    let increase = p99_busy - p99_idle;
+    eprintln!(
+        "priority: during the mirror p99 {p99_busy:.0} ms down (+{increase:.0} ms, target \
+         250: {}), {:.0} ms up; link down {:.2} used, mirror {:.0} kbit/s, {tail_drops} \
+         datagrams dropped at the link's full queue{}",
+        if increase <= 250.0 { "met" } else { "MISSED" },
+        pct(&busy_up, 0.99),
+        utilisation,
+        mirrored as f64 * 8.0 / seconds / 1e3,
+        if busy { "" } else { " (NOT busy all along)" },
+    );
+    Ok(vec![json!({
+        "scenario": "priority",
+        "profile": profile.name,
+        "rate_bps": rate,
+        "one_way_delay_ms": profile.c2e.delay.as_millis() as u64,
+        "round_trip_ms": profile.round_trip().as_millis() as u64,
+        "loss": profile.c2e.loss,
+        "queue_bytes": profile.c2e.queue_bytes,
+        "dir": "c2e",
+        "samples": samples,
+        "every_ms": every.as_millis() as u64,
+        "payload_bytes": PROBE,
+        "p50_ms_idle": round2(pct(&idle_down, 0.5)),
+        "p99_ms_idle": round2(p99_idle),
+        "max_ms_idle": round2(pct(&idle_down, 1.0)),
+        "p50_ms_during_mirror": round2(pct(&busy_down, 0.5)),
+        "p99_ms_during_mirror": round2(p99_busy),
+        "max_ms_during_mirror": round2(pct(&busy_down, 1.0)),
+        "increase_ms": round2(increase),
+        "p50_increase_ms": round2(pct(&busy_down, 0.5) - pct(&idle_down, 0.5)),
+        "target_increase_ms": 250,
+        "within_target": increase <= 250.0,
+        "p50_ms_idle_e2c": round2(pct(&idle_up, 0.5)),
+        "p99_ms_idle_e2c": round2(pct(&idle_up, 0.99)),
+        "p50_ms_during_mirror_e2c": round2(pct(&busy_up, 0.5)),
+        "p99_ms_during_mirror_e2c": round2(pct(&busy_up, 0.99)),
+        "increase_ms_e2c": round2(pct(&busy_up, 0.99) - pct(&idle_up, 0.99)),
+        "mirror_bytes": data,
+        "mirror_bytes_during": mirrored,
+        "mirror_busy_throughout": busy,
+        "link_utilisation_c2e": round2(utilisation),
+        "queue_drops_c2e": tail_drops,
+        "quick": quick,
+    })])
+}
+
+/// Writes `data` random bytes into `volume`, in four files.
+fn fill(volume: &Path, data: usize) -> Result<(), String> {
+    let dir = volume.join("survey");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for i in 0..4 {
+        let path = dir.join(format!("strip-{i}.raw"));
+        std::fs::write(&path, random(90 + i, data / 4))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Probes both ways at once: `n` each, one every `every`; the latencies down (core to
+/// edge) and up.
+async fn phase(
+    core: &Store,
+    edge: &Store,
+    n: usize,
+    every: Duration,
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let (down, up) = (topic(DOWN), topic(UP));
+    let (down, up) = tokio::join!(
+        probes(core, edge, &down, n, every),
+        probes(edge, core, &up, n, every),
+    );
+    Ok((down?, up?))
+}
+
+/// Appends `n` probes to `t` at `origin`, one every `every`, each carrying its index,
+/// and returns, per probe, the time from the start of its append to when `target` could
+/// read it.
+async fn probes(
+    origin: &Store,
+    target: &Store,
+    t: &TopicName,
+    n: usize,
+    every: Duration,
+) -> Result<Vec<Duration>, String> {
+    let from = target.topic(t).map_or(Offset(0), |i| i.next);
+    let send = async {
+        let mut sent = Vec::with_capacity(n);
+        let mut tick = tokio::time::interval(every);
+        for i in 0..n {
+            tick.tick().await;
+            let mut payload = random(i as u64 + 1, PROBE);
+            payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            sent.push(Instant::now());
+            origin
+                .append(t, Append::new(payload))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(sent)
+    };
+    let within = every * n as u32 + PATIENCE;
+    let (sent, arrived) = tokio::join!(send, arrivals(target, t, from, n, within));
+    let (sent, arrived) = (sent?, arrived?);
+    Ok(sent
+        .iter()
+        .zip(&arrived)
+        .map(|(s, a)| a.saturating_duration_since(*s))
+        .collect())
+}
+
+/// When each of the probes `0..n` became readable in `t` at `target`, reading from
+/// offset `from` on the store's change signal; fails after `within`.
+async fn arrivals(
+    target: &Store,
+    t: &TopicName,
+    from: Offset,
+    n: usize,
+    within: Duration,
+) -> Result<Vec<Instant>, String> {
+    let mut changes = target.changes();
+    let mut position = from;
+    let mut arrived: Vec<Option<Instant>> = vec![None; n];
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + within;
+    while count < n {
+        changes.borrow_and_update();
+        for record in target.read(t, position, 1024).map_err(|e| e.to_string())? {
+            let now = Instant::now();
+            position = Offset(record.offset.0 + 1);
+            let index = record
+                .entry
+                .payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or("a probe without its index")? as usize;
+            if let Some(slot @ None) = arrived.get_mut(index) {
+                *slot = Some(now);
+                count += 1;
+            }
+        }
+        if count < n {
+            tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .map_err(|_| format!("{count} of {n} probes of {t} arrived"))?
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(arrived.into_iter().flatten().collect())
+}
+
+/// The `p` quantile of `latencies`, in ms (0 for none).
+fn pct(latencies: &[Duration], p: f64) -> f64 {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0.0;
+    };
+    sorted[((sorted.len() as f64 * p) as usize).min(last)].as_secs_f64() * 1e3
+}

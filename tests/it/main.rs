@@ -8,6 +8,8 @@ mod kill;
 mod link;
 mod mirror;
 mod mirroring;
+mod mission;
 mod nodes;
 mod pipeline;
+mod process;
 mod replication;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use notify::Watcher as _;
+use notify::event::{AccessKind, AccessMode, Event, EventKind};
 use protocol::log::{TableName, Txn};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Value, json};
@@ -48,8 +49,12 @@ impl Service for Ingest {
             let hq = &self.0;
             let dir = hq.ingest.clone();
             let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-            let mut watcher = notify::recommended_watcher(move |_| {
-                let _ = tx.send(());
+            let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+                // Listing the directory opens it: were opens and reads wake-ups, each
+                // listing would wake the next one, and the service would spin forever.
+                if !event.is_ok_and(|e| is_read(&e.kind)) {
+                    let _ = tx.send(());
+                }
             })
             .map_err(|e| ServiceError::other(format!("cannot watch {}: {e}", dir.display())))?;
             watcher
@@ -98,6 +103,12 @@ impl Service for Ingest {
             }
         })
     }
+}
+
+/// An access that changes nothing: an open, a read, a close after reading. A close
+/// after writing is a change (a file may be complete).
+fn is_read(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }
 
 fn loads() -> TableName {
@@ -277,4 +288,29 @@ async fn park(ingest: &Path, to: &str, name: &str) -> Result<(), ServiceError> {
         .await
         .and(tokio::fs::rename(ingest.join(name), dir.join(name)).await)
         .map_err(|e| ServiceError::other(format!("cannot move {name} into {}: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+
+    use super::is_read;
+
+    #[test]
+    fn only_accesses_that_change_nothing_are_ignored() {
+        // The service's own listing makes these: waking on them would spin.
+        assert!(is_read(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(is_read(&EventKind::Access(AccessKind::Read)));
+        // A writer done, a new file, more bytes: look again.
+        assert!(!is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_read(&EventKind::Create(CreateKind::File)));
+        assert!(!is_read(&EventKind::Modify(ModifyKind::Any)));
+    }
 }

@@ -125,7 +125,12 @@ impl Services {
     /// A runtime with no service yet; it creates the `TILES` topic.
     pub async fn new(store: Store) -> Result<Services, WriteError> {
         store.create_topic(super::tile::config()).await?;
-        let logger = tokio::spawn(log_tiles(store.clone()));
+        // Where the log starts is read here, not in the task: a task not yet polled when
+        // the first services commit would start after their tiles and never log them.
+        let next = store
+            .topic(&super::Tile::topic())
+            .map_or(Offset(0), |t| t.next);
+        let logger = tokio::spawn(log_tiles(store.clone(), next));
         Ok(Services {
             store,
             shared: Arc::new(Shared {
@@ -363,14 +368,18 @@ fn table() -> TableName {
     TableName::new(TABLE).expect("_services is a valid table name")
 }
 
-/// Logs each tile appended from now on, once it is durable.
-async fn log_tiles(store: Store) {
+/// How many tiles the logger reads at a time.
+const TILES_PER_READ: usize = 256;
+
+/// Logs each tile from offset `next` on, once it is durable.
+async fn log_tiles(store: Store, mut next: Offset) {
     let topic = super::Tile::topic();
     let mut changes = store.changes();
-    let mut next = store.topic(&topic).map_or(Offset(0), |t| t.next);
     loop {
         changes.borrow_and_update();
-        for record in store.read(&topic, next, 256).unwrap_or_default() {
+        let records = store.read(&topic, next, TILES_PER_READ).unwrap_or_default();
+        let more = records.len() == TILES_PER_READ;
+        for record in records {
             next = Offset(record.offset.0 + 1);
             if let Ok(tile) = super::Tile::decode(&record.entry.payload) {
                 info!(
@@ -381,6 +390,9 @@ async fn log_tiles(store: Store) {
                     tile.text
                 );
             }
+        }
+        if more {
+            continue; // A backlog: the rest now, not at the next change.
         }
         if changes.changed().await.is_err() {
             return;

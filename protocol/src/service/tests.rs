@@ -146,6 +146,9 @@ async fn a_stopped_service_stays_stopped_after_a_restart_and_unknown_names_are_r
             err.to_string(),
             "no service named \"nope\" on this node (services: copy)"
         );
+        // As a node stops: the services (and the tile logger, which holds a handle on
+        // the store) first, so that the store can be opened again.
+        services.halt().await;
         store.close().await.unwrap();
     }
     let store = open(&dir);

@@ -67,13 +67,27 @@ fn main() -> ExitCode {
         .position(|a| a == "--profile")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    // `--case NAME`: `mirror` runs that case only (`outage-resume`, or the lan cases).
+    let case = args
+        .iter()
+        .position(|a| a == "--case")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let scenario = args
         .iter()
         .enumerate()
-        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--profile"))
+        .find(|(i, a)| {
+            !a.starts_with("--")
+                && (*i == 0 || (args[i - 1] != "--profile" && args[i - 1] != "--case"))
+        })
         .map(|(_, a)| a);
     let usage = || {
-        eprintln!("usage: bench <scenario> [--quick] [--profile NAME]\n\nscenarios:");
+        eprintln!(
+            "usage: bench <scenario> [--quick] [--profile NAME] [--case NAME]\n\n\
+             --profile NAME  catch-up through that link profile only\n\
+             --case NAME     mirror: that case only (outage-resume, or lan for the others)\n\n\
+             scenarios:"
+        );
         for (name, what) in SCENARIOS {
             eprintln!("  {name:<12} {what}");
         }
@@ -84,7 +98,7 @@ fn main() -> ExitCode {
     }
     if let Some(bad) = args
         .iter()
-        .find(|a| a.starts_with("--") && *a != "--quick" && *a != "--profile")
+        .find(|a| a.starts_with("--") && !["--quick", "--profile", "--case"].contains(&a.as_str()))
     {
         eprintln!("error: unknown option {bad}");
         usage();
@@ -115,7 +129,7 @@ fn main() -> ExitCode {
         Some("idle") => runtime.block_on(impaired::idle(quick)),
         Some("first-entry") => runtime.block_on(impaired::first_entry(quick)),
         Some("wire") => runtime.block_on(link::wire(quick)),
-        Some("mirror") => runtime.block_on(mirror::mirror(quick)),
+        Some("mirror") => runtime.block_on(mirror::mirror(quick, case.as_deref())),
         Some("priority") => runtime.block_on(priority::priority(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");

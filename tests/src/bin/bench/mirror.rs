@@ -93,15 +93,26 @@ const QUICK: Sizes = Sizes {
 };
 
 /// `mirror`: one line per case, then a summary.
-pub(crate) async fn mirror(quick: bool) -> crate::Lines {
+pub(crate) async fn mirror(quick: bool, case: Option<&str>) -> crate::Lines {
     let sizes = if quick { QUICK } else { FULL };
-    let rsync = Rsync::start()?;
-    let mut run = Run::start(rsync, quick).await?;
-    run.cases(sizes).await?;
-    let mut lines = std::mem::take(&mut run.lines);
-    // The lan pair and the rsync daemon stop before the satcom runs.
-    drop(run);
-    lines.push(outage_resume(sizes, quick).await?);
+    let (lan, outage) = match case {
+        None => (true, true),
+        Some("lan") => (true, false),
+        Some("outage-resume") => (false, true),
+        Some(other) => return Err(format!("no mirror case {other:?}: lan or outage-resume")),
+    };
+    let mut lines = Vec::new();
+    if lan {
+        let rsync = Rsync::start()?;
+        let mut run = Run::start(rsync, quick).await?;
+        run.cases(sizes).await?;
+        lines = std::mem::take(&mut run.lines);
+        // The lan pair and the rsync daemon stop before the satcom runs.
+        drop(run);
+    }
+    if outage {
+        lines.push(outage_resume(sizes, quick).await?);
+    }
     lines.push(summary(&lines, quick));
     Ok(lines)
 }

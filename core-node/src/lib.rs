@@ -23,8 +23,6 @@ use std::sync::Arc;
 use protocol::config::Config;
 use protocol::node::{Node, NodeError, Role};
 use protocol::service::ServicesError;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::services::{FeedSource, Pipeline};
 
@@ -59,43 +57,22 @@ pub enum Error {
 /// server and closes its store.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     let node = Node::start(Role::Core, config).await?;
-    let hq = start(&node).await?;
+    let http = start(&node).await?;
     let served = node.serve(shutdown).await;
-    hq.stop().await;
+    http.stop().await;
     Ok(served?)
 }
 
-/// HQ's parts around the node runtime: the HTTP server (its services run in the node).
-#[derive(Debug)]
-pub struct Hq {
-    http: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Hq {
-    /// Where HQ serves HTTP.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http
-    }
-
-    /// Stops the HTTP server.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
 /// Opens HQ's HTTP server, writes the demo feed when no feed is configured, and adds
-/// HQ's services to `node`.
-pub async fn start(node: &Node) -> Result<Hq, Error> {
+/// HQ's services to `node` (they run in the node); returns the HTTP server.
+pub async fn start(node: &Node) -> Result<ui::Server, Error> {
     let config = node.config();
     let addr = config.http.listen;
-    let listener = ui::bind(addr)
+    let listener = ui::Listener::bind(addr)
         .await
         .map_err(|source| Error::Http { addr, source })?;
     let http = listener
-        .local_addr()
+        .addr()
         .map_err(|source| Error::Http { addr, source })?;
     let demo_dir = config.node.data_dir.join("demo-feed");
     let feed = match &config.pipeline.feed {
@@ -135,10 +112,9 @@ pub async fn start(node: &Node) -> Result<Hq, Error> {
         .files("demo-feed", demo_dir)
         .files("downloads", pipeline.downloads.clone());
     services::add(node, Arc::new(pipeline)).await?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(ui::serve(listener, site, async {
-        let _ = stopped.await;
-    }));
+    let server = listener
+        .serve(site)
+        .map_err(|source| Error::Http { addr, source })?;
     tracing::info!(http = %http, "HQ serves HTTP");
-    Ok(Hq { http, stop, task })
+    Ok(server)
 }

@@ -17,11 +17,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use protocol::log::{Store, Txn};
-use protocol::mission;
 use protocol::node::Node;
 use protocol::service::{ServiceError, Services, ServicesError};
-use serde_json::{Map, Value};
 
 use crate::download;
 
@@ -102,36 +99,6 @@ pub async fn add(node: &Node, hq: Arc<Pipeline>) -> Result<(), ServicesError> {
         .add(Arc::new(asset_response::AssetResponse(hq.clone())), start)
         .await?;
     services.add(Arc::new(ingest::Ingest(hq)), start).await?;
-    Ok(())
-}
-
-/// An asset's document, if the table has it.
-pub(crate) fn asset(store: &Store, id: &str) -> Result<Option<Map<String, Value>>, ServiceError> {
-    Ok(match store.doc(&mission::assets(), id)? {
-        Some(Value::Object(doc)) => Some(doc),
-        _ => None,
-    })
-}
-
-/// Adds to `txn` the asset's document with `changes` applied (made if missing).
-pub(crate) fn update_asset(
-    txn: &mut Txn,
-    store: &Store,
-    id: &str,
-    changes: Value,
-) -> Result<(), ServiceError> {
-    let mut doc = asset(store, id)?.unwrap_or_default();
-    doc.insert("id".into(), Value::from(id));
-    if let Value::Object(changes) = changes {
-        for (k, v) in changes {
-            if v.is_null() {
-                doc.remove(&k);
-            } else {
-                doc.insert(k, v);
-            }
-        }
-    }
-    txn.put(&mission::assets(), id, Value::Object(doc));
     Ok(())
 }
 

@@ -18,8 +18,6 @@ use std::net::SocketAddr;
 use protocol::config::Config;
 use protocol::node::{Node, NodeError, Role};
 use protocol::service::ServicesError;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// Why the edge could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,52 +42,30 @@ pub enum Error {
 /// server and closes its store.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     let node = Node::start(Role::Edge, config).await?;
-    let edge = start(&node).await?;
+    let http = start(&node).await?;
     let served = node.serve(shutdown).await;
-    edge.stop().await;
+    http.stop().await;
     Ok(served?)
 }
 
-/// The edge's parts around the node runtime: the HTTP server (its services run in the
-/// node).
-#[derive(Debug)]
-pub struct Edge {
-    http: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Edge {
-    /// Where the edge serves HTTP.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http
-    }
-
-    /// Stops the HTTP server.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
-/// Opens the edge's HTTP server and adds the edge's services to `node`.
-pub async fn start(node: &Node) -> Result<Edge, Error> {
+/// Opens the edge's HTTP server and adds the edge's services to `node` (they run in the
+/// node); returns the HTTP server.
+pub async fn start(node: &Node) -> Result<ui::Server, Error> {
     let addr = node.config().http.listen;
-    let listener = ui::bind(addr)
+    let listener = ui::Listener::bind(addr)
         .await
         .map_err(|source| Error::Http { addr, source })?;
     let http = listener
-        .local_addr()
+        .addr()
         .map_err(|source| Error::Http { addr, source })?;
     let mut site = ui::Site::default();
     if let Some(mirror) = node.mirror() {
         site = site.files("mirror", mirror.current_dir());
     }
     services::add(node).await?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(ui::serve(listener, site, async {
-        let _ = stopped.await;
-    }));
+    let server = listener
+        .serve(site)
+        .map_err(|source| Error::Http { addr, source })?;
     tracing::info!(http = %http, "the edge serves HTTP");
-    Ok(Edge { http, stop, task })
+    Ok(server)
 }

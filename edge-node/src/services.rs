@@ -12,11 +12,8 @@ mod broadcast_listener;
 
 use std::sync::Arc;
 
-use protocol::log::{Store, Txn};
-use protocol::mission;
 use protocol::node::Node;
-use protocol::service::{ServiceError, ServicesError};
-use serde_json::{Map, Value};
+use protocol::service::ServicesError;
 
 /// Adds the edge's services to the node.
 pub async fn add(node: &Node) -> Result<(), ServicesError> {
@@ -36,29 +33,3 @@ pub async fn add(node: &Node) -> Result<(), ServicesError> {
 }
 
 pub use protocol::mission::{RequestError, request};
-
-/// An asset's document, if the table has it.
-fn asset(store: &Store, id: &str) -> Result<Option<Map<String, Value>>, ServiceError> {
-    Ok(match store.doc(&mission::assets(), id)? {
-        Some(Value::Object(doc)) => Some(doc),
-        _ => None,
-    })
-}
-
-/// Adds to `txn` the asset's document with `changes` applied (made if missing).
-fn update_asset(
-    txn: &mut Txn,
-    store: &Store,
-    id: &str,
-    changes: Value,
-) -> Result<Map<String, Value>, ServiceError> {
-    let mut doc = asset(store, id)?.unwrap_or_default();
-    doc.insert("id".into(), Value::from(id));
-    if let Value::Object(changes) = changes {
-        for (k, v) in changes {
-            doc.insert(k, v);
-        }
-    }
-    txn.put(&mission::assets(), id, Value::Object(doc.clone()));
-    Ok(doc)
-}

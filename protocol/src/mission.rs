@@ -111,6 +111,41 @@ impl Response {
     }
 }
 
+/// An asset's document in `store`'s assets table, if it has one.
+pub fn asset(
+    store: &Store,
+    id: &str,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ReadError> {
+    Ok(match store.doc(&assets(), id)? {
+        Some(serde_json::Value::Object(doc)) => Some(doc),
+        _ => None,
+    })
+}
+
+/// Adds to `txn` the asset's document with `changes` (a JSON object) applied: each key
+/// set, or removed where its value is `null`; the document is made if missing. Returns
+/// the document as written.
+pub fn update_asset(
+    txn: &mut Txn,
+    store: &Store,
+    id: &str,
+    changes: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, ReadError> {
+    let mut doc = asset(store, id)?.unwrap_or_default();
+    doc.insert("id".into(), serde_json::Value::from(id));
+    if let serde_json::Value::Object(changes) = changes {
+        for (key, value) in changes {
+            if value.is_null() {
+                doc.remove(&key);
+            } else {
+                doc.insert(key, value);
+            }
+        }
+    }
+    txn.put(&assets(), id, serde_json::Value::Object(doc.clone()));
+    Ok(doc)
+}
+
 /// Decodes a pipeline message from an entry's payload.
 pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(payload)

@@ -87,8 +87,8 @@ pub struct Mission {
     pub link: Link,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    hq_parts: Option<core_node::Hq>,
-    alpha_parts: Option<edge_node::Edge>,
+    hq_parts: Option<ui::Server>,
+    alpha_parts: Option<ui::Server>,
 }
 
 /// What a test or the demo holds of a running node.
@@ -141,8 +141,8 @@ impl Mission {
             }));
         }
         Ok(Mission {
-            hq_http: hq_parts.http_addr(),
-            alpha_http: alpha_parts.http_addr(),
+            hq_http: hq_parts.addr(),
+            alpha_http: alpha_parts.addr(),
             hq: hq_handles,
             alpha: alpha_handles,
             link,

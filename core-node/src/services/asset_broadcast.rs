@@ -6,11 +6,11 @@ use std::sync::Arc;
 use protocol::entry::Append;
 use protocol::log::Txn;
 use protocol::mission::{self, Broadcast};
+use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Map, Value, json};
 
 use super::image_download::Downloaded;
-use super::{asset, update_asset};
 
 pub(crate) struct AssetBroadcast;
 

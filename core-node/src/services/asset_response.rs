@@ -7,10 +7,11 @@ use std::sync::Arc;
 use protocol::entry::{Append, Record};
 use protocol::log::Txn;
 use protocol::mission::{self, Request, Response};
+use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Value, json};
 
-use super::{Pipeline, asset, hash, update_asset, write_atomic};
+use super::{Pipeline, hash, write_atomic};
 
 /// How long the volume's watcher may take to see a file written there.
 const VOLUME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);

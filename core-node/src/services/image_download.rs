@@ -9,11 +9,12 @@ use std::time::Duration;
 use protocol::entry::Append;
 use protocol::log::Txn;
 use protocol::mission;
+use protocol::mission::update_asset;
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Pipeline, hash, update_asset, write_atomic};
+use super::{Pipeline, hash, write_atomic};
 use crate::{download, feed, image};
 
 /// How often a transient failure is tried again, and the first wait (doubling).

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use protocol::entry::Append;
 use protocol::log::Txn;
 use protocol::mission;
+use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::json;
 
-use super::{FeedSource, Pipeline, asset, update_asset};
+use super::{FeedSource, Pipeline};
 use crate::{download, feed};
 
 pub(crate) struct ImageFeed(pub(crate) Arc<Pipeline>);

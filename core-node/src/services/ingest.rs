@@ -12,11 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use notify::Watcher as _;
 use notify::event::{AccessKind, AccessMode, Event, EventKind};
 use protocol::log::{TableName, Txn};
+use protocol::mission::update_asset;
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Value, json};
 
 use super::image_download::Downloaded;
-use super::{Pipeline, hash, update_asset, write_atomic};
+use super::{Pipeline, hash, write_atomic};
 use crate::{feed, image};
 
 /// How long a file must hold still before it is taken.

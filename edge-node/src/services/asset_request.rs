@@ -7,10 +7,9 @@ use std::sync::Arc;
 use protocol::entry::Append;
 use protocol::log::Txn;
 use protocol::mission::{self, Request};
+use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service};
 use serde_json::{Value, json};
-
-use super::{asset, update_asset};
 
 pub(crate) struct AssetRequest;
 

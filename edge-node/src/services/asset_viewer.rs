@@ -8,10 +8,9 @@ use protocol::link::Mirror;
 use protocol::log::Txn;
 use protocol::mirror::{MirrorState, RelPath};
 use protocol::mission::{self, Response};
+use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Value, json};
-
-use super::{asset, update_asset};
 
 pub(crate) struct AssetViewer(pub(crate) Mirror);
 

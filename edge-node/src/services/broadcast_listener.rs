@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use protocol::log::Txn;
 use protocol::mission::{self, Broadcast};
+use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service};
 use serde_json::Value;
-
-use super::{asset, update_asset};
 
 pub(crate) struct BroadcastListener;
 

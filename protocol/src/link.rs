@@ -407,6 +407,26 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(10);
+/// At most this many dials are in flight at once while the core does not answer.
+const MAX_PROBES: usize = 4;
+
+/// While the core does not answer, how often a fresh dial starts beside those already
+/// waiting, by how long the link has been down and its last round trip: often at first,
+/// so that when a link comes back after seconds or minutes a fresh handshake crosses
+/// within a few seconds (instead of waiting for QUIC's backed-off retransmission of the
+/// last one), but never more than one handshake per four round trips, so that a slow
+/// radio's handshakes do not crowd each other out; rarely after an hour, so that a link
+/// down for weeks costs a handshake packet a minute.
+fn probe_every(down_for: Duration, rtt: Duration) -> Duration {
+    let every = if down_for < Duration::from_secs(120) {
+        Duration::from_secs(2)
+    } else if down_for < Duration::from_secs(3600) {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(60)
+    };
+    every.max(rtt * 4)
+}
 
 /// An edge's side: keeps a link to the core at `addr` (`host:port`, resolved at every
 /// attempt; its certificate must name `core`) up, reconnecting after every loss, until
@@ -420,21 +440,21 @@ pub async fn dial(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut jitter = Jitter::new();
+    let mut down_since = std::time::Instant::now();
+    // The last session's round trip; before any, QUIC's initial estimate.
+    let mut rtt = tls::INITIAL_RTT;
     loop {
-        let started = std::time::Instant::now();
         match resolve(&addr).await {
             // tls::connect logs a failure itself.
             Ok(resolved) => {
-                // A dial started while the link is down would otherwise sit in QUIC's
-                // backed-off handshake retransmissions until the idle timeout.
-                let connected =
-                    tokio::time::timeout(DIAL_TIMEOUT, tls::connect(&endpoint, resolved, &core))
-                        .await;
-                if let Ok(Ok(peer)) = connected {
+                if let Some(peer) = probe(&endpoint, resolved, &core, down_since, rtt).await {
+                    let started = std::time::Instant::now();
                     link.replace(Some(peer.connection.clone()));
                     let err = session(&local, &peer.connection, &link, true).await;
                     link.replace_if(&peer.connection);
                     log_end(&core, &err);
+                    down_since = std::time::Instant::now();
+                    rtt = peer.connection.rtt();
                     if started.elapsed() >= STABLE {
                         backoff = MIN_BACKOFF;
                     }
@@ -448,6 +468,53 @@ pub async fn dial(
         tracing::debug!(peer = %core, ?wait, "redialing");
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Dials the core at `addr`; while nothing answers, starts another dial every
+/// [`probe_every`] beside the ones waiting (at most [`MAX_PROBES`], the oldest given up
+/// first), each abandoned after [`DIAL_TIMEOUT`]. Returns the first connection made
+/// (the other dials are dropped before they complete), or `None` when the core answered
+/// with a refusal or an error, for the caller to back off.
+async fn probe(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    core: &NodeName,
+    down_since: std::time::Instant,
+    rtt: Duration,
+) -> Option<tls::Peer> {
+    let mut dials = JoinSet::new();
+    let mut started = std::collections::VecDeque::new();
+    loop {
+        if dials.is_empty() || started.len() < MAX_PROBES {
+            let (endpoint, core) = (endpoint.clone(), core.clone());
+            // A dial started while the link is down would otherwise sit in QUIC's
+            // backed-off handshake retransmissions until the idle timeout.
+            let dial = async move {
+                tokio::time::timeout(DIAL_TIMEOUT, tls::connect(&endpoint, addr, &core)).await
+            };
+            started.push_back(dials.spawn(dial));
+        }
+        let next = probe_every(down_since.elapsed(), rtt);
+        tokio::select! {
+            done = dials.join_next() => match done {
+                Some(Ok(Ok(Ok(peer)))) => return Some(peer),
+                // An answer that is not a connection: refused, another CA, a bad name.
+                Some(Ok(Ok(Err(_)))) => return None,
+                // Timed out (nothing answered) or cancelled: the probes go on.
+                Some(Ok(Err(_)) | Err(_)) | None => {
+                    started.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
+                }
+            },
+            () = tokio::time::sleep(next) => {
+                started.retain(|h| !h.is_finished());
+                if started.len() >= MAX_PROBES
+                    && let Some(oldest) = started.pop_front()
+                {
+                    oldest.abort();
+                }
+            }
+        }
     }
 }
 

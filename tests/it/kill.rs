@@ -3,6 +3,10 @@
 //! appending to an `all` topic; one of them is killed at a random moment, restarted, and
 //! so on. Then both stores are linked again and must converge with every acknowledged
 //! entry of both origins exactly once, in per-origin order.
+//!
+//! And a restarted core resets the links of its previous run: the node binaries, the core
+//! killed and started again on the same port while the edge runs on; the edge must hear
+//! the reset and redial well before QUIC's idle timeout would have ended the dead link.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -10,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::entry::Offset;
 use protocol::link::{self, Links, Local, SessionSettings};
@@ -19,6 +23,8 @@ use protocol::node::Role;
 use protocol::tls::{self, Allowed, Ca, NodeIdentity};
 use tests::cluster::{name, topic};
 use tests::{Rng, TempDir};
+
+use crate::process::Node;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const TOPIC: &str = "kill.b";
@@ -245,4 +251,106 @@ async fn link_again(dir: &TempDir, certs: &Path) -> (Store, Store) {
         }
     }
     (hq, alpha)
+}
+
+/// Well below [`tls::IDLE_TIMEOUT`] (60 s), after which the edge would give up the dead
+/// link anyway, and above a keep-alive interval (15 s) plus a debug core's start on a
+/// loaded machine: on a quiet link the edge's next packet, which draws the reset, may be
+/// its next keep-alive.
+const RESET_BOUND: Duration = Duration::from_secs(40);
+
+/// A node's config for the reset test: port 0 for HTTP, `link` as the core's listen
+/// address or the edge's core, no services (a quiet link: the edge's next packet after
+/// the kill may be a keep-alive).
+fn node_config(dir: &Path, node: &str, link: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{node}.toml"));
+    let mut text = format!(
+        "[node]\nname = \"{node}\"\ndata_dir = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
+         [pipeline]\nstart_services = false\n",
+        dir.join(node).display()
+    );
+    if node == "hq" {
+        text.push_str(&format!("[link]\nlisten = \"{link}\"\n"));
+    } else {
+        text.push_str(&format!(
+            "[link]\ncore = \"{link}\"\ncerts_dir = \"{}\"\n",
+            dir.join("hq/certs").display()
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The value of a `key=value` field of a log line: up to the next field, or to the end.
+fn log_field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        + key.len()
+        + 2;
+    let rest = &line[start..];
+    // The next ` word=` starts the next field.
+    let end = rest
+        .match_indices(' ')
+        .map(|(i, _)| i)
+        .find(|&i| {
+            rest[i + 1..].split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+        })
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[test]
+fn an_edge_hears_the_stateless_reset_of_a_restarted_core_and_redials() {
+    let dir = TempDir::new("kill-reset").unwrap();
+    let first = node_config(dir.path(), "hq", "127.0.0.1:0");
+    let mut core = Node::start("core-node", &first);
+    let ready = core.wait_for_line(|l| l.contains("node ready"), "node ready");
+    // The restarted core listens where the first one did, as a core's config says.
+    let link = log_field(&ready, "link").to_owned();
+    let core_toml = node_config(dir.path(), "hq", &link);
+    let edge_toml = node_config(dir.path(), "alpha", &link);
+    let mut edge = Node::start("edge-node", &edge_toml);
+    edge.wait_for("link up");
+    core.wait_for("link up");
+
+    drop(core.kill());
+    let killed = Instant::now();
+    let mut core = Node::start("core-node", &core_toml);
+    let (restarted, _) = core.wait_for_stamped(|l| l.contains("node ready"), "node ready");
+    let deadline = killed + RESET_BOUND;
+    // `link down` names why the connection ended; `link closed` is a session ending
+    // for any other reason, such as a lost connection taken for a protocol violation.
+    let (down, line) = edge.wait_for_by(
+        deadline,
+        |l| l.contains("link down") || l.contains("link closed"),
+        "link down",
+    );
+    assert!(
+        line.contains("link down"),
+        "the edge's session ended otherwise than by the connection's loss: {line}"
+    );
+    let reason = log_field(&line, "reason");
+    assert!(
+        reason.contains("reset"),
+        "the edge lost the link for another reason than the core's reset: {line}"
+    );
+    let (up, _) = edge.wait_for_by(deadline, |l| l.contains("link up"), "link up again");
+    core.wait_for_by(
+        deadline,
+        |l| l.contains("link up"),
+        "the edge at the new core",
+    );
+    eprintln!(
+        "core restarted {} ms after its kill; the edge's link down {} ms after the restart \
+         ({reason}), up again {} ms after that",
+        restarted.saturating_duration_since(killed).as_millis(),
+        down.saturating_duration_since(restarted).as_millis(),
+        up.saturating_duration_since(down).as_millis()
+    );
+    drop(edge.kill());
+    drop(core.kill());
 }

@@ -9,6 +9,9 @@
 //!   printed (loopback, and through the link emulator's `satcom` profile).
 //! - Crashes: HQ and the edge are killed with SIGKILL at random moments while the
 //!   pipeline runs, and restarted on the same data; requests are made along the way.
+//!   Every other round the edge runs on through HQ's kill and restart: it must hear the
+//!   restarted HQ's stateless reset (`link down` with a reset as its reason), link again
+//!   and carry on by itself.
 //!   Once the edge holds every asset, both stores must show each asset processed exactly
 //!   once by every service. `TETHER_MISSION_ROUNDS` (default 5) sets the rounds; the
 //!   seed is printed, `TETHER_MISSION_SEED` replays it.
@@ -112,6 +115,30 @@ impl Proc {
             let (at, line) = self.next(what);
             if check(&line) {
                 return (at, line);
+            }
+        }
+    }
+
+    /// The first log line after the first `from` lines of this run for which `check`
+    /// holds, logged already or waited for until `deadline`.
+    fn line_after(
+        &mut self,
+        from: usize,
+        deadline: Instant,
+        check: impl Fn(&str) -> bool,
+        what: &str,
+    ) -> (usize, Instant, String) {
+        if let Some(i) = (from..self.lines.len()).find(|&i| check(&self.lines[i].1)) {
+            let (at, line) = self.lines[i].clone();
+            return (i, at, line);
+        }
+        loop {
+            let (at, line) = self
+                .node
+                .next_line_by(deadline, &format!("{}: {what}", self.what));
+            let (at, line) = self.record(at, line);
+            if check(&line) {
+                return (self.lines.len() - 1, at, line);
             }
         }
     }
@@ -477,6 +504,12 @@ fn end_to_end_with_the_real_binaries_over_satcom() {
 // ---------------------------------------------------------------------------------------
 // Crashes.
 
+/// How long an edge that runs on through HQ's kill may take to hear the restarted HQ's
+/// reset and link again, from the kill: a failure bound well below QUIC's idle timeout
+/// (60 s), which would end the dead link anyway, and above a keep-alive interval (15 s,
+/// the edge's next packet on a quiet link) plus a debug HQ's start on a loaded machine.
+const RESET_BOUND: Duration = Duration::from_secs(40);
+
 fn kill_rounds() -> u64 {
     std::env::var("TETHER_MISSION_ROUNDS")
         .ok()
@@ -600,6 +633,7 @@ fn crash_of_either_node_in_the_middle_of_the_pipeline_loses_no_asset_and_repeats
     let mut requested: Vec<String> = Vec::new();
     let (mut hq_left, mut edge_left) = (3 * COUNT, COUNT);
     let mut edge_assets = BTreeMap::new();
+    let (mut edge_kills, mut resets) = (0, 0);
     for round in 0..rounds {
         // The edge, after a few more tiles: every other round stopped cleanly so that
         // the operator requests an asset it heard of, else killed.
@@ -621,28 +655,72 @@ fn crash_of_either_node_in_the_middle_of_the_pipeline_loses_no_asset_and_repeats
             }
         } else {
             drop(edge.node.kill());
-            edge_progress(
-                &alpha_data,
-                &requested,
-                &format!("round {round}: edge killed"),
-            );
+            edge_kills += 1;
         }
+        let progress = edge_progress(&alpha_data, &requested, &format!("round {round}: edge"));
+        (edge_left, edge_assets) = (progress.left, progress.assets);
         edge = Proc::start("edge-node", &edge_toml);
 
         // HQ, after a few more of its tiles, the edge linked to it.
         let n = rng.range(1, 12) as usize;
         more_tiles(&mut hq, n, hq_left, &format!("round {round}, HQ"));
+        // Every other round the edge runs on through HQ's crash, linked to it: the
+        // restarted HQ must reset the link of its previous run at the edge's next
+        // packet, and the edge redial at once and go on (the next round waits for its
+        // tiles). Else the edge is killed too, amid what it was doing with what HQ sent
+        // last.
+        let edge_stays = round % 2 == 0;
+        let mark = if edge_stays {
+            edge.line(|l| l.contains("link up"), "link up before HQ's kill");
+            edge.drain();
+            edge.lines.len()
+        } else {
+            0
+        };
         drop(hq.node.kill());
+        let killed = Instant::now();
         hq_left = hq_progress(&hq_data, &format!("round {round}: HQ killed")).left;
-        // The edge would notice that HQ restarted only at QUIC's idle timeout (60 s): HQ's
-        // new endpoint cannot reset the old connection. Kill it too, amid what it was
-        // doing with what HQ sent last.
-        drop(edge.node.kill());
-        let progress = edge_progress(&alpha_data, &requested, "after HQ's kill");
-        (edge_left, edge_assets) = (progress.left, progress.assets);
-        hq = Proc::start("core-node", &hq_toml);
-        hq.line(|l| l.contains("node ready"), "node ready");
-        edge = Proc::start("edge-node", &edge_toml);
+        if edge_stays {
+            hq = Proc::start("core-node", &hq_toml);
+            let (restarted, _) = hq.line(|l| l.contains("node ready"), "node ready");
+            // Bounded well below QUIC's idle timeout (60 s), which would end the dead
+            // link anyway (as "no packet from the peer").
+            let deadline = killed + RESET_BOUND;
+            let (i, down, line) = edge.line_after(
+                mark,
+                deadline,
+                |l| l.contains("link down") || l.contains("link closed"),
+                "link down after HQ's kill",
+            );
+            // `link closed` would be the session ending for another reason than the
+            // connection's loss (a lost connection taken for a protocol violation).
+            assert!(
+                line.contains("link down") && line.contains("reason=reset"),
+                "round {round}: the edge lost its link to the killed HQ for another reason \
+                 than the restarted HQ's reset: {line}"
+            );
+            let (_, up, _) = edge.line_after(
+                i + 1,
+                deadline,
+                |l| l.contains("link up"),
+                "link up to the restarted HQ",
+            );
+            resets += 1;
+            eprintln!(
+                "round {round}: the edge ran on through HQ's kill; link down {} after HQ's \
+                 restart, up again {} later",
+                ms(down.saturating_duration_since(restarted)),
+                ms(up.saturating_duration_since(down))
+            );
+        } else {
+            drop(edge.node.kill());
+            edge_kills += 1;
+            let progress = edge_progress(&alpha_data, &requested, "after HQ's kill");
+            (edge_left, edge_assets) = (progress.left, progress.assets);
+            hq = Proc::start("core-node", &hq_toml);
+            hq.line(|l| l.contains("node ready"), "node ready");
+            edge = Proc::start("edge-node", &edge_toml);
+        }
         eprintln!(
             "round {round}: {} of {} HQ tiles to come, {} edge tiles to come, {} requests",
             hq_left,
@@ -707,8 +785,9 @@ fn crash_of_either_node_in_the_middle_of_the_pipeline_loses_no_asset_and_repeats
     hq.stop();
     check_exactly_once(&hq_data, &alpha_data, &requested);
     eprintln!(
-        "{rounds} rounds: HQ and the edge killed {rounds} times each (and the edge {} more), {} requests; every asset exactly once",
-        rounds / 2 + 1,
+        "{rounds} rounds: HQ killed {rounds} times ({resets} with the edge running on, \
+         reset and redialed), the edge {} times, {} requests; every asset exactly once",
+        edge_kills + 1,
         requested.len()
     );
 }

@@ -145,7 +145,15 @@ impl Node {
     /// The next log line and the moment it was written; `what` names what the caller
     /// waits for, for the message if none comes.
     pub(crate) fn next_line(&mut self, what: &str) -> (Instant, String) {
-        match self.log.recv_timeout(PATIENCE) {
+        self.next_line_by(Instant::now() + PATIENCE, what)
+    }
+
+    /// As [`Node::next_line`], failing at `deadline`.
+    pub(crate) fn next_line_by(&mut self, deadline: Instant, what: &str) -> (Instant, String) {
+        match self
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             Ok((at, line)) => {
                 self.seen.push(line.clone());
                 (at, line)
@@ -154,6 +162,23 @@ impl Node {
                 "no log line with {what:?}; log so far:\n{}",
                 self.seen.join("\n")
             ),
+        }
+    }
+
+    /// As [`Node::wait_for_stamped`], but fails at `deadline` (a failure bound tighter
+    /// than [`PATIENCE`], for a test whose point is that something happens before a
+    /// timeout elsewhere would make it happen anyway).
+    pub(crate) fn wait_for_by(
+        &mut self,
+        deadline: Instant,
+        check: impl Fn(&str) -> bool,
+        what: &str,
+    ) -> (Instant, String) {
+        loop {
+            let (at, line) = self.next_line_by(deadline, what);
+            if check(&line) {
+                return (at, line);
+            }
         }
     }
 

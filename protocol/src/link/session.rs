@@ -439,10 +439,11 @@ async fn receive_loop(
     let read = async {
         let mut inflate = Inflate::new().map_err(|e| LinkError::Store(e.to_string()))?;
         loop {
-            let chunk = recv
-                .read_chunk(64 << 10, true)
-                .await
-                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            let chunk = recv.read_chunk(64 << 10, true).await.map_err(|e| match e {
+                // The connection ended (reset, timed out, closed): not the peer's fault.
+                quinn::ReadError::ConnectionLost(e) => LinkError::Connection(e),
+                other => LinkError::Protocol(other.to_string()),
+            })?;
             let Some(chunk) = chunk else {
                 return Err(LinkError::Protocol("entry stream ended".into()));
             };

@@ -111,6 +111,12 @@ impl Response {
     }
 }
 
+/// Whether `id` can name an asset: 1 to 100 bytes, no control characters. A message
+/// from another node with any other id is refused as that message, never written.
+pub fn valid_id(id: &str) -> bool {
+    (1..=100).contains(&id.len()) && !id.chars().any(char::is_control)
+}
+
 /// An asset's document in `store`'s assets table, if it has one.
 pub fn asset(
     store: &Store,

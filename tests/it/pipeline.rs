@@ -241,9 +241,13 @@ async fn bad_feeds_and_downloads_fail_their_item_with_the_reason_and_the_rest_go
     );
     assert!(!dir.path().join("x.png").exists() && !dir.path().join("hq/x.png").exists());
 
-    // A request for an asset HQ does not have gets a "not found" answer, not silence.
-    let request = protocol::entry::Append::new(r#"{"asset":"NO-SUCH-ASSET"}"#);
+    // A request that is not one gets an answer HQ cannot name an asset in; the edge's
+    // viewer refuses that answer and goes on. A request for an asset HQ does not have
+    // gets a "not found" answer, not silence.
     let topic = mission::topic(mission::ASSET_REQUEST);
+    let garbage = protocol::entry::Append::new("not a request");
+    mission.alpha.store.append(&topic, garbage).await.unwrap();
+    let request = protocol::entry::Append::new(r#"{"asset":"NO-SUCH-ASSET"}"#);
     mission.alpha.store.append(&topic, request).await.unwrap();
     let (_, doc) = wait_asset(&mission.alpha.store, |i, _| i == "NO-SUCH-ASSET").await;
     assert_eq!(state(&doc), "not-found", "{doc}");
@@ -251,6 +255,8 @@ async fn bad_feeds_and_downloads_fail_their_item_with_the_reason_and_the_rest_go
         doc["error"].as_str().unwrap().contains("no such asset"),
         "{doc}"
     );
+    let viewer = wait_service(&mission.alpha.services, "asset-viewer", |s| s.failed >= 1).await;
+    assert_eq!(viewer.restarts, 0, "{viewer:?}");
     mission.stop().await;
 }
 

@@ -42,8 +42,13 @@ impl Service for AssetViewer {
                                 continue;
                             }
                         };
-                        let mut txn = Txn::new();
                         let id = response.asset().to_owned();
+                        if !mission::valid_id(&id) {
+                            let why = format!("ASSET_RESPONSE entry {}: bad asset id {id:?}", record.entry.id.seq.0);
+                            input.failed(&record, Txn::new(), why).await?;
+                            continue;
+                        }
+                        let mut txn = Txn::new();
                         let title = title(&ctx, &id)?;
                         match &response {
                             Response::Ready { path, size, hash, .. } => {

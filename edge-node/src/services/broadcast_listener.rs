@@ -36,7 +36,7 @@ impl Service for BroadcastListener {
                         continue;
                     }
                 };
-                if broadcast.id.is_empty() || broadcast.id.len() > 100 {
+                if !mission::valid_id(&broadcast.id) {
                     let why = format!("ASSET_BROADCAST: bad asset id {:?}", broadcast.id);
                     input.failed(&record, Txn::new(), why).await?;
                     continue;

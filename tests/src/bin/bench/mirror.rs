@@ -138,17 +138,7 @@ struct Case {
 
 impl Run {
     async fn start(rsync: Option<Rsync>, quick: bool) -> Result<Run, String> {
-        let (cluster, relay) = Cluster::start_mirroring(
-            "alpha",
-            Some(Profile::lan()),
-            None,
-            MirrorSettings::default(),
-            tls::transport_config(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let relay = relay.ok_or("the mirroring pair has no link emulator")?;
-        connected(&cluster).await?;
+        let (cluster, relay) = linked_pair(Profile::lan(), &[]).await?;
         let mut roots = vec![cluster.volume()];
         roots.extend(rsync.as_ref().map(Rsync::module));
         let sockets = Sockets::of(&cluster, &relay)?;
@@ -426,17 +416,7 @@ async fn outage_run(
     sizes: Sizes,
     outage: Option<Duration>,
 ) -> Result<OutageRun, String> {
-    let (cluster, relay) = Cluster::start_mirroring(
-        "alpha",
-        Some(profile.clone()),
-        None,
-        MirrorSettings::default(),
-        tls::transport_config(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let relay = relay.ok_or("the mirroring pair has no link emulator")?;
-    connected(&cluster).await?;
+    let (cluster, relay) = linked_pair(profile.clone(), &[]).await?;
     let trees = Trees(vec![cluster.volume()]);
     let parts = 4;
     blocking(|| {
@@ -678,7 +658,28 @@ pub(crate) fn edge_mirror(cluster: &Cluster) -> Result<&Mirror, String> {
 }
 
 /// Waits until the edge sees its link to the core up.
-pub(crate) async fn connected(cluster: &Cluster) -> Result<(), String> {
+/// A core serving its volume and an edge `alpha` mirroring it through the link emulator
+/// on `profile`, every node also holding `topics`; returns once the link is up.
+pub(crate) async fn linked_pair(
+    profile: Profile,
+    topics: &[(&str, protocol::entry::Scope)],
+) -> Result<(Cluster, Link), String> {
+    let (cluster, relay) = Cluster::start_mirroring_with(
+        "alpha",
+        topics,
+        Some(profile),
+        None,
+        MirrorSettings::default(),
+        tls::transport_config(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let relay = relay.ok_or("the mirroring pair has no link emulator")?;
+    connected(&cluster).await?;
+    Ok((cluster, relay))
+}
+
+async fn connected(cluster: &Cluster) -> Result<(), String> {
     let mut up = cluster.edge("alpha").link("hq").watch();
     tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected))
         .await

@@ -16,15 +16,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use protocol::entry::{Append, Offset, Scope, TopicName};
-use protocol::link::MirrorSettings;
 use protocol::log::Store;
 use protocol::mirror::MirrorState;
-use protocol::tls;
 use serde_json::json;
-use tests::cluster::{Cluster, topic};
+use tests::cluster::topic;
 use tests::link::{OneWay, Profile};
 
-use crate::mirror::{connected, edge_mirror, random, settle};
+use crate::mirror::{edge_mirror, linked_pair, random, settle};
 use crate::round2;
 
 /// The probe entries' payload.
@@ -85,18 +83,8 @@ pub(crate) async fn priority(quick: bool) -> crate::Lines {
         data,
     } = if quick { QUICK } else { FULL };
     let profile = profile();
-    let (cluster, relay) = Cluster::start_mirroring_with(
-        "alpha",
-        &[(DOWN, Scope::All), (UP, Scope::All)],
-        Some(profile.clone()),
-        None,
-        MirrorSettings::default(),
-        tls::transport_config(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let relay = relay.ok_or("the mirroring pair has no link emulator")?;
-    connected(&cluster).await?;
+    let (cluster, relay) =
+        linked_pair(profile.clone(), &[(DOWN, Scope::All), (UP, Scope::All)]).await?;
     let volume = cluster.volume();
     tokio::task::block_in_place(|| fill(&volume, data))?;
     settle(&cluster).await?;

@@ -13,3 +13,4 @@ mod nodes;
 mod pipeline;
 mod process;
 mod replication;
+mod tools;

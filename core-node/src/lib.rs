@@ -57,15 +57,15 @@ pub enum Error {
 /// server and closes its store.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     let node = Node::start(Role::Core, config).await?;
-    let http = start(&node).await?;
+    let http = start(&node, None).await?;
     let served = node.serve(shutdown).await;
     http.stop().await;
     Ok(served?)
 }
 
-/// Opens HQ's HTTP server, writes the demo feed when no feed is configured, and adds
+/// Opens HQ's HTTP server (API, page, files; `demo`: the demo's link control), writes the demo feed when no feed is configured, and adds
 /// HQ's services to `node` (they run in the node); returns the HTTP server.
-pub async fn start(node: &Node) -> Result<ui::Server, Error> {
+pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<ui::Server, Error> {
     let config = node.config();
     let addr = config.http.listen;
     let listener = ui::Listener::bind(addr)
@@ -108,12 +108,15 @@ pub async fn start(node: &Node) -> Result<ui::Server, Error> {
                 source,
             }
         })?;
-    let site = ui::Site::default()
+    let mut site = ui::Site::default()
         .files("demo-feed", demo_dir)
         .files("downloads", pipeline.downloads.clone());
     services::add(node, Arc::new(pipeline)).await?;
+    if let Some(demo) = demo {
+        site = site.demo_link(demo);
+    }
     let server = listener
-        .serve(site)
+        .serve(node, site)
         .map_err(|source| Error::Http { addr, source })?;
     tracing::info!(http = %http, "HQ serves HTTP");
     Ok(server)

@@ -14,6 +14,7 @@ pub mod services;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use protocol::config::Config;
 use protocol::node::{Node, NodeError, Role};
@@ -42,15 +43,15 @@ pub enum Error {
 /// server and closes its store.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
     let node = Node::start(Role::Edge, config).await?;
-    let http = start(&node).await?;
+    let http = start(&node, None).await?;
     let served = node.serve(shutdown).await;
     http.stop().await;
     Ok(served?)
 }
 
-/// Opens the edge's HTTP server and adds the edge's services to `node` (they run in the
+/// Opens the edge's HTTP server (API, page, files; `demo`: the demo's link control) and adds the edge's services to `node` (they run in the
 /// node); returns the HTTP server.
-pub async fn start(node: &Node) -> Result<ui::Server, Error> {
+pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<ui::Server, Error> {
     let addr = node.config().http.listen;
     let listener = ui::Listener::bind(addr)
         .await
@@ -63,8 +64,11 @@ pub async fn start(node: &Node) -> Result<ui::Server, Error> {
         site = site.files("mirror", mirror.current_dir());
     }
     services::add(node).await?;
+    if let Some(demo) = demo {
+        site = site.demo_link(demo);
+    }
     let server = listener
-        .serve(site)
+        .serve(node, site)
         .map_err(|source| Error::Http { addr, source })?;
     tracing::info!(http = %http, "the edge serves HTTP");
     Ok(server)

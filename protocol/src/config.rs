@@ -150,6 +150,10 @@ pub struct HttpSettings {
     /// Where the node serves its HTTP API, page and files. Default: 127.0.0.1:8080 at
     /// the core, 127.0.0.1:8081 at an edge (both on one machine for the demo).
     pub listen: SocketAddr,
+    /// The bearer token that every request that changes something must carry
+    /// (`Authorization: Bearer <token>`). `None`: no token (fine on 127.0.0.1). Best set
+    /// from the environment (`TETHER_HTTP__TOKEN`), out of the config file.
+    pub token: Option<String>,
 }
 
 /// The `[pipeline]` section: the mission pipeline's services (DESIGN.md).
@@ -263,6 +267,7 @@ impl Config {
                     Role::Core => SocketAddr::from(([127, 0, 0, 1], 8080)),
                     Role::Edge => SocketAddr::from(([127, 0, 0, 1], 8081)),
                 },
+                token: None,
             },
             pipeline: PipelineSettings::default(),
             node: NodeSettings { data_dir, name },
@@ -460,8 +465,16 @@ retention_interval = {retention_interval}
         writeln!(
             out,
             "\n[http]\n# Where the node serves its HTTP API, page and files. 127.0.0.1: this machine only.\n\
-             listen = {}",
-            text(&http.listen.to_string())
+             listen = {}\n\
+             # A bearer token that every request that changes something must carry; best set\n\
+             # from the environment: TETHER_HTTP__TOKEN.\n\
+             # token = \"...\"{}",
+            text(&http.listen.to_string()),
+            if http.token.is_some() {
+                " (a token is set; not shown)"
+            } else {
+                ""
+            }
         )?;
         self.write_pipeline_toml(out, pipeline)?;
         if !topics.is_empty() {
@@ -823,6 +836,7 @@ struct RawMirror {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -956,6 +970,20 @@ impl RawConfig {
                     )
                 })?,
                 None => defaults.http.listen,
+            },
+            token: match self.http.token {
+                Some(token) => {
+                    if !(16..=256).contains(&token.len())
+                        || !token.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(origins.invalid(
+                            "http.token",
+                            "a token is 16 to 256 visible ASCII characters, with no spaces",
+                        ));
+                    }
+                    Some(token)
+                }
+                None => None,
             },
         };
         let pipeline = self.pipeline.check(role, origins)?;

@@ -20,7 +20,6 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -31,13 +30,14 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, LogFormat, LogSettings};
+use crate::config::{Config, LogSettings};
 use crate::entry::{NameError, NodeName, TopicName};
 use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
 use crate::log::{OpenError, Store, WriteError};
 use crate::service::Services;
 use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, NodeIdentity, TlsError};
 
+pub mod logs;
 mod mirror;
 
 /// What a node is in the mission: the HQ node or a field node.
@@ -1029,30 +1029,10 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Installs the process's subscriber: text or JSON on stderr, filtered by `RUST_LOG` if
-/// set, else by the config's filter.
+/// set, else by the config's filter; [`logs::control`] changes the filter later and
+/// feeds the lines to the UI.
 pub fn init_tracing(log: &LogSettings) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use tracing_subscriber::EnvFilter;
-
-    let directives = match std::env::var("RUST_LOG") {
-        Ok(rust_log) if !rust_log.trim().is_empty() => EnvFilter::builder()
-            .parse(&rust_log)
-            .map_err(|e| format!("RUST_LOG: invalid filter {rust_log:?}: {e}"))?,
-        Err(std::env::VarError::NotUnicode(_)) => {
-            return Err("RUST_LOG is not valid Unicode".into());
-        }
-        _ => EnvFilter::builder()
-            .parse(&log.filter)
-            .map_err(|e| format!("log.filter: {e}"))?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(directives)
-        .with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    }
+    logs::init(log)
 }
 
 /// Runs the node with signals as its shutdown: the first asks it to stop, a second one

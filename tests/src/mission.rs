@@ -3,6 +3,7 @@
 //! emulator. The demo and the pipeline tests start it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::config::Config;
@@ -83,8 +84,8 @@ pub struct Mission {
     pub hq_http: std::net::SocketAddr,
     /// The edge's HTTP address.
     pub alpha_http: std::net::SocketAddr,
-    /// The link emulator between them.
-    pub link: Link,
+    /// The link emulator between them (both nodes' HTTP APIs control it too).
+    pub link: Arc<Link>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     hq_parts: Option<ui::Server>,
@@ -110,15 +111,16 @@ impl Mission {
     /// Starts HQ, the link emulator and the edge.
     pub async fn start(config: &MissionConfig) -> Result<Mission, Error> {
         let hq = Node::start(Role::Core, config.core()).await?;
-        let hq_parts = core_node::start(&hq).await?;
-        let link = Link::open(LinkConfig {
+        let link = Arc::new(Link::open(LinkConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             core: hq.link_addr()?,
             profile: config.profile.clone(),
             seed: crate::link::DEFAULT_SEED,
-        })?;
+        })?);
+        let demo: Arc<dyn ui::DemoLink> = Arc::new(DemoLink(link.clone()));
+        let hq_parts = core_node::start(&hq, Some(demo.clone())).await?;
         let alpha = Node::start(Role::Edge, config.edge(link.addr())).await?;
-        let alpha_parts = edge_node::start(&alpha).await?;
+        let alpha_parts = edge_node::start(&alpha, Some(demo)).await?;
         let handles = |node: &Node| Handles {
             store: node.store().clone(),
             links: node.links().clone(),
@@ -165,5 +167,35 @@ impl Mission {
         if let Some(parts) = self.alpha_parts.take() {
             parts.stop().await;
         }
+    }
+}
+
+/// The link emulator as the nodes' HTTP API and page control it.
+#[derive(Debug)]
+struct DemoLink(Arc<Link>);
+
+impl ui::DemoLink for DemoLink {
+    fn status(&self) -> ui::DemoLinkStatus {
+        ui::DemoLinkStatus {
+            profile: self.0.profile().name,
+            profiles: Profile::NAMES.iter().map(|&n| n.to_owned()).collect(),
+            up: !self.0.is_down(),
+        }
+    }
+
+    fn set_profile(&self, name: &str) -> Result<(), String> {
+        let profile = Profile::named(name).map_err(|e| e.to_string())?;
+        self.0.set_profile(profile);
+        tracing::info!(profile = name, "demo link: profile changed");
+        Ok(())
+    }
+
+    fn set_up(&self, up: bool) {
+        if up {
+            self.0.up();
+        } else {
+            self.0.down();
+        }
+        tracing::info!(up, "demo link: switched");
     }
 }

@@ -1,26 +1,82 @@
-//! The HTTP API (axum) and the web tile page it serves, embedded in the node binaries.
+//! A node's HTTP server (axum): the API under `/api/v1` ([`api`]) with its OpenAPI
+//! document and live events ([`events`]), the web tile page embedded in the binary
+//! ([`page`]), `/metrics` ([`metrics`]), health, and the node's files served read-only
+//! from their own directories. Also the CLI that talks to a node's API ([`cli`]).
 //!
-//! Today: the server itself ([`Listener`], [`Server`]), health, and the node's files served
-//! read-only from their own directories ([`Site`]). The API, the page and the live events
-//! come with the UI issue. It knows nothing of sled or QUIC: nodes hand it directories
-//! and, later, plain view types, so that `ui` and `protocol` compile in parallel.
+//! It uses the node's public API only (store, services, links, mirror, logs); what the
+//! demo adds (its link emulator) comes in through [`DemoLink`].
+//!
+//! Rules: every request that changes something (any method but GET and HEAD) needs the
+//! bearer token when `http.token` is set; errors are JSON with a code and a message
+//! ([`error`]); nothing served comes from outside the directories the node names.
 //!
 //! IO: a TCP listener; reads the directories it is given.
 
+pub mod api;
+pub mod cli;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod page;
+pub mod views;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
+use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use protocol::link::{Links, Mirror};
+use protocol::log::Store;
+use protocol::node::{Node, Role};
+use protocol::service::Services;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::services::ServeDir;
 
-/// What a node serves over HTTP.
-#[derive(Debug, Default)]
+use crate::error::ApiError;
+
+/// The demo's link, where the demo runs: its emulator's profile, and a switch.
+pub trait DemoLink: Send + Sync + 'static {
+    /// The profile in use, the profiles there are, and whether the link is up.
+    fn status(&self) -> DemoLinkStatus;
+    /// Switches to the named profile; an unknown name is refused with the known ones.
+    fn set_profile(&self, name: &str) -> Result<(), String>;
+    /// Takes the link down (`false`) or brings it back (`true`).
+    fn set_up(&self, up: bool);
+}
+
+/// The demo link as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DemoLinkStatus {
+    /// The profile in use.
+    pub profile: String,
+    /// Every profile's name.
+    pub profiles: Vec<String>,
+    /// Whether the link is up.
+    pub up: bool,
+}
+
+/// What a node serves over HTTP besides its API: its files, and the demo link.
+#[derive(Default)]
 pub struct Site {
     files: Vec<(String, PathBuf)>,
+    demo: Option<Arc<dyn DemoLink>>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("files", &self.files)
+            .field("demo", &self.demo.is_some())
+            .finish()
+    }
 }
 
 impl Site {
@@ -31,15 +87,136 @@ impl Site {
         self
     }
 
-    fn router(self) -> Router {
-        let mut router = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(|| async { "ok\n" }));
-        for (name, dir) in self.files {
-            router = router.nest_service(&format!("/files/{name}"), ServeDir::new(dir));
-        }
-        router
+    /// Adds the demo link's control.
+    pub fn demo_link(mut self, demo: Arc<dyn DemoLink>) -> Site {
+        self.demo = Some(demo);
+        self
     }
+}
+
+/// What the handlers share: the node's handles.
+pub struct App {
+    name: String,
+    role: &'static str,
+    started_ms: u64,
+    token: Option<String>,
+    store: Store,
+    services: Services,
+    links: Links,
+    mirror: Option<Mirror>,
+    demo: Option<Arc<dyn DemoLink>>,
+    http: metrics::HttpCounts,
+    /// Turns true when the server stops: live event streams end.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    fn new(node: &Node, demo: Option<Arc<dyn DemoLink>>) -> App {
+        let config = node.config();
+        App {
+            name: config.node.name.to_string(),
+            role: match config.role {
+                Role::Core => "core",
+                Role::Edge => "edge",
+            },
+            started_ms: views::millis(std::time::SystemTime::now()),
+            token: config.http.token.clone(),
+            store: node.store().clone(),
+            services: node.services().clone(),
+            links: node.links().clone(),
+            mirror: node.mirror().cloned(),
+            demo,
+            http: metrics::HttpCounts::default(),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::metrics))
+        .nest("/api/v1", api::routes())
+        .merge(page::routes());
+    for (name, dir) in files {
+        router = router.nest_service(&format!("/files/{name}"), ServeDir::new(dir));
+    }
+    router
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .route_layer(middleware::from_fn_with_state(app.clone(), metrics::count))
+        .with_state(app)
+}
+
+/// Refuses a change without the token, and a file path that tries to leave its directory.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !safe && let Some(token) = &app.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+            return ApiError::unauthorized(
+                "this node needs its bearer token for changes: send `Authorization: Bearer \
+                 <token>` (the node's http.token, or TETHER_HTTP__TOKEN)",
+            )
+            .into_response();
+        }
+    }
+    let path = request.uri().path();
+    if let Some(rest) = path.strip_prefix("/files/")
+        && escapes(rest)
+    {
+        return ApiError::bad_request(format!(
+            "{path}: a file path must stay inside its directory (no `..`, no absolute parts)"
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a URL path, once percent-decoded, would leave the directory it names.
+fn escapes(path: &str) -> bool {
+    let decoded = percent_decode(path);
+    decoded.contains('\\')
+        || decoded.contains('\0')
+        || std::path::Path::new(&decoded)
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A node's HTTP listener, bound; [`Listener::serve`] starts serving on it.
@@ -57,19 +234,28 @@ impl Listener {
         self.0.local_addr()
     }
 
-    /// Serves `site` in a task of its own until [`Server::stop`].
-    pub fn serve(self, site: Site) -> std::io::Result<Server> {
+    /// Serves `node`'s API and page and `site`'s files, in a task of its own, until
+    /// [`Server::stop`].
+    pub fn serve(self, node: &Node, site: Site) -> std::io::Result<Server> {
         let addr = self.addr()?;
+        let app = Arc::new(App::new(node, site.demo));
+        let closing = app.closing.clone();
+        let router = router(app, site.files);
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = stopped.await;
         };
         let task = tokio::spawn(async move {
-            axum::serve(self.0, site.router())
+            axum::serve(self.0, router)
                 .with_graceful_shutdown(shutdown)
                 .await
         });
-        Ok(Server { addr, stop, task })
+        Ok(Server {
+            addr,
+            stop,
+            closing,
+            task,
+        })
     }
 }
 
@@ -78,6 +264,7 @@ impl Listener {
 pub struct Server {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
+    closing: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -87,9 +274,41 @@ impl Server {
         self.addr
     }
 
-    /// Stops it: no new connections; it returns once the open ones are done.
+    /// Stops it: no new connections; it returns once the open ones are done (live
+    /// event streams end with it).
     pub async fn stop(self) {
+        self.closing.send_replace(true);
         let _ = self.stop.send(());
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_leave_their_directory_are_caught() {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "%2e%2e/x",
+            "a/%2E%2E/b",
+            "/etc/passwd",
+            "a\\..\\b",
+            "a%00",
+        ] {
+            assert!(escapes(bad), "{bad}");
+        }
+        for good in ["a.png", "assets/x.png", "a..b", "./a", "x%20y.png"] {
+            assert!(!escapes(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"abcdefgh", b"abcdefgh"));
+        assert!(!same(b"abcdefgh", b"abcdefgx"));
+        assert!(!same(b"abcdefgh", b"abcdefg"));
     }
 }

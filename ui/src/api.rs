@@ -1,0 +1,613 @@
+//! The HTTP API under `/api/v1`: the node, services, topics, tiles, assets, links, the
+//! mirror, the log filter and the demo link. Each handler is a thin call into the node's
+//! own API; the OpenAPI document (`openapi.json`) describes every route here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use protocol::entry::{Append, NodeName, Offset, Timestamp, TopicName};
+use protocol::log::{ReadError, WriteError};
+use protocol::mission;
+use protocol::service::{ServicesError, TILES, Tile};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::views::{EntryView, LinkView, MirrorView, NodeView, TopicView};
+use crate::{App, events};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The most entries or tiles one read returns.
+pub const MAX_LIMIT: usize = 1000;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// The `/api/v1` routes.
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/node", get(node))
+        .route("/services", get(services))
+        .route("/services/{name}", get(service))
+        .route("/services/{name}/start", post(service_start))
+        .route("/services/{name}/stop", post(service_stop))
+        .route("/services/{name}/delay", post(service_delay))
+        .route("/topics", get(topics))
+        .route("/topics/{name}", get(topic))
+        .route("/topics/{name}/entries", get(entries).post(publish))
+        .route("/tiles", get(tiles))
+        .route("/assets", get(assets))
+        .route("/assets/{id}", get(asset))
+        .route("/assets/{id}/request", post(asset_request))
+        .route("/links", get(links))
+        .route("/links/{peer}", get(link))
+        .route("/links/{peer}/pause", post(link_pause))
+        .route("/links/{peer}/resume", post(link_resume))
+        .route("/mirror", get(mirror))
+        .route("/mirror/start", post(mirror_start))
+        .route("/mirror/stop", post(mirror_stop))
+        .route("/log", get(log).put(log_set))
+        .route("/demo-link", get(demo_link).post(demo_link_set))
+        .route("/events", get(events::events))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; GET /api/v1/openapi.json lists them")
+        })
+}
+
+/// The node's view, shared with the events.
+pub fn node_view(app: &App) -> NodeView {
+    NodeView {
+        name: app.name.clone(),
+        role: app.role,
+        version: env!("CARGO_PKG_VERSION"),
+        started_ms: app.started_ms,
+        token_required: app.token.is_some(),
+        demo_link: app.demo.is_some(),
+        log_filter: protocol::node::logs::control().map(|c| c.filter()),
+    }
+}
+
+async fn node(State(app): State<Arc<App>>) -> Json<NodeView> {
+    Json(node_view(&app))
+}
+
+// ---- services ----
+
+async fn services(State(app): State<Arc<App>>) -> Response {
+    Json(app.services.list()).into_response()
+}
+
+async fn service(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let Path(name) = name?;
+    match app.services.status(&name) {
+        Some(status) => Ok(Json(status).into_response()),
+        None => Err(unknown_service(&app, &name)),
+    }
+}
+
+fn unknown_service(app: &App, name: &str) -> ApiError {
+    let known: Vec<String> = app.services.list().into_iter().map(|s| s.name).collect();
+    ApiError::not_found(format!(
+        "no service named {name:?} on this node (services: {})",
+        known.join(", ")
+    ))
+}
+
+fn services_error(app: &App, e: ServicesError) -> ApiError {
+    match e {
+        ServicesError::Unknown { name, .. } => unknown_service(app, &name),
+        ServicesError::Store(e) => write_error(e),
+    }
+}
+
+async fn service_start(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let Path(name) = name?;
+    app.services
+        .start(&name)
+        .await
+        .map_err(|e| services_error(&app, e))?;
+    service(State(app), Ok(Path(name))).await
+}
+
+async fn service_stop(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let Path(name) = name?;
+    app.services
+        .stop(&name)
+        .await
+        .map_err(|e| services_error(&app, e))?;
+    service(State(app), Ok(Path(name))).await
+}
+
+/// The body of `POST /services/{name}/delay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delay {
+    delay_ms: u64,
+}
+
+/// The longest processing delay an operator may set: one hour.
+const MAX_DELAY_MS: u64 = 3_600_000;
+
+async fn service_delay(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+    body: std::result::Result<Json<Delay>, JsonRejection>,
+) -> Result<Response> {
+    let Path(name) = name?;
+    let Json(Delay { delay_ms }) = body?;
+    if delay_ms > MAX_DELAY_MS {
+        return Err(ApiError::bad_request(format!(
+            "delay_ms {delay_ms} is over the limit of {MAX_DELAY_MS} (one hour)"
+        )));
+    }
+    app.services
+        .set_delay(&name, Duration::from_millis(delay_ms))
+        .await
+        .map_err(|e| services_error(&app, e))?;
+    service(State(app), Ok(Path(name))).await
+}
+
+// ---- topics ----
+
+async fn topics(State(app): State<Arc<App>>) -> Json<Vec<TopicView>> {
+    Json(app.store.topics().iter().map(TopicView::from).collect())
+}
+
+fn topic_name(app: &App, name: &str) -> Result<TopicName> {
+    let topic = TopicName::new(name)
+        .map_err(|e| ApiError::bad_request(format!("{name:?} is not a topic name: {e}")))?;
+    if app.store.topic(&topic).is_none() {
+        return Err(ApiError::not_found(format!(
+            "no topic {name:?} on this node; GET /api/v1/topics lists them"
+        )));
+    }
+    Ok(topic)
+}
+
+async fn topic(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<TopicView>> {
+    let Path(name) = name?;
+    let topic = topic_name(&app, &name)?;
+    let info = app
+        .store
+        .topic(&topic)
+        .ok_or_else(|| ApiError::not_found(format!("no topic {name:?} on this node")))?;
+    Ok(Json(TopicView::from(&info)))
+}
+
+/// The query of `GET /topics/{name}/entries`: by offset (`from`), or by the origin's
+/// time (`since_ms`, `until_ms`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntriesQuery {
+    from: Option<u64>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+fn limit(limit: Option<usize>, default: usize) -> Result<usize> {
+    match limit {
+        None => Ok(default),
+        Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
+        Some(n) if n > MAX_LIMIT => Err(ApiError::bad_request(format!(
+            "limit {n} is over the most one read returns ({MAX_LIMIT}); page with `from`"
+        ))),
+        Some(n) => Ok(n),
+    }
+}
+
+async fn entries(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+    query: std::result::Result<Query<EntriesQuery>, QueryRejection>,
+) -> Result<Json<Vec<EntryView>>> {
+    let Path(name) = name?;
+    let Query(q) = query?;
+    let topic = topic_name(&app, &name)?;
+    let max = limit(q.limit, 100)?;
+    let records = if q.since_ms.is_some() || q.until_ms.is_some() {
+        if q.from.is_some() {
+            return Err(ApiError::bad_request(
+                "read by offset (from) or by time (since_ms, until_ms), not both",
+            ));
+        }
+        let since = q.since_ms.unwrap_or(0);
+        let until = q.until_ms.unwrap_or(u64::MAX);
+        if since >= until {
+            return Err(ApiError::bad_request(format!(
+                "since_ms ({since}) must be before until_ms ({until})"
+            )));
+        }
+        app.store
+            .read_time(&topic, Timestamp(since), Timestamp(until), max)
+    } else {
+        app.store.read(&topic, Offset(q.from.unwrap_or(0)), max)
+    }
+    .map_err(read_error)?;
+    Ok(Json(records.iter().map(EntryView::from).collect()))
+}
+
+/// The body of `POST /topics/{name}/entries`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Publish {
+    /// The payload as text.
+    payload: Option<String>,
+    /// Or as base64, for bytes that are not text.
+    payload_base64: Option<String>,
+    key: Option<String>,
+    to: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+/// What `POST /topics/{name}/entries` answers.
+#[derive(Debug, Serialize)]
+struct Published {
+    topic: String,
+    origin: String,
+    seq: u64,
+    offset: u64,
+}
+
+async fn publish(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+    body: std::result::Result<Json<Publish>, JsonRejection>,
+) -> Result<Response> {
+    let Path(name) = name?;
+    let Json(p) = body?;
+    let topic = topic_name(&app, &name)?;
+    if name.starts_with('_') || name == TILES {
+        return Err(ApiError::bad_request(format!(
+            "{name} is the node's own topic; publish to a topic of the mission"
+        )));
+    }
+    let payload = match (p.payload, p.payload_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("payload_base64 is not base64: {e}")))?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of payload (text) and payload_base64",
+            ));
+        }
+    };
+    let mut append = Append::new(payload);
+    if let Some(key) = p.key {
+        append = append.key(key.into_bytes());
+    }
+    if let Some(to) = p.to {
+        let node = NodeName::new(&to)
+            .map_err(|e| ApiError::bad_request(format!("to: {to:?} is not a node name: {e}")))?;
+        append = append.to(node);
+    }
+    append.headers = p
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
+        .collect();
+    let appended = app
+        .store
+        .append(&topic, append)
+        .await
+        .map_err(write_error)?;
+    let body = Published {
+        topic: name,
+        origin: app.name.clone(),
+        seq: appended.seq.0,
+        offset: appended.offset.0,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn read_error(e: ReadError) -> ApiError {
+    match e {
+        ReadError::UnknownTopic(topic) => ApiError::not_found(format!(
+            "no topic {topic} on this node; GET /api/v1/topics lists them"
+        )),
+        e => ApiError::unavailable(format!("the store cannot be read: {e}")),
+    }
+}
+
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::TooLarge { .. } | WriteError::UnknownTopic(_) => {
+            ApiError::bad_request(e.to_string())
+        }
+        e => ApiError::unavailable(format!("the store refused the write: {e}")),
+    }
+}
+
+// ---- tiles ----
+
+/// A tile with its offset in the `TILES` topic (the events' id).
+#[derive(Debug, Clone, Serialize)]
+pub struct TileView {
+    /// Its offset.
+    pub offset: u64,
+    /// The tile.
+    #[serde(flatten)]
+    pub tile: Tile,
+}
+
+/// Up to `max` tiles from offset `from` on; tiles that do not decode are left out.
+pub fn read_tiles(app: &App, from: u64, max: usize) -> Result<Vec<TileView>> {
+    let records = app
+        .store
+        .read(&Tile::topic(), Offset(from), max)
+        .map_err(read_error)?;
+    Ok(records
+        .iter()
+        .filter_map(|r| {
+            let tile = Tile::decode(&r.entry.payload).ok()?;
+            Some(TileView {
+                offset: r.offset.0,
+                tile,
+            })
+        })
+        .collect())
+}
+
+/// The most recent tiles' first offset, for `limit` of them.
+pub fn recent_tiles_from(app: &App, limit: usize) -> u64 {
+    app.store
+        .topic(&Tile::topic())
+        .map_or(0, |t| t.next.0.saturating_sub(limit as u64).max(t.first.0))
+}
+
+/// The query of `GET /tiles`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TilesQuery {
+    limit: Option<usize>,
+}
+
+async fn tiles(
+    State(app): State<Arc<App>>,
+    query: std::result::Result<Query<TilesQuery>, QueryRejection>,
+) -> Result<Json<Vec<TileView>>> {
+    let Query(q) = query?;
+    let max = limit(q.limit, 50)?;
+    Ok(Json(read_tiles(&app, recent_tiles_from(&app, max), max)?))
+}
+
+// ---- assets ----
+
+async fn assets(State(app): State<Arc<App>>) -> Result<Json<Vec<Value>>> {
+    let docs = app.store.docs(&mission::assets()).map_err(read_error)?;
+    Ok(Json(docs.into_iter().map(|(_, doc)| doc).collect()))
+}
+
+async fn asset(
+    State(app): State<Arc<App>>,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>> {
+    let Path(id) = id?;
+    match mission::asset(&app.store, &id).map_err(read_error)? {
+        Some(doc) => Ok(Json(Value::Object(doc))),
+        None => Err(ApiError::not_found(format!(
+            "no asset {id:?} on this node; GET /api/v1/assets lists them"
+        ))),
+    }
+}
+
+async fn asset_request(
+    State(app): State<Arc<App>>,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let Path(id) = id?;
+    if app.role != "edge" {
+        return Err(ApiError::conflict(
+            "assets are requested at an edge; this node is the core",
+        ));
+    }
+    let state = match mission::request(&app.store, &id).await {
+        Ok(state) => state,
+        Err(mission::RequestError::Unknown(id)) => {
+            return Err(ApiError::not_found(format!(
+                "no asset {id:?} at this edge: only broadcast assets can be requested \
+                 (GET /api/v1/assets lists them)"
+            )));
+        }
+        Err(mission::RequestError::Read(e)) => return Err(read_error(e)),
+        Err(mission::RequestError::Write(e)) => return Err(write_error(e)),
+    };
+    Ok(Json(json!({ "id": id, "state": state })).into_response())
+}
+
+// ---- links ----
+
+/// Every link's view, sorted by peer.
+pub fn link_views(app: &App) -> Vec<LinkView> {
+    let mut views: Vec<LinkView> = app.links.status().iter().map(LinkView::from).collect();
+    views.sort_by(|a, b| a.peer.cmp(&b.peer));
+    views
+}
+
+async fn links(State(app): State<Arc<App>>) -> Json<Vec<LinkView>> {
+    Json(link_views(&app))
+}
+
+fn peer_link(app: &App, peer: &str) -> Result<Arc<protocol::link::PeerLink>> {
+    let unknown = || {
+        let peers: Vec<String> = link_views(app).into_iter().map(|l| l.peer).collect();
+        ApiError::not_found(format!(
+            "no link to {peer:?} on this node (links: {})",
+            peers.join(", ")
+        ))
+    };
+    let name = NodeName::new(peer).map_err(|_| unknown())?;
+    app.links.get(&name).ok_or_else(unknown)
+}
+
+async fn link(
+    State(app): State<Arc<App>>,
+    peer: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<LinkView>> {
+    let Path(peer) = peer?;
+    Ok(Json(LinkView::from(&peer_link(&app, &peer)?.status())))
+}
+
+async fn link_pause(
+    State(app): State<Arc<App>>,
+    peer: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<LinkView>> {
+    let Path(peer) = peer?;
+    let link = peer_link(&app, &peer)?;
+    link.pause();
+    tracing::info!(peer = %peer, "link paused by an operator (HTTP API)");
+    Ok(Json(LinkView::from(&link.status())))
+}
+
+async fn link_resume(
+    State(app): State<Arc<App>>,
+    peer: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<LinkView>> {
+    let Path(peer) = peer?;
+    let link = peer_link(&app, &peer)?;
+    link.resume();
+    tracing::info!(peer = %peer, "link resumed by an operator (HTTP API)");
+    Ok(Json(LinkView::from(&link.status())))
+}
+
+// ---- mirror ----
+
+fn the_mirror(app: &App) -> Result<&protocol::link::Mirror> {
+    app.mirror.as_ref().ok_or_else(|| {
+        ApiError::conflict(if app.role == "core" {
+            "the mirror runs at an edge; this node is the core, whose mission volume edges mirror"
+        } else {
+            "this edge has no mirror"
+        })
+    })
+}
+
+/// The mirror's view, if this node has one.
+pub fn mirror_view(app: &App) -> Option<MirrorView> {
+    app.mirror
+        .as_ref()
+        .map(|m| MirrorView::new(&m.status(), m.started()))
+}
+
+async fn mirror(State(app): State<Arc<App>>) -> Result<Json<MirrorView>> {
+    let m = the_mirror(&app)?;
+    Ok(Json(MirrorView::new(&m.status(), m.started())))
+}
+
+async fn mirror_start(State(app): State<Arc<App>>) -> Result<Json<MirrorView>> {
+    let m = the_mirror(&app)?;
+    m.start()
+        .map_err(|e| ApiError::unavailable(format!("cannot record the start: {e}")))?;
+    tracing::info!("mirror started by an operator (HTTP API)");
+    Ok(Json(MirrorView::new(&m.status(), m.started())))
+}
+
+async fn mirror_stop(State(app): State<Arc<App>>) -> Result<Json<MirrorView>> {
+    let m = the_mirror(&app)?;
+    m.stop()
+        .map_err(|e| ApiError::unavailable(format!("cannot record the stop: {e}")))?;
+    tracing::info!("mirror stopped by an operator (HTTP API)");
+    Ok(Json(MirrorView::new(&m.status(), m.started())))
+}
+
+// ---- log ----
+
+/// The body and answer of `/log`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFilter {
+    filter: String,
+}
+
+fn log_control() -> Result<&'static protocol::node::logs::LogControl> {
+    protocol::node::logs::control().ok_or_else(|| {
+        ApiError::conflict(
+            "this node's process did not install the node's logger (a test harness?)",
+        )
+    })
+}
+
+async fn log() -> Result<Json<LogFilter>> {
+    Ok(Json(LogFilter {
+        filter: log_control()?.filter(),
+    }))
+}
+
+async fn log_set(
+    body: std::result::Result<Json<LogFilter>, JsonRejection>,
+) -> Result<Json<LogFilter>> {
+    let Json(LogFilter { filter }) = body?;
+    let control = log_control()?;
+    control.set_filter(&filter).map_err(ApiError::bad_request)?;
+    tracing::info!(filter = %filter, "log filter changed (HTTP API)");
+    Ok(Json(LogFilter {
+        filter: control.filter(),
+    }))
+}
+
+// ---- demo link ----
+
+fn the_demo(app: &App) -> Result<&Arc<dyn crate::DemoLink>> {
+    app.demo.as_ref().ok_or_else(|| {
+        ApiError::not_found("this node has no demo link: it is not running in the demo")
+    })
+}
+
+async fn demo_link(State(app): State<Arc<App>>) -> Result<Json<crate::DemoLinkStatus>> {
+    Ok(Json(the_demo(&app)?.status()))
+}
+
+/// The body of `POST /demo-link`: either or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoLinkSet {
+    profile: Option<String>,
+    up: Option<bool>,
+}
+
+async fn demo_link_set(
+    State(app): State<Arc<App>>,
+    body: std::result::Result<Json<DemoLinkSet>, JsonRejection>,
+) -> Result<Json<crate::DemoLinkStatus>> {
+    let Json(set) = body?;
+    let demo = the_demo(&app)?;
+    if set.profile.is_none() && set.up.is_none() {
+        return Err(ApiError::bad_request(
+            "give a profile, up (true or false), or both",
+        ));
+    }
+    if let Some(profile) = &set.profile {
+        demo.set_profile(profile).map_err(ApiError::bad_request)?;
+    }
+    if let Some(up) = set.up {
+        demo.set_up(up);
+    }
+    Ok(Json(demo.status()))
+}

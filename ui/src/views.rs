@@ -1,0 +1,307 @@
+//! What the API shows of a node, as JSON: plain views of the protocol's types, with
+//! times in milliseconds since the Unix epoch and durations in milliseconds.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use protocol::entry::Record;
+use protocol::link::LinkStatus;
+use protocol::log::TopicInfo;
+use protocol::mirror::{MirrorState, MirrorStatus};
+use serde::Serialize;
+
+/// The node itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// `core` or `edge`.
+    pub role: &'static str,
+    /// The binary's version.
+    pub version: &'static str,
+    /// When it started.
+    pub started_ms: u64,
+    /// Whether changes need a bearer token.
+    pub token_required: bool,
+    /// Whether the demo's link control is here.
+    pub demo_link: bool,
+    /// The log filter in force, where this process's logs are reachable.
+    pub log_filter: Option<String>,
+}
+
+/// A link to a peer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkView {
+    /// The peer's name.
+    pub peer: String,
+    /// `up`, `down` or `paused` (up, but paused on either side).
+    pub state: &'static str,
+    /// Whether a session is up.
+    pub connected: bool,
+    /// Since when it is up or down.
+    pub since_ms: u64,
+    /// Paused by an operator here.
+    pub paused_here: bool,
+    /// Paused by an operator at the peer.
+    pub paused_by_peer: bool,
+    /// The smoothed round trip, while up.
+    pub rtt_ms: Option<f64>,
+    /// Compressed entry bytes sent since the node started.
+    pub bytes_out: u64,
+    /// Compressed entry bytes received since the node started.
+    pub bytes_in: u64,
+    /// Entries waiting to be sent, all topics (an upper bound).
+    pub backlog: u64,
+    /// Per topic and direction.
+    pub topics: Vec<LinkTopicView>,
+}
+
+/// One topic and direction of a link.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkTopicView {
+    /// The topic.
+    pub topic: String,
+    /// `out` (sent) or `in` (received).
+    pub direction: &'static str,
+    /// Entries sent or stored since the node started.
+    pub entries: u64,
+    /// Entries waiting to be sent (out only).
+    pub backlog: u64,
+    /// When it last had nothing left to send or acknowledge.
+    pub up_to_date_ms: Option<u64>,
+}
+
+impl From<&LinkStatus> for LinkView {
+    fn from(s: &LinkStatus) -> LinkView {
+        let state = match (s.connected, s.paused_here || s.paused_by_peer) {
+            (false, _) => "down",
+            (true, true) => "paused",
+            (true, false) => "up",
+        };
+        LinkView {
+            peer: s.peer.to_string(),
+            state,
+            connected: s.connected,
+            since_ms: millis(s.since),
+            paused_here: s.paused_here,
+            paused_by_peer: s.paused_by_peer,
+            rtt_ms: s.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+            bytes_out: s.bytes_out,
+            bytes_in: s.bytes_in,
+            backlog: s.topics.iter().filter(|t| t.out).map(|t| t.backlog).sum(),
+            topics: s
+                .topics
+                .iter()
+                .map(|t| LinkTopicView {
+                    topic: t.topic.to_string(),
+                    direction: if t.out { "out" } else { "in" },
+                    entries: t.entries,
+                    backlog: t.backlog,
+                    up_to_date_ms: t.up_to_date.map(millis),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The edge's mirror.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MirrorView {
+    /// `idle`, `planning`, `running`, `done`, `failed` or `interrupted`.
+    pub state: &'static str,
+    /// Whether the operator wants it running (it resumes by itself when the link returns).
+    pub started: bool,
+    /// The version the edge held when this mirror started.
+    pub base_version: Option<u64>,
+    /// The version it is fetching.
+    pub target_version: Option<u64>,
+    /// Files written.
+    pub files_done: u64,
+    /// Files to write.
+    pub files_todo: u64,
+    /// Chunk bytes received and verified.
+    pub bytes_done: u64,
+    /// Chunk bytes to fetch.
+    pub bytes_todo: u64,
+    /// Bytes taken from chunks the edge already held.
+    pub bytes_reused: u64,
+    /// Mirror bytes that crossed the link, both ways.
+    pub bytes_on_link: u64,
+    /// Chunks that failed verification and were fetched again.
+    pub refetched: u64,
+    /// Percent of the bytes to fetch that are here.
+    pub percent: f64,
+    /// Recent rate, bytes per second.
+    pub rate_bytes_per_second: f64,
+    /// Time left at that rate.
+    pub eta_ms: Option<u64>,
+    /// When this mirror started.
+    pub started_ms: Option<u64>,
+    /// When the last successful mirror ended.
+    pub last_success_ms: Option<u64>,
+    /// The version it brought.
+    pub last_success_version: Option<u64>,
+    /// The last error, kept until the next success.
+    pub last_error: Option<String>,
+    /// Interruptions of this mirror.
+    pub interruptions: u32,
+}
+
+/// The name of a mirror state, as the API and metrics spell it.
+pub fn mirror_state(state: MirrorState) -> &'static str {
+    match state {
+        MirrorState::Idle => "idle",
+        MirrorState::Planning => "planning",
+        MirrorState::Running => "running",
+        MirrorState::Done => "done",
+        MirrorState::Failed => "failed",
+        MirrorState::Interrupted => "interrupted",
+    }
+}
+
+/// Every mirror state, for metrics.
+pub const MIRROR_STATES: [MirrorState; 6] = [
+    MirrorState::Idle,
+    MirrorState::Planning,
+    MirrorState::Running,
+    MirrorState::Done,
+    MirrorState::Failed,
+    MirrorState::Interrupted,
+];
+
+impl MirrorView {
+    /// The view of `s`; `started`: whether the operator wants it running.
+    pub fn new(s: &MirrorStatus, started: bool) -> MirrorView {
+        MirrorView {
+            state: mirror_state(s.state),
+            started,
+            base_version: s.base_version,
+            target_version: s.target_version,
+            files_done: s.files_done,
+            files_todo: s.files_todo,
+            bytes_done: s.bytes_done,
+            bytes_todo: s.bytes_todo,
+            bytes_reused: s.bytes_reused,
+            bytes_on_link: s.bytes_on_link,
+            refetched: s.refetched,
+            percent: s.percent(),
+            rate_bytes_per_second: s.rate,
+            eta_ms: s.eta.map(duration_ms),
+            started_ms: s.started.map(millis),
+            last_success_ms: s.last_success.map(millis),
+            last_success_version: s.last_success_version,
+            last_error: s.last_error.clone(),
+            interruptions: s.interruptions,
+        }
+    }
+}
+
+/// A topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicView {
+    /// Its name.
+    pub name: String,
+    /// `local`, `core` or `all`.
+    pub scope: String,
+    /// The oldest offset held.
+    pub first: u64,
+    /// The offset the next entry gets.
+    pub next: u64,
+    /// Entry bytes held.
+    pub bytes: u64,
+    /// Its retention: the longest age kept.
+    pub max_age_ms: Option<u64>,
+    /// Its retention: the most bytes kept.
+    pub max_bytes: Option<u64>,
+    /// Its retention: the most entries kept.
+    pub max_entries: Option<u64>,
+}
+
+impl From<&TopicInfo> for TopicView {
+    fn from(t: &TopicInfo) -> TopicView {
+        TopicView {
+            name: t.config.name.to_string(),
+            scope: t.config.scope.to_string(),
+            first: t.first.0,
+            next: t.next.0,
+            bytes: t.bytes,
+            max_age_ms: t.config.retention.max_age.map(duration_ms),
+            max_bytes: t.config.retention.max_bytes,
+            max_entries: t.config.retention.max_entries,
+        }
+    }
+}
+
+/// An entry of a topic. Bytes that are UTF-8 are shown as text, others as base64 (in
+/// the `_base64` field instead).
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryView {
+    /// Its offset in the topic on this node.
+    pub offset: u64,
+    /// The node that appended it.
+    pub origin: String,
+    /// Its sequence at the origin.
+    pub seq: u64,
+    /// The origin's clock when it was appended.
+    pub timestamp_ms: u64,
+    /// Its key, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The one node it is for, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Its headers (values as text where they are UTF-8, else base64 with a `base64:` prefix).
+    pub headers: Vec<(String, String)>,
+    /// The payload, if it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The payload as base64, if it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl From<&Record> for EntryView {
+    fn from(r: &Record) -> EntryView {
+        let e = &r.entry;
+        let (payload, payload_base64) = match std::str::from_utf8(&e.payload) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (None, Some(base64(&e.payload))),
+        };
+        EntryView {
+            offset: r.offset.0,
+            origin: e.id.origin.to_string(),
+            seq: e.id.seq.0,
+            timestamp_ms: e.timestamp.0,
+            key: e.key.as_deref().map(text_or_base64),
+            to: e.to.as_ref().map(ToString::to_string),
+            headers: e
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), text_or_base64(value)))
+                .collect(),
+            payload,
+            payload_base64,
+        }
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn text_or_base64(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("base64:{}", base64(bytes)),
+    }
+}
+
+/// `time` in milliseconds since the Unix epoch (0 before it).
+pub fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, duration_ms)
+}
+
+/// `d` in whole milliseconds.
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// How to install every tool here.
-const INSTALL: &str = "run .ci/tools once (Debian's chromium and chromium-driver, and a venv in .venv)";
+const INSTALL: &str =
+    "run .ci/tools once (Debian's chromium and chromium-driver, and a venv in .venv)";
 
 /// The workspace's root directory.
 pub(crate) fn root() -> PathBuf {
@@ -35,7 +36,10 @@ pub(crate) fn python(test: &str, modules: &[&str]) -> Option<PathBuf> {
     if found {
         Some(python)
     } else {
-        missing(test, &format!("{} with {}", python.display(), modules.join(", ")));
+        missing(
+            test,
+            &format!("{} with {}", python.display(), modules.join(", ")),
+        );
         None
     }
 }

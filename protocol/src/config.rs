@@ -761,6 +761,8 @@ fn default_topics(role: Role) -> Vec<TopicConfig> {
         Role::Edge => Vec::new(),
     };
     topics.extend([
+        // The operators' own messages (the CLI's and the API's `publish`): every node.
+        topic("MESSAGES", Scope::All, 30),
         topic("ASSET_BROADCAST", Scope::All, 30),
         topic("ASSET_REQUEST", Scope::Core, 30),
         topic("ASSET_RESPONSE", Scope::All, 30),

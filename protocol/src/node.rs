@@ -619,8 +619,6 @@ enum EntriesCommand {
     Append { topic: String, text: String },
     /// Prints a topic's entries.
     Read { topic: String },
-    /// Prints the assets table (the mission pipeline's assets and their states).
-    Assets,
     /// At an edge: marks an asset as wanted; the request crosses when the node runs.
     Request { asset: String },
 }
@@ -717,7 +715,6 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
         ["read", topic] => Some(EntriesCommand::Read {
             topic: (*topic).to_owned(),
         }),
-        ["assets"] => Some(EntriesCommand::Assets),
         ["request", asset] => Some(EntriesCommand::Request {
             asset: (*asset).to_owned(),
         }),
@@ -729,7 +726,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
     };
     if let Some(command) = entries {
         if print || dir.is_some() || out.is_some() {
-            return Err("append, read, assets and request take only --config".to_owned());
+            return Err("append, read and request take only --config".to_owned());
         }
         return Ok(Action::Entries(config, command));
     }
@@ -798,20 +795,6 @@ fn entries(config: &Config, command: EntriesCommand) -> Result<(), String> {
                     done.seq,
                     store.node()
                 );
-            }
-            EntriesCommand::Assets => {
-                let docs = store
-                    .docs(&crate::mission::assets())
-                    .map_err(|e| e.to_string())?;
-                for (id, doc) in docs {
-                    let field = |k: &str| {
-                        doc.get(k)
-                            .and_then(serde_json::Value::as_str)
-                            .unwrap_or("-")
-                            .to_owned()
-                    };
-                    println!("{id}\t{}\t{}", field("state"), field("title"));
-                }
             }
             EntriesCommand::Request { asset } => {
                 let state = crate::mission::request(&store, &asset)
@@ -934,7 +917,7 @@ fn list(files: &[PathBuf]) -> String {
 fn usage(role: Role) -> String {
     let bin = role.binary();
     let mut usage = format!(
-        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} assets [--config <path>]\n"
+        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} status|services|publish|tail|assets|link ... (the running node's API; {bin} status --help)\n"
     );
     match role {
         Role::Edge => usage.push_str(&format!(
@@ -966,13 +949,17 @@ Options:
 Entries (with the node stopped: its store is locked while it runs):
   append <topic> <text>  append an entry; it crosses the link when the node runs again
   read <topic>           print a topic's entries: offset, origin:sequence, time, payload
-  assets                 print the assets table: id, state, title
 {commands}
+The running node, through its HTTP API (`{bin} status --help` lists them all):
+  status, services [start|stop <name>], publish <topic> <text>, tail <topic>,
+  assets [request <id>], mirror start|stop|status, link pause|resume
+
 Environment:
   TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo
   RUST_LOG                 log filter; overrides the config's [log] filter
 ",
         usage = usage(role),
+        bin = role.binary(),
         commands = match role {
             Role::Core => CORE_HELP,
             Role::Edge => EDGE_HELP,

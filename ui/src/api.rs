@@ -2,7 +2,6 @@
 //! mirror, the log filter and the demo link. Each handler is a thin call into the node's
 //! own API; the OpenAPI document (`openapi.json`) describes every route here.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::views::{EntryView, LinkView, MirrorView, NodeView, TopicView};
+use crate::views::{EntryView, HeaderView, LinkView, MirrorView, NodeView, TopicView};
 use crate::{App, events};
 
 /// The OpenAPI document of this API.
@@ -208,7 +207,12 @@ struct EntriesQuery {
     since_ms: Option<u64>,
     until_ms: Option<u64>,
     limit: Option<usize>,
+    /// Reading by offset, with nothing there yet: wait up to this long for an entry.
+    wait_ms: Option<u64>,
 }
+
+/// The longest a read waits for a new entry: one minute.
+const MAX_WAIT_MS: u64 = 60_000;
 
 fn limit(limit: Option<usize>, default: usize) -> Result<usize> {
     match limit {
@@ -231,9 +235,9 @@ async fn entries(
     let topic = topic_name(&app, &name)?;
     let max = limit(q.limit, 100)?;
     let records = if q.since_ms.is_some() || q.until_ms.is_some() {
-        if q.from.is_some() {
+        if q.from.is_some() || q.wait_ms.is_some() {
             return Err(ApiError::bad_request(
-                "read by offset (from) or by time (since_ms, until_ms), not both",
+                "read by offset (from, wait_ms) or by time (since_ms, until_ms), not both",
             ));
         }
         let since = q.since_ms.unwrap_or(0);
@@ -246,7 +250,25 @@ async fn entries(
         app.store
             .read_time(&topic, Timestamp(since), Timestamp(until), max)
     } else {
-        app.store.read(&topic, Offset(q.from.unwrap_or(0)), max)
+        let from = Offset(q.from.unwrap_or(0));
+        let mut records = app.store.read(&topic, from, max).map_err(read_error)?;
+        match q.wait_ms {
+            Some(ms) if ms > MAX_WAIT_MS => {
+                return Err(ApiError::bad_request(format!(
+                    "wait_ms {ms} is over the longest wait ({MAX_WAIT_MS} ms)"
+                )));
+            }
+            Some(ms) if ms > 0 && records.is_empty() => {
+                let mut closing = app.closing.subscribe();
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_millis(ms), app.store.wait(&topic, from)) => {}
+                    _ = closing.wait_for(|c| *c) => {}
+                }
+                records = app.store.read(&topic, from, max).map_err(read_error)?;
+            }
+            _ => {}
+        }
+        Ok(records)
     }
     .map_err(read_error)?;
     Ok(Json(records.iter().map(EntryView::from).collect()))
@@ -263,7 +285,7 @@ struct Publish {
     key: Option<String>,
     to: Option<String>,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: Vec<HeaderView>,
 }
 
 /// What `POST /topics/{name}/entries` answers.
@@ -311,7 +333,7 @@ async fn publish(
     append.headers = p
         .headers
         .into_iter()
-        .map(|(name, value)| (name, value.into_bytes()))
+        .map(|h| (h.name, h.value.into_bytes()))
         .collect();
     let appended = app
         .store

@@ -1,2 +1,576 @@
-//! The CLI that talks to a node's HTTP API (`core-node status`, `edge-node mirror
-//! start`, ...).
+//! The CLI that talks to a running node's HTTP API, in the manner of the `nats` CLI:
+//! `status`, `services`, `publish`, `tail`, `assets`, `mirror start|stop|status`,
+//! `link pause|resume`. Both binaries call [`main`] first; it leaves every other
+//! command (running the node, `certs`, `append`/`read` on a stopped node, `edge-node
+//! mirror`) to the node.
+//!
+//! Which node: `--url http://host:port`, else the `http.listen` of `--config <file>`
+//! (and the environment), else the role's default. The token: `--token`, else
+//! `TETHER_HTTP__TOKEN`, else the config's `http.token`.
+//!
+//! IO: HTTP to the node; stdout (results), stderr (errors, progress).
+
+use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use protocol::config::Config;
+use protocol::node::Role;
+use serde_json::{Value, json};
+
+/// `println!` that does not panic when stdout is closed (`| head`): the output simply ends.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            stdout_closed();
+        }
+    }};
+}
+
+#[allow(
+    clippy::exit,
+    reason = "stdout is closed (`| head`): the output ends there"
+)]
+fn stdout_closed() -> ! {
+    std::process::exit(0)
+}
+
+/// The commands this CLI owns (the first word).
+const COMMANDS: [&str; 7] = [
+    "status", "services", "publish", "tail", "assets", "link", "mirror",
+];
+
+/// The CLI's help, for the binaries' `--help`.
+pub const HELP: &str = "\
+Commands that talk to a running node's HTTP API (options: --url <http://host:port>,
+--config <file> to take its http.listen and token, --token <t>, --json for raw JSON):
+  status                          the node, its links, services and mirror
+  services [list]                 services with state and counters
+  services start|stop <name>      switch a service (remembered across restarts)
+  publish <topic> <text> [--key <k>] [--to <node>]   append an entry
+  tail <topic> [--from <offset>]  print a topic's entries as they come (Ctrl-C stops)
+  assets [list]                   the assets table
+  assets request <id>             (edge) ask HQ for an asset
+  mirror start [--wait]|stop|status [--follow]        (edge) the mirror, with progress
+  link pause|resume [<peer>]      pause or resume a link (default: the only one)
+";
+
+/// Runs the CLI if the arguments are one of its commands; `None` leaves them to the
+/// node. (`mirror` alone, without start, stop or status, is the node's.)
+pub fn main(role: Role) -> Option<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let first = args.iter().position(|a| !a.starts_with('-'))?;
+    let word = args[first].as_str();
+    if !COMMANDS.contains(&word) {
+        return None;
+    }
+    if word == "mirror"
+        && !matches!(
+            args.get(first + 1).map(String::as_str),
+            Some("start" | "stop" | "status")
+        )
+    {
+        return None;
+    }
+    Some(match run(role, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}\n\n{HELP}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// Why a command failed.
+#[derive(Debug)]
+enum Failure {
+    /// Bad arguments (exit code 2).
+    Usage(String),
+    /// The node refused or could not be reached (exit code 1).
+    Failed(String),
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// Parsed options and words.
+#[derive(Debug, Default)]
+struct Args {
+    words: Vec<String>,
+    url: Option<String>,
+    config: Option<PathBuf>,
+    token: Option<String>,
+    key: Option<String>,
+    to: Option<String>,
+    from: Option<u64>,
+    json: bool,
+    wait: bool,
+    follow: bool,
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let mut out = Args::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| Failure::Usage(format!("{name} needs a value")))
+        };
+        match flag {
+            "--url" => out.url = Some(value("--url")?),
+            "-c" | "--config" => out.config = Some(PathBuf::from(value("--config")?)),
+            "--token" => out.token = Some(value("--token")?),
+            "--key" => out.key = Some(value("--key")?),
+            "--to" => out.to = Some(value("--to")?),
+            "--from" => {
+                let v = value("--from")?;
+                out.from = Some(v.parse().map_err(|_| {
+                    Failure::Usage(format!("--from takes an offset (a number), not {v:?}"))
+                })?);
+            }
+            "--json" => out.json = true,
+            "--wait" => out.wait = true,
+            "--follow" | "-f" => out.follow = true,
+            "-h" | "--help" => return Err(Failure::Usage("help".to_owned())),
+            f if f.starts_with('-') && f.len() > 1 => {
+                return Err(Failure::Usage(format!("unknown option {f}")));
+            }
+            _ => out.words.push(arg.clone()),
+        }
+    }
+    Ok(out)
+}
+
+/// A node's API.
+struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(role: Role, args: &Args) -> Result<Api> {
+        let config = match (&args.url, &args.config) {
+            (Some(_), None) => None,
+            _ => Some(
+                Config::load(role, args.config.as_deref())
+                    .map_err(|e| Failure::Failed(format!("{e}")))?,
+            ),
+        };
+        let base = match (&args.url, &config) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(config)) => {
+                let mut addr = config.http.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+            (None, None) => unreachable_default(role),
+        };
+        let token = args
+            .token
+            .clone()
+            .or_else(|| std::env::var("TETHER_HTTP__TOKEN").ok())
+            .or_else(|| config.and_then(|c| c.http.token));
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .user_agent(concat!("tether-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(Api { base, token, agent })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn unreachable(&self, e: &ureq::Error) -> Failure {
+        Failure::Failed(format!(
+            "cannot reach the node's API at {}: {e} (is the node running? --url or --config \
+             names another)",
+            self.base
+        ))
+    }
+
+    fn get(&self, path: &str) -> Result<Value> {
+        let response = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .map_err(|e| self.unreachable(&e))?;
+        answer(response)
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = self.url(path);
+        let mut request = match method {
+            "PUT" => self.agent.put(&url),
+            _ => self.agent.post(&url),
+        };
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .send(body.to_string()),
+            None => request.send_empty(),
+        }
+        .map_err(|e| self.unreachable(&e))?;
+        answer(response)
+    }
+}
+
+fn unreachable_default(role: Role) -> String {
+    match role {
+        Role::Core => "http://127.0.0.1:8080".to_owned(),
+        Role::Edge => "http://127.0.0.1:8081".to_owned(),
+    }
+}
+
+/// The JSON of a 2xx answer, or the node's error message.
+fn answer(mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
+    let status = response.status();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| Failure::Failed(format!("cannot read the node's answer: {e}")))?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_owned);
+        Err(Failure::Failed(format!("{} ({status})", message)))
+    }
+}
+
+fn run(role: Role, args: &[String]) -> Result<()> {
+    let args = parse(args)?;
+    let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
+    let api = Api::new(role, &args)?;
+    let print = |value: &Value, human: &dyn Fn(&Value)| {
+        if args.json {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            human(value);
+        }
+    };
+    match words.as_slice() {
+        ["status"] => {
+            let node = api.get("/node")?;
+            let links = api.get("/links")?;
+            let services = api.get("/services")?;
+            let mirror = if node["role"] == "edge" {
+                Some(api.get("/mirror")?)
+            } else {
+                None
+            };
+            let all = json!({"node": node, "links": links, "services": services, "mirror": mirror});
+            print(&all, &|all| {
+                let node = &all["node"];
+                outln!(
+                    "{} ({} {}) at {}",
+                    s(&node["name"]),
+                    s(&node["role"]),
+                    s(&node["version"]),
+                    api.base
+                );
+                print_links(&all["links"]);
+                print_services(&all["services"]);
+                if !all["mirror"].is_null() {
+                    print_mirror(&all["mirror"]);
+                }
+            });
+        }
+        ["services"] | ["services", "list"] => {
+            print(&api.get("/services")?, &print_services);
+        }
+        ["services", action @ ("start" | "stop"), name] => {
+            let service = api.send("POST", &format!("/services/{}/{action}", seg(name)), None)?;
+            print(&service, &|v| {
+                print_services(&Value::Array(vec![v.clone()]))
+            });
+        }
+        ["publish", topic, text] => {
+            let mut body = json!({ "payload": text });
+            if let Some(key) = &args.key {
+                body["key"] = json!(key);
+            }
+            if let Some(to) = &args.to {
+                body["to"] = json!(to);
+            }
+            let done = api.send(
+                "POST",
+                &format!("/topics/{}/entries", seg(topic)),
+                Some(body),
+            )?;
+            print(&done, &|d| {
+                outln!(
+                    "published {}:{} to {} at offset {}",
+                    s(&d["origin"]),
+                    d["seq"],
+                    s(&d["topic"]),
+                    d["offset"]
+                );
+            });
+        }
+        ["tail", topic] => tail(&api, topic, args.from, args.json)?,
+        ["assets"] | ["assets", "list"] => print(&api.get("/assets")?, &|assets| {
+            for a in assets.as_array().into_iter().flatten() {
+                outln!("{}\t{}\t{}", s(&a["id"]), s(&a["state"]), s(&a["title"]));
+            }
+        }),
+        ["assets", "request", id] => {
+            let done = api.send("POST", &format!("/assets/{}/request", seg(id)), None)?;
+            print(&done, &|d| {
+                outln!("asset {} is {}", s(&d["id"]), s(&d["state"]))
+            });
+        }
+        ["mirror", "start"] => {
+            let m = api.send("POST", "/mirror/start", None)?;
+            if args.wait {
+                follow_mirror(&api, Some(&m))?;
+            } else {
+                print(&m, &print_mirror);
+            }
+        }
+        ["mirror", "stop"] => print(&api.send("POST", "/mirror/stop", None)?, &print_mirror),
+        ["mirror", "status"] => {
+            if args.follow {
+                follow_mirror(&api, None)?;
+            } else {
+                print(&api.get("/mirror")?, &print_mirror);
+            }
+        }
+        ["link", action @ ("pause" | "resume"), rest @ ..] => {
+            let peer = match rest {
+                [peer] => (*peer).to_owned(),
+                [] => {
+                    let links = api.get("/links")?;
+                    match links.as_array().map(Vec::as_slice) {
+                        Some([one]) => s(&one["peer"]).to_owned(),
+                        _ => {
+                            return Err(Failure::Usage(format!(
+                                "this node has several links or none: name the peer (link {action} <peer>)"
+                            )));
+                        }
+                    }
+                }
+                _ => return Err(Failure::Usage(format!("usage: link {action} [<peer>]"))),
+            };
+            let link = api.send("POST", &format!("/links/{}/{action}", seg(&peer)), None)?;
+            print(&link, &|l| print_links(&Value::Array(vec![l.clone()])));
+        }
+        _ => {
+            return Err(Failure::Usage(format!(
+                "unknown command {:?}",
+                args.words.join(" ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A string field, or `-`.
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// A path segment, percent-encoded.
+fn seg(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn print_links(links: &Value) {
+    for l in links.as_array().into_iter().flatten() {
+        let rtt = l["rtt_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms"));
+        outln!(
+            "link {}: {}, rtt {rtt}, backlog {}, sent {} B, received {} B{}",
+            s(&l["peer"]),
+            s(&l["state"]),
+            l["backlog"],
+            l["bytes_out"],
+            l["bytes_in"],
+            if l["paused_by_peer"] == true {
+                " (paused by the peer)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+fn print_services(services: &Value) {
+    for s_ in services.as_array().into_iter().flatten() {
+        let error = s_["error"]
+            .as_str()
+            .map_or_else(String::new, |e| format!(": {e}"));
+        outln!(
+            "{:<18} {:<8} processed {:>6}  failed {:>4}  restarts {}{error}",
+            s(&s_["name"]),
+            s(&s_["state"]),
+            s_["processed"],
+            s_["failed"],
+            s_["restarts"]
+        );
+    }
+}
+
+fn bytes(v: &Value) -> String {
+    let n = v.as_f64().unwrap_or(0.0);
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n:.0} B"),
+    }
+}
+
+fn mirror_line(m: &Value) -> String {
+    let eta = m["eta_ms"]
+        .as_u64()
+        .map_or_else(String::new, |ms| format!(", {}s left", ms / 1000));
+    let width = 30;
+    let percent = m["percent"].as_f64().unwrap_or(0.0).clamp(0.0, 100.0);
+    let filled = ((percent / 100.0) * f64::from(width)).round() as usize;
+    format!(
+        "mirror {:<11} [{}{}] {percent:5.1} %  files {}/{}  {} / {}  {}/s{eta}",
+        s(&m["state"]),
+        "#".repeat(filled),
+        "-".repeat(width as usize - filled.min(width as usize)),
+        m["files_done"],
+        m["files_todo"],
+        bytes(&m["bytes_done"]),
+        bytes(&m["bytes_todo"]),
+        bytes(&m["rate_bytes_per_second"]),
+    )
+}
+
+fn print_mirror(m: &Value) {
+    outln!("{}", mirror_line(m));
+    if let Some(ms) = m["last_success_ms"].as_u64() {
+        outln!(
+            "last successful mirror: {} ms since the Unix epoch (version {})",
+            ms,
+            m["last_success_version"]
+        );
+    }
+    if let Some(e) = m["last_error"].as_str() {
+        outln!("last error: {e}");
+    }
+    outln!("on the link: {}", bytes(&m["bytes_on_link"]));
+}
+
+/// Follows the mirror through the live events: until the mirror started after `start`
+/// (the answer to the start) ends, or forever.
+fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
+    let url = api.url("/events?tiles=0&logs=false");
+    let mut response = api
+        .agent
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .call()
+        .map_err(|e| api.unreachable(&e))?;
+    if !response.status().is_success() {
+        return answer(response).map(|_| ());
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let mut event = String::new();
+    let reader = BufReader::new(response.body_mut().as_reader());
+    let mut seen_running = false;
+    for line in reader.lines() {
+        let line = line.map_err(|e| Failure::Failed(format!("the event stream broke: {e}")))?;
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && event == "mirror"
+        {
+            let m: Value = serde_json::from_str(data).unwrap_or_default();
+            let text = mirror_line(&m);
+            if terminal {
+                eprint!("\r{text}\x1b[K");
+            } else {
+                eprintln!("{text}");
+            }
+            let _ = std::io::stderr().flush();
+            let state = s(&m["state"]);
+            seen_running |= matches!(state, "planning" | "running") || m["started"] == true;
+            let Some(start) = start else { continue };
+            // A mirror that ran between two samples shows only by its start time.
+            let ran = seen_running || m["started_ms"] != start["started_ms"];
+            if ran && m["started"] == false {
+                if terminal {
+                    eprintln!();
+                }
+                return match state {
+                    "done" => Ok(()),
+                    _ => Err(Failure::Failed(format!(
+                        "the mirror ended {state}: {}",
+                        s(&m["last_error"])
+                    ))),
+                };
+            }
+        }
+    }
+    Err(Failure::Failed(
+        "the node closed the event stream".to_owned(),
+    ))
+}
+
+/// Prints a topic's entries from `from` (default: the end) and follows it.
+fn tail(api: &Api, topic: &str, from: Option<u64>, json_out: bool) -> Result<()> {
+    let info = api.get(&format!("/topics/{}", seg(topic)))?;
+    let mut next = from.unwrap_or_else(|| info["next"].as_u64().unwrap_or(0));
+    loop {
+        let entries = api.get(&format!(
+            "/topics/{}/entries?from={next}&limit=1000&wait_ms=30000",
+            seg(topic)
+        ))?;
+        for e in entries.as_array().into_iter().flatten() {
+            next = e["offset"].as_u64().map_or(next, |o| o + 1);
+            if json_out {
+                outln!("{e}");
+            } else {
+                let payload = e["payload"].as_str().map_or_else(
+                    || format!("base64:{}", s(&e["payload_base64"])),
+                    str::to_owned,
+                );
+                outln!(
+                    "[{}] {}:{} {payload}",
+                    e["offset"],
+                    s(&e["origin"]),
+                    e["seq"]
+                );
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}

@@ -250,8 +250,8 @@ pub struct EntryView {
     /// The one node it is for, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
-    /// Its headers (values as text where they are UTF-8, else base64 with a `base64:` prefix).
-    pub headers: Vec<(String, String)>,
+    /// Its headers.
+    pub headers: Vec<HeaderView>,
     /// The payload, if it is UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
@@ -277,12 +277,25 @@ impl From<&Record> for EntryView {
             headers: e
                 .headers
                 .iter()
-                .map(|(name, value)| (name.clone(), text_or_base64(value)))
+                .map(|(name, value)| HeaderView {
+                    name: name.clone(),
+                    value: text_or_base64(value),
+                })
                 .collect(),
             payload,
             payload_base64,
         }
     }
+}
+
+/// An entry's header. A value that is not UTF-8 is shown as base64 after `base64:`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderView {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
 }
 
 fn base64(bytes: &[u8]) -> String {

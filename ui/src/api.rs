@@ -234,44 +234,59 @@ async fn entries(
     let Query(q) = query?;
     let topic = topic_name(&app, &name)?;
     let max = limit(q.limit, 100)?;
-    let records = if q.since_ms.is_some() || q.until_ms.is_some() {
-        if q.from.is_some() || q.wait_ms.is_some() {
-            return Err(ApiError::bad_request(
-                "read by offset (from, wait_ms) or by time (since_ms, until_ms), not both",
-            ));
-        }
-        let since = q.since_ms.unwrap_or(0);
-        let until = q.until_ms.unwrap_or(u64::MAX);
-        if since >= until {
-            return Err(ApiError::bad_request(format!(
-                "since_ms ({since}) must be before until_ms ({until})"
-            )));
-        }
-        app.store
-            .read_time(&topic, Timestamp(since), Timestamp(until), max)
-    } else {
-        let from = Offset(q.from.unwrap_or(0));
-        let mut records = app.store.read(&topic, from, max).map_err(read_error)?;
-        match q.wait_ms {
-            Some(ms) if ms > MAX_WAIT_MS => {
-                return Err(ApiError::bad_request(format!(
-                    "wait_ms {ms} is over the longest wait ({MAX_WAIT_MS} ms)"
-                )));
-            }
-            Some(ms) if ms > 0 && records.is_empty() => {
-                let mut closing = app.closing.subscribe();
-                tokio::select! {
-                    _ = tokio::time::timeout(Duration::from_millis(ms), app.store.wait(&topic, from)) => {}
-                    _ = closing.wait_for(|c| *c) => {}
-                }
-                records = app.store.read(&topic, from, max).map_err(read_error)?;
-            }
-            _ => {}
-        }
-        Ok(records)
+    if let Some(ms) = q.wait_ms
+        && ms > MAX_WAIT_MS
+    {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms {ms} is over the longest wait ({MAX_WAIT_MS} ms)"
+        )));
     }
-    .map_err(read_error)?;
+    let from = Offset(q.from.unwrap_or(0));
+    let timed = q.since_ms.is_some() || q.until_ms.is_some();
+    let (since, until) = (q.since_ms.unwrap_or(0), q.until_ms.unwrap_or(u64::MAX));
+    let read = |app: &App| -> Result<Vec<protocol::entry::Record>> {
+        if !timed {
+            return app.store.read(&topic, from, max).map_err(read_error);
+        }
+        if since >= until {
+            return Ok(Vec::new());
+        }
+        // By time, then only those at or after `from`.
+        let bound = if from.0 == 0 { max } else { usize::MAX };
+        let mut records = app
+            .store
+            .read_time(&topic, Timestamp(since), Timestamp(until), bound)
+            .map_err(read_error)?;
+        records.retain(|r| r.offset >= from);
+        records.truncate(max);
+        Ok(records)
+    };
+    let next = app.store.topic(&topic).map_or(0, |t| t.next.0);
+    let mut records = read(&app)?;
+    if let Some(ms) = q.wait_ms
+        && ms > 0
+        && records.is_empty()
+    {
+        // Wait for an entry past what the topic holds now (and at `from` or later).
+        let after = Offset(next.max(from.0));
+        let mut closing = app.closing.subscribe();
+        let waited = tokio::time::timeout(Duration::from_millis(ms), app.store.wait(&topic, after));
+        tokio::select! {
+            _ = waited => {}
+            _ = closing.wait_for(|c| *c) => {}
+        }
+        records = read(&app)?;
+    }
     Ok(Json(records.iter().map(EntryView::from).collect()))
+}
+
+/// An optional field that, when present, must have a value (not `null`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// The body of `POST /topics/{name}/entries`.
@@ -279,10 +294,14 @@ async fn entries(
 #[serde(deny_unknown_fields)]
 struct Publish {
     /// The payload as text.
+    #[serde(default, deserialize_with = "present")]
     payload: Option<String>,
     /// Or as base64, for bytes that are not text.
+    #[serde(default, deserialize_with = "present")]
     payload_base64: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     key: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     to: Option<String>,
     #[serde(default)]
     headers: Vec<HeaderView>,
@@ -306,7 +325,7 @@ async fn publish(
     let Json(p) = body?;
     let topic = topic_name(&app, &name)?;
     if name.starts_with('_') || name == TILES {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::conflict(format!(
             "{name} is the node's own topic; publish to a topic of the mission"
         )));
     }
@@ -576,6 +595,25 @@ fn log_control() -> Result<&'static protocol::node::logs::LogControl> {
     })
 }
 
+/// Whether `filter` is comma-separated items, each a level or `module::path=level`.
+fn simple_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let ident = |s: &str| {
+        s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    filter.split(',').all(|item| {
+        let (target, level) = match item.split_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None => (None, item),
+        };
+        LEVELS.contains(&level) && target.is_none_or(|t| t.split("::").all(ident))
+    })
+}
+
 async fn log() -> Result<Json<LogFilter>> {
     Ok(Json(LogFilter {
         filter: log_control()?.filter(),
@@ -587,6 +625,12 @@ async fn log_set(
 ) -> Result<Json<LogFilter>> {
     let Json(LogFilter { filter }) = body?;
     let control = log_control()?;
+    if !simple_filter(&filter) {
+        return Err(ApiError::bad_request(format!(
+            "{filter:?} is not a log filter: give comma-separated levels (trace, debug, info, \
+             warn, error, off) or module=level items, such as protocol::link=debug,info"
+        )));
+    }
     control.set_filter(&filter).map_err(ApiError::bad_request)?;
     tracing::info!(filter = %filter, "log filter changed (HTTP API)");
     Ok(Json(LogFilter {
@@ -610,7 +654,9 @@ async fn demo_link(State(app): State<Arc<App>>) -> Result<Json<crate::DemoLinkSt
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DemoLinkSet {
+    #[serde(default, deserialize_with = "present")]
     profile: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     up: Option<bool>,
 }
 
@@ -632,4 +678,32 @@ async fn demo_link_set(
         demo.set_up(up);
     }
     Ok(Json(demo.status()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::simple_filter;
+
+    #[test]
+    fn log_filters_are_levels_or_module_levels() {
+        for good in [
+            "info",
+            "debug",
+            "protocol::link=debug,info",
+            "a_b=off,warn,x=trace",
+        ] {
+            assert!(simple_filter(good), "{good}");
+        }
+        for bad in [
+            "",
+            "loud",
+            "=info",
+            "Protocol=debug",
+            "a::=info",
+            "info,",
+            "a=b=info",
+        ] {
+            assert!(!simple_filter(bad), "{bad}");
+        }
+    }
 }

@@ -1,0 +1,120 @@
+{{/*
+The node's TOML config file, from the values: the file a person would write by hand,
+with the keys the pod needs fixed by the chart.
+*/}}
+{{- define "tether.config" -}}
+{{- $role := include "tether.role" . }}
+{{- $name := include "tether.nodeName" . -}}
+# Tether node configuration, rendered by the Helm chart from its values ({{ $role }}).
+# The same file `{{ include "tether.binary" . }} --print-config` prints; every key may be
+# overridden by an environment variable TETHER_<SECTION>__<KEY>.
+
+[node]
+# The node's name: the origin of its entries everywhere; its certificate names it.
+name = {{ include "tether.str" $name }}
+# Where the node keeps its data: the pod's data volume.
+data_dir = "/var/lib/tether"
+
+[log]
+# "text" for people, "json" for log collectors.
+format = {{ include "tether.str" .Values.log.format }}
+# What to log, as a tracing filter directive. RUST_LOG overrides it.
+filter = {{ include "tether.str" .Values.log.filter }}
+
+[store]
+# Largest entry a producer or a peer may append; larger ones are refused.
+max_entry_bytes = {{ include "tether.toml" .Values.store.maxEntryBytes }}
+# Total entry bytes the node may hold; past it retention removes the oldest entries.
+{{- if .Values.store.diskBudget }}
+disk_budget = {{ include "tether.toml" .Values.store.diskBudget }}
+{{- else }}
+# disk_budget = "10GiB"
+{{- end }}
+# sled's page cache.
+cache_bytes = {{ include "tether.toml" .Values.store.cacheBytes }}
+# How often retention runs.
+retention_interval = {{ include "tether.str" .Values.store.retentionInterval }}
+
+[link]
+{{- if eq $role "core" }}
+# The UDP address this core listens on for its edges' QUIC connections.
+listen = {{ include "tether.str" (printf "0.0.0.0:%d" (int .Values.link.port)) }}
+# The edges that may connect, by node name.
+edges = [{{ range $i, $edge := .Values.link.edges }}{{ if $i }}, {{ end }}{{ include "tether.str" $edge }}{{ end }}]
+# Accept any edge the mission CA issued a certificate to, listed or not.
+allow_any_edge = {{ .Values.link.allowAnyEdge }}
+{{- else }}
+# The core's address, host:port (UDP), resolved again at each dial.
+core = {{ include "tether.str" (include "tether.linkCore" .) }}
+# The core's node name: the certificate the core presents must name it.
+core_name = {{ include "tether.str" .Values.link.coreName }}
+{{- end }}
+# This node's certificate and key ({{ $name }}.pem, {{ $name }}.key) and the mission CA's
+# certificate (ca.pem): the mounted Secret.
+certs_dir = "/etc/tether/certs"
+# The files come from the Secret: never create any.
+demo_certs = false
+
+[mirror]
+{{- if eq $role "core" }}
+# The mission volume served to the edges' mirrors: <data_dir>/volume.
+# volume = "/var/lib/tether/volume"
+{{- else }}
+# Where the mirror of the core's volume is kept: <data_dir>/mirror.
+# dir = "/var/lib/tether/mirror"
+{{- end }}
+# Cap on mirror bytes per second (the lower of the core's and the edge's applies).
+{{- if .Values.mirror.maxRate }}
+max_rate = {{ include "tether.toml" .Values.mirror.maxRate }}
+{{- else }}
+# max_rate = "64KiB"
+{{- end }}
+
+[http]
+# Where the node serves its HTTP API, page and files: every interface of the pod.
+listen = {{ include "tether.str" (printf "0.0.0.0:%d" (int .Values.http.port)) }}
+{{- with .Values.http.tokenSecret }}
+{{- if .name }}
+# The API's bearer token (token): from Secret {{ .name }}, key {{ .key }}, as TETHER_HTTP__TOKEN.
+{{- else }}
+# The API's bearer token (token): none; the chart's http.tokenSecret sets one.
+{{- end }}
+{{- end }}
+
+[pipeline]
+{{- if eq $role "core" }}
+# The IMAGE feed document: a path or an http(s) URL. Left out: the built-in demo feed.
+{{- if .Values.pipeline.feed }}
+feed = {{ include "tether.str" .Values.pipeline.feed }}
+{{- else }}
+# feed = "https://images-api.nasa.gov/search?q=apollo&media_type=image"
+{{- end }}
+# How often the feed service picks new items, and how many each time.
+feed_every = {{ include "tether.str" .Values.pipeline.feedEvery }}
+feed_batch = {{ int .Values.pipeline.feedBatch }}
+# Limits on one image download.
+max_download_bytes = {{ include "tether.toml" .Values.pipeline.maxDownloadBytes }}
+download_timeout = {{ include "tether.str" .Values.pipeline.downloadTimeout }}
+{{- end }}
+# Start every service the first time the node starts.
+start_services = {{ .Values.pipeline.startServices }}
+{{- with .Values.topics }}
+
+# The topics this node holds (they replace the default list).
+{{- range . }}
+
+[[topics]]
+name = {{ include "tether.str" .name }}
+scope = {{ include "tether.str" .scope }}
+{{- if .maxAge }}
+max_age = {{ include "tether.str" .maxAge }}
+{{- end }}
+{{- if .maxBytes }}
+max_bytes = {{ include "tether.toml" .maxBytes }}
+{{- end }}
+{{- if .maxEntries }}
+max_entries = {{ int64 .maxEntries }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,179 @@
+{{/*
+The chart's name.
+*/}}
+{{- define "tether.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every object's name: "<release>-tether", or the release name if it holds
+the chart's name. Short enough for the longest suffix ("-headless") and for the
+StatefulSet's pod and claim names.
+*/}}
+{{- define "tether.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The role, checked: the schema already refuses anything else, this names the fix when a
+chart is rendered without it.
+*/}}
+{{- define "tether.role" -}}
+{{- if not (has .Values.role (list "core" "edge")) }}
+{{- fail "role must be set to \"core\" (HQ) or \"edge\" (a field node): --set role=core, or -f values-core.yaml" }}
+{{- end }}
+{{- .Values.role }}
+{{- end }}
+
+{{/*
+The node binary for the role.
+*/}}
+{{- define "tether.binary" -}}
+{{- if eq (include "tether.role" .) "core" }}core-node{{ else }}edge-node{{ end }}
+{{- end }}
+
+{{/*
+The node's name: node.name, else "hq" for a core and the release name for an edge.
+*/}}
+{{- define "tether.nodeName" -}}
+{{- if .Values.node.name }}
+{{- .Values.node.name }}
+{{- else if eq (include "tether.role" .) "core" }}
+{{- "hq" }}
+{{- else }}
+{{- if not (regexMatch "^[a-z0-9][a-z0-9-]{0,62}$" .Release.Name) }}
+{{- fail (printf "node.name: the release name %q is not a node name (1 to 63 of a-z, 0-9 and '-'); set node.name" .Release.Name) }}
+{{- end }}
+{{- .Release.Name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The chart label.
+*/}}
+{{- define "tether.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The labels the pod is selected by (immutable once installed: no EZUA labels here).
+*/}}
+{{- define "tether.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tether.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ include "tether.role" . }}
+{{- end }}
+
+{{/*
+The labels EZUA's resource and pod health monitoring expect, when ezua.enabled.
+*/}}
+{{- define "tether.ezuaLabels" -}}
+{{- if .Values.ezua.enabled -}}
+hpe-ezua/app: {{ .Release.Name }}
+hpe-ezua/type: vendor-service
+{{- end }}
+{{- end }}
+
+{{/*
+The labels of every object.
+*/}}
+{{- define "tether.labels" -}}
+helm.sh/chart: {{ include "tether.chart" . }}
+{{ include "tether.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tether
+{{- with include "tether.ezuaLabels" . }}
+{{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference.
+*/}}
+{{- define "tether.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.registry }}
+{{- printf "%s/%s:%s" (trimSuffix "/" .Values.image.registry) .Values.image.repository $tag }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ServiceAccount's name.
+*/}}
+{{- define "tether.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tether.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the node's TLS files, checked: exactly one source.
+*/}}
+{{- define "tether.certsSecret" -}}
+{{- $c := .Values.certificates }}
+{{- if and $c.certManager.enabled $c.existingSecret }}
+{{- fail "certificates: set either certificates.existingSecret or certificates.certManager.enabled, not both" }}
+{{- else if $c.certManager.enabled }}
+{{- if not $c.certManager.issuerRef.name }}
+{{- fail "certificates.certManager.issuerRef.name is required with certificates.certManager.enabled: the cert-manager Issuer (kind CA) of the mission CA" }}
+{{- end }}
+{{- printf "%s-certs" (include "tether.fullname" .) }}
+{{- else if $c.existingSecret }}
+{{- $c.existingSecret }}
+{{- else }}
+{{- fail (printf "certificates: the node needs its TLS files: set certificates.existingSecret to a Secret with ca.pem, %s.pem and %s.key (from `core-node certs`), or enable certificates.certManager" (include "tether.nodeName" .) (include "tether.nodeName" .)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret keys of the CA certificate, the node's certificate and its key, as a dict
+{ca, cert, key}.
+*/}}
+{{- define "tether.certsKeys" -}}
+{{- $name := include "tether.nodeName" . }}
+{{- if .Values.certificates.certManager.enabled }}
+{{- dict "ca" "ca.crt" "cert" "tls.crt" "key" "tls.key" | toJson }}
+{{- else }}
+{{- $k := .Values.certificates.keys }}
+{{- dict "ca" (default "ca.pem" $k.ca) "cert" (default (printf "%s.pem" $name) $k.cert) "key" (default (printf "%s.key" $name) $k.key) | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+The edge's core address, checked.
+*/}}
+{{- define "tether.linkCore" -}}
+{{- if not .Values.link.core }}
+{{- fail "link.core is required for an edge: the core's QUIC address host:port (the core release's link.advertisedAddress), e.g. --set link.core=hq.example.org:30700" }}
+{{- end }}
+{{- .Values.link.core }}
+{{- end }}
+
+{{/*
+A value for the TOML file: a size or duration as written (an integer stays one, text
+becomes a TOML string; JSON strings are TOML basic strings).
+*/}}
+{{- define "tether.toml" -}}
+{{- if kindIs "string" . }}{{ include "tether.str" . }}{{ else }}{{ int64 . }}{{ end }}
+{{- end }}
+
+{{/*
+A TOML string: JSON's quoting, without the escapes of &, < and > that TOML does not need.
+*/}}
+{{- define "tether.str" -}}
+{{- toJson . | replace "\\u0026" "&" | replace "\\u003c" "<" | replace "\\u003e" ">" }}
+{{- end }}

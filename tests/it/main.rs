@@ -2,6 +2,7 @@
 // A failed unwrap in a test is a failed test with a backtrace: what we want here.
 #![allow(clippy::unwrap_used, reason = "test code")]
 
+mod api;
 mod chart;
 mod crash;
 mod impaired;

@@ -171,6 +171,13 @@ impl Api {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
             (None, Some(config)) => {
                 let mut addr = config.http.listen;
+                if addr.port() == 0 {
+                    return Err(Failure::Usage(
+                        "the config's http.listen has port 0 (any free port), which names no \
+                         node: give --url http://host:port"
+                            .to_owned(),
+                    ));
+                }
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }

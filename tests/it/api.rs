@@ -1,0 +1,1069 @@
+//! The HTTP API, the CLI and `/metrics` of the real node binaries (HQ with a bearer
+//! token, an edge without), linked over QUIC on loopback: every endpoint with good and
+//! bad input (a 4xx with a useful message, never a 5xx, nothing changed); the OpenAPI
+//! document checked against both running nodes by schemathesis; the metrics read by
+//! Prometheus' own text-format parser.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::TempDir;
+
+use crate::process::{Node, PATIENCE, binary};
+use crate::tools;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// HQ and `alpha`, running, linked.
+struct Pair {
+    dir: TempDir,
+    hq: Node,
+    alpha: Node,
+    hq_url: String,
+    alpha_url: String,
+    alpha_config: PathBuf,
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_owned()
+}
+
+impl Pair {
+    fn start() -> Pair {
+        let dir = TempDir::new("api").unwrap();
+        let hq_toml = dir.path().join("hq.toml");
+        std::fs::write(
+            &hq_toml,
+            format!(
+                "[node]\nname = \"hq\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+                 token = \"{TOKEN}\"\n[link]\nlisten = \"127.0.0.1:0\"\n\
+                 [pipeline]\nfeed_every = \"300ms\"\nfeed_batch = 2\n",
+                dir.path().join("hq").display()
+            ),
+        )
+        .unwrap();
+        let mut hq = Node::start("core-node", &hq_toml);
+        let ready = hq.wait_for_line(|l| l.contains("node ready"), "node ready");
+        let http = hq.wait_for_line(|l| l.contains("HQ serves HTTP"), "HQ serves HTTP");
+        let alpha_config = dir.path().join("alpha.toml");
+        std::fs::write(
+            &alpha_config,
+            format!(
+                "[node]\nname = \"alpha\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+                 [link]\ncore = \"{}\"\ncerts_dir = \"{}\"\n",
+                dir.path().join("alpha").display(),
+                field(&ready, "link="),
+                dir.path().join("hq/certs").display()
+            ),
+        )
+        .unwrap();
+        let mut alpha = Node::start("edge-node", &alpha_config);
+        let alpha_http = alpha.wait_for_line(
+            |l| l.contains("the edge serves HTTP"),
+            "the edge serves HTTP",
+        );
+        alpha.wait_for("link up");
+        Pair {
+            hq,
+            alpha,
+            hq_url: format!("http://{}", field(&http, "http=")),
+            alpha_url: format!("http://{}", field(&alpha_http, "http=")),
+            alpha_config,
+            dir,
+        }
+    }
+
+    /// Waits, through the edge's tiles, for its first broadcast asset; returns its id.
+    fn first_asset(&self) -> String {
+        let tile = wait_tile(&self.alpha_url, |t| t["service"] == "broadcast-listener");
+        tile["asset"].as_str().unwrap().to_owned()
+    }
+
+    fn stop(self) {
+        for node in [self.alpha, self.hq] {
+            node.signal("TERM");
+            let (status, log) = node.exit();
+            assert!(status.success(), "node stopped with {status}:\n{log}");
+        }
+        drop(self.dir);
+    }
+}
+
+/// One answer: status and body (JSON where it is).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Value,
+    text: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// `method url` with an optional bearer token and raw body (sent as JSON).
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+    let agent = agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match method {
+        "GET" => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = match method {
+                "PUT" => agent.put(url),
+                _ => agent.post(url),
+            };
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            match body {
+                Some(body) => r
+                    .header("content-type", "application/json")
+                    .send(body.to_owned()),
+                None => r.send_empty(),
+            }
+        }
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let bytes = response.body_mut().read_to_vec().unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer { status, body, text }
+}
+
+fn get(url: &str) -> Value {
+    let a = call("GET", url, None, None);
+    assert_eq!(a.status, 200, "GET {url}: {}", a.text);
+    a.body
+}
+
+/// Asserts a refusal: this 4xx, a JSON error whose message contains `says`.
+fn refused(answer: &Answer, status: u16, says: &str, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {}", answer.text);
+    let message = answer.body["error"]["message"].as_str().unwrap_or_else(|| {
+        panic!("{what}: no JSON error in {:?}", answer.text);
+    });
+    assert!(
+        answer.body["error"]["code"].is_string(),
+        "{what}: {}",
+        answer.text
+    );
+    assert!(
+        message.contains(says),
+        "{what}: message {message:?} does not say {says:?}"
+    );
+}
+
+/// Waits, with the entries long poll, for a tile of the node at `base` for which
+/// `check` holds.
+fn wait_tile(base: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    let mut from = 0;
+    while Instant::now() < deadline {
+        let entries = get(&format!(
+            "{base}/api/v1/topics/TILES/entries?from={from}&wait_ms=5000"
+        ));
+        for e in entries.as_array().unwrap() {
+            from = e["offset"].as_u64().unwrap() + 1;
+            let tile: Value = serde_json::from_str(e["payload"].as_str().unwrap()).unwrap();
+            if check(&tile) {
+                return tile;
+            }
+        }
+    }
+    panic!("no such tile at {base} within {PATIENCE:?}");
+}
+
+/// Waits, with the entries long poll on the assets table's change feed, until the
+/// edge's asset `id` is in `state`.
+fn wait_asset_state(base: &str, id: &str, state: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut from = 0;
+    loop {
+        let asset = get(&format!("{base}/api/v1/assets/{id}"));
+        if asset["state"] == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "asset {id} is {} after {PATIENCE:?}, not {state}",
+            asset["state"]
+        );
+        let entries = get(&format!(
+            "{base}/api/v1/topics/_table.assets/entries?from={from}&wait_ms=5000"
+        ));
+        if let Some(last) = entries.as_array().unwrap().last() {
+            from = last["offset"].as_u64().unwrap() + 1;
+        }
+    }
+}
+
+#[test]
+fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
+    let pair = Pair::start();
+    let (hq, alpha) = (pair.hq_url.clone(), pair.alpha_url.clone());
+    let api = |base: &str, path: &str| format!("{base}/api/v1{path}");
+
+    // The node.
+    let node = get(&api(&hq, "/node"));
+    assert_eq!(
+        (node["name"].as_str(), node["role"].as_str()),
+        (Some("hq"), Some("core"))
+    );
+    assert_eq!(node["token_required"], true);
+    assert_eq!(get(&api(&alpha, "/node"))["token_required"], false);
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(call("GET", &format!("{hq}{path}"), None, None).status, 200);
+    }
+    let page = call("GET", &format!("{alpha}/"), None, None);
+    assert!(
+        page.status == 200 && page.text.contains("<html"),
+        "the page: {}",
+        page.text
+    );
+    let doc = get(&api(&hq, "/openapi.json"));
+    assert_eq!(doc["openapi"], "3.0.3");
+
+    // Services: list, one, stop and start with the token; without it, nothing changes.
+    let services = get(&api(&hq, "/services"));
+    assert!(
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "image-feed")
+    );
+    assert_eq!(get(&api(&hq, "/services/image-feed"))["state"], "running");
+    refused(
+        &call("POST", &api(&hq, "/services/image-feed/stop"), None, None),
+        401,
+        "bearer token",
+        "stop without the token",
+    );
+    refused(
+        &call(
+            "POST",
+            &api(&hq, "/services/image-feed/stop"),
+            Some("wrong-token-0123456789"),
+            None,
+        ),
+        401,
+        "bearer token",
+        "stop with a wrong token",
+    );
+    assert_eq!(
+        get(&api(&hq, "/services/image-feed"))["state"],
+        "running",
+        "a refused stop changed nothing"
+    );
+    let stopped = call(
+        "POST",
+        &api(&hq, "/services/image-feed/stop"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(
+        (stopped.status, stopped.body["state"].as_str()),
+        (200, Some("stopped")),
+        "{}",
+        stopped.text
+    );
+    let delayed = call(
+        "POST",
+        &api(&hq, "/services/image-feed/delay"),
+        Some(TOKEN),
+        Some(r#"{"delay_ms": 250}"#),
+    );
+    assert_eq!(delayed.body["delay_ms"], 250, "{}", delayed.text);
+    refused(
+        &call(
+            "POST",
+            &api(&hq, "/services/image-feed/delay"),
+            Some(TOKEN),
+            Some(r#"{"delay_ms": "soon"}"#),
+        ),
+        400,
+        "JSON body",
+        "a delay of the wrong type",
+    );
+    refused(
+        &call(
+            "POST",
+            &api(&hq, "/services/image-feed/delay"),
+            Some(TOKEN),
+            Some("{not json"),
+        ),
+        400,
+        "JSON body",
+        "bad JSON",
+    );
+    refused(
+        &call(
+            "POST",
+            &api(&hq, "/services/image-feed/delay"),
+            Some(TOKEN),
+            Some(r#"{"delay_ms": 99999999}"#),
+        ),
+        400,
+        "over the limit",
+        "a delay too long",
+    );
+    let started = call(
+        "POST",
+        &api(&hq, "/services/image-feed/start"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(started.body["state"], "running", "{}", started.text);
+    refused(
+        &call("POST", &api(&hq, "/services/nope/start"), Some(TOKEN), None),
+        404,
+        "services: ",
+        "an unknown service",
+    );
+    refused(
+        &call("GET", &api(&alpha, "/services/nope"), None, None),
+        404,
+        "no service named",
+        "an unknown service",
+    );
+
+    // Topics: list, one, publish, read by offset and by time; bad names and bodies.
+    let topics = get(&api(&alpha, "/topics"));
+    assert!(
+        topics
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "MESSAGES")
+    );
+    let before = get(&api(&alpha, "/topics/MESSAGES"))["next"]
+        .as_u64()
+        .unwrap();
+    let published = call(
+        "POST",
+        &api(&alpha, "/topics/MESSAGES/entries"),
+        None,
+        Some(
+            r#"{"payload": "hello HQ", "key": "k1", "headers": [{"name": "kind", "value": "greeting"}]}"#,
+        ),
+    );
+    assert_eq!(published.status, 201, "{}", published.text);
+    assert_eq!(published.body["origin"], "alpha");
+    let binary = call(
+        "POST",
+        &api(&alpha, "/topics/MESSAGES/entries"),
+        None,
+        Some(r#"{"payload_base64": "/wCA"}"#),
+    );
+    assert_eq!(binary.status, 201, "{}", binary.text);
+    let read = get(&api(
+        &alpha,
+        &format!("/topics/MESSAGES/entries?from={before}"),
+    ));
+    assert_eq!(read[0]["payload"], "hello HQ");
+    assert_eq!(read[0]["key"], "k1");
+    assert_eq!(
+        read[0]["headers"][0],
+        json!({"name": "kind", "value": "greeting"})
+    );
+    assert_eq!(
+        read[1]["payload_base64"], "/wCA",
+        "bytes that are not text come back as base64"
+    );
+    let stamp = read[0]["timestamp_ms"].as_u64().unwrap();
+    let by_time = get(&api(
+        &alpha,
+        &format!(
+            "/topics/MESSAGES/entries?since_ms={stamp}&until_ms={}",
+            stamp + 1
+        ),
+    ));
+    assert!(
+        by_time
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["payload"] == "hello HQ"),
+        "{by_time}"
+    );
+    // It crossed the link to HQ (MESSAGES is scope all): a long poll sees it arrive.
+    let at_hq = get(&api(&hq, "/topics/MESSAGES/entries?from=0&wait_ms=20000"));
+    assert!(
+        !at_hq.as_array().unwrap().is_empty(),
+        "the message reached HQ"
+    );
+    for (body, says) in [
+        (
+            r#"{"payload": "a", "payload_base64": "YQ=="}"#,
+            "exactly one",
+        ),
+        (r#"{}"#, "exactly one"),
+        (r#"{"payload": 5}"#, "JSON body"),
+        (r#"{"payload": "a", "to": null}"#, "JSON body"),
+        (r#"{"payload": "a", "to": "Not A Node"}"#, "not a node name"),
+        (r#"{"payload_base64": "***"}"#, "not base64"),
+        (r#"{"payload": "a", "colour": "red"}"#, "JSON body"),
+    ] {
+        refused(
+            &call(
+                "POST",
+                &api(&alpha, "/topics/MESSAGES/entries"),
+                None,
+                Some(body),
+            ),
+            400,
+            says,
+            body,
+        );
+    }
+    let big = format!(r#"{{"payload": "{}"}}"#, "x".repeat(1_100_000));
+    let too_big = call(
+        "POST",
+        &api(&alpha, "/topics/MESSAGES/entries"),
+        None,
+        Some(&big),
+    );
+    assert!(
+        (400..500).contains(&too_big.status),
+        "an entry over the limit: {}",
+        too_big.status
+    );
+    refused(
+        &call(
+            "POST",
+            &api(&alpha, "/topics/_gaps/entries"),
+            None,
+            Some(r#"{"payload": "x"}"#),
+        ),
+        409,
+        "own topic",
+        "a system topic",
+    );
+    refused(
+        &call(
+            "POST",
+            &api(&alpha, "/topics/TILES/entries"),
+            None,
+            Some(r#"{"payload": "x"}"#),
+        ),
+        409,
+        "own topic",
+        "the tiles topic",
+    );
+    refused(
+        &call("GET", &api(&alpha, "/topics/NOPE/entries"), None, None),
+        404,
+        "GET /api/v1/topics",
+        "an unknown topic",
+    );
+    refused(
+        &call("GET", &api(&alpha, "/topics/bad%20name"), None, None),
+        400,
+        "not a topic name",
+        "a bad topic name",
+    );
+    refused(
+        &call(
+            "GET",
+            &api(&alpha, "/topics/MESSAGES/entries?limit=0"),
+            None,
+            None,
+        ),
+        400,
+        "at least 1",
+        "limit 0",
+    );
+    refused(
+        &call(
+            "GET",
+            &api(&alpha, "/topics/MESSAGES/entries?limit=5000"),
+            None,
+            None,
+        ),
+        400,
+        "page with",
+        "limit too big",
+    );
+    refused(
+        &call(
+            "GET",
+            &api(&alpha, "/topics/MESSAGES/entries?from=-1"),
+            None,
+            None,
+        ),
+        400,
+        "query string",
+        "a negative offset",
+    );
+    refused(
+        &call(
+            "GET",
+            &api(&alpha, "/topics/MESSAGES/entries?wait_ms=600000"),
+            None,
+            None,
+        ),
+        400,
+        "longest wait",
+        "a wait too long",
+    );
+    assert_eq!(
+        get(&api(&alpha, "/topics/MESSAGES"))["next"]
+            .as_u64()
+            .unwrap(),
+        before + 2,
+        "the refused publishes added nothing"
+    );
+
+    // Tiles, assets, a request at the edge, the mirror, the image through /files.
+    let id = pair.first_asset();
+    let tiles = get(&api(&alpha, "/tiles?limit=5"));
+    assert!(!tiles.as_array().unwrap().is_empty());
+    assert!(
+        get(&api(&hq, "/assets"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id.as_str())
+    );
+    assert_eq!(
+        get(&api(&alpha, &format!("/assets/{id}")))["state"],
+        "available"
+    );
+    refused(
+        &call("GET", &api(&alpha, "/assets/nope"), None, None),
+        404,
+        "GET /api/v1/assets",
+        "an unknown asset",
+    );
+    refused(
+        &call("POST", &api(&alpha, "/assets/nope/request"), None, None),
+        404,
+        "only broadcast assets",
+        "requesting an unknown asset",
+    );
+    refused(
+        &call(
+            "POST",
+            &api(&hq, &format!("/assets/{id}/request")),
+            Some(TOKEN),
+            None,
+        ),
+        409,
+        "at an edge",
+        "requesting at HQ",
+    );
+    let requested = call(
+        "POST",
+        &api(&alpha, &format!("/assets/{id}/request")),
+        None,
+        None,
+    );
+    assert_eq!(
+        requested.body,
+        json!({"id": id, "state": "wanted"}),
+        "{}",
+        requested.text
+    );
+    wait_asset_state(&alpha, &id, "ready");
+    refused(
+        &call("GET", &api(&hq, "/mirror"), None, None),
+        409,
+        "runs at an edge",
+        "the mirror at HQ",
+    );
+    refused(
+        &call("POST", &api(&hq, "/mirror/start"), Some(TOKEN), None),
+        409,
+        "runs at an edge",
+        "starting a mirror at HQ",
+    );
+    let mirror = call("POST", &api(&alpha, "/mirror/start"), None, None);
+    assert_eq!(mirror.status, 200, "{}", mirror.text);
+    wait_asset_state(&alpha, &id, "received");
+    let m = get(&api(&alpha, "/mirror"));
+    assert_eq!(
+        (m["state"].as_str(), m["started"].as_bool()),
+        (Some("done"), Some(false)),
+        "{m}"
+    );
+    assert!(
+        m["last_success_ms"].as_u64().is_some() && m["bytes_on_link"].as_u64() > Some(0),
+        "{m}"
+    );
+    assert_eq!(
+        call("POST", &api(&alpha, "/mirror/stop"), None, None).status,
+        200
+    );
+    let image = call(
+        "GET",
+        &format!("{alpha}/files/mirror/assets/{id}.png"),
+        None,
+        None,
+    );
+    assert_eq!(image.status, 200, "the mirrored image is served");
+    for escape in [
+        "/files/mirror/../../hq.toml",
+        "/files/mirror/%2e%2e/%2e%2e/hq.toml",
+        "/files/mirror/assets/..%2f..%2f..%2fhq.toml",
+    ] {
+        let url = format!("{alpha}{escape}");
+        let answer = call_raw_path(&url);
+        assert_eq!(answer.0, 400, "{escape}: {}", answer.1);
+        assert!(
+            answer.1.contains("inside its directory"),
+            "{escape}: {}",
+            answer.1
+        );
+    }
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{alpha}/files/mirror/assets/nope.png"),
+            None,
+            None
+        )
+        .status,
+        404
+    );
+
+    // Links: list, one, pause and resume (the peer sees it), unknown peers.
+    let links = get(&api(&alpha, "/links"));
+    assert_eq!(links[0]["peer"], "hq");
+    assert_eq!(links[0]["state"], "up");
+    let paused = call("POST", &api(&alpha, "/links/hq/pause"), None, None);
+    assert_eq!(paused.body["state"], "paused", "{}", paused.text);
+    let deadline = Instant::now() + PATIENCE;
+    while get(&api(&hq, "/links/alpha"))["paused_by_peer"] != true {
+        assert!(Instant::now() < deadline, "HQ never saw the pause");
+        // The pause crosses the link as a control message; HQ's status follows it.
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        call("POST", &api(&alpha, "/links/hq/resume"), None, None).body["state"],
+        "up"
+    );
+    refused(
+        &call("GET", &api(&alpha, "/links/bravo"), None, None),
+        404,
+        "links: hq",
+        "an unknown peer",
+    );
+    refused(
+        &call("POST", &api(&hq, "/links/bravo/pause"), Some(TOKEN), None),
+        404,
+        "no link",
+        "pausing an unknown peer",
+    );
+
+    // The log filter, at run time.
+    assert_eq!(get(&api(&alpha, "/log"))["filter"], "info");
+    let debug = call(
+        "PUT",
+        &api(&alpha, "/log"),
+        None,
+        Some(r#"{"filter": "debug"}"#),
+    );
+    assert_eq!(debug.body["filter"], "debug", "{}", debug.text);
+    refused(
+        &call(
+            "PUT",
+            &api(&alpha, "/log"),
+            None,
+            Some(r#"{"filter": "loud"}"#),
+        ),
+        400,
+        "not a log filter",
+        "a bad filter",
+    );
+    assert_eq!(
+        get(&api(&alpha, "/log"))["filter"],
+        "debug",
+        "a refused filter changed nothing"
+    );
+    refused(
+        &call(
+            "PUT",
+            &api(&hq, "/log"),
+            None,
+            Some(r#"{"filter": "debug"}"#),
+        ),
+        401,
+        "bearer token",
+        "a filter without the token",
+    );
+
+    // Not in the demo: no demo link. Unknown endpoints.
+    refused(
+        &call("GET", &api(&alpha, "/demo-link"), None, None),
+        404,
+        "not running in the demo",
+        "the demo link",
+    );
+    refused(
+        &call(
+            "POST",
+            &api(&alpha, "/demo-link"),
+            None,
+            Some(r#"{"up": false}"#),
+        ),
+        404,
+        "not running in the demo",
+        "the demo link",
+    );
+    refused(
+        &call("GET", &api(&alpha, "/nothing/here"), None, None),
+        404,
+        "openapi.json",
+        "an unknown endpoint",
+    );
+
+    // Live events: the node first, then states and tiles; a client that resumes after a
+    // tile gets only the tiles after it.
+    let events = read_events(&api(&alpha, "/events?tiles=3&logs=false"), None, |seen| {
+        ["node", "services", "links", "mirror", "tile"]
+            .iter()
+            .all(|n| seen.iter().any(|(e, _, _)| e == n))
+    });
+    assert_eq!(events[0].0, "node");
+    let last_tile = events
+        .iter()
+        .filter(|(e, _, _)| e == "tile")
+        .map(|(_, id, _)| id.clone())
+        .last()
+        .unwrap();
+    let first: u64 = last_tile.parse().unwrap();
+    let resumed = read_events(
+        &api(&alpha, "/events?logs=false"),
+        Some(&(first - 1).to_string()),
+        |seen| seen.iter().any(|(e, _, _)| e == "tile"),
+    );
+    let tile_ids: Vec<u64> = resumed
+        .iter()
+        .filter(|(e, _, _)| e == "tile")
+        .map(|(_, id, _)| id.parse().unwrap())
+        .collect();
+    assert_eq!(
+        tile_ids.first(),
+        Some(&first),
+        "resumes right after Last-Event-ID: {tile_ids:?}"
+    );
+    let bad = call_with_header(&api(&alpha, "/events"), "last-event-id", "yesterday");
+    assert_eq!(bad, 400, "a Last-Event-ID that is not an offset");
+
+    pair.stop();
+}
+
+/// GET with the path sent as written (no client-side normalisation of `..`).
+fn call_raw_path(url: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+fn call_with_header(url: &str, name: &str, value: &str) -> u16 {
+    agent()
+        .get(url)
+        .header(name, value)
+        .call()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Reads server-sent events from `url` until `enough` holds: (event, id, data).
+fn read_events(
+    url: &str,
+    last_event_id: Option<&str>,
+    enough: impl Fn(&[(String, String, Value)]) -> bool,
+) -> Vec<(String, String, Value)> {
+    use std::io::BufRead as _;
+    let mut request = agent().get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let mut response = request.call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let reader = std::io::BufReader::new(response.body_mut().as_reader());
+    let (mut seen, mut event, mut id, mut data) =
+        (Vec::new(), String::new(), String::new(), String::new());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = v.to_owned();
+        } else if line.is_empty() && !event.is_empty() {
+            let value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            seen.push((std::mem::take(&mut event), std::mem::take(&mut id), value));
+            if enough(&seen) {
+                return seen;
+            }
+        }
+    }
+    panic!("the event stream ended before it had everything: {seen:?}");
+}
+
+#[test]
+fn the_openapi_document_matches_what_both_nodes_do() {
+    let Some(python) = tools::python("openapi", &["schemathesis"]) else {
+        return;
+    };
+    let st = python.with_file_name("schemathesis");
+    let pair = Pair::start();
+    let config = tools::root().join("tests/api/schemathesis.toml");
+    for (base, token) in [(&pair.hq_url, Some(TOKEN)), (&pair.alpha_url, None)] {
+        let mut command = Command::new(&st);
+        command
+            .arg("--config-file")
+            .arg(&config)
+            .arg("run")
+            .arg(format!("{base}/api/v1/openapi.json"))
+            .args(["--url", &format!("{base}/api/v1")])
+            .args([
+                "--exclude-path",
+                "/events",
+                "--checks",
+                "all",
+                "--max-examples",
+                "25",
+            ])
+            .args(["--seed", "1", "--request-timeout", "20"])
+            .env("NO_COLOR", "1")
+            .current_dir(pair.dir.path());
+        if let Some(token) = token {
+            command.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "schemathesis against {base} failed ({}):\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    pair.stop();
+}
+
+#[test]
+fn metrics_pass_prometheus_own_parser_and_its_naming_rules() {
+    let Some(python) = tools::python("metrics", &["prometheus_client"]) else {
+        return;
+    };
+    let pair = Pair::start();
+    pair.first_asset();
+    for base in [&pair.hq_url, &pair.alpha_url] {
+        let answer = call("GET", &format!("{base}/metrics"), None, None);
+        assert_eq!(answer.status, 200);
+        let text = answer.text;
+        for family in [
+            "tether_node_info",
+            "tether_appends_total",
+            "tether_link_up",
+            "tether_link_bytes_total",
+            "tether_link_entries_total",
+            "tether_link_backlog_entries",
+            "tether_service_processed_total",
+            "tether_service_state",
+            "tether_http_requests_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing at {base}"
+            );
+        }
+        let check = python_check(&python, &text);
+        assert!(check.0, "{base}/metrics: {}", check.1);
+    }
+    let edge = call("GET", &format!("{}/metrics", pair.alpha_url), None, None).text;
+    assert!(
+        edge.contains("tether_mirror_state{state=\"idle\"} 1"),
+        "{edge}"
+    );
+    assert!(edge.contains("tether_link_up{peer=\"hq\"} 1"), "{edge}");
+    pair.stop();
+}
+
+/// Parses `text` with prometheus_client's parser and checks the conventions: the prefix,
+/// counters ending in `_total`, a HELP for every family, no family twice.
+fn python_check(python: &Path, text: &str) -> (bool, String) {
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+text = sys.stdin.read()
+seen = set()
+problems = []
+for family in text_string_to_metric_families(text):
+    name = family.name
+    if family.type == "counter":
+        # The parser strips `_total` from a counter's family name: the samples carry it.
+        if not all(s.name.endswith("_total") for s in family.samples):
+            problems.append(f"counter {name} has samples without _total")
+    if not name.startswith("tether_"):
+        problems.append(f"{name}: no tether_ prefix")
+    if not family.documentation:
+        problems.append(f"{name}: no HELP")
+    if name in seen:
+        problems.append(f"{name}: twice")
+    seen.add(name)
+    for s in family.samples:
+        if s.value != s.value:
+            problems.append(f"{s.name}: NaN")
+if len(seen) < 15:
+    problems.append(f"only {len(seen)} families")
+print("\n".join(problems) or f"{len(seen)} families ok")
+sys.exit(1 if problems else 0)
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_cli_drives_a_running_node_through_its_api() {
+    let pair = Pair::start();
+    let cli = |bin: &str, args: &[&str], url: &str| {
+        let out = Command::new(binary(bin))
+            .args(args)
+            .args(["--url", url])
+            .env_remove("TETHER_HTTP__TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (hq, alpha) = (pair.hq_url.clone(), pair.alpha_url.clone());
+    let (code, out, err) = cli("edge-node", &["status"], &alpha);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("alpha (edge")
+            && out.contains("link hq: up")
+            && out.contains("broadcast-listener"),
+        "{out}"
+    );
+    // A config whose port is "any" cannot name the node: the CLI says so.
+    let out = Command::new(binary("edge-node"))
+        .args(["services", "--config"])
+        .arg(&pair.alpha_config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--url"), "{err}");
+
+    let id = pair.first_asset();
+    let (code, out, err) = cli("edge-node", &["assets", "request", &id], &alpha);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("asset {id} is wanted"));
+    let (code, _, err) = cli("edge-node", &["assets", "request", "nope"], &alpha);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("only broadcast assets can be requested"),
+        "{err}"
+    );
+    wait_asset_state(&alpha, &id, "ready");
+    let (code, _, err) = cli("edge-node", &["mirror", "start", "--wait"], &alpha);
+    assert_eq!(code, Some(0), "mirror start --wait: {err}");
+    assert!(err.contains("mirror done"), "progress on stderr: {err}");
+    let (_, out, _) = cli("edge-node", &["assets"], &alpha);
+    assert!(out.contains(&format!("{id}\treceived")), "{out}");
+
+    // Publish at the edge; tail at HQ sees it cross.
+    let (code, out, err) = cli(
+        "edge-node",
+        &["publish", "MESSAGES", "status green"],
+        &alpha,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("published alpha:1 to MESSAGES"), "{out}");
+    // `tail` follows the topic: read its first line, then stop it (by its PID).
+    let mut tail = Command::new(binary("core-node"))
+        .args(["tail", "MESSAGES", "--from", "0", "--url", &hq])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let first = std::io::BufRead::lines(std::io::BufReader::new(stdout)).next();
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let first = first.unwrap().unwrap();
+    assert!(first.contains("alpha:1 status green"), "{first}");
+
+    // Changes at HQ need its token.
+    let (code, _, err) = cli("core-node", &["services", "stop", "ingest"], &hq);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("bearer token") && err.contains("401"), "{err}");
+    let (code, out, err) = cli(
+        "core-node",
+        &["services", "stop", "ingest", "--token", TOKEN],
+        &hq,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ingest") && out.contains("stopped"), "{out}");
+    let (code, out, err) = cli("edge-node", &["link", "pause"], &alpha);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("link hq: paused"), "{out}");
+    let (code, out, _) = cli("edge-node", &["link", "resume"], &alpha);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("link hq: up"), "{out}");
+    let (code, _, err) = cli("edge-node", &["services", "fly"], &alpha);
+    assert_eq!(code, Some(2), "a bad command is a usage error: {err}");
+    let (code, _, err) = cli("edge-node", &["status"], "http://127.0.0.1:9");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach the node's API"), "{err}");
+    pair.stop();
+}

@@ -29,6 +29,11 @@ pub struct MissionConfig {
     pub feed: Option<String>,
     /// HQ's download size limit (`None`: the default).
     pub max_download_bytes: Option<u64>,
+    /// Whether both nodes start their services at their first start
+    /// (`pipeline.start_services`); `false`: an operator starts them.
+    pub start_services: bool,
+    /// Both nodes' bearer token for changes through their HTTP API (`http.token`).
+    pub token: Option<String>,
 }
 
 impl MissionConfig {
@@ -42,6 +47,8 @@ impl MissionConfig {
             feed_batch: 4,
             feed: None,
             max_download_bytes: None,
+            start_services: true,
+            token: None,
         }
     }
 
@@ -51,6 +58,8 @@ impl MissionConfig {
         core.node.data_dir = self.data.join("hq");
         core.link.listen = ([127, 0, 0, 1], 0).into();
         core.http.listen = self.http.0;
+        core.http.token = self.token.clone();
+        core.pipeline.start_services = self.start_services;
         core.pipeline.feed_every = self.feed_every;
         core.pipeline.feed_batch = self.feed_batch;
         core.pipeline.feed = self.feed.clone();
@@ -69,6 +78,8 @@ impl MissionConfig {
         edge.link.core = core.to_string();
         edge.link.certs_dir = Some(self.core().certs_dir());
         edge.http.listen = self.http.1;
+        edge.http.token = self.token.clone();
+        edge.pipeline.start_services = self.start_services;
         edge
     }
 }

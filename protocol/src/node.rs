@@ -1327,6 +1327,7 @@ mod tests {
                 "ASSET_BROADCAST",
                 "ASSET_REQUEST",
                 "ASSET_RESPONSE",
+                "MESSAGES",
                 "TILES",
                 "_gaps"
             ]

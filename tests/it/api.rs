@@ -745,7 +745,7 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
         .iter()
         .filter(|(e, _, _)| e == "tile")
         .map(|(_, id, _)| id.clone())
-        .last()
+        .next_back()
         .unwrap();
     let first: u64 = last_tile.parse().unwrap();
     let resumed = read_events(

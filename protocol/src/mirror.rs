@@ -16,7 +16,7 @@
 //! - Between them, [`Delta`] carries a target as changes to the manifest the edge holds,
 //!   and [`MirrorStatus`] is what operators see.
 //!
-//! The sans-IO parts (`chunk`, `path`, `manifest`, `plan`, `status`) never touch the file
+//! The sans-IO parts (`chunk`, `path`, `manifest`, `plan`, `pace`, `status`, `wire`) never touch the file
 //! system or the clock; `scan` and `source` read the core's volume; `spool` and
 //! `replica` write under the edge's mirror directory.
 //!
@@ -27,18 +27,20 @@
 //!
 //! | frame | way | body | size |
 //! | --- | --- | --- | --- |
-//! | `MirrorStart` | edge → core | root and version the edge holds; target root if resuming | ~80 B |
-//! | `MirrorManifest` | core → edge | a [`Delta`] from the edge's root if the core still knows it, else the full [`Manifest`], in parts of at most 1 MiB (`part`, `last`) | a change: ~100 B + ~100 B per changed file; none: < 100 B |
-//! | `ChunkRequest` | edge → core | up to 4096 hashes from [`Plan::batches`], about 1 MiB of payload each, a few requests outstanding | 32 B per chunk |
-//! | `Chunk` | core → edge | hash and bytes (≤ the chunker's maximum, 256 KiB) | payload + ~40 B |
-//! | `ChunkGone` | core → edge | a requested hash the core can no longer serve (file changed): the edge re-plans against a new manifest | ~40 B |
-//! | `MirrorStop` | either | the operator stopped it, or the edge applied the target | a few bytes |
+//! | `Start` | edge → core | root and version the edge holds; target root if resuming | ~80 B |
+//! | `Manifest` | core → edge | a [`Delta`] from the edge's root if the core still knows it, else the full [`Manifest`], in parts of at most 1 MiB (`part`, `last`) | a change: ~100 B + ~100 B per changed file (a changed large file: only its changed chunk range); none: < 100 B |
+//! | `Fetch` | edge → core | up to 4096 chunks from [`Plan::batches`], about 1 MiB of payload each, a few outstanding, by position in the manifest ([`ChunkTable`]) as runs | a few bytes per run |
+//! | `Data` | core → edge | the next chunk's bytes (≤ the chunker's maximum, 256 KiB), paced ([`Pace`]) | payload + ~5 B |
+//! | `Gone` | core → edge | a requested hash the core can no longer serve (file changed): the edge re-plans | ~40 B |
+//! | `Received`, `ReportEvery` | edge → core, core → edge | bytes the edge has read, for the core's pacing; how often to say so | a few bytes, every eighth of a window |
+//! | `Done` | either | the operator stopped it, or the edge applied the target | a few bytes |
 //!
 //! The edge never trusts these: a manifest is checked by [`Manifest::decode`] (or
 //! [`Delta::apply`]), a chunk by its hash in [`ReplicaVolume::receive`].
 
 mod chunk;
 mod manifest;
+mod pace;
 mod path;
 mod plan;
 mod replica;
@@ -50,13 +52,18 @@ mod wire;
 
 pub use chunk::{ChunkParams, ChunkRef, Chunked, Hash, chunk_bytes, chunk_reader};
 pub use manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
+pub use pace::{
+    INITIAL_WINDOW, MAX_REPORT, MAX_WINDOW, MIN_REPORT, MIN_WINDOW, Pace, PaceError, PathNow,
+    TARGET_QUEUE, target_queue,
+};
 pub use path::{MAX_NAME, MAX_PATH, PathError, PathRule, RelPath};
-pub use plan::{Delta, Plan, plan};
+pub use plan::{Delta, FileEdit, PackedEntries, Plan, plan};
 pub use replica::{Applied, ApplyError, ApplyStep, ReceiveError, ReplicaError, ReplicaVolume};
 pub use scan::{Problem, ScanStats, Scanner};
 pub use source::{ServeError, Snapshot, SourceError, SourceVolume};
 pub use spool::{Spool, SpoolError};
 pub use status::{MirrorState, MirrorStatus};
 pub use wire::{
-    MANIFEST_PART, MAX_REQUEST, ManifestAssembly, MirrorFrame, RefusedManifest, manifest_frames,
+    ChunkTable, FetchError, MANIFEST_PART, MAX_REQUEST, ManifestAssembly, MirrorFrame,
+    RefusedManifest, fetch_runs, manifest_frames,
 };

@@ -4,25 +4,35 @@
 //!   the session's connection, once the session is up (after the hellos, so the control
 //!   stream is always the first one). It runs at [`PRIORITY_MIRROR`], below entries (0)
 //!   and control (1): quinn fills each packet from the highest-priority stream with data,
-//!   so a mirror only ever uses what entries and control leave. Frames are
+//!   so a mirror only ever uses what entries and control leave of the sender; its pacing
+//!   keeps what it has queued further on small. Frames are
 //!   [`MirrorFrame`]s (numbered in `mirror/wire.rs`).
 //! - **Edge** ([`Mirror`]): runs only when an operator started it (a marker file,
 //!   `<dir>/mirror.run`, keeps that wish across restarts). A run sends `Start` with the
 //!   roots it holds, assembles and checks the manifest (full or a delta), plans against
 //!   the current version and the spool ([`ReplicaVolume::begin`], or the stored plan when
-//!   it resumes the same target), then asks for chunks in requests of about
-//!   [`MirrorSettings::request_bytes`], at most [`MirrorSettings::in_flight`] requests
-//!   outstanding (so little mirror data is ever queued at the core), verifies and spools
-//!   each chunk, syncs the spool after each request, and applies. A chunk that fails its
-//!   hash is asked for again (up to [`MAX_REFETCH`] times); a `Gone` chunk (its file
-//!   changed at the core) makes the run re-plan against a fresh manifest. A lost
-//!   connection interrupts the run; it resumes on the next session, fetching only what
-//!   the spool lacks. [`Mirror::stop`] interrupts it until [`Mirror::start`].
-//! - **Core** (`serve_stream`, one task per stream, spawned by the session): the one
-//!   [`SourceVolume`] of the node sits behind a mutex, used only on blocking threads
-//!   (`manifest()` re-hashes what changed; `read_chunk` reads and checks). Chunks go out
-//!   one at a time, in the order asked, each written before the next is read, through an
-//!   optional token bucket (the lower of the core's and the edge's caps).
+//!   it resumes the same target), then asks for chunks (`Fetch`, by position in the
+//!   target, see [`ChunkTable`]) in requests of about [`MirrorSettings::request_bytes`],
+//!   at most [`MirrorSettings::in_flight`] requests outstanding, checks each chunk
+//!   (`Data`) against the hash it asked for, spools it, syncs the spool after each
+//!   request, and applies. It tells the core how many bytes it has read (`Received`)
+//!   every few kilobytes (the core says how many: `ReportEvery`) and when the stream goes
+//!   quiet. A chunk that fails its hash is asked for again (up to [`MAX_REFETCH`] times);
+//!   a `Gone` chunk (its file changed at the core) makes the run re-plan against a fresh
+//!   manifest. A lost connection interrupts the run; it resumes on the next session,
+//!   fetching only what the spool lacks. [`Mirror::stop`] interrupts it until
+//!   [`Mirror::start`].
+//! - **Core** (`serve_stream`, one task per stream, spawned by the session with the
+//!   connection): the one [`SourceVolume`] of the node sits behind a mutex, used only on
+//!   blocking threads (`manifest()` re-hashes what changed; `read_chunk_of` reads and
+//!   checks, first in the manifest the run fetches). The edge's frames are read by a task
+//!   of their own, so its reports come in while chunks go out. Chunks go out one at a
+//!   time, in the order asked, each read when the previous one is written, in slices
+//!   paced by [`Pace`] (`mirror/pace.rs`): at about the rate the path carries with a
+//!   queue of [`TARGET_QUEUE`](crate::mirror::TARGET_QUEUE), measured from the
+//!   connection's round trips, so that entries behind a mirror wait little in a modem's
+//!   queue; and through an optional token bucket (the lower of the core's and the edge's
+//!   caps).
 //! - A mirror error never ends the session: the stream is reset and entries go on.
 //!
 //! `bytes_on_link` in the status counts the mirror stream's bytes both ways (frames),
@@ -40,9 +50,9 @@ use tokio::sync::watch;
 use super::PeerLink;
 use crate::entry::NodeName;
 use crate::mirror::{
-    ChunkParams, Hash, Limits, MAX_REQUEST, Manifest, ManifestAssembly, MirrorFrame, MirrorStatus,
-    Plan, ReceiveError, ReplicaError, ReplicaVolume, Snapshot, SourceError, SourceVolume,
-    SpoolError, manifest_frames,
+    ChunkParams, ChunkRef, ChunkTable, Hash, Limits, MAX_REPORT, MAX_REQUEST, MIN_REPORT, Manifest,
+    ManifestAssembly, MirrorFrame, MirrorStatus, Pace, PathNow, Plan, ReceiveError, ReplicaError,
+    ReplicaVolume, Snapshot, SourceError, SourceVolume, SpoolError, fetch_runs, manifest_frames,
 };
 use crate::wire::{self, FrameReader};
 
@@ -173,16 +183,18 @@ impl MirrorSource {
     }
 }
 
-/// Serves one mirror stream of `peer` until the edge ends it; an error resets it.
+/// Serves one mirror stream of `peer` on `conn` until the edge ends it; an error resets
+/// it.
 pub(super) async fn serve_stream(
     source: Option<MirrorSource>,
     peer: NodeName,
+    conn: quinn::Connection,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
 ) {
     let _ = send.set_priority(PRIORITY_MIRROR);
     let result = match &source {
-        Some(source) => serve(source, &mut send, &mut recv).await,
+        Some(source) => serve(source, &conn, &mut send, recv).await,
         None => {
             let refused = MirrorFrame::Refused {
                 reason: "this core has no mirror volume".into(),
@@ -202,17 +214,101 @@ pub(super) async fn serve_stream(
     }
 }
 
+/// Chunks one stream may have asked for and not yet received, at the core.
+const MAX_QUEUED: usize = 8 * MAX_REQUEST;
+
+/// The edge's frames, read by their own task so that its `Received` reports come in
+/// while chunks go out: `Ok(None)` when the edge finished the stream.
+type Incoming = Result<Option<MirrorFrame>, RunError>;
+
+async fn read_frames(mut recv: quinn::RecvStream, tx: tokio::sync::mpsc::Sender<Incoming>) {
+    let mut reader = FrameReader::default();
+    loop {
+        let frame = read(&mut recv, &mut reader, &mut 0).await;
+        let end = !matches!(frame, Ok(Some(_)));
+        if tx.send(frame).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// The core's side of one run: what the edge asked for, the chunk being written, and
+/// the pacing of chunk bytes ([`Pace`]).
+struct Serving<'a> {
+    source: &'a MirrorSource,
+    conn: &'a quinn::Connection,
+    send: &'a mut quinn::SendStream,
+    /// The operator's cap, if any.
+    bucket: Option<TokenBucket>,
+    pace: Pace,
+    /// The report interval last told to the edge, and one to tell at the next frame
+    /// boundary.
+    told: u64,
+    tell: Option<u64>,
+    /// The manifest last sent (what `Fetch` positions refer to) and its chunk table.
+    target: Option<(Arc<Snapshot>, ChunkTable)>,
+    queue: VecDeque<ChunkRef>,
+    /// A `Data` frame being written, and how much of it is written.
+    out: Option<(Vec<u8>, usize)>,
+}
+
 async fn serve(
     source: &MirrorSource,
+    conn: &quinn::Connection,
     send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    recv: quinn::RecvStream,
 ) -> Result<(), RunError> {
-    let mut reader = FrameReader::default();
-    let mut bucket: Option<TokenBucket> = None;
+    let (tx, mut frames) = tokio::sync::mpsc::channel(16);
+    let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, tx)));
+    let pace = Pace::new();
+    let mut serving = Serving {
+        source,
+        conn,
+        send,
+        bucket: None,
+        told: pace.report_every(),
+        tell: None,
+        pace,
+        target: None,
+        queue: VecDeque::new(),
+        out: None,
+    };
     loop {
-        let Some(frame) = read(recv, &mut reader, &mut 0).await? else {
-            return Ok(());
+        let busy = serving.out.is_some() || !serving.queue.is_empty();
+        let delay =
+            (busy && serving.pace.allowed() > 0).then(|| serving.pace.delay(Instant::now()));
+        let frame = match delay {
+            // Due now (or within the timer's resolution: the pacing clock keeps the
+            // credit): take what the edge sent meanwhile without waiting, else send.
+            Some(d) if d < Duration::from_millis(1) => match frames.try_recv() {
+                Ok(frame) => frame,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    serving.send_some().await?;
+                    continue;
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    return Err(RunError::Failed("the mirror stream's reader ended".into()));
+                }
+            },
+            _ => tokio::select! {
+                biased;
+                frame = frames.recv() => frame.ok_or_else(|| RunError::Failed("the mirror stream's reader ended".into()))?,
+                () = tokio::time::sleep(delay.unwrap_or_default()), if delay.is_some() => {
+                    serving.send_some().await?;
+                    continue;
+                }
+            },
         };
+        match frame? {
+            None | Some(MirrorFrame::Done) => return Ok(()),
+            Some(frame) => serving.take(frame).await?,
+        }
+    }
+}
+
+impl Serving<'_> {
+    /// Takes one frame from the edge.
+    async fn take(&mut self, frame: MirrorFrame) -> Result<(), RunError> {
         match frame {
             MirrorFrame::Start {
                 have_root,
@@ -220,13 +316,18 @@ async fn serve(
                 max_rate,
                 ..
             } => {
-                let rate = match (source.max_rate, max_rate.filter(|r| *r > 0)) {
+                if self.out.is_some() || !self.queue.is_empty() {
+                    return Err(RunError::Failed(
+                        "a mirror start from the edge while chunks it asked for are due".into(),
+                    ));
+                }
+                let rate = match (self.source.max_rate, max_rate.filter(|r| *r > 0)) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                bucket = rate.map(TokenBucket::new);
-                let volume = source.volume.clone();
-                let frames = tokio::task::spawn_blocking(move || {
+                self.bucket = rate.map(TokenBucket::new);
+                let volume = self.source.volume.clone();
+                let planned = tokio::task::spawn_blocking(move || {
                     let mut volume = MirrorSource::lock(&volume);
                     let snapshot = volume.manifest().map_err(|e| e.to_string())?;
                     // The closest manifest the edge holds: the target it is resuming, else
@@ -234,61 +335,55 @@ async fn serve(
                     let base = target_root
                         .and_then(|r| volume.snapshot(&r))
                         .or_else(|| volume.snapshot(&have_root));
-                    Ok::<_, String>(manifest_frames(
-                        &snapshot.manifest,
-                        base.as_ref().map(|b| &b.manifest),
-                    ))
+                    let frames =
+                        manifest_frames(&snapshot.manifest, base.as_ref().map(|b| &b.manifest));
+                    let table = ChunkTable::new(&snapshot.manifest);
+                    Ok::<_, String>((snapshot, table, frames))
                 })
                 .await
                 .map_err(|e| RunError::Failed(e.to_string()))?;
-                let frames = match frames {
-                    Ok(frames) => frames,
+                let frames = match planned {
+                    Ok((snapshot, table, frames)) => {
+                        self.target = Some((snapshot, table));
+                        frames
+                    }
                     Err(reason) => vec![MirrorFrame::Refused { reason }],
                 };
                 for frame in &frames {
-                    write(send, frame).await?;
+                    self.write_frame(frame).await?;
                 }
             }
-            MirrorFrame::Request { hashes } => {
-                if hashes.len() > MAX_REQUEST {
+            MirrorFrame::Fetch { runs } => {
+                let Some((snapshot, table)) = &self.target else {
+                    return Err(RunError::Failed(
+                        "a chunk fetch from the edge before any manifest".into(),
+                    ));
+                };
+                let chunks = table
+                    .resolve(&snapshot.manifest, &runs)
+                    .map_err(|e| RunError::Failed(format!("the edge sent {e}")))?;
+                if self.queue.len() + chunks.len() > MAX_QUEUED {
                     return Err(RunError::Failed(format!(
-                        "request of {} chunks, over the limit of {MAX_REQUEST}",
-                        hashes.len()
+                        "the edge asked for more than {MAX_QUEUED} chunks at once"
                     )));
                 }
-                for hash in hashes {
-                    let volume = source.volume.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        MirrorSource::lock(&volume).read_chunk(&hash)
-                    })
-                    .await
+                self.queue.extend(chunks);
+            }
+            MirrorFrame::Received { bytes } => {
+                let stats = self.conn.stats();
+                let path = PathNow {
+                    smoothed: stats.path.rtt,
+                    min: stats.path.min_rtt,
+                    lost_packets: stats.path.lost_packets,
+                };
+                self.pace
+                    .on_received(bytes, path)
                     .map_err(|e| RunError::Failed(e.to_string()))?;
-                    let frame = match read {
-                        Ok(mut bytes) => {
-                            if let Some(bucket) = &mut bucket {
-                                bucket.take(bytes.len()).await;
-                            }
-                            let flip = source.corrupt.fetch_update(
-                                Ordering::SeqCst,
-                                Ordering::SeqCst,
-                                |n| n.checked_sub(1),
-                            );
-                            if flip.is_ok()
-                                && let Some(b) = bytes.first_mut()
-                            {
-                                *b ^= 0xff;
-                            }
-                            MirrorFrame::Chunk { hash, bytes }
-                        }
-                        Err(err) => {
-                            tracing::info!(%err, "chunk gone: the edge re-plans");
-                            MirrorFrame::Gone { hash }
-                        }
-                    };
-                    write(send, &frame).await?;
+                let every = self.pace.report_every();
+                if every >= 2 * self.told || 2 * every <= self.told {
+                    self.tell = Some(every);
                 }
             }
-            MirrorFrame::Done => return Ok(()),
             other => {
                 return Err(RunError::Failed(format!(
                     "{} from the edge on the mirror stream",
@@ -296,6 +391,81 @@ async fn serve(
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Writes the next slice of chunk bytes (reading the next chunk if none is being
+    /// written), as much as the pacing allows.
+    async fn send_some(&mut self) -> Result<(), RunError> {
+        if self.out.is_none() {
+            if let Some(every) = self.tell.take() {
+                self.told = every;
+                self.write_frame(&MirrorFrame::ReportEvery { bytes: every })
+                    .await?;
+            }
+            let Some(chunk) = self.queue.pop_front() else {
+                return Ok(());
+            };
+            let volume = self.source.volume.clone();
+            let pinned = self.target.as_ref().map(|(s, _)| s.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                MirrorSource::lock(&volume).read_chunk_of(pinned.as_deref(), &chunk.hash)
+            })
+            .await
+            .map_err(|e| RunError::Failed(e.to_string()))?;
+            match read {
+                Ok(mut bytes) => {
+                    if let Some(bucket) = &mut self.bucket {
+                        bucket.take(bytes.len()).await;
+                    }
+                    let flip =
+                        self.source
+                            .corrupt
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                    if flip.is_ok()
+                        && let Some(b) = bytes.first_mut()
+                    {
+                        *b ^= 0xff;
+                    }
+                    let mut buf = Vec::with_capacity(bytes.len() + 8);
+                    wire::encode_value(&MirrorFrame::Data { bytes }, &mut buf);
+                    self.out = Some((buf, 0));
+                }
+                Err(err) => {
+                    tracing::info!(%err, "chunk gone: the edge re-plans");
+                    return self
+                        .write_frame(&MirrorFrame::Gone { hash: chunk.hash })
+                        .await;
+                }
+            }
+        }
+        let Some((buf, done)) = &mut self.out else {
+            return Ok(());
+        };
+        let slice = (self.pace.window() / 16).clamp(2 << 10, 64 << 10);
+        let n = (buf.len() - *done)
+            .min(self.pace.allowed() as usize)
+            .min(slice as usize)
+            .max(1);
+        self.send
+            .write_all(&buf[*done..*done + n])
+            .await
+            .map_err(write_error)?;
+        *done += n;
+        if *done == buf.len() {
+            self.out = None;
+        }
+        self.pace
+            .on_sent(Instant::now(), n as u64, self.conn.rtt(), true);
+        Ok(())
+    }
+
+    /// Writes a whole frame that is not chunk data (unpaced, counted in flight).
+    async fn write_frame(&mut self, frame: &MirrorFrame) -> Result<(), RunError> {
+        let n = write(self.send, frame).await?;
+        self.pace
+            .on_sent(Instant::now(), n as u64, self.conn.rtt(), false);
+        Ok(())
     }
 }
 
@@ -554,13 +724,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RunError::Failed(format!("mirror task failed: {e}")))
 }
 
-/// The edge's end of one mirror stream, counting its bytes into the status.
+/// The edge's end of one mirror stream, counting its bytes into the status, and
+/// reporting the bytes it read (`Received`) for the core's pacing.
 struct EdgeStream<'a> {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     reader: FrameReader,
     status: &'a watch::Sender<MirrorStatus>,
+    /// Bytes read from the core, and in the last report.
+    read: u64,
+    reported: u64,
+    /// The report interval the core asked for.
+    report_every: u64,
 }
+
+/// A stream quiet for this long with bytes unreported reports them: the core may be
+/// waiting for the report to send more.
+const QUIET: Duration = Duration::from_millis(50);
 
 impl EdgeStream<'_> {
     async fn send(&mut self, frame: &MirrorFrame) -> Result<(), RunError> {
@@ -569,11 +749,49 @@ impl EdgeStream<'_> {
         Ok(())
     }
 
+    async fn report(&mut self) -> Result<(), RunError> {
+        self.reported = self.read;
+        self.send(&MirrorFrame::Received { bytes: self.read }).await
+    }
+
+    /// The next frame from the core; `ReportEvery` is taken here.
     async fn recv(&mut self) -> Result<MirrorFrame, RunError> {
-        let mut bytes = 0;
-        let frame = read(&mut self.recv, &mut self.reader, &mut bytes).await;
-        self.status.send_modify(|s| s.on_link(bytes));
-        frame?.ok_or_else(|| RunError::Failed("the core ended the mirror".into()))
+        loop {
+            match self.reader.next_value::<MirrorFrame>() {
+                Ok(Some(MirrorFrame::ReportEvery { bytes })) => {
+                    self.report_every = bytes.clamp(MIN_REPORT, MAX_REPORT);
+                    continue;
+                }
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => return Err(RunError::Failed(format!("bad mirror frame: {e}"))),
+            }
+            let unreported = self.read - self.reported;
+            if unreported >= self.report_every {
+                self.report().await?;
+            }
+            let read = if self.read > self.reported {
+                match tokio::time::timeout(QUIET, self.recv.read_chunk(64 << 10, true)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        self.report().await?;
+                        continue;
+                    }
+                }
+            } else {
+                self.recv.read_chunk(64 << 10, true).await
+            };
+            match read {
+                Ok(Some(chunk)) => {
+                    let n = chunk.bytes.len() as u64;
+                    self.read += n;
+                    self.status.send_modify(|s| s.on_link(n));
+                    self.reader.push(&chunk.bytes);
+                }
+                Ok(None) => return Err(RunError::Failed("the core ended the mirror".into())),
+                Err(e) => return Err(read_error(e)),
+            }
+        }
     }
 }
 
@@ -593,6 +811,9 @@ async fn run(
         recv,
         reader: FrameReader::default(),
         status,
+        read: 0,
+        reported: 0,
+        report_every: Pace::new().report_every(),
     };
     for _ in 0..MAX_REPLANS {
         let (have_root, have_version, target_root) = {
@@ -708,10 +929,32 @@ async fn fetch(
     plan: &Plan,
     settings: &MirrorSettings,
 ) -> Result<bool, RunError> {
-    let mut pending: VecDeque<Vec<Hash>> = plan
-        .batches(settings.request_bytes, MAX_REQUEST)
-        .map(|b| b.iter().map(|c| c.hash).collect())
-        .collect();
+    // Chunks are asked for by their position in the target (the manifest the core just
+    // sent, or the same one resumed).
+    let positions = {
+        let replica = lock(replica);
+        let target = replica
+            .target()
+            .ok_or_else(|| RunError::Failed("no target to fetch".into()))?;
+        ChunkTable::first_positions(target)
+    };
+    let placed = |hashes: &mut dyn Iterator<Item = Hash>| -> Result<Vec<(u64, Hash)>, RunError> {
+        let mut batch = hashes
+            .map(|h| {
+                positions
+                    .get(&h)
+                    .map(|p| (*p, h))
+                    .ok_or_else(|| RunError::Failed(format!("chunk {h} is not in the target")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        batch.sort_unstable();
+        batch.dedup();
+        Ok(batch)
+    };
+    let mut pending: VecDeque<Vec<(u64, Hash)>> = VecDeque::new();
+    for b in plan.batches(settings.request_bytes, MAX_REQUEST) {
+        pending.push_back(placed(&mut b.iter().map(|c| c.hash))?);
+    }
     let mut in_flight: VecDeque<VecDeque<Hash>> = VecDeque::new();
     let mut retries: HashMap<Hash, u32> = HashMap::new();
     let mut refetch: Vec<Hash> = Vec::new();
@@ -720,18 +963,20 @@ async fn fetch(
     loop {
         while in_flight.len() < settings.in_flight.max(1) && !gone {
             let batch = if !refetch.is_empty() {
-                std::mem::take(&mut refetch)
+                let n = refetch.len().min(MAX_REQUEST);
+                placed(&mut refetch.drain(..n))?
             } else if let Some(batch) = pending.pop_front() {
                 batch
             } else {
                 break;
             };
+            let (at, hashes): (Vec<u64>, VecDeque<Hash>) = batch.into_iter().unzip();
             stream
-                .send(&MirrorFrame::Request {
-                    hashes: batch.clone(),
+                .send(&MirrorFrame::Fetch {
+                    runs: fetch_runs(&at),
                 })
                 .await?;
-            in_flight.push_back(batch.into());
+            in_flight.push_back(hashes);
         }
         let Some(front) = in_flight.front_mut() else {
             break;
@@ -741,12 +986,7 @@ async fn fetch(
             continue;
         };
         match stream.recv().await? {
-            MirrorFrame::Chunk { hash, bytes } => {
-                if hash != expected {
-                    return Err(RunError::Failed(format!(
-                        "the core sent chunk {hash} where {expected} was due"
-                    )));
-                }
+            MirrorFrame::Data { bytes } => {
                 if bytes.len() > max_chunk {
                     return Err(RunError::Failed(format!(
                         "the core sent a chunk of {} bytes, over the limit of {max_chunk}",
@@ -754,19 +994,20 @@ async fn fetch(
                     )));
                 }
                 let n = bytes.len() as u64;
-                match blocking(replica, move |r| r.receive(&hash, &bytes)).await? {
+                // The bytes are checked against the hash asked for.
+                match blocking(replica, move |r| r.receive(&expected, &bytes)).await? {
                     Ok(()) => stream.status.send_modify(|s| s.received(n, Instant::now())),
                     Err(ReceiveError::Spool(SpoolError::HashMismatch { .. })) => {
                         stream.status.send_modify(MirrorStatus::refetch);
-                        let tries = retries.entry(hash).or_default();
+                        let tries = retries.entry(expected).or_default();
                         *tries += 1;
                         if *tries > MAX_REFETCH {
                             return Err(RunError::Failed(format!(
-                                "chunk {hash} failed its hash {MAX_REFETCH} times"
+                                "chunk {expected} failed its hash {MAX_REFETCH} times"
                             )));
                         }
-                        tracing::warn!(%hash, "a chunk failed its hash: fetching it again");
-                        refetch.push(hash);
+                        tracing::warn!(hash = %expected, "a chunk failed its hash: fetching it again");
+                        refetch.push(expected);
                     }
                     Err(e) => return Err(RunError::Failed(e.to_string())),
                 }
@@ -803,12 +1044,16 @@ async fn fetch(
 async fn write(send: &mut quinn::SendStream, frame: &MirrorFrame) -> Result<usize, RunError> {
     let mut buf = Vec::new();
     wire::encode_value(frame, &mut buf);
-    send.write_all(&buf).await.map_err(|e| match e {
+    send.write_all(&buf).await.map_err(write_error)?;
+    Ok(buf.len())
+}
+
+fn write_error(e: quinn::WriteError) -> RunError {
+    match e {
         quinn::WriteError::ConnectionLost(e) => RunError::Link(e.to_string()),
         quinn::WriteError::Stopped(_) => RunError::Stopped("the peer stopped the stream".into()),
         other => RunError::Failed(other.to_string()),
-    })?;
-    Ok(buf.len())
+    }
 }
 
 /// Reads the next frame; `None` when the peer finished the stream cleanly.
@@ -830,13 +1075,17 @@ async fn read(
                 reader.push(&chunk.bytes);
             }
             Ok(None) => return Ok(None),
-            Err(quinn::ReadError::ConnectionLost(e)) => return Err(RunError::Link(e.to_string())),
-            Err(quinn::ReadError::Reset(code)) => {
-                return Err(RunError::Failed(format!(
-                    "the peer reset the mirror stream (code {code}); see its log"
-                )));
-            }
-            Err(e) => return Err(RunError::Failed(e.to_string())),
+            Err(e) => return Err(read_error(e)),
         }
+    }
+}
+
+fn read_error(e: quinn::ReadError) -> RunError {
+    match e {
+        quinn::ReadError::ConnectionLost(e) => RunError::Link(e.to_string()),
+        quinn::ReadError::Reset(code) => RunError::Failed(format!(
+            "the peer reset the mirror stream (code {code}); see its log"
+        )),
+        e => RunError::Failed(e.to_string()),
     }
 }

@@ -557,7 +557,7 @@ async fn mirror_loop(
             }
             opened = conn.accept_bi() => {
                 let (send, recv) = opened?;
-                runs.spawn(super::mirror::serve_stream(local.mirror.clone(), peer.clone(), send, recv));
+                runs.spawn(super::mirror::serve_stream(local.mirror.clone(), peer.clone(), conn.clone(), send, recv));
             }
         }
     }

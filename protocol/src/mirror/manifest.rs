@@ -248,6 +248,16 @@ pub enum ManifestError {
         /// The copy's source.
         from: String,
     },
+    /// A delta edits the chunk list of a path that is not a file of its base, keeps
+    /// more chunks than the base's file has, or lists an edited path twice or out of
+    /// order.
+    #[error("delta edits the chunk list of {path:?}: {rule}")]
+    ChunkEdit {
+        /// The edited path.
+        path: String,
+        /// What is wrong.
+        rule: String,
+    },
     /// A manifest rebuilt from a delta does not have the root it should.
     #[error("manifest root {found} differs from the expected {expected}")]
     Root {

@@ -86,7 +86,7 @@ impl RelPath {
     }
 
     /// Wraps a path already checked by [`check`] (or being built from checked parts).
-    fn unchecked(path: String) -> RelPath {
+    pub(super) fn unchecked(path: String) -> RelPath {
         RelPath(path)
     }
 

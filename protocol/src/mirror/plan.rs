@@ -1,6 +1,7 @@
 //! What a mirror must do: the [`Plan`] (chunks to fetch, paths to create, replace and
 //! delete) from the edge's current manifest to a target one, and the [`Delta`] that
-//! carries a target manifest as changes to one the edge already holds.
+//! carries a target manifest as changes to one the edge already holds (a changed large
+//! file as a [`FileEdit`] of its chunk list: only the changed range).
 //!
 //! Chunks are deduplicated across the whole volume: a chunk the edge holds anywhere (in
 //! any file of its current version, or already in its spool) is never fetched, so a
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::chunk::{ChunkParams, ChunkRef, Hash};
-use super::manifest::{Entry, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
+use super::manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
 use super::path::RelPath;
 
 /// The work from one manifest to another.
@@ -159,7 +160,219 @@ pub struct Delta {
     /// move or a copy: a path instead of a chunk list).
     pub copied: Vec<(RelPath, RelPath)>,
     /// Entries new or changed in the target.
-    pub put: Vec<Entry>,
+    pub put: PackedEntries,
+    /// Files changed in place whose chunk lists share a start or an end with the base's
+    /// file at the same path (an edit, an insert, an append): only the changed range of
+    /// the list crosses, in path order, each path once.
+    pub edited: Vec<(RelPath, FileEdit)>,
+}
+
+/// Entries as a delta carries them: in path order, each path without the prefix it
+/// shares with the previous one, each file's modification time as a step from the
+/// previous file's, its size implied by its chunks. For many files written together
+/// that is about 25 bytes less per file than the manifest's form.
+///
+/// Unpacked only by [`Delta::apply`], which bounds the bytes the paths grow to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedEntries(Vec<PackedEntry>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PackedEntry {
+    /// Bytes shared with the previous path.
+    shared: u32,
+    /// The rest of the path.
+    suffix: String,
+    node: PackedNode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum PackedNode {
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        /// The mtime minus the previous file's (wrapping; the first: minus 0).
+        mtime_step: i64,
+        chunks: Vec<ChunkRef>,
+        /// The whole-content hash, for two chunks or more.
+        whole: Option<Hash>,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+impl PackedEntries {
+    /// Packs `entries` (in path order).
+    pub fn pack(entries: &[Entry]) -> PackedEntries {
+        let mut out = Vec::with_capacity(entries.len());
+        let mut previous = "";
+        let mut mtime = 0i64;
+        for e in entries {
+            let path = e.path.as_str();
+            let mut shared = previous
+                .bytes()
+                .zip(path.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            while !path.is_char_boundary(shared) {
+                shared -= 1;
+            }
+            let node = match &e.node {
+                Node::Dir { mode } => PackedNode::Dir { mode: *mode },
+                Node::Symlink { target } => PackedNode::Symlink {
+                    target: target.clone(),
+                },
+                Node::File(f) => {
+                    let step = f.mtime_ns.wrapping_sub(mtime);
+                    mtime = f.mtime_ns;
+                    PackedNode::File {
+                        mode: f.mode,
+                        mtime_step: step,
+                        chunks: f.chunks.clone(),
+                        whole: (f.chunks.len() > 1).then(|| f.hash()),
+                    }
+                }
+            };
+            out.push(PackedEntry {
+                shared: shared as u32,
+                suffix: path[shared..].to_owned(),
+                node,
+            });
+            previous = path;
+        }
+        PackedEntries(out)
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries, their paths growing to at most `max_bytes` in all (the paths are
+    /// checked with the manifest they go into).
+    pub fn unpack(&self, max_bytes: usize) -> Result<Vec<Entry>, ManifestError> {
+        let mut out: Vec<Entry> = Vec::with_capacity(self.0.len());
+        let mut total = 0usize;
+        let mut mtime = 0i64;
+        for p in &self.0 {
+            let previous = out.last().map_or("", |e| e.path.as_str());
+            let shared = p.shared as usize;
+            if shared > previous.len() || !previous.is_char_boundary(shared) {
+                return Err(ManifestError::Decode(format!(
+                    "a packed path shares {shared} bytes with {previous:?}"
+                )));
+            }
+            let path = format!("{}{}", &previous[..shared], p.suffix);
+            total = total.saturating_add(path.len());
+            if total > max_bytes {
+                return Err(ManifestError::TooLarge {
+                    bytes: total,
+                    limit: max_bytes,
+                });
+            }
+            let path = RelPath::unchecked(path);
+            let node = match &p.node {
+                PackedNode::Dir { mode } => Node::Dir { mode: *mode },
+                PackedNode::Symlink { target } => Node::Symlink {
+                    target: target.clone(),
+                },
+                PackedNode::File {
+                    mode,
+                    mtime_step,
+                    chunks,
+                    whole,
+                } => {
+                    mtime = mtime.wrapping_add(*mtime_step);
+                    let whole = match (chunks.len() > 1, whole) {
+                        (true, Some(h)) => *h,
+                        (false, None) => Hash::of(b""),
+                        _ => {
+                            return Err(ManifestError::Chunks {
+                                path: path.as_str().to_owned(),
+                                rule: "whole-content hash present for fewer than two chunks, \
+                                       or missing",
+                            });
+                        }
+                    };
+                    Node::File(FileNode::new(*mode, mtime, chunks.clone(), whole))
+                }
+            };
+            out.push(Entry { path, node });
+        }
+        Ok(out)
+    }
+}
+
+/// A file's new chunk list as an edit of the base's list at the same path: the first
+/// `head` and the last `tail` chunks of the base's list, with `middle` between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEdit {
+    /// Permission bits of the target's file.
+    pub mode: u32,
+    /// Its modification time.
+    pub mtime_ns: i64,
+    /// Chunks kept from the start of the base's list.
+    pub head: u32,
+    /// Chunks kept from its end.
+    pub tail: u32,
+    /// The chunks between.
+    pub middle: Vec<ChunkRef>,
+    /// The target's whole-content hash.
+    pub hash: Hash,
+}
+
+impl FileEdit {
+    /// The edit from `old` to `new`, if the two lists share a start or an end and the
+    /// edit is shorter than the new list.
+    pub fn between(old: &FileNode, new: &FileNode) -> Option<FileEdit> {
+        let (a, b) = (old.chunks.as_slice(), new.chunks.as_slice());
+        let head = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let tail = a[head..]
+            .iter()
+            .rev()
+            .zip(b[head..].iter().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
+        let middle = &b[head..b.len() - tail];
+        // One chunk or none: a plain entry is as short.
+        if head + tail == 0 || b.len() < 2 {
+            return None;
+        }
+        Some(FileEdit {
+            mode: new.mode,
+            mtime_ns: new.mtime_ns,
+            head: u32::try_from(head).ok()?,
+            tail: u32::try_from(tail).ok()?,
+            middle: middle.to_vec(),
+            hash: new.hash(),
+        })
+    }
+
+    /// The target's file, from the base's file `old` at `path`.
+    pub fn apply(&self, path: &RelPath, old: &FileNode) -> Result<FileNode, ManifestError> {
+        let (head, tail) = (self.head as usize, self.tail as usize);
+        let len = old.chunks.len();
+        if head.saturating_add(tail) > len {
+            return Err(ManifestError::ChunkEdit {
+                path: path.as_str().to_owned(),
+                rule: format!(
+                    "keeps {head} chunks from the start and {tail} from the end of a list of {len}"
+                ),
+            });
+        }
+        let mut chunks = Vec::with_capacity(head + self.middle.len() + tail);
+        chunks.extend_from_slice(&old.chunks[..head]);
+        chunks.extend_from_slice(&self.middle);
+        chunks.extend_from_slice(&old.chunks[len - tail..]);
+        Ok(FileNode::new(self.mode, self.mtime_ns, chunks, self.hash))
+    }
 }
 
 impl Delta {
@@ -188,17 +401,28 @@ impl Delta {
                 .map(|e| e.path.clone())
                 .collect(),
             copied: Vec::new(),
-            put: Vec::new(),
+            put: PackedEntries::default(),
+            edited: Vec::new(),
         };
+        let mut put = Vec::new();
         for e in &target.entries {
-            if old.get(&e.path) == Some(&&e.node) {
+            let before = old.get(&e.path);
+            if before == Some(&&e.node) {
                 continue;
             }
-            match sources.get(&e.node) {
-                Some(from) => delta.copied.push(((*from).clone(), e.path.clone())),
-                None => delta.put.push(e.clone()),
+            if let Some(from) = sources.get(&e.node) {
+                delta.copied.push(((*from).clone(), e.path.clone()));
+                continue;
             }
+            if let (Some(Node::File(was)), Node::File(now)) = (before, &e.node)
+                && let Some(edit) = FileEdit::between(was, now)
+            {
+                delta.edited.push((e.path.clone(), edit));
+                continue;
+            }
+            put.push(e.clone());
         }
+        delta.put = PackedEntries::pack(&put);
         delta
     }
 
@@ -212,7 +436,11 @@ impl Delta {
                 found: base_root,
             });
         }
-        let growth = self.copied.len().saturating_add(self.put.len());
+        let growth = self
+            .copied
+            .len()
+            .saturating_add(self.put.len())
+            .saturating_add(self.edited.len());
         if base.entries.len().saturating_add(growth) > limits.max_entries.saturating_mul(2) {
             return Err(ManifestError::TooManyEntries {
                 count: base.entries.len().saturating_add(growth),
@@ -233,11 +461,32 @@ impl Delta {
             };
             copies.push((to.clone(), Node::File(file.clone())));
         }
+        // Each edited path once, in order: no base file is rebuilt twice.
+        let mut edits = Vec::with_capacity(self.edited.len());
+        let mut previous: Option<&RelPath> = None;
+        for (path, edit) in &self.edited {
+            if previous.is_some_and(|p| p >= path) {
+                return Err(ManifestError::ChunkEdit {
+                    path: path.as_str().to_owned(),
+                    rule: "listed twice or out of order".into(),
+                });
+            }
+            previous = Some(path);
+            let Some(Node::File(file)) = base.entry(path).map(|e| &e.node) else {
+                return Err(ManifestError::ChunkEdit {
+                    path: path.as_str().to_owned(),
+                    rule: "not a file of the base".into(),
+                });
+            };
+            edits.push((path.clone(), Node::File(edit.apply(path, file)?)));
+        }
         for path in &self.removed {
             entries.remove(path);
         }
         entries.extend(copies);
-        entries.extend(self.put.iter().map(|e| (e.path.clone(), e.node.clone())));
+        entries.extend(edits);
+        let put = self.put.unpack(limits.max_manifest_bytes)?;
+        entries.extend(put.into_iter().map(|e| (e.path, e.node)));
         let target = Manifest {
             format: MANIFEST_FORMAT,
             version: self.version,
@@ -410,23 +659,183 @@ mod tests {
             delta.apply(&after, &Limits::default()),
             Err(ManifestError::Root { .. })
         ));
-        let mut forged = delta.clone();
-        forged.put.push(Entry {
-            path: p("evil"),
-            node: Node::Dir { mode: 0o755 },
-        });
+        let with = |d: &Delta, e: Entry| {
+            let mut put = d.put.unpack(usize::MAX).unwrap();
+            put.push(e);
+            Delta {
+                put: PackedEntries::pack(&put),
+                ..d.clone()
+            }
+        };
+        let forged = with(
+            &delta,
+            Entry {
+                path: p("evil"),
+                node: Node::Dir { mode: 0o755 },
+            },
+        );
         assert!(matches!(
             forged.apply(&before, &Limits::default()),
             Err(ManifestError::Root { .. })
         ));
-        let mut escaping = delta;
-        escaping.put.push(Entry {
-            path: codec::decode(&codec::encode("../evil"), "path").unwrap(),
-            node: Node::Dir { mode: 0o755 },
-        });
+        let escaping = with(
+            &delta,
+            Entry {
+                path: codec::decode(&codec::encode("../evil"), "path").unwrap(),
+                node: Node::Dir { mode: 0o755 },
+            },
+        );
         assert!(matches!(
             escaping.apply(&before, &Limits::default()),
             Err(ManifestError::Path { .. })
+        ));
+    }
+
+    #[test]
+    fn a_changed_large_file_crosses_as_its_changed_chunk_range() {
+        let old = random(6 << 20, 40);
+        let mut appended = old.clone();
+        appended.extend_from_slice(&random(1 << 20, 41));
+        let mut edited = old.clone();
+        edited[3 << 20..(3 << 20) + 4096].copy_from_slice(&random(4096, 42));
+        let before = manifest(1, &[("big", &old), ("other", b"x")]);
+        for (name, new) in [("append", &appended), ("edit", &edited)] {
+            let after = manifest(2, &[("big", new), ("other", b"x")]);
+            let delta = Delta::between(&before, &after);
+            assert_eq!(delta.edited.len(), 1, "{name}");
+            assert!(delta.put.is_empty(), "{name}");
+            let full = codec::encode(&Delta {
+                edited: Vec::new(),
+                put: PackedEntries::pack(&after.entries[..1]),
+                ..delta.clone()
+            })
+            .len();
+            let sent = codec::encode(&delta).len();
+            assert!(sent * 4 < full, "{name}: {sent} bytes against {full}");
+            assert_eq!(delta.apply(&before, &Limits::default()).unwrap(), after);
+        }
+    }
+
+    #[test]
+    fn a_chunk_list_edit_outside_the_base_is_refused() {
+        let old = random(2 << 20, 43);
+        let mut new = old.clone();
+        new.extend_from_slice(&random(300_000, 44));
+        let before = manifest(1, &[("big", &old), ("dir/f", b"y")]);
+        let after = manifest(2, &[("big", &new), ("dir/f", b"y")]);
+        let delta = Delta::between(&before, &after);
+        let (path, edit) = delta.edited[0].clone();
+        let base_len = match &before.entry(&path).unwrap().node {
+            Node::File(f) => f.chunks.len() as u32,
+            _ => unreachable!(),
+        };
+        let refused = |d: &Delta| match d.apply(&before, &Limits::default()) {
+            Err(ManifestError::ChunkEdit { path, rule }) => format!("{path}: {rule}"),
+            other => panic!("not refused: {other:?}"),
+        };
+        // Keeps more chunks than the base's file has.
+        let mut outside = delta.clone();
+        outside.edited[0].1.tail = base_len;
+        assert!(refused(&outside).contains("from the end of a list of"));
+        let mut overflow = delta.clone();
+        overflow.edited[0].1.head = u32::MAX;
+        overflow.edited[0].1.tail = u32::MAX;
+        assert!(refused(&overflow).contains("list of"));
+        // Edits a directory, or a path the base lacks.
+        let mut not_file = delta.clone();
+        not_file.edited[0].0 = p("dir");
+        assert!(refused(&not_file).contains("not a file of the base"));
+        let mut missing = delta.clone();
+        missing.edited[0].0 = p("nope");
+        assert!(refused(&missing).contains("not a file of the base"));
+        // The same path twice.
+        let mut twice = delta.clone();
+        twice.edited.push((path, edit));
+        assert!(refused(&twice).contains("twice or out of order"));
+        // A plausible edit that does not give the announced target.
+        let mut wrong = delta;
+        wrong.edited[0].1.head -= 1;
+        assert!(matches!(
+            wrong.apply(&before, &Limits::default()),
+            Err(ManifestError::Chunks { .. } | ManifestError::Root { .. })
+        ));
+    }
+
+    #[test]
+    fn packed_entries_round_trip_and_are_smaller() {
+        let contents: Vec<Vec<u8>> = (0..300).map(|i| random(4096, 700 + i)).collect();
+        let mut names: Vec<String> = (0..300)
+            .map(|i| format!("cards/d{:03}/f-{i:05}.bin", i / 100))
+            .collect();
+        names.push("cards/é/ü".into());
+        names.push("cards/é/üx".into());
+        let mut files: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(&contents)
+            .map(|(n, c)| (n.as_str(), c.as_slice()))
+            .collect();
+        let big = random(600_000, 9);
+        files.push(("cards/big", &big));
+        let mut m = manifest(1, &files);
+        for (i, e) in m.entries.iter_mut().enumerate() {
+            if let Node::File(f) = &mut e.node {
+                f.mtime_ns = 1_700_000_000_000_000_000 + i as i64 * 1_000_000 - 5_000_000;
+            }
+        }
+        m.entries.push(Entry {
+            path: p("link"),
+            node: Node::Symlink {
+                target: "cards/big".into(),
+            },
+        });
+        let packed = PackedEntries::pack(&m.entries);
+        assert_eq!(packed.len(), m.entries.len());
+        assert_eq!(packed.unpack(usize::MAX).unwrap(), m.entries);
+        let (plain, small) = (
+            codec::encode(&m.entries).len(),
+            codec::encode(&packed).len(),
+        );
+        assert!(
+            small + 300 * 20 < plain,
+            "packed {small} bytes against {plain}"
+        );
+    }
+
+    #[test]
+    fn bad_packed_entries_are_refused() {
+        let m = manifest(1, &[("dir/a", b"one"), ("dir/b", b"two")]);
+        let packed = PackedEntries::pack(&m.entries);
+        // Paths growing past the bound.
+        assert!(matches!(
+            packed.unpack(8),
+            Err(ManifestError::TooLarge { limit: 8, .. })
+        ));
+        // A path sharing more than the previous one has, or half a character.
+        let mut more = packed.clone();
+        more.0[1].shared = 100;
+        assert!(matches!(
+            more.unpack(usize::MAX),
+            Err(ManifestError::Decode(_))
+        ));
+        let accented = PackedEntries::pack(&manifest(1, &[("é", b"x")]).entries);
+        let mut split = accented.clone();
+        split.0.push(PackedEntry {
+            shared: 1,
+            suffix: "x".into(),
+            node: PackedNode::Dir { mode: 0o755 },
+        });
+        assert!(matches!(
+            split.unpack(usize::MAX),
+            Err(ManifestError::Decode(_))
+        ));
+        // A whole-content hash where a one-chunk file has none.
+        let mut whole = packed;
+        if let PackedNode::File { whole, .. } = &mut whole.0[1].node {
+            *whole = Some(Hash::of(b"x"));
+        }
+        assert!(matches!(
+            whole.unpack(usize::MAX),
+            Err(ManifestError::Chunks { .. })
         ));
     }
 }

@@ -235,8 +235,20 @@ impl SourceVolume {
 
     /// Reads a chunk back from its file and checks it, for sending.
     pub fn read_chunk(&self, hash: &Hash) -> Result<Vec<u8>, ServeError> {
-        let Some((path, offset, len)) = self.snapshots.iter().find_map(|s| s.index.get(hash))
-        else {
+        self.read_chunk_of(None, hash)
+    }
+
+    /// [`SourceVolume::read_chunk`], looking first in `pinned` (the manifest a mirror
+    /// run is fetching, which newer snapshots may have pushed out of the recent ones).
+    pub fn read_chunk_of(
+        &self,
+        pinned: Option<&Snapshot>,
+        hash: &Hash,
+    ) -> Result<Vec<u8>, ServeError> {
+        let found = pinned
+            .and_then(|s| s.index.get(hash))
+            .or_else(|| self.snapshots.iter().find_map(|s| s.index.get(hash)));
+        let Some((path, offset, len)) = found else {
             return Err(ServeError::Unknown(*hash));
         };
         match super::chunk::read_at(&path.under(self.scanner.root()), *offset, *len) {

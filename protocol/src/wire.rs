@@ -31,8 +31,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::entry::{Entry, EntryId, NodeName, Scope, Seq, Timestamp, TopicName};
 
-/// The protocol version this build speaks (also in the ALPN).
-pub const VERSION: u32 = 1;
+/// The protocol version this build speaks, checked in the hello (the ALPN carries the
+/// major version). 2: the mirror fetches chunks by position, paces them, and sends
+/// packed deltas; a peer of version 1 is closed with a clear "version" reason.
+pub const VERSION: u32 = 2;
 
 /// Largest encoded frame accepted: a batch of entries at the size limit fits.
 pub const MAX_FRAME: usize = 4 << 20;

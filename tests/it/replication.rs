@@ -280,7 +280,7 @@ async fn misbehaving_peers_are_refused_with_a_reason_and_the_core_serves_on() {
     .await;
     assert!(garbage.contains("(protocol)"), "{garbage}");
 
-    let mut huge = framed(&hello(1));
+    let mut huge = framed(&hello(protocol::wire::VERSION));
     huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // a 4 GiB frame follows
     let too_large = misbehave(&cluster, ca, "mallory", huge).await;
     assert!(too_large.contains("(too-large)"), "{too_large}");
@@ -291,7 +291,7 @@ async fn misbehaving_peers_are_refused_with_a_reason_and_the_core_serves_on() {
         "mallory",
         framed(&Frame::Hello(Hello {
             node: name("alpha"),
-            ..match hello(1) {
+            ..match hello(protocol::wire::VERSION) {
                 Frame::Hello(h) => h,
                 _ => unreachable!(),
             }

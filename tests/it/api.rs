@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tests::TempDir;
 
-use crate::process::{Node, PATIENCE, binary};
+use crate::process::{Node, PATIENCE, binary, field};
 use crate::tools;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -24,13 +24,6 @@ struct Pair {
     hq_url: String,
     alpha_url: String,
     alpha_config: PathBuf,
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        .to_owned()
 }
 
 impl Pair {

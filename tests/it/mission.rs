@@ -31,7 +31,7 @@ use protocol::service::Tile;
 use serde_json::Value;
 use tests::{Rng, TempDir};
 
-use crate::process::{Node, binary};
+use crate::process::{Node, binary, field};
 
 /// The demo feed's items: every one must reach the edge.
 const COUNT: usize = core_node::demo_feed::DEFAULT_COUNT;
@@ -175,14 +175,6 @@ impl Proc {
             self.what
         );
     }
-}
-
-/// The address in a `key=value` field of a log line.
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        .to_owned()
 }
 
 /// HQ's config: the demo feed at `feed_every`, `feed_batch` items a time; HTTP and the

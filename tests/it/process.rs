@@ -235,3 +235,11 @@ impl Drop for Node {
         }
     }
 }
+
+/// The value of a `key=value` field of a text log line (`key` with its `=`).
+pub(crate) fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_owned()
+}

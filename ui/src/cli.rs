@@ -183,7 +183,7 @@ impl Api {
                 }
                 format!("http://{addr}")
             }
-            (None, None) => unreachable_default(role),
+            (None, None) => default_url(role),
         };
         let token = args
             .token
@@ -240,7 +240,7 @@ impl Api {
     }
 }
 
-fn unreachable_default(role: Role) -> String {
+fn default_url(role: Role) -> String {
     match role {
         Role::Core => "http://127.0.0.1:8080".to_owned(),
         Role::Edge => "http://127.0.0.1:8081".to_owned(),

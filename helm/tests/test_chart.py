@@ -83,6 +83,8 @@ FULL_CORE = {
     "link": {
         "edges": ["alpha", "bravo"],
         "allowAnyEdge": True,
+        "keepAlive": "20s",
+        "idleTimeout": "2m",
         "advertisedAddress": "203.0.113.7:30700",
         "service": {
             "type": "NodePort",
@@ -291,6 +293,10 @@ def check_workload(name, values, objects, notes, release):
     )
     link = config["link"]
     R.check(link["demo_certs"] is False, f"{name}: demo_certs is false")
+    link_defaults = yaml.safe_load((CHART / "values.yaml").read_text())["link"]
+    for key, value in (("keep_alive", "keepAlive"), ("idle_timeout", "idleTimeout")):
+        want = get(values, "link", value) or link_defaults[value]
+        R.check(link.get(key) == want, f"{name}: link.{key} {link.get(key)!r} is link.{value} {want!r}")
     certs_mount = mounts.get(link["certs_dir"])
     certs_volume = volumes.get(certs_mount["name"]) if certs_mount else None
     R.check(
@@ -548,6 +554,9 @@ def bad_cases():
         ("a misspelt key", deep_merge(core, {"persistance": {"size": "1Gi"}}), "hq", ["additional properties 'persistance' not allowed"]),
         ("an unknown log format", deep_merge(core, {"log": {"format": "xml"}}), "hq", ["at '/log/format': value must be one of 'text', 'json'"]),
         ("a duration without a unit", deep_merge(core, {"store": {"retentionInterval": "10"}}), "hq", ["at '/store/retentionInterval': '10' does not match pattern"]),
+        ("a keep-alive under a second", deep_merge(core, {"link": {"keepAlive": "0s"}}), "hq", ["at '/link/keepAlive': '0s' does not match pattern"]),
+        ("an idle timeout over an hour", deep_merge(edge, {"link": {"idleTimeout": "2h"}}), "alpha", ["at '/link/idleTimeout': '2h' does not match pattern"]),
+        ("an idle timeout under two keep-alives", deep_merge(edge, {"link": {"keepAlive": "1m", "idleTimeout": "90s"}}), "alpha", ["link.idleTimeout 90s is less than twice link.keepAlive 1m", "a healthy idle link would time out between two keep-alives", "set link.idleTimeout to at least 120s or link.keepAlive to at most 45s"]),
         ("no CPU limit", deep_merge(core, {"resources": {"limits": {"cpu": None}}}), "hq", ["at '/resources/limits': missing property 'cpu'"]),
         ("a grace period shorter than the drain", deep_merge(core, {"terminationGracePeriodSeconds": 2}), "hq", ["at '/terminationGracePeriodSeconds': minimum"]),
         ("no certificates", {"role": "core"}, "hq", ["certificates: the node needs its TLS files", "certificates.existingSecret", "hq.pem and hq.key"]),

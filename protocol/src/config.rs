@@ -23,6 +23,7 @@
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use serde::Deserialize;
 use crate::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
 use crate::log::StoreConfig;
 use crate::node::Role;
-use crate::tls::Allowed;
+use crate::tls::{self, Allowed, Timeouts};
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "TETHER_";
@@ -106,7 +107,7 @@ pub struct StoreSettings {
 
 /// The `[link]` section. A core uses `listen`, `edges` and `allow_any_edge`; an edge uses
 /// `core` and `core_name`; the keys of the other role keep their defaults (setting one is
-/// an error).
+/// an error). Both use the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkSettings {
     /// Core: the UDP address it listens on for its edges.
@@ -128,6 +129,20 @@ pub struct LinkSettings {
     /// For a demo: at start, create what is missing in `certs_dir` (see
     /// [`crate::tls::ensure_demo_files`]). Nodes still authenticate each other.
     pub demo_certs: bool,
+    /// How often this node pings a link with nothing to send, to keep NAT and conntrack
+    /// state alive: Linux forgets an idle UDP flow after 30 s (120 s once it has seen
+    /// replies), home NATs often after 30 s. Each ping costs a ~50-byte packet and its
+    /// ack. Default [`tls::KEEP_ALIVE_INTERVAL`] (15 s); 1 s to 10 min
+    /// ([`tls::KEEP_ALIVE_RANGE`]).
+    pub keep_alive: Duration,
+    /// A link on which no packet arrived for this long is dead and is closed (then the
+    /// edge redials). Longer rides out slow round trips and fades (the default, four
+    /// keep-alives, takes a 5-second round trip or a fade of up to ~45 s); the price is
+    /// that a link that did die is noticed only after it. The smaller of the two sides'
+    /// values applies. Default [`tls::IDLE_TIMEOUT`] (60 s); 5 s to 1 h
+    /// ([`tls::IDLE_TIMEOUT_RANGE`]), and at least twice `keep_alive`, or a healthy idle
+    /// link would time out between two keep-alives.
+    pub idle_timeout: Duration,
 }
 
 /// The `[mirror]` section. A core uses `volume`, an edge `dir`; both `max_rate`.
@@ -260,6 +275,8 @@ impl Config {
                 core_name: hq,
                 certs_dir: None,
                 demo_certs: true,
+                keep_alive: tls::KEEP_ALIVE_INTERVAL,
+                idle_timeout: tls::IDLE_TIMEOUT,
             },
             mirror: MirrorConfig::default(),
             http: HttpSettings {
@@ -577,8 +594,19 @@ core_name = {core_name}
 # authenticate each other. Set it to false in production: a node then refuses to start
 # without its files.{demo_note}
 demo_certs = {demo_certs}
+# How often this node pings a quiet link, to keep NAT and conntrack state alive (Linux
+# forgets an idle UDP flow after 30 s, home NATs often too); a ping is ~50 bytes.
+# 1s to 10m.
+keep_alive = {keep_alive}
+# A link with no packet from the peer for this long is dead: it is closed and the edge
+# redials. Longer rides out slow round trips and fades (the default: a 5 s round trip,
+# a fade of ~45 s); a link that did die is noticed only after it. The smaller of both
+# sides' values applies. 5s to 1h, and at least twice keep_alive.
+idle_timeout = {idle_timeout}
 "#,
             demo_certs = link.demo_certs,
+            keep_alive = text(&format_duration(link.keep_alive)),
+            idle_timeout = text(&format_duration(link.idle_timeout)),
         )
     }
 
@@ -715,6 +743,16 @@ download_timeout = {download_timeout}
     }
 }
 
+impl LinkSettings {
+    /// The link's `keep_alive` and `idle_timeout`, for [`tls::transport_config`].
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
 impl LogFormat {
     /// The name used in the config file: `text` or `json`.
     pub fn as_str(self) -> &'static str {
@@ -824,6 +862,8 @@ struct RawLink {
     core_name: Option<String>,
     certs_dir: Option<PathBuf>,
     demo_certs: Option<bool>,
+    keep_alive: Option<Scalar>,
+    idle_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1166,6 +1206,48 @@ impl RawLink {
             }
             dir => dir,
         };
+        // How late each key was set (the environment comes after the file), to name the
+        // later one when the two disagree: both defaults agree.
+        let lateness = |key: &str, set: bool| match origins.of(key) {
+            Origin::Env(_) => 2,
+            _ if set => 1,
+            _ => 0,
+        };
+        let keep_alive_later = lateness("link.keep_alive", self.keep_alive.is_some())
+            > lateness("link.idle_timeout", self.idle_timeout.is_some());
+        let keep_alive = bounded_duration(
+            "link.keep_alive",
+            self.keep_alive,
+            defaults.keep_alive,
+            &tls::KEEP_ALIVE_RANGE,
+            origins,
+        )?;
+        let idle_timeout = bounded_duration(
+            "link.idle_timeout",
+            self.idle_timeout,
+            defaults.idle_timeout,
+            &tls::IDLE_TIMEOUT_RANGE,
+            origins,
+        )?;
+        if idle_timeout < keep_alive.saturating_mul(2) {
+            let key = if keep_alive_later {
+                "link.keep_alive"
+            } else {
+                "link.idle_timeout"
+            };
+            return Err(origins.invalid(
+                key,
+                format_args!(
+                    "idle_timeout {} is less than twice keep_alive {}: a healthy idle link \
+                     would time out between two keep-alives; set link.idle_timeout to at \
+                     least {} or link.keep_alive to at most {}",
+                    format_duration(idle_timeout),
+                    format_duration(keep_alive),
+                    format_duration(keep_alive.saturating_mul(2)),
+                    format_duration(idle_timeout / 2),
+                ),
+            ));
+        }
         Ok(LinkSettings {
             listen,
             edges,
@@ -1174,8 +1256,36 @@ impl RawLink {
             core_name,
             certs_dir,
             demo_certs: self.demo_certs.unwrap_or(defaults.demo_certs),
+            keep_alive,
+            idle_timeout,
         })
     }
+}
+
+/// A duration key within `range`, or `default` if it is not set.
+fn bounded_duration(
+    key: &str,
+    value: Option<Scalar>,
+    default: Duration,
+    range: &RangeInclusive<Duration>,
+    origins: &Origins,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let duration = positive_duration(&value).map_err(|e| origins.invalid(key, e))?;
+    if !range.contains(&duration) {
+        return Err(origins.invalid(
+            key,
+            format_args!(
+                "must be from {} to {}, not {}",
+                format_duration(*range.start()),
+                format_duration(*range.end()),
+                format_duration(duration)
+            ),
+        ));
+    }
+    Ok(duration)
 }
 
 /// The core's list of edges: valid names, no duplicate, not the core's own name.
@@ -1590,12 +1700,19 @@ mod tests {
         config.link.core_name = NodeName::new("base").unwrap();
         config.link.demo_certs = false;
         config.link.certs_dir = Some(PathBuf::from("/etc/tether/certs"));
+        config.link.keep_alive = Duration::from_millis(2500);
+        config.link.idle_timeout = Duration::from_secs(90);
         config.mirror.dir = Some(PathBuf::from("/srv/mirror"));
         config.mirror.max_rate = Some(65536);
         let text = config.to_toml();
         assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
         assert!(
             text.contains("\ncerts_dir = \"/etc/tether/certs\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nkeep_alive = \"2500ms\"\n")
+                && text.contains("\nidle_timeout = \"90s\"\n"),
             "{text}"
         );
         config.topics.clear();
@@ -1675,6 +1792,131 @@ mod tests {
         // A core named like the default edge does not list itself.
         let alpha = load(Role::Core, "[node]\nname = \"alpha\"\n", &[]).unwrap();
         assert_eq!(alpha.link.edges, []);
+    }
+
+    #[test]
+    fn link_timeouts_are_read_and_checked() {
+        // The defaults, for both roles, as --print-config shows them.
+        for role in [Role::Core, Role::Edge] {
+            let config = load(role, "", &[]).unwrap();
+            assert_eq!(config.link.keep_alive, Duration::from_secs(15));
+            assert_eq!(config.link.idle_timeout, Duration::from_secs(60));
+            assert_eq!(config.link.timeouts(), Timeouts::default());
+            let text = config.to_toml();
+            assert!(
+                text.contains("\nkeep_alive = \"15s\"\n")
+                    && text.contains("\nidle_timeout = \"1m\"\n"),
+                "{text}"
+            );
+        }
+        // The shortest a node accepts (the impaired suite's redial test runs with them),
+        // and an idle timeout of exactly two keep-alives.
+        let file = "[link]\nkeep_alive = \"1s\"\nidle_timeout = \"5s\"\n";
+        let shortest = load(Role::Edge, file, &[]).unwrap().link.timeouts();
+        assert_eq!(
+            (shortest.keep_alive, shortest.idle_timeout),
+            (
+                *tls::KEEP_ALIVE_RANGE.start(),
+                *tls::IDLE_TIMEOUT_RANGE.start()
+            )
+        );
+        let file = "[link]\nkeep_alive = \"30s\"\nidle_timeout = \"1m\"\n";
+        let twice = load(Role::Core, file, &[]).unwrap().link;
+        assert_eq!(twice.keep_alive, Duration::from_secs(30));
+        let file = "[link]\nkeep_alive = \"10m\"\nidle_timeout = \"1h\"\n";
+        let longest = load(Role::Core, file, &[]).unwrap().link.timeouts();
+        assert_eq!(
+            (longest.keep_alive, longest.idle_timeout),
+            (*tls::KEEP_ALIVE_RANGE.end(), *tls::IDLE_TIMEOUT_RANGE.end())
+        );
+        // The environment overrides the file.
+        let env = [
+            ("TETHER_LINK__KEEP_ALIVE", "20s"),
+            ("TETHER_LINK__IDLE_TIMEOUT", "2m"),
+        ];
+        for role in [Role::Core, Role::Edge] {
+            let config = load(role, "[link]\nidle_timeout = \"5m\"\n", &env).unwrap();
+            assert_eq!(
+                config.link.timeouts(),
+                Timeouts {
+                    keep_alive: Duration::from_secs(20),
+                    idle_timeout: Duration::from_secs(120),
+                }
+            );
+        }
+
+        let link = |body: &str| load(Role::Edge, &format!("[link]\n{body}\n"), &[]);
+        check_error(
+            link("keep_alive = \"500ms\""),
+            &[
+                "config file /etc/tether/node.toml: link.keep_alive: must be from 1s to 10m, \
+                 not 500ms",
+            ],
+        );
+        check_error(
+            link("keep_alive = \"11m\""),
+            &["link.keep_alive: must be from 1s to 10m, not 11m"],
+        );
+        check_error(
+            link("keep_alive = \"0s\""),
+            &["link.keep_alive: must be more than 0"],
+        );
+        check_error(
+            link("keep_alive = 15"),
+            &["link.keep_alive", "add a unit, as in \"15s\""],
+        );
+        check_error(
+            link("idle_timeout = \"4999ms\""),
+            &["link.idle_timeout: must be from 5s to 1h, not 4999ms"],
+        );
+        check_error(
+            link("idle_timeout = \"61m\""),
+            &["link.idle_timeout: must be from 5s to 1h, not 61m"],
+        );
+        check_error(
+            link("idle_timeout = \"99999999999999999d\""),
+            &["link.idle_timeout", "too large"],
+        );
+        // Less than two keep-alives: named after the key that was set, with what to set.
+        check_error(
+            link("idle_timeout = \"20s\""),
+            &[
+                "config file /etc/tether/node.toml: link.idle_timeout: idle_timeout 20s is less \
+                 than twice keep_alive 15s",
+                "a healthy idle link would time out between two keep-alives",
+                "set link.idle_timeout to at least 30s or link.keep_alive to at most 10s",
+            ],
+        );
+        check_error(
+            link("keep_alive = \"1m\"\nidle_timeout = \"90s\""),
+            &[
+                "link.idle_timeout: idle_timeout 90s is less than twice keep_alive 1m",
+                "at least 2m or link.keep_alive to at most 45s",
+            ],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_LINK__KEEP_ALIVE", "45s")]),
+            &[
+                "environment variable TETHER_LINK__KEEP_ALIVE: link.keep_alive: idle_timeout 1m \
+                 is less than twice keep_alive 45s",
+                "at least 90s or link.keep_alive to at most 30s",
+            ],
+        );
+        check_error(
+            load(
+                Role::Core,
+                "[link]\nkeep_alive = \"30s\"\nidle_timeout = \"1m\"\n",
+                &[("TETHER_LINK__KEEP_ALIVE", "31s")],
+            ),
+            &["environment variable TETHER_LINK__KEEP_ALIVE: link.keep_alive: idle_timeout"],
+        );
+        check_error(
+            load(Role::Core, "", &[("TETHER_LINK__IDLE_TIMEOUT", "1d")]),
+            &[
+                "environment variable TETHER_LINK__IDLE_TIMEOUT: link.idle_timeout: must be from \
+                 5s to 1h, not 1d",
+            ],
+        );
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl Node {
             mirror: source.clone(),
         };
         let mut mirror = None;
-        let transport = Arc::new(tls::transport_config());
+        let transport = Arc::new(tls::transport_config(config.link.timeouts()));
         let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
             match role {
                 Role::Core => {
@@ -283,6 +283,8 @@ impl Node {
             certs_dir = %config.certs_dir().display(),
             topics = config.topics.len(),
             link = %address,
+            keep_alive = ?config.link.keep_alive,
+            idle_timeout = ?config.link.idle_timeout,
             "node ready"
         );
         Ok(Node {

@@ -28,6 +28,7 @@ mod congestion;
 pub(crate) mod tests;
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,18 +47,36 @@ use crate::entry::NodeName;
 /// offering anything else fails the TLS handshake (`no_application_protocol`).
 pub const ALPN: &[u8] = b"tether/1";
 
-/// How often a side with nothing to send pings its peer. It keeps NAT and conntrack
-/// state alive (Linux forgets an idle UDP flow after 30 s, or 120 s once it has seen
-/// replies; home NATs often after 30 s) and costs a ~50-byte packet and its ack each time,
-/// about 7 bytes/s: nothing even at 64 kbit/s.
+/// The default of [`Timeouts::keep_alive`] (`[link] keep_alive`): how often a side with
+/// nothing to send pings its peer. It keeps NAT and conntrack state alive (Linux forgets
+/// an idle UDP flow after 30 s, or 120 s once it has seen replies; home NATs often after
+/// 30 s) and costs a ~50-byte packet and its ack each time, about 7 bytes/s: nothing even
+/// at 64 kbit/s.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
-/// A link on which no packet arrived for this long is dead and is closed (then the edge
-/// redials). Four keep-alive intervals: a 5-second round trip, or a fade of up to ~45 s,
-/// is not mistaken for a dead link; the price is that a link that did die is noticed
-/// only after a minute. quinn also never times out before 3 probe timeouts, so a very
-/// slow link stretches it further. The smaller of the two sides' values applies.
+/// The default of [`Timeouts::idle_timeout`] (`[link] idle_timeout`): a link on which no
+/// packet arrived for this long is dead and is closed (then the edge redials). Four
+/// keep-alive intervals: a 5-second round trip, or a fade of up to ~45 s, is not mistaken
+/// for a dead link; the price is that a link that did die is noticed only after a minute.
+/// quinn also never times out before 3 probe timeouts, so a very slow link stretches it
+/// further. The smaller of the two sides' values applies.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The values `[link] keep_alive` may take. Under a second, pings and their acks take a
+/// noticeable share of a slow link (~800 bit/s, 8 % of a 9.6 kbit/s HF link); past 10
+/// minutes, every NAT on the way has long forgotten the flow.
+pub const KEEP_ALIVE_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(10 * 60);
+
+/// The values `[link] idle_timeout` may take. Under 5 s, a single slow round trip or a
+/// short fade ends a healthy link; past an hour, a dead link holds its session (and the
+/// edge waits to redial) for longer than any outage worth riding out. An hour in
+/// milliseconds fits QUIC's idle timeout field (a variable-length integer) by far.
+pub const IDLE_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(60 * 60);
+
+// The longest idle timeout a config accepts is one quinn can send.
+const _: () = assert!(IDLE_TIMEOUT_RANGE.end().as_millis() < 1 << 62);
 
 /// The round-trip estimate before the first sample (quinn's default: 333 ms). The first
 /// handshake packet is resent after about 3 times this without an answer: 1.5 s here, so
@@ -90,6 +109,27 @@ pub enum Allowed {
     List(Vec<NodeName>),
     /// Any edge the mission CA issued a certificate to.
     AnyEdge,
+}
+
+/// When the link pings a quiet peer and when it gives up on a silent one: the `[link]`
+/// keys `keep_alive` and `idle_timeout`. [`Default`] is [`KEEP_ALIVE_INTERVAL`] and
+/// [`IDLE_TIMEOUT`]; a node's config checks its values against [`KEEP_ALIVE_RANGE`] and
+/// [`IDLE_TIMEOUT_RANGE`] and keeps the idle timeout at least twice the keep-alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How often a side with nothing to send pings its peer.
+    pub keep_alive: Duration,
+    /// How long a link may stay without a packet from the peer before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            keep_alive: KEEP_ALIVE_INTERVAL,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// Why this node closes a link, sent as the QUIC application close code with a reason
@@ -339,15 +379,15 @@ impl std::fmt::Display for CloseCode {
 }
 
 /// The QUIC transport settings for the link, chosen for slow, lossy links with long round
-/// trips; each constant above documents its consequence.
-pub fn transport_config() -> quinn::TransportConfig {
+/// trips; each constant above documents its consequence. `timeouts` are the node's
+/// `[link]` keys (an idle timeout too long for QUIC is cut to QUIC's longest).
+pub fn transport_config(timeouts: Timeouts) -> quinn::TransportConfig {
+    let idle_timeout =
+        quinn::IdleTimeout::try_from(timeouts.idle_timeout).unwrap_or_else(|_| VarInt::MAX.into());
     let mut config = quinn::TransportConfig::default();
     config
-        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
-        // 60 000 ms fits a VarInt by far.
-        .max_idle_timeout(Some(
-            VarInt::from_u32(IDLE_TIMEOUT.as_millis() as u32).into(),
-        ))
+        .keep_alive_interval(Some(timeouts.keep_alive))
+        .max_idle_timeout(Some(idle_timeout))
         .initial_rtt(INITIAL_RTT)
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
@@ -456,10 +496,38 @@ pub fn server_endpoint(
         addr: listen,
         source,
     };
-    let socket = std::net::UdpSocket::bind(listen).map_err(bind_error)?;
+    let socket = bind_udp(listen).map_err(bind_error)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
     quinn::Endpoint::new(restart_aware(identity), Some(config), socket, runtime).map_err(bind_error)
+}
+
+/// The receive buffer asked for on the link's UDP sockets. Linux's default (208 KiB)
+/// holds ~150 datagrams: a burst from a peer while this side's thread is busy (a small
+/// edge box hashing chunks, or two cores shared with a relay) overflows it, and every
+/// datagram dropped there is sent again; on loopback that was 1-3 % of a mirror's bytes.
+/// The kernel caps the size at `net.core.rmem_max`; [`bind_udp`] warns when it did.
+pub const SOCKET_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` with a receive buffer of [`SOCKET_RECEIVE_BUFFER`]
+/// (or the most the kernel allows, with a warning saying how to raise it).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let tuned = socket2::SockRef::from(&socket);
+    // Refusal is not fatal: the socket works with the default buffer.
+    let _ = tuned.set_recv_buffer_size(SOCKET_RECEIVE_BUFFER);
+    // Linux reports twice what it grants (the other half is its bookkeeping).
+    let granted = tuned.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < SOCKET_RECEIVE_BUFFER {
+        warn!(
+            %addr,
+            granted_bytes = granted,
+            wanted_bytes = SOCKET_RECEIVE_BUFFER,
+            "the link's UDP receive buffer is smaller than wanted, so bursts may be dropped \
+             and sent again; raise it with `sysctl -w net.core.rmem_max=4194304`"
+        );
+    }
+    Ok(socket)
 }
 
 /// The core endpoint's stateless-reset key and connection-ID key, derived from its
@@ -513,8 +581,13 @@ pub fn client_endpoint(
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::Endpoint, TlsError> {
     let config = client_config(identity, transport)?;
+    let bind_error = |source| TlsError::Bind { addr: bind, source };
+    let socket = bind_udp(bind).map_err(bind_error)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
     let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| TlsError::Bind { addr: bind, source })?;
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(bind_error)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
@@ -634,10 +707,11 @@ pub fn explain(err: &ConnectionError) -> String {
             ),
             None => format!("QUIC error: {error}"),
         },
-        ConnectionError::TimedOut => format!(
-            "no packet from the peer for {} s (idle timeout, or no answer to the handshake)",
-            IDLE_TIMEOUT.as_secs()
-        ),
+        ConnectionError::TimedOut => {
+            "no packet from the peer within the idle timeout (the smaller of both sides' \
+             link.idle_timeout), or no answer to the handshake"
+                .to_owned()
+        }
         ConnectionError::VersionMismatch => {
             "the peer speaks no QUIC version this node does".to_owned()
         }

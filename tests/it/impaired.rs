@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use protocol::entry::{Append, NodeName, Scope, TopicName};
 use protocol::link::LinkStatus;
 use protocol::log::Store;
+use protocol::tls::{self, Timeouts};
 use tests::cluster::{Cluster, all, name, topic, wait_for_count, wait_link};
 use tests::link::{Link, Profile};
 
@@ -213,17 +214,18 @@ async fn an_outage_while_both_sides_append_resumes_on_the_same_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_idle_timeout_redials_and_converges() {
-    // The edge's QUIC settings with the idle timeout cut from 60 s to 3 s (and keep-alives
-    // to match), so that a short outage outlives the connection; QUIC takes the smaller
-    // of both sides' timeouts, so the core's session ends too.
+    // The edge with the shortest timeouts a node's config accepts (`[link] keep_alive =
+    // "1s"`, `idle_timeout = "5s"`, instead of 15 s and 60 s), so that a short outage
+    // outlives the connection; QUIC takes the smaller of both sides' idle timeouts, so the
+    // core's session ends too.
     let mut cluster = Cluster::start_allowing(&[], &["alpha"], &[(TOPIC, Scope::All)])
         .await
         .unwrap();
     let relay = Link::start(cluster.core_addr(), Profile::named("lte").unwrap()).unwrap();
-    let mut transport = protocol::tls::transport_config();
-    transport
-        .keep_alive_interval(Some(Duration::from_millis(500)))
-        .max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
+    let transport = tls::transport_config(Timeouts {
+        keep_alive: *tls::KEEP_ALIVE_RANGE.start(),
+        idle_timeout: *tls::IDLE_TIMEOUT_RANGE.start(),
+    });
     let edge = cluster
         .start_edge_tuned("alpha", relay.addr(), transport)
         .await

@@ -210,7 +210,7 @@ async fn killed_nodes_restart_and_converge_without_losing_acknowledged_entries()
 async fn link_again(dir: &TempDir, certs: &Path) -> (Store, Store) {
     let open = |n: &str| Store::open(dir.path().join(n), StoreConfig::new(name(n))).unwrap();
     let (hq, alpha) = (open("hq"), open("alpha"));
-    let transport = Arc::new(tls::transport_config());
+    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
     let core_id = NodeIdentity::load(certs, &name("hq"), Role::Core).unwrap();
     let edge_id = NodeIdentity::load(certs, &name("alpha"), Role::Edge).unwrap();
     let server =

@@ -198,7 +198,7 @@ async fn serve_volume(dir: &Path, ca: &Ca, volume: PathBuf) -> Core {
     let hq = name("hq");
     let store = Store::open(dir.join("hq"), StoreConfig::new(hq.clone())).unwrap();
     let identity = ca.issue(&hq, Role::Core).unwrap();
-    let transport = Arc::new(tls::transport_config());
+    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
     let endpoint = tls::server_endpoint(([127, 0, 0, 1], 0).into(), &identity, transport).unwrap();
     let source = MirrorSource::open(volume, None).await.unwrap();
     let local = Local {

@@ -23,10 +23,10 @@ use tests::link::{Link, Profile};
 const PATIENCE: Duration = Duration::from_secs(60);
 
 async fn mirroring(settings: MirrorSettings) -> Cluster {
-    let (cluster, _) =
-        Cluster::start_mirroring("alpha", None, None, settings, tls::transport_config())
-            .await
-            .unwrap();
+    let transport = tls::transport_config(tls::Timeouts::default());
+    let (cluster, _) = Cluster::start_mirroring("alpha", None, None, settings, transport)
+        .await
+        .unwrap();
     cluster
 }
 
@@ -224,7 +224,7 @@ async fn a_mirror_cut_by_an_edge_restart_resumes_by_itself_without_resending() {
         None,
         Some(1_000_000),
         MirrorSettings::default(),
-        tls::transport_config(),
+        tls::transport_config(tls::Timeouts::default()),
     )
     .await
     .unwrap();
@@ -340,10 +340,10 @@ async fn an_outage_at_half_interrupts_and_the_mirror_resumes_without_resending()
     // A capped mirror (1 MB/s at the core) through the emulator, the edge's QUIC idle
     // timeout cut to 3 s so that an outage ends the connection: the run is interrupted
     // and resumes on the next one by itself.
-    let mut transport = tls::transport_config();
-    transport
-        .keep_alive_interval(Some(Duration::from_millis(500)))
-        .max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
+    let transport = tls::transport_config(tls::Timeouts {
+        keep_alive: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(3),
+    });
     let (cluster, relay) = Cluster::start_mirroring(
         "alpha",
         Some(Profile::named("lan").unwrap()),

@@ -240,7 +240,7 @@ impl Cluster {
         Ok(tls::client_endpoint(
             ([127, 0, 0, 1], 0).into(),
             &identity,
-            Arc::new(tls::transport_config()),
+            Arc::new(tls::transport_config(tls::Timeouts::default())),
         )?)
     }
 
@@ -256,13 +256,14 @@ impl Cluster {
 
     /// Like [`Cluster::start_edge`], dialing the core at `addr` (a link emulator's).
     pub async fn start_edge_via(&self, n: &str, addr: SocketAddr) -> Result<Node, Error> {
-        self.start_edge_tuned(n, addr, tls::transport_config())
+        self.start_edge_tuned(n, addr, tls::transport_config(tls::Timeouts::default()))
             .await
     }
 
     /// Like [`Cluster::start_edge_via`], with the edge's QUIC settings given instead of
-    /// [`tls::transport_config`]'s. The idle timeout applies to both sides (QUIC uses the
-    /// smaller of the two), so a test can shorten it here alone.
+    /// the defaults (such as [`tls::transport_config`] with other [`tls::Timeouts`]). The
+    /// idle timeout applies to both sides (QUIC uses the smaller of the two), so a test can
+    /// shorten it here alone.
     pub async fn start_edge_tuned(
         &self,
         n: &str,
@@ -345,7 +346,7 @@ async fn start_core(
     let endpoint = tls::server_endpoint(
         ([127, 0, 0, 1], 0).into(),
         &identity,
-        Arc::new(tls::transport_config()),
+        Arc::new(tls::transport_config(tls::Timeouts::default())),
     )?;
     let links = Links::default();
     let local = Local {

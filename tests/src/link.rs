@@ -253,7 +253,9 @@ impl Link {
 
     /// Starts a link as `config` says.
     pub fn open(config: LinkConfig) -> io::Result<Link> {
-        let edge_side = UdpSocket::bind(config.listen)?;
+        // A modem has no socket buffer to overflow: the relay's sockets get the large
+        // receive buffer the nodes' sockets have, so the only drops are the profile's.
+        let edge_side = protocol::tls::bind_udp(config.listen)?;
         // The core sees the relay's own socket: on loopback if the core is there.
         let core_ip = match (config.core.ip(), config.core.ip().is_loopback()) {
             (IpAddr::V4(_), true) => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -261,7 +263,7 @@ impl Link {
             (IpAddr::V6(_), true) => IpAddr::V6(Ipv6Addr::LOCALHOST),
             (IpAddr::V6(_), false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
-        let core_side = UdpSocket::bind((core_ip, 0))?;
+        let core_side = protocol::tls::bind_udp(SocketAddr::new(core_ip, 0))?;
         edge_side.set_read_timeout(Some(RECV_POLL))?;
         core_side.set_read_timeout(Some(RECV_POLL))?;
         let seed = config.seed;

@@ -54,6 +54,11 @@ core_name = {{ include "tether.str" .Values.link.coreName }}
 certs_dir = "/etc/tether/certs"
 # The files come from the Secret: never create any.
 demo_certs = false
+# How often this node pings a quiet link, to keep NAT and conntrack state alive.
+keep_alive = {{ include "tether.str" .Values.link.keepAlive }}
+# A link with no packet from the peer for this long is dead: it is closed and the edge
+# redials. The smaller of both sides' values applies.
+idle_timeout = {{ include "tether.str" (include "tether.linkIdleTimeout" .) }}
 
 [mirror]
 {{- if eq $role "core" }}

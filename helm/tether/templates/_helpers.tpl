@@ -164,6 +164,36 @@ The edge's core address, checked.
 {{- end }}
 
 {{/*
+The link's idle timeout, checked against its keep-alive (the schema checks each alone):
+at least two keep-alives, or a healthy idle link would time out between two of them.
+*/}}
+{{- define "tether.linkIdleTimeout" -}}
+{{- $keepAlive := include "tether.seconds" .Values.link.keepAlive | int }}
+{{- $idleTimeout := include "tether.seconds" .Values.link.idleTimeout | int }}
+{{- if lt $idleTimeout (mul 2 $keepAlive) }}
+{{- fail (printf "link.idleTimeout %s is less than twice link.keepAlive %s: a healthy idle link would time out between two keep-alives; set link.idleTimeout to at least %ds or link.keepAlive to at most %ds" .Values.link.idleTimeout .Values.link.keepAlive (mul 2 $keepAlive) (div $idleTimeout 2)) }}
+{{- end }}
+{{- .Values.link.idleTimeout }}
+{{- end }}
+
+{{/*
+A duration in whole seconds, from "90s", "5m" or "1h" (the units of the link's values).
+*/}}
+{{- define "tether.seconds" -}}
+{{- $n := regexFind "^[0-9]+" . | int }}
+{{- $unit := trimPrefix (regexFind "^[0-9]+" .) . }}
+{{- if eq $unit "h" }}
+{{- mul $n 3600 }}
+{{- else if eq $unit "m" }}
+{{- mul $n 60 }}
+{{- else if eq $unit "s" }}
+{{- $n }}
+{{- else }}
+{{- fail (printf "%q: expected a whole number of s, m or h" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
 A value for the TOML file: a size or duration as written (an integer stays one, text
 becomes a TOML string; JSON strings are TOML basic strings).
 */}}

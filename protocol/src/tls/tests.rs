@@ -44,7 +44,7 @@ fn localhost() -> SocketAddr {
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
-    Arc::new(transport_config())
+    Arc::new(transport_config(Timeouts::default()))
 }
 
 /// A mission: its CA and the core `hq`'s identity.
@@ -549,6 +549,39 @@ fn close_codes_are_distinct_and_read_back() {
 }
 
 #[test]
+fn the_transport_takes_the_timeouts() {
+    let shown = |timeouts| format!("{:?}", transport_config(timeouts));
+    let defaults = shown(Timeouts::default());
+    check_contains(
+        &defaults,
+        &[
+            "keep_alive_interval: Some(15s)",
+            "max_idle_timeout: Some(60000)",
+        ],
+    );
+    let short = shown(Timeouts {
+        keep_alive: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(5),
+    });
+    check_contains(
+        &short,
+        &[
+            "keep_alive_interval: Some(1s)",
+            "max_idle_timeout: Some(5000)",
+        ],
+    );
+    // Too long for QUIC: cut to the longest it can send, not a panic.
+    let endless = shown(Timeouts {
+        keep_alive: Duration::from_secs(1),
+        idle_timeout: Duration::MAX,
+    });
+    check_contains(
+        &endless,
+        &[&format!("max_idle_timeout: Some({})", VarInt::MAX)],
+    );
+}
+
+#[test]
 fn a_ca_subject_is_read_back() {
     let long = Ca::create("Tether mission CA with a long name ".repeat(5).trim()).unwrap();
     let anchor = webpki::anchor_from_trusted_cert(&long.cert).unwrap();
@@ -558,4 +591,24 @@ fn a_ca_subject_is_read_back() {
     );
     assert_eq!(ca::single_common_name(&[]), None);
     assert_eq!(ca::single_common_name(&[0x31, 0x05, 0x30]), None);
+}
+
+#[test]
+fn link_sockets_get_the_receive_buffer_the_kernel_allows() {
+    let socket = bind_udp(localhost()).unwrap();
+    // As much as asked, or the kernel's ceiling (net.core.rmem_max) when lower; Linux
+    // reports twice the granted size.
+    let ceiling = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
+    assert!(
+        granted >= SOCKET_RECEIVE_BUFFER.min(ceiling),
+        "granted {granted}, ceiling {ceiling}"
+    );
+    assert!(
+        granted > 212_992 || ceiling <= 212_992,
+        "the default was not raised: {granted}"
+    );
 }

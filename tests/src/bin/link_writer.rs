@@ -67,7 +67,7 @@ async fn run(
     };
     store.create_topic(config).await?;
     let identity = NodeIdentity::load(&certs, &node, role)?;
-    let transport = Arc::new(tls::transport_config());
+    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
     // Cursors are stored every 10 ms instead of every second, so that kills land between
     // stores, sends and acknowledgements in every combination.
     let settings = SessionSettings {

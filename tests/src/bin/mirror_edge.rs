@@ -53,7 +53,7 @@ async fn run(
     let endpoint = tls::client_endpoint(
         ([127, 0, 0, 1], 0).into(),
         &identity,
-        Arc::new(tls::transport_config()),
+        Arc::new(tls::transport_config(tls::Timeouts::default())),
     )?;
     let link = Links::default().link(&name("hq"));
     let mirror = Mirror::open(

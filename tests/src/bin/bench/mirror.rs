@@ -670,7 +670,7 @@ pub(crate) async fn linked_pair(
         Some(profile),
         None,
         MirrorSettings::default(),
-        tls::transport_config(),
+        tls::transport_config(tls::Timeouts::default()),
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -30,13 +30,15 @@
 //! | `Start` | edge → core | root and version the edge holds; target root if resuming | ~80 B |
 //! | `Manifest` | core → edge | a [`Delta`] from the edge's root if the core still knows it, else the full [`Manifest`], in parts of at most 1 MiB (`part`, `last`) | a change: ~100 B + ~100 B per changed file (a changed large file: only its changed chunk range); none: < 100 B |
 //! | `Fetch` | edge → core | up to 4096 chunks from [`Plan::batches`], about 1 MiB of payload each, a few outstanding, by position in the manifest ([`ChunkTable`]) as runs | a few bytes per run |
-//! | `Data` | core → edge | the next chunk's bytes (≤ the chunker's maximum, 256 KiB), paced ([`Pace`]) | payload + ~5 B |
+//! | `FetchFrom` | edge → core | a `Fetch` in which some chunks are asked for from a byte offset on: an append's extended last chunk, whose start ([`Prefix`]) the edge holds | a few bytes more per such chunk |
+//! | `Data` | core → edge | the next chunk's bytes (≤ the chunker's maximum, 256 KiB), or the rest of it after the offset asked for, paced ([`Pace`]) | payload + ~5 B |
 //! | `Gone` | core → edge | a requested hash the core can no longer serve (file changed): the edge re-plans | ~40 B |
 //! | `Received`, `ReportEvery` | edge → core, core → edge | bytes the edge has read, for the core's pacing; how often to say so | a few bytes, every eighth of a window |
 //! | `Done` | either | the operator stopped it, or the edge applied the target | a few bytes |
 //!
 //! The edge never trusts these: a manifest is checked by [`Manifest::decode`] (or
-//! [`Delta::apply`]), a chunk by its hash in [`ReplicaVolume::receive`].
+//! [`Delta::apply`]), a chunk by its hash in [`ReplicaVolume::receive`] (or, rebuilt
+//! from its prefix and the rest received, in [`ReplicaVolume::receive_rest`]).
 
 mod chunk;
 mod manifest;
@@ -57,7 +59,7 @@ pub use pace::{
     TARGET_QUEUE, target_queue,
 };
 pub use path::{MAX_NAME, MAX_PATH, PathError, PathRule, RelPath};
-pub use plan::{Delta, FileEdit, PackedEntries, Plan, plan};
+pub use plan::{Delta, FileEdit, PackedEntries, Plan, Prefix, plan};
 pub use replica::{Applied, ApplyError, ApplyStep, ReceiveError, ReplicaError, ReplicaVolume};
 pub use scan::{Problem, ScanStats, Scanner};
 pub use source::{ServeError, Snapshot, SourceError, SourceVolume};

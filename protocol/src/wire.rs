@@ -33,8 +33,10 @@ use crate::entry::{Entry, EntryId, NodeName, Scope, Seq, Timestamp, TopicName};
 
 /// The protocol version this build speaks, checked in the hello (the ALPN carries the
 /// major version). 2: the mirror fetches chunks by position, paces them, and sends
-/// packed deltas; a peer of version 1 is closed with a clear "version" reason.
-pub const VERSION: u32 = 2;
+/// packed deltas; a peer of version 1 is closed with a clear "version" reason. 3: the
+/// mirror fetches an appended file's extended chunk from an offset (`FetchFrom`); a peer
+/// of version 2 is closed the same way.
+pub const VERSION: u32 = 3;
 
 /// Largest encoded frame accepted: a batch of entries at the size limit fits.
 pub const MAX_FRAME: usize = 4 << 20;

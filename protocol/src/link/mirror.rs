@@ -15,19 +15,23 @@
 //!   target, see [`ChunkTable`]) in requests of about [`MirrorSettings::request_bytes`],
 //!   at most [`MirrorSettings::in_flight`] requests outstanding, checks each chunk
 //!   (`Data`) against the hash it asked for, spools it, syncs the spool after each
-//!   request, and applies. It tells the core how many bytes it has read (`Received`)
-//!   every few kilobytes (the core says how many: `ReportEvery`) and when the stream goes
-//!   quiet. A chunk that fails its hash is asked for again (up to [`MAX_REFETCH`] times);
-//!   a `Gone` chunk (its file changed at the core) makes the run re-plan against a fresh
-//!   manifest. A lost connection interrupts the run; it resumes on the next session,
-//!   fetching only what the spool lacks. [`Mirror::stop`] interrupts it until
-//!   [`Mirror::start`].
+//!   request, and applies. An appended file's extended last chunk, whose start the edge
+//!   holds (the plan's [`Prefix`](crate::mirror::Prefix)), is asked for from that offset
+//!   on (`FetchFrom`) and rebuilt ([`ReplicaVolume::receive_rest`]); if the rebuilt
+//!   chunk fails its hash, it is asked for again whole. It tells the core how many bytes
+//!   it has read (`Received`) every few kilobytes (the core says how many:
+//!   `ReportEvery`) and when the stream goes quiet. A chunk that fails its hash is asked
+//!   for again (up to [`MAX_REFETCH`] times); a `Gone` chunk (its file changed at the
+//!   core) makes the run re-plan against a fresh manifest. A lost connection interrupts
+//!   the run; it resumes on the next session, fetching only what the spool lacks.
+//!   [`Mirror::stop`] interrupts it until [`Mirror::start`].
 //! - **Core** (`serve_stream`, one task per stream, spawned by the session with the
 //!   connection): the one [`SourceVolume`] of the node sits behind a mutex, used only on
 //!   blocking threads (`manifest()` re-hashes what changed; `read_chunk_of` reads and
 //!   checks, first in the manifest the run fetches). The edge's frames are read by a task
 //!   of their own, so its reports come in while chunks go out. Chunks go out one at a
-//!   time, in the order asked, each read when the previous one is written, in slices
+//!   time, in the order asked (read whole and checked, then sent from the offset asked
+//!   for, if any), each read when the previous one is written, in slices
 //!   paced by [`Pace`] (`mirror/pace.rs`): at about the rate the path carries with a
 //!   queue of [`TARGET_QUEUE`](crate::mirror::TARGET_QUEUE), measured from the
 //!   connection's round trips, so that entries behind a mirror wait little in a modem's
@@ -247,7 +251,8 @@ struct Serving<'a> {
     tell: Option<u64>,
     /// The manifest last sent (what `Fetch` positions refer to) and its chunk table.
     target: Option<(Arc<Snapshot>, ChunkTable)>,
-    queue: VecDeque<ChunkRef>,
+    /// Chunks asked for, each with the offset to send it from (0: whole).
+    queue: VecDeque<(ChunkRef, u32)>,
     /// A `Data` frame being written, and how much of it is written.
     out: Option<(Vec<u8>, usize)>,
 }
@@ -353,22 +358,8 @@ impl Serving<'_> {
                     self.write_frame(frame).await?;
                 }
             }
-            MirrorFrame::Fetch { runs } => {
-                let Some((snapshot, table)) = &self.target else {
-                    return Err(RunError::Failed(
-                        "a chunk fetch from the edge before any manifest".into(),
-                    ));
-                };
-                let chunks = table
-                    .resolve(&snapshot.manifest, &runs)
-                    .map_err(|e| RunError::Failed(format!("the edge sent {e}")))?;
-                if self.queue.len() + chunks.len() > MAX_QUEUED {
-                    return Err(RunError::Failed(format!(
-                        "the edge asked for more than {MAX_QUEUED} chunks at once"
-                    )));
-                }
-                self.queue.extend(chunks);
-            }
+            MirrorFrame::Fetch { runs } => self.fetch(&runs, &[])?,
+            MirrorFrame::FetchFrom { runs, from } => self.fetch(&runs, &from)?,
             MirrorFrame::Received { bytes } => {
                 let stats = self.conn.stats();
                 let path = PathNow {
@@ -394,6 +385,25 @@ impl Serving<'_> {
         Ok(())
     }
 
+    /// Queues the chunks of a `Fetch` (or a `FetchFrom`, with `from`), checked first.
+    fn fetch(&mut self, runs: &[(u64, u32)], from: &[(u32, u32)]) -> Result<(), RunError> {
+        let Some((snapshot, table)) = &self.target else {
+            return Err(RunError::Failed(
+                "a chunk fetch from the edge before any manifest".into(),
+            ));
+        };
+        let chunks = table
+            .resolve_from(&snapshot.manifest, runs, from)
+            .map_err(|e| RunError::Failed(format!("the edge sent {e}")))?;
+        if self.queue.len() + chunks.len() > MAX_QUEUED {
+            return Err(RunError::Failed(format!(
+                "the edge asked for more than {MAX_QUEUED} chunks at once"
+            )));
+        }
+        self.queue.extend(chunks);
+        Ok(())
+    }
+
     /// Writes the next slice of chunk bytes (reading the next chunk if none is being
     /// written), as much as the pacing allows.
     async fn send_some(&mut self) -> Result<(), RunError> {
@@ -403,7 +413,7 @@ impl Serving<'_> {
                 self.write_frame(&MirrorFrame::ReportEvery { bytes: every })
                     .await?;
             }
-            let Some(chunk) = self.queue.pop_front() else {
+            let Some((chunk, offset)) = self.queue.pop_front() else {
                 return Ok(());
             };
             let volume = self.source.volume.clone();
@@ -415,6 +425,9 @@ impl Serving<'_> {
             .map_err(|e| RunError::Failed(e.to_string()))?;
             match read {
                 Ok(mut bytes) => {
+                    // The whole chunk was read and checked; the edge holds its start.
+                    // (`resolve_from` kept the offset inside the manifest's chunk.)
+                    bytes.drain(..(offset as usize).min(bytes.len()));
                     if let Some(bucket) = &mut self.bucket {
                         bucket.take(bytes.len()).await;
                     }
@@ -922,6 +935,14 @@ fn plan_run(
     replica.begin(target).map(Some).map_err(|e| e.to_string())
 }
 
+/// A chunk asked for and due from the core: its hash, and the length of its prefix if
+/// only its rest was asked for (the edge rebuilds it, [`ReplicaVolume::receive_rest`]).
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    hash: Hash,
+    prefix: Option<u32>,
+}
+
 /// Fetches the plan's chunks; `Ok(true)` if some were gone (re-plan).
 async fn fetch(
     stream: &mut EdgeStream<'_>,
@@ -938,25 +959,29 @@ async fn fetch(
             .ok_or_else(|| RunError::Failed("no target to fetch".into()))?;
         ChunkTable::first_positions(target)
     };
-    let placed = |hashes: &mut dyn Iterator<Item = Hash>| -> Result<Vec<(u64, Hash)>, RunError> {
-        let mut batch = hashes
-            .map(|h| {
-                positions
-                    .get(&h)
-                    .map(|p| (*p, h))
-                    .ok_or_else(|| RunError::Failed(format!("chunk {h} is not in the target")))
+    let placed = |dues: &mut dyn Iterator<Item = Due>| -> Result<Vec<(u64, Due)>, RunError> {
+        let mut batch = dues
+            .map(|due| {
+                positions.get(&due.hash).map(|p| (*p, due)).ok_or_else(|| {
+                    RunError::Failed(format!("chunk {} is not in the target", due.hash))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        batch.sort_unstable();
-        batch.dedup();
+        batch.sort_unstable_by_key(|(p, _)| *p);
+        batch.dedup_by_key(|(p, _)| *p);
         Ok(batch)
     };
-    let mut pending: VecDeque<Vec<(u64, Hash)>> = VecDeque::new();
+    let due = |c: &ChunkRef| Due {
+        hash: c.hash,
+        prefix: plan.prefixes.get(&c.hash).map(|p| p.chunk.len),
+    };
+    let mut pending: VecDeque<Vec<(u64, Due)>> = VecDeque::new();
     for b in plan.batches(settings.request_bytes, MAX_REQUEST) {
-        pending.push_back(placed(&mut b.iter().map(|c| c.hash))?);
+        pending.push_back(placed(&mut b.iter().map(due))?);
     }
-    let mut in_flight: VecDeque<VecDeque<Hash>> = VecDeque::new();
+    let mut in_flight: VecDeque<VecDeque<Due>> = VecDeque::new();
     let mut retries: HashMap<Hash, u32> = HashMap::new();
+    // Fetched again, whole.
     let mut refetch: Vec<Hash> = Vec::new();
     let mut gone = false;
     let max_chunk = settings.limits.max_chunk as usize;
@@ -964,19 +989,27 @@ async fn fetch(
         while in_flight.len() < settings.in_flight.max(1) && !gone {
             let batch = if !refetch.is_empty() {
                 let n = refetch.len().min(MAX_REQUEST);
-                placed(&mut refetch.drain(..n))?
+                placed(&mut refetch.drain(..n).map(|hash| Due { hash, prefix: None }))?
             } else if let Some(batch) = pending.pop_front() {
                 batch
             } else {
                 break;
             };
-            let (at, hashes): (Vec<u64>, VecDeque<Hash>) = batch.into_iter().unzip();
-            stream
-                .send(&MirrorFrame::Fetch {
-                    runs: fetch_runs(&at),
-                })
-                .await?;
-            in_flight.push_back(hashes);
+            let (at, dues): (Vec<u64>, VecDeque<Due>) = batch.into_iter().unzip();
+            let runs = fetch_runs(&at);
+            // A batch holds at most MAX_REQUEST chunks: an index fits in a u32.
+            let from: Vec<(u32, u32)> = dues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| Some((u32::try_from(i).ok()?, d.prefix?)))
+                .collect();
+            let frame = if from.is_empty() {
+                MirrorFrame::Fetch { runs }
+            } else {
+                MirrorFrame::FetchFrom { runs, from }
+            };
+            stream.send(&frame).await?;
+            in_flight.push_back(dues);
         }
         let Some(front) = in_flight.front_mut() else {
             break;
@@ -987,35 +1020,53 @@ async fn fetch(
         };
         match stream.recv().await? {
             MirrorFrame::Data { bytes } => {
-                if bytes.len() > max_chunk {
+                let whole = bytes.len() + expected.prefix.unwrap_or(0) as usize;
+                if whole > max_chunk {
                     return Err(RunError::Failed(format!(
-                        "the core sent a chunk of {} bytes, over the limit of {max_chunk}",
-                        bytes.len()
+                        "the core sent a chunk of {whole} bytes, over the limit of {max_chunk}"
                     )));
                 }
                 let n = bytes.len() as u64;
-                // The bytes are checked against the hash asked for.
-                match blocking(replica, move |r| r.receive(&expected, &bytes)).await? {
+                let hash = expected.hash;
+                // The bytes (with the prefix, for a rest) are checked against the hash
+                // asked for.
+                let received = match expected.prefix {
+                    None => blocking(replica, move |r| r.receive(&hash, &bytes)).await?,
+                    Some(_) => blocking(replica, move |r| r.receive_rest(&hash, &bytes)).await?,
+                };
+                match received {
                     Ok(()) => stream.status.send_modify(|s| s.received(n, Instant::now())),
-                    Err(ReceiveError::Spool(SpoolError::HashMismatch { .. })) => {
-                        stream.status.send_modify(MirrorStatus::refetch);
-                        let tries = retries.entry(expected).or_default();
+                    Err(
+                        e @ (ReceiveError::Spool(SpoolError::HashMismatch { .. })
+                        | ReceiveError::Prefix { .. }),
+                    ) => {
+                        match expected.prefix {
+                            // The chunk did not begin with its prefix after all (or the
+                            // prefix is damaged here): its whole bytes are fetched.
+                            Some(prefix) => stream
+                                .status
+                                .send_modify(|s| s.prefix_unused(u64::from(prefix))),
+                            None => stream.status.send_modify(MirrorStatus::refetch),
+                        }
+                        let tries = retries.entry(hash).or_default();
                         *tries += 1;
                         if *tries > MAX_REFETCH {
                             return Err(RunError::Failed(format!(
-                                "chunk {expected} failed its hash {MAX_REFETCH} times"
+                                "chunk {hash} failed its hash {MAX_REFETCH} times"
                             )));
                         }
-                        tracing::warn!(hash = %expected, "a chunk failed its hash: fetching it again");
-                        refetch.push(expected);
+                        let why = "a chunk failed its hash: fetching it again, whole";
+                        tracing::warn!(%hash, err = %e, "{why}");
+                        refetch.push(hash);
                     }
                     Err(e) => return Err(RunError::Failed(e.to_string())),
                 }
             }
             MirrorFrame::Gone { hash } => {
-                if hash != expected {
+                if hash != expected.hash {
                     return Err(RunError::Failed(format!(
-                        "the core said chunk {hash} is gone where {expected} was due"
+                        "the core said chunk {hash} is gone where {} was due",
+                        expected.hash
                     )));
                 }
                 gone = true;

@@ -248,6 +248,22 @@ pub enum ManifestError {
         /// The copy's source.
         from: String,
     },
+    /// A delta's copies add up to more file bytes than [`Limits::max_total_size`], or to
+    /// more chunk references than a manifest within [`Limits::max_manifest_bytes`] holds.
+    #[error(
+        "delta copies files of {bytes} bytes in {chunks} chunks, over the limit of \
+         {max_bytes} bytes or {max_chunks} chunks"
+    )]
+    CopiesTooLarge {
+        /// File bytes copied so far, when the limit was passed.
+        bytes: u64,
+        /// Their chunk references.
+        chunks: u64,
+        /// The limit on bytes.
+        max_bytes: u64,
+        /// The limit on chunk references.
+        max_chunks: u64,
+    },
     /// A delta edits the chunk list of a path that is not a file of its base, keeps
     /// more chunks than the base's file has, or lists an edited path twice or out of
     /// order.

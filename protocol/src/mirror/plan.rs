@@ -7,6 +7,13 @@
 //! any file of its current version, or already in its spool) is never fetched, so a
 //! rename or a move costs no chunk, and a chunk shared by many files crosses once.
 //!
+//! An append crosses as the appended bytes only. FastCDC cut the current version's last
+//! chunk of a file at the end of the file, not at a boundary of its content, so after an
+//! append the target's chunk at that offset is a new, longer chunk that begins with the
+//! old one. The plan names the old chunk as that chunk's [`Prefix`]: the edge asks for
+//! the bytes after it only and rebuilds the chunk, which is checked against its hash like
+//! any other (and fetched whole if it does not match).
+//!
 //! IO: none.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,9 +35,13 @@ pub struct Plan {
     /// complete one after another and small files' chunks sit side by side, ready to be
     /// packed many to a request by [`Plan::batches`]).
     pub fetch: Vec<ChunkRef>,
-    /// Sum of `fetch` lengths: the payload that must cross the link.
+    /// Chunks of `fetch` that begin with a chunk the edge holds (an append's), by hash:
+    /// only the bytes after the prefix are fetched.
+    pub prefixes: HashMap<Hash, Prefix>,
+    /// Sum of `fetch` lengths less their prefixes: the payload that must cross the link.
     pub fetch_bytes: u64,
-    /// Bytes of new or changed files that come from chunks already held.
+    /// Bytes of new or changed files that come from chunks already held (prefixes
+    /// included).
     pub reuse_bytes: u64,
     /// Paths new in the target.
     pub create: Vec<RelPath>,
@@ -46,6 +57,18 @@ pub struct Plan {
     pub bytes: u64,
 }
 
+/// The first bytes of a chunk to fetch that the edge holds: the current version's last
+/// chunk of the same file, which an append extended (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix {
+    /// The held chunk; its length is where the fetch starts.
+    pub chunk: ChunkRef,
+    /// The current version's file that ends with it.
+    pub path: RelPath,
+    /// Its offset in that file.
+    pub offset: u64,
+}
+
 /// Computes the plan from `current` to `target`. `held` says whether a chunk is held
 /// outside `current` (in the spool); every chunk of `current` counts as held.
 pub fn plan(current: &Manifest, target: &Manifest, held: &dyn Fn(&Hash) -> bool) -> Plan {
@@ -59,6 +82,7 @@ pub fn plan(current: &Manifest, target: &Manifest, held: &dyn Fn(&Hash) -> bool)
         target_version: target.version,
         target_root: target.root(),
         fetch: Vec::new(),
+        prefixes: HashMap::new(),
         fetch_bytes: 0,
         reuse_bytes: 0,
         create: Vec::new(),
@@ -80,15 +104,32 @@ pub fn plan(current: &Manifest, target: &Manifest, held: &dyn Fn(&Hash) -> bool)
         };
         out.files += 1;
         out.bytes += file.size;
-        if old.get(&entry.path) == Some(&&entry.node) {
-            continue;
-        }
-        for chunk in &file.chunks {
+        let was = match old.get(&entry.path) {
+            Some(node) if **node == entry.node => continue,
+            Some(Node::File(was)) => Some(was),
+            _ => None,
+        };
+        let extended = was.and_then(|was| extended_chunk(was, file));
+        for (i, chunk) in file.chunks.iter().enumerate() {
             if local.contains(&chunk.hash) || held(&chunk.hash) {
                 out.reuse_bytes += u64::from(chunk.len);
             } else if queued.insert(chunk.hash) {
                 out.fetch.push(*chunk);
-                out.fetch_bytes += u64::from(chunk.len);
+                match extended {
+                    // `extended_chunk` took the prefix from `current`: it is held.
+                    Some((at, prefix, offset)) if at == i => {
+                        out.fetch_bytes += u64::from(chunk.len - prefix.len);
+                        out.reuse_bytes += u64::from(prefix.len);
+                        let path = entry.path.clone();
+                        let prefix = Prefix {
+                            chunk: prefix,
+                            path,
+                            offset,
+                        };
+                        out.prefixes.insert(chunk.hash, prefix);
+                    }
+                    _ => out.fetch_bytes += u64::from(chunk.len),
+                }
             }
         }
     }
@@ -102,6 +143,19 @@ pub fn plan(current: &Manifest, target: &Manifest, held: &dyn Fn(&Hash) -> bool)
     out
 }
 
+/// The append pattern: `new` keeps every chunk of `old` but the last, and its chunk at
+/// the offset of `old`'s last chunk is longer than that chunk. Returns that chunk's index
+/// in `new`, `old`'s last chunk (its likely prefix) and its offset.
+fn extended_chunk(old: &FileNode, new: &FileNode) -> Option<(usize, ChunkRef, u64)> {
+    let (last, kept) = old.chunks.split_last()?;
+    let at = kept.len();
+    let chunk = new.chunks.get(at)?;
+    if chunk.len <= last.len || new.chunks[..at] != *kept {
+        return None;
+    }
+    Some((at, *last, old.size - u64::from(last.len)))
+}
+
 impl Plan {
     /// Whether the edge already has the target.
     pub fn is_empty(&self) -> bool {
@@ -109,6 +163,12 @@ impl Plan {
             && self.create.is_empty()
             && self.replace.is_empty()
             && self.delete.is_empty()
+    }
+
+    /// The bytes of `chunk` that cross the link: less its prefix, if it has one.
+    pub fn fetched_len(&self, chunk: &ChunkRef) -> u64 {
+        let prefix = self.prefixes.get(&chunk.hash).map_or(0, |p| p.chunk.len);
+        u64::from(chunk.len.saturating_sub(prefix))
     }
 
     /// `fetch` cut into consecutive requests of at most `max_bytes` of payload (but at
@@ -123,7 +183,7 @@ impl Plan {
             let mut bytes = 0u64;
             let mut n = 0;
             while n < rest.len() && n < max_chunks.max(1) {
-                let len = u64::from(rest[n].len);
+                let len = self.fetched_len(&rest[n]);
                 if n > 0 && bytes + len > max_bytes {
                     break;
                 }
@@ -375,6 +435,11 @@ impl FileEdit {
     }
 }
 
+/// The fewest bytes a chunk reference takes in an encoded manifest: its 32-byte hash and
+/// a length of at least one byte. A manifest within [`Limits::max_manifest_bytes`] holds
+/// at most that limit over this many chunk references.
+const MIN_CHUNK_ENCODING: usize = 33;
+
 impl Delta {
     /// The changes from `base` to `target`.
     pub fn between(base: &Manifest, target: &Manifest) -> Delta {
@@ -428,6 +493,12 @@ impl Delta {
 
     /// Rebuilds the target from `base`, validates it against `limits`, and checks its
     /// root. Nothing of `base` is changed.
+    ///
+    /// Copies are bounded before they are made: their files may not add up to more than
+    /// [`Limits::max_total_size`] (the bound on the target's file bytes, which holds
+    /// every copy), nor to more chunk references than a whole manifest within
+    /// [`Limits::max_manifest_bytes`] could carry. So a delta makes the edge build no
+    /// more than the manifest it stands for would have.
     pub fn apply(&self, base: &Manifest, limits: &Limits) -> Result<Manifest, ManifestError> {
         let base_root = base.root();
         if base_root != self.base {
@@ -452,6 +523,10 @@ impl Delta {
             .iter()
             .map(|e| (e.path.clone(), e.node.clone()))
             .collect();
+        // What the copies add is bounded before any is made: a few bytes of delta must
+        // not make the edge rebuild one huge base file many times over.
+        let (mut bytes, mut chunks) = (0u64, 0u64);
+        let max_chunks = (limits.max_manifest_bytes / MIN_CHUNK_ENCODING) as u64;
         let mut copies = Vec::with_capacity(self.copied.len());
         for (from, to) in &self.copied {
             let Some(Node::File(file)) = base.entry(from).map(|e| &e.node) else {
@@ -459,6 +534,16 @@ impl Delta {
                     from: from.as_str().to_owned(),
                 });
             };
+            bytes = bytes.saturating_add(file.size);
+            chunks = chunks.saturating_add(file.chunks.len() as u64);
+            if bytes > limits.max_total_size || chunks > max_chunks {
+                return Err(ManifestError::CopiesTooLarge {
+                    bytes,
+                    chunks,
+                    max_bytes: limits.max_total_size,
+                    max_chunks,
+                });
+            }
             copies.push((to.clone(), Node::File(file.clone())));
         }
         // Each edited path once, in order: no base file is rebuilt twice.
@@ -602,6 +687,80 @@ mod tests {
         assert_eq!(plan1.unchanged, 2);
         let same = plan(&after, &after, &none);
         assert!(same.is_empty());
+    }
+
+    #[test]
+    fn an_append_fetches_only_the_bytes_after_the_old_last_chunk() {
+        let old = random(4 << 20, 60);
+        let mut big = old.clone();
+        big.extend_from_slice(&random(1 << 20, 61));
+        let small = random(5000, 62);
+        let mut small_appended = small.clone();
+        small_appended.extend_from_slice(b"one more line\n");
+        let before = manifest(1, &[("big", &old), ("log", &small)]);
+        let after = manifest(2, &[("big", &big), ("log", &small_appended)]);
+        let plan = plan(&before, &after, &none);
+        // Exactly the appended bytes cross; every byte of the old files is reused.
+        assert_eq!(plan.fetch_bytes, (1 << 20) + 14);
+        assert_eq!(plan.reuse_bytes, (4 << 20) + 5000);
+        assert_eq!(plan.prefixes.len(), 2);
+        let file = |m: &Manifest, path: &str| match &m.entry(&p(path)).unwrap().node {
+            Node::File(f) => f.clone(),
+            _ => unreachable!(),
+        };
+        let (was, now) = (file(&before, "big"), file(&after, "big"));
+        let last = *was.chunks.last().unwrap();
+        let extended = now.chunks[was.chunks.len() - 1];
+        assert_eq!(
+            plan.prefixes[&extended.hash],
+            Prefix {
+                chunk: last,
+                path: p("big"),
+                offset: was.size - u64::from(last.len),
+            }
+        );
+        assert_eq!(
+            plan.fetched_len(&extended),
+            u64::from(extended.len - last.len)
+        );
+        // The one-chunk log grew within its chunk: its prefix is the whole old file.
+        let log = file(&after, "log").chunks[0];
+        assert_eq!(plan.prefixes[&log.hash].offset, 0);
+        assert_eq!(plan.fetched_len(&log), 14);
+        // Requests are cut by the bytes that cross.
+        let asked: u64 = plan
+            .batches(1 << 20, 4096)
+            .flatten()
+            .map(|c| plan.fetched_len(c))
+            .sum();
+        assert_eq!(asked, plan.fetch_bytes);
+
+        // Resumed with the extended chunk spooled: nothing of it is asked for.
+        let resumed = super::plan(&before, &after, &|h| *h == extended.hash);
+        assert!(!resumed.prefixes.contains_key(&extended.hash));
+        assert!(resumed.fetch.iter().all(|c| c.hash != extended.hash));
+    }
+
+    #[test]
+    fn an_edit_in_the_middle_or_a_new_file_has_no_prefix() {
+        let old = random(4 << 20, 63);
+        let mut edited = old.clone();
+        edited[2 << 20..(2 << 20) + 4096].copy_from_slice(&random(4096, 64));
+        // Edited in the middle and appended to: the chunks before the old last one
+        // differ, so it is not the append pattern.
+        let mut both = edited.clone();
+        both.extend_from_slice(&random(100_000, 65));
+        let before = manifest(1, &[("a", &old), ("b", &old)]);
+        let after = manifest(2, &[("a", &edited), ("b", &both), ("c", &random(9000, 66))]);
+        let plan = plan(&before, &after, &none);
+        assert!(plan.prefixes.is_empty(), "{:?}", plan.prefixes);
+        assert_eq!(
+            plan.fetch_bytes,
+            plan.fetch.iter().map(|c| u64::from(c.len)).sum::<u64>()
+        );
+        // A file cut shorter, or replaced by a shorter one: no prefix either.
+        let cut = manifest(3, &[("a", &old[..1 << 20]), ("b", b"tiny")]);
+        assert!(super::plan(&before, &cut, &none).prefixes.is_empty());
     }
 
     #[test]
@@ -758,6 +917,49 @@ mod tests {
         assert!(matches!(
             wrong.apply(&before, &Limits::default()),
             Err(ManifestError::Chunks { .. } | ManifestError::Root { .. })
+        ));
+    }
+
+    #[test]
+    fn a_delta_copying_a_base_file_past_the_limits_is_refused() {
+        let big = random(3 << 20, 70);
+        let before = manifest(1, &[("big", &big)]);
+        // A hostile core: a few bytes of delta that copy the 3 MiB file a thousand times.
+        let mut hostile = Delta::between(&before, &before);
+        hostile.copied = (0..1000)
+            .map(|i| (p("big"), p(&format!("copy-{i:04}"))))
+            .collect();
+        let refused = |limits: &Limits| match hostile.apply(&before, limits) {
+            Err(e @ ManifestError::CopiesTooLarge { .. }) => e,
+            other => panic!("not refused: {other:?}"),
+        };
+        let bytes = Limits {
+            max_total_size: 1 << 30,
+            ..Limits::default()
+        };
+        let ManifestError::CopiesTooLarge { bytes: copied, .. } = refused(&bytes) else {
+            unreachable!()
+        };
+        assert!(
+            copied > 1 << 30 && copied <= (1 << 30) + (3 << 20),
+            "{copied}"
+        );
+        // Under the byte limit, over the chunk references a manifest of the size limit
+        // carries.
+        let chunks = Limits {
+            max_manifest_bytes: 64 << 10,
+            ..Limits::default()
+        };
+        let message = refused(&chunks).to_string();
+        assert!(
+            message.contains("chunks") && message.contains("delta copies"),
+            "{message}"
+        );
+        // A delta within the limits still applies (and is then checked for its root).
+        hostile.copied.truncate(3);
+        assert!(matches!(
+            hostile.apply(&before, &Limits::default()),
+            Err(ManifestError::Root { .. })
         ));
     }
 

@@ -45,7 +45,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::chunk::{ChunkParams, Hash};
 use super::manifest::{FileNode, Limits, Manifest, ManifestError, Node};
 use super::path::RelPath;
-use super::plan::{Plan, plan};
+use super::plan::{Plan, Prefix, plan};
 use super::spool::{Spool, SpoolError, sync_dir};
 
 /// The edge's mirror of one volume.
@@ -59,6 +59,8 @@ pub struct ReplicaVolume {
     target: Option<Manifest>,
     /// Chunks of the target still to receive.
     wanted: HashSet<Hash>,
+    /// Those of them that begin with a chunk of the current version (the plan's).
+    prefixes: HashMap<Hash, Prefix>,
     /// Chunks of the current version found damaged on disk: fetched, never reused.
     bad_local: HashSet<Hash>,
 }
@@ -124,6 +126,21 @@ pub enum ReceiveError {
     /// what was not asked for).
     #[error("chunk {0} was not asked for")]
     NotWanted(Hash),
+    /// Its rest was received, but it has no prefix in the plan (a peer sending what was
+    /// not asked for).
+    #[error("chunk {0} has no prefix at this edge: only its whole bytes are taken")]
+    NoPrefix(Hash),
+    /// Its prefix, a chunk of the current version, cannot be read back intact: fetch the
+    /// chunk whole.
+    #[error("the start of chunk {hash}, chunk {prefix} of {path:?}, cannot be read back intact")]
+    Prefix {
+        /// The chunk being rebuilt.
+        hash: Hash,
+        /// Its prefix.
+        prefix: Hash,
+        /// The current version's file it was read from.
+        path: String,
+    },
     /// It does not match its hash (fetch it again), or the disk failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -238,6 +255,7 @@ impl ReplicaVolume {
             current,
             target: None,
             wanted: HashSet::new(),
+            prefixes: HashMap::new(),
             bad_local: HashSet::new(),
         };
         replica.remove_old_versions(replica.newest_below(seq))?;
@@ -313,6 +331,39 @@ impl ReplicaVolume {
             return Err(ReceiveError::NotWanted(*hash));
         }
         self.spool.insert(hash, bytes)?;
+        self.wanted.remove(hash);
+        Ok(())
+    }
+
+    /// Takes the `rest` of a chunk that begins with a chunk the edge holds (the plan's
+    /// [`Prefix`], read back from the current version and checked): the chunk is rebuilt,
+    /// checked against `hash` and spooled as by [`ReplicaVolume::receive`]. A mismatch
+    /// (the prefix was not the chunk's start after all) or an unreadable prefix leaves
+    /// the chunk wanted: the caller fetches it whole.
+    pub fn receive_rest(&mut self, hash: &Hash, rest: &[u8]) -> Result<(), ReceiveError> {
+        if self.spool.holds(hash) {
+            return Ok(());
+        }
+        if !self.wanted.contains(hash) {
+            return Err(ReceiveError::NotWanted(*hash));
+        }
+        let prefix = self
+            .prefixes
+            .get(hash)
+            .ok_or(ReceiveError::NoPrefix(*hash))?;
+        let from = prefix.path.under(&version_dir(&self.dir, self.seq));
+        let mut bytes = match super::chunk::read_at(&from, prefix.offset, prefix.chunk.len) {
+            Ok(bytes) if Hash::of(&bytes) == prefix.chunk.hash => bytes,
+            _ => {
+                return Err(ReceiveError::Prefix {
+                    hash: *hash,
+                    prefix: prefix.chunk.hash,
+                    path: prefix.path.to_string(),
+                });
+            }
+        };
+        bytes.extend_from_slice(rest);
+        self.spool.insert(hash, &bytes)?;
         self.wanted.remove(hash);
         Ok(())
     }
@@ -543,12 +594,14 @@ impl ReplicaVolume {
         Cow::Owned(base)
     }
 
-    /// Recomputes the chunks still wanted.
+    /// Recomputes the chunks still wanted, and their prefixes.
     fn replan(&mut self) {
-        self.wanted = self
-            .plan()
+        let plan = self.plan();
+        self.wanted = plan
+            .as_ref()
             .map(|p| p.fetch.iter().map(|c| c.hash).collect())
             .unwrap_or_default();
+        self.prefixes = plan.map(|p| p.prefixes).unwrap_or_default();
     }
 
     /// Removes the target and the spool (the target is in place, or abandoned).
@@ -564,6 +617,7 @@ impl ReplicaVolume {
         self.spool.clear()?;
         self.target = None;
         self.wanted.clear();
+        self.prefixes.clear();
         Ok(())
     }
 

@@ -46,7 +46,8 @@ pub struct MirrorStatus {
     pub bytes_done: u64,
     /// Chunk bytes to fetch (after deduplication against what the edge holds).
     pub bytes_todo: u64,
-    /// Bytes of new or changed files taken from chunks the edge already held.
+    /// Bytes of new or changed files taken from chunks the edge already held, and from
+    /// the prefixes of chunks of which only the rest was fetched (an append's).
     pub bytes_reused: u64,
     /// Bytes of mirror traffic that crossed the link, both ways, framing and refetches
     /// included.
@@ -150,6 +151,15 @@ impl MirrorStatus {
         self.refetched += 1;
     }
 
+    /// A chunk of which only the rest after a held `prefix` bytes long was fetched failed
+    /// its hash once rebuilt: it is fetched again, whole, and its prefix is no longer
+    /// reused.
+    pub fn prefix_unused(&mut self, prefix: u64) {
+        self.refetched += 1;
+        self.bytes_todo += prefix;
+        self.bytes_reused = self.bytes_reused.saturating_sub(prefix);
+    }
+
     /// A file of the target was written or linked.
     pub fn file_done(&mut self) {
         self.files_done += 1;
@@ -211,6 +221,7 @@ mod tests {
                 hash: Hash::of(b"c"),
                 len: fetch as u32,
             }],
+            prefixes: Default::default(),
             fetch_bytes: fetch,
             reuse_bytes: 5,
             create: Vec::new(),
@@ -246,5 +257,14 @@ mod tests {
         assert_eq!(s.percent(), 100.0);
         s.failed("disk full");
         assert_eq!(s.last_error.as_deref(), Some("disk full"));
+    }
+
+    #[test]
+    fn a_prefix_that_does_not_fit_moves_from_reused_to_fetched() {
+        let mut s = MirrorStatus::default();
+        s.running(&plan(2, 1000));
+        assert_eq!((s.bytes_todo, s.bytes_reused), (1000, 5));
+        s.prefix_unused(4);
+        assert_eq!((s.bytes_todo, s.bytes_reused, s.refetched), (1004, 1, 1));
     }
 }

@@ -22,6 +22,7 @@
 //! | 8 | `Data` | core → edge | the next chunk asked for: its bytes only, as the edge knows which chunk is due and checks its hash |
 //! | 9 | `Received` | edge → core | the stream bytes the edge has read so far: the core's pacing (`mirror/pace.rs`) |
 //! | 10 | `ReportEvery` | core → edge | how many bytes the edge should read between two `Received` |
+//! | 11 | `FetchFrom` | edge → core | a `Fetch` in which some chunks, named by their index in it, are asked for from a byte offset on: their `Data` holds the bytes after it (the edge holds the start, see [`super::Prefix`]) |
 //!
 //! Why positions and no hashes on the way: the manifest already names every chunk with
 //! its hash; a request by position costs a few bytes for a whole run of chunks instead of
@@ -34,7 +35,9 @@
 //! at most `max_chunk` bytes) and by their hash in [`super::ReplicaVolume::receive`].
 //! Nothing from the edge is trusted either: [`ChunkTable::resolve`] refuses a `Fetch`
 //! of more than [`MAX_REQUEST`] chunks, an empty run or a position outside the manifest,
-//! and a `Received` that goes back or past what was written ends the stream.
+//! [`ChunkTable::resolve_from`] also an offset at or past its chunk's end or naming no
+//! chunk of the request, and a `Received` that goes back or past what was written ends
+//! the stream.
 //!
 //! IO: none.
 
@@ -130,6 +133,14 @@ pub enum MirrorFrame {
         /// The interval in bytes.
         bytes: u64,
     },
+    /// 11: edge → core: as `Fetch`, with some chunks from a byte offset on.
+    FetchFrom {
+        /// As in `Fetch`.
+        runs: Vec<(u64, u32)>,
+        /// `(index, offset)`: the chunk asked for `index`-th (from 0, in the order of
+        /// `runs`) is sent from byte `offset` on, which is inside it. Indexes increase.
+        from: Vec<(u32, u32)>,
+    },
 }
 
 impl MirrorFrame {
@@ -147,6 +158,7 @@ impl MirrorFrame {
             MirrorFrame::Data { .. } => "chunk data",
             MirrorFrame::Received { .. } => "received report",
             MirrorFrame::ReportEvery { .. } => "report interval",
+            MirrorFrame::FetchFrom { .. } => "chunk fetch from offsets",
         }
     }
 }
@@ -177,6 +189,28 @@ pub enum FetchError {
         position: u64,
         /// Chunks in the manifest.
         len: u64,
+    },
+    /// An offset for a chunk the request does not have, or out of order.
+    #[error(
+        "a fetch with an offset for its chunk {index}, not after the last one and among its {count}"
+    )]
+    FromIndex {
+        /// The index given.
+        index: u32,
+        /// Chunks in the request.
+        count: usize,
+    },
+    /// An offset at or past the end of its chunk.
+    #[error(
+        "a fetch of chunk position {position} from byte {offset}, at or past its end ({len} bytes)"
+    )]
+    FromOutside {
+        /// The chunk's position.
+        position: u64,
+        /// The offset asked for.
+        offset: u32,
+        /// The chunk's length.
+        len: u32,
     },
 }
 
@@ -216,6 +250,39 @@ impl ChunkTable {
                 .copied(),
             _ => None,
         }
+    }
+
+    /// The chunks a `FetchFrom` asks for, in order, each with the offset to send it from
+    /// (0: whole): checked as by [`ChunkTable::resolve`], and each offset against its
+    /// chunk (inside it) and the request (a chunk of it, indexes increasing).
+    pub fn resolve_from(
+        &self,
+        manifest: &Manifest,
+        runs: &[(u64, u32)],
+        from: &[(u32, u32)],
+    ) -> Result<Vec<(ChunkRef, u32)>, FetchError> {
+        let chunks = self.resolve(manifest, runs)?;
+        let mut out: Vec<(ChunkRef, u32)> = chunks.into_iter().map(|c| (c, 0)).collect();
+        let mut next = 0usize;
+        let count = out.len();
+        for &(index, offset) in from {
+            let i = index as usize;
+            let Some((chunk, at)) = out.get_mut(i).filter(|_| i >= next) else {
+                return Err(FetchError::FromIndex { index, count });
+            };
+            if offset >= chunk.len {
+                // The position, for the error: counted again through the runs.
+                let position = positions(runs).nth(i).unwrap_or(u64::MAX);
+                return Err(FetchError::FromOutside {
+                    position,
+                    offset,
+                    len: chunk.len,
+                });
+            }
+            *at = offset;
+            next = i + 1;
+        }
+        Ok(out)
     }
 
     /// The chunks a `Fetch` asks for, in order: checked against [`MAX_REQUEST`] and the
@@ -269,6 +336,16 @@ impl ChunkTable {
         }
         out
     }
+}
+
+/// The positions `runs` name (runs already resolved: no overflow).
+fn positions(runs: &[(u64, u32)]) -> impl Iterator<Item = u64> + '_ {
+    let mut next = 0u64;
+    runs.iter().flat_map(move |(gap, count)| {
+        let start = next.saturating_add(*gap);
+        next = start.saturating_add(u64::from(*count));
+        start..next
+    })
 }
 
 /// `positions` (increasing, each once) as the runs of a [`MirrorFrame::Fetch`].
@@ -498,6 +575,10 @@ mod tests {
             },
             MirrorFrame::Received { bytes: 1 << 40 },
             MirrorFrame::ReportEvery { bytes: 4096 },
+            MirrorFrame::FetchFrom {
+                runs: vec![(0, 3)],
+                from: vec![(2, 70_000)],
+            },
         ];
         let mut bytes = Vec::new();
         for f in &frames {
@@ -633,12 +714,75 @@ mod tests {
             table.resolve(&m, &[(0, u32::MAX), (0, u32::MAX)]),
             Err(FetchError::TooMany)
         );
-        // An empty manifest has no position at all.
+        // An empty manifest has no position at all (from an offset or not).
         let empty = Manifest::empty(ChunkParams::default());
         assert!(ChunkTable::new(&empty).is_empty());
         assert!(matches!(
             ChunkTable::new(&empty).resolve(&empty, &[(0, 1)]),
             Err(FetchError::Outside { .. })
         ));
+        assert!(matches!(
+            ChunkTable::new(&empty).resolve_from(&empty, &[(0, 1)], &[(0, 1)]),
+            Err(FetchError::Outside { .. })
+        ));
+    }
+
+    #[test]
+    fn chunks_are_fetched_from_an_offset_inside_them() {
+        let m = manifest(&[("a", b"one"), ("b", b"two!"), ("c", b"three")]);
+        let table = ChunkTable::new(&m);
+        let got = table
+            .resolve_from(&m, &[(1, 2)], &[(0, 3), (1, 1)])
+            .unwrap();
+        let sizes: Vec<(u32, u32)> = got.iter().map(|(c, from)| (c.len, *from)).collect();
+        assert_eq!(sizes, [(4, 3), (5, 1)]);
+        // No offsets: whole chunks, as `resolve` gives them.
+        let whole = table.resolve_from(&m, &[(0, 3)], &[]).unwrap();
+        assert!(whole.iter().all(|(_, from)| *from == 0));
+        assert_eq!(
+            whole.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            table.resolve(&m, &[(0, 3)]).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_fetch_from_a_bad_offset_is_refused() {
+        let m = manifest(&[("a", b"one"), ("b", b"two!"), ("c", b"three")]);
+        let table = ChunkTable::new(&m);
+        // At or beyond the chunk's end: the message names the position and the length.
+        for offset in [4, 5, u32::MAX] {
+            let err = table
+                .resolve_from(&m, &[(0, 1), (0, 2)], &[(1, offset)])
+                .unwrap_err();
+            assert_eq!(
+                err,
+                FetchError::FromOutside {
+                    position: 1,
+                    offset,
+                    len: 4
+                }
+            );
+            assert!(
+                err.to_string().contains(&format!(
+                    "position 1 from byte {offset}, at or past its end"
+                )),
+                "{err}"
+            );
+        }
+        // An index past the request's chunks, twice the same, or going back.
+        for from in [&[(2, 1)][..], &[(0, 1), (0, 1)], &[(1, 1), (0, 1)]] {
+            assert!(
+                matches!(
+                    table.resolve_from(&m, &[(0, 2)], from),
+                    Err(FetchError::FromIndex { count: 2, .. })
+                ),
+                "{from:?}"
+            );
+        }
+        // The runs are checked as in a `Fetch`.
+        assert_eq!(
+            table.resolve_from(&m, &[(0, 0)], &[(0, 1)]),
+            Err(FetchError::EmptyRun)
+        );
     }
 }

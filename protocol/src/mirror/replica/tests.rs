@@ -223,6 +223,124 @@ fn a_restart_resumes_without_refetching() {
     assert!(replica.target().is_none());
 }
 
+/// Receives what `plan` asks for from `pair`'s source: a chunk with a prefix as its rest.
+fn receive_planned(pair: &Pair, replica: &mut ReplicaVolume, plan: &Plan) {
+    for chunk in &plan.fetch {
+        let bytes = pair.source.read_chunk(&chunk.hash).unwrap();
+        match plan.prefixes.get(&chunk.hash) {
+            Some(prefix) => {
+                let rest = &bytes[prefix.chunk.len as usize..];
+                replica.receive_rest(&chunk.hash, rest).unwrap();
+            }
+            None => replica.receive(&chunk.hash, &bytes).unwrap(),
+        }
+    }
+}
+
+#[test]
+fn an_append_is_rebuilt_from_the_old_last_chunk_and_the_rest_even_after_a_restart() {
+    let mut pair = Pair::new("append");
+    let old = random(3 << 20, 30);
+    write_old(&pair.src(), "log.bin", &old);
+    let mut replica = pair.open();
+    pair.mirror(&mut replica);
+
+    let mut new = old.clone();
+    new.extend_from_slice(&random(300_000, 31));
+    write_old(&pair.src(), "log.bin", &new);
+    let target = pair.manifest();
+    let plan = replica.begin(target.clone()).unwrap();
+    assert_eq!(plan.fetch_bytes, 300_000, "only the appended bytes");
+    assert_eq!(plan.reuse_bytes, 3 << 20);
+    assert_eq!(plan.prefixes.len(), 1);
+    // A rest for a chunk the plan fetches whole is not taken.
+    let whole = plan
+        .fetch
+        .iter()
+        .find(|c| !plan.prefixes.contains_key(&c.hash))
+        .unwrap();
+    assert!(matches!(
+        replica.receive_rest(&whole.hash, b"x"),
+        Err(ReceiveError::NoPrefix(_))
+    ));
+
+    // Stopped before the rest arrived (the edge restarts): the resumed plan asks for
+    // it from the same offset again.
+    drop(replica);
+    let mut replica = pair.open();
+    let resumed = replica.plan().unwrap();
+    assert_eq!(resumed.prefixes, plan.prefixes);
+    assert_eq!(resumed.fetch_bytes, plan.fetch_bytes);
+    receive_planned(&pair, &mut replica, &resumed);
+    assert_eq!(replica.missing(), 0);
+    replica.apply().unwrap();
+    assert_eq!(on_disk(&replica), describe(&target));
+    assert_eq!(
+        fs::read(replica.current_dir().join("log.bin")).unwrap(),
+        new
+    );
+}
+
+#[test]
+fn a_prefix_that_is_not_the_chunk_start_falls_back_to_the_whole_chunk() {
+    let mut pair = Pair::new("prefix");
+    let (a, b) = (random(2 << 20, 32), random(1 << 20, 33));
+    write_old(&pair.src(), "a.bin", &a);
+    write_old(&pair.src(), "b.bin", &b);
+    let mut replica = pair.open();
+    pair.mirror(&mut replica);
+
+    // a.bin: its last byte rewritten, then appended to. The chunks before its last one
+    // are the same, so the plan takes its old last chunk for the new one's start; the
+    // rebuilt chunk fails its hash.
+    let mut a2 = a.clone();
+    *a2.last_mut().unwrap() ^= 0xff;
+    a2.extend_from_slice(&random(200_000, 34));
+    // b.bin: a plain append, but its old last chunk rotted on the edge's disk.
+    let mut b2 = b.clone();
+    b2.extend_from_slice(&random(200_000, 35));
+    write_old(&pair.src(), "a.bin", &a2);
+    write_old(&pair.src(), "b.bin", &b2);
+    let target = pair.manifest();
+    let plan = replica.begin(target.clone()).unwrap();
+    assert_eq!(plan.prefixes.len(), 2, "{:?}", plan.prefixes);
+    let b_old = replica.current_dir().join("b.bin");
+    fs::set_permissions(&b_old, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut rotten = fs::read(&b_old).unwrap();
+    *rotten.last_mut().unwrap() ^= 0xff;
+    fs::write(&b_old, &rotten).unwrap();
+
+    let wanted = replica.missing();
+    for (hash, prefix) in &plan.prefixes {
+        let bytes = pair.source.read_chunk(hash).unwrap();
+        let got = replica.receive_rest(hash, &bytes[prefix.chunk.len as usize..]);
+        match prefix.path.as_str() {
+            "a.bin" => assert!(
+                matches!(
+                    got,
+                    Err(ReceiveError::Spool(SpoolError::HashMismatch { .. }))
+                ),
+                "{got:?}"
+            ),
+            _ => assert!(matches!(got, Err(ReceiveError::Prefix { .. })), "{got:?}"),
+        }
+    }
+    assert_eq!(
+        replica.missing(),
+        wanted,
+        "both still wanted, nothing spooled"
+    );
+    // Fetched whole, they complete the mirror, verified.
+    for chunk in &plan.fetch {
+        let bytes = pair.source.read_chunk(&chunk.hash).unwrap();
+        replica.receive(&chunk.hash, &bytes).unwrap();
+    }
+    replica.apply().unwrap();
+    assert_eq!(on_disk(&replica), describe(&target));
+    assert_eq!(fs::read(replica.current_dir().join("a.bin")).unwrap(), a2);
+    assert_eq!(fs::read(replica.current_dir().join("b.bin")).unwrap(), b2);
+}
+
 #[test]
 fn corrupted_and_unasked_chunks_are_refused() {
     let mut pair = Pair::new("corrupt");

@@ -121,6 +121,11 @@ pub struct MirrorView {
     pub files_todo: u64,
     /// Chunk bytes received and verified.
     pub bytes_done: u64,
+    /// Chunk bytes read from the link for this mirror as they arrive, before
+    /// verification: moves while a chunk is part way across; kept on a resume of the same
+    /// target; never below `bytes_done` (it also counts a chunk cut by an interruption or
+    /// failing verification).
+    pub bytes_arrived: u64,
     /// Chunk bytes to fetch.
     pub bytes_todo: u64,
     /// Bytes taken from chunks the edge already held.
@@ -180,6 +185,7 @@ impl MirrorView {
             files_done: s.files_done,
             files_todo: s.files_todo,
             bytes_done: s.bytes_done,
+            bytes_arrived: s.bytes_arrived,
             bytes_todo: s.bytes_todo,
             bytes_reused: s.bytes_reused,
             bytes_on_link: s.bytes_on_link,

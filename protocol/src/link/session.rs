@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -192,6 +192,12 @@ async fn run(
 /// enough for a burst of small entries on a link that has just started.
 const MIN_IN_FLIGHT_BYTES: u64 = 64 << 10;
 
+/// The least entry bytes handed to QUIC in one compressed piece (see [`send_loop`]).
+const MIN_WRITE_BYTES: u64 = 16 << 10;
+
+/// A piece may always hold what the link sends in this long (see [`send_loop`]).
+const PIECE_TIME: Duration = Duration::from_millis(50);
+
 /// Stream priorities (higher goes first): control, then entries; mirror transfers come
 /// last, below entries ([`super::PRIORITY_MIRROR`]).
 const PRIORITY_CONTROL: i32 = 1;
@@ -337,7 +343,24 @@ async fn send_loop(
             // the data; two windows cost a quarter of satcom's goodput), so that little waits in QUIC's buffers and a new
             // entry (of another topic, or from the other side) never queues behind a
             // backlog of megabytes on a slow link.
-            let window = (4 * conn.stats().path.cwnd).max(MIN_IN_FLIGHT_BYTES);
+            let path = conn.stats().path;
+            let cwnd = path.cwnd;
+            let window = (4 * cwnd).max(MIN_IN_FLIGHT_BYTES);
+            // Each write is flushed, so the peer can decompress, store and acknowledge
+            // it once it has all of it. Written in pieces of at most half a window, the
+            // entries are acknowledged within about a round trip; in one piece of
+            // `batch_bytes`, a link in slow start (a few packets per round trip) carried
+            // it over several round trips with nothing acknowledged, the window above
+            // filled, and the sender stalled: satcom's catch-up lost ~5 s of its ramp.
+            // Where half a window is far less than `PIECE_TIME` of sending (loopback, a
+            // LAN), pieces that small only cost work: a piece is the larger of the two.
+            let rtt = path.rtt.max(Duration::from_millis(1));
+            let timely = u64::try_from(u128::from(cwnd) * PIECE_TIME.as_micros() / rtt.as_micros())
+                .unwrap_or(u64::MAX);
+            let piece = (cwnd / 2)
+                .max(timely)
+                .clamp(MIN_WRITE_BYTES, settings.batch_bytes as u64);
+            let mut gathered: u64 = 0;
             let mut unacknowledged: u64 = shared
                 .outbound()
                 .values()
@@ -369,13 +392,16 @@ async fn send_loop(
                 if records.is_empty() {
                     continue;
                 }
-                // Keep to the window (at least one entry, so that a large one still goes).
+                // Keep to the window and the piece (at least one entry, so that a large
+                // one still goes).
                 let mut fits = 0;
                 for r in &records {
-                    if fits > 0 && unacknowledged + r.entry.size() > window {
+                    let size = r.entry.size();
+                    if fits > 0 && (unacknowledged + size > window || gathered + size > piece) {
                         break;
                     }
-                    unacknowledged += r.entry.size();
+                    unacknowledged += size;
+                    gathered += size;
                     fits += 1;
                 }
                 records.truncate(fits);
@@ -394,7 +420,7 @@ async fn send_loop(
                         .map_err(|e| LinkError::Store(e.to_string()))?;
                 }
                 counts.push((topic.clone(), entries));
-                if buf.len() >= settings.batch_bytes {
+                if buf.len() >= settings.batch_bytes || gathered >= piece {
                     break;
                 }
             }

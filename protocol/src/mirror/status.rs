@@ -2,7 +2,10 @@
 //! and the UI, the HTTP API and metrics read.
 //!
 //! Progress is counted in fetched bytes after deduplication (the real work), never in
-//! logical file sizes; it only goes up, across interruptions and resumes.
+//! logical file sizes; it only goes up, across interruptions and resumes. Two counters
+//! follow the chunks: `bytes_arrived` as their bytes come off the link, `bytes_done` once
+//! each is whole and verified (a 64 KiB chunk takes about a minute at 9.6 kbit/s: the
+//! first shows it moving, the second jumps when it is in).
 //!
 //! IO: none, and no clock: callers pass `now`.
 
@@ -44,6 +47,15 @@ pub struct MirrorStatus {
     pub files_todo: u64,
     /// Chunk bytes received and verified.
     pub bytes_done: u64,
+    /// Chunk bytes read from the link for this mirror, counted as each `Data` frame's
+    /// bytes arrive, before the chunk is whole and verified: partial progress, and when
+    /// the first byte came. Kept, like `bytes_done`, when a run resumes the same target
+    /// (after an interruption, or a restart of the node, where both start from 0), and
+    /// back to 0 with a new target. It also keeps what was received for nothing: the part
+    /// of a chunk an interruption cut (fetched again whole on resume) and chunks that
+    /// failed verification; so it is never below `bytes_done`, and the difference is
+    /// the chunk part way across plus that waste.
+    pub bytes_arrived: u64,
     /// Chunk bytes to fetch (after deduplication against what the edge holds).
     pub bytes_todo: u64,
     /// Bytes of new or changed files taken from chunks the edge already held, and from
@@ -106,6 +118,7 @@ impl MirrorStatus {
         } else {
             self.files_done = 0;
             self.bytes_done = 0;
+            self.bytes_arrived = 0;
             self.bytes_todo = plan.fetch_bytes;
             self.refetched = 0;
         }
@@ -115,7 +128,24 @@ impl MirrorStatus {
         self.eta = None;
     }
 
-    /// A chunk of `bytes` was received and verified.
+    /// The edge already holds the core's current state, at `version`: nothing to fetch.
+    pub fn up_to_date(&mut self, version: u64) {
+        self.target_version = Some(version);
+        self.files_done = 0;
+        self.files_todo = 0;
+        self.bytes_done = 0;
+        self.bytes_arrived = 0;
+        self.bytes_todo = 0;
+        self.bytes_reused = 0;
+    }
+
+    /// `bytes` of chunk data arrived (not yet a whole chunk, not yet verified).
+    pub fn arrived(&mut self, bytes: u64) {
+        self.bytes_arrived += bytes;
+    }
+
+    /// A chunk of `bytes` was received and verified (its bytes arrived before:
+    /// [`MirrorStatus::arrived`]).
     pub fn received(&mut self, bytes: u64, now: Instant) {
         self.bytes_done += bytes;
         let since = *self.meter.since.get_or_insert(now);
@@ -257,6 +287,48 @@ mod tests {
         assert_eq!(s.percent(), 100.0);
         s.failed("disk full");
         assert_eq!(s.last_error.as_deref(), Some("disk full"));
+    }
+
+    #[test]
+    fn arrived_bytes_move_before_a_chunk_is_verified_and_are_kept_on_resume() {
+        let (t0, wall) = (Instant::now(), SystemTime::UNIX_EPOCH);
+        let mut s = MirrorStatus::default();
+        s.planning(Some(1), wall);
+        s.running(&plan(2, 1000));
+        // A chunk of 400 bytes part way across: only `bytes_arrived` moves.
+        s.arrived(150);
+        assert_eq!((s.bytes_arrived, s.bytes_done), (150, 0));
+        s.arrived(250);
+        s.received(400, t0);
+        assert_eq!((s.bytes_arrived, s.bytes_done), (400, 400));
+        // One that fails its hash arrives again: the first copy stays counted.
+        s.arrived(100);
+        s.refetch();
+        s.arrived(100);
+        s.received(100, t0);
+        assert_eq!((s.bytes_arrived, s.bytes_done), (600, 500));
+        // The next one is cut by the link after 80 bytes: kept in `bytes_arrived`, and
+        // so through the resume of the same target, where it arrives again whole.
+        s.arrived(80);
+        s.interrupted();
+        s.planning(Some(1), wall);
+        s.running(&plan(2, 500));
+        assert_eq!(
+            (s.bytes_arrived, s.bytes_done, s.bytes_todo),
+            (680, 500, 1000)
+        );
+        s.arrived(500);
+        s.received(500, t0);
+        s.done(wall);
+        assert_eq!((s.bytes_arrived, s.bytes_done), (1180, 1000));
+        // A new target starts both from 0; so does a mirror with nothing to fetch.
+        s.planning(Some(2), wall);
+        s.running(&plan(3, 300));
+        assert_eq!((s.bytes_arrived, s.bytes_done, s.bytes_todo), (0, 0, 300));
+        s.arrived(20);
+        s.up_to_date(3);
+        assert_eq!((s.bytes_arrived, s.bytes_done, s.bytes_todo), (0, 0, 0));
+        assert_eq!(s.target_version, Some(3));
     }
 
     #[test]

@@ -452,7 +452,10 @@
     setText($('#mirror-rate'), active && m.rate_bytes_per_second > 0 ? fmtBytes(m.rate_bytes_per_second) + '/s' : '');
     setText($('#mirror-eta'), active && m.eta_ms != null ? fmtDuration(m.eta_ms) + ' left' : '');
     setText($('#mirror-files'), m.files_todo || m.files_done ? fmtCount(m.files_done) + ' / ' + fmtCount(m.files_todo) : '–');
-    setText($('#mirror-bytes'), m.bytes_todo || m.bytes_done ? fmtBytes(m.bytes_done) + ' / ' + fmtBytes(m.bytes_todo) : '–');
+    // Bytes verified of those to fetch; while running, also the bytes arrived, chunks
+    // part way across included (on a slow radio one chunk takes a minute).
+    const arrived = active && m.bytes_arrived > m.bytes_done ? ' (' + fmtBytes(m.bytes_arrived) + ' arrived)' : '';
+    setText($('#mirror-bytes'), m.bytes_todo || m.bytes_done ? fmtBytes(m.bytes_done) + ' / ' + fmtBytes(m.bytes_todo) + arrived : '–');
     setText($('#mirror-link-bytes'), fmtBytes(m.bytes_on_link));
     setText($('#mirror-reused'), fmtBytes(m.bytes_reused));
     const last = $('#mirror-last-success');

@@ -257,6 +257,13 @@ pub fn render(app: &App) -> String {
         .sample(&[], s.bytes_done);
         family(
             o,
+            "tether_mirror_arrived_bytes",
+            "gauge",
+            "Chunk bytes of this mirror read from the link, verified or not yet.",
+        )
+        .sample(&[], s.bytes_arrived);
+        family(
+            o,
             "tether_mirror_todo_bytes",
             "gauge",
             "Chunk bytes this mirror fetches in all.",

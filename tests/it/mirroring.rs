@@ -20,7 +20,7 @@ use protocol::mirror::{
 use protocol::tls;
 use protocol::wire::{Frame, FrameReader, Hello, encode, encode_value};
 use tests::Rng;
-use tests::cluster::{Cluster, name, wait_link};
+use tests::cluster::{Cluster, mirror_finished, name, wait_link};
 use tests::link::{Link, Profile};
 
 /// How long one mirror run may take before the test fails (a few MB on loopback).
@@ -64,28 +64,11 @@ async fn mirror_now(cluster: &Cluster) -> (MirrorStatus, u64) {
     let mirror = mirror(cluster);
     let before = mirror.status().bytes_on_link;
     mirror.start().unwrap();
-    let status = finished(mirror, PATIENCE).await;
+    let status = mirror_finished(mirror, PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let bytes = status.bytes_on_link - before;
     (status, bytes)
-}
-
-/// Waits until the mirror started last has ended (done or failed).
-async fn finished(mirror: &Mirror, within: Duration) -> MirrorStatus {
-    let mut watch = mirror.watch();
-    let ended = tokio::time::timeout(
-        within,
-        watch.wait_for(|s| {
-            !mirror.started() && matches!(s.state, MirrorState::Done | MirrorState::Failed)
-        }),
-    )
-    .await;
-    match ended {
-        Ok(Ok(status)) => status.clone(),
-        _ => panic!(
-            "the mirror did not end within {within:?}: {:?}",
-            mirror.status()
-        ),
-    }
 }
 
 /// Every path under `dir`: files with their bytes, directories as `None`.
@@ -427,7 +410,9 @@ async fn a_mirror_cut_by_an_edge_restart_resumes_by_itself_without_resending() {
         "the operator's start was forgotten"
     );
 
-    let done = finished(mirror(&cluster), PATIENCE).await;
+    let done = mirror_finished(mirror(&cluster), PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_done(&done, "resumed after the restart");
     assert_mirrored(&cluster, "resumed after the restart");
     // Only what was not verified before the restart was planned and fetched again.
@@ -561,7 +546,9 @@ async fn an_outage_at_half_interrupts_and_the_mirror_resumes_without_resending()
     .unwrap();
     relay.up();
 
-    let done = finished(mirror, PATIENCE).await;
+    let done = mirror_finished(mirror, PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_done(&done, "resumed");
     assert_mirrored(&cluster, "resumed");
     // What was verified before the outage was not planned again.

@@ -10,6 +10,7 @@ use protocol::link::{
     self, LinkStatus, Links, Local, Mirror, MirrorSettings, MirrorSource, PeerLink, SessionSettings,
 };
 use protocol::log::{Store, StoreConfig};
+use protocol::mirror::{MirrorState, MirrorStatus};
 use protocol::node::Role;
 use protocol::tls::{self, Allowed, Ca, NodeIdentity};
 
@@ -434,6 +435,26 @@ pub async fn wait_link(
             "the link to {} was not {what} after {within:?}: {:?}",
             link.peer(),
             link.status()
+        )),
+    }
+}
+
+/// Waits (on the mirror's status watch) until the mirror started last has ended, done
+/// or failed, and returns its status; fails after `within`.
+pub async fn mirror_finished(mirror: &Mirror, within: Duration) -> Result<MirrorStatus, String> {
+    let mut watch = mirror.watch();
+    let ended = tokio::time::timeout(
+        within,
+        watch.wait_for(|s| {
+            !mirror.started() && matches!(s.state, MirrorState::Done | MirrorState::Failed)
+        }),
+    )
+    .await;
+    match ended {
+        Ok(Ok(status)) => Ok(status.clone()),
+        _ => Err(format!(
+            "the mirror did not end within {within:?}: {:?}",
+            mirror.status()
         )),
     }
 }

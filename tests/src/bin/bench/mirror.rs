@@ -40,7 +40,7 @@ use protocol::mirror::{MirrorState, MirrorStatus};
 use protocol::tls;
 use serde_json::{Value, json};
 use tests::Rng;
-use tests::cluster::Cluster;
+use tests::cluster::{Cluster, mirror_finished};
 use tests::link::{Counters, Link, Profile};
 
 use crate::round2;
@@ -254,7 +254,7 @@ impl Run {
         mirror
             .start()
             .map_err(|e| format!("cannot start the mirror: {e}"))?;
-        let status = finished(mirror, PATIENCE).await?;
+        let status = mirror_finished(mirror, PATIENCE).await?;
         let seconds = started.elapsed().as_secs_f64();
         done(&status, name)?;
         let after = quiet(&self.relay, QUIET).await;
@@ -471,7 +471,7 @@ async fn outage_run(
         Some(outage) => Some(cut(&relay, mirror, &link, since, outage).await?),
         None => None,
     };
-    let status = finished(mirror, PATIENCE).await?;
+    let status = mirror_finished(mirror, PATIENCE).await?;
     let seconds = started.elapsed().as_secs_f64();
     let after_up = cut.as_ref().map(|c| c.up.elapsed().as_secs_f64());
     if let Some(after_up) = after_up {
@@ -741,25 +741,6 @@ pub(crate) async fn settle(cluster: &Cluster) -> Result<(), String> {
         .as_ref()
         .ok_or("the core serves no volume")?;
     source.settled(PATIENCE).await.map(drop)
-}
-
-/// Waits until the mirror started last has ended (done or failed).
-pub(crate) async fn finished(mirror: &Mirror, within: Duration) -> Result<MirrorStatus, String> {
-    let mut watch = mirror.watch();
-    let ended = tokio::time::timeout(
-        within,
-        watch.wait_for(|s| {
-            !mirror.started() && matches!(s.state, MirrorState::Done | MirrorState::Failed)
-        }),
-    )
-    .await;
-    match ended {
-        Ok(Ok(status)) => Ok(status.clone()),
-        _ => Err(format!(
-            "the mirror did not end within {within:?}: {:?}",
-            mirror.status()
-        )),
-    }
 }
 
 fn done(status: &MirrorStatus, case: &str) -> Result<(), String> {

@@ -263,8 +263,40 @@ impl Entry {
 pub(crate) fn entry_size(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: &[u8]) -> u64 {
     /// Identity, timestamp and destination, as stored (varints and interned names).
     const FIXED: usize = 16;
-    let headers: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let headers: usize = headers
+        .iter()
+        .map(|(n, v)| HEADER_OVERHEAD + n.len() + v.len())
+        .sum();
     (FIXED + key.map_or(0, <[u8]>::len) + headers + payload.len()) as u64
+}
+
+/// Most headers one entry may carry; more are refused (by the store, and while decoding
+/// a peer's batch), so that an entry's cost is never hidden in millions of empty ones.
+pub const MAX_HEADERS: usize = 64;
+
+/// Longest header name, in bytes.
+pub const MAX_HEADER_NAME: usize = 128;
+
+/// What each header adds to an entry's size beyond its name and value: what it costs to
+/// hold (two lengths on disk, two allocations in memory), so that `max_entry_bytes`
+/// bounds an entry of many empty headers too.
+pub const HEADER_OVERHEAD: usize = 16;
+
+/// Why an entry's headers are refused: too many, or a name too long.
+pub(crate) fn check_headers(headers: &[(String, Vec<u8>)]) -> Result<(), String> {
+    if headers.len() > MAX_HEADERS {
+        return Err(format!(
+            "{} headers, more than the {MAX_HEADERS} an entry may carry",
+            headers.len()
+        ));
+    }
+    if let Some((name, _)) = headers.iter().find(|(n, _)| n.len() > MAX_HEADER_NAME) {
+        return Err(format!(
+            "a header name of {} bytes, longer than {MAX_HEADER_NAME}",
+            name.len()
+        ));
+    }
+    Ok(())
 }
 
 /// What a producer hands in: the store gives it its identity, timestamp and offset.
@@ -346,6 +378,6 @@ mod tests {
     #[test]
     fn size_counts_every_part() {
         let a = Append::new(vec![0; 100]).key(*b"k").header("h", *b"vv");
-        assert_eq!(a.size(), 16 + 1 + 3 + 100);
+        assert_eq!(a.size() as usize, 16 + 1 + (HEADER_OVERHEAD + 3) + 100);
     }
 }

@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::entry::{NodeName, TopicName};
+use crate::entry::{NodeName, Scope, TopicName};
 use crate::log::{ReadError, Store};
+use crate::replication::Writers;
 use crate::tls::{self, Allowed, CloseCode};
 use crate::wire::{self, WireError};
 
@@ -53,6 +54,15 @@ pub struct SessionSettings {
     pub have_every: Duration,
     /// zstd level of the entry streams (1 to 3: fast, and most of the gain).
     pub zstd_level: i32,
+    /// Core: which edges may write which topics (`[[topics]] writers`).
+    pub writers: Writers,
+    /// Most entry bytes (as the store counts them) read ahead from a peer's entry stream
+    /// and not yet committed: the memory one peer's stream can make this side hold,
+    /// beside QUIC's receive window.
+    pub queue_bytes: usize,
+    /// Core: what it relays from one edge to the others (`[link] relay_*`); `None`: no
+    /// limit.
+    pub relay: Option<RelayLimit>,
 }
 
 impl Default for SessionSettings {
@@ -65,6 +75,9 @@ impl Default for SessionSettings {
             hello_timeout: Duration::from_secs(60),
             have_every: Duration::from_millis(100),
             zstd_level: 1,
+            writers: Writers::default(),
+            queue_bytes: 8 << 20,
+            relay: None,
         }
     }
 }
@@ -81,6 +94,14 @@ pub enum LinkError {
     /// The peer sent a frame over the size limit.
     #[error("the peer sent {0}")]
     TooLarge(String),
+    /// An edge sent what only another node may say (the trust rule, see
+    /// [`crate::replication`]): closed as `forged-origin`.
+    #[error("forged origin: {0}")]
+    Forged(String),
+    /// The peer presents its name from a new store while this node holds the old one's
+    /// entries: closed as `incarnation`.
+    #[error("{0}")]
+    Incarnation(String),
     /// The peer speaks another version.
     #[error("peer speaks protocol version {0}; this node speaks {v}", v = wire::VERSION)]
     Version(u32),
@@ -98,6 +119,8 @@ impl LinkError {
         match self {
             LinkError::Protocol(why) => (CloseCode::Protocol, why.clone()),
             LinkError::TooLarge(why) => (CloseCode::TooLarge, why.clone()),
+            LinkError::Forged(why) => (CloseCode::ForgedOrigin, why.clone()),
+            LinkError::Incarnation(why) => (CloseCode::Incarnation, why.clone()),
             LinkError::Version(v) => (
                 CloseCode::Version,
                 format!(
@@ -162,6 +185,8 @@ pub struct LinkStatus {
     pub bytes_out: u64,
     /// See `bytes_out`.
     pub bytes_in: u64,
+    /// Core: how often this edge's entries waited for its relay quota (since start).
+    pub throttled: u64,
     /// Per topic and direction.
     pub topics: Vec<TopicStatus>,
 }
@@ -189,6 +214,7 @@ impl PeerLink {
             rtt: None,
             bytes_out: 0,
             bytes_in: 0,
+            throttled: 0,
             topics: Vec::new(),
         };
         let (paused_here, status, current) = (
@@ -327,6 +353,78 @@ pub struct Local {
     /// The core's mission volume, served to mirrors (`None` at an edge, or a core
     /// without a volume: mirrors are refused with a reason).
     pub mirror: Option<MirrorSource>,
+}
+
+impl Local {
+    /// Whether the core relays `topic`'s entries from one edge to the others (scope
+    /// `all`): what the relay quota counts.
+    fn relays(&self, topic: &TopicName) -> bool {
+        self.store
+            .topic(topic)
+            .is_some_and(|t| t.config.scope == Scope::All)
+    }
+}
+
+/// What the core relays from one edge to the other edges (`[link] relay_rate`,
+/// `relay_entries`, `relay_burst`): per second, with a burst of `burst` worth of both.
+/// Past it the core reads that edge's entries only as fast as the quota allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimit {
+    /// Entry bytes per second (as the store counts them); 0: no limit on bytes.
+    pub bytes_per_s: u64,
+    /// Entries per second; 0: no limit on entries.
+    pub entries_per_s: u64,
+    /// How long a burst at full speed the quota allows after a quiet spell.
+    pub burst: Duration,
+}
+
+/// One edge's relay quota: two token buckets (entries and bytes). Without IO: it is
+/// handed the time and answers how long to wait.
+#[derive(Debug)]
+pub struct RelayQuota {
+    limit: Option<RelayLimit>,
+    /// Tokens in each bucket at `at` (may go below zero: a debt to wait out).
+    entries: f64,
+    bytes: f64,
+    at: std::time::Instant,
+}
+
+impl RelayQuota {
+    /// A full quota at `now`.
+    pub fn new(limit: Option<RelayLimit>, now: std::time::Instant) -> Self {
+        let burst = |rate: u64| rate as f64 * limit.map_or(0.0, |l| l.burst.as_secs_f64());
+        RelayQuota {
+            limit,
+            entries: limit.map_or(0.0, |l| burst(l.entries_per_s)),
+            bytes: limit.map_or(0.0, |l| burst(l.bytes_per_s)),
+            at: now,
+        }
+    }
+
+    /// Takes `entries` and `bytes` from the quota at `now`; returns how long to wait
+    /// before they may be relayed (zero if within the quota).
+    pub fn take(&mut self, entries: u64, bytes: u64, now: std::time::Instant) -> Duration {
+        let Some(limit) = self.limit else {
+            return Duration::ZERO;
+        };
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        let mut wait: f64 = 0.0;
+        for (tokens, rate, taken) in [
+            (&mut self.entries, limit.entries_per_s, entries),
+            (&mut self.bytes, limit.bytes_per_s, bytes),
+        ] {
+            if rate == 0 {
+                continue;
+            }
+            let (rate, full) = (rate as f64, rate as f64 * limit.burst.as_secs_f64());
+            *tokens = (*tokens + elapsed * rate).min(full) - taken as f64;
+            if *tokens < 0.0 {
+                wait = wait.max(-*tokens / rate);
+            }
+        }
+        Duration::from_secs_f64(wait.min(3600.0))
+    }
 }
 
 /// Every peer's link on this node.

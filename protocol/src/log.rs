@@ -182,6 +182,8 @@ struct Shared {
     writers: AtomicUsize,
     /// Counts published groups: one wake-up for "something changed in any topic".
     changes: watch::Sender<u64>,
+    /// The store's incarnation, set once by the owner as it opens the store.
+    incarnation: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -241,6 +243,7 @@ impl Store {
             poisoned: Mutex::new(None),
             writers: AtomicUsize::new(0),
             changes: watch::Sender::new(0),
+            incarnation: std::sync::atomic::AtomicU64::new(0),
         });
         let inbox = owner::start(shared.clone(), config)?;
         Ok(Store { shared, inbox })
@@ -249,6 +252,15 @@ impl Store {
     /// The node that owns this store.
     pub fn node(&self) -> &NodeName {
         &self.shared.node
+    }
+
+    /// The store's incarnation: a number drawn when the store was made, which tells this
+    /// store's entries from those of another store under the same node name (a new
+    /// device, a wiped data directory). Peers learn it in the hello.
+    pub fn incarnation(&self) -> u64 {
+        self.shared
+            .incarnation
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store's directory.

@@ -11,10 +11,26 @@
 //! Per origin, a receiver takes sequences only in order (the store refuses a hole). The
 //! sender therefore tells it, with a `Skip` frame, about sequences it will not send: ones
 //! addressed to another node, and ones this node lost to its disk budget (a gap).
+//!
+//! And the trust rule (DESIGN, promise 8: a node speaks only for itself), here beside the
+//! routing rule it guards:
+//! - an edge sends the core only entries and `Skip`s of its own origin ([`Outbound`]), and
+//!   the core takes nothing else from an edge ([`Inbound`]): an entry or `Skip` of
+//!   another origin ends the link as `forged-origin`; an edge's `Skip` is applied only
+//!   together with the entry that follows it, so it never reaches past what the edge
+//!   appended;
+//! - the core is the relay and the trust root: an edge takes entries and `Skip`s of any
+//!   origin from it;
+//! - an edge writes only the topics the core lets it write ([`Writers`]): the core's
+//!   hello names the others (`closed`), they are not in the edge's routes, and an entry of
+//!   one from the edge is a protocol violation like any topic outside the routes;
+//! - a name presented again by a new store (another [`Hello::incarnation`]) is refused
+//!   while this node holds entries of the old one ([`Incarnations`]): its sequences
+//!   would be taken for the old ones' and dropped as duplicates.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::entry::{NodeName, Offset, Record, Scope, TopicName};
+use crate::entry::{Entry, NodeName, Offset, Record, Scope, TopicName};
 use crate::log::VersionVector;
 use crate::wire::{Batch, Frame, Hello};
 
@@ -30,25 +46,173 @@ pub struct Routes {
 impl Routes {
     /// The routes between this node (`core` if it is the core, holding `topics`) and the
     /// peer that said `hello`. A topic crosses only if both hold it with the same scope.
-    pub fn between(core: bool, topics: &[(TopicName, Scope)], hello: &Hello) -> Routes {
+    /// `closed`: the topics this node does not take from the peer (at the core, those the
+    /// edge may not write, [`Writers::closed_to`]); the topics the peer's hello closes are
+    /// not sent.
+    pub fn between(
+        core: bool,
+        topics: &[(TopicName, Scope)],
+        closed: &[TopicName],
+        hello: &Hello,
+    ) -> Routes {
         let mut routes = Routes::default();
         for (name, scope) in topics {
             let shared = hello.topics.iter().any(|(n, s)| n == name && s == scope);
             if !shared {
                 continue;
             }
+            let (send, take) = (!hello.closed.contains(name), !closed.contains(name));
             match scope {
                 Scope::Local => {}
-                Scope::Core if core => routes.input.push(name.clone()),
+                Scope::Core if core => routes.input.extend(take.then(|| name.clone())),
                 Scope::Core if !hello.core => {} // edge to edge: never directly
-                Scope::Core => routes.out.push(name.clone()),
+                Scope::Core => routes.out.extend(send.then(|| name.clone())),
                 Scope::All => {
-                    routes.out.push(name.clone());
-                    routes.input.push(name.clone());
+                    routes.out.extend(send.then(|| name.clone()));
+                    routes.input.extend(take.then(|| name.clone()));
                 }
             }
         }
         routes
+    }
+}
+
+/// Which edges may write each topic, as the core's config says (`[[topics]] writers`):
+/// the core takes a topic's entries only from its writers. A topic not named is open to
+/// every edge. The core itself writes every topic it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writers(pub Vec<(TopicName, Writer)>);
+
+/// Who may write one topic besides the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// Every edge.
+    AnyEdge,
+    /// Only these edges (none: the core alone).
+    Edges(Vec<NodeName>),
+}
+
+impl Writers {
+    /// Whether `edge` may write `topic`.
+    pub fn allows(&self, topic: &TopicName, edge: &NodeName) -> bool {
+        match self.0.iter().find(|(t, _)| t == topic) {
+            None | Some((_, Writer::AnyEdge)) => true,
+            Some((_, Writer::Edges(edges))) => edges.contains(edge),
+        }
+    }
+
+    /// The topics `edge` may not write: the core does not take them from it, and says
+    /// so in its hello.
+    pub fn closed_to(&self, edge: &NodeName) -> Vec<TopicName> {
+        let closed = self.0.iter().filter(|(t, _)| !self.allows(t, edge));
+        closed.map(|(t, _)| t.clone()).collect()
+    }
+}
+
+/// Why a peer's entry-stream frame is refused by the trust rule: the link ends with the
+/// close code `forged-origin` and this reason, and nothing of the transaction is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forged(pub String);
+
+/// The receiving side of the trust rule: what this node takes from one peer. Without IO.
+///
+/// From the core, everything (it relays). From an edge, entries and `Skip`s of the edge's
+/// own origin only; a `Skip` is held until the entry right after it arrives, and applied
+/// with it, so an edge can only skip sequences below one it really appended.
+#[derive(Debug)]
+pub struct Inbound {
+    peer: NodeName,
+    from_core: bool,
+    /// Per topic, an edge's `Skip` waiting for its next entry: the last skipped sequence.
+    held: HashMap<TopicName, u64>,
+}
+
+impl Inbound {
+    /// Taking from `peer`; `from_core`: the peer is the core.
+    pub fn new(peer: NodeName, from_core: bool) -> Self {
+        Inbound {
+            peer,
+            from_core,
+            held: HashMap::new(),
+        }
+    }
+
+    /// Checks a `Skip` of `origin` through `through`: `Some` is what to apply now.
+    pub fn skip(
+        &mut self,
+        topic: &TopicName,
+        origin: &NodeName,
+        through: u64,
+    ) -> Result<Option<u64>, Forged> {
+        if self.from_core {
+            return Ok(Some(through));
+        }
+        if *origin != self.peer {
+            return Err(Forged(format!(
+                "{} sent a skip of {origin}'s entries of {topic}: an edge speaks only for itself",
+                self.peer
+            )));
+        }
+        self.held.insert(topic.clone(), through);
+        Ok(None)
+    }
+
+    /// Checks a batch's entries: `Some(through)` is a held `Skip` of the peer's own origin
+    /// to apply before them.
+    pub fn batch(&mut self, topic: &TopicName, entries: &[Entry]) -> Result<Option<u64>, Forged> {
+        if self.from_core {
+            return Ok(None);
+        }
+        if let Some(e) = entries.iter().find(|e| e.id.origin != self.peer) {
+            return Err(Forged(format!(
+                "{} sent entry {}:{} of {topic}: an edge speaks only for itself",
+                self.peer, e.id.origin, e.id.seq
+            )));
+        }
+        let Some(through) = self.held.remove(topic) else {
+            return Ok(None);
+        };
+        match entries.first() {
+            Some(e) if Some(e.id.seq.0) == through.checked_add(1) => Ok(Some(through)),
+            Some(e) => Err(Forged(format!(
+                "{} skipped its entries of {topic} through {through}, then sent {}: a skip \
+                 must be followed by the entry right after it",
+                self.peer, e.id.seq
+            ))),
+            None => {
+                self.held.insert(topic.clone(), through);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// What a node remembers of its peers' incarnations (a table in its store), and the rule
+/// for a name presented by a new store. Without IO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incarnations {
+    /// The peer's first hello here, or the same store as before.
+    Known,
+    /// A new store under this name, and this node holds none of the old one's entries:
+    /// nothing can be mistaken, so the new incarnation is recorded and goes on.
+    Renewed,
+}
+
+impl Incarnations {
+    /// Checks `presented` against what was `recorded` for the peer, `held` being the
+    /// highest sequence of the peer's origin this node holds in any topic.
+    pub fn check(recorded: Option<u64>, presented: u64, held: u64) -> Result<Self, String> {
+        match recorded {
+            None => Ok(Incarnations::Known),
+            Some(r) if r == presented => Ok(Incarnations::Known),
+            Some(_) if held == 0 => Ok(Incarnations::Renewed),
+            Some(r) => Err(format!(
+                "a new store ({presented:x}) under a name whose entries up to {held} came \
+                 from another ({r:x}) and would be taken for them: restore the node's data \
+                 directory, or give the new device a name of its own"
+            )),
+        }
     }
 }
 
@@ -64,6 +228,8 @@ pub struct Outbound {
     topic: TopicName,
     peer: NodeName,
     peer_core: bool,
+    /// Toward the core from an edge: the edge's own name, the only origin it offers.
+    only: Option<NodeName>,
     /// What the peer holds, from its `Have`s: `None` until the first.
     have: Option<HashMap<NodeName, u64>>,
     /// Per origin, the highest sequence the peer holds or was sent or told to skip.
@@ -75,13 +241,21 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Sending `topic` to `peer`, from local offset `start`.
-    pub fn new(topic: TopicName, peer: NodeName, peer_core: bool, start: Offset) -> Self {
+    /// Sending `topic` to `peer`, from local offset `start`. `only`: the origin this
+    /// side may offer, `Some(its own name)` at an edge (the trust rule), `None` at the core.
+    pub fn new(
+        topic: TopicName,
+        peer: NodeName,
+        peer_core: bool,
+        only: Option<NodeName>,
+        start: Offset,
+    ) -> Self {
         let (have, told, in_flight) = (None, HashMap::new(), VecDeque::new());
         Outbound {
             topic,
             peer,
             peer_core,
+            only,
             have,
             told,
             position: start.0,
@@ -90,9 +264,10 @@ impl Outbound {
         }
     }
 
-    /// Whether the peer is the core.
-    pub fn peer_is_core(&self) -> bool {
-        self.peer_core
+    /// The same sender, started again from `start` (the peer lost what it had).
+    pub fn restart(&self, start: Offset) -> Self {
+        let (topic, peer, only) = (self.topic.clone(), self.peer.clone(), self.only.clone());
+        Outbound::new(topic, peer, self.peer_core, only, start)
     }
 
     /// The topic.
@@ -129,10 +304,12 @@ impl Outbound {
         )
     }
 
-    /// Takes the peer's `Have`: what it durably holds.
-    pub fn have(&mut self, vector: &[(NodeName, u64)]) {
+    /// Takes the peer's `Have`: what it durably holds. Only origins for which `holds`
+    /// is true are kept (the origins this node holds of the topic): a peer's `Have`
+    /// naming made-up origins costs nothing here.
+    pub fn have(&mut self, vector: &[(NodeName, u64)], holds: impl Fn(&NodeName) -> bool) {
         let have = self.have.get_or_insert_with(HashMap::new);
-        for (origin, seq) in vector {
+        for (origin, seq) in vector.iter().filter(|(o, _)| holds(o)) {
             let held = have.entry(origin.clone()).or_default();
             *held = (*held).max(*seq);
             let told = self.told.entry(origin.clone()).or_default();
@@ -170,7 +347,8 @@ impl Outbound {
             let for_peer =
                 e.to.as_ref()
                     .is_none_or(|to| *to == self.peer || self.peer_core);
-            if e.id.seq.0 <= told || *origin == self.peer || !for_peer {
+            let offered = self.only.as_ref().is_none_or(|only| only == origin);
+            if e.id.seq.0 <= told || *origin == self.peer || !for_peer || !offered {
                 continue;
             }
             if e.id.seq.0 > told + 1 {
@@ -192,6 +370,10 @@ impl Outbound {
             self.in_flight
                 .push_back((record.offset.0, origin.clone(), e.id.seq.0, size));
             entries.push(e);
+            if entries.len() == crate::wire::MAX_BATCH_ENTRIES {
+                frames.push(Frame::Batch(Batch::new(self.topic.clone(), &entries)));
+                entries.clear();
+            }
         }
         if !entries.is_empty() {
             frames.push(Frame::Batch(Batch::new(self.topic.clone(), &entries)));
@@ -265,6 +447,7 @@ mod tests {
         let hello = |core: bool| Hello {
             version: 1,
             node: node("x"),
+            incarnation: 1,
             core,
             topics: vec![
                 (topic("feed"), Scope::Local),
@@ -272,22 +455,23 @@ mod tests {
                 (topic("broadcast"), Scope::All),
                 (topic("mismatch"), Scope::Core),
             ],
+            closed: vec![],
         };
         // At the core, facing an edge: reports come in only; broadcasts both ways.
-        let at_core = Routes::between(true, &topics, &hello(false));
+        let at_core = Routes::between(true, &topics, &[], &hello(false));
         assert_eq!(at_core.out, vec![topic("broadcast")]);
         assert_eq!(at_core.input, vec![topic("reports"), topic("broadcast")]);
         // At an edge, facing the core: the mirror image.
-        let at_edge = Routes::between(false, &topics, &hello(true));
+        let at_edge = Routes::between(false, &topics, &[], &hello(true));
         assert_eq!(at_edge.out, vec![topic("reports"), topic("broadcast")]);
         assert_eq!(at_edge.input, vec![topic("broadcast")]);
     }
 
     #[test]
     fn sends_what_the_peer_lacks_in_order() {
-        let mut out = Outbound::new(topic("t"), node("alpha"), false, Offset(0));
+        let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
         assert!(!out.ready());
-        out.have(&[(node("hq"), 1)]);
+        out.have(&[(node("hq"), 1)], |_| true);
         let frames = out.plan(vec![
             record(0, "hq", 1, None),
             record(1, "hq", 2, None),
@@ -300,9 +484,9 @@ mod tests {
             (Offset(4), Offset(1), 3)
         );
         // Acknowledgements move the cursor past what the peer holds.
-        out.have(&[(node("hq"), 2)]);
+        out.have(&[(node("hq"), 2)], |_| true);
         assert_eq!(out.cursor(), Offset(2));
-        out.have(&[(node("hq"), 3), (node("bravo"), 1)]);
+        out.have(&[(node("hq"), 3), (node("bravo"), 1)], |_| true);
         assert_eq!((out.cursor(), out.in_flight()), (Offset(4), 0));
         assert_eq!(out.acknowledged().get(&node("hq")), Seq(3));
     }
@@ -311,8 +495,8 @@ mod tests {
     fn never_echoes_to_the_origin_and_respects_destinations() {
         // Toward an edge: its own entries and others' private ones are not sent; the
         // sequences it will not get are skipped before the next one it will.
-        let mut out = Outbound::new(topic("t"), node("alpha"), false, Offset(0));
-        out.have(&[]);
+        let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
+        out.have(&[], |_| true);
         let frames = out.plan(vec![
             record(0, "alpha", 1, None),
             record(1, "hq", 1, Some("bravo")),
@@ -322,22 +506,126 @@ mod tests {
             record(5, "hq", 5, Some("bravo")),
         ]);
         assert_eq!(show(frames), ["s:hq:2", "b:hq:3,hq:4"]);
-        // Toward the core: everything but its own.
-        let mut out = Outbound::new(topic("t"), node("hq"), true, Offset(0));
-        out.have(&[]);
+        // From an edge toward the core: its own entries only (the trust rule), whatever
+        // else it holds; the core has those from their origins.
+        let mut out = Outbound::new(topic("t"), node("hq"), true, Some(node("alpha")), Offset(0));
+        out.have(&[], |_| true);
         let frames = out.plan(vec![
             record(0, "alpha", 1, Some("bravo")),
             record(1, "hq", 1, None),
-            record(2, "alpha", 2, None),
+            record(2, "bravo", 1, None),
+            record(3, "bravo", 4, None),
+            record(4, "alpha", 2, None),
         ]);
         assert_eq!(show(frames), ["b:alpha:1,alpha:2"]);
+    }
+
+    fn entry(origin: &str, seq: u64) -> Entry {
+        record(0, origin, seq, None).entry
+    }
+
+    #[test]
+    fn the_core_takes_from_an_edge_only_its_own_origin() {
+        let t = topic("t");
+        let mut from_alpha = Inbound::new(node("alpha"), false);
+        assert_eq!(
+            from_alpha.batch(&t, &[entry("alpha", 1), entry("alpha", 2)]),
+            Ok(None)
+        );
+        // Another origin, in a batch or a skip: refused, naming both.
+        let forged = from_alpha.batch(&t, &[entry("alpha", 3), entry("bravo", 1)]);
+        assert!(forged.is_err_and(|Forged(why)| why.contains("alpha") && why.contains("bravo:1")));
+        let forged = from_alpha.skip(&t, &node("bravo"), u64::MAX);
+        assert!(forged.is_err_and(|Forged(why)| why.contains("skip of bravo")));
+        assert!(from_alpha.skip(&t, &node("hq"), 1).is_err());
+        // Its own skip waits for the entry right after it, and comes out with it.
+        assert_eq!(from_alpha.skip(&t, &node("alpha"), 9), Ok(None));
+        assert_eq!(from_alpha.batch(&t, &[]), Ok(None));
+        assert_eq!(from_alpha.batch(&t, &[entry("alpha", 10)]), Ok(Some(9)));
+        // A skip past what it appended (no entry right after it) is never applied...
+        assert_eq!(from_alpha.skip(&t, &node("alpha"), u64::MAX), Ok(None));
+        // ...and one followed by anything else ends the link.
+        assert_eq!(from_alpha.skip(&t, &node("alpha"), 20), Ok(None));
+        assert!(from_alpha.batch(&t, &[entry("alpha", 25)]).is_err());
+        // From the core: any origin, skips at once (it relays and skips others' entries).
+        let mut from_core = Inbound::new(node("hq"), true);
+        assert_eq!(
+            from_core.batch(&t, &[entry("bravo", 1), entry("hq", 1)]),
+            Ok(None)
+        );
+        assert_eq!(from_core.skip(&t, &node("bravo"), 7), Ok(Some(7)));
+    }
+
+    #[test]
+    fn a_have_of_origins_this_node_does_not_hold_is_ignored() {
+        let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
+        let junk: Vec<_> = (0..1000).map(|i| (node(&format!("junk-{i}")), 5)).collect();
+        out.have(&junk, |o| o.as_str() == "hq");
+        out.have(&[(node("hq"), 2)], |o| o.as_str() == "hq");
+        assert_eq!(out.acknowledged().0.len(), 1);
+        assert_eq!(out.told.len(), 1);
+    }
+
+    #[test]
+    fn writers_close_topics_to_edges_and_routes_follow() {
+        let writers = Writers(vec![
+            (topic("broadcast"), Writer::Edges(vec![])),
+            (topic("sensors"), Writer::Edges(vec![node("alpha")])),
+            (topic("messages"), Writer::AnyEdge),
+        ]);
+        assert_eq!(writers.closed_to(&node("alpha")), vec![topic("broadcast")]);
+        assert_eq!(
+            writers.closed_to(&node("bravo")),
+            vec![topic("broadcast"), topic("sensors")]
+        );
+        assert!(writers.allows(&topic("other"), &node("bravo")));
+        let topics = vec![
+            (topic("broadcast"), Scope::All),
+            (topic("messages"), Scope::All),
+        ];
+        let closed = writers.closed_to(&node("bravo"));
+        let edge_hello = Hello {
+            version: 1,
+            node: node("bravo"),
+            incarnation: 1,
+            core: false,
+            topics: topics.clone(),
+            closed: vec![],
+        };
+        let at_core = Routes::between(true, &topics, &closed, &edge_hello);
+        assert_eq!(at_core.input, vec![topic("messages")]);
+        assert_eq!(at_core.out.len(), 2);
+        let core_hello = Hello {
+            node: node("hq"),
+            core: true,
+            closed,
+            ..edge_hello
+        };
+        let at_edge = Routes::between(false, &topics, &[], &core_hello);
+        assert_eq!(at_edge.out, vec![topic("messages")]);
+        assert_eq!(at_edge.input.len(), 2);
+    }
+
+    #[test]
+    fn a_new_store_under_a_known_name_is_refused_while_its_old_entries_are_held() {
+        assert_eq!(Incarnations::check(None, 7, 100), Ok(Incarnations::Known));
+        assert_eq!(
+            Incarnations::check(Some(7), 7, 100),
+            Ok(Incarnations::Known)
+        );
+        assert_eq!(
+            Incarnations::check(Some(7), 8, 0),
+            Ok(Incarnations::Renewed)
+        );
+        let refused = Incarnations::check(Some(7), 8, 100).unwrap_err();
+        assert!(refused.contains("up to 100") && refused.contains("name of its own"));
     }
 
     #[test]
     fn a_hole_in_the_local_log_becomes_a_skip() {
         // Sequences 2 and 3 of bravo were lost here (disk budget): say so before 4.
-        let mut out = Outbound::new(topic("t"), node("alpha"), false, Offset(0));
-        out.have(&[(node("bravo"), 1)]);
+        let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
+        out.have(&[(node("bravo"), 1)], |_| true);
         let frames = out.plan(vec![
             record(7, "bravo", 4, None),
             record(8, "bravo", 5, None),

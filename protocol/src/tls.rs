@@ -99,6 +99,12 @@ const RECEIVE_WINDOW: u32 = 16 << 20;
 /// while a slow link drains it.
 const SEND_WINDOW: u64 = 16 << 20;
 
+/// Bidirectional streams a peer may have open at once: the control stream and mirror runs.
+pub const MAX_BIDI_STREAMS: u32 = 3;
+
+/// Unidirectional streams a peer may have open at once: its entry stream.
+pub const MAX_UNI_STREAMS: u32 = 1;
+
 /// The longest close reason sent: it must fit one packet on a small-MTU link.
 const MAX_REASON_BYTES: usize = 256;
 
@@ -144,6 +150,8 @@ impl Default for Timeouts {
 /// | 3    | `protocol`    | the peer broke the protocol: garbage, an unexpected frame  |
 /// | 4    | `too-large`   | the peer sent a frame over the size limit                  |
 /// | 5    | `replaced`    | a newer connection from the same node replaced this one    |
+/// | 6    | `forged-origin` | an edge sent entries or a skip of another node's origin  |
+/// | 8    | `incarnation` | a known name from a new store, whose entries would be lost |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseCode {
     /// 0: the node is stopping, or an operator closed the link. The peer may redial.
@@ -160,6 +168,13 @@ pub enum CloseCode {
     TooLarge,
     /// 5: the same node connected again; the older connection is closed.
     Replaced,
+    /// 6: an edge sent entries or a `Skip` of another node's origin, or a `Skip` past
+    /// what it appended: a node speaks only for itself. Nothing of it was stored.
+    ForgedOrigin,
+    /// 8: the peer presents a name this node knows from another store (a new device, a
+    /// wiped data directory) while this node holds the old store's entries; the reason
+    /// says what to do.
+    Incarnation,
 }
 
 /// A node on the other end of an authenticated link.
@@ -323,13 +338,15 @@ impl Allowed {
 
 impl CloseCode {
     /// Every code, in number order.
-    pub const ALL: [CloseCode; 6] = [
+    pub const ALL: [CloseCode; 8] = [
         CloseCode::Shutdown,
         CloseCode::NotAllowed,
         CloseCode::Version,
         CloseCode::Protocol,
         CloseCode::TooLarge,
         CloseCode::Replaced,
+        CloseCode::ForgedOrigin,
+        CloseCode::Incarnation,
     ];
 
     /// The code's number on the wire.
@@ -341,6 +358,8 @@ impl CloseCode {
             CloseCode::Protocol => 3,
             CloseCode::TooLarge => 4,
             CloseCode::Replaced => 5,
+            CloseCode::ForgedOrigin => 6,
+            CloseCode::Incarnation => 8,
         })
     }
 
@@ -358,6 +377,8 @@ impl CloseCode {
             CloseCode::Protocol => "protocol",
             CloseCode::TooLarge => "too-large",
             CloseCode::Replaced => "replaced",
+            CloseCode::ForgedOrigin => "forged-origin",
+            CloseCode::Incarnation => "incarnation",
         }
     }
 
@@ -394,6 +415,12 @@ pub fn transport_config(timeouts: Timeouts) -> quinn::TransportConfig {
         .send_window(SEND_WINDOW)
         // The link uses streams only: refusing datagrams is one less thing a peer can send.
         .datagram_receive_buffer_size(None)
+        // What the protocol opens, and no more: the control stream and a mirror run (one
+        // at a time; a stopped run's stream may linger while a new one starts), and one
+        // entry stream each way. Each stream a peer opens costs the receiver a task and
+        // buffers; quinn's default lets it open 100 of each.
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .congestion_controller_factory(congestion_controller())
         .ack_frequency_config(Some(ack_frequency()));
     config

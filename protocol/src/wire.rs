@@ -17,7 +17,7 @@
 //!
 //! | # | frame | stream | meaning |
 //! | --- | --- | --- | --- |
-//! | 0 | `Hello` | control | first frame each way: version, node, role, topics held |
+//! | 0 | `Hello` | control | first frame each way: version, node, incarnation, role, topics held, topics the peer may not send |
 //! | 1 | `Have` | control | what the sender durably holds of a topic: sent at start, and after every durable insert (the acknowledgement) |
 //! | 2 | `Batch` | entry | entries of one topic, in the sender's order |
 //! | 3 | `Skip` | entry | the sender lost an origin's entries up to a sequence (disk budget): account for them |
@@ -35,14 +35,25 @@ use crate::entry::{Entry, EntryId, NodeName, Scope, Seq, Timestamp, TopicName};
 /// major version). 2: the mirror fetches chunks by position, paces them, and sends
 /// packed deltas; a peer of version 1 is closed with a clear "version" reason. 3: the
 /// mirror fetches an appended file's extended chunk from an offset (`FetchFrom`); a peer
-/// of version 2 is closed the same way.
-pub const VERSION: u32 = 3;
+/// of version 2 is closed the same way. 4: the hello carries the node's incarnation and
+/// the topics the peer may not send; batches are bounded in entries and headers.
+pub const VERSION: u32 = 4;
 
 /// Largest encoded frame accepted: a batch of entries at the size limit fits.
 pub const MAX_FRAME: usize = 4 << 20;
 
 /// Output produced per decompression step: how far decompression may run ahead.
 const INFLATE_STEP: usize = 64 << 10;
+
+/// The largest zstd window (as a power of two) a peer's entry stream may ask for: 4 MiB.
+/// Our senders use levels 1 to 3 (windows of 512 KiB to 2 MiB); zstd's decoder would
+/// otherwise accept 128 MiB, and allocate it, on a peer's say-so.
+pub const INFLATE_WINDOW_LOG: u32 = 22;
+
+/// Most entries in one batch. Our senders put at most `batch_entries` (1,024) in one;
+/// the bound keeps what a 4 MiB frame decodes into within a small multiple of its size
+/// (an empty entry is 5 bytes on the wire and ~100 in memory).
+pub const MAX_BATCH_ENTRIES: usize = 4096;
 
 /// One message between two nodes; see the module doc for the numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,10 +92,17 @@ pub struct Hello {
     pub version: u32,
     /// Its name (also in its certificate; the two must agree).
     pub node: NodeName,
+    /// Which store it speaks from: a number drawn when its store was made. A node that
+    /// presents a known name with another incarnation (a new device, a wiped store) would
+    /// reuse sequences its peers already hold; see [`crate::replication::Incarnations`].
+    pub incarnation: u64,
     /// Whether it is the core.
     pub core: bool,
     /// The topics it holds that may cross a link (scope `core` or `all`).
     pub topics: Vec<(TopicName, Scope)>,
+    /// Topics the receiver holds but may not send to the sender (from the core: the
+    /// topics only other nodes may write, `[[topics]] writers`).
+    pub closed: Vec<TopicName>,
 }
 
 /// Entries of one topic, compactly: node names once per batch, sequences and timestamps
@@ -95,6 +113,7 @@ pub struct Batch {
     pub topic: TopicName,
     names: Vec<NodeName>,
     base_ts: u64,
+    #[serde(deserialize_with = "bounded_entries")]
     entries: Vec<WireEntry>,
 }
 
@@ -118,7 +137,58 @@ struct Extras {
     key: Option<Vec<u8>>,
     /// Index of the destination in `names`.
     to: Option<u32>,
+    /// At most [`crate::entry::MAX_HEADERS`], refused while decoding past that.
+    #[serde(deserialize_with = "bounded_headers")]
     headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Wire entries: past [`MAX_BATCH_ENTRIES`] + 1, the rest are read and dropped (see
+/// [`bounded_seq`]).
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WireEntry>, D::Error> {
+    bounded_seq(d, MAX_BATCH_ENTRIES)
+}
+
+/// Headers: past [`crate::entry::MAX_HEADERS`] + 1, the rest are read and dropped.
+fn bounded_headers<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
+    bounded_seq(d, crate::entry::MAX_HEADERS)
+}
+
+/// A sequence kept to at most `max` + 1 items: the ones past that are decoded and dropped
+/// at once, so a frame of millions of tiny items never becomes millions of allocations
+/// held, and [`Batch::into_entries`] can still say what was over which limit (the codec
+/// keeps no message of a decoder's own error).
+fn bounded_seq<'de, D, T>(d: D, max: usize) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T> {
+        max: usize,
+        item: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a sequence")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max).min(64));
+            while let Some(item) = seq.next_element()? {
+                if out.len() <= self.max {
+                    out.push(item);
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded {
+        max,
+        item: std::marker::PhantomData,
+    })
 }
 
 /// Bytes from a peer that are not a valid frame or stream.
@@ -136,9 +206,15 @@ pub enum WireError {
     /// The frame's bytes do not decode.
     #[error(transparent)]
     Decode(#[from] codec::DecodeError),
-    /// A batch refers to a name it does not carry, or its sequences overflow.
-    #[error("malformed batch of topic {0}")]
-    BadBatch(TopicName),
+    /// A batch refers to a name it does not carry, its sequences overflow, or it is over
+    /// a limit ([`MAX_BATCH_ENTRIES`], [`crate::entry::MAX_HEADERS`]).
+    #[error("malformed batch of topic {topic}: {why}")]
+    BadBatch {
+        /// The batch's topic.
+        topic: TopicName,
+        /// What is wrong.
+        why: String,
+    },
     /// The compressed stream is corrupt.
     #[error("corrupt compressed stream: {0}")]
     Inflate(std::io::Error),
@@ -200,9 +276,27 @@ impl Batch {
         self.entries.is_empty()
     }
 
+    /// Its entries' sizes, as [`Entry::size`] counts them.
+    pub fn size(&self) -> u64 {
+        let entry = |w: &WireEntry| match &w.extras {
+            Some(x) => crate::entry::entry_size(x.key.as_deref(), &x.headers, &w.payload),
+            None => crate::entry::entry_size(None, &[], &w.payload),
+        };
+        self.entries.iter().map(entry).sum()
+    }
+
     /// The entries, checked: every index refers to a carried name.
     pub fn into_entries(self) -> Result<Vec<Entry>, WireError> {
-        let bad = || WireError::BadBatch(self.topic.clone());
+        let bad_batch = |why: String| WireError::BadBatch {
+            topic: self.topic.clone(),
+            why,
+        };
+        if self.entries.len() > MAX_BATCH_ENTRIES {
+            return Err(bad_batch(format!(
+                "more than {MAX_BATCH_ENTRIES} entries in one batch"
+            )));
+        }
+        let bad = || bad_batch("an index names no carried node, or a sequence overflows".into());
         let name = |i: u32| self.names.get(i as usize).cloned().ok_or_else(bad);
         let mut last_seq = vec![0u64; self.names.len()];
         let mut out = Vec::with_capacity(self.entries.len());
@@ -212,6 +306,12 @@ impl Batch {
             let seq = last.checked_add(w.seq_delta).ok_or_else(bad)?;
             *last = seq;
             let (key, to, headers) = match &w.extras {
+                Some(x) if x.headers.len() > crate::entry::MAX_HEADERS => {
+                    return Err(bad_batch(format!(
+                        "an entry with more than {} headers",
+                        crate::entry::MAX_HEADERS
+                    )));
+                }
                 Some(x) => (
                     x.key.clone(),
                     x.to.map(name).transpose()?,
@@ -391,7 +491,10 @@ impl std::fmt::Debug for Inflate {
 impl Inflate {
     /// A decompressor for one stream.
     pub fn new() -> std::io::Result<Self> {
-        let zstd = zstd::stream::raw::Decoder::new()?;
+        let mut zstd = zstd::stream::raw::Decoder::new()?;
+        zstd.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+            INFLATE_WINDOW_LOG,
+        ))?;
         Ok(Inflate {
             zstd,
             input: Vec::new(),
@@ -550,7 +653,31 @@ mod tests {
         // A batch that points at a name it does not carry.
         let mut batch = Batch::new(topic(), &[entry("hq", 1, 0, b"x")]);
         batch.entries[0].origin = 5;
-        assert!(matches!(batch.into_entries(), Err(WireError::BadBatch(_))));
+        assert!(matches!(
+            batch.into_entries(),
+            Err(WireError::BadBatch { .. })
+        ));
+
+        // Past the limits: refused with the limit named, and never held whole.
+        let mut bomb = entry("hq", 1, 0, b"x");
+        bomb.headers = vec![(String::new(), Vec::new()); 100_000];
+        let mut bytes = Vec::new();
+        encode(&Frame::Batch(Batch::new(topic(), &[bomb])), &mut bytes);
+        let mut reader = FrameReader::default();
+        reader.push(&bytes);
+        let Some(Frame::Batch(back)) = reader.next_frame().unwrap() else {
+            panic!("not a batch")
+        };
+        let held = back.entries[0].extras.as_ref().unwrap().headers.len();
+        assert_eq!(held, crate::entry::MAX_HEADERS + 1);
+        let refused = back.into_entries().unwrap_err().to_string();
+        assert!(refused.contains("more than 64 headers"), "{refused}");
+        let many: Vec<Entry> = (1..=5000).map(|i| entry("hq", i, 0, b"")).collect();
+        let refused = Batch::new(topic(), &many).into_entries().unwrap_err();
+        assert!(
+            refused.to_string().contains("more than 4096 entries"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -274,6 +274,8 @@ async fn a_fetch_from_an_offset_past_its_chunk_is_refused_and_the_core_serves_on
     let (mut control, mut control_recv) = conn.open_bi().await.unwrap();
     let mut bytes = Vec::new();
     let hello = Frame::Hello(Hello {
+        incarnation: 1,
+        closed: vec![],
         version: protocol::wire::VERSION,
         node: name("alpha"),
         core: false,

@@ -10,7 +10,7 @@ use tests::cluster::{Cluster, all, name, topic, wait_for_count};
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Checks that `records` hold each identity once and each origin's sequences in order.
-fn check_once_in_order(records: &[Record]) -> HashMap<NodeName, u64> {
+pub(crate) fn check_once_in_order(records: &[Record]) -> HashMap<NodeName, u64> {
     let mut last: HashMap<NodeName, u64> = HashMap::new();
     for r in records {
         let seen = last.entry(r.entry.id.origin.clone()).or_default();
@@ -24,7 +24,7 @@ fn check_once_in_order(records: &[Record]) -> HashMap<NodeName, u64> {
     last
 }
 
-async fn append_n(store: &Store, t: &str, n: usize, to: Option<&str>) {
+pub(crate) async fn append_n(store: &Store, t: &str, n: usize, to: Option<&str>) {
     for i in 0..n {
         let mut a = Append::new(format!("{} {i}", store.node()));
         if let Some(to) = to {
@@ -154,7 +154,7 @@ async fn a_partition_heals_with_no_loss_and_no_duplicates() {
 }
 
 /// Waits until `check` holds for the link's status (on its change signal).
-async fn wait_status(
+pub(crate) async fn wait_status(
     link: &protocol::link::PeerLink,
     what: &str,
     check: impl Fn(&protocol::link::LinkStatus) -> bool,
@@ -245,6 +245,8 @@ async fn misbehaving_peers_are_refused_with_a_reason_and_the_core_serves_on() {
     let ca = cluster.ca();
     let hello = |version| {
         Frame::Hello(Hello {
+            incarnation: 1,
+            closed: vec![],
             version,
             node: name("mallory"),
             core: false,

@@ -103,6 +103,17 @@ impl Cluster {
         Cluster::start_with(edges, more, topics, settings(), None).await
     }
 
+    /// Like [`Cluster::start_allowing`], every node with the session `settings` (the
+    /// core's writers and relay quota among them).
+    pub async fn start_with_settings(
+        edges: &[&str],
+        more: &[&str],
+        topics: &[(&str, Scope)],
+        settings: SessionSettings,
+    ) -> Result<Cluster, Error> {
+        Cluster::start_with(edges, more, topics, settings, None).await
+    }
+
     /// A mirroring cluster: a core `hq` serving the volume [`Cluster::volume`] (empty
     /// at first; its edges' chunk rate capped at `max_rate`) and one edge `n` keeping a
     /// mirror with `mirror` settings in `<dir>/<n>-mirror`, dialing the core directly or

@@ -20,14 +20,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::{LinkError, Local, PeerLink};
+use super::{LinkError, Local, PeerLink, RelayQuota};
 use crate::entry::{NodeName, Offset, Scope, TopicName};
-use crate::log::{ConsumerName, PeerConfig, Store, Txn, WriteError};
-use crate::replication::{Outbound, Routes};
+use crate::log::{ConsumerName, PeerConfig, Store, TableName, Txn, WriteError};
+use crate::replication::{Inbound, Incarnations, Outbound, Routes};
 use crate::wire::{self, Deflate, Frame, FrameReader, Hello, Inflate};
 
 /// Runs one session on an authenticated connection with `peer` until it ends, then
@@ -81,11 +81,20 @@ async fn run(
         .filter(|t| t.config.scope != Scope::Local)
         .map(|t| (t.config.name, t.config.scope))
         .collect();
+    // At the core, the topics this edge may not write (the core's config); an edge
+    // closes none to the core.
+    let closed_topics = if local.core {
+        local.settings.writers.closed_to(&peer)
+    } else {
+        Vec::new()
+    };
     let hello = Hello {
         version: wire::VERSION,
         node: store.node().clone(),
+        incarnation: store.incarnation(),
         core: local.core,
         topics: topics.clone(),
+        closed: closed_topics.clone(),
     };
     let mut bytes = Vec::new();
     wire::encode(&Frame::Hello(hello), &mut bytes);
@@ -116,7 +125,8 @@ async fn run(
         let role = if local.core { "core" } else { "edge" };
         return Err(LinkError::Protocol(format!("both ends are a {role}")));
     }
-    let routes = Routes::between(local.core, &topics, &theirs);
+    check_incarnation(store, &peer, theirs.incarnation).await?;
+    let routes = Routes::between(local.core, &topics, &closed_topics, &theirs);
     let out_config = PeerConfig {
         name: peer.clone(),
         core: theirs.core,
@@ -133,9 +143,11 @@ async fn run(
     let mut outbound = HashMap::new();
     for topic in &routes.out {
         let start = store.cursor(&consumer, topic)?;
+        // The trust rule: an edge offers the core only its own origin.
+        let only = (!local.core).then(|| store.node().clone());
         outbound.insert(
             topic.clone(),
-            Outbound::new(topic.clone(), peer.clone(), theirs.core, start),
+            Outbound::new(topic.clone(), peer.clone(), theirs.core, only, start),
         );
         link.topic(topic, true, |_| {});
     }
@@ -173,7 +185,7 @@ async fn run(
     let reader = control_loop(store, &peer, link, &shared, &routes, control_recv, control);
     let pause = pause_loop(link, &control_tx);
     let sender = send_loop(local, conn, link, &shared, &routes);
-    let receiver = receive_loop(local, conn, link, &routes, &control_tx);
+    let receiver = receive_loop(local, conn, link, &routes, theirs.core, &control_tx);
     let persist = persist_loop(local, conn, &consumer, link, &shared);
     let mirrors = mirror_loop(local, conn, &peer);
     tokio::select! {
@@ -235,16 +247,17 @@ async fn control_loop(
                         "have for topic {topic}, which this node does not send"
                     )));
                 }
+                let held = store.vector(&topic)?;
                 let mut outbound = shared.outbound();
                 let Some(out) = outbound.get_mut(&topic) else {
                     continue;
                 };
                 if !out.ready() && regressed(store, peer, &topic, &vector)? {
                     tracing::warn!(%peer, %topic, "peer holds less than it acknowledged before: sending from the start");
-                    *out =
-                        Outbound::new(topic.clone(), peer.clone(), out.peer_is_core(), Offset(0));
+                    *out = out.restart(Offset(0));
                 }
-                out.have(&vector);
+                // Only origins this node holds count: made-up ones cost nothing.
+                out.have(&vector, |origin| held.0.contains_key(origin));
                 let (cursor, position) = (out.cursor(), out.position());
                 let next = store.topic(&topic).map_or(0, |t| t.next.0);
                 let idle = out.in_flight() == 0 && position.0 >= next;
@@ -452,16 +465,27 @@ async fn send_loop(
 
 /// Receives the peer's entry stream: reads ahead, commits what is queued as one
 /// transaction, acknowledges with `Have`.
+///
+/// What the peer can make this side hold is bounded: the read-ahead queue by the bytes
+/// of the entries in it ([`SessionSettings::queue_bytes`]), each frame by
+/// [`wire::MAX_FRAME`] and what it decodes into (`wire`'s limits). Every frame passes the
+/// trust rule ([`Inbound`]) before it joins a transaction; a refusal ends the session as
+/// `forged-origin` with nothing of that transaction stored. At the core, entries that
+/// are relayed to other edges pass the edge's relay quota ([`RelayQuota`]) first.
 async fn receive_loop(
     local: &Local,
     conn: &quinn::Connection,
     link: &PeerLink,
     routes: &Routes,
+    from_core: bool,
     control: &mpsc::Sender<Frame>,
 ) -> Result<Never, LinkError> {
     let store = &local.store;
+    let peer = link.peer().clone();
     let mut recv = conn.accept_uni().await?;
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Frame>(256);
+    let budget = local.settings.queue_bytes.max(1);
+    let room = Arc::new(Semaphore::new(budget));
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<(Frame, OwnedSemaphorePermit)>();
     let read = async {
         let mut inflate = Inflate::new().map_err(|e| LinkError::Store(e.to_string()))?;
         loop {
@@ -476,22 +500,37 @@ async fn receive_loop(
             link.update(|s| s.bytes_in += chunk.bytes.len() as u64);
             inflate.push(&chunk.bytes);
             while let Some(frame) = inflate.next_frame()? {
-                if frames_tx.send(frame).await.is_err() {
+                // Wait for room: a frame waits in the queue for its bytes (at least one
+                // frame always fits), so the peer's reads stop when the committer lags.
+                let cost = u32::try_from(frame_cost(&frame).min(budget)).unwrap_or(u32::MAX);
+                let permit = room
+                    .clone()
+                    .acquire_many_owned(cost)
+                    .await
+                    .map_err(|_| LinkError::Store("committer gone".into()))?;
+                if frames_tx.send((frame, permit)).is_err() {
                     return Err(LinkError::Store("committer gone".into()));
                 }
             }
         }
     };
     let commit = async {
+        let mut inbound = Inbound::new(peer.clone(), from_core);
+        let mut quota = RelayQuota::new(local.settings.relay, Instant::now());
         let mut unacknowledged: Vec<TopicName> = Vec::new();
-        let mut last_have = std::time::Instant::now();
+        let mut last_have = Instant::now();
         while let Some(first) = frames_rx.recv().await {
             let mut txn = Txn::new();
             let mut touched: Vec<TopicName> = Vec::new();
             let mut stored: HashMap<TopicName, u64> = HashMap::new();
             let mut next = Some(first);
             let mut entries = 0;
-            while let Some(frame) = next.take().or_else(|| frames_rx.try_recv().ok()) {
+            let mut relayed = (0u64, 0u64);
+            // Held until the transaction is committed: the queue's bytes are free only
+            // once the entries are out of memory.
+            let mut permits = Vec::new();
+            while let Some((frame, permit)) = next.take().or_else(|| frames_rx.try_recv().ok()) {
+                permits.push(permit);
                 let topic = match &frame {
                     Frame::Batch(b) => b.topic.clone(),
                     Frame::Skip { topic, .. } => topic.clone(),
@@ -510,6 +549,17 @@ async fn receive_loop(
                 match frame {
                     Frame::Batch(batch) => {
                         let list = batch.into_entries()?;
+                        if let Some(through) = inbound.batch(&topic, &list).map_err(forged)? {
+                            txn.skip(&topic, &peer, crate::entry::Seq(through));
+                        }
+                        if local.core && local.relays(&topic) {
+                            for e in list.iter().filter(|e| {
+                                e.to.is_none() || e.to.as_ref().is_some_and(|to| to != store.node())
+                            }) {
+                                relayed.0 += 1;
+                                relayed.1 += e.size();
+                            }
+                        }
                         entries += list.len();
                         *stored.entry(topic.clone()).or_default() += list.len() as u64;
                         txn.insert(&topic, list);
@@ -517,7 +567,11 @@ async fn receive_loop(
                     Frame::Skip {
                         origin, through, ..
                     } => {
-                        txn.skip(&topic, &origin, crate::entry::Seq(through));
+                        if let Some(through) =
+                            inbound.skip(&topic, &origin, through).map_err(forged)?
+                        {
+                            txn.skip(&topic, &origin, crate::entry::Seq(through));
+                        }
                     }
                     _ => {}
                 }
@@ -528,6 +582,14 @@ async fn receive_loop(
                     break;
                 }
             }
+            // An edge past its relay quota waits here: its stream stops being read, so
+            // its own sender slows down and the backlog stays on its disk, not ours.
+            let wait = quota.take(relayed.0, relayed.1, Instant::now());
+            if !wait.is_zero() {
+                link.update(|s| s.throttled += 1);
+                tracing::debug!(%peer, ?wait, "relay quota: throttled");
+                tokio::time::sleep(wait).await;
+            }
             match store.commit(txn).await {
                 Ok(_) => {}
                 Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
@@ -535,6 +597,7 @@ async fn receive_loop(
                 }
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),
             }
+            drop(permits);
             for topic in touched {
                 let count = stored.get(&topic).copied().unwrap_or(0);
                 link.topic(&topic, false, |t| {
@@ -555,7 +618,7 @@ async fn receive_loop(
                         return Err(LinkError::Protocol("control queue closed".into()));
                     }
                 }
-                last_have = std::time::Instant::now();
+                last_have = Instant::now();
             }
         }
         Err(LinkError::Protocol("entry stream ended".into()))
@@ -565,6 +628,52 @@ async fn receive_loop(
         r = commit => r,
     }
 }
+
+/// What a frame costs the read-ahead queue: its entries' sizes as the store counts them
+/// (payload, key, headers with their overhead, identity), or a small fixed cost.
+fn frame_cost(frame: &Frame) -> usize {
+    const FIXED: usize = 64;
+    match frame {
+        Frame::Batch(batch) => FIXED + usize::try_from(batch.size()).unwrap_or(usize::MAX),
+        _ => FIXED,
+    }
+}
+
+fn forged(e: crate::replication::Forged) -> LinkError {
+    LinkError::Forged(e.0)
+}
+
+/// Checks the peer's incarnation against the one this node recorded for its name
+/// ([`Incarnations`]), and records a first or renewed one.
+async fn check_incarnation(
+    store: &Store,
+    peer: &NodeName,
+    presented: u64,
+) -> Result<(), LinkError> {
+    let table = TableName::new(INCARNATIONS).map_err(|e| LinkError::Store(e.to_string()))?;
+    let recorded = store
+        .doc(&table, peer.as_str())?
+        .and_then(|doc| doc.get("incarnation")?.as_str().map(str::to_owned))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok());
+    let mut held = 0;
+    for topic in store.topics() {
+        held = held.max(store.vector(&topic.config.name)?.get(peer).0);
+    }
+    let verdict = Incarnations::check(recorded, presented, held).map_err(LinkError::Incarnation)?;
+    if recorded != Some(presented) {
+        if verdict == Incarnations::Renewed {
+            tracing::warn!(%peer, "the peer comes from a new store; none of the old one's entries are held here");
+        }
+        let mut txn = Txn::new();
+        let doc = serde_json::json!({ "incarnation": format!("{presented:016x}") });
+        txn.put(&table, peer.as_str(), doc);
+        store.commit(txn).await.map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// The table of peers' incarnations, by node name.
+const INCARNATIONS: &str = "_incarnations";
 
 /// The core's side of mirroring: each bidirectional stream the edge opens after the
 /// control stream is a mirror run, served by its own task until the session ends.

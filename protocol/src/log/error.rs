@@ -67,6 +67,10 @@ pub enum WriteError {
         /// The store's `max_entry_bytes`.
         limit: u64,
     },
+    /// An entry's headers are over the limits ([`crate::entry::MAX_HEADERS`],
+    /// [`crate::entry::MAX_HEADER_NAME`]).
+    #[error("entry refused: {0}")]
+    Headers(String),
     /// An entry from a peer skips sequences: per-origin order would break.
     #[error(
         "topic {topic}: entry {origin}:{got} arrived out of order, expected {origin}:{expected}"

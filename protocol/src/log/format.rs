@@ -42,6 +42,9 @@ pub(crate) const ACK: u8 = 9;
 
 pub(crate) const META_FORMAT: &[u8] = b"\x00format";
 pub(crate) const META_NODE: &[u8] = b"\x00node";
+/// The store's incarnation (a `u64`, big-endian): drawn once, when the store is made (or
+/// first opened by a version that knows it), and presented to peers in the hello.
+pub(crate) const META_INCARNATION: &[u8] = b"\x00incarnation";
 
 /// A topic's definition as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -29,6 +29,7 @@ use super::{
 use crate::codec;
 use crate::entry::{
     Append, NodeName, Offset, Retention, Scope, Seq, Timestamp, TopicConfig, TopicName,
+    check_headers,
 };
 
 /// A group stops taking requests once it holds this many entry bytes, so that one flush
@@ -196,6 +197,18 @@ impl Owner {
                 ));
             }
         }
+
+        let stored = tree.get(format::META_INCARNATION).map_err(sled_err)?;
+        let incarnation = match stored.as_deref().map(<[u8; 8]>::try_from) {
+            Some(Ok(bytes)) => u64::from_be_bytes(bytes),
+            Some(Err(_)) => return Err(corrupt("unreadable incarnation".into())),
+            None => {
+                let drawn = draw_incarnation(&shared.path);
+                init.insert(format::META_INCARNATION, &drawn.to_be_bytes());
+                drawn
+            }
+        };
+        shared.incarnation.store(incarnation, Ordering::Relaxed);
 
         let mut names = HashMap::new();
         let mut by_id = Vec::new();
@@ -466,15 +479,19 @@ impl Owner {
                     let t = self.topic_id(&topic)?;
                     for e in entries {
                         self.check_size(e.size())?;
-                        let origin = self.intern(&e.id.origin, g);
-                        let to = e.to.as_ref().map(|n| self.intern(n, g));
+                        check_headers(&e.headers).map_err(WriteError::Headers)?;
+                        // Names are interned only for entries that are stored: a peer's
+                        // duplicates and refusals leave nothing behind.
+                        let known = self.names.get(&e.id.origin).copied();
                         let w = work_for(&mut work, g, &self.topics, t);
-                        let held = w.counters.vector.get(&origin).copied().unwrap_or(0);
+                        let held = known
+                            .and_then(|o| w.counters.vector.get(&o).copied())
+                            .unwrap_or(0);
                         if e.id.seq.0 <= held {
                             done.duplicates += 1;
                             continue;
                         }
-                        if origin == self.self_id {
+                        if known == Some(self.self_id) {
                             return Err(WriteError::OwnOrigin {
                                 topic,
                                 seq: e.id.seq,
@@ -489,6 +506,9 @@ impl Owner {
                                 got,
                             });
                         }
+                        let origin = self.intern(&e.id.origin, g);
+                        let to = e.to.as_ref().map(|n| self.intern(n, g));
+                        let w = work_for(&mut work, g, &self.topics, t);
                         let stored = StoredEntry {
                             origin,
                             seq: e.id.seq.0,
@@ -508,13 +528,13 @@ impl Owner {
                     through,
                 } => {
                     let t = self.topic_id(&topic)?;
-                    let origin = self.intern(&origin, g);
-                    if origin == self.self_id {
+                    if origin == self.config.node {
                         return Err(WriteError::OwnOrigin {
                             topic,
                             seq: through,
                         });
                     }
+                    let origin = self.intern(&origin, g);
                     let w = work_for(&mut work, g, &self.topics, t);
                     let held = w.counters.vector.entry(origin).or_default();
                     *held = (*held).max(through.0);
@@ -570,6 +590,7 @@ impl Owner {
         append: Append,
     ) -> Result<(Offset, Seq), WriteError> {
         self.check_size(append.size())?;
+        check_headers(&append.headers).map_err(WriteError::Headers)?;
         let to = append.to.as_ref().map(|n| self.intern(n, g));
         let w = work_for(work, g, &self.topics, t);
         let seq = w.counters.vector.get(&self.self_id).copied().unwrap_or(0) + 1;
@@ -997,6 +1018,22 @@ fn work_for_group_mut<'a>(
             new: Vec::new(),
         }
     })
+}
+
+/// A new store's incarnation: unique with overwhelming odds (the clock to the
+/// nanosecond, the process, the path, hashed), never 0.
+fn draw_incarnation(path: &Path) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.update(&now.as_nanos().to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(path.as_os_str().as_encoded_bytes());
+    let hash = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first).max(1)
 }
 
 /// Cuts one topic's new entries into blocks of bounded size.

@@ -540,8 +540,15 @@ fn demo_files_are_created_once_and_only_with_the_ca_key() {
 
 #[test]
 fn close_codes_are_distinct_and_read_back() {
-    for (i, code) in CloseCode::ALL.into_iter().enumerate() {
-        assert_eq!(code.code(), VarInt::from_u32(i as u32));
+    let numbers: Vec<u64> = CloseCode::ALL
+        .iter()
+        .map(|c| c.code().into_inner())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in number order: {numbers:?}"
+    );
+    for code in CloseCode::ALL {
         assert_eq!(CloseCode::from_code(code.code()), Some(code));
     }
     assert_eq!(CloseCode::from_code(VarInt::from_u32(999)), None);

@@ -100,9 +100,10 @@ FULL_CORE = {
         "feedBatch": 3,
     },
     "topics": [
-        {"name": "ASSET_BROADCAST", "scope": "all", "maxAge": "30d"},
+        {"name": "ASSET_BROADCAST", "scope": "all", "maxAge": "30d", "writers": "core"},
         {"name": "ASSET_REQUEST", "scope": "core", "maxAge": "30d"},
-        {"name": "ASSET_RESPONSE", "scope": "all", "maxBytes": "1GiB", "maxEntries": 100000},
+        {"name": "ASSET_RESPONSE", "scope": "all", "maxBytes": "1GiB", "maxEntries": 100000, "writers": "core"},
+        {"name": "SENSORS", "scope": "all", "writers": ["alpha", "bravo"]},
         {"name": "IMAGE_FEED", "scope": "local", "maxAge": "7d"},
         {"name": "IMAGE_DOWNLOAD", "scope": "local", "maxAge": "7d"},
     ],

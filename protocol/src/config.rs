@@ -30,8 +30,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
+use crate::link::RelayLimit;
 use crate::log::StoreConfig;
 use crate::node::Role;
+use crate::replication::{Writer, Writers};
 use crate::tls::{self, Allowed, Timeouts};
 
 /// The prefix of environment variables that override config keys.
@@ -59,6 +61,8 @@ pub struct Config {
     pub pipeline: PipelineSettings,
     /// `[[topics]]`: the topics the node creates (or updates) at start.
     pub topics: Vec<TopicConfig>,
+    /// `[[topics]] writers`: at the core, which edges may write each topic.
+    pub writers: Writers,
 }
 
 /// The `[node]` section.
@@ -143,7 +147,20 @@ pub struct LinkSettings {
     /// ([`tls::IDLE_TIMEOUT_RANGE`]), and at least twice `keep_alive`, or a healthy idle
     /// link would time out between two keep-alives.
     pub idle_timeout: Duration,
+    /// Core: what it relays from one edge to the others (`relay_rate`, `relay_entries`,
+    /// `relay_burst`), so that one edge cannot fill every other edge's slow link; past
+    /// it, that edge's entries are taken only as fast as the quota allows (its backlog
+    /// waits on its own disk). `None`: no limit (both rates 0).
+    pub relay: Option<RelayLimit>,
 }
+
+/// The default relay quota per edge: 4 KiB of entries a second (~1.4 KiB/s on the wire
+/// for JSON, a sixth of a 64 kbit/s radio), 50 entries a second, a minute's burst.
+pub const RELAY_DEFAULT: RelayLimit = RelayLimit {
+    bytes_per_s: 4 << 10,
+    entries_per_s: 50,
+    burst: Duration::from_secs(60),
+};
 
 /// The `[mirror]` section. A core uses `volume`, an edge `dir`; both `max_rate`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -277,6 +294,7 @@ impl Config {
                 demo_certs: true,
                 keep_alive: tls::KEEP_ALIVE_INTERVAL,
                 idle_timeout: tls::IDLE_TIMEOUT,
+                relay: Some(RELAY_DEFAULT),
             },
             mirror: MirrorConfig::default(),
             http: HttpSettings {
@@ -299,6 +317,7 @@ impl Config {
                 retention_interval: Duration::from_secs(10),
             },
             topics: default_topics(role),
+            writers: default_writers(),
         }
     }
 
@@ -414,6 +433,7 @@ impl Config {
             http,
             pipeline,
             topics,
+            writers: _,
         } = self;
         let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
         out.push_str(
@@ -500,6 +520,8 @@ retention_interval = {retention_interval}
 # The topics this node holds; listing any replaces the default list. scope: "local"
 # never leaves the node, "core" is stored at the core, "all" on every node that
 # subscribes. Retention (max_age, max_bytes, max_entries): left out, no such limit.
+# writers (read by the core): who besides the core may write the topic: "any" edge
+# (left out), "core" alone, or a list of edge names; the core takes no other edge's.
 "#,
             );
         }
@@ -526,6 +548,20 @@ retention_interval = {retention_interval}
                     i64::try_from(entries).unwrap_or(i64::MAX)
                 )?;
             }
+            match self.writers.0.iter().find(|(t, _)| *t == topic.name) {
+                None | Some((_, Writer::AnyEdge)) => {}
+                Some((_, Writer::Edges(edges))) if edges.is_empty() => {
+                    writeln!(out, "writers = \"core\"")?;
+                }
+                Some((_, Writer::Edges(edges))) => {
+                    let list: toml::Value = edges
+                        .iter()
+                        .map(|e| toml::Value::String(e.to_string()))
+                        .collect::<Vec<_>>()
+                        .into();
+                    writeln!(out, "writers = {list}")?;
+                }
+            }
         }
         Ok(())
     }
@@ -551,9 +587,25 @@ listen = {listen}
 edges = {edges}
 # Accept any edge the mission CA issued a certificate to, listed or not.
 allow_any_edge = {allow_any_edge}
+# What this core relays from one edge to the others (its entries of "all" topics), per
+# second, so that one edge cannot fill every other edge's slow link: entry bytes (a
+# size) and entries, each 0 for no limit, with a burst of relay_burst at full speed.
+# Past it, the core takes that edge's entries only as fast as the quota allows.
+relay_rate = {relay_rate}
+relay_entries = {relay_entries}
+relay_burst = {relay_burst}
 "#,
                 listen = text(&link.listen.to_string()),
                 allow_any_edge = link.allow_any_edge,
+                relay_rate = link
+                    .relay
+                    .map_or(toml::Value::Integer(0), |r| size_value(r.bytes_per_s)),
+                relay_entries = link
+                    .relay
+                    .map_or(0, |r| i64::try_from(r.entries_per_s).unwrap_or(i64::MAX)),
+                relay_burst = text(&format_duration(
+                    link.relay.map_or(RELAY_DEFAULT.burst, |r| r.burst)
+                )),
             )?;
         } else {
             write!(
@@ -808,6 +860,18 @@ fn default_topics(role: Role) -> Vec<TopicConfig> {
     topics
 }
 
+/// Who writes the default topics: HQ alone broadcasts assets and answers requests.
+fn default_writers() -> Writers {
+    let core_only = |name: &str| {
+        let name = TopicName::new(name).expect("the default topic names are valid");
+        (name, Writer::Edges(Vec::new()))
+    };
+    Writers(vec![
+        core_only("ASSET_BROADCAST"),
+        core_only("ASSET_RESPONSE"),
+    ])
+}
+
 /// The file as written: every key optional, values not yet checked.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -864,6 +928,9 @@ struct RawLink {
     demo_certs: Option<bool>,
     keep_alive: Option<Scalar>,
     idle_timeout: Option<Scalar>,
+    relay_rate: Option<Scalar>,
+    relay_entries: Option<u64>,
+    relay_burst: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -905,6 +972,15 @@ struct RawTopic {
     max_age: Option<Scalar>,
     max_bytes: Option<Scalar>,
     max_entries: Option<u64>,
+    writers: Option<RawWriters>,
+}
+
+/// `writers` as written: `"any"`, `"core"`, or a list of edge names.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawWriters {
+    Word(String),
+    Edges(Vec<String>),
 }
 
 /// A size or duration as written: an integer or a string, parsed when checked.
@@ -995,9 +1071,9 @@ impl RawConfig {
                 None => defaults.store.retention_interval,
             },
         };
-        let topics = match self.topics {
+        let (topics, writers) = match self.topics {
             Some(raw) => check_topics(raw, origins)?,
-            None => defaults.topics,
+            None => (defaults.topics, defaults.writers),
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
@@ -1042,6 +1118,7 @@ impl RawConfig {
             },
             store,
             topics,
+            writers,
         })
     }
 }
@@ -1148,6 +1225,9 @@ impl RawLink {
             "link.core_name" => self.core_name.is_some(),
             "link.listen" => self.listen.is_some(),
             "link.edges" => self.edges.is_some(),
+            "link.relay_rate" => self.relay_rate.is_some(),
+            "link.relay_entries" => self.relay_entries.is_some(),
+            "link.relay_burst" => self.relay_burst.is_some(),
             _ => self.allow_any_edge.is_some(),
         };
         let (theirs, why): (&[&str], _) = match role {
@@ -1156,7 +1236,14 @@ impl RawLink {
                 "an edge's key; a core listens on link.listen",
             ),
             Role::Edge => (
-                &["link.listen", "link.edges", "link.allow_any_edge"],
+                &[
+                    "link.listen",
+                    "link.edges",
+                    "link.allow_any_edge",
+                    "link.relay_rate",
+                    "link.relay_entries",
+                    "link.relay_burst",
+                ],
                 "a core's key; an edge dials link.core",
             ),
         };
@@ -1248,6 +1335,29 @@ impl RawLink {
                 ),
             ));
         }
+        let default_relay = defaults.relay.unwrap_or(RelayLimit {
+            bytes_per_s: 0,
+            entries_per_s: 0,
+            ..RELAY_DEFAULT
+        });
+        let bytes_per_s = match self.relay_rate {
+            Some(value) => {
+                size_or_zero(&value).map_err(|e| origins.invalid("link.relay_rate", e))?
+            }
+            None => default_relay.bytes_per_s,
+        };
+        let burst = match self.relay_burst {
+            Some(value) => {
+                positive_duration(&value).map_err(|e| origins.invalid("link.relay_burst", e))?
+            }
+            None => default_relay.burst,
+        };
+        let entries_per_s = self.relay_entries.unwrap_or(default_relay.entries_per_s);
+        let relay = (bytes_per_s > 0 || entries_per_s > 0).then_some(RelayLimit {
+            bytes_per_s,
+            entries_per_s,
+            burst,
+        });
         Ok(LinkSettings {
             listen,
             edges,
@@ -1258,6 +1368,7 @@ impl RawLink {
             demo_certs: self.demo_certs.unwrap_or(defaults.demo_certs),
             keep_alive,
             idle_timeout,
+            relay,
         })
     }
 }
@@ -1353,9 +1464,13 @@ fn check_host_port(text: &str) -> Result<(), String> {
     }
 }
 
-fn check_topics(raw: Vec<RawTopic>, origins: &Origins) -> Result<Vec<TopicConfig>, ConfigError> {
+fn check_topics(
+    raw: Vec<RawTopic>,
+    origins: &Origins,
+) -> Result<(Vec<TopicConfig>, Writers), ConfigError> {
     let mut seen = HashSet::new();
     let mut topics = Vec::with_capacity(raw.len());
+    let mut writers = Writers::default();
     for (i, topic) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("topics[{i}].{field}");
         let name = TopicName::new(topic.name).map_err(|e| origins.invalid(&key("name"), e))?;
@@ -1388,13 +1503,37 @@ fn check_topics(raw: Vec<RawTopic>, origins: &Origins) -> Result<Vec<TopicConfig
             max_bytes,
             max_entries: topic.max_entries,
         };
+        match topic.writers {
+            None => {}
+            Some(RawWriters::Word(word)) if word == "any" => {}
+            Some(RawWriters::Word(word)) if word == "core" => {
+                writers.0.push((name.clone(), Writer::Edges(Vec::new())));
+            }
+            Some(RawWriters::Word(word)) => {
+                return Err(origins.invalid(
+                    &key("writers"),
+                    format_args!(
+                        "{word:?}: expected \"any\" (every edge), \"core\" (the core alone) \
+                         or a list of edge names"
+                    ),
+                ));
+            }
+            Some(RawWriters::Edges(names)) => {
+                let edges = names
+                    .into_iter()
+                    .map(NodeName::new)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| origins.invalid(&key("writers"), e))?;
+                writers.0.push((name.clone(), Writer::Edges(edges)));
+            }
+        }
         topics.push(TopicConfig {
             name,
             scope: topic.scope,
             retention,
         });
     }
-    Ok(topics)
+    Ok((topics, writers))
 }
 
 /// Deserializes the edited table into the schema; the error is one line.
@@ -1448,6 +1587,17 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
     at.insert(last.clone(), value);
     Ok(())
+}
+
+/// A size in bytes, 0 included.
+fn size_or_zero(value: &Scalar) -> Result<u64, String> {
+    match value {
+        Scalar::Int(n) => {
+            u64::try_from(*n).map_err(|_| format!("invalid size {n}: must not be negative"))
+        }
+        Scalar::Text(text) if text.trim() == "0" => Ok(0),
+        Scalar::Text(text) => parse_size(text),
+    }
 }
 
 /// A size more than 0, in bytes.
@@ -1716,6 +1866,8 @@ mod tests {
             "{text}"
         );
         config.topics.clear();
+        // Writers are a property of listed topics: none listed, none left.
+        config.writers = Writers::default();
         let text = config.to_toml();
         assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
 
@@ -1792,6 +1944,64 @@ mod tests {
         // A core named like the default edge does not list itself.
         let alpha = load(Role::Core, "[node]\nname = \"alpha\"\n", &[]).unwrap();
         assert_eq!(alpha.link.edges, []);
+    }
+
+    #[test]
+    fn relay_quota_and_writers_are_read_and_checked() {
+        // Defaults: a quota per edge, and HQ alone writes what it broadcasts and answers.
+        let config = load(Role::Core, "", &[]).unwrap();
+        assert_eq!(config.link.relay, Some(RELAY_DEFAULT));
+        let broadcast = TopicName::new("ASSET_BROADCAST").unwrap();
+        let (alpha, messages) = (
+            NodeName::new("alpha").unwrap(),
+            TopicName::new("MESSAGES").unwrap(),
+        );
+        assert!(!config.writers.allows(&broadcast, &alpha));
+        assert!(config.writers.allows(&messages, &alpha));
+        // Values, the environment over the file, and both rates 0: no quota.
+        let file = "[link]\nrelay_rate = \"1MiB\"\nrelay_entries = 7\nrelay_burst = \"5s\"\n";
+        let relay = load(Role::Core, file, &[]).unwrap().link.relay;
+        assert_eq!(
+            relay,
+            Some(RelayLimit {
+                bytes_per_s: 1 << 20,
+                entries_per_s: 7,
+                burst: Duration::from_secs(5)
+            })
+        );
+        let env = [
+            ("TETHER_LINK__RELAY_RATE", "0"),
+            ("TETHER_LINK__RELAY_ENTRIES", "0"),
+        ];
+        assert_eq!(load(Role::Core, file, &env).unwrap().link.relay, None);
+        let off = load(Role::Core, "", &env).unwrap();
+        let text = off.to_toml();
+        assert!(text.contains("\nrelay_rate = 0\n"), "{text}");
+        assert_eq!(load(Role::Core, &text, &[]).unwrap(), off);
+        // An edge relays nothing; bad values name the key.
+        let err = load(Role::Edge, "[link]\nrelay_rate = \"1KiB\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("link.relay_rate"), "{err}");
+        let err = load(Role::Core, "[link]\nrelay_burst = \"0s\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("link.relay_burst"), "{err}");
+        // Writers: any, core, a list; printed and read back; bad ones named.
+        let topics = |writers: &str| {
+            format!("[[topics]]\nname = \"A\"\nscope = \"all\"\nwriters = {writers}\n")
+        };
+        let a = TopicName::new("A").unwrap();
+        let bravo = NodeName::new("bravo").unwrap();
+        let any = load(Role::Core, &topics("\"any\""), &[]).unwrap();
+        assert!(any.writers.allows(&a, &bravo));
+        let core = load(Role::Core, &topics("\"core\""), &[]).unwrap();
+        assert!(!core.writers.allows(&a, &alpha));
+        let listed = load(Role::Core, &topics("[\"bravo\"]"), &[]).unwrap();
+        assert!(listed.writers.allows(&a, &bravo) && !listed.writers.allows(&a, &alpha));
+        for config in [core, listed] {
+            assert_eq!(load(Role::Core, &config.to_toml(), &[]).unwrap(), config);
+        }
+        for bad in ["\"everyone\"", "[\"Bravo!\"]", "7"] {
+            let err = load(Role::Core, &topics(bad), &[]).unwrap_err();
+            assert!(err.to_string().contains("writers"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -224,7 +224,11 @@ impl Node {
         let local = Local {
             store: store.clone(),
             core: role == Role::Core,
-            settings: SessionSettings::default(),
+            settings: SessionSettings {
+                writers: config.writers.clone(),
+                relay: config.link.relay,
+                ..SessionSettings::default()
+            },
             mirror: source.clone(),
         };
         let mut mirror = None;

@@ -43,6 +43,10 @@ listen = {{ include "tether.str" (printf "0.0.0.0:%d" (int .Values.link.port)) }
 edges = [{{ range $i, $edge := .Values.link.edges }}{{ if $i }}, {{ end }}{{ include "tether.str" $edge }}{{ end }}]
 # Accept any edge the mission CA issued a certificate to, listed or not.
 allow_any_edge = {{ .Values.link.allowAnyEdge }}
+# What this core relays from one edge to the others, per second (0: no limit).
+relay_rate = {{ include "tether.toml" .Values.link.relayRate }}
+relay_entries = {{ int64 .Values.link.relayEntries }}
+relay_burst = {{ include "tether.str" .Values.link.relayBurst }}
 {{- else }}
 # The core's address, host:port (UDP), resolved again at each dial.
 core = {{ include "tether.str" (include "tether.linkCore" .) }}
@@ -119,6 +123,11 @@ max_bytes = {{ include "tether.toml" .maxBytes }}
 {{- end }}
 {{- if .maxEntries }}
 max_entries = {{ int64 .maxEntries }}
+{{- end }}
+{{- if kindIs "string" .writers }}
+writers = {{ include "tether.str" .writers }}
+{{- else if .writers }}
+writers = [{{ range $i, $w := .writers }}{{ if $i }}, {{ end }}{{ include "tether.str" $w }}{{ end }}]
 {{- end }}
 {{- end }}
 {{- end }}

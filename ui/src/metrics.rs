@@ -201,6 +201,15 @@ pub fn render(app: &App) -> String {
     }
     let mut f = family(
         o,
+        "tether_link_throttled_total",
+        "counter",
+        "Times an edge's entries waited for its relay quota at the core.",
+    );
+    for l in &links {
+        f.sample(&[("peer", l.peer.as_str())], l.throttled);
+    }
+    let mut f = family(
+        o,
         "tether_link_entries_total",
         "counter",
         "Entries sent (out) or stored (in) over the link, per topic.",

@@ -50,6 +50,9 @@ pub struct LinkView {
     pub bytes_out: u64,
     /// Compressed entry bytes received since the node started.
     pub bytes_in: u64,
+    /// Core: how often this edge's entries waited for its relay quota since the node
+    /// started.
+    pub throttled: u64,
     /// Entries waiting to be sent, all topics (an upper bound).
     pub backlog: u64,
     /// Per topic and direction.
@@ -88,6 +91,7 @@ impl From<&LinkStatus> for LinkView {
             rtt_ms: s.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
             bytes_out: s.bytes_out,
             bytes_in: s.bytes_in,
+            throttled: s.throttled,
             backlog: s.topics.iter().filter(|t| t.out).map(|t| t.backlog).sum(),
             topics: s
                 .topics

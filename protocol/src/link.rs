@@ -266,6 +266,24 @@ impl PeerLink {
         )
     }
 
+    /// Makes `connection` the current one, closing the one it replaces (if another) as
+    /// `replaced`.
+    fn take_over(&self, connection: &quinn::Connection) {
+        if let Some(old) = self.replace(Some(connection.clone()))
+            && old.stable_id() != connection.stable_id()
+        {
+            CloseCode::Replaced.close(&old, "a newer connection of this node replaced it");
+        }
+    }
+
+    /// Whether `connection` is the current one, or none is.
+    fn holds(&self, connection: &quinn::Connection) -> bool {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .is_none_or(|c| c.stable_id() == connection.stable_id())
+    }
+
     /// Clears the current connection if it is still `connection`.
     fn replace_if(&self, connection: &quinn::Connection) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -483,10 +501,10 @@ pub async fn serve(local: Local, endpoint: quinn::Endpoint, allowed: Allowed, li
                 sessions.spawn(async move {
                     // tls::accept logs a refused edge itself.
                     let Ok(peer) = tls::accept(incoming, &allowed).await else { return };
+                    // The session takes the link over once the hellos are checked: a
+                    // connection that never says a valid hello (a stray probe, an
+                    // impostor with another store) never cuts the one that works.
                     let link = links.link(&peer.name);
-                    if let Some(old) = link.replace(Some(peer.connection.clone())) {
-                        CloseCode::Replaced.close(&old, "a newer connection of this node replaced it");
-                    }
                     let err = session(&local, &peer.connection, &link, false).await;
                     link.replace_if(&peer.connection);
                     log_end(&peer.name, &err);

@@ -39,7 +39,10 @@ pub async fn session(
     dialer: bool,
 ) -> LinkError {
     let result = run(local, conn, link, dialer).await;
-    link.set_connected(false);
+    // A session refused at its hello, or replaced, leaves the current one's status be.
+    if link.holds(conn) {
+        link.set_connected(false);
+    }
     link.set_session(None, Some(conn));
     let err = match result {
         Ok(never) => match never {},
@@ -133,6 +136,7 @@ async fn run(
         topics: routes.out.clone(),
     };
     store.set_peer(out_config).await.map_err(store_error)?;
+    link.take_over(conn);
     link.set_connected(true);
     link.set_session(Some(conn), None);
     tracing::info!(%peer, out = routes.out.len(), input = routes.input.len(), "link up");

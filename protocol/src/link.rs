@@ -22,9 +22,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::edges::Edges;
 use crate::entry::{NodeName, TopicName};
 use crate::log::{ReadError, Store};
-use crate::tls::{self, Allowed, CloseCode};
+use crate::tls::{self, Admit as _, CloseCode};
 use crate::wire::{self, WireError};
 
 mod mirror;
@@ -232,6 +233,16 @@ impl PeerLink {
         self.update(|s| s.paused_here = false);
     }
 
+    /// Closes the current connection with `code` and `reason`, if there is one; returns
+    /// whether there was. The session ends; an edge redials after its backoff.
+    pub fn close(&self, code: CloseCode, reason: &str) -> bool {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(connection) = current.as_ref() {
+            code.close(connection, reason);
+        }
+        current.is_some()
+    }
+
     /// Sets the current connection; returns the one it replaces.
     fn replace(&self, connection: Option<quinn::Connection>) -> Option<quinn::Connection> {
         std::mem::replace(
@@ -368,8 +379,11 @@ impl Links {
 }
 
 /// The core's side: accepts edges on `endpoint` and runs a session for each, until the
-/// endpoint is closed. A newer connection of an edge replaces its older one.
-pub async fn serve(local: Local, endpoint: quinn::Endpoint, allowed: Allowed, links: Links) {
+/// endpoint is closed. `edges` admits them (a config's `tls::Allowed` will do); the
+/// certificate of each admitted edge is recorded there. A newer connection of an edge
+/// replaces its older one.
+pub async fn serve(local: Local, endpoint: quinn::Endpoint, edges: impl Into<Edges>, links: Links) {
+    let edges: Edges = edges.into();
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -381,13 +395,26 @@ pub async fn serve(local: Local, endpoint: quinn::Endpoint, allowed: Allowed, li
             }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let (local, allowed, links) = (local.clone(), allowed.clone(), links.clone());
+                let (local, edges, links) = (local.clone(), edges.clone(), links.clone());
                 sessions.spawn(async move {
                     // tls::accept logs a refused edge itself.
-                    let Ok(peer) = tls::accept(incoming, &allowed).await else { return };
+                    let Ok(peer) = tls::accept(incoming, &edges).await else { return };
+                    let Some(certificate) = peer.certificate.clone() else { return };
+                    edges.seen(&peer.name, &certificate).await;
                     let link = links.link(&peer.name);
                     if let Some(old) = link.replace(Some(peer.connection.clone())) {
                         CloseCode::Replaced.close(&old, "a newer connection of this node replaced it");
+                    }
+                    // Revoked or removed while this handshake ran: `Edges` closes what
+                    // is registered after it changed, this closes what registers after.
+                    if let Err(refusal) = edges.admit(&peer.name, &certificate) {
+                        let code = match refusal {
+                            tls::Refusal::Revoked { .. } => CloseCode::Revoked,
+                            tls::Refusal::NotAllowed => CloseCode::NotAllowed,
+                        };
+                        code.close(&peer.connection, "refused by the core's operator");
+                        link.replace_if(&peer.connection);
+                        return;
                     }
                     let err = session(&local, &peer.connection, &link, false).await;
                     link.replace_if(&peer.connection);
@@ -458,6 +485,10 @@ pub async fn dial(
                     if started.elapsed() >= STABLE {
                         backoff = MIN_BACKOFF;
                     }
+                    if refused_by_operator(&err) {
+                        // Redialing soon will not help: the core's operator must act.
+                        backoff = MAX_BACKOFF;
+                    }
                 }
             }
             Err(err) => {
@@ -524,6 +555,18 @@ pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
     found
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+/// Whether the core closed the link because its operator removed this edge or revoked
+/// its certificate.
+fn refused_by_operator(err: &LinkError) -> bool {
+    match err {
+        LinkError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => matches!(
+            CloseCode::from_code(close.error_code),
+            Some(CloseCode::Revoked | CloseCode::NotAllowed)
+        ),
+        _ => false,
+    }
 }
 
 fn log_end(peer: &NodeName, err: &LinkError) {

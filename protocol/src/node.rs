@@ -31,11 +31,14 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, LogSettings};
+use crate::edges::Edges;
 use crate::entry::{NameError, NodeName, TopicName};
 use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
-use crate::log::{OpenError, Store, WriteError};
+use crate::log::{OpenError, ReadError, Store, WriteError};
 use crate::service::Services;
-use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, NodeIdentity, TlsError};
+use crate::tls::{
+    self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, Credentials, NodeIdentity, TlsError,
+};
 
 pub mod logs;
 mod mirror;
@@ -104,6 +107,9 @@ pub enum NodeError {
     /// The link's accept or dial loop ended while the node ran (its endpoint closed).
     #[error("the link stopped unexpectedly")]
     LinkStopped,
+    /// The core's list of edges (the store's `_edges` table) does not read.
+    #[error("the core's list of edges: {0}")]
+    Edges(ReadError),
 }
 
 /// Resolves when the process is asked to stop: the first SIGTERM or Ctrl-C that
@@ -159,6 +165,8 @@ pub struct Node {
     config: Config,
     store: Store,
     links: Links,
+    credentials: Credentials,
+    edges: Option<Edges>,
     endpoint: quinn::Endpoint,
     link_loop: Pin<Box<dyn Future<Output = ()> + Send>>,
     source: Option<MirrorSource>,
@@ -180,6 +188,13 @@ impl Node {
     pub async fn start(role: Role, config: Config) -> Result<Node, NodeError> {
         // Loaded first, so that a missing or bad certificate stops the node at once.
         let identity = load_identity(role, &config)?;
+        let credentials = Credentials::watch(&identity, &config.certs_dir()).map_err(|source| {
+            NodeError::Identity {
+                node: config.node.name.clone(),
+                source,
+                hint: String::new(),
+            }
+        })?;
         // Opening reads the catalog from disk on this thread: it happens once, before the
         // node does anything else, so blocking a worker for it is harmless.
         let store = Store::open(config.store_dir(), config.store_config())?;
@@ -200,6 +215,13 @@ impl Node {
                 })?;
 
         let links = Links::default();
+        let edges = match role {
+            Role::Core => Some(
+                Edges::open(store.clone(), links.clone(), config.allowed_edges())
+                    .map_err(NodeError::Edges)?,
+            ),
+            Role::Edge => None,
+        };
         // The core serves its mission volume (made if missing); an edge keeps a mirror.
         let source = match role {
             Role::Core => {
@@ -232,14 +254,13 @@ impl Node {
         let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
             match role {
                 Role::Core => {
-                    let endpoint = tls::server_endpoint(config.link.listen, &identity, transport)
-                        .map_err(NodeError::Endpoint)?;
-                    let serve = link::serve(
-                        local,
-                        endpoint.clone(),
-                        config.allowed_edges(),
-                        links.clone(),
-                    );
+                    let endpoint =
+                        tls::server_endpoint_with(config.link.listen, &credentials, transport)
+                            .map_err(NodeError::Endpoint)?;
+                    let edges = edges
+                        .clone()
+                        .unwrap_or_else(|| config.allowed_edges().into());
+                    let serve = link::serve(local, endpoint.clone(), edges, links.clone());
                     (endpoint, Box::pin(serve))
                 }
                 Role::Edge => {
@@ -252,7 +273,7 @@ impl Node {
                     } else {
                         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
                     };
-                    let endpoint = tls::client_endpoint(bind, &identity, transport)
+                    let endpoint = tls::client_endpoint_with(bind, &credentials, transport)
                         .map_err(NodeError::Endpoint)?;
                     let link = links.link(&config.link.core_name);
                     let settings = MirrorSettings {
@@ -291,6 +312,8 @@ impl Node {
             config,
             store,
             links,
+            credentials,
+            edges,
             endpoint,
             link_loop,
             source,
@@ -329,6 +352,17 @@ impl Node {
         &self.links
     }
 
+    /// The node's TLS credentials: its certificate in use (reloaded when its files
+    /// change).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The core's edges: the list, certificates, revocations (`None` at an edge).
+    pub fn edges(&self) -> Option<&Edges> {
+        self.edges.as_ref()
+    }
+
     /// The UDP address of the node's link endpoint (the core's listening address).
     pub fn link_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.endpoint.local_addr()
@@ -341,6 +375,8 @@ impl Node {
             config,
             store,
             links,
+            credentials,
+            edges: _edges,
             endpoint,
             mut link_loop,
             source: _source,
@@ -354,6 +390,10 @@ impl Node {
         let mut status = tokio::time::interval(STATUS_EVERY);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status.tick().await;
+        // The first tick completes at once: an expiring certificate is reported at start.
+        let mut certificate = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
+        certificate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = ExpiryWarning::default();
         let stopped = loop {
             tokio::select! {
                 biased;
@@ -368,6 +408,12 @@ impl Node {
                     Err(err) => error!(%err, "retention failed"),
                 },
                 _ = status.tick() => log_links(&links),
+                _ = certificate.tick() => {
+                    // Picks up renewed files even when no handshake happens; a failure
+                    // is logged by `refresh` (once per change).
+                    let _ = credentials.refresh();
+                    expiry.check(&config.node.name, &credentials);
+                }
             }
         };
 
@@ -393,6 +439,54 @@ impl Node {
 
 /// How often each link's status is logged (it is also logged when a link goes up or down).
 const STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// How often the node looks at its certificate files (handshakes also do) and its
+/// certificate's expiry.
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// A certificate this close to its end is warned about, in the log (daily) and on the
+/// page. cert-manager renews a 90-day certificate 30 days before its end by default:
+/// one still unrenewed 14 days before has failed to renew for two weeks, and leaves two
+/// more to act. A certificate by `core-node certs` lasts five years.
+pub const CERTIFICATE_WARN_BEFORE: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+
+/// How often an expiring certificate is warned about in the log.
+const CERTIFICATE_WARN_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The log's warning of an expiring certificate, at most once every
+/// [`CERTIFICATE_WARN_EVERY`] (and again when the certificate changes).
+#[derive(Debug, Default)]
+struct ExpiryWarning {
+    last: Option<(std::time::Instant, String)>,
+}
+
+impl ExpiryWarning {
+    fn check(&mut self, node: &NodeName, credentials: &Credentials) {
+        let certificate = credentials.certificate();
+        let left = certificate.expires_in(std::time::SystemTime::now());
+        if left > CERTIFICATE_WARN_BEFORE {
+            self.last = None;
+            return;
+        }
+        let recent = self.last.as_ref().is_some_and(|(at, serial)| {
+            *serial == certificate.serial && at.elapsed() < CERTIFICATE_WARN_EVERY
+        });
+        if recent {
+            return;
+        }
+        let path = credentials.path().map(|p| p.display().to_string());
+        warn!(
+            %node,
+            serial = %certificate.serial,
+            not_after_ms = tls::millis(certificate.not_after),
+            days_left = left.as_secs() / 86_400,
+            path,
+            "the node's certificate expires soon: renew it (cert-manager renews by itself; \
+             by hand, `core-node certs issue` and replace the files, no restart needed)"
+        );
+        self.last = Some((std::time::Instant::now(), certificate.serial));
+    }
+}
 
 /// How long a stopping node waits for its peers to acknowledge the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -466,7 +560,15 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
             info!(node = %issued, certs_dir = %shown, "demo certificates: issued a certificate");
         }
     }
-    NodeIdentity::load(&dir, node, role).map_err(failed)
+    let identity = NodeIdentity::load(&dir, node, role).map_err(failed)?;
+    let mut keys = vec![dir.join(format!("{node}.key"))];
+    if role == Role::Core {
+        keys.push(dir.join(CA_KEY_FILE));
+    }
+    for key in keys.iter().filter(|k| k.exists()) {
+        tls::check_key_file(key).map_err(failed)?;
+    }
+    Ok(identity)
 }
 
 /// The whole `main` of a node binary: parses the arguments, loads the config, installs

@@ -9,8 +9,13 @@
 //!   a Kubernetes secret can hold them.
 //! - The core listens ([`server_endpoint`]) and requires a client certificate that chains
 //!   to the CA. After the handshake, [`accept`] reads the edge's name from its certificate
-//!   ([`peer_name`]) and checks it against [`Allowed`]; an edge not allowed is closed with
-//!   [`CloseCode::NotAllowed`] and a reason, and the refusal is logged with its address.
+//!   ([`peer_name`]) and its serial and key ([`CertificateInfo`]), and asks an [`Admit`]
+//!   (the config's [`Allowed`], or the core's run-time list `crate::edges::Edges`): an
+//!   edge not listed is closed with [`CloseCode::NotAllowed`], one whose certificate is
+//!   revoked with [`CloseCode::Revoked`], each with a reason, and the refusal is logged
+//!   with its address.
+//! - [`Credentials`] serve each handshake the node's current certificate and CA, reloaded
+//!   from their files when they change (renewal without a restart).
 //! - An edge dials ([`client_endpoint`], [`connect`]): it trusts only the CA, presents its
 //!   own certificate, and checks that the server's certificate names the core.
 //! - Both sides speak the ALPN [`ALPN`] (protocol and version); a peer that speaks another
@@ -23,7 +28,9 @@
 //! sockets (the endpoints).
 
 mod ca;
+mod certificate;
 mod congestion;
+mod credentials;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -31,16 +38,19 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, TransportErrorCode, VarInt};
 use rustls::AlertDescription;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
 use tracing::warn;
 
-pub use self::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, ensure_demo_files};
+pub use self::ca::{
+    CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, check_key_file, ensure_demo_files,
+};
+pub use self::certificate::CertificateInfo;
+pub use self::credentials::Credentials;
 use crate::entry::NodeName;
 
 /// The ALPN protocol name both sides offer: the protocol and its major version. A peer
@@ -144,6 +154,7 @@ impl Default for Timeouts {
 /// | 3    | `protocol`    | the peer broke the protocol: garbage, an unexpected frame  |
 /// | 4    | `too-large`   | the peer sent a frame over the size limit                  |
 /// | 5    | `replaced`    | a newer connection from the same node replaced this one    |
+/// | 7    | `revoked`     | the peer's certificate is revoked by the core's operator   |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseCode {
     /// 0: the node is stopping, or an operator closed the link. The peer may redial.
@@ -160,6 +171,9 @@ pub enum CloseCode {
     TooLarge,
     /// 5: the same node connected again; the older connection is closed.
     Replaced,
+    /// 7: the peer's certificate (its key or serial) is revoked by the core's operator.
+    /// Redialing will not help: the edge needs a new certificate and key.
+    Revoked,
 }
 
 /// A node on the other end of an authenticated link.
@@ -169,6 +183,28 @@ pub struct Peer {
     pub connection: quinn::Connection,
     /// The peer's node name, read from its certificate.
     pub name: NodeName,
+    /// The peer's certificate: serial, key, expiry (always read at the core, which
+    /// revokes by it; at an edge, `None` if it does not read).
+    pub certificate: Option<CertificateInfo>,
+}
+
+/// Decides, after the TLS handshake, whether an authenticated edge may stay connected.
+pub trait Admit: Send + Sync {
+    /// `Ok` if the edge `name`, presenting `certificate` (already verified against the
+    /// mission CA), may connect.
+    fn admit(&self, name: &NodeName, certificate: &CertificateInfo) -> Result<(), Refusal>;
+}
+
+/// Why the core refuses an authenticated edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its name is not in the core's list of edges.
+    NotAllowed,
+    /// Its certificate is revoked (by its key or its serial).
+    Revoked {
+        /// The serial of the certificate presented.
+        serial: String,
+    },
 }
 
 /// A problem with certificates, keys or the TLS setup. Each names the file at fault.
@@ -195,6 +231,20 @@ pub enum TlsError {
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
+    },
+    /// A private key file that users other than the node's may read or write.
+    #[error(
+        "{} is readable or writable by other users (mode {mode:03o}): a private key must be \
+         readable by the node's user only; run `chmod 600 {}` (on Kubernetes: the Secret \
+         volume's defaultMode 0400 or 0440 with the pod's fsGroup)",
+        path.display(),
+        path.display()
+    )]
+    KeyExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A file exists where a new one was to be written; it is left as it is.
     #[error("{} already exists; refusing to overwrite it (remove it first to replace it)", path.display())]
@@ -272,6 +322,12 @@ pub enum TlsError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The peer's certificate's serial, key or validity does not read.
+    #[error("the peer's certificate does not read: {reason}")]
+    PeerCertificate {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Why a link could not be set up.
@@ -309,6 +365,16 @@ pub enum HandshakeError {
         /// The edge's name, from its certificate.
         name: NodeName,
     },
+    /// The edge's certificate is revoked.
+    #[error("edge {name} at {peer} presented a revoked certificate (serial {serial})")]
+    Revoked {
+        /// The edge's address.
+        peer: SocketAddr,
+        /// The edge's name, from its certificate.
+        name: NodeName,
+        /// The certificate's serial.
+        serial: String,
+    },
 }
 
 impl Allowed {
@@ -321,15 +387,22 @@ impl Allowed {
     }
 }
 
+impl Admit for Allowed {
+    fn admit(&self, name: &NodeName, _certificate: &CertificateInfo) -> Result<(), Refusal> {
+        self.allows(name).then_some(()).ok_or(Refusal::NotAllowed)
+    }
+}
+
 impl CloseCode {
     /// Every code, in number order.
-    pub const ALL: [CloseCode; 6] = [
+    pub const ALL: [CloseCode; 7] = [
         CloseCode::Shutdown,
         CloseCode::NotAllowed,
         CloseCode::Version,
         CloseCode::Protocol,
         CloseCode::TooLarge,
         CloseCode::Replaced,
+        CloseCode::Revoked,
     ];
 
     /// The code's number on the wire.
@@ -341,6 +414,7 @@ impl CloseCode {
             CloseCode::Protocol => 3,
             CloseCode::TooLarge => 4,
             CloseCode::Replaced => 5,
+            CloseCode::Revoked => 7,
         })
     }
 
@@ -358,6 +432,7 @@ impl CloseCode {
             CloseCode::Protocol => "protocol",
             CloseCode::TooLarge => "too-large",
             CloseCode::Replaced => "replaced",
+            CloseCode::Revoked => "revoked",
         }
     }
 
@@ -447,16 +522,20 @@ pub fn server_config(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
-        .build()
-        .map_err(config_error)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    server_config_with(&Credentials::fixed(identity)?, transport)
+}
+
+/// [`server_config`] with [`Credentials`]: each handshake presents the current
+/// certificate and checks edges against the current CA.
+pub fn server_config_with(
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain().to_vec(), identity.key())
-        .map_err(config_error)?;
+        .with_client_cert_verifier(credentials.edge_verifier())
+        .with_cert_resolver(credentials.server_resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
@@ -471,12 +550,21 @@ pub fn client_config(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_with(&Credentials::fixed(identity)?, transport)
+}
+
+/// [`client_config`] with [`Credentials`]: each handshake presents the current
+/// certificate and checks the core against the current CA.
+pub fn client_config_with(
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
-        .with_root_certificates(identity.roots())
-        .with_client_auth_cert(identity.chain().to_vec(), identity.key())
-        .map_err(config_error)?;
+        .dangerous()
+        .with_custom_certificate_verifier(credentials.core_verifier())
+        .with_client_cert_resolver(credentials.client_resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -491,7 +579,16 @@ pub fn server_endpoint(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::Endpoint, TlsError> {
-    let config = server_config(identity, transport)?;
+    server_endpoint_with(listen, &Credentials::fixed(identity)?, transport)
+}
+
+/// [`server_endpoint`] with [`Credentials`], reloaded when their files change.
+pub fn server_endpoint_with(
+    listen: SocketAddr,
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::Endpoint, TlsError> {
+    let config = server_config_with(credentials, transport)?;
     let bind_error = |source| TlsError::Bind {
         addr: listen,
         source,
@@ -499,7 +596,8 @@ pub fn server_endpoint(
     let socket = bind_udp(listen).map_err(bind_error)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
-    quinn::Endpoint::new(restart_aware(identity), Some(config), socket, runtime).map_err(bind_error)
+    let endpoint_config = restart_aware(credentials.reset_secret());
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime).map_err(bind_error)
 }
 
 /// The receive buffer asked for on the link's UDP sockets. Linux's default (208 KiB)
@@ -534,8 +632,7 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// private key instead of drawn at random: a restarted core then recognises the
 /// connection IDs of its previous run and answers an edge's next packet with a stateless
 /// reset, so that the edge redials at once instead of waiting out its idle timeout.
-fn restart_aware(identity: &NodeIdentity) -> quinn::EndpointConfig {
-    let secret = identity.key_pem.as_bytes();
+fn restart_aware(secret: &[u8]) -> quinn::EndpointConfig {
     let reset = blake3::derive_key("tether 2026 quic stateless reset key", secret);
     let cid = blake3::derive_key("tether 2026 quic connection id key", secret);
     let mut cid_key = [0u8; 8];
@@ -580,7 +677,16 @@ pub fn client_endpoint(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::Endpoint, TlsError> {
-    let config = client_config(identity, transport)?;
+    client_endpoint_with(bind, &Credentials::fixed(identity)?, transport)
+}
+
+/// [`client_endpoint`] with [`Credentials`], reloaded when their files change.
+pub fn client_endpoint_with(
+    bind: SocketAddr,
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::Endpoint, TlsError> {
+    let config = client_config_with(credentials, transport)?;
     let bind_error = |source| TlsError::Bind { addr: bind, source };
     let socket = bind_udp(bind).map_err(bind_error)?;
     let runtime = quinn::default_runtime()
@@ -593,21 +699,25 @@ pub fn client_endpoint(
 }
 
 /// Completes an incoming connection at the core: the TLS handshake (the client's
-/// certificate must chain to the CA), then the edge's name must be allowed. A refused
-/// edge is closed with [`CloseCode::NotAllowed`] and a reason. Every refusal is logged
-/// here (warn, with the peer's address), so the caller need not log it again.
-pub async fn accept(incoming: quinn::Incoming, allowed: &Allowed) -> Result<Peer, HandshakeError> {
+/// certificate must chain to the CA), then `admit` must admit the edge's name and
+/// certificate. A refused edge is closed with [`CloseCode::NotAllowed`] or
+/// [`CloseCode::Revoked`] and a reason. Every refusal is logged here (warn, with the
+/// peer's address), so the caller need not log it again.
+pub async fn accept<A: Admit + ?Sized>(
+    incoming: quinn::Incoming,
+    admit: &A,
+) -> Result<Peer, HandshakeError> {
     let peer = incoming.remote_address();
-    let accepted = accept_inner(incoming, allowed, peer).await;
+    let accepted = accept_inner(incoming, admit, peer).await;
     if let Err(err) = &accepted {
         warn!(%peer, %err, "link refused");
     }
     accepted
 }
 
-async fn accept_inner(
+async fn accept_inner<A: Admit + ?Sized>(
     incoming: quinn::Incoming,
-    allowed: &Allowed,
+    admit: &A,
     peer: SocketAddr,
 ) -> Result<Peer, HandshakeError> {
     let handshake = |source| HandshakeError::Handshake { peer, source };
@@ -616,19 +726,37 @@ async fn accept_inner(
         .map_err(handshake)?
         .await
         .map_err(handshake)?;
-    let name = match peer_name(&connection) {
-        Ok(name) => name,
+    let identified = peer_name(&connection).and_then(|name| {
+        let certificate = peer_certificate(&connection)?;
+        Ok((name, certificate))
+    });
+    let (name, certificate) = match identified {
+        Ok(found) => found,
         Err(source) => {
             CloseCode::Protocol.close(&connection, &source.to_string());
             return Err(HandshakeError::Identity { peer, source });
         }
     };
-    if !allowed.allows(&name) {
-        let reason = format!("edge {name} is not in this core's list of edges");
-        CloseCode::NotAllowed.close(&connection, &reason);
-        return Err(HandshakeError::NotAllowed { peer, name });
+    match admit.admit(&name, &certificate) {
+        Ok(()) => Ok(Peer {
+            connection,
+            name,
+            certificate: Some(certificate),
+        }),
+        Err(Refusal::NotAllowed) => {
+            let reason = format!("edge {name} is not in this core's list of edges");
+            CloseCode::NotAllowed.close(&connection, &reason);
+            Err(HandshakeError::NotAllowed { peer, name })
+        }
+        Err(Refusal::Revoked { serial }) => {
+            let reason = format!(
+                "the certificate of edge {name} (serial {serial}) is revoked by the core's \
+                 operator; this edge needs a new certificate and key"
+            );
+            CloseCode::Revoked.close(&connection, &reason);
+            Err(HandshakeError::Revoked { peer, name, serial })
+        }
     }
-    Ok(Peer { connection, name })
 }
 
 /// Dials the core at `addr` from an endpoint made by [`client_endpoint`]; the core's
@@ -665,7 +793,12 @@ async fn connect_inner(
     // rustls checked that the certificate names the core; this reads that same name.
     let name =
         peer_name(&connection).map_err(|source| HandshakeError::Identity { peer, source })?;
-    Ok(Peer { connection, name })
+    let certificate = peer_certificate(&connection).ok();
+    Ok(Peer {
+        connection,
+        name,
+        certificate,
+    })
 }
 
 /// The peer's node name: the DNS name in its certificate (which the handshake verified
@@ -679,6 +812,24 @@ pub fn peer_name(connection: &quinn::Connection) -> Result<NodeName, TlsError> {
         .map_err(|_| TlsError::NoPeerCertificate)?;
     let cert = chain.first().ok_or(TlsError::NoPeerCertificate)?;
     name_in_certificate(cert).map_err(|reason| TlsError::PeerName { reason })
+}
+
+/// What the peer's certificate says of its serial, key and expiry.
+pub fn peer_certificate(connection: &quinn::Connection) -> Result<CertificateInfo, TlsError> {
+    let identity = connection
+        .peer_identity()
+        .ok_or(TlsError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::NoPeerCertificate)?;
+    let cert = chain.first().ok_or(TlsError::NoPeerCertificate)?;
+    CertificateInfo::read(cert).map_err(|reason| TlsError::PeerCertificate { reason })
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub(crate) fn millis(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A connection error as a sentence for the log: application close codes by name with

@@ -22,7 +22,9 @@
 //!   fails the handshake, and [`explain`] says so in the log of either side.
 //! - [`transport_config`] holds the QUIC settings chosen for slow, lossy, long links.
 //!
-//! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best).
+//! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best);
+//! no session resumption (a resumed handshake carries the certificates of the first one,
+//! so it would keep serving a replaced certificate and admit a revoked one's ticket).
 //!
 //! IO: the certificates directory (reading and writing PEM files, in `tls/ca.rs`) and UDP
 //! sockets (the endpoints).
@@ -537,6 +539,12 @@ pub fn server_config_with(
         .with_client_cert_verifier(credentials.edge_verifier())
         .with_cert_resolver(credentials.server_resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: every handshake presents and checks both certificates, so
+    // a renewed certificate is served to the next one, and a revoked or expired one
+    // cannot come back on a ticket. It costs the certificates' ~1 KB each way per
+    // reconnect, not a round trip.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -566,6 +574,8 @@ pub fn client_config_with(
         .with_custom_certificate_verifier(credentials.core_verifier())
         .with_client_cert_resolver(credentials.client_resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // See `server_config_with`: every handshake is a full one.
+    tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);

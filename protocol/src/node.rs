@@ -1021,7 +1021,7 @@ fn list(files: &[PathBuf]) -> String {
 fn usage(role: Role) -> String {
     let bin = role.binary();
     let mut usage = format!(
-        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} status|services|publish|tail|assets|link ... (the running node's API; {bin} status --help)\n"
+        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} status|services|publish|tail|assets|link|edges ... (the running node's API; {bin} status --help)\n"
     );
     match role {
         Role::Edge => usage.push_str(&format!(
@@ -1056,7 +1056,8 @@ Entries (with the node stopped: its store is locked while it runs):
 {commands}
 The running node, through its HTTP API (`{bin} status --help` lists them all):
   status, services [start|stop <name>], publish <topic> <text>, tail <topic>,
-  assets [request <id>], mirror start|stop|status, link pause|resume
+  assets [request <id>], mirror start|stop|status, link pause|resume,
+  edges [list|add|remove|revoke|forget <name>] (HQ: the edges it admits)
 
 Environment:
   TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo

@@ -445,9 +445,10 @@ const STATUS_EVERY: Duration = Duration::from_secs(30);
 const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// A certificate this close to its end is warned about, in the log (daily) and on the
-/// page. cert-manager renews a 90-day certificate 30 days before its end by default:
-/// one still unrenewed 14 days before has failed to renew for two weeks, and leaves two
-/// more to act. A certificate by `core-node certs` lasts five years.
+/// page. The chart asks cert-manager for 90-day certificates renewed 15 days before
+/// their end (`certificates.certManager.renewBefore`): one still unrenewed 14 days
+/// before has failed to renew, and leaves two weeks to act. A certificate by
+/// `core-node certs` lasts five years.
 pub const CERTIFICATE_WARN_BEFORE: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
 /// How often an expiring certificate is warned about in the log.
@@ -1389,6 +1390,34 @@ mod tests {
             // It stopped before opening its store.
             assert!(!dir.path().join(role.as_str()).exists());
         }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_key_readable_by_others_stops_the_node() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = crate::tls::tests::TempDir::new("node-key-mode");
+        let mut config = Config::default_for(Role::Core);
+        config.node.data_dir = dir.path().join("hq");
+        config.link.certs_dir = Some(dir.path().join("certs"));
+        config.link.listen = ([127, 0, 0, 1], 0).into();
+        // The demo files are made readable by their owner only; start once to make them.
+        run(Role::Core, config.clone(), async {}).await.unwrap();
+        let key = dir.path().join("certs/hq.key");
+        let mode = |m| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m));
+        mode(0o644).unwrap();
+        let err = run(Role::Core, config.clone(), async {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hq.key is readable or writable by other users (mode 644)")
+                && err.contains("chmod 600"),
+            "{err}"
+        );
+        // Readable by its group: a warning, not a refusal (Kubernetes shares Secrets so).
+        mode(0o640).unwrap();
+        run(Role::Core, config, async {}).await.unwrap();
     }
 
     #[test]

@@ -671,7 +671,7 @@ async fn renewed_files_are_served_to_the_next_handshake_without_a_restart() {
     let second = served().await;
     assert_ne!(second.serial, first.serial);
     assert_eq!(second, credentials.certificate());
-    assert_eq!(credentials.refresh().unwrap(), false);
+    assert!(!credentials.refresh().unwrap());
 
     // A key that does not match: refused, and the previous certificate stays in use.
     std::fs::remove_file(dir.path().join("hq.key")).unwrap();

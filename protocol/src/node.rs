@@ -740,6 +740,12 @@ enum CertsCommand {
         dir: Option<PathBuf>,
         out: Option<PathBuf>,
     },
+    /// `certs renew [--dir D] [--out O]`: issue this core a new certificate and key with
+    /// the CA in D, into O (default `D/renewed`), to move into place by hand.
+    Renew {
+        dir: Option<PathBuf>,
+        out: Option<PathBuf>,
+    },
 }
 
 /// Why a `certs` command failed.
@@ -868,7 +874,8 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
             out,
         },
         ["issue"] => return Err("`certs issue` needs the edge's name".to_owned()),
-        [] => return Err("`certs` needs a command: init or issue".to_owned()),
+        ["renew"] => CertsCommand::Renew { dir, out },
+        [] => return Err("`certs` needs a command: init, issue or renew".to_owned()),
         [word, ..] => return Err(format!("unexpected argument {word:?}")),
     };
     Ok(Action::Certs(config, command))
@@ -964,6 +971,31 @@ fn certs(config: &Config, command: CertsCommand) -> Result<String, CertsError> {
             }
             Ok(report)
         }
+        CertsCommand::Renew { dir, out } => {
+            let dir = dir.unwrap_or_else(|| config.certs_dir());
+            let out = out.unwrap_or_else(|| dir.join("renewed"));
+            let ca = load_ca(&dir)?;
+            let written = ca.issue(core, Role::Core)?.save(&out)?;
+            Ok(format!(
+                "Issued a new certificate and key for core {core}:\n{}Move {core}.key and \
+                 {core}.pem into link.certs_dir ({}); the running core uses them from its \
+                 next handshake (it logs `certificate reloaded`), no restart needed.\n",
+                list(&written),
+                config.certs_dir().display()
+            ))
+        }
+    }
+}
+
+/// The mission CA in `dir`, with a hint when there is none.
+fn load_ca(dir: &Path) -> Result<Ca, CertsError> {
+    match Ca::load(dir) {
+        Err(TlsError::Missing { path })
+            if path == dir.join(CA_CERT_FILE) && !dir.join(CA_KEY_FILE).exists() =>
+        {
+            Err(CertsError::NoCa(dir.to_path_buf()))
+        }
+        loaded => Ok(loaded?),
     }
 }
 
@@ -1000,14 +1032,7 @@ fn certs_issue(
     if edge == core {
         return Err(CertsError::OwnName(edge.clone()));
     }
-    let ca = match Ca::load(dir) {
-        Err(TlsError::Missing { path })
-            if path == dir.join(CA_CERT_FILE) && !dir.join(CA_KEY_FILE).exists() =>
-        {
-            return Err(CertsError::NoCa(dir.to_path_buf()));
-        }
-        loaded => loaded?,
-    };
+    let ca = load_ca(dir)?;
     Ok(ca.issue(edge, Role::Edge)?.save(out)?)
 }
 
@@ -1030,7 +1055,8 @@ fn usage(role: Role) -> String {
         )),
         Role::Core => usage.push_str(&format!(
             "       {bin} certs init [--dir <dir>] [--config <path>]\n       \
-             {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n"
+             {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n       \
+             {bin} certs renew [--dir <dir>] [--out <dir>] [--config <path>]\n"
         )),
     }
     usage
@@ -1078,7 +1104,10 @@ Certificates (the mission CA lives with the core):
   certs init           create the mission CA (ca.pem, ca.key) and this core's
                        certificate (<name>.pem, <name>.key); refuses to replace a CA
   certs issue <edge>   issue an edge's certificate and key, written with ca.pem, for
-                       the edge's link.certs_dir
+                       the edge's link.certs_dir (also to replace a revoked or
+                       expiring one: into a new --out, then copy over the old files)
+  certs renew          issue this core a new certificate and key (into --out, default
+                       <dir>/renewed), to move into link.certs_dir: no restart needed
       --dir <dir>      where the CA is (default: the config's link.certs_dir)
       --out <dir>      where `issue` writes (default: the CA's directory)
   With link.demo_certs (the default), a node creates what is missing at start.
@@ -1287,12 +1316,19 @@ mod tests {
             })
         );
         let err = |args: &[&str]| parse(args).unwrap_err();
-        assert_eq!(err(&["certs"]), "`certs` needs a command: init or issue");
+        assert_eq!(err(&["certs"]), "`certs` needs a command: init, issue or renew");
         assert_eq!(
             err(&["certs", "issue"]),
             "`certs issue` needs the edge's name"
         );
-        assert_eq!(err(&["certs", "renew"]), "unexpected argument \"renew\"");
+        assert_eq!(err(&["certs", "rotate"]), "unexpected argument \"rotate\"");
+        assert_eq!(
+            parse(&["certs", "renew", "--out", "o"]),
+            certs(CertsCommand::Renew {
+                dir: None,
+                out: dir("o")
+            })
+        );
         assert_eq!(err(&["certs", "init", "x"]), "unexpected argument \"init\"");
         assert_eq!(
             err(&["certs", "init", "--out", "o"]),
@@ -1327,6 +1363,17 @@ mod tests {
             "{report}"
         );
         NodeIdentity::load(&ca_dir, &hq, Role::Core).unwrap();
+        let renew = || certs(&config, CertsCommand::Renew { dir: None, out: None });
+        let report = renew().unwrap();
+        assert!(
+            report.contains("Issued a new certificate and key for core hq"),
+            "{report}"
+        );
+        let renewed = NodeIdentity::load(&ca_dir.join("renewed"), &hq, Role::Core).unwrap();
+        let serial = |i: &NodeIdentity| tls::Credentials::fixed(i).unwrap().certificate().serial;
+        let current = NodeIdentity::load(&ca_dir, &hq, Role::Core).unwrap();
+        assert_ne!(serial(&renewed), serial(&current));
+        assert!(renew().unwrap_err().to_string().contains("already exists"));
         let again = certs(&config, CertsCommand::Init { dir: None }).unwrap_err();
         assert!(
             again.to_string().contains("already holds a mission CA"),

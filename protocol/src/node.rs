@@ -1316,7 +1316,10 @@ mod tests {
             })
         );
         let err = |args: &[&str]| parse(args).unwrap_err();
-        assert_eq!(err(&["certs"]), "`certs` needs a command: init, issue or renew");
+        assert_eq!(
+            err(&["certs"]),
+            "`certs` needs a command: init, issue or renew"
+        );
         assert_eq!(
             err(&["certs", "issue"]),
             "`certs issue` needs the edge's name"
@@ -1363,7 +1366,15 @@ mod tests {
             "{report}"
         );
         NodeIdentity::load(&ca_dir, &hq, Role::Core).unwrap();
-        let renew = || certs(&config, CertsCommand::Renew { dir: None, out: None });
+        let renew = || {
+            certs(
+                &config,
+                CertsCommand::Renew {
+                    dir: None,
+                    out: None,
+                },
+            )
+        };
         let report = renew().unwrap();
         assert!(
             report.contains("Issued a new certificate and key for core hq"),

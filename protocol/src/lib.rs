@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod edges;
 pub mod entry;
 pub mod link;
 pub mod log;

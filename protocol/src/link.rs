@@ -22,10 +22,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::edges::Edges;
 use crate::entry::{NodeName, Scope, TopicName};
 use crate::log::{ReadError, Store};
 use crate::replication::Writers;
-use crate::tls::{self, Allowed, CloseCode};
+use crate::tls::{self, Admit as _, CloseCode};
 use crate::wire::{self, WireError};
 
 mod mirror;
@@ -198,6 +199,8 @@ pub struct PeerLink {
     paused_here: watch::Sender<bool>,
     status: watch::Sender<LinkStatus>,
     current: Mutex<Option<quinn::Connection>>,
+    /// Connections past the handshake whose hellos are not yet checked (core).
+    joining: Mutex<Vec<quinn::Connection>>,
     /// The connection of the session that is up (past the hellos), for the mirror.
     session: watch::Sender<Option<quinn::Connection>>,
 }
@@ -227,6 +230,7 @@ impl PeerLink {
             paused_here,
             status,
             current,
+            joining: Mutex::new(Vec::new()),
             session: watch::Sender::new(None),
         })
     }
@@ -258,6 +262,37 @@ impl PeerLink {
         self.update(|s| s.paused_here = false);
     }
 
+    /// Closes the current connection with `code` and `reason`, if there is one; returns
+    /// whether there was. The session ends; an edge redials after its backoff.
+    pub fn close(&self, code: CloseCode, reason: &str) -> bool {
+        for joining in self
+            .joining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            code.close(joining, reason);
+        }
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(connection) = current.as_ref() {
+            code.close(connection, reason);
+        }
+        current.is_some()
+    }
+
+    /// Notes a connection whose hellos are not yet checked: [`PeerLink::close`] closes it
+    /// too, until it takes over or leaves.
+    fn join(&self, connection: &quinn::Connection) {
+        let mut joining = self.joining.lock().unwrap_or_else(|p| p.into_inner());
+        joining.push(connection.clone());
+    }
+
+    /// Forgets a joining connection (it took over, or its session ended).
+    fn leave(&self, connection: &quinn::Connection) {
+        let mut joining = self.joining.lock().unwrap_or_else(|p| p.into_inner());
+        joining.retain(|c| c.stable_id() != connection.stable_id());
+    }
+
     /// Sets the current connection; returns the one it replaces.
     fn replace(&self, connection: Option<quinn::Connection>) -> Option<quinn::Connection> {
         std::mem::replace(
@@ -269,6 +304,7 @@ impl PeerLink {
     /// Makes `connection` the current one, closing the one it replaces (if another) as
     /// `replaced`.
     fn take_over(&self, connection: &quinn::Connection) {
+        self.leave(connection);
         if let Some(old) = self.replace(Some(connection.clone()))
             && old.stable_id() != connection.stable_id()
         {
@@ -484,8 +520,11 @@ impl Links {
 }
 
 /// The core's side: accepts edges on `endpoint` and runs a session for each, until the
-/// endpoint is closed. A newer connection of an edge replaces its older one.
-pub async fn serve(local: Local, endpoint: quinn::Endpoint, allowed: Allowed, links: Links) {
+/// endpoint is closed. `edges` admits them (a config's `tls::Allowed` will do); the
+/// certificate of each admitted edge is recorded there. A newer connection of an edge
+/// replaces its older one.
+pub async fn serve(local: Local, endpoint: quinn::Endpoint, edges: impl Into<Edges>, links: Links) {
+    let edges: Edges = edges.into();
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -497,14 +536,29 @@ pub async fn serve(local: Local, endpoint: quinn::Endpoint, allowed: Allowed, li
             }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let (local, allowed, links) = (local.clone(), allowed.clone(), links.clone());
+                let (local, edges, links) = (local.clone(), edges.clone(), links.clone());
                 sessions.spawn(async move {
                     // tls::accept logs a refused edge itself.
-                    let Ok(peer) = tls::accept(incoming, &allowed).await else { return };
+                    let Ok(peer) = tls::accept(incoming, &edges).await else { return };
+                    let Some(certificate) = peer.certificate.clone() else { return };
+                    edges.seen(&peer.name, &certificate).await;
                     // The session takes the link over once the hellos are checked: a
                     // connection that never says a valid hello (a stray probe, an
-                    // impostor with another store) never cuts the one that works.
+                    // impostor with another store) never cuts the one that works. Until
+                    // then it is joining, and closed with the link if it is revoked.
                     let link = links.link(&peer.name);
+                    link.join(&peer.connection);
+                    // Revoked or removed while this handshake ran: `Edges` closes what
+                    // is registered after it changed, this closes what registers after.
+                    if let Err(refusal) = edges.admit(&peer.name, &certificate) {
+                        let code = match refusal {
+                            tls::Refusal::Revoked { .. } => CloseCode::Revoked,
+                            tls::Refusal::NotAllowed => CloseCode::NotAllowed,
+                        };
+                        code.close(&peer.connection, "refused by the core's operator");
+                        link.leave(&peer.connection);
+                        return;
+                    }
                     let err = session(&local, &peer.connection, &link, false).await;
                     link.replace_if(&peer.connection);
                     log_end(&peer.name, &err);
@@ -574,6 +628,10 @@ pub async fn dial(
                     if started.elapsed() >= STABLE {
                         backoff = MIN_BACKOFF;
                     }
+                    if refused_by_operator(&err) {
+                        // Redialing soon will not help: the core's operator must act.
+                        backoff = MAX_BACKOFF;
+                    }
                 }
             }
             Err(err) => {
@@ -640,6 +698,18 @@ pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
     found
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+/// Whether the core closed the link because its operator removed this edge or revoked
+/// its certificate.
+fn refused_by_operator(err: &LinkError) -> bool {
+    match err {
+        LinkError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => matches!(
+            CloseCode::from_code(close.error_code),
+            Some(CloseCode::Revoked | CloseCode::NotAllowed)
+        ),
+        _ => false,
+    }
 }
 
 fn log_end(peer: &NodeName, err: &LinkError) {

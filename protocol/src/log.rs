@@ -292,7 +292,9 @@ impl Store {
         self.request(|reply| Request::Commit { txn, reply }).await
     }
 
-    /// Records (or replaces) a peer and the topics it receives from this node.
+    /// Records (or replaces) a peer and the topics it receives from this node. A peer
+    /// that was forgotten ([`Store::forget_peer`]) returns: what retention removed
+    /// meanwhile that it lacked is recorded as gaps.
     pub async fn set_peer(&self, peer: PeerConfig) -> Result<(), WriteError> {
         self.request(|reply| Request::SetPeer { peer, reply }).await
     }
@@ -313,6 +315,16 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Stops keeping entries for `peer` (an operator forgot it): retention no longer
+    /// waits for it. What retention then removes that the peer lacked is noted, and if
+    /// the peer returns ([`Store::set_peer`]) it is recorded as gaps in [`GAPS_TOPIC`].
+    /// Returns whether `peer` was a peer here.
+    pub async fn forget_peer(&self, peer: &NodeName) -> Result<bool, WriteError> {
+        let peer = peer.clone();
+        self.request(|reply| Request::ForgetPeer { peer, reply })
+            .await
     }
 
     /// Applies retention now. The node calls this on a timer; tests call it directly.

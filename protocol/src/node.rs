@@ -31,11 +31,14 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, LogSettings};
+use crate::edges::Edges;
 use crate::entry::{NameError, NodeName, TopicName};
 use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
-use crate::log::{OpenError, Store, WriteError};
+use crate::log::{OpenError, ReadError, Store, WriteError};
 use crate::service::Services;
-use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, NodeIdentity, TlsError};
+use crate::tls::{
+    self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, Credentials, NodeIdentity, TlsError,
+};
 
 pub mod logs;
 mod mirror;
@@ -104,6 +107,9 @@ pub enum NodeError {
     /// The link's accept or dial loop ended while the node ran (its endpoint closed).
     #[error("the link stopped unexpectedly")]
     LinkStopped,
+    /// The core's list of edges (the store's `_edges` table) does not read.
+    #[error("the core's list of edges: {0}")]
+    Edges(ReadError),
 }
 
 /// Resolves when the process is asked to stop: the first SIGTERM or Ctrl-C that
@@ -159,6 +165,8 @@ pub struct Node {
     config: Config,
     store: Store,
     links: Links,
+    credentials: Credentials,
+    edges: Option<Edges>,
     endpoint: quinn::Endpoint,
     link_loop: Pin<Box<dyn Future<Output = ()> + Send>>,
     source: Option<MirrorSource>,
@@ -180,6 +188,13 @@ impl Node {
     pub async fn start(role: Role, config: Config) -> Result<Node, NodeError> {
         // Loaded first, so that a missing or bad certificate stops the node at once.
         let identity = load_identity(role, &config)?;
+        let credentials = Credentials::watch(&identity, &config.certs_dir()).map_err(|source| {
+            NodeError::Identity {
+                node: config.node.name.clone(),
+                source,
+                hint: String::new(),
+            }
+        })?;
         // Opening reads the catalog from disk on this thread: it happens once, before the
         // node does anything else, so blocking a worker for it is harmless.
         let store = Store::open(config.store_dir(), config.store_config())?;
@@ -200,6 +215,13 @@ impl Node {
                 })?;
 
         let links = Links::default();
+        let edges = match role {
+            Role::Core => Some(
+                Edges::open(store.clone(), links.clone(), config.allowed_edges())
+                    .map_err(NodeError::Edges)?,
+            ),
+            Role::Edge => None,
+        };
         // The core serves its mission volume (made if missing); an edge keeps a mirror.
         let source = match role {
             Role::Core => {
@@ -236,14 +258,13 @@ impl Node {
         let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
             match role {
                 Role::Core => {
-                    let endpoint = tls::server_endpoint(config.link.listen, &identity, transport)
-                        .map_err(NodeError::Endpoint)?;
-                    let serve = link::serve(
-                        local,
-                        endpoint.clone(),
-                        config.allowed_edges(),
-                        links.clone(),
-                    );
+                    let endpoint =
+                        tls::server_endpoint_with(config.link.listen, &credentials, transport)
+                            .map_err(NodeError::Endpoint)?;
+                    let edges = edges
+                        .clone()
+                        .unwrap_or_else(|| config.allowed_edges().into());
+                    let serve = link::serve(local, endpoint.clone(), edges, links.clone());
                     (endpoint, Box::pin(serve))
                 }
                 Role::Edge => {
@@ -256,7 +277,7 @@ impl Node {
                     } else {
                         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
                     };
-                    let endpoint = tls::client_endpoint(bind, &identity, transport)
+                    let endpoint = tls::client_endpoint_with(bind, &credentials, transport)
                         .map_err(NodeError::Endpoint)?;
                     let link = links.link(&config.link.core_name);
                     let settings = MirrorSettings {
@@ -295,6 +316,8 @@ impl Node {
             config,
             store,
             links,
+            credentials,
+            edges,
             endpoint,
             link_loop,
             source,
@@ -333,6 +356,17 @@ impl Node {
         &self.links
     }
 
+    /// The node's TLS credentials: its certificate in use (reloaded when its files
+    /// change).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The core's edges: the list, certificates, revocations (`None` at an edge).
+    pub fn edges(&self) -> Option<&Edges> {
+        self.edges.as_ref()
+    }
+
     /// The UDP address of the node's link endpoint (the core's listening address).
     pub fn link_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.endpoint.local_addr()
@@ -345,6 +379,8 @@ impl Node {
             config,
             store,
             links,
+            credentials,
+            edges: _edges,
             endpoint,
             mut link_loop,
             source: _source,
@@ -358,6 +394,10 @@ impl Node {
         let mut status = tokio::time::interval(STATUS_EVERY);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status.tick().await;
+        // The first tick completes at once: an expiring certificate is reported at start.
+        let mut certificate = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
+        certificate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = ExpiryWarning::default();
         let stopped = loop {
             tokio::select! {
                 biased;
@@ -372,6 +412,12 @@ impl Node {
                     Err(err) => error!(%err, "retention failed"),
                 },
                 _ = status.tick() => log_links(&links),
+                _ = certificate.tick() => {
+                    // Picks up renewed files even when no handshake happens; a failure
+                    // is logged by `refresh` (once per change).
+                    let _ = credentials.refresh();
+                    expiry.check(&config.node.name, &credentials);
+                }
             }
         };
 
@@ -397,6 +443,55 @@ impl Node {
 
 /// How often each link's status is logged (it is also logged when a link goes up or down).
 const STATUS_EVERY: Duration = Duration::from_secs(30);
+
+/// How often the node looks at its certificate files (handshakes also do) and its
+/// certificate's expiry.
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// A certificate this close to its end is warned about, in the log (daily) and on the
+/// page. The chart asks cert-manager for 90-day certificates renewed 15 days before
+/// their end (`certificates.certManager.renewBefore`): one still unrenewed 14 days
+/// before has failed to renew, and leaves two weeks to act. A certificate by
+/// `core-node certs` lasts five years.
+pub const CERTIFICATE_WARN_BEFORE: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+
+/// How often an expiring certificate is warned about in the log.
+const CERTIFICATE_WARN_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The log's warning of an expiring certificate, at most once every
+/// [`CERTIFICATE_WARN_EVERY`] (and again when the certificate changes).
+#[derive(Debug, Default)]
+struct ExpiryWarning {
+    last: Option<(std::time::Instant, String)>,
+}
+
+impl ExpiryWarning {
+    fn check(&mut self, node: &NodeName, credentials: &Credentials) {
+        let certificate = credentials.certificate();
+        let left = certificate.expires_in(std::time::SystemTime::now());
+        if left > CERTIFICATE_WARN_BEFORE {
+            self.last = None;
+            return;
+        }
+        let recent = self.last.as_ref().is_some_and(|(at, serial)| {
+            *serial == certificate.serial && at.elapsed() < CERTIFICATE_WARN_EVERY
+        });
+        if recent {
+            return;
+        }
+        let path = credentials.path().map(|p| p.display().to_string());
+        warn!(
+            %node,
+            serial = %certificate.serial,
+            not_after_ms = tls::millis(certificate.not_after),
+            days_left = left.as_secs() / 86_400,
+            path,
+            "the node's certificate expires soon: renew it (cert-manager renews by itself; \
+             by hand, `core-node certs issue` and replace the files, no restart needed)"
+        );
+        self.last = Some((std::time::Instant::now(), certificate.serial));
+    }
+}
 
 /// How long a stopping node waits for its peers to acknowledge the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -470,7 +565,15 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
             info!(node = %issued, certs_dir = %shown, "demo certificates: issued a certificate");
         }
     }
-    NodeIdentity::load(&dir, node, role).map_err(failed)
+    let identity = NodeIdentity::load(&dir, node, role).map_err(failed)?;
+    let mut keys = vec![dir.join(format!("{node}.key"))];
+    if role == Role::Core {
+        keys.push(dir.join(CA_KEY_FILE));
+    }
+    for key in keys.iter().filter(|k| k.exists()) {
+        tls::check_key_file(key).map_err(failed)?;
+    }
+    Ok(identity)
 }
 
 /// The whole `main` of a node binary: parses the arguments, loads the config, installs
@@ -641,6 +744,12 @@ enum CertsCommand {
         dir: Option<PathBuf>,
         out: Option<PathBuf>,
     },
+    /// `certs renew [--dir D] [--out O]`: issue this core a new certificate and key with
+    /// the CA in D, into O (default `D/renewed`), to move into place by hand.
+    Renew {
+        dir: Option<PathBuf>,
+        out: Option<PathBuf>,
+    },
 }
 
 /// Why a `certs` command failed.
@@ -769,7 +878,8 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String
             out,
         },
         ["issue"] => return Err("`certs issue` needs the edge's name".to_owned()),
-        [] => return Err("`certs` needs a command: init or issue".to_owned()),
+        ["renew"] => CertsCommand::Renew { dir, out },
+        [] => return Err("`certs` needs a command: init, issue or renew".to_owned()),
         [word, ..] => return Err(format!("unexpected argument {word:?}")),
     };
     Ok(Action::Certs(config, command))
@@ -865,6 +975,31 @@ fn certs(config: &Config, command: CertsCommand) -> Result<String, CertsError> {
             }
             Ok(report)
         }
+        CertsCommand::Renew { dir, out } => {
+            let dir = dir.unwrap_or_else(|| config.certs_dir());
+            let out = out.unwrap_or_else(|| dir.join("renewed"));
+            let ca = load_ca(&dir)?;
+            let written = ca.issue(core, Role::Core)?.save(&out)?;
+            Ok(format!(
+                "Issued a new certificate and key for core {core}:\n{}Move {core}.key and \
+                 {core}.pem into link.certs_dir ({}); the running core uses them from its \
+                 next handshake (it logs `certificate reloaded`), no restart needed.\n",
+                list(&written),
+                config.certs_dir().display()
+            ))
+        }
+    }
+}
+
+/// The mission CA in `dir`, with a hint when there is none.
+fn load_ca(dir: &Path) -> Result<Ca, CertsError> {
+    match Ca::load(dir) {
+        Err(TlsError::Missing { path })
+            if path == dir.join(CA_CERT_FILE) && !dir.join(CA_KEY_FILE).exists() =>
+        {
+            Err(CertsError::NoCa(dir.to_path_buf()))
+        }
+        loaded => Ok(loaded?),
     }
 }
 
@@ -901,14 +1036,7 @@ fn certs_issue(
     if edge == core {
         return Err(CertsError::OwnName(edge.clone()));
     }
-    let ca = match Ca::load(dir) {
-        Err(TlsError::Missing { path })
-            if path == dir.join(CA_CERT_FILE) && !dir.join(CA_KEY_FILE).exists() =>
-        {
-            return Err(CertsError::NoCa(dir.to_path_buf()));
-        }
-        loaded => loaded?,
-    };
+    let ca = load_ca(dir)?;
     Ok(ca.issue(edge, Role::Edge)?.save(out)?)
 }
 
@@ -923,7 +1051,7 @@ fn list(files: &[PathBuf]) -> String {
 fn usage(role: Role) -> String {
     let bin = role.binary();
     let mut usage = format!(
-        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} status|services|publish|tail|assets|link ... (the running node's API; {bin} status --help)\n"
+        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} status|services|publish|tail|assets|link|edges ... (the running node's API; {bin} status --help)\n"
     );
     match role {
         Role::Edge => usage.push_str(&format!(
@@ -931,7 +1059,8 @@ fn usage(role: Role) -> String {
         )),
         Role::Core => usage.push_str(&format!(
             "       {bin} certs init [--dir <dir>] [--config <path>]\n       \
-             {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n"
+             {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n       \
+             {bin} certs renew [--dir <dir>] [--out <dir>] [--config <path>]\n"
         )),
     }
     usage
@@ -958,7 +1087,8 @@ Entries (with the node stopped: its store is locked while it runs):
 {commands}
 The running node, through its HTTP API (`{bin} status --help` lists them all):
   status, services [start|stop <name>], publish <topic> <text>, tail <topic>,
-  assets [request <id>], mirror start|stop|status, link pause|resume
+  assets [request <id>], mirror start|stop|status, link pause|resume,
+  edges [list|add|remove|revoke|forget <name>] (HQ: the edges it admits)
 
 Environment:
   TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo
@@ -978,7 +1108,10 @@ Certificates (the mission CA lives with the core):
   certs init           create the mission CA (ca.pem, ca.key) and this core's
                        certificate (<name>.pem, <name>.key); refuses to replace a CA
   certs issue <edge>   issue an edge's certificate and key, written with ca.pem, for
-                       the edge's link.certs_dir
+                       the edge's link.certs_dir (also to replace a revoked or
+                       expiring one: into a new --out, then copy over the old files)
+  certs renew          issue this core a new certificate and key (into --out, default
+                       <dir>/renewed), to move into link.certs_dir: no restart needed
       --dir <dir>      where the CA is (default: the config's link.certs_dir)
       --out <dir>      where `issue` writes (default: the CA's directory)
   With link.demo_certs (the default), a node creates what is missing at start.
@@ -1187,12 +1320,22 @@ mod tests {
             })
         );
         let err = |args: &[&str]| parse(args).unwrap_err();
-        assert_eq!(err(&["certs"]), "`certs` needs a command: init or issue");
+        assert_eq!(
+            err(&["certs"]),
+            "`certs` needs a command: init, issue or renew"
+        );
         assert_eq!(
             err(&["certs", "issue"]),
             "`certs issue` needs the edge's name"
         );
-        assert_eq!(err(&["certs", "renew"]), "unexpected argument \"renew\"");
+        assert_eq!(err(&["certs", "rotate"]), "unexpected argument \"rotate\"");
+        assert_eq!(
+            parse(&["certs", "renew", "--out", "o"]),
+            certs(CertsCommand::Renew {
+                dir: None,
+                out: dir("o")
+            })
+        );
         assert_eq!(err(&["certs", "init", "x"]), "unexpected argument \"init\"");
         assert_eq!(
             err(&["certs", "init", "--out", "o"]),
@@ -1227,6 +1370,25 @@ mod tests {
             "{report}"
         );
         NodeIdentity::load(&ca_dir, &hq, Role::Core).unwrap();
+        let renew = || {
+            certs(
+                &config,
+                CertsCommand::Renew {
+                    dir: None,
+                    out: None,
+                },
+            )
+        };
+        let report = renew().unwrap();
+        assert!(
+            report.contains("Issued a new certificate and key for core hq"),
+            "{report}"
+        );
+        let renewed = NodeIdentity::load(&ca_dir.join("renewed"), &hq, Role::Core).unwrap();
+        let serial = |i: &NodeIdentity| tls::Credentials::fixed(i).unwrap().certificate().serial;
+        let current = NodeIdentity::load(&ca_dir, &hq, Role::Core).unwrap();
+        assert_ne!(serial(&renewed), serial(&current));
+        assert!(renew().unwrap_err().to_string().contains("already exists"));
         let again = certs(&config, CertsCommand::Init { dir: None }).unwrap_err();
         assert!(
             again.to_string().contains("already holds a mission CA"),
@@ -1290,6 +1452,34 @@ mod tests {
             // It stopped before opening its store.
             assert!(!dir.path().join(role.as_str()).exists());
         }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_key_readable_by_others_stops_the_node() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = crate::tls::tests::TempDir::new("node-key-mode");
+        let mut config = Config::default_for(Role::Core);
+        config.node.data_dir = dir.path().join("hq");
+        config.link.certs_dir = Some(dir.path().join("certs"));
+        config.link.listen = ([127, 0, 0, 1], 0).into();
+        // The demo files are made readable by their owner only; start once to make them.
+        run(Role::Core, config.clone(), async {}).await.unwrap();
+        let key = dir.path().join("certs/hq.key");
+        let mode = |m| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m));
+        mode(0o644).unwrap();
+        let err = run(Role::Core, config.clone(), async {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hq.key is readable or writable by other users (mode 644)")
+                && err.contains("chmod 600"),
+            "{err}"
+        );
+        // Readable by its group: a warning, not a refusal (Kubernetes shares Secrets so).
+        mode(0o640).unwrap();
+        run(Role::Core, config, async {}).await.unwrap();
     }
 
     #[test]

@@ -9,21 +9,30 @@
 //!   a Kubernetes secret can hold them.
 //! - The core listens ([`server_endpoint`]) and requires a client certificate that chains
 //!   to the CA. After the handshake, [`accept`] reads the edge's name from its certificate
-//!   ([`peer_name`]) and checks it against [`Allowed`]; an edge not allowed is closed with
-//!   [`CloseCode::NotAllowed`] and a reason, and the refusal is logged with its address.
+//!   ([`peer_name`]) and its serial and key ([`CertificateInfo`]), and asks an [`Admit`]
+//!   (the config's [`Allowed`], or the core's run-time list `crate::edges::Edges`): an
+//!   edge not listed is closed with [`CloseCode::NotAllowed`], one whose certificate is
+//!   revoked with [`CloseCode::Revoked`], each with a reason, and the refusal is logged
+//!   with its address.
+//! - [`Credentials`] serve each handshake the node's current certificate and CA, reloaded
+//!   from their files when they change (renewal without a restart).
 //! - An edge dials ([`client_endpoint`], [`connect`]): it trusts only the CA, presents its
 //!   own certificate, and checks that the server's certificate names the core.
 //! - Both sides speak the ALPN [`ALPN`] (protocol and version); a peer that speaks another
 //!   fails the handshake, and [`explain`] says so in the log of either side.
 //! - [`transport_config`] holds the QUIC settings chosen for slow, lossy, long links.
 //!
-//! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best).
+//! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best);
+//! no session resumption (a resumed handshake carries the certificates of the first one,
+//! so it would keep serving a replaced certificate and admit a revoked one's ticket).
 //!
 //! IO: the certificates directory (reading and writing PEM files, in `tls/ca.rs`) and UDP
 //! sockets (the endpoints).
 
 mod ca;
+mod certificate;
 mod congestion;
+mod credentials;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -31,16 +40,19 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, TransportErrorCode, VarInt};
 use rustls::AlertDescription;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
 use tracing::warn;
 
-pub use self::ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, ensure_demo_files};
+pub use self::ca::{
+    CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, check_key_file, ensure_demo_files,
+};
+pub use self::certificate::CertificateInfo;
+pub use self::credentials::Credentials;
 use crate::entry::NodeName;
 
 /// The ALPN protocol name both sides offer: the protocol and its major version. A peer
@@ -151,6 +163,7 @@ impl Default for Timeouts {
 /// | 4    | `too-large`   | the peer sent a frame over the size limit                  |
 /// | 5    | `replaced`    | a newer connection from the same node replaced this one    |
 /// | 6    | `forged-origin` | an edge sent entries or a skip of another node's origin  |
+/// | 7    | `revoked`     | the peer's certificate is revoked by the core's operator   |
 /// | 8    | `incarnation` | a known name from a new store, whose entries would be lost |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseCode {
@@ -171,6 +184,9 @@ pub enum CloseCode {
     /// 6: an edge sent entries or a `Skip` of another node's origin, or a `Skip` past
     /// what it appended: a node speaks only for itself. Nothing of it was stored.
     ForgedOrigin,
+    /// 7: the peer's certificate (its key or serial) is revoked by the core's operator.
+    /// Redialing will not help: the edge needs a new certificate and key.
+    Revoked,
     /// 8: the peer presents a name this node knows from another store (a new device, a
     /// wiped data directory) while this node holds the old store's entries; the reason
     /// says what to do.
@@ -184,6 +200,28 @@ pub struct Peer {
     pub connection: quinn::Connection,
     /// The peer's node name, read from its certificate.
     pub name: NodeName,
+    /// The peer's certificate: serial, key, expiry (always read at the core, which
+    /// revokes by it; at an edge, `None` if it does not read).
+    pub certificate: Option<CertificateInfo>,
+}
+
+/// Decides, after the TLS handshake, whether an authenticated edge may stay connected.
+pub trait Admit: Send + Sync {
+    /// `Ok` if the edge `name`, presenting `certificate` (already verified against the
+    /// mission CA), may connect.
+    fn admit(&self, name: &NodeName, certificate: &CertificateInfo) -> Result<(), Refusal>;
+}
+
+/// Why the core refuses an authenticated edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its name is not in the core's list of edges.
+    NotAllowed,
+    /// Its certificate is revoked (by its key or its serial).
+    Revoked {
+        /// The serial of the certificate presented.
+        serial: String,
+    },
 }
 
 /// A problem with certificates, keys or the TLS setup. Each names the file at fault.
@@ -210,6 +248,20 @@ pub enum TlsError {
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
+    },
+    /// A private key file that users other than the node's may read or write.
+    #[error(
+        "{} is readable or writable by other users (mode {mode:03o}): a private key must be \
+         readable by the node's user only; run `chmod 600 {}` (on Kubernetes: the Secret \
+         volume's defaultMode 0400 or 0440 with the pod's fsGroup)",
+        path.display(),
+        path.display()
+    )]
+    KeyExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A file exists where a new one was to be written; it is left as it is.
     #[error("{} already exists; refusing to overwrite it (remove it first to replace it)", path.display())]
@@ -287,6 +339,12 @@ pub enum TlsError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The peer's certificate's serial, key or validity does not read.
+    #[error("the peer's certificate does not read: {reason}")]
+    PeerCertificate {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Why a link could not be set up.
@@ -324,6 +382,16 @@ pub enum HandshakeError {
         /// The edge's name, from its certificate.
         name: NodeName,
     },
+    /// The edge's certificate is revoked.
+    #[error("edge {name} at {peer} presented a revoked certificate (serial {serial})")]
+    Revoked {
+        /// The edge's address.
+        peer: SocketAddr,
+        /// The edge's name, from its certificate.
+        name: NodeName,
+        /// The certificate's serial.
+        serial: String,
+    },
 }
 
 impl Allowed {
@@ -336,9 +404,15 @@ impl Allowed {
     }
 }
 
+impl Admit for Allowed {
+    fn admit(&self, name: &NodeName, _certificate: &CertificateInfo) -> Result<(), Refusal> {
+        self.allows(name).then_some(()).ok_or(Refusal::NotAllowed)
+    }
+}
+
 impl CloseCode {
     /// Every code, in number order.
-    pub const ALL: [CloseCode; 8] = [
+    pub const ALL: [CloseCode; 9] = [
         CloseCode::Shutdown,
         CloseCode::NotAllowed,
         CloseCode::Version,
@@ -346,6 +420,7 @@ impl CloseCode {
         CloseCode::TooLarge,
         CloseCode::Replaced,
         CloseCode::ForgedOrigin,
+        CloseCode::Revoked,
         CloseCode::Incarnation,
     ];
 
@@ -359,6 +434,7 @@ impl CloseCode {
             CloseCode::TooLarge => 4,
             CloseCode::Replaced => 5,
             CloseCode::ForgedOrigin => 6,
+            CloseCode::Revoked => 7,
             CloseCode::Incarnation => 8,
         })
     }
@@ -378,6 +454,7 @@ impl CloseCode {
             CloseCode::TooLarge => "too-large",
             CloseCode::Replaced => "replaced",
             CloseCode::ForgedOrigin => "forged-origin",
+            CloseCode::Revoked => "revoked",
             CloseCode::Incarnation => "incarnation",
         }
     }
@@ -474,17 +551,27 @@ pub fn server_config(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
-        .build()
-        .map_err(config_error)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    server_config_with(&Credentials::fixed(identity)?, transport)
+}
+
+/// [`server_config`] with [`Credentials`]: each handshake presents the current
+/// certificate and checks edges against the current CA.
+pub fn server_config_with(
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain().to_vec(), identity.key())
-        .map_err(config_error)?;
+        .with_client_cert_verifier(credentials.edge_verifier())
+        .with_cert_resolver(credentials.server_resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: every handshake presents and checks both certificates, so
+    // a renewed certificate is served to the next one, and a revoked or expired one
+    // cannot come back on a ticket. It costs the certificates' ~1 KB each way per
+    // reconnect, not a round trip.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -498,13 +585,24 @@ pub fn client_config(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_with(&Credentials::fixed(identity)?, transport)
+}
+
+/// [`client_config`] with [`Credentials`]: each handshake presents the current
+/// certificate and checks the core against the current CA.
+pub fn client_config_with(
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
-        .with_root_certificates(identity.roots())
-        .with_client_auth_cert(identity.chain().to_vec(), identity.key())
-        .map_err(config_error)?;
+        .dangerous()
+        .with_custom_certificate_verifier(credentials.core_verifier())
+        .with_client_cert_resolver(credentials.client_resolver());
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // See `server_config_with`: every handshake is a full one.
+    tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
@@ -518,7 +616,16 @@ pub fn server_endpoint(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::Endpoint, TlsError> {
-    let config = server_config(identity, transport)?;
+    server_endpoint_with(listen, &Credentials::fixed(identity)?, transport)
+}
+
+/// [`server_endpoint`] with [`Credentials`], reloaded when their files change.
+pub fn server_endpoint_with(
+    listen: SocketAddr,
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::Endpoint, TlsError> {
+    let config = server_config_with(credentials, transport)?;
     let bind_error = |source| TlsError::Bind {
         addr: listen,
         source,
@@ -526,7 +633,8 @@ pub fn server_endpoint(
     let socket = bind_udp(listen).map_err(bind_error)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
-    quinn::Endpoint::new(restart_aware(identity), Some(config), socket, runtime).map_err(bind_error)
+    let endpoint_config = restart_aware(credentials.reset_secret());
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime).map_err(bind_error)
 }
 
 /// The receive buffer asked for on the link's UDP sockets. Linux's default (208 KiB)
@@ -561,8 +669,7 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// private key instead of drawn at random: a restarted core then recognises the
 /// connection IDs of its previous run and answers an edge's next packet with a stateless
 /// reset, so that the edge redials at once instead of waiting out its idle timeout.
-fn restart_aware(identity: &NodeIdentity) -> quinn::EndpointConfig {
-    let secret = identity.key_pem.as_bytes();
+fn restart_aware(secret: &[u8]) -> quinn::EndpointConfig {
     let reset = blake3::derive_key("tether 2026 quic stateless reset key", secret);
     let cid = blake3::derive_key("tether 2026 quic connection id key", secret);
     let mut cid_key = [0u8; 8];
@@ -607,7 +714,16 @@ pub fn client_endpoint(
     identity: &NodeIdentity,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::Endpoint, TlsError> {
-    let config = client_config(identity, transport)?;
+    client_endpoint_with(bind, &Credentials::fixed(identity)?, transport)
+}
+
+/// [`client_endpoint`] with [`Credentials`], reloaded when their files change.
+pub fn client_endpoint_with(
+    bind: SocketAddr,
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::Endpoint, TlsError> {
+    let config = client_config_with(credentials, transport)?;
     let bind_error = |source| TlsError::Bind { addr: bind, source };
     let socket = bind_udp(bind).map_err(bind_error)?;
     let runtime = quinn::default_runtime()
@@ -620,21 +736,25 @@ pub fn client_endpoint(
 }
 
 /// Completes an incoming connection at the core: the TLS handshake (the client's
-/// certificate must chain to the CA), then the edge's name must be allowed. A refused
-/// edge is closed with [`CloseCode::NotAllowed`] and a reason. Every refusal is logged
-/// here (warn, with the peer's address), so the caller need not log it again.
-pub async fn accept(incoming: quinn::Incoming, allowed: &Allowed) -> Result<Peer, HandshakeError> {
+/// certificate must chain to the CA), then `admit` must admit the edge's name and
+/// certificate. A refused edge is closed with [`CloseCode::NotAllowed`] or
+/// [`CloseCode::Revoked`] and a reason. Every refusal is logged here (warn, with the
+/// peer's address), so the caller need not log it again.
+pub async fn accept<A: Admit + ?Sized>(
+    incoming: quinn::Incoming,
+    admit: &A,
+) -> Result<Peer, HandshakeError> {
     let peer = incoming.remote_address();
-    let accepted = accept_inner(incoming, allowed, peer).await;
+    let accepted = accept_inner(incoming, admit, peer).await;
     if let Err(err) = &accepted {
         warn!(%peer, %err, "link refused");
     }
     accepted
 }
 
-async fn accept_inner(
+async fn accept_inner<A: Admit + ?Sized>(
     incoming: quinn::Incoming,
-    allowed: &Allowed,
+    admit: &A,
     peer: SocketAddr,
 ) -> Result<Peer, HandshakeError> {
     let handshake = |source| HandshakeError::Handshake { peer, source };
@@ -643,19 +763,37 @@ async fn accept_inner(
         .map_err(handshake)?
         .await
         .map_err(handshake)?;
-    let name = match peer_name(&connection) {
-        Ok(name) => name,
+    let identified = peer_name(&connection).and_then(|name| {
+        let certificate = peer_certificate(&connection)?;
+        Ok((name, certificate))
+    });
+    let (name, certificate) = match identified {
+        Ok(found) => found,
         Err(source) => {
             CloseCode::Protocol.close(&connection, &source.to_string());
             return Err(HandshakeError::Identity { peer, source });
         }
     };
-    if !allowed.allows(&name) {
-        let reason = format!("edge {name} is not in this core's list of edges");
-        CloseCode::NotAllowed.close(&connection, &reason);
-        return Err(HandshakeError::NotAllowed { peer, name });
+    match admit.admit(&name, &certificate) {
+        Ok(()) => Ok(Peer {
+            connection,
+            name,
+            certificate: Some(certificate),
+        }),
+        Err(Refusal::NotAllowed) => {
+            let reason = format!("edge {name} is not in this core's list of edges");
+            CloseCode::NotAllowed.close(&connection, &reason);
+            Err(HandshakeError::NotAllowed { peer, name })
+        }
+        Err(Refusal::Revoked { serial }) => {
+            let reason = format!(
+                "the certificate of edge {name} (serial {serial}) is revoked by the core's \
+                 operator; this edge needs a new certificate and key"
+            );
+            CloseCode::Revoked.close(&connection, &reason);
+            Err(HandshakeError::Revoked { peer, name, serial })
+        }
     }
-    Ok(Peer { connection, name })
 }
 
 /// Dials the core at `addr` from an endpoint made by [`client_endpoint`]; the core's
@@ -692,7 +830,12 @@ async fn connect_inner(
     // rustls checked that the certificate names the core; this reads that same name.
     let name =
         peer_name(&connection).map_err(|source| HandshakeError::Identity { peer, source })?;
-    Ok(Peer { connection, name })
+    let certificate = peer_certificate(&connection).ok();
+    Ok(Peer {
+        connection,
+        name,
+        certificate,
+    })
 }
 
 /// The peer's node name: the DNS name in its certificate (which the handshake verified
@@ -706,6 +849,24 @@ pub fn peer_name(connection: &quinn::Connection) -> Result<NodeName, TlsError> {
         .map_err(|_| TlsError::NoPeerCertificate)?;
     let cert = chain.first().ok_or(TlsError::NoPeerCertificate)?;
     name_in_certificate(cert).map_err(|reason| TlsError::PeerName { reason })
+}
+
+/// What the peer's certificate says of its serial, key and expiry.
+pub fn peer_certificate(connection: &quinn::Connection) -> Result<CertificateInfo, TlsError> {
+    let identity = connection
+        .peer_identity()
+        .ok_or(TlsError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::NoPeerCertificate)?;
+    let cert = chain.first().ok_or(TlsError::NoPeerCertificate)?;
+    CertificateInfo::read(cert).map_err(|reason| TlsError::PeerCertificate { reason })
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub(crate) fn millis(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A connection error as a sentence for the log: application close codes by name with

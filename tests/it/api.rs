@@ -666,6 +666,122 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
         "pausing an unknown peer",
     );
 
+    // HQ's edges: the list, one, add and remove at run time, refusals with reasons.
+    let edges = get(&api(&hq, "/edges"));
+    let listed = &edges.as_array().unwrap()[0];
+    assert_eq!(
+        (
+            &listed["name"],
+            &listed["admitted"],
+            &listed["listing"],
+            &listed["connected"]
+        ),
+        (
+            &json!("alpha"),
+            &json!(true),
+            &json!("config"),
+            &json!(true)
+        ),
+        "{edges}"
+    );
+    assert_eq!(listed["certificates"].as_array().unwrap().len(), 1);
+    assert!(listed["certificates"][0]["revoked_ms"].is_null());
+    assert_eq!(get(&api(&hq, "/edges/alpha"))["name"], "alpha");
+    refused(
+        &call(
+            "POST",
+            &api(&hq, "/edges"),
+            None,
+            Some(r#"{"name": "bravo"}"#),
+        ),
+        401,
+        "bearer token",
+        "adding an edge without the token",
+    );
+    let added = call(
+        "POST",
+        &api(&hq, "/edges"),
+        Some(TOKEN),
+        Some(r#"{"name": "bravo"}"#),
+    );
+    assert_eq!(
+        (&added.body["listing"], &added.body["admitted"]),
+        (&json!("added"), &json!(true)),
+        "{}",
+        added.text
+    );
+    refused(
+        &call("POST", &api(&hq, "/edges/bravo/revoke"), Some(TOKEN), None),
+        409,
+        "has presented no certificate",
+        "revoking an edge that never connected",
+    );
+    let removed = call("POST", &api(&hq, "/edges/bravo/remove"), Some(TOKEN), None);
+    assert_eq!(removed.body["listing"], "not-listed", "{}", removed.text);
+    for (method, path, body, status, says, what) in [
+        (
+            "GET",
+            "/edges/charlie",
+            None,
+            404,
+            "no edge charlie",
+            "an unknown edge",
+        ),
+        (
+            "POST",
+            "/edges/charlie/forget",
+            None,
+            404,
+            "no edge charlie",
+            "forgetting an unknown edge",
+        ),
+        (
+            "GET",
+            "/edges/Bad",
+            None,
+            400,
+            "not an edge name",
+            "a bad name",
+        ),
+        (
+            "POST",
+            "/edges",
+            Some(r#"{"name": "hq"}"#),
+            409,
+            "own name",
+            "the core's own name",
+        ),
+        (
+            "POST",
+            "/edges",
+            Some(r#"{"name": 7}"#),
+            400,
+            "name",
+            "a name of the wrong type",
+        ),
+        (
+            "POST",
+            "/edges",
+            Some(r#"{"name": "x", "y": 1}"#),
+            400,
+            "unknown field",
+            "an unknown field",
+        ),
+    ] {
+        refused(
+            &call(method, &api(&hq, path), Some(TOKEN), body),
+            status,
+            says,
+            what,
+        );
+    }
+    refused(
+        &call("GET", &api(&alpha, "/edges"), None, None),
+        409,
+        "the core keeps the list of edges",
+        "the edges of an edge",
+    );
+
     // The log filter, at run time.
     assert_eq!(get(&api(&alpha, "/log"))["filter"], "info");
     let debug = call(
@@ -893,6 +1009,7 @@ fn metrics_pass_prometheus_own_parser_and_its_naming_rules() {
             "tether_service_processed_total",
             "tether_service_state",
             "tether_http_requests_total",
+            "tether_certificate_expiry_time_seconds",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
@@ -908,6 +1025,11 @@ fn metrics_pass_prometheus_own_parser_and_its_naming_rules() {
         "{edge}"
     );
     assert!(edge.contains("tether_link_up{peer=\"hq\"} 1"), "{edge}");
+    let core = call("GET", &format!("{}/metrics", pair.hq_url), None, None).text;
+    assert!(
+        core.contains("tether_edges_revoked_certificates 0"),
+        "{core}"
+    );
     pair.stop();
 }
 
@@ -1060,5 +1182,30 @@ fn the_cli_drives_a_running_node_through_its_api() {
     let (code, _, err) = cli("edge-node", &["status"], "http://127.0.0.1:9");
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach the node's API"), "{err}");
+
+    // HQ revokes the edge: its link closes at once, and the edge's log says why.
+    let (code, out, err) = cli("core-node", &["edges"], &hq);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("edge alpha: admitted (config), connected, 1 certificate(s), 0 revoked"),
+        "{out}"
+    );
+    let (code, _, err) = cli("core-node", &["edges", "revoke", "alpha"], &hq);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+    let (code, out, err) = cli(
+        "core-node",
+        &["edges", "revoke", "alpha", "--token", TOKEN],
+        &hq,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 certificate(s), 1 revoked"), "{out}");
+    let mut pair = pair;
+    let line = pair
+        .alpha
+        .wait_for_line(|l| l.contains("link down"), "the link's end");
+    assert!(line.contains("(revoked)"), "{line}");
+    let (code, _, err) = cli("core-node", &["edges", "forget"], &hq);
+    assert_eq!(code, Some(2), "{err}");
     pair.stop();
 }

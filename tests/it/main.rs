@@ -18,4 +18,5 @@ mod pipeline;
 mod process;
 mod replication;
 mod tools;
+mod trust;
 mod webdriver;

@@ -441,6 +441,29 @@ fn an_operator_runs_the_mission_from_the_two_dashboards() {
         tablet_shot.display()
     );
 
+    // HQ revokes the edge from its card: a first click asks, the second revokes; the
+    // card shows the link down and why.
+    let card = "#links [data-link=\"alpha\"]";
+    let revoke = format!("{card} [data-action=revoke]");
+    b.click_css(&revoke).unwrap();
+    b.wait_for_script(
+        "the revoke button asks to confirm",
+        STEP,
+        &format!("return document.querySelector('{revoke}').textContent === 'Confirm revoke';"),
+    );
+    b.click_css(&revoke).unwrap();
+    b.wait_for_script(
+        "the card shows the edge revoked and its link down",
+        STEP,
+        &format!(
+            "const l = document.querySelector('{card}'); return l.hasAttribute('data-revoked') \
+             && l.dataset.state === 'down' \
+             && l.querySelector('[data-field=note]').textContent.includes('Certificate revoked') \
+             && l.querySelector('[data-action=revoke]').disabled;"
+        ),
+    );
+    assert_no_page_errors(b, "HQ");
+
     // The node goes away: the page says so, and keeps trying by itself.
     runtime.block_on(mission.stop());
     b.wait_for_script(

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::views::{EntryView, HeaderView, LinkView, MirrorView, NodeView, TopicView};
+use crate::views::{
+    CertificateView, EdgeForgottenView, EdgeView, EntryView, HeaderView, LinkView, MirrorView,
+    NodeView, TopicView,
+};
 use crate::{App, events};
 
 /// The OpenAPI document of this API.
@@ -51,6 +54,11 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/links/{peer}", get(link))
         .route("/links/{peer}/pause", post(link_pause))
         .route("/links/{peer}/resume", post(link_resume))
+        .route("/edges", get(edges).post(edge_add))
+        .route("/edges/{name}", get(edge))
+        .route("/edges/{name}/remove", post(edge_remove))
+        .route("/edges/{name}/revoke", post(edge_revoke))
+        .route("/edges/{name}/forget", post(edge_forget))
         .route("/mirror", get(mirror))
         .route("/mirror/start", post(mirror_start))
         .route("/mirror/stop", post(mirror_stop))
@@ -76,6 +84,11 @@ pub fn node_view(app: &App) -> NodeView {
         token_required: app.token.is_some(),
         demo_link: app.demo.is_some(),
         log_filter: protocol::node::logs::control().map(|c| c.filter()),
+        certificate: CertificateView::new(
+            &app.credentials.certificate(),
+            std::time::SystemTime::now(),
+            protocol::node::CERTIFICATE_WARN_BEFORE,
+        ),
     }
 }
 
@@ -536,6 +549,116 @@ async fn link_resume(
     link.resume();
     tracing::info!(peer = %peer, "link resumed by an operator (HTTP API)");
     Ok(Json(LinkView::from(&link.status())))
+}
+
+// ---- edges (the core's list, certificates, revocations) ----
+
+fn the_edges(app: &App) -> Result<&protocol::edges::Edges> {
+    app.edges
+        .as_ref()
+        .ok_or_else(|| ApiError::conflict("the core keeps the list of edges; this node is an edge"))
+}
+
+fn edge_name(name: &str) -> Result<NodeName> {
+    NodeName::new(name)
+        .map_err(|e| ApiError::bad_request(format!("{name:?} is not an edge name: {e}")))
+}
+
+fn edges_error(e: protocol::edges::EdgesError) -> ApiError {
+    use protocol::edges::EdgesError as E;
+    match e {
+        E::Unknown(_) => ApiError::not_found(format!("{e}; GET /api/v1/edges lists them")),
+        E::OwnName(_) | E::NoCertificate(_) => ApiError::conflict(e.to_string()),
+        E::Write(e) => write_error(e),
+    }
+}
+
+/// Every edge the core knows, by name.
+pub fn edge_views(app: &App) -> Vec<EdgeView> {
+    app.edges
+        .as_ref()
+        .map(|edges| edges.list().iter().map(EdgeView::from).collect())
+        .unwrap_or_default()
+}
+
+async fn edges(State(app): State<Arc<App>>) -> Result<Json<Vec<EdgeView>>> {
+    the_edges(&app)?;
+    Ok(Json(edge_views(&app)))
+}
+
+async fn edge(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<EdgeView>> {
+    let Path(name) = name?;
+    let edges = the_edges(&app)?;
+    let node = edge_name(&name)?;
+    if !edges.knows(&node) {
+        return Err(edges_error(protocol::edges::EdgesError::Unknown(node)));
+    }
+    Ok(Json(EdgeView::from(&edges.status(&node))))
+}
+
+/// The body of `POST /edges`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeAdd {
+    name: String,
+}
+
+async fn edge_add(
+    State(app): State<Arc<App>>,
+    body: std::result::Result<Json<EdgeAdd>, JsonRejection>,
+) -> Result<Json<EdgeView>> {
+    let Json(EdgeAdd { name }) = body?;
+    let edges = the_edges(&app)?;
+    let node = edge_name(&name)?;
+    let status = edges.add(&node).await.map_err(edges_error)?;
+    tracing::info!(edge = %node, "edge added by an operator (HTTP API)");
+    Ok(Json(EdgeView::from(&status)))
+}
+
+async fn edge_remove(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<EdgeView>> {
+    let Path(name) = name?;
+    let edges = the_edges(&app)?;
+    let status = edges
+        .remove(&edge_name(&name)?)
+        .await
+        .map_err(edges_error)?;
+    tracing::info!(edge = %name, "edge removed by an operator (HTTP API)");
+    Ok(Json(EdgeView::from(&status)))
+}
+
+async fn edge_revoke(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<EdgeView>> {
+    let Path(name) = name?;
+    let edges = the_edges(&app)?;
+    let status = edges
+        .revoke(&edge_name(&name)?)
+        .await
+        .map_err(edges_error)?;
+    tracing::info!(edge = %name, "edge revoked by an operator (HTTP API)");
+    Ok(Json(EdgeView::from(&status)))
+}
+
+async fn edge_forget(
+    State(app): State<Arc<App>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<EdgeForgottenView>> {
+    let Path(name) = name?;
+    let edges = the_edges(&app)?;
+    let node = edge_name(&name)?;
+    let forgotten = edges.forget(&node).await.map_err(edges_error)?;
+    tracing::info!(edge = %name, released = forgotten.released, "edge forgotten by an operator (HTTP API)");
+    Ok(Json(EdgeForgottenView::new(
+        &edges.status(&node),
+        forgotten,
+    )))
 }
 
 // ---- mirror ----

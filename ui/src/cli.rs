@@ -1,6 +1,6 @@
 //! The CLI that talks to a running node's HTTP API, in the manner of the `nats` CLI:
 //! `status`, `services`, `publish`, `tail`, `assets`, `mirror start|stop|status`,
-//! `link pause|resume`. Both binaries call [`main`] first; it leaves every other
+//! `link pause|resume`, `edges list|add|remove|revoke|forget` (HQ). Both binaries call [`main`] first; it leaves every other
 //! command (running the node, `certs`, `append`/`read` on a stopped node, `edge-node
 //! mirror`) to the node.
 //!
@@ -37,8 +37,8 @@ fn stdout_closed() -> ! {
 }
 
 /// The commands this CLI owns (the first word).
-const COMMANDS: [&str; 7] = [
-    "status", "services", "publish", "tail", "assets", "link", "mirror",
+const COMMANDS: [&str; 8] = [
+    "status", "services", "publish", "tail", "assets", "link", "mirror", "edges",
 ];
 
 /// The CLI's help, for the binaries' `--help`.
@@ -54,6 +54,10 @@ Commands that talk to a running node's HTTP API (options: --url <http://host:por
   assets request <id>             (edge) ask HQ for an asset
   mirror start [--wait]|stop|status [--follow]        (edge) the mirror, with progress
   link pause|resume [<peer>]      pause or resume a link (default: the only one)
+  edges [list]                    (HQ) the edges: admitted or not, connected, certificates
+  edges add|remove <name>         (HQ) admit an edge, or remove it and close its link
+  edges revoke <name>             (HQ) revoke every certificate it presented, close its link
+  edges forget <name>             (HQ) remove it and release what HQ kept for it
 ";
 
 /// Runs the CLI if the arguments are one of its commands; `None` leaves them to the
@@ -386,6 +390,33 @@ fn run(role: Role, args: &[String]) -> Result<()> {
             let link = api.send("POST", &format!("/links/{}/{action}", seg(&peer)), None)?;
             print(&link, &|l| print_links(&Value::Array(vec![l.clone()])));
         }
+        ["edges"] | ["edges", "list"] => print(&api.get("/edges")?, &print_edges),
+        ["edges", "add", name] => {
+            let edge = api.send("POST", "/edges", Some(json!({ "name": name })))?;
+            print(&edge, &|e| print_edges(&Value::Array(vec![e.clone()])));
+        }
+        ["edges", action @ ("remove" | "revoke"), name] => {
+            let edge = api.send("POST", &format!("/edges/{}/{action}", seg(name)), None)?;
+            print(&edge, &|e| print_edges(&Value::Array(vec![e.clone()])));
+        }
+        ["edges", "forget", name] => {
+            let done = api.send("POST", &format!("/edges/{}/forget", seg(name)), None)?;
+            print(&done, &|d| {
+                print_edges(&Value::Array(vec![d["edge"].clone()]));
+                outln!(
+                    "forgotten: {} entries released; if {} returns, what it missed is recorded as a gap",
+                    d["released"],
+                    s(&d["edge"]["name"])
+                );
+            });
+        }
+        [
+            "edges",
+            action @ ("add" | "remove" | "revoke" | "forget"),
+            ..,
+        ] => {
+            return Err(Failure::Usage(format!("usage: edges {action} <name>")));
+        }
         _ => {
             return Err(Failure::Usage(format!(
                 "unknown command {:?}",
@@ -430,6 +461,40 @@ fn print_links(links: &Value) {
                 " (paused by the peer)"
             } else {
                 ""
+            }
+        );
+    }
+}
+
+fn print_edges(edges: &Value) {
+    for e in edges.as_array().into_iter().flatten() {
+        let certificates = e["certificates"].as_array().map_or(&[][..], Vec::as_slice);
+        let revoked = certificates
+            .iter()
+            .filter(|c| !c["revoked_ms"].is_null())
+            .count();
+        let latest = certificates.last().map_or_else(String::new, |c| {
+            format!(", latest serial {}", s(&c["serial"]))
+        });
+        outln!(
+            "edge {}: {} ({}), {}, {} certificate(s), {revoked} revoked{latest}{}",
+            s(&e["name"]),
+            if e["admitted"] == true {
+                "admitted"
+            } else {
+                "refused"
+            },
+            s(&e["listing"]),
+            if e["connected"] == true {
+                "connected"
+            } else {
+                "not connected"
+            },
+            certificates.len(),
+            if e["forgotten_ms"].is_null() {
+                ""
+            } else {
+                ", forgotten"
             }
         );
     }

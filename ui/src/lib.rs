@@ -104,6 +104,8 @@ pub struct App {
     services: Services,
     links: Links,
     mirror: Option<Mirror>,
+    credentials: protocol::tls::Credentials,
+    edges: Option<protocol::edges::Edges>,
     demo: Option<Arc<dyn DemoLink>>,
     http: metrics::HttpCounts,
     /// Turns true when the server stops: live event streams end.
@@ -133,6 +135,8 @@ impl App {
             services: node.services().clone(),
             links: node.links().clone(),
             mirror: node.mirror().cloned(),
+            credentials: node.credentials().clone(),
+            edges: node.edges().cloned(),
             demo,
             http: metrics::HttpCounts::default(),
             closing: tokio::sync::watch::Sender::new(false),

@@ -107,6 +107,42 @@ pub fn render(app: &App) -> String {
         "When the node started, in seconds since the Unix epoch.",
     )
     .sample(&[], seconds(app.started_ms));
+    let certificate = app.credentials.certificate();
+    family(
+        o,
+        "tether_certificate_expiry_time_seconds",
+        "gauge",
+        "When the node's own certificate (as its handshakes use it now) expires, in seconds \
+         since the Unix epoch; the node warns 14 days before.",
+    )
+    .sample(&[], seconds(crate::views::millis(certificate.not_after)));
+    if let Some(edges) = &app.edges {
+        let list = edges.list();
+        let revoked: usize = list
+            .iter()
+            .map(|e| {
+                e.certificates
+                    .iter()
+                    .filter(|c| c.revoked.is_some())
+                    .count()
+            })
+            .sum();
+        family(
+            o,
+            "tether_edges_revoked_certificates",
+            "gauge",
+            "Edge certificates the core refuses because an operator revoked them.",
+        )
+        .sample(&[], revoked);
+        let admitted = list.iter().filter(|e| e.listing.admitted()).count();
+        family(
+            o,
+            "tether_edges_admitted",
+            "gauge",
+            "Edge names the core admits now (config and operators' changes; any-edge counts the known ones).",
+        )
+        .sample(&[], admitted);
+    }
 
     // The store.
     let topics = app.store.topics();

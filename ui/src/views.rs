@@ -4,10 +4,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use protocol::edges::{EdgeStatus, Forgotten};
 use protocol::entry::Record;
 use protocol::link::LinkStatus;
 use protocol::log::TopicInfo;
 use protocol::mirror::{MirrorState, MirrorStatus};
+use protocol::tls::CertificateInfo;
 use serde::Serialize;
 
 /// The node itself.
@@ -27,6 +29,111 @@ pub struct NodeView {
     pub demo_link: bool,
     /// The log filter in force, where this process's logs are reachable.
     pub log_filter: Option<String>,
+    /// The node's own certificate, as its handshakes use it now.
+    pub certificate: CertificateView,
+}
+
+/// A node's own certificate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CertificateView {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of its public key, lowercase hex.
+    pub key_sha256: String,
+    /// When it expires.
+    pub not_after_ms: u64,
+    /// Whether it expires within the warning time (14 days): renew it.
+    pub expires_soon: bool,
+}
+
+impl CertificateView {
+    /// The view of `c`, judged at `now` against `warn_before`.
+    pub fn new(c: &CertificateInfo, now: SystemTime, warn_before: Duration) -> CertificateView {
+        CertificateView {
+            serial: c.serial.clone(),
+            key_sha256: c.key_sha256.clone(),
+            not_after_ms: millis(c.not_after),
+            expires_soon: c.expires_in(now) <= warn_before,
+        }
+    }
+}
+
+/// An edge as the core sees it: in its list or not, connected, its certificates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EdgeView {
+    /// Its name.
+    pub name: String,
+    /// Whether the core admits its name (a revoked certificate is refused all the same).
+    pub admitted: bool,
+    /// Why: `config` (link.edges), `any-edge` (link.allow_any_edge), `added` or
+    /// `removed` by an operator, or `not-listed`.
+    pub listing: &'static str,
+    /// Whether a link with it is up.
+    pub connected: bool,
+    /// When an operator forgot it.
+    pub forgotten_ms: Option<u64>,
+    /// The certificates it presented, oldest first.
+    pub certificates: Vec<EdgeCertificateView>,
+}
+
+/// A certificate an edge presented.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EdgeCertificateView {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of its public key, lowercase hex.
+    pub key_sha256: String,
+    /// When it expires.
+    pub not_after_ms: u64,
+    /// When the core first saw it.
+    pub first_seen_ms: u64,
+    /// When it was revoked.
+    pub revoked_ms: Option<u64>,
+}
+
+impl From<&EdgeStatus> for EdgeView {
+    fn from(e: &EdgeStatus) -> EdgeView {
+        EdgeView {
+            name: e.name.to_string(),
+            admitted: e.listing.admitted(),
+            listing: e.listing.as_str(),
+            connected: e.connected,
+            forgotten_ms: e.forgotten.map(millis),
+            certificates: e
+                .certificates
+                .iter()
+                .map(|c| EdgeCertificateView {
+                    serial: c.serial.clone(),
+                    key_sha256: c.key_sha256.clone(),
+                    not_after_ms: millis(c.not_after),
+                    first_seen_ms: millis(c.first_seen),
+                    revoked_ms: c.revoked.map(millis),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What forgetting an edge did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EdgeForgottenView {
+    /// The edge after.
+    pub edge: EdgeView,
+    /// Whether the core's store held anything for it.
+    pub known: bool,
+    /// Entries retention released right after.
+    pub released: u64,
+}
+
+impl EdgeForgottenView {
+    /// The view of `forgotten` and the edge's status after.
+    pub fn new(edge: &EdgeStatus, forgotten: Forgotten) -> EdgeForgottenView {
+        EdgeForgottenView {
+            edge: EdgeView::from(edge),
+            known: forgotten.known,
+            released: forgotten.released,
+        }
+    }
 }
 
 /// A link to a peer.

@@ -40,6 +40,7 @@ pub async fn session(
 ) -> LinkError {
     let result = run(local, conn, link, dialer).await;
     // A session refused at its hello, or replaced, leaves the current one's status be.
+    link.leave(conn);
     if link.holds(conn) {
         link.set_connected(false);
     }

@@ -16,6 +16,7 @@
 //! | 7 `DOC` | table, 0, document id | the JSON document |
 //! | 8 `PEER` | peer name | [`PeerRecord`] |
 //! | 9 `ACK` | peer, 0, topic id, origin id | highest sequence the peer holds (u64 BE) |
+//! | 10 `FORGOTTEN` | peer name | [`ForgottenRecord`]: a peer retention no longer waits for |
 //!
 //! Tags and record fields are never reused; a change of meaning bumps the version.
 
@@ -39,6 +40,7 @@ pub(crate) const CURSOR: u8 = 6;
 pub(crate) const DOC: u8 = 7;
 pub(crate) const PEER: u8 = 8;
 pub(crate) const ACK: u8 = 9;
+pub(crate) const FORGOTTEN: u8 = 10;
 
 pub(crate) const META_FORMAT: &[u8] = b"\x00format";
 pub(crate) const META_NODE: &[u8] = b"\x00node";
@@ -95,6 +97,25 @@ impl StoredEntry {
 pub(crate) struct PeerRecord {
     pub(crate) core: bool,
     pub(crate) topics: Vec<u32>,
+}
+
+/// A peer an operator forgot: retention no longer keeps entries for it, and records what
+/// it removes that the peer lacked, to become gaps if the peer returns. Its `ACK` keys
+/// stay: what it held when forgotten.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct ForgottenRecord {
+    /// When it was forgotten, ms since the Unix epoch.
+    pub(crate) forgotten_ms: u64,
+    /// Its [`PeerRecord`] when forgotten.
+    pub(crate) core: bool,
+    pub(crate) topics: Vec<u32>,
+    /// Per topic id and origin id, the first and last sequence removed since, which the
+    /// peer lacked and would have received.
+    pub(crate) owed: Vec<(u32, u32, u64, u64)>,
+}
+
+pub(crate) fn forgotten_key(peer: &str) -> Vec<u8> {
+    tagged(FORGOTTEN, peer.as_bytes())
 }
 
 pub(crate) fn topic_key(name: &str) -> Vec<u8> {

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::checkpoint::Checkpoint;
 use super::error::{OpenError, WriteError};
-use super::format::{self, PeerRecord, StateRecord, StoredEntry, TopicRecord};
+use super::format::{self, ForgottenRecord, PeerRecord, StateRecord, StoredEntry, TopicRecord};
 use super::txn::{Appended, Committed, Op, TableName, Txn};
 use super::{
     Catalog, GAPS_TOPIC, PeerConfig, RetentionReport, Shared, StoreConfig, TopicView, VersionVector,
@@ -67,6 +67,10 @@ pub(crate) enum Request {
         vector: VersionVector,
         reply: Reply<()>,
     },
+    ForgetPeer {
+        peer: NodeName,
+        reply: Reply<bool>,
+    },
     Retain {
         reply: Reply<RetentionReport>,
     },
@@ -102,6 +106,9 @@ struct Owner {
     names: HashMap<NodeName, u32>,
     self_id: u32,
     peers: BTreeMap<NodeName, Peer>,
+    /// Peers an operator forgot: retention does not wait for them, and records what it
+    /// removes that they lacked (`owed`), which becomes gaps if they return.
+    forgotten: BTreeMap<NodeName, Forgotten>,
     disk: DiskSync,
     checkpoint: Checkpoint,
 }
@@ -128,6 +135,15 @@ struct Peer {
     acked: HashMap<(u32, u32), u64>,
 }
 
+struct Forgotten {
+    peer: Peer,
+    forgotten_ms: u64,
+    /// Per (topic id, origin id): first and last sequence removed that it lacked.
+    owed: BTreeMap<(u32, u32), (u64, u64)>,
+    /// `owed` changed since it was last written.
+    changed: bool,
+}
+
 /// One group commit in the making.
 #[derive(Default)]
 struct Group {
@@ -150,6 +166,7 @@ enum Done {
     Commit(Reply<Committed>, Committed),
     Unit(Reply<()>),
     Retain(Reply<RetentionReport>, RetentionReport),
+    Flag(Reply<bool>, bool),
 }
 
 impl Owner {
@@ -289,7 +306,40 @@ impl Owner {
                 },
             );
         }
-        for (name, peer) in &mut peers {
+        let mut forgotten = BTreeMap::new();
+        for kv in tree.scan_prefix([format::FORGOTTEN]) {
+            let (k, v) = kv.map_err(sled_err)?;
+            let text = String::from_utf8_lossy(&k[1..]).into_owned();
+            let name = NodeName::new(text).map_err(|e| corrupt(format!("forgotten peer: {e}")))?;
+            let record: ForgottenRecord = codec::decode(&v, "forgotten peer")
+                .map_err(|e| corrupt(format!("forgotten peer {name}: {e}")))?;
+            let id = *names
+                .get(&name)
+                .ok_or_else(|| corrupt(format!("forgotten peer {name} has no id")))?;
+            let peer = Peer {
+                core: record.core,
+                id,
+                topics: record.topics.into_iter().collect(),
+                acked: HashMap::new(),
+            };
+            let owed = record
+                .owed
+                .into_iter()
+                .map(|(t, o, first, last)| ((t, o), (first, last)))
+                .collect();
+            let forgotten_ms = record.forgotten_ms;
+            let entry = Forgotten {
+                peer,
+                forgotten_ms,
+                owed,
+                changed: false,
+            };
+            forgotten.insert(name, entry);
+        }
+        let every_peer = peers
+            .iter_mut()
+            .chain(forgotten.iter_mut().map(|(n, f)| (n, &mut f.peer)));
+        for (name, peer) in every_peer {
             let prefix = format::ack_key(name.as_str(), 0, 0);
             let prefix = &prefix[..prefix.len() - 8];
             for kv in tree.scan_prefix(prefix) {
@@ -326,6 +376,7 @@ impl Owner {
             names,
             self_id: 0,
             peers,
+            forgotten,
             disk,
             checkpoint,
         };
@@ -452,6 +503,10 @@ impl Owner {
                 Ok(()) => g.done.push(Done::Unit(reply)),
                 Err(e) => drop(reply.send(Err(e))),
             },
+            Request::ForgetPeer { peer, reply } => {
+                let known = self.forget_peer(&peer, g);
+                g.done.push(Done::Flag(reply, known));
+            }
             Request::Retain { reply } => {
                 let report = self.retain(g);
                 g.done.push(Done::Retain(reply, report));
@@ -768,11 +823,25 @@ impl Owner {
             format::peer_key(peer.name.as_str()),
             Some(codec::encode(&record)),
         ));
-        let acked = self
+        let mut acked = self
             .peers
             .remove(&peer.name)
             .map(|p| p.acked)
             .unwrap_or_default();
+        if let Some(returned) = self.forgotten.remove(&peer.name) {
+            // It returns: what retention removed while it was forgotten, and it lacked,
+            // it will never receive from here. Recorded, never silently skipped.
+            g.kv.push((format::forgotten_key(peer.name.as_str()), None));
+            let lost = returned
+                .owed
+                .iter()
+                .map(|(&key, &(first, last))| (key, (first, last, [peer.name.clone()].into())))
+                .collect();
+            let reason = format!("removed while {} was forgotten", peer.name);
+            self.record_gaps(lost, &reason, g, &mut RetentionReport::default());
+            tracing::warn!(peer = %peer.name, forgotten_ms = returned.forgotten_ms, gaps = returned.owed.len(), "a forgotten peer returned");
+            acked = returned.peer.acked;
+        }
         self.peers.insert(
             peer.name,
             Peer {
@@ -783,6 +852,50 @@ impl Owner {
             },
         );
         Ok(())
+    }
+
+    /// Stops keeping entries for `peer`; returns whether it was a peer (or forgotten).
+    fn forget_peer(&mut self, peer: &NodeName, g: &mut Group) -> bool {
+        if self.forgotten.contains_key(peer) {
+            return true;
+        }
+        let Some(removed) = self.peers.remove(peer) else {
+            return false;
+        };
+        g.kv.push((format::peer_key(peer.as_str()), None));
+        let forgotten_ms = crate::tls::millis(std::time::SystemTime::now());
+        let entry = Forgotten {
+            peer: removed,
+            forgotten_ms,
+            owed: BTreeMap::new(),
+            changed: true,
+        };
+        self.forgotten.insert(peer.clone(), entry);
+        self.write_forgotten(g);
+        true
+    }
+
+    /// Writes the records of forgotten peers whose `owed` changed.
+    fn write_forgotten(&mut self, g: &mut Group) {
+        for (name, f) in self.forgotten.iter_mut().filter(|(_, f)| f.changed) {
+            let mut topics: Vec<u32> = f.peer.topics.iter().copied().collect();
+            topics.sort_unstable();
+            let record = ForgottenRecord {
+                forgotten_ms: f.forgotten_ms,
+                core: f.peer.core,
+                topics,
+                owed: f
+                    .owed
+                    .iter()
+                    .map(|(&(t, o), &(first, last))| (t, o, first, last))
+                    .collect(),
+            };
+            g.kv.push((
+                format::forgotten_key(name.as_str()),
+                Some(codec::encode(&record)),
+            ));
+            f.changed = false;
+        }
     }
 
     fn peer_acked(
@@ -876,6 +989,7 @@ impl Request {
             | Request::SetPeer { reply, .. }
             | Request::PeerAcked { reply, .. }
             | Request::Close { reply } => drop(reply.send(Err(e))),
+            Request::ForgetPeer { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -886,6 +1000,7 @@ impl Done {
             Done::Commit(reply, c) => drop(reply.send(Ok(c))),
             Done::Unit(reply) => drop(reply.send(Ok(()))),
             Done::Retain(reply, r) => drop(reply.send(Ok(r))),
+            Done::Flag(reply, f) => drop(reply.send(Ok(f))),
         }
     }
 
@@ -894,6 +1009,7 @@ impl Done {
             Done::Commit(reply, _) => drop(reply.send(Err(e))),
             Done::Unit(reply) => drop(reply.send(Err(e))),
             Done::Retain(reply, _) => drop(reply.send(Err(e))),
+            Done::Flag(reply, _) => drop(reply.send(Err(e))),
         }
     }
 }

@@ -615,6 +615,81 @@ async fn retention_keeps_what_a_peer_lacks() {
 }
 
 #[tokio::test]
+async fn a_forgotten_peer_is_not_waited_for_and_on_return_its_loss_is_a_gap() {
+    let dir = TempDir::new();
+    let limit = Retention {
+        max_entries: Some(1),
+        ..Retention::default()
+    };
+    let store = open_with(&dir.0, "hq", &[("news", Scope::All, limit)]).await;
+    let alpha = || PeerConfig {
+        name: node("alpha"),
+        core: false,
+        topics: vec![topic("news")],
+    };
+    store.set_peer(alpha()).await.unwrap();
+    for i in 1..=6 {
+        let append = Append::new(format!("n{i}"));
+        // One entry for bravo alone: alpha would not have received it.
+        let append = if i == 5 {
+            append.to(node("bravo"))
+        } else {
+            append
+        };
+        store.append(&topic("news"), append).await.unwrap();
+    }
+    let vector = VersionVector([(node("hq"), Seq(2))].into_iter().collect());
+    store
+        .peer_acked(&node("alpha"), &topic("news"), vector)
+        .await
+        .unwrap();
+    // alpha lacks 3 to 6: retention keeps them, past the limit of 1.
+    assert_eq!(store.enforce_retention().await.unwrap().removed, 2);
+    assert_eq!(store.topic(&topic("news")).unwrap().first, Offset(2));
+    assert!(!store.forget_peer(&node("bravo")).await.unwrap());
+
+    // Forgotten: retention releases what it kept for alpha, and notes what alpha lacked.
+    assert!(store.forget_peer(&node("alpha")).await.unwrap());
+    let report = store.enforce_retention().await.unwrap();
+    assert_eq!((report.removed, report.gaps.len()), (3, 0));
+    assert!(
+        store
+            .read(&topic(GAPS_TOPIC), Offset(0), 10)
+            .unwrap()
+            .is_empty()
+    );
+
+    // Remembered across a restart; alpha returns: entries 3 and 4 (5 was bravo's) are
+    // a gap for alpha; 6 it can still receive.
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(&dir.0, "hq");
+    assert!(store.forget_peer(&node("alpha")).await.unwrap());
+    store.set_peer(alpha()).await.unwrap();
+    let recorded = store.read(&topic(GAPS_TOPIC), Offset(0), 10).unwrap();
+    let gaps: Vec<Gap> = recorded
+        .iter()
+        .map(|r| serde_json::from_slice(&r.entry.payload).unwrap())
+        .collect();
+    let gap = Gap {
+        topic: topic("news"),
+        origin: node("hq"),
+        first: Seq(3),
+        last: Seq(4),
+        reason: "removed while alpha was forgotten".into(),
+        peers: vec![node("alpha")],
+    };
+    assert_eq!(gaps, vec![gap]);
+    // Back as a peer: retention waits for it again; returning twice records nothing more.
+    assert_eq!(store.enforce_retention().await.unwrap().removed, 0);
+    store.set_peer(alpha()).await.unwrap();
+    assert_eq!(
+        store.read(&topic(GAPS_TOPIC), Offset(0), 10).unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn the_disk_budget_forces_removal_and_records_a_gap() {
     let dir = TempDir::new();
     let mut config = StoreConfig::new(node("alpha"));

@@ -50,7 +50,7 @@ const CA_VALIDITY: Duration = DAY.saturating_mul(20 * 365);
 
 /// A node certificate lasts five years: long enough that a node in the field for months
 /// without a link does not expire there, short enough that a lost one stops working.
-/// There is no revocation yet: a lost edge is removed from the core's `link.edges`.
+/// A lost edge's certificate is revoked at the core (`crate::edges`).
 const NODE_VALIDITY: Duration = DAY.saturating_mul(5 * 365);
 
 /// Certificates start a day in the past, because a field node's clock may be behind.
@@ -436,13 +436,49 @@ pub fn ensure_demo_files(
     Ok(done)
 }
 
+/// Checks at start that a private key file is not open to other users: readable or
+/// writable by "others" is refused ([`TlsError::KeyExposed`]); readable by its group
+/// is warned about when the file is the node's own (then the group bit gives access to
+/// others only). A key owned by another user and shared through its group, as a
+/// Kubernetes Secret volume with the pod's `fsGroup` is, passes. A missing file passes
+/// (loading it reports that).
+pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(meta) = fs::metadata(path) else {
+            return Ok(());
+        };
+        let mode = meta.mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(TlsError::KeyExposed {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        // The process's user: the owner of its /proc entry (Linux).
+        let own = fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if mode & 0o070 != 0 && own == Some(meta.uid()) {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:03o}"),
+                "a private key is readable by its group: run `chmod 600` on it unless \
+                 the group is the node's alone"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// `<dir>/<node>.pem`.
-fn cert_file(dir: &Path, node: &NodeName) -> PathBuf {
+pub(super) fn cert_file(dir: &Path, node: &NodeName) -> PathBuf {
     dir.join(format!("{node}.pem"))
 }
 
 /// `<dir>/<node>.key`.
-fn key_file(dir: &Path, node: &NodeName) -> PathBuf {
+pub(super) fn key_file(dir: &Path, node: &NodeName) -> PathBuf {
     dir.join(format!("{node}.key"))
 }
 

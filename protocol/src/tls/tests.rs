@@ -81,7 +81,7 @@ fn client_tls(
 /// client's connection ended (it waits for the core to close it if the handshake passed).
 async fn refused(
     core: &NodeIdentity,
-    allowed: Allowed,
+    allowed: impl Admit,
     client: quinn::ClientConfig,
     expect: &str,
 ) -> (Result<Peer, HandshakeError>, ConnectionError) {
@@ -553,6 +553,136 @@ fn close_codes_are_distinct_and_read_back() {
     }
     assert_eq!(CloseCode::from_code(VarInt::from_u32(999)), None);
     assert_eq!(CloseCode::NotAllowed.to_string(), "not-allowed");
+    assert_eq!(
+        (CloseCode::Revoked.code(), CloseCode::Revoked.as_str()),
+        (VarInt::from_u32(7), "revoked")
+    );
+}
+
+/// Refuses one key, admits the rest.
+struct RevokedKey(String);
+
+impl Admit for RevokedKey {
+    fn admit(&self, _name: &NodeName, certificate: &CertificateInfo) -> Result<(), Refusal> {
+        if certificate.key_sha256 == self.0 {
+            return Err(Refusal::Revoked {
+                serial: certificate.serial.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_closed_with_revoked_and_a_new_one_is_not() {
+    let (ca, core) = mission();
+    let old = ca.issue(&name("alpha"), Role::Edge).unwrap();
+    let new = ca.issue(&name("alpha"), Role::Edge).unwrap();
+    let info = |identity: &NodeIdentity| CertificateInfo::read(&identity.chain()[0]).unwrap();
+    let (old_info, new_info) = (info(&old), info(&new));
+    assert_ne!(old_info.key_sha256, new_info.key_sha256);
+    assert_ne!(old_info.serial, new_info.serial);
+    let revoked = || RevokedKey(old_info.key_sha256.clone());
+
+    let client = client_config(&old, transport()).unwrap();
+    let (at_core, at_edge) = refused(&core, revoked(), client, "hq").await;
+    let err = at_core.unwrap_err();
+    assert!(
+        matches!(&err, HandshakeError::Revoked { serial, .. } if *serial == old_info.serial),
+        "{err:?}"
+    );
+    let ConnectionError::ApplicationClosed(close) = &at_edge else {
+        panic!("expected an application close, got {at_edge:?}");
+    };
+    assert_eq!(close.error_code, CloseCode::Revoked.code());
+    check_contains(
+        &explain(&at_edge),
+        &[
+            "closed by the peer (revoked): the certificate of edge alpha",
+            "is revoked",
+        ],
+    );
+
+    // The same name with a new key: admitted, and the core reads its certificate.
+    let server = server_endpoint(localhost(), &core, transport()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let edge = client_endpoint(localhost(), &new, transport()).unwrap();
+    let (admit, hq) = (revoked(), name("hq"));
+    let (accepted, connected) = tokio::join!(
+        async { accept(server.accept().await.unwrap(), &admit).await },
+        connect(&edge, addr, &hq)
+    );
+    assert_eq!(accepted.unwrap().certificate, Some(new_info));
+    let at_edge = connected.unwrap().certificate.unwrap();
+    assert_eq!(at_edge, info(&core));
+}
+
+#[test]
+fn a_certificate_reads_its_serial_key_and_expiry() {
+    let (ca, _) = mission();
+    let now = SystemTime::now();
+    let end = now + Duration::from_secs(90 * 24 * 3600);
+    let identity = ca
+        .issue_valid(&name("alpha"), Role::Edge, now, end)
+        .unwrap();
+    let info = CertificateInfo::read(&identity.chain()[0]).unwrap();
+    // X.509 times have whole seconds.
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(secs(info.not_after), secs(end));
+    assert_eq!(info.key_sha256.len(), 64);
+    assert!(!info.serial.is_empty() && info.serial.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        info.expires_in(end + Duration::from_secs(1)),
+        Duration::ZERO
+    );
+}
+
+#[tokio::test]
+async fn renewed_files_are_served_to_the_next_handshake_without_a_restart() {
+    let dir = TempDir::new("tls-renew");
+    let (ca, _) = mission();
+    ca.issue(&name("hq"), Role::Core)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let hq = NodeIdentity::load(dir.path(), &name("hq"), Role::Core).unwrap();
+    let credentials = Credentials::watch(&hq, dir.path()).unwrap();
+    let server = server_endpoint_with(localhost(), &credentials, transport()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
+    let edge = client_endpoint(localhost(), &alpha, transport()).unwrap();
+    let (allowed, core) = (Allowed::AnyEdge, name("hq"));
+    let served = || async {
+        let (accepted, connected) = tokio::join!(
+            async { accept(server.accept().await.unwrap(), &allowed).await },
+            connect(&edge, addr, &core)
+        );
+        accepted.unwrap();
+        connected.unwrap().certificate.unwrap()
+    };
+    let first = served().await;
+    assert_eq!(first, credentials.certificate());
+
+    // Renewed on disk: the next handshake presents the new certificate.
+    for file in ["hq.pem", "hq.key"] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    ca.issue(&name("hq"), Role::Core)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let second = served().await;
+    assert_ne!(second.serial, first.serial);
+    assert_eq!(second, credentials.certificate());
+    assert!(!credentials.refresh().unwrap());
+
+    // A key that does not match: refused, and the previous certificate stays in use.
+    std::fs::remove_file(dir.path().join("hq.key")).unwrap();
+    let other = ca.issue(&name("hq"), Role::Core).unwrap();
+    std::fs::write(dir.path().join("hq.key"), &other.key_pem).unwrap();
+    let err = credentials.refresh().unwrap_err().to_string();
+    check_contains(&err, &["hq.key", "does not match"]);
+    assert_eq!(served().await, second);
 }
 
 #[test]

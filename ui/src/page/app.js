@@ -31,6 +31,9 @@
     assetsLoaded: false,
     tiles: new Map(),
     restoreFilter: 'info',
+    // HQ: edges whose every certificate is revoked, with when (from GET /edges and
+    // revocations here); a link up since then has a new certificate.
+    revoked: new Map(),
   };
 
   // ---- small helpers ----
@@ -229,6 +232,15 @@
     $('#token-form').hidden = !node.token_required;
     renderToken();
     $('#demo-panel').hidden = !node.demo_link;
+    const cert = node.certificate;
+    const certPill = $('#cert');
+    certPill.hidden = !(cert && cert.expires_soon);
+    if (cert) {
+      setText(certPill, 'Certificate expires ' + fmtTime(cert.not_after_ms));
+      certPill.title = "This node's certificate (serial " + cert.serial + ') expires soon: renew it. '
+        + 'New files are picked up without a restart.';
+    }
+    if (node.role === 'core') refreshEdges();
     const debug = $('#debug-logs');
     if (node.log_filter == null) {
       debug.disabled = true;
@@ -383,7 +395,51 @@
         h('button', {
           type: 'button', class: 'btn big', dataset: { action: 'resume' }, text: 'Resume',
           onclick: (e) => linkAction(peer, 'resume', e.currentTarget),
+        }),
+        h('button', {
+          type: 'button', class: 'btn big danger', dataset: { action: 'revoke' }, text: 'Revoke',
+          title: "Revoke this edge's certificate: its link closes now, and it cannot connect again "
+            + 'until it has a new certificate. Click twice to confirm.',
+          onclick: (e) => revokeEdge(peer, e.currentTarget),
         })));
+  }
+
+  // HQ: which edges are revoked, for the link cards.
+  async function refreshEdges() {
+    try {
+      const edges = await api('GET', '/edges', undefined, true);
+      S.revoked = new Map(edges.map((e) => [e.name, revokedAt(e)]).filter(([, at]) => at != null));
+      renderLinks();
+    } catch (_) {
+      // Shown again at the next node event.
+    }
+  }
+
+  // A destructive action: the first click asks, the second (within 5 s) revokes.
+  function revokeEdge(peer, button) {
+    if (!button.dataset.confirm) {
+      button.dataset.confirm = '1';
+      button.textContent = 'Confirm revoke';
+      setTimeout(() => {
+        delete button.dataset.confirm;
+        button.textContent = 'Revoke';
+      }, 5000);
+      return;
+    }
+    delete button.dataset.confirm;
+    button.textContent = 'Revoke';
+    act(button, async () => {
+      const edge = await api('POST', '/edges/' + encodeURIComponent(peer) + '/revoke');
+      const at = edge && revokedAt(edge);
+      if (at != null) S.revoked.set(edge.name, at);
+    });
+  }
+
+  // When an edge's last certificate was revoked, if all of them are.
+  function revokedAt(edge) {
+    const certs = edge.certificates || [];
+    if (certs.length === 0 || certs.some((c) => c.revoked_ms == null)) return null;
+    return Math.max(...certs.map((c) => c.revoked_ms));
   }
 
   function renderLinks() {
@@ -408,12 +464,20 @@
       const notes = [];
       if (l.paused_here) notes.push('Paused here: nothing is sent or received until you resume.');
       if (l.paused_by_peer) notes.push('Paused by ' + l.peer + '.');
-      if (!l.connected) notes.push('Store and forward: entries wait here until the link returns.');
+      // Up since the revocation: admitted with a new certificate.
+      if (l.connected && l.since_ms > (S.revoked.get(l.peer) || Infinity)) S.revoked.delete(l.peer);
+      const revoked = S.revoked.has(l.peer);
+      if (revoked) notes.push('Certificate revoked: ' + l.peer + ' cannot connect until it has a new certificate.');
+      else if (!l.connected) notes.push('Store and forward: entries wait here until the link returns.');
       setText(row.querySelector('[data-field="note"]'), notes.join(' '));
+      setAttr(row, 'data-revoked', revoked);
       const pause = row.querySelector('[data-action="pause"]');
       const resume = row.querySelector('[data-action="resume"]');
+      const revoke = row.querySelector('[data-action="revoke"]');
       if (!pause.dataset.busy) pause.disabled = l.paused_here;
       if (!resume.dataset.busy) resume.disabled = !l.paused_here;
+      revoke.hidden = !(S.node && S.node.role === 'core');
+      if (!revoke.dataset.busy) revoke.disabled = revoked;
     }
     for (const row of [...box.children]) if (!seen.has(row.dataset.link)) row.remove();
     $('#links-empty').hidden = S.links.length > 0;

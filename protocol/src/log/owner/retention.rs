@@ -101,13 +101,16 @@ impl Owner {
                 "retention removed entries"
             );
         }
-        self.record_gaps(lost, g, &mut report);
+        self.record_gaps(lost, "disk budget", g, &mut report);
+        self.write_forgotten(g);
         report
     }
 
-    fn record_gaps(
+    /// Appends a [`Gap`] to `_gaps` for each `(topic, origin) -> (first, last, peers)`.
+    pub(super) fn record_gaps(
         &mut self,
         lost: BTreeMap<(u32, u32), (u64, u64, BTreeSet<NodeName>)>,
+        reason: &str,
         g: &mut Group,
         report: &mut RetentionReport,
     ) {
@@ -135,7 +138,7 @@ impl Owner {
                 origin: origin.clone(),
                 first: Seq(first),
                 last: Seq(last),
-                reason: "disk budget".into(),
+                reason: reason.to_owned(),
                 peers: peers.into_iter().collect(),
             };
             tracing::warn!(topic = %gap.topic, origin = %gap.origin, first, last, peers = ?gap.peers, "gap recorded: entries lost before peers received them");
@@ -154,6 +157,9 @@ impl Owner {
 
     fn remove_head(&mut self, g: &mut Group, head: &mut Head) {
         let t = head.topic;
+        if let Some(e) = head.peek() {
+            self.owe(t, e);
+        }
         let w = work_for_group_mut(g, &self.topics, t);
         if let Some(e) = head.peek() {
             w.counters.first += 1;
@@ -162,6 +168,24 @@ impl Owner {
         if let Some((first, max_ts)) = head.advance(&self.shared) {
             g.kv.push((format::block_key(t, first).to_vec(), None));
             g.kv.push((format::time_key(t, max_ts, first).to_vec(), None));
+        }
+    }
+
+    /// Records, for each forgotten peer that would have received `e` of topic `t` and
+    /// lacked it, that it is being removed.
+    fn owe(&mut self, t: u32, e: &StoredEntry) {
+        for f in self.forgotten.values_mut() {
+            let p = &f.peer;
+            let lacked = p.topics.contains(&t)
+                && p.id != e.origin
+                && (e.to.is_none() || e.to == Some(p.id) || p.core)
+                && p.acked.get(&(t, e.origin)).copied().unwrap_or(0) < e.seq;
+            if lacked {
+                let range = f.owed.entry((t, e.origin)).or_insert((e.seq, e.seq));
+                range.0 = range.0.min(e.seq);
+                range.1 = range.1.max(e.seq);
+                f.changed = true;
+            }
         }
     }
 

@@ -1,0 +1,525 @@
+//! The core's edges at run time: which it admits, the certificates each presented, which
+//! of those are revoked, and forgetting an edge.
+//!
+//! - **The list.** The config's `link.edges` (or `allow_any_edge`) is the starting point;
+//!   an operator adds and removes edges while the core runs ([`Edges::add`],
+//!   [`Edges::remove`]). Only a decision that differs from the config is stored, so a
+//!   name the operator left alone follows the config file across restarts, and an
+//!   operator's decision outlives them.
+//! - **Certificates.** Every certificate an edge presents is recorded at its handshake
+//!   (serial, SHA-256 of the public key, expiry): a captured device can be revoked while
+//!   it is offline, even after a restart.
+//! - **Revocation.** [`Edges::revoke`] marks every certificate the edge has presented as
+//!   revoked and closes its connection at once ([`CloseCode::Revoked`]). From then on a
+//!   handshake with a revoked key *or* serial is refused ([`Admit`], checked by
+//!   `tls::accept` after each handshake). A new certificate for the same name, with a new
+//!   key, is admitted again; a renewal that kept the key is not (the key is what was
+//!   captured).
+//! - **Forgetting.** [`Edges::forget`] removes the edge from the list, closes its
+//!   connection and tells the store to stop keeping entries for it
+//!   ([`Store::forget_peer`]); retention then releases them. If the edge ever returns,
+//!   what was released before it received it is recorded as a gap in `_gaps`.
+//!
+//! Where it lives: one JSON document per edge in the store's table `_edges` (written
+//! with the store's durable commit, read once at start into memory). The store, not a
+//! file beside it, because it is the node's one durable, atomic, backed-up state, it is
+//! already open (and locked) when the node runs, and the API and page read from it.
+//!
+//! IO: the store (through its handle).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry::NodeName;
+use crate::link::Links;
+use crate::log::{ReadError, Store, TableName, Txn, WriteError};
+use crate::tls::{Admit, Allowed, CertificateInfo, CloseCode, Refusal, millis};
+
+/// The store table of the core's edges: one document per edge name.
+pub const EDGES_TABLE: &str = "_edges";
+
+/// Most certificates kept per edge that are not revoked (revoked ones are all kept:
+/// dropping one would admit it again). Each is about 200 bytes.
+const MAX_CERTIFICATES: usize = 8;
+
+/// The core's edges (see the module doc). Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Edges(Arc<Inner>);
+
+struct Inner {
+    /// Where decisions and certificates are kept; `None`: in memory only (tests).
+    store: Option<Store>,
+    /// The core's links, to close an edge's connection.
+    links: Links,
+    /// The config's list.
+    base: Allowed,
+    state: RwLock<State>,
+    /// One change at a time (each reads, changes and writes one document).
+    changing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    docs: BTreeMap<NodeName, EdgeDoc>,
+    /// Keys and serials of every revoked certificate.
+    revoked: HashSet<String>,
+}
+
+/// One edge's stored document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeDoc {
+    /// An operator's decision that differs from the config: `true` added, `false`
+    /// removed; absent: as the config says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listed: Option<bool>,
+    /// When an operator forgot it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forgotten_ms: Option<u64>,
+    /// The certificates it presented, oldest first.
+    #[serde(default)]
+    certificates: Vec<CertificateDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateDoc {
+    serial: String,
+    key_sha256: String,
+    not_after_ms: u64,
+    first_seen_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_ms: Option<u64>,
+}
+
+/// Why an edge is admitted or not, as far as the list goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Listed in the config (`link.edges`).
+    Config,
+    /// Any edge is admitted (`link.allow_any_edge`).
+    AnyEdge,
+    /// Added by an operator.
+    Added,
+    /// Removed by an operator.
+    Removed,
+    /// Not in the list (seen or connected once, or forgotten).
+    NotListed,
+}
+
+/// One edge as the core sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeStatus {
+    /// Its name.
+    pub name: NodeName,
+    /// Whether its name is admitted ([`Listing::Config`], [`Listing::AnyEdge`],
+    /// [`Listing::Added`]); a revoked certificate is refused all the same.
+    pub listing: Listing,
+    /// Whether a link with it is up.
+    pub connected: bool,
+    /// When an operator forgot it.
+    pub forgotten: Option<SystemTime>,
+    /// The certificates it presented, oldest first.
+    pub certificates: Vec<EdgeCertificate>,
+}
+
+/// A certificate an edge presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeCertificate {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// SHA-256 of its public key, lowercase hex.
+    pub key_sha256: String,
+    /// When it expires.
+    pub not_after: SystemTime,
+    /// When the core first saw it.
+    pub first_seen: SystemTime,
+    /// When it was revoked.
+    pub revoked: Option<SystemTime>,
+}
+
+/// What forgetting an edge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Whether the store held anything for it (it had connected once).
+    pub known: bool,
+    /// Entries retention removed right after (kept for this edge, or for no one).
+    pub released: u64,
+}
+
+/// Why an operator's change to the edges was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgesError {
+    /// The name is the core's own.
+    #[error("{0} is this core's own name, not an edge's")]
+    OwnName(NodeName),
+    /// Revoking an edge that never connected: no certificate is known.
+    #[error(
+        "edge {0} has presented no certificate to this core, so there is none to revoke; \
+         remove it from the list instead (its certificate is then refused by name)"
+    )]
+    NoCertificate(NodeName),
+    /// Nothing is known of this name.
+    #[error("no edge {0} is known to this core (not listed, never connected)")]
+    Unknown(NodeName),
+    /// The store refused the change.
+    #[error("the store refused the change: {0}")]
+    Write(#[from] WriteError),
+}
+
+impl Edges {
+    /// The core's edges: the config's list `base`, and what the store's `_edges` table
+    /// holds (decisions, certificates, revocations). `links` are the core's links, to
+    /// close a revoked or removed edge's connection.
+    pub fn open(store: Store, links: Links, base: Allowed) -> Result<Edges, ReadError> {
+        let table = table();
+        let mut docs = BTreeMap::new();
+        for (id, value) in store.docs(&table)? {
+            let corrupt = |detail: String| ReadError::Corrupt {
+                path: store.path().to_path_buf(),
+                detail: format!("document {EDGES_TABLE}/{id}: {detail}"),
+            };
+            let name = NodeName::new(id.clone()).map_err(|e| corrupt(e.to_string()))?;
+            let doc: EdgeDoc = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+            docs.insert(name, doc);
+        }
+        let edges = Edges::with(Some(store), links, base);
+        edges.write_state(|state| state.docs = docs);
+        Ok(edges)
+    }
+
+    /// Edges kept in memory only: the config's list `base`, nothing survives a restart.
+    pub fn fixed(base: Allowed) -> Edges {
+        Edges::with(None, Links::default(), base)
+    }
+
+    fn with(store: Option<Store>, links: Links, base: Allowed) -> Edges {
+        Edges(Arc::new(Inner {
+            store,
+            links,
+            base,
+            state: RwLock::new(State::default()),
+            changing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Every edge the core knows of (listed, seen, or linked), by name.
+    pub fn list(&self) -> Vec<EdgeStatus> {
+        let mut names: BTreeSet<NodeName> = self.read_state(|s| s.docs.keys().cloned().collect());
+        if let Allowed::List(listed) = &self.0.base {
+            names.extend(listed.iter().cloned());
+        }
+        names.extend(self.0.links.status().into_iter().map(|s| s.peer));
+        names.iter().map(|name| self.status(name)).collect()
+    }
+
+    /// One edge as the core sees it (an unknown name is shown as not listed).
+    pub fn status(&self, name: &NodeName) -> EdgeStatus {
+        let doc = self.read_state(|s| s.docs.get(name).cloned().unwrap_or_default());
+        let connected = self
+            .0
+            .links
+            .get(name)
+            .is_some_and(|link| link.status().connected);
+        let time = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        EdgeStatus {
+            name: name.clone(),
+            listing: self.listing(name, &doc),
+            connected,
+            forgotten: doc.forgotten_ms.map(time),
+            certificates: doc
+                .certificates
+                .iter()
+                .map(|c| EdgeCertificate {
+                    serial: c.serial.clone(),
+                    key_sha256: c.key_sha256.clone(),
+                    not_after: time(c.not_after_ms),
+                    first_seen: time(c.first_seen_ms),
+                    revoked: c.revoked_ms.map(time),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether anything is known of `name`: listed, seen, or linked.
+    pub fn knows(&self, name: &NodeName) -> bool {
+        self.read_state(|s| s.docs.contains_key(name))
+            || matches!(&self.0.base, Allowed::List(l) if l.contains(name))
+            || self.0.links.get(name).is_some()
+    }
+
+    /// Records the certificate `name` presented at a handshake that was admitted, if it
+    /// is new. A failure to store it is logged: the edge stays connected, and its next
+    /// handshake tries again.
+    pub async fn seen(&self, name: &NodeName, certificate: &CertificateInfo) {
+        let known = self.read_state(|s| {
+            s.docs.get(name).is_some_and(|d| {
+                d.certificates.iter().any(|c| {
+                    c.key_sha256 == certificate.key_sha256 && c.serial == certificate.serial
+                })
+            })
+        });
+        if known {
+            return;
+        }
+        let _changing = self.0.changing.lock().await;
+        let mut doc = self.doc(name);
+        let now = millis(SystemTime::now());
+        doc.certificates.push(CertificateDoc {
+            serial: certificate.serial.clone(),
+            key_sha256: certificate.key_sha256.clone(),
+            not_after_ms: millis(certificate.not_after),
+            first_seen_ms: now,
+            revoked_ms: None,
+        });
+        // Keep every revoked certificate and the newest others.
+        let live = doc
+            .certificates
+            .iter()
+            .filter(|c| c.revoked_ms.is_none())
+            .count();
+        let mut drop_oldest = live.saturating_sub(MAX_CERTIFICATES);
+        doc.certificates.retain(|c| {
+            let dropped = drop_oldest > 0 && c.revoked_ms.is_none();
+            drop_oldest -= usize::from(dropped);
+            !dropped
+        });
+        if let Err(err) = self.save(name, doc).await {
+            tracing::error!(edge = %name, %err, "cannot record the edge's certificate");
+        } else {
+            tracing::info!(
+                edge = %name,
+                serial = %certificate.serial,
+                key_sha256 = %certificate.key_sha256,
+                "edge presented a new certificate"
+            );
+        }
+    }
+
+    /// Adds `name` to the list: its certificates are admitted again (unless revoked),
+    /// and it is no longer forgotten.
+    pub async fn add(&self, name: &NodeName) -> Result<EdgeStatus, EdgesError> {
+        self.own_name(name)?;
+        let _changing = self.0.changing.lock().await;
+        let mut doc = self.doc(name);
+        doc.listed = (!self.0.base.allows(name)).then_some(true);
+        doc.forgotten_ms = None;
+        self.save(name, doc).await?;
+        tracing::info!(edge = %name, "edge added to the list by an operator");
+        Ok(self.status(name))
+    }
+
+    /// Removes `name` from the list: its connection is closed at once and new
+    /// handshakes are refused ([`CloseCode::NotAllowed`]).
+    pub async fn remove(&self, name: &NodeName) -> Result<EdgeStatus, EdgesError> {
+        self.own_name(name)?;
+        if !self.knows(name) {
+            return Err(EdgesError::Unknown(name.clone()));
+        }
+        {
+            let _changing = self.0.changing.lock().await;
+            let mut doc = self.doc(name);
+            doc.listed = self.0.base.allows(name).then_some(false);
+            self.save(name, doc).await?;
+        }
+        let closed = self.close(
+            name,
+            CloseCode::NotAllowed,
+            &format!("edge {name} was removed from the core's list of edges by an operator"),
+        );
+        tracing::warn!(edge = %name, closed, "edge removed from the list by an operator");
+        Ok(self.status(name))
+    }
+
+    /// Revokes every certificate `name` has presented: its connection is closed at once
+    /// with [`CloseCode::Revoked`], and a handshake with any of these keys or serials is
+    /// refused from now on.
+    pub async fn revoke(&self, name: &NodeName) -> Result<EdgeStatus, EdgesError> {
+        self.own_name(name)?;
+        let revoked = {
+            let _changing = self.0.changing.lock().await;
+            let mut doc = self.doc(name);
+            if doc.certificates.is_empty() {
+                return Err(if self.knows(name) {
+                    EdgesError::NoCertificate(name.clone())
+                } else {
+                    EdgesError::Unknown(name.clone())
+                });
+            }
+            let now = millis(SystemTime::now());
+            let mut revoked = Vec::new();
+            for c in doc
+                .certificates
+                .iter_mut()
+                .filter(|c| c.revoked_ms.is_none())
+            {
+                c.revoked_ms = Some(now);
+                revoked.push(c.serial.clone());
+            }
+            self.save(name, doc).await?;
+            revoked
+        };
+        // After the state changed: a handshake admitted before is closed here, or by
+        // the link's check once it is registered (`link::serve`).
+        let closed = self.close(
+            name,
+            CloseCode::Revoked,
+            &format!(
+                "the certificate of edge {name} is revoked by the core's operator; this edge \
+                 needs a new certificate and key"
+            ),
+        );
+        tracing::warn!(edge = %name, serials = ?revoked, closed, "edge's certificates revoked by an operator");
+        Ok(self.status(name))
+    }
+
+    /// Forgets `name`: removes it from the list (closing its connection) and tells the
+    /// store to keep nothing more for it, then runs retention, which releases what was
+    /// kept. If it returns (added again), what it missed is recorded as a gap.
+    pub async fn forget(&self, name: &NodeName) -> Result<Forgotten, EdgesError> {
+        self.own_name(name)?;
+        if !self.knows(name) {
+            return Err(EdgesError::Unknown(name.clone()));
+        }
+        {
+            let _changing = self.0.changing.lock().await;
+            let mut doc = self.doc(name);
+            doc.listed = self.0.base.allows(name).then_some(false);
+            doc.forgotten_ms = Some(millis(SystemTime::now()));
+            self.save(name, doc).await?;
+        }
+        self.close(
+            name,
+            CloseCode::NotAllowed,
+            &format!("edge {name} was forgotten by the core's operator"),
+        );
+        let (known, released) = match &self.0.store {
+            Some(store) => {
+                let known = store.forget_peer(name).await?;
+                (known, store.enforce_retention().await?.removed)
+            }
+            None => (false, 0),
+        };
+        tracing::warn!(edge = %name, known, released, "edge forgotten by an operator: the core keeps nothing more for it");
+        Ok(Forgotten { known, released })
+    }
+
+    fn own_name(&self, name: &NodeName) -> Result<(), EdgesError> {
+        match &self.0.store {
+            Some(store) if store.node() == name => Err(EdgesError::OwnName(name.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the edge's current connection, if any; returns whether there was one.
+    fn close(&self, name: &NodeName, code: CloseCode, reason: &str) -> bool {
+        self.0
+            .links
+            .get(name)
+            .is_some_and(|link| link.close(code, reason))
+    }
+
+    fn listing(&self, name: &NodeName, doc: &EdgeDoc) -> Listing {
+        match (doc.listed, &self.0.base) {
+            (Some(true), _) => Listing::Added,
+            (Some(false), _) => Listing::Removed,
+            (None, Allowed::AnyEdge) => Listing::AnyEdge,
+            (None, Allowed::List(l)) if l.contains(name) => Listing::Config,
+            (None, Allowed::List(_)) => Listing::NotListed,
+        }
+    }
+
+    fn doc(&self, name: &NodeName) -> EdgeDoc {
+        self.read_state(|s| s.docs.get(name).cloned().unwrap_or_default())
+    }
+
+    /// Stores `doc` (when there is a store), then makes it the state.
+    async fn save(&self, name: &NodeName, doc: EdgeDoc) -> Result<(), WriteError> {
+        if let Some(store) = &self.0.store {
+            let mut txn = Txn::new();
+            // An EdgeDoc always serializes: strings, numbers and options.
+            let value = serde_json::to_value(&doc).unwrap_or_default();
+            txn.put(&table(), name.as_str(), value);
+            store.commit(txn).await?;
+        }
+        self.write_state(|state| {
+            state.docs.insert(name.clone(), doc);
+        });
+        Ok(())
+    }
+
+    fn read_state<T>(&self, read: impl FnOnce(&State) -> T) -> T {
+        read(&self.0.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn write_state(&self, change: impl FnOnce(&mut State)) {
+        let mut state = self.0.state.write().unwrap_or_else(|p| p.into_inner());
+        change(&mut state);
+        state.revoked = state
+            .docs
+            .values()
+            .flat_map(|d| &d.certificates)
+            .filter(|c| c.revoked_ms.is_some())
+            .flat_map(|c| [c.key_sha256.clone(), c.serial.clone()])
+            .collect();
+    }
+}
+
+impl Admit for Edges {
+    fn admit(&self, name: &NodeName, certificate: &CertificateInfo) -> Result<(), Refusal> {
+        self.read_state(|state| {
+            if state.revoked.contains(&certificate.key_sha256)
+                || state.revoked.contains(&certificate.serial)
+            {
+                return Err(Refusal::Revoked {
+                    serial: certificate.serial.clone(),
+                });
+            }
+            let doc = state.docs.get(name).cloned().unwrap_or_default();
+            match self.listing(name, &doc) {
+                Listing::Config | Listing::AnyEdge | Listing::Added => Ok(()),
+                Listing::Removed | Listing::NotListed => Err(Refusal::NotAllowed),
+            }
+        })
+    }
+}
+
+impl From<Allowed> for Edges {
+    fn from(base: Allowed) -> Edges {
+        Edges::fixed(base)
+    }
+}
+
+impl std::fmt::Debug for Edges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edges")
+            .field("base", &self.0.base)
+            .field("stored", &self.0.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listing {
+    /// `config`, `any-edge`, `added`, `removed` or `not-listed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listing::Config => "config",
+            Listing::AnyEdge => "any-edge",
+            Listing::Added => "added",
+            Listing::Removed => "removed",
+            Listing::NotListed => "not-listed",
+        }
+    }
+
+    /// Whether the name is admitted.
+    pub fn admitted(self) -> bool {
+        matches!(self, Listing::Config | Listing::AnyEdge | Listing::Added)
+    }
+}
+
+fn table() -> TableName {
+    TableName::new(EDGES_TABLE).unwrap_or_else(|_| unreachable!("a valid constant name"))
+}

@@ -477,6 +477,9 @@ pub struct Inflate {
     used: usize,
     /// The decoder filled its last output: it may hold more without new input.
     more: bool,
+    /// Where each step's output lands: allocated (and zeroed) once, not per call, which
+    /// cost more instructions than decompression itself.
+    step: Vec<u8>,
     frames: FrameReader,
 }
 
@@ -500,6 +503,7 @@ impl Inflate {
             input: Vec::new(),
             used: 0,
             more: false,
+            step: vec![0; INFLATE_STEP],
             frames: FrameReader::default(),
         })
     }
@@ -516,7 +520,6 @@ impl Inflate {
     /// The next complete frame; `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-        let mut step = [0u8; INFLATE_STEP];
         loop {
             if let Some(frame) = self.frames.next_frame()? {
                 return Ok(Some(frame));
@@ -525,14 +528,14 @@ impl Inflate {
                 return Ok(None);
             }
             let mut input = InBuffer::around(&self.input[self.used..]);
-            let mut output = OutBuffer::around(&mut step[..]);
+            let mut output = OutBuffer::around(&mut self.step[..]);
             self.zstd
                 .run(&mut input, &mut output)
                 .map_err(WireError::Inflate)?;
             let (read, written) = (input.pos(), output.pos());
             self.used += read;
             self.more = written == INFLATE_STEP;
-            self.frames.push(&step[..written]);
+            self.frames.push(&self.step[..written]);
             if read == 0 && written == 0 {
                 return Ok(None);
             }

@@ -557,7 +557,7 @@ async fn receive_loop(
                         if let Some(through) = inbound.batch(&topic, &list).map_err(forged)? {
                             txn.skip(&topic, &peer, crate::entry::Seq(through));
                         }
-                        if local.core && local.relays(&topic) {
+                        if local.core && local.settings.relay.is_some() && local.relays(&topic) {
                             for e in list.iter().filter(|e| {
                                 e.to.is_none() || e.to.as_ref().is_some_and(|to| to != store.node())
                             }) {

@@ -532,12 +532,20 @@ impl Owner {
                 }
                 Op::Insert { topic, entries } => {
                     let t = self.topic_id(&topic)?;
+                    // The previous entry's origin and its id, if interned: a batch is
+                    // mostly runs of one origin, so most entries skip the name lookup.
+                    let mut last: Option<(NodeName, Option<u32>)> = None;
                     for e in entries {
                         self.check_size(e.size())?;
                         check_headers(&e.headers).map_err(WriteError::Headers)?;
-                        // Names are interned only for entries that are stored: a peer's
-                        // duplicates and refusals leave nothing behind.
-                        let known = self.names.get(&e.id.origin).copied();
+                        let known = match &last {
+                            Some((name, id)) if *name == e.id.origin => *id,
+                            _ => {
+                                let id = self.names.get(&e.id.origin).copied();
+                                last = Some((e.id.origin.clone(), id));
+                                id
+                            }
+                        };
                         let w = work_for(&mut work, g, &self.topics, t);
                         let held = known
                             .and_then(|o| w.counters.vector.get(&o).copied())
@@ -561,9 +569,17 @@ impl Owner {
                                 got,
                             });
                         }
-                        let origin = self.intern(&e.id.origin, g);
+                        // Names are interned only for entries that are stored: a peer's
+                        // duplicates and refusals leave nothing behind.
+                        let origin = match known {
+                            Some(id) => id,
+                            None => {
+                                let id = self.intern(&e.id.origin, g);
+                                last = Some((e.id.origin.clone(), Some(id)));
+                                id
+                            }
+                        };
                         let to = e.to.as_ref().map(|n| self.intern(n, g));
-                        let w = work_for(&mut work, g, &self.topics, t);
                         let stored = StoredEntry {
                             origin,
                             seq: e.id.seq.0,

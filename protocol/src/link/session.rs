@@ -558,9 +558,10 @@ async fn receive_loop(
                             txn.skip(&topic, &peer, crate::entry::Seq(through));
                         }
                         if local.core && local.settings.relay.is_some() && local.relays(&topic) {
-                            for e in list.iter().filter(|e| {
-                                e.to.is_none() || e.to.as_ref().is_some_and(|to| to != store.node())
-                            }) {
+                            // What goes on to other edges: all but entries for the core.
+                            let onward =
+                                list.iter().filter(|e| e.to.as_ref() != Some(store.node()));
+                            for e in onward {
                                 relayed.0 += 1;
                                 relayed.1 += e.size();
                             }

@@ -740,3 +740,38 @@ impl Jitter {
         d.mul_f64(fraction)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_relay_quota_allows_a_burst_then_the_rate() {
+        let limit = RelayLimit {
+            bytes_per_s: 1000,
+            entries_per_s: 10,
+            burst: Duration::from_secs(2),
+        };
+        let start = Instant::now();
+        let mut quota = RelayQuota::new(Some(limit), start);
+        // A full burst (2 s worth of both) passes at once.
+        assert_eq!(quota.take(20, 2000, start), Duration::ZERO);
+        // Past it, the wait is what the debt takes to repay, at the slower of the two.
+        assert_eq!(quota.take(5, 100, start), Duration::from_millis(500));
+        assert_eq!(quota.take(0, 1000, start), Duration::from_millis(1100));
+        // Time repays it; a quiet spell refills the burst, never beyond it.
+        let later = start + Duration::from_secs(60);
+        assert_eq!(quota.take(20, 2000, later), Duration::ZERO);
+        assert!(quota.take(1, 0, later) > Duration::ZERO);
+        // Without a limit, nothing ever waits; a rate of 0 is no limit on that count.
+        let mut none = RelayQuota::new(None, start);
+        assert_eq!(none.take(u64::MAX, u64::MAX, start), Duration::ZERO);
+        let bytes_only = RelayLimit {
+            entries_per_s: 0,
+            ..limit
+        };
+        let mut quota = RelayQuota::new(Some(bytes_only), start);
+        assert_eq!(quota.take(1_000_000, 2000, start), Duration::ZERO);
+    }
+}

@@ -635,6 +635,51 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
         404
     );
 
+    // Served files run nothing on the node's origin: sandboxed, never sniffed, and
+    // anything but a raster image is a download.
+    let downloads = pair.dir.path().join("hq/downloads");
+    std::fs::write(
+        downloads.join("evil.html"),
+        "<script>fetch('/api/v1/links')</script>",
+    )
+    .unwrap();
+    std::fs::write(
+        downloads.join("evil.svg"),
+        "<svg><script>alert(1)</script></svg>",
+    )
+    .unwrap();
+    let headers = |url: &str| {
+        let response = agent().get(url).call().unwrap();
+        let header = |name: &str| {
+            let value = response.headers().get(name);
+            value.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+        };
+        let status = response.status().as_u16();
+        (
+            status,
+            header("content-security-policy"),
+            header("x-content-type-options"),
+            header("content-disposition"),
+        )
+    };
+    for file in ["evil.html", "evil.svg"] {
+        let (status, csp, sniff, disposition) = headers(&format!("{hq}/files/downloads/{file}"));
+        assert_eq!(status, 200, "{file}");
+        assert!(csp.starts_with("sandbox"), "{file}: {csp}");
+        assert_eq!(
+            (sniff.as_str(), disposition.as_str()),
+            ("nosniff", "attachment")
+        );
+    }
+    let (status, csp, sniff, disposition) =
+        headers(&format!("{alpha}/files/mirror/assets/{id}.png"));
+    assert_eq!(status, 200);
+    assert!(
+        csp.starts_with("sandbox") && sniff == "nosniff",
+        "{csp} {sniff}"
+    );
+    assert_eq!(disposition, "", "a raster image shows inline");
+
     // Links: list, one, pause and resume (the peer sees it), unknown peers.
     let links = get(&api(&alpha, "/links"));
     assert_eq!(links[0]["peer"], "hq");

@@ -152,7 +152,10 @@ fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
         .nest("/api/v1", api::routes())
         .merge(page::routes());
     for (name, dir) in files {
-        router = router.nest_service(&format!("/files/{name}"), ServeDir::new(dir));
+        let served = Router::new()
+            .fallback_service(ServeDir::new(dir))
+            .layer(middleware::map_response(file_headers));
+        router = router.nest(&format!("/files/{name}"), served);
     }
     router
         .layer(middleware::from_fn_with_state(app.clone(), guard))
@@ -187,6 +190,34 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .into_response();
     }
     next.run(request).await
+}
+
+/// What a served file may do in a browser: nothing. A file from the mission volume or a
+/// download is someone else's bytes: `sandbox` keeps an `.html` or `.svg` from running
+/// script on the node's origin (where the page keeps its token), `nosniff` keeps a
+/// browser from taking it for something it is not labelled as, and anything but a raster
+/// image downloads instead of opening. Images still show in the page's tiles.
+async fn file_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let raster = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("image/") && !t.starts_with("image/svg"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("sandbox; default-src 'none'; img-src 'self'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if !raster {
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            header::HeaderValue::from_static("attachment"),
+        );
+    }
+    response
 }
 
 /// Compares without stopping at the first difference.

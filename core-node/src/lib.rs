@@ -109,6 +109,10 @@ pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<u
             }
         })?;
     let mut site = ui::Site::default()
+        .fed_by_services(&[
+            protocol::mission::IMAGE_FEED,
+            protocol::mission::IMAGE_DOWNLOAD,
+        ])
         .files("demo-feed", demo_dir)
         .files("downloads", pipeline.downloads.clone());
     services::add(node, Arc::new(pipeline)).await?;

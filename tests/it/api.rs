@@ -459,6 +459,23 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
         "own topic",
         "the tiles topic",
     );
+    // What HQ's own services feed takes nothing from the API: an IMAGE_FEED entry would
+    // have the downloader fetch any URL into a file name of the sender's choosing.
+    for fed in ["IMAGE_FEED", "IMAGE_DOWNLOAD"] {
+        refused(
+            &call(
+                "POST",
+                &api(&hq, &format!("/topics/{fed}/entries")),
+                Some(TOKEN),
+                Some(
+                    r#"{"payload": "{\"id\": \"../volume/x\", \"href\": \"file:///etc/passwd\"}"}"#,
+                ),
+            ),
+            409,
+            "fed by this node's own services",
+            fed,
+        );
+    }
     refused(
         &call("GET", &api(&alpha, "/topics/NOPE/entries"), None, None),
         404,

@@ -342,6 +342,11 @@ async fn publish(
             "{name} is the node's own topic; publish to a topic of the mission"
         )));
     }
+    if app.fed.contains(&name) {
+        return Err(ApiError::conflict(format!(
+            "{name} is fed by this node's own services and takes no entries from the API"
+        )));
+    }
     let payload = match (p.payload, p.payload_base64) {
         (Some(text), None) => text.into_bytes(),
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD

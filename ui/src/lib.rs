@@ -68,6 +68,7 @@ pub struct DemoLinkStatus {
 pub struct Site {
     files: Vec<(String, PathBuf)>,
     demo: Option<Arc<dyn DemoLink>>,
+    fed: Vec<String>,
 }
 
 impl std::fmt::Debug for Site {
@@ -92,6 +93,14 @@ impl Site {
         self.demo = Some(demo);
         self
     }
+
+    /// Topics this node's own services feed: the API takes no entries for them, so that
+    /// no request can hand a service input it did not make (a download from any URL, a
+    /// file name of its choosing).
+    pub fn fed_by_services(mut self, topics: &[&str]) -> Site {
+        self.fed.extend(topics.iter().map(|t| (*t).to_owned()));
+        self
+    }
 }
 
 /// What the handlers share: the node's handles.
@@ -107,6 +116,8 @@ pub struct App {
     credentials: protocol::tls::Credentials,
     edges: Option<protocol::edges::Edges>,
     demo: Option<Arc<dyn DemoLink>>,
+    /// See [`Site::fed_by_services`].
+    fed: Vec<String>,
     http: metrics::HttpCounts,
     /// Turns true when the server stops: live event streams end.
     closing: tokio::sync::watch::Sender<bool>,
@@ -121,7 +132,7 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    fn new(node: &Node, demo: Option<Arc<dyn DemoLink>>) -> App {
+    fn new(node: &Node, demo: Option<Arc<dyn DemoLink>>, fed: Vec<String>) -> App {
         let config = node.config();
         App {
             name: config.node.name.to_string(),
@@ -138,6 +149,7 @@ impl App {
             credentials: node.credentials().clone(),
             edges: node.edges().cloned(),
             demo,
+            fed,
             http: metrics::HttpCounts::default(),
             closing: tokio::sync::watch::Sender::new(false),
         }
@@ -273,7 +285,7 @@ impl Listener {
     /// [`Server::stop`].
     pub fn serve(self, node: &Node, site: Site) -> std::io::Result<Server> {
         let addr = self.addr()?;
-        let app = Arc::new(App::new(node, site.demo));
+        let app = Arc::new(App::new(node, site.demo, site.fed));
         let closing = app.closing.clone();
         let router = router(app, site.files);
         let (stop, stopped) = oneshot::channel::<()>();

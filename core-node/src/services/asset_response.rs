@@ -96,6 +96,10 @@ async fn respond(hq: &Pipeline, ctx: &Ctx, record: &Record) -> Result<Response, 
     let Some(file) = doc.get("file").and_then(Value::as_str) else {
         return Ok(not_found("HQ has not downloaded it (yet)"));
     };
+    // A file name, never a path: it is joined to the downloads and the volume.
+    if std::path::Path::new(file).file_name() != Some(std::ffi::OsStr::new(file)) {
+        return Ok(not_found("its file name is not a plain name"));
+    }
     let Ok(bytes) = tokio::fs::read(hq.downloads.join(file)).await else {
         return Ok(not_found("its file is missing at HQ"));
     };

@@ -156,7 +156,12 @@ async fn fetch(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let file = format!("{}.{}", item.id, image::extension(info.format));
+    // The id came through a topic: made safe again where it becomes a path, always.
+    let file = format!(
+        "{}.{}",
+        feed::asset_id(&item.id),
+        image::extension(info.format)
+    );
     write_atomic(
         hq.scratch.clone(),
         hq.downloads.clone(),

@@ -1335,6 +1335,18 @@ impl RawLink {
                 ),
             ));
         }
+        let demo_certs = self.demo_certs.unwrap_or(defaults.demo_certs);
+        if role == Role::Core && demo_certs && !listen.ip().is_loopback() {
+            return Err(origins.invalid(
+                "link.demo_certs",
+                format_args!(
+                    "demo certificates are made only for a core that listens on loopback, and \
+                     this one listens on {listen}: create the mission CA with `core-node certs \
+                     init`, each edge's certificate with `core-node certs issue <edge>`, and \
+                     set link.demo_certs = false"
+                ),
+            ));
+        }
         let default_relay = defaults.relay.unwrap_or(RelayLimit {
             bytes_per_s: 0,
             entries_per_s: 0,
@@ -1365,7 +1377,7 @@ impl RawLink {
             core,
             core_name,
             certs_dir,
-            demo_certs: self.demo_certs.unwrap_or(defaults.demo_certs),
+            demo_certs,
             keep_alive,
             idle_timeout,
             relay,
@@ -1874,6 +1886,7 @@ mod tests {
         let mut config = Config::default_for(Role::Core);
         config.node.data_dir = PathBuf::from("/var/lib/tether");
         config.link.listen = "[::]:7443".parse().unwrap();
+        config.link.demo_certs = false;
         config.link.edges = vec![NodeName::new("bravo").unwrap(), NodeName::new("c").unwrap()];
         config.link.allow_any_edge = true;
         config.mirror.volume = Some(PathBuf::from("/srv/volume"));
@@ -1890,6 +1903,25 @@ mod tests {
         let text = config.to_toml();
         assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
         assert_eq!(config.allowed_edges(), Allowed::List(Vec::new()));
+    }
+
+    #[test]
+    fn demo_certificates_only_for_a_core_on_loopback() {
+        let env = [("TETHER_LINK__LISTEN", "0.0.0.0:7000")];
+        let err = load(Role::Core, "", &env).unwrap_err().to_string();
+        assert!(
+            err.contains("link.demo_certs") && err.contains("certs init"),
+            "{err}"
+        );
+        let env = [
+            ("TETHER_LINK__LISTEN", "0.0.0.0:7000"),
+            ("TETHER_LINK__DEMO_CERTS", "false"),
+        ];
+        assert!(load(Role::Core, "", &env).is_ok());
+        for loopback in ["127.0.0.1:7000", "[::1]:7000"] {
+            let env = [("TETHER_LINK__LISTEN", loopback)];
+            assert!(load(Role::Core, "", &env).unwrap().link.demo_certs);
+        }
     }
 
     #[test]

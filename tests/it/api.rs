@@ -701,6 +701,28 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     let links = get(&api(&alpha, "/links"));
     assert_eq!(links[0]["peer"], "hq");
     assert_eq!(links[0]["state"], "up");
+    // Another site cannot pause the link through an operator's browser: a form posted
+    // from elsewhere (its Origin), or any request a browser marks cross-site.
+    let own = alpha.strip_prefix("http://").unwrap();
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let (status, raw) = post_raw(&api(&alpha, "/links/hq/pause"), name, value);
+        assert_eq!(status, 403, "{name}: {value}: {raw}");
+        assert!(
+            raw.contains("another site") || raw.contains("not this node"),
+            "{raw}"
+        );
+    }
+    assert_eq!(get(&api(&alpha, "/links/hq"))["paused_here"], false);
+    let (status, raw) = post_raw(
+        &api(&alpha, "/links/hq/resume"),
+        "origin",
+        &format!("http://{own}"),
+    );
+    assert_eq!(status, 200, "the node's own page: {raw}");
     let paused = call("POST", &api(&alpha, "/links/hq/pause"), None, None);
     assert_eq!(paused.body["state"], "paused", "{}", paused.text);
     // The pause crosses the link as a control message: HQ's live events show it.
@@ -940,6 +962,28 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     assert_eq!(bad, 400, "a Last-Event-ID that is not an offset");
 
     pair.stop();
+}
+
+/// POST without a body, with one more header, as a browser would send it.
+fn post_raw(url: &str, name: &str, value: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{name}: {value}\r\nContent-Type: \
+         application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
 }
 
 /// GET with the path sent as written (no client-side normalisation of `..`).

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{Method, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -175,9 +175,14 @@ fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
         .with_state(app)
 }
 
-/// Refuses a change without the token, and a file path that tries to leave its directory.
+/// Refuses what a browser on another site sends (a cross-site request, or a change whose
+/// `Origin` is not this node), a change without the token, and a file path that tries to
+/// leave its directory.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    if let Some(why) = from_another_site(&request, safe) {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+    }
     if !safe && let Some(token) = &app.token {
         let given = request
             .headers()
@@ -202,6 +207,40 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .into_response();
     }
     next.run(request).await
+}
+
+/// Why a request comes from a page on another site, if it does: browsers say so in
+/// `Sec-Fetch-Site`, and send `Origin` with every cross-origin change (a form posted by
+/// another site, a script's fetch), which must then name this node as the `Host` does.
+/// Clients that are not browsers (the CLI, Prometheus, curl) send neither.
+fn from_another_site(request: &Request, safe: bool) -> Option<String> {
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    if text("sec-fetch-site") == Some("cross-site") {
+        return Some(
+            "a page of another site sent this request (Sec-Fetch-Site: cross-site); \
+             use this node's own page, the CLI or the API directly"
+                .to_owned(),
+        );
+    }
+    if safe {
+        return None;
+    }
+    let origin = text(header::ORIGIN.as_str())?;
+    let host = text(header::HOST.as_str()).unwrap_or("");
+    let from = origin
+        .split_once("://")
+        .map_or(origin, |(_, authority)| authority);
+    (!from.eq_ignore_ascii_case(host)).then(|| {
+        format!(
+            "a change from the page at {origin}, which is not this node ({host}): refused, so \
+             that no other site can act through an operator's browser"
+        )
+    })
 }
 
 /// What a served file may do in a browser: nothing. A file from the mission volume or a

@@ -186,6 +186,11 @@ pub struct HttpSettings {
     /// (`Authorization: Bearer <token>`). `None`: no token (fine on 127.0.0.1). Best set
     /// from the environment (`TETHER_HTTP__TOKEN`), out of the config file.
     pub token: Option<String>,
+    /// Host names the node answers to, besides IP addresses and `localhost`: the names
+    /// people and proxies reach it by (an Ingress host, a Service name). A request whose
+    /// `Host` is any other name is refused, so that a web page cannot rebind its own
+    /// name to the node's address (DNS rebinding) and act as if it were the node's page.
+    pub hosts: Vec<String>,
 }
 
 /// The `[pipeline]` section: the mission pipeline's services (DESIGN.md).
@@ -303,6 +308,7 @@ impl Config {
                     Role::Edge => SocketAddr::from(([127, 0, 0, 1], 8081)),
                 },
                 token: None,
+                hosts: Vec::new(),
             },
             pipeline: PipelineSettings::default(),
             node: NodeSettings { data_dir, name },
@@ -505,13 +511,22 @@ retention_interval = {retention_interval}
              listen = {}\n\
              # A bearer token that every request that changes something must carry; best set\n\
              # from the environment: TETHER_HTTP__TOKEN.\n\
-             # token = \"...\"{}",
+             # token = \"...\"{}\n\
+             # Host names this node answers to besides IP addresses and localhost (an Ingress\n\
+             # host, a Service name); a request naming another host is refused (DNS rebinding).\n\
+             hosts = {}",
             text(&http.listen.to_string()),
             if http.token.is_some() {
                 " (a token is set; not shown)"
             } else {
                 ""
-            }
+            },
+            toml::Value::Array(
+                http.hosts
+                    .iter()
+                    .map(|h| toml::Value::String(h.clone()))
+                    .collect()
+            )
         )?;
         self.write_pipeline_toml(out, pipeline)?;
         if !topics.is_empty() {
@@ -946,6 +961,7 @@ struct RawMirror {
 struct RawHttp {
     listen: Option<String>,
     token: Option<String>,
+    hosts: Option<NameList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1102,6 +1118,10 @@ impl RawConfig {
                     Some(token)
                 }
                 None => None,
+            },
+            hosts: match self.http.hosts {
+                Some(NameList(hosts)) => check_hosts(hosts, origins)?,
+                None => defaults.http.hosts,
             },
         };
         let pipeline = self.pipeline.check(role, origins)?;
@@ -1601,6 +1621,32 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     Ok(())
 }
 
+/// `http.hosts`: DNS names, lowercased, without ports.
+fn check_hosts(hosts: Vec<String>, origins: &Origins) -> Result<Vec<String>, ConfigError> {
+    hosts
+        .into_iter()
+        .map(|host| {
+            let name = host.trim().to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !name.starts_with(['-', '.']);
+            if valid {
+                Ok(name)
+            } else {
+                Err(origins.invalid(
+                    "http.hosts",
+                    format_args!(
+                        "{host:?} is not a host name (letters, digits, '-' and '.'; no port)"
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
 /// A size in bytes, 0 included.
 fn size_or_zero(value: &Scalar) -> Result<u64, String> {
     match value {
@@ -1903,6 +1949,27 @@ mod tests {
         let text = config.to_toml();
         assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
         assert_eq!(config.allowed_edges(), Allowed::List(Vec::new()));
+    }
+
+    #[test]
+    fn http_hosts_are_read_and_checked() {
+        assert!(load(Role::Core, "", &[]).unwrap().http.hosts.is_empty());
+        let env = [(
+            "TETHER_HTTP__HOSTS",
+            "tether.example.org, HQ-http.mission.svc",
+        )];
+        let config = load(Role::Core, "", &env).unwrap();
+        assert_eq!(
+            config.http.hosts,
+            ["tether.example.org", "hq-http.mission.svc"]
+        );
+        assert_eq!(load(Role::Core, &config.to_toml(), &[]).unwrap(), config);
+        for bad in ["a b", "evil.example:80", "", "-x"] {
+            let env = [("TETHER_HTTP__HOSTS", format!("[{bad:?}]"))];
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let err = load(Role::Core, "", &env).unwrap_err().to_string();
+            assert!(err.contains("http.hosts"), "{bad}: {err}");
+        }
     }
 
     #[test]

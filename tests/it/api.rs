@@ -717,6 +717,23 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
         );
     }
     assert_eq!(get(&api(&alpha, "/links/hq"))["paused_here"], false);
+    // A page that rebinds its own name to the node's address (DNS rebinding) gets
+    // nothing: the node answers only to addresses, localhost and http.hosts; probes
+    // answer whatever the Host.
+    let port = own.rsplit_once(':').unwrap().1;
+    for (host, path, status) in [
+        (format!("evil.example:{port}"), "/api/v1/node", 403),
+        (format!("evil.example:{port}"), "/", 403),
+        (format!("evil.example:{port}"), "/healthz", 200),
+        (format!("localhost:{port}"), "/api/v1/node", 200),
+        (own.to_owned(), "/api/v1/node", 200),
+    ] {
+        let (got, raw) = get_with_host(own, path, &host);
+        assert_eq!(got, status, "{host}{path}: {raw}");
+        if status == 403 {
+            assert!(raw.contains("http.hosts"), "{raw}");
+        }
+    }
     let (status, raw) = post_raw(
         &api(&alpha, "/links/hq/resume"),
         "origin",
@@ -962,6 +979,26 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     assert_eq!(bad, 400, "a Last-Event-ID that is not an offset");
 
     pair.stop();
+}
+
+/// GET `path` from the server at `addr`, naming `host` in the request.
+fn get_with_host(addr: &str, path: &str, host: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
 }
 
 /// POST without a body, with one more header, as a browser would send it.

@@ -118,6 +118,8 @@ pub struct App {
     demo: Option<Arc<dyn DemoLink>>,
     /// See [`Site::fed_by_services`].
     fed: Vec<String>,
+    /// `http.hosts`: names the node answers to besides addresses and localhost.
+    hosts: Vec<String>,
     http: metrics::HttpCounts,
     /// Turns true when the server stops: live event streams end.
     closing: tokio::sync::watch::Sender<bool>,
@@ -150,6 +152,7 @@ impl App {
             edges: node.edges().cloned(),
             demo,
             fed,
+            hosts: config.http.hosts.clone(),
             http: metrics::HttpCounts::default(),
             closing: tokio::sync::watch::Sender::new(false),
         }
@@ -180,6 +183,10 @@ fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
 /// leave its directory.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if !probe && let Some(why) = unknown_host(&request, &app.hosts) {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+    }
     if let Some(why) = from_another_site(&request, safe) {
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
     }
@@ -207,6 +214,28 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .into_response();
     }
     next.run(request).await
+}
+
+/// Why the request's `Host` is not one this node answers to, if it is not: IP addresses
+/// and `localhost` always are (a page can rebind only a name of its own to the node's
+/// address), other names only when `http.hosts` lists them.
+fn unknown_host(request: &Request, hosts: &[String]) -> Option<String> {
+    let host = request.headers().get(header::HOST)?.to_str().ok()?;
+    let name = match host.strip_prefix('[') {
+        Some(_) => return None, // an IPv6 address
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    let known = name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || hosts.contains(&name);
+    (!known).then(|| {
+        format!(
+            "this node does not answer to the host name {name:?}: if people or a proxy reach \
+             it by that name, add it to http.hosts (TETHER_HTTP__HOSTS)"
+        )
+    })
 }
 
 /// Why a request comes from a page on another site, if it does: browsers say so in

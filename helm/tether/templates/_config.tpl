@@ -82,6 +82,21 @@ max_rate = {{ include "tether.toml" .Values.mirror.maxRate }}
 [http]
 # Where the node serves its HTTP API, page and files: every interface of the pod.
 listen = {{ include "tether.str" (printf "0.0.0.0:%d" (int .Values.http.port)) }}
+{{- $svc := printf "%s-http" (include "tether.fullname" .) }}
+{{- $hosts := list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) }}
+{{- if and .Values.ingress.enabled .Values.ingress.host (not (contains "*" .Values.ingress.host)) }}
+{{- $hosts = append $hosts .Values.ingress.host }}
+{{- end }}
+{{- if and .Values.ezua.enabled .Values.ezua.virtualService.endpoint (not (contains "$" .Values.ezua.virtualService.endpoint)) }}
+{{- $hosts = append $hosts .Values.ezua.virtualService.endpoint }}
+{{- end }}
+{{- range .Values.http.hosts }}
+{{- $hosts = append $hosts . }}
+{{- end }}
+# The names this node answers to besides IP addresses and localhost: its HTTP Service,
+# the Ingress or EZUA host, and http.hosts (EZUA substitutes ${...} in its endpoint
+# before it renders; an endpoint not yet substituted is left out).
+hosts = [{{ range $i, $h := $hosts }}{{ if $i }}, {{ end }}{{ include "tether.str" (lower $h) }}{{ end }}]
 {{- with .Values.http.tokenSecret }}
 {{- if .name }}
 # The API's bearer token (token): from Secret {{ .name }}, key {{ .key }}, as TETHER_HTTP__TOKEN.

@@ -292,6 +292,15 @@ def check_workload(name, values, objects, notes, release):
         config["http"]["listen"] == f"0.0.0.0:{http_port}" and ports["http"]["protocol"] == "TCP",
         f"{name}: http.listen {config['http']['listen']} is every interface on the http port {http_port}",
     )
+    # The names the node answers to (DNS rebinding): its HTTP Service's, and the Ingress
+    # or EZUA host when there is one (an EZUA endpoint still holding ${...} is left out).
+    hosts = config["http"].get("hosts", [])
+    svc = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-http"))
+    R.check(svc["metadata"]["name"] in hosts, f"{name}: http.hosts {hosts} names the HTTP Service")
+    for host in (get(values, "ingress", "host") if get(values, "ingress", "enabled") else None,
+                 get(values, "ezua", "virtualService", "endpoint") if get(values, "ezua", "enabled") else None):
+        if host and "$" not in host and "*" not in host:
+            R.check(host.lower() in hosts, f"{name}: http.hosts {hosts} names {host}")
     link = config["link"]
     R.check(link["demo_certs"] is False, f"{name}: demo_certs is false")
     link_defaults = yaml.safe_load((CHART / "values.yaml").read_text())["link"]

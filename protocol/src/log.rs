@@ -406,16 +406,21 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `max` records whose origin timestamp lies in `[from, to)`, in offset order.
+    /// Up to `max` records at offset `at` or later whose origin timestamp lies in
+    /// `[from, to)`, in offset order. Blocks wholly before `at` are not read, and the read
+    /// stops at `max`, whatever the time range holds: its work is bounded by `max` and
+    /// the blocks it skips.
     pub fn read_time(
         &self,
         topic: &TopicName,
+        at: Offset,
         from: Timestamp,
         to: Timestamp,
         max: usize,
     ) -> Result<Vec<Record>, ReadError> {
         let view = self.view(topic)?;
         let (first, next) = view.window();
+        let first = first.max(at.0);
         // The time index is keyed by each block's newest timestamp: every block with an
         // entry at or after `from` is at or after (from, 0).
         let mut blocks = Vec::new();
@@ -430,8 +435,13 @@ impl Store {
             }
         }
         blocks.sort_unstable();
+        // A block ends where the next one starts: skip those that end at or before `at`.
+        let starts = blocks.clone();
         let mut out = Vec::new();
-        for block_first in blocks {
+        for (i, block_first) in blocks.into_iter().enumerate() {
+            if starts.get(i + 1).is_some_and(|&end| end <= first) {
+                continue;
+            }
             let Some(value) = self
                 .shared
                 .tree

@@ -264,15 +264,10 @@ async fn entries(
         if since >= until {
             return Ok(Vec::new());
         }
-        // By time, then only those at or after `from`.
-        let bound = if from.0 == 0 { max } else { usize::MAX };
-        let mut records = app
-            .store
-            .read_time(&topic, Timestamp(since), Timestamp(until), bound)
-            .map_err(read_error)?;
-        records.retain(|r| r.offset >= from);
-        records.truncate(max);
-        Ok(records)
+        // By time, at or after `from`, at most `max`: never the whole range.
+        app.store
+            .read_time(&topic, from, Timestamp(since), Timestamp(until), max)
+            .map_err(read_error)
     };
     let next = app.store.topic(&topic).map_or(0, |t| t.next.0);
     let mut records = read(&app)?;

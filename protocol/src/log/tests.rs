@@ -391,26 +391,35 @@ async fn reads_by_time_range_use_the_origin_timestamp() {
         .unwrap();
     // Timestamps are 1000 * seq: t5 = 1000, t10 = 2000, t1 = 1000, t15 = 3000.
     let got = store
-        .read_time(&topic("t"), Timestamp(1000), Timestamp(2001), 10)
+        .read_time(&topic("t"), Offset(0), Timestamp(1000), Timestamp(2001), 10)
         .unwrap();
     assert_eq!(payloads(&got), ["t5", "t10", "t1"]);
     let got = store
-        .read_time(&topic("t"), Timestamp(1001), Timestamp(5000), 10)
+        .read_time(&topic("t"), Offset(0), Timestamp(1001), Timestamp(5000), 10)
         .unwrap();
     assert_eq!(payloads(&got), ["t10", "t15"]);
     assert_eq!(
         store
-            .read_time(&topic("t"), Timestamp(0), Timestamp(5000), 1)
+            .read_time(&topic("t"), Offset(0), Timestamp(0), Timestamp(5000), 1)
             .unwrap()
             .len(),
         1
     );
     assert!(
         store
-            .read_time(&topic("t"), Timestamp(3001), Timestamp(9000), 10)
+            .read_time(&topic("t"), Offset(0), Timestamp(3001), Timestamp(9000), 10)
             .unwrap()
             .is_empty()
     );
+    // From an offset on: only records at or after it, and still at most `max`.
+    let got = store
+        .read_time(&topic("t"), Offset(1), Timestamp(0), Timestamp(5000), 10)
+        .unwrap();
+    assert_eq!(payloads(&got), ["t10", "t1", "t15"]);
+    let got = store
+        .read_time(&topic("t"), Offset(2), Timestamp(0), Timestamp(5000), 1)
+        .unwrap();
+    assert_eq!(payloads(&got), ["t1"]);
 }
 
 #[tokio::test]

@@ -550,8 +550,8 @@ fn print_mirror(m: &Value) {
     outln!("{}", mirror_line(m));
     if let Some(ms) = m["last_success_ms"].as_u64() {
         outln!(
-            "last successful mirror: {} ms since the Unix epoch (version {})",
-            ms,
+            "last successful mirror: {} (version {})",
+            when(ms, crate::views::millis(std::time::SystemTime::now())),
             m["last_success_version"]
         );
     }
@@ -644,5 +644,50 @@ fn tail(api: &Api, topic: &str, from: Option<u64>, json_out: bool) -> Result<()>
             }
         }
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// A moment as people read it: UTC date and time, and how long ago (`now` is the time in
+/// milliseconds since the Unix epoch).
+fn when(ms: u64, now: u64) -> String {
+    let (secs, days) = (ms / 1000, ms / 86_400_000);
+    // Howard Hinnant's civil_from_days: the proleptic Gregorian date of a day number.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let ago = now.saturating_sub(ms) / 1000;
+    let age = match ago {
+        0..60 => format!("{ago} s ago"),
+        60..3600 => format!("{} min ago", ago / 60),
+        3600..86_400 => format!("{} h {} min ago", ago / 3600, ago / 60 % 60),
+        _ => format!("{} days ago", ago / 86_400),
+    };
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC, {age}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_read_as_people_read_them() {
+        // 2026-12-06 19:10:22 UTC, and 2000-02-29 (a leap day) at midnight.
+        let ms = 1_796_584_222_000;
+        assert_eq!(when(ms, ms + 5_000), "2026-12-06 19:10:22 UTC, 5 s ago");
+        assert_eq!(
+            when(951_782_400_000, 951_782_400_000 + 3 * 86_400_000),
+            "2000-02-29 00:00:00 UTC, 3 days ago"
+        );
+        assert_eq!(
+            when(ms, ms + 3_720_000),
+            "2026-12-06 19:10:22 UTC, 1 h 2 min ago"
+        );
     }
 }

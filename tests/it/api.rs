@@ -978,6 +978,51 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     let bad = call_with_header(&api(&alpha, "/events"), "last-event-id", "yesterday");
     assert_eq!(bad, 400, "a Last-Event-ID that is not an offset");
 
+    // Live-event streams are capped: one past the cap gets 429 with a reason, the rest of
+    // the API goes on, and a stream that closes makes room again.
+    let own = alpha.strip_prefix("http://").unwrap().to_owned();
+    let open_stream = || {
+        use std::io::{BufRead as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(&own).unwrap();
+        write!(
+            stream,
+            "GET /api/v1/events?logs=false&tiles=0 HTTP/1.1\r\nHost: {own}\r\n\r\n"
+        )
+        .unwrap();
+        let mut status = String::new();
+        std::io::BufReader::new(stream.try_clone().unwrap())
+            .read_line(&mut status)
+            .unwrap();
+        (status, stream)
+    };
+    let mut streams: Vec<_> = (0..32).map(|_| open_stream()).collect();
+    assert!(
+        streams.iter().all(|(status, _)| status.contains(" 200 ")),
+        "{:?}",
+        streams.iter().map(|(s, _)| s).collect::<Vec<_>>()
+    );
+    let (status, _) = open_stream();
+    assert!(
+        status.contains(" 429 "),
+        "one stream past the cap: {status}"
+    );
+    assert_eq!(call("GET", &api(&alpha, "/node"), None, None).status, 200);
+    drop(streams.pop());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, stream) = open_stream();
+        if status.contains(" 200 ") {
+            streams.push((status, stream));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a stream closed: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(streams);
+
     pair.stop();
 }
 

@@ -48,6 +48,9 @@ pub(crate) struct EventsQuery {
     logs: Option<bool>,
 }
 
+/// Live-event streams a node serves at once (pages, CLIs following a mirror).
+pub(crate) const MAX_STREAMS: usize = 32;
+
 pub(crate) async fn events(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -77,8 +80,23 @@ pub(crate) async fn events(
         Some(offset) => offset.saturating_add(1),
         None => api::recent_tiles_from(&app, recent),
     };
+    // Each stream holds a task and a subscription until its client goes: a bounded few.
+    let Ok(permit) = app.streams.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too-many-streams",
+            format!(
+                "{MAX_STREAMS} live-event streams are open on this node, the most it serves: \
+                 close a page (or another client) and retry"
+            ),
+        ));
+    };
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(feed(app, tx, from, q.logs.unwrap_or(true)));
+    let logs = q.logs.unwrap_or(true);
+    tokio::spawn(async move {
+        feed(app, tx, from, logs).await;
+        drop(permit);
+    });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
     });

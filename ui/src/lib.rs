@@ -120,6 +120,8 @@ pub struct App {
     fed: Vec<String>,
     /// `http.hosts`: names the node answers to besides addresses and localhost.
     hosts: Vec<String>,
+    /// Room for live-event streams ([`events::MAX_STREAMS`]).
+    streams: Arc<tokio::sync::Semaphore>,
     http: metrics::HttpCounts,
     /// Turns true when the server stops: live event streams end.
     closing: tokio::sync::watch::Sender<bool>,
@@ -153,6 +155,7 @@ impl App {
             demo,
             fed,
             hosts: config.http.hosts.clone(),
+            streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
             http: metrics::HttpCounts::default(),
             closing: tokio::sync::watch::Sender::new(false),
         }

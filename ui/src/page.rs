@@ -13,12 +13,29 @@ const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
 
+/// What the page may load and run: its own script and style sheet only (no inline script,
+/// nothing from elsewhere), its node's API and files, previews drawn as data URLs; and
+/// no site may frame it.
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                      img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; \
+                      form-action 'none'; frame-ancestors 'none'";
+
 /// `/` (the page), `/ui/app.js`, `/ui/style.css`.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route(
             "/",
-            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX) }),
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CONTENT_SECURITY_POLICY, POLICY),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        (header::REFERRER_POLICY, "no-referrer"),
+                    ],
+                    INDEX,
+                )
+            }),
         )
         .route(
             "/ui/app.js",

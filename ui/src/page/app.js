@@ -15,6 +15,9 @@
   const pageErrors = [];
   window.tether = { errors: pageErrors };
   window.addEventListener('error', (e) => pageErrors.push(String(e.message || e)));
+  // What the page's Content-Security-Policy refused: the policy and the page must agree.
+  document.addEventListener('securitypolicyviolation', (e) =>
+    pageErrors.push('content security policy: ' + e.violatedDirective + ' refused ' + e.blockedURI));
   window.addEventListener('unhandledrejection', (e) => {
     const r = e.reason;
     if (!(r && r.fromApi)) pageErrors.push(String((r && r.message) || r));

@@ -4,7 +4,7 @@
 //!
 //! Usage: `demo [--profile NAME] [--data DIR] [--http-port N]`. HQ serves HTTP on port N
 //! (default 8080), the edge on N+1; 0 picks free ports. Every tile a service publishes
-//! is in the log as it happens (`tile: ...`, once). Commands on stdin:
+//! is printed as it happens. Commands on stdin:
 //!
 //! - `assets`: the edge's assets and their states; `request <id>`: ask HQ for one;
 //! - `services`: both nodes' services; `start|stop <hq|alpha> <service>`;
@@ -21,12 +21,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use protocol::entry::Offset;
 use protocol::log::Store;
 use protocol::mission;
-use protocol::service::Services;
+use protocol::service::{Services, Tile};
 use tests::link::Profile;
 use tests::mission::{Mission, MissionConfig};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 const HELP: &str = "commands: assets | request <id> | services | start|stop <hq|alpha> <service> | delay <hq|alpha> <service> <ms> | down | up | profile <lan|lte|satcom|tactical|hf> | mirror [stop|status] | status | quit";
 
@@ -90,6 +91,11 @@ async fn run(profile: Profile, data: PathBuf, port: u16) -> Result<(), Box<dyn s
         profile.name
     );
 
+    let (stop, stopped) = watch::channel(false);
+    let watchers = [
+        tokio::spawn(tiles(mission.hq.store.clone(), "hq", stopped.clone())),
+        tokio::spawn(tiles(mission.alpha.store.clone(), "alpha", stopped.clone())),
+    ];
     let (hq, alpha) = (&mission.hq, &mission.alpha);
     let mirror = alpha.mirror.clone().ok_or("the edge has no mirror")?;
     let services = |node: &str| match node {
@@ -204,6 +210,10 @@ async fn run(profile: Profile, data: PathBuf, port: u16) -> Result<(), Box<dyn s
             _ => println!("{HELP}"),
         }
     }
+    let _ = stop.send(true);
+    for watcher in watchers {
+        watcher.abort();
+    }
     mission.stop().await;
     Ok(())
 }
@@ -273,6 +283,29 @@ fn seed_volume(volume: &std::path::Path) -> std::io::Result<()> {
         std::fs::write(volume.join(name), bytes)?;
     }
     Ok(())
+}
+
+/// Prints each tile the services of `store`'s node publish.
+async fn tiles(store: Store, here: &'static str, stopped: watch::Receiver<bool>) {
+    let topic = Tile::topic();
+    let mut changes = store.changes();
+    let mut position = store.topic(&topic).map_or(Offset(0), |t| t.next);
+    while !*stopped.borrow() {
+        changes.borrow_and_update();
+        for record in store.read(&topic, position, 256).unwrap_or_default() {
+            position = Offset(record.offset.0 + 1);
+            if let Ok(tile) = Tile::decode(&record.entry.payload) {
+                let asset = tile.asset.map(|a| format!(" [{a}]")).unwrap_or_default();
+                println!(
+                    "{here} {}: {}: {}{asset}",
+                    tile.service, tile.title, tile.text
+                );
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Lines typed on stdin, read on a thread of their own.

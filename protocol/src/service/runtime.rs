@@ -382,7 +382,10 @@ async fn log_tiles(store: Store, mut next: Offset) {
         for record in records {
             next = Offset(record.offset.0 + 1);
             if let Ok(tile) = super::Tile::decode(&record.entry.payload) {
+                // A target of their own, so a console that shows tiles itself (the
+                // demo) can leave these lines out.
                 info!(
+                    target: "tether::tile",
                     service = %tile.service,
                     title = %tile.title,
                     asset = tile.asset.as_deref().unwrap_or("-"),

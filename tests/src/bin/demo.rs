@@ -78,7 +78,10 @@ async fn run(profile: Profile, data: PathBuf, port: u16) -> Result<(), Box<dyn s
     );
     config.feed_every = Duration::from_secs(5);
     config.feed_batch = 2;
-    protocol::node::init_tracing(&config.core().log).map_err(|e| e.to_string())?;
+    // The console prints every tile (below); the log's own tile lines would repeat them.
+    let mut log = config.core().log.clone();
+    log.filter = format!("{},tether::tile=off", log.filter);
+    protocol::node::init_tracing(&log).map_err(|e| e.to_string())?;
     seed_volume(&config.core().volume_dir())?;
     let mission = Mission::start(&config).await.map_err(|e| e.to_string())?;
     let link = &mission.link;

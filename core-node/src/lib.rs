@@ -3,7 +3,8 @@
 //! What it is: [`run`], the node as a library, so that tests start it in-process: the
 //! node runtime of [`protocol::node`] (store, links, mission volume), HQ's services
 //! ([`services`]: the feed, downloads, broadcasts, responses, ingest), and its HTTP
-//! server ([`ui`]), which also serves the built-in demo feed's images.
+//! server ([`ui`]), which also serves the built-in demo feed's images; [`fuzzing`] holds
+//! the bodies of the fuzz targets of its decoders of bytes from outside.
 //!
 //! What it is not: argument parsing or logging setup; `main.rs` hands those to
 //! [`protocol::node::main_for`].
@@ -13,6 +14,7 @@
 pub mod demo_feed;
 pub mod download;
 pub mod feed;
+pub mod fuzzing;
 pub mod image;
 pub mod services;
 

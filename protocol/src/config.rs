@@ -754,7 +754,7 @@ download_timeout = {download_timeout}
     }
 
     /// Loads from an optional `(path, text)` file and `(variable, value)` overrides.
-    fn from_sources(
+    pub(crate) fn from_sources(
         role: Role,
         file: Option<(&Path, &str)>,
         env: &[(String, String)],

@@ -3,7 +3,8 @@
 //! What it is: the entry model ([`entry`]), the one serialization codec ([`codec`]), the
 //! durable log store on sled ([`log`]), node configuration ([`config`]) and the node
 //! runtime that both binaries share ([`node`]), and the file side of volume mirroring
-//! ([`mirror`]), and the service runtime ([`service`]).
+//! ([`mirror`]), and the service runtime ([`service`]); [`fuzzing`] holds the bodies of
+//! the fuzz targets of its decoders of bytes from outside.
 //!
 //! What it is not: an HTTP server (that is the `ui` crate) or a binary. It installs no
 //! tracing subscriber and handles no signal, except in [`node::main_for`], which is the
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod config;
 pub mod edges;
 pub mod entry;
+pub mod fuzzing;
 pub mod link;
 pub mod log;
 pub mod mirror;

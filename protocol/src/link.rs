@@ -33,6 +33,8 @@ mod mirror;
 mod session;
 
 pub use mirror::{MAX_REFETCH, Mirror, MirrorSettings, MirrorSource, PRIORITY_MIRROR};
+// The mirror stream's meter of chunk bytes reads bytes from the core: fuzzed.
+pub(crate) use mirror::DataMeter;
 pub use session::session;
 
 /// How a session behaves; `Default` suits both loopback and a radio link.

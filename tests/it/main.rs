@@ -5,6 +5,7 @@
 mod api;
 mod chart;
 mod crash;
+mod fuzz;
 mod hostile;
 mod impaired;
 mod kill;

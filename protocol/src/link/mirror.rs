@@ -825,7 +825,7 @@ const DATA_TAG: u8 = 8;
 /// length, then the value) and never fails: bad framing is the [`FrameReader`]'s to
 /// refuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DataMeter {
+pub(crate) enum DataMeter {
     /// A frame's length, so far.
     Length { value: u64, shift: u32 },
     /// `left` bytes of the frame's value, whose first byte is its variant index.
@@ -844,7 +844,7 @@ impl Default for DataMeter {
 
 impl DataMeter {
     /// Takes the next `bytes` of the stream; returns how many of them are chunk bytes.
-    fn push(&mut self, mut bytes: &[u8]) -> u64 {
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) -> u64 {
         let mut found = 0;
         while let Some((&byte, rest)) = bytes.split_first() {
             *self = match *self {

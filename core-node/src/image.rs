@@ -183,7 +183,26 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Pixels, ImageError> {
         u32::try_from(width).unwrap_or(u32::MAX),
         u32::try_from(height).unwrap_or(u32::MAX),
     );
-    check_size(width, height, 3)?;
+    // A progressive JPEG is decoded through its coefficients, all kept until the last
+    // scan: two bytes a sample of each component (without subsampling; fewer with it),
+    // besides the RGB output. A baseline one is decoded a row of blocks at a time.
+    let per_pixel = match decoder.info() {
+        Some(info) if info.sof.is_progressive() => 3 + 2 * u64::from(info.components),
+        _ => 3,
+    };
+    check_size(width, height, per_pixel)?;
+    // Every 8x8 block of the picture costs at least one bit of coded data (the Huffman
+    // code of its DC coefficient, in baseline and progressive JPEGs alike): fewer bytes
+    // than that are a file cut far short of its picture. The decoder would fill what is
+    // missing with grey, which for a few hundred bytes claiming 13000x13000 pixels is
+    // seconds of work and hundreds of megabytes.
+    let blocks = u64::from(width.div_ceil(8)) * u64::from(height.div_ceil(8));
+    if (bytes.len() as u64).saturating_mul(8) < blocks {
+        return Err(ImageError::Damaged(format!(
+            "jpeg: {} bytes are too few for {width}x{height} pixels (cut short)",
+            bytes.len()
+        )));
+    }
     let samples = decoder.decode().map_err(damaged)?;
     let channels = decoder
         .output_colorspace()
@@ -729,6 +748,43 @@ mod tests {
                 height: 20_000
             }
         );
+    }
+
+    #[test]
+    fn a_jpeg_far_too_short_for_its_size_is_damaged() {
+        // Found by probing the image fuzz target: 709 bytes claiming 13000x13000 pixels
+        // took 24 s and 540 MB in the fuzz build, decoded as grey fill.
+        let err = inspect(&jpeg_claiming(13_000, 13_000)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("too few for 13000x13000 pixels (cut short)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_progressive_jpeg_counts_its_coefficients_in_the_memory_limit() {
+        // 9000 x 9000 RGB output is 243 MB, within the limit as a baseline JPEG; the
+        // progressive decoder also keeps 2 bytes a sample of each component: 729 MB.
+        let mut bytes = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, 80);
+        encoder.set_progressive(true);
+        encoder
+            .encode(&picture(8, 8, 0), 8, 8, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let sof = bytes.windows(2).position(|w| w == [0xff, 0xc2]).unwrap();
+        bytes[sof + 5..sof + 7].copy_from_slice(&9000u16.to_be_bytes());
+        bytes[sof + 7..sof + 9].copy_from_slice(&9000u16.to_be_bytes());
+        let err = inspect(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            ImageError::TooLarge {
+                width: 9000,
+                height: 9000
+            }
+        );
+        let err = inspect(&jpeg_claiming(9000, 9000)).unwrap_err();
+        assert!(matches!(err, ImageError::Damaged(_)), "{err}");
     }
 
     #[test]

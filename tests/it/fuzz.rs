@@ -1,5 +1,6 @@
-//! The fuzz corpora, replayed on stable: every file of `fuzz/corpus/<target>/` goes
-//! through the same function that the fuzz target `<target>` calls
+//! The fuzz corpora, replayed on stable: every file of `fuzz/corpus/<target>/` and of
+//! `fuzz/regressions/<target>/` (inputs that found a bug; `cargo fuzz cmin` never drops
+//! them there) goes through the same function that the fuzz target `<target>` calls
 //! (`protocol::fuzzing`, `core_node::fuzzing`), so an input that once found a bug, or
 //! reached a corner, fails the suite if it panics again. A missing or empty corpus fails
 //! too: the replay must never pass by testing nothing.
@@ -10,7 +11,7 @@
 //! configs, PNG and JPEG images, the demo feed document.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use protocol::codec;
@@ -48,21 +49,34 @@ fn corpus(target: &str) -> PathBuf {
     root().join("fuzz").join("corpus").join(target)
 }
 
-/// Runs `target`'s function on every file of its corpus; panics (naming the file) on
-/// the first input that panics, and when the corpus is missing or empty.
+/// The files of `dir`, sorted.
+fn files_of(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Runs `target`'s function on every file of its corpus and of its regressions, if it
+/// has any; panics (naming the file) on the first input that panics, and when the corpus
+/// is missing or empty.
 fn replay(target: &str) {
     let (_, body) = TARGETS
         .iter()
         .find(|(name, _)| *name == target)
         .expect("a known target");
     let dir = corpus(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
+    let mut files = files_of(&dir).unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()));
     assert!(!files.is_empty(), "corpus {} is empty", dir.display());
+    let regressions = root().join("fuzz").join("regressions").join(target);
+    if regressions.exists() {
+        files.extend(files_of(&regressions).unwrap());
+    }
     let start = Instant::now();
     for file in &files {
         let bytes = std::fs::read(file).unwrap();

@@ -1026,15 +1026,12 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     pair.stop();
 }
 
-/// GET `path` from the server at `addr`, naming `host` in the request.
-fn get_with_host(addr: &str, path: &str, host: &str) -> (u16, String) {
+/// Sends `head` (a request line and headers, without the final blank line) to `addr`
+/// as written, with `Connection: close`; returns the status and the whole answer.
+fn raw_request(addr: &str, head: &str) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(stream, "{head}\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
@@ -1046,47 +1043,31 @@ fn get_with_host(addr: &str, path: &str, host: &str) -> (u16, String) {
     (status, response)
 }
 
+/// `url` split into the server's address and the path.
+fn split_url(url: &str) -> (&str, &str) {
+    let rest = url.strip_prefix("http://").unwrap();
+    rest.split_at(rest.find('/').unwrap())
+}
+
+/// GET `path` from the server at `addr`, naming `host` in the request.
+fn get_with_host(addr: &str, path: &str, host: &str) -> (u16, String) {
+    raw_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}"))
+}
+
 /// POST without a body, with one more header, as a browser would send it.
 fn post_raw(url: &str, name: &str, value: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        stream,
+    let (host, path) = split_url(url);
+    let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\n{name}: {value}\r\nContent-Type: \
-         application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+         application/x-www-form-urlencoded\r\nContent-Length: 0"
+    );
+    raw_request(host, &head)
 }
 
 /// GET with the path sent as written (no client-side normalisation of `..`).
 fn call_raw_path(url: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+    let (host, path) = split_url(url);
+    raw_request(host, &format!("GET {path} HTTP/1.1\r\nHost: {host}"))
 }
 
 fn call_with_header(url: &str, name: &str, value: &str) -> u16 {

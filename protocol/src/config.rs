@@ -182,10 +182,18 @@ pub struct HttpSettings {
     /// Where the node serves its HTTP API, page and files. Default: 127.0.0.1:8080 at
     /// the core, 127.0.0.1:8081 at an edge (both on one machine for the demo).
     pub listen: SocketAddr,
-    /// The bearer token that every request that changes something must carry
-    /// (`Authorization: Bearer <token>`). `None`: no token (fine on 127.0.0.1). Best set
-    /// from the environment (`TETHER_HTTP__TOKEN`), out of the config file.
+    /// The operator's bearer token: with it, every request but the probes (`/healthz`,
+    /// `/readyz`) must carry it (`Authorization: Bearer <token>`) or the session cookie
+    /// the page gets by signing in with it. `None`: no token, which only a listener on
+    /// loopback may have (or one with [`HttpSettings::insecure_no_token`]). Best set from
+    /// the environment (`TETHER_HTTP__TOKEN`), out of the config file.
     pub token: Option<String>,
+    /// A second token that reads but never changes anything: for dashboards and
+    /// Prometheus (`TETHER_HTTP__READ_TOKEN`). Needs [`HttpSettings::token`].
+    pub read_token: Option<String>,
+    /// Serve a listener that is not on loopback with no token: anyone who reaches the
+    /// port reads and changes everything. For labs only; logged loudly at start.
+    pub insecure_no_token: bool,
     /// Host names the node answers to, besides IP addresses and `localhost`: the names
     /// people and proxies reach it by (an Ingress host, a Service name). A request whose
     /// `Host` is any other name is refused, so that a web page cannot rebind its own
@@ -308,6 +316,8 @@ impl Config {
                     Role::Edge => SocketAddr::from(([127, 0, 0, 1], 8081)),
                 },
                 token: None,
+                read_token: None,
+                insecure_no_token: false,
                 hosts: Vec::new(),
             },
             pipeline: PipelineSettings::default(),
@@ -507,11 +517,16 @@ retention_interval = {retention_interval}
         self.write_mirror_toml(out, mirror)?;
         writeln!(
             out,
-            "\n[http]\n# Where the node serves its HTTP API, page and files. 127.0.0.1: this machine only.\n\
+            "\n[http]\n# Where the node serves its HTTP API, page and files. 127.0.0.1: this machine only;\n\
+             # any other address needs a token.\n\
              listen = {}\n\
-             # A bearer token that every request that changes something must carry; best set\n\
-             # from the environment: TETHER_HTTP__TOKEN.\n\
+             # The operator's bearer token: every request but /healthz and /readyz needs it (or the\n\
+             # page's session, signed in with it). Best set from the environment: TETHER_HTTP__TOKEN.\n\
              # token = \"...\"{}\n\
+             # A token that reads but changes nothing (dashboards, Prometheus): TETHER_HTTP__READ_TOKEN.\n\
+             # read_token = \"...\"{}\n\
+             # Labs only: serve beyond loopback with no token, open to anyone on the network.\n\
+             insecure_no_token = {}\n\
              # Host names this node answers to besides IP addresses and localhost (an Ingress\n\
              # host, a Service name); a request naming another host is refused (DNS rebinding).\n\
              hosts = {}",
@@ -521,6 +536,12 @@ retention_interval = {retention_interval}
             } else {
                 ""
             },
+            if http.read_token.is_some() {
+                " (a token is set; not shown)"
+            } else {
+                ""
+            },
+            http.insecure_no_token,
             toml::Value::Array(
                 http.hosts
                     .iter()
@@ -961,7 +982,74 @@ struct RawMirror {
 struct RawHttp {
     listen: Option<String>,
     token: Option<String>,
+    read_token: Option<String>,
+    insecure_no_token: Option<bool>,
     hosts: Option<NameList>,
+}
+
+impl RawHttp {
+    fn check(self, defaults: HttpSettings, origins: &Origins) -> Result<HttpSettings, ConfigError> {
+        let listen: SocketAddr = match self.listen {
+            Some(text) => text.parse().map_err(|e| {
+                origins.invalid(
+                    "http.listen",
+                    format_args!(
+                        "{text:?} is not an address and port such as 127.0.0.1:8080 ({e})"
+                    ),
+                )
+            })?,
+            None => defaults.listen,
+        };
+        let token = |key: &str, token: Option<String>| match token {
+            Some(token)
+                if !(16..=256).contains(&token.len())
+                    || !token.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Err(origins.invalid(
+                    key,
+                    "a token is 16 to 256 visible ASCII characters, with no spaces",
+                ))
+            }
+            token => Ok(token),
+        };
+        let read_token = token("http.read_token", self.read_token)?;
+        let token = token("http.token", self.token)?;
+        let insecure_no_token = self.insecure_no_token.unwrap_or(defaults.insecure_no_token);
+        if read_token.is_some() && token.is_none() {
+            return Err(origins.invalid(
+                "http.read_token",
+                "a read-only token needs the operator's token (http.token) beside it",
+            ));
+        }
+        if read_token.is_some() && read_token == token {
+            return Err(origins.invalid(
+                "http.read_token",
+                "the read-only token must differ from http.token",
+            ));
+        }
+        if token.is_none() && !insecure_no_token && !listen.ip().is_loopback() {
+            return Err(origins.invalid(
+                "http.token",
+                format_args!(
+                    "this node serves HTTP on {listen}, beyond this machine, so it needs a \
+                     token: set TETHER_HTTP__TOKEN (16 to 256 visible characters, for example \
+                     `openssl rand -hex 24`), or listen on 127.0.0.1; a lab that wants anyone \
+                     on the network to read and change everything sets \
+                     http.insecure_no_token = true"
+                ),
+            ));
+        }
+        Ok(HttpSettings {
+            listen,
+            token,
+            read_token,
+            insecure_no_token,
+            hosts: match self.hosts {
+                Some(NameList(hosts)) => check_hosts(hosts, origins)?,
+                None => defaults.hosts,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1093,37 +1181,7 @@ impl RawConfig {
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
-        let http = HttpSettings {
-            listen: match self.http.listen {
-                Some(text) => text.parse().map_err(|e| {
-                    origins.invalid(
-                        "http.listen",
-                        format_args!(
-                            "{text:?} is not an address and port such as 127.0.0.1:8080 ({e})"
-                        ),
-                    )
-                })?,
-                None => defaults.http.listen,
-            },
-            token: match self.http.token {
-                Some(token) => {
-                    if !(16..=256).contains(&token.len())
-                        || !token.bytes().all(|b| b.is_ascii_graphic())
-                    {
-                        return Err(origins.invalid(
-                            "http.token",
-                            "a token is 16 to 256 visible ASCII characters, with no spaces",
-                        ));
-                    }
-                    Some(token)
-                }
-                None => None,
-            },
-            hosts: match self.http.hosts {
-                Some(NameList(hosts)) => check_hosts(hosts, origins)?,
-                None => defaults.http.hosts,
-            },
-        };
+        let http = self.http.check(defaults.http, origins)?;
         let pipeline = self.pipeline.check(role, origins)?;
         Ok(Config {
             role,
@@ -1973,6 +2031,39 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_beyond_loopback_needs_a_token() {
+        let open = [("TETHER_HTTP__LISTEN", "0.0.0.0:8080")];
+        let err = load(Role::Edge, "", &open).unwrap_err().to_string();
+        assert!(
+            err.contains("http.token") && err.contains("TETHER_HTTP__TOKEN"),
+            "{err}"
+        );
+        let token = [
+            ("TETHER_HTTP__LISTEN", "0.0.0.0:8080"),
+            ("TETHER_HTTP__TOKEN", "0123456789abcdef"),
+            ("TETHER_HTTP__READ_TOKEN", "fedcba9876543210"),
+        ];
+        let http = load(Role::Edge, "", &token).unwrap().http;
+        assert_eq!(http.read_token.as_deref(), Some("fedcba9876543210"));
+        let lab = [
+            ("TETHER_HTTP__LISTEN", "[::]:8080"),
+            ("TETHER_HTTP__INSECURE_NO_TOKEN", "true"),
+        ];
+        assert!(load(Role::Core, "", &lab).unwrap().http.insecure_no_token);
+        for loopback in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert!(load(Role::Core, "", &[("TETHER_HTTP__LISTEN", loopback)]).is_ok());
+        }
+        let alone = [("TETHER_HTTP__READ_TOKEN", "fedcba9876543210")];
+        let err = load(Role::Core, "", &alone).unwrap_err().to_string();
+        assert!(err.contains("http.read_token"), "{err}");
+        let twice = [
+            ("TETHER_HTTP__TOKEN", "0123456789abcdef"),
+            ("TETHER_HTTP__READ_TOKEN", "0123456789abcdef"),
+        ];
+        assert!(load(Role::Core, "", &twice).is_err());
+    }
+
+    #[test]
     fn demo_certificates_only_for_a_core_on_loopback() {
         let env = [("TETHER_LINK__LISTEN", "0.0.0.0:7000")];
         let err = load(Role::Core, "", &env).unwrap_err().to_string();
@@ -2232,7 +2323,10 @@ mod tests {
     fn pipeline_and_http_keys_are_read_and_checked() {
         let text = "[pipeline]\nfeed = \"https://example.org/feed.json\"\nfeed_every = \"2s\"\n\
                     feed_batch = 5\nmax_download_bytes = \"2MiB\"\n[http]\nlisten = \"0.0.0.0:9000\"\n";
-        let env = [("TETHER_PIPELINE__START_SERVICES", "false")];
+        let env = [
+            ("TETHER_PIPELINE__START_SERVICES", "false"),
+            ("TETHER_HTTP__TOKEN", "0123456789abcdef"),
+        ];
         let core = load(Role::Core, text, &env).unwrap();
         assert_eq!(
             core.pipeline.feed.as_deref(),
@@ -2244,7 +2338,7 @@ mod tests {
         assert!(!core.pipeline.start_services);
         assert_eq!(core.http.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
         // What --print-config writes loads back the same.
-        let again = load(Role::Core, &core.to_toml(), &[]).unwrap();
+        let again = load(Role::Core, &core.to_toml(), &env[1..]).unwrap();
         assert_eq!(again.pipeline, core.pipeline);
         assert_eq!(again.http, core.http);
         let edge = load(Role::Edge, "", &[]).unwrap();

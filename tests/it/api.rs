@@ -1,5 +1,6 @@
 //! The HTTP API, the CLI and `/metrics` of the real node binaries (HQ with a bearer
-//! token, an edge without), linked over QUIC on loopback: every endpoint with good and
+//! token and a read-only one, an edge without), linked over QUIC on loopback: who may
+//! read and change what (tokens, the page's session, forms); every endpoint with good and
 //! bad input (a 4xx with a useful message, never a 5xx, nothing changed); the OpenAPI
 //! document checked against both running nodes by schemathesis; the metrics read by
 //! Prometheus' own text-format parser.
@@ -15,6 +16,9 @@ use crate::process::{Node, PATIENCE, binary, field};
 use crate::tools;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// HQ's read-only token.
+const READ_TOKEN: &str = "read-token-0123456789abcdef";
 
 /// HQ and `alpha`, running, linked.
 struct Pair {
@@ -34,7 +38,7 @@ impl Pair {
             &hq_toml,
             format!(
                 "[node]\nname = \"hq\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-                 token = \"{TOKEN}\"\n[link]\nlisten = \"127.0.0.1:0\"\n\
+                 token = \"{TOKEN}\"\nread_token = \"{READ_TOKEN}\"\n[link]\nlisten = \"127.0.0.1:0\"\n\
                  [pipeline]\nfeed_every = \"300ms\"\nfeed_batch = 2\n",
                 dir.path().join("hq").display()
             ),
@@ -127,7 +131,8 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Ans
                 Some(body) => r
                     .header("content-type", "application/json")
                     .send(body.to_owned()),
-                None => r.send_empty(),
+                // What a program sends with a change that has no body (ui::access).
+                None => r.header("x-requested-with", "api-test").send_empty(),
             }
         }
     };
@@ -139,8 +144,9 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Ans
     Answer { status, body, text }
 }
 
+/// `GET url` with HQ's token (the edge has none and takes any).
 fn get(url: &str) -> Value {
-    let a = call("GET", url, None, None);
+    let a = call("GET", url, Some(TOKEN), None);
     assert_eq!(a.status, 200, "GET {url}: {}", a.text);
     a.body
 }
@@ -245,7 +251,7 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     refused(
         &call("POST", &api(&hq, "/services/image-feed/stop"), None, None),
         401,
-        "bearer token",
+        "needs its token",
         "stop without the token",
     );
     refused(
@@ -256,7 +262,7 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
             None,
         ),
         401,
-        "bearer token",
+        "needs its token",
         "stop with a wrong token",
     );
     assert_eq!(
@@ -796,7 +802,7 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
             Some(r#"{"name": "bravo"}"#),
         ),
         401,
-        "bearer token",
+        "needs its token",
         "adding an edge without the token",
     );
     let added = call(
@@ -916,7 +922,7 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
             Some(r#"{"filter": "debug"}"#),
         ),
         401,
-        "bearer token",
+        "needs its token",
         "a filter without the token",
     );
 
@@ -1026,12 +1032,273 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     pair.stop();
 }
 
+#[test]
+fn with_a_token_nothing_is_read_or_changed_without_it() {
+    let pair = Pair::start();
+    let (hq, alpha) = (pair.hq_url.clone(), pair.alpha_url.clone());
+    let api = |base: &str, path: &str| format!("{base}/api/v1{path}");
+    let stop_feed = api(&hq, "/services/image-feed/stop");
+    let feed_state = || get(&api(&hq, "/services/image-feed"))["state"].clone();
+
+    // Reads need a credential; the probes, the page's own files and the API's description
+    // do not (kubelet probes, and the page must load to offer its sign-in).
+    for path in [
+        "/api/v1/node",
+        "/api/v1/topics/MESSAGES/entries",
+        "/metrics",
+    ] {
+        refused(
+            &call("GET", &format!("{hq}{path}"), None, None),
+            401,
+            "needs its token",
+            path,
+        );
+        let read = call("GET", &format!("{hq}{path}"), Some(READ_TOKEN), None);
+        assert_eq!(
+            read.status, 200,
+            "{path} with the read token: {}",
+            read.text
+        );
+    }
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/",
+        "/ui/app.js",
+        "/api/v1/openapi.json",
+    ] {
+        let open = call("GET", &format!("{hq}{path}"), None, None);
+        assert_eq!(open.status, 200, "{path} without a token: {}", open.text);
+    }
+    let picture = format!("{hq}/files/demo-feed/tether-demo-0001.png");
+    assert_eq!(call("GET", &picture, None, None).status, 401, "a file");
+    assert_eq!(call("GET", &picture, Some(READ_TOKEN), None).status, 200);
+
+    // The read token changes nothing.
+    refused(
+        &call("POST", &stop_feed, Some(READ_TOKEN), None),
+        403,
+        "read-only token",
+        "a stop with the read token",
+    );
+    assert_eq!(feed_state(), "running", "a refused stop changed nothing");
+
+    // The page's sign-in: a wrong token is refused; the right one sets an HttpOnly,
+    // SameSite=Strict cookie that then reads, changes, and carries the live events.
+    let session = api(&hq, "/session");
+    let whoami = call("GET", &session, None, None);
+    assert_eq!(
+        (
+            whoami.body["token_required"].clone(),
+            whoami.body["access"].clone()
+        ),
+        (json!(true), Value::Null),
+        "{}",
+        whoami.text
+    );
+    refused(
+        &call(
+            "POST",
+            &session,
+            None,
+            Some(r#"{"token": "not-the-token-0123456789"}"#),
+        ),
+        401,
+        "not this node's token",
+        "a sign-in with a wrong token",
+    );
+    let sign_in = |token: &str| {
+        let mut response = agent()
+            .post(&session)
+            .header("content-type", "application/json")
+            .send(json!({ "token": token }).to_string())
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let set = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body: Value = serde_json::from_reader(response.body_mut().as_reader()).unwrap();
+        (set, body)
+    };
+    let (set, body) = sign_in(TOKEN);
+    assert_eq!(body["access"], "operate");
+    for attribute in [
+        "tether-session-hq=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(set.contains(attribute), "{attribute} in {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let with_cookie = |method: &str, url: &str, content_type: Option<&str>| {
+        let (host, path) = split_url(url);
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}");
+        if let Some(t) = content_type {
+            head.push_str(&format!("\r\nContent-Type: {t}\r\nContent-Length: 2"));
+            raw_request_with_body(host, &head, "{}")
+        } else {
+            head.push_str("\r\nX-Requested-With: api-test\r\nContent-Length: 0");
+            raw_request(host, &head)
+        }
+    };
+    assert_eq!(with_cookie("GET", &api(&hq, "/node"), None).0, 200);
+    let hq_addr = hq.strip_prefix("http://").unwrap();
+    let (status, events) = raw_request_until(
+        hq_addr,
+        &format!(
+            "GET /api/v1/events?logs=false&tiles=0 HTTP/1.1\r\nHost: {hq_addr}\r\nCookie: {cookie}"
+        ),
+        "event: node",
+    );
+    assert_eq!(status, 200, "the live events with the session: {events}");
+    // A change a form could send is refused even with the session.
+    let (status, text) = with_cookie("POST", &stop_feed, Some("text/plain"));
+    assert!(status == 403 && text.contains("web form"), "{text}");
+    assert_eq!(feed_state(), "running");
+    let (status, text) = with_cookie("POST", &stop_feed, None);
+    assert_eq!(status, 200, "a stop with the session: {text}");
+    assert_eq!(feed_state(), "stopped");
+    let started = call(
+        "POST",
+        &api(&hq, "/services/image-feed/start"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(started.status, 200, "{}", started.text);
+    // Signing out ends the session.
+    assert_eq!(with_cookie("DELETE", &session, None).0, 204);
+    assert_eq!(with_cookie("GET", &api(&hq, "/node"), None).0, 401);
+    // A session from the read token reads and changes nothing.
+    let (set, body) = sign_in(READ_TOKEN);
+    assert_eq!(body["access"], "read");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let (host, path) = split_url(&stop_feed);
+    let (status, _) = raw_request(
+        host,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nX-Requested-With: t\r\n\
+             Content-Length: 0"
+        ),
+    );
+    assert_eq!(status, 403, "a change from a read-only session");
+    assert_eq!(feed_state(), "running");
+
+    // On the edge, which has no token: a change a cross-site form could make (no Origin,
+    // as some browsers send none, a form's content type) is refused; nothing pauses.
+    let pause = api(&alpha, "/links/hq/pause");
+    let (status, text) = post_raw(&pause, "Sec-Fetch-Mode", "navigate");
+    assert!(status == 403 && text.contains("web form"), "{text}");
+    let link = get(&api(&alpha, "/links/hq"));
+    assert_eq!(link["paused_here"], false, "a refused pause paused nothing");
+
+    // A body over the limit: 413 with a reason; the node goes on.
+    let huge = format!(r#"{{"payload": "{}"}}"#, "x".repeat(2 << 20));
+    refused(
+        &call(
+            "POST",
+            &api(&alpha, "/topics/MESSAGES/entries"),
+            None,
+            Some(&huge),
+        ),
+        413,
+        "largest",
+        "a 2 MiB body",
+    );
+
+    // Reads that wait for an entry are capped: one past the cap gets 429, the rest of the
+    // API goes on, and an entry answers every waiting read.
+    let next = get(&api(&alpha, "/topics/MESSAGES"))["next"]
+        .as_u64()
+        .unwrap();
+    let wait = api(
+        &alpha,
+        &format!("/topics/MESSAGES/entries?from={next}&wait_ms=60000"),
+    );
+    let waiting: Vec<_> = (0..ui::access::MAX_WAITS)
+        .map(|_| {
+            let wait = wait.clone();
+            std::thread::spawn(move || call("GET", &wait, None, None))
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    let short = api(
+        &alpha,
+        &format!("/topics/MESSAGES/entries?from={next}&wait_ms=1"),
+    );
+    loop {
+        let answer = call("GET", &short, None, None);
+        if answer.status == 429 {
+            refused(&answer, 429, "reads are waiting", "one wait past the cap");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 429 past the cap: {}",
+            answer.text
+        );
+    }
+    assert_eq!(call("GET", &api(&alpha, "/node"), None, None).status, 200);
+    let sent = call(
+        "POST",
+        &api(&alpha, "/topics/MESSAGES/entries"),
+        None,
+        Some(r#"{"payload": "wake up"}"#),
+    );
+    assert_eq!(sent.status, 201, "{}", sent.text);
+    for reader in waiting {
+        let answer = reader.join().unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.body[0]["payload"], "wake up");
+    }
+
+    pair.stop();
+}
+
+/// Like [`raw_request`], with a body.
+fn raw_request_with_body(addr: &str, head: &str, body: &str) -> (u16, String) {
+    raw_exchange(addr, head, body)
+}
+
+/// Sends `head` and reads the answer until it contains `until` (a stream that does not
+/// end by itself); returns the status and what was read.
+fn raw_request_until(addr: &str, head: &str, until: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(stream, "{head}\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
 /// Sends `head` (a request line and headers, without the final blank line) to `addr`
 /// as written, with `Connection: close`; returns the status and the whole answer.
 fn raw_request(addr: &str, head: &str) -> (u16, String) {
+    raw_exchange(addr, head, "")
+}
+
+/// Sends `head`, `Connection: close` and `body`; returns the status and the whole answer.
+fn raw_exchange(addr: &str, head: &str, body: &str) -> (u16, String) {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "{head}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(stream, "{head}\r\nConnection: close\r\n\r\n{body}").unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
@@ -1142,6 +1409,8 @@ fn the_openapi_document_matches_what_both_nodes_do() {
             .args(["--seed", "1", "--request-timeout", "20"])
             .env("NO_COLOR", "1")
             .current_dir(pair.dir.path());
+        // What a program sends with a change (forms are refused: ui::access).
+        command.args(["-H", "X-Requested-With: schemathesis"]);
         if let Some(token) = token {
             command.args(["-H", &format!("Authorization: Bearer {token}")]);
         }
@@ -1332,7 +1601,10 @@ fn the_cli_drives_a_running_node_through_its_api() {
     // Changes at HQ need its token.
     let (code, _, err) = cli("core-node", &["services", "stop", "ingest"], &hq);
     assert_eq!(code, Some(1));
-    assert!(err.contains("bearer token") && err.contains("401"), "{err}");
+    assert!(
+        err.contains("needs its token") && err.contains("401"),
+        "{err}"
+    );
     let (code, out, err) = cli(
         "core-node",
         &["services", "stop", "ingest", "--token", TOKEN],

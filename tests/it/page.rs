@@ -490,52 +490,45 @@ fn the_page_asks_for_the_token_and_shows_api_errors() {
     let browser = Browser::start(&chromium, &driver).unwrap();
     let b = &browser;
 
-    open(b, &edge, "edge");
+    // Before signing in the page shows nothing of the node, and asks for the token.
+    b.goto(&edge).unwrap();
     b.wait_for_script(
         "the page asks for the token",
         STEP,
         "return !document.getElementById('token-form').hidden \
-         && document.getElementById('token-state').dataset.state === 'missing';",
-    );
-    b.wait_for_script(
-        "the link to HQ is up",
-        STEP,
-        "return document.querySelector('#links [data-link=\"hq\"][data-state=\"up\"]') !== null;",
-    );
-
-    // A change without the token: refused, said in the banner, nothing changed.
-    b.click_css("#links [data-link=\"hq\"] [data-action=pause]")
-        .unwrap();
-    b.wait_for_script(
-        "the banner says the token is missing",
-        STEP,
-        "const b = document.getElementById('banner'); return !b.hidden && b.dataset.code === 'unauthorized' \
-         && document.getElementById('banner-text').textContent.includes('bearer token');",
-    );
-    assert!(
-        mission.alpha.links.status().iter().all(|l| !l.paused_here),
-        "a refused pause paused nothing"
-    );
-    b.wait_for_script(
-        "the link is still up on the page",
-        STEP,
-        "return document.querySelector('#links [data-link=\"hq\"]').dataset.state === 'up';",
+         && document.getElementById('token-state').dataset.state === 'missing' \
+         && document.querySelector('#links [data-link]') === null;",
     );
     let shots = screenshots_dir();
     let shot = shots.join("edge-token.png");
     b.screenshot(&shot).unwrap();
 
-    // With the token, the same click works; the banner goes.
+    // A wrong token: the node's refusal, in the banner; still signed out.
+    let input = b.find("#token").unwrap();
+    b.type_text(&input, "not-the-token-0123456789").unwrap();
+    b.click_css("#token-save").unwrap();
+    b.wait_for_script(
+        "the banner says the token is wrong",
+        STEP,
+        "const b = document.getElementById('banner'); return !b.hidden && b.dataset.code === 'unauthorized' \
+         && document.getElementById('banner-text').textContent.includes('not this node') \
+         && document.getElementById('token-state').dataset.state === 'missing';",
+    );
+
+    // The right one: signed in, the page fills, and no script can see a credential (the
+    // session is an HttpOnly cookie; nothing is kept in the page's storage).
     let input = b.find("#token").unwrap();
     b.clear(&input).unwrap();
     b.type_text(&input, TOKEN).unwrap();
     b.click_css("#token-save").unwrap();
     b.wait_for_script(
-        "the token is kept and the banner gone",
+        "signed in, the banner gone, the link shown live",
         STEP,
-        "return document.getElementById('token-state').dataset.state === 'set' \
+        "return document.getElementById('token-state').dataset.state === 'operate' \
          && document.getElementById('banner').hidden \
-         && localStorage.getItem('tether.token') !== null;",
+         && document.getElementById('stream').dataset.state === 'live' \
+         && document.querySelector('#links [data-link=\"hq\"][data-state=\"up\"]') !== null \
+         && document.cookie === '' && localStorage.length === 0;",
     );
     pause_and_resume(b, "hq");
 

@@ -81,7 +81,7 @@ pub fn node_view(app: &App) -> NodeView {
         role: app.role,
         version: env!("CARGO_PKG_VERSION"),
         started_ms: app.started_ms,
-        token_required: app.token.is_some(),
+        token_required: app.access.required(),
         demo_link: app.demo.is_some(),
         log_filter: protocol::node::logs::control().map(|c| c.filter()),
         certificate: CertificateView::new(
@@ -276,6 +276,17 @@ async fn entries(
         && records.is_empty()
     {
         // Wait for an entry past what the topic holds now (and at `from` or later).
+        let Ok(_waiting) = app.access.waits.clone().try_acquire_owned() else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                format!(
+                    "{} reads are waiting for entries on this node, the most it keeps; read \
+                     without wait_ms, or try again in a moment",
+                    crate::access::MAX_WAITS
+                ),
+            ));
+        };
         let after = Offset(next.max(from.0));
         let mut closing = app.closing.subscribe();
         let waited = tokio::time::timeout(Duration::from_millis(ms), app.store.wait(&topic, after));

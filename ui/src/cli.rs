@@ -215,10 +215,18 @@ impl Api {
         ))
     }
 
+    /// `GET path`, with the token when there is one (reads need it where one is set).
+    fn get_request(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let request = self.agent.get(&self.url(path));
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
     fn get(&self, path: &str) -> Result<Value> {
         let response = self
-            .agent
-            .get(&self.url(path))
+            .get_request(path)
             .call()
             .map_err(|e| self.unreachable(&e))?;
         answer(response)
@@ -233,6 +241,8 @@ impl Api {
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
+        // Marks the change as a program's, not a web form's (see ui::access).
+        request = request.header(crate::access::REQUESTED_WITH, "tether-cli");
         let response = match body {
             Some(body) => request
                 .header("content-type", "application/json")
@@ -564,10 +574,8 @@ fn print_mirror(m: &Value) {
 /// Follows the mirror through the live events: until the mirror started after `start`
 /// (the answer to the start) ends, or forever.
 fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
-    let url = api.url("/events?tiles=0&logs=false");
     let mut response = api
-        .agent
-        .get(&url)
+        .get_request("/events?tiles=0&logs=false")
         .header("accept", "text/event-stream")
         .call()
         .map_err(|e| api.unreachable(&e))?;

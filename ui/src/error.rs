@@ -41,7 +41,7 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
 
-    /// 401: a change without the right bearer token.
+    /// 401: a request without the credential it needs.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
@@ -75,6 +75,14 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "the body is over the largest this node takes (one entry of at most \
+                 store.max_entry_bytes, as base64 in JSON)",
+            );
+        }
         let message = match &rejection {
             JsonRejection::MissingJsonContentType(_) => {
                 "send the body as JSON with the header Content-Type: application/json".to_owned()

@@ -12,6 +12,7 @@
 //!
 //! IO: a TCP listener; reads the directories it is given.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod error;
@@ -25,8 +26,8 @@ use std::path::{Component, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -108,7 +109,8 @@ pub struct App {
     name: String,
     role: &'static str,
     started_ms: u64,
-    token: Option<String>,
+    /// Its tokens, sessions, and room for requests.
+    access: access::Credentials,
     store: Store,
     services: Services,
     links: Links,
@@ -145,7 +147,11 @@ impl App {
                 Role::Edge => "edge",
             },
             started_ms: views::millis(std::time::SystemTime::now()),
-            token: config.http.token.clone(),
+            access: access::Credentials::new(
+                config.node.name.as_str(),
+                config.http.token.clone(),
+                config.http.read_token.clone(),
+            ),
             store: node.store().clone(),
             services: node.services().clone(),
             links: node.links().clone(),
@@ -162,117 +168,37 @@ impl App {
     }
 }
 
-fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
+fn router(app: Arc<App>, files: Vec<(String, PathBuf)>, body_limit: usize) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::metrics))
-        .nest("/api/v1", api::routes())
+        .nest("/api/v1", api::routes().merge(access::routes()))
         .merge(page::routes());
     for (name, dir) in files {
         let served = Router::new()
             .fallback_service(ServeDir::new(dir))
-            .layer(middleware::map_response(file_headers));
+            .layer(middleware::map_response(file_headers))
+            .layer(middleware::from_fn(inside_directory));
         router = router.nest(&format!("/files/{name}"), served);
     }
     router
-        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(app.clone(), access::guard))
         .route_layer(middleware::from_fn_with_state(app.clone(), metrics::count))
         .with_state(app)
 }
 
-/// Refuses what a browser on another site sends (a cross-site request, or a change whose
-/// `Origin` is not this node), a change without the token, and a file path that tries to
-/// leave its directory.
-async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
-    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
-    if !probe && let Some(why) = unknown_host(&request, &app.hosts) {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
-    }
-    if let Some(why) = from_another_site(&request, safe) {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
-    }
-    if !safe && let Some(token) = &app.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
-            return ApiError::unauthorized(
-                "this node needs its bearer token for changes: send `Authorization: Bearer \
-                 <token>` (the node's http.token, or TETHER_HTTP__TOKEN)",
-            )
-            .into_response();
-        }
-    }
+/// Refuses a file path that tries to leave its directory.
+async fn inside_directory(request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if let Some(rest) = path.strip_prefix("/files/")
-        && escapes(rest)
-    {
+    if escapes(path.trim_start_matches('/')) {
         return ApiError::bad_request(format!(
             "{path}: a file path must stay inside its directory (no `..`, no absolute parts)"
         ))
         .into_response();
     }
     next.run(request).await
-}
-
-/// Why the request's `Host` is not one this node answers to, if it is not: IP addresses
-/// and `localhost` always are (a page can rebind only a name of its own to the node's
-/// address), other names only when `http.hosts` lists them.
-fn unknown_host(request: &Request, hosts: &[String]) -> Option<String> {
-    let host = request.headers().get(header::HOST)?.to_str().ok()?;
-    let name = match host.strip_prefix('[') {
-        Some(_) => return None, // an IPv6 address
-        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
-    };
-    let name = name.to_ascii_lowercase();
-    let known = name.parse::<std::net::Ipv4Addr>().is_ok()
-        || name == "localhost"
-        || name.ends_with(".localhost")
-        || hosts.contains(&name);
-    (!known).then(|| {
-        format!(
-            "this node does not answer to the host name {name:?}: if people or a proxy reach \
-             it by that name, add it to http.hosts (TETHER_HTTP__HOSTS)"
-        )
-    })
-}
-
-/// Why a request comes from a page on another site, if it does: browsers say so in
-/// `Sec-Fetch-Site`, and send `Origin` with every cross-origin change (a form posted by
-/// another site, a script's fetch), which must then name this node as the `Host` does.
-/// Clients that are not browsers (the CLI, Prometheus, curl) send neither.
-fn from_another_site(request: &Request, safe: bool) -> Option<String> {
-    let headers = request.headers();
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &header::HeaderValue| v.to_str().ok())
-    };
-    if text("sec-fetch-site") == Some("cross-site") {
-        return Some(
-            "a page of another site sent this request (Sec-Fetch-Site: cross-site); \
-             use this node's own page, the CLI or the API directly"
-                .to_owned(),
-        );
-    }
-    if safe {
-        return None;
-    }
-    let origin = text(header::ORIGIN.as_str())?;
-    let host = text(header::HOST.as_str()).unwrap_or("");
-    let from = origin
-        .split_once("://")
-        .map_or(origin, |(_, authority)| authority);
-    (!from.eq_ignore_ascii_case(host)).then(|| {
-        format!(
-            "a change from the page at {origin}, which is not this node ({host}): refused, so \
-             that no other site can act through an operator's browser"
-        )
-    })
 }
 
 /// What a served file may do in a browser: nothing. A file from the mission volume or a
@@ -301,11 +227,6 @@ async fn file_headers(mut response: Response) -> Response {
         );
     }
     response
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether a URL path, once percent-decoded, would leave the directory it names.
@@ -356,9 +277,24 @@ impl Listener {
     /// [`Server::stop`].
     pub fn serve(self, node: &Node, site: Site) -> std::io::Result<Server> {
         let addr = self.addr()?;
+        let http = &node.config().http;
+        if http.token.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                http = %addr,
+                "INSECURE: HTTP is served beyond this machine with no token \
+                 (http.insecure_no_token): anyone who reaches {addr} reads and changes \
+                 everything on this node"
+            );
+        }
+        // A body holds at most one entry, base64 (4/3) in JSON, with room for its headers.
+        let max_entry = usize::try_from(node.config().store.max_entry_bytes).unwrap_or(usize::MAX);
+        let body_limit = max_entry
+            .saturating_mul(3)
+            .div_ceil(2)
+            .saturating_add(64 << 10);
         let app = Arc::new(App::new(node, site.demo, site.fed));
         let closing = app.closing.clone();
-        let router = router(app, site.files);
+        let router = router(app, site.files, body_limit);
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = stopped.await;
@@ -421,12 +357,5 @@ mod tests {
         for good in ["a.png", "assets/x.png", "a..b", "./a", "x%20y.png"] {
             assert!(!escapes(good), "{good}");
         }
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(same(b"abcdefgh", b"abcdefgh"));
-        assert!(!same(b"abcdefgh", b"abcdefgx"));
-        assert!(!same(b"abcdefgh", b"abcdefg"));
     }
 }

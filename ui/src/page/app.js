@@ -5,7 +5,6 @@
   'use strict';
 
   const API = '/api/v1';
-  const TOKEN_KEY = 'tether.token';
   const AGE_KEY = 'tether.tileAgeMinutes';
   const MAX_TILES = 150;
   const MAX_LOG = 400;
@@ -25,6 +24,8 @@
 
   const S = {
     node: null,
+    // What this browser may do here (GET /session): null until asked.
+    session: null,
     services: [],
     links: [],
     mirror: null,
@@ -157,19 +158,12 @@
 
   // ---- the API ----
 
-  function token() {
-    try {
-      return localStorage.getItem(TOKEN_KEY) || '';
-    } catch (_) {
-      return '';
-    }
-  }
-
   // Calls the API; on an error, shows it in the banner (unless quiet) and throws.
   async function api(method, path, body, quiet) {
     const headers = { Accept: 'application/json' };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
-    if (method !== 'GET' && token()) headers.Authorization = 'Bearer ' + token();
+    // A change says it comes from a program, not a web form (the node refuses forms).
+    if (method !== 'GET') headers['X-Requested-With'] = 'tether-page';
     const what = method + ' ' + API + path;
     let res;
     try {
@@ -193,7 +187,7 @@
     if (!res.ok) {
       const err = (data && data.error) || { code: 'http-' + res.status, message: text || res.statusText };
       if (!quiet) showError(err.code, err.message, what);
-      if (res.status === 401) $('#token-form').classList.add('attention');
+      if (res.status === 401) signedOut();
       throw Object.assign(new Error(err.message), { fromApi: true, code: err.code, status: res.status });
     }
     return data;
@@ -232,8 +226,6 @@
     document.title = node.name + ' · Tether ' + (node.role === 'core' ? 'HQ' : 'edge');
     setText($('#links-title'), node.role === 'core' ? 'Edge links' : 'Link to HQ');
     setText($('#tiles-title'), node.role === 'core' ? 'Tiles' : 'Tiles');
-    $('#token-form').hidden = !node.token_required;
-    renderToken();
     $('#demo-panel').hidden = !node.demo_link;
     const cert = node.certificate;
     const certPill = $('#cert');
@@ -265,11 +257,61 @@
     setText($('#log-note'), 'filter: ' + filter);
   }
 
-  function renderToken() {
-    const set = !!token();
+  // ---- signing in ----
+
+  // The node keeps the page's session in an HttpOnly cookie: no script here ever holds
+  // the token after signing in, and the live events (EventSource) carry the cookie.
+  function renderSession(session) {
+    S.session = session;
+    const form = $('#token-form');
+    form.hidden = !session.token_required;
+    const access = session.access;
     const st = $('#token-state');
-    setText(st, set ? 'set' : 'not set');
-    setAttr(st, 'data-state', set ? 'set' : 'missing');
+    setText(st, access === 'operate' ? 'signed in' : access === 'read' ? 'read only' : 'signed out');
+    setAttr(st, 'data-state', access ? access : 'missing');
+    $('#token').hidden = !!access;
+    $('#token-save').hidden = !!access;
+    $('#sign-out').hidden = !(access && session.token_required);
+    form.classList.toggle('attention', !access);
+  }
+
+  function signedOut() {
+    if (S.session && !S.session.access) return;
+    renderSession({ token_required: true, access: null });
+    if (source) source.close();
+    source = null;
+    setStream('connecting');
+  }
+
+  // Asks the node what this browser may do; connects when it may read.
+  async function checkSession() {
+    const session = await api('GET', '/session', undefined, true);
+    renderSession(session);
+    if (session.access) {
+      api('GET', '/node', undefined, true).then(onNode, () => {});
+      if (!source) connect();
+    }
+    return session;
+  }
+
+  async function signIn(e) {
+    e.preventDefault();
+    const input = $('#token');
+    const token = input.value.trim();
+    if (!token) return;
+    await act($('#token-save'), async () => {
+      await api('POST', '/session', { token });
+      input.value = '';
+      hideError();
+      await checkSession();
+    });
+  }
+
+  async function signOut() {
+    await act($('#sign-out'), async () => {
+      await api('DELETE', '/session');
+      signedOut();
+    });
   }
 
   // ---- services ----
@@ -680,7 +722,7 @@
   let assetsAgain = false;
   let assetsTimer = 0;
   async function refreshAssets() {
-    if (!S.node || S.node.role !== 'edge') return;
+    if (!S.node || S.node.role !== 'edge' || !(S.session && S.session.access)) return;
     if (assetsBusy) {
       assetsAgain = true;
       return;
@@ -890,9 +932,13 @@
     es.onerror = () => {
       setStream('reconnecting');
       if (es.readyState === EventSource.CLOSED) {
-        // The browser gave up (an error answer): try again, a little later each time.
+        // The browser gave up (an error answer, such as an ended session): ask the node
+        // whether this browser may still read, and connect again if so, a little later
+        // each time.
         setTimeout(() => {
-          if (source === es) connect();
+          if (source !== es) return;
+          source = null;
+          checkSession().catch(() => {});
         }, retry);
         retry = Math.min(retry * 2, 15000);
       }
@@ -934,7 +980,6 @@
     renderMirror();
     renderDemo();
     if (S.assetsLoaded) renderAssets();
-    renderToken();
   }
 
   function init() {
@@ -963,23 +1008,9 @@
       const up = e.currentTarget.getAttribute('aria-checked') === 'true';
       demoSet({ up: !up }, e.currentTarget);
     });
-    const tokenInput = $('#token');
-    tokenInput.value = token();
-    $('#token-form').addEventListener('submit', (e) => {
-      e.preventDefault();
-      try {
-        const v = tokenInput.value.trim();
-        if (v) localStorage.setItem(TOKEN_KEY, v);
-        else localStorage.removeItem(TOKEN_KEY);
-      } catch (_) {
-        showError('page', 'this browser cannot keep the token (storage is off)');
-      }
-      $('#token-form').classList.remove('attention');
-      renderToken();
-      hideError();
-    });
-    api('GET', '/node', undefined, true).then(onNode, () => {});
-    connect();
+    $('#token-form').addEventListener('submit', signIn);
+    $('#sign-out').addEventListener('click', signOut);
+    checkSession().catch(() => {});
     setInterval(() => {
       ageOutTiles();
       // Relative times ("2 min ago") move on.

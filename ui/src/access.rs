@@ -1,0 +1,485 @@
+//! Who may reach a node over HTTP, and what they may do: the `Host` and browser rules,
+//! the operator's and the read-only token, the page's signed-in sessions, and the limits
+//! on requests at once.
+//!
+//! With `http.token` set, every request but the probes, the page's own files, the OpenAPI
+//! document and `/api/v1/session` needs a credential: `Authorization: Bearer <token>`
+//! (the CLI, scripts, Prometheus) or the session cookie the page gets by signing in with
+//! a token (`HttpOnly`, `SameSite=Strict`: no script can read it and no other site's
+//! request carries it; `EventSource` sends it where it could send no header). The read
+//! token, and a session signed in with it, read but change nothing. A token never travels
+//! in a URL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::App;
+use crate::error::ApiError;
+
+/// How long a signed-in session lasts.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// The most sessions a node keeps; signing in past it ends the oldest.
+const MAX_SESSIONS: usize = 256;
+
+/// The most requests a node works on at once (live-event streams and waiting reads
+/// have caps of their own); past it, 429.
+pub const MAX_REQUESTS: usize = 256;
+
+/// The most reads that wait for a new entry (`wait_ms`) at once; past it, 429.
+pub const MAX_WAITS: usize = 64;
+
+/// What a credential lets a request do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Read everything, change nothing (the read-only token).
+    Read,
+    /// Read and change (the operator's token, or a node without a token).
+    Operate,
+}
+
+/// The node's credentials and its signed-in sessions.
+pub(crate) struct Credentials {
+    token: Option<String>,
+    read_token: Option<String>,
+    /// The session cookie's name: one per node, so that two nodes on one host (the demo)
+    /// keep their sessions apart.
+    cookie: String,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Room for requests at once ([`MAX_REQUESTS`]) and waiting reads ([`MAX_WAITS`]).
+    pub(crate) requests: Arc<Semaphore>,
+    pub(crate) waits: Arc<Semaphore>,
+}
+
+struct Session {
+    access: Access,
+    until: Instant,
+}
+
+impl Credentials {
+    pub(crate) fn new(node: &str, token: Option<String>, read_token: Option<String>) -> Self {
+        Credentials {
+            token,
+            read_token,
+            cookie: format!("tether-session-{node}"),
+            sessions: Mutex::new(HashMap::new()),
+            requests: Arc::new(Semaphore::new(MAX_REQUESTS)),
+            waits: Arc::new(Semaphore::new(MAX_WAITS)),
+        }
+    }
+
+    /// Whether this node asks for a credential at all.
+    pub(crate) fn required(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// What `token` grants, if it is one of this node's.
+    fn grants(&self, token: &str) -> Option<Access> {
+        let is = |mine: &Option<String>| mine.as_ref().is_some_and(|m| same(m, token));
+        // Both compared, always: the time taken does not tell which one matched.
+        match (is(&self.token), is(&self.read_token)) {
+            (true, _) => Some(Access::Operate),
+            (false, true) => Some(Access::Read),
+            (false, false) => None,
+        }
+    }
+
+    /// What the request's credential grants: everything on a node without a token.
+    fn access(&self, headers: &HeaderMap) -> Option<Access> {
+        if !self.required() {
+            return Some(Access::Operate);
+        }
+        if let Some(bearer) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            return self.grants(bearer.trim());
+        }
+        let id = cookie(headers, &self.cookie)?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let session = sessions.get(id)?;
+        if session.until <= Instant::now() {
+            sessions.remove(id);
+            return None;
+        }
+        Some(session.access)
+    }
+
+    /// Starts a session for `access`; returns its cookie header.
+    fn sign_in(&self, access: Access, secure: bool) -> Result<String, ApiError> {
+        let mut id = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| ApiError::unavailable("no randomness for a session; try again"))?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.until > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.until)
+                .map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                access,
+                until: now + SESSION_LIFETIME,
+            },
+        );
+        Ok(format!(
+            "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.cookie,
+            SESSION_LIFETIME.as_secs(),
+            if secure { "; Secure" } else { "" }
+        ))
+    }
+
+    /// Ends the request's session, if it has one; returns the header that clears it.
+    fn sign_out(&self, headers: &HeaderMap) -> String {
+        if let Some(id) = cookie(headers, &self.cookie) {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.remove(id);
+        }
+        format!(
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+            self.cookie
+        )
+    }
+}
+
+/// The value of the cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `/api/v1/session`: sign in with a token (a cookie), see what this browser may do, sign
+/// out.
+pub(crate) fn routes() -> Router<Arc<App>> {
+    Router::new().route(
+        "/session",
+        axum::routing::get(session)
+            .post(session_start)
+            .delete(session_end),
+    )
+}
+
+/// What a request may do, as `GET /session` and sign-in answer it.
+#[derive(Debug, Serialize)]
+struct SessionView {
+    /// Whether this node asks for a token.
+    token_required: bool,
+    /// What this request may do: `operate`, `read`, or nothing (`null`: sign in).
+    access: Option<Access>,
+}
+
+async fn session(State(app): State<Arc<App>>, request: Request) -> Json<SessionView> {
+    Json(SessionView {
+        token_required: app.access.required(),
+        access: app.access.access(request.headers()),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+}
+
+async fn session_start(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(sign_in) = body?;
+    if !app.access.required() {
+        return Err(ApiError::conflict(
+            "this node has no token (it listens on loopback or runs without one): no need to \
+             sign in",
+        ));
+    }
+    let Some(access) = app.access.grants(sign_in.token.trim()) else {
+        tracing::warn!("a sign-in with a wrong token was refused");
+        return Err(ApiError::unauthorized(
+            "that is not this node's token (http.token) nor its read-only token \
+             (http.read_token)",
+        ));
+    };
+    // Behind a TLS-terminating proxy (an Ingress, EZUA's gateway) the cookie is kept to
+    // HTTPS.
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = app.access.sign_in(access, secure)?;
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(SessionView {
+            token_required: true,
+            access: Some(access),
+        }),
+    )
+        .into_response())
+}
+
+async fn session_end(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let clear = app.access.sign_out(&headers);
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::SET_COOKIE, clear),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+/// Paths anyone may ask for: the probes, the page's own files (they hold no data, and
+/// the page must load to offer its sign-in), the API's description, and the session.
+fn public(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz"
+            | "/readyz"
+            | "/"
+            | "/ui/app.js"
+            | "/ui/style.css"
+            | "/api/v1/openapi.json"
+            | "/api/v1/session"
+    )
+}
+
+/// Every request passes here first: refuses a `Host` the node does not answer to, a
+/// request from another site's page, a change a cross-site form could make, a request
+/// without the credential it needs, and more requests at once than [`MAX_REQUESTS`].
+pub(crate) async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let probe = matches!(path, "/healthz" | "/readyz");
+    if probe {
+        return next.run(request).await;
+    }
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    let forbidden = |why: String| ApiError::new(StatusCode::FORBIDDEN, "forbidden", why);
+    if let Some(why) = unknown_host(request.headers(), &app.hosts) {
+        return forbidden(why).into_response();
+    }
+    if let Some(why) = from_another_site(request.headers(), safe) {
+        return forbidden(why).into_response();
+    }
+    if !safe && let Some(why) = a_form_could_send(request.headers()) {
+        return forbidden(why).into_response();
+    }
+    if !public(path) {
+        let needs = if safe { Access::Read } else { Access::Operate };
+        match app.access.access(request.headers()) {
+            None => {
+                return ApiError::unauthorized(
+                    "this node needs its token: send `Authorization: Bearer <token>` (the \
+                     node's http.token or http.read_token, TETHER_HTTP__TOKEN), or sign in on \
+                     the node's page",
+                )
+                .into_response();
+            }
+            Some(has) if has < needs => {
+                return forbidden(
+                    "the read-only token reads but changes nothing; changes need the \
+                     operator's token (http.token)"
+                        .to_owned(),
+                )
+                .into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    let Ok(_permit) = app.access.requests.clone().try_acquire_owned() else {
+        return too_many(format!(
+            "this node is working on {MAX_REQUESTS} requests already; try again in a moment"
+        ))
+        .into_response();
+    };
+    next.run(request).await
+}
+
+/// 429 with `message`, and when to try again.
+pub(crate) fn too_many(message: String) -> Response {
+    (
+        [(header::RETRY_AFTER, "1")],
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-requests", message),
+    )
+        .into_response()
+}
+
+/// Why the request's `Host` is not one this node answers to, if it is not: IP addresses
+/// and `localhost` always are (a page can rebind only a name of its own to the node's
+/// address), other names only when `http.hosts` lists them.
+pub(crate) fn unknown_host(headers: &HeaderMap, hosts: &[String]) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let name = match host.strip_prefix('[') {
+        Some(_) => return None, // an IPv6 address
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    let known = name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || hosts.contains(&name);
+    (!known).then(|| {
+        format!(
+            "this node does not answer to the host name {name:?}: if people or a proxy reach \
+             it by that name, add it to http.hosts (TETHER_HTTP__HOSTS)"
+        )
+    })
+}
+
+/// Why a request comes from a page on another site, if it does: browsers say so in
+/// `Sec-Fetch-Site`, and send `Origin` with every cross-origin change (a form posted by
+/// another site, a script's fetch), which must then name this node as the `Host` does.
+/// Clients that are not browsers (the CLI, Prometheus, curl) send neither.
+fn from_another_site(headers: &HeaderMap, safe: bool) -> Option<String> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    if text("sec-fetch-site") == Some("cross-site") {
+        return Some(
+            "a page of another site sent this request (Sec-Fetch-Site: cross-site); \
+             use this node's own page, the CLI or the API directly"
+                .to_owned(),
+        );
+    }
+    if safe {
+        return None;
+    }
+    let origin = text(header::ORIGIN.as_str())?;
+    let host = text(header::HOST.as_str()).unwrap_or("");
+    let from = origin
+        .split_once("://")
+        .map_or(origin, |(_, authority)| authority);
+    (!from.eq_ignore_ascii_case(host)).then(|| {
+        format!(
+            "a change from the page at {origin}, which is not this node ({host}): refused, so \
+             that no other site can act through an operator's browser"
+        )
+    })
+}
+
+/// The header that marks a change as sent by a program, not by a form.
+pub const REQUESTED_WITH: &str = "x-requested-with";
+
+/// Why a change could have come from an HTML form, if it could: a form sends only
+/// url-encoded, multipart or plain-text bodies and no headers of its own, while a JSON
+/// body or a custom header makes a browser ask the node first (a preflight this node
+/// never grants to another site).
+fn a_form_could_send(headers: &HeaderMap) -> Option<String> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    (!json && !headers.contains_key(REQUESTED_WITH)).then(|| {
+        "a change must carry a JSON body (Content-Type: application/json) or the header \
+         X-Requested-With, so that no web form can make it"
+            .to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same("abcdefgh", "abcdefgh"));
+        assert!(!same("abcdefgh", "abcdefgx"));
+        assert!(!same("abcdefgh", "abcdefg"));
+    }
+
+    #[test]
+    fn each_credential_grants_its_access() {
+        let c = Credentials::new(
+            "hq",
+            Some("operator-token-0123".into()),
+            Some("reader-token-01234".into()),
+        );
+        let bearer = |t: &str| headers(&[("authorization", &format!("Bearer {t}"))]);
+        assert_eq!(
+            c.access(&bearer("operator-token-0123")),
+            Some(Access::Operate)
+        );
+        assert_eq!(c.access(&bearer("reader-token-01234")), Some(Access::Read));
+        assert_eq!(c.access(&bearer("operator-token-012")), None);
+        assert_eq!(c.access(&headers(&[])), None);
+        let set = c.sign_in(Access::Read, false).unwrap();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        let pair = set.split(';').next().unwrap();
+        let with = headers(&[("cookie", &format!("theme=dark; {pair}"))]);
+        assert_eq!(c.access(&with), Some(Access::Read));
+        let other = headers(&[("cookie", "tether-session-hq=00ff")]);
+        assert_eq!(c.access(&other), None);
+        c.sign_out(&with);
+        assert_eq!(c.access(&with), None);
+        let open = Credentials::new("alpha", None, None);
+        assert_eq!(open.access(&headers(&[])), Some(Access::Operate));
+    }
+
+    #[test]
+    fn sessions_are_bounded() {
+        let c = Credentials::new("hq", Some("operator-token-0123".into()), None);
+        for _ in 0..MAX_SESSIONS + 10 {
+            c.sign_in(Access::Operate, false).unwrap();
+        }
+        assert_eq!(c.sessions.lock().unwrap().len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn only_json_or_the_custom_header_passes_as_a_change() {
+        for form in [
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "text/plain",
+        ] {
+            assert!(a_form_could_send(&headers(&[("content-type", form)])).is_some());
+        }
+        assert!(a_form_could_send(&headers(&[])).is_some());
+        let json = headers(&[("content-type", "application/json; charset=utf-8")]);
+        assert!(a_form_could_send(&json).is_none());
+        assert!(a_form_could_send(&headers(&[("x-requested-with", "cli")])).is_none());
+    }
+}

@@ -372,6 +372,20 @@ impl Store {
         from: Offset,
         max: usize,
     ) -> Result<Vec<Record>, ReadError> {
+        self.read_within(topic, from, max, u64::MAX)
+    }
+
+    /// Like [`Store::read`], and stops once the records hold `max_bytes` (by
+    /// [`Entry::size`]); the first record comes whatever its size. For readers from
+    /// outside, whose answers must stay bounded in memory.
+    pub fn read_within(
+        &self,
+        topic: &TopicName,
+        from: Offset,
+        max: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Record>, ReadError> {
+        let mut bytes = 0u64;
         let view = self.view(topic)?;
         let (first, next) = view.window();
         let start = from.0.max(first);
@@ -396,8 +410,10 @@ impl Store {
             }
             for (offset, e) in (block_first..).zip(self.decode_block(&value)?) {
                 if offset >= start && offset < next {
-                    out.push(self.record(Offset(offset), e)?);
-                    if out.len() == max {
+                    let record = self.record(Offset(offset), e)?;
+                    bytes = bytes.saturating_add(record.entry.size());
+                    out.push(record);
+                    if out.len() == max || bytes >= max_bytes {
                         return Ok(out);
                     }
                 }
@@ -407,9 +423,10 @@ impl Store {
     }
 
     /// Up to `max` records at offset `at` or later whose origin timestamp lies in
-    /// `[from, to)`, in offset order. Blocks wholly before `at` are not read, and the read
-    /// stops at `max`, whatever the time range holds: its work is bounded by `max` and
-    /// the blocks it skips.
+    /// `[from, to)`, in offset order, stopping once they hold `max_bytes` (the first one
+    /// comes whatever its size). Blocks wholly before `at` are not read, and the read
+    /// stops at `max` or `max_bytes`, whatever the time range holds: its work is bounded
+    /// by them and the blocks it skips.
     pub fn read_time(
         &self,
         topic: &TopicName,
@@ -417,7 +434,9 @@ impl Store {
         from: Timestamp,
         to: Timestamp,
         max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<Record>, ReadError> {
+        let mut bytes = 0u64;
         let view = self.view(topic)?;
         let (first, next) = view.window();
         let first = first.max(at.0);
@@ -452,8 +471,10 @@ impl Store {
             };
             for (offset, e) in (block_first..).zip(self.decode_block(&value)?) {
                 if offset >= first && offset < next && e.ts >= from.0 && e.ts < to.0 {
-                    out.push(self.record(Offset(offset), e)?);
-                    if out.len() == max {
+                    let record = self.record(Offset(offset), e)?;
+                    bytes = bytes.saturating_add(record.entry.size());
+                    out.push(record);
+                    if out.len() == max || bytes >= max_bytes {
                         return Ok(out);
                     }
                 }

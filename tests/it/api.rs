@@ -1288,6 +1288,66 @@ fn raw_request_until(addr: &str, head: &str, until: &str) -> (u16, String) {
     (status, text)
 }
 
+#[test]
+fn a_read_of_a_whole_time_range_stays_within_a_memory_bound() {
+    // HQ alone, its MESSAGES topic holding 96 MiB in entries of 512 KiB.
+    let dir = TempDir::new("api-read-bound").unwrap();
+    let toml = dir.path().join("hq.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[node]\nname = \"hq\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [link]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nstart_services = false\n",
+            dir.path().join("hq").display()
+        ),
+    )
+    .unwrap();
+    let mut hq = Node::start("core-node", &toml);
+    let http = hq.wait_for_line(|l| l.contains("HQ serves HTTP"), "HQ serves HTTP");
+    let base = format!("http://{}/api/v1", field(&http, "http="));
+    let entries = format!("{base}/topics/MESSAGES/entries");
+    let body = json!({ "payload": "x".repeat(512 << 10) }).to_string();
+    for _ in 0..192 {
+        let sent = call("POST", &entries, None, Some(&body));
+        assert_eq!(sent.status, 201, "{}", sent.text);
+    }
+    // The peak resident memory (VmHWM) before and after reading every entry's time range:
+    // what the read adds is bounded by its byte budget, not by what the topic holds.
+    let peak = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", hq.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib << 10
+    };
+    let before = peak();
+    let read = call(
+        "GET",
+        &format!("{entries}?since_ms=0&from=0&limit=1000"),
+        None,
+        None,
+    );
+    assert_eq!(read.status, 200);
+    let got = read.body.as_array().unwrap().len();
+    let grew = peak().saturating_sub(before);
+    println!(
+        "whole-range read: {got} entries in {} KiB; peak resident memory +{} MiB",
+        read.text.len() >> 10,
+        grew >> 20
+    );
+    assert!(
+        (1..192).contains(&got),
+        "the read stops at its byte budget: {got}"
+    );
+    assert!(
+        grew < 48 << 20,
+        "a whole-range read raised the node's peak memory by {} MiB",
+        grew >> 20
+    );
+    hq.signal("TERM");
+    let (status, log) = hq.exit();
+    assert!(status.success(), "{log}");
+}
+
 /// Sends `head` (a request line and headers, without the final blank line) to `addr`
 /// as written, with `Connection: close`; returns the status and the whole answer.
 fn raw_request(addr: &str, head: &str) -> (u16, String) {

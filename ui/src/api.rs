@@ -32,6 +32,10 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// The most entries or tiles one read returns.
 pub const MAX_LIMIT: usize = 1000;
 
+/// The bytes of entries past which one read stops (the first entry comes whatever its
+/// size): an answer stays a few MiB however large the topic's entries are.
+pub const MAX_READ_BYTES: u64 = 4 << 20;
+
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// The `/api/v1` routes.
@@ -259,14 +263,24 @@ async fn entries(
     let (since, until) = (q.since_ms.unwrap_or(0), q.until_ms.unwrap_or(u64::MAX));
     let read = |app: &App| -> Result<Vec<protocol::entry::Record>> {
         if !timed {
-            return app.store.read(&topic, from, max).map_err(read_error);
+            return app
+                .store
+                .read_within(&topic, from, max, MAX_READ_BYTES)
+                .map_err(read_error);
         }
         if since >= until {
             return Ok(Vec::new());
         }
         // By time, at or after `from`, at most `max`: never the whole range.
         app.store
-            .read_time(&topic, from, Timestamp(since), Timestamp(until), max)
+            .read_time(
+                &topic,
+                from,
+                Timestamp(since),
+                Timestamp(until),
+                max,
+                MAX_READ_BYTES,
+            )
             .map_err(read_error)
     };
     let next = app.store.topic(&topic).map_or(0, |t| t.next.0);

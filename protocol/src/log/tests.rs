@@ -391,35 +391,101 @@ async fn reads_by_time_range_use_the_origin_timestamp() {
         .unwrap();
     // Timestamps are 1000 * seq: t5 = 1000, t10 = 2000, t1 = 1000, t15 = 3000.
     let got = store
-        .read_time(&topic("t"), Offset(0), Timestamp(1000), Timestamp(2001), 10)
+        .read_time(
+            &topic("t"),
+            Offset(0),
+            Timestamp(1000),
+            Timestamp(2001),
+            10,
+            u64::MAX,
+        )
         .unwrap();
     assert_eq!(payloads(&got), ["t5", "t10", "t1"]);
     let got = store
-        .read_time(&topic("t"), Offset(0), Timestamp(1001), Timestamp(5000), 10)
+        .read_time(
+            &topic("t"),
+            Offset(0),
+            Timestamp(1001),
+            Timestamp(5000),
+            10,
+            u64::MAX,
+        )
         .unwrap();
     assert_eq!(payloads(&got), ["t10", "t15"]);
     assert_eq!(
         store
-            .read_time(&topic("t"), Offset(0), Timestamp(0), Timestamp(5000), 1)
+            .read_time(
+                &topic("t"),
+                Offset(0),
+                Timestamp(0),
+                Timestamp(5000),
+                1,
+                u64::MAX
+            )
             .unwrap()
             .len(),
         1
     );
     assert!(
         store
-            .read_time(&topic("t"), Offset(0), Timestamp(3001), Timestamp(9000), 10)
+            .read_time(
+                &topic("t"),
+                Offset(0),
+                Timestamp(3001),
+                Timestamp(9000),
+                10,
+                u64::MAX
+            )
             .unwrap()
             .is_empty()
     );
     // From an offset on: only records at or after it, and still at most `max`.
     let got = store
-        .read_time(&topic("t"), Offset(1), Timestamp(0), Timestamp(5000), 10)
+        .read_time(
+            &topic("t"),
+            Offset(1),
+            Timestamp(0),
+            Timestamp(5000),
+            10,
+            u64::MAX,
+        )
         .unwrap();
     assert_eq!(payloads(&got), ["t10", "t1", "t15"]);
     let got = store
-        .read_time(&topic("t"), Offset(2), Timestamp(0), Timestamp(5000), 1)
+        .read_time(
+            &topic("t"),
+            Offset(2),
+            Timestamp(0),
+            Timestamp(5000),
+            1,
+            u64::MAX,
+        )
         .unwrap();
     assert_eq!(payloads(&got), ["t1"]);
+    // A byte budget stops the read after the record that reaches it; the first record
+    // comes whatever its size.
+    let one = store.read(&topic("t"), Offset(0), 1).unwrap()[0]
+        .entry
+        .size();
+    let got = store
+        .read_time(
+            &topic("t"),
+            Offset(0),
+            Timestamp(0),
+            Timestamp(5000),
+            10,
+            one + 1,
+        )
+        .unwrap();
+    assert_eq!(payloads(&got), ["t5", "t10"]);
+    let got = store
+        .read_time(&topic("t"), Offset(0), Timestamp(0), Timestamp(5000), 10, 1)
+        .unwrap();
+    assert_eq!(payloads(&got), ["t5"]);
+    let got = store
+        .read_within(&topic("t"), Offset(1), 10, one * 2)
+        .unwrap();
+    assert_eq!(payloads(&got), ["t10", "t1"]);
 }
 
 #[tokio::test]

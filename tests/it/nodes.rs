@@ -121,6 +121,28 @@ fn a_bad_config_names_the_file_and_the_key() {
 }
 
 #[test]
+fn a_node_serving_http_beyond_loopback_without_a_token_refuses_to_start() {
+    // The check comes before any socket opens: nothing listens beyond loopback here.
+    for binary_name in ["core-node", "edge-node"] {
+        let out = Command::new(binary(binary_name))
+            .env("TETHER_HTTP__LISTEN", "0.0.0.0:0")
+            .env("TETHER_NODE__DATA_DIR", "/nonexistent/never-created")
+            .arg("-c")
+            .arg("/dev/null")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{binary_name}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains("http.token")
+                && err.contains("TETHER_HTTP__TOKEN")
+                && err.contains("insecure_no_token"),
+            "{binary_name}: {err}"
+        );
+    }
+}
+
+#[test]
 fn the_demo_runs_the_pipeline_across_an_outage() {
     use std::io::Write;
     let dir = TempDir::new("demo").unwrap();

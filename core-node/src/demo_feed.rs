@@ -122,17 +122,7 @@ fn item(index: usize, href: &str) -> Value {
 
 /// The creation date of item `index`: one a day from 2024-01-01, at noon UTC (RFC 3339).
 fn date(index: usize) -> String {
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
-    let days = 19_723 + index as i64; // 2024-01-01
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = protocol::calendar::civil_from_days(19_723 + index as u64); // 2024-01-01
     format!("{year:04}-{month:02}-{day:02}T12:00:00Z")
 }
 

@@ -15,6 +15,7 @@
 //! it is pointed at and the environment; [`mirror`] reads the core's volume (and watches
 //! it) and writes the edge's mirror directory.
 
+pub mod calendar;
 pub mod codec;
 pub mod config;
 pub mod edges;

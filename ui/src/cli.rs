@@ -659,16 +659,7 @@ fn tail(api: &Api, topic: &str, from: Option<u64>, json_out: bool) -> Result<()>
 /// milliseconds since the Unix epoch).
 fn when(ms: u64, now: u64) -> String {
     let (secs, days) = (ms / 1000, ms / 86_400_000);
-    // Howard Hinnant's civil_from_days: the proleptic Gregorian date of a day number.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = protocol::calendar::civil_from_days(days);
     let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
     let ago = now.saturating_sub(ms) / 1000;
     let age = match ago {

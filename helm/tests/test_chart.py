@@ -15,18 +15,28 @@ values-edge.yaml, values-ezua.yaml) and for two scenarios with every option on, 
   where --config points, the certificates where certs_dir points with the file names the
   node reads, probes on /healthz and /readyz, limits, a locked-down security context, a
   grace period longer than the node's drain, the QUIC Service at the core only;
-- writes the node's rendered config to <out_dir>/<preset>.toml (the Rust test
-  tests/it/chart.rs starts the real binaries with them) and prints the object list.
+- checks the node's tokens: the Secret the chart makes (both keys, random, kept at an
+  upgrade) or the operator's, the variables that carry them into the pod, the read token
+  in the ServiceMonitor, the opt-out http.insecureNoToken and its warning;
+- checks the NetworkPolicy: HTTP only from the peers the values name, QUIC from anywhere;
+- writes the node's rendered config to <out_dir>/<scenario>.toml, and the environment the
+  StatefulSet gives the node (the tokens read from the rendered Secret, or stand-ins for
+  the operator's own) to <out_dir>/<scenario>.env.json: the Rust test tests/it/chart.rs
+  starts the real binaries with them. Prints the object list.
 
 Then it checks that bad values are refused with a message that says what is wrong, and
 that the Dockerfile builds what the chart runs.
 Prints one line per failure and a closing "N passed, N failed"; exits 1 on a failure.
 """
 
+import base64
 import copy
+import json
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 import tomllib
 
 import helm_python as helm
@@ -49,6 +59,11 @@ CUSTOM_KINDS = {
 DRAIN_SECONDS = 10
 # The files the node reads from certs_dir (protocol/src/tls/ca.rs).
 CA_CERT_FILE = "ca.pem"
+# A token as the node takes it ([http] token and read_token, protocol/src/config.rs): 16
+# to 256 visible ASCII characters.
+VALID_TOKEN = re.compile(r"[\x21-\x7e]{16,256}")
+# What the chart draws: 32 letters and digits.
+DRAWN_TOKEN = re.compile(r"[A-Za-z0-9]{32}")
 
 # name: (values file, release name)
 PRESETS = {
@@ -73,7 +88,7 @@ def preset(name):
     return yaml.safe_load((CHART / PRESETS[name][0]).read_text())
 
 
-# Every option on: cert-manager, Ingress with TLS, ServiceMonitor, the token Secret, extra env, topics, budgets, a NodePort with a fixed port, peers in the
+# Every option on: cert-manager, Ingress with TLS, ServiceMonitor, the operator's token Secret, extra env, topics, budgets, a NodePort with a fixed port, peers in the
 # NetworkPolicy.
 FULL_CORE = {
     "role": "core",
@@ -94,7 +109,8 @@ FULL_CORE = {
         },
     },
     "mirror": {"maxRate": "64KiB"},
-    "http": {"tokenSecret": {"name": "tether-api", "key": "token"}},
+    # The operator's own Secret, with a read token for the ServiceMonitor.
+    "http": {"tokenSecret": {"name": "tether-api", "key": "api-token", "readKey": "metrics.token"}},
     "pipeline": {
         "feed": "https://images-api.nasa.gov/search?q=apollo&media_type=image",
         "feedBatch": 3,
@@ -126,7 +142,16 @@ FULL_CORE = {
     "podDisruptionBudget": {"enabled": True, "maxUnavailable": 0},
     "networkPolicy": {
         "enabled": True,
-        "http": {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+        "http": {
+            "from": [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}}],
+            "ingressController": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nginx"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+                }
+            ],
+            "prometheus": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prometheus"}}}],
+        },
         "link": {"from": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]},
     },
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
@@ -152,6 +177,11 @@ SCENARIOS = {
     "core-full": (FULL_CORE, "hq"),
     # No node.name: an edge is named after its release.
     "edge-full": (FULL_EDGE, "bravo"),
+    # The lab's opt-out: no token at all.
+    "insecure": (
+        deep_merge(preset("edge"), {"http": {"insecureNoToken": True}, "metrics": {"serviceMonitor": {"enabled": True}}}),
+        "alpha",
+    ),
 }
 
 
@@ -333,16 +363,6 @@ def check_workload(name, values, objects, notes, release):
             f"{name}: an edge's link has core = {values['link']['core']!r} and no core keys: {link}",
         )
 
-    # The API's token from its Secret, as the variable that overrides [http] token.
-    token = get(values, "http", "tokenSecret", "name")
-    env = {e["name"]: e for e in c.get("env", [])}
-    if token:
-        ref = get(env, "TETHER_HTTP__TOKEN", "valueFrom", "secretKeyRef")
-        want = {"name": token, "key": get(values, "http", "tokenSecret", "key") or "token"}
-        R.check(ref == want, f"{name}: TETHER_HTTP__TOKEN from Secret {want}: {ref}")
-    else:
-        R.check("TETHER_HTTP__TOKEN" not in env, f"{name}: no token variable without http.tokenSecret")
-
     # Probes, resources, security, the drain.
     for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         got = get(c, probe, "httpGet")
@@ -433,6 +453,247 @@ def check_workload(name, values, objects, notes, release):
     return text
 
 
+def token_source(values, objects):
+    """Where the values say the node's tokens come from: None for none
+    (http.insecureNoToken), else {name, key, readKey, generated}."""
+    http = values.get("http", {})
+    if http.get("insecureNoToken"):
+        return None
+    secret = http.get("tokenSecret", {})
+    if secret.get("name"):
+        return {"name": secret["name"], "key": secret.get("key", "token"), "readKey": secret.get("readKey", ""), "generated": False}
+    sts = by_kind(objects, "StatefulSet")
+    fullname = sts[0]["metadata"]["name"] if sts else "?"
+    return {"name": f"{fullname}-http-token", "key": "token", "readKey": "read-token", "generated": True}
+
+
+def decoded(secret, key):
+    """A key of a rendered Secret's data, decoded, or None."""
+    value = get(secret, "data", key)
+    try:
+        return base64.b64decode(value, validate=True).decode() if isinstance(value, str) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def check_drawn_tokens(label, secret):
+    """A Secret the chart made: both keys, each a token the node takes, drawn at random,
+    the two different."""
+    data = secret.get("data", {}) if secret else {}
+    R.check(sorted(data) == ["read-token", "token"], f"{label}: keys token and read-token: {sorted(data)}")
+    token, read_token = decoded(secret, "token"), decoded(secret, "read-token")
+    for key, value in (("token", token), ("read-token", read_token)):
+        R.check(
+            value is not None and DRAWN_TOKEN.fullmatch(value) and VALID_TOKEN.fullmatch(value),
+            f"{label}: {key} is 32 random letters and digits (a valid token): {value!r}",
+        )
+    R.check(token != read_token, f"{label}: the read token differs from the token")
+    return token, read_token
+
+
+def check_tokens(name, values, objects, notes):
+    """The node's tokens: from the Secret the chart makes or the operator's, into the pod
+    as TETHER_HTTP__TOKEN and TETHER_HTTP__READ_TOKEN, never in the ConfigMap; or none,
+    with http.insecureNoToken, and a loud warning. Returns the environment the
+    StatefulSet gives the node, the Secrets' values resolved (stand-ins for the
+    operator's own Secret, which is not rendered)."""
+    source = token_source(values, objects)
+    sts, cm = by_kind(objects, "StatefulSet"), by_kind(objects, "ConfigMap")
+    if not sts or not cm:
+        return {}
+    container = sts[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container.get("env", [])}
+    config = tomllib.loads(next(iter(cm[0]["data"].values())))
+    http = config["http"]
+    secrets = {s["metadata"]["name"]: s for s in by_kind(objects, "Secret")}
+    R.check(
+        "token" not in http and "read_token" not in http,
+        f"{name}: no token in the ConfigMap (the Secret carries them): {sorted(http)}",
+    )
+    if source is None:
+        R.check(http.get("insecure_no_token") is True, f"{name}: insecureNoToken renders insecure_no_token = true")
+        R.check(not secrets, f"{name}: no token Secret without a token: {list(secrets)}")
+        R.check(
+            not [v for v in env if v.startswith("TETHER_HTTP__")],
+            f"{name}: no token variable without a token: {list(env)}",
+        )
+        R.check(
+            "WARNING: http.insecureNoToken is set: this node has NO TOKEN" in notes
+            and notes.lstrip().startswith("####"),
+            f"{name}: NOTES opens with a loud warning that the node has no token",
+        )
+    else:
+        R.check(http.get("insecure_no_token") is False, f"{name}: insecure_no_token = false")
+        R.check("NO TOKEN" not in notes, f"{name}: no warning with a token")
+        for var, key in (("TETHER_HTTP__TOKEN", source["key"]), ("TETHER_HTTP__READ_TOKEN", source["readKey"])):
+            ref = get(env, var, "valueFrom", "secretKeyRef")
+            want = {"name": source["name"], "key": key} if key else None
+            R.check(ref == want, f"{name}: {var} from Secret {want}: {ref}")
+            if key:
+                # kubectl's JSONPath needs a dot in a key escaped.
+                read = (
+                    f"kubectl -n {NAMESPACE} get secret {source['name']} -o jsonpath="
+                    f"'{{.data.{key.replace('.', chr(92) + '.')}}}' | base64 -d"
+                )
+                R.check(read in notes, f"{name}: NOTES shows how to read {key}: {read}")
+        if source["generated"]:
+            R.check(list(secrets) == [source["name"]], f"{name}: the chart makes the Secret {source['name']}: {list(secrets)}")
+            secret = secrets.get(source["name"])
+            if secret:
+                check_drawn_tokens(f"{name}: Secret {source['name']}", secret)
+                R.check(
+                    get(secret, "metadata", "annotations", "helm.sh/resource-policy") == "keep",
+                    f"{name}: the token Secret is kept after `helm uninstall`",
+                )
+                R.check(secret.get("type") == "Opaque", f"{name}: the token Secret is Opaque")
+        else:
+            R.check(not secrets, f"{name}: no Secret made beside the operator's {source['name']}: {list(secrets)}")
+
+    resolved = {}
+    for var, entry in env.items():
+        if "value" in entry:
+            resolved[var] = entry["value"]
+            continue
+        ref = get(entry, "valueFrom", "secretKeyRef")
+        if ref is None:
+            continue
+        if ref["name"] in secrets:
+            resolved[var] = decoded(secrets[ref["name"]], ref["key"])
+        else:
+            # The operator's Secret, not rendered: a stand-in of the same shape.
+            resolved[var] = f"stand-in-for-{ref['name']}-{ref['key']}"
+    return resolved
+
+
+def check_token_kept():
+    """An upgrade keeps the tokens: the Secret's data comes from the cluster's Secret of
+    the same name in the release's namespace, key by key. Offline there is no cluster, so
+    the chart is copied and its lookup answered from a made-up cluster; and two renders
+    without a cluster draw different tokens (nothing fixed in the chart)."""
+    print("== the token Secret across upgrades", flush=True)
+    values, release = preset("core"), PRESETS["core"][1]
+    fresh = [by_kind(objects_of(render(values, release))[0], "Secret") for _ in range(2)]
+    drawn = [check_drawn_tokens("token Secret, no cluster", s[0]) for s in fresh if s]
+    R.check(len(drawn) == 2 and drawn[0] != drawn[1], "token Secret: each render without a cluster draws new tokens")
+    name = fresh[0][0]["metadata"]["name"] if fresh and fresh[0] else "?"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = pathlib.Path(tmp) / "tether"
+        shutil.copytree(CHART, chart)
+        lookups = 0
+        for path in (chart / "templates").rglob("*"):
+            if path.is_file():
+                text, n = re.subn(
+                    r'\blookup ("[^"]*") ("[^"]*") (\S+) (\S+)',
+                    r'(include "test.lookup" (list $ \1 \2 \3 \4) | fromJson)',
+                    path.read_text(),
+                )
+                lookups += n
+                path.write_text(text)
+        R.check(lookups == 1, f"token Secret: the chart asks the cluster once, for the token Secret ({lookups} lookups)")
+        # The made-up cluster: objects by "apiVersion/kind/namespace/name", in values.
+        (chart / "templates" / "_test_lookup.tpl").write_text(
+            '{{- define "test.lookup" -}}\n'
+            '{{- $root := index . 0 }}\n'
+            '{{- $key := printf "%s/%s/%s/%s" (index . 1) (index . 2) (index . 3) (index . 4) }}\n'
+            "{{- get $root.Values.testCluster $key | default dict | toJson }}\n"
+            "{{- end }}\n"
+        )
+        schema = json.loads((chart / "values.schema.json").read_text())
+        schema["properties"]["testCluster"] = {"type": "object"}
+        (chart / "values.schema.json").write_text(json.dumps(schema))
+        copy_chart = helm.Chart.load(str(chart))
+        old_token, old_read = "kept-token-from-the-first-install", "kept-read-token-from-the-first-install"
+        b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+
+        def upgrade(cluster):
+            """The tokens an upgrade renders into the Secret, and the pod's annotations."""
+            rendered = copy_chart.render(
+                deep_merge(values, {"testCluster": cluster}), name=release, namespace=NAMESPACE, is_upgrade=True
+            )
+            objects = objects_of(rendered)[0]
+            secret = (by_kind(objects, "Secret") or [None])[0]
+            annotations = get(by_kind(objects, "StatefulSet")[0], "spec", "template", "metadata", "annotations")
+            return (decoded(secret, "token"), decoded(secret, "read-token")), annotations
+
+        both = {f"v1/Secret/{NAMESPACE}/{name}": {"data": {"token": b64(old_token), "read-token": b64(old_read)}}}
+        got, first = upgrade(both)
+        R.check(got == (old_token, old_read), f"token Secret: an upgrade keeps both tokens: {got}")
+        _, second = upgrade(both)
+        R.check(
+            first == second and "checksum/token" in first,
+            f"token Secret: the pod's checksum/token stays across upgrades (no restart): {first} {second}",
+        )
+        only_token = {f"v1/Secret/{NAMESPACE}/{name}": {"data": {"token": b64(old_token)}}}
+        (token, read_token), _ = upgrade(only_token)
+        R.check(
+            token == old_token and read_token and DRAWN_TOKEN.fullmatch(read_token),
+            f"token Secret: an upgrade keeps the token and draws the missing read token: {token!r} {read_token!r}",
+        )
+        elsewhere = {f"v1/Secret/other/{name}": both[f"v1/Secret/{NAMESPACE}/{name}"]}
+        (token, _), _ = upgrade(elsewhere)
+        R.check(token not in (None, old_token), "token Secret: a Secret of that name in another namespace is not taken")
+
+
+def check_network_policy(name, values, objects, release):
+    """HTTP only from the peers the values name (the Ingress controller's with an Ingress,
+    Prometheus' with the ServiceMonitor, EZUA's gateway with EZUA) and the chart's test
+    pod; QUIC (core) from networkPolicy.link.from, or anyone; no other port."""
+    merged = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), values)
+    policies = by_kind(objects, "NetworkPolicy")
+    if not merged["networkPolicy"]["enabled"]:
+        R.check(not policies, f"{name}: no NetworkPolicy unless enabled")
+        return
+    R.check(len(policies) == 1, f"{name}: one NetworkPolicy")
+    if not policies:
+        return
+    np, spec = merged["networkPolicy"], policies[0]["spec"]
+    label = f"{name}: NetworkPolicy"
+    sts = by_kind(objects, "StatefulSet")
+    pod_labels = sts[0]["spec"]["template"]["metadata"]["labels"] if sts else {}
+    R.check(spec["podSelector"]["matchLabels"].items() <= pod_labels.items(), f"{label} selects the node's pod")
+    R.check(spec["policyTypes"] == ["Ingress"], f"{label}: inbound only: {spec['policyTypes']}")
+    want_http = list(np["http"]["from"])
+    if merged["ingress"]["enabled"]:
+        want_http += np["http"]["ingressController"]
+    if merged["metrics"]["serviceMonitor"]["enabled"]:
+        want_http += np["http"]["prometheus"]
+    if merged["ezua"]["enabled"]:
+        ap = merged["ezua"]["authorizationPolicy"]
+        want_http.append({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ap["namespace"]}},
+            "podSelector": {"matchLabels": ap["matchLabels"]},
+        })
+    tests = [o for o in by_kind(objects, "Pod") if get(o, "metadata", "annotations", "helm.sh/hook") == "test"]
+    test_peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": release, "app.kubernetes.io/component": "test"}}}
+    R.check(
+        tests and test_peer["podSelector"]["matchLabels"].items() <= tests[0]["metadata"]["labels"].items(),
+        f"{label}: the test pod's peer selects the `helm test` pod",
+    )
+    want_http.append(test_peer)
+    rules = spec.get("ingress", [])
+    R.check(all(r.get("ports") for r in rules), f"{label}: every rule names its ports (none lets every port in)")
+    http = [r for r in rules if {"port": "http", "protocol": "TCP"} in r.get("ports", [])]
+    R.check(
+        len(http) == 1 and http[0]["ports"] == [{"port": "http", "protocol": "TCP"}],
+        f"{label}: one rule for the HTTP port: {http}",
+    )
+    if http:
+        R.check("from" in http[0], f"{label}: HTTP is not let in from everywhere")
+        R.check(http[0].get("from") == want_http, f"{label}: HTTP only from {want_http}: {http[0].get('from')}")
+    quic = [r for r in rules if {"port": "quic", "protocol": "UDP"} in r.get("ports", [])]
+    if values["role"] == "core":
+        R.check(len(quic) == 1 and quic[0]["ports"] == [{"port": "quic", "protocol": "UDP"}], f"{label}: one rule for QUIC: {quic}")
+        if quic:
+            R.check(
+                quic[0].get("from") == (np["link"]["from"] or None),
+                f"{label}: QUIC from {np['link']['from'] or 'anywhere'}: {quic[0].get('from')}",
+            )
+        R.check(len(rules) == 2, f"{label}: HTTP and QUIC only: {rules}")
+    else:
+        R.check(not quic and len(rules) == 1, f"{label}: an edge lets in HTTP only: {rules}")
+
+
 def check_custom(name, values, objects, release):
     """The kinds without a bundled schema: their apiVersion, their known fields, and
     what they must point at."""
@@ -479,6 +740,19 @@ def check_custom(name, values, objects, release):
             R.check(op.get("hosts") == [values["ezua"]["virtualService"]["endpoint"]], f"{label}: hosts {op}")
             R.check(op.get("notPaths") == (ap.get("excludePaths") or None), f"{label}: notPaths {op.get('notPaths')}")
         elif kind == "ServiceMonitor":
+            source = token_source(values, objects)
+            want = (
+                {"type": "Bearer", "credentials": {"name": source["name"], "key": source["readKey"]}}
+                if source
+                else None
+            )
+            got = get(spec, "endpoints", 0, "authorization")
+            R.check(got == want, f"{label}: scrapes with the read token {want}: {got}")
+            R.check(
+                set(get(spec, "endpoints", 0, default={}))
+                <= {"port", "path", "scheme", "interval", "scrapeTimeout", "authorization"},
+                f"{label}: endpoint fields {sorted(get(spec, 'endpoints', 0, default={}))}",
+            )
             R.check(set(spec) == {"selector", "namespaceSelector", "endpoints"}, f"{label}: spec fields {sorted(spec)}")
             selector = spec["selector"]["matchLabels"]
             matched = [
@@ -536,9 +810,12 @@ def check_scenario(name, values, release, out_dir=None):
         labels = obj["metadata"].get("labels", {})
         R.check(labels.get("app.kubernetes.io/instance") == release, f"{name}: {obj['kind']} has the instance label")
     text = check_workload(name, values, objects, notes, release)
+    env = check_tokens(name, values, objects, notes)
+    check_network_policy(name, values, objects, release)
     check_custom(name, values, objects, release)
     if out_dir is not None and text is not None:
         (out_dir / f"{name}.toml").write_text(text)
+        (out_dir / f"{name}.env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
     return objects
 
 
@@ -573,6 +850,14 @@ def bad_cases():
         ("two certificate sources", deep_merge(core, {"certificates": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}), "hq", ["either certificates.existingSecret or certificates.certManager.enabled, not both"]),
         ("cert-manager without an issuer", {"role": "core", "certificates": {"certManager": {"enabled": True}}}, "hq", ["certificates.certManager.issuerRef.name is required"]),
         ("EZUA without an endpoint", deep_merge(core, {"ezua": {"enabled": True}}), "hq", ["at '/ezua/virtualService/endpoint': minLength"]),
+        ("no token at all", deep_merge(core, {"http": {"tokenSecret": {"generate": False}}}), "hq", ["the node serves HTTP beyond its pod, so it needs a token", "leave http.tokenSecret.generate on", "http.tokenSecret.name", "http.insecureNoToken=true"]),
+        ("a token Secret and no token at once", deep_merge(core, {"http": {"insecureNoToken": True, "tokenSecret": {"name": "tether-api"}}}), "hq", ["set either http.tokenSecret.name (tether-api) or http.insecureNoToken, not both"]),
+        ("one key for both tokens", deep_merge(core, {"http": {"tokenSecret": {"name": "tether-api", "key": "token", "readKey": "token"}}}), "hq", ["http.tokenSecret.readKey \"token\" is http.tokenSecret.key too", "the read token must differ"]),
+        ("a ServiceMonitor without a read token", deep_merge(core, {"http": {"tokenSecret": {"name": "tether-api"}}, "metrics": {"serviceMonitor": {"enabled": True}}}), "hq", ["metrics.serviceMonitor", "Secret tether-api has none named", "set http.tokenSecret.readKey"]),
+        ("insecureNoToken as a string", deep_merge(core, {"http": {"insecureNoToken": "yes"}}), "hq", ["at '/http/insecureNoToken': got string, want boolean"]),
+        ("a token Secret name that is no Secret name", deep_merge(core, {"http": {"tokenSecret": {"name": "Tether API"}}}), "hq", ["at '/http/tokenSecret/name': 'Tether API' does not match pattern"]),
+        ("a misspelt NetworkPolicy peer", deep_merge(core, {"networkPolicy": {"http": {"from": [{"namespaceSelecter": {}}]}}}), "hq", ["at '/networkPolicy/http/from/0'", "additional properties 'namespaceSelecter' not allowed"]),
+        ("an empty NetworkPolicy peer", deep_merge(core, {"networkPolicy": {"http": {"prometheus": [{}]}}}), "hq", ["at '/networkPolicy/http/prometheus/0': minProperties"]),
         ("an edge whose release name is no node name", {"role": "edge", "link": {"core": "hq:7000"}, "certificates": {"existingSecret": "x"}}, "edge.one", ["node.name: the release name \"edge.one\" is not a node name"]),
     ]
 
@@ -660,6 +945,7 @@ def main():
             lists[name] = objects
     for name, (values, release) in SCENARIOS.items():
         check_scenario(name, values, release, out_dir)
+    check_token_kept()
     check_schema()
     check_refused()
     check_image()

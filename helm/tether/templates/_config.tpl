@@ -97,12 +97,16 @@ listen = {{ include "tether.str" (printf "0.0.0.0:%d" (int .Values.http.port)) }
 # the Ingress or EZUA host, and http.hosts (EZUA substitutes ${...} in its endpoint
 # before it renders; an endpoint not yet substituted is left out).
 hosts = [{{ range $i, $h := $hosts }}{{ if $i }}, {{ end }}{{ include "tether.str" (lower $h) }}{{ end }}]
-{{- with .Values.http.tokenSecret }}
-{{- if .name }}
-# The API's bearer token (token): from Secret {{ .name }}, key {{ .key }}, as TETHER_HTTP__TOKEN.
+{{- $token := include "tether.tokenSecret" . | fromJson }}
+{{- if $token.name }}
+# The token every request but /healthz and /readyz must carry (token), and the one that
+# only reads (read_token): never in this file; from Secret {{ $token.name }} as
+# TETHER_HTTP__TOKEN (key {{ $token.key }}){{ if $token.readKey }} and TETHER_HTTP__READ_TOKEN (key {{ $token.readKey }}){{ else }}, no read token{{ end }}.
+insecure_no_token = false
 {{- else }}
-# The API's bearer token (token): none; the chart's http.tokenSecret sets one.
-{{- end }}
+# WARNING: no token (the chart's http.insecureNoToken): anyone who reaches this port
+# reads and changes everything. For a lab only.
+insecure_no_token = true
 {{- end }}
 
 [pipeline]

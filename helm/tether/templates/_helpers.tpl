@@ -207,3 +207,45 @@ A TOML string: JSON's quoting, without the escapes of &, < and > that TOML does 
 {{- define "tether.str" -}}
 {{- toJson . | replace "\\u0026" "&" | replace "\\u003c" "<" | replace "\\u003e" ">" }}
 {{- end }}
+
+{{/*
+Where the node's tokens come from, checked, as a dict: {} for a node without a token
+(http.insecureNoToken), else {name, key, readKey, generated}: the Secret, the keys of the
+token and of the read token ("" : none), and whether the chart makes that Secret.
+*/}}
+{{- define "tether.tokenSecret" -}}
+{{- $t := .Values.http.tokenSecret }}
+{{- if .Values.http.insecureNoToken }}
+{{- if $t.name }}
+{{- fail (printf "http: set either http.tokenSecret.name (%s) or http.insecureNoToken, not both: a node with a token is not a node without one" $t.name) }}
+{{- end }}
+{{- dict | toJson }}
+{{- else if $t.name }}
+{{- if eq $t.key $t.readKey }}
+{{- fail (printf "http.tokenSecret.readKey %q is http.tokenSecret.key too: the read token must differ from the token; name another key of Secret %s, or \"\" for no read token" $t.readKey $t.name) }}
+{{- end }}
+{{- dict "name" $t.name "key" $t.key "readKey" $t.readKey "generated" false | toJson }}
+{{- else if $t.generate }}
+{{- dict "name" (printf "%s-http-token" (include "tether.fullname" .)) "key" "token" "readKey" "read-token" "generated" true | toJson }}
+{{- else }}
+{{- fail "http: the node serves HTTP beyond its pod, so it needs a token, and these values give it none: leave http.tokenSecret.generate on (the chart makes a Secret with random tokens), or name your own Secret in http.tokenSecret.name (and .key, .readKey), or, for a lab only, set http.insecureNoToken=true (anyone who reaches the port reads and changes everything)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The data of the token Secret the chart makes: the tokens already in the cluster's Secret
+of that name (an upgrade keeps them), else new random ones (an install, or a render
+without a cluster; key by key, so that a Secret missing one gets it). The chart's only
+lookup: helm/tests/test_chart.py answers it from a made-up cluster to check all this.
+*/}}
+{{- define "tether.tokenSecretData" -}}
+{{- $secret := include "tether.tokenSecret" . | fromJson }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace $secret.name }}
+{{- $data := dict }}
+{{- if and $found $found.data }}
+{{- $data = $found.data }}
+{{- end }}
+{{- $token := get $data "token" | default (randAlphaNum 32 | b64enc) }}
+{{- $readToken := get $data "read-token" | default (randAlphaNum 32 | b64enc) }}
+{{- dict "token" $token "read-token" $readToken | toJson }}
+{{- end }}

@@ -387,17 +387,21 @@ fn tokens(what: &str, addr: &str, pod: &BTreeMap<String, String>) {
     let (status, response) = change(None);
     assert_eq!(status, 401, "{what}: a change without a token:\n{response}");
     let (status, response) = change(Some(read_token));
-    assert!(
-        [401, 403].contains(&status),
+    assert_eq!(
+        status, 403,
         "{what}: a change with the read token:\n{response}"
     );
     let (status, response) = change(Some(token));
     assert_eq!(status, 200, "{what}: a change with the token:\n{response}");
-    let (status, response) = request(addr, "GET", "/metrics", Some(read_token), None);
-    assert_eq!(
-        status, 200,
-        "{what}: /metrics with the read token:\n{response}"
-    );
+    for path in ["/metrics", "/api/v1/node"] {
+        let (status, response) = request(addr, "GET", path, None, None);
+        assert_eq!(status, 401, "{what}: {path} without a token:\n{response}");
+        let (status, response) = request(addr, "GET", path, Some(read_token), None);
+        assert_eq!(
+            status, 200,
+            "{what}: {path} with the read token:\n{response}"
+        );
+    }
 }
 
 /// One HTTP/1.1 request to `addr`, with a bearer token and a JSON body if given: the

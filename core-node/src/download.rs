@@ -1,7 +1,20 @@
 //! Fetching an image by URL, blocking, within limits on size, time and redirects:
-//! `http` and `https` through a ureq agent (rustls with ring, the webpki roots; a proxy
-//! from `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`, as curl reads them),
-//! `file` from the local disk.
+//! `http` and `https` through a ureq agent (rustls with ring, the webpki roots), `file`
+//! from the local disk.
+//!
+//! Who named the URL decides where it may lead ([`Reach`]). A URL the operator named (the
+//! feed document) may be any of the three, to any address, through the environment's
+//! proxy (`HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY`, as curl reads them).
+//! A URL a feed named ([`Reach::Feed`]) is `http` or `https` (`file` only when the feed
+//! document is itself a local file), and connects only to the addresses
+//! [`address::check`] lets through or the operator allows: the agent's resolver drops
+//! every other address a name resolves to before a connection is made, for the first
+//! request and for every redirect alike, so a name that resolves to `127.0.0.1`, an IP
+//! literal in any spelling, or a redirect to an internal address all end in
+//! [`DownloadError::Refused`]. Such a download ignores the environment's proxies: a
+//! proxy would resolve the name itself, out of the check's sight. HQ's own HTTP address
+//! is allowed exactly (IP and port), and a request to it under `/files/` carries HQ's
+//! token, which no other origin ever gets (ureq drops `Authorization` at a redirect).
 //!
 //! An oversized answer is refused by its `Content-Length` before the body is read, and
 //! otherwise as soon as one byte more than the limit has arrived: memory never holds more
@@ -9,12 +22,51 @@
 //!
 //! Callers on an async runtime run [`fetch`] in `spawn_blocking`.
 //!
-//! IO: the network (HTTP), and reading local files named by `file` URLs.
+//! IO: the network (HTTP, and DNS through the system's resolver), and reading local files
+//! named by `file` URLs.
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use protocol::ip_range::IpRange;
+use ureq::config::Config as AgentConfig;
+use ureq::config::RedirectAuthHeaders;
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+use crate::address;
+
+/// Where a download may lead, by who named its URL.
+#[derive(Debug, Clone)]
+pub enum Reach {
+    /// A URL the operator named (`pipeline.feed`): `http`, `https` or `file`, any address,
+    /// through the environment's proxy if one is set.
+    Operator,
+    /// A URL a feed document named: what [`Guard`] lets through.
+    Feed(Arc<Guard>),
+}
+
+/// What a feed's items may reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guard {
+    /// Whether `file` URLs are read: only for the items of a feed document that is
+    /// itself a local file (a path or a `file` URL), never a remote one's.
+    pub files: bool,
+    /// Addresses and ranges allowed although [`address::check`] refuses them
+    /// (`pipeline.download_allow`).
+    pub allow: Vec<IpRange>,
+    /// HQ's own HTTP address, allowed exactly (this IP, this port): the demo feed's
+    /// images are served there.
+    pub own: Option<SocketAddr>,
+    /// The bearer token sent with requests to [`Guard::own`] under `/files/` (HQ's read
+    /// token, else its token), and to nothing else.
+    pub own_token: Option<String>,
+}
 
 /// Limits of one download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +101,15 @@ pub enum DownloadError {
         /// The URL as given.
         url: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The URL leads where this download may not go: an address the classifier refuses
+    /// and the operator did not allow, or a `file` URL from a feed that is not local.
+    #[error("{url}: refused: {reason}")]
+    Refused {
+        /// The URL as given.
+        url: String,
+        /// Why, and what the operator can do about it.
         reason: String,
     },
     /// A scheme other than `http`, `https` or `file`.
@@ -117,6 +178,7 @@ impl DownloadError {
             Self::Timeout { .. } | Self::Unreachable { .. } => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Self::BadUrl { .. }
+            | Self::Refused { .. }
             | Self::Scheme { .. }
             | Self::TooLarge { .. }
             | Self::TooManyRedirects { .. }
@@ -128,6 +190,7 @@ impl DownloadError {
     pub fn url(&self) -> &str {
         match self {
             Self::BadUrl { url, .. }
+            | Self::Refused { url, .. }
             | Self::Scheme { url, .. }
             | Self::TooLarge { url, .. }
             | Self::Timeout { url, .. }
@@ -139,10 +202,11 @@ impl DownloadError {
     }
 }
 
-/// Downloads `url` (`http`, `https` or `file`) within `limits` and returns the body.
+/// Downloads `url` (`http`, `https` or `file`) within `limits`, where `reach` lets it go,
+/// and returns the body.
 ///
 /// Blocks for at most [`Limits::timeout`] (network) or the time to read the file.
-pub fn fetch(url: &str, limits: &Limits) -> Result<Vec<u8>, DownloadError> {
+pub fn fetch(url: &str, limits: &Limits, reach: &Reach) -> Result<Vec<u8>, DownloadError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad_url(url, "not an absolute URL (no scheme://)"));
     };
@@ -154,8 +218,16 @@ pub fn fetch(url: &str, limits: &Limits) -> Result<Vec<u8>, DownloadError> {
         return Err(bad_url(url, "not an absolute URL (bad scheme)"));
     }
     match scheme.to_ascii_lowercase().as_str() {
-        "http" | "https" => fetch_http(url, limits),
-        "file" => fetch_file(url, rest, limits.max_bytes),
+        "http" | "https" => fetch_http(url, limits, reach),
+        "file" => match reach {
+            Reach::Feed(guard) if !guard.files => Err(DownloadError::Refused {
+                url: url.to_owned(),
+                reason: "file URLs are followed only from a feed document that is itself a \
+                         local file"
+                    .to_owned(),
+            }),
+            _ => fetch_file(url, rest, limits.max_bytes),
+        },
         other => Err(DownloadError::Scheme {
             url: url.to_owned(),
             scheme: other.to_owned(),
@@ -170,19 +242,29 @@ fn bad_url(url: &str, reason: impl Into<String>) -> DownloadError {
     }
 }
 
-fn fetch_http(url: &str, limits: &Limits) -> Result<Vec<u8>, DownloadError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn fetch_http(url: &str, limits: &Limits, reach: &Reach) -> Result<Vec<u8>, DownloadError> {
+    let config = AgentConfig::builder()
         .timeout_global(Some(limits.timeout))
         .max_redirects(limits.max_redirects)
         .http_status_as_error(false)
         .user_agent(concat!("tether-core-node/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    let mut response = agent
-        .get(url)
-        .header("accept", "image/*, */*;q=0.5")
-        .call()
-        .map_err(|err| from_ureq(url, limits, err))?;
+        // The default already; said here because the own origin's token depends on it.
+        .redirect_auth_headers(RedirectAuthHeaders::Never);
+    let (agent, token) = match reach {
+        Reach::Operator => (ureq::Agent::new_with_config(config.build()), None),
+        Reach::Feed(guard) => {
+            // No proxy: it would resolve the name itself, out of the resolver's check.
+            let config = config.proxy(None).build();
+            let resolver = CheckedResolver(guard.clone());
+            let agent = ureq::Agent::with_parts(config, DefaultConnector::new(), resolver);
+            (agent, own_token(url, guard))
+        }
+    };
+    let mut request = agent.get(url).header("accept", "image/*, */*;q=0.5");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().map_err(|err| from_ureq(url, limits, err))?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
         return Err(DownloadError::Status {
@@ -215,9 +297,109 @@ fn fetch_http(url: &str, limits: &Limits) -> Result<Vec<u8>, DownloadError> {
     Ok(body)
 }
 
+/// The token to send with a request for `url`: HQ's, if `url` is a file on HQ's own
+/// address (named by its IP and port, as the demo feed names them).
+fn own_token<'a>(url: &str, guard: &'a Guard) -> Option<&'a str> {
+    let token = guard.own_token.as_deref()?;
+    let own = guard.own?;
+    let uri: Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let same = uri.scheme_str() == Some("http")
+        && host.parse::<IpAddr>().ok() == Some(own.ip())
+        && uri.port_u16().unwrap_or(80) == own.port()
+        && uri.path().starts_with("/files/")
+        && !uri.path().split('/').any(|segment| segment == "..");
+    same.then_some(token)
+}
+
+/// The system's resolver, then the guard: the addresses a name resolves to that the
+/// download may not reach are dropped; none left is a [`Refusal`]. ureq calls it before
+/// every connection it makes, redirects included, and with an IP literal as well.
+#[derive(Debug)]
+struct CheckedResolver(Arc<Guard>);
+
+impl Resolver for CheckedResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &AgentConfig,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let resolved = DefaultResolver::default().resolve(uri, config, timeout)?;
+        let mut kept = self.empty();
+        let mut refused = None;
+        for addr in resolved.iter() {
+            let checked = if Some(*addr) == self.0.own {
+                Ok(())
+            } else {
+                address::check(addr.ip(), &self.0.allow)
+            };
+            match checked {
+                Ok(()) => kept.push(*addr),
+                Err(refusal) => {
+                    refused.get_or_insert(refusal);
+                }
+            }
+        }
+        match refused {
+            Some(refusal) if kept.is_empty() => Err(ureq::Error::Other(Box::new(Refusal {
+                uri: uri.to_string(),
+                host: uri.host().unwrap_or_default().to_owned(),
+                refusal,
+            }))),
+            _ => Ok(kept),
+        }
+    }
+}
+
+/// Why the resolver gave no address: the first refused one, and the URL it was for (a
+/// redirect's, maybe).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.reason_for(None))]
+struct Refusal {
+    uri: String,
+    host: String,
+    refusal: address::Refusal,
+}
+
+impl Refusal {
+    /// What [`DownloadError::Refused`] says for a download of `url`: the address, and
+    /// the redirect that led there if one did.
+    fn reason_for(&self, url: Option<&str>) -> String {
+        let authority = |text: &str| {
+            let uri: Option<Uri> = text.parse().ok();
+            uri.and_then(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()))
+        };
+        let redirected = match url {
+            Some(url) if authority(url) != authority(&self.uri) => {
+                format!("redirected to {}, where ", self.uri)
+            }
+            _ => String::new(),
+        };
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let what = if host.parse::<IpAddr>().ok() == Some(self.refusal.addr) {
+            self.refusal.to_string()
+        } else {
+            format!(
+                "{host} resolves to {}, {}",
+                self.refusal.addr,
+                self.refusal.kind()
+            )
+        };
+        format!("{redirected}{what}; the operator can allow it with pipeline.download_allow")
+    }
+}
+
 fn from_ureq(url: &str, limits: &Limits, err: ureq::Error) -> DownloadError {
     let url = url.to_owned();
     match err {
+        ureq::Error::Other(other) if other.is::<Refusal>() => {
+            let reason = match other.downcast_ref::<Refusal>() {
+                Some(refusal) => refusal.reason_for(Some(&url)),
+                None => other.to_string(),
+            };
+            DownloadError::Refused { url, reason }
+        }
         ureq::Error::Timeout(_) => DownloadError::Timeout {
             url,
             timeout: limits.timeout,
@@ -352,49 +534,96 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead as _, BufReader, Write as _};
-    use std::net::{TcpListener, TcpStream};
-    use std::sync::mpsc;
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::sync::{Mutex, mpsc};
     use std::thread::{self, JoinHandle};
 
     use super::*;
 
-    /// A tiny HTTP/1.1 server on 127.0.0.1 for one test: each connection gets one
-    /// answer from `respond(path, stream)`. Stops when dropped.
+    /// What a test server saw of one connection: the request's path (empty if none came)
+    /// and its `Authorization` header.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Seen {
+        path: String,
+        authorization: Option<String>,
+    }
+
+    /// A tiny HTTP/1.1 server on 127.0.0.1 (or another loopback address) for one test:
+    /// each connection gets one answer from `respond(path, stream)`, in the order they
+    /// were accepted, and is noted in `seen`. Stops when dropped.
     struct Server {
-        port: u16,
+        addr: SocketAddr,
+        seen: Arc<Mutex<Vec<Seen>>>,
         thread: Option<JoinHandle<()>>,
     }
 
     impl Server {
         fn start(respond: impl Fn(&str, &mut TcpStream) + Send + 'static) -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = listener.local_addr().unwrap().port();
+            Self::start_on(Ipv4Addr::LOCALHOST, respond).unwrap()
+        }
+
+        fn start_on(
+            ip: Ipv4Addr,
+            respond: impl Fn(&str, &mut TcpStream) + Send + 'static,
+        ) -> io::Result<Self> {
+            let listener = TcpListener::bind((ip, 0))?;
+            let addr = listener.local_addr()?;
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let log = seen.clone();
             let thread = thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(mut stream) = stream else { continue };
-                    let Some(path) = request_path(&stream) else {
-                        continue;
-                    };
+                    let request = read_request(&stream);
+                    let path = request.as_ref().map(|r| r.path.clone()).unwrap_or_default();
                     if path == "/stop" {
                         return;
                     }
+                    log.lock().unwrap().push(request.unwrap_or(Seen {
+                        path: String::new(),
+                        authorization: None,
+                    }));
                     respond(&path, &mut stream);
                 }
             });
-            Self {
-                port,
+            Ok(Self {
+                addr,
+                seen,
                 thread: Some(thread),
-            }
+            })
         }
 
         fn url(&self, path: &str) -> String {
-            format!("http://127.0.0.1:{}{path}", self.port)
+            format!("http://{}{path}", self.addr)
+        }
+
+        fn port(&self) -> u16 {
+            self.addr.port()
+        }
+
+        /// The connections it accepted so far (but the markers of
+        /// [`Server::seen_before_now`]).
+        fn seen(&self) -> Vec<Seen> {
+            let seen = self.seen.lock().unwrap();
+            seen.iter()
+                .filter(|s| s.path != "/marker")
+                .cloned()
+                .collect()
+        }
+
+        /// The connections it accepted before this call. Connections are answered in the
+        /// order they were accepted, so once a request of the test's own is answered,
+        /// every connection made before it is noted (one could still wait in the accept
+        /// queue otherwise).
+        fn seen_before_now(&self) -> Vec<Seen> {
+            let marker = fetch(&self.url("/marker"), &limits(), &Reach::Operator);
+            assert!(marker.is_ok(), "{marker:?}");
+            self.seen()
         }
     }
 
     impl Drop for Server {
         fn drop(&mut self) {
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+            if let Ok(mut stream) = TcpStream::connect(self.addr) {
                 let _ = stream.write_all(b"GET /stop HTTP/1.1\r\n\r\n");
             }
             if let Some(thread) = self.thread.take() {
@@ -403,18 +632,51 @@ mod tests {
         }
     }
 
-    /// Reads a request's head and returns its path.
-    fn request_path(stream: &TcpStream) -> Option<String> {
+    /// Reads a request's head: its path and `Authorization` header.
+    fn read_request(stream: &TcpStream) -> Option<Seen> {
         let mut reader = BufReader::new(stream);
         let mut first = String::new();
         reader.read_line(&mut first).ok()?;
+        let mut authorization = None;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).ok()? == 0 || line == "\r\n" || line == "\n" {
                 break;
             }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("authorization")
+            {
+                authorization = Some(value.trim().to_owned());
+            }
         }
-        first.split_whitespace().nth(1).map(str::to_owned)
+        let path = first.split_whitespace().nth(1)?.to_owned();
+        Some(Seen {
+            path,
+            authorization,
+        })
+    }
+
+    /// A feed's reach with 127.0.0.1 allowed, and `file` URLs: what most tests here need.
+    fn local() -> Reach {
+        Reach::Feed(Arc::new(Guard {
+            files: true,
+            allow: vec!["127.0.0.1".parse().unwrap()],
+            ..Guard::default()
+        }))
+    }
+
+    /// A feed's reach with nothing allowed but `own`, and its token.
+    fn guarded(own: Option<SocketAddr>, allow: &[&str]) -> Reach {
+        Reach::Feed(Arc::new(Guard {
+            files: false,
+            allow: allow.iter().map(|r| r.parse().unwrap()).collect(),
+            own,
+            own_token: Some("the-own-token-0123".to_owned()),
+        }))
+    }
+
+    fn png(stream: &mut TcpStream) {
+        answer(stream, "200 OK", "content-type: image/png\r\n", &[7; 100]);
     }
 
     fn answer(stream: &mut TcpStream, status: &str, headers: &str, body: &[u8]) {
@@ -461,10 +723,215 @@ mod tests {
             _ => answer(stream, "404 Not Found", "", b"no"),
         });
         assert_eq!(
-            fetch(&server.url("/a.png"), &limits()).unwrap(),
+            fetch(&server.url("/a.png"), &limits(), &local()).unwrap(),
             vec![7; 1000]
         );
-        assert_eq!(fetch(&server.url("/moved"), &limits()).unwrap().len(), 1000);
+        assert_eq!(
+            fetch(&server.url("/moved"), &limits(), &local())
+                .unwrap()
+                .len(),
+            1000
+        );
+        // The operator's own URL (the feed document) reaches any address.
+        let operator = fetch(&server.url("/a.png"), &limits(), &Reach::Operator).unwrap();
+        assert_eq!(operator.len(), 1000);
+    }
+
+    #[test]
+    fn an_address_not_allowed_is_refused_before_any_connection() {
+        let server = Server::start(|_, stream| png(stream));
+        let url = server.url("/a.png");
+        let err = fetch(&url, &limits(), &guarded(None, &[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{url}: refused: 127.0.0.1 is a loopback address; the operator can allow it \
+                 with pipeline.download_allow"
+            )
+        );
+        assert!(matches!(err, DownloadError::Refused { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert_eq!(err.url(), url);
+        // Another range allowed is not this one.
+        let err = fetch(&url, &limits(), &guarded(None, &["10.0.0.0/8", "::1"])).unwrap_err();
+        assert!(matches!(err, DownloadError::Refused { .. }), "{err:?}");
+        assert_eq!(server.seen_before_now(), []);
+        // Allowed by address or by range, it is fetched.
+        for allow in ["127.0.0.1", "127.0.0.0/8", "0.0.0.0/0"] {
+            let body = fetch(&url, &limits(), &guarded(None, &[allow]));
+            assert_eq!(body.map(|b| b.len()), Ok(100), "{allow}");
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_loopback_address_is_refused() {
+        let server = Server::start(|_, stream| png(stream));
+        let port = server.port();
+        // Each reaches this machine if connected to; all are checked as resolved.
+        for (host, reason) in [
+            (
+                "[::ffff:127.0.0.1]",
+                "::ffff:127.0.0.1 is a loopback address (the IPv4-mapped form of 127.0.0.1)",
+            ),
+            (
+                "[::ffff:7f00:1]",
+                "::ffff:127.0.0.1 is a loopback address (the IPv4-mapped form of 127.0.0.1)",
+            ),
+            ("[::1]", "::1 is a loopback address"),
+            ("0.0.0.0", "0.0.0.0 is an unspecified address"),
+            ("[::]", ":: is an unspecified address"),
+            ("127.1", "127.1 resolves to 127.0.0.1, a loopback address"),
+            (
+                "2130706433",
+                "2130706433 resolves to 127.0.0.1, a loopback address",
+            ),
+            (
+                "0x7f000001",
+                "0x7f000001 resolves to 127.0.0.1, a loopback address",
+            ),
+            ("localhost", "localhost resolves to "),
+        ] {
+            let url = format!("http://{host}:{port}/a.png");
+            let err = fetch(&url, &limits(), &guarded(None, &[])).unwrap_err();
+            assert!(
+                matches!(err, DownloadError::Refused { .. }),
+                "{url}: {err:?}"
+            );
+            assert!(err.to_string().contains(reason), "{url}: {err}");
+        }
+        assert_eq!(server.seen_before_now(), []);
+    }
+
+    #[test]
+    fn a_redirect_to_an_address_not_allowed_is_refused() {
+        // The target listens on 127.0.0.2: were the redirect followed, it would see it.
+        let Ok(target) = Server::start_on(Ipv4Addr::new(127, 0, 0, 2), |_, stream| png(stream))
+        else {
+            panic!("this test needs 127.0.0.2, on the loopback interface on Linux");
+        };
+        let location = target.url("/a.png");
+        let server = Server::start(move |path, stream| match path {
+            "/moved" => answer(
+                stream,
+                "302 Found",
+                &format!("location: {location}\r\n"),
+                b"",
+            ),
+            _ => png(stream),
+        });
+        let url = server.url("/moved");
+        let err = fetch(&url, &limits(), &guarded(None, &["127.0.0.1/32"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{url}: refused: redirected to {}, where 127.0.0.2 is a loopback address; the \
+                 operator can allow it with pipeline.download_allow",
+                target.url("/a.png")
+            )
+        );
+        assert!(!err.is_transient());
+        assert_eq!(target.seen_before_now(), []);
+        assert_eq!(server.seen().len(), 1, "the redirect was asked for");
+        // Allowed too, the redirect is followed.
+        let body = fetch(&url, &limits(), &guarded(None, &["127.0.0.1", "127.0.0.2"]));
+        assert_eq!(body.map(|b| b.len()), Ok(100));
+    }
+
+    #[test]
+    fn the_own_address_is_allowed_exactly_and_alone_gets_the_token() {
+        let other = Server::start(|_, stream| png(stream));
+        let to_other = other.url("/files/b.png");
+        let own = Server::start(move |path, stream| match path {
+            "/files/away" => answer(
+                stream,
+                "302 Found",
+                &format!("location: {to_other}\r\n"),
+                b"",
+            ),
+            _ => png(stream),
+        });
+        let reach = guarded(Some(own.addr), &[]);
+        let bearer = Some("Bearer the-own-token-0123".to_owned());
+        assert_eq!(
+            fetch(&own.url("/files/a.png"), &limits(), &reach).map(|b| b.len()),
+            Ok(100)
+        );
+        assert_eq!(
+            fetch(&own.url("/a.png"), &limits(), &reach).map(|b| b.len()),
+            Ok(100)
+        );
+        assert_eq!(
+            own.seen(),
+            [
+                Seen {
+                    path: "/files/a.png".to_owned(),
+                    authorization: bearer.clone()
+                },
+                // Outside /files/, no token.
+                Seen {
+                    path: "/a.png".to_owned(),
+                    authorization: None
+                },
+            ]
+        );
+        // The same IP on another port is not the own address.
+        let err = fetch(&other.url("/files/b.png"), &limits(), &reach).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("refused: 127.0.0.1 is a loopback address"),
+            "{err}"
+        );
+        assert_eq!(other.seen_before_now(), []);
+        // A redirect away from the own address leaves the token behind.
+        let both = guarded(Some(own.addr), &["127.0.0.1"]);
+        assert_eq!(
+            fetch(&own.url("/files/away"), &limits(), &both).map(|b| b.len()),
+            Ok(100)
+        );
+        assert_eq!(
+            own.seen()[2],
+            Seen {
+                path: "/files/away".to_owned(),
+                authorization: bearer
+            }
+        );
+        assert_eq!(
+            other.seen(),
+            [Seen {
+                path: "/files/b.png".to_owned(),
+                authorization: None
+            }]
+        );
+        // Named by a name rather than by its IP, it gets no token either.
+        let named = format!("http://localhost:{}/files/a.png", own.port());
+        let _ = fetch(&named, &limits(), &both);
+        assert!(
+            own.seen()[3..].iter().all(|s| s.authorization.is_none()),
+            "{:?}",
+            own.seen()
+        );
+    }
+
+    #[test]
+    fn a_file_url_from_a_feed_that_is_not_local_is_refused() {
+        let dir = TempDir::new("remote-file");
+        let path = dir.0.join("secret.png");
+        std::fs::write(&path, [1; 10]).unwrap();
+        let url = format!("file://{}", path.display());
+        let err = fetch(&url, &limits(), &guarded(None, &[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{url}: refused: file URLs are followed only from a feed document that is \
+                 itself a local file"
+            )
+        );
+        assert!(!err.is_transient());
+        assert_eq!(fetch(&url, &limits(), &local()).map(|b| b.len()), Ok(10));
+        assert_eq!(
+            fetch(&url, &limits(), &Reach::Operator).map(|b| b.len()),
+            Ok(10)
+        );
     }
 
     #[test]
@@ -473,7 +940,10 @@ mod tests {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
             let _ = stream.write_all(&[1; 900]);
         });
-        assert_eq!(fetch(&server.url("/x"), &limits()).unwrap().len(), 900);
+        assert_eq!(
+            fetch(&server.url("/x"), &limits(), &local()).unwrap().len(),
+            900
+        );
     }
 
     #[test]
@@ -485,7 +955,7 @@ mod tests {
             _ => answer(stream, "429 Too Many Requests", "", b""),
         });
         let url = server.url("/gone");
-        let err = fetch(&url, &limits()).unwrap_err();
+        let err = fetch(&url, &limits(), &local()).unwrap_err();
         assert_eq!(
             err,
             DownloadError::Status {
@@ -496,7 +966,7 @@ mod tests {
         assert_eq!(err.to_string(), format!("{url}: HTTP status 404"));
         assert!(!err.is_transient());
         for path in ["/busy", "/broken", "/slow-down"] {
-            let err = fetch(&server.url(path), &limits()).unwrap_err();
+            let err = fetch(&server.url(path), &limits(), &local()).unwrap_err();
             assert!(matches!(err, DownloadError::Status { .. }), "{err}");
             assert!(err.is_transient(), "{err}");
         }
@@ -514,7 +984,7 @@ mod tests {
             let _ = stream.read(&mut [0; 16]);
         });
         let url = server.url("/huge");
-        let err = fetch(&url, &limits()).unwrap_err();
+        let err = fetch(&url, &limits(), &local()).unwrap_err();
         assert_eq!(
             err,
             DownloadError::TooLarge {
@@ -546,7 +1016,7 @@ mod tests {
             }
             let _ = done.send(written);
         });
-        let err = fetch(&server.url("/endless"), &limits()).unwrap_err();
+        let err = fetch(&server.url("/endless"), &limits(), &local()).unwrap_err();
         assert!(
             matches!(err, DownloadError::TooLarge { limit: 1000, .. }),
             "{err}"
@@ -561,10 +1031,13 @@ mod tests {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
             let _ = stream.write_all(&[3; 1000]);
         });
-        assert_eq!(fetch(&server.url("/x"), &limits()).unwrap().len(), 1000);
+        assert_eq!(
+            fetch(&server.url("/x"), &limits(), &local()).unwrap().len(),
+            1000
+        );
         let mut small = limits();
         small.max_bytes = 999;
-        let err = fetch(&server.url("/x"), &small).unwrap_err();
+        let err = fetch(&server.url("/x"), &small, &local()).unwrap_err();
         assert!(
             matches!(err, DownloadError::TooLarge { limit: 999, .. }),
             "{err}"
@@ -583,7 +1056,7 @@ mod tests {
             );
         });
         let url = server.url("/r/0");
-        let err = fetch(&url, &limits()).unwrap_err();
+        let err = fetch(&url, &limits(), &local()).unwrap_err();
         assert_eq!(
             err,
             DownloadError::TooManyRedirects {
@@ -606,7 +1079,7 @@ mod tests {
         let mut short = limits();
         short.timeout = Duration::from_millis(300);
         let url = server.url("/slow");
-        let err = fetch(&url, &short).unwrap_err();
+        let err = fetch(&url, &short, &local()).unwrap_err();
         drop(release);
         assert_eq!(
             err,
@@ -629,7 +1102,7 @@ mod tests {
         });
         let mut short = limits();
         short.timeout = Duration::from_millis(300);
-        let err = fetch(&server.url("/stall"), &short).unwrap_err();
+        let err = fetch(&server.url("/stall"), &short, &local()).unwrap_err();
         drop(release);
         assert!(matches!(err, DownloadError::Timeout { .. }), "{err}");
     }
@@ -642,7 +1115,7 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("http://127.0.0.1:{port}/x.png");
-        let err = fetch(&url, &limits()).unwrap_err();
+        let err = fetch(&url, &limits(), &local()).unwrap_err();
         assert!(matches!(err, DownloadError::Unreachable { .. }), "{err}");
         assert!(
             err.to_string()
@@ -657,7 +1130,7 @@ mod tests {
         let server = Server::start(|_, stream| {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf");
         });
-        let err = fetch(&server.url("/cut"), &limits()).unwrap_err();
+        let err = fetch(&server.url("/cut"), &limits(), &local()).unwrap_err();
         assert!(err.is_transient(), "{err:?}");
     }
 
@@ -668,14 +1141,14 @@ mod tests {
         std::fs::write(&path, [9; 1000]).unwrap();
         let escaped = path.to_str().unwrap().replace(' ', "%20");
         assert_eq!(
-            fetch(&format!("file://{escaped}"), &limits()).unwrap(),
+            fetch(&format!("file://{escaped}"), &limits(), &local()).unwrap(),
             [9; 1000]
         );
         let localhost = format!("file://localhost{escaped}");
-        assert_eq!(fetch(&localhost, &limits()).unwrap().len(), 1000);
+        assert_eq!(fetch(&localhost, &limits(), &local()).unwrap().len(), 1000);
         let mut small = limits();
         small.max_bytes = 10;
-        let err = fetch(&format!("file://{escaped}"), &small).unwrap_err();
+        let err = fetch(&format!("file://{escaped}"), &small, &local()).unwrap_err();
         assert!(
             matches!(err, DownloadError::TooLarge { limit: 10, .. }),
             "{err}"
@@ -686,7 +1159,7 @@ mod tests {
     fn a_missing_file_is_a_permanent_error() {
         let dir = TempDir::new("missing");
         let url = format!("file://{}/nothing.png", dir.0.display());
-        let err = fetch(&url, &limits()).unwrap_err();
+        let err = fetch(&url, &limits(), &local()).unwrap_err();
         assert!(matches!(err, DownloadError::Io { .. }), "{err}");
         let text = err.to_string();
         assert!(text.starts_with(&format!("{url}: cannot read ")), "{text}");
@@ -698,13 +1171,13 @@ mod tests {
     fn a_directory_is_not_a_file() {
         let dir = TempDir::new("dir");
         let url = format!("file://{}", dir.0.display());
-        let err = fetch(&url, &limits()).unwrap_err();
+        let err = fetch(&url, &limits(), &local()).unwrap_err();
         assert!(err.to_string().ends_with("is not a regular file"), "{err}");
     }
 
     #[test]
     fn bad_urls_and_schemes_are_refused() {
-        let err = fetch("ftp://example.org/a.png", &limits()).unwrap_err();
+        let err = fetch("ftp://example.org/a.png", &limits(), &local()).unwrap_err();
         assert_eq!(
             err,
             DownloadError::Scheme {
@@ -728,7 +1201,7 @@ mod tests {
             "http://",
             "http://exa mple.org/",
         ] {
-            let err = fetch(url, &limits()).unwrap_err();
+            let err = fetch(url, &limits(), &local()).unwrap_err();
             assert!(matches!(err, DownloadError::BadUrl { .. }), "{url}: {err}");
             assert!(!err.is_transient());
             assert_eq!(err.url(), url);

@@ -11,6 +11,7 @@
 //!
 //! IO: the node's data directory, its HTTP listener, and the feed's URLs.
 
+pub mod address;
 pub mod demo_feed;
 pub mod download;
 pub mod feed;
@@ -77,16 +78,17 @@ pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<u
         .addr()
         .map_err(|source| Error::Http { addr, source })?;
     let demo_dir = config.node.data_dir.join("demo-feed");
+    // This node's HTTP server as a download reaches it; the downloader allows exactly it.
+    let own = if http.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], http.port()))
+    } else {
+        http
+    };
     let feed = match &config.pipeline.feed {
         Some(location) => FeedSource::Location(location.clone()),
         None => {
             // The demo feed's images are a real download, from this node's HTTP server.
-            let host = if http.ip().is_unspecified() {
-                SocketAddr::from(([127, 0, 0, 1], http.port()))
-            } else {
-                http
-            };
-            let base = format!("http://{host}/files/demo-feed");
+            let base = format!("http://{own}/files/demo-feed");
             let dir = demo_dir.clone();
             let demo = tokio::task::spawn_blocking(move || {
                 demo_feed::generate(&dir, &base, demo_feed::DEFAULT_COUNT)
@@ -104,7 +106,7 @@ pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<u
         }
     };
     let pipeline =
-        Pipeline::new(config, feed, node.mirror_source().cloned()).map_err(|source| {
+        Pipeline::new(config, feed, own, node.mirror_source().cloned()).map_err(|source| {
             Error::Files {
                 what: "the pipeline's directories",
                 source,

@@ -14,6 +14,7 @@ mod image_feed;
 mod ingest;
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,6 +30,20 @@ pub enum FeedSource {
     Location(String),
     /// The built-in demo feed's document.
     Demo(Arc<Vec<u8>>),
+}
+
+impl FeedSource {
+    /// Whether the feed document is a file on this machine (a path or a `file` URL):
+    /// only such a feed's items may name `file` URLs.
+    pub fn is_local_file(&self) -> bool {
+        match self {
+            FeedSource::Location(location) => {
+                let lower = location.get(..8).unwrap_or(location).to_ascii_lowercase();
+                !lower.starts_with("http://") && !lower.starts_with("https://")
+            }
+            FeedSource::Demo(_) => false,
+        }
+    }
 }
 
 /// What HQ's services share.
@@ -48,15 +63,31 @@ pub struct Pipeline {
     pub settings: protocol::config::PipelineSettings,
     /// The served mission volume, to know when a file written there is mirrorable.
     pub source: Option<protocol::link::MirrorSource>,
+    /// What the feed's items may reach: http(s) to public addresses, the operator's
+    /// `pipeline.download_allow`, HQ's own HTTP address; `file` from a local feed only.
+    pub guard: Arc<download::Guard>,
 }
 
 impl Pipeline {
-    /// HQ's directories from the node's config, created if missing.
+    /// HQ's directories from the node's config, created if missing. `own_http` is HQ's
+    /// HTTP address as a download reaches it (the demo feed's images are there).
     pub fn new(
         config: &protocol::config::Config,
         feed: FeedSource,
+        own_http: SocketAddr,
         source: Option<protocol::link::MirrorSource>,
     ) -> std::io::Result<Pipeline> {
+        let guard = download::Guard {
+            files: feed.is_local_file(),
+            allow: config.pipeline.download_allow.clone(),
+            own: Some(own_http),
+            // The read token is enough to read files, and is the one to risk.
+            own_token: config
+                .http
+                .read_token
+                .clone()
+                .or_else(|| config.http.token.clone()),
+        };
         let hq = Pipeline {
             downloads: config.downloads_dir(),
             volume: config.volume_dir(),
@@ -65,6 +96,7 @@ impl Pipeline {
             feed,
             settings: config.pipeline.clone(),
             source,
+            guard: Arc::new(guard),
         };
         for dir in [&hq.downloads, &hq.ingest, &hq.scratch, &hq.volume] {
             std::fs::create_dir_all(dir)?;

@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
+use crate::ip_range::IpRange;
 use crate::link::RelayLimit;
 use crate::log::StoreConfig;
 use crate::node::Role;
@@ -215,6 +216,11 @@ pub struct PipelineSettings {
     pub max_download_bytes: u64,
     /// Core: how long one download may take.
     pub download_timeout: Duration,
+    /// Core: addresses and ranges a feed item's download may connect to although they
+    /// are internal (loopback, private, link-local, multicast, ...), which the downloader
+    /// otherwise refuses. Empty by default; HQ's own HTTP address is always allowed (the
+    /// demo feed's images are served there).
+    pub download_allow: Vec<IpRange>,
     /// Whether every service starts the first time a node starts (afterwards a node
     /// remembers which services an operator left running).
     pub start_services: bool,
@@ -228,6 +234,7 @@ impl Default for PipelineSettings {
             feed_batch: 2,
             max_download_bytes: 50 << 20,
             download_timeout: Duration::from_secs(60),
+            download_allow: Vec::new(),
             start_services: true,
         }
     }
@@ -754,11 +761,24 @@ feed_batch = {feed_batch}
 # Limits on one image download.
 max_download_bytes = {max_download_bytes}
 download_timeout = {download_timeout}
+# A feed item's image is fetched over http(s) only, and never from an internal address
+# (loopback, private, link-local, shared, multicast, broadcast, reserved; IPv6 forms
+# that embed such an IPv4 address too), checked after DNS and at every redirect. The
+# addresses ("10.0.0.7") and CIDR ranges ("10.0.0.0/8", "fd00::/8") listed here are
+# allowed all the same. This node's own HTTP address is always allowed.
+download_allow = {download_allow}
 "#,
                 feed_every = text(&format_duration(pipeline.feed_every)),
                 feed_batch = pipeline.feed_batch,
                 max_download_bytes = size_value(pipeline.max_download_bytes),
                 download_timeout = text(&format_duration(pipeline.download_timeout)),
+                download_allow = toml::Value::Array(
+                    pipeline
+                        .download_allow
+                        .iter()
+                        .map(|r| toml::Value::String(r.to_string()))
+                        .collect()
+                ),
             )?;
         }
         writeln!(
@@ -1060,6 +1080,7 @@ struct RawPipeline {
     feed_batch: Option<i64>,
     max_download_bytes: Option<Scalar>,
     download_timeout: Option<Scalar>,
+    download_allow: Option<NameList>,
     start_services: Option<bool>,
 }
 
@@ -1214,6 +1235,7 @@ impl RawPipeline {
                     self.max_download_bytes.is_some(),
                 ),
                 ("pipeline.download_timeout", self.download_timeout.is_some()),
+                ("pipeline.download_allow", self.download_allow.is_some()),
             ];
             if let Some((key, _)) = core_keys.iter().find(|(_, set)| *set) {
                 return Err(origins.invalid(key, "a core's key: HQ reads the feed and downloads"));
@@ -1249,6 +1271,10 @@ impl RawPipeline {
                 self.download_timeout,
                 defaults.download_timeout,
             )?,
+            download_allow: match self.download_allow {
+                Some(NameList(listed)) => check_download_allow(listed, origins)?,
+                None => defaults.download_allow,
+            },
             start_services: self.start_services.unwrap_or(defaults.start_services),
         })
     }
@@ -1677,6 +1703,23 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
     at.insert(last.clone(), value);
     Ok(())
+}
+
+/// `pipeline.download_allow`: IP addresses and CIDR ranges, each once.
+fn check_download_allow(
+    listed: Vec<String>,
+    origins: &Origins,
+) -> Result<Vec<IpRange>, ConfigError> {
+    let mut ranges: Vec<IpRange> = Vec::with_capacity(listed.len());
+    for (i, text) in listed.iter().enumerate() {
+        let key = format!("pipeline.download_allow[{i}]");
+        let range: IpRange = text.trim().parse().map_err(|e| origins.invalid(&key, e))?;
+        if ranges.contains(&range) {
+            return Err(origins.invalid(&key, format_args!("{range} is listed twice")));
+        }
+        ranges.push(range);
+    }
+    Ok(ranges)
 }
 
 /// `http.hosts`: DNS names, lowercased, without ports.
@@ -2316,6 +2359,87 @@ mod tests {
                 "environment variable TETHER_LINK__IDLE_TIMEOUT: link.idle_timeout: must be from \
                  5s to 1h, not 1d",
             ],
+        );
+    }
+
+    #[test]
+    fn download_allow_is_read_checked_and_printed() {
+        let core = load(Role::Core, "", &[]).unwrap();
+        assert!(core.pipeline.download_allow.is_empty());
+        assert!(
+            core.to_toml().contains("\ndownload_allow = []\n"),
+            "{}",
+            core.to_toml()
+        );
+        let text = "[pipeline]\ndownload_allow = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\n";
+        let core = load(Role::Core, text, &[]).unwrap();
+        let shown: Vec<String> = core
+            .pipeline
+            .download_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["127.0.0.1", "10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(load(Role::Core, &core.to_toml(), &[]).unwrap(), core);
+        // From the environment as the other lists: names separated by commas, or TOML.
+        for value in [
+            "127.0.0.1/32, ::1",
+            "[\"127.0.0.1\", \"::1/128\"]",
+            "127.0.0.1,::1",
+        ] {
+            let env = [("TETHER_PIPELINE__DOWNLOAD_ALLOW", value)];
+            let core = load(Role::Core, text, &env).unwrap();
+            let shown: Vec<String> = core
+                .pipeline
+                .download_allow
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(shown, ["127.0.0.1", "::1"], "{value}");
+        }
+        check_error(
+            load(
+                Role::Core,
+                "",
+                &[("TETHER_PIPELINE__DOWNLOAD_ALLOW", "127.0.0.1,localhost")],
+            ),
+            &[
+                "environment variable TETHER_PIPELINE__DOWNLOAD_ALLOW",
+                "pipeline.download_allow[1]",
+                "\"localhost\" is not an IP address or a CIDR range",
+            ],
+        );
+        check_error(
+            load(
+                Role::Core,
+                "[pipeline]\ndownload_allow = [\"10.1.0.0/8\"]\n",
+                &[],
+            ),
+            &[
+                "config file /etc/tether/node.toml",
+                "pipeline.download_allow[0]",
+                "the range is \"10.0.0.0/8\"",
+            ],
+        );
+        check_error(
+            load(
+                Role::Core,
+                "[pipeline]\ndownload_allow = [\"::1/200\"]\n",
+                &[],
+            ),
+            &["pipeline.download_allow[0]", "0 to 128"],
+        );
+        check_error(
+            load(
+                Role::Core,
+                "[pipeline]\ndownload_allow = [\"::1\", \"::1/128\"]\n",
+                &[],
+            ),
+            &["pipeline.download_allow[1]", "::1 is listed twice"],
+        );
+        check_error(
+            load(Role::Edge, "[pipeline]\ndownload_allow = []\n", &[]),
+            &["pipeline.download_allow", "a core's key"],
         );
     }
 

@@ -1,7 +1,7 @@
 //! The Tether framework library that `core-node` and `edge-node` share.
 //!
 //! What it is: the entry model ([`entry`]), the one serialization codec ([`codec`]), the
-//! durable log store on sled ([`log`]), node configuration ([`config`]) and the node
+//! durable log store on sled ([`log`]), node configuration ([`config`], with [`ip_range`]) and the node
 //! runtime that both binaries share ([`node`]), and the file side of volume mirroring
 //! ([`mirror`]), and the service runtime ([`service`]); [`fuzzing`] holds the bodies of
 //! the fuzz targets of its decoders of bytes from outside.
@@ -21,6 +21,7 @@ pub mod config;
 pub mod edges;
 pub mod entry;
 pub mod fuzzing;
+pub mod ip_range;
 pub mod link;
 pub mod log;
 pub mod mirror;

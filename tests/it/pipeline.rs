@@ -186,6 +186,8 @@ async fn bad_feeds_and_downloads_fail_their_item_with_the_reason_and_the_rest_go
     config.feed = Some(feed.display().to_string());
     config.feed_batch = 10;
     config.max_download_bytes = Some(1 << 20);
+    // The unreachable item is on this machine: allowed, so that it fails as unreachable.
+    config.download_allow = vec!["127.0.0.1".parse().unwrap()];
     let mission = Mission::start(&config).await.unwrap();
     let hq = &mission.hq;
     let status = wait_service(&hq.services, "image-feed", |s| s.last_problem.is_some()).await;
@@ -323,4 +325,228 @@ async fn a_file_dropped_into_ingest_becomes_an_asset_once_complete() {
 
 fn blake3_hex(bytes: &[u8]) -> String {
     protocol::mirror::Hash::of(bytes).to_string()
+}
+
+/// A tiny HTTP server for the download tests, on one loopback address: `/moved` redirects
+/// to `location`, any other path answers `image`. It notes each connection's request
+/// line, in the order it accepted them, and stops when dropped.
+struct ImageServer {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ImageServer {
+    fn start(ip: [u8; 4], image: Vec<u8>, location: Option<String>) -> std::io::Result<Self> {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))?;
+        let addr = listener.local_addr()?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                // The rest of the head.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = first
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                if path == "/stop" {
+                    return;
+                }
+                log.lock().unwrap().push(path.clone());
+                let head = match (&location, path.as_str()) {
+                    (Some(to), "/moved") => {
+                        format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\n")
+                    }
+                    _ => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {}\r\n",
+                        image.len()
+                    ),
+                };
+                let _ = stream.write_all(format!("{head}connection: close\r\n\r\n").as_bytes());
+                if !path.ends_with("/moved") {
+                    let _ = stream.write_all(&image);
+                }
+            }
+        });
+        Ok(ImageServer {
+            addr,
+            seen,
+            thread: Some(thread),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The paths asked for before this call: the server answers connections in the
+    /// order it accepted them, so once the test's own request is answered, every earlier
+    /// connection is noted.
+    fn seen_before_now(&self) -> Vec<String> {
+        let marker = ureq::get(&self.url("/marker")).call();
+        assert!(marker.is_ok(), "{marker:?}");
+        let seen = self.seen.lock().unwrap().clone();
+        seen.into_iter().filter(|p| p != "/marker").collect()
+    }
+}
+
+impl Drop for ImageServer {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        if let Ok(mut stream) = std::net::TcpStream::connect(self.addr) {
+            let _ = stream.write_all(b"GET /stop HTTP/1.1\r\n\r\n");
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts a mission whose HQ reads a local feed document of `items`, allowing `allow`.
+async fn mission_with_feed(dir: &std::path::Path, items: Vec<Value>, allow: &[&str]) -> Mission {
+    let feed = dir.join("feed.json");
+    let document = serde_json::json!({ "collection": { "items": items } });
+    std::fs::write(&feed, document.to_string()).unwrap();
+    let mut config = MissionConfig::new(dir, Profile::lan());
+    config.feed = Some(feed.display().to_string());
+    config.feed_batch = 10;
+    config.download_allow = allow.iter().map(|a| a.parse().unwrap()).collect();
+    Mission::start(&config).await.unwrap()
+}
+
+/// Waits until HQ is done with asset `id`; returns its state and error.
+async fn outcome(mission: &Mission, id: &str) -> (String, String) {
+    let (_, doc) = wait_asset(&mission.hq.store, |i, d| i == id && state(d) != "listed").await;
+    let error = doc["error"].as_str().unwrap_or_default().to_owned();
+    (state(&doc).to_owned(), error)
+}
+
+/// A demo image's bytes, to serve.
+fn an_image(dir: &std::path::Path) -> Vec<u8> {
+    let files = dir.join("files");
+    let demo = core_node::demo_feed::generate(&files, "unused", 1).unwrap();
+    std::fs::read(files.join(&demo.files[0])).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_from_an_address_the_config_does_not_allow_fails_with_the_reason() {
+    let dir = TempDir::new("pipeline").unwrap();
+    let server = ImageServer::start([127, 0, 0, 1], an_image(dir.path()), None).unwrap();
+    let direct = server.url("/a.png");
+    let mapped = format!("http://[::ffff:127.0.0.1]:{}/a.png", server.addr.port());
+    let items = vec![
+        item("DIRECT", "On 127.0.0.1".into(), &direct),
+        item("MAPPED", "On 127.0.0.1, IPv4-mapped".into(), &mapped),
+    ];
+    let mission = mission_with_feed(dir.path(), items, &[]).await;
+    let how = "; the operator can allow it with pipeline.download_allow";
+    assert_eq!(
+        outcome(&mission, "DIRECT").await,
+        (
+            "download-failed".to_owned(),
+            format!("DIRECT: {direct}: refused: 127.0.0.1 is a loopback address{how}")
+        )
+    );
+    assert_eq!(
+        outcome(&mission, "MAPPED").await,
+        (
+            "download-failed".to_owned(),
+            format!(
+                "MAPPED: {mapped}: refused: ::ffff:127.0.0.1 is a loopback address (the \
+                 IPv4-mapped form of 127.0.0.1){how}"
+            )
+        )
+    );
+    // Both failed for good (a refusal is not transient); IMAGE_DOWNLOAD says why too.
+    let downloads = wait_service(&mission.hq.services, "image-download", |s| s.failed == 2).await;
+    assert_eq!(downloads.processed, 0, "{downloads:?}");
+    let outcomes = mission
+        .hq
+        .store
+        .read(
+            &mission::topic(mission::IMAGE_DOWNLOAD),
+            protocol::entry::Offset(0),
+            10,
+        )
+        .unwrap();
+    assert_eq!(outcomes.len(), 2);
+    for record in outcomes {
+        let outcome: Value = serde_json::from_slice(&record.entry.payload).unwrap();
+        let error = outcome["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(": refused: ") && error.ends_with(how),
+            "{outcome}"
+        );
+    }
+    assert_eq!(server.seen_before_now(), Vec::<String>::new());
+    mission.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_an_address_not_allowed_fails_and_an_allowed_address_downloads() {
+    let dir = TempDir::new("pipeline").unwrap();
+    let image = an_image(dir.path());
+    // Every address is on this machine's loopback: 127.0.0.1 is allowed, 127.0.0.2 not.
+    let target = ImageServer::start([127, 0, 0, 2], image.clone(), None)
+        .expect("this test needs 127.0.0.2 on the loopback interface (Linux has 127/8)");
+    let server = ImageServer::start([127, 0, 0, 1], image, Some(target.url("/b.png"))).unwrap();
+    let items = vec![
+        item(
+            "ALLOWED",
+            "On 127.0.0.1, allowed".into(),
+            &server.url("/a.png"),
+        ),
+        item(
+            "MOVED",
+            "Redirected to 127.0.0.2".into(),
+            &server.url("/moved"),
+        ),
+        item("OTHER", "On 127.0.0.2".into(), &target.url("/c.png")),
+    ];
+    let mission = mission_with_feed(dir.path(), items, &["127.0.0.1/32"]).await;
+    let (state, error) = outcome(&mission, "ALLOWED").await;
+    assert!(
+        ["downloaded", "broadcast"].contains(&state.as_str()),
+        "{state}: {error}"
+    );
+    let how = "; the operator can allow it with pipeline.download_allow";
+    assert_eq!(
+        outcome(&mission, "MOVED").await,
+        (
+            "download-failed".to_owned(),
+            format!(
+                "MOVED: {}: refused: redirected to {}, where 127.0.0.2 is a loopback \
+                 address{how}",
+                server.url("/moved"),
+                target.url("/b.png")
+            )
+        )
+    );
+    assert_eq!(
+        outcome(&mission, "OTHER").await,
+        (
+            "download-failed".to_owned(),
+            format!(
+                "OTHER: {}: refused: 127.0.0.2 is a loopback address{how}",
+                target.url("/c.png")
+            )
+        )
+    );
+    // The allowed one reaches the field like any other.
+    wait_asset(&mission.alpha.store, |i, _| i == "ALLOWED").await;
+    let mut asked = server.seen_before_now();
+    asked.sort();
+    assert_eq!(asked, ["/a.png", "/moved"]);
+    assert_eq!(target.seen_before_now(), Vec::<String>::new());
+    mission.stop().await;
 }

@@ -29,6 +29,9 @@ pub struct MissionConfig {
     pub feed: Option<String>,
     /// HQ's download size limit (`None`: the default).
     pub max_download_bytes: Option<u64>,
+    /// Internal addresses HQ's downloads may reach all the same
+    /// (`pipeline.download_allow`; HQ's own HTTP address needs none).
+    pub download_allow: Vec<protocol::ip_range::IpRange>,
     /// Whether both nodes start their services at their first start
     /// (`pipeline.start_services`); `false`: an operator starts them.
     pub start_services: bool,
@@ -47,6 +50,7 @@ impl MissionConfig {
             feed_batch: 4,
             feed: None,
             max_download_bytes: None,
+            download_allow: Vec::new(),
             start_services: true,
             token: None,
         }
@@ -66,6 +70,7 @@ impl MissionConfig {
         if let Some(max) = self.max_download_bytes {
             core.pipeline.max_download_bytes = max;
         }
+        core.pipeline.download_allow = self.download_allow.clone();
         // Short, so that a test's slow download fails in seconds.
         core.pipeline.download_timeout = Duration::from_secs(3);
         core

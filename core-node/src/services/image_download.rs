@@ -1,7 +1,9 @@
-//! Image Download: for each `IMAGE_FEED` entry, fetches the image (http, https or file)
-//! within the limits, checks that it is an image, stores it under a safe name in HQ's
-//! downloads directory, and appends the outcome to `IMAGE_DOWNLOAD`. Transient failures
-//! (timeouts, unreachable, 5xx) are retried with backoff before the asset is failed.
+//! Image Download: for each `IMAGE_FEED` entry, fetches the image within the limits and
+//! where the pipeline's guard lets it go (http or https to public addresses, the
+//! operator's allowed ones and HQ's own; file only from a local feed document), checks
+//! that it is an image, stores it under a safe name in HQ's downloads directory, and
+//! appends the outcome to `IMAGE_DOWNLOAD`. Transient failures (timeouts, unreachable,
+//! 5xx) are retried with backoff before the asset is failed; a refusal is not retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +138,8 @@ async fn fetch(
     let mut attempt = 0;
     let bytes = loop {
         let (url, limits) = (item.href.clone(), hq.limits());
-        let fetched = tokio::task::spawn_blocking(move || download::fetch(&url, &limits))
+        let reach = download::Reach::Feed(hq.guard.clone());
+        let fetched = tokio::task::spawn_blocking(move || download::fetch(&url, &limits, &reach))
             .await
             .map_err(|e| e.to_string())?;
         match fetched {

@@ -32,7 +32,7 @@ impl Service for ImageFeed {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Each bad item is reported once, not at every tick.
             let mut reported = HashSet::new();
-            let remote = matches!(&hq.feed, FeedSource::Location(l) if l.starts_with("http"));
+            let remote = !hq.feed.is_local_file();
             loop {
                 tick.tick().await;
                 let document = match load(hq).await {
@@ -62,7 +62,12 @@ impl Service for ImageFeed {
                     if asset(ctx.store(), &item.id)?.is_some() {
                         continue;
                     }
-                    if remote && item.href.starts_with("file:") {
+                    if remote
+                        && item
+                            .href
+                            .get(..5)
+                            .is_some_and(|s| s.eq_ignore_ascii_case("file:"))
+                    {
                         // A remote feed must not make HQ read (and broadcast) its own files.
                         if reported.insert(format!("file:{}", item.id)) {
                             ctx.failed(format!(
@@ -134,7 +139,9 @@ async fn load(hq: &Pipeline) -> Result<Arc<Vec<u8>>, String> {
             .iter()
             .any(|scheme| location.starts_with(scheme));
         if is_url {
-            download::fetch(&location, &limits).map_err(|e| format!("feed: {e}"))
+            // The operator named it: any address, the environment's proxy.
+            download::fetch(&location, &limits, &download::Reach::Operator)
+                .map_err(|e| format!("feed: {e}"))
         } else {
             std::fs::read(&location).map_err(|e| format!("feed {location}: {e}"))
         }

@@ -114,6 +114,7 @@ FULL_CORE = {
     "pipeline": {
         "feed": "https://images-api.nasa.gov/search?q=apollo&media_type=image",
         "feedBatch": 3,
+        "downloadAllow": ["10.20.0.0/16", "fd00::/8"],
     },
     "topics": [
         {"name": "ASSET_BROADCAST", "scope": "all", "maxAge": "30d", "writers": "core"},

@@ -123,6 +123,12 @@ fn the_rendered_configs_run_the_real_nodes() {
             String::from_utf8_lossy(&printed.stderr)
         );
         let insecure = *name == INSECURE;
+        if *name == "core-full" {
+            assert!(
+                text.contains(r#"download_allow = ["10.20.0.0/16", "fd00::/8"]"#),
+                "{name}.toml as loaded lacks its download_allow:\n{text}"
+            );
+        }
         for key in [
             "data_dir = \"/var/lib/tether\"",
             "demo_certs = false",

@@ -123,6 +123,9 @@ feed_batch = {{ int .Values.pipeline.feedBatch }}
 # Limits on one image download.
 max_download_bytes = {{ include "tether.toml" .Values.pipeline.maxDownloadBytes }}
 download_timeout = {{ include "tether.str" .Values.pipeline.downloadTimeout }}
+# Internal addresses or ranges the downloader may fetch from (it refuses loopback,
+# private, link-local and multicast addresses otherwise).
+download_allow = [{{ range $i, $a := .Values.pipeline.downloadAllow }}{{ if $i }}, {{ end }}{{ include "tether.str" $a }}{{ end }}]
 {{- end }}
 # Start every service the first time the node starts.
 start_services = {{ .Values.pipeline.startServices }}

@@ -598,7 +598,7 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     );
     wait_asset_state(&alpha, &id, "ready");
     refused(
-        &call("GET", &api(&hq, "/mirror"), None, None),
+        &call("GET", &api(&hq, "/mirror"), Some(TOKEN), None),
         409,
         "runs at an edge",
         "the mirror at HQ",
@@ -672,7 +672,11 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
     )
     .unwrap();
     let headers = |url: &str| {
-        let response = agent().get(url).call().unwrap();
+        let response = agent()
+            .get(url)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap();
         let header = |name: &str| {
             let value = response.headers().get(name);
             value.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
@@ -1218,29 +1222,40 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
         &alpha,
         &format!("/topics/MESSAGES/entries?from={next}&wait_ms=60000"),
     );
+    let own = alpha.strip_prefix("http://").unwrap().to_owned();
+    let (_, wait_path) = split_url(&wait);
     let waiting: Vec<_> = (0..ui::access::MAX_WAITS)
         .map(|_| {
-            let wait = wait.clone();
-            std::thread::spawn(move || call("GET", &wait, None, None))
+            use std::io::Write as _;
+            let mut stream = std::net::TcpStream::connect(&own).unwrap();
+            write!(
+                stream,
+                "GET {wait_path} HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            stream
         })
         .collect();
+    // The node counts them (`tether_http_waiting_reads`): once all wait, one more is refused.
     let deadline = Instant::now() + PATIENCE;
+    let gauge = format!("tether_http_waiting_reads {}", ui::access::MAX_WAITS);
+    while !call("GET", &format!("{alpha}/metrics"), None, None)
+        .text
+        .lines()
+        .any(|l| l == gauge)
+    {
+        assert!(Instant::now() < deadline, "the reads never all waited");
+    }
     let short = api(
         &alpha,
         &format!("/topics/MESSAGES/entries?from={next}&wait_ms=1"),
     );
-    loop {
-        let answer = call("GET", &short, None, None);
-        if answer.status == 429 {
-            refused(&answer, 429, "reads are waiting", "one wait past the cap");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no 429 past the cap: {}",
-            answer.text
-        );
-    }
+    refused(
+        &call("GET", &short, None, None),
+        429,
+        "reads are waiting",
+        "one wait past the cap",
+    );
     assert_eq!(call("GET", &api(&alpha, "/node"), None, None).status, 200);
     let sent = call(
         "POST",
@@ -1249,10 +1264,15 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
         Some(r#"{"payload": "wake up"}"#),
     );
     assert_eq!(sent.status, 201, "{}", sent.text);
-    for reader in waiting {
-        let answer = reader.join().unwrap();
-        assert_eq!(answer.status, 200, "{}", answer.text);
-        assert_eq!(answer.body[0]["payload"], "wake up");
+    for mut reader in waiting {
+        use std::io::Read as _;
+        reader.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut answer = String::new();
+        reader.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("wake up"),
+            "{answer}"
+        );
     }
 
     pair.stop();
@@ -1494,7 +1514,7 @@ fn metrics_pass_prometheus_own_parser_and_its_naming_rules() {
     let pair = Pair::start();
     pair.first_asset();
     for base in [&pair.hq_url, &pair.alpha_url] {
-        let answer = call("GET", &format!("{base}/metrics"), None, None);
+        let answer = call("GET", &format!("{base}/metrics"), Some(READ_TOKEN), None);
         assert_eq!(answer.status, 200);
         let text = answer.text;
         for family in [
@@ -1523,7 +1543,13 @@ fn metrics_pass_prometheus_own_parser_and_its_naming_rules() {
         "{edge}"
     );
     assert!(edge.contains("tether_link_up{peer=\"hq\"} 1"), "{edge}");
-    let core = call("GET", &format!("{}/metrics", pair.hq_url), None, None).text;
+    let core = call(
+        "GET",
+        &format!("{}/metrics", pair.hq_url),
+        Some(READ_TOKEN),
+        None,
+    )
+    .text;
     assert!(
         core.contains("tether_edges_revoked_certificates 0"),
         "{core}"
@@ -1647,7 +1673,9 @@ fn the_cli_drives_a_running_node_through_its_api() {
     assert!(out.starts_with("published alpha:1 to MESSAGES"), "{out}");
     // `tail` follows the topic: read its first line, then stop it (by its PID).
     let mut tail = Command::new(binary("core-node"))
-        .args(["tail", "MESSAGES", "--from", "0", "--url", &hq])
+        .args([
+            "tail", "MESSAGES", "--from", "0", "--url", &hq, "--token", TOKEN,
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1684,8 +1712,12 @@ fn the_cli_drives_a_running_node_through_its_api() {
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach the node's API"), "{err}");
 
-    // HQ revokes the edge: its link closes at once, and the edge's log says why.
-    let (code, out, err) = cli("core-node", &["edges"], &hq);
+    // HQ revokes the edge: its link closes at once, and the edge's log says why. Reads
+    // at HQ need its token too.
+    let (code, _, err) = cli("core-node", &["edges"], &hq);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+    let (code, out, err) = cli("core-node", &["edges", "--token", TOKEN], &hq);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains("edge alpha: admitted (config), connected, 1 certificate(s), 0 revoked"),

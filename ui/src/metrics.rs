@@ -415,5 +415,20 @@ pub fn render(app: &App) -> String {
             n,
         );
     }
+    let in_use = |room: &tokio::sync::Semaphore, max: usize| max - room.available_permits();
+    family(
+        o,
+        "tether_http_waiting_reads",
+        "gauge",
+        "Reads waiting for a new entry (wait_ms) now; past ui::access::MAX_WAITS, 429.",
+    )
+    .sample(&[], in_use(&app.access.waits, crate::access::MAX_WAITS));
+    family(
+        o,
+        "tether_http_event_streams",
+        "gauge",
+        "Live-event streams open now; past their cap, 429.",
+    )
+    .sample(&[], in_use(&app.streams, crate::events::MAX_STREAMS));
     out
 }

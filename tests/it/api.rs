@@ -744,10 +744,12 @@ fn the_api_answers_every_endpoint_and_refuses_bad_input_with_a_reason() {
             assert!(raw.contains("http.hosts"), "{raw}");
         }
     }
-    let (status, raw) = post_raw(
-        &api(&alpha, "/links/hq/resume"),
-        "origin",
-        &format!("http://{own}"),
+    let (status, raw) = raw_request(
+        own,
+        &format!(
+            "POST /api/v1/links/hq/resume HTTP/1.1\r\nHost: {own}\r\nOrigin: http://{own}\r\n\
+             X-Requested-With: tether-page\r\nContent-Length: 0"
+        ),
     );
     assert_eq!(status, 200, "the node's own page: {raw}");
     let paused = call("POST", &api(&alpha, "/links/hq/pause"), None, None);
@@ -1434,7 +1436,10 @@ fn read_events(
     enough: impl Fn(&[(String, String, Value)]) -> bool,
 ) -> Vec<(String, String, Value)> {
     use std::io::BufRead as _;
-    let mut request = agent().get(url).header("accept", "text/event-stream");
+    let mut request = agent()
+        .get(url)
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {TOKEN}"));
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
     }

@@ -258,8 +258,13 @@ async fn an_outage_longer_than_the_idle_timeout_redials_and_converges() {
     )
     .await
     .unwrap();
-    // Down a little longer: the edge's redials fail meanwhile.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Down a little longer: until one of the edge's redials has been lost in the outage.
+    let lost = relay.counters().e2c.dropped_outage.packets;
+    let deadline = Instant::now() + patience("lte");
+    while relay.counters().e2c.dropped_outage.packets == lost {
+        assert!(Instant::now() < deadline, "the edge never redialled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     relay.up();
     let again = up(&cluster, "lte").await;
     assert!(again.since > first.since, "{again:?}");
@@ -339,6 +344,8 @@ async fn a_new_entry_does_not_wait_behind_the_backlog() {
         txn.append(&t, Append::new(payload));
     }
     alpha.commit(txn).await.unwrap();
+    // The outage itself: two seconds, well under the idle timeout (what is measured is
+    // what crosses after it, not how the link noticed it).
     tokio::time::sleep(Duration::from_secs(2)).await;
     relay.up();
 
@@ -380,9 +387,18 @@ async fn an_idle_link_sends_little() {
     )
     .await;
 
-    // Hold: acknowledgements settle, then 20 s of nothing to send (beyond one 15 s
-    // keep-alive interval).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once both sides have every entry acknowledged, 20 s of nothing to send (beyond one
+    // 15 s keep-alive interval).
+    for link in [cluster.core.link("alpha"), cluster.edge("alpha").link("hq")] {
+        wait_link(&link, "acknowledged", patience("lan"), |s| {
+            s.topics
+                .iter()
+                .filter(|t| t.out)
+                .all(|t| t.backlog == 0 && t.up_to_date.is_some())
+        })
+        .await
+        .unwrap();
+    }
     let before = relay.counters();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let after = relay.counters();

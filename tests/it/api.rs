@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tests::TempDir;
 
-use crate::process::{Node, PATIENCE, binary, field};
-use crate::tools;
+use crate::support::process::{Node, PATIENCE, binary, field};
+use crate::support::tools;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 

@@ -26,8 +26,8 @@ use protocol::config::Config;
 use protocol::node::Role;
 use tests::TempDir;
 
-use crate::process::{Node, PATIENCE, binary};
-use crate::tools;
+use crate::support::process::{Node, PATIENCE, binary};
+use crate::support::tools;
 
 /// The Python modules the script imports.
 const MODULES: &[&str] = &["helm_python", "kubernetes_validate", "yaml"];

@@ -25,7 +25,7 @@ use protocol::mirror::{
 use protocol::node::Role;
 use protocol::wire::{self, Batch, Deflate, Frame, Hello};
 
-use crate::tools::root;
+use crate::support::tools::root;
 
 /// A target's body: any bytes in, a panic for a bug.
 type Body = fn(&[u8]);

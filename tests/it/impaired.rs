@@ -1,5 +1,5 @@
 //! The impaired-link suite (issue 4): a real core and a real edge, each with its store on
-//! disk, the edge dialing the core over QUIC through the link emulator (`tests::link`)
+//! disk, the edge dialing the core over QUIC through the link emulator (`tests::emulator`)
 //! with a named profile, its outages and its schedules.
 //!
 //! What it shows: replication stays exact (each entry once, each origin in order) under
@@ -22,7 +22,7 @@ use protocol::link::LinkStatus;
 use protocol::log::Store;
 use protocol::tls::{self, Timeouts};
 use tests::cluster::{Cluster, all, name, topic, wait_for_count, wait_link};
-use tests::link::{Link, Profile};
+use tests::emulator::{Link, Profile};
 
 /// The topic of every test here: `all`, appended on both sides.
 const TOPIC: &str = "broadcast";

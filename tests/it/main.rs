@@ -1,23 +1,22 @@
-//! The integration-test binary: one module per scenario.
+//! The integration-test binary: one module per scenario, named after what it tests;
+//! what they share is in [`support`].
 // A failed unwrap in a test is a failed test with a backtrace: what we want here.
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 mod api;
 mod chart;
-mod crash;
+mod emulator;
 mod fuzz;
 mod hostile;
 mod impaired;
-mod kill;
-mod link;
 mod mirror;
-mod mirroring;
-mod mission;
+mod mirror_crash;
 mod nodes;
 mod page;
 mod pipeline;
-mod process;
+mod pipeline_binaries;
 mod replication;
-mod tools;
+mod replication_crash;
+mod store_crash;
+mod support;
 mod trust;
-mod webdriver;

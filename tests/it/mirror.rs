@@ -1,427 +1,645 @@
-//! Crash safety of the edge's mirror (issue 5), two ways:
+//! Volume mirroring end to end (issue 5): a real core serving its mission volume and a
+//! real edge mirroring it over QUIC (`protocol::link::Mirror`), directly on loopback or
+//! through the link emulator where the link matters (the outage).
 //!
-//! - a child (`mirror-apply`) mirrors tree A, then B, then A, ... into one mirror
-//!   directory and is killed with SIGKILL at random points of its applies;
-//! - a child edge (`mirror-edge`: store, link and mirror) mirrors the volume of an
-//!   in-process core over QUIC and is killed with SIGKILL at random moments of its runs
-//!   (planning, fetching, applying); each time it holds what the core serves, the core's
-//!   volume switches to the other tree. A last run, not killed, must equal the volume.
-//!
-//! After every kill, what readers see through `current` must be exactly the empty start,
-//! tree A or tree B, never a mix, both before and after the mirror is reopened (recovery).
+//! Each test changes the core's volume, waits until the core's watcher has seen the
+//! change (`MirrorSource::settled`, woken by the watcher's events), presses "Mirror"
+//! (`Mirror::start`) and waits on the mirror's status watch for the end of the run; then
+//! it compares the edge's `current` tree with the volume, file by file, and checks what
+//! crossed. Nothing sleeps to wait for an event; data is a few MB at most.
 
-use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::os::unix::fs::symlink;
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
-use protocol::link::{self, Links, Local, MirrorSource, SessionSettings};
-use protocol::log::{Store, StoreConfig};
-use protocol::mirror::{ChunkParams, Limits, Manifest, Node, ReplicaVolume, SourceVolume};
-use protocol::node::Role;
-use protocol::tls::{self, Allowed, Ca};
-use tests::cluster::name;
-use tests::{Rng, TempDir};
+use protocol::link::{MAX_REFETCH, Mirror, MirrorSettings};
+use protocol::mirror::{
+    ChunkParams, ChunkTable, Limits, Manifest, ManifestAssembly, MirrorFrame, MirrorState,
+    MirrorStatus,
+};
+use protocol::tls;
+use protocol::wire::{Frame, FrameReader, Hello, encode, encode_value};
+use tests::Rng;
+use tests::cluster::{Cluster, mirror_finished, name, wait_link};
+use tests::emulator::{Link, Profile};
 
-/// How long the network test waits for one line of its child or for the core's watcher.
+/// How long one mirror run may take before the test fails (a few MB on loopback).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Kill/reopen rounds; `TETHER_MIRROR_KILL_ROUNDS` sets more for a longer soak.
-fn rounds() -> u64 {
-    std::env::var("TETHER_MIRROR_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40)
+async fn mirroring(settings: MirrorSettings) -> Cluster {
+    let transport = tls::transport_config(tls::Timeouts::default());
+    let (cluster, _) = Cluster::start_mirroring("alpha", None, None, settings, transport)
+        .await
+        .unwrap();
+    cluster
 }
 
-#[test]
-fn a_killed_apply_leaves_the_old_or_the_new_tree() {
-    let seed = std::env::var("TETHER_MIRROR_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Rng::seed_from_clock);
-    eprintln!("mirror kill test seed {seed} (set TETHER_MIRROR_KILL_SEED to replay)");
-    let mut rng = Rng::new(seed);
-    let dir = TempDir::new("mirror-kill").unwrap();
-    let (a, b, edge) = (
-        dir.path().join("a"),
-        dir.path().join("b"),
-        dir.path().join("edge"),
+fn mirror(cluster: &Cluster) -> &Mirror {
+    cluster.edge("alpha").mirror.as_ref().unwrap()
+}
+
+/// `len` pseudo-random bytes from `seed` (incompressible, as images are).
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    Rng::new(seed).fill(&mut buf);
+    buf
+}
+
+fn put(volume: &Path, path: &str, bytes: &[u8]) {
+    let path = volume.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Waits until the core's watcher saw every change to its volume.
+async fn settle(cluster: &Cluster) {
+    let source = cluster.core.source.as_ref().unwrap();
+    source.settled(PATIENCE).await.unwrap();
+}
+
+/// Presses "Mirror" once the volume is settled and waits for the run to end; returns
+/// the status and the run's bytes on the link (mirror stream, both ways).
+async fn mirror_now(cluster: &Cluster) -> (MirrorStatus, u64) {
+    settle(cluster).await;
+    let mirror = mirror(cluster);
+    let before = mirror.status().bytes_on_link;
+    mirror.start().unwrap();
+    let status = mirror_finished(mirror, PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bytes = status.bytes_on_link - before;
+    (status, bytes)
+}
+
+/// Every path under `dir`: files with their bytes, directories as `None`.
+fn tree(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Option<Vec<u8>>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if entry.file_type().unwrap().is_dir() {
+                out.insert(rel, None);
+                walk(root, &path, out);
+            } else {
+                out.insert(rel, Some(std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// The edge's `current` equals the core's volume.
+fn assert_mirrored(cluster: &Cluster, context: &str) {
+    let (core, edge) = (
+        tree(&cluster.volume()),
+        tree(&mirror(cluster).current_dir()),
     );
-    trees(&a, &b, &mut rng);
-    let expected = [vec![], describe_tree(&a), describe_tree(&b)];
-    assert_ne!(expected[1], expected[2]);
-
-    let mut seen = [0u32; 3];
-    for round in 0..rounds() {
-        // Each apply prints about 70 lines; this kills anywhere in the first few applies.
-        let kill_after = rng.range(1, 250);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mirror-apply"))
-            .args([&edge, &a, &b])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mirror-apply");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut read = 0;
-        while read < kill_after {
-            if lines.next().is_none() {
-                break;
-            }
-            read += 1;
-        }
-        child.kill().unwrap(); // SIGKILL
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert_eq!(
-            read, kill_after,
-            "round {round}: child stopped early ({status}): {stderr}"
-        );
-
-        // What a reader sees now, before any recovery.
-        let now = describe_tree(&edge.join("current"));
-        let which = expected.iter().position(|e| *e == now);
-        assert!(which.is_some(), "round {round}: a mixed tree: {now:?}");
-        // And after the mirror is reopened.
-        let replica = ReplicaVolume::open(&edge, Limits::default()).unwrap();
-        assert_eq!(describe_tree(&replica.current_dir()), now, "round {round}");
-        assert_eq!(describe(replica.current()), now, "round {round}");
-        seen[which.unwrap_or(0)] += 1;
-    }
-    eprintln!(
-        "{} rounds: empty {}, A {}, B {}",
-        rounds(),
-        seen[0],
-        seen[1],
-        seen[2]
+    assert!(
+        core == edge,
+        "{context}: the mirror differs from the volume: core {:?}, edge {:?}",
+        core.keys().collect::<Vec<_>>(),
+        edge.keys().collect::<Vec<_>>()
     );
-    assert!(seen[1] + seen[2] > 0, "no apply ever completed");
 }
 
-/// Two trees that share most of their content: B edits a large file, renames a
-/// directory, deletes and adds files, and changes a symlink.
-fn trees(a: &Path, b: &Path, rng: &mut Rng) {
-    let mut big = vec![0u8; 2 << 20];
-    rng.fill(&mut big);
-    let mut smalls = Vec::new();
-    for _ in 0..20 {
-        let mut s = vec![0u8; rng.range(0, 20_000) as usize];
-        rng.fill(&mut s);
-        smalls.push(s);
-    }
-    for (root, edited) in [(a, false), (b, true)] {
-        let mut big = big.clone();
-        if edited {
-            rng.fill(&mut big[1 << 20..(1 << 20) + 4096]);
-        }
-        write(root, "media/big.bin", &big);
-        let docs = if edited { "papers" } else { "docs" };
-        for (i, s) in smalls.iter().enumerate() {
-            if edited && i % 5 == 0 {
-                continue;
-            }
-            write(root, &format!("{docs}/s{i:02}"), s);
-        }
-        if edited {
-            write(root, "new/added.txt", b"only in B");
-        }
-        fs::create_dir_all(root.join("empty")).unwrap();
-        let target = if edited { "s01" } else { "s02" };
-        symlink(target, root.join(docs).join("link")).unwrap();
-    }
-}
-
-fn write(root: &Path, rel: &str, content: &[u8]) {
-    let path = root.join(rel);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-}
-
-/// A tree as (path, kind and content hash or link target), scanned from disk.
-fn describe_tree(root: &Path) -> Vec<(String, String)> {
-    let mut volume = SourceVolume::unwatched(root, ChunkParams::default()).unwrap();
-    let snapshot = volume.manifest().unwrap();
-    assert!(volume.problems().is_empty(), "{:?}", volume.problems());
-    describe(&snapshot.manifest)
-}
-
-fn describe(manifest: &Manifest) -> Vec<(String, String)> {
-    manifest
-        .entries
-        .iter()
-        .map(|e| {
-            let what = match &e.node {
-                Node::Dir { .. } => "dir".to_string(),
-                Node::File(f) => format!("file {}", f.hash()),
-                Node::Symlink { target } => format!("link {target}"),
-            };
-            (e.path.to_string(), what)
-        })
-        .collect()
-}
-
-/// Kill rounds of the network test; `TETHER_MIRROR_EDGE_KILL_ROUNDS` sets more.
-fn edge_rounds() -> u64 {
-    std::env::var("TETHER_MIRROR_EDGE_KILL_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
-}
-
-/// The core of the network test: a store, a served volume and a listening endpoint.
-struct Core {
-    source: MirrorSource,
-    addr: SocketAddr,
-    _store: Store,
-    endpoint: quinn::Endpoint,
-}
-
-impl Drop for Core {
-    fn drop(&mut self) {
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"test over");
-    }
-}
-
-async fn serve_volume(dir: &Path, ca: &Ca, volume: PathBuf) -> Core {
-    let hq = name("hq");
-    let store = Store::open(dir.join("hq"), StoreConfig::new(hq.clone())).unwrap();
-    let identity = ca.issue(&hq, Role::Core).unwrap();
-    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
-    let endpoint = tls::server_endpoint(([127, 0, 0, 1], 0).into(), &identity, transport).unwrap();
-    let source = MirrorSource::open(volume, None).await.unwrap();
-    let local = Local {
-        store: store.clone(),
-        core: true,
-        settings: SessionSettings::default(),
-        mirror: Some(source.clone()),
-    };
-    let allowed = Allowed::List(vec![name("alpha")]);
-    tokio::spawn(link::serve(
-        local,
-        endpoint.clone(),
-        allowed,
-        Links::default(),
-    ));
-    Core {
-        source,
-        addr: endpoint.local_addr().unwrap(),
-        _store: store,
-        endpoint,
-    }
-}
-
-/// A running `mirror-edge` child and its stdout lines.
-struct EdgeChild {
-    child: Child,
-    lines: tokio::sync::mpsc::Receiver<String>,
-}
-
-impl EdgeChild {
-    fn start(data: &Path, certs: &Path, core: SocketAddr) -> EdgeChild {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mirror-edge"))
-            .arg(data)
-            .arg(certs)
-            .arg(core.to_string())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mirror-edge");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = tokio::sync::mpsc::channel(1024);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.blocking_send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        EdgeChild { child, lines }
-    }
-
-    /// The next line; `None` once the child closed its stdout (it exited).
-    async fn next(&mut self, context: &str) -> Option<String> {
-        match tokio::time::timeout(PATIENCE, self.lines.recv()).await {
-            Ok(line) => line,
-            Err(_) => panic!("{context}: no line from mirror-edge within {PATIENCE:?}"),
-        }
-    }
-
-    /// SIGKILL by PID (unless it already exited), then its exit status and stderr.
-    fn kill(mut self) -> (ExitStatus, String) {
-        if self.child.try_wait().unwrap().is_none() {
-            self.child.kill().unwrap();
-        }
-        self.wait()
-    }
-
-    /// Waits for its exit; returns its status and stderr.
-    fn wait(mut self) -> (ExitStatus, String) {
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (status, stderr)
-    }
-}
-
-/// Replaces the volume's content by a copy of `tree`.
-fn replace_volume(volume: &Path, tree: &Path) {
-    for entry in fs::read_dir(volume).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() && !path.is_symlink() {
-            fs::remove_dir_all(path).unwrap();
-        } else {
-            fs::remove_file(path).unwrap();
-        }
-    }
-    copy_tree(tree, volume);
-}
-
-/// Copies the tree `from` into the directory `to`, symlinks made in place (the core's
-/// watcher must not take a new symlink for a file being written).
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let (source, dest) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type().unwrap();
-        if kind.is_symlink() {
-            symlink(fs::read_link(&source).unwrap(), dest).unwrap();
-        } else if kind.is_dir() {
-            fs::create_dir(&dest).unwrap();
-            copy_tree(&source, &dest);
-        } else {
-            fs::copy(&source, dest).unwrap();
-        }
-    }
-}
-
-/// Two trees for the network test; B rewrites half of A's large file (so a mirror from
-/// one to the other fetches a few dozen chunks), renames a directory, edits, deletes and
-/// adds files, and changes a symlink.
-fn network_trees(a: &Path, b: &Path, rng: &mut Rng) {
-    trees(a, b, rng);
-    let mut half = vec![0u8; 1 << 20];
-    rng.fill(&mut half);
-    let big = b.join("media/big.bin");
-    let mut bytes = fs::read(&big).unwrap();
-    bytes.truncate(1 << 20);
-    bytes.extend_from_slice(&half);
-    fs::write(big, bytes).unwrap();
-    let mut edited = vec![0u8; 300_000];
-    rng.fill(&mut edited);
-    write(b, "papers/s03", &edited);
+fn assert_done(status: &MirrorStatus, context: &str) {
+    assert_eq!(status.state, MirrorState::Done, "{context}: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_edge_mirroring_over_quic_shows_the_old_or_the_new_tree() {
-    let seed = std::env::var("TETHER_MIRROR_EDGE_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Rng::seed_from_clock);
-    eprintln!("edge mirror kill test seed {seed} (set TETHER_MIRROR_EDGE_KILL_SEED to replay)");
-    let mut rng = Rng::new(seed);
-    let dir = TempDir::new("mirror-edge-kill").unwrap();
-    let path = |p: &str| dir.path().join(p);
-    network_trees(&path("a"), &path("b"), &mut rng);
-    let templates = [path("a"), path("b")];
-    let expected = [
-        vec![],
-        describe_tree(&templates[0]),
-        describe_tree(&templates[1]),
-    ];
-    let ca = Ca::create("mirror kill test").unwrap();
-    let certs = path("certs");
-    ca.save(&certs).unwrap();
-    ca.issue(&name("alpha"), Role::Edge)
-        .unwrap()
-        .save(&certs)
-        .unwrap();
-    let volume = path("volume");
-    fs::create_dir(&volume).unwrap();
-    copy_tree(&templates[0], &volume);
-    // The core serves A first; each time the edge holds what the core serves, the core
-    // switches to the other tree, so every mirror has an old and a new state.
-    let mut serving = 1;
-    let core = serve_volume(dir.path(), &ca, volume.clone()).await;
-    let (data, current) = (path("alpha"), path("alpha/mirror/current"));
+async fn a_first_mirror_copies_the_volume_and_no_change_costs_almost_nothing() {
+    let cluster = mirroring(MirrorSettings::default()).await;
+    let volume = cluster.volume();
+    put(&volume, "maps/sector-7.tif", &random(1, 1_500_000));
+    put(&volume, "maps/sector-8.tif", &random(2, 300_000));
+    put(&volume, "briefing.txt", b"proceed to the ridge at dawn\n");
+    put(&volume, "empty.bin", b"");
+    std::fs::create_dir_all(volume.join("inbox/empty")).unwrap();
+    // A mirror runs only when asked: nothing has crossed yet.
+    assert_eq!(mirror(&cluster).status().state, MirrorState::Idle);
 
-    let (mut seen, mut switches, mut cut) = ([0u32; 3], 0, 0);
-    for round in 0..edge_rounds() {
-        let context = format!("round {round}");
-        // A few dozen lines make one mirror: kills land before, during and after runs.
-        let kill_after = rng.range(1, 40);
-        let mut child = EdgeChild::start(&data, &certs, core.addr);
-        let (mut read, mut done) = (0, false);
-        while read < kill_after && !done {
-            let Some(line) = child.next(&context).await else {
-                let (status, stderr) = child.kill();
-                panic!("{context}: mirror-edge exited ({status}): {stderr}");
-            };
-            read += 1;
-            done = line.starts_with("done");
-        }
-        cut += u64::from(!done);
-        let (status, stderr) = child.kill();
-        assert!(
-            status.success() || status.signal() == Some(9),
-            "{context}: mirror-edge failed ({status}): {stderr}"
-        );
-
-        // What a reader sees now, before any recovery, and (every other round, so that
-        // the next child also recovers from kills itself) after the mirror is reopened.
-        let now = describe_tree(&current);
-        let which = expected.iter().position(|e| *e == now);
-        let Some(which) = which else {
-            panic!("{context}: a mixed tree: {now:?}");
-        };
-        if round % 2 == 1 {
-            let replica = ReplicaVolume::open(&data.join("mirror"), Limits::default()).unwrap();
-            assert_eq!(describe(replica.current()), now, "{context}");
-            assert_eq!(describe_tree(&replica.current_dir()), now, "{context}");
-        }
-        seen[which] += 1;
-        if which == serving {
-            serving = 3 - serving;
-            replace_volume(&volume, &templates[serving - 1]);
-            core.source.settled(PATIENCE).await.unwrap();
-            switches += 1;
-        }
-    }
-
-    // A last run, not killed, completes and equals the core's volume.
-    let mut child = EdgeChild::start(&data, &certs, core.addr);
-    let mut done = false;
-    // Until it closes its stdout: it exits by itself once the mirror is done.
-    while let Some(line) = child.next("last run").await {
-        done |= line.starts_with("done");
-    }
-    let (status, stderr) = child.wait();
-    assert!(done && status.success(), "last run: {status}: {stderr}");
-    assert_eq!(describe_tree(&current), expected[serving], "last run");
-    assert_eq!(describe_tree(&current), describe_tree(&volume), "last run");
-    eprintln!(
-        "{} rounds, {cut} killed before the end of a mirror: empty {}, A {}, B {}; the core \
-         switched trees {switches} times",
-        edge_rounds(),
-        seen[0],
-        seen[1],
-        seen[2]
+    let (first, bytes) = mirror_now(&cluster).await;
+    assert_done(&first, "first");
+    assert_mirrored(&cluster, "first");
+    let payload = 1_800_000 + 29;
+    assert_eq!(first.bytes_done, payload, "{first:?}");
+    assert!(
+        bytes < payload + payload / 50,
+        "{bytes} bytes on the link for {payload}"
     );
+    assert!(first.last_success.is_some() && first.last_error.is_none());
+
+    let (again, bytes) = mirror_now(&cluster).await;
+    assert_done(&again, "no change");
+    assert_eq!(again.bytes_todo, 0, "{again:?}");
+    assert!(bytes < 1000, "{bytes} bytes on the link for no change");
+    assert_mirrored(&cluster, "no change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_inside_a_large_file_and_an_append_cost_a_few_chunks() {
+    let cluster = mirroring(MirrorSettings::default()).await;
+    let volume = cluster.volume();
+    let mut big = random(3, 4 << 20);
+    put(&volume, "imagery/mosaic.raw", &big);
+    assert_done(&mirror_now(&cluster).await.0, "first");
+
+    // 4 KiB overwritten in the middle: one or two chunks (64 KiB average) change.
+    big[2 << 20..(2 << 20) + 4096].copy_from_slice(&random(4, 4096));
+    put(&volume, "imagery/mosaic.raw", &big);
+    let (edit, bytes) = mirror_now(&cluster).await;
+    assert_done(&edit, "edit");
+    assert_mirrored(&cluster, "edit");
+    assert!(
+        edit.bytes_done <= 3 * (256 << 10) && bytes < edit.bytes_done + 4096,
+        "an edit of 4 KiB fetched {} bytes, {bytes} on the link",
+        edit.bytes_done
+    );
+    assert!(edit.bytes_reused > 3 << 20, "{edit:?}");
+
+    // 1 MiB appended: only the appended bytes are fetched. The old last chunk, cut at
+    // the old end of the file, is the start of a longer chunk now: the edge asks for
+    // the rest of that one only and rebuilds it.
+    let size = big.len() as u64;
+    big.extend_from_slice(&random(5, 1 << 20));
+    put(&volume, "imagery/mosaic.raw", &big);
+    let (append, bytes) = mirror_now(&cluster).await;
+    assert_done(&append, "append");
+    assert_mirrored(&cluster, "append");
+    assert!(
+        append.bytes_done == 1 << 20 && bytes < append.bytes_done * 102 / 100,
+        "an append of 1 MiB fetched {} bytes, {bytes} on the link",
+        append.bytes_done
+    );
+    assert_eq!(append.bytes_reused, size, "{append:?}");
+    assert_eq!(append.refetched, 0, "{append:?}");
+
+    // The same, with the first chunk bytes the core sends damaged on the way: the rest
+    // of the extended chunk, which then fails its hash once rebuilt. The edge fetches
+    // that chunk whole, and the mirror ends verified.
+    let size = big.len() as u64;
+    big.extend_from_slice(&random(6, 300_000));
+    put(&volume, "imagery/mosaic.raw", &big);
+    cluster.core.source.as_ref().unwrap().corrupt_next(1);
+    let (fallback, _) = mirror_now(&cluster).await;
+    assert_done(&fallback, "append, rest damaged");
+    assert_mirrored(&cluster, "append, rest damaged");
+    assert_eq!(fallback.refetched, 1, "{fallback:?}");
+    // The prefix counts as fetched, not reused, once the chunk came whole.
+    let prefix = fallback.bytes_done - 300_000;
+    assert!(prefix > 0 && prefix <= 256 << 10, "{fallback:?}");
+    assert_eq!(fallback.bytes_todo, fallback.bytes_done, "{fallback:?}");
+    assert_eq!(fallback.bytes_reused, size - prefix, "{fallback:?}");
+}
+
+/// What a hostile edge sees of its mirror stream: a frame, the core's reset, or the
+/// end.
+async fn next_frame(
+    recv: &mut quinn::RecvStream,
+    reader: &mut FrameReader,
+) -> Result<Option<MirrorFrame>, quinn::ReadError> {
+    loop {
+        if let Some(frame) = reader.next_value::<MirrorFrame>().unwrap() {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(64 << 10, true).await? {
+            Some(chunk) => reader.push(&chunk.bytes),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Opens a mirror stream on `conn` and reads the core's manifest: the stream, its
+/// reader and the manifest.
+async fn hostile_start(
+    conn: &quinn::Connection,
+) -> (quinn::SendStream, quinn::RecvStream, FrameReader, Manifest) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let empty = Manifest::empty(ChunkParams::default());
+    let mut bytes = Vec::new();
+    let start = MirrorFrame::Start {
+        have_root: empty.root(),
+        have_version: 0,
+        target_root: None,
+        max_rate: None,
+    };
+    encode_value(&start, &mut bytes);
+    send.write_all(&bytes).await.unwrap();
+    let (mut reader, mut assembly) = (FrameReader::default(), ManifestAssembly::default());
+    let limits = Limits::default();
+    loop {
+        match next_frame(&mut recv, &mut reader).await.unwrap() {
+            Some(MirrorFrame::Manifest {
+                root,
+                base,
+                total,
+                last,
+                bytes,
+            }) => {
+                if assembly
+                    .push(root, base, total, last, &bytes, &limits)
+                    .unwrap()
+                {
+                    break;
+                }
+            }
+            Some(MirrorFrame::ReportEvery { .. }) => {}
+            other => panic!("no manifest: {other:?}"),
+        }
+    }
+    let manifest = assembly.finish(&[&empty], &limits).unwrap();
+    (send, recv, reader, manifest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_from_an_offset_past_its_chunk_is_refused_and_the_core_serves_on() {
+    let mut cluster = mirroring(MirrorSettings::default()).await;
+    let content = random(14, 100_000);
+    put(&cluster.volume(), "one.bin", &content);
+    settle(&cluster).await;
+    // A hostile edge in alpha's place, speaking the protocol by hand.
+    cluster.edges.clear();
+    let endpoint = Cluster::endpoint_for(cluster.ca(), "alpha").unwrap();
+    let peer = tls::connect(&endpoint, cluster.core_addr(), &name("hq"))
+        .await
+        .unwrap();
+    let conn = peer.connection;
+    let (mut control, mut control_recv) = conn.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    let hello = Frame::Hello(Hello {
+        incarnation: 1,
+        closed: vec![],
+        version: protocol::wire::VERSION,
+        node: name("alpha"),
+        core: false,
+        topics: Vec::new(),
+    });
+    encode(&hello, &mut bytes);
+    control.write_all(&bytes).await.unwrap();
+    let mut control_reader = FrameReader::default();
+    loop {
+        let chunk = control_recv.read_chunk(4096, true).await.unwrap().unwrap();
+        control_reader.push(&chunk.bytes);
+        if let Some(frame) = control_reader.next_value::<Frame>().unwrap() {
+            assert!(matches!(frame, Frame::Hello(_)), "{frame:?}");
+            break;
+        }
+    }
+
+    // The first chunk of the file, from its last byte on, then from its end.
+    let (mut send, mut recv, mut reader, manifest) = hostile_start(&conn).await;
+    let first = ChunkTable::new(&manifest).get(&manifest, 0).unwrap();
+    let fetch = |offset: u32| {
+        let mut bytes = Vec::new();
+        let frame = MirrorFrame::FetchFrom {
+            runs: vec![(0, 1)],
+            from: vec![(0, offset)],
+        };
+        encode_value(&frame, &mut bytes);
+        bytes
+    };
+    send.write_all(&fetch(first.len - 1)).await.unwrap();
+    let last_byte = loop {
+        match next_frame(&mut recv, &mut reader).await.unwrap() {
+            Some(MirrorFrame::Data { bytes }) => break bytes,
+            Some(MirrorFrame::ReportEvery { .. }) => {}
+            other => panic!("no data: {other:?}"),
+        }
+    };
+    assert_eq!(
+        last_byte,
+        content[first.len as usize - 1..first.len as usize]
+    );
+    send.write_all(&fetch(first.len)).await.unwrap();
+    let refused = loop {
+        match next_frame(&mut recv, &mut reader).await {
+            Ok(Some(MirrorFrame::ReportEvery { .. })) => {}
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(refused, Err(quinn::ReadError::Reset(_))),
+        "the core served an offset past its chunk: {refused:?}"
+    );
+
+    // The session goes on: a new stream is served, from an offset inside the chunk.
+    let (mut send, mut recv, mut reader, _) = hostile_start(&conn).await;
+    send.write_all(&fetch(1000)).await.unwrap();
+    let rest = loop {
+        match next_frame(&mut recv, &mut reader).await.unwrap() {
+            Some(MirrorFrame::Data { bytes }) => break bytes,
+            Some(MirrorFrame::ReportEvery { .. }) => {}
+            other => panic!("no data: {other:?}"),
+        }
+    };
+    assert_eq!(rest, content[1000..first.len as usize]);
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_in_the_middle_of_a_large_file_costs_a_few_chunks() {
+    let cluster = mirroring(MirrorSettings::default()).await;
+    let volume = cluster.volume();
+    let big = random(11, 4 << 20);
+    put(&volume, "imagery/strip.raw", &big);
+    assert_done(&mirror_now(&cluster).await.0, "first");
+
+    // 1 KiB inserted in the middle: every byte after it moves, yet content-defined
+    // boundaries resynchronise within a chunk or two.
+    let middle = big.len() / 2;
+    let mut inserted = big[..middle].to_vec();
+    inserted.extend_from_slice(&random(12, 1024));
+    inserted.extend_from_slice(&big[middle..]);
+    put(&volume, "imagery/strip.raw", &inserted);
+    let (insert, bytes) = mirror_now(&cluster).await;
+    assert_done(&insert, "insert");
+    assert_mirrored(&cluster, "insert");
+    assert!(
+        insert.bytes_done <= 3 * (256 << 10) && bytes < insert.bytes_done + 4096,
+        "an insert of 1 KiB fetched {} bytes, {bytes} on the link",
+        insert.bytes_done
+    );
+    assert!(insert.bytes_reused > 3 << 20, "{insert:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_cut_by_an_edge_restart_resumes_by_itself_without_resending() {
+    // The core caps chunks at 1 MB/s, so that the restart lands mid-run.
+    let (mut cluster, _) = Cluster::start_mirroring(
+        "alpha",
+        None,
+        Some(1_000_000),
+        MirrorSettings::default(),
+        tls::transport_config(tls::Timeouts::default()),
+    )
+    .await
+    .unwrap();
+    let volume = cluster.volume();
+    let payload = 3_000_000u64;
+    put(&volume, "video/patrol.mp4", &random(13, payload as usize));
+    settle(&cluster).await;
+    mirror(&cluster).start().unwrap();
+    let mut watch = mirror(&cluster).watch();
+    let half = tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|s| s.bytes_todo > 0 && s.bytes_done * 2 >= s.bytes_todo),
+    )
+    .await;
+    assert!(
+        half.is_ok(),
+        "never half way: {:?}",
+        mirror(&cluster).status()
+    );
+    drop(half);
+    drop(watch);
+    let before = mirror(&cluster).status();
+    assert!(before.bytes_done < payload, "{before:?}");
+
+    // The edge node stops (links cut, store closed, mirror task gone) and starts again
+    // on the same directories; nobody presses "Mirror" again.
+    cluster.restart_edge("alpha").await.unwrap();
+    let restarted = mirror(&cluster).status();
+    assert_eq!(restarted.state, MirrorState::Interrupted, "{restarted:?}");
+    assert!(
+        mirror(&cluster).started(),
+        "the operator's start was forgotten"
+    );
+
+    let done = mirror_finished(mirror(&cluster), PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_done(&done, "resumed after the restart");
+    assert_mirrored(&cluster, "resumed after the restart");
+    // Only what was not verified before the restart was planned and fetched again.
+    let left = payload - before.bytes_done;
+    assert!(
+        done.bytes_todo <= left && done.bytes_done == done.bytes_todo,
+        "{} bytes verified before the restart, then {done:?}",
+        before.bytes_done
+    );
+    assert!(
+        done.bytes_on_link < left + left / 50 + 8192,
+        "{} bytes on the link after the restart for {left} left of {payload}",
+        done.bytes_on_link
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_directory_costs_no_chunk_and_deletions_are_mirrored() {
+    let cluster = mirroring(MirrorSettings::default()).await;
+    let volume = cluster.volume();
+    for i in 0..30 {
+        put(
+            &volume,
+            &format!("survey/day1/photo-{i:03}.jpg"),
+            &random(100 + i, 20_000),
+        );
+    }
+    put(&volume, "notes/keep.txt", b"keep");
+    put(&volume, "notes/drop.txt", b"drop");
+    assert_done(&mirror_now(&cluster).await.0, "first");
+
+    std::fs::create_dir_all(volume.join("archive")).unwrap();
+    std::fs::rename(volume.join("survey/day1"), volume.join("archive/day1")).unwrap();
+    let (moved, bytes) = mirror_now(&cluster).await;
+    assert_done(&moved, "move");
+    assert_mirrored(&cluster, "move");
+    assert_eq!(moved.bytes_todo, 0, "a move fetched chunks: {moved:?}");
+    assert!(
+        bytes < 8_000,
+        "{bytes} bytes on the link for a move of 30 files"
+    );
+
+    std::fs::remove_file(volume.join("notes/drop.txt")).unwrap();
+    std::fs::remove_dir_all(volume.join("archive")).unwrap();
+    let (deleted, _) = mirror_now(&cluster).await;
+    assert_done(&deleted, "deletions");
+    assert_mirrored(&cluster, "deletions");
+    assert_eq!(deleted.bytes_todo, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_files_travel_batched() {
+    let cluster = mirroring(MirrorSettings::default()).await;
+    let volume = cluster.volume();
+    let (files, size) = (800u64, 4096usize);
+    for i in 0..files {
+        put(
+            &volume,
+            &format!("cards/{:02}/card-{i:04}.bin", i % 16),
+            &random(1000 + i, size),
+        );
+    }
+    let payload = files * size as u64;
+    let (status, bytes) = mirror_now(&cluster).await;
+    assert_done(&status, "small files");
+    assert_mirrored(&cluster, "small files");
+    assert_eq!(status.bytes_done, payload);
+    // Chunk framing (~40 B each), requests (32 B per chunk) and the manifest (~100 B per
+    // file): under 5 % of 4 KiB files.
+    assert!(
+        bytes <= payload * 105 / 100,
+        "{bytes} bytes on the link for {payload} bytes in {files} files"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_at_half_interrupts_and_the_mirror_resumes_without_resending() {
+    // A capped mirror (1 MB/s at the core) through the emulator, the edge's QUIC idle
+    // timeout cut to 3 s so that an outage ends the connection: the run is interrupted
+    // and resumes on the next one by itself.
+    let transport = tls::transport_config(tls::Timeouts {
+        keep_alive: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(3),
+    });
+    let (cluster, relay) = Cluster::start_mirroring(
+        "alpha",
+        Some(Profile::named("lan").unwrap()),
+        Some(1_000_000),
+        MirrorSettings::default(),
+        transport,
+    )
+    .await
+    .unwrap();
+    let relay: Link = relay.unwrap();
+    let volume = cluster.volume();
+    let payload = 3_000_000u64;
+    put(&volume, "video/recon.mp4", &random(7, payload as usize));
+    settle(&cluster).await;
+    let mirror = mirror(&cluster);
+    mirror.start().unwrap();
+
+    let mut watch = mirror.watch();
+    let half = tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|s| s.bytes_todo > 0 && s.bytes_done * 2 >= s.bytes_todo),
+    )
+    .await;
+    assert!(half.is_ok(), "never half way: {:?}", mirror.status());
+    drop(half);
+    relay.down();
+    let interrupted = tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|s| s.state == MirrorState::Interrupted),
+    )
+    .await;
+    assert!(
+        interrupted.is_ok(),
+        "not interrupted: {:?}",
+        mirror.status()
+    );
+    drop(interrupted);
+    let before = mirror.status();
+    assert!(before.bytes_done < payload, "{before:?}");
+    wait_link(
+        &cluster.core.link("alpha"),
+        "down at the core",
+        PATIENCE,
+        |s| !s.connected,
+    )
+    .await
+    .unwrap();
+    relay.up();
+
+    let done = mirror_finished(mirror, PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_done(&done, "resumed");
+    assert_mirrored(&cluster, "resumed");
+    // What was verified before the outage was not planned again.
+    assert_eq!(done.bytes_todo, payload, "{done:?}");
+    assert_eq!(done.bytes_done, payload, "{done:?}");
+    let counters = relay.counters();
+    let delivered = counters.c2e.delivered.bytes;
+    assert!(
+        delivered < payload + payload / 10,
+        "{delivered} bytes delivered to the edge for {payload}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_is_refetched_and_never_published() {
+    let cluster = mirroring(MirrorSettings::default()).await;
+    let volume = cluster.volume();
+    put(&volume, "a.bin", &random(8, 600_000));
+    let source = cluster.core.source.as_ref().unwrap();
+
+    source.corrupt_next(2);
+    let (status, _) = mirror_now(&cluster).await;
+    assert_done(&status, "corrupted twice");
+    assert_eq!(status.refetched, 2, "{status:?}");
+    assert_mirrored(&cluster, "corrupted twice");
+
+    // A chunk that keeps arriving damaged fails the mirror; the old state stays.
+    let old = tree(&mirror(&cluster).current_dir());
+    // One chunk (under the chunker's 16 KiB minimum), damaged every time.
+    put(&volume, "b.bin", &random(9, 10_000));
+    source.corrupt_next(MAX_REFETCH + 1);
+    let (status, _) = mirror_now(&cluster).await;
+    assert_eq!(status.state, MirrorState::Failed, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("failed its hash"),
+        "{status:?}"
+    );
+    assert_eq!(tree(&mirror(&cluster).current_dir()), old);
+    // The next mirror completes.
+    let (status, _) = mirror_now(&cluster).await;
+    assert_done(&status, "after the failure");
+    assert_mirrored(&cluster, "after the failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_manifest_is_refused_with_nothing_lost() {
+    let settings = MirrorSettings {
+        limits: Limits {
+            max_file_size: 1 << 20,
+            ..Limits::default()
+        },
+        ..MirrorSettings::default()
+    };
+    let cluster = mirroring(settings).await;
+    let volume = cluster.volume();
+    put(&volume, "ok.txt", b"fine");
+    assert_done(&mirror_now(&cluster).await.0, "first");
+    let good = tree(&mirror(&cluster).current_dir());
+
+    // A file over the edge's limit.
+    put(&volume, "huge.bin", &random(10, 2 << 20));
+    let (status, _) = mirror_now(&cluster).await;
+    assert_eq!(status.state, MirrorState::Failed, "{status:?}");
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(error.contains("huge.bin"), "{error}");
+    assert_eq!(tree(&mirror(&cluster).current_dir()), good);
+
+    // Names equal but for case (an exFAT card at the edge would merge them).
+    std::fs::remove_file(volume.join("huge.bin")).unwrap();
+    put(&volume, "Report.txt", b"one");
+    put(&volume, "REPORT.txt", b"two");
+    let (status, _) = mirror_now(&cluster).await;
+    assert_eq!(status.state, MirrorState::Failed, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("REPORT.txt"),
+        "{status:?}"
+    );
+    assert_eq!(tree(&mirror(&cluster).current_dir()), good);
+
+    std::fs::remove_file(volume.join("REPORT.txt")).unwrap();
+    let (status, _) = mirror_now(&cluster).await;
+    assert_done(&status, "fixed");
+    assert_mirrored(&cluster, "fixed");
 }

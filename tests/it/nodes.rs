@@ -12,7 +12,7 @@ use protocol::entry::{NodeName, Offset, TopicName};
 use protocol::log::{Store, StoreConfig};
 use tests::{Rng, TempDir};
 
-use crate::process::{Node, PATIENCE, binary};
+use crate::support::process::{Node, PATIENCE, binary};
 
 fn write_config(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join("node.toml");

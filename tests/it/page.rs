@@ -16,11 +16,11 @@ use std::time::Duration;
 use protocol::config::{LogFormat, LogSettings};
 use serde_json::Value;
 use tests::TempDir;
-use tests::link::Profile;
+use tests::emulator::Profile;
 use tests::mission::{Mission, MissionConfig};
 
-use crate::tools;
-use crate::webdriver::{Browser, screenshots_dir};
+use crate::support::tools;
+use crate::support::webdriver::{Browser, screenshots_dir};
 
 /// How long one step may take (a few seconds on loopback; generous for a busy CI).
 const STEP: Duration = Duration::from_secs(30);

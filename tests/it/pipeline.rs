@@ -9,7 +9,7 @@ use protocol::log::Store;
 use protocol::mission;
 use serde_json::Value;
 use tests::TempDir;
-use tests::link::Profile;
+use tests::emulator::Profile;
 use tests::mission::{Mission, MissionConfig};
 
 /// How long one step of the pipeline may take on loopback.

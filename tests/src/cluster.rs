@@ -15,7 +15,7 @@ use protocol::node::Role;
 use protocol::tls::{self, Allowed, Ca, NodeIdentity};
 
 use crate::TempDir;
-use crate::link::{Link, Profile};
+use crate::emulator::{Link, Profile};
 
 /// What can go wrong starting a cluster (all of it is a test failure).
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

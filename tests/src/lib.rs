@@ -10,7 +10,7 @@ use protocol::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
 use protocol::log::{ConsumerName, TableName};
 
 pub mod cluster;
-pub mod link;
+pub mod emulator;
 pub mod mission;
 
 /// A scratch directory under the system temp dir, removed when dropped.

@@ -10,7 +10,7 @@ use protocol::config::Config;
 use protocol::node::{Node, Role};
 
 use crate::cluster::Error;
-use crate::link::{Link, LinkConfig, Profile};
+use crate::emulator::{Link, LinkConfig, Profile};
 
 /// How a mission starts.
 #[derive(Debug, Clone)]
@@ -131,7 +131,7 @@ impl Mission {
             listen: ([127, 0, 0, 1], 0).into(),
             core: hq.link_addr()?,
             profile: config.profile.clone(),
-            seed: crate::link::DEFAULT_SEED,
+            seed: crate::emulator::DEFAULT_SEED,
         })?);
         let demo: Arc<dyn ui::DemoLink> = Arc::new(DemoLink(link.clone()));
         let hq_parts = core_node::start(&hq, Some(demo.clone())).await?;

@@ -25,7 +25,7 @@ use protocol::entry::Offset;
 use protocol::log::Store;
 use protocol::mission;
 use protocol::service::{Services, Tile};
-use tests::link::Profile;
+use tests::emulator::Profile;
 use tests::mission::{Mission, MissionConfig};
 use tokio::sync::{mpsc, watch};
 

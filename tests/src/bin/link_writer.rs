@@ -19,7 +19,7 @@ use tests::cluster::{name, topic};
 
 const PRODUCERS: usize = 4;
 
-/// The topic the kill test replicates.
+/// The topic the replication_crash test replicates.
 const TOPIC: &str = "kill.b";
 
 fn main() -> ExitCode {

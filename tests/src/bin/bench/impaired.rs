@@ -1,4 +1,4 @@
-//! Scenarios over the link emulator (`tests::link`): an in-process core and edge, each
+//! Scenarios over the link emulator (`tests::emulator`): an in-process core and edge, each
 //! with its store on disk, over real QUIC with mutual TLS, the edge dialing the core
 //! through a relay that imposes a named profile and counts the bytes on the wire.
 //!
@@ -15,7 +15,7 @@ use protocol::log::{Store, Txn};
 use serde_json::json;
 use tests::Rng;
 use tests::cluster::{Cluster, Node, topic};
-use tests::link::{Link, Profile};
+use tests::emulator::{Link, Profile};
 
 use crate::round2;
 

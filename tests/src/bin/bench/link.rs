@@ -275,8 +275,9 @@ pub(crate) async fn wire(quick: bool) -> crate::Lines {
         let mut cluster = Cluster::start_allowing(&[], &["alpha"], &[("bench", Scope::All)])
             .await
             .map_err(|e| e.to_string())?;
-        let relay = tests::link::Link::start(cluster.core_addr(), tests::link::Profile::lan())
-            .map_err(|e| e.to_string())?;
+        let relay =
+            tests::emulator::Link::start(cluster.core_addr(), tests::emulator::Profile::lan())
+                .map_err(|e| e.to_string())?;
         let edge = cluster
             .start_edge_via("alpha", relay.addr())
             .await

@@ -41,7 +41,7 @@ use protocol::tls;
 use serde_json::{Value, json};
 use tests::Rng;
 use tests::cluster::{Cluster, mirror_finished};
-use tests::link::{Counters, Link, Profile};
+use tests::emulator::{Counters, Link, Profile};
 
 use crate::round2;
 use crate::rsync::Rsync;

@@ -20,7 +20,7 @@ use protocol::log::Store;
 use protocol::mirror::MirrorState;
 use serde_json::json;
 use tests::cluster::topic;
-use tests::link::{OneWay, Profile};
+use tests::emulator::{OneWay, Profile};
 
 use crate::mirror::{edge_mirror, linked_pair, random, settle};
 use crate::round2;

@@ -1,4 +1,4 @@
-//! The link emulator as a process: `link --listen ADDR --to ADDR [--profile NAME] [--seed N]`.
+//! The link emulator as a process: `emulator --listen ADDR --to ADDR [--profile NAME] [--seed N]`.
 //!
 //! Relays UDP between an edge (which sends to `--listen`) and the core at `--to` through
 //! the named profile until SIGTERM or Ctrl-C. Commands on stdin, one per line: `down`,
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use protocol::node::Signals;
 use serde_json::json;
-use tests::link::{DEFAULT_SEED, Link, LinkConfig, Profile};
+use tests::emulator::{DEFAULT_SEED, Link, LinkConfig, Profile};
 
-const USAGE: &str = "usage: link --listen ADDR --to ADDR [--profile NAME] [--seed N]
+const USAGE: &str = "usage: emulator --listen ADDR --to ADDR [--profile NAME] [--seed N]
 
 Relays UDP between an edge (sending to --listen) and the core at --to, shaped by a link
 profile, until SIGTERM or Ctrl-C.

@@ -432,12 +432,12 @@ pub(crate) fn screenshots_dir() -> PathBuf {
         .map(PathBuf::from)
         .map(|dir| {
             if dir.is_relative() {
-                crate::tools::root().join(dir)
+                crate::support::tools::root().join(dir)
             } else {
                 dir
             }
         })
-        .unwrap_or_else(|| crate::tools::root().join("target"));
+        .unwrap_or_else(|| crate::support::tools::root().join("target"));
     target.join("screenshots")
 }
 

@@ -1,4 +1,4 @@
-//! The node binaries as child processes, shared by the `nodes` and `mission` scenarios:
+//! The node binaries as child processes, shared by the scenarios that run them:
 //! built once by a nested cargo build, started with a config file, their log (stderr)
 //! read line by line on a thread, signalled or killed by PID.
 

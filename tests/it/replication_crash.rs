@@ -24,7 +24,7 @@ use protocol::tls::{self, Allowed, Ca, NodeIdentity};
 use tests::cluster::{name, topic};
 use tests::{Rng, TempDir};
 
-use crate::process::Node;
+use crate::support::process::Node;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const TOPIC: &str = "kill.b";

@@ -31,7 +31,7 @@ use protocol::service::Tile;
 use serde_json::Value;
 use tests::{Rng, TempDir};
 
-use crate::process::{Node, binary, field};
+use crate::support::process::{Node, binary, field};
 
 /// The demo feed's items: every one must reach the edge.
 const COUNT: usize = core_node::demo_feed::DEFAULT_COUNT;
@@ -358,7 +358,7 @@ fn end_to_end(profile: Option<&str>, feed_every: &str, feed_batch: u32) {
     let (mut hq, link, _) = start_hq(&hq_toml);
     // Through the emulator: the edge dials the relay, which forwards to HQ.
     let relay = profile.map(|profile| {
-        let mut relay = Node::spawn(Command::new(env!("CARGO_BIN_EXE_link")).args([
+        let mut relay = Node::spawn(Command::new(env!("CARGO_BIN_EXE_emulator")).args([
             "--listen",
             "127.0.0.1:0",
             "--to",

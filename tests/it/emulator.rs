@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tests::link::{Counters, Direction, Link, LinkConfig, OneWay, Profile};
+use tests::emulator::{Counters, Direction, Link, LinkConfig, OneWay, Profile};
 
 /// How long to wait for something that should happen at once; only reached on failure.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -68,7 +68,7 @@ struct Ends {
 
 impl Ends {
     fn new(profile: Profile) -> Ends {
-        Ends::with_seed(profile, tests::link::DEFAULT_SEED)
+        Ends::with_seed(profile, tests::emulator::DEFAULT_SEED)
     }
 
     fn with_seed(profile: Profile, seed: u64) -> Ends {

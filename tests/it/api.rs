@@ -1,6 +1,6 @@
 //! The HTTP API, the CLI and `/metrics` of the real node binaries (HQ with a bearer
 //! token and a read-only one, an edge without), linked over QUIC on loopback: who may
-//! read and change what (tokens, the page's session, forms); every endpoint with good and
+//! read and change what (tokens, the page's sign-in, forms); every endpoint with good and
 //! bad input (a 4xx with a useful message, never a 5xx, nothing changed); the OpenAPI
 //! document checked against both running nodes by schemathesis; the metrics read by
 //! Prometheus' own text-format parser.
@@ -1091,8 +1091,8 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
 
     // The page's sign-in: a wrong token is refused; the right one sets an HttpOnly,
     // SameSite=Strict cookie that then reads, changes, and carries the live events.
-    let session = api(&hq, "/session");
-    let whoami = call("GET", &session, None, None);
+    let sign_in_url = api(&hq, "/sign-in");
+    let whoami = call("GET", &sign_in_url, None, None);
     assert_eq!(
         (
             whoami.body["token_required"].clone(),
@@ -1105,7 +1105,7 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
     refused(
         &call(
             "POST",
-            &session,
+            &sign_in_url,
             None,
             Some(r#"{"token": "not-the-token-0123456789"}"#),
         ),
@@ -1115,7 +1115,7 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
     );
     let sign_in = |token: &str| {
         let mut response = agent()
-            .post(&session)
+            .post(&sign_in_url)
             .header("content-type", "application/json")
             .send(json!({ "token": token }).to_string())
             .unwrap();
@@ -1132,7 +1132,7 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
     let (set, body) = sign_in(TOKEN);
     assert_eq!(body["access"], "operate");
     for attribute in [
-        "tether-session-hq=",
+        "tether-sign-in-hq=",
         "HttpOnly",
         "SameSite=Strict",
         "Path=/",
@@ -1160,13 +1160,13 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
         ),
         "event: node",
     );
-    assert_eq!(status, 200, "the live events with the session: {events}");
-    // A change a form could send is refused even with the session.
+    assert_eq!(status, 200, "the live events with the sign-in: {events}");
+    // A change a form could send is refused even with a sign-in.
     let (status, text) = with_cookie("POST", &stop_feed, Some("text/plain"));
     assert!(status == 403 && text.contains("web form"), "{text}");
     assert_eq!(feed_state(), "running");
     let (status, text) = with_cookie("POST", &stop_feed, None);
-    assert_eq!(status, 200, "a stop with the session: {text}");
+    assert_eq!(status, 200, "a stop with the sign-in: {text}");
     assert_eq!(feed_state(), "stopped");
     let started = call(
         "POST",
@@ -1175,10 +1175,10 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
         None,
     );
     assert_eq!(started.status, 200, "{}", started.text);
-    // Signing out ends the session.
-    assert_eq!(with_cookie("DELETE", &session, None).0, 204);
+    // Signing out ends the sign-in.
+    assert_eq!(with_cookie("DELETE", &sign_in_url, None).0, 204);
     assert_eq!(with_cookie("GET", &api(&hq, "/node"), None).0, 401);
-    // A session from the read token reads and changes nothing.
+    // A sign-in with the read token reads and changes nothing.
     let (set, body) = sign_in(READ_TOKEN);
     assert_eq!(body["access"], "read");
     let cookie = set.split(';').next().unwrap().to_owned();
@@ -1190,7 +1190,7 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
              Content-Length: 0"
         ),
     );
-    assert_eq!(status, 403, "a change from a read-only session");
+    assert_eq!(status, 403, "a change from a read-only sign-in");
     assert_eq!(feed_state(), "running");
 
     // On the edge, which has no token: a change a cross-site form could make (no Origin,
@@ -1201,18 +1201,20 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
     let link = get(&api(&alpha, "/links/hq"));
     assert_eq!(link["paused_here"], false, "a refused pause paused nothing");
 
-    // A body over the limit: 413 with a reason; the node goes on.
-    let huge = format!(r#"{{"payload": "{}"}}"#, "x".repeat(2 << 20));
-    refused(
-        &call(
-            "POST",
-            &api(&alpha, "/topics/MESSAGES/entries"),
-            None,
-            Some(&huge),
+    // A body announced over the limit: 413 with a reason before any of it is read (only
+    // the head is sent); the node goes on.
+    let own = alpha.strip_prefix("http://").unwrap();
+    let (status, text) = raw_request(
+        own,
+        &format!(
+            "POST /api/v1/topics/MESSAGES/entries HTTP/1.1\r\nHost: {own}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}",
+            2 << 20
         ),
-        413,
-        "largest",
-        "a 2 MiB body",
+    );
+    assert!(
+        status == 413 && text.contains("over the") && text.contains("max_entry_bytes"),
+        "{text}"
     );
 
     // Reads that wait for an entry are capped: one past the cap gets 429, the rest of the

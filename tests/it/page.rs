@@ -516,7 +516,7 @@ fn the_page_asks_for_the_token_and_shows_api_errors() {
     );
 
     // The right one: signed in, the page fills, and no script can see a credential (the
-    // session is an HttpOnly cookie; nothing is kept in the page's storage).
+    // sign-in is an HttpOnly cookie; nothing is kept in the page's storage).
     let input = b.find("#token").unwrap();
     b.clear(&input).unwrap();
     b.type_text(&input, TOKEN).unwrap();

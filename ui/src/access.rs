@@ -1,13 +1,13 @@
 //! Who may reach a node over HTTP, and what they may do: the `Host` and browser rules,
-//! the operator's and the read-only token, the page's signed-in sessions, and the limits
+//! the operator's and the read-only token, the page's sign-ins, and the limits
 //! on requests at once.
 //!
 //! With `http.token` set, every request but the probes, the page's own files, the OpenAPI
-//! document and `/api/v1/session` needs a credential: `Authorization: Bearer <token>`
-//! (the CLI, scripts, Prometheus) or the session cookie the page gets by signing in with
+//! document and `/api/v1/sign-in` needs a credential: `Authorization: Bearer <token>`
+//! (the CLI, scripts, Prometheus) or the sign-in cookie the page gets by signing in with
 //! a token (`HttpOnly`, `SameSite=Strict`: no script can read it and no other site's
 //! request carries it; `EventSource` sends it where it could send no header). The read
-//! token, and a session signed in with it, read but change nothing. A token never travels
+//! token, and a sign-in with it, read but change nothing. A token never travels
 //! in a URL.
 
 use std::collections::HashMap;
@@ -25,11 +25,11 @@ use tokio::sync::Semaphore;
 use crate::App;
 use crate::error::ApiError;
 
-/// How long a signed-in session lasts.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// How long a sign-in lasts.
+pub const SIGN_IN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// The most sessions a node keeps; signing in past it ends the oldest.
-const MAX_SESSIONS: usize = 256;
+/// The most sign-ins a node keeps; signing in past it ends the oldest.
+const MAX_SIGN_INS: usize = 256;
 
 /// The most requests a node works on at once (live-event streams and waiting reads
 /// have caps of their own); past it, 429.
@@ -48,20 +48,20 @@ pub enum Access {
     Operate,
 }
 
-/// The node's credentials and its signed-in sessions.
+/// The node's credentials and its sign-ins.
 pub(crate) struct Credentials {
     token: Option<String>,
     read_token: Option<String>,
-    /// The session cookie's name: one per node, so that two nodes on one host (the demo)
-    /// keep their sessions apart.
+    /// The sign-in cookie's name: one per node, so that two nodes on one host (the demo)
+    /// keep their sign-ins apart.
     cookie: String,
-    sessions: Mutex<HashMap<String, Session>>,
+    signed_in: Mutex<HashMap<String, SignedIn>>,
     /// Room for requests at once ([`MAX_REQUESTS`]) and waiting reads ([`MAX_WAITS`]).
     pub(crate) requests: Arc<Semaphore>,
     pub(crate) waits: Arc<Semaphore>,
 }
 
-struct Session {
+struct SignedIn {
     access: Access,
     until: Instant,
 }
@@ -71,8 +71,8 @@ impl Credentials {
         Credentials {
             token,
             read_token,
-            cookie: format!("tether-session-{node}"),
-            sessions: Mutex::new(HashMap::new()),
+            cookie: format!("tether-sign-in-{node}"),
+            signed_in: Mutex::new(HashMap::new()),
             requests: Arc::new(Semaphore::new(MAX_REQUESTS)),
             waits: Arc::new(Semaphore::new(MAX_WAITS)),
         }
@@ -107,52 +107,52 @@ impl Credentials {
             return self.grants(bearer.trim());
         }
         let id = cookie(headers, &self.cookie)?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let session = sessions.get(id)?;
-        if session.until <= Instant::now() {
-            sessions.remove(id);
+        let mut signed_in = self.signed_in.lock().unwrap_or_else(|e| e.into_inner());
+        let sign_in = signed_in.get(id)?;
+        if sign_in.until <= Instant::now() {
+            signed_in.remove(id);
             return None;
         }
-        Some(session.access)
+        Some(sign_in.access)
     }
 
-    /// Starts a session for `access`; returns its cookie header.
+    /// Signs in with `access`; returns its cookie header.
     fn sign_in(&self, access: Access, secure: bool) -> Result<String, ApiError> {
         let mut id = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-            .map_err(|_| ApiError::unavailable("no randomness for a session; try again"))?;
+            .map_err(|_| ApiError::unavailable("no randomness for a sign-in; try again"))?;
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let now = Instant::now();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.until > now);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
+        let mut signed_in = self.signed_in.lock().unwrap_or_else(|e| e.into_inner());
+        signed_in.retain(|_, s| s.until > now);
+        if signed_in.len() >= MAX_SIGN_INS
+            && let Some(oldest) = signed_in
                 .iter()
                 .min_by_key(|(_, s)| s.until)
                 .map(|(id, _)| id.clone())
         {
-            sessions.remove(&oldest);
+            signed_in.remove(&oldest);
         }
-        sessions.insert(
+        signed_in.insert(
             id.clone(),
-            Session {
+            SignedIn {
                 access,
-                until: now + SESSION_LIFETIME,
+                until: now + SIGN_IN_LIFETIME,
             },
         );
         Ok(format!(
             "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
             self.cookie,
-            SESSION_LIFETIME.as_secs(),
+            SIGN_IN_LIFETIME.as_secs(),
             if secure { "; Secure" } else { "" }
         ))
     }
 
-    /// Ends the request's session, if it has one; returns the header that clears it.
+    /// Ends the request's sign-in, if it has one; returns the header that clears it.
     fn sign_out(&self, headers: &HeaderMap) -> String {
         if let Some(id) = cookie(headers, &self.cookie) {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            sessions.remove(id);
+            let mut signed_in = self.signed_in.lock().unwrap_or_else(|e| e.into_inner());
+            signed_in.remove(id);
         }
         format!(
             "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
@@ -179,28 +179,28 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `/api/v1/session`: sign in with a token (a cookie), see what this browser may do, sign
+/// `/api/v1/sign-in`: sign in with a token (a cookie), see what this browser may do, sign
 /// out.
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new().route(
-        "/session",
-        axum::routing::get(session)
-            .post(session_start)
-            .delete(session_end),
+        "/sign-in",
+        axum::routing::get(sign_in_state)
+            .post(sign_in)
+            .delete(sign_out),
     )
 }
 
-/// What a request may do, as `GET /session` and sign-in answer it.
+/// What a request may do, as `GET /sign-in` and signing in answer it.
 #[derive(Debug, Serialize)]
-struct SessionView {
+struct SignInView {
     /// Whether this node asks for a token.
     token_required: bool,
     /// What this request may do: `operate`, `read`, or nothing (`null`: sign in).
     access: Option<Access>,
 }
 
-async fn session(State(app): State<Arc<App>>, request: Request) -> Json<SessionView> {
-    Json(SessionView {
+async fn sign_in_state(State(app): State<Arc<App>>, request: Request) -> Json<SignInView> {
+    Json(SignInView {
         token_required: app.access.required(),
         access: app.access.access(request.headers()),
     })
@@ -212,7 +212,7 @@ struct SignIn {
     token: String,
 }
 
-async fn session_start(
+async fn sign_in(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
@@ -239,7 +239,7 @@ async fn session_start(
     let cookie = app.access.sign_in(access, secure)?;
     Ok((
         [(header::SET_COOKIE, cookie)],
-        Json(SessionView {
+        Json(SignInView {
             token_required: true,
             access: Some(access),
         }),
@@ -247,7 +247,7 @@ async fn session_start(
         .into_response())
 }
 
-async fn session_end(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let clear = app.access.sign_out(&headers);
     (
         StatusCode::NO_CONTENT,
@@ -260,7 +260,7 @@ async fn session_end(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 }
 
 /// Paths anyone may ask for: the probes, the page's own files (they hold no data, and
-/// the page must load to offer its sign-in), the API's description, and the session.
+/// the page must load to offer its sign-in), the API's description, and signing in.
 fn public(path: &str) -> bool {
     matches!(
         path,
@@ -270,7 +270,7 @@ fn public(path: &str) -> bool {
             | "/ui/app.js"
             | "/ui/style.css"
             | "/api/v1/openapi.json"
-            | "/api/v1/session"
+            | "/api/v1/sign-in"
     )
 }
 
@@ -293,6 +293,25 @@ pub(crate) async fn guard(State(app): State<Arc<App>>, request: Request, next: N
     }
     if !safe && let Some(why) = a_form_could_send(request.headers()) {
         return forbidden(why).into_response();
+    }
+    // A body announced larger than the node takes is refused before it is read.
+    if let Some(length) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > app.body_limit as u64
+    {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!(
+                "a body of {length} bytes is over the {} this node takes (one entry of at \
+                 most store.max_entry_bytes, as base64 in JSON)",
+                app.body_limit
+            ),
+        )
+        .into_response();
     }
     if !public(path) {
         let needs = if safe { Access::Read } else { Access::Operate };
@@ -451,7 +470,7 @@ mod tests {
         let pair = set.split(';').next().unwrap();
         let with = headers(&[("cookie", &format!("theme=dark; {pair}"))]);
         assert_eq!(c.access(&with), Some(Access::Read));
-        let other = headers(&[("cookie", "tether-session-hq=00ff")]);
+        let other = headers(&[("cookie", "tether-sign-in-hq=00ff")]);
         assert_eq!(c.access(&other), None);
         c.sign_out(&with);
         assert_eq!(c.access(&with), None);
@@ -460,12 +479,12 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_bounded() {
+    fn sign_ins_are_bounded() {
         let c = Credentials::new("hq", Some("operator-token-0123".into()), None);
-        for _ in 0..MAX_SESSIONS + 10 {
+        for _ in 0..MAX_SIGN_INS + 10 {
             c.sign_in(Access::Operate, false).unwrap();
         }
-        assert_eq!(c.sessions.lock().unwrap().len(), MAX_SESSIONS);
+        assert_eq!(c.signed_in.lock().unwrap().len(), MAX_SIGN_INS);
     }
 
     #[test]

@@ -109,8 +109,11 @@ pub struct App {
     name: String,
     role: &'static str,
     started_ms: u64,
-    /// Its tokens, sessions, and room for requests.
+    /// Its tokens, sign-ins, and room for requests.
     access: access::Credentials,
+    /// The largest request body: one entry, base64 (4/3) in JSON, with room for its
+    /// headers.
+    body_limit: usize,
     store: Store,
     services: Services,
     links: Links,
@@ -147,6 +150,11 @@ impl App {
                 Role::Edge => "edge",
             },
             started_ms: views::millis(std::time::SystemTime::now()),
+            body_limit: usize::try_from(config.store.max_entry_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(3)
+                .div_ceil(2)
+                .saturating_add(64 << 10),
             access: access::Credentials::new(
                 config.node.name.as_str(),
                 config.http.token.clone(),
@@ -168,7 +176,7 @@ impl App {
     }
 }
 
-fn router(app: Arc<App>, files: Vec<(String, PathBuf)>, body_limit: usize) -> Router {
+fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
@@ -183,7 +191,7 @@ fn router(app: Arc<App>, files: Vec<(String, PathBuf)>, body_limit: usize) -> Ro
         router = router.nest(&format!("/files/{name}"), served);
     }
     router
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(app.body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), access::guard))
         .route_layer(middleware::from_fn_with_state(app.clone(), metrics::count))
         .with_state(app)
@@ -286,15 +294,9 @@ impl Listener {
                  everything on this node"
             );
         }
-        // A body holds at most one entry, base64 (4/3) in JSON, with room for its headers.
-        let max_entry = usize::try_from(node.config().store.max_entry_bytes).unwrap_or(usize::MAX);
-        let body_limit = max_entry
-            .saturating_mul(3)
-            .div_ceil(2)
-            .saturating_add(64 << 10);
         let app = Arc::new(App::new(node, site.demo, site.fed));
         let closing = app.closing.clone();
-        let router = router(app, site.files, body_limit);
+        let router = router(app, site.files);
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = stopped.await;

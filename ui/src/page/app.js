@@ -24,8 +24,8 @@
 
   const S = {
     node: null,
-    // What this browser may do here (GET /session): null until asked.
-    session: null,
+    // What this browser may do here (GET /sign-in): null until asked.
+    signIn: null,
     services: [],
     links: [],
     mirror: null,
@@ -259,39 +259,39 @@
 
   // ---- signing in ----
 
-  // The node keeps the page's session in an HttpOnly cookie: no script here ever holds
+  // The node keeps the page's sign-in in an HttpOnly cookie: no script here ever holds
   // the token after signing in, and the live events (EventSource) carry the cookie.
-  function renderSession(session) {
-    S.session = session;
+  function renderSignIn(signIn) {
+    S.signIn = signIn;
     const form = $('#token-form');
-    form.hidden = !session.token_required;
-    const access = session.access;
+    form.hidden = !signIn.token_required;
+    const access = signIn.access;
     const st = $('#token-state');
     setText(st, access === 'operate' ? 'signed in' : access === 'read' ? 'read only' : 'signed out');
     setAttr(st, 'data-state', access ? access : 'missing');
     $('#token').hidden = !!access;
     $('#token-save').hidden = !!access;
-    $('#sign-out').hidden = !(access && session.token_required);
+    $('#sign-out').hidden = !(access && signIn.token_required);
     form.classList.toggle('attention', !access);
   }
 
   function signedOut() {
-    if (S.session && !S.session.access) return;
-    renderSession({ token_required: true, access: null });
+    if (S.signIn && !S.signIn.access) return;
+    renderSignIn({ token_required: true, access: null });
     if (source) source.close();
     source = null;
     setStream('connecting');
   }
 
   // Asks the node what this browser may do; connects when it may read.
-  async function checkSession() {
-    const session = await api('GET', '/session', undefined, true);
-    renderSession(session);
-    if (session.access) {
+  async function checkSignIn() {
+    const signIn = await api('GET', '/sign-in', undefined, true);
+    renderSignIn(signIn);
+    if (signIn.access) {
       api('GET', '/node', undefined, true).then(onNode, () => {});
       if (!source) connect();
     }
-    return session;
+    return signIn;
   }
 
   async function signIn(e) {
@@ -300,16 +300,16 @@
     const token = input.value.trim();
     if (!token) return;
     await act($('#token-save'), async () => {
-      await api('POST', '/session', { token });
+      await api('POST', '/sign-in', { token });
       input.value = '';
       hideError();
-      await checkSession();
+      await checkSignIn();
     });
   }
 
   async function signOut() {
     await act($('#sign-out'), async () => {
-      await api('DELETE', '/session');
+      await api('DELETE', '/sign-in');
       signedOut();
     });
   }
@@ -722,7 +722,7 @@
   let assetsAgain = false;
   let assetsTimer = 0;
   async function refreshAssets() {
-    if (!S.node || S.node.role !== 'edge' || !(S.session && S.session.access)) return;
+    if (!S.node || S.node.role !== 'edge' || !(S.signIn && S.signIn.access)) return;
     if (assetsBusy) {
       assetsAgain = true;
       return;
@@ -932,13 +932,13 @@
     es.onerror = () => {
       setStream('reconnecting');
       if (es.readyState === EventSource.CLOSED) {
-        // The browser gave up (an error answer, such as an ended session): ask the node
+        // The browser gave up (an error answer, such as an ended sign-in): ask the node
         // whether this browser may still read, and connect again if so, a little later
         // each time.
         setTimeout(() => {
           if (source !== es) return;
           source = null;
-          checkSession().catch(() => {});
+          checkSignIn().catch(() => {});
         }, retry);
         retry = Math.min(retry * 2, 15000);
       }
@@ -1010,7 +1010,7 @@
     });
     $('#token-form').addEventListener('submit', signIn);
     $('#sign-out').addEventListener('click', signOut);
-    checkSession().catch(() => {});
+    checkSignIn().catch(() => {});
     setInterval(() => {
       ageOutTiles();
       // Relative times ("2 min ago") move on.

@@ -33,8 +33,8 @@ use crate::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
 use crate::ip_range::IpRange;
 use crate::link::RelayLimit;
 use crate::log::StoreConfig;
-use crate::node::Role;
 use crate::replication::{Writer, Writers};
+use crate::role::Role;
 use crate::tls::{self, Allowed, Timeouts};
 
 /// The prefix of environment variables that override config keys.

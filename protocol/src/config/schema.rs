@@ -1,4 +1,6 @@
-//! The checked configuration: [`Config`] and its sections, and each role's defaults.
+//! The schema: the checked [`Config`] and its sections, each role's defaults, and
+//! `SECTIONS`, every key's help (the one description of each key, which `--print-config`
+//! writes).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,10 +17,15 @@ use crate::role::Role;
 use crate::tls::{self, Allowed, Timeouts};
 
 /// A node's checked configuration. [`Config::default_for`] is the local demo setup.
+///
+/// Each section's fields are its keys of the same names. What a key means, for operators,
+/// is its help in `SECTIONS` (in `config/schema.rs`), which `--print-config` writes above
+/// it; the fields' docs say only what the Rust side adds: units, what `None` means, where
+/// a default comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The kind of node this config is for (not a key: the binary decides it). It picks
-    /// the defaults and which `[link]` keys apply.
+    /// the defaults and which keys apply.
     pub role: Role,
     /// `[node]`: who this node is and where it keeps its data.
     pub node: NodeSettings,
@@ -34,29 +41,27 @@ pub struct Config {
     pub http: HttpSettings,
     /// `[pipeline]`: the mission pipeline's services.
     pub pipeline: PipelineSettings,
-    /// `[[topics]]`: the topics the node creates (or updates) at start.
+    /// `[[topics]]`: the topics the node creates (or updates) at start (`TOPICS_HELP`).
     pub topics: Vec<TopicConfig>,
     /// `[[topics]] writers`: at the core, which edges may write each topic.
     pub writers: Writers,
 }
 
-/// The `[node]` section.
+/// The `[node]` section (each key's help: see [`Config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
-    /// The node's name; it is the origin of every entry this node appends.
+    /// `name`: the origin of every entry this node appends.
     pub name: NodeName,
-    /// Where the node keeps its data; the store is in `<data_dir>/store`. A relative path
-    /// starts at the working directory. Default: `data/<name>`.
+    /// `data_dir`; by default `data/<name>`, which follows the name.
     pub data_dir: PathBuf,
 }
 
-/// The `[log]` section.
+/// The `[log]` section (each key's help: see [`Config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
-    /// Text for people or JSON for log collectors.
+    /// `format`.
     pub format: LogFormat,
-    /// A tracing `EnvFilter` directive, such as `info` or `protocol=debug,info`.
-    /// `RUST_LOG` overrides it.
+    /// `filter`: a tracing `EnvFilter` directive, checked with its parser.
     pub filter: String,
 }
 
@@ -70,62 +75,47 @@ pub enum LogFormat {
     Json,
 }
 
-/// The `[store]` section.
+/// The `[store]` section (each key's help: see [`Config`]); sizes in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
-    /// Largest entry a producer or a peer may append, in bytes; larger ones are refused.
+    /// `max_entry_bytes`.
     pub max_entry_bytes: u64,
-    /// Total entry bytes the node may hold. Past it, retention removes the oldest entries
-    /// even if a peer has not received them, and records a gap. `None`: no budget.
+    /// `disk_budget`; `None`: no budget.
     pub disk_budget: Option<u64>,
-    /// sled's page cache, in bytes: more is faster reads and more resident memory.
+    /// `cache_bytes`: sled's page cache.
     pub cache_bytes: u64,
-    /// How often retention runs. Shorter frees space sooner and costs more idle work.
+    /// `retention_interval`.
     pub retention_interval: Duration,
 }
 
-/// The `[link]` section. A core uses `listen`, `edges` and `allow_any_edge`; an edge uses
-/// `core` and `core_name`; the keys of the other role keep their defaults (setting one is
-/// an error). Both use the others.
+/// The `[link]` section (each key's help, and whose key it is: see [`Config`]). The
+/// keys of the other role keep their defaults (setting one is an error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkSettings {
-    /// Core: the UDP address it listens on for its edges.
+    /// `listen` (core).
     pub listen: SocketAddr,
-    /// Core: the edges that may connect, by node name (each also needs a certificate from
-    /// the mission CA naming it). No duplicates, not the core's own name.
+    /// `edges` (core): no duplicates, not the core's own name.
     pub edges: Vec<NodeName>,
-    /// Core: accept any edge the mission CA issued a certificate to, listed or not.
+    /// `allow_any_edge` (core).
     pub allow_any_edge: bool,
-    /// Edge: the core's address, `host:port`, the host a DNS name or an IP address
-    /// (IPv6 in brackets); resolved at each dial.
+    /// `core` (edge): checked as `host:port`, resolved at each dial.
     pub core: String,
-    /// Edge: the core's node name; the core's certificate must name it.
+    /// `core_name` (edge).
     pub core_name: NodeName,
-    /// The node's certificate and key (`<name>.pem`, `<name>.key`) and the mission CA's
-    /// certificate (`ca.pem`); on the core also the CA's key. `None`: `<data_dir>/certs`,
-    /// following the data directory; [`Config::certs_dir`] resolves it.
+    /// `certs_dir`; `None`: `<data_dir>/certs`, following the data directory;
+    /// [`Config::certs_dir`] resolves it.
     pub certs_dir: Option<PathBuf>,
-    /// For a demo: at start, create what is missing in `certs_dir` (see
-    /// [`crate::tls::ensure_demo_files`]). Nodes still authenticate each other.
+    /// `demo_certs`: what is made is [`crate::tls::ensure_demo_files`]'s.
     pub demo_certs: bool,
-    /// How often this node pings a link with nothing to send, to keep NAT and conntrack
-    /// state alive: Linux forgets an idle UDP flow after 30 s (120 s once it has seen
-    /// replies), home NATs often after 30 s. Each ping costs a ~50-byte packet and its
-    /// ack. Default [`tls::KEEP_ALIVE_INTERVAL`] (15 s); 1 s to 10 min
-    /// ([`tls::KEEP_ALIVE_RANGE`]).
+    /// `keep_alive`: by default [`tls::KEEP_ALIVE_INTERVAL`], within
+    /// [`tls::KEEP_ALIVE_RANGE`]. Linux forgets an idle UDP flow after 30 s, 120 s once
+    /// it has seen replies.
     pub keep_alive: Duration,
-    /// A link on which no packet arrived for this long is dead and is closed (then the
-    /// edge redials). Longer rides out slow round trips and fades (the default, four
-    /// keep-alives, takes a 5-second round trip or a fade of up to ~45 s); the price is
-    /// that a link that did die is noticed only after it. The smaller of the two sides'
-    /// values applies. Default [`tls::IDLE_TIMEOUT`] (60 s); 5 s to 1 h
-    /// ([`tls::IDLE_TIMEOUT_RANGE`]), and at least twice `keep_alive`, or a healthy idle
-    /// link would time out between two keep-alives.
+    /// `idle_timeout`: by default [`tls::IDLE_TIMEOUT`] (four keep-alives), within
+    /// [`tls::IDLE_TIMEOUT_RANGE`], and at least twice `keep_alive`.
     pub idle_timeout: Duration,
-    /// Core: what it relays from one edge to the others (`relay_rate`, `relay_entries`,
-    /// `relay_burst`), so that one edge cannot fill every other edge's slow link; past
-    /// it, that edge's entries are taken only as fast as the quota allows (its backlog
-    /// waits on its own disk). `None`: no limit (both rates 0).
+    /// `relay_rate`, `relay_entries` and `relay_burst` (core), by default
+    /// [`RELAY_DEFAULT`]; `None`: no limit (both rates 0).
     pub relay: Option<RelayLimit>,
 }
 
@@ -137,66 +127,52 @@ pub const RELAY_DEFAULT: RelayLimit = RelayLimit {
     burst: Duration::from_secs(60),
 };
 
-/// The `[mirror]` section. A core uses `volume`, an edge `dir`; both `max_rate`.
+/// The `[mirror]` section (each key's help: see [`Config`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MirrorConfig {
-    /// Core: the mission volume it serves to its edges' mirrors. `None`:
-    /// `<data_dir>/volume`; [`Config::volume_dir`] resolves it.
+    /// `volume` (core); `None`: `<data_dir>/volume`; [`Config::volume_dir`] resolves it.
     pub volume: Option<PathBuf>,
-    /// Edge: where it keeps its mirror (readers use `<dir>/current`). `None`:
-    /// `<data_dir>/mirror`; [`Config::mirror_dir`] resolves it.
+    /// `dir` (edge); `None`: `<data_dir>/mirror`; [`Config::mirror_dir`] resolves it.
     pub dir: Option<PathBuf>,
-    /// Cap on mirror chunk bytes per second (the lower of the core's and the edge's
-    /// applies). `None`: no cap (the mirror still yields to entries).
+    /// `max_rate`, in chunk bytes per second; `None`: no cap.
     pub max_rate: Option<u64>,
 }
 
-/// The `[http]` section.
+/// The `[http]` section (each key's help: see [`Config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
-    /// Where the node serves its HTTP API, page and files. Default: 127.0.0.1:8080 at
-    /// the core, 127.0.0.1:8081 at an edge (both on one machine for the demo).
+    /// `listen`: by default 127.0.0.1:8080 at the core, 127.0.0.1:8081 at an edge (both
+    /// on one machine for the demo).
     pub listen: SocketAddr,
-    /// The operator's bearer token: with it, every request but the probes (`/healthz`,
-    /// `/readyz`) must carry it (`Authorization: Bearer <token>`) or the session cookie
-    /// the page gets by signing in with it. `None`: no token, which only a listener on
-    /// loopback may have (or one with [`HttpSettings::insecure_no_token`]). Best set from
-    /// the environment (`TETHER_HTTP__TOKEN`), out of the config file.
+    /// `token`: requests carry it as `Authorization: Bearer <token>`. `None`: no token,
+    /// which only a listener on loopback may have (or one with
+    /// [`HttpSettings::insecure_no_token`]).
     pub token: Option<String>,
-    /// A second token that reads but never changes anything: for dashboards and
-    /// Prometheus (`TETHER_HTTP__READ_TOKEN`). Needs [`HttpSettings::token`].
+    /// `read_token`; needs [`HttpSettings::token`].
     pub read_token: Option<String>,
-    /// Serve a listener that is not on loopback with no token: anyone who reaches the
-    /// port reads and changes everything. For labs only; logged loudly at start.
+    /// `insecure_no_token`: logged loudly at start.
     pub insecure_no_token: bool,
-    /// Host names the node answers to, besides IP addresses and `localhost`: the names
-    /// people and proxies reach it by (an Ingress host, a Service name). A request whose
-    /// `Host` is any other name is refused, so that a web page cannot rebind its own
-    /// name to the node's address (DNS rebinding) and act as if it were the node's page.
+    /// `hosts`: lowercased, without ports.
     pub hosts: Vec<String>,
 }
 
-/// The `[pipeline]` section: the mission pipeline's services (DESIGN.md).
+/// The `[pipeline]` section: the mission pipeline's services (DESIGN.md; each
+/// key's help: see [`Config`]). Every key but `start_services` is the core's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineSettings {
-    /// Core: the feed document, a path or an http(s) URL in the NASA Image and Video
-    /// Library format. `None`: the built-in demo feed, served by the core itself.
+    /// `feed`; `None`: the built-in demo feed, served by the core itself.
     pub feed: Option<String>,
-    /// Core: how often the feed service picks new items.
+    /// `feed_every`.
     pub feed_every: Duration,
-    /// Core: how many new items it picks each time.
+    /// `feed_batch`: 1 to 1000.
     pub feed_batch: u32,
-    /// Core: the largest image a download may fetch.
+    /// `max_download_bytes`.
     pub max_download_bytes: u64,
-    /// Core: how long one download may take.
+    /// `download_timeout`.
     pub download_timeout: Duration,
-    /// Core: addresses and ranges a feed item's download may connect to although they
-    /// are internal (loopback, private, link-local, multicast, ...), which the downloader
-    /// otherwise refuses. Empty by default; HQ's own HTTP address is always allowed (the
-    /// demo feed's images are served there).
+    /// `download_allow`.
     pub download_allow: Vec<IpRange>,
-    /// Whether every service starts the first time a node starts (afterwards a node
-    /// remembers which services an operator left running).
+    /// `start_services`.
     pub start_services: bool,
 }
 
@@ -394,4 +370,321 @@ fn default_writers() -> Writers {
         core_only("ASSET_BROADCAST"),
         core_only("ASSET_RESPONSE"),
     ])
+}
+
+/// The sections of the config file and their keys, in the order `--print-config` writes
+/// them, each with its help: the one description of every key, which the printer writes
+/// above it as comment lines and the fields of [`Config`] point to.
+pub(super) const SECTIONS: &[Section] = &[
+    Section {
+        name: "node",
+        keys: &[
+            Key::both(
+                "name",
+                &["The node's name, 1 to 63 of a-z, 0-9 and '-': the origin of its entries everywhere."],
+            ),
+            Key::both(
+                "data_dir",
+                &[
+                    "Where the node keeps its data (the store is in <data_dir>/store). A relative path",
+                    "starts at the working directory. Default: \"data/<name>\".",
+                ],
+            ),
+        ],
+    },
+    Section {
+        name: "log",
+        keys: &[
+            Key::both("format", &["\"text\" for people, \"json\" for log collectors."]),
+            Key::both(
+                "filter",
+                &[
+                    "What to log, as a tracing filter directive: \"info\", \"protocol=debug,info\".",
+                    "RUST_LOG overrides it.",
+                ],
+            ),
+        ],
+    },
+    Section {
+        name: "store",
+        keys: &[
+            Key::both(
+                "max_entry_bytes",
+                &["Largest entry a producer or a peer may append; larger ones are refused."],
+            ),
+            Key::both(
+                "disk_budget",
+                &[
+                    "Total entry bytes the node may hold. Past it, retention removes the oldest entries",
+                    "even if a peer has not received them, and records a gap. Left out: no budget.",
+                ],
+            ),
+            Key::both(
+                "cache_bytes",
+                &["sled's page cache: more is faster reads and more resident memory."],
+            ),
+            Key::both(
+                "retention_interval",
+                &["How often retention runs (each topic's max_age, max_bytes and max_entries)."],
+            ),
+        ],
+    },
+    Section {
+        name: "link",
+        keys: &[
+            Key::core(
+                "listen",
+                &[
+                    "The UDP address this core listens on for its edges' QUIC connections",
+                    "(\"0.0.0.0:7000\": every interface).",
+                ],
+            ),
+            Key::core(
+                "edges",
+                &[
+                    "The edges that may connect, by node name. Each must also present a certificate from",
+                    "the mission CA that names it.",
+                ],
+            ),
+            Key::core(
+                "allow_any_edge",
+                &["Accept any edge the mission CA issued a certificate to, listed or not."],
+            ),
+            Key::core(
+                "relay_rate",
+                &[
+                    "What this core relays from one edge to the others (its entries of \"all\" topics), per",
+                    "second, so that one edge cannot fill every other edge's slow link: entry bytes (a",
+                    "size) and entries, each 0 for no limit, with a burst of relay_burst at full speed.",
+                    "Past it, the core takes that edge's entries only as fast as the quota allows.",
+                ],
+            ),
+            Key::core("relay_entries", SEE_ABOVE),
+            Key::core("relay_burst", SEE_ABOVE),
+            Key::edge(
+                "core",
+                &[
+                    "The core's address, host:port (UDP); the host is a name or an IP address",
+                    "(IPv6 in brackets). A name is resolved again at each dial.",
+                ],
+            ),
+            Key::edge(
+                "core_name",
+                &["The core's node name: the certificate the core presents must name it."],
+            ),
+            Key::both(
+                "certs_dir",
+                &[
+                    "This node's certificate and key (<name>.pem, <name>.key) and the mission CA's",
+                    "certificate (ca.pem); on the core also the CA's key (ca.key). `core-node certs init`",
+                    "and `core-node certs issue <edge>` make them. Default: \"<data_dir>/certs\".",
+                ],
+            ),
+            Key::both(
+                "demo_certs",
+                &[
+                    "For a demo: at start, create what is missing in certs_dir (a CA if there is none,",
+                    "this node's certificate, and on the core those of its edges). The nodes still",
+                    "authenticate each other. Set it to false in production: a node then refuses to start",
+                    "without its files.",
+                ],
+            )
+            .with_edge_note(&[
+                "An edge cannot issue its own certificate without the CA's key: for a demo on one",
+                "machine, point certs_dir at the core's (\"data/hq/certs\"); alone, it makes a CA",
+                "of its own, which the core does not trust.",
+            ]),
+            Key::both(
+                "keep_alive",
+                &[
+                    "How often this node pings a quiet link, to keep NAT and conntrack state alive (Linux",
+                    "forgets an idle UDP flow after 30 s, home NATs often too); a ping is ~50 bytes.",
+                    "1s to 10m.",
+                ],
+            ),
+            Key::both(
+                "idle_timeout",
+                &[
+                    "A link with no packet from the peer for this long is dead: it is closed and the edge",
+                    "redials. Longer rides out slow round trips and fades (the default: a 5 s round trip,",
+                    "a fade of ~45 s); a link that did die is noticed only after it. The smaller of both",
+                    "sides' values applies. 5s to 1h, and at least twice keep_alive.",
+                ],
+            ),
+        ],
+    },
+    Section {
+        name: "mirror",
+        keys: &[
+            Key::core(
+                "volume",
+                &[
+                    "The mission volume served to the edges' mirrors; it is watched, so a mirror",
+                    "with no change costs almost nothing. Default: \"<data_dir>/volume\".",
+                ],
+            ),
+            Key::edge(
+                "dir",
+                &[
+                    "Where the mirror of the core's volume is kept; readers use <dir>/current.",
+                    "A mirror runs only when an operator starts it. Default: \"<data_dir>/mirror\".",
+                ],
+            ),
+            Key::both(
+                "max_rate",
+                &[
+                    "Cap on mirror bytes per second (the lower of the core's and the edge's applies).",
+                    "Left out: no cap; mirrors always yield to entries and control anyway.",
+                ],
+            ),
+        ],
+    },
+    Section {
+        name: "http",
+        keys: &[
+            Key::both(
+                "listen",
+                &[
+                    "Where the node serves its HTTP API, page and files. 127.0.0.1: this machine only;",
+                    "any other address needs a token.",
+                ],
+            ),
+            Key::both(
+                "token",
+                &[
+                    "The operator's bearer token: every request but /healthz and /readyz needs it (or the",
+                    "page's session, signed in with it). Best set from the environment: TETHER_HTTP__TOKEN.",
+                ],
+            ),
+            Key::both(
+                "read_token",
+                &["A token that reads but changes nothing (dashboards, Prometheus): TETHER_HTTP__READ_TOKEN."],
+            ),
+            Key::both(
+                "insecure_no_token",
+                &["Labs only: serve beyond loopback with no token, open to anyone on the network."],
+            ),
+            Key::both(
+                "hosts",
+                &[
+                    "Host names this node answers to besides IP addresses and localhost (an Ingress",
+                    "host, a Service name); a request naming another host is refused (DNS rebinding).",
+                ],
+            ),
+        ],
+    },
+    Section {
+        name: "pipeline",
+        keys: &[
+            Key::core(
+                "feed",
+                &[
+                    "The IMAGE feed document: a path or an http(s) URL, in the NASA Image and Video",
+                    "Library API format. Left out: the built-in demo feed, served by this node.",
+                ],
+            ),
+            Key::core(
+                "feed_every",
+                &["How often the feed service picks new items, and how many each time."],
+            ),
+            Key::core("feed_batch", SEE_ABOVE),
+            Key::core("max_download_bytes", &["Limits on one image download."]),
+            Key::core("download_timeout", SEE_ABOVE),
+            Key::core(
+                "download_allow",
+                &[
+                    "A feed item's image is fetched over http(s) only, and never from an internal address",
+                    "(loopback, private, link-local, shared, multicast, broadcast, reserved; IPv6 forms",
+                    "that embed such an IPv4 address too), checked after DNS and at every redirect. The",
+                    "addresses (\"10.0.0.7\") and CIDR ranges (\"10.0.0.0/8\", \"fd00::/8\") listed here are",
+                    "allowed all the same. This node's own HTTP address is always allowed.",
+                ],
+            ),
+            Key::both(
+                "start_services",
+                &[
+                    "Start every service the first time the node starts; afterwards the node",
+                    "remembers which services an operator left running.",
+                ],
+            ),
+        ],
+    },
+];
+
+/// The help of `[[topics]]`, written above the list (the topics' keys share it).
+pub(super) const TOPICS_HELP: &[&str] = &[
+    "The topics this node holds; listing any replaces the default list. scope: \"local\"",
+    "never leaves the node, \"core\" is stored at the core, \"all\" on every node that",
+    "subscribes. Retention (max_age, max_bytes, max_entries): left out, no such limit.",
+    "writers (read by the core): who besides the core may write the topic: \"any\" edge",
+    "(left out), \"core\" alone, or a list of edge names; the core takes no other edge's.",
+];
+
+/// The help of a key that the help of the key above it describes too.
+const SEE_ABOVE: &[&str] = &[];
+
+/// A section of the config file, `[name]`, and its keys.
+#[derive(Debug)]
+pub(super) struct Section {
+    /// `node`, `log`, `store`, `link`, `mirror`, `http` or `pipeline`.
+    pub(super) name: &'static str,
+    /// Its keys, in the order they are printed.
+    pub(super) keys: &'static [Key],
+}
+
+/// A key of the config file: whose it is, and its help.
+#[derive(Debug)]
+pub(super) struct Key {
+    /// Its name in its section.
+    pub(super) name: &'static str,
+    /// The role whose file has it; `None`: both. The other role's check refuses it.
+    pub(super) role: Option<Role>,
+    /// What it means, a comment line each; none when the key above describes it too.
+    pub(super) help: &'static [&'static str],
+    /// More help, for an edge's file only.
+    pub(super) edge_note: &'static [&'static str],
+}
+
+impl Key {
+    const fn both(name: &'static str, help: &'static [&'static str]) -> Key {
+        Key {
+            name,
+            role: None,
+            help,
+            edge_note: &[],
+        }
+    }
+
+    const fn core(name: &'static str, help: &'static [&'static str]) -> Key {
+        Key {
+            role: Some(Role::Core),
+            ..Key::both(name, help)
+        }
+    }
+
+    const fn edge(name: &'static str, help: &'static [&'static str]) -> Key {
+        Key {
+            role: Some(Role::Edge),
+            ..Key::both(name, help)
+        }
+    }
+
+    const fn with_edge_note(self, edge_note: &'static [&'static str]) -> Key {
+        Key { edge_note, ..self }
+    }
+
+    /// Whether a file of this role has the key.
+    pub(super) fn applies_to(&self, role: Role) -> bool {
+        self.role.is_none_or(|r| r == role)
+    }
+
+    /// The help lines a file of this role has above the key.
+    pub(super) fn help_for(&self, role: Role) -> impl Iterator<Item = &'static str> {
+        let note = if role == Role::Edge {
+            self.edge_note
+        } else {
+            &[]
+        };
+        self.help.iter().chain(note).copied()
+    }
 }

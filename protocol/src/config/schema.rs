@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::entry::{NodeName, Retention, Scope, TopicConfig, TopicName};
+use crate::entry::{NodeName, Retention, Scope, TopicConfig};
 use crate::ip_range::IpRange;
 use crate::link::RelayLimit;
 use crate::log::StoreConfig;
+use crate::mission;
 use crate::replication::{Writer, Writers};
 use crate::role::Role;
 use crate::tls::{self, Allowed, Timeouts};
@@ -334,7 +335,7 @@ pub(super) fn default_data_dir(name: &NodeName) -> PathBuf {
 fn default_topics(role: Role) -> Vec<TopicConfig> {
     const DAY: u64 = 24 * 60 * 60;
     let topic = |name: &str, scope, days| TopicConfig {
-        name: TopicName::new(name).expect("the default topic names are valid"),
+        name: mission::topic(name),
         scope,
         retention: Retention {
             max_age: Some(Duration::from_secs(days * DAY)),
@@ -345,30 +346,26 @@ fn default_topics(role: Role) -> Vec<TopicConfig> {
     // a month, so that an edge that was away for weeks still finds it.
     let mut topics = match role {
         Role::Core => vec![
-            topic("IMAGE_FEED", Scope::Local, 7),
-            topic("IMAGE_DOWNLOAD", Scope::Local, 7),
+            topic(mission::IMAGE_FEED, Scope::Local, 7),
+            topic(mission::IMAGE_DOWNLOAD, Scope::Local, 7),
         ],
         Role::Edge => Vec::new(),
     };
     topics.extend([
-        // The operators' own messages (the CLI's and the API's `publish`): every node.
-        topic("MESSAGES", Scope::All, 30),
-        topic("ASSET_BROADCAST", Scope::All, 30),
-        topic("ASSET_REQUEST", Scope::Core, 30),
-        topic("ASSET_RESPONSE", Scope::All, 30),
+        topic(mission::MESSAGES, Scope::All, 30),
+        topic(mission::ASSET_BROADCAST, Scope::All, 30),
+        topic(mission::ASSET_REQUEST, Scope::Core, 30),
+        topic(mission::ASSET_RESPONSE, Scope::All, 30),
     ]);
     topics
 }
 
 /// Who writes the default topics: HQ alone broadcasts assets and answers requests.
 fn default_writers() -> Writers {
-    let core_only = |name: &str| {
-        let name = TopicName::new(name).expect("the default topic names are valid");
-        (name, Writer::Edges(Vec::new()))
-    };
+    let core_only = |name| (mission::topic(name), Writer::Edges(Vec::new()));
     Writers(vec![
-        core_only("ASSET_BROADCAST"),
-        core_only("ASSET_RESPONSE"),
+        core_only(mission::ASSET_BROADCAST),
+        core_only(mission::ASSET_RESPONSE),
     ])
 }
 

@@ -10,6 +10,7 @@ use crate::link::RelayLimit;
 use crate::role::Role;
 use crate::tls::{self, Allowed, Timeouts};
 
+/// Loads `text` as the file `/etc/tether/node.toml`, with `env` over it.
 pub(super) fn load(role: Role, text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let env: Vec<_> = env
         .iter()

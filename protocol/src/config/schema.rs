@@ -85,7 +85,7 @@ pub struct StoreSettings {
     pub disk_budget: Option<u64>,
     /// `cache_bytes`: sled's page cache.
     pub cache_bytes: u64,
-    /// `retention_interval`.
+    /// `retention_interval`: shorter frees space sooner and costs more idle work.
     pub retention_interval: Duration,
 }
 
@@ -171,7 +171,8 @@ pub struct PipelineSettings {
     pub max_download_bytes: u64,
     /// `download_timeout`.
     pub download_timeout: Duration,
-    /// `download_allow`.
+    /// `download_allow`: empty by default, since HQ's own HTTP address, where the demo
+    /// feed's images are served, is always allowed.
     pub download_allow: Vec<IpRange>,
     /// `start_services`.
     pub start_services: bool,

@@ -20,7 +20,7 @@ use crate::mirror::{
     ChunkParams, ChunkRef, ChunkTable, Delta, Entry, FileNode, Hash, Limits, Manifest,
     ManifestAssembly, MirrorFrame, Node, Pace, PathNow, RelPath, plan,
 };
-use crate::node::Role;
+use crate::role::Role;
 use crate::wire::{Batch, Frame, FrameReader, Inflate};
 
 /// The link's frames as a control stream brings them: [`FrameReader`], then each

@@ -1,10 +1,10 @@
 //! The Tether framework library that `core-node` and `edge-node` share.
 //!
 //! What it is: the entry model ([`entry`]), the one serialization codec ([`codec`]), the
-//! durable log store on sled ([`log`]), node configuration ([`config`], with [`ip_range`]) and the node
-//! runtime that both binaries share ([`node`]), and the file side of volume mirroring
-//! ([`mirror`]), and the service runtime ([`service`]); [`fuzzing`] holds the bodies of
-//! the fuzz targets of its decoders of bytes from outside.
+//! durable log store on sled ([`log`]), node configuration ([`config`], with [`ip_range`]),
+//! the node's [`role`] and the node runtime that both binaries share ([`node`]), and the
+//! file side of volume mirroring ([`mirror`]), and the service runtime ([`service`]);
+//! [`fuzzing`] holds the bodies of the fuzz targets of its decoders of bytes from outside.
 //!
 //! What it is not: an HTTP server (that is the `ui` crate) or a binary. It installs no
 //! tracing subscriber and handles no signal, except in [`node::main_for`], which is the
@@ -28,6 +28,7 @@ pub mod mirror;
 pub mod mission;
 pub mod node;
 pub mod replication;
+pub mod role;
 pub mod service;
 pub mod tls;
 pub mod wire;

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::entry::TopicName;
 use crate::log::{ReadError, Store, TableName, Txn, WriteError};
 
+/// Every node: the operators' own messages (the CLI's and the API's `publish`).
+pub const MESSAGES: &str = "MESSAGES";
 /// HQ: items picked from the feed (local).
 pub const IMAGE_FEED: &str = "IMAGE_FEED";
 /// HQ: each download's outcome (local).

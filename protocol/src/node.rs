@@ -40,17 +40,10 @@ use crate::tls::{
     self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, Credentials, NodeIdentity, TlsError,
 };
 
+pub use crate::role::Role;
+
 pub mod logs;
 mod mirror;
-
-/// What a node is in the mission: the HQ node or a field node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The HQ node (`core-node`): it listens, and stores every `core` topic.
-    Core,
-    /// A field node (`edge-node`): it dials the core.
-    Edge,
-}
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -116,30 +109,6 @@ pub enum NodeError {
 /// [`main_for`] receives.
 #[derive(Debug)]
 pub struct Shutdown(oneshot::Receiver<()>);
-
-impl Role {
-    /// `core` or `edge`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Core => "core",
-            Role::Edge => "edge",
-        }
-    }
-
-    /// The binary that runs a node of this role: `core-node` or `edge-node`.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Role::Core => "core-node",
-            Role::Edge => "edge-node",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 impl Future for Shutdown {
     type Output = ();

@@ -34,7 +34,7 @@ use rustls::sign::{CertifiedKey, SigningKey};
 
 use super::{TlsError, name_in_certificate, provider, server_name};
 use crate::entry::NodeName;
-use crate::node::Role;
+use crate::role::Role;
 
 /// The mission CA's certificate, in every node's certificates directory.
 pub const CA_CERT_FILE: &str = "ca.pem";

@@ -35,7 +35,7 @@ use super::ca::{CA_CERT_FILE, NodeIdentity, cert_file, key_file};
 use super::certificate::CertificateInfo;
 use super::{TlsError, config_error, provider};
 use crate::entry::NodeName;
-use crate::node::Role;
+use crate::role::Role;
 
 /// A node's certificate, key and trusted CA, shared by its endpoint's TLS configs and
 /// reloaded from their files when they change (see the module doc). Cheap to clone.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::node::Role;
+use crate::role::Role;
 
 /// A scratch directory, removed when dropped.
 #[derive(Debug)]

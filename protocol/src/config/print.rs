@@ -1,0 +1,366 @@
+//! Printing: the config as the commented TOML file that `--print-config` writes.
+//!
+//! The printer walks the schema's `SECTIONS`: for each key of the node's role, its help
+//! as comment lines, then its line, `key = value` or, for a default that follows another
+//! key or an example, `# key = value`. Loading the text back gives the config again.
+
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::schema::{SECTIONS, TOPICS_HELP, default_data_dir};
+use super::units::{format_duration, size_value};
+use super::{Config, RELAY_DEFAULT};
+use crate::entry::Retention;
+use crate::replication::Writer;
+
+/// The top of the file: what applies to every key.
+const HEADER: &str = r#"# Tether node configuration.
+#
+# Every key of [node], [log], [store], [link], [mirror], [http] and [pipeline] may be
+# overridden by an environment variable TETHER_<SECTION>__<KEY>, such as
+# TETHER_NODE__NAME=bravo, TETHER_STORE__DISK_BUDGET=10GiB or
+# TETHER_LINK__EDGES=alpha,bravo. Topics are set in this file only.
+# Sizes are bytes, as an integer or a string with a unit: "512KiB", "64MiB", "10GB".
+# Durations are strings with a unit: "500ms", "10s", "30m", "12h", "7d".
+"#;
+
+/// How a key is written, under its help.
+#[derive(Debug)]
+enum Line {
+    /// `key = value`.
+    Set(toml::Value),
+    /// `# key = value`: left out, with the default it takes (when that follows another
+    /// key, such as the data directory, so that it keeps following it) or an example.
+    Unset(toml::Value),
+    /// `# key = "..."`: a secret, never printed; `true` when one is set.
+    Secret(bool),
+}
+
+impl Config {
+    /// The config as a commented TOML file, as `--print-config` prints it. Loading the
+    /// text back (for the same role) gives this config again.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_toml(&mut out);
+        out
+    }
+
+    fn write_toml(&self, out: &mut String) -> fmt::Result {
+        out.push_str(HEADER);
+        if self.topics.is_empty() {
+            out.push_str("\n# This node holds no topics (without this key: the defaults).\n");
+            out.push_str("topics = []\n");
+        }
+        for section in SECTIONS {
+            write!(out, "\n[{}]\n", section.name)?;
+            for key in section.keys.iter().filter(|key| key.applies_to(self.role)) {
+                for help in key.help_for(self.role) {
+                    writeln!(out, "# {help}")?;
+                }
+                let name = key.name;
+                match self.line(section.name, name) {
+                    Line::Set(value) => writeln!(out, "{name} = {value}")?,
+                    Line::Unset(value) => writeln!(out, "# {name} = {value}")?,
+                    Line::Secret(set) => {
+                        let note = if set {
+                            " (a token is set; not shown)"
+                        } else {
+                            ""
+                        };
+                        writeln!(out, "# {name} = \"...\"{note}")?;
+                    }
+                }
+            }
+        }
+        self.write_topics(out)
+    }
+
+    /// The line of the key `name` of `[section]`.
+    fn line(&self, section: &str, name: &str) -> Line {
+        let text = |s: &str| toml::Value::String(s.to_owned());
+        let path = |p: &Path| text(&p.to_string_lossy());
+        let duration = |d| text(&format_duration(d));
+        let list = |items: Vec<String>| {
+            toml::Value::Array(items.into_iter().map(toml::Value::String).collect())
+        };
+        let dir = |set: &Option<PathBuf>, default: PathBuf| match set {
+            Some(dir) => Line::Set(path(dir)),
+            None => Line::Unset(path(&default)),
+        };
+        let Config {
+            node,
+            log,
+            store,
+            link,
+            mirror,
+            http,
+            pipeline,
+            ..
+        } = self;
+        let relay = link.relay;
+        match (section, name) {
+            ("node", "name") => Line::Set(text(node.name.as_str())),
+            ("node", "data_dir") if node.data_dir == default_data_dir(&node.name) => {
+                Line::Unset(path(&node.data_dir))
+            }
+            ("node", "data_dir") => Line::Set(path(&node.data_dir)),
+            ("log", "format") => Line::Set(text(log.format.as_str())),
+            ("log", "filter") => Line::Set(text(&log.filter)),
+            ("store", "max_entry_bytes") => Line::Set(size_value(store.max_entry_bytes)),
+            ("store", "disk_budget") => match store.disk_budget {
+                Some(budget) => Line::Set(size_value(budget)),
+                None => Line::Unset(text("10GiB")),
+            },
+            ("store", "cache_bytes") => Line::Set(size_value(store.cache_bytes)),
+            ("store", "retention_interval") => Line::Set(duration(store.retention_interval)),
+            ("link", "listen") => Line::Set(text(&link.listen.to_string())),
+            ("link", "edges") => {
+                Line::Set(list(link.edges.iter().map(|e| e.to_string()).collect()))
+            }
+            ("link", "allow_any_edge") => Line::Set(link.allow_any_edge.into()),
+            ("link", "relay_rate") => {
+                Line::Set(relay.map_or(toml::Value::Integer(0), |r| size_value(r.bytes_per_s)))
+            }
+            // TOML integers are signed; no quota is 2^63 entries a second.
+            ("link", "relay_entries") => {
+                Line::Set(toml::Value::Integer(relay.map_or(0, |r| {
+                    i64::try_from(r.entries_per_s).unwrap_or(i64::MAX)
+                })))
+            }
+            ("link", "relay_burst") => {
+                Line::Set(duration(relay.map_or(RELAY_DEFAULT.burst, |r| r.burst)))
+            }
+            ("link", "core") => Line::Set(text(&link.core)),
+            ("link", "core_name") => Line::Set(text(link.core_name.as_str())),
+            ("link", "certs_dir") => dir(&link.certs_dir, self.certs_dir()),
+            ("link", "demo_certs") => Line::Set(link.demo_certs.into()),
+            ("link", "keep_alive") => Line::Set(duration(link.keep_alive)),
+            ("link", "idle_timeout") => Line::Set(duration(link.idle_timeout)),
+            ("mirror", "volume") => dir(&mirror.volume, self.volume_dir()),
+            ("mirror", "dir") => dir(&mirror.dir, self.mirror_dir()),
+            ("mirror", "max_rate") => match mirror.max_rate {
+                Some(rate) => Line::Set(size_value(rate)),
+                None => Line::Unset(text("64KiB")),
+            },
+            ("http", "listen") => Line::Set(text(&http.listen.to_string())),
+            ("http", "token") => Line::Secret(http.token.is_some()),
+            ("http", "read_token") => Line::Secret(http.read_token.is_some()),
+            ("http", "insecure_no_token") => Line::Set(http.insecure_no_token.into()),
+            ("http", "hosts") => Line::Set(list(http.hosts.clone())),
+            ("pipeline", "feed") => match &pipeline.feed {
+                Some(feed) => Line::Set(text(feed)),
+                None => Line::Unset(text(
+                    "https://images-api.nasa.gov/search?q=apollo&media_type=image",
+                )),
+            },
+            ("pipeline", "feed_every") => Line::Set(duration(pipeline.feed_every)),
+            ("pipeline", "feed_batch") => {
+                Line::Set(toml::Value::Integer(i64::from(pipeline.feed_batch)))
+            }
+            ("pipeline", "max_download_bytes") => {
+                Line::Set(size_value(pipeline.max_download_bytes))
+            }
+            ("pipeline", "download_timeout") => Line::Set(duration(pipeline.download_timeout)),
+            ("pipeline", "download_allow") => Line::Set(list(
+                pipeline
+                    .download_allow
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect(),
+            )),
+            ("pipeline", "start_services") => Line::Set(pipeline.start_services.into()),
+            // SECTIONS and this match name the same keys, and the tests print every key
+            // of both roles: a key added to one and not the other fails them.
+            _ => unreachable!("config key {section}.{name} has help but no line"),
+        }
+    }
+
+    /// `[[topics]]`, under their help, when the node holds any.
+    fn write_topics(&self, out: &mut String) -> fmt::Result {
+        let text = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        if !self.topics.is_empty() {
+            out.push('\n');
+            for help in TOPICS_HELP {
+                writeln!(out, "# {help}")?;
+            }
+        }
+        for topic in &self.topics {
+            writeln!(out, "\n[[topics]]")?;
+            writeln!(out, "name = {}", text(topic.name.as_str()))?;
+            writeln!(out, "scope = {}", text(&topic.scope.to_string()))?;
+            let Retention {
+                max_age,
+                max_bytes,
+                max_entries,
+            } = topic.retention;
+            if let Some(age) = max_age {
+                writeln!(out, "max_age = {}", text(&format_duration(age)))?;
+            }
+            if let Some(bytes) = max_bytes {
+                writeln!(out, "max_bytes = {}", size_value(bytes))?;
+            }
+            if let Some(entries) = max_entries {
+                // TOML integers are signed; no topic holds 2^63 entries.
+                writeln!(
+                    out,
+                    "max_entries = {}",
+                    i64::try_from(entries).unwrap_or(i64::MAX)
+                )?;
+            }
+            match self.writers.0.iter().find(|(t, _)| *t == topic.name) {
+                None | Some((_, Writer::AnyEdge)) => {}
+                Some((_, Writer::Edges(edges))) if edges.is_empty() => {
+                    writeln!(out, "writers = \"core\"")?;
+                }
+                Some((_, Writer::Edges(edges))) => {
+                    let list: toml::Value = edges
+                        .iter()
+                        .map(|e| toml::Value::String(e.to_string()))
+                        .collect::<Vec<_>>()
+                        .into();
+                    writeln!(out, "writers = {list}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::Line;
+    use crate::config::schema::SECTIONS;
+    use crate::config::tests::load;
+    use crate::config::{Config, LogFormat, LogSettings};
+    use crate::entry::{NodeName, Retention};
+    use crate::replication::Writers;
+    use crate::role::Role;
+    use crate::tls::Allowed;
+
+    #[test]
+    fn printed_config_round_trips() {
+        for role in [Role::Core, Role::Edge] {
+            let config = Config::default_for(role);
+            let text = config.to_toml();
+            assert_eq!(load(role, &text, &[]).unwrap(), config, "{text}");
+        }
+        let mut config = Config::default_for(Role::Edge);
+        config.node.data_dir = PathBuf::from("/var/lib/tether");
+        config.log = LogSettings {
+            format: LogFormat::Json,
+            filter: "protocol=debug,info".to_owned(),
+        };
+        config.store.disk_budget = Some(10_000_000_000);
+        config.store.max_entry_bytes = 1000;
+        config.store.cache_bytes = 12345;
+        config.store.retention_interval = Duration::from_millis(1500);
+        config.topics[0].retention = Retention {
+            max_age: Some(Duration::from_micros(3)),
+            max_bytes: Some(3 << 30),
+            max_entries: Some(10),
+        };
+        config.link.core = "hq.example.org:7443".to_owned();
+        config.link.core_name = NodeName::new("base").unwrap();
+        config.link.demo_certs = false;
+        config.link.certs_dir = Some(PathBuf::from("/etc/tether/certs"));
+        config.link.keep_alive = Duration::from_millis(2500);
+        config.link.idle_timeout = Duration::from_secs(90);
+        config.mirror.dir = Some(PathBuf::from("/srv/mirror"));
+        config.mirror.max_rate = Some(65536);
+        let text = config.to_toml();
+        assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
+        assert!(
+            text.contains("\ncerts_dir = \"/etc/tether/certs\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nkeep_alive = \"2500ms\"\n")
+                && text.contains("\nidle_timeout = \"90s\"\n"),
+            "{text}"
+        );
+        config.topics.clear();
+        // Writers are a property of listed topics: none listed, none left.
+        config.writers = Writers::default();
+        let text = config.to_toml();
+        assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
+
+        let mut config = Config::default_for(Role::Core);
+        config.node.data_dir = PathBuf::from("/var/lib/tether");
+        config.link.listen = "[::]:7443".parse().unwrap();
+        config.link.demo_certs = false;
+        config.link.edges = vec![NodeName::new("bravo").unwrap(), NodeName::new("c").unwrap()];
+        config.link.allow_any_edge = true;
+        config.mirror.volume = Some(PathBuf::from("/srv/volume"));
+        let text = config.to_toml();
+        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
+        // The certificates directory follows the data directory unless it is set.
+        assert!(
+            text.contains("\n# certs_dir = \"/var/lib/tether/certs\"\n"),
+            "{text}"
+        );
+        assert_eq!(config.allowed_edges(), Allowed::AnyEdge);
+        config.link.edges.clear();
+        config.link.allow_any_edge = false;
+        let text = config.to_toml();
+        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
+        assert_eq!(config.allowed_edges(), Allowed::List(Vec::new()));
+    }
+
+    /// The keys the file takes are the keys with help: the names serde lists for an
+    /// unknown one, section by section, are those of `SECTIONS`.
+    #[test]
+    fn every_key_has_help() {
+        let expected = |text: &str| {
+            let err = load(Role::Core, text, &[]).unwrap_err().to_string();
+            let (_, listed) = err.split_once("expected").expect("serde lists the keys");
+            let mut names: Vec<String> = listed
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            names.sort();
+            names
+        };
+        let mut sections: Vec<String> = SECTIONS.iter().map(|s| s.name.to_owned()).collect();
+        sections.push("topics".to_owned());
+        sections.sort();
+        assert_eq!(expected("[no_such_section]\n"), sections);
+        for section in SECTIONS {
+            let mut keys: Vec<String> = section.keys.iter().map(|k| k.name.to_owned()).collect();
+            keys.sort();
+            let file = format!("[{}]\nno_such_key = 1\n", section.name);
+            assert_eq!(expected(&file), keys, "[{}]", section.name);
+        }
+    }
+
+    /// A key that `SECTIONS` gives one role (and so prints in that role's file only) is
+    /// refused in the other's.
+    #[test]
+    fn keys_of_one_role_are_refused_in_the_other_s_file() {
+        for section in SECTIONS {
+            for key in section.keys {
+                let Some(role) = key.role else { continue };
+                let other = match role {
+                    Role::Core => Role::Edge,
+                    Role::Edge => Role::Core,
+                };
+                let value = match Config::default_for(role).line(section.name, key.name) {
+                    Line::Set(value) | Line::Unset(value) => value,
+                    Line::Secret(_) => panic!("no secret belongs to one role"),
+                };
+                let file = format!("[{}]\n{} = {value}\n", section.name, key.name);
+                let err = load(other, &file, &[]).unwrap_err().to_string();
+                let path = format!("{}.{}", section.name, key.name);
+                assert!(
+                    err.contains(&format!("{path}: a")) && err.contains("'s key"),
+                    "{err}"
+                );
+            }
+        }
+    }
+}

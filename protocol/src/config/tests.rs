@@ -1,0 +1,572 @@
+//! The checks' tests: every key read, and every malformed value named with its origin.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::entry::{NodeName, TopicName};
+use crate::link::RelayLimit;
+use crate::role::Role;
+use crate::tls::{self, Allowed, Timeouts};
+
+/// Loads `text` as the file `/etc/tether/node.toml`, with `env` over it.
+pub(super) fn load(role: Role, text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: Vec<_> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Config::from_sources(role, Some((Path::new("/etc/tether/node.toml"), text)), &env)
+}
+
+/// The error's message, checked to contain each of `parts`.
+#[track_caller]
+pub(super) fn check_error(result: Result<Config, ConfigError>, parts: &[&str]) {
+    let message = result.unwrap_err().to_string();
+    for part in parts {
+        assert!(message.contains(part), "{part:?} is not in:\n{message}");
+    }
+}
+
+#[test]
+fn http_hosts_are_read_and_checked() {
+    assert!(load(Role::Core, "", &[]).unwrap().http.hosts.is_empty());
+    let env = [(
+        "TETHER_HTTP__HOSTS",
+        "tether.example.org, HQ-http.mission.svc",
+    )];
+    let config = load(Role::Core, "", &env).unwrap();
+    assert_eq!(
+        config.http.hosts,
+        ["tether.example.org", "hq-http.mission.svc"]
+    );
+    assert_eq!(load(Role::Core, &config.to_toml(), &[]).unwrap(), config);
+    for bad in ["a b", "evil.example:80", "", "-x"] {
+        let env = [("TETHER_HTTP__HOSTS", format!("[{bad:?}]"))];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let err = load(Role::Core, "", &env).unwrap_err().to_string();
+        assert!(err.contains("http.hosts"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_listener_beyond_loopback_needs_a_token() {
+    let open = [("TETHER_HTTP__LISTEN", "0.0.0.0:8080")];
+    let err = load(Role::Edge, "", &open).unwrap_err().to_string();
+    assert!(
+        err.contains("http.token") && err.contains("TETHER_HTTP__TOKEN"),
+        "{err}"
+    );
+    let token = [
+        ("TETHER_HTTP__LISTEN", "0.0.0.0:8080"),
+        ("TETHER_HTTP__TOKEN", "0123456789abcdef"),
+        ("TETHER_HTTP__READ_TOKEN", "fedcba9876543210"),
+    ];
+    let http = load(Role::Edge, "", &token).unwrap().http;
+    assert_eq!(http.read_token.as_deref(), Some("fedcba9876543210"));
+    let lab = [
+        ("TETHER_HTTP__LISTEN", "[::]:8080"),
+        ("TETHER_HTTP__INSECURE_NO_TOKEN", "true"),
+    ];
+    assert!(load(Role::Core, "", &lab).unwrap().http.insecure_no_token);
+    for loopback in ["127.0.0.1:8080", "[::1]:8080"] {
+        assert!(load(Role::Core, "", &[("TETHER_HTTP__LISTEN", loopback)]).is_ok());
+    }
+    let alone = [("TETHER_HTTP__READ_TOKEN", "fedcba9876543210")];
+    let err = load(Role::Core, "", &alone).unwrap_err().to_string();
+    assert!(err.contains("http.read_token"), "{err}");
+    let twice = [
+        ("TETHER_HTTP__TOKEN", "0123456789abcdef"),
+        ("TETHER_HTTP__READ_TOKEN", "0123456789abcdef"),
+    ];
+    assert!(load(Role::Core, "", &twice).is_err());
+}
+
+#[test]
+fn demo_certificates_only_for_a_core_on_loopback() {
+    let env = [("TETHER_LINK__LISTEN", "0.0.0.0:7000")];
+    let err = load(Role::Core, "", &env).unwrap_err().to_string();
+    assert!(
+        err.contains("link.demo_certs") && err.contains("certs init"),
+        "{err}"
+    );
+    let env = [
+        ("TETHER_LINK__LISTEN", "0.0.0.0:7000"),
+        ("TETHER_LINK__DEMO_CERTS", "false"),
+    ];
+    assert!(load(Role::Core, "", &env).is_ok());
+    for loopback in ["127.0.0.1:7000", "[::1]:7000"] {
+        let env = [("TETHER_LINK__LISTEN", loopback)];
+        assert!(load(Role::Core, "", &env).unwrap().link.demo_certs);
+    }
+}
+
+#[test]
+fn link_keys_are_read_and_checked() {
+    let config = load(Role::Core, "", &[]).unwrap();
+    assert_eq!(config.link.listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(
+        config.allowed_edges(),
+        Allowed::List(vec![NodeName::new("alpha").unwrap()])
+    );
+    assert_eq!(config.certs_dir(), Path::new("data/hq/certs"));
+    assert!(config.link.demo_certs);
+    let edge = load(Role::Edge, "[node]\ndata_dir = \"/srv/e\"\n", &[]).unwrap();
+    assert_eq!(edge.link.core, "127.0.0.1:7000");
+    assert_eq!(edge.link.core_name.as_str(), "hq");
+    assert_eq!(edge.certs_dir(), Path::new("/srv/e/certs"));
+
+    let env = [
+        ("TETHER_LINK__LISTEN", "0.0.0.0:7443"),
+        ("TETHER_LINK__EDGES", "alpha, bravo"),
+        ("TETHER_LINK__ALLOW_ANY_EDGE", "true"),
+        ("TETHER_LINK__CERTS_DIR", "/etc/tether/certs"),
+        ("TETHER_LINK__DEMO_CERTS", "false"),
+    ];
+    let core = load(Role::Core, "", &env).unwrap();
+    assert_eq!(core.link.listen, "0.0.0.0:7443".parse().unwrap());
+    let names: Vec<_> = core.link.edges.iter().map(NodeName::as_str).collect();
+    assert_eq!(names, ["alpha", "bravo"]);
+    assert!(core.link.allow_any_edge && !core.link.demo_certs);
+    assert_eq!(core.certs_dir(), Path::new("/etc/tether/certs"));
+    let env = [("TETHER_LINK__EDGES", "[\"delta\"]")];
+    let names = load(Role::Core, "", &env).unwrap().link.edges;
+    assert_eq!(names, [NodeName::new("delta").unwrap()]);
+    let env = [
+        ("TETHER_LINK__CORE", "[fd00::1]:7000"),
+        ("TETHER_LINK__CORE_NAME", "base"),
+    ];
+    let edge = load(Role::Edge, "", &env).unwrap();
+    assert_eq!(
+        (edge.link.core.as_str(), edge.link.core_name.as_str()),
+        ("[fd00::1]:7000", "base")
+    );
+    for good in [
+        "hq.example.org:7000",
+        "10.0.0.1:1",
+        "hq:65535",
+        "[::1]:7000",
+    ] {
+        let file = format!("[link]\ncore = \"{good}\"\n");
+        assert_eq!(load(Role::Edge, &file, &[]).unwrap().link.core, good);
+    }
+    // A core named like the default edge does not list itself.
+    let alpha = load(Role::Core, "[node]\nname = \"alpha\"\n", &[]).unwrap();
+    assert_eq!(alpha.link.edges, []);
+}
+
+#[test]
+fn relay_quota_and_writers_are_read_and_checked() {
+    // Defaults: a quota per edge, and HQ alone writes what it broadcasts and answers.
+    let config = load(Role::Core, "", &[]).unwrap();
+    assert_eq!(config.link.relay, Some(RELAY_DEFAULT));
+    let broadcast = TopicName::new("ASSET_BROADCAST").unwrap();
+    let (alpha, messages) = (
+        NodeName::new("alpha").unwrap(),
+        TopicName::new("MESSAGES").unwrap(),
+    );
+    assert!(!config.writers.allows(&broadcast, &alpha));
+    assert!(config.writers.allows(&messages, &alpha));
+    // Values, the environment over the file, and both rates 0: no quota.
+    let file = "[link]\nrelay_rate = \"1MiB\"\nrelay_entries = 7\nrelay_burst = \"5s\"\n";
+    let relay = load(Role::Core, file, &[]).unwrap().link.relay;
+    assert_eq!(
+        relay,
+        Some(RelayLimit {
+            bytes_per_s: 1 << 20,
+            entries_per_s: 7,
+            burst: Duration::from_secs(5)
+        })
+    );
+    let env = [
+        ("TETHER_LINK__RELAY_RATE", "0"),
+        ("TETHER_LINK__RELAY_ENTRIES", "0"),
+    ];
+    assert_eq!(load(Role::Core, file, &env).unwrap().link.relay, None);
+    let off = load(Role::Core, "", &env).unwrap();
+    let text = off.to_toml();
+    assert!(text.contains("\nrelay_rate = 0\n"), "{text}");
+    assert_eq!(load(Role::Core, &text, &[]).unwrap(), off);
+    // An edge relays nothing; bad values name the key.
+    let err = load(Role::Edge, "[link]\nrelay_rate = \"1KiB\"\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("link.relay_rate"), "{err}");
+    let err = load(Role::Core, "[link]\nrelay_burst = \"0s\"\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("link.relay_burst"), "{err}");
+    // Writers: any, core, a list; printed and read back; bad ones named.
+    let topics =
+        |writers: &str| format!("[[topics]]\nname = \"A\"\nscope = \"all\"\nwriters = {writers}\n");
+    let a = TopicName::new("A").unwrap();
+    let bravo = NodeName::new("bravo").unwrap();
+    let any = load(Role::Core, &topics("\"any\""), &[]).unwrap();
+    assert!(any.writers.allows(&a, &bravo));
+    let core = load(Role::Core, &topics("\"core\""), &[]).unwrap();
+    assert!(!core.writers.allows(&a, &alpha));
+    let listed = load(Role::Core, &topics("[\"bravo\"]"), &[]).unwrap();
+    assert!(listed.writers.allows(&a, &bravo) && !listed.writers.allows(&a, &alpha));
+    for config in [core, listed] {
+        assert_eq!(load(Role::Core, &config.to_toml(), &[]).unwrap(), config);
+    }
+    for bad in ["\"everyone\"", "[\"Bravo!\"]", "7"] {
+        let err = load(Role::Core, &topics(bad), &[]).unwrap_err();
+        assert!(err.to_string().contains("writers"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn link_timeouts_are_read_and_checked() {
+    // The defaults, for both roles, as --print-config shows them.
+    for role in [Role::Core, Role::Edge] {
+        let config = load(role, "", &[]).unwrap();
+        assert_eq!(config.link.keep_alive, Duration::from_secs(15));
+        assert_eq!(config.link.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.link.timeouts(), Timeouts::default());
+        let text = config.to_toml();
+        assert!(
+            text.contains("\nkeep_alive = \"15s\"\n") && text.contains("\nidle_timeout = \"1m\"\n"),
+            "{text}"
+        );
+    }
+    // The shortest a node accepts (the impaired suite's redial test runs with them),
+    // and an idle timeout of exactly two keep-alives.
+    let file = "[link]\nkeep_alive = \"1s\"\nidle_timeout = \"5s\"\n";
+    let shortest = load(Role::Edge, file, &[]).unwrap().link.timeouts();
+    assert_eq!(
+        (shortest.keep_alive, shortest.idle_timeout),
+        (
+            *tls::KEEP_ALIVE_RANGE.start(),
+            *tls::IDLE_TIMEOUT_RANGE.start()
+        )
+    );
+    let file = "[link]\nkeep_alive = \"30s\"\nidle_timeout = \"1m\"\n";
+    let twice = load(Role::Core, file, &[]).unwrap().link;
+    assert_eq!(twice.keep_alive, Duration::from_secs(30));
+    let file = "[link]\nkeep_alive = \"10m\"\nidle_timeout = \"1h\"\n";
+    let longest = load(Role::Core, file, &[]).unwrap().link.timeouts();
+    assert_eq!(
+        (longest.keep_alive, longest.idle_timeout),
+        (*tls::KEEP_ALIVE_RANGE.end(), *tls::IDLE_TIMEOUT_RANGE.end())
+    );
+    // The environment overrides the file.
+    let env = [
+        ("TETHER_LINK__KEEP_ALIVE", "20s"),
+        ("TETHER_LINK__IDLE_TIMEOUT", "2m"),
+    ];
+    for role in [Role::Core, Role::Edge] {
+        let config = load(role, "[link]\nidle_timeout = \"5m\"\n", &env).unwrap();
+        assert_eq!(
+            config.link.timeouts(),
+            Timeouts {
+                keep_alive: Duration::from_secs(20),
+                idle_timeout: Duration::from_secs(120),
+            }
+        );
+    }
+
+    let link = |body: &str| load(Role::Edge, &format!("[link]\n{body}\n"), &[]);
+    check_error(
+        link("keep_alive = \"500ms\""),
+        &[
+            "config file /etc/tether/node.toml: link.keep_alive: must be from 1s to 10m, \
+             not 500ms",
+        ],
+    );
+    check_error(
+        link("keep_alive = \"11m\""),
+        &["link.keep_alive: must be from 1s to 10m, not 11m"],
+    );
+    check_error(
+        link("keep_alive = \"0s\""),
+        &["link.keep_alive: must be more than 0"],
+    );
+    check_error(
+        link("keep_alive = 15"),
+        &["link.keep_alive", "add a unit, as in \"15s\""],
+    );
+    check_error(
+        link("idle_timeout = \"4999ms\""),
+        &["link.idle_timeout: must be from 5s to 1h, not 4999ms"],
+    );
+    check_error(
+        link("idle_timeout = \"61m\""),
+        &["link.idle_timeout: must be from 5s to 1h, not 61m"],
+    );
+    check_error(
+        link("idle_timeout = \"99999999999999999d\""),
+        &["link.idle_timeout", "too large"],
+    );
+    // Less than two keep-alives: named after the key that was set, with what to set.
+    check_error(
+        link("idle_timeout = \"20s\""),
+        &[
+            "config file /etc/tether/node.toml: link.idle_timeout: idle_timeout 20s is less \
+             than twice keep_alive 15s",
+            "a healthy idle link would time out between two keep-alives",
+            "set link.idle_timeout to at least 30s or link.keep_alive to at most 10s",
+        ],
+    );
+    check_error(
+        link("keep_alive = \"1m\"\nidle_timeout = \"90s\""),
+        &[
+            "link.idle_timeout: idle_timeout 90s is less than twice keep_alive 1m",
+            "at least 2m or link.keep_alive to at most 45s",
+        ],
+    );
+    check_error(
+        load(Role::Core, "", &[("TETHER_LINK__KEEP_ALIVE", "45s")]),
+        &[
+            "environment variable TETHER_LINK__KEEP_ALIVE: link.keep_alive: idle_timeout 1m \
+             is less than twice keep_alive 45s",
+            "at least 90s or link.keep_alive to at most 30s",
+        ],
+    );
+    check_error(
+        load(
+            Role::Core,
+            "[link]\nkeep_alive = \"30s\"\nidle_timeout = \"1m\"\n",
+            &[("TETHER_LINK__KEEP_ALIVE", "31s")],
+        ),
+        &["environment variable TETHER_LINK__KEEP_ALIVE: link.keep_alive: idle_timeout"],
+    );
+    check_error(
+        load(Role::Core, "", &[("TETHER_LINK__IDLE_TIMEOUT", "1d")]),
+        &[
+            "environment variable TETHER_LINK__IDLE_TIMEOUT: link.idle_timeout: must be from \
+             5s to 1h, not 1d",
+        ],
+    );
+}
+
+#[test]
+fn download_allow_is_read_checked_and_printed() {
+    let core = load(Role::Core, "", &[]).unwrap();
+    assert!(core.pipeline.download_allow.is_empty());
+    assert!(
+        core.to_toml().contains("\ndownload_allow = []\n"),
+        "{}",
+        core.to_toml()
+    );
+    let text = "[pipeline]\ndownload_allow = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\n";
+    let core = load(Role::Core, text, &[]).unwrap();
+    let shown: Vec<String> = core
+        .pipeline
+        .download_allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["127.0.0.1", "10.0.0.0/8", "fd00::/8"]);
+    assert_eq!(load(Role::Core, &core.to_toml(), &[]).unwrap(), core);
+    // From the environment as the other lists: names separated by commas, or TOML.
+    for value in [
+        "127.0.0.1/32, ::1",
+        "[\"127.0.0.1\", \"::1/128\"]",
+        "127.0.0.1,::1",
+    ] {
+        let env = [("TETHER_PIPELINE__DOWNLOAD_ALLOW", value)];
+        let core = load(Role::Core, text, &env).unwrap();
+        let shown: Vec<String> = core
+            .pipeline
+            .download_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["127.0.0.1", "::1"], "{value}");
+    }
+    check_error(
+        load(
+            Role::Core,
+            "",
+            &[("TETHER_PIPELINE__DOWNLOAD_ALLOW", "127.0.0.1,localhost")],
+        ),
+        &[
+            "environment variable TETHER_PIPELINE__DOWNLOAD_ALLOW",
+            "pipeline.download_allow[1]",
+            "\"localhost\" is not an IP address or a CIDR range",
+        ],
+    );
+    check_error(
+        load(
+            Role::Core,
+            "[pipeline]\ndownload_allow = [\"10.1.0.0/8\"]\n",
+            &[],
+        ),
+        &[
+            "config file /etc/tether/node.toml",
+            "pipeline.download_allow[0]",
+            "the range is \"10.0.0.0/8\"",
+        ],
+    );
+    check_error(
+        load(
+            Role::Core,
+            "[pipeline]\ndownload_allow = [\"::1/200\"]\n",
+            &[],
+        ),
+        &["pipeline.download_allow[0]", "0 to 128"],
+    );
+    check_error(
+        load(
+            Role::Core,
+            "[pipeline]\ndownload_allow = [\"::1\", \"::1/128\"]\n",
+            &[],
+        ),
+        &["pipeline.download_allow[1]", "::1 is listed twice"],
+    );
+    check_error(
+        load(Role::Edge, "[pipeline]\ndownload_allow = []\n", &[]),
+        &["pipeline.download_allow", "a core's key"],
+    );
+}
+
+#[test]
+fn pipeline_and_http_keys_are_read_and_checked() {
+    let text = "[pipeline]\nfeed = \"https://example.org/feed.json\"\nfeed_every = \"2s\"\n\
+                feed_batch = 5\nmax_download_bytes = \"2MiB\"\n[http]\nlisten = \"0.0.0.0:9000\"\n";
+    let env = [
+        ("TETHER_PIPELINE__START_SERVICES", "false"),
+        ("TETHER_HTTP__TOKEN", "0123456789abcdef"),
+    ];
+    let core = load(Role::Core, text, &env).unwrap();
+    assert_eq!(
+        core.pipeline.feed.as_deref(),
+        Some("https://example.org/feed.json")
+    );
+    assert_eq!(core.pipeline.feed_every, Duration::from_secs(2));
+    assert_eq!(core.pipeline.feed_batch, 5);
+    assert_eq!(core.pipeline.max_download_bytes, 2 << 20);
+    assert!(!core.pipeline.start_services);
+    assert_eq!(core.http.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
+    // What --print-config writes loads back the same.
+    let again = load(Role::Core, &core.to_toml(), &env[1..]).unwrap();
+    assert_eq!(again.pipeline, core.pipeline);
+    assert_eq!(again.http, core.http);
+    let edge = load(Role::Edge, "", &[]).unwrap();
+    assert_eq!(edge.http.listen, SocketAddr::from(([127, 0, 0, 1], 8081)));
+    check_error(
+        load(Role::Edge, "[pipeline]\nfeed = \"x\"\n", &[]),
+        &["pipeline.feed", "a core's key"],
+    );
+    check_error(
+        load(Role::Core, "[pipeline]\nfeed_batch = 0\n", &[]),
+        &["pipeline.feed_batch", "1 to 1000"],
+    );
+    check_error(
+        load(Role::Core, "", &[("TETHER_HTTP__LISTEN", "8080")]),
+        &["TETHER_HTTP__LISTEN", "http.listen", "not an address"],
+    );
+}
+
+#[test]
+fn mirror_keys_are_read_and_checked() {
+    let env = [("TETHER_MIRROR__MAX_RATE", "512KiB")];
+    let core = load(Role::Core, "[mirror]\nvolume = \"/srv/v\"\n", &env).unwrap();
+    assert_eq!(core.volume_dir(), Path::new("/srv/v"));
+    assert_eq!(core.mirror.max_rate, Some(512 << 10));
+    let edge = load(Role::Edge, "[node]\ndata_dir = \"/d\"\n", &[]).unwrap();
+    assert_eq!(edge.mirror_dir(), Path::new("/d/mirror"));
+    assert_eq!(edge.mirror.max_rate, None);
+    check_error(
+        load(Role::Core, "[mirror]\ndir = \"/m\"\n", &[]),
+        &["mirror.dir", "an edge's key"],
+    );
+    check_error(
+        load(Role::Edge, "", &[("TETHER_MIRROR__VOLUME", "/v")]),
+        &["TETHER_MIRROR__VOLUME", "mirror.volume", "a core's key"],
+    );
+    check_error(
+        load(Role::Edge, "[mirror]\nmax_rate = 0\n", &[]),
+        &["mirror.max_rate"],
+    );
+}
+
+#[test]
+fn bad_link_keys_name_the_key() {
+    let link = |role, body: &str| load(role, &format!("[link]\n{body}\n"), &[]);
+    check_error(
+        link(Role::Core, "listen = \"localhost:7000\""),
+        &[
+            "config file /etc/tether/node.toml: link.listen",
+            "invalid socket address",
+        ],
+    );
+    check_error(
+        link(Role::Core, "edges = [\"alpha\", \"Bravo\"]"),
+        &["link.edges[1]: invalid node name \"Bravo\""],
+    );
+    check_error(
+        link(Role::Core, "edges = [\"alpha\", \"alpha\"]"),
+        &["link.edges[1]: duplicate edge alpha"],
+    );
+    check_error(
+        link(Role::Core, "edges = [\"hq\"]"),
+        &["link.edges[0]: hq is this core's own name"],
+    );
+    check_error(
+        link(Role::Core, "edges = 3"),
+        &["line 2", "a list of names, or names separated by commas"],
+    );
+    check_error(
+        link(Role::Core, "core = \"hq:7000\""),
+        &["link.core: an edge's key; a core listens on link.listen"],
+    );
+    check_error(
+        link(Role::Edge, "allow_any_edge = true"),
+        &["link.allow_any_edge: a core's key; an edge dials link.core"],
+    );
+    check_error(
+        load(Role::Edge, "", &[("TETHER_LINK__LISTEN", "0.0.0.0:1")]),
+        &["environment variable TETHER_LINK__LISTEN: link.listen: a core's key"],
+    );
+    check_error(
+        load(Role::Core, "", &[("TETHER_LINK__EDGES", "alpha,b_c")]),
+        &["environment variable TETHER_LINK__EDGES: link.edges[1]: invalid node name"],
+    );
+    check_error(
+        link(Role::Edge, "core_name = \"alpha\""),
+        &["link.core_name: alpha is this edge's own name"],
+    );
+    check_error(
+        link(Role::Edge, "certs_dir = \"\""),
+        &["link.certs_dir: must not be empty"],
+    );
+    check_error(
+        link(Role::Edge, "demo_certs = \"yes\""),
+        &["line 2", "invalid type"],
+    );
+    for (bad, why) in [
+        ("hq", "no port"),
+        ("hq:0", "port 0"),
+        ("hq:70000", "not a number from 1 to 65535"),
+        (":7000", "not a DNS name nor an IP address"),
+        ("h q:7000", "not a DNS name"),
+        ("fd00::1:7000", "in brackets"),
+        ("127.0.0.1:0", "port 0"),
+    ] {
+        check_error(
+            link(Role::Edge, &format!("core = \"{bad}\"")),
+            &["link.core: invalid address", why],
+        );
+    }
+}
+
+#[test]
+fn bad_topics_name_their_index() {
+    let topics = |names: &[&str]| {
+        let text: String = names
+            .iter()
+            .map(|n| format!("[[topics]]\nname = \"{n}\"\nscope = \"all\"\n"))
+            .collect();
+        load(Role::Core, &text, &[])
+    };
+    check_error(
+        topics(&["A", "B", "A"]),
+        &["config file /etc/tether/node.toml: topics[2].name: duplicate topic A"],
+    );
+    check_error(
+        topics(&["A", "B", "C/D"]),
+        &["topics[2].name: invalid topic name \"C/D\""],
+    );
+    check_error(
+        topics(&["_gaps"]),
+        &["topics[0].name", "belong to the system"],
+    );
+}

@@ -551,7 +551,7 @@ pub(super) const SECTIONS: &[Section] = &[
                 "token",
                 &[
                     "The operator's bearer token: every request but /healthz and /readyz needs it (or the",
-                    "page's session, signed in with it). Best set from the environment: TETHER_HTTP__TOKEN.",
+                    "page's sign-in with it). Best set from the environment: TETHER_HTTP__TOKEN.",
                 ],
             ),
             Key::both(

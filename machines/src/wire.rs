@@ -341,7 +341,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
 }
 
 /// Appends any value in the codec, length-prefixed like a frame: the framing of the other
-/// stream kinds (the mirror stream's [`crate::mirror::MirrorFrame`]).
+/// stream kinds (the mirror stream's `MirrorFrame`, in `protocol::mirror`).
 pub fn encode_value<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
     let body = codec::encode(value);
     let mut len = body.len() as u64;

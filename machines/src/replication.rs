@@ -30,8 +30,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::entry::VersionVector;
 use crate::entry::{Entry, NodeName, Offset, Record, Scope, TopicName};
-use crate::log::VersionVector;
 use crate::wire::{Batch, Frame, Hello};
 
 /// The topics a link carries in each direction, seen from one side.

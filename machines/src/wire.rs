@@ -85,6 +85,20 @@ pub enum Frame {
     Resume,
 }
 
+impl Frame {
+    /// The frame's name, for errors and logs: `hello`, `have`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Have { .. } => "have",
+            Frame::Batch(_) => "batch",
+            Frame::Skip { .. } => "skip",
+            Frame::Pause => "pause",
+            Frame::Resume => "resume",
+        }
+    }
+}
+
 /// Who a node is and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

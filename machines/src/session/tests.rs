@@ -107,12 +107,16 @@ fn round(session: &mut Session, log: &[Record], measure: Measure) -> usize {
 /// The core's sending half toward `alpha`, ready to send `broadcast` from offset 0.
 fn ready_core(t0: Instant) -> Session {
     let (mut session, _) = core_greeted(SessionSettings::default(), t0).start([], t0);
-    have(&mut session, &[], Some(&VersionVector::default()));
+    peer_has(&mut session, &[], Some(&VersionVector::default()));
     session
 }
 
 /// Hands the core's session alpha's `Have` of `broadcast`.
-fn have(session: &mut Session, vector: &[(&str, u64)], before: Option<&VersionVector>) -> Progress {
+fn peer_has(
+    session: &mut Session,
+    vector: &[(&str, u64)],
+    before: Option<&VersionVector>,
+) -> Progress {
     let vector: Vec<_> = vector.iter().map(|(o, s)| (node(o), *s)).collect();
     let frame = Frame::Have {
         topic: topic("broadcast"),
@@ -359,10 +363,10 @@ fn the_window_grows_and_shrinks_with_the_congestion_window() {
     assert_eq!(round(&mut session, &log, FAST), 258);
     // It shrinks again: nothing more until acknowledgements free room.
     assert_eq!(round(&mut session, &log, SLOW), 0);
-    let progress = have(&mut session, &[("hq", 65)], None);
+    let progress = peer_has(&mut session, &[("hq", 65)], None);
     assert_eq!((progress.cursor, progress.in_flight), (Offset(65), 258));
     assert_eq!(round(&mut session, &log, SLOW), 0);
-    let progress = have(&mut session, &[("hq", 323)], None);
+    let progress = peer_has(&mut session, &[("hq", 323)], None);
     assert_eq!(progress.cursor, Offset(323));
     assert!(!progress.up_to_date(Offset(2000)));
     assert_eq!(progress.backlog(Offset(2000)), 2000 - 323);
@@ -377,11 +381,11 @@ fn the_in_flight_bound_holds_per_topic() {
         ..Default::default()
     };
     let (mut session, _) = core_greeted(settings, t0).start([], t0);
-    have(&mut session, &[], Some(&VersionVector::default()));
+    peer_has(&mut session, &[], Some(&VersionVector::default()));
     let log = log(100);
     assert_eq!(round(&mut session, &log, FAST), 10);
     assert_eq!(round(&mut session, &log, FAST), 0);
-    have(&mut session, &[("hq", 4)], None);
+    peer_has(&mut session, &[("hq", 4)], None);
     assert_eq!(round(&mut session, &log, FAST), 4);
 }
 
@@ -395,20 +399,20 @@ fn a_peer_that_lost_data_is_sent_everything_again() {
     let before = VersionVector([(node("hq"), Seq(40))].into_iter().collect());
     // It holds what it acknowledged: sending goes on from the stored cursor.
     let mut session = start();
-    let progress = have(&mut session, &[("hq", 40)], Some(&before));
+    let progress = peer_has(&mut session, &[("hq", 40)], Some(&before));
     assert!(!progress.restarted);
     assert_eq!(progress.position, Offset(50));
     // Later `Have`s are not compared: only the first tells what the peer kept.
-    let progress = have(&mut session, &[("hq", 3)], None);
+    let progress = peer_has(&mut session, &[("hq", 3)], None);
     assert!(!progress.restarted);
     // It holds less (a restored backup, a wiped store): from the start.
     let mut session = start();
-    let progress = have(&mut session, &[("hq", 10)], Some(&before));
+    let progress = peer_has(&mut session, &[("hq", 10)], Some(&before));
     assert!(progress.restarted);
     assert_eq!((progress.position, progress.cursor), (Offset(0), Offset(0)));
     // An origin it no longer names at all counts as lost too.
     let mut session = start();
-    assert!(have(&mut session, &[], Some(&before)).restarted);
+    assert!(peer_has(&mut session, &[], Some(&before)).restarted);
 }
 
 #[test]
@@ -441,7 +445,7 @@ fn cursors_are_stored_every_persist_every_when_they_moved() {
     assert_eq!(session.poll_timeout(), Some(t0));
     assert!(session.handle_timeout(t0).is_empty());
     assert_eq!(session.poll_timeout(), Some(t0 + second));
-    have(&mut session, &[("hq", 3)], Some(&VersionVector::default()));
+    peer_has(&mut session, &[("hq", 3)], Some(&VersionVector::default()));
     assert!(session.handle_timeout(t0 + second / 2).is_empty());
     let due = session.handle_timeout(t0 + second);
     assert_eq!(due.len(), 1);
@@ -454,7 +458,7 @@ fn cursors_are_stored_every_persist_every_when_they_moved() {
     // Unmoved: not stored again.
     assert!(session.handle_timeout(t0 + 2 * second).is_empty());
     round(&mut session, &log(10), FAST);
-    have(&mut session, &[("hq", 10)], None);
+    peer_has(&mut session, &[("hq", 10)], None);
     let due = session.handle_timeout(t0 + 3 * second);
     assert_eq!(due[0].cursor, Offset(10));
     // A late wake does not catch up the times it missed.
@@ -519,4 +523,166 @@ fn a_commit_is_at_most_one_transaction_of_entries() {
     assert_eq!(frames, 9);
     intake.committed(t0, false);
     assert!(!intake.full());
+}
+
+/// A node for [`two_machines_replicate_both_ways_over_simulated_time`]: its two halves
+/// and an in-memory log in place of the store.
+struct SimNode {
+    name: NodeName,
+    session: Session,
+    intake: Intake,
+    logs: std::collections::HashMap<TopicName, Vec<Record>>,
+    vectors: std::collections::HashMap<TopicName, VersionVector>,
+    /// Frames for the peer: control, then entries.
+    control: Vec<Frame>,
+    entries: Vec<Frame>,
+}
+
+impl SimNode {
+    fn start(greeted: Greeted, name: &str, t0: Instant) -> SimNode {
+        let (session, intake) = greeted.start([], t0);
+        let mut node = SimNode {
+            name: node(name),
+            session,
+            intake,
+            logs: Default::default(),
+            vectors: Default::default(),
+            control: Vec::new(),
+            entries: Vec::new(),
+        };
+        for topic in node.intake.topics().to_vec() {
+            let vector = node.vectors.entry(topic.clone()).or_default();
+            node.control.push(have(topic, vector));
+        }
+        node
+    }
+
+    /// Stores `e` as the store would: the next sequence of its origin, or a duplicate.
+    fn store(&mut self, topic: &TopicName, e: Entry) {
+        let vector = self.vectors.entry(topic.clone()).or_default();
+        let held = vector.get(&e.id.origin).0;
+        assert!(e.id.seq.0 <= held + 1, "a hole before {:?}", e.id);
+        if e.id.seq.0 == held + 1 {
+            vector.0.insert(e.id.origin.clone(), e.id.seq);
+            let log = self.logs.entry(topic.clone()).or_default();
+            let offset = Offset(log.len() as u64);
+            log.push(Record { offset, entry: e });
+        }
+    }
+
+    fn append(&mut self, t: &str, seq: u64) {
+        let e = entry(self.name.as_str(), seq, 8);
+        self.store(&topic(t), e);
+    }
+
+    /// One send round: what the session plans goes to the peer's entry stream.
+    fn send(&mut self) -> usize {
+        let mut round = self.session.send_round(FAST, false);
+        let mut sent = 0;
+        while let Some(read) = self.session.next_read(&mut round, 0) {
+            let log = self.logs.get(&read.topic).map_or(&[][..], Vec::as_slice);
+            let from = usize::try_from(read.from.0).unwrap().min(log.len());
+            let records = log[from..(from + read.max).min(log.len())].to_vec();
+            let frames = self.session.plan(&mut round, &read.topic, records);
+            sent += entries_in(&frames);
+            self.entries.extend(frames);
+        }
+        self.session.end_round(round);
+        sent
+    }
+
+    /// Takes the peer's frames: entries as one transaction, then the control frames.
+    fn receive(&mut self, control: Vec<Frame>, entries: Vec<Frame>, now: Instant) {
+        let queued = !entries.is_empty();
+        for frame in entries {
+            match self.intake.handle_frame(frame).unwrap() {
+                Take::Insert {
+                    topic,
+                    skip,
+                    entries,
+                } => {
+                    assert_eq!(skip, None);
+                    entries.into_iter().for_each(|e| self.store(&topic, e));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if queued {
+            for topic in self.intake.committed(now, false).acknowledge {
+                let vector = self.vectors.entry(topic.clone()).or_default();
+                self.control.push(have(topic, vector));
+            }
+        }
+        for frame in control {
+            if let Control::Have {
+                topic,
+                vector,
+                first,
+            } = self.session.handle_control(frame).unwrap()
+            {
+                let held = self.vectors.get(&topic).cloned().unwrap_or_default();
+                let before = first.then(VersionVector::default);
+                self.session
+                    .handle_have(&topic, &vector, &held, before.as_ref());
+            }
+        }
+    }
+}
+
+#[test]
+fn two_machines_replicate_both_ways_over_simulated_time() {
+    let t0 = Instant::now();
+    let mut core = SimNode::start(core_greeted(Default::default(), t0), "hq", t0);
+    let mut edge = SimNode::start(edge_greeted(t0), "alpha", t0);
+    for seq in 1..=3000 {
+        core.append("broadcast", seq);
+        edge.append("reports", seq);
+        if seq <= 10 {
+            edge.append("broadcast", seq);
+        }
+    }
+    // Step until neither side has anything to send, each step 10 ms of simulated time.
+    let mut now = t0;
+    for _ in 0..100 {
+        now += Duration::from_millis(10);
+        let moved = core.send() + edge.send();
+        let told = core.control.len() + edge.control.len();
+        let (c, e) = (
+            std::mem::take(&mut core.control),
+            std::mem::take(&mut core.entries),
+        );
+        edge.receive(c, e, now);
+        let (c, e) = (
+            std::mem::take(&mut edge.control),
+            std::mem::take(&mut edge.entries),
+        );
+        core.receive(c, e, now);
+        if moved == 0 && told == 0 {
+            break;
+        }
+    }
+    let count = |node: &SimNode, t: &str| node.logs.get(&topic(t)).map_or(0, Vec::len);
+    assert_eq!(count(&core, "reports"), 3000);
+    assert_eq!(count(&core, "broadcast"), 3010);
+    assert_eq!(
+        count(&edge, "broadcast"),
+        3010,
+        "the edge's own and all of the core's"
+    );
+    // Everything acknowledged: both senders' cursors are at the end of their logs.
+    let due = core.session.handle_timeout(now);
+    assert_eq!(
+        due.iter().map(|p| p.cursor).collect::<Vec<_>>(),
+        [Offset(3010)]
+    );
+    let due = edge.session.handle_timeout(now);
+    let mut cursors: Vec<_> = due.iter().map(|p| (p.topic.clone(), p.cursor)).collect();
+    cursors.sort();
+    assert_eq!(
+        cursors,
+        [
+            (topic("broadcast"), Offset(3010)),
+            (topic("reports"), Offset(3000))
+        ]
+    );
 }

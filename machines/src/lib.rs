@@ -3,7 +3,8 @@
 //! What it is: the entry model ([`entry`], with [`entry::VersionVector`]), the one
 //! serialization codec ([`codec`]), the frames and their encoding ([`wire`]), what
 //! crosses a link and what is taken from a peer ([`replication`]: routes, the routing
-//! rule, the trust rule), and the replication session's state machine ([`session`]).
+//! rule, the trust rule), the replication session's state machine ([`session`]), and
+//! volume mirroring's chunks, manifests, plans and frames ([`mirror`]).
 //!
 //! What it is not: a runtime. It depends on no async runtime, socket, QUIC or storage
 //! crate (its `Cargo.toml` names none, and that is how the build keeps it so). Its state
@@ -16,6 +17,7 @@
 
 pub mod codec;
 pub mod entry;
+pub mod mirror;
 pub mod replication;
 pub mod session;
 pub mod wire;

@@ -1,10 +1,13 @@
 //! The Tether framework library that `core-node` and `edge-node` share.
 //!
-//! What it is: the entry model ([`entry`]), the one serialization codec ([`codec`]), the
-//! durable log store on sled ([`log`]), node configuration ([`config`], with [`ip_range`]),
-//! the node's [`role`] and the node runtime that both binaries share ([`node`]), and the
-//! file side of volume mirroring ([`mirror`]), and the service runtime ([`service`]);
-//! [`fuzzing`] holds the bodies of the fuzz targets of its decoders of bytes from outside.
+//! What it is: the durable log store on sled ([`log`]), the link that replicates it over
+//! QUIC ([`link`], [`tls`]), node configuration ([`config`], with [`ip_range`]), the
+//! node's [`role`] and the node runtime that both binaries share ([`node`]), the file side
+//! of volume mirroring ([`mirror`]), and the service runtime ([`service`]); [`fuzzing`]
+//! holds the bodies of the fuzz targets of its decoders of bytes from outside. The entry
+//! model ([`entry`]), the codec ([`codec`]), the frames ([`wire`]) and the protocol's
+//! decisions ([`replication`]) are the `machines` crate's, re-exported here under their
+//! old paths; [`link`] drives them over QUIC and the store.
 //!
 //! What it is not: an HTTP server (that is the `ui` crate) or a binary. It installs no
 //! tracing subscriber and handles no signal, except in [`node::main_for`], which is the
@@ -15,11 +18,11 @@
 //! it is pointed at and the environment; [`mirror`] reads the core's volume (and watches
 //! it) and writes the edge's mirror directory.
 
+pub use machines::{codec, entry, replication, wire};
+
 pub mod calendar;
-pub mod codec;
 pub mod config;
 pub mod edges;
-pub mod entry;
 pub mod fuzzing;
 pub mod ip_range;
 pub mod link;
@@ -27,8 +30,6 @@ pub mod log;
 pub mod mirror;
 pub mod mission;
 pub mod node;
-pub mod replication;
 pub mod role;
 pub mod service;
 pub mod tls;
-pub mod wire;

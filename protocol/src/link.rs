@@ -19,13 +19,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use machines::session::SessionError;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::edges::Edges;
-use crate::entry::{NodeName, Scope, TopicName};
+use crate::entry::{NodeName, TopicName};
 use crate::log::{ReadError, Store};
-use crate::replication::Writers;
 use crate::tls::{self, Admit as _, CloseCode};
 use crate::wire::{self, WireError};
 
@@ -34,56 +34,9 @@ mod session;
 
 pub use mirror::{MAX_REFETCH, Mirror, MirrorSettings, MirrorSource, PRIORITY_MIRROR};
 // The mirror stream's meter of chunk bytes reads bytes from the core: fuzzed.
+pub use machines::session::{RelayLimit, RelayQuota, SessionSettings};
 pub(crate) use mirror::DataMeter;
 pub use session::session;
-
-/// How a session behaves; `Default` suits both loopback and a radio link.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    /// Most entries read from the log for one batch.
-    pub batch_entries: usize,
-    /// Compressed bytes gathered before they are handed to QUIC.
-    pub batch_bytes: usize,
-    /// Most entries sent and not yet acknowledged, per topic: bounds memory and the
-    /// work redone after a reconnect.
-    pub max_in_flight: usize,
-    /// How often cursors and acknowledgements are stored.
-    pub persist_every: Duration,
-    /// How long to wait for the peer's `Hello`.
-    pub hello_timeout: Duration,
-    /// While entries stream in, the longest between two acknowledgements (`Have`) of a
-    /// topic; a quiet stream is acknowledged at once. Longer: fewer packets back, more
-    /// entries re-sent after a reconnect.
-    pub have_every: Duration,
-    /// zstd level of the entry streams (1 to 3: fast, and most of the gain).
-    pub zstd_level: i32,
-    /// Core: which edges may write which topics (`[[topics]] writers`).
-    pub writers: Writers,
-    /// Most entry bytes (as the store counts them) read ahead from a peer's entry stream
-    /// and not yet committed: the memory one peer's stream can make this side hold,
-    /// beside QUIC's receive window.
-    pub queue_bytes: usize,
-    /// Core: what it relays from one edge to the others (`[link] relay_*`); `None`: no
-    /// limit.
-    pub relay: Option<RelayLimit>,
-}
-
-impl Default for SessionSettings {
-    fn default() -> Self {
-        SessionSettings {
-            batch_entries: 1024,
-            batch_bytes: 256 << 10,
-            max_in_flight: 65_536,
-            persist_every: Duration::from_secs(1),
-            hello_timeout: Duration::from_secs(60),
-            have_every: Duration::from_millis(100),
-            zstd_level: 1,
-            writers: Writers::default(),
-            queue_bytes: 8 << 20,
-            relay: None,
-        }
-    }
-}
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +87,18 @@ impl LinkError {
             LinkError::Store(_) => (CloseCode::Shutdown, "the node cannot go on".into()),
             LinkError::Timeout(_) => (CloseCode::Protocol, "no hello".into()),
             LinkError::Connection(_) => (CloseCode::Shutdown, String::new()),
+        }
+    }
+}
+
+impl From<SessionError> for LinkError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Protocol(why) => LinkError::Protocol(why),
+            SessionError::Forged(why) => LinkError::Forged(why),
+            SessionError::Incarnation(why) => LinkError::Incarnation(why),
+            SessionError::Version(v) => LinkError::Version(v),
+            SessionError::Timeout(t) => LinkError::Timeout(t),
         }
     }
 }
@@ -411,78 +376,6 @@ pub struct Local {
     pub mirror: Option<MirrorSource>,
 }
 
-impl Local {
-    /// Whether the core relays `topic`'s entries from one edge to the others (scope
-    /// `all`): what the relay quota counts.
-    fn relays(&self, topic: &TopicName) -> bool {
-        self.store
-            .topic(topic)
-            .is_some_and(|t| t.config.scope == Scope::All)
-    }
-}
-
-/// What the core relays from one edge to the other edges (`[link] relay_rate`,
-/// `relay_entries`, `relay_burst`): per second, with a burst of `burst` worth of both.
-/// Past it the core reads that edge's entries only as fast as the quota allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayLimit {
-    /// Entry bytes per second (as the store counts them); 0: no limit on bytes.
-    pub bytes_per_s: u64,
-    /// Entries per second; 0: no limit on entries.
-    pub entries_per_s: u64,
-    /// How long a burst at full speed the quota allows after a quiet spell.
-    pub burst: Duration,
-}
-
-/// One edge's relay quota: two token buckets (entries and bytes). Without IO: it is
-/// handed the time and answers how long to wait.
-#[derive(Debug)]
-pub struct RelayQuota {
-    limit: Option<RelayLimit>,
-    /// Tokens in each bucket at `at` (may go below zero: a debt to wait out).
-    entries: f64,
-    bytes: f64,
-    at: std::time::Instant,
-}
-
-impl RelayQuota {
-    /// A full quota at `now`.
-    pub fn new(limit: Option<RelayLimit>, now: std::time::Instant) -> Self {
-        let burst = |rate: u64| rate as f64 * limit.map_or(0.0, |l| l.burst.as_secs_f64());
-        RelayQuota {
-            limit,
-            entries: limit.map_or(0.0, |l| burst(l.entries_per_s)),
-            bytes: limit.map_or(0.0, |l| burst(l.bytes_per_s)),
-            at: now,
-        }
-    }
-
-    /// Takes `entries` and `bytes` from the quota at `now`; returns how long to wait
-    /// before they may be relayed (zero if within the quota).
-    pub fn take(&mut self, entries: u64, bytes: u64, now: std::time::Instant) -> Duration {
-        let Some(limit) = self.limit else {
-            return Duration::ZERO;
-        };
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        let mut wait: f64 = 0.0;
-        for (tokens, rate, taken) in [
-            (&mut self.entries, limit.entries_per_s, entries),
-            (&mut self.bytes, limit.bytes_per_s, bytes),
-        ] {
-            if rate == 0 {
-                continue;
-            }
-            let (rate, full) = (rate as f64, rate as f64 * limit.burst.as_secs_f64());
-            *tokens = (*tokens + elapsed * rate).min(full) - taken as f64;
-            if *tokens < 0.0 {
-                wait = wait.max(-*tokens / rate);
-            }
-        }
-        Duration::from_secs_f64(wait.min(3600.0))
-    }
-}
-
 /// Every peer's link on this node.
 #[derive(Debug, Clone, Default)]
 pub struct Links {
@@ -740,40 +633,5 @@ impl Jitter {
         self.0 ^= self.0 << 17;
         let fraction = 0.5 + (self.0 % 1000) as f64 / 2000.0;
         d.mul_f64(fraction)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn the_relay_quota_allows_a_burst_then_the_rate() {
-        let limit = RelayLimit {
-            bytes_per_s: 1000,
-            entries_per_s: 10,
-            burst: Duration::from_secs(2),
-        };
-        let start = Instant::now();
-        let mut quota = RelayQuota::new(Some(limit), start);
-        // A full burst (2 s worth of both) passes at once.
-        assert_eq!(quota.take(20, 2000, start), Duration::ZERO);
-        // Past it, the wait is what the debt takes to repay, at the slower of the two.
-        assert_eq!(quota.take(5, 100, start), Duration::from_millis(500));
-        assert_eq!(quota.take(0, 1000, start), Duration::from_millis(1100));
-        // Time repays it; a quiet spell refills the burst, never beyond it.
-        let later = start + Duration::from_secs(60);
-        assert_eq!(quota.take(20, 2000, later), Duration::ZERO);
-        assert!(quota.take(1, 0, later) > Duration::ZERO);
-        // Without a limit, nothing ever waits; a rate of 0 is no limit on that count.
-        let mut none = RelayQuota::new(None, start);
-        assert_eq!(none.take(u64::MAX, u64::MAX, start), Duration::ZERO);
-        let bytes_only = RelayLimit {
-            entries_per_s: 0,
-            ..limit
-        };
-        let mut quota = RelayQuota::new(Some(bytes_only), start);
-        assert_eq!(quota.take(1_000_000, 2000, start), Duration::ZERO);
     }
 }

@@ -50,11 +50,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec;
-use crate::entry::{Entry, EntryId, NodeName, Offset, Record, Retention, Scope, Seq, Timestamp};
+use crate::entry::{Entry, EntryId, NodeName, Offset, Record, Seq, Timestamp};
 use crate::entry::{TopicConfig, TopicName};
 use format::{StoredEntry, block_key, doc_key, doc_prefix};
 use owner::Request;
 
+pub use crate::entry::VersionVector;
 pub use error::{OpenError, ReadError, WriteError};
 pub use txn::{Appended, Committed, ConsumerName, TableName, Txn};
 
@@ -95,17 +96,6 @@ impl StoreConfig {
             inbox: 4096,
             commit_delay: Duration::from_micros(200),
         }
-    }
-}
-
-/// A per origin map of the highest sequence held without a hole: what this node has.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VersionVector(pub BTreeMap<NodeName, Seq>);
-
-impl VersionVector {
-    /// The highest sequence held from `origin` (0 if none).
-    pub fn get(&self, origin: &NodeName) -> Seq {
-        self.0.get(origin).copied().unwrap_or_default()
     }
 }
 
@@ -783,17 +773,5 @@ fn sled_open_error(path: &Path, e: sled::Error) -> OpenError {
             path,
             detail: other.to_string(),
         },
-    }
-}
-
-impl Retention {
-    pub(crate) fn is_unlimited(&self) -> bool {
-        self.max_age.is_none() && self.max_bytes.is_none() && self.max_entries.is_none()
-    }
-}
-
-impl Scope {
-    pub(crate) fn leaves_node(self) -> bool {
-        self != Scope::Local
     }
 }

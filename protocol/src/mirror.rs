@@ -16,9 +16,10 @@
 //! - Between them, [`Delta`] carries a target as changes to the manifest the edge holds,
 //!   and [`MirrorStatus`] is what operators see.
 //!
-//! The sans-IO parts (`chunk`, `path`, `manifest`, `plan`, `pace`, `status`, `wire`) never touch the file
-//! system or the clock; `scan` and `source` read the core's volume; `spool` and
-//! `replica` write under the edge's mirror directory.
+//! The sans-IO parts (`chunk`, `path`, `manifest`, `plan`, `pace`, `status`, `wire`) are
+//! `machines::mirror`'s, re-exported here: they never touch the file system or the
+//! clock. `scan` and `source` read the core's volume; `spool` and `replica` write under
+//! the edge's mirror directory.
 //!
 //! # Frames (as built: [`MirrorFrame`] in `mirror/wire.rs`, numbered there)
 //!
@@ -40,32 +41,25 @@
 //! [`Delta::apply`]), a chunk by its hash in [`ReplicaVolume::receive`] (or, rebuilt
 //! from its prefix and the rest received, in [`ReplicaVolume::receive_rest`]).
 
-mod chunk;
-mod manifest;
-mod pace;
-mod path;
-mod plan;
 mod replica;
 mod scan;
 mod source;
 mod spool;
-mod status;
-mod wire;
 
-pub use chunk::{ChunkParams, ChunkRef, Chunked, Hash, chunk_bytes, chunk_reader};
-pub use manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
-pub use pace::{
-    INITIAL_WINDOW, MAX_REPORT, MAX_WINDOW, MIN_REPORT, MIN_WINDOW, Pace, PaceError, PathNow,
-    TARGET_QUEUE, target_queue,
-};
-pub use path::{MAX_NAME, MAX_PATH, PathError, PathRule, RelPath};
-pub use plan::{Delta, FileEdit, PackedEntries, Plan, Prefix, plan};
+// The sans-IO parts are the `machines` crate's: the same paths as before.
+pub use machines::mirror::*;
 pub use replica::{Applied, ApplyError, ApplyStep, ReceiveError, ReplicaError, ReplicaVolume};
 pub use scan::{Problem, ScanStats, Scanner};
 pub use source::{ServeError, Snapshot, SourceError, SourceVolume};
 pub use spool::{Spool, SpoolError};
-pub use status::{MirrorState, MirrorStatus};
-pub use wire::{
-    ChunkTable, FetchError, MANIFEST_PART, MAX_REQUEST, ManifestAssembly, MirrorFrame,
-    RefusedManifest, fetch_runs, manifest_frames,
-};
+
+/// The `len` bytes at `offset` of the file at `path`: one chunk, read back to be served
+/// (core) or reused (edge). The caller verifies its hash.
+fn read_at(path: &std::path::Path, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = vec![0; len as usize];
+    file.read_exact(&mut bytes)?;
+    Ok(bytes)
+}

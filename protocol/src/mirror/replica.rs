@@ -42,11 +42,11 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::chunk::{ChunkParams, Hash};
-use super::manifest::{FileNode, Limits, Manifest, ManifestError, Node};
-use super::path::RelPath;
-use super::plan::{Plan, Prefix, plan};
+use super::RelPath;
 use super::spool::{Spool, SpoolError, sync_dir};
+use super::{ChunkParams, Hash};
+use super::{FileNode, Limits, Manifest, ManifestError, Node};
+use super::{Plan, Prefix, plan};
 
 /// The edge's mirror of one volume.
 #[derive(Debug)]
@@ -352,7 +352,7 @@ impl ReplicaVolume {
             .get(hash)
             .ok_or(ReceiveError::NoPrefix(*hash))?;
         let from = prefix.path.under(&version_dir(&self.dir, self.seq));
-        let mut bytes = match super::chunk::read_at(&from, prefix.offset, prefix.chunk.len) {
+        let mut bytes = match super::read_at(&from, prefix.offset, prefix.chunk.len) {
             Ok(bytes) if Hash::of(&bytes) == prefix.chunk.hash => bytes,
             _ => {
                 return Err(ReceiveError::Prefix {
@@ -524,8 +524,8 @@ impl ReplicaVolume {
                     });
                 };
                 let from = src.under(old);
-                let bytes = super::chunk::read_at(&from, *offset, chunk.len)
-                    .map_err(apply_io("read", &from))?;
+                let bytes =
+                    super::read_at(&from, *offset, chunk.len).map_err(apply_io("read", &from))?;
                 if Hash::of(&bytes) != chunk.hash {
                     self.bad_local.insert(chunk.hash);
                     return Err(damaged(chunk.hash, path));

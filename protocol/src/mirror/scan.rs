@@ -36,9 +36,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::chunk::{ChunkParams, ChunkRef, Hash, chunk_reader};
-use super::manifest::{FileNode, Node};
-use super::path::{self, RelPath};
+use machines::mirror::path;
+
+use super::{ChunkParams, ChunkRef, FileNode, Hash, Node, RelPath, chunk_reader};
 
 /// A file modified this close to its read is hashed again at the next scan.
 pub(crate) const RACY: Duration = Duration::from_secs(2);

@@ -39,10 +39,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
-use super::chunk::{ChunkParams, Hash};
-use super::manifest::{Entry, MANIFEST_FORMAT, Manifest, Node};
-use super::path::RelPath;
+use super::RelPath;
 use super::scan::{Problem, ScanStats, Scanner};
+use super::{ChunkParams, Hash};
+use super::{Entry, MANIFEST_FORMAT, Manifest, Node};
 
 /// Changed paths recorded before the watcher gives up on them and asks for a full rescan.
 pub(crate) const MAX_DIRTY: usize = 100_000;
@@ -251,7 +251,7 @@ impl SourceVolume {
         let Some((path, offset, len)) = found else {
             return Err(ServeError::Unknown(*hash));
         };
-        match super::chunk::read_at(&path.under(self.scanner.root()), *offset, *len) {
+        match super::read_at(&path.under(self.scanner.root()), *offset, *len) {
             Ok(bytes) if Hash::of(&bytes) == *hash => Ok(bytes),
             // Changed, truncated, gone or unreadable: rescan it; the edge re-plans.
             _ => {

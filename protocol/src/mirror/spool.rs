@@ -26,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::chunk::Hash;
+use super::Hash;
 
 /// Chunks written between two journal syncs, at most.
 pub(crate) const SYNC_EVERY: usize = 256;

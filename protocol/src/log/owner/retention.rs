@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{Group, Owner, work_for_group, work_for_group_mut};
+use super::{Group, Owner, Peer, work_for_group, work_for_group_mut};
 use crate::codec;
 use crate::entry::{Append, NodeName, Seq, Timestamp, TopicName};
 use crate::log::format::{self, StoredEntry};
 use crate::log::{GAPS_TOPIC, Gap, RetentionReport, Shared};
+use crate::replication::Recipient;
 
 impl Owner {
     /// One retention pass: topic limits first (never past what a peer lacks), then the
@@ -175,12 +176,7 @@ impl Owner {
     /// lacked it, that it is being removed.
     fn owe(&mut self, t: u32, e: &StoredEntry) {
         for f in self.forgotten.values_mut() {
-            let p = &f.peer;
-            let lacked = p.topics.contains(&t)
-                && p.id != e.origin
-                && (e.to.is_none() || e.to == Some(p.id) || p.core)
-                && p.acked.get(&(t, e.origin)).copied().unwrap_or(0) < e.seq;
-            if lacked {
+            if f.peer.needs(t, e) {
                 let range = f.owed.entry((t, e.origin)).or_insert((e.seq, e.seq));
                 range.0 = range.0.min(e.seq);
                 range.1 = range.1.max(e.seq);
@@ -200,14 +196,22 @@ impl Owner {
         }
         self.peers
             .iter()
-            .filter(|(_, p)| {
-                p.topics.contains(&t)
-                    && p.id != e.origin
-                    && (e.to.is_none() || e.to == Some(p.id) || p.core)
-                    && p.acked.get(&(t, e.origin)).copied().unwrap_or(0) < e.seq
-            })
+            .filter(|(_, p)| p.needs(t, e))
             .map(|(name, _)| name.clone())
             .collect()
+    }
+}
+
+impl Peer {
+    /// Whether this peer needs `e` of topic `t`: it receives the topic from this node,
+    /// and the routing rule (the sender's, [`Recipient::needs`]) says it lacks the entry.
+    fn needs(&self, t: u32, e: &StoredEntry) -> bool {
+        let held = self.acked.get(&(t, e.origin)).copied().unwrap_or(0);
+        let peer = Recipient {
+            name: &self.id,
+            core: self.core,
+        };
+        self.topics.contains(&t) && peer.needs(&e.origin, e.seq, e.to.as_ref(), held)
     }
 }
 

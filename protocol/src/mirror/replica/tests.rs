@@ -6,7 +6,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 
 use super::*;
 use crate::codec;
-use crate::mirror::manifest::Entry;
+use crate::mirror::Entry;
 use crate::mirror::scan::tests::{Scratch, random, write_old};
 use crate::mirror::source::SourceVolume;
 

@@ -85,6 +85,20 @@ pub enum Frame {
     Resume,
 }
 
+impl Frame {
+    /// The frame's name, for errors and logs: `hello`, `have`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Have { .. } => "have",
+            Frame::Batch(_) => "batch",
+            Frame::Skip { .. } => "skip",
+            Frame::Pause => "pause",
+            Frame::Resume => "resume",
+        }
+    }
+}
+
 /// Who a node is and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -341,7 +355,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
 }
 
 /// Appends any value in the codec, length-prefixed like a frame: the framing of the other
-/// stream kinds (the mirror stream's [`crate::mirror::MirrorFrame`]).
+/// stream kinds (the mirror stream's `MirrorFrame`, in `protocol::mirror`).
 pub fn encode_value<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
     let body = codec::encode(value);
     let mut len = body.len() as u64;

@@ -600,7 +600,7 @@ mod tests {
     use crate::codec;
     use crate::mirror::chunk::chunk_bytes;
     use crate::mirror::manifest::FileNode;
-    use crate::mirror::scan::tests::random;
+    use crate::mirror::testing::random;
 
     fn p(path: &str) -> RelPath {
         RelPath::new(path).unwrap()

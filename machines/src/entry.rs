@@ -2,8 +2,10 @@
 //!
 //! An entry's identity is `(origin node, origin sequence)`; each node that stores it also
 //! gives it a local [`Offset`] in arrival order. Names are validated when they are built,
-//! so a [`NodeName`] or [`TopicName`] in hand is always well formed.
+//! so a [`NodeName`] or [`TopicName`] in hand is always well formed. A [`VersionVector`]
+//! says, per origin, how much of a topic a node holds.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,11 +81,7 @@ impl TopicName {
 }
 
 /// Checks a symbol-like name (topic, table, consumer): `A-Z a-z 0-9 _ - .`, bounded length.
-pub(crate) fn check_symbol(
-    kind: &'static str,
-    name: String,
-    max: usize,
-) -> Result<String, NameError> {
+pub fn check_symbol(kind: &'static str, name: String, max: usize) -> Result<String, NameError> {
     let ok = !name.is_empty()
         && name.len() <= max
         && name
@@ -179,6 +177,17 @@ impl fmt::Display for Seq {
     }
 }
 
+/// A per origin map of the highest sequence held without a hole: what this node has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionVector(pub BTreeMap<NodeName, Seq>);
+
+impl VersionVector {
+    /// The highest sequence held from `origin` (0 if none).
+    pub fn get(&self, origin: &NodeName) -> Seq {
+        self.0.get(origin).copied().unwrap_or_default()
+    }
+}
+
 /// Where a topic's entries live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -189,6 +198,13 @@ pub enum Scope {
     Core,
     /// Appended anywhere, stored on every node that subscribes.
     All,
+}
+
+impl Scope {
+    /// Whether entries of this scope ever cross a link.
+    pub fn leaves_node(self) -> bool {
+        self != Scope::Local
+    }
 }
 
 impl fmt::Display for Scope {
@@ -213,6 +229,13 @@ pub struct Retention {
     pub max_bytes: Option<u64>,
     /// The topic keeps at most this many entries.
     pub max_entries: Option<u64>,
+}
+
+impl Retention {
+    /// Whether it sets no limit at all.
+    pub fn is_unlimited(&self) -> bool {
+        self.max_age.is_none() && self.max_bytes.is_none() && self.max_entries.is_none()
+    }
 }
 
 /// A topic's definition: its name, scope and retention.
@@ -260,7 +283,8 @@ impl Entry {
     }
 }
 
-pub(crate) fn entry_size(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: &[u8]) -> u64 {
+/// What an entry of these parts counts for: see [`Entry::size`].
+pub fn entry_size(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: &[u8]) -> u64 {
     /// Identity, timestamp and destination, as stored (varints and interned names).
     const FIXED: usize = 16;
     let headers: usize = headers
@@ -283,7 +307,7 @@ pub const MAX_HEADER_NAME: usize = 128;
 pub const HEADER_OVERHEAD: usize = 16;
 
 /// Why an entry's headers are refused: too many, or a name too long.
-pub(crate) fn check_headers(headers: &[(String, Vec<u8>)]) -> Result<(), String> {
+pub fn check_headers(headers: &[(String, Vec<u8>)]) -> Result<(), String> {
     if headers.len() > MAX_HEADERS {
         return Err(format!(
             "{} headers, more than the {MAX_HEADERS} an entry may carry",

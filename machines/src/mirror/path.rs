@@ -138,7 +138,7 @@ impl RelPath {
 }
 
 /// The rule `path` breaks, if any.
-pub(crate) fn check(path: &str) -> Result<(), PathRule> {
+pub fn check(path: &str) -> Result<(), PathRule> {
     if path.is_empty() {
         return Err(PathRule::Empty);
     }
@@ -172,7 +172,7 @@ pub(crate) fn check(path: &str) -> Result<(), PathRule> {
 /// symlink in a valid manifest has this form and every entry's parent is a real directory,
 /// resolving any path in the mirror never leaves it: `..` only climbs from a link's own
 /// directory, never from where another link led.
-pub(crate) fn check_target(link: &RelPath, target: &str) -> Result<(), PathRule> {
+pub fn check_target(link: &RelPath, target: &str) -> Result<(), PathRule> {
     if target.is_empty() {
         return Err(PathRule::Empty);
     }

@@ -1,7 +1,9 @@
 //! What crosses a link, decided without IO: which topics each way, and, per topic, which
 //! entries to send, which sequences to skip, and how far the peer has acknowledged.
 //!
-//! The rules (DESIGN.md, "Concepts"):
+//! The routing rule (DESIGN.md, "Concepts"), written once: [`Routes::between`] for
+//! topics, [`Recipient::needs`] for entries. The sender ([`Outbound`]) sends what it says
+//! a peer needs, and the store's retention keeps what it says a peer needs.
 //! - `local` topics never cross; `core` topics go from edges to the core and stop there;
 //!   `all` topics go both ways, and the core sends them on to every edge that holds them.
 //! - An entry with a destination (`to`) goes only to that node and to the core.
@@ -30,8 +32,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::entry::VersionVector;
 use crate::entry::{Entry, NodeName, Offset, Record, Scope, TopicName};
-use crate::log::VersionVector;
 use crate::wire::{Batch, Frame, Hello};
 
 /// The topics a link carries in each direction, seen from one side.
@@ -74,6 +76,26 @@ impl Routes {
             }
         }
         routes
+    }
+}
+
+/// A peer as the routing rule sees it, for entries of a topic it receives from this node
+/// (one of its [`Routes::out`]). Generic over how names are held: the sender compares
+/// [`NodeName`]s, the store its interned ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a, N> {
+    /// The peer's name.
+    pub name: &'a N,
+    /// Whether the peer is the core (it receives entries addressed to any node).
+    pub core: bool,
+}
+
+impl<N: PartialEq> Recipient<'_, N> {
+    /// Whether the peer needs the entry `seq` of `origin`, addressed `to` (if to one
+    /// node), while it holds (or was sent) `held` of that origin: never back to its
+    /// origin, an addressed entry only to its node and to the core, and nothing it holds.
+    pub fn needs(&self, origin: &N, seq: u64, to: Option<&N>, held: u64) -> bool {
+        seq > held && origin != self.name && to.is_none_or(|to| to == self.name || self.core)
     }
 }
 
@@ -344,11 +366,12 @@ impl Outbound {
             let e = record.entry;
             let origin = &e.id.origin;
             let told = self.told.get(origin).copied().unwrap_or(0);
-            let for_peer =
-                e.to.as_ref()
-                    .is_none_or(|to| *to == self.peer || self.peer_core);
+            let peer = Recipient {
+                name: &self.peer,
+                core: self.peer_core,
+            };
             let offered = self.only.as_ref().is_none_or(|only| only == origin);
-            if e.id.seq.0 <= told || *origin == self.peer || !for_peer || !offered {
+            if !peer.needs(origin, e.id.seq.0, e.to.as_ref(), told) || !offered {
                 continue;
             }
             if e.id.seq.0 > told + 1 {
@@ -465,6 +488,93 @@ mod tests {
         let at_edge = Routes::between(false, &topics, &[], &hello(true));
         assert_eq!(at_edge.out, vec![topic("reports"), topic("broadcast")]);
         assert_eq!(at_edge.input, vec![topic("broadcast")]);
+    }
+
+    /// One row of the routing rule's table: for entries of one topic of `scope`, sent
+    /// by the core to the edge `alpha` (`from_core`) or by `alpha` to the core, under
+    /// the core's `writers`, which the peer needs. Three groups, by origin: this node,
+    /// the peer, a third node; in each, by `to`: none, the peer, the third, this node.
+    fn routing_row(scope: Scope, from_core: bool, writers: &Writers) -> String {
+        let (here, peer, third) = match from_core {
+            true => ("hq", "alpha", "bravo"),
+            false => ("alpha", "hq", "bravo"),
+        };
+        let t = topic("t");
+        let topics = vec![(t.clone(), scope)];
+        let closed = writers.closed_to(&node("alpha"));
+        let (ours, theirs) = match from_core {
+            true => (closed, vec![]),
+            false => (vec![], closed),
+        };
+        let hello = Hello {
+            version: 1,
+            node: node(peer),
+            incarnation: 1,
+            core: !from_core,
+            topics: topics.clone(),
+            closed: theirs,
+        };
+        let routes = Routes::between(from_core, &topics, &ours, &hello);
+        let name = node(peer);
+        let recipient = Recipient {
+            name: &name,
+            core: !from_core,
+        };
+        let groups = [here, peer, third].map(|origin| {
+            [None, Some(peer), Some(third), Some(here)]
+                .map(|to| {
+                    let to = to.map(node);
+                    let needed = routes.out.contains(&t)
+                        && recipient.needs(&node(origin), 1, to.as_ref(), 0);
+                    if needed { 'x' } else { '.' }
+                })
+                .iter()
+                .collect::<String>()
+        });
+        groups.join(" ")
+    }
+
+    #[test]
+    fn the_routing_rule_table() {
+        let open = Writers::default();
+        let core_only = Writers(vec![(topic("t"), Writer::Edges(vec![]))]);
+        let check = |scope: Scope, from_core: bool, writers: &Writers, expected: &str| {
+            let row = routing_row(scope, from_core, writers);
+            assert_eq!(
+                row, expected,
+                "{scope}, from the core: {from_core}, {writers:?}"
+            );
+        };
+        //                                      origin: here     peer     third
+        //                                      to:     -ptm     -ptm     -ptm
+        for writers in [&open, &core_only] {
+            check(Scope::Local, true, writers, ".... .... ....");
+            check(Scope::Local, false, writers, ".... .... ....");
+            // Core topics stop at the core.
+            check(Scope::Core, true, writers, ".... .... ....");
+            // From the core to an edge: never its own, never another node's addressed.
+            check(Scope::All, true, writers, "xx.. .... xx..");
+        }
+        // From an edge to the core: everything but the core's own, unless closed.
+        check(Scope::Core, false, &open, "xxxx .... xxxx");
+        check(Scope::All, false, &open, "xxxx .... xxxx");
+        check(Scope::Core, false, &core_only, ".... .... ....");
+        check(Scope::All, false, &core_only, ".... .... ....");
+        // Nothing the peer holds (or was sent).
+        let (alpha, hq) = (node("alpha"), node("hq"));
+        let to_alpha = Recipient {
+            name: &alpha,
+            core: false,
+        };
+        assert!(!to_alpha.needs(&hq, 5, None, 5));
+        assert!(to_alpha.needs(&hq, 6, None, 5));
+        assert!(!to_alpha.needs(&hq, 6, Some(&hq), 5));
+        // The store's interned ids follow the same rule.
+        let to_core = Recipient {
+            name: &0,
+            core: true,
+        };
+        assert!(to_core.needs(&1, 1, Some(&2), 0) && !to_core.needs(&0, 1, None, 0));
     }
 
     #[test]

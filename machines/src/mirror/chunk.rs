@@ -184,23 +184,12 @@ pub fn chunk_bytes(data: &[u8], params: ChunkParams) -> io::Result<Chunked> {
     chunk_reader(data, params, &mut |_, _| Ok(()))
 }
 
-/// The `len` bytes at `offset` of the file at `path`: one chunk, read back to be served
-/// (core) or reused (edge). The caller verifies its hash.
-pub(crate) fn read_at(path: &std::path::Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = vec![0; len as usize];
-    file.read_exact(&mut bytes)?;
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::mirror::scan::tests::random;
+    use crate::mirror::testing::random;
 
     /// Bytes of `new`'s chunks that `old` does not have: what would cross the link.
     fn new_bytes(old: &Chunked, new: &Chunked) -> u64 {

@@ -1,0 +1,48 @@
+//! Volume mirroring's decisions without IO: chunks and their hashes, validated paths,
+//! manifests and their checks, plans and deltas, the core's pacing, the status model,
+//! and the mirror stream's frames.
+//!
+//! `protocol::mirror` re-exports all of it beside the parts that read and write files
+//! (the core's scanner and source, the edge's spool and replica); `protocol::link`
+//! carries the frames. Nothing here touches the file system or reads the clock: the
+//! chunker reads from a reader it is handed, and the pacing and status are handed the
+//! time.
+
+mod chunk;
+mod manifest;
+mod pace;
+pub mod path;
+mod plan;
+mod status;
+mod wire;
+
+pub use chunk::{ChunkParams, ChunkRef, Chunked, Hash, chunk_bytes, chunk_reader};
+pub use manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
+pub use pace::{
+    INITIAL_WINDOW, MAX_REPORT, MAX_WINDOW, MIN_REPORT, MIN_WINDOW, Pace, PaceError, PathNow,
+    TARGET_QUEUE, target_queue,
+};
+pub use path::{MAX_NAME, MAX_PATH, PathError, PathRule, RelPath};
+pub use plan::{Delta, FileEdit, PackedEntries, Plan, Prefix, plan};
+pub use status::{MirrorState, MirrorStatus};
+pub use wire::{
+    ChunkTable, FetchError, MANIFEST_PART, MAX_REQUEST, ManifestAssembly, MirrorFrame,
+    RefusedManifest, fetch_runs, manifest_frames,
+};
+
+/// Test data for the modules' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// `len` bytes of seeded noise (xorshift), which the chunker cuts as it would real data.
+    pub(crate) fn random(len: usize, mut seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            out.extend_from_slice(&seed.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}

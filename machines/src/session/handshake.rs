@@ -1,0 +1,171 @@
+//! The hellos: what this side says, what it accepts of the peer's, and by when.
+
+use std::time::Instant;
+
+use super::{Intake, Session, SessionError, SessionSettings, Side};
+use crate::entry::{NodeName, Offset, TopicName};
+use crate::replication::{Incarnations, Routes};
+use crate::wire::{self, Frame, Hello};
+
+/// A session before the peer's hello: our hello, and the deadline for theirs.
+#[derive(Debug)]
+pub struct Handshake {
+    side: Side,
+    peer: NodeName,
+    settings: SessionSettings,
+    /// The topics this side does not take from the peer (at the core, those the edge may
+    /// not write); named in our hello.
+    closed: Vec<TopicName>,
+    /// `None`: a timeout too long to count.
+    deadline: Option<Instant>,
+}
+
+impl Handshake {
+    /// A session of `side` with `peer` (the name its certificate proves), from `now`.
+    pub fn new(side: Side, peer: NodeName, settings: SessionSettings, now: Instant) -> Self {
+        // At the core, the topics this edge may not write (the core's config); an edge
+        // closes none to the core.
+        let closed = match side.core {
+            true => settings.writers.closed_to(&peer),
+            false => Vec::new(),
+        };
+        let deadline = now.checked_add(settings.hello_timeout);
+        Handshake {
+            side,
+            peer,
+            settings,
+            closed,
+            deadline,
+        }
+    }
+
+    /// Our hello: the first frame on the control stream.
+    pub fn hello(&self) -> Frame {
+        Frame::Hello(Hello {
+            version: wire::VERSION,
+            node: self.side.node.clone(),
+            incarnation: self.side.incarnation,
+            core: self.side.core,
+            topics: self.side.topics.clone(),
+            closed: self.closed.clone(),
+        })
+    }
+
+    /// By when the next step must happen (the control stream opened, then the peer's
+    /// hello arrived); `None`: never.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The control stream is open and our hello sent at `now`: the peer has
+    /// `hello_timeout` from here to say its own.
+    pub fn opened(&mut self, now: Instant) {
+        self.deadline = now.checked_add(self.settings.hello_timeout);
+    }
+
+    /// The time is `now`: past the deadline, the session ends.
+    pub fn handle_timeout(&self, now: Instant) -> Result<(), SessionError> {
+        match self.deadline {
+            Some(deadline) if now >= deadline => {
+                Err(SessionError::Timeout(self.settings.hello_timeout))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The peer's first control frame, which must be a hello of our version, naming the
+    /// peer its certificate proves, from the other role.
+    pub fn handle_hello(self, frame: Frame) -> Result<Greeted, SessionError> {
+        let theirs = match frame {
+            Frame::Hello(hello) => hello,
+            other => {
+                let got = other.name();
+                return Err(SessionError::Protocol(format!("expected hello, got {got}")));
+            }
+        };
+        if theirs.version != wire::VERSION {
+            return Err(SessionError::Version(theirs.version));
+        }
+        if theirs.node != self.peer {
+            return Err(SessionError::Protocol(format!(
+                "hello names {}, the certificate {}",
+                theirs.node, self.peer
+            )));
+        }
+        if theirs.core == self.side.core {
+            let role = if self.side.core { "core" } else { "edge" };
+            return Err(SessionError::Protocol(format!("both ends are a {role}")));
+        }
+        let routes = Routes::between(self.side.core, &self.side.topics, &self.closed, &theirs);
+        Ok(Greeted {
+            side: self.side,
+            peer: self.peer,
+            settings: self.settings,
+            theirs,
+            routes,
+        })
+    }
+}
+
+/// A session whose hellos are exchanged and checked: the routes are known. Before it
+/// starts, the peer's incarnation is checked ([`Greeted::check_incarnation`]).
+#[derive(Debug)]
+pub struct Greeted {
+    side: Side,
+    peer: NodeName,
+    settings: SessionSettings,
+    theirs: Hello,
+    routes: Routes,
+}
+
+impl Greeted {
+    /// The topics each way.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Whether the peer is the core.
+    pub fn peer_core(&self) -> bool {
+        self.theirs.core
+    }
+
+    /// The incarnation the peer's hello presents.
+    pub fn presented(&self) -> u64 {
+        self.theirs.incarnation
+    }
+
+    /// Checks the peer's incarnation against the one `recorded` for its name, `held`
+    /// being the highest sequence of the peer's origin this node holds in any topic
+    /// ([`Incarnations::check`]). `Some`: record the presented one (`Renewed`: it comes
+    /// from a new store, none of whose predecessor's entries are held here).
+    pub fn check_incarnation(
+        &self,
+        recorded: Option<u64>,
+        held: u64,
+    ) -> Result<Option<Incarnations>, SessionError> {
+        let presented = self.theirs.incarnation;
+        let verdict =
+            Incarnations::check(recorded, presented, held).map_err(SessionError::Incarnation)?;
+        Ok((recorded != Some(presented)).then_some(verdict))
+    }
+
+    /// The session is up at `now`. `cursors`: where each outgoing topic starts (its
+    /// stored cursor; a topic not named starts at offset 0). Returns the sending half
+    /// and the receiving half, which the driver may run apart.
+    pub fn start(
+        self,
+        cursors: impl IntoIterator<Item = (TopicName, Offset)>,
+        now: Instant,
+    ) -> (Session, Intake) {
+        let Greeted {
+            side,
+            peer,
+            settings,
+            theirs,
+            routes,
+        } = self;
+        let intake = Intake::new(&side, peer.clone(), theirs.core, &routes, &settings, now);
+        let session = Session::new(&side, peer, theirs.core, routes, &settings, cursors, now);
+        (session, intake)
+    }
+}

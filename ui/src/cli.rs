@@ -9,10 +9,11 @@
 //!
 //! IO: HTTP to the node; stdout (results), stderr (errors, progress).
 
-use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::config::Config;
 use protocol::node::Role;
 use protocol::node::cli::{ApiArgs, ApiCommand};
@@ -488,6 +489,53 @@ fn print_mirror(m: &Value) {
     outln!("on the link: {}", bytes(&m["bytes_on_link"]));
 }
 
+/// The mirror's progress on stderr while it is followed. On a terminal, one bar redrawn
+/// in place (indicatif: cut to the terminal's width, at most 20 draws a second);
+/// otherwise (a pipe, a log file, the tests) a line per sample, as `mirror status`
+/// prints it, because indicatif draws nothing where stderr is not a terminal.
+enum Progress {
+    Bar(ProgressBar),
+    Lines,
+}
+
+/// The bar's layout: as [`mirror_line`], with the figures cut to fit.
+const BAR_TEMPLATE: &str = "mirror {prefix:<11} [{bar:30}] {wide_msg}";
+
+impl Progress {
+    fn on_stderr() -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
+        if bar.is_hidden() {
+            return Progress::Lines;
+        }
+        let style = ProgressStyle::with_template(BAR_TEMPLATE)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("#>-");
+        bar.set_style(style);
+        Progress::Bar(bar)
+    }
+
+    fn show(&self, m: &Value) {
+        match self {
+            Progress::Bar(bar) => {
+                // Each call may draw; the bar's position last, so the last draw is whole.
+                bar.set_prefix(s(&m["state"]).to_owned());
+                bar.set_message(mirror_figures(m));
+                bar.set_position((percent(m) * 10.0).round() as u64);
+            }
+            Progress::Lines => eprintln!("{}", mirror_line(m)),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        // Leaves the last state drawn, as it was (`finish` would show 100 %).
+        if let Progress::Bar(bar) = self {
+            bar.abandon();
+        }
+    }
+}
+
 /// Follows the mirror through the live events: until the mirror started after `start`
 /// (the answer to the start) ends, or forever.
 fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
@@ -499,7 +547,7 @@ fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
     if !response.status().is_success() {
         return answer(response).map(|_| ());
     }
-    let terminal = std::io::stderr().is_terminal();
+    let progress = Progress::on_stderr();
     let mut event = String::new();
     let reader = BufReader::new(response.body_mut().as_reader());
     let mut seen_running = false;
@@ -511,22 +559,14 @@ fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
             && event == "mirror"
         {
             let m: Value = serde_json::from_str(data).unwrap_or_default();
-            let text = mirror_line(&m);
-            if terminal {
-                eprint!("\r{text}\x1b[K");
-            } else {
-                eprintln!("{text}");
-            }
-            let _ = std::io::stderr().flush();
+            progress.show(&m);
             let state = s(&m["state"]);
             seen_running |= matches!(state, "planning" | "running") || m["started"] == true;
             let Some(start) = start else { continue };
             // A mirror that ran between two samples shows only by its start time.
             let ran = seen_running || m["started_ms"] != start["started_ms"];
             if ran && m["started"] == false {
-                if terminal {
-                    eprintln!();
-                }
+                drop(progress);
                 return match state {
                     "done" => Ok(()),
                     _ => Err(Failure::Failed(format!(
@@ -604,6 +644,8 @@ mod tests {
             "mirror running     [###############---------------]  50.0 %  files 1/3  \
              1.5 MB / 3.0 MB  250.0 kB/s, 6s left"
         );
+        // The terminal's bar shows the same figures after indicatif's bar.
+        assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
     }
 
     #[test]

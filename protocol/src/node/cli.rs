@@ -20,6 +20,7 @@
 //! IO: stdout (help, version, completions) and stderr (usage errors) in [`parse`].
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -205,11 +206,29 @@ pub fn parse(role: Role, args: impl IntoIterator<Item = OsString>) -> Result<Inv
     match try_parse(role, args).map_err(printed)? {
         Parsed::Invocation(invocation) => Ok(invocation),
         Parsed::Completions(shell) => {
-            let bin = role.binary();
-            clap_complete::generate(shell, &mut command(role), bin, &mut std::io::stdout());
+            // Written whole, not through clap_complete's writer, which panics on a closed
+            // stdout (`| head`).
+            let _ = std::io::stdout().write_all(completion_script(role, shell).as_bytes());
             Err(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The completion script of `role`'s binary for `shell`.
+fn completion_script(role: Role, shell: Shell) -> String {
+    let bin = role.binary();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(role), bin, &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    if shell != Shell::Bash {
+        return script;
+    }
+    // clap_complete's bash script names a hyphenated binary's states one way where it
+    // walks the words (`edge__node__subcmd__mirror`) and another in the cases that
+    // complete them (`edge__subcmd__node__subcmd__mirror`), so nothing past the first
+    // word completes (clap-rs/clap#6421, open in clap_complete 4.6.12). Our command
+    // names have no hyphens, so only the binary's name needs mending.
+    script.replace(&bin.replace('-', "__subcmd__"), &bin.replace('-', "__"))
 }
 
 /// The definition of `role`'s binary, in the order its help lists the commands.
@@ -1064,18 +1083,24 @@ mod tests {
             parse(Role::Edge, &["completions", "bash"]).unwrap(),
             Parsed::Completions(Shell::Bash)
         );
-        let mut script = Vec::new();
-        clap_complete::generate(
-            Shell::Bash,
-            &mut command(Role::Edge),
-            "edge-node",
-            &mut script,
-        );
-        let script = String::from_utf8(script).unwrap();
-        assert!(script.contains("edge-node") && script.contains("mirror"));
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let edge = completion_script(Role::Edge, shell);
+            assert!(
+                edge.contains("mirror") && !edge.contains("certs"),
+                "{shell}"
+            );
+            let core = completion_script(Role::Core, shell);
+            assert!(
+                core.contains("certs") && !core.contains("mirror"),
+                "{shell}"
+            );
+        }
+        // bash: the state reached by walking `edge-node mirror` has its case.
+        let bash = completion_script(Role::Edge, Shell::Bash);
+        assert!(bash.contains("cmd=\"edge__node__subcmd__mirror\""));
         assert!(
-            !script.contains("certs"),
-            "HQ's commands are not completed at an edge"
+            bash.contains("\n        edge__node__subcmd__mirror)\n"),
+            "{bash}"
         );
     }
 }

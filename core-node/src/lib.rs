@@ -7,7 +7,7 @@
 //! the bodies of the fuzz targets of its decoders of bytes from outside.
 //!
 //! What it is not: argument parsing or logging setup; `main.rs` hands those to
-//! [`protocol::node::main_for`].
+//! [`protocol::node::cli`] and [`protocol::node::main_for`].
 //!
 //! IO: the node's data directory, its HTTP listener, and the feed's URLs.
 

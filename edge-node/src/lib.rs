@@ -6,7 +6,7 @@
 //! HTTP server ([`ui`]), which serves the mirror's files.
 //!
 //! What it is not: argument parsing or logging setup; `main.rs` hands those to
-//! [`protocol::node::main_for`].
+//! [`protocol::node::cli`] and [`protocol::node::main_for`].
 //!
 //! IO: the node's data directory and its HTTP listener.
 

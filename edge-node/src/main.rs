@@ -2,13 +2,17 @@
 
 use std::process::ExitCode;
 
+use protocol::node::cli::{self, Invocation};
 use protocol::node::{Role, main_for};
 
 fn main() -> ExitCode {
-    // Commands for a running node go to its HTTP API (`status`, `services`, ...).
-    if let Some(code) = ui::cli::main(Role::Edge) {
-        return code;
+    // One command line for both binaries (`protocol::node::cli`), narrowed to this role.
+    match cli::parse(Role::Edge, std::env::args_os()) {
+        // Commands for a running node go to its HTTP API (`status`, `services`, ...).
+        Ok(Invocation::Api(args)) => ui::cli::run(Role::Edge, args),
+        // Config, logging, runtime and signals: all shared with `core-node`.
+        Ok(Invocation::Node(args)) => main_for(Role::Edge, args, edge_node::run),
+        // Help, version or completions printed, or a usage error (2).
+        Err(code) => code,
     }
-    // Arguments, config, logging, runtime and signals: all shared with `core-node`.
-    main_for(Role::Edge, edge_node::run)
 }

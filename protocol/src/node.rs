@@ -5,19 +5,18 @@
 //!   configured topics, then applies retention every `retention_interval` until its
 //!   shutdown future resolves; then it flushes and closes the store. QUIC links and the
 //!   HTTP API join it later.
-//! - [`main_for`] is all of a binary's `main`: arguments (no clap: a few flags and the
-//!   `certs` commands), config, the tracing subscriber, the tokio runtime, and SIGTERM or
-//!   Ctrl-C as the shutdown signal (a second one exits at once). Errors are printed with
-//!   their causes, and become the exit code.
+//! - [`cli`] is both binaries' command line (clap); [`main_for`] is the rest of a binary's
+//!   `main` for the node's own commands: config, the tracing subscriber, the tokio
+//!   runtime, and SIGTERM or Ctrl-C as the shutdown signal (a second one exits at once).
+//!   Errors are printed with their causes, and become the exit code.
 //! - `core-node certs init` and `core-node certs issue <edge>` create the mission CA and
 //!   issue certificates ([`crate::tls`]), then exit.
 //! - `edge-node mirror` runs the edge until the mirror it starts has ended, printing its
 //!   progress (`node/mirror.rs`).
 //!
-//! IO: the store and certificates directories, and (in [`main_for`] only) arguments,
-//! environment, signals, stdout and stderr.
+//! IO: the store and certificates directories, and (in [`main_for`] and [`cli::parse`]
+//! only) arguments, environment, signals, stdout and stderr.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -39,9 +38,11 @@ use crate::service::Services;
 use crate::tls::{
     self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, Credentials, NodeIdentity, TlsError,
 };
+use cli::{CertsCommand, EntriesCommand, NodeArgs, NodeCommand};
 
 pub use crate::role::Role;
 
+pub mod cli;
 pub mod logs;
 mod mirror;
 
@@ -545,99 +546,57 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
     Ok(identity)
 }
 
-/// The whole `main` of a node binary: parses the arguments, loads the config, installs
-/// the tracing subscriber, builds the runtime and calls `run` with a [`Shutdown`] that
-/// resolves at the first SIGTERM or Ctrl-C. A second signal exits at once. `edge-node
-/// mirror` runs the node of `protocol` instead of `run` (see `node/mirror.rs`).
+/// The rest of a node binary's `main`, once [`cli::parse`] has read the arguments: loads
+/// the config, installs the tracing subscriber, builds the runtime and calls `run` with a
+/// [`Shutdown`] that resolves at the first SIGTERM or Ctrl-C. A second signal exits at
+/// once. `edge-node mirror` runs the node of `protocol` instead of `run` (see
+/// `node/mirror.rs`); the other commands run and exit.
 ///
-/// Exit codes: 0 after a clean stop (`mirror`: once the mirror is done), 2 for bad
-/// arguments, 1 for any other error.
-pub fn main_for<F, Fut, E>(role: Role, run: F) -> ExitCode
+/// Exit codes: 0 after a clean stop (`mirror`: once the mirror is done), 1 for any error.
+pub fn main_for<F, Fut, E>(role: Role, args: NodeArgs, run: F) -> ExitCode
 where
     F: FnOnce(Config, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::error::Error + 'static,
 {
-    let action = match parse_args(std::env::args_os().skip(1)) {
-        Ok(action) => action,
-        Err(message) => {
-            eprintln!("error: {message}\n\n{}", usage(role));
-            return ExitCode::from(2);
-        }
+    let NodeArgs {
+        config: path,
+        command,
+    } = args;
+    if command == NodeCommand::PrintConfig && path.is_none() {
+        // The defaults as they are, not as the environment changes them.
+        print!("{}", Config::default_for(role).to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(role, path.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
     };
-    let (path, mirror) = match action {
-        Action::Help => {
-            print!("{}", help(role));
+    let mirror = match command {
+        NodeCommand::Run => false,
+        NodeCommand::Mirror => true,
+        NodeCommand::PrintConfig => {
+            print!("{}", config.to_toml());
             return ExitCode::SUCCESS;
         }
-        Action::Version => {
-            println!("{} {}", role.binary(), env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Action::PrintConfig(None) => {
-            print!("{}", Config::default_for(role).to_toml());
-            return ExitCode::SUCCESS;
-        }
-        Action::PrintConfig(Some(path)) => {
-            return match Config::load(role, Some(&path)) {
-                Ok(config) => {
-                    print!("{}", config.to_toml());
+        NodeCommand::Certs(command) => {
+            return match certs(&config, command) {
+                Ok(report) => {
+                    print!("{report}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
             };
         }
-        Action::Certs(_, _) if role == Role::Edge => {
-            eprintln!(
-                "error: `certs` runs on the core, which holds the mission CA: run `core-node \
-                 certs issue <this edge's name>` there, and copy the files it writes into this \
-                 edge's link.certs_dir"
-            );
-            return ExitCode::from(2);
-        }
-        Action::Entries(_, EntriesCommand::Request { .. }) if role == Role::Core => {
-            eprintln!(
-                "error: `request` runs at an edge: HQ answers requests, it does not make them"
-            );
-            return ExitCode::from(2);
-        }
-        Action::Entries(path, command) => {
-            return match Config::load(role, path.as_deref()) {
-                Ok(config) => match entries(&config, command) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::FAILURE
-                    }
-                },
-                Err(e) => fail(&e),
+        NodeCommand::Entries(command) => {
+            return match entries(&config, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             };
         }
-        Action::Certs(path, command) => {
-            return match Config::load(role, path.as_deref()) {
-                Ok(config) => match certs(&config, command) {
-                    Ok(report) => {
-                        print!("{report}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(&e),
-                },
-                Err(e) => fail(&e),
-            };
-        }
-        Action::Mirror(_) if role == Role::Core => {
-            eprintln!(
-                "error: `mirror` runs on an edge, which mirrors the core's volume: run \
-                 `edge-node mirror` there"
-            );
-            return ExitCode::from(2);
-        }
-        Action::Run(path) => (path, false),
-        Action::Mirror(path) => (path, true),
-    };
-    let config = match Config::load(role, path.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return fail(&e),
     };
     if let Err(e) = init_tracing(&config.log) {
         return fail(&*e);
@@ -675,52 +634,6 @@ fn exit_code<E: std::error::Error + 'static>(
     }
 }
 
-/// What the command line asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Action {
-    Run(Option<PathBuf>),
-    PrintConfig(Option<PathBuf>),
-    /// A `certs` command, with the config file if one was given.
-    Certs(Option<PathBuf>, CertsCommand),
-    /// `append <topic> <text>` or `read <topic>` on the stopped node's store.
-    Entries(Option<PathBuf>, EntriesCommand),
-    /// `mirror`: run the edge until the mirror it starts has ended.
-    Mirror(Option<PathBuf>),
-    Help,
-    Version,
-}
-
-/// `append` and `read`: the node's store, opened while the node is stopped.
-#[derive(Debug, PartialEq, Eq)]
-enum EntriesCommand {
-    /// Appends one entry with this text as payload; it is sent when the node runs.
-    Append { topic: String, text: String },
-    /// Prints a topic's entries.
-    Read { topic: String },
-    /// At an edge: marks an asset as wanted; the request crosses when the node runs.
-    Request { asset: String },
-}
-
-/// `core-node certs ...`.
-#[derive(Debug, PartialEq, Eq)]
-enum CertsCommand {
-    /// `certs init [--dir D]`: create the mission CA and the core's certificate in D.
-    Init { dir: Option<PathBuf> },
-    /// `certs issue <edge> [--dir D] [--out O]`: issue an edge's certificate with the CA
-    /// in D, into O.
-    Issue {
-        edge: String,
-        dir: Option<PathBuf>,
-        out: Option<PathBuf>,
-    },
-    /// `certs renew [--dir D] [--out O]`: issue this core a new certificate and key with
-    /// the CA in D, into O (default `D/renewed`), to move into place by hand.
-    Renew {
-        dir: Option<PathBuf>,
-        out: Option<PathBuf>,
-    },
-}
-
 /// Why a `certs` command failed.
 #[derive(Debug, thiserror::Error)]
 enum CertsError {
@@ -750,109 +663,6 @@ enum Served<E> {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct StartError(&'static str, #[source] std::io::Error);
-
-fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Action, String> {
-    let mut args = args.into_iter();
-    let (mut config, mut dir, mut out) = (None, None, None);
-    let mut print = false;
-    let mut words = Vec::new();
-    while let Some(arg) = args.next() {
-        let Some(text) = arg.to_str() else {
-            return Err(format!("unexpected argument {}", arg.to_string_lossy()));
-        };
-        // `--config=<path>` as well as `--config <path>`.
-        let (flag, inline) = match text.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
-            _ => (text, None),
-        };
-        let slot = match flag {
-            "-c" | "--config" => &mut config,
-            "--dir" => &mut dir,
-            "--out" => &mut out,
-            _ if inline.is_some() => return Err(format!("unexpected argument {text:?}")),
-            "-h" | "--help" => return Ok(Action::Help),
-            "--version" => return Ok(Action::Version),
-            "--print-config" => {
-                print = true;
-                continue;
-            }
-            _ if flag.starts_with('-') => return Err(format!("unexpected argument {text:?}")),
-            _ => {
-                words.push(text.to_owned());
-                continue;
-            }
-        };
-        let path = match inline {
-            Some(path) => PathBuf::from(path),
-            None => PathBuf::from(args.next().ok_or_else(|| format!("{flag} needs a path"))?),
-        };
-        if slot.replace(path).is_some() {
-            return Err(format!("{flag} given twice"));
-        }
-    }
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let entries = match words.as_slice() {
-        ["append", topic, text] => Some(EntriesCommand::Append {
-            topic: (*topic).to_owned(),
-            text: (*text).to_owned(),
-        }),
-        ["read", topic] => Some(EntriesCommand::Read {
-            topic: (*topic).to_owned(),
-        }),
-        ["request", asset] => Some(EntriesCommand::Request {
-            asset: (*asset).to_owned(),
-        }),
-        ["request", ..] => return Err("usage: request <asset-id>".to_owned()),
-        ["append" | "read", ..] => {
-            return Err("usage: append <topic> <text> | read <topic>".to_owned());
-        }
-        _ => None,
-    };
-    if let Some(command) = entries {
-        if print || dir.is_some() || out.is_some() {
-            return Err("append, read and request take only --config".to_owned());
-        }
-        return Ok(Action::Entries(config, command));
-    }
-    match words.as_slice() {
-        ["mirror"] if print || dir.is_some() || out.is_some() => {
-            return Err("mirror takes only --config".to_owned());
-        }
-        ["mirror"] => return Ok(Action::Mirror(config)),
-        ["mirror", ..] => return Err("usage: mirror [--config <path>]".to_owned()),
-        _ => {}
-    }
-    let Some((&"certs", command)) = words.split_first() else {
-        if let Some(word) = words.first() {
-            return Err(format!("unexpected argument {word:?}"));
-        }
-        if dir.is_some() || out.is_some() {
-            return Err("--dir and --out go with `certs`".to_owned());
-        }
-        return Ok(if print {
-            Action::PrintConfig(config)
-        } else {
-            Action::Run(config)
-        });
-    };
-    if print {
-        return Err("--print-config does not go with `certs`".to_owned());
-    }
-    let command = match command {
-        ["init"] if out.is_some() => return Err("--out goes with `certs issue`".to_owned()),
-        ["init"] => CertsCommand::Init { dir },
-        ["issue", edge] => CertsCommand::Issue {
-            edge: (*edge).to_owned(),
-            dir,
-            out,
-        },
-        ["issue"] => return Err("`certs issue` needs the edge's name".to_owned()),
-        ["renew"] => CertsCommand::Renew { dir, out },
-        [] => return Err("`certs` needs a command: init, issue or renew".to_owned()),
-        [word, ..] => return Err(format!("unexpected argument {word:?}")),
-    };
-    Ok(Action::Certs(config, command))
-}
 
 /// Runs `append` or `read` on the node's store (the node must be stopped: the store is
 /// locked while it runs). An append is durable when this returns, and crosses the link
@@ -1017,90 +827,6 @@ fn list(files: &[PathBuf]) -> String {
         .collect()
 }
 
-fn usage(role: Role) -> String {
-    let bin = role.binary();
-    let mut usage = format!(
-        "Usage: {bin} [--config <path>]\n       {bin} --print-config [--config <path>]\n       {bin} append <topic> <text> [--config <path>]\n       {bin} read <topic> [--config <path>]\n       {bin} status|services|publish|tail|assets|link|edges ... (the running node's API; {bin} status --help)\n"
-    );
-    match role {
-        Role::Edge => usage.push_str(&format!(
-            "       {bin} request <asset-id> [--config <path>]\n       {bin} mirror [--config <path>]\n"
-        )),
-        Role::Core => usage.push_str(&format!(
-            "       {bin} certs init [--dir <dir>] [--config <path>]\n       \
-             {bin} certs issue <edge-name> [--dir <dir>] [--out <dir>] [--config <path>]\n       \
-             {bin} certs renew [--dir <dir>] [--out <dir>] [--config <path>]\n"
-        )),
-    }
-    usage
-}
-
-fn help(role: Role) -> String {
-    let what = match role {
-        Role::Core => "the Tether HQ node",
-        Role::Edge => "a Tether field node",
-    };
-    format!(
-        "Runs {what} until SIGTERM or Ctrl-C (a second one exits at once).
-
-{usage}
-Options:
-  -c, --config <path>  read the config from this TOML file (without it: the defaults)
-      --print-config   print the default config, or with --config the config as loaded
-  -h, --help           print this help
-      --version        print the version
-
-Entries (with the node stopped: its store is locked while it runs):
-  append <topic> <text>  append an entry; it crosses the link when the node runs again
-  read <topic>           print a topic's entries: offset, origin:sequence, time, payload
-{commands}
-The running node, through its HTTP API (`{bin} status --help` lists them all):
-  status, services [start|stop <name>], publish <topic> <text>, tail <topic>,
-  assets [request <id>], mirror start|stop|status, link pause|resume,
-  edges [list|add|remove|revoke|forget <name>] (HQ: the edges it admits)
-
-Environment:
-  TETHER_<SECTION>__<KEY>  override one config key, e.g. TETHER_NODE__NAME=bravo
-  RUST_LOG                 log filter; overrides the config's [log] filter
-",
-        usage = usage(role),
-        bin = role.binary(),
-        commands = match role {
-            Role::Core => CORE_HELP,
-            Role::Edge => EDGE_HELP,
-        },
-    )
-}
-
-const CORE_HELP: &str = "
-Certificates (the mission CA lives with the core):
-  certs init           create the mission CA (ca.pem, ca.key) and this core's
-                       certificate (<name>.pem, <name>.key); refuses to replace a CA
-  certs issue <edge>   issue an edge's certificate and key, written with ca.pem, for
-                       the edge's link.certs_dir (also to replace a revoked or
-                       expiring one: into a new --out, then copy over the old files)
-  certs renew          issue this core a new certificate and key (into --out, default
-                       <dir>/renewed), to move into link.certs_dir: no restart needed
-      --dir <dir>      where the CA is (default: the config's link.certs_dir)
-      --out <dir>      where `issue` writes (default: the CA's directory)
-  With link.demo_certs (the default), a node creates what is missing at start.
-";
-
-const EDGE_HELP: &str = "
-Assets (with the node stopped):
-  request <asset-id>   mark a broadcast asset as wanted: the node asks HQ for it when it
-                       runs; HQ puts it in the mission volume, and a mirror brings it
-
-Mirror (the core's mission volume, into mirror.dir; readers use <mirror.dir>/current):
-  mirror               run the node, start a mirror at once, print its progress on
-                       stderr, and exit when it is done (0) or failed (1, the previous
-                       version is kept). Ctrl-C stops it cleanly (1); the mirror resumes
-                       the next time the node runs, with or without `mirror`.
-
-Certificates: an edge's come from the core: `core-node certs issue <edge-name>`, copied
-into link.certs_dir (<name>.pem, <name>.key, ca.pem).
-";
-
 /// Prints `error: ` and the error with its causes on one line; returns exit code 1.
 fn fail(err: &(dyn std::error::Error + 'static)) -> ExitCode {
     eprintln!("error: {}", chain(err));
@@ -1211,118 +937,6 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(args: &[&str]) -> Result<Action, String> {
-        parse_args(args.iter().map(OsString::from))
-    }
-
-    #[test]
-    fn arguments() {
-        let path = || Some(PathBuf::from("node.toml"));
-        assert_eq!(parse(&[]), Ok(Action::Run(None)));
-        assert_eq!(parse(&["-c", "node.toml"]), Ok(Action::Run(path())));
-        assert_eq!(parse(&["--config", "node.toml"]), Ok(Action::Run(path())));
-        assert_eq!(parse(&["--config=node.toml"]), Ok(Action::Run(path())));
-        assert_eq!(parse(&["--print-config"]), Ok(Action::PrintConfig(None)));
-        assert_eq!(
-            parse(&["--print-config", "-c", "node.toml"]),
-            Ok(Action::PrintConfig(path()))
-        );
-        assert_eq!(parse(&["-c", "node.toml", "--help"]), Ok(Action::Help));
-        assert_eq!(parse(&["-h"]), Ok(Action::Help));
-        assert_eq!(parse(&["--version"]), Ok(Action::Version));
-        assert_eq!(
-            parse(&["--config"]),
-            Err("--config needs a path".to_owned())
-        );
-        assert_eq!(
-            parse(&["-c", "a", "-c", "b"]),
-            Err("-c given twice".to_owned())
-        );
-        assert_eq!(
-            parse(&["--verbose"]),
-            Err("unexpected argument \"--verbose\"".to_owned())
-        );
-        assert_eq!(
-            parse(&["node.toml"]),
-            Err("unexpected argument \"node.toml\"".to_owned())
-        );
-        assert_eq!(parse(&["mirror"]), Ok(Action::Mirror(None)));
-        assert_eq!(
-            parse(&["mirror", "-c", "node.toml"]),
-            Ok(Action::Mirror(path()))
-        );
-        assert_eq!(
-            parse(&["mirror", "now"]),
-            Err("usage: mirror [--config <path>]".to_owned())
-        );
-        assert_eq!(
-            parse(&["--print-config", "mirror"]),
-            Err("mirror takes only --config".to_owned())
-        );
-        assert!(usage(Role::Edge).contains("edge-node mirror [--config <path>]"));
-        assert!(help(Role::Edge).contains("mirror               run the node"));
-        assert!(!usage(Role::Core).contains("mirror"));
-    }
-
-    #[test]
-    fn certs_arguments() {
-        let certs = |command| Ok(Action::Certs(None, command));
-        let dir = |d: &str| Some(PathBuf::from(d));
-        assert_eq!(
-            parse(&["certs", "init"]),
-            certs(CertsCommand::Init { dir: None })
-        );
-        assert_eq!(
-            parse(&["certs", "init", "--dir", "d", "-c", "x.toml"]),
-            Ok(Action::Certs(
-                Some(PathBuf::from("x.toml")),
-                CertsCommand::Init { dir: dir("d") }
-            ))
-        );
-        assert_eq!(
-            parse(&["--dir=d", "certs", "issue", "bravo", "--out", "o"]),
-            certs(CertsCommand::Issue {
-                edge: "bravo".to_owned(),
-                dir: dir("d"),
-                out: dir("o")
-            })
-        );
-        let err = |args: &[&str]| parse(args).unwrap_err();
-        assert_eq!(
-            err(&["certs"]),
-            "`certs` needs a command: init, issue or renew"
-        );
-        assert_eq!(
-            err(&["certs", "issue"]),
-            "`certs issue` needs the edge's name"
-        );
-        assert_eq!(err(&["certs", "rotate"]), "unexpected argument \"rotate\"");
-        assert_eq!(
-            parse(&["certs", "renew", "--out", "o"]),
-            certs(CertsCommand::Renew {
-                dir: None,
-                out: dir("o")
-            })
-        );
-        assert_eq!(err(&["certs", "init", "x"]), "unexpected argument \"init\"");
-        assert_eq!(
-            err(&["certs", "init", "--out", "o"]),
-            "--out goes with `certs issue`"
-        );
-        assert_eq!(err(&["--dir", "d"]), "--dir and --out go with `certs`");
-        assert_eq!(
-            err(&["--print-config", "certs", "init"]),
-            "--print-config does not go with `certs`"
-        );
-        assert_eq!(err(&["certs", "init", "--dir"]), "--dir needs a path");
-        assert_eq!(
-            err(&["--print-config=x"]),
-            "unexpected argument \"--print-config=x\""
-        );
-        assert!(help(Role::Core).contains("certs issue <edge>"));
-        assert!(!usage(Role::Edge).contains("certs"));
-    }
 
     #[test]
     fn certs_init_then_issue_make_loadable_identities() {

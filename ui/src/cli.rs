@@ -1,8 +1,7 @@
-//! The CLI that talks to a running node's HTTP API, in the manner of the `nats` CLI:
+//! The commands that talk to a running node's HTTP API, in the manner of the `nats` CLI:
 //! `status`, `services`, `publish`, `tail`, `assets`, `mirror start|stop|status`,
-//! `link pause|resume`, `edges list|add|remove|revoke|forget` (HQ). Both binaries call [`main`] first; it leaves every other
-//! command (running the node, `certs`, `append`/`read` on a stopped node, `edge-node
-//! mirror`) to the node.
+//! `link pause|resume`, `edges list|add|remove|revoke|forget` (HQ). Both binaries parse
+//! their command line with `protocol::node::cli` and hand these to [`run`].
 //!
 //! Which node: `--url http://host:port`, else the `http.listen` of `--config <file>`
 //! (and the environment), else the role's default. The token: `--token`, else
@@ -10,13 +9,14 @@
 //!
 //! IO: HTTP to the node; stdout (results), stderr (errors, progress).
 
-use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::config::Config;
 use protocol::node::Role;
+use protocol::node::cli::{ApiArgs, ApiCommand};
 use serde_json::{Value, json};
 
 /// `println!` that does not panic when stdout is closed (`| head`): the output simply ends.
@@ -36,58 +36,21 @@ fn stdout_closed() -> ! {
     std::process::exit(0)
 }
 
-/// The commands this CLI owns (the first word).
-const COMMANDS: [&str; 8] = [
-    "status", "services", "publish", "tail", "assets", "link", "mirror", "edges",
-];
-
-/// The CLI's help, for the binaries' `--help`.
-pub const HELP: &str = "\
-Commands that talk to a running node's HTTP API (options: --url <http://host:port>,
---config <file> to take its http.listen and token, --token <t>, --json for raw JSON):
-  status                          the node, its links, services and mirror
-  services [list]                 services with state and counters
-  services start|stop <name>      switch a service (remembered across restarts)
-  publish <topic> <text> [--key <k>] [--to <node>]   append an entry
-  tail <topic> [--from <offset>]  print a topic's entries as they come (Ctrl-C stops)
-  assets [list]                   the assets table
-  assets request <id>             (edge) ask HQ for an asset
-  mirror start [--wait]|stop|status [--follow]        (edge) the mirror, with progress
-  link pause|resume [<peer>]      pause or resume a link (default: the only one)
-  edges [list]                    (HQ) the edges: admitted or not, connected, certificates
-  edges add|remove <name>         (HQ) admit an edge, or remove it and close its link
-  edges revoke <name>             (HQ) revoke every certificate it presented, close its link
-  edges forget <name>             (HQ) remove it and release what HQ kept for it
-";
-
-/// Runs the CLI if the arguments are one of its commands; `None` leaves them to the
-/// node. (`mirror` alone, without start, stop or status, is the node's.)
-pub fn main(role: Role) -> Option<ExitCode> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let first = args.iter().position(|a| !a.starts_with('-'))?;
-    let word = args[first].as_str();
-    if !COMMANDS.contains(&word) {
-        return None;
-    }
-    if word == "mirror"
-        && !matches!(
-            args.get(first + 1).map(String::as_str),
-            Some("start" | "stop" | "status")
-        )
-    {
-        return None;
-    }
-    Some(match run(role, &args) {
+/// Runs one command against the running node. Exit codes: 0 done, 1 the node refused or
+/// could not be reached, 2 the command cannot be run as given (a usage error found only
+/// by asking the node, or a config that names no node).
+pub fn run(role: Role, args: ApiArgs) -> ExitCode {
+    match run_command(role, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
-            eprintln!("error: {message}\n\n{HELP}");
+            eprintln!("error: {message}\n\nFor more information, try '--help'.");
             ExitCode::from(2)
         }
         Err(Failure::Failed(message)) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
-    })
+    }
 }
 
 /// Why a command failed.
@@ -101,60 +64,6 @@ enum Failure {
 
 type Result<T> = std::result::Result<T, Failure>;
 
-/// Parsed options and words.
-#[derive(Debug, Default)]
-struct Args {
-    words: Vec<String>,
-    url: Option<String>,
-    config: Option<PathBuf>,
-    token: Option<String>,
-    key: Option<String>,
-    to: Option<String>,
-    from: Option<u64>,
-    json: bool,
-    wait: bool,
-    follow: bool,
-}
-
-fn parse(args: &[String]) -> Result<Args> {
-    let mut out = Args::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| Failure::Usage(format!("{name} needs a value")))
-        };
-        match flag {
-            "--url" => out.url = Some(value("--url")?),
-            "-c" | "--config" => out.config = Some(PathBuf::from(value("--config")?)),
-            "--token" => out.token = Some(value("--token")?),
-            "--key" => out.key = Some(value("--key")?),
-            "--to" => out.to = Some(value("--to")?),
-            "--from" => {
-                let v = value("--from")?;
-                out.from = Some(v.parse().map_err(|_| {
-                    Failure::Usage(format!("--from takes an offset (a number), not {v:?}"))
-                })?);
-            }
-            "--json" => out.json = true,
-            "--wait" => out.wait = true,
-            "--follow" | "-f" => out.follow = true,
-            "-h" | "--help" => return Err(Failure::Usage("help".to_owned())),
-            f if f.starts_with('-') && f.len() > 1 => {
-                return Err(Failure::Usage(format!("unknown option {f}")));
-            }
-            _ => out.words.push(arg.clone()),
-        }
-    }
-    Ok(out)
-}
-
 /// A node's API.
 struct Api {
     base: String,
@@ -163,7 +72,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(role: Role, args: &Args) -> Result<Api> {
+    fn new(role: Role, args: &ApiArgs) -> Result<Api> {
         let config = match (&args.url, &args.config) {
             (Some(_), None) => None,
             _ => Some(
@@ -280,9 +189,7 @@ fn answer(mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
     }
 }
 
-fn run(role: Role, args: &[String]) -> Result<()> {
-    let args = parse(args)?;
-    let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
+fn run_command(role: Role, args: ApiArgs) -> Result<()> {
     let api = Api::new(role, &args)?;
     let print = |value: &Value, human: &dyn Fn(&Value)| {
         if args.json {
@@ -294,8 +201,39 @@ fn run(role: Role, args: &[String]) -> Result<()> {
             human(value);
         }
     };
-    match words.as_slice() {
-        ["status"] => {
+    let switch_service = |name: &str, action: &str| {
+        let service = api.send("POST", &format!("/services/{}/{action}", seg(name)), None)?;
+        print(&service, &|v| {
+            print_services(&Value::Array(vec![v.clone()]))
+        });
+        Ok(())
+    };
+    let switch_link = |peer: Option<String>, action: &str| {
+        let peer = match peer {
+            Some(peer) => peer,
+            None => {
+                let links = api.get("/links")?;
+                match links.as_array().map(Vec::as_slice) {
+                    Some([one]) => s(&one["peer"]).to_owned(),
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "this node has several links or none: name the peer (link {action} <peer>)"
+                        )));
+                    }
+                }
+            }
+        };
+        let link = api.send("POST", &format!("/links/{}/{action}", seg(&peer)), None)?;
+        print(&link, &|l| print_links(&Value::Array(vec![l.clone()])));
+        Ok(())
+    };
+    let change_edge = |name: &str, action: &str| {
+        let edge = api.send("POST", &format!("/edges/{}/{action}", seg(name)), None)?;
+        print(&edge, &|e| print_edges(&Value::Array(vec![e.clone()])));
+        Ok(())
+    };
+    match args.command {
+        ApiCommand::Status => {
             let node = api.get("/node")?;
             let links = api.get("/links")?;
             let services = api.get("/services")?;
@@ -321,26 +259,25 @@ fn run(role: Role, args: &[String]) -> Result<()> {
                 }
             });
         }
-        ["services"] | ["services", "list"] => {
-            print(&api.get("/services")?, &print_services);
-        }
-        ["services", action @ ("start" | "stop"), name] => {
-            let service = api.send("POST", &format!("/services/{}/{action}", seg(name)), None)?;
-            print(&service, &|v| {
-                print_services(&Value::Array(vec![v.clone()]))
-            });
-        }
-        ["publish", topic, text] => {
+        ApiCommand::Services => print(&api.get("/services")?, &print_services),
+        ApiCommand::ServiceStart(name) => switch_service(&name, "start")?,
+        ApiCommand::ServiceStop(name) => switch_service(&name, "stop")?,
+        ApiCommand::Publish {
+            topic,
+            text,
+            key,
+            to,
+        } => {
             let mut body = json!({ "payload": text });
-            if let Some(key) = &args.key {
+            if let Some(key) = key {
                 body["key"] = json!(key);
             }
-            if let Some(to) = &args.to {
+            if let Some(to) = to {
                 body["to"] = json!(to);
             }
             let done = api.send(
                 "POST",
-                &format!("/topics/{}/entries", seg(topic)),
+                &format!("/topics/{}/entries", seg(&topic)),
                 Some(body),
             )?;
             print(&done, &|d| {
@@ -353,64 +290,45 @@ fn run(role: Role, args: &[String]) -> Result<()> {
                 );
             });
         }
-        ["tail", topic] => tail(&api, topic, args.from, args.json)?,
-        ["assets"] | ["assets", "list"] => print(&api.get("/assets")?, &|assets| {
+        ApiCommand::Tail { topic, from } => tail(&api, &topic, from, args.json)?,
+        ApiCommand::Assets => print(&api.get("/assets")?, &|assets| {
             for a in assets.as_array().into_iter().flatten() {
                 outln!("{}\t{}\t{}", s(&a["id"]), s(&a["state"]), s(&a["title"]));
             }
         }),
-        ["assets", "request", id] => {
-            let done = api.send("POST", &format!("/assets/{}/request", seg(id)), None)?;
+        ApiCommand::AssetRequest(id) => {
+            let done = api.send("POST", &format!("/assets/{}/request", seg(&id)), None)?;
             print(&done, &|d| {
                 outln!("asset {} is {}", s(&d["id"]), s(&d["state"]))
             });
         }
-        ["mirror", "start"] => {
+        ApiCommand::MirrorStart { wait } => {
             let m = api.send("POST", "/mirror/start", None)?;
-            if args.wait {
+            if wait {
                 follow_mirror(&api, Some(&m))?;
             } else {
                 print(&m, &print_mirror);
             }
         }
-        ["mirror", "stop"] => print(&api.send("POST", "/mirror/stop", None)?, &print_mirror),
-        ["mirror", "status"] => {
-            if args.follow {
+        ApiCommand::MirrorStop => print(&api.send("POST", "/mirror/stop", None)?, &print_mirror),
+        ApiCommand::MirrorStatus { follow } => {
+            if follow {
                 follow_mirror(&api, None)?;
             } else {
                 print(&api.get("/mirror")?, &print_mirror);
             }
         }
-        ["link", action @ ("pause" | "resume"), rest @ ..] => {
-            let peer = match rest {
-                [peer] => (*peer).to_owned(),
-                [] => {
-                    let links = api.get("/links")?;
-                    match links.as_array().map(Vec::as_slice) {
-                        Some([one]) => s(&one["peer"]).to_owned(),
-                        _ => {
-                            return Err(Failure::Usage(format!(
-                                "this node has several links or none: name the peer (link {action} <peer>)"
-                            )));
-                        }
-                    }
-                }
-                _ => return Err(Failure::Usage(format!("usage: link {action} [<peer>]"))),
-            };
-            let link = api.send("POST", &format!("/links/{}/{action}", seg(&peer)), None)?;
-            print(&link, &|l| print_links(&Value::Array(vec![l.clone()])));
-        }
-        ["edges"] | ["edges", "list"] => print(&api.get("/edges")?, &print_edges),
-        ["edges", "add", name] => {
+        ApiCommand::LinkPause(peer) => switch_link(peer, "pause")?,
+        ApiCommand::LinkResume(peer) => switch_link(peer, "resume")?,
+        ApiCommand::Edges => print(&api.get("/edges")?, &print_edges),
+        ApiCommand::EdgeAdd(name) => {
             let edge = api.send("POST", "/edges", Some(json!({ "name": name })))?;
             print(&edge, &|e| print_edges(&Value::Array(vec![e.clone()])));
         }
-        ["edges", action @ ("remove" | "revoke"), name] => {
-            let edge = api.send("POST", &format!("/edges/{}/{action}", seg(name)), None)?;
-            print(&edge, &|e| print_edges(&Value::Array(vec![e.clone()])));
-        }
-        ["edges", "forget", name] => {
-            let done = api.send("POST", &format!("/edges/{}/forget", seg(name)), None)?;
+        ApiCommand::EdgeRemove(name) => change_edge(&name, "remove")?,
+        ApiCommand::EdgeRevoke(name) => change_edge(&name, "revoke")?,
+        ApiCommand::EdgeForget(name) => {
+            let done = api.send("POST", &format!("/edges/{}/forget", seg(&name)), None)?;
             print(&done, &|d| {
                 print_edges(&Value::Array(vec![d["edge"].clone()]));
                 outln!(
@@ -419,19 +337,6 @@ fn run(role: Role, args: &[String]) -> Result<()> {
                     s(&d["edge"]["name"])
                 );
             });
-        }
-        [
-            "edges",
-            action @ ("add" | "remove" | "revoke" | "forget"),
-            ..,
-        ] => {
-            return Err(Failure::Usage(format!("usage: edges {action} <name>")));
-        }
-        _ => {
-            return Err(Failure::Usage(format!(
-                "unknown command {:?}",
-                args.words.join(" ")
-            )));
         }
     }
     Ok(())
@@ -536,24 +441,37 @@ fn bytes(v: &Value) -> String {
     }
 }
 
+/// The mirror in one line: state, a bar, percent, files, bytes, rate and time left.
 fn mirror_line(m: &Value) -> String {
-    let eta = m["eta_ms"]
-        .as_u64()
-        .map_or_else(String::new, |ms| format!(", {}s left", ms / 1000));
     let width = 30;
-    let percent = m["percent"].as_f64().unwrap_or(0.0).clamp(0.0, 100.0);
-    let filled = ((percent / 100.0) * f64::from(width)).round() as usize;
+    let filled = ((percent(m) / 100.0) * f64::from(width)).round() as usize;
     format!(
-        "mirror {:<11} [{}{}] {percent:5.1} %  files {}/{}  {} / {}  {}/s{eta}",
+        "mirror {:<11} [{}{}] {}",
         s(&m["state"]),
         "#".repeat(filled),
         "-".repeat(width as usize - filled.min(width as usize)),
+        mirror_figures(m)
+    )
+}
+
+/// What follows the mirror's bar: percent, files, bytes, rate and time left.
+fn mirror_figures(m: &Value) -> String {
+    let eta = m["eta_ms"]
+        .as_u64()
+        .map_or_else(String::new, |ms| format!(", {}s left", ms / 1000));
+    format!(
+        "{:5.1} %  files {}/{}  {} / {}  {}/s{eta}",
+        percent(m),
         m["files_done"],
         m["files_todo"],
         bytes(&m["bytes_done"]),
         bytes(&m["bytes_todo"]),
         bytes(&m["rate_bytes_per_second"]),
     )
+}
+
+fn percent(m: &Value) -> f64 {
+    m["percent"].as_f64().unwrap_or(0.0).clamp(0.0, 100.0)
 }
 
 fn print_mirror(m: &Value) {
@@ -571,6 +489,53 @@ fn print_mirror(m: &Value) {
     outln!("on the link: {}", bytes(&m["bytes_on_link"]));
 }
 
+/// The mirror's progress on stderr while it is followed. On a terminal, one bar redrawn
+/// in place (indicatif: cut to the terminal's width, at most 20 draws a second);
+/// otherwise (a pipe, a log file, the tests) a line per sample, as `mirror status`
+/// prints it, because indicatif draws nothing where stderr is not a terminal.
+enum Progress {
+    Bar(ProgressBar),
+    Lines,
+}
+
+/// The bar's layout: as [`mirror_line`], with the figures cut to fit.
+const BAR_TEMPLATE: &str = "mirror {prefix:<11} [{bar:30}] {wide_msg}";
+
+impl Progress {
+    fn on_stderr() -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
+        if bar.is_hidden() {
+            return Progress::Lines;
+        }
+        let style = ProgressStyle::with_template(BAR_TEMPLATE)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("#>-");
+        bar.set_style(style);
+        Progress::Bar(bar)
+    }
+
+    fn show(&self, m: &Value) {
+        match self {
+            Progress::Bar(bar) => {
+                // Each call may draw; the bar's position last, so the last draw is whole.
+                bar.set_prefix(s(&m["state"]).to_owned());
+                bar.set_message(mirror_figures(m));
+                bar.set_position((percent(m) * 10.0).round() as u64);
+            }
+            Progress::Lines => eprintln!("{}", mirror_line(m)),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        // Leaves the last state drawn, as it was (`finish` would show 100 %).
+        if let Progress::Bar(bar) = self {
+            bar.abandon();
+        }
+    }
+}
+
 /// Follows the mirror through the live events: until the mirror started after `start`
 /// (the answer to the start) ends, or forever.
 fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
@@ -582,7 +547,7 @@ fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
     if !response.status().is_success() {
         return answer(response).map(|_| ());
     }
-    let terminal = std::io::stderr().is_terminal();
+    let progress = Progress::on_stderr();
     let mut event = String::new();
     let reader = BufReader::new(response.body_mut().as_reader());
     let mut seen_running = false;
@@ -594,22 +559,14 @@ fn follow_mirror(api: &Api, start: Option<&Value>) -> Result<()> {
             && event == "mirror"
         {
             let m: Value = serde_json::from_str(data).unwrap_or_default();
-            let text = mirror_line(&m);
-            if terminal {
-                eprint!("\r{text}\x1b[K");
-            } else {
-                eprintln!("{text}");
-            }
-            let _ = std::io::stderr().flush();
+            progress.show(&m);
             let state = s(&m["state"]);
             seen_running |= matches!(state, "planning" | "running") || m["started"] == true;
             let Some(start) = start else { continue };
             // A mirror that ran between two samples shows only by its start time.
             let ran = seen_running || m["started_ms"] != start["started_ms"];
             if ran && m["started"] == false {
-                if terminal {
-                    eprintln!();
-                }
+                drop(progress);
                 return match state {
                     "done" => Ok(()),
                     _ => Err(Failure::Failed(format!(
@@ -674,6 +631,22 @@ fn when(ms: u64, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_in_one_line() {
+        let m = json!({
+            "state": "running", "percent": 50.0, "files_done": 1, "files_todo": 3,
+            "bytes_done": 1_500_000, "bytes_todo": 3_000_000, "rate_bytes_per_second": 250_000,
+            "eta_ms": 6_000,
+        });
+        assert_eq!(
+            mirror_line(&m),
+            "mirror running     [###############---------------]  50.0 %  files 1/3  \
+             1.5 MB / 3.0 MB  250.0 kB/s, 6s left"
+        );
+        // The terminal's bar shows the same figures after indicatif's bar.
+        assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
+    }
 
     #[test]
     fn moments_read_as_people_read_them() {

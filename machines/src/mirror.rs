@@ -1,6 +1,7 @@
 //! Volume mirroring's decisions without IO: chunks and their hashes, validated paths,
 //! manifests and their checks, plans and deltas, the core's pacing, the status model,
-//! and the mirror stream's frames.
+//! the mirror stream's frames, and the edge's end of a run as a state machine
+//! ([`Fetch`]: fetch, refetch, re-plan).
 //!
 //! `protocol::mirror` re-exports all of it beside the parts that read and write files
 //! (the core's scanner and source, the edge's spool and replica); `protocol::link`
@@ -9,6 +10,7 @@
 //! time.
 
 mod chunk;
+mod fetch;
 mod manifest;
 mod pace;
 pub mod path;
@@ -17,6 +19,7 @@ mod status;
 mod wire;
 
 pub use chunk::{ChunkParams, ChunkRef, Chunked, Hash, chunk_bytes, chunk_reader};
+pub use fetch::{Again, Arrived, Due, Fetch, MAX_REFETCH, MAX_REPLANS, RunFailed, Target, Verdict};
 pub use manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
 pub use pace::{
     INITIAL_WINDOW, MAX_REPORT, MAX_WINDOW, MIN_REPORT, MIN_WINDOW, Pace, PaceError, PathNow,

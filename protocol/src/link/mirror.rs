@@ -43,7 +43,7 @@
 //! not QUIC's own overhead. `bytes_arrived` counts the chunk bytes of `Data` frames as
 //! the edge reads them off the stream, before a frame is whole ([`DataMeter`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,20 +55,17 @@ use tokio::sync::watch;
 use super::PeerLink;
 use crate::entry::NodeName;
 use crate::mirror::{
-    ChunkParams, ChunkRef, ChunkTable, Hash, Limits, MAX_REPORT, MAX_REQUEST, MIN_REPORT, Manifest,
-    ManifestAssembly, MirrorFrame, MirrorStatus, Pace, PathNow, Plan, ReceiveError, ReplicaError,
-    ReplicaVolume, Snapshot, SourceError, SourceVolume, SpoolError, fetch_runs, manifest_frames,
+    Again, Arrived, ChunkParams, ChunkRef, ChunkTable, Fetch, Hash, Limits, MAX_REPLANS,
+    MAX_REPORT, MAX_REQUEST, MIN_REPORT, Manifest, ManifestAssembly, MirrorFrame, MirrorStatus,
+    Pace, PathNow, Plan, ReceiveError, ReplicaError, ReplicaVolume, RunFailed, Snapshot,
+    SourceError, SourceVolume, SpoolError, Target, Verdict, manifest_frames,
 };
 use crate::wire::{self, FrameReader};
 
 /// The mirror stream's QUIC priority: below entries (0) and control (1).
 pub const PRIORITY_MIRROR: i32 = -1;
 
-/// Times one chunk may fail its hash before the run fails.
-pub const MAX_REFETCH: u32 = 3;
-
-/// Fresh manifests asked for in one run after chunks were `Gone`, before it fails.
-const MAX_REPLANS: usize = 8;
+pub use machines::mirror::MAX_REFETCH;
 
 /// Application error code of a mirror stream reset (the reason is logged at each end).
 const RESET_CODE: u32 = 1;
@@ -1037,28 +1034,19 @@ fn plan_run(
         .flatten()
         .collect();
     let target = assembly.finish(&holds, limits).map_err(|e| e.to_string())?;
-    let root = target.root();
-    if root == current_root {
-        if target_root.is_some() {
-            replica.abandon().map_err(|e| e.to_string())?;
+    match Target::of(target.root(), current_root, target_root) {
+        Target::Held { abandon } => {
+            if abandon {
+                replica.abandon().map_err(|e| e.to_string())?;
+            }
+            Ok(None)
         }
-        return Ok(None);
+        Target::Resume => Ok(replica.plan()),
+        Target::Begin => replica.begin(target).map(Some).map_err(|e| e.to_string()),
     }
-    if target_root == Some(root) {
-        return Ok(replica.plan());
-    }
-    replica.begin(target).map(Some).map_err(|e| e.to_string())
 }
 
-/// A chunk asked for and due from the core: its hash, and the length of its prefix if
-/// only its rest was asked for (the edge rebuilds it, [`ReplicaVolume::receive_rest`]).
-#[derive(Debug, Clone, Copy)]
-struct Due {
-    hash: Hash,
-    prefix: Option<u32>,
-}
-
-/// Fetches the plan's chunks; `Ok(true)` if some were gone (re-plan).
+/// Fetches the plan's chunks as [`Fetch`] says; `Ok(true)` if some were gone (re-plan).
 async fn fetch(
     stream: &mut EdgeStream<'_>,
     replica: &Arc<Mutex<ReplicaVolume>>,
@@ -1074,136 +1062,61 @@ async fn fetch(
             .ok_or_else(|| RunError::Failed("no target to fetch".into()))?;
         ChunkTable::first_positions(target)
     };
-    let placed = |dues: &mut dyn Iterator<Item = Due>| -> Result<Vec<(u64, Due)>, RunError> {
-        let mut batch = dues
-            .map(|due| {
-                positions.get(&due.hash).map(|p| (*p, due)).ok_or_else(|| {
-                    RunError::Failed(format!("chunk {} is not in the target", due.hash))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        batch.sort_unstable_by_key(|(p, _)| *p);
-        batch.dedup_by_key(|(p, _)| *p);
-        Ok(batch)
-    };
-    let due = |c: &ChunkRef| Due {
-        hash: c.hash,
-        prefix: plan.prefixes.get(&c.hash).map(|p| p.chunk.len),
-    };
-    let mut pending: VecDeque<Vec<(u64, Due)>> = VecDeque::new();
-    for b in plan.batches(settings.request_bytes, MAX_REQUEST) {
-        pending.push_back(placed(&mut b.iter().map(due))?);
-    }
-    let mut in_flight: VecDeque<VecDeque<Due>> = VecDeque::new();
-    let mut retries: HashMap<Hash, u32> = HashMap::new();
-    // Fetched again, whole.
-    let mut refetch: Vec<Hash> = Vec::new();
-    let mut gone = false;
-    let max_chunk = settings.limits.max_chunk as usize;
+    let (request, in_flight) = (settings.request_bytes, settings.in_flight);
+    let max_chunk = settings.limits.max_chunk;
+    let mut fetch = Fetch::new(plan, positions, request, in_flight, max_chunk).map_err(failed)?;
     loop {
-        while in_flight.len() < settings.in_flight.max(1) && !gone {
-            let batch = if !refetch.is_empty() {
-                let n = refetch.len().min(MAX_REQUEST);
-                placed(&mut refetch.drain(..n).map(|hash| Due { hash, prefix: None }))?
-            } else if let Some(batch) = pending.pop_front() {
-                batch
-            } else {
-                break;
-            };
-            let (at, dues): (Vec<u64>, VecDeque<Due>) = batch.into_iter().unzip();
-            let runs = fetch_runs(&at);
-            // A batch holds at most MAX_REQUEST chunks: an index fits in a u32.
-            let from: Vec<(u32, u32)> = dues
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| Some((u32::try_from(i).ok()?, d.prefix?)))
-                .collect();
-            let frame = if from.is_empty() {
-                MirrorFrame::Fetch { runs }
-            } else {
-                MirrorFrame::FetchFrom { runs, from }
-            };
-            stream.send(&frame).await?;
-            in_flight.push_back(dues);
+        while let Some(request) = fetch.poll_request().map_err(failed)? {
+            stream.send(&request).await?;
         }
-        let Some(front) = in_flight.front_mut() else {
-            break;
-        };
-        let Some(expected) = front.pop_front() else {
-            in_flight.pop_front();
-            continue;
-        };
-        match stream.recv().await? {
-            MirrorFrame::Data { bytes } => {
-                let whole = bytes.len() + expected.prefix.unwrap_or(0) as usize;
-                if whole > max_chunk {
-                    return Err(RunError::Failed(format!(
-                        "the core sent a chunk of {whole} bytes, over the limit of {max_chunk}"
-                    )));
-                }
-                let n = bytes.len() as u64;
-                let hash = expected.hash;
-                // The bytes (with the prefix, for a rest) are checked against the hash
-                // asked for.
-                let received = match expected.prefix {
-                    None => blocking(replica, move |r| r.receive(&hash, &bytes)).await?,
-                    Some(_) => blocking(replica, move |r| r.receive_rest(&hash, &bytes)).await?,
-                };
-                match received {
-                    Ok(()) => stream.status.send_modify(|s| s.received(n, Instant::now())),
-                    Err(
-                        e @ (ReceiveError::Spool(SpoolError::HashMismatch { .. })
-                        | ReceiveError::Prefix { .. }),
-                    ) => {
-                        match expected.prefix {
-                            // The chunk did not begin with its prefix after all (or the
-                            // prefix is damaged here): its whole bytes are fetched.
-                            Some(prefix) => stream
-                                .status
-                                .send_modify(|s| s.prefix_unused(u64::from(prefix))),
-                            None => stream.status.send_modify(MirrorStatus::refetch),
-                        }
-                        let tries = retries.entry(hash).or_default();
-                        *tries += 1;
-                        if *tries > MAX_REFETCH {
-                            return Err(RunError::Failed(format!(
-                                "chunk {hash} failed its hash {MAX_REFETCH} times"
-                            )));
-                        }
-                        let why = "a chunk failed its hash: fetching it again, whole";
-                        tracing::warn!(%hash, err = %e, "{why}");
-                        refetch.push(hash);
+        if !fetch.waiting() {
+            return Ok(fetch.gone());
+        }
+        let frame = stream.recv().await?;
+        if let Arrived::Chunk { due, bytes } = fetch.handle_frame(frame).map_err(failed)? {
+            let (n, hash) = (bytes.len() as u64, due.hash);
+            // The bytes (with the prefix, for a rest) are checked against the hash asked
+            // for.
+            let received = match due.prefix {
+                None => blocking(replica, move |r| r.receive(&hash, &bytes)).await?,
+                Some(_) => blocking(replica, move |r| r.receive_rest(&hash, &bytes)).await?,
+            };
+            let verdict = match &received {
+                Ok(()) => Verdict::Held,
+                Err(
+                    ReceiveError::Spool(SpoolError::HashMismatch { .. })
+                    | ReceiveError::Prefix { .. },
+                ) => Verdict::Mismatch,
+                Err(e) => return Err(RunError::Failed(e.to_string())),
+            };
+            match fetch.handle_checked(verdict).map_err(failed)? {
+                None => stream.status.send_modify(|s| s.received(n, Instant::now())),
+                Some(Again::Whole { prefix }) => {
+                    match prefix {
+                        // The chunk did not begin with its prefix after all (or the
+                        // prefix is damaged here): its whole bytes are fetched.
+                        Some(prefix) => stream
+                            .status
+                            .send_modify(|s| s.prefix_unused(u64::from(prefix))),
+                        None => stream.status.send_modify(MirrorStatus::refetch),
                     }
-                    Err(e) => return Err(RunError::Failed(e.to_string())),
+                    let why = "a chunk failed its hash: fetching it again, whole";
+                    if let Err(err) = received {
+                        tracing::warn!(%hash, %err, "{why}");
+                    }
                 }
-            }
-            MirrorFrame::Gone { hash } => {
-                if hash != expected.hash {
-                    return Err(RunError::Failed(format!(
-                        "the core said chunk {hash} is gone where {} was due",
-                        expected.hash
-                    )));
-                }
-                gone = true;
-            }
-            MirrorFrame::Refused { reason } => {
-                return Err(RunError::Failed(format!("the core refused: {reason}")));
-            }
-            other => {
-                return Err(RunError::Failed(format!(
-                    "the core sent a {} instead of a chunk",
-                    other.name()
-                )));
             }
         }
-        if in_flight.front().is_some_and(VecDeque::is_empty) {
-            in_flight.pop_front();
+        if fetch.take_complete() {
             blocking(replica, |r| r.sync())
                 .await?
                 .map_err(|e| RunError::Failed(e.to_string()))?;
         }
     }
-    Ok(gone)
+}
+
+fn failed(e: RunFailed) -> RunError {
+    RunError::Failed(e.0)
 }
 
 /// Writes one frame; returns its size.

@@ -43,7 +43,6 @@
 //! not QUIC's own overhead. `bytes_arrived` counts the chunk bytes of `Data` frames as
 //! the edge reads them off the stream, before a frame is whole ([`DataMeter`]).
 
-use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,10 +54,10 @@ use tokio::sync::watch;
 use super::PeerLink;
 use crate::entry::NodeName;
 use crate::mirror::{
-    Again, Arrived, ChunkParams, ChunkRef, ChunkTable, Fetch, Hash, Limits, MAX_REPLANS,
-    MAX_REPORT, MAX_REQUEST, MIN_REPORT, Manifest, ManifestAssembly, MirrorFrame, MirrorStatus,
-    Pace, PathNow, Plan, ReceiveError, ReplicaError, ReplicaVolume, RunFailed, Snapshot,
-    SourceError, SourceVolume, SpoolError, Target, Verdict, manifest_frames,
+    Again, Arrived, Asked, ChunkParams, ChunkTable, Fetch, Hash, Limits, MAX_REPLANS, MAX_REPORT,
+    MIN_REPORT, Manifest, ManifestAssembly, MirrorFrame, MirrorStatus, Pace, PathNow, Plan, Ready,
+    ReceiveError, ReplicaError, ReplicaVolume, RunFailed, Serve, Snapshot, SourceError,
+    SourceVolume, SpoolError, Target, Verdict, manifest_frames,
 };
 use crate::wire::{self, FrameReader};
 
@@ -216,9 +215,6 @@ pub(super) async fn serve_stream(
     }
 }
 
-/// Chunks one stream may have asked for and not yet received, at the core.
-const MAX_QUEUED: usize = 8 * MAX_REQUEST;
-
 /// The edge's frames, read by their own task so that its `Received` reports come in
 /// while chunks go out: `Ok(None)` when the edge finished the stream.
 type Incoming = Result<Option<MirrorFrame>, RunError>;
@@ -234,25 +230,15 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: tokio::sync::mpsc::Sender<
     }
 }
 
-/// The core's side of one run: what the edge asked for, the chunk being written, and
-/// the pacing of chunk bytes ([`Pace`]).
+/// The core's side of one run: the stream, the source, the manifest last sent, and the
+/// state machine that decides ([`Serve`]).
 struct Serving<'a> {
     source: &'a MirrorSource,
     conn: &'a quinn::Connection,
     send: &'a mut quinn::SendStream,
-    /// The operator's cap, if any.
-    bucket: Option<TokenBucket>,
-    pace: Pace,
-    /// The report interval last told to the edge, and one to tell at the next frame
-    /// boundary.
-    told: u64,
-    tell: Option<u64>,
-    /// The manifest last sent (what `Fetch` positions refer to) and its chunk table.
-    target: Option<(Arc<Snapshot>, ChunkTable)>,
-    /// Chunks asked for, each with the offset to send it from (0: whole).
-    queue: VecDeque<(ChunkRef, u32)>,
-    /// A `Data` frame being written, and how much of it is written.
-    out: Option<(Vec<u8>, usize)>,
+    serve: Serve,
+    /// The manifest last sent (what `Fetch` positions refer to).
+    target: Option<Arc<Snapshot>>,
 }
 
 async fn serve(
@@ -263,23 +249,15 @@ async fn serve(
 ) -> Result<(), RunError> {
     let (tx, mut frames) = tokio::sync::mpsc::channel(16);
     let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, tx)));
-    let pace = Pace::new();
     let mut serving = Serving {
         source,
         conn,
         send,
-        bucket: None,
-        told: pace.report_every(),
-        tell: None,
-        pace,
+        serve: Serve::new(source.max_rate),
         target: None,
-        queue: VecDeque::new(),
-        out: None,
     };
     loop {
-        let busy = serving.out.is_some() || !serving.queue.is_empty();
-        let delay =
-            (busy && serving.pace.allowed() > 0).then(|| serving.pace.delay(Instant::now()));
+        let delay = serving.serve.poll_timeout(Instant::now());
         let frame = match delay {
             // Due now (or within the timer's resolution: the pacing clock keeps the
             // credit): take what the edge sent meanwhile without waiting, else send.
@@ -302,213 +280,125 @@ async fn serve(
                 }
             },
         };
-        match frame? {
-            None | Some(MirrorFrame::Done) => return Ok(()),
-            Some(frame) => serving.take(frame).await?,
+        let Some(frame) = frame? else {
+            return Ok(());
+        };
+        if !serving.take(frame).await? {
+            return Ok(());
         }
     }
 }
 
 impl Serving<'_> {
-    /// Takes one frame from the edge.
-    async fn take(&mut self, frame: MirrorFrame) -> Result<(), RunError> {
-        match frame {
-            MirrorFrame::Start {
+    /// Takes one frame from the edge; `false` when the edge ended the run.
+    async fn take(&mut self, frame: MirrorFrame) -> Result<bool, RunError> {
+        let conn = self.conn;
+        let path = || {
+            let stats = conn.stats();
+            PathNow {
+                smoothed: stats.path.rtt,
+                min: stats.path.min_rtt,
+                lost_packets: stats.path.lost_packets,
+            }
+        };
+        let sent = self.target.as_ref().map(|s| &s.manifest);
+        let asked = self
+            .serve
+            .handle_frame(frame, sent, path, Instant::now())
+            .map_err(failed)?;
+        let (have_root, target_root) = match asked {
+            Asked::Done => return Ok(false),
+            Asked::Nothing => return Ok(true),
+            Asked::Start {
                 have_root,
                 target_root,
-                max_rate,
-                ..
-            } => {
-                if self.out.is_some() || !self.queue.is_empty() {
-                    return Err(RunError::Failed(
-                        "a mirror start from the edge while chunks it asked for are due".into(),
-                    ));
-                }
-                let rate = match (self.source.max_rate, max_rate.filter(|r| *r > 0)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                self.bucket = rate.map(TokenBucket::new);
-                let volume = self.source.volume.clone();
-                let planned = tokio::task::spawn_blocking(move || {
-                    let mut volume = MirrorSource::lock(&volume);
-                    let snapshot = volume.manifest().map_err(|e| e.to_string())?;
-                    // The closest manifest the edge holds: the target it is resuming, else
-                    // its current version; none (a core restart forgets them): all of it.
-                    let base = target_root
-                        .and_then(|r| volume.snapshot(&r))
-                        .or_else(|| volume.snapshot(&have_root));
-                    let frames =
-                        manifest_frames(&snapshot.manifest, base.as_ref().map(|b| &b.manifest));
-                    let table = ChunkTable::new(&snapshot.manifest);
-                    Ok::<_, String>((snapshot, table, frames))
-                })
-                .await
-                .map_err(|e| RunError::Failed(e.to_string()))?;
-                let frames = match planned {
-                    Ok((snapshot, table, frames)) => {
-                        self.target = Some((snapshot, table));
-                        frames
-                    }
-                    Err(reason) => vec![MirrorFrame::Refused { reason }],
-                };
-                for frame in &frames {
-                    self.write_frame(frame).await?;
-                }
-            }
-            MirrorFrame::Fetch { runs } => self.fetch(&runs, &[])?,
-            MirrorFrame::FetchFrom { runs, from } => self.fetch(&runs, &from)?,
-            MirrorFrame::Received { bytes } => {
-                let stats = self.conn.stats();
-                let path = PathNow {
-                    smoothed: stats.path.rtt,
-                    min: stats.path.min_rtt,
-                    lost_packets: stats.path.lost_packets,
-                };
-                self.pace
-                    .on_received(bytes, path)
-                    .map_err(|e| RunError::Failed(e.to_string()))?;
-                let every = self.pace.report_every();
-                if every >= 2 * self.told || 2 * every <= self.told {
-                    self.tell = Some(every);
-                }
-            }
-            other => {
-                return Err(RunError::Failed(format!(
-                    "{} from the edge on the mirror stream",
-                    other.name()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Queues the chunks of a `Fetch` (or a `FetchFrom`, with `from`), checked first.
-    fn fetch(&mut self, runs: &[(u64, u32)], from: &[(u32, u32)]) -> Result<(), RunError> {
-        let Some((snapshot, table)) = &self.target else {
-            return Err(RunError::Failed(
-                "a chunk fetch from the edge before any manifest".into(),
-            ));
+            } => (have_root, target_root),
         };
-        let chunks = table
-            .resolve_from(&snapshot.manifest, runs, from)
-            .map_err(|e| RunError::Failed(format!("the edge sent {e}")))?;
-        if self.queue.len() + chunks.len() > MAX_QUEUED {
-            return Err(RunError::Failed(format!(
-                "the edge asked for more than {MAX_QUEUED} chunks at once"
-            )));
+        let volume = self.source.volume.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let mut volume = MirrorSource::lock(&volume);
+            let snapshot = volume.manifest().map_err(|e| e.to_string())?;
+            // The closest manifest the edge holds: the target it is resuming, else its
+            // current version; none (a core restart forgets them): all of it.
+            let base = target_root
+                .and_then(|r| volume.snapshot(&r))
+                .or_else(|| volume.snapshot(&have_root));
+            let frames = manifest_frames(&snapshot.manifest, base.as_ref().map(|b| &b.manifest));
+            let table = ChunkTable::new(&snapshot.manifest);
+            Ok::<_, String>((snapshot, table, frames))
+        })
+        .await
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+        let frames = match planned {
+            Ok((snapshot, table, frames)) => {
+                self.target = Some(snapshot);
+                self.serve.started(table);
+                frames
+            }
+            Err(reason) => vec![MirrorFrame::Refused { reason }],
+        };
+        for frame in &frames {
+            self.write_frame(frame).await?;
         }
-        self.queue.extend(chunks);
-        Ok(())
+        Ok(true)
     }
 
     /// Writes the next slice of chunk bytes (reading the next chunk if none is being
     /// written), as much as the pacing allows.
     async fn send_some(&mut self) -> Result<(), RunError> {
-        if self.out.is_none() {
-            if let Some(every) = self.tell.take() {
-                self.told = every;
-                self.write_frame(&MirrorFrame::ReportEvery { bytes: every })
-                    .await?;
-            }
-            let Some((chunk, offset)) = self.queue.pop_front() else {
-                return Ok(());
-            };
+        if let Some(report) = self.serve.poll_report() {
+            self.write_frame(&report).await?;
+        }
+        if let Some((chunk, offset)) = self.serve.next_chunk() {
             let volume = self.source.volume.clone();
-            let pinned = self.target.as_ref().map(|(s, _)| s.clone());
+            let pinned = self.target.clone();
             let read = tokio::task::spawn_blocking(move || {
                 MirrorSource::lock(&volume).read_chunk_of(pinned.as_deref(), &chunk.hash)
             })
             .await
             .map_err(|e| RunError::Failed(e.to_string()))?;
-            match read {
+            let read = match read {
                 Ok(mut bytes) => {
-                    // The whole chunk was read and checked; the edge holds its start.
-                    // (`resolve_from` kept the offset inside the manifest's chunk.)
-                    bytes.drain(..(offset as usize).min(bytes.len()));
-                    if let Some(bucket) = &mut self.bucket {
-                        bucket.take(bytes.len()).await;
-                    }
                     let flip =
                         self.source
                             .corrupt
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                    // The flipped byte must be one the edge receives: past the offset.
                     if flip.is_ok()
-                        && let Some(b) = bytes.first_mut()
+                        && let Some(b) = bytes.get_mut(offset as usize)
                     {
                         *b ^= 0xff;
                     }
-                    let mut buf = Vec::with_capacity(bytes.len() + 8);
-                    wire::encode_value(&MirrorFrame::Data { bytes }, &mut buf);
-                    self.out = Some((buf, 0));
+                    Some(bytes)
                 }
                 Err(err) => {
                     tracing::info!(%err, "chunk gone: the edge re-plans");
-                    return self
-                        .write_frame(&MirrorFrame::Gone { hash: chunk.hash })
-                        .await;
+                    None
                 }
+            };
+            match self.serve.handle_chunk(chunk, offset, read, Instant::now()) {
+                Ready::Data { wait } => {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Ready::Gone(gone) => return self.write_frame(&gone).await,
             }
         }
-        let Some((buf, done)) = &mut self.out else {
+        let Some(slice) = self.serve.next_slice() else {
             return Ok(());
         };
-        let slice = (self.pace.window() / 16).clamp(2 << 10, 64 << 10);
-        let n = (buf.len() - *done)
-            .min(self.pace.allowed() as usize)
-            .min(slice as usize)
-            .max(1);
-        self.send
-            .write_all(&buf[*done..*done + n])
-            .await
-            .map_err(write_error)?;
-        *done += n;
-        if *done == buf.len() {
-            self.out = None;
-        }
-        self.pace
-            .on_sent(Instant::now(), n as u64, self.conn.rtt(), true);
+        let n = slice.len();
+        self.send.write_all(slice).await.map_err(write_error)?;
+        self.serve.wrote_slice(n, Instant::now(), self.conn.rtt());
         Ok(())
     }
 
     /// Writes a whole frame that is not chunk data (unpaced, counted in flight).
     async fn write_frame(&mut self, frame: &MirrorFrame) -> Result<(), RunError> {
         let n = write(self.send, frame).await?;
-        self.pace
-            .on_sent(Instant::now(), n as u64, self.conn.rtt(), false);
+        self.serve.wrote_frame(n, Instant::now(), self.conn.rtt());
         Ok(())
-    }
-}
-
-/// Paces chunk bytes: `rate` per second, bursts of a quarter second (at least 64 KiB).
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u64) -> TokenBucket {
-        let burst = (rate as f64 / 4.0).max(64.0 * 1024.0);
-        TokenBucket {
-            rate: rate as f64,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes `n` bytes' worth, waiting for the debt to be paid off.
-    async fn take(&mut self, n: usize) {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - n as f64;
-        if self.tokens < 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
-        }
     }
 }
 

@@ -6,7 +6,7 @@
 //!   and control (1): quinn fills each packet from the highest-priority stream with data,
 //!   so a mirror only ever uses what entries and control leave of the sender; its pacing
 //!   keeps what it has queued further on small. Frames are
-//!   [`MirrorFrame`]s (numbered in `mirror/wire.rs`).
+//!   [`MirrorFrame`]s (numbered in `machines`' `mirror/wire.rs`).
 //! - **Edge** ([`Mirror`]): runs only when an operator started it (a marker file,
 //!   `<dir>/mirror.run`, keeps that wish across restarts). A run sends `Start` with the
 //!   roots it holds, assembles and checks the manifest (full or a delta), plans against
@@ -32,12 +32,18 @@
 //!   of their own, so its reports come in while chunks go out. Chunks go out one at a
 //!   time, in the order asked (read whole and checked, then sent from the offset asked
 //!   for, if any), each read when the previous one is written, in slices
-//!   paced by [`Pace`] (`mirror/pace.rs`): at about the rate the path carries with a
+//!   paced by [`Pace`] (`machines`' `mirror/pace.rs`): at about the rate the path carries with a
 //!   queue of [`TARGET_QUEUE`](crate::mirror::TARGET_QUEUE), measured from the
 //!   connection's round trips, so that entries behind a mirror wait little in a modem's
 //!   queue; and through an optional token bucket (the lower of the core's and the edge's
 //!   caps).
 //! - A mirror error never ends the session: the stream is reset and entries go on.
+//!
+//! The decisions of both ends are state machines in `machines::mirror`, driven here:
+//! [`Fetch`] and [`Target`] at the edge (which chunks to ask for, what each frame means,
+//! refetch, re-plan), [`Serve`] at the core (what the edge may ask, which chunk next, in
+//! what slices, how fast). This module keeps the streams, the volumes' blocking work,
+//! the timers and the status.
 //!
 //! `bytes_on_link` in the status counts the mirror stream's bytes both ways (frames),
 //! not QUIC's own overhead. `bytes_arrived` counts the chunk bytes of `Data` frames as

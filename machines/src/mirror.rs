@@ -1,6 +1,8 @@
 //! Volume mirroring's decisions without IO: chunks and their hashes, validated paths,
 //! manifests and their checks, plans and deltas, the core's pacing, the status model,
-//! and the mirror stream's frames.
+//! the mirror stream's frames, and a run's two ends as state machines: the edge's
+//! ([`Fetch`]: fetch, refetch, re-plan) and the core's ([`Serve`]: what the edge may ask,
+//! which chunk next, how fast).
 //!
 //! `protocol::mirror` re-exports all of it beside the parts that read and write files
 //! (the core's scanner and source, the edge's spool and replica); `protocol::link`
@@ -9,14 +11,17 @@
 //! time.
 
 mod chunk;
+mod fetch;
 mod manifest;
 mod pace;
 pub mod path;
 mod plan;
+mod serve;
 mod status;
 mod wire;
 
 pub use chunk::{ChunkParams, ChunkRef, Chunked, Hash, chunk_bytes, chunk_reader};
+pub use fetch::{Again, Arrived, Due, Fetch, MAX_REFETCH, MAX_REPLANS, RunFailed, Target, Verdict};
 pub use manifest::{Entry, FileNode, Limits, MANIFEST_FORMAT, Manifest, ManifestError, Node};
 pub use pace::{
     INITIAL_WINDOW, MAX_REPORT, MAX_WINDOW, MIN_REPORT, MIN_WINDOW, Pace, PaceError, PathNow,
@@ -24,6 +29,7 @@ pub use pace::{
 };
 pub use path::{MAX_NAME, MAX_PATH, PathError, PathRule, RelPath};
 pub use plan::{Delta, FileEdit, PackedEntries, Plan, Prefix, plan};
+pub use serve::{Asked, Ready, Serve};
 pub use status::{MirrorState, MirrorStatus};
 pub use wire::{
     ChunkTable, FetchError, MANIFEST_PART, MAX_REQUEST, ManifestAssembly, MirrorFrame,

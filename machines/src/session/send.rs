@@ -276,7 +276,7 @@ impl Session {
     /// a link in slow start (a few packets per round trip) carried it over several round
     /// trips with nothing acknowledged, the window above filled, and the sender stalled:
     /// satcom's catch-up lost ~5 s of its ramp. Where half a window is far less than
-    /// [`PIECE_TIME`] of sending (loopback, a LAN), pieces that small only cost work: a
+    /// 50 ms of sending (loopback, a LAN), pieces that small only cost work: a
     /// piece is the larger of the two.
     pub fn send_round(&mut self, measure: Measure, paused_here: bool) -> Round {
         let mut round = Round {

@@ -6,7 +6,7 @@
 //!   and control (1): quinn fills each packet from the highest-priority stream with data,
 //!   so a mirror only ever uses what entries and control leave of the sender; its pacing
 //!   keeps what it has queued further on small. Frames are
-//!   [`MirrorFrame`]s (numbered in `mirror/wire.rs`).
+//!   [`MirrorFrame`]s (numbered in `machines`' `mirror/wire.rs`).
 //! - **Edge** ([`Mirror`]): runs only when an operator started it (a marker file,
 //!   `<dir>/mirror.run`, keeps that wish across restarts). A run sends `Start` with the
 //!   roots it holds, assembles and checks the manifest (full or a delta), plans against
@@ -32,18 +32,23 @@
 //!   of their own, so its reports come in while chunks go out. Chunks go out one at a
 //!   time, in the order asked (read whole and checked, then sent from the offset asked
 //!   for, if any), each read when the previous one is written, in slices
-//!   paced by [`Pace`] (`mirror/pace.rs`): at about the rate the path carries with a
+//!   paced by [`Pace`] (`machines`' `mirror/pace.rs`): at about the rate the path carries with a
 //!   queue of [`TARGET_QUEUE`](crate::mirror::TARGET_QUEUE), measured from the
 //!   connection's round trips, so that entries behind a mirror wait little in a modem's
 //!   queue; and through an optional token bucket (the lower of the core's and the edge's
 //!   caps).
 //! - A mirror error never ends the session: the stream is reset and entries go on.
 //!
+//! The decisions of both ends are state machines in `machines::mirror`, driven here:
+//! [`Fetch`] and [`Target`] at the edge (which chunks to ask for, what each frame means,
+//! refetch, re-plan), [`Serve`] at the core (what the edge may ask, which chunk next, in
+//! what slices, how fast). This module keeps the streams, the volumes' blocking work,
+//! the timers and the status.
+//!
 //! `bytes_on_link` in the status counts the mirror stream's bytes both ways (frames),
 //! not QUIC's own overhead. `bytes_arrived` counts the chunk bytes of `Data` frames as
 //! the edge reads them off the stream, before a frame is whole ([`DataMeter`]).
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,20 +60,17 @@ use tokio::sync::watch;
 use super::PeerLink;
 use crate::entry::NodeName;
 use crate::mirror::{
-    ChunkParams, ChunkRef, ChunkTable, Hash, Limits, MAX_REPORT, MAX_REQUEST, MIN_REPORT, Manifest,
-    ManifestAssembly, MirrorFrame, MirrorStatus, Pace, PathNow, Plan, ReceiveError, ReplicaError,
-    ReplicaVolume, Snapshot, SourceError, SourceVolume, SpoolError, fetch_runs, manifest_frames,
+    Again, Arrived, Asked, ChunkParams, ChunkTable, Fetch, Hash, Limits, MAX_REPLANS, MAX_REPORT,
+    MIN_REPORT, Manifest, ManifestAssembly, MirrorFrame, MirrorStatus, Pace, PathNow, Plan, Ready,
+    ReceiveError, ReplicaError, ReplicaVolume, RunFailed, Serve, Snapshot, SourceError,
+    SourceVolume, SpoolError, Target, Verdict, manifest_frames,
 };
 use crate::wire::{self, FrameReader};
 
 /// The mirror stream's QUIC priority: below entries (0) and control (1).
 pub const PRIORITY_MIRROR: i32 = -1;
 
-/// Times one chunk may fail its hash before the run fails.
-pub const MAX_REFETCH: u32 = 3;
-
-/// Fresh manifests asked for in one run after chunks were `Gone`, before it fails.
-const MAX_REPLANS: usize = 8;
+pub use machines::mirror::MAX_REFETCH;
 
 /// Application error code of a mirror stream reset (the reason is logged at each end).
 const RESET_CODE: u32 = 1;
@@ -219,9 +221,6 @@ pub(super) async fn serve_stream(
     }
 }
 
-/// Chunks one stream may have asked for and not yet received, at the core.
-const MAX_QUEUED: usize = 8 * MAX_REQUEST;
-
 /// The edge's frames, read by their own task so that its `Received` reports come in
 /// while chunks go out: `Ok(None)` when the edge finished the stream.
 type Incoming = Result<Option<MirrorFrame>, RunError>;
@@ -237,25 +236,15 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: tokio::sync::mpsc::Sender<
     }
 }
 
-/// The core's side of one run: what the edge asked for, the chunk being written, and
-/// the pacing of chunk bytes ([`Pace`]).
+/// The core's side of one run: the stream, the source, the manifest last sent, and the
+/// state machine that decides ([`Serve`]).
 struct Serving<'a> {
     source: &'a MirrorSource,
     conn: &'a quinn::Connection,
     send: &'a mut quinn::SendStream,
-    /// The operator's cap, if any.
-    bucket: Option<TokenBucket>,
-    pace: Pace,
-    /// The report interval last told to the edge, and one to tell at the next frame
-    /// boundary.
-    told: u64,
-    tell: Option<u64>,
-    /// The manifest last sent (what `Fetch` positions refer to) and its chunk table.
-    target: Option<(Arc<Snapshot>, ChunkTable)>,
-    /// Chunks asked for, each with the offset to send it from (0: whole).
-    queue: VecDeque<(ChunkRef, u32)>,
-    /// A `Data` frame being written, and how much of it is written.
-    out: Option<(Vec<u8>, usize)>,
+    serve: Serve,
+    /// The manifest last sent (what `Fetch` positions refer to).
+    target: Option<Arc<Snapshot>>,
 }
 
 async fn serve(
@@ -266,23 +255,15 @@ async fn serve(
 ) -> Result<(), RunError> {
     let (tx, mut frames) = tokio::sync::mpsc::channel(16);
     let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, tx)));
-    let pace = Pace::new();
     let mut serving = Serving {
         source,
         conn,
         send,
-        bucket: None,
-        told: pace.report_every(),
-        tell: None,
-        pace,
+        serve: Serve::new(source.max_rate),
         target: None,
-        queue: VecDeque::new(),
-        out: None,
     };
     loop {
-        let busy = serving.out.is_some() || !serving.queue.is_empty();
-        let delay =
-            (busy && serving.pace.allowed() > 0).then(|| serving.pace.delay(Instant::now()));
+        let delay = serving.serve.poll_timeout(Instant::now());
         let frame = match delay {
             // Due now (or within the timer's resolution: the pacing clock keeps the
             // credit): take what the edge sent meanwhile without waiting, else send.
@@ -305,213 +286,125 @@ async fn serve(
                 }
             },
         };
-        match frame? {
-            None | Some(MirrorFrame::Done) => return Ok(()),
-            Some(frame) => serving.take(frame).await?,
+        let Some(frame) = frame? else {
+            return Ok(());
+        };
+        if !serving.take(frame).await? {
+            return Ok(());
         }
     }
 }
 
 impl Serving<'_> {
-    /// Takes one frame from the edge.
-    async fn take(&mut self, frame: MirrorFrame) -> Result<(), RunError> {
-        match frame {
-            MirrorFrame::Start {
+    /// Takes one frame from the edge; `false` when the edge ended the run.
+    async fn take(&mut self, frame: MirrorFrame) -> Result<bool, RunError> {
+        let conn = self.conn;
+        let path = || {
+            let stats = conn.stats();
+            PathNow {
+                smoothed: stats.path.rtt,
+                min: stats.path.min_rtt,
+                lost_packets: stats.path.lost_packets,
+            }
+        };
+        let sent = self.target.as_ref().map(|s| &s.manifest);
+        let asked = self
+            .serve
+            .handle_frame(frame, sent, path, Instant::now())
+            .map_err(failed)?;
+        let (have_root, target_root) = match asked {
+            Asked::Done => return Ok(false),
+            Asked::Nothing => return Ok(true),
+            Asked::Start {
                 have_root,
                 target_root,
-                max_rate,
-                ..
-            } => {
-                if self.out.is_some() || !self.queue.is_empty() {
-                    return Err(RunError::Failed(
-                        "a mirror start from the edge while chunks it asked for are due".into(),
-                    ));
-                }
-                let rate = match (self.source.max_rate, max_rate.filter(|r| *r > 0)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                self.bucket = rate.map(TokenBucket::new);
-                let volume = self.source.volume.clone();
-                let planned = tokio::task::spawn_blocking(move || {
-                    let mut volume = MirrorSource::lock(&volume);
-                    let snapshot = volume.manifest().map_err(|e| e.to_string())?;
-                    // The closest manifest the edge holds: the target it is resuming, else
-                    // its current version; none (a core restart forgets them): all of it.
-                    let base = target_root
-                        .and_then(|r| volume.snapshot(&r))
-                        .or_else(|| volume.snapshot(&have_root));
-                    let frames =
-                        manifest_frames(&snapshot.manifest, base.as_ref().map(|b| &b.manifest));
-                    let table = ChunkTable::new(&snapshot.manifest);
-                    Ok::<_, String>((snapshot, table, frames))
-                })
-                .await
-                .map_err(|e| RunError::Failed(e.to_string()))?;
-                let frames = match planned {
-                    Ok((snapshot, table, frames)) => {
-                        self.target = Some((snapshot, table));
-                        frames
-                    }
-                    Err(reason) => vec![MirrorFrame::Refused { reason }],
-                };
-                for frame in &frames {
-                    self.write_frame(frame).await?;
-                }
-            }
-            MirrorFrame::Fetch { runs } => self.fetch(&runs, &[])?,
-            MirrorFrame::FetchFrom { runs, from } => self.fetch(&runs, &from)?,
-            MirrorFrame::Received { bytes } => {
-                let stats = self.conn.stats();
-                let path = PathNow {
-                    smoothed: stats.path.rtt,
-                    min: stats.path.min_rtt,
-                    lost_packets: stats.path.lost_packets,
-                };
-                self.pace
-                    .on_received(bytes, path)
-                    .map_err(|e| RunError::Failed(e.to_string()))?;
-                let every = self.pace.report_every();
-                if every >= 2 * self.told || 2 * every <= self.told {
-                    self.tell = Some(every);
-                }
-            }
-            other => {
-                return Err(RunError::Failed(format!(
-                    "{} from the edge on the mirror stream",
-                    other.name()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Queues the chunks of a `Fetch` (or a `FetchFrom`, with `from`), checked first.
-    fn fetch(&mut self, runs: &[(u64, u32)], from: &[(u32, u32)]) -> Result<(), RunError> {
-        let Some((snapshot, table)) = &self.target else {
-            return Err(RunError::Failed(
-                "a chunk fetch from the edge before any manifest".into(),
-            ));
+            } => (have_root, target_root),
         };
-        let chunks = table
-            .resolve_from(&snapshot.manifest, runs, from)
-            .map_err(|e| RunError::Failed(format!("the edge sent {e}")))?;
-        if self.queue.len() + chunks.len() > MAX_QUEUED {
-            return Err(RunError::Failed(format!(
-                "the edge asked for more than {MAX_QUEUED} chunks at once"
-            )));
+        let volume = self.source.volume.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let mut volume = MirrorSource::lock(&volume);
+            let snapshot = volume.manifest().map_err(|e| e.to_string())?;
+            // The closest manifest the edge holds: the target it is resuming, else its
+            // current version; none (a core restart forgets them): all of it.
+            let base = target_root
+                .and_then(|r| volume.snapshot(&r))
+                .or_else(|| volume.snapshot(&have_root));
+            let frames = manifest_frames(&snapshot.manifest, base.as_ref().map(|b| &b.manifest));
+            let table = ChunkTable::new(&snapshot.manifest);
+            Ok::<_, String>((snapshot, table, frames))
+        })
+        .await
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+        let frames = match planned {
+            Ok((snapshot, table, frames)) => {
+                self.target = Some(snapshot);
+                self.serve.started(table);
+                frames
+            }
+            Err(reason) => vec![MirrorFrame::Refused { reason }],
+        };
+        for frame in &frames {
+            self.write_frame(frame).await?;
         }
-        self.queue.extend(chunks);
-        Ok(())
+        Ok(true)
     }
 
     /// Writes the next slice of chunk bytes (reading the next chunk if none is being
     /// written), as much as the pacing allows.
     async fn send_some(&mut self) -> Result<(), RunError> {
-        if self.out.is_none() {
-            if let Some(every) = self.tell.take() {
-                self.told = every;
-                self.write_frame(&MirrorFrame::ReportEvery { bytes: every })
-                    .await?;
-            }
-            let Some((chunk, offset)) = self.queue.pop_front() else {
-                return Ok(());
-            };
+        if let Some(report) = self.serve.poll_report() {
+            self.write_frame(&report).await?;
+        }
+        if let Some((chunk, offset)) = self.serve.next_chunk() {
             let volume = self.source.volume.clone();
-            let pinned = self.target.as_ref().map(|(s, _)| s.clone());
+            let pinned = self.target.clone();
             let read = tokio::task::spawn_blocking(move || {
                 MirrorSource::lock(&volume).read_chunk_of(pinned.as_deref(), &chunk.hash)
             })
             .await
             .map_err(|e| RunError::Failed(e.to_string()))?;
-            match read {
+            let read = match read {
                 Ok(mut bytes) => {
-                    // The whole chunk was read and checked; the edge holds its start.
-                    // (`resolve_from` kept the offset inside the manifest's chunk.)
-                    bytes.drain(..(offset as usize).min(bytes.len()));
-                    if let Some(bucket) = &mut self.bucket {
-                        bucket.take(bytes.len()).await;
-                    }
                     let flip =
                         self.source
                             .corrupt
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                    // The flipped byte must be one the edge receives: past the offset.
                     if flip.is_ok()
-                        && let Some(b) = bytes.first_mut()
+                        && let Some(b) = bytes.get_mut(offset as usize)
                     {
                         *b ^= 0xff;
                     }
-                    let mut buf = Vec::with_capacity(bytes.len() + 8);
-                    wire::encode_value(&MirrorFrame::Data { bytes }, &mut buf);
-                    self.out = Some((buf, 0));
+                    Some(bytes)
                 }
                 Err(err) => {
                     tracing::info!(%err, "chunk gone: the edge re-plans");
-                    return self
-                        .write_frame(&MirrorFrame::Gone { hash: chunk.hash })
-                        .await;
+                    None
                 }
+            };
+            match self.serve.handle_chunk(chunk, offset, read, Instant::now()) {
+                Ready::Data { wait } => {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Ready::Gone(gone) => return self.write_frame(&gone).await,
             }
         }
-        let Some((buf, done)) = &mut self.out else {
+        let Some(slice) = self.serve.next_slice() else {
             return Ok(());
         };
-        let slice = (self.pace.window() / 16).clamp(2 << 10, 64 << 10);
-        let n = (buf.len() - *done)
-            .min(self.pace.allowed() as usize)
-            .min(slice as usize)
-            .max(1);
-        self.send
-            .write_all(&buf[*done..*done + n])
-            .await
-            .map_err(write_error)?;
-        *done += n;
-        if *done == buf.len() {
-            self.out = None;
-        }
-        self.pace
-            .on_sent(Instant::now(), n as u64, self.conn.rtt(), true);
+        let n = slice.len();
+        self.send.write_all(slice).await.map_err(write_error)?;
+        self.serve.wrote_slice(n, Instant::now(), self.conn.rtt());
         Ok(())
     }
 
     /// Writes a whole frame that is not chunk data (unpaced, counted in flight).
     async fn write_frame(&mut self, frame: &MirrorFrame) -> Result<(), RunError> {
         let n = write(self.send, frame).await?;
-        self.pace
-            .on_sent(Instant::now(), n as u64, self.conn.rtt(), false);
+        self.serve.wrote_frame(n, Instant::now(), self.conn.rtt());
         Ok(())
-    }
-}
-
-/// Paces chunk bytes: `rate` per second, bursts of a quarter second (at least 64 KiB).
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u64) -> TokenBucket {
-        let burst = (rate as f64 / 4.0).max(64.0 * 1024.0);
-        TokenBucket {
-            rate: rate as f64,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes `n` bytes' worth, waiting for the debt to be paid off.
-    async fn take(&mut self, n: usize) {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - n as f64;
-        if self.tokens < 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(-self.tokens / self.rate)).await;
-        }
     }
 }
 
@@ -1037,28 +930,19 @@ fn plan_run(
         .flatten()
         .collect();
     let target = assembly.finish(&holds, limits).map_err(|e| e.to_string())?;
-    let root = target.root();
-    if root == current_root {
-        if target_root.is_some() {
-            replica.abandon().map_err(|e| e.to_string())?;
+    match Target::of(target.root(), current_root, target_root) {
+        Target::Held { abandon } => {
+            if abandon {
+                replica.abandon().map_err(|e| e.to_string())?;
+            }
+            Ok(None)
         }
-        return Ok(None);
+        Target::Resume => Ok(replica.plan()),
+        Target::Begin => replica.begin(target).map(Some).map_err(|e| e.to_string()),
     }
-    if target_root == Some(root) {
-        return Ok(replica.plan());
-    }
-    replica.begin(target).map(Some).map_err(|e| e.to_string())
 }
 
-/// A chunk asked for and due from the core: its hash, and the length of its prefix if
-/// only its rest was asked for (the edge rebuilds it, [`ReplicaVolume::receive_rest`]).
-#[derive(Debug, Clone, Copy)]
-struct Due {
-    hash: Hash,
-    prefix: Option<u32>,
-}
-
-/// Fetches the plan's chunks; `Ok(true)` if some were gone (re-plan).
+/// Fetches the plan's chunks as [`Fetch`] says; `Ok(true)` if some were gone (re-plan).
 async fn fetch(
     stream: &mut EdgeStream<'_>,
     replica: &Arc<Mutex<ReplicaVolume>>,
@@ -1074,136 +958,61 @@ async fn fetch(
             .ok_or_else(|| RunError::Failed("no target to fetch".into()))?;
         ChunkTable::first_positions(target)
     };
-    let placed = |dues: &mut dyn Iterator<Item = Due>| -> Result<Vec<(u64, Due)>, RunError> {
-        let mut batch = dues
-            .map(|due| {
-                positions.get(&due.hash).map(|p| (*p, due)).ok_or_else(|| {
-                    RunError::Failed(format!("chunk {} is not in the target", due.hash))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        batch.sort_unstable_by_key(|(p, _)| *p);
-        batch.dedup_by_key(|(p, _)| *p);
-        Ok(batch)
-    };
-    let due = |c: &ChunkRef| Due {
-        hash: c.hash,
-        prefix: plan.prefixes.get(&c.hash).map(|p| p.chunk.len),
-    };
-    let mut pending: VecDeque<Vec<(u64, Due)>> = VecDeque::new();
-    for b in plan.batches(settings.request_bytes, MAX_REQUEST) {
-        pending.push_back(placed(&mut b.iter().map(due))?);
-    }
-    let mut in_flight: VecDeque<VecDeque<Due>> = VecDeque::new();
-    let mut retries: HashMap<Hash, u32> = HashMap::new();
-    // Fetched again, whole.
-    let mut refetch: Vec<Hash> = Vec::new();
-    let mut gone = false;
-    let max_chunk = settings.limits.max_chunk as usize;
+    let (request, in_flight) = (settings.request_bytes, settings.in_flight);
+    let max_chunk = settings.limits.max_chunk;
+    let mut fetch = Fetch::new(plan, positions, request, in_flight, max_chunk).map_err(failed)?;
     loop {
-        while in_flight.len() < settings.in_flight.max(1) && !gone {
-            let batch = if !refetch.is_empty() {
-                let n = refetch.len().min(MAX_REQUEST);
-                placed(&mut refetch.drain(..n).map(|hash| Due { hash, prefix: None }))?
-            } else if let Some(batch) = pending.pop_front() {
-                batch
-            } else {
-                break;
-            };
-            let (at, dues): (Vec<u64>, VecDeque<Due>) = batch.into_iter().unzip();
-            let runs = fetch_runs(&at);
-            // A batch holds at most MAX_REQUEST chunks: an index fits in a u32.
-            let from: Vec<(u32, u32)> = dues
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| Some((u32::try_from(i).ok()?, d.prefix?)))
-                .collect();
-            let frame = if from.is_empty() {
-                MirrorFrame::Fetch { runs }
-            } else {
-                MirrorFrame::FetchFrom { runs, from }
-            };
-            stream.send(&frame).await?;
-            in_flight.push_back(dues);
+        while let Some(request) = fetch.poll_request().map_err(failed)? {
+            stream.send(&request).await?;
         }
-        let Some(front) = in_flight.front_mut() else {
-            break;
-        };
-        let Some(expected) = front.pop_front() else {
-            in_flight.pop_front();
-            continue;
-        };
-        match stream.recv().await? {
-            MirrorFrame::Data { bytes } => {
-                let whole = bytes.len() + expected.prefix.unwrap_or(0) as usize;
-                if whole > max_chunk {
-                    return Err(RunError::Failed(format!(
-                        "the core sent a chunk of {whole} bytes, over the limit of {max_chunk}"
-                    )));
-                }
-                let n = bytes.len() as u64;
-                let hash = expected.hash;
-                // The bytes (with the prefix, for a rest) are checked against the hash
-                // asked for.
-                let received = match expected.prefix {
-                    None => blocking(replica, move |r| r.receive(&hash, &bytes)).await?,
-                    Some(_) => blocking(replica, move |r| r.receive_rest(&hash, &bytes)).await?,
-                };
-                match received {
-                    Ok(()) => stream.status.send_modify(|s| s.received(n, Instant::now())),
-                    Err(
-                        e @ (ReceiveError::Spool(SpoolError::HashMismatch { .. })
-                        | ReceiveError::Prefix { .. }),
-                    ) => {
-                        match expected.prefix {
-                            // The chunk did not begin with its prefix after all (or the
-                            // prefix is damaged here): its whole bytes are fetched.
-                            Some(prefix) => stream
-                                .status
-                                .send_modify(|s| s.prefix_unused(u64::from(prefix))),
-                            None => stream.status.send_modify(MirrorStatus::refetch),
-                        }
-                        let tries = retries.entry(hash).or_default();
-                        *tries += 1;
-                        if *tries > MAX_REFETCH {
-                            return Err(RunError::Failed(format!(
-                                "chunk {hash} failed its hash {MAX_REFETCH} times"
-                            )));
-                        }
-                        let why = "a chunk failed its hash: fetching it again, whole";
-                        tracing::warn!(%hash, err = %e, "{why}");
-                        refetch.push(hash);
+        if !fetch.waiting() {
+            return Ok(fetch.gone());
+        }
+        let frame = stream.recv().await?;
+        if let Arrived::Chunk { due, bytes } = fetch.handle_frame(frame).map_err(failed)? {
+            let (n, hash) = (bytes.len() as u64, due.hash);
+            // The bytes (with the prefix, for a rest) are checked against the hash asked
+            // for.
+            let received = match due.prefix {
+                None => blocking(replica, move |r| r.receive(&hash, &bytes)).await?,
+                Some(_) => blocking(replica, move |r| r.receive_rest(&hash, &bytes)).await?,
+            };
+            let verdict = match &received {
+                Ok(()) => Verdict::Held,
+                Err(
+                    ReceiveError::Spool(SpoolError::HashMismatch { .. })
+                    | ReceiveError::Prefix { .. },
+                ) => Verdict::Mismatch,
+                Err(e) => return Err(RunError::Failed(e.to_string())),
+            };
+            match fetch.handle_checked(verdict).map_err(failed)? {
+                None => stream.status.send_modify(|s| s.received(n, Instant::now())),
+                Some(Again::Whole { prefix }) => {
+                    match prefix {
+                        // The chunk did not begin with its prefix after all (or the
+                        // prefix is damaged here): its whole bytes are fetched.
+                        Some(prefix) => stream
+                            .status
+                            .send_modify(|s| s.prefix_unused(u64::from(prefix))),
+                        None => stream.status.send_modify(MirrorStatus::refetch),
                     }
-                    Err(e) => return Err(RunError::Failed(e.to_string())),
+                    let why = "a chunk failed its hash: fetching it again, whole";
+                    if let Err(err) = received {
+                        tracing::warn!(%hash, %err, "{why}");
+                    }
                 }
-            }
-            MirrorFrame::Gone { hash } => {
-                if hash != expected.hash {
-                    return Err(RunError::Failed(format!(
-                        "the core said chunk {hash} is gone where {} was due",
-                        expected.hash
-                    )));
-                }
-                gone = true;
-            }
-            MirrorFrame::Refused { reason } => {
-                return Err(RunError::Failed(format!("the core refused: {reason}")));
-            }
-            other => {
-                return Err(RunError::Failed(format!(
-                    "the core sent a {} instead of a chunk",
-                    other.name()
-                )));
             }
         }
-        if in_flight.front().is_some_and(VecDeque::is_empty) {
-            in_flight.pop_front();
+        if fetch.take_complete() {
             blocking(replica, |r| r.sync())
                 .await?
                 .map_err(|e| RunError::Failed(e.to_string()))?;
         }
     }
-    Ok(gone)
+}
+
+fn failed(e: RunFailed) -> RunError {
+    RunError::Failed(e.0)
 }
 
 /// Writes one frame; returns its size.

@@ -20,4 +20,6 @@ pub mod entry;
 pub mod mirror;
 pub mod replication;
 pub mod session;
+#[cfg(test)]
+mod sim;
 pub mod wire;

@@ -473,27 +473,32 @@ impl Sim {
             })
     }
 
-    /// Whether node `n` should hold `e` of topic `t`, by the routing rule.
-    fn should_hold(&self, n: usize, t: &TopicName, e: &Entry) -> bool {
+    /// Whether node `n` should hold `e` of topic `t`, as DESIGN states it in its own
+    /// words (not by calling the code under test): its origin holds it; the core holds
+    /// every topic that crosses; an edge holds an `all` topic's entry unless it names
+    /// another destination. The routing rule ([`Recipient::needs`]) must agree.
+    fn should_hold(&self, n: usize, t: &TopicName, e: &Entry) -> Result<bool, String> {
         let node = &self.nodes[n];
-        if e.id.origin == node.name {
-            return true;
+        let origin = e.id.origin == node.name;
+        let design = origin
+            || n == CORE
+            || (*t == topic("broadcast") && e.to.as_ref().is_none_or(|to| *to == node.name));
+        if !origin {
+            // The edge's hop: from the core (the origin's, or relayed).
+            let rule = Recipient {
+                name: &node.name,
+                core: n == CORE,
+            };
+            let crosses = n == CORE || *t == topic("broadcast");
+            let by_rule = crosses && rule.needs(&e.id.origin, e.id.seq.0, e.to.as_ref(), 0);
+            if design != by_rule {
+                return Err(format!(
+                    "the routing rule and DESIGN differ on {:?} at {}",
+                    e.id, node.name
+                ));
+            }
         }
-        let from_edge = e.id.origin != self.nodes[CORE].name;
-        let core = Recipient {
-            name: &self.nodes[CORE].name,
-            core: true,
-        };
-        let reaches_core = !from_edge || core.needs(&e.id.origin, e.id.seq.0, e.to.as_ref(), 0);
-        if n == CORE {
-            return reaches_core;
-        }
-        let scope_all = *t == topic("broadcast");
-        let edge = Recipient {
-            name: &node.name,
-            core: false,
-        };
-        reaches_core && scope_all && edge.needs(&e.id.origin, e.id.seq.0, e.to.as_ref(), 0)
+        Ok(design)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -520,12 +525,12 @@ impl Sim {
                         .map(move |r| (t.clone(), r.entry.id.origin.clone(), r.entry.id.seq.0))
                 })
                 .collect();
-            let expected: BTreeSet<(TopicName, NodeName, u64)> = self
-                .appended
-                .iter()
-                .filter(|(t, e)| self.should_hold(n, t, e))
-                .map(|(t, e)| (t.clone(), e.id.origin.clone(), e.id.seq.0))
-                .collect();
+            let mut expected = BTreeSet::new();
+            for (t, e) in &self.appended {
+                if self.should_hold(n, t, e)? {
+                    expected.insert((t.clone(), e.id.origin.clone(), e.id.seq.0));
+                }
+            }
             if held != expected {
                 let missing: Vec<_> = expected.difference(&held).take(5).collect();
                 let extra: Vec<_> = held.difference(&expected).take(5).collect();

@@ -8,7 +8,10 @@
 //! delays, the two streams independent of each other; links cut and redialled
 //! (partitions: every frame in flight lost, the sessions' state lost, the stores and
 //! stored cursors kept); nodes crashed and restarted (all their links cut, their
-//! sessions lost, what they committed kept); random link measurements; appends at random
+//! sessions lost, what they committed kept); redials while the old connection still
+//! runs (two sessions of one pair side by side, for up to a second, into the same
+//! stores); random session settings (in-flight bound, batch size) and link
+//! measurements (congestion window, round trip); appends at random
 //! times to a `core` topic and an `all` topic, some addressed (`to`) to one node.
 //!
 //! What it checks after each run, healed (no more faults, no more appends, run until
@@ -143,6 +146,8 @@ struct Conn {
 struct Link {
     edge: usize,
     conn: Option<Conn>,
+    /// A connection replaced by a redial, still running until the time given.
+    old: Option<(Conn, Instant)>,
     /// A partition heals at this time.
     down_until: Instant,
 }
@@ -156,6 +161,18 @@ struct Sim {
     faults: bool,
     /// Every entry appended anywhere, per topic.
     appended: Vec<(TopicName, Entry)>,
+    stats: Faults,
+}
+
+/// How many faults one run drew.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Faults {
+    crashes: u32,
+    cuts: u32,
+    redials: u32,
+    connects: u32,
+    /// Sessions whose sender found the peer held less than acknowledged.
+    restarted: u32,
 }
 
 fn side(node: &Node) -> Side {
@@ -192,6 +209,7 @@ impl Sim {
             .map(|edge| Link {
                 edge,
                 conn: None,
+                old: None,
                 down_until: t0,
             })
             .collect();
@@ -203,6 +221,7 @@ impl Sim {
             links,
             faults: true,
             appended: Vec::new(),
+            stats: Faults::default(),
         }
     }
 
@@ -263,6 +282,7 @@ impl Sim {
             control,
             entries: [Stream::new(), Stream::new()],
         });
+        self.stats.connects += 1;
         Ok(())
     }
 
@@ -307,10 +327,12 @@ impl Sim {
         for n in 0..self.nodes.len() {
             if self.faults && self.nodes[n].up && self.rng.chance(2) {
                 self.nodes[n].up = false;
+                self.stats.crashes += 1;
                 self.nodes[n].back_at = now + Duration::from_millis(self.rng.below(3000));
                 for link in &mut self.links {
                     if n == CORE || link.edge == n {
                         link.conn = None;
+                        link.old = None;
                     }
                 }
             } else if !self.nodes[n].up && now >= self.nodes[n].back_at {
@@ -326,23 +348,48 @@ impl Sim {
             if self.links[l].conn.is_some() && self.faults && self.rng.chance(5) {
                 // A partition: the connection dies, frames in flight with it.
                 self.links[l].conn = None;
+                self.links[l].old = None;
+                self.stats.cuts += 1;
                 self.links[l].down_until = now + Duration::from_millis(self.rng.below(5000));
             }
             if self.links[l].conn.is_none() && both_up && now >= self.links[l].down_until {
                 self.connect(l)?;
             }
-            if self.links[l].conn.is_some() {
-                self.run_link(l)?;
+            if self.links[l].conn.is_some() && self.faults && self.rng.chance(4) {
+                // A redial while the old connection still works (an idle timeout that
+                // fired on one side only): both sessions run side by side, into the same
+                // stores, until the old one is closed.
+                self.links[l].old = self.links[l]
+                    .conn
+                    .take()
+                    .map(|c| (c, now + Duration::from_millis(self.rng.below(1000))));
+                self.connect(l)?;
+                self.stats.redials += 1;
             }
+            self.run_link(l)?;
         }
         Ok(())
     }
 
     fn run_link(&mut self, l: usize) -> Result<(), String> {
         let edge = self.links[l].edge;
+        if let Some((mut old, until)) = self.links[l].old.take() {
+            self.run_conn(edge, &mut old)?;
+            if self.now < until {
+                self.links[l].old = Some((old, until));
+            }
+        }
+        if let Some(mut conn) = self.links[l].conn.take() {
+            self.run_conn(edge, &mut conn)?;
+            self.links[l].conn = Some(conn);
+        }
+        Ok(())
+    }
+
+    /// One step of one connection: deliveries, acknowledgements, cursors, a send round.
+    fn run_conn(&mut self, edge: usize, conn: &mut Conn) -> Result<(), String> {
         let pair = [CORE, edge];
         let now = self.now;
-        let mut conn = self.links[l].conn.take().unwrap();
         for i in 0..2 {
             let (me, peer) = (pair[i], pair[1 - i]);
             let peer_name = self.nodes[peer].name.clone();
@@ -406,8 +453,12 @@ impl Sim {
                     let stored = store.cursors.get(&(peer_name.clone(), topic.clone()));
                     let before = first.then(|| stored.map(|s| s.1.clone()).unwrap_or_default());
                     let held = store.vector(&topic);
-                    end.session
+                    let progress = end
+                        .session
                         .handle_have(&topic, &vector, &held, before.as_ref());
+                    if progress.is_some_and(|p| p.restarted) {
+                        self.stats.restarted += 1;
+                    }
                 }
             }
             // Cursors due: stored, after checking the peer holds what they acknowledge.
@@ -452,7 +503,6 @@ impl Sim {
                 conn.entries[i].push_back((at, frame));
             }
         }
-        self.links[l].conn = Some(conn);
         Ok(())
     }
 
@@ -565,12 +615,14 @@ fn run(seed: u64, steps: usize) -> Result<Stats, String> {
     }
     sim.check()?;
     Ok(Stats {
+        faults: sim.stats,
         appended: sim.appended.len(),
         simulated: sim.now - sim.t0,
     })
 }
 
 struct Stats {
+    faults: Faults,
     appended: usize,
     simulated: Duration,
 }
@@ -593,10 +645,14 @@ fn replay_one_seed() {
         .unwrap_or(1);
     let a = run_or_report(seed);
     let b = run_or_report(seed);
+    println!(
+        "seed {seed}: {} entries, {:?} simulated, {:?}",
+        a.appended, a.simulated, a.faults
+    );
     assert!(a.appended > 0);
     assert_eq!(
-        (a.appended, a.simulated),
-        (b.appended, b.simulated),
+        (a.appended, a.simulated, a.faults),
+        (b.appended, b.simulated, b.faults),
         "a seed replays exactly"
     );
 }

@@ -552,7 +552,25 @@ impl Sim {
     }
 
     fn check(&self) -> Result<(), String> {
+        // The most each origin appended of each topic: no vector may claim past it (a
+        // `Skip` reaching past what was appended would hide the entries to come).
+        let mut appended: BTreeMap<(&TopicName, &NodeName), u64> = BTreeMap::new();
+        for (t, e) in &self.appended {
+            let most = appended.entry((t, &e.id.origin)).or_default();
+            *most = (*most).max(e.id.seq.0);
+        }
         for (n, node) in self.nodes.iter().enumerate() {
+            for (t, vector) in &node.store.vectors {
+                for (origin, seq) in &vector.0 {
+                    let most = appended.get(&(t, origin)).copied().unwrap_or(0);
+                    if seq.0 > most {
+                        return Err(format!(
+                            "{}: its vector of {t} claims {origin}:{} of {most} appended",
+                            node.name, seq.0
+                        ));
+                    }
+                }
+            }
             for (t, log) in &node.store.logs {
                 let mut last: BTreeMap<&NodeName, u64> = BTreeMap::new();
                 for r in log {

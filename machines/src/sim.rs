@@ -3,7 +3,10 @@
 //! from one seed.
 //!
 //! What it models: each node's store (entries by topic and origin, version vectors,
-//! per-peer cursors and acknowledged vectors as `Persist` stores them); a link per edge,
+//! per-peer cursors and acknowledged vectors as `Persist` stores them; a transaction is
+//! gathered from the entry stream as the [`Intake`] says, committed after a random fsync
+//! time, and only then acknowledged; a crash or cut before the commit loses it); a link
+//! per edge,
 //! whose two ordered streams each way (control, entries) deliver in order after random
 //! delays, the two streams independent of each other; links cut and redialled
 //! (partitions: every frame in flight lost, the sessions' state lost, the stores and
@@ -141,6 +144,9 @@ struct Conn {
     ends: [End; 2],
     control: [Stream; 2],
     entries: [Stream; 2],
+    /// Per receiving end: the transaction gathered and not yet committed, and when it
+    /// commits.
+    pending: [Option<(Instant, Vec<Take>)>; 2],
 }
 
 struct Link {
@@ -281,6 +287,7 @@ impl Sim {
             ends: [core_end, edge_end],
             control,
             entries: [Stream::new(), Stream::new()],
+            pending: [None, None],
         });
         self.stats.connects += 1;
         Ok(())
@@ -393,19 +400,34 @@ impl Sim {
         for i in 0..2 {
             let (me, peer) = (pair[i], pair[1 - i]);
             let peer_name = self.nodes[peer].name.clone();
-            // Deliver what has arrived from the peer: entries, as one transaction.
-            let mut entries = Vec::new();
-            while conn.entries[1 - i]
-                .front()
-                .is_some_and(|(at, _)| *at <= now)
-            {
-                entries.push(conn.entries[1 - i].pop_front().unwrap().1);
-            }
+            // Take what has arrived from the peer into the transaction being gathered,
+            // until it is full; it commits once its commit time (a disk's fsync) is due.
+            // A crash or cut before then loses it, and nothing of it was acknowledged.
             let end = &mut conn.ends[i];
-            let store = &mut self.nodes[me].store;
-            if !entries.is_empty() {
-                for frame in entries {
-                    match end.intake.handle_frame(frame).map_err(|e| e.to_string())? {
+            while !end.intake.full()
+                && conn.entries[1 - i]
+                    .front()
+                    .is_some_and(|(at, _)| *at <= now)
+            {
+                let frame = conn.entries[1 - i].pop_front().unwrap().1;
+                let take = end.intake.handle_frame(frame).map_err(|e| e.to_string())?;
+                if conn.pending[i].is_none() {
+                    let at = now + Duration::from_millis(self.rng.below(40));
+                    conn.pending[i] = Some((at, Vec::new()));
+                }
+                conn.pending[i].as_mut().unwrap().1.push(take);
+            }
+            if conn.pending[i].as_ref().is_some_and(|(at, _)| *at <= now) {
+                let (_, takes) = conn.pending[i].take().unwrap();
+                let end = &mut conn.ends[i];
+                let store = &mut self.nodes[me].store;
+                assert_eq!(
+                    end.intake.before_commit(now),
+                    Duration::ZERO,
+                    "no relay quota"
+                );
+                for take in takes {
+                    match take {
                         Take::Insert {
                             topic,
                             skip,
@@ -519,6 +541,7 @@ impl Sim {
                 l.conn.as_ref().is_some_and(|c| {
                     c.control.iter().all(VecDeque::is_empty)
                         && c.entries.iter().all(VecDeque::is_empty)
+                        && c.pending.iter().all(Option::is_none)
                 })
             })
     }

@@ -13,7 +13,9 @@
 //! stored cursors kept); nodes crashed and restarted (all their links cut, their
 //! sessions lost, what they committed kept); redials while the old connection still
 //! runs (two sessions of one pair side by side, for up to a second, into the same
-//! stores); random session settings (in-flight bound, batch size) and link
+//! stores); crashes that restore an older backup of the store (the node holds less
+//! than it acknowledged; only backups that hold all of the node's own appends);
+//! random session settings (in-flight bound, batch size) and link
 //! measurements (congestion window, round trip); appends at random
 //! times to a `core` topic and an `all` topic, some addressed (`to`) to one node.
 //!
@@ -80,7 +82,7 @@ fn topics() -> Vec<(TopicName, Scope)> {
 }
 
 /// What a node keeps across a crash: its store.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Store {
     logs: HashMap<TopicName, Vec<Record>>,
     vectors: HashMap<TopicName, VersionVector>,
@@ -127,6 +129,8 @@ struct Node {
     up: bool,
     /// When a crashed node comes back.
     back_at: Instant,
+    /// A copy of its store taken at some time, which a crash may restore.
+    backup: Option<Store>,
 }
 
 /// One end of a live connection.
@@ -174,6 +178,8 @@ struct Sim {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Faults {
     crashes: u32,
+    /// Crashes that restored an older backup of the store.
+    restores: u32,
     cuts: u32,
     redials: u32,
     connects: u32,
@@ -201,6 +207,7 @@ impl Sim {
             store: Store::default(),
             up: true,
             back_at: t0,
+            backup: None,
         }];
         for i in 1..=edges {
             nodes.push(Node {
@@ -209,6 +216,7 @@ impl Sim {
                 store: Store::default(),
                 up: true,
                 back_at: t0,
+                backup: None,
             });
         }
         let links = (1..=edges)
@@ -335,6 +343,19 @@ impl Sim {
             if self.faults && self.nodes[n].up && self.rng.chance(2) {
                 self.nodes[n].up = false;
                 self.stats.crashes += 1;
+                // Sometimes the disk is lost and the backup restored: the node holds
+                // less than it acknowledged, and its peers must send it all again. Only
+                // a backup holding all its own appends: a node that lost some would
+                // reuse their sequences, which the simulator does not model.
+                let restore = self.rng.chance(500);
+                let node = &mut self.nodes[n];
+                let backup = node.backup.as_ref();
+                if let Some(backup) =
+                    backup.filter(|b| restore && b.next_seq == node.store.next_seq)
+                {
+                    node.store = backup.clone();
+                    self.stats.restores += 1;
+                }
                 self.nodes[n].back_at = now + Duration::from_millis(self.rng.below(3000));
                 for link in &mut self.links {
                     if n == CORE || link.edge == n {
@@ -344,6 +365,9 @@ impl Sim {
                 }
             } else if !self.nodes[n].up && now >= self.nodes[n].back_at {
                 self.nodes[n].up = true;
+            }
+            if self.faults && self.nodes[n].up && self.rng.chance(20) {
+                self.nodes[n].backup = Some(self.nodes[n].store.clone());
             }
             if appends && self.nodes[n].up && self.rng.chance(80) {
                 self.append(n);
@@ -712,14 +736,23 @@ fn many_seeds_keep_the_promises() {
     let start = std::time::Instant::now();
     let mut seed = first;
     let mut entries = 0;
+    let mut faults = Faults::default();
     while start.elapsed() < Duration::from_secs(budget) {
-        entries += run_or_report(seed).appended;
+        let stats = run_or_report(seed);
+        entries += stats.appended;
+        let f = stats.faults;
+        faults.crashes += f.crashes;
+        faults.restores += f.restores;
+        faults.cuts += f.cuts;
+        faults.redials += f.redials;
+        faults.connects += f.connects;
+        faults.restarted += f.restarted;
         seed += 1;
     }
     let runs = seed - first;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "simulation: {runs} seeds ({first}..{seed}) in {secs:.1} s, {:.1} seeds/s, {entries} entries",
+        "simulation: {runs} seeds ({first}..{seed}) in {secs:.1} s, {:.1} seeds/s, {entries} entries, {faults:?}",
         runs as f64 / secs
     );
     assert!(runs > 0);

@@ -51,4 +51,28 @@ pub(crate) mod testing {
         out.truncate(len);
         out
     }
+
+    /// A manifest of `files` (path, content); directories are added as needed.
+    pub(crate) fn manifest(version: u64, files: &[(&str, &[u8])]) -> super::Manifest {
+        use super::{ChunkParams, Entry, FileNode, Manifest, Node, RelPath, chunk_bytes};
+        let mut entries = std::collections::BTreeMap::new();
+        for (path, content) in files {
+            let path = RelPath::new(*path).unwrap();
+            let mut parent = path.parent();
+            while let Some(dir) = parent {
+                parent = dir.parent();
+                entries.insert(dir, Node::Dir { mode: 0o755 });
+            }
+            let c = chunk_bytes(content, ChunkParams::default()).unwrap();
+            entries.insert(path, Node::File(FileNode::new(0o644, 7, c.chunks, c.hash)));
+        }
+        Manifest {
+            version,
+            entries: entries
+                .into_iter()
+                .map(|(path, node)| Entry { path, node })
+                .collect(),
+            ..Manifest::empty(ChunkParams::default())
+        }
+    }
 }

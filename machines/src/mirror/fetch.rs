@@ -289,33 +289,10 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::mirror::testing::random;
-    use crate::mirror::{
-        ChunkParams, ChunkTable, Entry, FileNode, Manifest, Node, RelPath, chunk_bytes, plan,
-    };
-
-    /// A manifest of `files` (path, content), all at the top.
-    fn manifest(version: u64, files: &[(&str, &[u8])]) -> Manifest {
-        let entries: BTreeMap<RelPath, Node> = files
-            .iter()
-            .map(|(path, content)| {
-                let c = chunk_bytes(content, ChunkParams::default()).unwrap();
-                let file = FileNode::new(0o644, 7, c.chunks, c.hash);
-                (RelPath::new(*path).unwrap(), Node::File(file))
-            })
-            .collect();
-        Manifest {
-            version,
-            entries: entries
-                .into_iter()
-                .map(|(path, node)| Entry { path, node })
-                .collect(),
-            ..Manifest::empty(ChunkParams::default())
-        }
-    }
+    use crate::mirror::testing::{manifest, random};
+    use crate::mirror::{ChunkParams, ChunkTable, Manifest, plan};
 
     /// A fetch of `after` by an edge holding `before`.
     fn fetch_of(

@@ -599,34 +599,10 @@ mod tests {
     use super::*;
     use crate::codec;
     use crate::mirror::chunk::chunk_bytes;
-    use crate::mirror::manifest::FileNode;
-    use crate::mirror::testing::random;
+    use crate::mirror::testing::{manifest, random};
 
     fn p(path: &str) -> RelPath {
         RelPath::new(path).unwrap()
-    }
-
-    /// A manifest of `files` (path, content); directories are added as needed.
-    fn manifest(version: u64, files: &[(&str, &[u8])]) -> Manifest {
-        let mut entries = BTreeMap::new();
-        for (path, content) in files {
-            let path = p(path);
-            let mut parent = path.parent();
-            while let Some(dir) = parent {
-                parent = dir.parent();
-                entries.insert(dir, Node::Dir { mode: 0o755 });
-            }
-            let c = chunk_bytes(content, ChunkParams::default()).unwrap();
-            entries.insert(path, Node::File(FileNode::new(0o644, 7, c.chunks, c.hash)));
-        }
-        Manifest {
-            version,
-            entries: entries
-                .into_iter()
-                .map(|(path, node)| Entry { path, node })
-                .collect(),
-            ..Manifest::empty(ChunkParams::default())
-        }
     }
 
     fn none(_: &Hash) -> bool {

@@ -1145,7 +1145,7 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}");
         if let Some(t) = content_type {
             head.push_str(&format!("\r\nContent-Type: {t}\r\nContent-Length: 2"));
-            raw_request_with_body(host, &head, "{}")
+            raw_exchange(host, &head, "{}")
         } else {
             head.push_str("\r\nX-Requested-With: api-test\r\nContent-Length: 0");
             raw_request(host, &head)
@@ -1282,11 +1282,6 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
     pair.stop();
 }
 
-/// Like [`raw_request`], with a body.
-fn raw_request_with_body(addr: &str, head: &str, body: &str) -> (u16, String) {
-    raw_exchange(addr, head, body)
-}
-
 /// Sends `head` and reads the answer until it contains `until` (a stream that does not
 /// end by itself); returns the status and what was read.
 fn raw_request_until(addr: &str, head: &str, until: &str) -> (u16, String) {
@@ -1304,12 +1299,7 @@ fn raw_request_until(addr: &str, head: &str, until: &str) -> (u16, String) {
         seen.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&seen).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    (status_of(&text), text)
 }
 
 #[test]
@@ -1386,12 +1376,16 @@ fn raw_exchange(addr: &str, head: &str, body: &str) -> (u16, String) {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
+    (status_of(&response), response)
+}
+
+/// The status code of a raw HTTP answer (0 if it has none).
+fn status_of(response: &str) -> u16 {
+    response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+        .unwrap_or(0)
 }
 
 /// `url` split into the server's address and the path.

@@ -22,7 +22,7 @@ use protocol::link::LinkStatus;
 use protocol::log::Store;
 use protocol::tls::{self, Timeouts};
 use tests::cluster::{Cluster, all, name, topic, wait_for_count, wait_link};
-use tests::emulator::{Link, Profile};
+use tests::emulator::{Counters, Link, Profile, Tally};
 
 /// The topic of every test here: `all`, appended on both sides.
 const TOPIC: &str = "broadcast";
@@ -387,14 +387,16 @@ async fn an_idle_link_sends_little() {
     )
     .await;
 
-    // Once both sides have every entry acknowledged, 20 s of nothing to send (beyond one
-    // 15 s keep-alive interval).
+    // Once both sides have every entry acknowledged and path MTU discovery has ended (its
+    // probes are ~1.4 KB each, and a loaded machine can stretch the search over seconds),
+    // 20 s of nothing to send (beyond one 15 s keep-alive interval).
     for link in [cluster.core.link("alpha"), cluster.edge("alpha").link("hq")] {
-        wait_link(&link, "acknowledged", patience("lan"), |s| {
-            s.topics
-                .iter()
-                .filter(|t| t.out)
-                .all(|t| t.backlog == 0 && t.up_to_date.is_some())
+        wait_link(&link, "acknowledged, MTU found", patience("lan"), |s| {
+            s.mtu == Some(tls::MTU_UPPER_BOUND)
+                && s.topics
+                    .iter()
+                    .filter(|t| t.out)
+                    .all(|t| t.backlog == 0 && t.up_to_date.is_some())
         })
         .await
         .unwrap();
@@ -403,8 +405,13 @@ async fn an_idle_link_sends_little() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let after = relay.counters();
     let bytes = after.wire_bytes() - before.wire_bytes();
-    eprintln!("idle: {bytes} bytes in 20 s");
+    let packets = |d: fn(&Counters) -> Tally| d(&after).packets - d(&before).packets;
+    let (up, down) = (packets(|c| c.e2c.delivered), packets(|c| c.c2e.delivered));
+    eprintln!("idle: {bytes} bytes in 20 s ({up} packets up, {down} down)");
     // Keep-alives cost ~100 bytes per 15 s; the bound is generous so that it never
     // flakes, and still catches a link that chatters (the bench measures the figure).
-    assert!(bytes <= 2_000, "{bytes} bytes in 20 s on an idle link");
+    assert!(
+        bytes <= 2_000,
+        "{bytes} bytes in 20 s on an idle link ({up} packets up, {down} down)"
+    );
 }

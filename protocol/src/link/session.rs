@@ -554,7 +554,11 @@ async fn persist_loop(
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
-        link.update(|s| s.rtt = Some(conn.rtt()));
+        let path = conn.stats().path;
+        link.update(|s| {
+            s.rtt = Some(path.rtt);
+            s.mtu = Some(path.current_mtu);
+        });
         let due = shared.session().handle_timeout(Instant::now());
         for persist in due {
             let mut txn = Txn::new();

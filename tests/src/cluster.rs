@@ -14,6 +14,7 @@ use protocol::link::{
 use protocol::log::Store;
 use protocol::mirror::{MirrorState, MirrorStatus};
 use protocol::node::{Builder, NodeError, Role};
+use protocol::replication::Writers;
 use protocol::service::Services;
 use protocol::tls::{self, Ca};
 
@@ -355,9 +356,27 @@ impl Cluster {
     }
 }
 
-/// The config of node `n` of `role` in a cluster in `dir`: its data in `<dir>/<n>`,
-/// holding `topics`, with the writers and relay quota of `settings`, its link on
-/// 127.0.0.1 (a core listens on any free port), the core's volume in `<dir>/hq-volume`.
+/// The config of a test node `n` of `role` with its data in `data_dir`: holding only
+/// `topics`, anyone writing any of them, no relay quota; its link on 127.0.0.1 (a core
+/// listens on any free port, accepting `alpha`; an edge's core is `hq`); certificates
+/// from files (`<data_dir>/certs`, none made) unless the builder is given an identity.
+pub fn node_config(role: Role, n: &str, data_dir: PathBuf, topics: &[TopicConfig]) -> Config {
+    let mut config = Config::default_for(role);
+    config.node.name = name(n);
+    config.node.data_dir = data_dir;
+    config.topics = topics.to_vec();
+    config.writers = Writers::default();
+    config.link.relay = None;
+    config.link.listen = ([127, 0, 0, 1], 0).into();
+    config.link.edges = vec![name("alpha")];
+    config.link.core_name = name("hq");
+    config.link.demo_certs = false;
+    config
+}
+
+/// The config of node `n` of `role` in a cluster in `dir`: [`node_config`] in `<dir>/<n>`
+/// with the writers and relay quota of `settings`, the core's volume in
+/// `<dir>/hq-volume`.
 fn config(
     dir: &TempDir,
     role: Role,
@@ -365,15 +384,9 @@ fn config(
     topics: &[TopicConfig],
     settings: &SessionSettings,
 ) -> Config {
-    let mut config = Config::default_for(role);
-    config.node.name = name(n);
-    config.node.data_dir = dir.path().join(n);
-    config.topics = topics.to_vec();
+    let mut config = node_config(role, n, dir.path().join(n), topics);
     config.writers = settings.writers.clone();
     config.link.relay = settings.relay;
-    config.link.listen = ([127, 0, 0, 1], 0).into();
-    config.link.core_name = name("hq");
-    config.link.demo_certs = false;
     config.mirror.volume = Some(dir.path().join("hq-volume"));
     config
 }

@@ -5,6 +5,9 @@
 //!   configured topics, then applies retention every `retention_interval` until its
 //!   shutdown future resolves; then it flushes and closes the store. QUIC links and the
 //!   HTTP API join it later.
+//! - [`Builder`] puts a node together (`node/builder.rs`): [`Node::start`] is it with
+//!   the config alone; tests and benchmarks add an in-memory identity, QUIC, session and
+//!   mirror settings.
 //! - [`cli`] is both binaries' command line (clap); [`main_for`] is the rest of a binary's
 //!   `main` for the node's own commands: config, the tracing subscriber, the tokio
 //!   runtime, and SIGTERM or Ctrl-C as the shutdown signal (a second one exits at once).
@@ -22,7 +25,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,16 +34,16 @@ use tracing::{error, info, warn};
 use crate::config::{Config, LogSettings};
 use crate::edges::Edges;
 use crate::entry::{NameError, NodeName, TopicName};
-use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
+use crate::link::{Links, Mirror, MirrorSource};
 use crate::log::{OpenError, ReadError, Store, WriteError};
 use crate::service::Services;
-use crate::tls::{
-    self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, Credentials, NodeIdentity, TlsError,
-};
+use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, Credentials, TlsError};
 use cli::{CertsCommand, EntriesCommand, NodeArgs, NodeCommand};
 
 pub use crate::role::Role;
+pub use builder::Builder;
 
+mod builder;
 pub mod cli;
 pub mod logs;
 mod mirror;
@@ -154,146 +156,11 @@ impl fmt::Debug for Node {
 
 impl Node {
     /// Loads the identity, opens the store, creates the configured topics and opens the
-    /// link endpoint (the core listens, an edge dials). Every startup error surfaces here.
+    /// link endpoint (the core listens, an edge dials), all as `config` says. Every
+    /// startup error surfaces here. [`Builder`] also starts a node, with what a config
+    /// cannot say (tests and benchmarks).
     pub async fn start(role: Role, config: Config) -> Result<Node, NodeError> {
-        // Loaded first, so that a missing or bad certificate stops the node at once.
-        let identity = load_identity(role, &config)?;
-        let credentials = Credentials::watch(&identity, &config.certs_dir()).map_err(|source| {
-            NodeError::Identity {
-                node: config.node.name.clone(),
-                source,
-                hint: String::new(),
-            }
-        })?;
-        // Opening reads the catalog from disk on this thread: it happens once, before the
-        // node does anything else, so blocking a worker for it is harmless.
-        let store = Store::open(config.store_dir(), config.store_config())?;
-        for topic in &config.topics {
-            let created = store.create_topic(topic.clone()).await;
-            created.map_err(|source| NodeError::CreateTopic {
-                topic: topic.name.clone(),
-                source,
-            })?;
-        }
-
-        let services =
-            Services::new(store.clone())
-                .await
-                .map_err(|source| NodeError::CreateTopic {
-                    topic: crate::service::Tile::topic(),
-                    source,
-                })?;
-
-        let links = Links::default();
-        let edges = match role {
-            Role::Core => Some(
-                Edges::open(store.clone(), links.clone(), config.allowed_edges())
-                    .map_err(NodeError::Edges)?,
-            ),
-            Role::Edge => None,
-        };
-        // The core serves its mission volume (made if missing); an edge keeps a mirror.
-        let source = match role {
-            Role::Core => {
-                let path = config.volume_dir();
-                let volume_error = |source| NodeError::Volume {
-                    path: path.clone(),
-                    source,
-                };
-                std::fs::create_dir_all(&path).map_err(|e| {
-                    volume_error(crate::mirror::SourceError::Root {
-                        path: path.clone(),
-                        source: e,
-                    })
-                })?;
-                let source = MirrorSource::open(path.clone(), config.mirror.max_rate)
-                    .await
-                    .map_err(volume_error)?;
-                Some(source)
-            }
-            Role::Edge => None,
-        };
-        let local = Local {
-            store: store.clone(),
-            core: role == Role::Core,
-            settings: SessionSettings {
-                writers: config.writers.clone(),
-                relay: config.link.relay,
-                ..SessionSettings::default()
-            },
-            mirror: source.clone(),
-        };
-        let mut mirror = None;
-        let transport = Arc::new(tls::transport_config(config.link.timeouts()));
-        let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
-            match role {
-                Role::Core => {
-                    let endpoint =
-                        tls::server_endpoint_with(config.link.listen, &credentials, transport)
-                            .map_err(NodeError::Endpoint)?;
-                    let edges = edges
-                        .clone()
-                        .unwrap_or_else(|| config.allowed_edges().into());
-                    let serve = link::serve(local, endpoint.clone(), edges, links.clone());
-                    (endpoint, Box::pin(serve))
-                }
-                Role::Edge => {
-                    // Bind the address family of the core's address (IPv4 unless it is IPv6).
-                    let v6 = link::resolve(&config.link.core)
-                        .await
-                        .is_ok_and(|a| a.is_ipv6());
-                    let bind: std::net::SocketAddr = if v6 {
-                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                    } else {
-                        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-                    };
-                    let endpoint = tls::client_endpoint_with(bind, &credentials, transport)
-                        .map_err(NodeError::Endpoint)?;
-                    let link = links.link(&config.link.core_name);
-                    let settings = MirrorSettings {
-                        max_rate: config.mirror.max_rate,
-                        ..MirrorSettings::default()
-                    };
-                    let dir = config.mirror_dir();
-                    mirror = Some(Mirror::open(&dir, settings, link.clone()).map_err(
-                        |source| NodeError::Mirror {
-                            path: dir.clone(),
-                            source,
-                        },
-                    )?);
-                    let (core, name) = (config.link.core.clone(), config.link.core_name.clone());
-                    (
-                        endpoint.clone(),
-                        Box::pin(link::dial(local, endpoint, core, name, link)),
-                    )
-                }
-            };
-        let address = endpoint
-            .local_addr()
-            .map_or_else(|e| e.to_string(), |a| a.to_string());
-        info!(
-            node = %config.node.name,
-            role = %role,
-            data_dir = %config.node.data_dir.display(),
-            certs_dir = %config.certs_dir().display(),
-            topics = config.topics.len(),
-            link = %address,
-            keep_alive = ?config.link.keep_alive,
-            idle_timeout = ?config.link.idle_timeout,
-            "node ready"
-        );
-        Ok(Node {
-            config,
-            store,
-            links,
-            credentials,
-            edges,
-            endpoint,
-            link_loop,
-            source,
-            mirror,
-            services,
-        })
+        Builder::new(role, config).start().await
     }
 
     /// The node's services; the node crates add theirs before [`Node::serve`].
@@ -340,6 +207,12 @@ impl Node {
     /// The UDP address of the node's link endpoint (the core's listening address).
     pub fn link_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The node's link endpoint; closing it cuts every link at once (tests cut a node
+    /// so, like a cable pulled).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
     }
 
     /// Runs the node (links, retention, status logs) until `shutdown` resolves; then
@@ -486,64 +359,6 @@ fn log_links(links: &Links) {
             "link status"
         );
     }
-}
-
-/// Loads the node's TLS identity from `link.certs_dir`; with `link.demo_certs`, first
-/// creates what is missing there (and logs what it created).
-fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError> {
-    let node = &config.node.name;
-    let dir = config.certs_dir();
-    let failed = |source: TlsError| {
-        let hint = match (&source, role) {
-            (TlsError::Missing { .. }, Role::Core) if !config.link.demo_certs => {
-                "; create the mission CA and this core's certificate with `core-node certs \
-                 init`, or set link.demo_certs = true for a demo"
-                    .to_owned()
-            }
-            (TlsError::Missing { .. }, Role::Edge) => format!(
-                "; run `core-node certs issue {node}` on the core and copy the files it writes \
-                 into {}, or for a demo on one machine set link.certs_dir to the core's",
-                dir.display()
-            ),
-            _ => String::new(),
-        };
-        NodeError::Identity {
-            node: node.clone(),
-            source,
-            hint,
-        }
-    };
-    if config.link.demo_certs {
-        let edges = match role {
-            Role::Core => config.link.edges.as_slice(),
-            Role::Edge => &[],
-        };
-        let created = crate::tls::ensure_demo_files(&dir, node, role, edges).map_err(failed)?;
-        let shown = dir.display();
-        if created.ca_created {
-            match role {
-                Role::Core => info!(certs_dir = %shown, "demo certificates: created a mission CA"),
-                Role::Edge => warn!(
-                    certs_dir = %shown,
-                    "demo certificates: created a mission CA for this edge alone; the core \
-                     refuses it unless they share the CA: set link.certs_dir to the core's \
-                     certificates directory, or install the files of `core-node certs issue`"
-                ),
-            }
-        }
-        for issued in &created.issued {
-            info!(node = %issued, certs_dir = %shown, "demo certificates: issued a certificate");
-        }
-    }
-    let identity = NodeIdentity::load(&dir, node, role).map_err(failed)?;
-    let mut keys = vec![dir.join(format!("{node}.key"))];
-    if role == Role::Core {
-        keys.push(dir.join(CA_KEY_FILE));
-    }
-    for key in keys.iter().filter(|k| k.exists()) {
-        tls::check_key_file(key).map_err(failed)?;
-    }
-    Ok(identity)
 }
 
 /// The rest of a node binary's `main`, once [`cli::parse`] has read the arguments: loads
@@ -937,6 +752,7 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::NodeIdentity;
 
     #[test]
     fn certs_init_then_issue_make_loadable_identities() {

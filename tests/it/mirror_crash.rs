@@ -17,15 +17,12 @@ use std::os::unix::fs::symlink;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::link::{self, Links, Local, MirrorSource, SessionSettings};
-use protocol::log::{Store, StoreConfig};
 use protocol::mirror::{ChunkParams, Limits, Manifest, Node, ReplicaVolume, SourceVolume};
-use protocol::node::Role;
-use protocol::tls::{self, Allowed, Ca};
-use tests::cluster::name;
+use protocol::node::{Builder, Role};
+use protocol::tls::Ca;
+use tests::cluster::{self, name, node_config};
 use tests::{Rng, TempDir};
 
 /// How long the network test waits for one line of its child or for the core's watcher.
@@ -179,47 +176,13 @@ fn edge_rounds() -> u64 {
         .unwrap_or(30)
 }
 
-/// The core of the network test: a store, a served volume and a listening endpoint.
-struct Core {
-    source: MirrorSource,
-    addr: SocketAddr,
-    _store: Store,
-    endpoint: quinn::Endpoint,
-}
-
-impl Drop for Core {
-    fn drop(&mut self) {
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"test over");
-    }
-}
-
-async fn serve_volume(dir: &Path, ca: &Ca, volume: PathBuf) -> Core {
-    let hq = name("hq");
-    let store = Store::open(dir.join("hq"), StoreConfig::new(hq.clone())).unwrap();
-    let identity = ca.issue(&hq, Role::Core).unwrap();
-    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
-    let endpoint = tls::server_endpoint(([127, 0, 0, 1], 0).into(), &identity, transport).unwrap();
-    let source = MirrorSource::open(volume, None).await.unwrap();
-    let local = Local {
-        store: store.clone(),
-        core: true,
-        settings: SessionSettings::default(),
-        mirror: Some(source.clone()),
-    };
-    let allowed = Allowed::List(vec![name("alpha")]);
-    tokio::spawn(link::serve(
-        local,
-        endpoint.clone(),
-        allowed,
-        Links::default(),
-    ));
-    Core {
-        source,
-        addr: endpoint.local_addr().unwrap(),
-        _store: store,
-        endpoint,
-    }
+/// The core of the network test: serving `volume`, listening on 127.0.0.1.
+async fn serve_volume(dir: &Path, ca: &Ca, volume: PathBuf) -> cluster::Node {
+    let mut config = node_config(Role::Core, "hq", dir.join("hq"), &[]);
+    config.mirror.volume = Some(volume);
+    let identity = ca.issue(&name("hq"), Role::Core).unwrap();
+    let builder = Builder::new(Role::Core, config).identity(identity);
+    cluster::Node::start(builder).await.unwrap()
 }
 
 /// A running `mirror-edge` child and its stdout lines.
@@ -360,6 +323,7 @@ async fn a_killed_edge_mirroring_over_quic_shows_the_old_or_the_new_tree() {
     // switches to the other tree, so every mirror has an old and a new state.
     let mut serving = 1;
     let core = serve_volume(dir.path(), &ca, volume.clone()).await;
+    let (core_addr, source) = (core.addr().unwrap(), core.source.as_ref().unwrap());
     let (data, current) = (path("alpha"), path("alpha/mirror/current"));
 
     let (mut seen, mut switches, mut cut) = ([0u32; 3], 0, 0);
@@ -367,7 +331,7 @@ async fn a_killed_edge_mirroring_over_quic_shows_the_old_or_the_new_tree() {
         let context = format!("round {round}");
         // A few dozen lines make one mirror: kills land before, during and after runs.
         let kill_after = rng.range(1, 40);
-        let mut child = EdgeChild::start(&data, &certs, core.addr);
+        let mut child = EdgeChild::start(&data, &certs, core_addr);
         let (mut read, mut done) = (0, false);
         while read < kill_after && !done {
             let Some(line) = child.next(&context).await else {
@@ -400,13 +364,13 @@ async fn a_killed_edge_mirroring_over_quic_shows_the_old_or_the_new_tree() {
         if which == serving {
             serving = 3 - serving;
             replace_volume(&volume, &templates[serving - 1]);
-            core.source.settled(PATIENCE).await.unwrap();
+            source.settled(PATIENCE).await.unwrap();
             switches += 1;
         }
     }
 
     // A last run, not killed, completes and equals the core's volume.
-    let mut child = EdgeChild::start(&data, &certs, core.addr);
+    let mut child = EdgeChild::start(&data, &certs, core_addr);
     let mut done = false;
     // Until it closes its stdout: it exits by itself once the mirror is done.
     while let Some(line) = child.next("last run").await {

@@ -10,18 +10,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use protocol::entry::Offset;
-use protocol::link::{self, Links, Local, SessionSettings};
-use protocol::log::{Store, StoreConfig};
-use protocol::node::Role;
-use protocol::tls::{self, Allowed, Ca, NodeIdentity};
-use tests::cluster::{name, topic};
+use protocol::entry::{Offset, Retention, Scope, TopicConfig};
+use protocol::log::Store;
+use protocol::node::{Builder, Role};
+use protocol::tls::Ca;
+use tests::cluster::{self, name, topic};
 use tests::{Rng, TempDir};
 
 use crate::support::process::Node;
@@ -174,7 +174,7 @@ async fn killed_nodes_restart_and_converge_without_losing_acknowledged_entries()
     let (hq, alpha) = link_again(&dir, &certs).await;
     for (origin, role) in [(name("hq"), Role::Core), (name("alpha"), Role::Edge)] {
         let mine = &acked[&role];
-        for store in [&hq, &alpha] {
+        for store in [&hq.store, &alpha.store] {
             let records = store.read(&topic(TOPIC), Offset(0), usize::MAX).unwrap();
             let mut last = 0;
             let mut held: BTreeMap<u64, String> = BTreeMap::new();
@@ -206,54 +206,48 @@ async fn killed_nodes_restart_and_converge_without_losing_acknowledged_entries()
     );
 }
 
-/// Opens both stores and links them; returns once their vectors agree.
-async fn link_again(dir: &TempDir, certs: &Path) -> (Store, Store) {
-    let open = |n: &str| Store::open(dir.path().join(n), StoreConfig::new(name(n))).unwrap();
-    let (hq, alpha) = (open("hq"), open("alpha"));
-    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
-    let core_id = NodeIdentity::load(certs, &name("hq"), Role::Core).unwrap();
-    let edge_id = NodeIdentity::load(certs, &name("alpha"), Role::Edge).unwrap();
-    let server =
-        tls::server_endpoint(([127, 0, 0, 1], 0).into(), &core_id, transport.clone()).unwrap();
-    let client = tls::client_endpoint(([127, 0, 0, 1], 0).into(), &edge_id, transport).unwrap();
-    let local = |store: &Store, core| Local {
-        store: store.clone(),
-        core,
-        settings: SessionSettings::default(),
-        mirror: None,
+/// Starts both nodes on their stores (as the children did) and links them; returns them
+/// once their vectors agree.
+async fn link_again(dir: &TempDir, certs: &Path) -> (cluster::Node, cluster::Node) {
+    let start = |role, n: &str, core: Option<SocketAddr>| {
+        let mut config = cluster::node_config(role, n, dir.path().join(n), &[kill_topic()]);
+        config.link.certs_dir = Some(certs.to_path_buf());
+        if let Some(core) = core {
+            config.link.core = core.to_string();
+        }
+        cluster::Node::start(Builder::new(role, config))
     };
-    let allowed = Allowed::List(vec![name("alpha")]);
-    tokio::spawn(link::serve(
-        local(&hq, true),
-        server.clone(),
-        allowed,
-        Links::default(),
-    ));
-    let link = Links::default().link(&name("hq"));
-    tokio::spawn(link::dial(
-        local(&alpha, false),
-        client,
-        server.local_addr().unwrap().to_string(),
-        name("hq"),
-        link,
-    ));
+    let core = start(Role::Core, "hq", None).await.unwrap();
+    let edge = start(Role::Edge, "alpha", Some(core.addr().unwrap()))
+        .await
+        .unwrap();
+    let (hq, alpha) = (&core.store, &edge.store);
 
     let t = topic(TOPIC);
     let converged = |a: &Store, b: &Store| a.vector(&t).unwrap() == b.vector(&t).unwrap();
     let (mut hq_changes, mut alpha_changes) = (hq.changes(), alpha.changes());
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !converged(&hq, &alpha) {
+    while !converged(hq, alpha) {
         let vectors = |s: &Store| s.vector(&t).unwrap();
         tokio::select! {
             _ = hq_changes.changed() => {}
             _ = alpha_changes.changed() => {}
-            () = tokio::time::sleep_until(deadline) => panic!("no convergence: hq {:?}, alpha {:?}", vectors(&hq), vectors(&alpha)),
+            () = tokio::time::sleep_until(deadline) => panic!("no convergence: hq {:?}, alpha {:?}", vectors(hq), vectors(alpha)),
         }
     }
-    (hq, alpha)
+    (core, edge)
 }
 
-/// Well below [`tls::IDLE_TIMEOUT`] (60 s), after which the edge would give up the dead
+/// The topic the children append to.
+fn kill_topic() -> TopicConfig {
+    TopicConfig {
+        name: topic(TOPIC),
+        scope: Scope::All,
+        retention: Retention::default(),
+    }
+}
+
+/// Well below [`protocol::tls::IDLE_TIMEOUT`] (60 s), after which the edge would give up the dead
 /// link anyway, and above a keep-alive interval (15 s) plus a debug core's start on a
 /// loaded machine: on a quiet link the edge's next packet, which draws the reset, may be
 /// its next keep-alive.

@@ -2,17 +2,21 @@
 //! disk and real QUIC with mutual TLS on 127.0.0.1, replicating through `protocol::link`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::config::Config;
 use protocol::entry::{NodeName, Offset, Retention, Scope, TopicConfig, TopicName};
 use protocol::link::{
-    self, LinkStatus, Links, Local, Mirror, MirrorSettings, MirrorSource, PeerLink, SessionSettings,
+    LinkStatus, Links, Mirror, MirrorSettings, MirrorSource, PeerLink, SessionSettings,
 };
-use protocol::log::{Store, StoreConfig};
+use protocol::log::Store;
 use protocol::mirror::{MirrorState, MirrorStatus};
-use protocol::node::Role;
-use protocol::tls::{self, Allowed, Ca, NodeIdentity};
+use protocol::node::{Builder, NodeError, Role};
+use protocol::replication::Writers;
+use protocol::service::Services;
+use protocol::tls::{self, Ca};
 
 use crate::TempDir;
 use crate::emulator::{Link, Profile};
@@ -20,7 +24,8 @@ use crate::emulator::{Link, Profile};
 /// What can go wrong starting a cluster (all of it is a test failure).
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// One running node.
+/// One running node: started by [`Builder`], served by [`protocol::node::Node::serve`] on a task
+/// of its own until it is cut or dropped.
 #[derive(Debug)]
 pub struct Node {
     /// Its name.
@@ -30,14 +35,31 @@ pub struct Node {
     /// Its links.
     pub links: Links,
     endpoint: quinn::Endpoint,
-    task: tokio::task::JoinHandle<()>,
-    /// The core's served volume, in a mirroring cluster.
+    services: Services,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+    /// The core's served volume.
     pub source: Option<MirrorSource>,
-    /// An edge's mirror, in a mirroring cluster.
+    /// An edge's mirror.
     pub mirror: Option<Mirror>,
 }
 
 impl Node {
+    /// Starts the node `builder` makes and serves it until [`Node::cut`].
+    pub async fn start(builder: Builder) -> Result<Node, Error> {
+        let node = builder.start().await?;
+        let started = Node {
+            name: node.config().node.name.clone(),
+            store: node.store().clone(),
+            links: node.links().clone(),
+            endpoint: node.endpoint().clone(),
+            services: node.services().clone(),
+            source: node.mirror_source().cloned(),
+            mirror: node.mirror().cloned(),
+            task: tokio::spawn(node.serve(std::future::pending())),
+        };
+        Ok(started)
+    }
+
     /// The link to `peer` (made if new).
     pub fn link(&self, peer: &str) -> Arc<PeerLink> {
         self.links.link(&name(peer))
@@ -52,6 +74,17 @@ impl Node {
     pub fn cut(&self) {
         self.task.abort();
         self.endpoint.close(quinn::VarInt::from_u32(0), b"cut");
+    }
+
+    /// Cuts the node, then closes its store: once this returns, nothing of the node
+    /// holds the store, which opens again.
+    async fn stop(mut self) -> Result<(), Error> {
+        self.cut();
+        // An aborted task's handle resolves once its future (holding the store) dropped.
+        let _ = (&mut self.task).await;
+        self.services.halt().await;
+        self.store.close().await?;
+        Ok(())
     }
 }
 
@@ -69,12 +102,17 @@ pub struct Cluster {
     topics: Vec<TopicConfig>,
     /// The session settings of every node.
     settings: SessionSettings,
-    /// The edges' mirror settings, in a mirroring cluster.
-    mirror: Option<MirrorSettings>,
+    /// The edges' mirror settings.
+    mirror: MirrorSettings,
     /// The core.
     pub core: Node,
     /// The edges, in the order given (and any added with [`Cluster::add`]).
     pub edges: Vec<Node>,
+}
+
+/// No cap on the core's chunk rate, default mirror settings at the edges.
+fn uncapped() -> (Option<u64>, MirrorSettings) {
+    (None, MirrorSettings::default())
 }
 
 /// A node name from a literal.
@@ -100,7 +138,7 @@ impl Cluster {
         more: &[&str],
         topics: &[(&str, Scope)],
     ) -> Result<Cluster, Error> {
-        Cluster::start_with(edges, more, topics, settings(), None).await
+        Cluster::start_with(edges, more, topics, settings(), uncapped()).await
     }
 
     /// Like [`Cluster::start_allowing`], every node with the session `settings` (the
@@ -111,7 +149,7 @@ impl Cluster {
         topics: &[(&str, Scope)],
         settings: SessionSettings,
     ) -> Result<Cluster, Error> {
-        Cluster::start_with(edges, more, topics, settings, None).await
+        Cluster::start_with(edges, more, topics, settings, uncapped()).await
     }
 
     /// A mirroring cluster: a core `hq` serving the volume [`Cluster::volume`] (empty
@@ -144,7 +182,7 @@ impl Cluster {
             &[n],
             topics,
             SessionSettings::default(),
-            Some((max_rate, mirror)),
+            (max_rate, mirror),
         )
         .await?;
         let relay = match profile {
@@ -157,17 +195,25 @@ impl Cluster {
         Ok((cluster, relay))
     }
 
-    /// The core's mission volume directory (served in a mirroring cluster).
-    pub fn volume(&self) -> std::path::PathBuf {
+    /// The core's mission volume directory (`mirror.volume`), empty at first.
+    pub fn volume(&self) -> PathBuf {
         self.dir.path().join("hq-volume")
     }
 
+    /// The config of node `n` of `role` in this cluster: its data in `<dir>/<n>`, the
+    /// cluster's topics and session settings' writers and relay quota, on 127.0.0.1.
+    fn config(&self, role: Role, n: &str) -> Config {
+        config(&self.dir, role, n, &self.topics, &self.settings)
+    }
+
+    /// A cluster whose core allows `edges` and `more` and starts `edges`; the core's
+    /// chunk rate is capped at `mirroring.0`, the edges mirror with `mirroring.1`.
     async fn start_with(
         edges: &[&str],
         more: &[&str],
         topics: &[(&str, Scope)],
         settings: SessionSettings,
-        mirroring: Option<(Option<u64>, MirrorSettings)>,
+        (max_rate, mirror): (Option<u64>, MirrorSettings),
     ) -> Result<Cluster, Error> {
         let dir = TempDir::new("cluster")?;
         let ca = Ca::create("test mission")?;
@@ -179,19 +225,14 @@ impl Cluster {
                 retention: Retention::default(),
             })
             .collect();
-        let allowed = Allowed::List(edges.iter().chain(more).map(|e| name(e)).collect());
-        let (source, mirror) = match mirroring {
-            Some((max_rate, mirror)) => {
-                let volume = dir.path().join("hq-volume");
-                std::fs::create_dir_all(&volume)?;
-                (
-                    Some(MirrorSource::open(volume, max_rate).await?),
-                    Some(mirror),
-                )
-            }
-            None => (None, None),
-        };
-        let core = start_core(&dir, &ca, &topics, allowed, &settings, source).await?;
+        let mut config = config(&dir, Role::Core, "hq", &topics, &settings);
+        config.link.edges = edges.iter().chain(more).map(|e| name(e)).collect();
+        config.mirror.max_rate = max_rate;
+        let identity = ca.issue(&config.node.name, Role::Core)?;
+        let builder = Builder::new(Role::Core, config)
+            .identity(identity)
+            .session(settings.clone());
+        let core = Node::start(builder).await?;
         let mut cluster = Cluster {
             dir,
             ca,
@@ -223,7 +264,7 @@ impl Cluster {
         topics: &[(&str, Scope)],
     ) -> Result<(Cluster, Link), Error> {
         let mut cluster =
-            Cluster::start_with(&[], &[n], topics, SessionSettings::default(), None).await?;
+            Cluster::start_with(&[], &[n], topics, SessionSettings::default(), uncapped()).await?;
         let relay = Link::start(cluster.core_addr(), profile)?;
         let edge = cluster.start_edge_via(n, relay.addr()).await?;
         cluster.add(edge);
@@ -282,43 +323,17 @@ impl Cluster {
         addr: SocketAddr,
         transport: quinn::TransportConfig,
     ) -> Result<Node, Error> {
-        let node = name(n);
-        let store = open_store(&self.dir, &node, &self.topics).await?;
-        let identity = self.ca.issue(&node, Role::Edge)?;
-        let endpoint =
-            tls::client_endpoint(([127, 0, 0, 1], 0).into(), &identity, Arc::new(transport))?;
-        let links = Links::default();
-        let link = links.link(&name("hq"));
-        let local = Local {
-            store: store.clone(),
-            core: false,
-            settings: self.settings.clone(),
-            mirror: None,
-        };
-        let mirror = match &self.mirror {
-            Some(settings) => Some(Mirror::open(
-                &self.dir.path().join(format!("{n}-mirror")),
-                settings.clone(),
-                link.clone(),
-            )?),
-            None => None,
-        };
-        let task = tokio::spawn(link::dial(
-            local,
-            endpoint.clone(),
-            addr.to_string(),
-            name("hq"),
-            link,
-        ));
-        Ok(Node {
-            name: node,
-            store,
-            links,
-            endpoint,
-            task,
-            source: None,
-            mirror,
-        })
+        let mut config = self.config(Role::Edge, n);
+        config.link.core = addr.to_string();
+        config.mirror.dir = Some(self.dir.path().join(format!("{n}-mirror")));
+        config.mirror.max_rate = self.mirror.max_rate;
+        let identity = self.ca.issue(&config.node.name, Role::Edge)?;
+        let builder = Builder::new(Role::Edge, config)
+            .identity(identity)
+            .transport(transport)
+            .session(self.settings.clone())
+            .mirror(self.mirror.clone());
+        Node::start(builder).await
     }
 
     /// Replaces edge `n` by a restarted one on the same store (after [`Node::cut`] or a
@@ -334,49 +349,46 @@ impl Cluster {
             .iter()
             .position(|e| e.name.as_str() == n)
             .ok_or("no such edge")?;
-        let old = self.edges.remove(i);
-        old.cut();
-        old.store.close().await?;
-        drop(old);
+        self.edges.remove(i).stop().await?;
         let node = self.start_edge_via(n, addr).await?;
         self.edges.insert(i, node);
         Ok(())
     }
 }
 
-async fn start_core(
+/// The config of a test node `n` of `role` with its data in `data_dir`: holding only
+/// `topics`, anyone writing any of them, no relay quota; its link on 127.0.0.1 (a core
+/// listens on any free port, accepting `alpha`; an edge's core is `hq`); certificates
+/// from files (`<data_dir>/certs`, none made) unless the builder is given an identity.
+pub fn node_config(role: Role, n: &str, data_dir: PathBuf, topics: &[TopicConfig]) -> Config {
+    let mut config = Config::default_for(role);
+    config.node.name = name(n);
+    config.node.data_dir = data_dir;
+    config.topics = topics.to_vec();
+    config.writers = Writers::default();
+    config.link.relay = None;
+    config.link.listen = ([127, 0, 0, 1], 0).into();
+    config.link.edges = vec![name("alpha")];
+    config.link.core_name = name("hq");
+    config.link.demo_certs = false;
+    config
+}
+
+/// The config of node `n` of `role` in a cluster in `dir`: [`node_config`] in `<dir>/<n>`
+/// with the writers and relay quota of `settings`, the core's volume in
+/// `<dir>/hq-volume`.
+fn config(
     dir: &TempDir,
-    ca: &Ca,
+    role: Role,
+    n: &str,
     topics: &[TopicConfig],
-    allowed: Allowed,
     settings: &SessionSettings,
-    source: Option<MirrorSource>,
-) -> Result<Node, Error> {
-    let node = name("hq");
-    let store = open_store(dir, &node, topics).await?;
-    let identity: NodeIdentity = ca.issue(&node, Role::Core)?;
-    let endpoint = tls::server_endpoint(
-        ([127, 0, 0, 1], 0).into(),
-        &identity,
-        Arc::new(tls::transport_config(tls::Timeouts::default())),
-    )?;
-    let links = Links::default();
-    let local = Local {
-        store: store.clone(),
-        core: true,
-        settings: settings.clone(),
-        mirror: source.clone(),
-    };
-    let task = tokio::spawn(link::serve(local, endpoint.clone(), allowed, links.clone()));
-    Ok(Node {
-        name: node,
-        store,
-        links,
-        endpoint,
-        task,
-        source,
-        mirror: None,
-    })
+) -> Config {
+    let mut config = node_config(role, n, dir.path().join(n), topics);
+    config.writers = settings.writers.clone();
+    config.link.relay = settings.relay;
+    config.mirror.volume = Some(dir.path().join("hq-volume"));
+    config
 }
 
 /// Session settings for clusters on loopback: a short hello timeout, so that tests of a
@@ -386,21 +398,6 @@ fn settings() -> SessionSettings {
         hello_timeout: Duration::from_secs(3),
         ..SessionSettings::default()
     }
-}
-
-async fn open_store(
-    dir: &TempDir,
-    node: &NodeName,
-    topics: &[TopicConfig],
-) -> Result<Store, Error> {
-    let store = Store::open(
-        dir.path().join(node.as_str()),
-        StoreConfig::new(node.clone()),
-    )?;
-    for topic in topics {
-        store.create_topic(topic.clone()).await?;
-    }
-    Ok(store)
 }
 
 /// Waits (on the store's change signal, not by polling) until `topic` holds at least

@@ -86,7 +86,26 @@ pub struct Services {
     store: Store,
     shared: Arc<Shared>,
     /// Logs every tile once it is durable (operators and tests read the node's log).
-    logger: Arc<Mutex<Option<JoinHandle<()>>>>,
+    logger: Arc<Logger>,
+}
+
+/// The tile logger's task, aborted when the last clone of [`Services`] drops: it holds a
+/// store handle, which would otherwise keep the store open (and locked) after a node
+/// dropped without [`Services::halt`], such as one a test cuts.
+#[derive(Debug)]
+struct Logger(Mutex<Option<JoinHandle<()>>>);
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        let task = self
+            .0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
 }
 
 /// Statuses and processing delays, shared by the runtime and the services' [`Ctx`]s.
@@ -137,7 +156,7 @@ impl Services {
                 state: Mutex::new(State::default()),
                 changed: watch::Sender::new(0),
             }),
-            logger: Arc::new(Mutex::new(Some(logger))),
+            logger: Arc::new(Logger(Mutex::new(Some(logger)))),
         })
     }
 
@@ -246,6 +265,7 @@ impl Services {
         }
         let logger = self
             .logger
+            .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();

@@ -1,21 +1,20 @@
-//! The kill test's child: a node (store and link, as `core-node` and `edge-node` run
-//! them) that appends to an `all` topic in a loop until it is killed.
+//! The kill test's child: a node (started by `protocol::node::Builder` and served, as
+//! `core-node` and `edge-node` run it) that appends to an `all` topic in a loop until it
+//! is killed.
 //!
-//! Usage: `link-writer <core|edge> <data-dir> <certs-dir> <address>`. The core listens on
-//! the address (port 0 picks one) and prints `listening <address>` first; the edge dials
-//! it. Each acknowledged (durable) append prints `ack <seq> <token>`.
+//! Usage: `link-writer <core|edge> <data-dir> <certs-dir> <address>`. The store lives in
+//! `<data-dir>/store`. The core listens on the address (port 0 picks one) and prints
+//! `listening <address>` first; the edge dials it. Each acknowledged (durable) append
+//! prints `ack <seq> <token>`.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use protocol::entry::{Append, Retention, Scope, TopicConfig};
-use protocol::link::{self, Links, Local, SessionSettings};
-use protocol::log::{Store, StoreConfig};
-use protocol::node::Role;
-use protocol::tls::{self, Allowed, NodeIdentity};
-use tests::cluster::{name, topic};
+use protocol::link::SessionSettings;
+use protocol::node::{Builder, Role};
+use tests::cluster::{node_config, topic};
 
 const PRODUCERS: usize = 4;
 
@@ -58,49 +57,35 @@ async fn run(
     certs: PathBuf,
     address: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let node = name(if role == Role::Core { "hq" } else { "alpha" });
-    let store = Store::open(&data, StoreConfig::new(node.clone()))?;
-    let config = TopicConfig {
+    let n = if role == Role::Core { "hq" } else { "alpha" };
+    let kill = TopicConfig {
         name: topic(TOPIC),
         scope: Scope::All,
         retention: Retention::default(),
     };
-    store.create_topic(config).await?;
-    let identity = NodeIdentity::load(&certs, &node, role)?;
-    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
+    let mut config = node_config(role, n, data, &[kill]);
+    config.link.certs_dir = Some(certs);
+    match role {
+        Role::Core => config.link.listen = address.parse()?,
+        Role::Edge => address.clone_into(&mut config.link.core),
+    }
     // Cursors are stored every 10 ms instead of every second, so that kills land between
     // stores, sends and acknowledgements in every combination.
     let settings = SessionSettings {
         persist_every: std::time::Duration::from_millis(10),
         ..SessionSettings::default()
     };
-    let local = Local {
-        store: store.clone(),
-        core: role == Role::Core,
-        settings,
-        mirror: None,
-    };
-    let links = Links::default();
-    let mut tasks = tokio::task::JoinSet::<Result<(), String>>::new();
-    match role {
-        Role::Core => {
-            let endpoint = tls::server_endpoint(address.parse()?, &identity, transport)?;
-            println!("listening {}", endpoint.local_addr()?);
-            tasks.spawn(async move {
-                link::serve(local, endpoint, Allowed::List(vec![name("alpha")]), links).await;
-                Ok(())
-            });
-        }
-        Role::Edge => {
-            let endpoint = tls::client_endpoint(([127, 0, 0, 1], 0).into(), &identity, transport)?;
-            let link = links.link(&name("hq"));
-            let address = address.to_owned();
-            tasks.spawn(async move {
-                link::dial(local, endpoint, address, name("hq"), link).await;
-                Ok(())
-            });
-        }
+    let node = Builder::new(role, config).session(settings).start().await?;
+    if role == Role::Core {
+        println!("listening {}", node.link_addr()?);
     }
+    let store = node.store().clone();
+    let mut tasks = tokio::task::JoinSet::<Result<(), String>>::new();
+    tasks.spawn(async move {
+        node.serve(std::future::pending())
+            .await
+            .map_err(|e| e.to_string())
+    });
     let pid = std::process::id();
     for p in 0..PRODUCERS {
         let store = store.clone();

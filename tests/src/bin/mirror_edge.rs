@@ -1,5 +1,5 @@
-//! The network mirror kill test's child: an edge `alpha` (store, link and mirror, as
-//! `edge-node` runs them) that dials the core, presses "Mirror" and prints its progress
+//! The network mirror kill test's child: an edge `alpha` (`Node::start` and
+//! `Node::serve`, as `edge-node` runs them, with no topics) that dials the core, presses "Mirror" and prints its progress
 //! until the mirror is done, or until it is killed.
 //!
 //! Usage: `mirror-edge <data-dir> <certs-dir> <core-address>`. The store lives in
@@ -11,14 +11,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use protocol::link::{self, Links, Local, Mirror, MirrorSettings, SessionSettings};
-use protocol::log::{Store, StoreConfig};
 use protocol::mirror::{MirrorState, MirrorStatus};
-use protocol::node::Role;
-use protocol::tls::{self, NodeIdentity};
-use tests::cluster::name;
+use protocol::node::{Node, Role};
+use tests::cluster::node_config;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,30 +43,18 @@ async fn run(
     certs: PathBuf,
     address: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let node = name("alpha");
-    let store = Store::open(data.join("store"), StoreConfig::new(node.clone()))?;
-    let identity = NodeIdentity::load(&certs, &node, Role::Edge)?;
-    let endpoint = tls::client_endpoint(
-        ([127, 0, 0, 1], 0).into(),
-        &identity,
-        Arc::new(tls::transport_config(tls::Timeouts::default())),
-    )?;
-    let link = Links::default().link(&name("hq"));
-    let mirror = Mirror::open(
-        &data.join("mirror"),
-        MirrorSettings::default(),
-        link.clone(),
-    )?;
+    let mut config = node_config(Role::Edge, "alpha", data, &[]);
+    config.link.certs_dir = Some(certs);
+    address.clone_into(&mut config.link.core);
+    let node = Node::start(Role::Edge, config).await?;
+    let mirror = node.mirror().cloned().ok_or("an edge has a mirror")?;
     let mut out = std::io::stdout();
     writeln!(out, "ready")?;
-    let local = Local {
-        store: store.clone(),
-        core: false,
-        settings: SessionSettings::default(),
-        mirror: None,
-    };
-    let dial = link::dial(local, endpoint, address.to_owned(), name("hq"), link);
-    tokio::pin!(dial);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = node.serve(async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(serve);
 
     let mut watch = mirror.watch();
     mirror.start()?;
@@ -95,11 +79,13 @@ async fn run(
         }
         tokio::select! {
             changed = watch.changed() => changed.map_err(|_| "the mirror task ended")?,
-            () = &mut dial => return Err("the link's dial loop ended".into()),
+            served = &mut serve => return Err(format!("the node stopped: {served:?}").into()),
         }
     };
     writeln!(out, "done {version}")?;
     drop(mirror);
-    store.close().await?;
+    // The node stops as at SIGTERM: links closed, then the store.
+    let _ = stop.send(());
+    serve.await?;
     Ok(())
 }

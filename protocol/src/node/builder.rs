@@ -1,0 +1,305 @@
+//! The one place a node is put together: [`Builder`] wires identity, store, topics,
+//! services, the core's edges and volume, the link endpoint and the edge's mirror.
+//!
+//! `Node::start(role, config)` is `Builder::new(role, config).start()`. Everything a
+//! config says comes from the config; the builder's methods set only what a config cannot
+//! say and tests and benchmarks need: an identity held in memory instead of certificate
+//! files, the QUIC transport, session and mirror settings beyond the config's.
+//!
+//! IO: the store, certificates, volume and mirror directories; the link endpoint's socket.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::{Node, NodeError, Role};
+use crate::config::Config;
+use crate::edges::Edges;
+use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
+use crate::log::Store;
+use crate::service::Services;
+use crate::tls::{self, CA_KEY_FILE, Credentials, NodeIdentity, TlsError};
+
+/// How a node is made: from its config, plus what a config cannot say (see the module
+/// doc). [`Builder::start`] gives a started [`Node`].
+pub struct Builder {
+    role: Role,
+    config: Config,
+    identity: Option<NodeIdentity>,
+    transport: Option<quinn::TransportConfig>,
+    session: SessionSettings,
+    mirror: MirrorSettings,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("role", &self.role)
+            .field("node", &self.config.node.name)
+            .field("identity", &self.identity.as_ref().map(NodeIdentity::name))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// A node of `role` as `config` says: identity from `link.certs_dir`, QUIC transport
+    /// from `[link]`, default session and mirror settings with the config's writers,
+    /// relay quota and mirror rate.
+    pub fn new(role: Role, config: Config) -> Builder {
+        Builder {
+            role,
+            config,
+            identity: None,
+            transport: None,
+            session: SessionSettings::default(),
+            mirror: MirrorSettings::default(),
+        }
+    }
+
+    /// Uses `identity` (issued for the config's node name and role, for example by a
+    /// test's [`tls::Ca`]) instead of loading certificate files; it is never reloaded.
+    pub fn identity(mut self, identity: NodeIdentity) -> Builder {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Uses the QUIC `transport` settings instead of [`tls::transport_config`] with the
+    /// config's `[link]` timeouts.
+    pub fn transport(mut self, transport: quinn::TransportConfig) -> Builder {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The link sessions' settings; their `writers` and `relay` still come from the
+    /// config (`[[topics]] writers`, `[link] relay_*`).
+    pub fn session(mut self, settings: SessionSettings) -> Builder {
+        self.session = settings;
+        self
+    }
+
+    /// The edge's mirror settings; `max_rate` still comes from the config
+    /// (`[mirror] max_rate`). Unused at the core.
+    pub fn mirror(mut self, settings: MirrorSettings) -> Builder {
+        self.mirror = settings;
+        self
+    }
+
+    /// Loads the identity, opens the store, creates the configured topics, opens the
+    /// core's edges and volume or the edge's mirror, and the link endpoint (the core
+    /// listens, an edge dials). Every startup error surfaces here.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        let Builder {
+            role,
+            config,
+            identity,
+            transport,
+            session,
+            mirror,
+        } = self;
+        let identity_error = |source| NodeError::Identity {
+            node: config.node.name.clone(),
+            source,
+            hint: String::new(),
+        };
+        // Loaded first, so that a missing or bad certificate stops the node at once.
+        let credentials = match identity {
+            Some(identity) => Credentials::fixed(&identity).map_err(identity_error)?,
+            None => {
+                let identity = load_identity(role, &config)?;
+                Credentials::watch(&identity, &config.certs_dir()).map_err(identity_error)?
+            }
+        };
+        // Opening reads the catalog from disk on this thread: it happens once, before the
+        // node does anything else, so blocking a worker for it is harmless.
+        let store = Store::open(config.store_dir(), config.store_config())?;
+        for topic in &config.topics {
+            let created = store.create_topic(topic.clone()).await;
+            created.map_err(|source| NodeError::CreateTopic {
+                topic: topic.name.clone(),
+                source,
+            })?;
+        }
+
+        let services =
+            Services::new(store.clone())
+                .await
+                .map_err(|source| NodeError::CreateTopic {
+                    topic: crate::service::Tile::topic(),
+                    source,
+                })?;
+
+        let links = Links::default();
+        let edges = match role {
+            Role::Core => Some(
+                Edges::open(store.clone(), links.clone(), config.allowed_edges())
+                    .map_err(NodeError::Edges)?,
+            ),
+            Role::Edge => None,
+        };
+        // The core serves its mission volume (made if missing); an edge keeps a mirror.
+        let source = match role {
+            Role::Core => Some(open_volume(&config).await?),
+            Role::Edge => None,
+        };
+        let local = Local {
+            store: store.clone(),
+            core: role == Role::Core,
+            settings: SessionSettings {
+                writers: config.writers.clone(),
+                relay: config.link.relay,
+                ..session
+            },
+            mirror: source.clone(),
+        };
+        let transport =
+            Arc::new(transport.unwrap_or_else(|| tls::transport_config(config.link.timeouts())));
+        let mut replica = None;
+        let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
+            match role {
+                Role::Core => {
+                    let endpoint =
+                        tls::server_endpoint_with(config.link.listen, &credentials, transport)
+                            .map_err(NodeError::Endpoint)?;
+                    let edges = edges
+                        .clone()
+                        .unwrap_or_else(|| config.allowed_edges().into());
+                    let serve = link::serve(local, endpoint.clone(), edges, links.clone());
+                    (endpoint, Box::pin(serve))
+                }
+                Role::Edge => {
+                    // Bind the address family of the core's address (IPv4 unless it is IPv6).
+                    let v6 = link::resolve(&config.link.core)
+                        .await
+                        .is_ok_and(|a| a.is_ipv6());
+                    let bind: std::net::SocketAddr = if v6 {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    } else {
+                        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                    };
+                    let endpoint = tls::client_endpoint_with(bind, &credentials, transport)
+                        .map_err(NodeError::Endpoint)?;
+                    let link = links.link(&config.link.core_name);
+                    let settings = MirrorSettings {
+                        max_rate: config.mirror.max_rate,
+                        ..mirror
+                    };
+                    let dir = config.mirror_dir();
+                    replica = Some(Mirror::open(&dir, settings, link.clone()).map_err(
+                        |source| NodeError::Mirror {
+                            path: dir.clone(),
+                            source,
+                        },
+                    )?);
+                    let (core, name) = (config.link.core.clone(), config.link.core_name.clone());
+                    (
+                        endpoint.clone(),
+                        Box::pin(link::dial(local, endpoint, core, name, link)),
+                    )
+                }
+            };
+        let address = endpoint
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        info!(
+            node = %config.node.name,
+            role = %role,
+            data_dir = %config.node.data_dir.display(),
+            certs_dir = %config.certs_dir().display(),
+            topics = config.topics.len(),
+            link = %address,
+            keep_alive = ?config.link.keep_alive,
+            idle_timeout = ?config.link.idle_timeout,
+            "node ready"
+        );
+        Ok(Node {
+            config,
+            store,
+            links,
+            credentials,
+            edges,
+            endpoint,
+            link_loop,
+            source,
+            mirror: replica,
+            services,
+        })
+    }
+}
+
+/// Opens the core's mission volume (`mirror.volume`), made if missing.
+async fn open_volume(config: &Config) -> Result<MirrorSource, NodeError> {
+    let path = config.volume_dir();
+    let volume_error = |source| NodeError::Volume {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&path).map_err(|e| {
+        volume_error(crate::mirror::SourceError::Root {
+            path: path.clone(),
+            source: e,
+        })
+    })?;
+    MirrorSource::open(path.clone(), config.mirror.max_rate)
+        .await
+        .map_err(volume_error)
+}
+
+/// Loads the node's TLS identity from `link.certs_dir`; with `link.demo_certs`, first
+/// creates what is missing there (and logs what it created).
+fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError> {
+    let node = &config.node.name;
+    let dir = config.certs_dir();
+    let failed = |source: TlsError| {
+        let hint = match (&source, role) {
+            (TlsError::Missing { .. }, Role::Core) if !config.link.demo_certs => {
+                "; create the mission CA and this core's certificate with `core-node certs \
+                 init`, or set link.demo_certs = true for a demo"
+                    .to_owned()
+            }
+            (TlsError::Missing { .. }, Role::Edge) => format!(
+                "; run `core-node certs issue {node}` on the core and copy the files it writes \
+                 into {}, or for a demo on one machine set link.certs_dir to the core's",
+                dir.display()
+            ),
+            _ => String::new(),
+        };
+        NodeError::Identity {
+            node: node.clone(),
+            source,
+            hint,
+        }
+    };
+    if config.link.demo_certs {
+        let edges = match role {
+            Role::Core => config.link.edges.as_slice(),
+            Role::Edge => &[],
+        };
+        let created = crate::tls::ensure_demo_files(&dir, node, role, edges).map_err(failed)?;
+        let shown = dir.display();
+        if created.ca_created {
+            match role {
+                Role::Core => info!(certs_dir = %shown, "demo certificates: created a mission CA"),
+                Role::Edge => warn!(
+                    certs_dir = %shown,
+                    "demo certificates: created a mission CA for this edge alone; the core \
+                     refuses it unless they share the CA: set link.certs_dir to the core's \
+                     certificates directory, or install the files of `core-node certs issue`"
+                ),
+            }
+        }
+        for issued in &created.issued {
+            info!(node = %issued, certs_dir = %shown, "demo certificates: issued a certificate");
+        }
+    }
+    let identity = NodeIdentity::load(&dir, node, role).map_err(failed)?;
+    let mut keys = vec![dir.join(format!("{node}.key"))];
+    if role == Role::Core {
+        keys.push(dir.join(CA_KEY_FILE));
+    }
+    for key in keys.iter().filter(|k| k.exists()) {
+        tls::check_key_file(key).map_err(failed)?;
+    }
+    Ok(identity)
+}

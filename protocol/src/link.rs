@@ -149,9 +149,6 @@ pub struct LinkStatus {
     pub paused_by_peer: bool,
     /// QUIC's smoothed round trip.
     pub rtt: Option<Duration>,
-    /// The largest UDP payload QUIC has found the path to carry (path MTU discovery; at
-    /// most [`tls::MTU_UPPER_BOUND`]).
-    pub mtu: Option<u16>,
     /// Compressed entry-stream bytes sent and received in this session.
     pub bytes_out: u64,
     /// See `bytes_out`.
@@ -185,7 +182,6 @@ impl PeerLink {
             paused_here: false,
             paused_by_peer: false,
             rtt: None,
-            mtu: None,
             bytes_out: 0,
             bytes_in: 0,
             throttled: 0,
@@ -337,7 +333,6 @@ impl PeerLink {
             if !connected {
                 s.paused_by_peer = false;
                 s.rtt = None;
-                s.mtu = None;
             }
         });
     }

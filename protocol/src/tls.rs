@@ -499,21 +499,7 @@ pub fn transport_config(timeouts: Timeouts) -> quinn::TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .congestion_controller_factory(congestion_controller())
-        .ack_frequency_config(Some(ack_frequency()))
-        .mtu_discovery_config(Some(mtu_discovery()));
-    config
-}
-
-/// The largest UDP payload path MTU discovery probes for (quinn's default: a 1,500-byte
-/// Ethernet MTU less the IPv6 and UDP headers). A link starts at 1,200 bytes and, once up,
-/// searches upwards with a few probe packets; a link that reached this bound probes again
-/// only after quinn's interval (10 minutes).
-pub const MTU_UPPER_BOUND: u16 = 1452;
-
-/// See [`MTU_UPPER_BOUND`].
-fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
-    let mut config = quinn::MtuDiscoveryConfig::default();
-    config.upper_bound(MTU_UPPER_BOUND);
+        .ack_frequency_config(Some(ack_frequency()));
     config
 }
 

@@ -387,16 +387,14 @@ async fn an_idle_link_sends_little() {
     )
     .await;
 
-    // Once both sides have every entry acknowledged and path MTU discovery has ended (its
-    // probes are ~1.4 KB each, and a loaded machine can stretch the search over seconds),
-    // 20 s of nothing to send (beyond one 15 s keep-alive interval).
+    // Once both sides have every entry acknowledged, 20 s of nothing to send (beyond one
+    // 15 s keep-alive interval).
     for link in [cluster.core.link("alpha"), cluster.edge("alpha").link("hq")] {
-        wait_link(&link, "acknowledged, MTU found", patience("lan"), |s| {
-            s.mtu == Some(tls::MTU_UPPER_BOUND)
-                && s.topics
-                    .iter()
-                    .filter(|t| t.out)
-                    .all(|t| t.backlog == 0 && t.up_to_date.is_some())
+        wait_link(&link, "acknowledged", patience("lan"), |s| {
+            s.topics
+                .iter()
+                .filter(|t| t.out)
+                .all(|t| t.backlog == 0 && t.up_to_date.is_some())
         })
         .await
         .unwrap();
@@ -404,14 +402,22 @@ async fn an_idle_link_sends_little() {
     let before = relay.counters();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let after = relay.counters();
-    let bytes = after.wire_bytes() - before.wire_bytes();
-    let packets = |d: fn(&Counters) -> Tally| d(&after).packets - d(&before).packets;
-    let (up, down) = (packets(|c| c.e2c.delivered), packets(|c| c.c2e.delivered));
-    eprintln!("idle: {bytes} bytes in 20 s ({up} packets up, {down} down)");
+    let count = |d: fn(&Counters) -> Tally| {
+        let (after, before) = (d(&after), d(&before));
+        (after.packets - before.packets, after.bytes - before.bytes)
+    };
+    let (packets, bytes) = count(|c| c.e2c.delivered + c.c2e.delivered);
+    let (probes, probe_bytes) = count(|c| c.e2c.delivered_large + c.c2e.delivered_large);
+    let (packets, bytes) = (packets - probes, bytes - probe_bytes);
+    eprintln!("idle: {bytes} bytes in {packets} packets and {probes} MTU probes in 20 s");
     // Keep-alives cost ~100 bytes per 15 s; the bound is generous so that it never
     // flakes, and still catches a link that chatters (the bench measures the figure).
+    assert!(bytes <= 2_000, "{bytes} bytes in 20 s on an idle link");
+    // QUIC's path MTU search starts once a link is up, one probe of 1,326 to 1,452 bytes
+    // at a time, each size tried up to 3 times; on a loaded machine it can reach into this
+    // window. Each side searches once (and again after 10 minutes), a few sizes each.
     assert!(
-        bytes <= 2_000,
-        "{bytes} bytes in 20 s on an idle link ({up} packets up, {down} down)"
+        probes <= 2 * 6 * 3,
+        "{probes} large datagrams on an idle link"
     );
 }

@@ -68,6 +68,10 @@ pub struct LinkConfig {
     pub seed: u64,
 }
 
+/// The UDP payload every QUIC path carries (RFC 9000, 14): a larger datagram is a full
+/// data packet or a path MTU probe (see [`Direction::delivered_large`]).
+pub const QUIC_MIN_MTU: u64 = 1200;
+
 /// A count of datagrams and their UDP payload bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -108,6 +112,9 @@ pub struct Direction {
     pub offered: Tally,
     /// Sent on to the other side.
     pub delivered: Tally,
+    /// Of `delivered`, the datagrams larger than [`QUIC_MIN_MTU`]: on a busy link full
+    /// data packets, on an idle one only QUIC's path MTU probes.
+    pub delivered_large: Tally,
     /// Lost at random (after using their time on the link).
     pub dropped_loss: Tally,
     /// Dropped at the tail because the queue was full.
@@ -131,6 +138,7 @@ impl Direction {
         json!({
             "offered": self.offered.json(),
             "delivered": self.delivered.json(),
+            "delivered_large": self.delivered_large.json(),
             "dropped_loss": self.dropped_loss.json(),
             "dropped_queue": self.dropped_queue.json(),
             "dropped_outage": self.dropped_outage.json(),

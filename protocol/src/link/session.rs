@@ -554,11 +554,7 @@ async fn persist_loop(
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
-        let path = conn.stats().path;
-        link.update(|s| {
-            s.rtt = Some(path.rtt);
-            s.mtu = Some(path.current_mtu);
-        });
+        link.update(|s| s.rtt = Some(conn.rtt()));
         let due = shared.session().handle_timeout(Instant::now());
         for persist in due {
             let mut txn = Txn::new();

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::profile::OneWay;
-use super::{Direction, Tally};
+use super::{Direction, QUIC_MIN_MTU, Tally};
 use crate::Rng;
 
 /// Slack on top of what a rate-limited direction can legitimately hold (its queue plus
@@ -142,6 +142,9 @@ impl Shaper {
             match lost {
                 None => {
                     self.counts.delivered.add(len);
+                    if len > QUIC_MIN_MTU {
+                        self.counts.delivered_large.add(len);
+                    }
                     out.push(data);
                 }
                 Some(Undelivered::Outage) => self.counts.dropped_outage.add(len),
@@ -155,6 +158,10 @@ impl Shaper {
         let len = len as u64;
         self.counts.delivered.packets -= 1;
         self.counts.delivered.bytes -= len;
+        if len > QUIC_MIN_MTU {
+            self.counts.delivered_large.packets -= 1;
+            self.counts.delivered_large.bytes -= len;
+        }
         self.counts.dropped_error.add(len);
     }
 

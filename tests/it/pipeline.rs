@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use protocol::log::Store;
-use protocol::mission;
 use serde_json::Value;
 use tests::TempDir;
 use tests::emulator::Profile;

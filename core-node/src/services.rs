@@ -91,9 +91,9 @@ impl Pipeline {
                 .or_else(|| config.http.token.clone()),
         };
         let hq = Pipeline {
-            downloads: config.downloads_dir(),
+            downloads: mission::downloads_dir(config),
             volume: config.volume_dir(),
-            ingest: config.ingest_dir(),
+            ingest: mission::ingest_dir(config),
             scratch: config.node.data_dir.join("tmp"),
             feed,
             settings: settings.clone(),

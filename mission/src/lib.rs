@@ -10,8 +10,11 @@
 //!
 //! IO: none but the store it is handed.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
+use protocol::config::Config;
 use protocol::entry::TopicName;
 use protocol::log::{ReadError, Store, TableName, Txn, WriteError};
 
@@ -37,6 +40,16 @@ pub const ASSETS: &str = "assets";
 /// Where HQ puts requested assets in the mission volume (and the edge finds them in its
 /// mirror).
 pub const VOLUME_DIR: &str = "assets";
+
+/// Where HQ keeps downloaded images: `<data_dir>/downloads`.
+pub fn downloads_dir(config: &Config) -> PathBuf {
+    config.node.data_dir.join("downloads")
+}
+
+/// HQ's ingest directory, watched for files to turn into assets: `<data_dir>/ingest`.
+pub fn ingest_dir(config: &Config) -> PathBuf {
+    config.node.data_dir.join("ingest")
+}
 
 /// A topic of the pipeline by its constant.
 pub fn topic(name: &str) -> TopicName {

@@ -228,7 +228,14 @@ impl App for Settings {
     /// `edge-node request <id>`: marks the asset as wanted ([`crate::request`]).
     fn request(store: &Store, id: &str) -> impl Future<Output = Result<String, String>> {
         let id = id.to_owned();
-        async move { crate::request(store, &id).await.map_err(|e| e.to_string()) }
+        async move {
+            let state = crate::request(store, &id)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "asset {id} is {state}; the request crosses when the node runs"
+            ))
+        }
     }
 }
 

@@ -695,8 +695,7 @@ fn entries<A: App>(config: &Config, command: EntriesCommand) -> Result<(), Strin
                 );
             }
             EntriesCommand::Request { asset } => {
-                let state = A::request(&store, &asset).await?;
-                println!("asset {asset} is {state}; the request crosses when the node runs");
+                println!("{}", A::request(&store, &asset).await?);
             }
             EntriesCommand::Read { topic } => {
                 let topic = TopicName::new(topic).map_err(|e| e.to_string())?;

@@ -57,8 +57,8 @@ pub trait App: Sized + Clone + std::fmt::Debug + PartialEq {
     fn writers() -> Writers;
 
     /// The command line's `request <id>` at an edge, on the stopped node's store: what
-    /// the application makes of it, as a word for the operator (the new state). By
-    /// default there is nothing to request.
+    /// the application makes of it, as a line for the operator. By default there is
+    /// nothing to request.
     fn request(store: &Store, id: &str) -> impl Future<Output = Result<String, String>> {
         let _ = store;
         let id = id.to_owned();

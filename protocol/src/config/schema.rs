@@ -240,17 +240,6 @@ impl Config {
         }
     }
 
-    /// Where the core keeps downloaded images: `<data_dir>/downloads`.
-    pub fn downloads_dir(&self) -> PathBuf {
-        self.node.data_dir.join("downloads")
-    }
-
-    /// The core's ingest directory, watched for files to turn into assets:
-    /// `<data_dir>/ingest`.
-    pub fn ingest_dir(&self) -> PathBuf {
-        self.node.data_dir.join("ingest")
-    }
-
     /// The edge's mirror directory: `mirror.dir`, by default `<data_dir>/mirror`.
     pub fn mirror_dir(&self) -> PathBuf {
         match &self.mirror.dir {

@@ -24,7 +24,8 @@ use crate::role::Role;
 pub trait App: Sized + Clone + std::fmt::Debug + PartialEq {
     /// The application's sections and their keys, in the order they are printed, each
     /// key with its help and role, as the framework's (a role's key in the other role's
-    /// file is refused by [`App::check`]).
+    /// file is refused by [`App::check`]). Their names are none of the framework's
+    /// sections nor `topics`.
     const SECTIONS: &'static [Section];
 
     /// The application's sections as written: every key optional, values not yet

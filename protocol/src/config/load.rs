@@ -180,18 +180,14 @@ impl<'de, A: App> DeserializeSeed<'de> for TopKey<A> {
                 f.write_str("a section name")
             }
             fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<&'static str, E> {
-                let mut names = SECTIONS.iter().chain(A::SECTIONS).map(|s| s.name);
-                if let Some(name) = names.clone().find(|name| *name == key) {
+                let names = || {
+                    let sections = SECTIONS.iter().chain(A::SECTIONS);
+                    sections.map(|section| section.name).chain(["topics"])
+                };
+                if let Some(name) = names().find(|name| *name == key) {
                     return Ok(name);
                 }
-                if key == "topics" {
-                    return Ok("topics");
-                }
-                let listed: Vec<String> = names
-                    .by_ref()
-                    .chain(["topics"])
-                    .map(|name| format!("`{name}`"))
-                    .collect();
+                let listed: Vec<String> = names().map(|name| format!("`{name}`")).collect();
                 Err(E::custom(format_args!(
                     "unknown field `{key}`, expected one of {}",
                     listed.join(", ")

@@ -1,5 +1,5 @@
 //! The bodies of the fuzz targets of HQ's decoders of bytes from outside (downloaded
-//! images, the feed document), for `fuzz/` and for the integration test that replays the
+//! images, the feed document, the node's config with the mission's sections), for `fuzz/` and for the integration test that replays the
 //! committed corpora on stable (`tests/it/fuzz.rs`). As in `protocol::fuzzing`: any
 //! error is an answer; a panic, a hang or an allocation without bound is the bug.
 //!
@@ -49,4 +49,10 @@ pub fn feed(data: &[u8]) {
         let back: feed::FeedItem = serde_json::from_slice(&json).expect("a feed item parses");
         assert_eq!(&back, item, "a feed item changed through its JSON entry");
     }
+}
+
+/// A config file and environment overrides as the binaries load them, with the mission's
+/// sections: [`protocol::fuzzing::config_with`] for [`mission::Settings`].
+pub fn config(data: &[u8]) {
+    protocol::fuzzing::config_with::<mission::Settings>(data);
 }

@@ -56,19 +56,28 @@ pub enum Error {
     Services(#[from] ServicesError),
 }
 
-/// Runs the HQ node until `shutdown` resolves, then stops its services, links and HTTP
-/// server and closes its store.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+/// Runs the HQ node with the mission's `settings` until `shutdown` resolves, then stops
+/// its services, links and HTTP server and closes its store.
+pub async fn run(
+    config: Config,
+    settings: mission::Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     let node = Node::start(Role::Core, config).await?;
-    let http = start(&node, None).await?;
+    let http = start(&node, &settings, None).await?;
     let served = node.serve(shutdown).await;
     http.stop().await;
     Ok(served?)
 }
 
 /// Opens HQ's HTTP server (API, page, files; `demo`: the demo's link control), writes the demo feed when no feed is configured, and adds
-/// HQ's services to `node` (they run in the node); returns the HTTP server.
-pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<ui::Server, Error> {
+/// HQ's services to `node` (they run in the node, with the mission's `settings`); returns
+/// the HTTP server.
+pub async fn start(
+    node: &Node,
+    settings: &mission::Settings,
+    demo: Option<Arc<dyn ui::DemoLink>>,
+) -> Result<ui::Server, Error> {
     let config = node.config();
     let addr = config.http.listen;
     let listener = ui::Listener::bind(addr)
@@ -84,7 +93,7 @@ pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<u
     } else {
         http
     };
-    let feed = match &config.pipeline.feed {
+    let feed = match &settings.pipeline.feed {
         Some(location) => FeedSource::Location(location.clone()),
         None => {
             // The demo feed's images are a real download, from this node's HTTP server.
@@ -105,18 +114,16 @@ pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<u
             FeedSource::Demo(Arc::new(demo.document))
         }
     };
+    let source = node.mirror_source().cloned();
     let pipeline =
-        Pipeline::new(config, feed, own, node.mirror_source().cloned()).map_err(|source| {
+        Pipeline::new(config, &settings.pipeline, feed, own, source).map_err(|source| {
             Error::Files {
                 what: "the pipeline's directories",
                 source,
             }
         })?;
     let mut site = ui::Site::default()
-        .fed_by_services(&[
-            protocol::mission::IMAGE_FEED,
-            protocol::mission::IMAGE_DOWNLOAD,
-        ])
+        .fed_by_services(&[mission::IMAGE_FEED, mission::IMAGE_DOWNLOAD])
         .files("demo-feed", demo_dir)
         .files("downloads", pipeline.downloads.clone());
     services::add(node, Arc::new(pipeline)).await?;

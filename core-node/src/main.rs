@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     match cli::parse(Role::Core, std::env::args_os()) {
         // Commands for a running node go to its HTTP API (`status`, `services`, ...).
         Ok(Invocation::Api(args)) => ui::cli::run(Role::Core, args),
-        // Config, logging, runtime and signals: all shared with `edge-node`.
+        // Config, logging, runtime and signals: all shared with `edge-node`. `run` takes
+        // the mission's settings (`mission::Settings`): the config has its sections.
         Ok(Invocation::Node(args)) => main_for(Role::Core, args, core_node::run),
         // Help, version or completions printed, or a usage error (2).
         Err(code) => code,

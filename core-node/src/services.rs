@@ -60,7 +60,7 @@ pub struct Pipeline {
     /// The feed document.
     pub feed: FeedSource,
     /// The pipeline's settings.
-    pub settings: protocol::config::PipelineSettings,
+    pub settings: mission::PipelineSettings,
     /// The served mission volume, to know when a file written there is mirrorable.
     pub source: Option<protocol::link::MirrorSource>,
     /// What the feed's items may reach: http(s) to public addresses, the operator's
@@ -69,17 +69,19 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// HQ's directories from the node's config, created if missing. `own_http` is HQ's
-    /// HTTP address as a download reaches it (the demo feed's images are there).
+    /// HQ's directories from the node's config, created if missing, and the pipeline's
+    /// `settings`. `own_http` is HQ's HTTP address as a download reaches it (the demo
+    /// feed's images are there).
     pub fn new(
         config: &protocol::config::Config,
+        settings: &mission::PipelineSettings,
         feed: FeedSource,
         own_http: SocketAddr,
         source: Option<protocol::link::MirrorSource>,
     ) -> std::io::Result<Pipeline> {
         let guard = download::Guard {
             files: feed.is_local_file(),
-            allow: config.pipeline.download_allow.clone(),
+            allow: settings.download_allow.clone(),
             own: Some(own_http),
             // The read token is enough to read files, and is the one to risk.
             own_token: config
@@ -89,12 +91,12 @@ impl Pipeline {
                 .or_else(|| config.http.token.clone()),
         };
         let hq = Pipeline {
-            downloads: config.downloads_dir(),
+            downloads: mission::downloads_dir(config),
             volume: config.volume_dir(),
-            ingest: config.ingest_dir(),
+            ingest: mission::ingest_dir(config),
             scratch: config.node.data_dir.join("tmp"),
             feed,
-            settings: config.pipeline.clone(),
+            settings: settings.clone(),
             source,
             guard: Arc::new(guard),
         };
@@ -117,7 +119,7 @@ impl Pipeline {
 /// if `pipeline.start_services`).
 pub async fn add(node: &Node, hq: Arc<Pipeline>) -> Result<(), ServicesError> {
     let services: &Services = node.services();
-    let start = node.config().pipeline.start_services;
+    let start = hq.settings.start_services;
     services
         .add(Arc::new(image_feed::ImageFeed(hq.clone())), start)
         .await?;

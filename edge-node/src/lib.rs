@@ -39,19 +39,27 @@ pub enum Error {
     Services(#[from] ServicesError),
 }
 
-/// Runs the field node until `shutdown` resolves, then stops its services, link and HTTP
-/// server and closes its store.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+/// Runs the field node with the mission's `settings` until `shutdown` resolves, then
+/// stops its services, link and HTTP server and closes its store.
+pub async fn run(
+    config: Config,
+    settings: mission::Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     let node = Node::start(Role::Edge, config).await?;
-    let http = start(&node, None).await?;
+    let http = start(&node, &settings, None).await?;
     let served = node.serve(shutdown).await;
     http.stop().await;
     Ok(served?)
 }
 
 /// Opens the edge's HTTP server (API, page, files; `demo`: the demo's link control) and adds the edge's services to `node` (they run in the
-/// node); returns the HTTP server.
-pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<ui::Server, Error> {
+/// node, with the mission's `settings`); returns the HTTP server.
+pub async fn start(
+    node: &Node,
+    settings: &mission::Settings,
+    demo: Option<Arc<dyn ui::DemoLink>>,
+) -> Result<ui::Server, Error> {
     let addr = node.config().http.listen;
     let listener = ui::Listener::bind(addr)
         .await
@@ -63,7 +71,7 @@ pub async fn start(node: &Node, demo: Option<Arc<dyn ui::DemoLink>>) -> Result<u
     if let Some(mirror) = node.mirror() {
         site = site.files("mirror", mirror.current_dir());
     }
-    services::add(node).await?;
+    services::add(node, &settings.pipeline).await?;
     if let Some(demo) = demo {
         site = site.demo_link(demo);
     }

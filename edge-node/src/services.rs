@@ -15,10 +15,11 @@ use std::sync::Arc;
 use protocol::node::Node;
 use protocol::service::ServicesError;
 
-/// Adds the edge's services to the node.
-pub async fn add(node: &Node) -> Result<(), ServicesError> {
+/// Adds the edge's services to the node (each starts if it was running, or at the first
+/// start if `pipeline.start_services`).
+pub async fn add(node: &Node, pipeline: &mission::PipelineSettings) -> Result<(), ServicesError> {
     let services = node.services();
-    let start = node.config().pipeline.start_services;
+    let start = pipeline.start_services;
     services
         .add(Arc::new(broadcast_listener::BroadcastListener), start)
         .await?;
@@ -32,4 +33,4 @@ pub async fn add(node: &Node) -> Result<(), ServicesError> {
     Ok(())
 }
 
-pub use protocol::mission::{RequestError, request};
+pub use mission::{RequestError, request};

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| protocol::fuzzing::config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| core_node::fuzzing::config(data));

@@ -1,6 +1,7 @@
 //! A node's configuration: one TOML file, environment overrides, and the checked result.
 //!
-//! Loading goes in three steps ([`Config::load`]):
+//! Loading goes in three steps ([`Config::load`]), for the framework's sections and those
+//! of the application the binary runs ([`App`]):
 //! 1. the file (if any) is parsed as it is written, so that a syntax error, an unknown key
 //!    or a value of the wrong type is reported with its line, its column and the file;
 //! 2. each environment variable `TETHER_<SECTION>__<KEY>` replaces one key (for example
@@ -19,15 +20,17 @@
 //! `"10s"`, `"30m"`, `"12h"`, `"7d"`).
 //!
 //! The files, by concept: `schema` (the typed [`Config`], its sections and each role's
-//! defaults), `load` (the file and the environment over it, as written), `check` (what
-//! was written into [`Config`], errors with their [`Origin`]), `print` ([`Config::to_toml`],
-//! `--print-config`) and `units` (sizes and durations, read and written).
+//! defaults), `app` (the application's part: [`App`]), `load` (the file and the
+//! environment over it, as written), `check` (what was written into [`Config`], errors
+//! with their [`Origin`]), `print` ([`Config::to_toml_with`], `--print-config`) and `units`
+//! (sizes and durations, read and written).
 //!
 //! IO: [`Config::load`] reads the file it is given and the process environment.
 
 use std::fmt;
 use std::path::PathBuf;
 
+mod app;
 mod check;
 mod load;
 mod print;
@@ -36,11 +39,15 @@ mod schema;
 mod tests;
 mod units;
 
-pub use load::ENV_PREFIX;
+pub use app::App;
+pub use check::Origins;
+pub use load::{ENV_PREFIX, NameList};
+pub use print::Line;
 pub use schema::{
-    Config, HttpSettings, LinkSettings, LogFormat, LogSettings, MirrorConfig, NodeSettings,
-    PipelineSettings, RELAY_DEFAULT, StoreSettings,
+    Config, HttpSettings, Key, LinkSettings, LogFormat, LogSettings, MirrorConfig, NodeSettings,
+    RELAY_DEFAULT, SEE_ABOVE, Section, StoreSettings,
 };
+pub use units::{Scalar, format_duration, positive_duration, positive_size, size_value};
 
 /// Why a config could not be loaded. Each names the file, variable or key at fault.
 #[derive(Debug, thiserror::Error)]

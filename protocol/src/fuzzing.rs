@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::codec;
-use crate::config::Config;
+use crate::config::{App, Config};
 use crate::mirror::{
     ChunkParams, ChunkRef, ChunkTable, Delta, Entry, FileNode, Hash, Limits, Manifest,
     ManifestAssembly, MirrorFrame, Node, Pace, PathNow, RelPath, plan,
@@ -211,12 +211,13 @@ pub fn fetch(data: &[u8]) {
     }
 }
 
-/// A config file and environment overrides, as [`Config::load`] takes them: the bytes
-/// up to the first NUL are the file (UTF-8, as it is read), the rest are lines
-/// `VARIABLE=value` (the `TETHER_*__*` ones are applied, sorted). Loaded for both roles;
-/// a config that loads must load again, unchanged, from what `--print-config` prints
-/// for it ([`Config::to_toml`]).
-pub fn config(data: &[u8]) {
+/// A config file and environment overrides, as [`Config::load`] takes them for the
+/// application `A`: the bytes up to the first NUL are the file (UTF-8, as it is read),
+/// the rest are lines `VARIABLE=value` (the `TETHER_*__*` ones are applied, sorted).
+/// Loaded for both roles; a config that loads must load again, unchanged, from what
+/// `--print-config` prints for it ([`Config::to_toml_with`]). The binaries' application
+/// is not the framework's to name: `core_node::fuzzing::config` names it.
+pub fn config_with<A: App>(data: &[u8]) {
     let (file, env) = match data.iter().position(|&b| b == 0) {
         Some(at) => (&data[..at], &data[at + 1..]),
         None => (data, &[][..]),
@@ -233,11 +234,11 @@ pub fn config(data: &[u8]) {
     vars.sort();
     let path = Path::new("fuzz.toml");
     for role in [Role::Core, Role::Edge] {
-        let Ok(config) = Config::from_sources(role, Some((path, text)), &vars) else {
+        let Ok(config) = Config::from_sources::<A>(role, Some((path, text)), &vars) else {
             continue;
         };
-        let printed = config.to_toml();
-        match Config::from_sources(role, Some((path, &printed)), &[]) {
+        let printed = config.0.to_toml_with(&config.1);
+        match Config::from_sources::<A>(role, Some((path, &printed)), &[]) {
             Ok(again) => assert_eq!(again, config, "the printed config loads differently"),
             Err(e) => panic!("the printed config does not load: {e}\n{printed}"),
         }

@@ -1,4 +1,6 @@
-//! The Tether framework library that `core-node` and `edge-node` share.
+//! The Tether framework library that `core-node` and `edge-node` share. It knows nothing
+//! of the mission application (the `mission` crate): a binary registers its application's
+//! config sections, default topics and writers ([`config::App`]) and adds its services.
 //!
 //! What it is: the durable log store on sled ([`log`]), the link that replicates it over
 //! QUIC ([`link`], [`tls`]), node configuration ([`config`], with [`ip_range`]), the
@@ -28,7 +30,6 @@ pub mod ip_range;
 pub mod link;
 pub mod log;
 pub mod mirror;
-pub mod mission;
 pub mod node;
 pub mod role;
 pub mod service;

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, LogSettings};
+use crate::config::{App, Config, LogSettings};
 use crate::edges::Edges;
 use crate::entry::{NameError, NodeName, TopicName};
 use crate::link::{Links, Mirror, MirrorSource};
@@ -362,15 +362,17 @@ fn log_links(links: &Links) {
 }
 
 /// The rest of a node binary's `main`, once [`cli::parse`] has read the arguments: loads
-/// the config, installs the tracing subscriber, builds the runtime and calls `run` with a
-/// [`Shutdown`] that resolves at the first SIGTERM or Ctrl-C. A second signal exits at
-/// once. `edge-node mirror` runs the node of `protocol` instead of `run` (see
-/// `node/mirror.rs`); the other commands run and exit.
+/// the config with the application `A`'s sections (the binary's [`App`], which `run`
+/// takes), installs the tracing subscriber, builds the runtime and calls `run` with the
+/// config, the application's settings and a [`Shutdown`] that resolves at the first
+/// SIGTERM or Ctrl-C. A second signal exits at once. `edge-node mirror` runs the node of
+/// `protocol` instead of `run` (see `node/mirror.rs`); the other commands run and exit.
 ///
 /// Exit codes: 0 after a clean stop (`mirror`: once the mirror is done), 1 for any error.
-pub fn main_for<F, Fut, E>(role: Role, args: NodeArgs, run: F) -> ExitCode
+pub fn main_for<A, F, Fut, E>(role: Role, args: NodeArgs, run: F) -> ExitCode
 where
-    F: FnOnce(Config, Shutdown) -> Fut,
+    A: App,
+    F: FnOnce(Config, A, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::error::Error + 'static,
 {
@@ -380,18 +382,19 @@ where
     } = args;
     if command == NodeCommand::PrintConfig && path.is_none() {
         // The defaults as they are, not as the environment changes them.
-        print!("{}", Config::default_for(role).to_toml());
+        let (config, app) = Config::default_with::<A>(role);
+        print!("{}", config.to_toml_with(&app));
         return ExitCode::SUCCESS;
     }
-    let config = match Config::load(role, path.as_deref()) {
-        Ok(config) => config,
+    let (config, app) = match Config::load::<A>(role, path.as_deref()) {
+        Ok(loaded) => loaded,
         Err(e) => return fail(&e),
     };
     let mirror = match command {
         NodeCommand::Run => false,
         NodeCommand::Mirror => true,
         NodeCommand::PrintConfig => {
-            print!("{}", config.to_toml());
+            print!("{}", config.to_toml_with(&app));
             return ExitCode::SUCCESS;
         }
         NodeCommand::Certs(command) => {
@@ -404,7 +407,7 @@ where
             };
         }
         NodeCommand::Entries(command) => {
-            return match entries(&config, command) {
+            return match entries::<A>(&config, command) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -428,7 +431,7 @@ where
         let served = runtime.block_on(serve(config, mirror::run));
         return exit_code(served, runtime);
     }
-    let served = runtime.block_on(serve(config, run));
+    let served = runtime.block_on(serve(config, |config, shutdown| run(config, app, shutdown)));
     exit_code(served, runtime)
 }
 
@@ -479,10 +482,10 @@ enum Served<E> {
 #[error("{0}")]
 struct StartError(&'static str, #[source] std::io::Error);
 
-/// Runs `append` or `read` on the node's store (the node must be stopped: the store is
-/// locked while it runs). An append is durable when this returns, and crosses the link
-/// when the node runs again: store and forward, by hand.
-fn entries(config: &Config, command: EntriesCommand) -> Result<(), String> {
+/// Runs `append`, `read` or the application's `request` on the node's store (the node
+/// must be stopped: the store is locked while it runs). An append is durable when this
+/// returns, and crosses the link when the node runs again: store and forward, by hand.
+fn entries<A: App>(config: &Config, command: EntriesCommand) -> Result<(), String> {
     let store = Store::open(config.store_dir(), config.store_config()).map_err(|e| match e {
         OpenError::Locked { .. } => format!("{e}: stop the node first"),
         other => other.to_string(),
@@ -507,10 +510,7 @@ fn entries(config: &Config, command: EntriesCommand) -> Result<(), String> {
                 );
             }
             EntriesCommand::Request { asset } => {
-                let state = crate::mission::request(&store, &asset)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                println!("asset {asset} is {state}; the request crosses when the node runs");
+                println!("{}", A::request(&store, &asset).await?);
             }
             EntriesCommand::Read { topic } => {
                 let topic = TopicName::new(topic).map_err(|e| e.to_string())?;
@@ -901,6 +901,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = Config::default_for(Role::Edge);
         config.node.data_dir = dir.clone();
+        // An application's topics (the framework alone has none): the mission's edge's.
+        let names = [
+            "MESSAGES",
+            "ASSET_BROADCAST",
+            "ASSET_REQUEST",
+            "ASSET_RESPONSE",
+        ];
+        config.topics = names
+            .map(|name| crate::entry::TopicConfig {
+                name: TopicName::new(name).unwrap(),
+                scope: crate::entry::Scope::All,
+                retention: crate::entry::Retention::default(),
+            })
+            .to_vec();
 
         let node = run(Role::Edge, config.clone(), async {});
         // Tests and binaries may spawn a node: its future must be Send.

@@ -290,7 +290,9 @@ fn here(out: &Path, name: &str, role: Role) -> Config {
     );
     let path: PathBuf = out.join(format!("{name}.here.toml"));
     std::fs::write(&path, &printed.stdout).unwrap();
-    Config::load(role, Some(&path)).unwrap()
+    Config::load::<mission::Settings>(role, Some(&path))
+        .unwrap()
+        .0
 }
 
 /// Runs `core-node <args> <certs> --config <config>` with the pod's environment (the

@@ -40,7 +40,7 @@ const TARGETS: [(&str, Body); 10] = [
     ("manifest", protocol::fuzzing::manifest),
     ("delta", protocol::fuzzing::delta),
     ("fetch", protocol::fuzzing::fetch),
-    ("config", protocol::fuzzing::config),
+    ("config", core_node::fuzzing::config),
     ("image", core_node::fuzzing::image),
     ("feed", core_node::fuzzing::feed),
 ];
@@ -283,7 +283,8 @@ fn seeds_from_the_real_encoders_pass_their_targets() {
     for (role, dir) in [(Role::Core, "core-node"), (Role::Edge, "edge-node")] {
         let file = std::fs::read(root().join(dir).join("config.dev.toml")).unwrap();
         add("config", dir, file.clone());
-        let printed = Config::default_for(role).to_toml();
+        let (config, settings) = Config::default_with::<mission::Settings>(role);
+        let printed = config.to_toml_with(&settings);
         add("config", &format!("{dir}-printed"), printed.into_bytes());
         let mut with_env = file;
         with_env.extend_from_slice(

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use protocol::log::Store;
-use protocol::mission;
 use serde_json::Value;
 use tests::TempDir;
 use tests::emulator::Profile;
@@ -233,7 +232,7 @@ async fn bad_feeds_and_downloads_fail_their_item_with_the_reason_and_the_rest_go
         !escaped.contains('/') && !escaped.starts_with('.'),
         "{escaped}"
     );
-    let downloaded: Vec<String> = std::fs::read_dir(hq.config.downloads_dir())
+    let downloaded: Vec<String> = std::fs::read_dir(mission::downloads_dir(&hq.config))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -293,7 +292,7 @@ async fn a_file_dropped_into_ingest_becomes_an_asset_once_complete() {
     config.feed = Some(feed.display().to_string());
     let mission = Mission::start(&config).await.unwrap();
     let hq = &mission.hq;
-    let ingest = hq.config.ingest_dir();
+    let ingest = mission::ingest_dir(&hq.config);
 
     // Half the file, seen as `ready`; then the rest: the asset is the whole file.
     let mut file = std::fs::File::create(ingest.join("drop.png")).unwrap();

@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use mission::Response;
 use protocol::entry::{NodeName, Offset, Record};
 use protocol::log::{ConsumerName, Store, StoreConfig};
-use protocol::mission::{self, Response};
 use protocol::service::Tile;
 use serde_json::Value;
 use tests::{Rng, TempDir};

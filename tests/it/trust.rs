@@ -91,7 +91,7 @@ impl Mission {
     }
 
     fn core(&self) -> Config {
-        let mut config = Config::default_for(Role::Core);
+        let (mut config, _) = Config::default_with::<mission::Settings>(Role::Core);
         config.node.data_dir = self.dir.path().join("hq");
         config.link.certs_dir = Some(self.certs());
         config.link.listen = ([127, 0, 0, 1], 0).into();
@@ -101,7 +101,7 @@ impl Mission {
     }
 
     fn edge(&self, core: std::net::SocketAddr) -> Config {
-        let mut config = Config::default_for(Role::Edge);
+        let (mut config, _) = Config::default_with::<mission::Settings>(Role::Edge);
         config.node.data_dir = self.dir.path().join("alpha");
         config.link.certs_dir = Some(self.certs());
         config.link.core = core.to_string();

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::config::Config;
+use ::mission::Settings;
+use protocol::config::{App as _, Config};
 use protocol::node::{Node, Role};
 
 use crate::cluster::Error;
@@ -58,11 +59,17 @@ impl MissionConfig {
 
     /// HQ's node config.
     pub fn core(&self) -> Config {
-        let mut core = Config::default_for(Role::Core);
+        let (mut core, _) = Config::default_with::<Settings>(Role::Core);
         core.node.data_dir = self.data.join("hq");
         core.link.listen = ([127, 0, 0, 1], 0).into();
         core.http.listen = self.http.0;
         core.http.token = self.token.clone();
+        core
+    }
+
+    /// HQ's mission settings (`[pipeline]`).
+    pub fn core_settings(&self) -> Settings {
+        let mut core = Settings::default_for(Role::Core);
         core.pipeline.start_services = self.start_services;
         core.pipeline.feed_every = self.feed_every;
         core.pipeline.feed_batch = self.feed_batch;
@@ -76,15 +83,21 @@ impl MissionConfig {
         core
     }
 
+    /// The edge's mission settings (`[pipeline]`).
+    pub fn edge_settings(&self) -> Settings {
+        let mut edge = Settings::default_for(Role::Edge);
+        edge.pipeline.start_services = self.start_services;
+        edge
+    }
+
     /// The edge's node config, dialing `core` (the link emulator's address).
     pub fn edge(&self, core: std::net::SocketAddr) -> Config {
-        let mut edge = Config::default_for(Role::Edge);
+        let (mut edge, _) = Config::default_with::<Settings>(Role::Edge);
         edge.node.data_dir = self.data.join("alpha");
         edge.link.core = core.to_string();
         edge.link.certs_dir = Some(self.core().certs_dir());
         edge.http.listen = self.http.1;
         edge.http.token = self.token.clone();
-        edge.pipeline.start_services = self.start_services;
         edge
     }
 }
@@ -134,9 +147,9 @@ impl Mission {
             seed: crate::emulator::DEFAULT_SEED,
         })?);
         let demo: Arc<dyn ui::DemoLink> = Arc::new(DemoLink(link.clone()));
-        let hq_parts = core_node::start(&hq, Some(demo.clone())).await?;
+        let hq_parts = core_node::start(&hq, &config.core_settings(), Some(demo.clone())).await?;
         let alpha = Node::start(Role::Edge, config.edge(link.addr())).await?;
-        let alpha_parts = edge_node::start(&alpha, Some(demo)).await?;
+        let alpha_parts = edge_node::start(&alpha, &config.edge_settings(), Some(demo)).await?;
         let handles = |node: &Node| Handles {
             store: node.store().clone(),
             links: node.links().clone(),

@@ -14,7 +14,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use protocol::entry::{Append, NodeName, Offset, Timestamp, TopicName};
 use protocol::log::{ReadError, WriteError};
-use protocol::mission;
 use protocol::service::{ServicesError, TILES, Tile};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -76,8 +76,10 @@ impl Api {
         let config = match (&args.url, &args.config) {
             (Some(_), None) => None,
             _ => Some(
-                Config::load(role, args.config.as_deref())
-                    .map_err(|e| Failure::Failed(format!("{e}")))?,
+                // The binaries' file, with the mission's sections (read, and left aside).
+                Config::load::<mission::Settings>(role, args.config.as_deref())
+                    .map_err(|e| Failure::Failed(format!("{e}")))?
+                    .0,
             ),
         };
         let base = match (&args.url, &config) {

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use mission::{self, Broadcast};
+use mission::{asset, update_asset};
 use protocol::entry::Append;
 use protocol::log::Txn;
-use protocol::mission::{self, Broadcast};
-use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Map, Value, json};
 

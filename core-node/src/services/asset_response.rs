@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use mission::{self, Request, Response};
+use mission::{asset, update_asset};
 use protocol::entry::{Append, Record};
 use protocol::log::Txn;
-use protocol::mission::{self, Request, Response};
-use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Value, json};
 

@@ -8,10 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mission::update_asset;
 use protocol::entry::Append;
 use protocol::log::Txn;
-use protocol::mission;
-use protocol::mission::update_asset;
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -4,10 +4,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use mission::{asset, update_asset};
 use protocol::entry::Append;
 use protocol::log::Txn;
-use protocol::mission;
-use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::json;
 

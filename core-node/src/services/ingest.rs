@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use mission::update_asset;
 use notify::Watcher as _;
 use notify::event::{AccessKind, AccessMode, Event, EventKind};
 use protocol::log::{TableName, Txn};
-use protocol::mission::update_asset;
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Value, json};
 

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use mission::{self, Request};
+use mission::{asset, update_asset};
 use protocol::entry::Append;
 use protocol::log::Txn;
-use protocol::mission::{self, Request};
-use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service};
 use serde_json::{Value, json};
 

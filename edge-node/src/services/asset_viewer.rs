@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use mission::{self, Response};
+use mission::{asset, update_asset};
 use protocol::link::Mirror;
 use protocol::log::Txn;
 use protocol::mirror::{MirrorState, RelPath};
-use protocol::mission::{self, Response};
-use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service, ServiceError};
 use serde_json::{Value, json};
 

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use mission::{self, Broadcast};
+use mission::{asset, update_asset};
 use protocol::log::Txn;
-use protocol::mission::{self, Broadcast};
-use protocol::mission::{asset, update_asset};
 use protocol::service::{Ctx, Run, Service};
 use serde_json::Value;
 

@@ -8,32 +8,31 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::load::{
-    NameList, RawConfig, RawHttp, RawLink, RawMirror, RawPipeline, RawTopic, RawWriters,
-};
+use super::load::{NameList, RawConfig, RawHttp, RawLink, RawMirror, RawTopic, RawWriters};
 use super::schema::default_data_dir;
 use super::units::{Scalar, format_duration, positive_duration, positive_size, size_or_zero};
 use super::{
     Config, ConfigError, HttpSettings, LinkSettings, LogSettings, MirrorConfig, NodeSettings,
-    Origin, PipelineSettings, RELAY_DEFAULT, StoreSettings,
+    Origin, RELAY_DEFAULT, StoreSettings,
 };
 use crate::entry::{NodeName, Retention, TopicConfig, TopicName};
-use crate::ip_range::IpRange;
 use crate::link::RelayLimit;
 use crate::replication::{Writer, Writers};
 use crate::role::Role;
 use crate::tls;
 
-/// Which keys the environment set, to name the right origin in errors.
+/// Where each key's value came from (the file, or the environment variable that set it),
+/// to name it in errors.
 #[derive(Debug)]
-pub(super) struct Origins {
+pub struct Origins {
     pub(super) file: Option<PathBuf>,
     /// `(dotted key path, variable)`, in the order applied.
     pub(super) overrides: Vec<(String, String)>,
 }
 
 impl Origins {
-    fn of(&self, key: &str) -> Origin {
+    /// Where the value of `key` (`section.key`, `section.key[2]`) came from.
+    pub fn of(&self, key: &str) -> Origin {
         let set_by = |path: &str| {
             key == path
                 || key.starts_with(&format!("{path}."))
@@ -48,7 +47,9 @@ impl Origins {
         }
     }
 
-    fn invalid(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
+    /// The error for a malformed or out-of-range value of `key`, naming where it came
+    /// from: `config file <path>: <key>: <reason>`.
+    pub fn invalid(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
         ConfigError::Invalid {
             origin: self.of(key),
             key: key.to_owned(),
@@ -58,8 +59,15 @@ impl Origins {
 }
 
 impl RawConfig {
-    /// Fills in the role's defaults and checks every value.
-    pub(super) fn check(self, role: Role, origins: &Origins) -> Result<Config, ConfigError> {
+    /// Fills in the role's defaults (with the application's `topics` and `writers`) and
+    /// checks every value.
+    pub(super) fn check(
+        self,
+        role: Role,
+        topics: Vec<TopicConfig>,
+        writers: Writers,
+        origins: &Origins,
+    ) -> Result<Config, ConfigError> {
         let defaults = Config::default_for(role);
         let name = match self.node.name {
             Some(name) => NodeName::new(name).map_err(|e| origins.invalid("node.name", e))?,
@@ -107,18 +115,16 @@ impl RawConfig {
         };
         let (topics, writers) = match self.topics {
             Some(raw) => check_topics(raw, origins)?,
-            None => (defaults.topics, defaults.writers),
+            None => (topics, writers),
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
         let http = self.http.check(defaults.http, origins)?;
-        let pipeline = self.pipeline.check(role, origins)?;
         Ok(Config {
             role,
             link,
             mirror,
             http,
-            pipeline,
             node: NodeSettings { name, data_dir },
             log: LogSettings {
                 format: self.log.format.unwrap_or(defaults.log.format),
@@ -127,64 +133,6 @@ impl RawConfig {
             store,
             topics,
             writers,
-        })
-    }
-}
-
-impl RawPipeline {
-    fn check(self, role: Role, origins: &Origins) -> Result<PipelineSettings, ConfigError> {
-        let defaults = PipelineSettings::default();
-        if role == Role::Edge {
-            let core_keys = [
-                ("pipeline.feed", self.feed.is_some()),
-                ("pipeline.feed_every", self.feed_every.is_some()),
-                ("pipeline.feed_batch", self.feed_batch.is_some()),
-                (
-                    "pipeline.max_download_bytes",
-                    self.max_download_bytes.is_some(),
-                ),
-                ("pipeline.download_timeout", self.download_timeout.is_some()),
-                ("pipeline.download_allow", self.download_allow.is_some()),
-            ];
-            if let Some((key, _)) = core_keys.iter().find(|(_, set)| *set) {
-                return Err(origins.invalid(key, "a core's key: HQ reads the feed and downloads"));
-            }
-        }
-        if self.feed.as_ref().is_some_and(|f| f.trim().is_empty()) {
-            return Err(origins.invalid(
-                "pipeline.feed",
-                "must not be empty (leave it out for the demo feed)",
-            ));
-        }
-        let duration = |key: &str, value: Option<Scalar>, default| match value {
-            Some(v) => positive_duration(&v).map_err(|e| origins.invalid(key, e)),
-            None => Ok(default),
-        };
-        Ok(PipelineSettings {
-            feed: self.feed,
-            feed_every: duration("pipeline.feed_every", self.feed_every, defaults.feed_every)?,
-            feed_batch: match self.feed_batch {
-                Some(n) => u32::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| origins.invalid("pipeline.feed_batch", "must be 1 to 1000"))?,
-                None => defaults.feed_batch,
-            },
-            max_download_bytes: match self.max_download_bytes {
-                Some(v) => positive_size(&v)
-                    .map_err(|e| origins.invalid("pipeline.max_download_bytes", e))?,
-                None => defaults.max_download_bytes,
-            },
-            download_timeout: duration(
-                "pipeline.download_timeout",
-                self.download_timeout,
-                defaults.download_timeout,
-            )?,
-            download_allow: match self.download_allow {
-                Some(NameList(listed)) => check_download_allow(listed, origins)?,
-                None => defaults.download_allow,
-            },
-            start_services: self.start_services.unwrap_or(defaults.start_services),
         })
     }
 }
@@ -624,23 +572,6 @@ impl RawHttp {
             },
         })
     }
-}
-
-/// `pipeline.download_allow`: IP addresses and CIDR ranges, each once.
-fn check_download_allow(
-    listed: Vec<String>,
-    origins: &Origins,
-) -> Result<Vec<IpRange>, ConfigError> {
-    let mut ranges: Vec<IpRange> = Vec::with_capacity(listed.len());
-    for (i, text) in listed.iter().enumerate() {
-        let key = format!("pipeline.download_allow[{i}]");
-        let range: IpRange = text.trim().parse().map_err(|e| origins.invalid(&key, e))?;
-        if ranges.contains(&range) {
-            return Err(origins.invalid(&key, format_args!("{range} is listed twice")));
-        }
-        ranges.push(range);
-    }
-    Ok(ranges)
 }
 
 /// `http.hosts`: DNS names, lowercased, without ports.

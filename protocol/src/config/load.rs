@@ -1,13 +1,16 @@
 //! Loading: the file as written, and the `TETHER_<SECTION>__<KEY>` variables over it.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, MapAccess};
 
 use super::check::Origins;
+use super::schema::SECTIONS;
 use super::units::Scalar;
-use super::{Config, ConfigError, LogFormat};
+use super::{App, Config, ConfigError, LogFormat};
 use crate::entry::Scope;
 use crate::role::Role;
 
@@ -15,9 +18,10 @@ use crate::role::Role;
 pub const ENV_PREFIX: &str = "TETHER_";
 
 impl Config {
-    /// Loads the config of a node of this role: the defaults, the file at `path` if one
-    /// is given, then the `TETHER_<SECTION>__<KEY>` environment variables.
-    pub fn load(role: Role, path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Loads the config of a node of this role running the application `A`: the
+    /// defaults, the file at `path` if one is given, then the `TETHER_<SECTION>__<KEY>`
+    /// environment variables. The file holds the framework's sections and `A`'s.
+    pub fn load<A: App>(role: Role, path: Option<&Path>) -> Result<(Config, A), ConfigError> {
         let file = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -47,12 +51,14 @@ impl Config {
         Config::from_sources(role, file.as_ref().map(|(p, t)| (*p, t.as_str())), &env)
     }
 
-    /// Loads from an optional `(path, text)` file and `(variable, value)` overrides.
-    pub(crate) fn from_sources(
+    /// Loads from an optional `(path, text)` file and `(variable, value)` overrides, as
+    /// [`Config::load`] does from the file it reads and the process environment (for
+    /// tests and fuzzing: nothing is read).
+    pub fn from_sources<A: App>(
         role: Role,
         file: Option<(&Path, &str)>,
         env: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<(Config, A), ConfigError> {
         let (mut table, mut raw) = match file {
             Some((path, text)) => {
                 let parse_error = |source| ConfigError::Parse {
@@ -61,11 +67,11 @@ impl Config {
                 };
                 // Parsed once into the schema, so that errors point into the text, and
                 // once as a plain table, for the overrides to edit.
-                let raw: RawConfig = toml::from_str(text).map_err(parse_error)?;
+                let raw: RawFile<A> = toml::from_str(text).map_err(parse_error)?;
                 let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
                 (table, raw)
             }
-            None => (toml::Table::new(), RawConfig::default()),
+            None => (toml::Table::new(), RawFile::default()),
         };
         let mut overrides = Vec::new();
         for (var, value) in env {
@@ -100,28 +106,120 @@ impl Config {
             file: file.map(|(path, _)| path.to_path_buf()),
             overrides,
         };
-        raw.check(role, &origins)
+        let config = raw
+            .config
+            .check(role, A::topics(role), A::writers(), &origins)?;
+        let app = A::check(raw.app, role, &origins)?;
+        Ok((config, app))
     }
 }
 
-/// The file as written: every key optional, values not yet checked.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole file as written: the framework's sections and the application's. Not
+/// `#[serde(flatten)]`, which ignores `deny_unknown_fields`: each top-level key goes to
+/// the framework's field or the application's section of its name, and any other is
+/// refused as serde refuses an unknown field, with its line.
+#[derive(Debug)]
+struct RawFile<A: App> {
+    config: RawConfig,
+    app: A::Raw,
+}
+
+impl<A: App> Default for RawFile<A> {
+    fn default() -> Self {
+        RawFile {
+            config: RawConfig::default(),
+            app: A::Raw::default(),
+        }
+    }
+}
+
+impl<'de, A: App> Deserialize<'de> for RawFile<A> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<A>(PhantomData<A>);
+        impl<'de, A: App> serde::de::Visitor<'de> for Visitor<A> {
+            type Value = RawFile<A>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct RawConfig")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<RawFile<A>, M::Error> {
+                let mut raw = RawFile::<A>::default();
+                let config = &mut raw.config;
+                while let Some(key) = map.next_key_seed(TopKey::<A>(PhantomData))? {
+                    match key {
+                        "node" => config.node = map.next_value()?,
+                        "log" => config.log = map.next_value()?,
+                        "store" => config.store = map.next_value()?,
+                        "link" => config.link = map.next_value()?,
+                        "mirror" => config.mirror = map.next_value()?,
+                        "http" => config.http = map.next_value()?,
+                        "topics" => config.topics = map.next_value()?,
+                        section => map.next_value_seed(AppSection::<A> {
+                            raw: &mut raw.app,
+                            name: section,
+                        })?,
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        deserializer.deserialize_map(Visitor(PhantomData))
+    }
+}
+
+/// A top-level key of the file: a framework's section, an application's, or `topics`;
+/// any other is refused with the names it could be, as serde words it.
+struct TopKey<A>(PhantomData<A>);
+
+impl<'de, A: App> DeserializeSeed<'de> for TopKey<A> {
+    type Value = &'static str;
+    fn deserialize<D: serde::Deserializer<'de>>(self, key: D) -> Result<&'static str, D::Error> {
+        struct Visitor<A>(PhantomData<A>);
+        impl<A: App> serde::de::Visitor<'_> for Visitor<A> {
+            type Value = &'static str;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a section name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<&'static str, E> {
+                let names = || {
+                    let sections = SECTIONS.iter().chain(A::SECTIONS);
+                    sections.map(|section| section.name).chain(["topics"])
+                };
+                if let Some(name) = names().find(|name| *name == key) {
+                    return Ok(name);
+                }
+                let listed: Vec<String> = names().map(|name| format!("`{name}`")).collect();
+                Err(E::custom(format_args!(
+                    "unknown field `{key}`, expected one of {}",
+                    listed.join(", ")
+                )))
+            }
+        }
+        key.deserialize_identifier(Visitor::<A>(PhantomData))
+    }
+}
+
+/// The application's section `name`, read into its raw form.
+struct AppSection<'a, A: App> {
+    raw: &'a mut A::Raw,
+    name: &'static str,
+}
+
+impl<'de, A: App> DeserializeSeed<'de> for AppSection<'_, A> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, section: D) -> Result<(), D::Error> {
+        A::read_section(self.raw, self.name, section)
+    }
+}
+
+/// The framework's sections as written: every key optional, values not yet checked.
+#[derive(Debug, Default)]
 pub(super) struct RawConfig {
-    #[serde(default)]
     pub(super) node: RawNode,
-    #[serde(default)]
     pub(super) log: RawLog,
-    #[serde(default)]
     pub(super) store: RawStore,
-    #[serde(default)]
     pub(super) link: RawLink,
-    #[serde(default)]
     pub(super) mirror: RawMirror,
-    #[serde(default)]
     pub(super) http: RawHttp,
-    #[serde(default)]
-    pub(super) pipeline: RawPipeline,
     pub(super) topics: Option<Vec<RawTopic>>,
 }
 
@@ -183,22 +281,10 @@ pub(super) struct RawHttp {
     pub(super) hosts: Option<NameList>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawPipeline {
-    pub(super) feed: Option<String>,
-    pub(super) feed_every: Option<Scalar>,
-    pub(super) feed_batch: Option<i64>,
-    pub(super) max_download_bytes: Option<Scalar>,
-    pub(super) download_timeout: Option<Scalar>,
-    pub(super) download_allow: Option<NameList>,
-    pub(super) start_services: Option<bool>,
-}
-
 /// A list of names as written: a TOML array of strings, or one string of names separated
 /// by commas (handy in an environment variable: `TETHER_LINK__EDGES=alpha,bravo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct NameList(pub(super) Vec<String>);
+pub struct NameList(pub Vec<String>);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,7 +306,7 @@ pub(super) enum RawWriters {
 }
 
 /// Deserializes the edited table into the schema; the error is one line.
-fn deserialize(table: &toml::Table) -> Result<RawConfig, String> {
+fn deserialize<A: App>(table: &toml::Table) -> Result<RawFile<A>, String> {
     toml::Value::Table(table.clone())
         .try_into()
         .map_err(|e: toml::de::Error| e.to_string().trim_end().replace('\n', " "))
@@ -317,7 +403,7 @@ mod tests {
             load(Role::Edge, "", &[]).unwrap(),
             Config::default_for(Role::Edge)
         );
-        let none = Config::from_sources(Role::Edge, None, &[]).unwrap();
+        let (none, ()) = Config::from_sources(Role::Edge, None, &[]).unwrap();
         assert_eq!(none, Config::default_for(Role::Edge));
         assert_eq!(none.node.data_dir, Path::new("data/alpha"));
     }

@@ -1,6 +1,6 @@
 //! Printing: the config as the commented TOML file that `--print-config` writes.
 //!
-//! The printer walks the schema's `SECTIONS`: for each key of the node's role, its help
+//! The printer walks the schema's `SECTIONS`, then the application's: for each key of the node's role, its help
 //! as comment lines, then its line, `key = value` or, for a default that follows another
 //! key or an example, `# key = value`. Loading the text back gives the config again.
 
@@ -9,24 +9,24 @@ use std::path::{Path, PathBuf};
 
 use super::schema::{SECTIONS, TOPICS_HELP, default_data_dir};
 use super::units::{format_duration, size_value};
-use super::{Config, RELAY_DEFAULT};
+use super::{App, Config, RELAY_DEFAULT};
 use crate::entry::Retention;
 use crate::replication::Writer;
 
-/// The top of the file: what applies to every key.
-const HEADER: &str = r#"# Tether node configuration.
-#
-# Every key of [node], [log], [store], [link], [mirror], [http] and [pipeline] may be
-# overridden by an environment variable TETHER_<SECTION>__<KEY>, such as
+/// The top of the file: what applies to every key; the sections are named between its
+/// first line and the rest.
+const HEADER_TOP: &str = "# Tether node configuration.\n#\n";
+/// The rest of the top of the file.
+const HEADER: &str = r#"# overridden by an environment variable TETHER_<SECTION>__<KEY>, such as
 # TETHER_NODE__NAME=bravo, TETHER_STORE__DISK_BUDGET=10GiB or
 # TETHER_LINK__EDGES=alpha,bravo. Topics are set in this file only.
 # Sizes are bytes, as an integer or a string with a unit: "512KiB", "64MiB", "10GB".
 # Durations are strings with a unit: "500ms", "10s", "30m", "12h", "7d".
 "#;
 
-/// How a key is written, under its help.
+/// How a key is written in the printed config, under its help ([`App::line`]).
 #[derive(Debug)]
-enum Line {
+pub enum Line {
     /// `key = value`.
     Set(toml::Value),
     /// `# key = value`: left out, with the default it takes (when that follows another
@@ -37,29 +37,51 @@ enum Line {
 }
 
 impl Config {
-    /// The config as a commented TOML file, as `--print-config` prints it. Loading the
-    /// text back (for the same role) gives this config again.
+    /// The config of the framework alone as a commented TOML file (see
+    /// [`Config::to_toml_with`]).
     pub fn to_toml(&self) -> String {
+        self.to_toml_with(&())
+    }
+
+    /// The config and the application's settings `app` as a commented TOML file, as
+    /// `--print-config` prints them. Loading the text back (for the same role and
+    /// application) gives them again.
+    pub fn to_toml_with<A: App>(&self, app: &A) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = self.write_toml(&mut out);
+        let _ = self.write_toml(app, &mut out);
         out
     }
 
-    fn write_toml(&self, out: &mut String) -> fmt::Result {
+    fn write_toml<A: App>(&self, app: &A, out: &mut String) -> fmt::Result {
+        out.push_str(HEADER_TOP);
+        let names: Vec<String> = SECTIONS
+            .iter()
+            .chain(A::SECTIONS)
+            .map(|section| format!("[{}]", section.name))
+            .collect();
+        if let Some((last, first)) = names.split_last() {
+            writeln!(out, "# Every key of {} and {last} may be", first.join(", "))?;
+        }
         out.push_str(HEADER);
         if self.topics.is_empty() {
             out.push_str("\n# This node holds no topics (without this key: the defaults).\n");
             out.push_str("topics = []\n");
         }
-        for section in SECTIONS {
+        let framework = SECTIONS.iter().map(|section| (section, true));
+        for (section, ours) in framework.chain(A::SECTIONS.iter().map(|section| (section, false))) {
             write!(out, "\n[{}]\n", section.name)?;
             for key in section.keys.iter().filter(|key| key.applies_to(self.role)) {
                 for help in key.help_for(self.role) {
                     writeln!(out, "# {help}")?;
                 }
                 let name = key.name;
-                match self.line(section.name, name) {
+                let line = if ours {
+                    self.line(section.name, name)
+                } else {
+                    app.line(section.name, name)
+                };
+                match line {
                     Line::Set(value) => writeln!(out, "{name} = {value}")?,
                     Line::Unset(value) => writeln!(out, "# {name} = {value}")?,
                     Line::Secret(set) => {
@@ -95,7 +117,6 @@ impl Config {
             link,
             mirror,
             http,
-            pipeline,
             ..
         } = self;
         let relay = link.relay;
@@ -148,28 +169,6 @@ impl Config {
             ("http", "read_token") => Line::Secret(http.read_token.is_some()),
             ("http", "insecure_no_token") => Line::Set(http.insecure_no_token.into()),
             ("http", "hosts") => Line::Set(list(http.hosts.clone())),
-            ("pipeline", "feed") => match &pipeline.feed {
-                Some(feed) => Line::Set(text(feed)),
-                None => Line::Unset(text(
-                    "https://images-api.nasa.gov/search?q=apollo&media_type=image",
-                )),
-            },
-            ("pipeline", "feed_every") => Line::Set(duration(pipeline.feed_every)),
-            ("pipeline", "feed_batch") => {
-                Line::Set(toml::Value::Integer(i64::from(pipeline.feed_batch)))
-            }
-            ("pipeline", "max_download_bytes") => {
-                Line::Set(size_value(pipeline.max_download_bytes))
-            }
-            ("pipeline", "download_timeout") => Line::Set(duration(pipeline.download_timeout)),
-            ("pipeline", "download_allow") => Line::Set(list(
-                pipeline
-                    .download_allow
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect(),
-            )),
-            ("pipeline", "start_services") => Line::Set(pipeline.start_services.into()),
             // SECTIONS and this match name the same keys, and the tests print every key
             // of both roles: a key added to one and not the other fails them.
             _ => unreachable!("config key {section}.{name} has help but no line"),
@@ -229,86 +228,14 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-    use std::time::Duration;
+    //! The framework's keys; the round trip of a printed config with its topics, and the
+    //! mission's keys, are tested in `mission`.
 
     use super::Line;
+    use crate::config::Config;
     use crate::config::schema::SECTIONS;
     use crate::config::tests::load;
-    use crate::config::{Config, LogFormat, LogSettings};
-    use crate::entry::{NodeName, Retention};
-    use crate::replication::Writers;
     use crate::role::Role;
-    use crate::tls::Allowed;
-
-    #[test]
-    fn printed_config_round_trips() {
-        for role in [Role::Core, Role::Edge] {
-            let config = Config::default_for(role);
-            let text = config.to_toml();
-            assert_eq!(load(role, &text, &[]).unwrap(), config, "{text}");
-        }
-        let mut config = Config::default_for(Role::Edge);
-        config.node.data_dir = PathBuf::from("/var/lib/tether");
-        config.log = LogSettings {
-            format: LogFormat::Json,
-            filter: "protocol=debug,info".to_owned(),
-        };
-        config.store.disk_budget = Some(10_000_000_000);
-        config.store.max_entry_bytes = 1000;
-        config.store.cache_bytes = 12345;
-        config.store.retention_interval = Duration::from_millis(1500);
-        config.topics[0].retention = Retention {
-            max_age: Some(Duration::from_micros(3)),
-            max_bytes: Some(3 << 30),
-            max_entries: Some(10),
-        };
-        config.link.core = "hq.example.org:7443".to_owned();
-        config.link.core_name = NodeName::new("base").unwrap();
-        config.link.demo_certs = false;
-        config.link.certs_dir = Some(PathBuf::from("/etc/tether/certs"));
-        config.link.keep_alive = Duration::from_millis(2500);
-        config.link.idle_timeout = Duration::from_secs(90);
-        config.mirror.dir = Some(PathBuf::from("/srv/mirror"));
-        config.mirror.max_rate = Some(65536);
-        let text = config.to_toml();
-        assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
-        assert!(
-            text.contains("\ncerts_dir = \"/etc/tether/certs\"\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("\nkeep_alive = \"2500ms\"\n")
-                && text.contains("\nidle_timeout = \"90s\"\n"),
-            "{text}"
-        );
-        config.topics.clear();
-        // Writers are a property of listed topics: none listed, none left.
-        config.writers = Writers::default();
-        let text = config.to_toml();
-        assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
-
-        let mut config = Config::default_for(Role::Core);
-        config.node.data_dir = PathBuf::from("/var/lib/tether");
-        config.link.listen = "[::]:7443".parse().unwrap();
-        config.link.demo_certs = false;
-        config.link.edges = vec![NodeName::new("bravo").unwrap(), NodeName::new("c").unwrap()];
-        config.link.allow_any_edge = true;
-        config.mirror.volume = Some(PathBuf::from("/srv/volume"));
-        let text = config.to_toml();
-        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
-        // The certificates directory follows the data directory unless it is set.
-        assert!(
-            text.contains("\n# certs_dir = \"/var/lib/tether/certs\"\n"),
-            "{text}"
-        );
-        assert_eq!(config.allowed_edges(), Allowed::AnyEdge);
-        config.link.edges.clear();
-        config.link.allow_any_edge = false;
-        let text = config.to_toml();
-        assert_eq!(load(Role::Core, &text, &[]).unwrap(), config, "{text}");
-        assert_eq!(config.allowed_edges(), Allowed::List(Vec::new()));
-    }
 
     /// The keys the file takes are the keys with help: the names serde lists for an
     /// unknown one, section by section, are those of `SECTIONS`.

@@ -1,6 +1,6 @@
 //! The schema: the checked [`Config`] and its sections, each role's defaults, and
 //! `SECTIONS`, every key's help (the one description of each key, which `--print-config`
-//! writes).
+//! writes); [`Section`] and [`Key`] describe an application's sections too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::entry::{NodeName, Retention, Scope, TopicConfig};
-use crate::ip_range::IpRange;
+use super::App;
+use crate::entry::{NodeName, TopicConfig};
 use crate::link::RelayLimit;
 use crate::log::StoreConfig;
-use crate::mission;
-use crate::replication::{Writer, Writers};
+use crate::replication::Writers;
 use crate::role::Role;
 use crate::tls::{self, Allowed, Timeouts};
 
@@ -40,9 +39,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// `[http]`: the node's HTTP server (API, page, files).
     pub http: HttpSettings,
-    /// `[pipeline]`: the mission pipeline's services.
-    pub pipeline: PipelineSettings,
-    /// `[[topics]]`: the topics the node creates (or updates) at start (`TOPICS_HELP`).
+    /// `[[topics]]`: the topics the node creates (or updates) at start (`TOPICS_HELP`);
+    /// by default the application's ([`App::topics`]).
     pub topics: Vec<TopicConfig>,
     /// `[[topics]] writers`: at the core, which edges may write each topic.
     pub writers: Writers,
@@ -157,44 +155,20 @@ pub struct HttpSettings {
     pub hosts: Vec<String>,
 }
 
-/// The `[pipeline]` section: the mission pipeline's services (DESIGN.md; each
-/// key's help: see [`Config`]). Every key but `start_services` is the core's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PipelineSettings {
-    /// `feed`; `None`: the built-in demo feed, served by the core itself.
-    pub feed: Option<String>,
-    /// `feed_every`.
-    pub feed_every: Duration,
-    /// `feed_batch`: 1 to 1000.
-    pub feed_batch: u32,
-    /// `max_download_bytes`.
-    pub max_download_bytes: u64,
-    /// `download_timeout`.
-    pub download_timeout: Duration,
-    /// `download_allow`: empty by default, since HQ's own HTTP address, where the demo
-    /// feed's images are served, is always allowed.
-    pub download_allow: Vec<IpRange>,
-    /// `start_services`.
-    pub start_services: bool,
-}
-
-impl Default for PipelineSettings {
-    fn default() -> Self {
-        PipelineSettings {
-            feed: None,
-            feed_every: Duration::from_secs(10),
-            feed_batch: 2,
-            max_download_bytes: 50 << 20,
-            download_timeout: Duration::from_secs(60),
-            download_allow: Vec::new(),
-            start_services: true,
-        }
-    }
-}
-
 impl Config {
-    /// The defaults for a node of this role: a local demo with the mission pipeline's
-    /// topics (core: `hq`; edge: `alpha`).
+    /// The defaults for a node of this role and the application `A`: a local demo with
+    /// the application's topics ([`App::topics`], [`App::writers`]) and settings.
+    pub fn default_with<A: App>(role: Role) -> (Config, A) {
+        let config = Config {
+            topics: A::topics(role),
+            writers: A::writers(),
+            ..Config::default_for(role)
+        };
+        (config, A::default_for(role))
+    }
+
+    /// The framework's defaults for a node of this role, with no topic: a local demo
+    /// (core: `hq`; edge: `alpha`).
     pub fn default_for(role: Role) -> Config {
         let name = match role {
             Role::Core => "hq",
@@ -229,7 +203,6 @@ impl Config {
                 insecure_no_token: false,
                 hosts: Vec::new(),
             },
-            pipeline: PipelineSettings::default(),
             node: NodeSettings { data_dir, name },
             log: LogSettings {
                 format: LogFormat::Text,
@@ -241,8 +214,8 @@ impl Config {
                 cache_bytes: 32 << 20,
                 retention_interval: Duration::from_secs(10),
             },
-            topics: default_topics(role),
-            writers: default_writers(),
+            topics: Vec::new(),
+            writers: Writers::default(),
         }
     }
 
@@ -265,17 +238,6 @@ impl Config {
             Some(dir) => dir.clone(),
             None => self.node.data_dir.join("volume"),
         }
-    }
-
-    /// Where the core keeps downloaded images: `<data_dir>/downloads`.
-    pub fn downloads_dir(&self) -> PathBuf {
-        self.node.data_dir.join("downloads")
-    }
-
-    /// The core's ingest directory, watched for files to turn into assets:
-    /// `<data_dir>/ingest`.
-    pub fn ingest_dir(&self) -> PathBuf {
-        self.node.data_dir.join("ingest")
     }
 
     /// The edge's mirror directory: `mirror.dir`, by default `<data_dir>/mirror`.
@@ -330,44 +292,6 @@ impl LogFormat {
 /// `data/<name>`.
 pub(super) fn default_data_dir(name: &NodeName) -> PathBuf {
     Path::new("data").join(name.as_str())
-}
-
-/// The mission pipeline's topics (DESIGN.md, "The mission pipeline") as each role holds them.
-fn default_topics(role: Role) -> Vec<TopicConfig> {
-    const DAY: u64 = 24 * 60 * 60;
-    let topic = |name: &str, scope, days| TopicConfig {
-        name: mission::topic(name),
-        scope,
-        retention: Retention {
-            max_age: Some(Duration::from_secs(days * DAY)),
-            ..Retention::default()
-        },
-    };
-    // The core's internal pipeline steps are worth a week; what crosses the link is kept
-    // a month, so that an edge that was away for weeks still finds it.
-    let mut topics = match role {
-        Role::Core => vec![
-            topic(mission::IMAGE_FEED, Scope::Local, 7),
-            topic(mission::IMAGE_DOWNLOAD, Scope::Local, 7),
-        ],
-        Role::Edge => Vec::new(),
-    };
-    topics.extend([
-        topic(mission::MESSAGES, Scope::All, 30),
-        topic(mission::ASSET_BROADCAST, Scope::All, 30),
-        topic(mission::ASSET_REQUEST, Scope::Core, 30),
-        topic(mission::ASSET_RESPONSE, Scope::All, 30),
-    ]);
-    topics
-}
-
-/// Who writes the default topics: HQ alone broadcasts assets and answers requests.
-fn default_writers() -> Writers {
-    let core_only = |name| (mission::topic(name), Writer::Edges(Vec::new()));
-    Writers(vec![
-        core_only(mission::ASSET_BROADCAST),
-        core_only(mission::ASSET_RESPONSE),
-    ])
 }
 
 /// The sections of the config file and their keys, in the order `--print-config` writes
@@ -571,42 +495,6 @@ pub(super) const SECTIONS: &[Section] = &[
             ),
         ],
     },
-    Section {
-        name: "pipeline",
-        keys: &[
-            Key::core(
-                "feed",
-                &[
-                    "The IMAGE feed document: a path or an http(s) URL, in the NASA Image and Video",
-                    "Library API format. Left out: the built-in demo feed, served by this node.",
-                ],
-            ),
-            Key::core(
-                "feed_every",
-                &["How often the feed service picks new items, and how many each time."],
-            ),
-            Key::core("feed_batch", SEE_ABOVE),
-            Key::core("max_download_bytes", &["Limits on one image download."]),
-            Key::core("download_timeout", SEE_ABOVE),
-            Key::core(
-                "download_allow",
-                &[
-                    "A feed item's image is fetched over http(s) only, and never from an internal address",
-                    "(loopback, private, link-local, shared, multicast, broadcast, reserved; IPv6 forms",
-                    "that embed such an IPv4 address too), checked after DNS and at every redirect. The",
-                    "addresses (\"10.0.0.7\") and CIDR ranges (\"10.0.0.0/8\", \"fd00::/8\") listed here are",
-                    "allowed all the same. This node's own HTTP address is always allowed.",
-                ],
-            ),
-            Key::both(
-                "start_services",
-                &[
-                    "Start every service the first time the node starts; afterwards the node",
-                    "remembers which services an operator left running.",
-                ],
-            ),
-        ],
-    },
 ];
 
 /// The help of `[[topics]]`, written above the list (the topics' keys share it).
@@ -619,32 +507,34 @@ pub(super) const TOPICS_HELP: &[&str] = &[
 ];
 
 /// The help of a key that the help of the key above it describes too.
-const SEE_ABOVE: &[&str] = &[];
+pub const SEE_ABOVE: &[&str] = &[];
 
-/// A section of the config file, `[name]`, and its keys.
+/// A section of the config file, `[name]`, and its keys: the framework's (`node`, `log`,
+/// `store`, `link`, `mirror`, `http`) or an application's ([`App::SECTIONS`]).
 #[derive(Debug)]
-pub(super) struct Section {
-    /// `node`, `log`, `store`, `link`, `mirror`, `http` or `pipeline`.
-    pub(super) name: &'static str,
+pub struct Section {
+    /// Its name: `[name]` in the file, `TETHER_<NAME>__<KEY>` in the environment.
+    pub name: &'static str,
     /// Its keys, in the order they are printed.
-    pub(super) keys: &'static [Key],
+    pub keys: &'static [Key],
 }
 
 /// A key of the config file: whose it is, and its help.
 #[derive(Debug)]
-pub(super) struct Key {
+pub struct Key {
     /// Its name in its section.
-    pub(super) name: &'static str,
+    pub name: &'static str,
     /// The role whose file has it; `None`: both. The other role's check refuses it.
-    pub(super) role: Option<Role>,
+    pub role: Option<Role>,
     /// What it means, a comment line each; none when the key above describes it too.
-    pub(super) help: &'static [&'static str],
+    pub help: &'static [&'static str],
     /// More help, for an edge's file only.
-    pub(super) edge_note: &'static [&'static str],
+    pub edge_note: &'static [&'static str],
 }
 
 impl Key {
-    const fn both(name: &'static str, help: &'static [&'static str]) -> Key {
+    /// A key of both roles' files, with its help (a comment line each; [`SEE_ABOVE`]).
+    pub const fn both(name: &'static str, help: &'static [&'static str]) -> Key {
         Key {
             name,
             role: None,
@@ -653,21 +543,24 @@ impl Key {
         }
     }
 
-    const fn core(name: &'static str, help: &'static [&'static str]) -> Key {
+    /// A key of the core's file only.
+    pub const fn core(name: &'static str, help: &'static [&'static str]) -> Key {
         Key {
             role: Some(Role::Core),
             ..Key::both(name, help)
         }
     }
 
-    const fn edge(name: &'static str, help: &'static [&'static str]) -> Key {
+    /// A key of an edge's file only.
+    pub const fn edge(name: &'static str, help: &'static [&'static str]) -> Key {
         Key {
             role: Some(Role::Edge),
             ..Key::both(name, help)
         }
     }
 
-    const fn with_edge_note(self, edge_note: &'static [&'static str]) -> Key {
+    /// The key with more help, printed in an edge's file only.
+    pub const fn with_edge_note(self, edge_note: &'static [&'static str]) -> Key {
         Key { edge_note, ..self }
     }
 

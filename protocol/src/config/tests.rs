@@ -1,22 +1,22 @@
 //! The checks' tests: every key read, and every malformed value named with its origin.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::entry::{NodeName, TopicName};
-use crate::link::RelayLimit;
+use crate::entry::NodeName;
 use crate::role::Role;
 use crate::tls::{self, Allowed, Timeouts};
 
-/// Loads `text` as the file `/etc/tether/node.toml`, with `env` over it.
+/// Loads `text` as the file `/etc/tether/node.toml`, with `env` over it, for the
+/// framework alone (the mission's sections and defaults are tested in `mission`).
 pub(super) fn load(role: Role, text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let env: Vec<_> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    Config::from_sources(role, Some((Path::new("/etc/tether/node.toml"), text)), &env)
+    let file = Some((Path::new("/etc/tether/node.toml"), text));
+    Config::from_sources(role, file, &env).map(|(config, ())| config)
 }
 
 /// The error's message, checked to contain each of `parts`.
@@ -156,63 +156,6 @@ fn link_keys_are_read_and_checked() {
 }
 
 #[test]
-fn relay_quota_and_writers_are_read_and_checked() {
-    // Defaults: a quota per edge, and HQ alone writes what it broadcasts and answers.
-    let config = load(Role::Core, "", &[]).unwrap();
-    assert_eq!(config.link.relay, Some(RELAY_DEFAULT));
-    let broadcast = TopicName::new("ASSET_BROADCAST").unwrap();
-    let (alpha, messages) = (
-        NodeName::new("alpha").unwrap(),
-        TopicName::new("MESSAGES").unwrap(),
-    );
-    assert!(!config.writers.allows(&broadcast, &alpha));
-    assert!(config.writers.allows(&messages, &alpha));
-    // Values, the environment over the file, and both rates 0: no quota.
-    let file = "[link]\nrelay_rate = \"1MiB\"\nrelay_entries = 7\nrelay_burst = \"5s\"\n";
-    let relay = load(Role::Core, file, &[]).unwrap().link.relay;
-    assert_eq!(
-        relay,
-        Some(RelayLimit {
-            bytes_per_s: 1 << 20,
-            entries_per_s: 7,
-            burst: Duration::from_secs(5)
-        })
-    );
-    let env = [
-        ("TETHER_LINK__RELAY_RATE", "0"),
-        ("TETHER_LINK__RELAY_ENTRIES", "0"),
-    ];
-    assert_eq!(load(Role::Core, file, &env).unwrap().link.relay, None);
-    let off = load(Role::Core, "", &env).unwrap();
-    let text = off.to_toml();
-    assert!(text.contains("\nrelay_rate = 0\n"), "{text}");
-    assert_eq!(load(Role::Core, &text, &[]).unwrap(), off);
-    // An edge relays nothing; bad values name the key.
-    let err = load(Role::Edge, "[link]\nrelay_rate = \"1KiB\"\n", &[]).unwrap_err();
-    assert!(err.to_string().contains("link.relay_rate"), "{err}");
-    let err = load(Role::Core, "[link]\nrelay_burst = \"0s\"\n", &[]).unwrap_err();
-    assert!(err.to_string().contains("link.relay_burst"), "{err}");
-    // Writers: any, core, a list; printed and read back; bad ones named.
-    let topics =
-        |writers: &str| format!("[[topics]]\nname = \"A\"\nscope = \"all\"\nwriters = {writers}\n");
-    let a = TopicName::new("A").unwrap();
-    let bravo = NodeName::new("bravo").unwrap();
-    let any = load(Role::Core, &topics("\"any\""), &[]).unwrap();
-    assert!(any.writers.allows(&a, &bravo));
-    let core = load(Role::Core, &topics("\"core\""), &[]).unwrap();
-    assert!(!core.writers.allows(&a, &alpha));
-    let listed = load(Role::Core, &topics("[\"bravo\"]"), &[]).unwrap();
-    assert!(listed.writers.allows(&a, &bravo) && !listed.writers.allows(&a, &alpha));
-    for config in [core, listed] {
-        assert_eq!(load(Role::Core, &config.to_toml(), &[]).unwrap(), config);
-    }
-    for bad in ["\"everyone\"", "[\"Bravo!\"]", "7"] {
-        let err = load(Role::Core, &topics(bad), &[]).unwrap_err();
-        assert!(err.to_string().contains("writers"), "{bad}: {err}");
-    }
-}
-
-#[test]
 fn link_timeouts_are_read_and_checked() {
     // The defaults, for both roles, as --print-config shows them.
     for role in [Role::Core, Role::Edge] {
@@ -333,125 +276,6 @@ fn link_timeouts_are_read_and_checked() {
             "environment variable TETHER_LINK__IDLE_TIMEOUT: link.idle_timeout: must be from \
              5s to 1h, not 1d",
         ],
-    );
-}
-
-#[test]
-fn download_allow_is_read_checked_and_printed() {
-    let core = load(Role::Core, "", &[]).unwrap();
-    assert!(core.pipeline.download_allow.is_empty());
-    assert!(
-        core.to_toml().contains("\ndownload_allow = []\n"),
-        "{}",
-        core.to_toml()
-    );
-    let text = "[pipeline]\ndownload_allow = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\"]\n";
-    let core = load(Role::Core, text, &[]).unwrap();
-    let shown: Vec<String> = core
-        .pipeline
-        .download_allow
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(shown, ["127.0.0.1", "10.0.0.0/8", "fd00::/8"]);
-    assert_eq!(load(Role::Core, &core.to_toml(), &[]).unwrap(), core);
-    // From the environment as the other lists: names separated by commas, or TOML.
-    for value in [
-        "127.0.0.1/32, ::1",
-        "[\"127.0.0.1\", \"::1/128\"]",
-        "127.0.0.1,::1",
-    ] {
-        let env = [("TETHER_PIPELINE__DOWNLOAD_ALLOW", value)];
-        let core = load(Role::Core, text, &env).unwrap();
-        let shown: Vec<String> = core
-            .pipeline
-            .download_allow
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(shown, ["127.0.0.1", "::1"], "{value}");
-    }
-    check_error(
-        load(
-            Role::Core,
-            "",
-            &[("TETHER_PIPELINE__DOWNLOAD_ALLOW", "127.0.0.1,localhost")],
-        ),
-        &[
-            "environment variable TETHER_PIPELINE__DOWNLOAD_ALLOW",
-            "pipeline.download_allow[1]",
-            "\"localhost\" is not an IP address or a CIDR range",
-        ],
-    );
-    check_error(
-        load(
-            Role::Core,
-            "[pipeline]\ndownload_allow = [\"10.1.0.0/8\"]\n",
-            &[],
-        ),
-        &[
-            "config file /etc/tether/node.toml",
-            "pipeline.download_allow[0]",
-            "the range is \"10.0.0.0/8\"",
-        ],
-    );
-    check_error(
-        load(
-            Role::Core,
-            "[pipeline]\ndownload_allow = [\"::1/200\"]\n",
-            &[],
-        ),
-        &["pipeline.download_allow[0]", "0 to 128"],
-    );
-    check_error(
-        load(
-            Role::Core,
-            "[pipeline]\ndownload_allow = [\"::1\", \"::1/128\"]\n",
-            &[],
-        ),
-        &["pipeline.download_allow[1]", "::1 is listed twice"],
-    );
-    check_error(
-        load(Role::Edge, "[pipeline]\ndownload_allow = []\n", &[]),
-        &["pipeline.download_allow", "a core's key"],
-    );
-}
-
-#[test]
-fn pipeline_and_http_keys_are_read_and_checked() {
-    let text = "[pipeline]\nfeed = \"https://example.org/feed.json\"\nfeed_every = \"2s\"\n\
-                feed_batch = 5\nmax_download_bytes = \"2MiB\"\n[http]\nlisten = \"0.0.0.0:9000\"\n";
-    let env = [
-        ("TETHER_PIPELINE__START_SERVICES", "false"),
-        ("TETHER_HTTP__TOKEN", "0123456789abcdef"),
-    ];
-    let core = load(Role::Core, text, &env).unwrap();
-    assert_eq!(
-        core.pipeline.feed.as_deref(),
-        Some("https://example.org/feed.json")
-    );
-    assert_eq!(core.pipeline.feed_every, Duration::from_secs(2));
-    assert_eq!(core.pipeline.feed_batch, 5);
-    assert_eq!(core.pipeline.max_download_bytes, 2 << 20);
-    assert!(!core.pipeline.start_services);
-    assert_eq!(core.http.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
-    // What --print-config writes loads back the same.
-    let again = load(Role::Core, &core.to_toml(), &env[1..]).unwrap();
-    assert_eq!(again.pipeline, core.pipeline);
-    assert_eq!(again.http, core.http);
-    let edge = load(Role::Edge, "", &[]).unwrap();
-    assert_eq!(edge.http.listen, SocketAddr::from(([127, 0, 0, 1], 8081)));
-    check_error(
-        load(Role::Edge, "[pipeline]\nfeed = \"x\"\n", &[]),
-        &["pipeline.feed", "a core's key"],
-    );
-    check_error(
-        load(Role::Core, "[pipeline]\nfeed_batch = 0\n", &[]),
-        &["pipeline.feed_batch", "1 to 1000"],
-    );
-    check_error(
-        load(Role::Core, "", &[("TETHER_HTTP__LISTEN", "8080")]),
-        &["TETHER_HTTP__LISTEN", "http.listen", "not an address"],
     );
 }
 

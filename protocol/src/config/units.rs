@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A size or duration as written: an integer or a string, parsed when checked.
+/// A size or duration as written: an integer or a string, parsed when checked (by
+/// [`positive_size`], [`positive_duration`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Scalar {
+pub enum Scalar {
+    /// An integer: bytes (a duration needs a unit).
     Int(i64),
+    /// A string with a unit: `"64MiB"`, `"10s"`.
     Text(String),
 }
 
@@ -25,7 +28,7 @@ pub(super) fn size_or_zero(value: &Scalar) -> Result<u64, String> {
 }
 
 /// A size more than 0, in bytes.
-pub(super) fn positive_size(value: &Scalar) -> Result<u64, String> {
+pub fn positive_size(value: &Scalar) -> Result<u64, String> {
     let bytes = match value {
         Scalar::Int(n) => {
             u64::try_from(*n).map_err(|_| format!("invalid size {n}: must not be negative"))?
@@ -39,7 +42,7 @@ pub(super) fn positive_size(value: &Scalar) -> Result<u64, String> {
 }
 
 /// A duration more than 0.
-pub(super) fn positive_duration(value: &Scalar) -> Result<Duration, String> {
+pub fn positive_duration(value: &Scalar) -> Result<Duration, String> {
     let duration = match value {
         Scalar::Int(n) => {
             return Err(format!(
@@ -145,7 +148,7 @@ fn split_number(text: &str) -> (&str, &str) {
 }
 
 /// A size as TOML: a string with the largest exact unit, else an integer of bytes.
-pub(super) fn size_value(bytes: u64) -> toml::Value {
+pub fn size_value(bytes: u64) -> toml::Value {
     match SIZE_UNITS.iter().find(|(_, m)| bytes.is_multiple_of(*m)) {
         Some((unit, m)) if bytes > 0 => toml::Value::String(format!("{}{unit}", bytes / m)),
         // Past i64 (TOML's integers), the digits alone as a string still parse as bytes.
@@ -157,7 +160,7 @@ pub(super) fn size_value(bytes: u64) -> toml::Value {
 }
 
 /// A duration with the largest unit that divides it exactly: `"7d"`, `"90s"`, `"1500ms"`.
-pub(super) fn format_duration(duration: Duration) -> String {
+pub fn format_duration(duration: Duration) -> String {
     const UNITS: [(&str, u128); 7] = [
         ("d", 86_400_000_000_000),
         ("h", 3_600_000_000_000),

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use protocol::entry::Offset;
 use protocol::log::Store;
-use protocol::mission;
 use protocol::service::{Services, Tile};
 use tests::emulator::Profile;
 use tests::mission::{Mission, MissionConfig};

@@ -1,13 +1,26 @@
-//! The mission pipeline's vocabulary, shared by HQ and the edges: its topics, the assets
-//! table, and the messages that cross the link (DESIGN.md, "The mission pipeline").
+//! The mission application on the Tether framework (`protocol`), shared by HQ
+//! (`core-node`) and the edges (`edge-node`): the pipeline's vocabulary (its topics, the
+//! assets table, and the messages that cross the link; DESIGN.md, "The mission
+//! pipeline"), and its part of the node's config ([`Settings`]: the `[pipeline]`
+//! section, the default topics and their writers), which the binaries register with
+//! `protocol::node::main_for`.
 //!
 //! Every message is JSON, so that integrators read it with any tool; each has the
 //! asset's id, which is safe as a file name and a table id (HQ makes it so).
+//!
+//! IO: none but the store it is handed.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::entry::TopicName;
-use crate::log::{ReadError, Store, TableName, Txn, WriteError};
+use protocol::config::Config;
+use protocol::entry::TopicName;
+use protocol::log::{ReadError, Store, TableName, Txn, WriteError};
+
+mod settings;
+
+pub use settings::{PipelineSettings, RawSettings, Settings};
 
 /// Every node: the operators' own messages (the CLI's and the API's `publish`).
 pub const MESSAGES: &str = "MESSAGES";
@@ -27,6 +40,16 @@ pub const ASSETS: &str = "assets";
 /// Where HQ puts requested assets in the mission volume (and the edge finds them in its
 /// mirror).
 pub const VOLUME_DIR: &str = "assets";
+
+/// Where HQ keeps downloaded images: `<data_dir>/downloads`.
+pub fn downloads_dir(config: &Config) -> PathBuf {
+    config.node.data_dir.join("downloads")
+}
+
+/// HQ's ingest directory, watched for files to turn into assets: `<data_dir>/ingest`.
+pub fn ingest_dir(config: &Config) -> PathBuf {
+    config.node.data_dir.join("ingest")
+}
 
 /// A topic of the pipeline by its constant.
 pub fn topic(name: &str) -> TopicName {

@@ -78,6 +78,15 @@ pub struct Progress {
 }
 
 impl Progress {
+    fn of(out: &Outbound) -> Progress {
+        Progress {
+            restarted: false,
+            cursor: out.cursor(),
+            position: out.position(),
+            in_flight: out.in_flight(),
+        }
+    }
+
     /// Entries after the peer's acknowledged position, when the topic's next offset is
     /// `next` (an upper bound: some may not be for this peer).
     pub fn backlog(&self, next: Offset) -> u64 {
@@ -240,10 +249,15 @@ impl Session {
         out.have(vector, |origin| held.0.contains_key(origin));
         Some(Progress {
             restarted,
-            cursor: out.cursor(),
-            position: out.position(),
-            in_flight: out.in_flight(),
+            ..Progress::of(out)
         })
+    }
+
+    /// Where the outgoing `topic` stands now. A round can move it as a `Have` does: past
+    /// entries the peer does not need (its own), leaving nothing to send or acknowledge.
+    /// `None`: not an outgoing topic.
+    pub fn progress(&self, topic: &TopicName) -> Option<Progress> {
+        self.outbound.get(topic).map(Progress::of)
     }
 
     /// This side's operator switch is now `paused`: the frame that tells the peer, if it

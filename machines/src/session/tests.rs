@@ -416,6 +416,31 @@ fn a_peer_that_lost_data_is_sent_everything_again() {
 }
 
 #[test]
+fn a_round_past_the_peers_own_entries_leaves_the_topic_up_to_date() {
+    let t0 = Instant::now();
+    let mut session = ready_core(t0);
+    // Three of the core's entries go out and are acknowledged...
+    let mut log = log(3);
+    assert_eq!(round(&mut session, &log, FAST), 3);
+    let acked = peer_has(&mut session, &[("hq", 3)], None);
+    // ...while an entry of alpha's own arrives at the core, after the round.
+    log.push(Record {
+        offset: Offset(3),
+        entry: entry("alpha", 1, 10),
+    });
+    let next = Offset(4);
+    assert_eq!(acked.backlog(next), 1);
+    assert!(!acked.up_to_date(next));
+    // The next round passes it (alpha has it) and sends nothing, so no `Have` follows:
+    // what the round leaves is where the topic stands.
+    assert_eq!(round(&mut session, &log, FAST), 0);
+    let now = session.progress(&topic("broadcast")).unwrap();
+    assert_eq!(now.backlog(next), 0);
+    assert!(now.up_to_date(next));
+    assert_eq!(session.progress(&topic("other")), None);
+}
+
+#[test]
 fn pauses_are_told_once_and_stop_the_sender() {
     let t0 = Instant::now();
     let log = log(100);

@@ -30,10 +30,10 @@ use std::time::{Instant, SystemTime};
 
 use machines::replication::Incarnations;
 use machines::session::{self as machine, Control, Greeted, Handshake, Intake, Measure, Session};
-use machines::session::{Side, Take};
+use machines::session::{Progress, Side, Take};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{LinkError, Local, PeerLink};
+use super::{LinkError, Local, PeerLink, TopicStatus};
 use crate::entry::{NodeName, Offset, Scope, Seq};
 use crate::log::{ConsumerName, PeerConfig, Store, TableName, Txn, WriteError};
 use crate::wire::{self, Deflate, Frame, FrameReader, Inflate};
@@ -241,12 +241,7 @@ async fn control_loop(
                     tracing::warn!(%peer, %topic, "peer holds less than it acknowledged before: sending from the start");
                 }
                 let next = store.topic(&topic).map_or(Offset(0), |t| t.next);
-                link.topic(&topic, true, |t| {
-                    t.backlog = progress.backlog(next);
-                    if progress.up_to_date(next) {
-                        t.up_to_date = Some(SystemTime::now());
-                    }
-                });
+                link.topic(&topic, true, |t| show(t, progress, next));
                 shared.wake.notify_one();
             }
             Control::Paused => {
@@ -340,7 +335,16 @@ async fn send_loop(
                 buf.clear();
             }
             for (topic, entries) in counts {
-                link.topic(&topic, true, |t| t.entries += entries);
+                // The round may have passed the peer's own entries only, with no `Have`
+                // to follow: the status shows where the topic stands now.
+                let progress = shared.session().progress(&topic);
+                let next = store.topic(&topic).map_or(Offset(0), |t| t.next);
+                link.topic(&topic, true, |t| {
+                    t.entries += entries;
+                    if let Some(progress) = progress {
+                        show(t, progress, next);
+                    }
+                });
             }
             continue;
         }
@@ -469,6 +473,14 @@ async fn receive_loop(
     tokio::select! {
         r = read => r,
         r = commit => r,
+    }
+}
+
+/// Shows where an outgoing topic stands, when its next offset is `next`.
+fn show(status: &mut TopicStatus, progress: Progress, next: Offset) {
+    status.backlog = progress.backlog(next);
+    if progress.up_to_date(next) {
+        status.up_to_date = Some(SystemTime::now());
     }
 }
 

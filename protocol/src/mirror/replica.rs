@@ -16,8 +16,11 @@
 //! 1. build `staging/v<N+1>` in manifest order: directories; files unchanged in content,
 //!    mode and mtime are hard-linked from `v<N>`; others are assembled from spool and local
 //!    chunks, each chunk checked against its hash and the whole file against its hash,
-//!    then mode, mtime, fsync; symlinks;
-//! 2. fsync every directory of the new tree, deepest first;
+//!    then mode and mtime, without a sync; symlinks. Written files are kept open and
+//!    fsynced in batches of [`SYNC_EVERY`] (on a few threads at once,
+//!    [`sync_files`]): when a batch is full, and the last one once the tree is built;
+//! 2. fsync every directory of the new tree, deepest first (every file in it is durable
+//!    by then: written ones by step 1, hard-linked ones since their own version);
 //! 3. write `versions/v<N+1>.manifest` (temp, fsync, rename);
 //! 4. rename `staging/v<N+1>` to `versions/v<N+1>`, fsync `versions/`;
 //! 5. **commit**: symlink `current.tmp` → `versions/v<N+1>`, rename it over `current`,
@@ -43,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::RelPath;
-use super::spool::{Spool, SpoolError, sync_dir};
+use super::spool::{SYNC_EVERY, Spool, SpoolError, sync_dir, sync_files};
 use super::{ChunkParams, Hash};
 use super::{FileNode, Limits, Manifest, ManifestError, Node};
 use super::{Plan, Prefix, plan};
@@ -77,7 +80,8 @@ pub enum ApplyStep<'a> {
     },
     /// The entry at this path is about to be placed.
     Entry(&'a RelPath),
-    /// The tree is complete; about to sync its directories and write its manifest.
+    /// The tree is complete; about to sync its last written files, its directories, and
+    /// write its manifest.
     Built,
     /// About to move the tree from staging into `versions/`.
     Publish,
@@ -451,6 +455,8 @@ impl ReplicaVolume {
             same.entry(file).or_insert(path);
         }
         let mut dirs = vec![(staged.to_path_buf(), 0o755)];
+        // Written files not yet synced, at most SYNC_EVERY (each holds a descriptor).
+        let mut unsynced: Vec<(PathBuf, File)> = Vec::new();
         for entry in &target.entries {
             step(hook, ApplyStep::Entry(&entry.path), staged)?;
             let abs = entry.path.under(staged);
@@ -470,20 +476,27 @@ impl ReplicaVolume {
                     if linked {
                         applied.linked += 1;
                     } else {
-                        self.assemble(&entry.path, file, &abs, &old, &local, hook)?;
+                        let out = self.assemble(&entry.path, file, &abs, &old, &local, hook)?;
                         applied.written += 1;
                         applied.bytes += file.size;
+                        unsynced.push((abs, out));
+                        if unsynced.len() >= SYNC_EVERY {
+                            sync_written(&mut unsynced)?;
+                        }
                     }
                 }
             }
         }
         step(hook, ApplyStep::Built, staged)?;
+        sync_written(&mut unsynced)?;
         for (dir, mode) in dirs.iter().rev() {
             fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))
                 .map_err(apply_io("set the mode of", dir))?;
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(apply_io("sync", dir))?;
+            #[cfg(test)]
+            super::spool::trace::record(super::spool::trace::Event::Synced(dir.clone()));
         }
         write_atomic(&manifest_path(&self.dir, self.seq + 1), &target.encode())?;
         step(hook, ApplyStep::Publish, staged)?;
@@ -494,7 +507,8 @@ impl ReplicaVolume {
         Ok(())
     }
 
-    /// Writes one file from chunks, checking each chunk and the whole.
+    /// Writes one file from chunks, checking each chunk and the whole; sets its mtime and
+    /// mode. Returns it open and not yet synced (the caller syncs it, step 1).
     fn assemble(
         &mut self,
         path: &RelPath,
@@ -503,7 +517,7 @@ impl ReplicaVolume {
         old: &Path,
         local: &HashMap<Hash, (&RelPath, u64)>,
         hook: &mut dyn FnMut(ApplyStep<'_>) -> io::Result<()>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<File, ApplyError> {
         let mut out = File::create_new(abs).map_err(apply_io("create", abs))?;
         let mut whole = blake3::Hasher::new();
         for chunk in &file.chunks {
@@ -556,8 +570,7 @@ impl ReplicaVolume {
             .map_err(apply_io("set the mtime of", abs))?;
         out.set_permissions(fs::Permissions::from_mode(file.mode & 0o555))
             .map_err(apply_io("set the mode of", abs))?;
-        out.sync_all().map_err(apply_io("sync", abs))?;
-        Ok(())
+        Ok(out)
     }
 
     /// Steps 5 and 6.
@@ -698,13 +711,23 @@ fn manifest_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join("versions").join(format!("v{seq}.manifest"))
 }
 
+/// Fsyncs the written files of an apply (data, mode and mtime), and closes them.
+fn sync_written(files: &mut Vec<(PathBuf, File)>) -> Result<(), ApplyError> {
+    sync_files(files, true).map_err(|(path, source)| apply_io("sync", &path)(source))?;
+    files.clear();
+    Ok(())
+}
+
 /// Points `current` at `versions/v<seq>` in one rename, durably.
 fn swap_current(dir: &Path, seq: u64) -> Result<(), SpoolError> {
     let tmp = dir.join("current.tmp");
     let _ = fs::remove_file(&tmp);
     symlink(format!("versions/v{seq}"), &tmp).map_err(spool_io("create", &tmp))?;
     fs::rename(&tmp, dir.join("current")).map_err(spool_io("swap", &tmp))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    #[cfg(test)]
+    super::spool::trace::record(super::spool::trace::Event::Swapped(version_dir(dir, seq)));
+    Ok(())
 }
 
 /// Writes a file whole or not at all: temp, fsync, rename (the caller syncs the dir).

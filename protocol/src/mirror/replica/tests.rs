@@ -193,6 +193,54 @@ fn many_small_files_one_batch_each_megabyte() {
     assert_eq!(on_disk(&replica), describe(&target));
 }
 
+/// The module doc's apply order, checked on the syncs themselves: every written file
+/// (more than one batch of them) is synced before its directory, and every directory
+/// before the swap that publishes it.
+#[test]
+fn the_swap_comes_after_every_written_file_and_directory_is_durable() {
+    use crate::mirror::spool::trace::{Event, under};
+    let mut pair = Pair::new("apply-order");
+    let files = SYNC_EVERY + 20;
+    for i in 0..files {
+        write_old(
+            &pair.src(),
+            &format!("d{}/f{i}", i % 3),
+            &random(100, i as u64),
+        );
+    }
+    let mut replica = pair.open();
+    let (_, target) = pair.mirror(&mut replica);
+    let events = under(&pair.edge());
+    let swap = events
+        .iter()
+        .position(|e| *e == Event::Swapped(version_dir(&pair.edge(), 1)))
+        .expect("swapped to v1");
+    let staged = pair.edge().join("staging/v1");
+    let synced_at = |path: &Path| {
+        events[..swap]
+            .iter()
+            .position(|e| *e == Event::Synced(path.to_path_buf()))
+    };
+    let mut written = 0;
+    for entry in &target.entries {
+        let path = entry.path.under(&staged);
+        let Some(at) = synced_at(&path) else {
+            panic!("{} not synced before the swap", entry.path);
+        };
+        if let Node::File(_) = entry.node {
+            written += 1;
+            let parent = path.parent().unwrap();
+            let dir_at = synced_at(parent).expect("its directory synced before the swap");
+            assert!(at < dir_at, "{} synced after its directory", entry.path);
+        }
+    }
+    assert_eq!(written, files);
+    assert!(
+        synced_at(&staged).is_some(),
+        "the root synced before the swap"
+    );
+}
+
 #[test]
 fn a_restart_resumes_without_refetching() {
     let mut pair = Pair::new("resume");

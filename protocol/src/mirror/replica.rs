@@ -16,7 +16,11 @@
 //! 1. build `staging/v<N+1>` in manifest order: directories; files unchanged in content,
 //!    mode and mtime are hard-linked from `v<N>`; others are assembled from spool and local
 //!    chunks, each chunk checked against its hash and the whole file against its hash,
-//!    then mode and mtime, without a sync; symlinks. Written files are kept open and
+//!    then mode and mtime, without a sync; symlinks. A file of one spooled chunk (the
+//!    first such file of that chunk, readable by its owner) is the chunk's spool file,
+//!    checked and hard-linked rather than copied: no second inode to allocate, no copy;
+//!    its bytes are durable since the spool's sync, and its new mode and mtime are synced
+//!    as a written file's. Written files are kept open and
 //!    fsynced in batches of [`SYNC_EVERY`] (on a few threads at once,
 //!    [`sync_files`]): when a batch is full, and the last one once the tree is built;
 //! 2. fsync every directory of the new tree, deepest first (every file in it is durable
@@ -457,6 +461,9 @@ impl ReplicaVolume {
         let mut dirs = vec![(staged.to_path_buf(), 0o755)];
         // Written files not yet synced, at most SYNC_EVERY (each holds a descriptor).
         let mut unsynced: Vec<(PathBuf, File)> = Vec::new();
+        // Spooled chunks already linked as a file of this version (an inode has one mode
+        // and mtime: a second file of the same bytes is copied).
+        let mut linked_chunks: HashSet<Hash> = HashSet::new();
         for entry in &target.entries {
             step(hook, ApplyStep::Entry(&entry.path), staged)?;
             let abs = entry.path.under(staged);
@@ -476,7 +483,19 @@ impl ReplicaVolume {
                     if linked {
                         applied.linked += 1;
                     } else {
-                        let out = self.assemble(&entry.path, file, &abs, &old, &local, hook)?;
+                        let spooled = !linked_chunks.contains(&file.hash());
+                        let link = if spooled {
+                            self.link_chunk(&entry.path, file, &abs, hook)?
+                        } else {
+                            None
+                        };
+                        let out = match link {
+                            Some(out) => {
+                                linked_chunks.insert(file.hash());
+                                out
+                            }
+                            None => self.assemble(&entry.path, file, &abs, &old, &local, hook)?,
+                        };
                         applied.written += 1;
                         applied.bytes += file.size;
                         unsynced.push((abs, out));
@@ -505,6 +524,50 @@ impl ReplicaVolume {
         fs::rename(staged, &published).map_err(apply_io("publish", staged))?;
         sync_dir(&self.dir.join("versions"))?;
         Ok(())
+    }
+
+    /// A file of one spooled chunk, readable by its owner: the chunk checked, then its
+    /// spool file hard-linked at `abs`, its mtime and mode set. Returns it open and not
+    /// yet synced, or `None` if the file is not such a one or the link fails (the caller
+    /// assembles it).
+    fn link_chunk(
+        &mut self,
+        path: &RelPath,
+        file: &FileNode,
+        abs: &Path,
+        hook: &mut dyn FnMut(ApplyStep<'_>) -> io::Result<()>,
+    ) -> Result<Option<File>, ApplyError> {
+        let [chunk] = file.chunks.as_slice() else {
+            return Ok(None);
+        };
+        if file.mode & 0o400 == 0 || !self.spool.holds(&chunk.hash) {
+            return Ok(None);
+        }
+        let bytes = match self.spool.read(&chunk.hash) {
+            Ok(bytes) => bytes,
+            Err(SpoolError::HashMismatch { .. }) => {
+                self.spool.remove(&chunk.hash);
+                return Err(damaged(chunk.hash, path));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if Hash::of(&bytes) != file.hash() {
+            return Err(ApplyError::FileHash {
+                path: path.to_string(),
+            });
+        }
+        let write = ApplyStep::Write {
+            path,
+            bytes: bytes.len() as u64,
+        };
+        step(hook, write, abs)?;
+        if fs::hard_link(self.spool.path(&chunk.hash), abs).is_err() {
+            // Too many links, or anything else: a copy does without.
+            return Ok(None);
+        }
+        let out = File::open(abs).map_err(apply_io("open", abs))?;
+        set_meta(&out, file, abs)?;
+        Ok(Some(out))
     }
 
     /// Writes one file from chunks, checking each chunk and the whole; sets its mtime and
@@ -559,17 +622,7 @@ impl ReplicaVolume {
                 path: path.to_string(),
             });
         }
-        let mtime = if file.mtime_ns >= 0 {
-            UNIX_EPOCH + Duration::from_nanos(file.mtime_ns as u64)
-        } else {
-            UNIX_EPOCH
-                .checked_sub(Duration::from_nanos(file.mtime_ns.unsigned_abs()))
-                .unwrap_or(UNIX_EPOCH)
-        };
-        out.set_times(FileTimes::new().set_modified(mtime))
-            .map_err(apply_io("set the mtime of", abs))?;
-        out.set_permissions(fs::Permissions::from_mode(file.mode & 0o555))
-            .map_err(apply_io("set the mode of", abs))?;
+        set_meta(&out, file, abs)?;
         Ok(out)
     }
 
@@ -709,6 +762,21 @@ fn version_dir(dir: &Path, seq: u64) -> PathBuf {
 
 fn manifest_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join("versions").join(format!("v{seq}.manifest"))
+}
+
+/// Sets a written file's mtime and mode (read-only: versions share files).
+fn set_meta(out: &File, file: &FileNode, abs: &Path) -> Result<(), ApplyError> {
+    let mtime = if file.mtime_ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(file.mtime_ns as u64)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_nanos(file.mtime_ns.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
+    };
+    out.set_times(FileTimes::new().set_modified(mtime))
+        .map_err(apply_io("set the mtime of", abs))?;
+    out.set_permissions(fs::Permissions::from_mode(file.mode & 0o555))
+        .map_err(apply_io("set the mode of", abs))
 }
 
 /// Fsyncs the written files of an apply (data, mode and mtime), and closes them.

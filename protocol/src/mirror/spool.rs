@@ -179,8 +179,16 @@ impl Spool {
             return Ok(());
         }
         let path = self.path(hash);
-        // Not synced here: [`Spool::sync`] syncs the batch before journaling it.
-        let written = File::create(&path).and_then(|mut file| file.write_all(bytes));
+        // Not synced here: [`Spool::sync`] syncs the batch before journaling it. Always a
+        // new inode: a name left from before may be hard-linked into a version.
+        let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+        let created = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&path).and_then(|()| create())
+            }
+            other => other,
+        };
+        let written = created.and_then(|mut file| file.write_all(bytes));
         if let Err(e) = written {
             // Not held: a partial file must not linger until the next open.
             let _ = fs::remove_file(&path);
@@ -285,7 +293,9 @@ impl Spool {
         Ok(())
     }
 
-    fn path(&self, hash: &Hash) -> PathBuf {
+    /// Where a chunk's file is (held or not). An apply may hard-link it into a new version
+    /// (a file of one chunk): the spool never writes to a chunk's file once it is held.
+    pub(super) fn path(&self, hash: &Hash) -> PathBuf {
         self.dir.join("chunks").join(hash.to_string())
     }
 }

@@ -19,10 +19,10 @@
 //!    then mode and mtime, without a sync; symlinks. A file of one spooled chunk (the
 //!    first such file of that chunk, readable by its owner) is the chunk's spool file,
 //!    checked and hard-linked rather than copied: no second inode to allocate, no copy;
-//!    its bytes are durable since the spool's sync, and its new mode and mtime are synced
-//!    as a written file's. Written files are kept open and
-//!    fsynced in batches of [`SYNC_EVERY`] (on a few threads at once,
-//!    [`sync_files`]): when a batch is full, and the last one once the tree is built;
+//!    its bytes are durable since the spool's sync (an apply syncs the spool first), and
+//!    its new mode and mtime are synced as a written file's. Written files are kept open
+//!    and fsynced in batches of [`SYNC_EVERY`] (on a few threads at once, [`sync_files`]):
+//!    when a batch is full, and the last one once the tree is built;
 //! 2. fsync every directory of the new tree, deepest first (every file in it is durable
 //!    by then: written ones by step 1, hard-linked ones since their own version);
 //! 3. write `versions/v<N+1>.manifest` (temp, fsync, rename);
@@ -36,8 +36,8 @@
 //! removed (built but not committed: rebuilt from the spool), and a target equal to the
 //! current version (committed, not cleaned) is finished. An error at any step before 5,
 //! a full disk included, removes the staging tree and leaves everything else as it was.
-//! Files that are hard-linked are not re-read: they were verified when first written and
-//! are read-only. Known cost: a changed file is rewritten whole (no reflinks yet).
+//! Files hard-linked from `v<N>` are not re-read: they were verified when first written
+//! and are read-only. Known cost: a changed file is rewritten whole (no reflinks yet).
 //!
 //! IO: reads and writes under the mirror directory.
 

@@ -3,7 +3,9 @@
 //! re-fetches them.
 //!
 //! Layout under the spool directory:
-//! - `chunks/<hash in hex>`: one verified chunk per file;
+//! - `chunks/<hash in hex>`: one verified chunk per file, never written again once held
+//!   (an apply may hard-link it into a version as a file of one chunk; [`Spool::insert`]
+//!   always creates a new inode, so such a version's file is never overwritten);
 //! - `journal`: 36-byte records, each a chunk hash and 4 check bytes (the first bytes of
 //!   the hash's own BLAKE3), appended in order.
 //!

@@ -16,8 +16,15 @@
 //! 1. build `staging/v<N+1>` in manifest order: directories; files unchanged in content,
 //!    mode and mtime are hard-linked from `v<N>`; others are assembled from spool and local
 //!    chunks, each chunk checked against its hash and the whole file against its hash,
-//!    then mode, mtime, fsync; symlinks;
-//! 2. fsync every directory of the new tree, deepest first;
+//!    then mode and mtime, without a sync; symlinks. A file of one spooled chunk (the
+//!    first such file of that chunk, readable by its owner) is the chunk's spool file,
+//!    checked and hard-linked rather than copied: no second inode to allocate, no copy;
+//!    its bytes are durable since the spool's sync (an apply syncs the spool first), and
+//!    its new mode and mtime are synced as a written file's. Written files are kept open
+//!    and fsynced in batches of [`SYNC_EVERY`] (on a few threads at once, [`sync_files`]):
+//!    when a batch is full, and the last one once the tree is built;
+//! 2. fsync every directory of the new tree, deepest first (every file in it is durable
+//!    by then: written ones by step 1, hard-linked ones since their own version);
 //! 3. write `versions/v<N+1>.manifest` (temp, fsync, rename);
 //! 4. rename `staging/v<N+1>` to `versions/v<N+1>`, fsync `versions/`;
 //! 5. **commit**: symlink `current.tmp` → `versions/v<N+1>`, rename it over `current`,
@@ -29,8 +36,8 @@
 //! removed (built but not committed: rebuilt from the spool), and a target equal to the
 //! current version (committed, not cleaned) is finished. An error at any step before 5,
 //! a full disk included, removes the staging tree and leaves everything else as it was.
-//! Files that are hard-linked are not re-read: they were verified when first written and
-//! are read-only. Known cost: a changed file is rewritten whole (no reflinks yet).
+//! Files hard-linked from `v<N>` are not re-read: they were verified when first written
+//! and are read-only. Known cost: a changed file is rewritten whole (no reflinks yet).
 //!
 //! IO: reads and writes under the mirror directory.
 
@@ -43,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::RelPath;
-use super::spool::{Spool, SpoolError, sync_dir};
+use super::spool::{SYNC_EVERY, Spool, SpoolError, sync_dir, sync_files};
 use super::{ChunkParams, Hash};
 use super::{FileNode, Limits, Manifest, ManifestError, Node};
 use super::{Plan, Prefix, plan};
@@ -77,7 +84,8 @@ pub enum ApplyStep<'a> {
     },
     /// The entry at this path is about to be placed.
     Entry(&'a RelPath),
-    /// The tree is complete; about to sync its directories and write its manifest.
+    /// The tree is complete; about to sync its last written files, its directories, and
+    /// write its manifest.
     Built,
     /// About to move the tree from staging into `versions/`.
     Publish,
@@ -451,6 +459,11 @@ impl ReplicaVolume {
             same.entry(file).or_insert(path);
         }
         let mut dirs = vec![(staged.to_path_buf(), 0o755)];
+        // Written files not yet synced, at most SYNC_EVERY (each holds a descriptor).
+        let mut unsynced: Vec<(PathBuf, File)> = Vec::new();
+        // Spooled chunks already linked as a file of this version (an inode has one mode
+        // and mtime: a second file of the same bytes is copied).
+        let mut linked_chunks: HashSet<Hash> = HashSet::new();
         for entry in &target.entries {
             step(hook, ApplyStep::Entry(&entry.path), staged)?;
             let abs = entry.path.under(staged);
@@ -470,20 +483,39 @@ impl ReplicaVolume {
                     if linked {
                         applied.linked += 1;
                     } else {
-                        self.assemble(&entry.path, file, &abs, &old, &local, hook)?;
+                        let spooled = !linked_chunks.contains(&file.hash());
+                        let link = if spooled {
+                            self.link_chunk(&entry.path, file, &abs, hook)?
+                        } else {
+                            None
+                        };
+                        let out = match link {
+                            Some(out) => {
+                                linked_chunks.insert(file.hash());
+                                out
+                            }
+                            None => self.assemble(&entry.path, file, &abs, &old, &local, hook)?,
+                        };
                         applied.written += 1;
                         applied.bytes += file.size;
+                        unsynced.push((abs, out));
+                        if unsynced.len() >= SYNC_EVERY {
+                            sync_written(&mut unsynced)?;
+                        }
                     }
                 }
             }
         }
         step(hook, ApplyStep::Built, staged)?;
+        sync_written(&mut unsynced)?;
         for (dir, mode) in dirs.iter().rev() {
             fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))
                 .map_err(apply_io("set the mode of", dir))?;
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(apply_io("sync", dir))?;
+            #[cfg(test)]
+            super::spool::trace::record(super::spool::trace::Event::Synced(dir.clone()));
         }
         write_atomic(&manifest_path(&self.dir, self.seq + 1), &target.encode())?;
         step(hook, ApplyStep::Publish, staged)?;
@@ -494,7 +526,52 @@ impl ReplicaVolume {
         Ok(())
     }
 
-    /// Writes one file from chunks, checking each chunk and the whole.
+    /// A file of one spooled chunk, readable by its owner: the chunk checked, then its
+    /// spool file hard-linked at `abs`, its mtime and mode set. Returns it open and not
+    /// yet synced, or `None` if the file is not such a one or the link fails (the caller
+    /// assembles it).
+    fn link_chunk(
+        &mut self,
+        path: &RelPath,
+        file: &FileNode,
+        abs: &Path,
+        hook: &mut dyn FnMut(ApplyStep<'_>) -> io::Result<()>,
+    ) -> Result<Option<File>, ApplyError> {
+        let [chunk] = file.chunks.as_slice() else {
+            return Ok(None);
+        };
+        if file.mode & 0o400 == 0 || !self.spool.holds(&chunk.hash) {
+            return Ok(None);
+        }
+        let bytes = match self.spool.read(&chunk.hash) {
+            Ok(bytes) => bytes,
+            Err(SpoolError::HashMismatch { .. }) => {
+                self.spool.remove(&chunk.hash);
+                return Err(damaged(chunk.hash, path));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if Hash::of(&bytes) != file.hash() {
+            return Err(ApplyError::FileHash {
+                path: path.to_string(),
+            });
+        }
+        let write = ApplyStep::Write {
+            path,
+            bytes: bytes.len() as u64,
+        };
+        step(hook, write, abs)?;
+        if fs::hard_link(self.spool.path(&chunk.hash), abs).is_err() {
+            // Too many links, or anything else: a copy does without.
+            return Ok(None);
+        }
+        let out = File::open(abs).map_err(apply_io("open", abs))?;
+        set_meta(&out, file, abs)?;
+        Ok(Some(out))
+    }
+
+    /// Writes one file from chunks, checking each chunk and the whole; sets its mtime and
+    /// mode. Returns it open and not yet synced (the caller syncs it, step 1).
     fn assemble(
         &mut self,
         path: &RelPath,
@@ -503,7 +580,7 @@ impl ReplicaVolume {
         old: &Path,
         local: &HashMap<Hash, (&RelPath, u64)>,
         hook: &mut dyn FnMut(ApplyStep<'_>) -> io::Result<()>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<File, ApplyError> {
         let mut out = File::create_new(abs).map_err(apply_io("create", abs))?;
         let mut whole = blake3::Hasher::new();
         for chunk in &file.chunks {
@@ -545,19 +622,8 @@ impl ReplicaVolume {
                 path: path.to_string(),
             });
         }
-        let mtime = if file.mtime_ns >= 0 {
-            UNIX_EPOCH + Duration::from_nanos(file.mtime_ns as u64)
-        } else {
-            UNIX_EPOCH
-                .checked_sub(Duration::from_nanos(file.mtime_ns.unsigned_abs()))
-                .unwrap_or(UNIX_EPOCH)
-        };
-        out.set_times(FileTimes::new().set_modified(mtime))
-            .map_err(apply_io("set the mtime of", abs))?;
-        out.set_permissions(fs::Permissions::from_mode(file.mode & 0o555))
-            .map_err(apply_io("set the mode of", abs))?;
-        out.sync_all().map_err(apply_io("sync", abs))?;
-        Ok(())
+        set_meta(&out, file, abs)?;
+        Ok(out)
     }
 
     /// Steps 5 and 6.
@@ -698,13 +764,38 @@ fn manifest_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join("versions").join(format!("v{seq}.manifest"))
 }
 
+/// Sets a written file's mtime and mode (read-only: versions share files).
+fn set_meta(out: &File, file: &FileNode, abs: &Path) -> Result<(), ApplyError> {
+    let mtime = if file.mtime_ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(file.mtime_ns as u64)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_nanos(file.mtime_ns.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
+    };
+    out.set_times(FileTimes::new().set_modified(mtime))
+        .map_err(apply_io("set the mtime of", abs))?;
+    out.set_permissions(fs::Permissions::from_mode(file.mode & 0o555))
+        .map_err(apply_io("set the mode of", abs))
+}
+
+/// Fsyncs the written files of an apply (data, mode and mtime), and closes them.
+fn sync_written(files: &mut Vec<(PathBuf, File)>) -> Result<(), ApplyError> {
+    sync_files(files, true).map_err(|(path, source)| apply_io("sync", &path)(source))?;
+    files.clear();
+    Ok(())
+}
+
 /// Points `current` at `versions/v<seq>` in one rename, durably.
 fn swap_current(dir: &Path, seq: u64) -> Result<(), SpoolError> {
     let tmp = dir.join("current.tmp");
     let _ = fs::remove_file(&tmp);
     symlink(format!("versions/v{seq}"), &tmp).map_err(spool_io("create", &tmp))?;
     fs::rename(&tmp, dir.join("current")).map_err(spool_io("swap", &tmp))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    #[cfg(test)]
+    super::spool::trace::record(super::spool::trace::Event::Swapped(version_dir(dir, seq)));
+    Ok(())
 }
 
 /// Writes a file whole or not at all: temp, fsync, rename (the caller syncs the dir).

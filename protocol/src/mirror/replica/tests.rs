@@ -193,6 +193,115 @@ fn many_small_files_one_batch_each_megabyte() {
     assert_eq!(on_disk(&replica), describe(&target));
 }
 
+/// The module doc's apply order, checked on the syncs themselves: every written file
+/// (more than one batch of them) is synced before its directory, and every directory
+/// before the swap that publishes it.
+#[test]
+fn the_swap_comes_after_every_written_file_and_directory_is_durable() {
+    use crate::mirror::spool::trace::{Event, under};
+    let mut pair = Pair::new("apply-order");
+    let files = SYNC_EVERY + 20;
+    for i in 0..files {
+        write_old(
+            &pair.src(),
+            &format!("d{}/f{i}", i % 3),
+            &random(100, i as u64),
+        );
+    }
+    let mut replica = pair.open();
+    let (_, target) = pair.mirror(&mut replica);
+    let events = under(&pair.edge());
+    let swap = events
+        .iter()
+        .position(|e| *e == Event::Swapped(version_dir(&pair.edge(), 1)))
+        .expect("swapped to v1");
+    let staged = pair.edge().join("staging/v1");
+    let synced_at = |path: &Path| {
+        events[..swap]
+            .iter()
+            .position(|e| *e == Event::Synced(path.to_path_buf()))
+    };
+    let mut written = 0;
+    for entry in &target.entries {
+        let path = entry.path.under(&staged);
+        let Some(at) = synced_at(&path) else {
+            panic!("{} not synced before the swap", entry.path);
+        };
+        if let Node::File(_) = entry.node {
+            written += 1;
+            let parent = path.parent().unwrap();
+            let dir_at = synced_at(parent).expect("its directory synced before the swap");
+            assert!(at < dir_at, "{} synced after its directory", entry.path);
+        }
+    }
+    assert_eq!(written, files);
+    assert!(
+        synced_at(&staged).is_some(),
+        "the root synced before the swap"
+    );
+}
+
+/// Files of one spooled chunk are the spool's files, linked: two files of the same bytes
+/// keep their own mode and mtime (the second is copied), a file its owner cannot read is
+/// copied, and the version outlives the spool.
+#[test]
+fn files_of_one_chunk_are_linked_from_the_spool_each_with_its_own_mode_and_mtime() {
+    use std::os::unix::fs::MetadataExt;
+    let mut pair = Pair::new("spool-link");
+    let src = pair.src();
+    let same = random(5000, 7);
+    write_old(&src, "a", &same);
+    write_old(&src, "b", &same);
+    write_old(&src, "hidden", &random(3000, 8));
+    let newer = std::time::SystemTime::now() - Duration::from_secs(60);
+    File::options()
+        .write(true)
+        .open(src.join("b"))
+        .unwrap()
+        .set_modified(newer)
+        .unwrap();
+    fs::set_permissions(src.join("b"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("hidden"), fs::Permissions::from_mode(0o200)).unwrap();
+    let mut replica = pair.open();
+    let (_, target) = pair.fetch(&mut replica);
+    let spool_inode = |name: &str| {
+        let hash = match &target
+            .entries
+            .iter()
+            .find(|e| e.path.as_str() == name)
+            .unwrap()
+            .node
+        {
+            Node::File(f) => f.hash(),
+            _ => unreachable!(),
+        };
+        fs::metadata(pair.edge().join("spool/chunks").join(hash.to_string()))
+            .unwrap()
+            .ino()
+    };
+    let (a_inode, hidden_inode) = (spool_inode("a"), spool_inode("hidden"));
+    let applied = replica.apply().unwrap();
+    assert_eq!(applied.written, 3);
+    let current = replica.current_dir();
+    let meta = |name: &str| fs::metadata(current.join(name)).unwrap();
+    assert_eq!(meta("a").ino(), a_inode, "a is the spool's file");
+    assert_ne!(meta("b").ino(), a_inode, "b has its own inode");
+    assert_ne!(meta("hidden").ino(), hidden_inode, "hidden is copied");
+    assert_eq!(meta("a").permissions().mode() & 0o777, 0o444);
+    assert_eq!(meta("b").permissions().mode() & 0o777, 0o555);
+    assert_eq!(meta("hidden").permissions().mode() & 0o777, 0);
+    for name in ["a", "b"] {
+        assert_eq!(
+            meta(name).modified().unwrap(),
+            fs::metadata(src.join(name)).unwrap().modified().unwrap(),
+            "{name}'s mtime"
+        );
+        assert_eq!(fs::read(current.join(name)).unwrap(), same);
+    }
+    assert_eq!(meta("a").nlink(), 1, "the spool let go of it");
+    assert_eq!(describe(replica.current()), describe(&target));
+}
+
 #[test]
 fn a_restart_resumes_without_refetching() {
     let mut pair = Pair::new("resume");

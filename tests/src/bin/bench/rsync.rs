@@ -5,9 +5,12 @@
 //! The daemon runs as a child process (`--no-detach`) from a generated `rsyncd.conf`
 //! (one read-only module `volume`, no chroot) on a free port, and is killed by its PID
 //! when the [`Rsync`] is dropped. Each [`Rsync::pull`] runs
-//! `rsync -a --delete --no-whole-file --stats rsync://127.0.0.1:PORT/volume/ DEST/` and
-//! reads "Total bytes sent" and "Total bytes received" from `--stats`: rsync's protocol
-//! bytes both ways (file list, block checksums, tokens and literal data), without TCP/IP.
+//! `rsync -a --delete --no-whole-file --fsync --stats rsync://127.0.0.1:PORT/volume/ DEST/`
+//! and reads "Total bytes sent" and "Total bytes received" from `--stats`: rsync's
+//! protocol bytes both ways (file list, block checksums, tokens and literal data),
+//! without TCP/IP. `--fsync` (rsync 3.2.4 and later) fsyncs every file rsync writes, so
+//! that its time is a durable yardstick as the mirror's is; an older rsync pulls without
+//! it and [`Rsync::fsync`] says so.
 //!
 //! IO: files under its own scratch directory, two child processes, a TCP port.
 
@@ -29,6 +32,7 @@ pub(crate) struct Rsync {
     dir: TempDir,
     daemon: Child,
     port: u16,
+    fsync: bool,
 }
 
 /// What one pull moved, from rsync's `--stats`.
@@ -76,6 +80,18 @@ impl Rsync {
                 return Ok(None);
             }
         }
+        let fsync = Command::new("rsync")
+            .arg("--help")
+            .stdin(Stdio::null())
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).contains("--fsync"))
+            .unwrap_or(false);
+        if !fsync {
+            eprintln!(
+                "mirror: this rsync has no --fsync (3.2.4 and later): its seconds are not \
+                 durable ones"
+            );
+        }
         let dir = TempDir::new("bench-rsync").map_err(|e| e.to_string())?;
         for sub in ["module", "dest"] {
             std::fs::create_dir_all(dir.path().join(sub))
@@ -112,7 +128,12 @@ impl Rsync {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start the rsync daemon: {e}"))?;
-        let mut rsync = Rsync { dir, daemon, port };
+        let mut rsync = Rsync {
+            dir,
+            daemon,
+            port,
+            fsync,
+        };
         rsync.wait_ready()?;
         eprintln!(
             "mirror: rsync daemon (pid {}) on 127.0.0.1:{port}",
@@ -126,6 +147,11 @@ impl Rsync {
         self.dir.path().join("module")
     }
 
+    /// Whether pulls fsync every file they write (`--fsync`).
+    pub(crate) fn fsync(&self) -> bool {
+        self.fsync
+    }
+
     /// The destination that pulls keep up to date.
     pub(crate) fn dest(&self) -> PathBuf {
         self.dir.path().join("dest")
@@ -134,8 +160,12 @@ impl Rsync {
     /// Pulls the module into the destination (blocking; seconds for large changes).
     pub(crate) fn pull(&self) -> Result<Pulled, String> {
         let started = Instant::now();
-        let out = Command::new("rsync")
-            .args(["-a", "--delete", "--no-whole-file", "--stats"])
+        let mut command = Command::new("rsync");
+        command.args(["-a", "--delete", "--no-whole-file", "--stats"]);
+        if self.fsync {
+            command.arg("--fsync");
+        }
+        let out = command
             .arg(format!("rsync://127.0.0.1:{}/volume/", self.port))
             .arg(format!("{}/", self.dest().display()))
             .stdin(Stdio::null())

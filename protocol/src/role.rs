@@ -23,6 +23,15 @@ impl Role {
         }
     }
 
+    /// The role at the other end of a link: an edge's peer is the core and the
+    /// core's an edge.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Core => Role::Edge,
+            Role::Edge => Role::Core,
+        }
+    }
+
     /// The binary that runs a node of this role: `core-node` or `edge-node`.
     pub fn binary(self) -> &'static str {
         match self {

@@ -38,12 +38,7 @@ fn rounds() -> u64 {
 
 #[test]
 fn a_killed_apply_leaves_the_old_or_the_new_tree() {
-    let seed = std::env::var("TETHER_MIRROR_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Rng::seed_from_clock);
-    eprintln!("mirror kill test seed {seed} (set TETHER_MIRROR_KILL_SEED to replay)");
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_env("TETHER_MIRROR_KILL_SEED", "mirror kill test");
     let dir = TempDir::new("mirror-kill").unwrap();
     let (a, b, edge) = (
         dir.path().join("a"),
@@ -294,12 +289,7 @@ fn network_trees(a: &Path, b: &Path, rng: &mut Rng) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_edge_mirroring_over_quic_shows_the_old_or_the_new_tree() {
-    let seed = std::env::var("TETHER_MIRROR_EDGE_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Rng::seed_from_clock);
-    eprintln!("edge mirror kill test seed {seed} (set TETHER_MIRROR_EDGE_KILL_SEED to replay)");
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_env("TETHER_MIRROR_EDGE_KILL_SEED", "edge mirror kill test");
     let dir = TempDir::new("mirror-edge-kill").unwrap();
     let path = |p: &str| dir.path().join(p);
     network_trees(&path("a"), &path("b"), &mut rng);

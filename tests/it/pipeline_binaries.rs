@@ -598,12 +598,7 @@ fn more_tiles(node: &mut Proc, n: usize, left: usize, what: &str) {
 
 #[test]
 fn crash_of_either_node_in_the_middle_of_the_pipeline_loses_no_asset_and_repeats_none() {
-    let seed = std::env::var("TETHER_MISSION_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Rng::seed_from_clock);
-    eprintln!("mission crash test seed {seed} (set TETHER_MISSION_SEED to replay)");
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_env("TETHER_MISSION_SEED", "mission crash test");
     let rounds = kill_rounds();
     let dir = TempDir::new("mission-crash").unwrap();
     let (hq_data, alpha_data) = (dir.path().join("hq"), dir.path().join("alpha"));

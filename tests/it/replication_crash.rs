@@ -107,12 +107,7 @@ fn record(role: Role, line: &str, acked: &mut Acked) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_nodes_restart_and_converge_without_losing_acknowledged_entries() {
-    let seed = std::env::var("TETHER_KILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Rng::seed_from_clock);
-    eprintln!("kill test seed {seed} (set TETHER_KILL_SEED to replay)");
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_env("TETHER_KILL_SEED", "kill test");
     let dir = TempDir::new("kill").unwrap();
     let certs = dir.path().join("certs");
     let ca = Ca::create("kill test").unwrap();

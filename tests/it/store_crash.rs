@@ -21,12 +21,7 @@ fn rounds() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_entries_survive_sigkill_exactly_once() {
-    let seed = std::env::var("TETHER_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(Rng::seed_from_clock);
-    eprintln!("crash test seed {seed} (set TETHER_CRASH_SEED to replay)");
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::from_env("TETHER_CRASH_SEED", "crash test");
     let dir = TempDir::new("crash").unwrap();
     let names = CrashNames::get();
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();

@@ -78,6 +78,17 @@ impl Rng {
         })
     }
 
+    /// A generator seeded from the variable `var` if it holds a number, else from the
+    /// clock; prints the seed and how to replay it, naming the test as `what`.
+    pub fn from_env(var: &str, what: &str) -> Rng {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(Rng::seed_from_clock);
+        eprintln!("{what} seed {seed} (set {var} to replay)");
+        Rng::new(seed)
+    }
+
     /// A seed from the clock, to print and reuse.
     pub fn seed_from_clock() -> u64 {
         SystemTime::now()

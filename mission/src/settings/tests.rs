@@ -136,10 +136,7 @@ fn keys_of_one_role_are_refused_in_the_other_s_file() {
     for section in Settings::SECTIONS {
         for key in section.keys {
             let Some(role) = key.role else { continue };
-            let other = match role {
-                Role::Core => Role::Edge,
-                Role::Edge => Role::Core,
-            };
+            let other = role.other();
             let value = match Settings::default_for(role).line(section.name, key.name) {
                 Line::Set(value) | Line::Unset(value) => value,
                 Line::Secret(_) => panic!("no secret belongs to one role"),

@@ -272,10 +272,7 @@ mod tests {
         for section in SECTIONS {
             for key in section.keys {
                 let Some(role) = key.role else { continue };
-                let other = match role {
-                    Role::Core => Role::Edge,
-                    Role::Edge => Role::Core,
-                };
+                let other = role.other();
                 let value = match Config::default_for(role).line(section.name, key.name) {
                     Line::Set(value) | Line::Unset(value) => value,
                     Line::Secret(_) => panic!("no secret belongs to one role"),

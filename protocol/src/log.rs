@@ -36,6 +36,7 @@ mod error;
 mod format;
 mod owner;
 mod txn;
+mod wal;
 
 #[cfg(test)]
 mod tests;
@@ -185,7 +186,7 @@ impl Shared {
     }
 
     /// Records a failed write or flush; returns the cause to report.
-    fn poison(&self, err: &sled::Error) -> String {
+    fn poison(&self, err: &dyn std::fmt::Display) -> String {
         let cause = err.to_string();
         tracing::error!(path = %self.path.display(), %err, "store write failed; refusing writes until restart");
         self.poisoned
@@ -215,6 +216,16 @@ struct TopicView {
 impl Store {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
+        Store::open_on(path, config, None)
+    }
+
+    /// [`Store::open`] with the write-ahead log's files behind `fs` (`None`: the store's
+    /// `wal` directory); tests put a simulated power cut there.
+    fn open_on(
+        path: impl AsRef<Path>,
+        config: StoreConfig,
+        fs: Option<Arc<dyn wal::WalFs>>,
+    ) -> Result<Store, OpenError> {
         let path = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&path).map_err(|source| OpenError::Io {
             path: path.clone(),
@@ -235,7 +246,7 @@ impl Store {
             changes: watch::Sender::new(0),
             incarnation: std::sync::atomic::AtomicU64::new(0),
         });
-        let inbox = owner::start(shared.clone(), config)?;
+        let inbox = owner::start(shared.clone(), config, fs)?;
         Ok(Store { shared, inbox })
     }
 

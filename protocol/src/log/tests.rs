@@ -874,7 +874,7 @@ fn an_unknown_format_version_is_a_clear_error() {
             err,
             OpenError::UnknownFormat {
                 found: 7,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -882,7 +882,7 @@ fn an_unknown_format_version_is_a_clear_error() {
     );
     assert!(
         err.to_string()
-            .contains("format version 7; this build reads version 1"),
+            .contains("format version 7; this build reads version 2"),
         "{err}"
     );
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use super::*;
 use crate::entry::{Append, Retention, Scope, TopicConfig};
 
+mod power;
+
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
 

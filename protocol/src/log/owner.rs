@@ -98,12 +98,13 @@ pub(crate) fn start(
         path: shared.path.clone(),
         source,
     };
+    let format = stored_format(&shared)?;
     let mut disk = DiskSync::open(&shared.path.join("sled")).map_err(io_error)?;
     let fs = match fs {
         Some(fs) => fs,
         None => Arc::new(DiskFs::open(&shared.path.join(wal::DIR)).map_err(io_error)?),
     };
-    let last = recover(&shared, &*fs, &mut disk)?;
+    let last = recover(&shared, format, &*fs, &mut disk)?;
     let disk = Arc::new(Mutex::new(disk));
     let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(1);
     let wal = Wal::start(fs.clone(), last + 1).map_err(io_error)?;
@@ -131,9 +132,13 @@ pub(crate) fn start(
 /// Returns the last LSN, which the log goes on from.
 ///
 /// Only a store of this format has a log to replay. One of the previous format (1, no
-/// log) opens and is converted by [`Owner::load`]; one of a later format is left as it
-/// is, for `load` to refuse.
-fn recover(shared: &Shared, fs: &dyn WalFs, disk: &mut DiskSync) -> Result<u64, OpenError> {
+/// log) opens and is converted by [`Owner::load`]; a new store has none yet.
+fn recover(
+    shared: &Shared,
+    format: Option<u32>,
+    fs: &dyn WalFs,
+    disk: &mut DiskSync,
+) -> Result<u64, OpenError> {
     let path = &shared.path;
     let corrupt = |detail: String| OpenError::Corrupt {
         path: path.clone(),
@@ -141,10 +146,6 @@ fn recover(shared: &Shared, fs: &dyn WalFs, disk: &mut DiskSync) -> Result<u64, 
     };
     let tree = &shared.tree;
     let sled_err = |e: sled::Error| corrupt(e.to_string());
-    let format = match tree.get(format::META_FORMAT).map_err(sled_err)? {
-        Some(v) => format::u32_value(&v),
-        None => None,
-    };
     let applied = match tree.get(format::META_LSN).map_err(sled_err)? {
         Some(v) => {
             format::u64_value(&v).ok_or_else(|| corrupt("unreadable log position".into()))?
@@ -158,11 +159,13 @@ fn recover(shared: &Shared, fs: &dyn WalFs, disk: &mut DiskSync) -> Result<u64, 
             tree.apply_batch(batch_of(writes, lsn))
                 .map_err(|e| e.to_string())
         }),
-        Some(v) if v > format::FORMAT_VERSION => return Ok(applied),
         found => wal::recover(fs, applied, |lsn, _| {
-            Err(format!(
-                "record {lsn} in the write-ahead log of a store of format {found:?}, which has none"
-            ))
+            Err(match found {
+                Some(v) => {
+                    format!("record {lsn} in the log of a store of format {v}, which has none")
+                }
+                None => format!("record {lsn} in the log of a store without a format marker"),
+            })
         }),
     }
     .map_err(corrupt)?;
@@ -177,6 +180,33 @@ fn recover(shared: &Shared, fs: &dyn WalFs, disk: &mut DiskSync) -> Result<u64, 
             .map_err(|e| corrupt(format!("cannot remove the replayed log: {e}")))?;
     }
     Ok(recovery.last)
+}
+
+/// The store's format marker: `None` for a new store; a version this build does not
+/// read is refused here, before anything (the log included) is touched.
+fn stored_format(shared: &Shared) -> Result<Option<u32>, OpenError> {
+    let path = shared.path.clone();
+    let corrupt = |detail: String| OpenError::Corrupt {
+        path: path.clone(),
+        detail,
+    };
+    let Some(v) = shared
+        .tree
+        .get(format::META_FORMAT)
+        .map_err(|e| corrupt(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let found = format::u32_value(&v).ok_or_else(|| corrupt("unreadable format marker".into()))?;
+    if found != format::FORMAT_VERSION && found != format::FORMAT_UNLOGGED {
+        let supported = format::FORMAT_VERSION;
+        return Err(OpenError::UnknownFormat {
+            path,
+            found,
+            supported,
+        });
+    }
+    Ok(Some(found))
 }
 
 /// A group's writes as a sled batch, with the LSN of the log record that holds them.

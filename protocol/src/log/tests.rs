@@ -887,6 +887,8 @@ fn an_unknown_format_version_is_a_clear_error() {
             .contains("format version 7; this build reads version 2"),
         "{err}"
     );
+    // Nothing of a store this build does not read is touched: no log is begun in it.
+    assert!(!dir.0.join(wal::DIR).exists());
 }
 
 #[test]

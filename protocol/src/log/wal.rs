@@ -262,7 +262,7 @@ pub(crate) struct Recovery {
     pub(crate) replayed: u64,
     /// The torn tail cut off, if any.
     pub(crate) cut: Option<Cut>,
-    /// Whether the directory held any segment.
+    /// Segments the directory held.
     pub(crate) segments: usize,
 }
 

@@ -105,6 +105,10 @@ pub struct StoreConfig {
     /// more of them: more throughput under concurrency, at most this much latency. A
     /// lone writer never waits.
     pub commit_delay: Duration,
+    /// Size at which the write-ahead log begins a new segment and sled is flushed in the
+    /// background, after which the old segments go: more is fewer flushes, more disk
+    /// for the log and a longer replay after a crash.
+    pub wal_segment_bytes: u64,
 }
 
 impl StoreConfig {
@@ -118,6 +122,7 @@ impl StoreConfig {
             max_group: 1024,
             inbox: 4096,
             commit_delay: Duration::from_micros(200),
+            wal_segment_bytes: wal::SEGMENT_BYTES,
         }
     }
 }

@@ -107,7 +107,7 @@ pub(crate) fn start(
     let last = recover(&shared, format, &*fs, &mut disk)?;
     let disk = Arc::new(Mutex::new(disk));
     let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(1);
-    let wal = Wal::start(fs.clone(), last + 1).map_err(io_error)?;
+    let wal = Wal::start(fs.clone(), last + 1, config.wal_segment_bytes).map_err(io_error)?;
     let mut owner = Owner::load(shared.clone(), config, disk.clone(), wal)?;
     let flusher = {
         let shared = shared.clone();

@@ -36,8 +36,9 @@ use serde::{Deserialize, Serialize};
 
 /// The directory of the segments, inside the store's.
 pub(crate) const DIR: &str = "wal";
-/// A segment that holds this much is closed and a new one begun; sled is then flushed in
-/// the background and the old segments removed. Bounds the log on disk and the replay.
+/// A segment that holds this much is closed and a new one begun (by default: see
+/// `StoreConfig::wal_segment_bytes`); sled is then flushed in the background and the old
+/// segments removed. Bounds the log on disk and the replay.
 pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
 /// A segment holding records is also closed after this long, so that an idle store's log
 /// does not wait for the next 32 MiB to be folded into sled.
@@ -179,6 +180,8 @@ pub(crate) struct Wal {
     fs: Arc<dyn WalFs>,
     segment: String,
     bytes: u64,
+    /// The segment is closed once it holds this many bytes.
+    limit: u64,
     next: u64,
     since: Instant,
 }
@@ -186,7 +189,7 @@ pub(crate) struct Wal {
 impl Wal {
     /// Begins a new segment whose first record will be `next`; the segment file and its
     /// name are durable before this returns, so a record synced in it is found.
-    pub(crate) fn start(fs: Arc<dyn WalFs>, next: u64) -> std::io::Result<Wal> {
+    pub(crate) fn start(fs: Arc<dyn WalFs>, next: u64, limit: u64) -> std::io::Result<Wal> {
         let segment = segment_name(next);
         fs.append(&segment, &[])?;
         fs.sync_dir()?;
@@ -194,6 +197,7 @@ impl Wal {
             fs,
             segment,
             bytes: 0,
+            limit,
             next,
             since: Instant::now(),
         })
@@ -219,16 +223,16 @@ impl Wal {
         self.fs.sync(&self.segment)
     }
 
-    /// Whether the current segment should be closed ([`SEGMENT_BYTES`], [`SEGMENT_AGE`]).
+    /// Whether the current segment should be closed (its size limit, [`SEGMENT_AGE`]).
     pub(crate) fn due(&self) -> bool {
-        self.bytes >= SEGMENT_BYTES || (self.bytes > 0 && self.since.elapsed() >= SEGMENT_AGE)
+        self.bytes >= self.limit || (self.bytes > 0 && self.since.elapsed() >= SEGMENT_AGE)
     }
 
     /// Begins a new segment; returns its first LSN: every record before it is in older
     /// segments, which may go once sled holds them durably ([`remove_before`]).
     pub(crate) fn rotate(&mut self) -> std::io::Result<u64> {
         let next = self.next;
-        *self = Wal::start(self.fs.clone(), next)?;
+        *self = Wal::start(self.fs.clone(), next, self.limit)?;
         Ok(next)
     }
 }
@@ -475,7 +479,7 @@ mod tests {
     fn records_come_back_in_order_past_what_sled_holds() {
         let d = dir("order");
         let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
-        let mut wal = Wal::start(fs.clone(), 1).unwrap();
+        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
         for i in 0..5u8 {
             wal.append(&[i; 10]).unwrap();
         }
@@ -500,7 +504,7 @@ mod tests {
     fn a_torn_tail_is_cut_and_reported_and_middle_damage_is_an_error() {
         let d = dir("torn");
         let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
-        let mut wal = Wal::start(fs.clone(), 1).unwrap();
+        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
         for i in 0..4u8 {
             wal.append(&[i; 100]).unwrap();
         }

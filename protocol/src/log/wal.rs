@@ -46,9 +46,6 @@ pub(crate) const SEGMENT_AGE: Duration = Duration::from_secs(30);
 /// The first bytes of every record.
 pub(crate) const MAGIC: [u8; 4] = *b"TWAL";
 const HEADER: usize = 24;
-/// Largest payload a record may claim: a group holds at most 8 MiB of entries, plus
-/// documents and keys; anything larger is a damaged length.
-const MAX_PAYLOAD: usize = 256 << 20;
 
 /// The narrow layer through which the log touches files: one directory of flat files.
 pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
@@ -401,9 +398,7 @@ fn checksum(header: &[u8], payload: &[u8]) -> [u8; 8] {
 /// A record's bytes: header and payload.
 pub(crate) fn encode_record(lsn: u64, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|&l| l as usize <= MAX_PAYLOAD)
-        .ok_or_else(|| std::io::Error::other("write-ahead log record too large"))?;
+        .map_err(|_| std::io::Error::other("write-ahead log record over 4 GiB"))?;
     let mut record = Vec::with_capacity(HEADER + payload.len());
     record.extend_from_slice(&MAGIC);
     record.extend_from_slice(&len.to_le_bytes());
@@ -425,11 +420,11 @@ fn parse(bytes: &[u8], at: usize) -> Result<(u64, &[u8], usize), &'static str> {
     let field = |r: std::ops::Range<usize>| header.get(r).unwrap_or_default();
     let len = u32::from_le_bytes(field(4..8).try_into().map_err(|_| "bad length")?) as usize;
     let lsn = u64::from_le_bytes(field(8..16).try_into().map_err(|_| "bad lsn")?);
-    if len > MAX_PAYLOAD {
-        return Err("record length out of range");
-    }
+    let payload = at
+        .checked_add(HEADER + len)
+        .and_then(|end| bytes.get(at + HEADER..end))
+        .ok_or("record cut short")?;
     let end = at + HEADER + len;
-    let payload = bytes.get(at + HEADER..end).ok_or("record cut short")?;
     if checksum(field(4..16), payload) != field(16..24) {
         return Err("checksum mismatch");
     }

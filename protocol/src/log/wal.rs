@@ -308,7 +308,7 @@ pub(crate) fn recover(
                 Ok(record) => record,
                 Err(why) => {
                     // A valid record anywhere after this one: damage, not a torn tail.
-                    let later = valid_after(&bytes, at + 1).map(|p| place(p));
+                    let later = valid_after(&bytes, at + 1).map(&place);
                     let later = match later {
                         Some(p) => Some(p),
                         None => first_valid(fs, &segments[i + 1..])?,
@@ -461,7 +461,10 @@ mod tests {
         dir
     }
 
-    fn replay(fs: &dyn WalFs, applied: u64) -> Result<(Recovery, Vec<(u64, Vec<u8>)>), String> {
+    /// Records handed to `apply`: LSN and payload.
+    type Replayed = Vec<(u64, Vec<u8>)>;
+
+    fn replay(fs: &dyn WalFs, applied: u64) -> Result<(Recovery, Replayed), String> {
         let mut got = Vec::new();
         let rec = recover(fs, applied, |lsn, p| {
             got.push((lsn, p.to_vec()));

@@ -235,9 +235,13 @@ impl Wal {
 }
 
 /// Removes every segment whose records all come before LSN `before`, then syncs the
-/// directory; returns how many went.
+/// directory; returns how many went. A directory already gone holds nothing to remove.
 pub(crate) fn remove_before(fs: &dyn WalFs, before: u64) -> std::io::Result<usize> {
-    let mut segments = segments(fs)?;
+    let mut segments = match segments(fs) {
+        Ok(segments) => segments,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
     // A segment ends where the next one starts; the last one may hold `before` or later.
     let starts: Vec<u64> = segments.iter().map(|(lsn, _)| *lsn).skip(1).collect();
     let mut removed = 0;

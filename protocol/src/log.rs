@@ -6,36 +6,59 @@
 //! - The owner drains what is waiting (up to `max_group` requests) into a **group**; while
 //!   other writers are still on their way it waits for them, up to `commit_delay`. It
 //!   applies each request to its in-memory state (a refused transaction is rolled back
-//!   alone), writes the group as one sled batch, flushes and syncs once, then
-//!   **publishes** the new state and replies. This is group commit: concurrent writers
-//!   share one batch and one fsync.
+//!   alone), appends the group's writes to the **write-ahead log** as one record and
+//!   syncs it once, hands them to sled as one batch, then **publishes** the new state and
+//!   replies. This is group commit: concurrent writers share one record and one
+//!   `fdatasync`.
 //! - Readers ([`Store::read`] and friends) run on any thread, concurrently, straight on
-//!   sled; they see only what is published, so never an entry that is not yet durable.
+//!   sled; sled is handed a group only once it is durable in the log, and they see only
+//!   what is published, so never an entry that is not yet durable.
 //! - Tailers wait on a per-topic watch channel that the owner updates on publish.
 //!
 //! The durable write path, in order:
 //! 1. the group's entries of each topic become blocks (`BLOCK` keys), each with a `TIME`
 //!    index key, and the topic's `STATE` (head, next offset, bytes, version vector);
-//! 2. table documents, cursors, interned names and topic definitions join the same batch;
-//! 3. `apply_batch` (sled recovers a batch all or nothing), `flush` (sled's write and
-//!    `sync_file_range`), then `fdatasync` of sled's log and `fsync` of any new blob file
-//!    and of the blob directory, which sled 0.34 leaves out;
-//! 4. only then: publish to readers, wake tailers, acknowledge the writers;
-//! 5. at most every 5 s, and at close: the checkpoint (each topic's next offset) is
-//!    replaced atomically beside sled's files.
+//! 2. table documents, cursors, interned names and topic definitions join the same
+//!    group's writes (absolute puts and removes);
+//! 3. the writes are encoded as one record (length, LSN, checksum, payload) and appended
+//!    to the current segment of the write-ahead log (`wal/<first LSN>.wal`), then one
+//!    `fdatasync` of that file: the group commit's only device sync. A segment file and
+//!    its name are synced when it is begun, before any record in it counts;
+//! 4. `apply_batch` of the writes, with the record's LSN (`META_LSN`), in sled's memory:
+//!    no flush;
+//! 5. only then: publish to readers, wake tailers, acknowledge the writers;
+//! 6. at most every 5 s, and at close: the checkpoint (each topic's next offset) is
+//!    replaced atomically beside sled's files;
+//! 7. off the commit path: once the segment holds 32 MiB (or 30 s of writes) the owner
+//!    begins a new one and the flusher thread flushes sled, `fsync`s new blob files and
+//!    their directory, then `fdatasync`s sled's log (the syncs sled 0.34 leaves out), and
+//!    only then removes the segments sled now holds. `close` does the same for all.
 //!
 //! A failed write or sync **poisons** the store: every later write is refused with the
 //! cause, and the node must restart (reopen) to go on. Nothing acknowledged is lost.
 //!
-//! On open, the store checks the format version, that it belongs to this node and that
-//! it holds at least what its checkpoint recorded, loads the catalog (topics, names,
-//! peers, counters) and creates the `_gaps` system topic.
+//! On open, in order:
+//! 1. the format version is checked (a version this build does not read is refused
+//!    before anything is touched);
+//! 2. recovery: the log's records past the LSN sled holds are applied to sled in LSN
+//!    order (consecutive LSNs checked); a torn tail (an invalid record with no valid
+//!    record after it: a group never synced, so never acknowledged) is cut with a warning
+//!    naming the file, the offset and the bytes; an invalid record followed by a valid
+//!    one, a hole in the LSNs or an undecodable record is an `OpenError` naming the file
+//!    and the offset. Then sled is flushed and synced and the log removed;
+//! 3. a store of format 1 (no log) is converted: the format 2 marker is durable in sled
+//!    before the log holds any record, so a build of format 1 never opens a store whose
+//!    log it would not replay;
+//! 4. the store must belong to this node and hold at least what its checkpoint recorded;
+//!    the catalog (topics, names, peers, counters) is loaded and the `_gaps` system topic
+//!    created.
 
 mod checkpoint;
 mod error;
 mod format;
 mod owner;
 mod txn;
+mod wal;
 
 #[cfg(test)]
 mod tests;
@@ -82,6 +105,10 @@ pub struct StoreConfig {
     /// more of them: more throughput under concurrency, at most this much latency. A
     /// lone writer never waits.
     pub commit_delay: Duration,
+    /// Size at which the write-ahead log begins a new segment and sled is flushed in the
+    /// background, after which the old segments go: more is fewer flushes, more disk
+    /// for the log and a longer replay after a crash.
+    pub wal_segment_bytes: u64,
 }
 
 impl StoreConfig {
@@ -95,6 +122,7 @@ impl StoreConfig {
             max_group: 1024,
             inbox: 4096,
             commit_delay: Duration::from_micros(200),
+            wal_segment_bytes: wal::SEGMENT_BYTES,
         }
     }
 }
@@ -185,7 +213,7 @@ impl Shared {
     }
 
     /// Records a failed write or flush; returns the cause to report.
-    fn poison(&self, err: &sled::Error) -> String {
+    fn poison(&self, err: &dyn std::fmt::Display) -> String {
         let cause = err.to_string();
         tracing::error!(path = %self.path.display(), %err, "store write failed; refusing writes until restart");
         self.poisoned
@@ -215,6 +243,16 @@ struct TopicView {
 impl Store {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
+        Store::open_on(path, config, None)
+    }
+
+    /// [`Store::open`] with the write-ahead log's files behind `fs` (`None`: the store's
+    /// `wal` directory); tests put a simulated power cut there.
+    fn open_on(
+        path: impl AsRef<Path>,
+        config: StoreConfig,
+        fs: Option<Arc<dyn wal::WalFs>>,
+    ) -> Result<Store, OpenError> {
         let path = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&path).map_err(|source| OpenError::Io {
             path: path.clone(),
@@ -235,7 +273,7 @@ impl Store {
             changes: watch::Sender::new(0),
             incarnation: std::sync::atomic::AtomicU64::new(0),
         });
-        let inbox = owner::start(shared.clone(), config)?;
+        let inbox = owner::start(shared.clone(), config, fs)?;
         Ok(Store { shared, inbox })
     }
 

@@ -6,7 +6,7 @@
 //!
 //! | tag | key after the tag | value |
 //! | --- | --- | --- |
-//! | 0 `META` | `format` / `node` | format version (u32 BE) / the owning node's name |
+//! | 0 `META` | `format` / `node` / `incarnation` / `wal_lsn` | format version (u32 BE) / the owning node's name / incarnation (u64 BE) / last log record applied (u64 BE) |
 //! | 1 `TOPIC` | topic name | [`TopicRecord`] |
 //! | 2 `NAME` | node name | interned id (u32 BE) |
 //! | 3 `BLOCK` | topic id, first offset | `Vec<StoredEntry>`: the entries of one group commit |
@@ -24,8 +24,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::Scope;
 
-/// The version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The version this build writes and reads. Version 2: writes go through the
+/// write-ahead log (`log/wal.rs`) before sled, and sled holds the log's position
+/// ([`META_LSN`]). A build of version 1 refuses a version 2 store, whose log may hold
+/// records that build would not replay.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// The previous version (no write-ahead log), which this build opens and converts.
+pub(crate) const FORMAT_UNLOGGED: u32 = 1;
 
 /// sled's segment size, part of the format: sled refuses to open a database with another.
 /// 2 MiB puts sled's blob threshold (a quarter segment) above a leaf of 16 blocks.
@@ -47,6 +53,9 @@ pub(crate) const META_NODE: &[u8] = b"\x00node";
 /// The store's incarnation (a `u64`, big-endian): drawn once, when the store is made (or
 /// first opened by a version that knows it), and presented to peers in the hello.
 pub(crate) const META_INCARNATION: &[u8] = b"\x00incarnation";
+/// The LSN (a `u64`, big-endian) of the last write-ahead log record handed to sled, in
+/// the same batch as that record's writes: replay goes on from the next one.
+pub(crate) const META_LSN: &[u8] = b"\x00wal_lsn";
 
 /// A topic's definition as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]

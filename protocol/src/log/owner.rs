@@ -7,9 +7,13 @@
 //!   `commit_delay`, so that one flush serves them all. A lone writer never waits.
 //! - Each request is applied to a working copy of the topics it touches; a refused
 //!   transaction drops its copy and leaves the group as it was.
-//! - The group becomes one sled batch, then one `flush`, then the syncs sled leaves out
-//!   ([`DiskSync`]); only then are the new counters published to readers, tailers woken
-//!   and every writer answered.
+//! - The group's writes become one record of the write-ahead log ([`super::wal`]),
+//!   appended and `fdatasync`ed: the one device sync of a group commit. Only then are
+//!   they handed to sled as one batch (in memory, no flush), the new counters published
+//!   to readers, tailers woken and every writer answered.
+//! - sled is made durable off the commit path: when the log's segment is full (or old),
+//!   the owner begins a new one and the **flusher** thread flushes sled, syncs what sled
+//!   leaves out ([`DiskSync`]) and only then removes the segments sled now holds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use super::checkpoint::Checkpoint;
 use super::error::{OpenError, WriteError};
 use super::format::{self, ForgottenRecord, PeerRecord, StateRecord, StoredEntry, TopicRecord};
 use super::txn::{Appended, Committed, Op, TableName, Txn};
+use super::wal::{self, DiskFs, Wal, WalFs};
 use super::{
     Catalog, GAPS_TOPIC, PeerConfig, RetentionReport, Shared, StoreConfig, TopicView, VersionVector,
 };
@@ -80,22 +85,185 @@ pub(crate) enum Request {
 }
 
 /// Loads the catalog, then starts the owner thread; returns its inbox.
+///
+/// Before the catalog is read, the write-ahead log is replayed into sled (see
+/// [`recover`]); `fs` is the log's file layer (`None`: the store's `wal` directory).
 pub(crate) fn start(
     shared: Arc<Shared>,
     config: StoreConfig,
+    fs: Option<Arc<dyn WalFs>>,
 ) -> Result<mpsc::Sender<Request>, OpenError> {
     let (tx, rx) = mpsc::channel(config.inbox.max(1));
     let io_error = |source| OpenError::Io {
         path: shared.path.clone(),
         source,
     };
-    let disk = DiskSync::open(&shared.path.join("sled")).map_err(io_error)?;
-    let owner = Owner::load(shared.clone(), config, disk)?;
+    let format = stored_format(&shared)?;
+    let mut disk = DiskSync::open(&shared.path.join("sled")).map_err(io_error)?;
+    let fs = match fs {
+        Some(fs) => fs,
+        None => Arc::new(DiskFs::open(&shared.path.join(wal::DIR)).map_err(io_error)?),
+    };
+    let last = recover(&shared, format, &*fs, &mut disk)?;
+    let disk = Arc::new(Mutex::new(disk));
+    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(1);
+    let wal = Wal::start(fs.clone(), last + 1, config.wal_segment_bytes).map_err(io_error)?;
+    let mut owner = Owner::load(shared.clone(), config, disk.clone(), wal)?;
+    let flusher = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("tether-store-flush".into())
+            .spawn(move || flush_loop(&shared, &disk, &*fs, flush_rx))
+            .map_err(io_error)?
+    };
+    owner.flusher = Some(Flusher {
+        tx: flush_tx,
+        thread: flusher,
+    });
     std::thread::Builder::new()
         .name("tether-store".into())
         .spawn(move || owner.run(rx))
         .map_err(io_error)?;
     Ok(tx)
+}
+
+/// Replays the write-ahead log into sled: every record past the LSN sled holds, in order
+/// (a torn tail cut, damage an error); then makes sled durable and removes the log.
+/// Returns the last LSN, which the log goes on from.
+///
+/// Only a store of this format has a log to replay. One of the previous format (1, no
+/// log) opens and is converted by [`Owner::load`]; a new store has none yet.
+fn recover(
+    shared: &Shared,
+    format: Option<u32>,
+    fs: &dyn WalFs,
+    disk: &mut DiskSync,
+) -> Result<u64, OpenError> {
+    let path = &shared.path;
+    let corrupt = |detail: String| OpenError::Corrupt {
+        path: path.clone(),
+        detail,
+    };
+    let tree = &shared.tree;
+    let sled_err = |e: sled::Error| corrupt(e.to_string());
+    let applied = match tree.get(format::META_LSN).map_err(sled_err)? {
+        Some(v) => {
+            format::u64_value(&v).ok_or_else(|| corrupt("unreadable log position".into()))?
+        }
+        None => 0,
+    };
+    let recovery = match format {
+        Some(format::FORMAT_VERSION) => wal::recover(fs, applied, |lsn, payload| {
+            let writes: Vec<wal::Write> =
+                codec::decode(payload, "write-ahead log record").map_err(|e| e.to_string())?;
+            tree.apply_batch(batch_of(writes, lsn))
+                .map_err(|e| e.to_string())
+        }),
+        found => wal::recover(fs, applied, |lsn, _| {
+            Err(match found {
+                Some(v) => {
+                    format!("record {lsn} in the log of a store of format {v}, which has none")
+                }
+                None => format!("record {lsn} in the log of a store without a format marker"),
+            })
+        }),
+    }
+    .map_err(corrupt)?;
+    if recovery.replayed > 0 {
+        tracing::info!(path = %path.display(), records = recovery.replayed, last = recovery.last, "write-ahead log replayed into the store");
+    }
+    if recovery.segments > 0 {
+        // What sled recovered by itself after a kill may be only in the page cache: it
+        // is made durable before the log that also holds it goes.
+        shared.db.flush().map_err(sled_err)?;
+        disk.sync()
+            .map_err(|e| corrupt(format!("cannot sync the store: {e}")))?;
+        wal::remove_before(fs, u64::MAX)
+            .map_err(|e| corrupt(format!("cannot remove the replayed log: {e}")))?;
+    }
+    Ok(recovery.last)
+}
+
+/// The store's format marker: `None` for a new store; a version this build does not
+/// read is refused here, before anything (the log included) is touched.
+fn stored_format(shared: &Shared) -> Result<Option<u32>, OpenError> {
+    let path = shared.path.clone();
+    let corrupt = |detail: String| OpenError::Corrupt {
+        path: path.clone(),
+        detail,
+    };
+    let Some(v) = shared
+        .tree
+        .get(format::META_FORMAT)
+        .map_err(|e| corrupt(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let found = format::u32_value(&v).ok_or_else(|| corrupt("unreadable format marker".into()))?;
+    if found != format::FORMAT_VERSION && found != format::FORMAT_UNLOGGED {
+        let supported = format::FORMAT_VERSION;
+        return Err(OpenError::UnknownFormat {
+            path,
+            found,
+            supported,
+        });
+    }
+    Ok(Some(found))
+}
+
+/// A group's writes as a sled batch, with the LSN of the log record that holds them.
+fn batch_of(writes: Vec<wal::Write>, lsn: u64) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for w in writes {
+        match w.value {
+            Some(v) => batch.insert(w.key, v),
+            None => batch.remove(w.key),
+        }
+    }
+    batch.insert(format::META_LSN, &lsn.to_be_bytes());
+    batch
+}
+
+/// The flusher thread: for each closed segment (its successor's first LSN), makes sled
+/// durable through it and removes the segments it made redundant.
+fn flush_loop(
+    shared: &Shared,
+    disk: &Mutex<DiskSync>,
+    fs: &dyn WalFs,
+    rx: std::sync::mpsc::Receiver<u64>,
+) {
+    for before in rx {
+        let started = Instant::now();
+        let flushed = shared
+            .db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                let mut disk = disk.lock().unwrap_or_else(|p| p.into_inner());
+                disk.sync().map_err(|e| e.to_string())
+            })
+            .and_then(|_| wal::remove_before(fs, before).map_err(|e| e.to_string()));
+        match flushed {
+            Ok(removed) => {
+                let ms = started.elapsed().as_millis();
+                tracing::debug!(
+                    before,
+                    removed,
+                    ms,
+                    "store flushed; write-ahead log segments removed"
+                );
+            }
+            Err(err) => drop(shared.poison(&format!("background flush: {err}"))),
+        }
+    }
+}
+
+/// The owner's end of the flusher thread.
+struct Flusher {
+    /// The first LSN of each new segment; bounded, so that a flusher behind makes the
+    /// owner wait rather than the log grow.
+    tx: std::sync::mpsc::SyncSender<u64>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 struct Owner {
@@ -109,7 +277,10 @@ struct Owner {
     /// Peers an operator forgot: retention does not wait for them, and records what it
     /// removes that they lacked (`owed`), which becomes gaps if they return.
     forgotten: BTreeMap<NodeName, Forgotten>,
-    disk: DiskSync,
+    /// Shared with the flusher thread.
+    disk: Arc<Mutex<DiskSync>>,
+    wal: Wal,
+    flusher: Option<Flusher>,
     checkpoint: Checkpoint,
 }
 
@@ -170,7 +341,12 @@ enum Done {
 }
 
 impl Owner {
-    fn load(shared: Arc<Shared>, config: StoreConfig, disk: DiskSync) -> Result<Owner, OpenError> {
+    fn load(
+        shared: Arc<Shared>,
+        config: StoreConfig,
+        disk: Arc<Mutex<DiskSync>>,
+        wal: Wal,
+    ) -> Result<Owner, OpenError> {
         let tree = &shared.tree.clone();
         let path = shared.path.clone();
         let corrupt = |detail: String| OpenError::Corrupt {
@@ -183,7 +359,13 @@ impl Owner {
             Some(v) => {
                 let found = format::u32_value(&v)
                     .ok_or_else(|| corrupt("unreadable format marker".into()))?;
-                if found != format::FORMAT_VERSION {
+                if found == format::FORMAT_UNLOGGED {
+                    // Converted: from here on writes go through the log, which a build
+                    // of format 1 would not replay; the new marker is durable (below)
+                    // before the log holds a record.
+                    tracing::info!(path = %path.display(), from = found, to = format::FORMAT_VERSION, "store format converted");
+                    init.insert(format::META_FORMAT, &format::FORMAT_VERSION.to_be_bytes());
+                } else if found != format::FORMAT_VERSION {
                     let (path, supported) = (shared.path.clone(), format::FORMAT_VERSION);
                     return Err(OpenError::UnknownFormat {
                         path,
@@ -378,6 +560,8 @@ impl Owner {
             peers,
             forgotten,
             disk,
+            wal,
+            flusher: None,
             checkpoint,
         };
 
@@ -404,6 +588,12 @@ impl Owner {
         }
         tree.apply_batch(init).map_err(sled_err)?;
         owner.shared.db.flush().map_err(sled_err)?;
+        owner
+            .disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync()
+            .map_err(|e| corrupt(format!("cannot sync the store: {e}")))?;
         Ok(owner)
     }
 
@@ -465,13 +655,21 @@ impl Owner {
         }
     }
 
-    /// Flushes and syncs what is written, and drops the database.
+    /// Waits for the flusher, makes sled durable, removes the log (sled holds all of it
+    /// now), and drops the database.
     fn stop(mut self) -> Result<(), String> {
+        if let Some(flusher) = self.flusher.take() {
+            drop(flusher.tx);
+            let _ = flusher.thread.join();
+        }
         if let Some(cause) = self.shared.poisoned() {
             return Err(cause);
         }
-        let flushed = self.shared.db.flush().map_err(|e| e.to_string());
-        flushed.and_then(|_| self.disk.sync().map_err(|e| e.to_string()))?;
+        self.shared.db.flush().map_err(|e| e.to_string())?;
+        let mut disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        disk.sync().map_err(|e| e.to_string())?;
+        drop(disk);
+        wal::remove_before(&**self.wal.fs(), u64::MAX).map_err(|e| e.to_string())?;
         self.write_checkpoint();
         tracing::debug!(path = %self.shared.path.display(), "store closed");
         Ok(())
@@ -678,40 +876,58 @@ impl Owner {
         Ok((Offset(offset), Seq(seq)))
     }
 
-    /// Writes the group as one batch, flushes and syncs, then publishes and replies.
+    /// Writes the group to the log and syncs it (the one device sync), hands it to sled
+    /// as one batch, then publishes and replies.
     fn write(&mut self, g: Group) {
         if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
             return;
         }
-        let mut batch = sled::Batch::default();
-        for (k, v) in g.kv {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
+        let mut writes: Vec<wal::Write> =
+            g.kv.into_iter()
+                .map(|(key, value)| wal::Write { key, value })
+                .collect();
         for (&t, p) in &g.pending {
             let mut first = p.new_first;
             for block in blocks(&p.new) {
                 let (min, max) = block
                     .iter()
                     .fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
-                batch.insert(&format::block_key(t, first)[..], codec::encode(block));
-                batch.insert(&format::time_key(t, max, first)[..], &min.to_be_bytes()[..]);
+                writes.push(wal::Write {
+                    key: format::block_key(t, first).to_vec(),
+                    value: Some(codec::encode(block)),
+                });
+                writes.push(wal::Write {
+                    key: format::time_key(t, max, first).to_vec(),
+                    value: Some(min.to_be_bytes().to_vec()),
+                });
                 first += block.len() as u64;
             }
-            let state = codec::encode(&p.counters.record());
-            batch.insert(&format::state_key(t)[..], state);
+            writes.push(wal::Write {
+                key: format::state_key(t).to_vec(),
+                value: Some(codec::encode(&p.counters.record())),
+            });
         }
+        let payload = codec::encode(&writes);
         let shared = &self.shared;
         let written = match shared.poisoned() {
             Some(cause) => Err(cause),
-            None => shared
-                .tree
-                .apply_batch(batch)
-                .and_then(|()| shared.db.flush())
-                .map_err(|err| shared.poison(&err))
-                .and_then(|_| self.disk.sync().map_err(|err| shared.poison(&err.into()))),
+            // Nothing to write (acknowledgements already known, nothing to retain): what
+            // the replies rest on is published, so durable already.
+            None if writes.is_empty() => Ok(()),
+            // Durable first (append, `fdatasync`), then visible in sled: a reader, a
+            // table read included, never sees a write a crash could take back.
+            None => self
+                .wal
+                .append(&payload)
+                .and_then(|lsn| self.wal.sync().map(|()| lsn))
+                .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
+                .and_then(|lsn| {
+                    let batch = batch_of(writes, lsn);
+                    shared
+                        .tree
+                        .apply_batch(batch)
+                        .map_err(|err| shared.poison(&err))
+                }),
         };
         if let Err(cause) = written {
             for done in g.done {
@@ -731,6 +947,27 @@ impl Owner {
         }
         if self.checkpoint.due() {
             self.write_checkpoint();
+        }
+        if self.wal.due() {
+            self.rotate();
+        }
+    }
+
+    /// Begins a new log segment and has the flusher fold the old ones into sled.
+    fn rotate(&mut self) {
+        let before = match self.wal.rotate() {
+            Ok(before) => before,
+            Err(err) => {
+                self.shared
+                    .poison(&format!("write-ahead log: new segment: {err}"));
+                return;
+            }
+        };
+        if let Some(flusher) = &self.flusher {
+            // Waits while a flush is under way and another is queued.
+            if flusher.tx.send(before).is_err() {
+                self.shared.poison(&"the store's flusher thread is gone");
+            }
         }
     }
 
@@ -1078,19 +1315,23 @@ impl DiskSync {
         Ok(disk)
     }
 
-    /// `fdatasync` of the log; then `fsync` of every blob file not yet synced and, if
-    /// there was one, of the blob directory (new names). Blob files never change once
-    /// written, so each is synced once.
+    /// `fsync` of every blob file not yet synced and, if there was one, of the blob
+    /// directory (new names); then `fdatasync` of sled's log. Blob files never change
+    /// once written, so each is synced once.
+    ///
+    /// Order: sled writes a blob file before the log record that points at it, and its
+    /// `flush` has already started the log's write-back, so the blobs are synced first
+    /// and the log's `fdatasync` comes last: when it returns, sled is durable through
+    /// everything flushed, and only then does the flusher remove log segments.
     fn sync(&mut self) -> std::io::Result<()> {
-        self.log.sync_data()?;
         let mut fresh = false;
         let mut present = HashSet::new();
         let entries = match std::fs::read_dir(&self.blobs) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Ok(entries) => Some(entries),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        for entry in entries {
+        for entry in entries.into_iter().flatten() {
             let entry = entry?;
             let name = entry.file_name();
             if !self.synced.contains(&name) {
@@ -1103,7 +1344,7 @@ impl DiskSync {
             std::fs::File::open(&self.blobs)?.sync_all()?;
         }
         self.synced = present;
-        Ok(())
+        self.log.sync_data()
     }
 }
 

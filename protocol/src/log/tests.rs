@@ -7,6 +7,8 @@ use std::time::Duration;
 use super::*;
 use crate::entry::{Append, Retention, Scope, TopicConfig};
 
+mod power;
+
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
 
@@ -874,7 +876,7 @@ fn an_unknown_format_version_is_a_clear_error() {
             err,
             OpenError::UnknownFormat {
                 found: 7,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -882,9 +884,11 @@ fn an_unknown_format_version_is_a_clear_error() {
     );
     assert!(
         err.to_string()
-            .contains("format version 7; this build reads version 1"),
+            .contains("format version 7; this build reads version 2"),
         "{err}"
     );
+    // Nothing of a store this build does not read is touched: no log is begun in it.
+    assert!(!dir.0.join(wal::DIR).exists());
 }
 
 #[test]

@@ -9,7 +9,10 @@ use tests::{Rng, TempDir, dir_bytes};
 
 use crate::round2;
 
-/// `log-append`: 200,000 durable appends of 256-byte payloads from 64 producers.
+/// `log-append`: 200,000 durable appends of 256-byte payloads from 64 producers; then,
+/// on the same directory, the disk's own limit: the latency of a 4 KiB append +
+/// `fdatasync` (the durable path of a log), and the appends per second one sync per
+/// round of all producers would give (`sync_limit_per_s`).
 pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String> {
     const PRODUCERS: usize = 64;
     const PAYLOAD: usize = 256;
@@ -60,6 +63,11 @@ pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String>
     store.close().await.map_err(|e| e.to_string())?;
     drop(store);
     let disk = dir_bytes(dir.path()).map_err(|e| e.to_string())?;
+    let syncs = sync_latencies(dir.path(), if quick { 200 } else { 1000 })
+        .map_err(|e| format!("sync probe: {e}"))?;
+    let sync_median = syncs[syncs.len() / 2].as_secs_f64() * 1e3;
+    let sync_p99 = syncs[(syncs.len() * 99 / 100).min(syncs.len() - 1)].as_secs_f64() * 1e3;
+    let sync_limit = PRODUCERS as f64 / (sync_median / 1e3);
 
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -67,7 +75,10 @@ pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String>
             * 1e3
     };
     let rate = total as f64 / elapsed.as_secs_f64();
-    eprintln!("log-append: {rate:.0} appends/s, p99 {:.2} ms", pct(0.99));
+    eprintln!(
+        "log-append: {rate:.0} appends/s, p99 {:.2} ms; disk: sync median {sync_median:.3} ms, p99 {sync_p99:.3} ms, limit {sync_limit:.0}/s",
+        pct(0.99)
+    );
     Ok(json!({
         "scenario": "log-append",
         "appends": total,
@@ -78,6 +89,30 @@ pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String>
         "p99_ack_ms": round2(pct(0.99)),
         "disk_bytes_per_entry": round2(disk as f64 / total as f64),
         "seconds": round2(elapsed.as_secs_f64()),
+        "sync_median_ms": (sync_median * 1e3).round() / 1e3,
+        "sync_p99_ms": (sync_p99 * 1e3).round() / 1e3,
+        "sync_limit_per_s": sync_limit.round(),
         "quick": quick,
     }))
+}
+
+/// Sorted latencies of `n` rounds of a 4 KiB append + `fdatasync` to a new file in `dir`
+/// (removed after).
+fn sync_latencies(dir: &std::path::Path, n: usize) -> std::io::Result<Vec<Duration>> {
+    use std::io::Write;
+    let path = dir.join("sync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let block = [0x5au8; 4096];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        out.push(t.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    out.sort_unstable();
+    Ok(out)
 }

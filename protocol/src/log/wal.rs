@@ -1,0 +1,549 @@
+//! The write-ahead log: each group commit's writes as one checksummed record, appended to a segment file and `fdatasync`ed once before sled is handed them.
+//!
+//! Files: `<store>/wal/<first LSN, 20 digits>.wal`, each a run of records with
+//! consecutive log sequence numbers (LSN). A record is a 24-byte header, then the payload:
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 0..4 | [`MAGIC`] |
+//! | 4..8 | payload length (u32 LE) |
+//! | 8..16 | LSN (u64 LE) |
+//! | 16..24 | checksum: the first 8 bytes of BLAKE3 over bytes 4..16 and the payload |
+//!
+//! The payload is a group's writes ([`Write`], encoded with [`crate::codec`]): absolute
+//! puts and removes, so replaying a record twice leaves what replaying it once does. sled
+//! holds the LSN of the last record it was handed (`META_LSN`, in the same batch), so a
+//! replay starts right after what sled recovered.
+//!
+//! Recovery ([`recover`]) reads the segments in LSN order. An invalid record (short,
+//! wrong magic, wrong checksum) with no valid record anywhere after it is a torn tail:
+//! a group that was being written and never synced, so never acknowledged. It is cut,
+//! with a warning naming the file, the offset and the bytes cut. An invalid record
+//! followed by a valid one is damage in the middle of the log: an error naming the file
+//! and the offset, never a silent loss. So are a hole in the LSNs past what sled holds,
+//! and a record whose checksum holds but whose payload does not decode.
+//!
+//! All file access goes through [`WalFs`], so that a test can put a simulated power cut
+//! (unsynced writes dropped or torn) under it.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The directory of the segments, inside the store's.
+pub(crate) const DIR: &str = "wal";
+/// A segment that holds this much is closed and a new one begun (by default: see
+/// `StoreConfig::wal_segment_bytes`); sled is then flushed in the background and the old
+/// segments removed. Bounds the log on disk and the replay.
+pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
+/// A segment holding records is also closed after this long, so that an idle store's log
+/// does not wait for the next 32 MiB to be folded into sled.
+pub(crate) const SEGMENT_AGE: Duration = Duration::from_secs(30);
+/// The first bytes of every record.
+pub(crate) const MAGIC: [u8; 4] = *b"TWAL";
+const HEADER: usize = 24;
+
+/// The narrow layer through which the log touches files: one directory of flat files.
+pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
+    /// Appends `bytes` to file `name`, creating it if missing (not synced).
+    fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()>;
+    /// Makes what was appended to `name` durable (`fdatasync`).
+    fn sync(&self, name: &str) -> std::io::Result<()>;
+    /// The whole content of `name`.
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>>;
+    /// Cuts `name` to `len` bytes, durably.
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()>;
+    /// The names of the files in the directory.
+    fn list(&self) -> std::io::Result<Vec<String>>;
+    /// Removes `name` (durable only after [`WalFs::sync_dir`]).
+    fn remove(&self, name: &str) -> std::io::Result<()>;
+    /// Makes the directory's names (files created or removed) durable.
+    fn sync_dir(&self) -> std::io::Result<()>;
+    /// The path of `name`, for messages.
+    fn path(&self, name: &str) -> PathBuf;
+}
+
+/// [`WalFs`] on a real directory; keeps the file being appended to open.
+#[derive(Debug)]
+pub(crate) struct DiskFs {
+    dir: PathBuf,
+    open: Mutex<Option<(String, File)>>,
+}
+
+impl DiskFs {
+    /// The log directory `dir`, created (and its parent synced) if missing.
+    pub(crate) fn open(dir: &Path) -> std::io::Result<DiskFs> {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(DiskFs {
+            dir: dir.to_path_buf(),
+            open: Mutex::new(None),
+        })
+    }
+
+    fn with_file<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut File) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.as_ref().is_none_or(|(n, _)| n != name) {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(name))?;
+            *open = Some((name.to_owned(), file));
+        }
+        match open.as_mut() {
+            Some((_, file)) => f(file),
+            None => Err(std::io::Error::other("no open file")),
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.as_ref().is_some_and(|(n, _)| n == name) {
+            *open = None;
+        }
+    }
+}
+
+impl WalFs for DiskFs {
+    fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.with_file(name, |f| f.write_all(bytes))
+    }
+
+    fn sync(&self, name: &str) -> std::io::Result<()> {
+        self.with_file(name, |f| f.sync_data())
+    }
+
+    fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.dir.join(name))
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.forget(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join(name))?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.forget(name);
+        std::fs::remove_file(self.dir.join(name))
+    }
+
+    fn sync_dir(&self) -> std::io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// One write of a group: a key and its new value, or `None` to remove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Write {
+    #[serde(with = "serde_bytes")]
+    pub(crate) key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub(crate) value: Option<Vec<u8>>,
+}
+
+/// The log being written: the current segment and the next LSN.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    fs: Arc<dyn WalFs>,
+    segment: String,
+    bytes: u64,
+    /// The segment is closed once it holds this many bytes.
+    limit: u64,
+    next: u64,
+    since: Instant,
+}
+
+impl Wal {
+    /// Begins a new segment whose first record will be `next`; the segment file and its
+    /// name are durable before this returns, so a record synced in it is found.
+    pub(crate) fn start(fs: Arc<dyn WalFs>, next: u64, limit: u64) -> std::io::Result<Wal> {
+        let segment = segment_name(next);
+        fs.append(&segment, &[])?;
+        fs.sync_dir()?;
+        Ok(Wal {
+            fs,
+            segment,
+            bytes: 0,
+            limit,
+            next,
+            since: Instant::now(),
+        })
+    }
+
+    /// The file layer it writes through.
+    pub(crate) fn fs(&self) -> &Arc<dyn WalFs> {
+        &self.fs
+    }
+
+    /// Appends one record (not yet durable: see [`Wal::sync`]); returns its LSN.
+    pub(crate) fn append(&mut self, payload: &[u8]) -> std::io::Result<u64> {
+        let lsn = self.next;
+        let record = encode_record(lsn, payload)?;
+        self.fs.append(&self.segment, &record)?;
+        self.bytes += record.len() as u64;
+        self.next += 1;
+        Ok(lsn)
+    }
+
+    /// `fdatasync` of the current segment: every record appended is durable after it.
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        self.fs.sync(&self.segment)
+    }
+
+    /// Whether the current segment should be closed (its size limit, [`SEGMENT_AGE`]).
+    pub(crate) fn due(&self) -> bool {
+        self.bytes >= self.limit || (self.bytes > 0 && self.since.elapsed() >= SEGMENT_AGE)
+    }
+
+    /// Begins a new segment; returns its first LSN: every record before it is in older
+    /// segments, which may go once sled holds them durably ([`remove_before`]).
+    pub(crate) fn rotate(&mut self) -> std::io::Result<u64> {
+        let next = self.next;
+        *self = Wal::start(self.fs.clone(), next, self.limit)?;
+        Ok(next)
+    }
+}
+
+/// Removes every segment whose records all come before LSN `before`, then syncs the
+/// directory; returns how many went. A directory already gone holds nothing to remove.
+pub(crate) fn remove_before(fs: &dyn WalFs, before: u64) -> std::io::Result<usize> {
+    let mut segments = match segments(fs) {
+        Ok(segments) => segments,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    // A segment ends where the next one starts; the last one may hold `before` or later.
+    let starts: Vec<u64> = segments.iter().map(|(lsn, _)| *lsn).skip(1).collect();
+    let mut removed = 0;
+    for (i, (_, name)) in segments.drain(..).enumerate() {
+        let ends_before = starts.get(i).is_some_and(|&end| end <= before);
+        if ends_before || before == u64::MAX {
+            fs.remove(&name)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        fs.sync_dir()?;
+    }
+    Ok(removed)
+}
+
+/// What recovery found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    /// The highest LSN in the log or in sled: the next record gets the one after.
+    pub(crate) last: u64,
+    /// Records handed to `apply` (those past what sled held).
+    pub(crate) replayed: u64,
+    /// The torn tail cut off, if any.
+    pub(crate) cut: Option<Cut>,
+    /// Segments the directory held.
+    pub(crate) segments: usize,
+}
+
+/// A torn tail that recovery cut.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// The file it was in.
+    pub(crate) file: PathBuf,
+    /// Where the first invalid record began.
+    pub(crate) offset: u64,
+    /// Bytes cut, from that file and any later (empty or invalid) segment.
+    pub(crate) bytes: u64,
+    /// What was wrong with the first invalid record.
+    pub(crate) why: &'static str,
+}
+
+/// Reads the log and hands `apply` every record past `applied` (the LSN sled holds), in
+/// order; cuts a torn tail; an error names the file and the offset of damage.
+pub(crate) fn recover(
+    fs: &dyn WalFs,
+    applied: u64,
+    mut apply: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<Recovery, String> {
+    let segments =
+        segments(fs).map_err(|e| format!("cannot list {}: {e}", fs.path("").display()))?;
+    let mut rec = Recovery {
+        last: applied,
+        segments: segments.len(),
+        ..Recovery::default()
+    };
+    let read = |name: &str| {
+        fs.read(name)
+            .map_err(|e| format!("cannot read {}: {e}", fs.path(name).display()))
+    };
+    let mut prev: Option<u64> = None;
+    for (i, (first, name)) in segments.iter().enumerate() {
+        let bytes = read(name)?;
+        let mut at = 0;
+        while at < bytes.len() {
+            let place = |at: usize| format!("{} at offset {at}", fs.path(name).display());
+            let (lsn, payload, end) = match parse(&bytes, at) {
+                Ok(record) => record,
+                Err(why) => {
+                    // A valid record anywhere after this one: damage, not a torn tail.
+                    let later = valid_after(&bytes, at + 1).map(&place);
+                    let later = match later {
+                        Some(p) => Some(p),
+                        None => first_valid(fs, &segments[i + 1..])?,
+                    };
+                    if let Some(later) = later {
+                        return Err(format!(
+                            "write-ahead log damaged at {}: {why}, and a valid record follows at {later}",
+                            place(at)
+                        ));
+                    }
+                    let mut cut = (bytes.len() - at) as u64;
+                    fs.truncate(name, at as u64)
+                        .map_err(|e| format!("cannot cut {}: {e}", place(at)))?;
+                    for (_, later) in &segments[i + 1..] {
+                        cut += fs.read(later).map(|b| b.len() as u64).unwrap_or(0);
+                        fs.remove(later).map_err(|e| {
+                            format!("cannot remove {}: {e}", fs.path(later).display())
+                        })?;
+                    }
+                    let file = fs.path(name);
+                    tracing::warn!(file = %file.display(), offset = at, bytes = cut, why, "write-ahead log: cut a torn tail (a group never acknowledged)");
+                    rec.cut = Some(Cut {
+                        file,
+                        offset: at as u64,
+                        bytes: cut,
+                        why,
+                    });
+                    return Ok(rec);
+                }
+            };
+            if at == 0 && lsn != *first {
+                return Err(format!(
+                    "write-ahead log damaged at {}: the segment is named for record {first} and begins with record {lsn}",
+                    place(at)
+                ));
+            }
+            // Past what sled holds, records follow each other without a hole; below
+            // it, they are in sled already and only their order is checked.
+            let due = prev.unwrap_or(0).max(applied) + 1;
+            if prev.is_some_and(|p| lsn <= p) || (lsn > applied && lsn != due) {
+                return Err(format!(
+                    "write-ahead log damaged at {}: record {lsn} where {due} was due (records are missing or out of order)",
+                    place(at)
+                ));
+            }
+            if lsn > applied {
+                apply(lsn, payload)
+                    .map_err(|e| format!("write-ahead log record {lsn} at {}: {e}", place(at)))?;
+                rec.replayed += 1;
+            }
+            rec.last = rec.last.max(lsn);
+            prev = Some(lsn);
+            at = end;
+        }
+    }
+    Ok(rec)
+}
+
+/// The segments in the directory, by first LSN; other files are left alone.
+fn segments(fs: &dyn WalFs) -> std::io::Result<Vec<(u64, String)>> {
+    let mut out: Vec<(u64, String)> = fs
+        .list()?
+        .into_iter()
+        .filter_map(|name| {
+            let digits = name.strip_suffix(".wal")?;
+            let ok = digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit());
+            Some((digits.parse().ok().filter(|_| ok)?, name))
+        })
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+fn checksum(header: &[u8], payload: &[u8]) -> [u8; 8] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(header);
+    hasher.update(payload);
+    let mut sum = [0; 8];
+    sum.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    sum
+}
+
+/// A record's bytes: header and payload.
+pub(crate) fn encode_record(lsn: u64, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| std::io::Error::other("write-ahead log record over 4 GiB"))?;
+    let mut record = Vec::with_capacity(HEADER + payload.len());
+    record.extend_from_slice(&MAGIC);
+    record.extend_from_slice(&len.to_le_bytes());
+    record.extend_from_slice(&lsn.to_le_bytes());
+    let sum = checksum(&record[4..16], payload);
+    record.extend_from_slice(&sum);
+    record.extend_from_slice(payload);
+    Ok(record)
+}
+
+/// The record at `at`: `(lsn, payload, end)`, or why it is not one.
+fn parse(bytes: &[u8], at: usize) -> Result<(u64, &[u8], usize), &'static str> {
+    let header = bytes
+        .get(at..at + HEADER)
+        .ok_or("record header cut short")?;
+    if header[..4] != MAGIC {
+        return Err("no record marker");
+    }
+    let field = |r: std::ops::Range<usize>| header.get(r).unwrap_or_default();
+    let len = u32::from_le_bytes(field(4..8).try_into().map_err(|_| "bad length")?) as usize;
+    let lsn = u64::from_le_bytes(field(8..16).try_into().map_err(|_| "bad lsn")?);
+    let payload = at
+        .checked_add(HEADER + len)
+        .and_then(|end| bytes.get(at + HEADER..end))
+        .ok_or("record cut short")?;
+    let end = at + HEADER + len;
+    if checksum(field(4..16), payload) != field(16..24) {
+        return Err("checksum mismatch");
+    }
+    Ok((lsn, payload, end))
+}
+
+/// The offset of the first valid record at or after `from`, if any.
+fn valid_after(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(HEADER - 1))
+        .filter(|&p| bytes[p..].starts_with(&MAGIC))
+        .find(|&p| parse(bytes, p).is_ok())
+}
+
+/// Where the first valid record in these segments is, if any.
+fn first_valid(fs: &dyn WalFs, segments: &[(u64, String)]) -> Result<Option<String>, String> {
+    for (_, name) in segments {
+        let bytes = fs
+            .read(name)
+            .map_err(|e| format!("cannot read {}: {e}", fs.path(name).display()))?;
+        if let Some(p) = valid_after(&bytes, 0) {
+            return Ok(Some(format!("{} at offset {p}", fs.path(name).display())));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tether-wal-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Records handed to `apply`: LSN and payload.
+    type Replayed = Vec<(u64, Vec<u8>)>;
+
+    fn replay(fs: &dyn WalFs, applied: u64) -> Result<(Recovery, Replayed), String> {
+        let mut got = Vec::new();
+        let rec = recover(fs, applied, |lsn, p| {
+            got.push((lsn, p.to_vec()));
+            Ok(())
+        })?;
+        Ok((rec, got))
+    }
+
+    #[test]
+    fn records_come_back_in_order_past_what_sled_holds() {
+        let d = dir("order");
+        let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
+        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
+        for i in 0..5u8 {
+            wal.append(&[i; 10]).unwrap();
+        }
+        assert_eq!(wal.rotate().unwrap(), 6);
+        wal.append(b"six").unwrap();
+        wal.sync().unwrap();
+        let (rec, got) = replay(&*fs, 3).unwrap();
+        let lsns: Vec<u64> = got.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lsns, [4, 5, 6]);
+        assert_eq!(
+            (rec.last, rec.replayed, rec.cut, rec.segments),
+            (6, 3, None, 2)
+        );
+        // Segments wholly before 6 go; the current one stays.
+        assert_eq!(remove_before(&*fs, 6).unwrap(), 1);
+        let (rec, got) = replay(&*fs, 5).unwrap();
+        assert_eq!((rec.last, got.len()), (6, 1));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_reported_and_middle_damage_is_an_error() {
+        let d = dir("torn");
+        let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
+        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
+        for i in 0..4u8 {
+            wal.append(&[i; 100]).unwrap();
+        }
+        let name = segment_name(1);
+        let whole = fs.read(&name).unwrap();
+        let record = HEADER + 100;
+        // Half of the last record.
+        std::fs::write(d.join(&name), &whole[..3 * record + 50]).unwrap();
+        let (rec, got) = replay(&*fs, 0).unwrap();
+        assert_eq!(got.len(), 3);
+        let cut = rec.cut.unwrap();
+        assert_eq!((cut.offset, cut.bytes), (3 * record as u64, 50));
+        assert_eq!(fs.read(&name).unwrap().len(), 3 * record);
+
+        // A flipped byte in the second record's payload.
+        let mut bad = whole.clone();
+        bad[record + HEADER + 7] ^= 0x40;
+        std::fs::write(d.join(&name), &bad).unwrap();
+        let err = replay(&*fs, 0).unwrap_err();
+        let at = format!("{} at offset {record}", d.join(&name).display());
+        assert!(err.contains(&at) && err.contains("checksum"), "{err}");
+        // A flipped byte in its length: found by the marker search.
+        let mut bad = whole.clone();
+        bad[record + 5] ^= 0x01;
+        std::fs::write(d.join(&name), &bad).unwrap();
+        let err = replay(&*fs, 0).unwrap_err();
+        assert!(err.contains(&at), "{err}");
+        // A hole in the LSNs past what sled holds.
+        let mut holed = encode_record(1, b"a").unwrap();
+        holed.extend(encode_record(3, b"c").unwrap());
+        std::fs::write(d.join(&name), &holed).unwrap();
+        let err = replay(&*fs, 0).unwrap_err();
+        assert!(err.contains("record 3 where 2 was due"), "{err}");
+        // ... but not below it: those records are in sled already.
+        assert_eq!(replay(&*fs, 2).unwrap().1.len(), 1);
+        let err = replay(&*fs, 0).map(|_| ()).unwrap_err();
+        assert!(err.contains("missing"), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

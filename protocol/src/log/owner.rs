@@ -47,7 +47,10 @@ const GROUP_BYTES: u64 = 8 << 20;
 const BLOCK_ENTRIES: usize = 256;
 const BLOCK_BYTES: u64 = 16 << 10;
 
+mod commit;
 mod retention;
+
+use commit::{Flight, Pipeline};
 
 type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
@@ -108,7 +111,8 @@ pub(crate) fn start(
     let disk = Arc::new(Mutex::new(disk));
     let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(1);
     let wal = Wal::start(fs.clone(), last + 1, config.wal_segment_bytes).map_err(io_error)?;
-    let mut owner = Owner::load(shared.clone(), config, disk.clone(), wal)?;
+    let pipeline = Pipeline::start(shared.clone(), fs.clone()).map_err(io_error)?;
+    let mut owner = Owner::load(shared.clone(), config, disk.clone(), wal, pipeline)?;
     let flusher = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -212,7 +216,7 @@ fn stored_format(shared: &Shared) -> Result<Option<u32>, OpenError> {
 }
 
 /// A group's writes as a sled batch, with the LSN of the log record that holds them.
-fn batch_of(writes: Vec<wal::Write>, lsn: u64) -> sled::Batch {
+fn batch_of(writes: impl IntoIterator<Item = wal::Write>, lsn: u64) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for w in writes {
         match w.value {
@@ -280,6 +284,8 @@ struct Owner {
     /// Shared with the flusher thread.
     disk: Arc<Mutex<DiskSync>>,
     wal: Wal,
+    /// Groups written to the log on their way to being durable, applied and answered.
+    pipeline: Pipeline,
     flusher: Option<Flusher>,
     checkpoint: Checkpoint,
 }
@@ -346,6 +352,7 @@ impl Owner {
         config: StoreConfig,
         disk: Arc<Mutex<DiskSync>>,
         wal: Wal,
+        pipeline: Pipeline,
     ) -> Result<Owner, OpenError> {
         let tree = &shared.tree.clone();
         let path = shared.path.clone();
@@ -561,6 +568,7 @@ impl Owner {
             forgotten,
             disk,
             wal,
+            pipeline,
             flusher: None,
             checkpoint,
         };
@@ -626,7 +634,8 @@ impl Owner {
                     }
                 }
                 let full = taken >= self.config.max_group || weight >= GROUP_BYTES;
-                let everyone = g.done.len() >= self.shared.writers.load(Ordering::Relaxed);
+                let on_their_way = self.shared.writers.load(Ordering::Relaxed);
+                let everyone = g.done.len() + self.pipeline.waiting() >= on_their_way;
                 let now = Instant::now();
                 let (false, false, None, Ok(timer)) = (full, everyone, &close, &timer) else {
                     break;
@@ -658,6 +667,7 @@ impl Owner {
     /// Waits for the flusher, makes sled durable, removes the log (sled holds all of it
     /// now), and drops the database.
     fn stop(mut self) -> Result<(), String> {
+        self.pipeline.stop();
         if let Some(flusher) = self.flusher.take() {
             drop(flusher.tx);
             let _ = flusher.thread.join();
@@ -706,6 +716,8 @@ impl Owner {
                 g.done.push(Done::Flag(reply, known));
             }
             Request::Retain { reply } => {
+                // Retention reads the oldest blocks from sled: it holds every group.
+                self.pipeline.drain();
                 let report = self.retain(g);
                 g.done.push(Done::Retain(reply, report));
             }
@@ -876,8 +888,8 @@ impl Owner {
         Ok((Offset(offset), Seq(seq)))
     }
 
-    /// Writes the group to the log and syncs it (the one device sync), hands it to sled
-    /// as one batch, then publishes and replies.
+    /// Writes the group to the log and hands it to the commit pipeline, which syncs it
+    /// (the one device sync), hands it to sled, publishes and replies.
     fn write(&mut self, g: Group) {
         if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
             return;
@@ -907,48 +919,51 @@ impl Owner {
                 value: Some(codec::encode(&p.counters.record())),
             });
         }
-        let payload = codec::encode(&writes);
+        let publish = g
+            .pending
+            .iter()
+            .filter_map(|(t, p)| Some((self.topics.get(t)?.view.clone(), p.counters.record())))
+            .collect();
         let shared = &self.shared;
-        let written = match shared.poisoned() {
-            Some(cause) => Err(cause),
-            // Nothing to write (acknowledgements already known, nothing to retain): what
-            // the replies rest on is published, so durable already.
-            None if writes.is_empty() => Ok(()),
-            // Durable first (append, `fdatasync`), then visible in sled: a reader, a
-            // table read included, never sees a write a crash could take back.
-            None => self
-                .wal
-                .append(&payload)
-                .and_then(|lsn| self.wal.sync().map(|()| lsn))
-                .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
-                .and_then(|lsn| {
-                    let batch = batch_of(writes, lsn);
-                    shared
-                        .tree
-                        .apply_batch(batch)
-                        .map_err(|err| shared.poison(&err))
-                }),
-        };
-        if let Err(cause) = written {
+        if let Some(cause) = shared.poisoned() {
             for done in g.done {
                 done.refuse(WriteError::Poisoned(cause.clone()));
             }
             return;
         }
+        // A group that writes nothing (acknowledgements already known, nothing to
+        // retain) still waits in the pipeline: its replies rest on the groups before it.
+        let record = match writes.is_empty() {
+            true => None,
+            false => match self.wal.append(&codec::encode(&writes)) {
+                Ok(lsn) => Some((lsn, self.wal.segment().to_owned())),
+                Err(err) => {
+                    let cause = shared.poison(&format!("write-ahead log: {err}"));
+                    for done in g.done {
+                        done.refuse(WriteError::Poisoned(cause.clone()));
+                    }
+                    return;
+                }
+            },
+        };
+        // The owner goes on from the new state at once; readers see it once durable.
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
-                state.view.publish(p.counters.record());
                 state.counters = p.counters;
             }
         }
-        self.shared.changes.send_modify(|n| *n += 1);
-        for done in g.done {
-            done.accept();
-        }
+        self.pipeline.send(Flight {
+            record,
+            writes,
+            publish,
+            done: g.done,
+        });
         if self.checkpoint.due() {
             self.write_checkpoint();
         }
         if self.wal.due() {
+            // The flusher folds the old segments into sled: sled must hold them first.
+            self.pipeline.drain();
             self.rotate();
         }
     }
@@ -976,7 +991,7 @@ impl Owner {
         let topics = self
             .topics
             .values()
-            .map(|t| (t.config.name.to_string(), t.counters.next))
+            .map(|t| (t.config.name.to_string(), t.view.window().1))
             .collect();
         if let Err(err) = self.checkpoint.write(format::FORMAT_VERSION, topics) {
             tracing::error!(path = %self.shared.path.display(), %err, "cannot write the store checkpoint");

@@ -1,4 +1,4 @@
-//! The write-ahead log: each group commit's writes as one checksummed record, appended to a segment file and `fdatasync`ed once before sled is handed them.
+//! The write-ahead log: each group commit's writes as one checksummed record, appended to a segment file and `fdatasync`ed (once for every group waiting) before sled is handed them.
 //!
 //! Files: `<store>/wal/<first LSN, 20 digits>.wal`, each a run of records with
 //! consecutive log sequence numbers (LSN). A record is a 24-byte header, then the payload:
@@ -67,11 +67,12 @@ pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
     fn path(&self, name: &str) -> PathBuf;
 }
 
-/// [`WalFs`] on a real directory; keeps the file being appended to open.
+/// [`WalFs`] on a real directory; keeps the file being appended to open. A sync does not
+/// hold the lock, so that the next record is written while the last one is synced.
 #[derive(Debug)]
 pub(crate) struct DiskFs {
     dir: PathBuf,
-    open: Mutex<Option<(String, File)>>,
+    open: Mutex<Option<(String, Arc<File>)>>,
 }
 
 impl DiskFs {
@@ -89,22 +90,20 @@ impl DiskFs {
         })
     }
 
-    fn with_file<T>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut File) -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
+    /// The open file `name`, opened (for appending, created if missing) if it is not.
+    fn file(&self, name: &str) -> std::io::Result<Arc<File>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.as_ref().is_none_or(|(n, _)| n != name) {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(name))?;
-            *open = Some((name.to_owned(), file));
-        }
-        match open.as_mut() {
-            Some((_, file)) => f(file),
-            None => Err(std::io::Error::other("no open file")),
+        match open.as_ref() {
+            Some((n, file)) if n == name => Ok(file.clone()),
+            _ => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(name))?;
+                let file = Arc::new(file);
+                *open = Some((name.to_owned(), file.clone()));
+                Ok(file)
+            }
         }
     }
 
@@ -118,11 +117,11 @@ impl DiskFs {
 
 impl WalFs for DiskFs {
     fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        self.with_file(name, |f| f.write_all(bytes))
+        (&*self.file(name)?).write_all(bytes)
     }
 
     fn sync(&self, name: &str) -> std::io::Result<()> {
-        self.with_file(name, |f| f.sync_data())
+        self.file(name)?.sync_data()
     }
 
     fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
@@ -200,6 +199,11 @@ impl Wal {
         })
     }
 
+    /// The file of the current segment.
+    pub(crate) fn segment(&self) -> &str {
+        &self.segment
+    }
+
     /// The file layer it writes through.
     pub(crate) fn fs(&self) -> &Arc<dyn WalFs> {
         &self.fs
@@ -213,11 +217,6 @@ impl Wal {
         self.bytes += record.len() as u64;
         self.next += 1;
         Ok(lsn)
-    }
-
-    /// `fdatasync` of the current segment: every record appended is durable after it.
-    pub(crate) fn sync(&self) -> std::io::Result<()> {
-        self.fs.sync(&self.segment)
     }
 
     /// Whether the current segment should be closed (its size limit, [`SEGMENT_AGE`]).
@@ -487,7 +486,7 @@ mod tests {
         }
         assert_eq!(wal.rotate().unwrap(), 6);
         wal.append(b"six").unwrap();
-        wal.sync().unwrap();
+        fs.sync(wal.segment()).unwrap();
         let (rec, got) = replay(&*fs, 3).unwrap();
         let lsns: Vec<u64> = got.iter().map(|(l, _)| *l).collect();
         assert_eq!(lsns, [4, 5, 6]);

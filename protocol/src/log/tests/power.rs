@@ -11,9 +11,10 @@ use crate::log::wal::{DiskFs, MAGIC, WalFs};
 
 /// A [`WalFs`] on a real directory that remembers what was synced. After
 /// [`CutFs::cut_at_next_sync`], the next sync fails (the power went during it) and
-/// every later call fails; [`CutFs::power_cut`] then drops from the files what was not
-/// synced, keeping `torn` bytes of it, and files whose names were never synced.
-/// Removals count as durable at once (the log never relies on a removal).
+/// every later call fails; [`CutFs::power_cut`] (after which every call fails too)
+/// drops from the files what was not synced, keeping `torn` bytes of it, and files
+/// whose names were never synced. Removals count as durable at once (the log never
+/// relies on a removal).
 #[derive(Debug)]
 struct CutFs {
     inner: DiskFs,
@@ -26,6 +27,8 @@ struct CutState {
     fresh: HashSet<String>,
     cut_at_sync: bool,
     dead: bool,
+    /// Each sync takes this long first: a slow device.
+    slow_sync: Option<Duration>,
 }
 
 impl CutFs {
@@ -41,7 +44,8 @@ impl CutFs {
     }
 
     fn power_cut(&self, torn: u64) {
-        let state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
+        state.dead = true;
         for name in self.inner.list().unwrap() {
             let path = self.inner.path(&name);
             if state.fresh.contains(&name) {
@@ -73,6 +77,10 @@ impl WalFs for CutFs {
     }
 
     fn sync(&self, name: &str) -> std::io::Result<()> {
+        let slow = self.alive()?.slow_sync;
+        if let Some(slow) = slow {
+            std::thread::sleep(slow);
+        }
         let mut state = self.alive()?;
         if state.cut_at_sync {
             state.dead = true;
@@ -344,6 +352,46 @@ async fn full_segments_are_folded_into_sled_and_removed_and_a_cut_still_recovers
         acked.push("cut".into());
     }
     fs.power_cut(10);
+    let copy = TempDir::new();
+    copy_dir(&dir.0, &copy.0);
+    drop(store);
+    let store = open(&copy.0, "hq");
+    check_holds(&store, &acked);
+}
+
+/// Every group fills a segment, so every group is followed by a rotation, and the disk
+/// is slow: the flusher may fold the old segment into sled only once sled holds the
+/// group that was still being synced, or a cut right after its acknowledgement loses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_is_folded_into_sled_only_once_sled_holds_all_of_it() {
+    let dir = TempDir::new();
+    let fs = CutFs::new(&dir.0.join(wal::DIR));
+    fs.state.lock().unwrap().slow_sync = Some(Duration::from_millis(20));
+    let config = StoreConfig {
+        wal_segment_bytes: 1,
+        ..StoreConfig::new(node("hq"))
+    };
+    let store = Store::open_on(&dir.0, config, Some(fs.clone())).unwrap();
+    let t = TopicConfig {
+        name: topic("t"),
+        scope: Scope::Local,
+        retention: Retention::default(),
+    };
+    store.create_topic(t).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let payload = format!("entry {i}");
+        store
+            .append(&topic("t"), Append::new(payload.clone()))
+            .await
+            .unwrap();
+        acked.push(payload);
+    }
+    let mut txn = Txn::new();
+    txn.put(&TableName::new("docs").unwrap(), "d", serde_json::json!(1));
+    store.commit(txn).await.unwrap();
+    // The cut comes right after the last acknowledgement, before any later flush.
+    fs.power_cut(0);
     let copy = TempDir::new();
     copy_dir(&dir.0, &copy.0);
     drop(store);

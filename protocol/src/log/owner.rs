@@ -3,16 +3,18 @@
 //! - It takes requests from the bounded inbox, as many as are waiting (up to
 //!   `max_group`, or [`GROUP_BYTES`] of entries), into one **group**.
 //! - Commit delay: while other writers still have a request on its way (the count of
-//!   requests sent and not answered is above the group's), it waits for them, up to
-//!   `commit_delay`, so that one flush serves them all. A lone writer never waits.
+//!   requests sent and not answered is above the group's and the pipeline's), it waits
+//!   for them, up to `commit_delay`, so that one sync serves them all. A lone writer
+//!   never waits.
 //! - Each request is applied to a working copy of the topics it touches; a refused
 //!   transaction drops its copy and leaves the group as it was.
 //! - The group's writes become one record of the write-ahead log ([`super::wal`]),
-//!   appended and `fdatasync`ed: the one device sync of a group commit. Only then are
-//!   they handed to sled as one batch (in memory, no flush), the new counters published
-//!   to readers, tailers woken and every writer answered.
+//!   written, and the group goes to the commit pipeline ([`commit`]): `fdatasync`ed,
+//!   the one device sync of a group commit, then handed to sled as one batch (in memory,
+//!   no flush), the new counters published to readers, tailers woken and every writer
+//!   answered. The owner goes on from the group's state at once.
 //! - sled is made durable off the commit path: when the log's segment is full (or old),
-//!   the owner begins a new one and the **flusher** thread flushes sled, syncs what sled
+//!   the owner waits for the pipeline to drain, begins a new one and the **flusher** thread flushes sled, syncs what sled
 //!   leaves out ([`DiskSync`]) and only then removes the segments sled now holds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};

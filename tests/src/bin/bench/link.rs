@@ -163,7 +163,19 @@ pub(crate) async fn latency(quick: bool) -> crate::Lines {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
             * 1e3
     };
-    eprintln!("latency: p50 {:.2} ms, p99 {:.2} ms", pct(0.5), pct(0.99));
+    // The disk's own limit, in the same run, on the same file system as the stores.
+    let probe = tests::TempDir::new("bench-latency-sync").map_err(|e| e.to_string())?;
+    let syncs = crate::store::sync_latencies(probe.path(), if quick { 200 } else { 1000 })
+        .map_err(|e| format!("sync probe: {e}"))?;
+    let sync_ms = |p: f64| {
+        syncs[((syncs.len() as f64 * p) as usize).min(syncs.len() - 1)].as_secs_f64() * 1e3
+    };
+    eprintln!(
+        "latency: p50 {:.2} ms, p99 {:.2} ms; disk: sync p99 {:.3} ms",
+        pct(0.5),
+        pct(0.99),
+        sync_ms(0.99)
+    );
     Ok(vec![json!({
         "scenario": "latency",
         "dir": "e2c",
@@ -172,6 +184,8 @@ pub(crate) async fn latency(quick: bool) -> crate::Lines {
         "p50_ms": round2(pct(0.5)),
         "p99_ms": round2(pct(0.99)),
         "max_ms": round2(pct(1.0)),
+        "sync_median_ms": (sync_ms(0.5) * 1e3).round() / 1e3,
+        "sync_p99_ms": (sync_ms(0.99) * 1e3).round() / 1e3,
         "quick": quick,
     })])
 }

@@ -98,7 +98,7 @@ pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String>
 
 /// Sorted latencies of `n` rounds of a 4 KiB append + `fdatasync` to a new file in `dir`
 /// (removed after).
-fn sync_latencies(dir: &std::path::Path, n: usize) -> std::io::Result<Vec<Duration>> {
+pub(crate) fn sync_latencies(dir: &std::path::Path, n: usize) -> std::io::Result<Vec<Duration>> {
     use std::io::Write;
     let path = dir.join("sync-probe");
     let mut file = std::fs::File::create(&path)?;

@@ -1316,7 +1316,7 @@ impl Pending {
 struct DiskSync {
     log: std::fs::File,
     blobs: PathBuf,
-    synced: HashSet<std::ffi::OsString>,
+    synced: HashSet<(std::ffi::OsString, u64)>,
 }
 
 impl DiskSync {
@@ -1350,9 +1350,21 @@ impl DiskSync {
         };
         for entry in entries.into_iter().flatten() {
             let entry = entry?;
-            let name = entry.file_name();
+            // Keyed by name and length taken before the sync: a blob sled is still
+            // writing is synced again once it has grown. One sled removed since the
+            // listing (replaced) needs no sync.
+            let len = match entry.metadata() {
+                Ok(meta) => meta.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let name = (entry.file_name(), len);
             if !self.synced.contains(&name) {
-                std::fs::File::open(entry.path())?.sync_all()?;
+                match std::fs::File::open(entry.path()) {
+                    Ok(file) => file.sync_all()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
                 fresh = true;
             }
             present.insert(name);

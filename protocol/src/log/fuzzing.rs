@@ -402,10 +402,10 @@ fn state(bytes: &[u8]) -> Result<(), String> {
 /// A block of entries, and each one's size (the reads' byte bounds).
 fn block(bytes: &[u8]) -> Result<(), String> {
     let entries: Vec<StoredEntry> = decode(bytes, "entry block")?;
-    let total = entries
+    let _bytes = entries
         .iter()
-        .fold(0u64, |sum, e| sum.saturating_add(e.size()));
-    let _ = total;
+        .map(StoredEntry::size)
+        .fold(0, u64::saturating_add);
     Ok(())
 }
 

@@ -8,7 +8,11 @@
 //! also check a property that must hold for any input that passes (a round trip), and
 //! panic when it does not.
 //!
-//! IO: none.
+//! The store's targets, for what it reads back from disk, are in `log/fuzzing.rs`
+//! ([`store_wal`], [`store_records`]), with [`store_seeds`], which makes their seeds from
+//! a real store.
+//!
+//! IO: none, except [`store_seeds`], which reads a store's files.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -22,6 +26,8 @@ use crate::mirror::{
 };
 use crate::role::Role;
 use crate::wire::{Batch, Frame, FrameReader, Inflate};
+
+pub use crate::log::fuzzing::{SEGMENT_MARK, Seed, store_records, store_seeds, store_wal};
 
 /// The link's frames as a control stream brings them: [`FrameReader`], then each
 /// batch's entries ([`Batch::into_entries`]).

@@ -60,6 +60,7 @@
 mod checkpoint;
 mod error;
 mod format;
+pub(crate) mod fuzzing;
 mod owner;
 mod txn;
 mod wal;

@@ -8,7 +8,8 @@
 //! `write_seeds` (ignored: run it by hand, README "Fuzzing") writes the seed corpora from
 //! the real encoders: link frames, batches and compressed streams, mirror frames,
 //! manifests, deltas and fetches against `protocol::fuzzing::base_manifest`, the default
-//! configs, PNG and JPEG images, the demo feed document.
+//! configs, PNG and JPEG images, the demo feed document. `seeds_from_a_real_store_pass_their_targets`
+//! does the same for the store's targets, from a store that took writes of every kind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,12 @@ use std::time::Instant;
 
 use protocol::codec;
 use protocol::config::Config;
-use protocol::entry::{Entry, EntryId, NodeName, Scope, Seq, Timestamp, TopicName};
+use protocol::entry::{
+    Append, Entry, EntryId, NodeName, Offset, Retention, Scope, Seq, Timestamp, TopicConfig,
+    TopicName,
+};
 use protocol::fuzzing::base_manifest;
+use protocol::log::{ConsumerName, PeerConfig, Store, StoreConfig, TableName, Txn, VersionVector};
 use protocol::mirror::{
     ChunkRef, ChunkTable, Delta, FileNode, Hash, Limits, Manifest, MirrorFrame, Node, RelPath,
     fetch_runs, manifest_frames, plan,
@@ -32,7 +37,7 @@ type Body = fn(&[u8]);
 
 /// Every target, by the name of its file in `fuzz/fuzz_targets/` and its corpus, with
 /// the function it calls.
-const TARGETS: [(&str, Body); 10] = [
+const TARGETS: [(&str, Body); 12] = [
     ("frames", protocol::fuzzing::frames),
     ("inflate", protocol::fuzzing::inflate),
     ("batch", protocol::fuzzing::batch),
@@ -43,6 +48,8 @@ const TARGETS: [(&str, Body); 10] = [
     ("config", core_node::fuzzing::config),
     ("image", core_node::fuzzing::image),
     ("feed", core_node::fuzzing::feed),
+    ("store_wal", protocol::fuzzing::store_wal),
+    ("store_records", protocol::fuzzing::store_records),
 ];
 
 fn corpus(target: &str) -> PathBuf {
@@ -160,6 +167,132 @@ fn image_corpus() {
 #[test]
 fn feed_corpus() {
     replay("feed");
+}
+
+#[test]
+fn store_wal_corpus() {
+    replay("store_wal");
+}
+
+#[test]
+fn store_records_corpus() {
+    replay("store_records");
+}
+
+/// Makes the store targets' seeds (`seed-*`, [`protocol::fuzzing::store_seeds`]) from a
+/// real store that took writes of every kind (topics, entries with keys, headers and a
+/// destination, entries of another origin, table documents, cursors, peers and their
+/// acknowledgements, a forgotten peer, retention), while its log is still there, and
+/// checks that each passes its target and stays small. With `TETHER_WRITE_SEEDS=1` it
+/// also writes them into `fuzz/corpus/store_*/`.
+#[tokio::test]
+async fn seeds_from_a_real_store_pass_their_targets() {
+    let write = std::env::var_os("TETHER_WRITE_SEEDS").is_some_and(|v| v == "1");
+    let dir = tests::TempDir::new("fuzz-store-seeds").unwrap();
+    let store = Store::open(dir.path(), StoreConfig::new(name("alpha"))).unwrap();
+    let (reports, broadcasts) = (topic("reports"), topic("broadcasts"));
+    let retention = Retention {
+        max_entries: Some(4),
+        ..Retention::default()
+    };
+    for (topic, scope, retention) in [
+        (&reports, Scope::Core, retention),
+        (&broadcasts, Scope::All, Retention::default()),
+    ] {
+        let config = TopicConfig {
+            name: topic.clone(),
+            scope,
+            retention,
+        };
+        store.create_topic(config).await.unwrap();
+    }
+    for peer in ["hq", "bravo"] {
+        let config = PeerConfig {
+            name: name(peer),
+            core: peer == "hq",
+            topics: vec![reports.clone(), broadcasts.clone()],
+        };
+        store.set_peer(config).await.unwrap();
+    }
+    for seq in 1..=6u64 {
+        let json = format!(r#"{{"report":{seq},"text":"all quiet at grid {seq}"}}"#);
+        let append = Append {
+            key: Some(format!("grid-{seq}").into_bytes()),
+            to: seq.is_multiple_of(2).then(|| name("hq")),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            payload: json.into_bytes(),
+        };
+        store.append(&reports, append).await.unwrap();
+    }
+    let from_hq: Vec<Entry> = (1..=3u64)
+        .map(|seq| Entry {
+            id: EntryId {
+                origin: name("hq"),
+                seq: Seq(seq),
+            },
+            timestamp: Timestamp(1_700_000_000_000 + seq * 37),
+            key: None,
+            to: None,
+            headers: vec![],
+            payload: vec![seq as u8; 40],
+        })
+        .collect();
+    let mut txn = Txn::new();
+    txn.insert(&broadcasts, from_hq);
+    let edges = TableName::new("edges").unwrap();
+    txn.put(
+        &edges,
+        "bravo",
+        serde_json::json!({"name": "bravo", "bytes": 4096}),
+    );
+    txn.put(
+        &edges,
+        "charlie",
+        serde_json::json!(["a", 1, null, {"x": 2.5}]),
+    );
+    let consumer = ConsumerName::new("tiles").unwrap();
+    txn.cursor(&consumer, &reports, Offset(3));
+    store.commit(txn).await.unwrap();
+    let mut txn = Txn::new();
+    txn.delete(&edges, "charlie");
+    txn.cursor(&consumer, &broadcasts, Offset(2));
+    store.commit(txn).await.unwrap();
+    let acked = VersionVector([(name("alpha"), Seq(5)), (name("hq"), Seq(2))].into());
+    store
+        .peer_acked(&name("hq"), &reports, acked)
+        .await
+        .unwrap();
+    store.forget_peer(&name("bravo")).await.unwrap();
+    store.enforce_retention().await.unwrap();
+
+    let seeds = protocol::fuzzing::store_seeds(&store).unwrap();
+    store.close().await.unwrap();
+    assert!(
+        seeds.len() < 64,
+        "{} store seeds: keep the corpus small",
+        seeds.len()
+    );
+    for (target, name, bytes) in &seeds {
+        assert!(
+            bytes.len() < 64 << 10,
+            "{target}/{name}: {} bytes",
+            bytes.len()
+        );
+        let (_, body) = TARGETS.iter().find(|(t, _)| t == target).unwrap();
+        body(bytes);
+        if write {
+            let dir = corpus(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+            eprintln!("{target}/seed-{name}: {} bytes", bytes.len());
+        }
+    }
+    for target in ["store_wal", "store_records"] {
+        assert!(
+            seeds.iter().any(|(t, _, _)| *t == target),
+            "no seed for {target}"
+        );
+    }
 }
 
 /// Makes the seed corpora (files named `seed-*`) from the real encoders and checks that

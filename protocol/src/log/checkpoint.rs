@@ -30,6 +30,28 @@ struct Record {
     topics: Vec<(String, u64)>,
 }
 
+/// Checks a checkpoint's bytes against the store: `next` gives a topic's next offset as
+/// loaded (`None`: the topic is missing). The error says what does not hold.
+pub(crate) fn check(bytes: &[u8], next: impl Fn(&str) -> Option<u64>) -> Result<(), String> {
+    let record: Record = codec::decode(bytes, "checkpoint").map_err(|e| e.to_string())?;
+    for (topic, expected) in record.topics {
+        match next(&topic) {
+            None => {
+                return Err(format!(
+                    "topic {topic} is missing; the last checkpoint had {expected} entries"
+                ));
+            }
+            Some(held) if held < expected => {
+                return Err(format!(
+                    "truncated: topic {topic} reaches offset {held}, the last checkpoint recorded {expected}"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// The checkpoint file of one store, and when it was last written.
 #[derive(Debug)]
 pub(crate) struct Checkpoint {
@@ -55,24 +77,7 @@ impl Checkpoint {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let advice = format!("(remove {} to open the store as it is)", path.display());
-        let record: Record =
-            codec::decode(&bytes, "checkpoint").map_err(|e| format!("{e} {advice}"))?;
-        for (topic, expected) in record.topics {
-            match next(&topic) {
-                None => {
-                    return Err(format!(
-                        "topic {topic} is missing; the last checkpoint had {expected} entries {advice}"
-                    ));
-                }
-                Some(held) if held < expected => {
-                    return Err(format!(
-                        "truncated: topic {topic} reaches offset {held}, the last checkpoint recorded {expected} {advice}"
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(())
+        check(&bytes, next).map_err(|e| format!("{e} {advice}"))
     }
 
     /// Whether a rewrite is due (never written, or [`INTERVAL`] ago).

@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::entry::Scope;
+use crate::entry::{NodeName, Scope};
 
 /// The version this build writes and reads. Version 2: writes go through the
 /// write-ahead log (`log/wal.rs`) before sled, and sled holds the log's position
@@ -204,6 +204,26 @@ pub(crate) fn ack_key(peer: &str, topic: u32, origin: u32) -> Vec<u8> {
     k.extend_from_slice(&topic.to_be_bytes());
     k.extend_from_slice(&origin.to_be_bytes());
     k
+}
+
+/// The interned node names by id, from the `NAME` records as `(id, name)`. Ids are dense
+/// from 0, so an id past the number of names, or one taken twice, is damage (and a
+/// damaged id never sizes the table).
+pub(crate) fn names_by_id(names: Vec<(u32, NodeName)>) -> Result<Vec<NodeName>, String> {
+    let count = names.len();
+    let mut by_id: Vec<Option<NodeName>> = vec![None; count];
+    for (id, name) in names {
+        let slot = usize::try_from(id)
+            .ok()
+            .and_then(|i| by_id.get_mut(i))
+            .ok_or_else(|| format!("node {name} has id {id}, past the {count} names"))?;
+        if let Some(other) = slot {
+            return Err(format!("nodes {other} and {name} have the same id {id}"));
+        }
+        *slot = Some(name);
+    }
+    // As many names as ids, none out of range or taken twice: every id has its name.
+    Ok(by_id.into_iter().flatten().collect())
 }
 
 pub(crate) fn u64_value(bytes: &[u8]) -> Option<u64> {

@@ -419,23 +419,16 @@ impl Owner {
         shared.incarnation.store(incarnation, Ordering::Relaxed);
 
         let mut names = HashMap::new();
-        let mut by_id = Vec::new();
+        let mut interned = Vec::new();
         for kv in tree.scan_prefix([format::NAME]) {
             let (k, v) = kv.map_err(sled_err)?;
             let text = String::from_utf8_lossy(&k[1..]).into_owned();
             let name = NodeName::new(text).map_err(|e| corrupt(format!("interned name: {e}")))?;
             let id = format::u32_value(&v).ok_or_else(|| corrupt(format!("id of name {name}")))?;
-            if by_id.len() <= id as usize {
-                by_id.resize(id as usize + 1, None);
-            }
-            by_id[id as usize] = Some(name.clone());
-            names.insert(name, id);
+            names.insert(name.clone(), id);
+            interned.push((id, name));
         }
-        let by_id: Vec<NodeName> = by_id
-            .into_iter()
-            .enumerate()
-            .map(|(id, n)| n.ok_or_else(|| corrupt(format!("node id {id} has no name"))))
-            .collect::<Result<_, _>>()?;
+        let by_id = format::names_by_id(interned).map_err(corrupt)?;
 
         let mut topics = HashMap::new();
         let mut by_name = HashMap::new();

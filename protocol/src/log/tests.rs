@@ -922,6 +922,29 @@ fn damaged_files_give_an_error_not_a_panic() {
     assert!(err.to_string().contains("not a tether store"), "{err}");
 }
 
+#[tokio::test]
+async fn a_damaged_name_id_is_an_error_not_a_table_of_its_size() {
+    let dir = TempDir::new();
+    let store = open_with(&dir.0, "hq", &[("t", Scope::Local, Retention::default())]).await;
+    store.append(&topic("t"), Append::new("x")).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    {
+        let db = sled_config(&dir.0, 1 << 20).open().unwrap();
+        let tree = db.open_tree("tether").unwrap();
+        // Ids are dense: one of u32::MAX once sized the table by it (about 100 GB).
+        tree.insert(format::name_key("ghost"), &u32::MAX.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(&dir.0, StoreConfig::new(node("hq"))).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("node ghost has id 4294967295, past the"),
+        "{err}"
+    );
+}
+
 /// A closed store of 2,000 entries in topic `t`, written in 20 transactions; returns
 /// its directory and sled's log file.
 async fn closed_store_of_2000() -> (TempDir, PathBuf) {

@@ -290,6 +290,9 @@ pub(crate) fn recover(
     applied: u64,
     mut apply: impl FnMut(u64, &[u8]) -> Result<(), String>,
 ) -> Result<Recovery, String> {
+    if applied == u64::MAX {
+        return Err(format!("the store's log position is {applied}: damaged"));
+    }
     let segments =
         segments(fs).map_err(|e| format!("cannot list {}: {e}", fs.path("").display()))?;
     let mut rec = Recovery {
@@ -342,6 +345,12 @@ pub(crate) fn recover(
                     return Ok(rec);
                 }
             };
+            if lsn == u64::MAX {
+                return Err(format!(
+                    "write-ahead log damaged at {}: record {lsn}, which no record can follow",
+                    place(at)
+                ));
+            }
             if at == 0 && lsn != *first {
                 return Err(format!(
                     "write-ahead log damaged at {}: the segment is named for record {first} and begins with record {lsn}",

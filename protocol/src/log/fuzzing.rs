@@ -540,7 +540,10 @@ mod tests {
                     key: format::META_NODE.to_vec(),
                     value: Some(b"alpha".to_vec()),
                 }];
-                out.extend(wal::encode_record(lsn, &codec::encode(&writes)).unwrap());
+                out.extend(
+                    wal::encode_record(lsn, lsn.saturating_sub(1), &codec::encode(&writes))
+                        .unwrap(),
+                );
             }
         }
         out

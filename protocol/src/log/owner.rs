@@ -113,7 +113,7 @@ pub(crate) fn start(
     let disk = Arc::new(Mutex::new(disk));
     let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(1);
     let wal = Wal::start(fs.clone(), last + 1, config.wal_segment_bytes).map_err(io_error)?;
-    let pipeline = Pipeline::start(shared.clone(), fs.clone()).map_err(io_error)?;
+    let pipeline = Pipeline::start(shared.clone(), fs.clone(), last).map_err(io_error)?;
     let mut owner = Owner::load(shared.clone(), config, disk.clone(), wal, pipeline)?;
     let flusher = {
         let shared = shared.clone();
@@ -930,7 +930,10 @@ impl Owner {
         // retain) still waits in the pipeline: its replies rest on the groups before it.
         let record = match writes.is_empty() {
             true => None,
-            false => match self.wal.append(&codec::encode(&writes)) {
+            false => match self
+                .wal
+                .append(&codec::encode(&writes), self.pipeline.synced())
+            {
                 Ok(lsn) => Some((lsn, self.wal.segment().to_owned())),
                 Err(err) => {
                     let cause = shared.poison(&format!("write-ahead log: {err}"));

@@ -1,14 +1,15 @@
 //! The write-ahead log: each group commit's writes as one checksummed record, appended to a segment file and `fdatasync`ed (once for every group waiting) before sled is handed them.
 //!
 //! Files: `<store>/wal/<first LSN, 20 digits>.wal`, each a run of records with
-//! consecutive log sequence numbers (LSN). A record is a 24-byte header, then the payload:
+//! consecutive log sequence numbers (LSN). A record is a 32-byte header, then the payload:
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 0..4 | [`MAGIC`] |
 //! | 4..8 | payload length (u32 LE) |
 //! | 8..16 | LSN (u64 LE) |
-//! | 16..24 | checksum: the first 8 bytes of BLAKE3 over bytes 4..16 and the payload |
+//! | 16..24 | synced: the LSN through which the log was durable when it was written |
+//! | 24..32 | checksum: the first 8 bytes of BLAKE3 over bytes 4..24 and the payload |
 //!
 //! The payload is a group's writes ([`Write`], encoded with [`crate::codec`]): absolute
 //! puts and removes, so replaying a record twice leaves what replaying it once does. sled
@@ -16,12 +17,16 @@
 //! replay starts right after what sled recovered.
 //!
 //! Recovery ([`recover`]) reads the segments in LSN order. An invalid record (short,
-//! wrong magic, wrong checksum) with no valid record anywhere after it is a torn tail:
-//! a group that was being written and never synced, so never acknowledged. It is cut,
-//! with a warning naming the file, the offset and the bytes cut. An invalid record
-//! followed by a valid one is damage in the middle of the log: an error naming the file
-//! and the offset, never a silent loss. So are a hole in the LSNs past what sled holds,
-//! and a record whose checksum holds but whose payload does not decode.
+//! wrong magic, wrong checksum) is a torn tail when no record written after it was
+//! durable follows it: it was being written and never synced, so never acknowledged,
+//! and neither was any record after it (the owner writes the next groups while one is
+//! synced, and the disk may keep a later unsynced write and lose an earlier one; a
+//! sync that covered a later record would have covered this one). The tail is cut,
+//! with a warning naming the file, the offset, the bytes and the later records cut. An
+//! invalid record followed by a valid one whose `synced` reaches it is damage in the
+//! middle of the log: an error naming the file and the offset, never a silent loss. So
+//! are a hole in the LSNs past what sled holds, and a record whose checksum holds but
+//! whose payload does not decode.
 //!
 //! All file access goes through [`WalFs`], so that a test can put a simulated power cut
 //! (unsynced writes dropped or torn) under it.
@@ -45,7 +50,7 @@ pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
 pub(crate) const SEGMENT_AGE: Duration = Duration::from_secs(30);
 /// The first bytes of every record.
 pub(crate) const MAGIC: [u8; 4] = *b"TWAL";
-const HEADER: usize = 24;
+const HEADER: usize = 32;
 
 /// The narrow layer through which the log touches files: one directory of flat files.
 pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
@@ -209,10 +214,11 @@ impl Wal {
         &self.fs
     }
 
-    /// Appends one record (not yet durable: see [`Wal::sync`]); returns its LSN.
-    pub(crate) fn append(&mut self, payload: &[u8]) -> std::io::Result<u64> {
+    /// Appends one record (not yet durable: see [`WalFs::sync`]); returns its LSN.
+    /// `synced` is the LSN through which the log is known durable now.
+    pub(crate) fn append(&mut self, payload: &[u8], synced: u64) -> std::io::Result<u64> {
         let lsn = self.next;
-        let record = encode_record(lsn, payload)?;
+        let record = encode_record(lsn, synced, payload)?;
         self.fs.append(&self.segment, &record)?;
         self.bytes += record.len() as u64;
         self.next += 1;
@@ -310,19 +316,26 @@ pub(crate) fn recover(
         let mut at = 0;
         while at < bytes.len() {
             let place = |at: usize| format!("{} at offset {at}", fs.path(name).display());
-            let (lsn, payload, end) = match parse(&bytes, at) {
+            let Record {
+                lsn,
+                synced,
+                payload,
+                end,
+            } = match parse(&bytes, at) {
                 Ok(record) => record,
                 Err(why) => {
-                    // A valid record anywhere after this one: damage, not a torn tail.
-                    let later = valid_after(&bytes, at + 1).map(&place);
-                    let later = match later {
-                        Some(p) => Some(p),
-                        None => first_valid(fs, &segments[i + 1..])?,
-                    };
-                    if let Some(later) = later {
+                    let expected = prev.map_or(*first, |p| p.saturating_add(1));
+                    let later = later_records(fs, &bytes, at + 1, &segments[i + 1..])
+                        .map_err(|e| format!("write-ahead log at {}: {why}, and {e}", place(at)))?;
+                    // A record written once this one was durable: damage, not a torn tail.
+                    if let Some((file, offset, lsn, _)) =
+                        later.iter().find(|(.., synced)| *synced >= expected)
+                    {
+                        let file = file.as_deref().unwrap_or(name);
                         return Err(format!(
-                            "write-ahead log damaged at {}: {why}, and a valid record follows at {later}",
-                            place(at)
+                            "write-ahead log damaged at {}: {why}, and record {lsn}, written after record {expected} was durable, follows at {} at offset {offset}",
+                            place(at),
+                            fs.path(file).display()
                         ));
                     }
                     let mut cut = (bytes.len() - at) as u64;
@@ -335,7 +348,8 @@ pub(crate) fn recover(
                         })?;
                     }
                     let file = fs.path(name);
-                    tracing::warn!(file = %file.display(), offset = at, bytes = cut, why, "write-ahead log: cut a torn tail (a group never acknowledged)");
+                    let records = later.len();
+                    tracing::warn!(file = %file.display(), offset = at, bytes = cut, records, why, "write-ahead log: cut a torn tail (groups never acknowledged; records: the valid ones written after it, never synced either)");
                     rec.cut = Some(Cut {
                         file,
                         offset: at as u64,
@@ -345,6 +359,12 @@ pub(crate) fn recover(
                     return Ok(rec);
                 }
             };
+            if synced >= lsn {
+                return Err(format!(
+                    "write-ahead log damaged at {}: record {lsn} says the log was durable through {synced} when it was written",
+                    place(at)
+                ));
+            }
             if lsn == u64::MAX {
                 return Err(format!(
                     "write-ahead log damaged at {}: record {lsn}, which no record can follow",
@@ -408,23 +428,34 @@ fn checksum(header: &[u8], payload: &[u8]) -> [u8; 8] {
 }
 
 /// A record's bytes: header and payload.
-pub(crate) fn encode_record(lsn: u64, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(crate) fn encode_record(lsn: u64, synced: u64, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let len = u32::try_from(payload.len())
         .map_err(|_| std::io::Error::other("write-ahead log record over 4 GiB"))?;
     let mut record = Vec::with_capacity(HEADER + payload.len());
     record.extend_from_slice(&MAGIC);
     record.extend_from_slice(&len.to_le_bytes());
     record.extend_from_slice(&lsn.to_le_bytes());
-    let sum = checksum(&record[4..16], payload);
+    record.extend_from_slice(&synced.to_le_bytes());
+    let sum = checksum(&record[4..24], payload);
     record.extend_from_slice(&sum);
     record.extend_from_slice(payload);
     Ok(record)
 }
 
-/// The record at `at`: `(lsn, payload, end)`, or why it is not one.
-fn parse(bytes: &[u8], at: usize) -> Result<(u64, &[u8], usize), &'static str> {
+/// A valid record, as read.
+struct Record<'a> {
+    lsn: u64,
+    /// The LSN through which the log was durable when it was written.
+    synced: u64,
+    payload: &'a [u8],
+    /// Where the next record begins.
+    end: usize,
+}
+
+/// The record at `at`, or why it is not one.
+fn parse(bytes: &[u8], at: usize) -> Result<Record<'_>, &'static str> {
     let header = bytes
-        .get(at..at + HEADER)
+        .get(at..at.saturating_add(HEADER))
         .ok_or("record header cut short")?;
     if header[..4] != MAGIC {
         return Err("no record marker");
@@ -432,35 +463,86 @@ fn parse(bytes: &[u8], at: usize) -> Result<(u64, &[u8], usize), &'static str> {
     let field = |r: std::ops::Range<usize>| header.get(r).unwrap_or_default();
     let len = u32::from_le_bytes(field(4..8).try_into().map_err(|_| "bad length")?) as usize;
     let lsn = u64::from_le_bytes(field(8..16).try_into().map_err(|_| "bad lsn")?);
+    let synced = u64::from_le_bytes(field(16..24).try_into().map_err(|_| "bad synced")?);
     let payload = at
         .checked_add(HEADER + len)
         .and_then(|end| bytes.get(at + HEADER..end))
         .ok_or("record cut short")?;
     let end = at + HEADER + len;
-    if checksum(field(4..16), payload) != field(16..24) {
+    if checksum(field(4..24), payload) != field(24..32) {
         return Err("checksum mismatch");
     }
-    Ok((lsn, payload, end))
+    Ok(Record {
+        lsn,
+        synced,
+        payload,
+        end,
+    })
 }
 
-/// The offset of the first valid record at or after `from`, if any.
-fn valid_after(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len().saturating_sub(HEADER - 1))
-        .filter(|&p| bytes[p..].starts_with(&MAGIC))
-        .find(|&p| parse(bytes, p).is_ok())
-}
+/// A valid record found past damage: its file (`None`: the damaged one), offset, LSN
+/// and `synced`.
+type Later = (Option<String>, usize, u64, u64);
 
-/// Where the first valid record in these segments is, if any.
-fn first_valid(fs: &dyn WalFs, segments: &[(u64, String)]) -> Result<Option<String>, String> {
+/// The valid records after damage at `from` in `bytes` and in the later `segments`:
+/// `(file, offset, lsn, synced)`, the file `None` for the damaged one.
+fn later_records(
+    fs: &dyn WalFs,
+    bytes: &[u8],
+    from: usize,
+    segments: &[(u64, String)],
+) -> Result<Vec<Later>, String> {
+    let mut budget = SCAN_SLACK.saturating_add(bytes.len());
+    let mut out: Vec<_> = valid_records(bytes, from, &mut budget)?
+        .into_iter()
+        .map(|(at, lsn, synced)| (None, at, lsn, synced))
+        .collect();
     for (_, name) in segments {
-        let bytes = fs
+        let later = fs
             .read(name)
             .map_err(|e| format!("cannot read {}: {e}", fs.path(name).display()))?;
-        if let Some(p) = valid_after(&bytes, 0) {
-            return Ok(Some(format!("{} at offset {p}", fs.path(name).display())));
+        budget = budget.saturating_add(later.len());
+        for (at, lsn, synced) in valid_records(&later, 0, &mut budget)? {
+            out.push((Some(name.clone()), at, lsn, synced));
         }
     }
-    Ok(None)
+    Ok(out)
+}
+
+/// Bytes of candidate records that [`valid_records`] may hash, beyond the bytes it
+/// scans: a file made of record markers must not make an open take forever.
+const SCAN_SLACK: usize = 1 << 20;
+
+/// The valid records at or after `from` (found by their marker, past damage), as
+/// `(offset, lsn, synced)`; `budget` bounds the bytes hashed.
+fn valid_records(
+    bytes: &[u8],
+    from: usize,
+    budget: &mut usize,
+) -> Result<Vec<(usize, u64, u64)>, &'static str> {
+    let mut found = Vec::new();
+    let mut p = from;
+    while let Some(i) = bytes
+        .get(p..)
+        .and_then(|rest| rest.windows(MAGIC.len()).position(|w| w == MAGIC))
+    {
+        p += i;
+        let len = bytes
+            .get(p + 4..p + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, |b| u32::from_le_bytes(b) as usize);
+        *budget = budget
+            .checked_sub(len.min(bytes.len() - p))
+            .ok_or("too many record markers to tell a torn tail from damage")?;
+        match parse(bytes, p) {
+            Ok(r) => {
+                found.push((p, r.lsn, r.synced));
+                p = r.end;
+            }
+            Err(_) => p += 1,
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -491,10 +573,10 @@ mod tests {
         let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
         let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
         for i in 0..5u8 {
-            wal.append(&[i; 10]).unwrap();
+            wal.append(&[i; 10], 0).unwrap();
         }
         assert_eq!(wal.rotate().unwrap(), 6);
-        wal.append(b"six").unwrap();
+        wal.append(b"six", 5).unwrap();
         fs.sync(wal.segment()).unwrap();
         let (rec, got) = replay(&*fs, 3).unwrap();
         let lsns: Vec<u64> = got.iter().map(|(l, _)| *l).collect();
@@ -515,8 +597,9 @@ mod tests {
         let d = dir("torn");
         let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
         let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
+        // Each record written once the one before it was durable.
         for i in 0..4u8 {
-            wal.append(&[i; 100]).unwrap();
+            wal.append(&[i; 100], u64::from(i)).unwrap();
         }
         let name = segment_name(1);
         let whole = fs.read(&name).unwrap();
@@ -543,8 +626,8 @@ mod tests {
         let err = replay(&*fs, 0).unwrap_err();
         assert!(err.contains(&at), "{err}");
         // A hole in the LSNs past what sled holds.
-        let mut holed = encode_record(1, b"a").unwrap();
-        holed.extend(encode_record(3, b"c").unwrap());
+        let mut holed = encode_record(1, 0, b"a").unwrap();
+        holed.extend(encode_record(3, 0, b"c").unwrap());
         std::fs::write(d.join(&name), &holed).unwrap();
         let err = replay(&*fs, 0).unwrap_err();
         assert!(err.contains("record 3 where 2 was due"), "{err}");
@@ -552,6 +635,67 @@ mod tests {
         assert_eq!(replay(&*fs, 2).unwrap().1.len(), 1);
         let err = replay(&*fs, 0).map(|_| ()).unwrap_err();
         assert!(err.contains("missing"), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The owner writes the next groups while one is synced; the disk may keep a later
+    /// unsynced record and lose an earlier one. None of them was acknowledged.
+    #[test]
+    fn records_written_while_an_earlier_one_was_unsynced_go_with_it() {
+        let d = dir("unsynced");
+        let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
+        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
+        // Record 1 durable; 2, 3 and 4 written while 2 was being synced.
+        for (i, synced) in [(0u8, 0), (1, 1), (2, 1), (3, 1)] {
+            wal.append(&[i; 100], synced).unwrap();
+        }
+        let name = segment_name(1);
+        let whole = fs.read(&name).unwrap();
+        let record = HEADER + 100;
+        // Record 2 lost (zeros where the disk never wrote it), 3 and 4 kept.
+        let mut lost = whole.clone();
+        lost[record..2 * record].fill(0);
+        std::fs::write(d.join(&name), &lost).unwrap();
+        let (rec, got) = replay(&*fs, 0).unwrap();
+        assert_eq!(got.len(), 1);
+        let cut = rec.cut.unwrap();
+        assert_eq!((cut.offset, cut.bytes), (record as u64, 3 * record as u64));
+        assert_eq!(fs.read(&name).unwrap().len(), record);
+        // Record 3 written once 2 was durable: 2's loss is damage.
+        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
+        fs.truncate(&name, 0).unwrap();
+        for (i, synced) in [(0u8, 0), (1, 1), (2, 2)] {
+            wal.append(&[i; 100], synced).unwrap();
+        }
+        let mut lost = fs.read(&name).unwrap();
+        lost[record..2 * record].fill(0);
+        std::fs::write(d.join(&name), &lost).unwrap();
+        let err = replay(&*fs, 0).unwrap_err();
+        assert!(
+            err.contains("record 3, written after record 2 was durable"),
+            "{err}"
+        );
+        // A record that claims itself durable is damage too.
+        std::fs::write(d.join(&name), encode_record(1, 1, b"a").unwrap()).unwrap();
+        assert!(replay(&*fs, 0).unwrap_err().contains("durable through 1"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_of_record_markers_is_scanned_in_bounded_time() {
+        let d = dir("markers");
+        let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
+        // A bad first record, then markers each claiming the rest of a 4 MiB file: each
+        // candidate would hash megabytes.
+        let mut bytes = vec![0u8; 4 << 20];
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            chunk[..4].copy_from_slice(&MAGIC);
+            let rest = u32::try_from(((4 << 20) - 8 * i).saturating_sub(HEADER)).unwrap();
+            chunk[4..].copy_from_slice(&rest.to_le_bytes());
+        }
+        std::fs::write(d.join(segment_name(1)), &bytes).unwrap();
+        let err = replay(&*fs, 0).unwrap_err();
+        assert!(err.contains("too many record markers"), "{err}");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -5,7 +5,7 @@
 //! is answered only after a sync that began after its record was written: nothing is
 //! acknowledged or visible before it is durable.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -46,19 +46,26 @@ struct Progress {
     changed: Condvar,
     /// Requests in flights not yet answered.
     waiting: AtomicUsize,
+    /// The LSN through which the log is durable (the syncer's last sync).
+    synced: AtomicU64,
 }
 
 impl Pipeline {
-    /// Starts the syncer and the applier threads.
-    pub(super) fn start(shared: Arc<Shared>, fs: Arc<dyn WalFs>) -> std::io::Result<Pipeline> {
+    /// Starts the syncer and the applier threads; the log is durable through `synced`.
+    pub(super) fn start(
+        shared: Arc<Shared>,
+        fs: Arc<dyn WalFs>,
+        synced: u64,
+    ) -> std::io::Result<Pipeline> {
         let (tx, rx) = sync_channel(QUEUE);
         let (synced_tx, synced_rx) = std::sync::mpsc::channel();
         let progress = Arc::new(Progress::default());
+        progress.synced.store(synced, Ordering::Release);
         let syncer = {
-            let shared = shared.clone();
+            let (shared, progress) = (shared.clone(), progress.clone());
             std::thread::Builder::new()
                 .name("tether-store-sync".into())
-                .spawn(move || sync_loop(&shared, &*fs, rx, synced_tx))?
+                .spawn(move || sync_loop(&shared, &*fs, &progress, rx, synced_tx))?
         };
         let applier = {
             let progress = progress.clone();
@@ -88,6 +95,11 @@ impl Pipeline {
                 refuse(flight, "the store's commit pipeline is gone".into());
             }
         }
+    }
+
+    /// The LSN through which the log is durable: a record written now says so.
+    pub(super) fn synced(&self) -> u64 {
+        self.progress.synced.load(Ordering::Acquire)
     }
 
     /// Requests handed on and not yet answered.
@@ -128,6 +140,7 @@ impl Drop for Pipeline {
 fn sync_loop(
     shared: &Shared,
     fs: &dyn WalFs,
+    progress: &Progress,
     rx: Receiver<Flight>,
     tx: Sender<(Vec<Flight>, Result<(), String>)>,
 ) {
@@ -147,6 +160,14 @@ fn sync_loop(
                     .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
             }),
         };
+        if synced.is_ok() {
+            let last = flights
+                .iter()
+                .filter_map(|f| f.record.as_ref().map(|r| r.0));
+            progress
+                .synced
+                .fetch_max(last.max().unwrap_or(0), Ordering::Release);
+        }
         if tx.send((flights, synced)).is_err() {
             return;
         }

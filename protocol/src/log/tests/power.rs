@@ -266,9 +266,9 @@ async fn a_flipped_byte_in_a_middle_record_fails_the_open_naming_file_and_offset
     for _ in 0..2 {
         assert_eq!(bytes[at..at + 4], MAGIC);
         let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-        at += 24 + len;
+        at += 32 + len;
     }
-    bytes[at + 24 + 2] ^= 0x10;
+    bytes[at + 32 + 2] ^= 0x10;
     std::fs::File::create(&file)
         .unwrap()
         .write_all(&bytes)

@@ -6,12 +6,10 @@
 //! - The owner drains what is waiting (up to `max_group` requests) into a **group**; while
 //!   other writers are still on their way it waits for them, up to `commit_delay`. It
 //!   applies each request to its in-memory state (a refused transaction is rolled back
-//!   alone), appends the group's writes to the **write-ahead log** as one record, and
-//!   hands the group to the **commit pipeline**: a syncer thread `fdatasync`s the log
-//!   once for every group waiting, an applier thread then hands them to sled as one
-//!   batch, **publishes** the new state and replies. This is group commit: concurrent
-//!   writers share one record and one `fdatasync`; the owner gathers and writes the next
-//!   group while the last one is synced and applied.
+//!   alone), appends the group's writes to the **write-ahead log** as one record and
+//!   syncs it once, hands them to sled as one batch, then **publishes** the new state and
+//!   replies. This is group commit: concurrent writers share one record and one
+//!   `fdatasync`.
 //! - Readers ([`Store::read`] and friends) run on any thread, concurrently, straight on
 //!   sled; sled is handed a group only once it is durable in the log, and they see only
 //!   what is published, so never an entry that is not yet durable.
@@ -23,18 +21,16 @@
 //! 2. table documents, cursors, interned names and topic definitions join the same
 //!    group's writes (absolute puts and removes);
 //! 3. the writes are encoded as one record (length, LSN, checksum, payload) and appended
-//!    to the current segment of the write-ahead log (`wal/<first LSN>.wal`) by the owner,
-//!    then (syncer thread) one `fdatasync` of that file for every group written so far:
-//!    the group commit's only device sync. A segment file and its name are synced when
-//!    it is begun, before any record in it counts;
-//! 4. (applier thread) `apply_batch` of the synced groups' writes, with the last
-//!    record's LSN (`META_LSN`), in sled's memory: no flush;
+//!    to the current segment of the write-ahead log (`wal/<first LSN>.wal`), then one
+//!    `fdatasync` of that file: the group commit's only device sync. A segment file and
+//!    its name are synced when it is begun, before any record in it counts;
+//! 4. `apply_batch` of the writes, with the record's LSN (`META_LSN`), in sled's memory:
+//!    no flush;
 //! 5. only then: publish to readers, wake tailers, acknowledge the writers;
 //! 6. at most every 5 s, and at close: the checkpoint (each topic's published next
 //!    offset) is replaced atomically beside sled's files;
 //! 7. off the commit path: once the segment holds 32 MiB (or 30 s of writes) the owner
-//!    waits for the pipeline to drain (sled then holds every record), begins a new
-//!    segment, and the flusher thread flushes sled, `fsync`s new blob files and
+//!    begins a new one and the flusher thread flushes sled, `fsync`s new blob files and
 //!    their directory, then `fdatasync`s sled's log (the syncs sled 0.34 leaves out), and
 //!    only then removes the segments sled now holds. `close` does the same for all.
 //!

@@ -3,18 +3,16 @@
 //! - It takes requests from the bounded inbox, as many as are waiting (up to
 //!   `max_group`, or [`GROUP_BYTES`] of entries), into one **group**.
 //! - Commit delay: while other writers still have a request on its way (the count of
-//!   requests sent and not answered is above the group's and the pipeline's), it waits
-//!   for them, up to `commit_delay`, so that one sync serves them all. A lone writer
-//!   never waits.
+//!   requests sent and not answered is above the group's), it waits for them, up to
+//!   `commit_delay`, so that one sync serves them all. A lone writer never waits.
 //! - Each request is applied to a working copy of the topics it touches; a refused
 //!   transaction drops its copy and leaves the group as it was.
 //! - The group's writes become one record of the write-ahead log ([`super::wal`]),
-//!   written, and the group goes to the commit pipeline ([`commit`]): `fdatasync`ed,
-//!   the one device sync of a group commit, then handed to sled as one batch (in memory,
-//!   no flush), the new counters published to readers, tailers woken and every writer
-//!   answered. The owner goes on from the group's state at once.
+//!   appended and `fdatasync`ed: the one device sync of a group commit. Only then are
+//!   they handed to sled as one batch (in memory, no flush), the new counters published
+//!   to readers, tailers woken and every writer answered.
 //! - sled is made durable off the commit path: when the log's segment is full (or old),
-//!   the owner waits for the pipeline to drain, begins a new one and the **flusher** thread flushes sled, syncs what sled
+//!   the owner begins a new one and the **flusher** thread flushes sled, syncs what sled
 //!   leaves out ([`DiskSync`]) and only then removes the segments sled now holds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -49,10 +47,7 @@ const GROUP_BYTES: u64 = 8 << 20;
 const BLOCK_ENTRIES: usize = 256;
 const BLOCK_BYTES: u64 = 16 << 10;
 
-mod commit;
 mod retention;
-
-use commit::{Flight, Pipeline};
 
 type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
@@ -113,8 +108,7 @@ pub(crate) fn start(
     let disk = Arc::new(Mutex::new(disk));
     let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(1);
     let wal = Wal::start(fs.clone(), last + 1, config.wal_segment_bytes).map_err(io_error)?;
-    let pipeline = Pipeline::start(shared.clone(), fs.clone(), last).map_err(io_error)?;
-    let mut owner = Owner::load(shared.clone(), config, disk.clone(), wal, pipeline)?;
+    let mut owner = Owner::load(shared.clone(), config, disk.clone(), wal)?;
     let flusher = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -286,8 +280,6 @@ struct Owner {
     /// Shared with the flusher thread.
     disk: Arc<Mutex<DiskSync>>,
     wal: Wal,
-    /// Groups written to the log on their way to being durable, applied and answered.
-    pipeline: Pipeline,
     flusher: Option<Flusher>,
     checkpoint: Checkpoint,
 }
@@ -354,7 +346,6 @@ impl Owner {
         config: StoreConfig,
         disk: Arc<Mutex<DiskSync>>,
         wal: Wal,
-        pipeline: Pipeline,
     ) -> Result<Owner, OpenError> {
         let tree = &shared.tree.clone();
         let path = shared.path.clone();
@@ -563,7 +554,6 @@ impl Owner {
             forgotten,
             disk,
             wal,
-            pipeline,
             flusher: None,
             checkpoint,
         };
@@ -629,8 +619,7 @@ impl Owner {
                     }
                 }
                 let full = taken >= self.config.max_group || weight >= GROUP_BYTES;
-                let on_their_way = self.shared.writers.load(Ordering::Relaxed);
-                let everyone = g.done.len() + self.pipeline.waiting() >= on_their_way;
+                let everyone = g.done.len() >= self.shared.writers.load(Ordering::Relaxed);
                 let now = Instant::now();
                 let (false, false, None, Ok(timer)) = (full, everyone, &close, &timer) else {
                     break;
@@ -662,7 +651,6 @@ impl Owner {
     /// Waits for the flusher, makes sled durable, removes the log (sled holds all of it
     /// now), and drops the database.
     fn stop(mut self) -> Result<(), String> {
-        self.pipeline.stop();
         if let Some(flusher) = self.flusher.take() {
             drop(flusher.tx);
             let _ = flusher.thread.join();
@@ -711,8 +699,6 @@ impl Owner {
                 g.done.push(Done::Flag(reply, known));
             }
             Request::Retain { reply } => {
-                // Retention reads the oldest blocks from sled: it holds every group.
-                self.pipeline.drain();
                 let report = self.retain(g);
                 g.done.push(Done::Retain(reply, report));
             }
@@ -883,8 +869,8 @@ impl Owner {
         Ok((Offset(offset), Seq(seq)))
     }
 
-    /// Writes the group to the log and hands it to the commit pipeline, which syncs it
-    /// (the one device sync), hands it to sled, publishes and replies.
+    /// Writes the group to the log and syncs it (the one device sync), hands it to sled
+    /// as one batch, then publishes and replies.
     fn write(&mut self, g: Group) {
         if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
             return;
@@ -914,54 +900,47 @@ impl Owner {
                 value: Some(codec::encode(&p.counters.record())),
             });
         }
-        let publish = g
-            .pending
-            .iter()
-            .filter_map(|(t, p)| Some((self.topics.get(t)?.view.clone(), p.counters.record())))
-            .collect();
         let shared = &self.shared;
-        if let Some(cause) = shared.poisoned() {
+        let written = match shared.poisoned() {
+            Some(cause) => Err(cause),
+            // Nothing to write (acknowledgements already known, nothing to retain): what
+            // the replies rest on is published, so durable already.
+            None if writes.is_empty() => Ok(()),
+            // Durable first (append, `fdatasync`), then visible in sled: a reader, a
+            // table read included, never sees a write a crash could take back.
+            None => self
+                .wal
+                .append(&codec::encode(&writes))
+                .and_then(|lsn| self.wal.sync().map(|()| lsn))
+                .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
+                .and_then(|lsn| {
+                    let batch = batch_of(writes, lsn);
+                    shared
+                        .tree
+                        .apply_batch(batch)
+                        .map_err(|err| shared.poison(&err))
+                }),
+        };
+        if let Err(cause) = written {
             for done in g.done {
                 done.refuse(WriteError::Poisoned(cause.clone()));
             }
             return;
         }
-        // A group that writes nothing (acknowledgements already known, nothing to
-        // retain) still waits in the pipeline: its replies rest on the groups before it.
-        let record = match writes.is_empty() {
-            true => None,
-            false => match self
-                .wal
-                .append(&codec::encode(&writes), self.pipeline.synced())
-            {
-                Ok(lsn) => Some((lsn, self.wal.segment().to_owned())),
-                Err(err) => {
-                    let cause = shared.poison(&format!("write-ahead log: {err}"));
-                    for done in g.done {
-                        done.refuse(WriteError::Poisoned(cause.clone()));
-                    }
-                    return;
-                }
-            },
-        };
-        // The owner goes on from the new state at once; readers see it once durable.
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
+                state.view.publish(p.counters.record());
                 state.counters = p.counters;
             }
         }
-        self.pipeline.send(Flight {
-            record,
-            writes,
-            publish,
-            done: g.done,
-        });
+        self.shared.changes.send_modify(|n| *n += 1);
+        for done in g.done {
+            done.accept();
+        }
         if self.checkpoint.due() {
             self.write_checkpoint();
         }
         if self.wal.due() {
-            // The flusher folds the old segments into sled: sled must hold them first.
-            self.pipeline.drain();
             self.rotate();
         }
     }

@@ -19,9 +19,11 @@
 //! Recovery ([`recover`]) reads the segments in LSN order. An invalid record (short,
 //! wrong magic, wrong checksum) is a torn tail when no record written after it was
 //! durable follows it: it was being written and never synced, so never acknowledged,
-//! and neither was any record after it (the owner writes the next groups while one is
-//! synced, and the disk may keep a later unsynced write and lose an earlier one; a
-//! sync that covered a later record would have covered this one). The tail is cut,
+//! and neither was any record after it (a sync that covered a later record would have
+//! covered this one). The owner syncs each record before it writes the next, so today
+//! `synced` is the LSN before; a writer that writes ahead of its syncs stays
+//! recoverable, as the disk may then keep a later unsynced record and lose an earlier
+//! one. The tail is cut,
 //! with a warning naming the file, the offset, the bytes and the later records cut. An
 //! invalid record followed by a valid one whose `synced` reaches it is damage in the
 //! middle of the log: an error naming the file and the offset, never a silent loss. So
@@ -184,6 +186,8 @@ pub(crate) struct Wal {
     /// The segment is closed once it holds this many bytes.
     limit: u64,
     next: u64,
+    /// The LSN through which the log is durable (every record before `next` at start).
+    synced: u64,
     since: Instant,
 }
 
@@ -200,13 +204,9 @@ impl Wal {
             bytes: 0,
             limit,
             next,
+            synced: next.saturating_sub(1),
             since: Instant::now(),
         })
-    }
-
-    /// The file of the current segment.
-    pub(crate) fn segment(&self) -> &str {
-        &self.segment
     }
 
     /// The file layer it writes through.
@@ -214,15 +214,21 @@ impl Wal {
         &self.fs
     }
 
-    /// Appends one record (not yet durable: see [`WalFs::sync`]); returns its LSN.
-    /// `synced` is the LSN through which the log is known durable now.
-    pub(crate) fn append(&mut self, payload: &[u8], synced: u64) -> std::io::Result<u64> {
+    /// Appends one record (not yet durable: see [`Wal::sync`]); returns its LSN.
+    pub(crate) fn append(&mut self, payload: &[u8]) -> std::io::Result<u64> {
         let lsn = self.next;
-        let record = encode_record(lsn, synced, payload)?;
+        let record = encode_record(lsn, self.synced, payload)?;
         self.fs.append(&self.segment, &record)?;
         self.bytes += record.len() as u64;
         self.next += 1;
         Ok(lsn)
+    }
+
+    /// `fdatasync` of the current segment: every record appended is durable after it.
+    pub(crate) fn sync(&mut self) -> std::io::Result<()> {
+        self.fs.sync(&self.segment)?;
+        self.synced = self.next.saturating_sub(1);
+        Ok(())
     }
 
     /// Whether the current segment should be closed (its size limit, [`SEGMENT_AGE`]).
@@ -573,11 +579,11 @@ mod tests {
         let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
         let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
         for i in 0..5u8 {
-            wal.append(&[i; 10], 0).unwrap();
+            wal.append(&[i; 10]).unwrap();
         }
         assert_eq!(wal.rotate().unwrap(), 6);
-        wal.append(b"six", 5).unwrap();
-        fs.sync(wal.segment()).unwrap();
+        wal.append(b"six").unwrap();
+        wal.sync().unwrap();
         let (rec, got) = replay(&*fs, 3).unwrap();
         let lsns: Vec<u64> = got.iter().map(|(l, _)| *l).collect();
         assert_eq!(lsns, [4, 5, 6]);
@@ -599,7 +605,8 @@ mod tests {
         let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
         // Each record written once the one before it was durable.
         for i in 0..4u8 {
-            wal.append(&[i; 100], u64::from(i)).unwrap();
+            wal.append(&[i; 100]).unwrap();
+            wal.sync().unwrap();
         }
         let name = segment_name(1);
         let whole = fs.read(&name).unwrap();
@@ -638,18 +645,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
-    /// The owner writes the next groups while one is synced; the disk may keep a later
-    /// unsynced record and lose an earlier one. None of them was acknowledged.
+    /// A writer that writes the next groups while one is synced: the disk may keep a
+    /// later unsynced record and lose an earlier one. None of them was acknowledged.
     #[test]
     fn records_written_while_an_earlier_one_was_unsynced_go_with_it() {
         let d = dir("unsynced");
         let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
-        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
+        let name = segment_name(1);
         // Record 1 durable; 2, 3 and 4 written while 2 was being synced.
         for (i, synced) in [(0u8, 0), (1, 1), (2, 1), (3, 1)] {
-            wal.append(&[i; 100], synced).unwrap();
+            let lsn = u64::from(i) + 1;
+            fs.append(&name, &encode_record(lsn, synced, &[i; 100]).unwrap())
+                .unwrap();
         }
-        let name = segment_name(1);
         let whole = fs.read(&name).unwrap();
         let record = HEADER + 100;
         // Record 2 lost (zeros where the disk never wrote it), 3 and 4 kept.
@@ -662,10 +670,11 @@ mod tests {
         assert_eq!((cut.offset, cut.bytes), (record as u64, 3 * record as u64));
         assert_eq!(fs.read(&name).unwrap().len(), record);
         // Record 3 written once 2 was durable: 2's loss is damage.
-        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
         fs.truncate(&name, 0).unwrap();
         for (i, synced) in [(0u8, 0), (1, 1), (2, 2)] {
-            wal.append(&[i; 100], synced).unwrap();
+            let lsn = u64::from(i) + 1;
+            fs.append(&name, &encode_record(lsn, synced, &[i; 100]).unwrap())
+                .unwrap();
         }
         let mut lost = fs.read(&name).unwrap();
         lost[record..2 * record].fill(0);

@@ -29,8 +29,10 @@
 //! 5. only then: publish to readers, wake tailers, acknowledge the writers;
 //! 6. at most every 5 s, and at close: the checkpoint (each topic's published next
 //!    offset) is replaced atomically beside sled's files;
-//! 7. off the commit path: once the segment holds 32 MiB (or 30 s of writes) the owner
-//!    begins a new one and the flusher thread flushes sled, `fsync`s new blob files and
+//! 7. off the commit path: once a segment is a quarter full, the flusher thread writes
+//!    and syncs a spare segment of zeros; once the segment holds 8 MiB (or 30 s of
+//!    writes) the owner begins a new one (renamed from the spare: a record's
+//!    `fdatasync` then writes data only, no file growth) and the flusher thread flushes sled, `fsync`s new blob files and
 //!    their directory, then `fdatasync`s sled's log (the syncs sled 0.34 leaves out), and
 //!    only then removes the segments sled now holds. `close` does the same for all.
 //!

@@ -118,6 +118,7 @@ pub(crate) fn start(
     };
     owner.flusher = Some(Flusher {
         tx: flush_tx,
+        spare_asked: false,
         thread: flusher,
     });
     std::thread::Builder::new()
@@ -224,15 +225,33 @@ fn batch_of(writes: impl IntoIterator<Item = wal::Write>, lsn: u64) -> sled::Bat
     batch
 }
 
-/// The flusher thread: for each closed segment (its successor's first LSN), makes sled
-/// durable through it and removes the segments it made redundant.
+/// The flusher's work.
+enum Job {
+    /// A segment was closed: the first LSN of its successor.
+    Fold(u64),
+    /// Make a spare of this many bytes ready for the next segment.
+    Spare(u64),
+}
+
+/// The flusher thread: for each closed segment, makes sled durable through it and
+/// removes the segments it made redundant; makes spares ready.
 fn flush_loop(
     shared: &Shared,
     disk: &Mutex<DiskSync>,
     fs: &dyn WalFs,
-    rx: std::sync::mpsc::Receiver<u64>,
+    rx: std::sync::mpsc::Receiver<Job>,
 ) {
-    for before in rx {
+    for job in rx {
+        let before = match job {
+            Job::Fold(before) => before,
+            Job::Spare(len) => {
+                // Only an optimisation: without one, the next segment is a new file.
+                if let Err(err) = fs.prepare_spare(len) {
+                    tracing::warn!(path = %shared.path.display(), %err, "cannot prepare the write-ahead log's spare segment");
+                }
+                continue;
+            }
+        };
         let started = Instant::now();
         let flushed = shared
             .db
@@ -260,9 +279,11 @@ fn flush_loop(
 
 /// The owner's end of the flusher thread.
 struct Flusher {
-    /// The first LSN of each new segment; bounded, so that a flusher behind makes the
-    /// owner wait rather than the log grow.
-    tx: std::sync::mpsc::SyncSender<u64>,
+    /// Folds (bounded, so that a flusher behind makes the owner wait rather than the
+    /// log grow) and spares.
+    tx: std::sync::mpsc::SyncSender<Job>,
+    /// A spare was asked for since the segment began.
+    spare_asked: bool,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -942,6 +963,11 @@ impl Owner {
         }
         if self.wal.due() {
             self.rotate();
+        } else if let Some(flusher) = self.flusher.as_mut().filter(|f| !f.spare_asked)
+            && self.wal.wants_spare()
+        {
+            // Never waits: a busy flusher is asked again after the next group.
+            flusher.spare_asked = flusher.tx.try_send(Job::Spare(self.wal.limit())).is_ok();
         }
     }
 
@@ -955,9 +981,10 @@ impl Owner {
                 return;
             }
         };
-        if let Some(flusher) = &self.flusher {
+        if let Some(flusher) = &mut self.flusher {
+            flusher.spare_asked = false;
             // Waits while a flush is under way and another is queued.
-            if flusher.tx.send(before).is_err() {
+            if flusher.tx.send(Job::Fold(before)).is_err() {
                 self.shared.poison(&"the store's flusher thread is gone");
             }
         }

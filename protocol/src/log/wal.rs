@@ -30,6 +30,10 @@
 //! are a hole in the LSNs past what sled holds, and a record whose checksum holds but
 //! whose payload does not decode.
 //!
+//! A new segment is renamed from the [`SPARE`] when the flusher has one ready: its
+//! records then end in zeros, which recovery takes as the log's clean end (zeros up to
+//! the end of the last file, nothing valid after them).
+//!
 //! All file access goes through [`WalFs`], so that a test can put a simulated power cut
 //! (unsynced writes dropped or torn) under it.
 
@@ -46,9 +50,16 @@ pub(crate) const DIR: &str = "wal";
 /// A segment that holds this much is closed and a new one begun (by default: see
 /// `StoreConfig::wal_segment_bytes`); sled is then flushed in the background and the old
 /// segments removed. Bounds the log on disk and the replay.
-pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
+pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
+/// The spare segment: a file of zeros, written and synced off the commit path (by the
+/// flusher), that the next segment is renamed from. Overwriting blocks that exist needs
+/// no change of the file's size, so a record's `fdatasync` writes its data and nothing
+/// else (an appended file's growth also waits for a journal commit, and for whatever
+/// other files' data that commit orders before it).
+pub(crate) const SPARE: &str = "spare";
+const SPARE_TMP: &str = "spare.tmp";
 /// A segment holding records is also closed after this long, so that an idle store's log
-/// does not wait for the next 32 MiB to be folded into sled.
+/// does not wait for the next 8 MiB to be folded into sled.
 pub(crate) const SEGMENT_AGE: Duration = Duration::from_secs(30);
 /// The first bytes of every record.
 pub(crate) const MAGIC: [u8; 4] = *b"TWAL";
@@ -56,7 +67,8 @@ const HEADER: usize = 32;
 
 /// The narrow layer through which the log touches files: one directory of flat files.
 pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
-    /// Appends `bytes` to file `name`, creating it if missing (not synced).
+    /// Writes `bytes` after what was appended to file `name` (in a segment taken from
+    /// the spare: from its start), creating it if missing (not synced).
     fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()>;
     /// Makes what was appended to `name` durable (`fdatasync`).
     fn sync(&self, name: &str) -> std::io::Result<()>;
@@ -72,14 +84,33 @@ pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self) -> std::io::Result<()>;
     /// The path of `name`, for messages.
     fn path(&self, name: &str) -> PathBuf;
+    /// Makes sure a [`SPARE`] of at least `len` zero bytes exists, written and synced.
+    /// A layer without spares does nothing.
+    fn prepare_spare(&self, len: u64) -> std::io::Result<()> {
+        let _ = len;
+        Ok(())
+    }
+    /// Renames the [`SPARE`], if there is one, to `name`, whose records then begin at
+    /// its start (durable after [`WalFs::sync_dir`]); returns whether there was one.
+    fn take_spare(&self, name: &str) -> std::io::Result<bool> {
+        let _ = name;
+        Ok(false)
+    }
 }
 
-/// [`WalFs`] on a real directory; keeps the file being appended to open. A sync does not
-/// hold the lock, so that the next record is written while the last one is synced.
+/// [`WalFs`] on a real directory; keeps the file being appended to open, with where its
+/// records end (a segment renamed from the spare is longer than what it holds).
 #[derive(Debug)]
 pub(crate) struct DiskFs {
     dir: PathBuf,
-    open: Mutex<Option<(String, Arc<File>)>>,
+    open: Mutex<Option<Open>>,
+}
+
+#[derive(Debug)]
+struct Open {
+    name: String,
+    file: Arc<File>,
+    end: u64,
 }
 
 impl DiskFs {
@@ -97,26 +128,37 @@ impl DiskFs {
         })
     }
 
-    /// The open file `name`, opened (for appending, created if missing) if it is not.
-    fn file(&self, name: &str) -> std::io::Result<Arc<File>> {
+    /// Runs `f` on the open file `name`, opened (created if missing, its records
+    /// taken to end where the file does) if it is not.
+    fn with_open<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Open) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        match open.as_ref() {
-            Some((n, file)) if n == name => Ok(file.clone()),
+        let current = match open.take() {
+            Some(o) if o.name == name => o,
             _ => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
-                    .append(true)
+                    .write(true)
+                    .truncate(false)
                     .open(self.dir.join(name))?;
-                let file = Arc::new(file);
-                *open = Some((name.to_owned(), file.clone()));
-                Ok(file)
+                let end = file.metadata()?.len();
+                Open {
+                    name: name.to_owned(),
+                    file: Arc::new(file),
+                    end,
+                }
             }
-        }
+        };
+        let current = open.insert(current);
+        f(current)
     }
 
     fn forget(&self, name: &str) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.as_ref().is_some_and(|(n, _)| n == name) {
+        if open.as_ref().is_some_and(|o| o.name == name) {
             *open = None;
         }
     }
@@ -124,11 +166,16 @@ impl DiskFs {
 
 impl WalFs for DiskFs {
     fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        (&*self.file(name)?).write_all(bytes)
+        use std::os::unix::fs::FileExt as _;
+        self.with_open(name, |o| {
+            o.file.write_all_at(bytes, o.end)?;
+            o.end += bytes.len() as u64;
+            Ok(())
+        })
     }
 
     fn sync(&self, name: &str) -> std::io::Result<()> {
-        self.file(name)?.sync_data()
+        self.with_open(name, |o| o.file.sync_data())
     }
 
     fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
@@ -166,6 +213,43 @@ impl WalFs for DiskFs {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    fn prepare_spare(&self, len: u64) -> std::io::Result<()> {
+        let spare = self.dir.join(SPARE);
+        if std::fs::metadata(&spare).is_ok_and(|m| m.len() >= len) {
+            return Ok(());
+        }
+        let tmp = self.dir.join(SPARE_TMP);
+        let mut file = File::create(&tmp)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, &spare)
+    }
+
+    fn take_spare(&self, name: &str) -> std::io::Result<bool> {
+        self.forget(name);
+        match std::fs::rename(self.dir.join(SPARE), self.dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join(name))?;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        *open = Some(Open {
+            name: name.to_owned(),
+            file: Arc::new(file),
+            end: 0,
+        });
+        Ok(true)
+    }
 }
 
 /// One write of a group: a key and its new value, or `None` to remove it.
@@ -196,7 +280,9 @@ impl Wal {
     /// name are durable before this returns, so a record synced in it is found.
     pub(crate) fn start(fs: Arc<dyn WalFs>, next: u64, limit: u64) -> std::io::Result<Wal> {
         let segment = segment_name(next);
-        fs.append(&segment, &[])?;
+        if !fs.take_spare(&segment)? {
+            fs.append(&segment, &[])?;
+        }
         fs.sync_dir()?;
         Ok(Wal {
             fs,
@@ -229,6 +315,17 @@ impl Wal {
         self.fs.sync(&self.segment)?;
         self.synced = self.next.saturating_sub(1);
         Ok(())
+    }
+
+    /// Whether a spare should be made ready for the next segment: the current one is a
+    /// quarter full (a store that writes little never makes one).
+    pub(crate) fn wants_spare(&self) -> bool {
+        self.bytes >= self.limit / 4
+    }
+
+    /// The size of a spare: a segment's.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// Whether the current segment should be closed (its size limit, [`SEGMENT_AGE`]).
@@ -344,6 +441,16 @@ pub(crate) fn recover(
                             fs.path(file).display()
                         ));
                     }
+                    // A segment taken from the spare ends in zeros: the log's clean end.
+                    if later.is_empty() && is_zero(&bytes[at..]) {
+                        let mut rest_zero = true;
+                        for (_, name) in &segments[i + 1..] {
+                            rest_zero &= is_zero(&read(name)?);
+                        }
+                        if rest_zero {
+                            return Ok(rec);
+                        }
+                    }
                     let mut cut = (bytes.len() - at) as u64;
                     fs.truncate(name, at as u64)
                         .map_err(|e| format!("cannot cut {}: {e}", place(at)))?;
@@ -403,6 +510,10 @@ pub(crate) fn recover(
         }
     }
     Ok(rec)
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
 }
 
 /// The segments in the directory, by first LSN; other files are left alone.
@@ -687,6 +798,34 @@ mod tests {
         // A record that claims itself durable is damage too.
         std::fs::write(d.join(&name), encode_record(1, 1, b"a").unwrap()).unwrap();
         assert!(replay(&*fs, 0).unwrap_err().contains("durable through 1"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_segment_taken_from_the_spare_holds_its_records_from_its_start_and_ends_clean() {
+        let d = dir("spare");
+        let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
+        fs.prepare_spare(64 << 10).unwrap();
+        let mut wal = Wal::start(fs.clone(), 1, 64 << 10).unwrap();
+        assert!(!d.join(SPARE).exists(), "the spare became the segment");
+        for i in 0..3u8 {
+            wal.append(&[i + 1; 100]).unwrap();
+        }
+        wal.sync().unwrap();
+        let name = segment_name(1);
+        assert_eq!(fs.read(&name).unwrap().len(), 64 << 10);
+        let (rec, got) = replay(&*fs, 0).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], (3, vec![3; 100]));
+        assert_eq!((rec.last, rec.cut), (3, None), "zeros are the clean end");
+        // A torn record in the zeros is still a torn tail.
+        let mut bytes = fs.read(&name).unwrap();
+        let end = 3 * (HEADER + 100);
+        bytes[end..end + 4].copy_from_slice(&MAGIC);
+        std::fs::write(d.join(&name), &bytes).unwrap();
+        let (rec, got) = replay(&*fs, 0).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(rec.cut.map(|c| c.offset), Some(end as u64));
         let _ = std::fs::remove_dir_all(&d);
     }
 

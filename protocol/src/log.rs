@@ -32,9 +32,10 @@
 //! 7. off the commit path: once a segment is a quarter full, the flusher thread writes
 //!    and syncs a spare segment of zeros; once the segment holds 8 MiB (or 30 s of
 //!    writes) the owner begins a new one (renamed from the spare: a record's
-//!    `fdatasync` then writes data only, no file growth) and the flusher thread flushes sled, `fsync`s new blob files and
-//!    their directory, then `fdatasync`s sled's log (the syncs sled 0.34 leaves out), and
-//!    only then removes the segments sled now holds. `close` does the same for all.
+//!    `fdatasync` then writes data only, no file growth) and the flusher thread
+//!    flushes sled, `fsync`s new blob files and their directory, then `fdatasync`s
+//!    sled's log (the syncs sled 0.34 leaves out), and only then removes the segments
+//!    sled now holds. `close` does the same for all, and removes the spare.
 //!
 //! A failed write or sync **poisons** the store: every later write is refused with the
 //! cause, and the node must restart (reopen) to go on. Nothing acknowledged is lost.

@@ -684,6 +684,13 @@ impl Owner {
         disk.sync().map_err(|e| e.to_string())?;
         drop(disk);
         wal::remove_before(&**self.wal.fs(), u64::MAX).map_err(|e| e.to_string())?;
+        // A closed store keeps no spare: the next one is made once a segment fills.
+        match self.wal.fs().remove(wal::SPARE) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %self.shared.path.display(), %e, "cannot remove the write-ahead log's spare segment");
+            }
+            _ => {}
+        }
         self.write_checkpoint();
         tracing::debug!(path = %self.shared.path.display(), "store closed");
         Ok(())

@@ -44,11 +44,14 @@
 //! 1. the format version is checked (a version this build does not read is refused
 //!    before anything is touched);
 //! 2. recovery: the log's records past the LSN sled holds are applied to sled in LSN
-//!    order (consecutive LSNs checked); a torn tail (an invalid record with no valid
-//!    record after it: a group never synced, so never acknowledged) is cut with a warning
-//!    naming the file, the offset and the bytes; an invalid record followed by a valid
-//!    one, a hole in the LSNs or an undecodable record is an `OpenError` naming the file
-//!    and the offset. Then sled is flushed and synced and the log removed;
+//!    order (consecutive LSNs checked); zeros after the last record (a segment renamed
+//!    from the spare) are the clean end; a torn tail (an invalid record that no later
+//!    record proves durable: each record carries the LSN through which the log was
+//!    durable when it was written) is a group never synced, so never acknowledged, and
+//!    is cut with a warning naming the file, the offset and the bytes; an invalid record
+//!    that a later one proves durable, a hole in the LSNs or an undecodable record is an
+//!    `OpenError` naming the file and the offset. Then sled is flushed and synced and
+//!    the log removed;
 //! 3. a store of format 1 (no log) is converted: the format 2 marker is durable in sled
 //!    before the log holds any record, so a build of format 1 never opens a store whose
 //!    log it would not replay;

@@ -29,8 +29,9 @@
 //! 5. only then: publish to readers, wake tailers, acknowledge the writers;
 //! 6. at most every 5 s, and at close: the checkpoint (each topic's published next
 //!    offset) is replaced atomically beside sled's files;
-//! 7. off the commit path: once a segment is a quarter full, the flusher thread writes
-//!    and syncs a spare segment of zeros; once the segment holds 8 MiB (or 30 s of
+//! 7. off the commit path: once a segment holds a quarter of the next spare's size
+//!    (what the last segment held, 64 KiB to 8 MiB), the flusher thread writes and
+//!    syncs that spare segment of zeros; once the segment holds 8 MiB (or 30 s of
 //!    writes) the owner begins a new one (renamed from the spare: a record's
 //!    `fdatasync` then writes data only, no file growth) and the flusher thread
 //!    flushes sled, `fsync`s new blob files and their directory, then `fdatasync`s

@@ -974,7 +974,10 @@ impl Owner {
             && self.wal.wants_spare()
         {
             // Never waits: a busy flusher is asked again after the next group.
-            flusher.spare_asked = flusher.tx.try_send(Job::Spare(self.wal.limit())).is_ok();
+            flusher.spare_asked = flusher
+                .tx
+                .try_send(Job::Spare(self.wal.spare_len()))
+                .is_ok();
         }
     }
 

@@ -59,6 +59,8 @@ pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
 /// another file is being written).
 pub(crate) const SPARE: &str = "spare";
 const SPARE_TMP: &str = "spare.tmp";
+/// The smallest spare.
+const MIN_SPARE: u64 = 64 << 10;
 /// A segment holding records is also closed after this long, so that an idle store's log
 /// does not wait for the next 8 MiB to be folded into sled.
 pub(crate) const SEGMENT_AGE: Duration = Duration::from_secs(30);
@@ -273,6 +275,8 @@ pub(crate) struct Wal {
     next: u64,
     /// The LSN through which the log is durable (every record before `next` at start).
     synced: u64,
+    /// Bytes the previous segment held (0: none yet).
+    previous: u64,
     since: Instant,
 }
 
@@ -292,6 +296,7 @@ impl Wal {
             limit,
             next,
             synced: next.saturating_sub(1),
+            previous: 0,
             since: Instant::now(),
         })
     }
@@ -318,15 +323,20 @@ impl Wal {
         Ok(())
     }
 
-    /// Whether a spare should be made ready for the next segment: the current one is a
-    /// quarter full (a store that writes little never makes one).
+    /// Whether a spare should be made ready for the next segment: the current one holds
+    /// a quarter of [`Wal::spare_len`] (a store that writes nothing never makes one).
     pub(crate) fn wants_spare(&self) -> bool {
-        self.bytes >= self.limit / 4
+        self.bytes >= self.spare_len() / 4
     }
 
-    /// The size of a spare: a segment's.
-    pub(crate) fn limit(&self) -> u64 {
-        self.limit
+    /// The size of the next spare: what the last segment held, rounded up to a power of
+    /// two, within [`MIN_SPARE`] and the segment size, so that a store that writes a
+    /// little (a segment closed by age) writes few zeros and still syncs in place.
+    pub(crate) fn spare_len(&self) -> u64 {
+        let held = self.previous.max(self.bytes);
+        held.checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+            .clamp(MIN_SPARE.min(self.limit), self.limit.max(1))
     }
 
     /// Whether the current segment should be closed (its size limit, [`SEGMENT_AGE`]).
@@ -337,8 +347,9 @@ impl Wal {
     /// Begins a new segment; returns its first LSN: every record before it is in older
     /// segments, which may go once sled holds them durably ([`remove_before`]).
     pub(crate) fn rotate(&mut self) -> std::io::Result<u64> {
-        let next = self.next;
+        let (next, previous) = (self.next, self.bytes);
         *self = Wal::start(self.fs.clone(), next, self.limit)?;
+        self.previous = previous;
         Ok(next)
     }
 }
@@ -827,6 +838,36 @@ mod tests {
         let (rec, got) = replay(&*fs, 0).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(rec.cut.map(|c| c.offset), Some(end as u64));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_spare_is_sized_to_what_the_last_segment_held() {
+        let d = dir("spare-size");
+        let fs: Arc<dyn WalFs> = Arc::new(DiskFs::open(&d).unwrap());
+        let mut wal = Wal::start(fs.clone(), 1, SEGMENT_BYTES).unwrap();
+        assert_eq!(wal.spare_len(), MIN_SPARE);
+        assert!(!wal.wants_spare());
+        // A segment closed by age after about 100 KB.
+        for _ in 0..25 {
+            wal.append(&[7; 4000]).unwrap();
+        }
+        assert!(wal.wants_spare());
+        wal.rotate().unwrap();
+        assert_eq!(wal.spare_len(), 128 << 10);
+        assert!(!wal.wants_spare());
+        wal.append(&[7; 33 << 10]).unwrap();
+        assert!(wal.wants_spare());
+        // Never past a segment's size.
+        let big = Wal::start(fs.clone(), 100, 1 << 20).unwrap();
+        assert_eq!(
+            Wal {
+                previous: 5 << 20,
+                ..big
+            }
+            .spare_len(),
+            1 << 20
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -163,26 +163,45 @@ pub fn store_records(data: &[u8]) {
 pub fn store_seeds(store: &Store) -> Result<Vec<Seed>, String> {
     let mut seeds = Vec::new();
     let dir = store.path().join(wal::DIR);
-    let mut log = Vec::new();
+    let mut paths = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
         let path = entry.map_err(|e| e.to_string())?.path();
         if path.extension().is_some_and(|e| e == "wal") {
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            log.extend_from_slice(&bytes);
+            paths.push(path);
         }
     }
-    // The records, by their headers: (LSN, bytes).
+    paths.sort();
+    let mut files = Vec::new();
+    for path in &paths {
+        files.push(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    // The records, by their headers, in LSN order: (LSN, bytes); a segment taken from
+    // the spare ends in zeros, where its records end.
     let mut records: Vec<(u64, &[u8])> = Vec::new();
-    let mut at = 0;
-    while let Some(header) = log.get(at..at + 24) {
-        let len = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default()) as usize;
-        let lsn = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-        let end = (at + 24 + len).min(log.len());
-        records.push((lsn, &log[at..end]));
-        at = end;
+    for bytes in &files {
+        let mut at = 0;
+        while let Some(header) = bytes.get(at..at + wal::HEADER) {
+            if header[..4] != wal::MAGIC {
+                break;
+            }
+            let len = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default()) as usize;
+            let lsn = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+            let end = (at + wal::HEADER + len).min(bytes.len());
+            records.push((lsn, &bytes[at..end]));
+            at = end;
+        }
     }
     if records.len() < 3 {
         return Err(format!("the log holds {} records: too few", records.len()));
+    }
+    if let Some(w) = records
+        .windows(2)
+        .find(|w| w[1].0 != w[0].0.wrapping_add(1))
+    {
+        return Err(format!(
+            "the log's records, split by their headers, go from {} to {}: split wrong",
+            w[0].0, w[1].0
+        ));
     }
     let input = |applied: u8, segments: &[&[(u64, &[u8])]]| {
         let mut out = vec![applied];

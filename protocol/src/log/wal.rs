@@ -66,7 +66,7 @@ const MIN_SPARE: u64 = 64 << 10;
 pub(crate) const SEGMENT_AGE: Duration = Duration::from_secs(30);
 /// The first bytes of every record.
 pub(crate) const MAGIC: [u8; 4] = *b"TWAL";
-const HEADER: usize = 32;
+pub(crate) const HEADER: usize = 32;
 
 /// The narrow layer through which the log touches files: one directory of flat files.
 pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {

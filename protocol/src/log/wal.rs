@@ -112,7 +112,7 @@ pub(crate) struct DiskFs {
 #[derive(Debug)]
 struct Open {
     name: String,
-    file: Arc<File>,
+    file: File,
     end: u64,
 }
 
@@ -150,7 +150,7 @@ impl DiskFs {
                 let end = file.metadata()?.len();
                 Open {
                     name: name.to_owned(),
-                    file: Arc::new(file),
+                    file,
                     end,
                 }
             }
@@ -248,7 +248,7 @@ impl WalFs for DiskFs {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         *open = Some(Open {
             name: name.to_owned(),
-            file: Arc::new(file),
+            file,
             end: 0,
         });
         Ok(true)

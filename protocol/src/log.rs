@@ -27,8 +27,8 @@
 //! 4. `apply_batch` of the writes, with the record's LSN (`META_LSN`), in sled's memory:
 //!    no flush;
 //! 5. only then: publish to readers, wake tailers, acknowledge the writers;
-//! 6. at most every 5 s, and at close: the checkpoint (each topic's published next
-//!    offset) is replaced atomically beside sled's files;
+//! 6. at most every 5 s, and at close: the checkpoint (each topic's next offset) is
+//!    replaced atomically beside sled's files;
 //! 7. off the commit path: once a segment holds a quarter of the next spare's size
 //!    (what the last segment held, 64 KiB to 8 MiB), the flusher thread writes and
 //!    syncs that spare segment of zeros; once the segment holds 8 MiB (or 30 s of

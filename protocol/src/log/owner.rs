@@ -213,7 +213,7 @@ fn stored_format(shared: &Shared) -> Result<Option<u32>, OpenError> {
 }
 
 /// A group's writes as a sled batch, with the LSN of the log record that holds them.
-fn batch_of(writes: impl IntoIterator<Item = wal::Write>, lsn: u64) -> sled::Batch {
+fn batch_of(writes: Vec<wal::Write>, lsn: u64) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for w in writes {
         match w.value {
@@ -1005,7 +1005,7 @@ impl Owner {
         let topics = self
             .topics
             .values()
-            .map(|t| (t.config.name.to_string(), t.view.window().1))
+            .map(|t| (t.config.name.to_string(), t.counters.next))
             .collect();
         if let Err(err) = self.checkpoint.write(format::FORMAT_VERSION, topics) {
             tracing::error!(path = %self.shared.path.display(), %err, "cannot write the store checkpoint");

@@ -278,20 +278,25 @@ async fn seeds_from_a_real_store_pass_their_targets() {
             "{target}/{name}: {} bytes",
             bytes.len()
         );
-        let (_, body) = TARGETS.iter().find(|(t, _)| t == target).unwrap();
-        body(bytes);
-        if write {
-            let dir = corpus(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
-            eprintln!("{target}/seed-{name}: {} bytes", bytes.len());
-        }
+        pass_and_write(target, name, bytes, write);
     }
     for target in ["store_wal", "store_records"] {
         assert!(
             seeds.iter().any(|(t, _, _)| *t == target),
             "no seed for {target}"
         );
+    }
+}
+
+/// Runs a seed through its target and, with `write`, writes it into the target's corpus.
+fn pass_and_write(target: &str, name: &str, bytes: &[u8], write: bool) {
+    let (_, body) = TARGETS.iter().find(|(t, _)| *t == target).unwrap();
+    body(bytes);
+    if write {
+        let dir = corpus(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+        eprintln!("{target}/seed-{name}: {} bytes", bytes.len());
     }
 }
 
@@ -443,14 +448,7 @@ fn seeds_from_the_real_encoders_pass_their_targets() {
     add("feed", "nasa", FEED.as_bytes().to_vec());
 
     for (target, name, bytes) in &seeds {
-        let (_, body) = TARGETS.iter().find(|(t, _)| t == target).unwrap();
-        body(bytes);
-        if write {
-            let dir = corpus(target);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
-            eprintln!("{target}/seed-{name}: {} bytes", bytes.len());
-        }
+        pass_and_write(target, name, bytes, write);
     }
     assert!(seeds.len() >= TARGETS.len(), "a seed for every target");
 }

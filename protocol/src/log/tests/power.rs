@@ -188,9 +188,18 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A store on a [`CutFs`], topic `t` created, and five appends `a0`..`a4` and a
 /// document acknowledged, each its own group.
 async fn store_on_cut_fs() -> (TempDir, Arc<CutFs>, Store, Vec<String>) {
+    store_on_cut_fs_with(StoreConfig::new(node("hq")), None).await
+}
+
+/// [`store_on_cut_fs`] with this config, and each sync taking `slow_sync` first.
+async fn store_on_cut_fs_with(
+    config: StoreConfig,
+    slow_sync: Option<Duration>,
+) -> (TempDir, Arc<CutFs>, Store, Vec<String>) {
     let dir = TempDir::new();
     let fs = CutFs::new(&dir.0.join(wal::DIR));
-    let store = Store::open_on(&dir.0, StoreConfig::new(node("hq")), Some(fs.clone())).unwrap();
+    fs.state.lock().unwrap().slow_sync = slow_sync;
+    let store = Store::open_on(&dir.0, config, Some(fs.clone())).unwrap();
     let config = TopicConfig {
         name: topic("t"),
         scope: Scope::Local,
@@ -415,32 +424,12 @@ async fn full_segments_are_folded_into_sled_and_removed_and_a_cut_still_recovers
 /// group that was still being synced, or a cut right after its acknowledgement loses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_is_folded_into_sled_only_once_sled_holds_all_of_it() {
-    let dir = TempDir::new();
-    let fs = CutFs::new(&dir.0.join(wal::DIR));
-    fs.state.lock().unwrap().slow_sync = Some(Duration::from_millis(20));
     let config = StoreConfig {
         wal_segment_bytes: 1,
         ..StoreConfig::new(node("hq"))
     };
-    let store = Store::open_on(&dir.0, config, Some(fs.clone())).unwrap();
-    let t = TopicConfig {
-        name: topic("t"),
-        scope: Scope::Local,
-        retention: Retention::default(),
-    };
-    store.create_topic(t).await.unwrap();
-    let mut acked = Vec::new();
-    for i in 0..5 {
-        let payload = format!("entry {i}");
-        store
-            .append(&topic("t"), Append::new(payload.clone()))
-            .await
-            .unwrap();
-        acked.push(payload);
-    }
-    let mut txn = Txn::new();
-    txn.put(&TableName::new("docs").unwrap(), "d", serde_json::json!(1));
-    store.commit(txn).await.unwrap();
+    let slow = Some(Duration::from_millis(20));
+    let (dir, fs, store, acked) = store_on_cut_fs_with(config, slow).await;
     // The cut comes right after the last acknowledgement, before any later flush.
     fs.power_cut(0);
     let copy = TempDir::new();

@@ -198,6 +198,8 @@ pub struct Store {
 struct Shared {
     path: PathBuf,
     node: NodeName,
+    /// The store directory's `lock` file, locked for as long as the store is open.
+    _lock: std::fs::File,
     db: sled::Db,
     tree: sled::Tree,
     catalog: RwLock<Catalog>,
@@ -266,6 +268,7 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        let lock = lock_dir(&path)?;
         let db = open_sled(&path, config.cache_bytes)?;
         let tree = db
             .open_tree("tether")
@@ -273,6 +276,7 @@ impl Store {
         let shared = Arc::new(Shared {
             path,
             node: config.node.clone(),
+            _lock: lock,
             db,
             tree,
             catalog: RwLock::new(Catalog::default()),
@@ -775,7 +779,33 @@ impl Consumer {
     }
 }
 
+/// Locks the store directory for this process, so that nothing below touches files a
+/// running node is using.
+fn lock_dir(path: &Path) -> Result<std::fs::File, OpenError> {
+    let io = |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join("lock"))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
 fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
+    remove_unfinished_snapshots(&path.join("sled")).map_err(|source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let config = sled_config(path, cache_bytes);
     // sled may panic on some damaged files instead of returning an error; a damaged store
     // must give an error that names the path, so the panic is caught and reported.
@@ -794,6 +824,30 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
             })
         }
     }
+}
+
+/// Removes the snapshots sled was writing when its process died. sled writes a snapshot
+/// to `snap.<lsn>.generating`, syncs it and renames it to `snap.<lsn>`, the rename being
+/// the commit; but 0.34 reads the `.generating` name at open as well, so a kill during
+/// the write left a store that sled refused as corrupt. The finished snapshot before it
+/// is still there (sled removes old ones only after the rename), and sled replays its
+/// log from that one.
+fn remove_unfinished_snapshots(sled_dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(sled_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(), "removing a snapshot the store's last process did not finish");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// sled's settings for a store in `path`; the segment size is part of the format.

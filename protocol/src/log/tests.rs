@@ -374,6 +374,33 @@ async fn everything_survives_a_reopen() {
     );
 }
 
+/// A process killed while sled wrote a snapshot leaves `snap.<lsn>.generating`; sled
+/// 0.34 would read it at open and refuse the store as corrupt (seen in CI after a
+/// SIGKILL). The store removes it and opens with everything it held.
+#[tokio::test]
+async fn a_snapshot_cut_off_by_a_kill_does_not_stop_the_store_opening() {
+    let dir = TempDir::new();
+    {
+        let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention::default())]).await;
+        for i in 0..3 {
+            store
+                .append(&topic("t"), Append::new(format!("e{i}")))
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    // What the killed process left: part of a snapshot under the name sled writes it to.
+    let unfinished = dir.0.join("sled").join("snap.00000000FFFFFFFF.generating");
+    std::fs::write(&unfinished, b"\x01\x02 cut off here").unwrap();
+    let store = open(&dir.0, "hq");
+    assert_eq!(
+        payloads(&store.read(&topic("t"), Offset(0), 10).unwrap()),
+        ["e0", "e1", "e2"]
+    );
+    assert!(!unfinished.exists());
+}
+
 #[tokio::test]
 async fn reads_by_time_range_use_the_origin_timestamp() {
     let dir = TempDir::new();

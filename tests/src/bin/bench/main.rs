@@ -4,9 +4,11 @@
 //! (see `shared/BENCHMARKS.md`); progress for people goes to stderr. Every scenario runs
 //! on real components: the real sled store on disk, real sockets on 127.0.0.1.
 
+mod fanout;
 mod impaired;
 mod link;
 mod mirror;
+mod node;
 mod priority;
 mod rsync;
 mod store;
@@ -50,6 +52,11 @@ const SCENARIOS: &[(&str, &str)] = &[
          many-small) on lan against rsync; outage-resume on satcom",
     ),
     (
+        "fanout",
+        "the real core with 1,000 edges (--quick: 100): memory per edge, a broadcast and \
+         a burst of 1,000 to all, reconnects after the core is killed",
+    ),
+    (
         "priority",
         "200-byte entries each second, link idle then while a mirror fills 512 kbit/s",
     ),
@@ -59,6 +66,12 @@ const SCENARIOS: &[(&str, &str)] = &[
 type Lines = Result<Vec<serde_json::Value>, String>;
 
 fn main() -> ExitCode {
+    // `bench node core|edge ...`: a scenario's node in a process of its own.
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|a| a == "node") {
+        let role = raw.next().unwrap_or_default();
+        return node::main(&role.to_string_lossy(), raw);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     // `--profile NAME`: `catch-up` through that link profile only.
@@ -131,6 +144,7 @@ fn main() -> ExitCode {
         Some("wire") => runtime.block_on(link::wire(quick)),
         Some("mirror") => runtime.block_on(mirror::mirror(quick, case.as_deref())),
         Some("priority") => runtime.block_on(priority::priority(quick)),
+        Some("fanout") => runtime.block_on(fanout::fanout(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");
             usage();

@@ -122,17 +122,20 @@ async fn start_edge(dir: &Path, ca: &Ca, n: &str, core: SocketAddr) -> Result<No
 }
 
 /// Waits until every edge's link to the core is up with a session begun after `after`;
-/// returns how long that took.
-async fn all_connected(edges: &[Node], after: SystemTime) -> Result<Duration, String> {
-    let started = Instant::now();
+/// returns when each edge's session began, from `after`, sorted.
+async fn all_connected(edges: &[Node], after: SystemTime) -> Result<Vec<Duration>, String> {
+    let mut times = Vec::with_capacity(edges.len());
     for edge in edges {
         let mut up = edge.link("hq").watch();
-        tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected && s.since >= after))
-            .await
-            .map_err(|_| format!("edge {} never connected", edge.name))?
-            .map_err(|e| e.to_string())?;
+        let status =
+            tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected && s.since >= after))
+                .await
+                .map_err(|_| format!("edge {} never connected", edge.name))?
+                .map_err(|e| e.to_string())?;
+        times.push(status.since.duration_since(after).unwrap_or_default());
     }
-    Ok(started.elapsed())
+    times.sort();
+    Ok(times)
 }
 
 /// Waits until every edge's store holds `count` entries of the fleet topic; returns each
@@ -192,7 +195,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
             eprintln!("fanout: {} edges started", i + 1);
         }
     }
-    let connected_in = all_connected(&edges, began).await?;
+    let connected = all_connected(&edges, began).await?;
     eprintln!(
         "fanout: {n} edges connected, {:.1} s after the first started",
         started.elapsed().as_secs_f64()
@@ -233,7 +236,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     let restarted = Instant::now();
     let killed = SystemTime::now();
     let mut core = Core::start(&config)?;
-    all_connected(&edges, killed).await?;
+    let back = all_connected(&edges, killed).await?;
     let reconnect = restarted.elapsed();
     let log = core.process.drain();
     let failed = log
@@ -252,7 +255,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     Ok(vec![json!({
         "scenario": "fanout",
         "edges": n,
-        "connect_all_s": round2(connected_in.as_secs_f64()),
+        "connect_all_s": round2(quantile(&connected, 1.0)),
         "core_rss_idle_mb": round2(rss_idle as f64 / 1024.0),
         "core_rss_fleet_mb": round2(rss_fleet as f64 / 1024.0),
         "core_kb_per_idle_edge": kib_per_edge.round(),
@@ -263,6 +266,8 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         "burst_publish_s": round2(published.as_secs_f64()),
         "burst_1000_s": round2(quantile(&burst, 1.0)),
         "reconnect_all_s": round2(reconnect.as_secs_f64()),
+        "reconnect_p50_s": round2(quantile(&back, 0.5)),
+        "reconnect_p90_s": round2(quantile(&back, 0.9)),
         "failed_handshakes": failed,
         "core_rss_after_restart_mb": round2(rss_after as f64 / 1024.0),
         "quick": quick,

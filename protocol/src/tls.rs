@@ -665,6 +665,16 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
+/// At most one stateless reset per this interval (quinn's default: 20 ms). After a core
+/// restart every edge's next packet asks for one, and a fleet's keep-alives arrive
+/// together (their idle timers were set by the same broadcast): at 50 a second, a
+/// thousand edges waited for QUIC's backed-off retransmissions, some for the whole idle
+/// timeout (`bench fanout`: all back 75 s after the kill). A reset is smaller than the
+/// packet that asks for it (no amplification), and only packets whose connection ID
+/// this key made (a keyed hash, false positives 1 in 2^32) get one, so garbage cannot
+/// use the faster rate.
+pub const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
+
 /// The core endpoint's stateless-reset key and connection-ID key, derived from its
 /// private key instead of drawn at random: a restarted core then recognises the
 /// connection IDs of its previous run and answers an edge's next packet with a stateless
@@ -679,6 +689,7 @@ fn restart_aware(secret: &[u8]) -> quinn::EndpointConfig {
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
+    config.min_reset_interval(MIN_RESET_INTERVAL);
     config
 }
 

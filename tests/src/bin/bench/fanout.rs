@@ -157,6 +157,25 @@ async fn arrivals(edges: &[Node], count: u64, since: Instant) -> Result<Vec<Dura
     Ok(times)
 }
 
+/// How many of `times` fall in each `bucket`, from 0: `0-5s:12 5-10s:40 ...`.
+fn histogram(times: &[Duration], bucket: Duration) -> String {
+    let mut counts: Vec<usize> = Vec::new();
+    for t in times {
+        let i = (t.as_secs_f64() / bucket.as_secs_f64()) as usize;
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] += 1;
+    }
+    let width = bucket.as_secs();
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}-{}s:{n}", i as u64 * width, (i as u64 + 1) * width))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The `q` quantile of sorted `times`, in seconds.
 fn quantile(times: &[Duration], q: f64) -> f64 {
     let i = ((times.len() as f64 - 1.0) * q).round() as usize;
@@ -166,6 +185,14 @@ fn quantile(times: &[Duration], q: f64) -> f64 {
 /// `fanout`: N edges (1,000; `--quick` 100) on one real core.
 pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     let n: usize = if quick { 100 } else { 1_000 };
+    // `RUST_LOG=warn bench fanout`: the in-process edges' log lines on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let log = protocol::config::LogSettings {
+            format: protocol::config::LogFormat::Text,
+            filter: "warn".into(),
+        };
+        protocol::node::init_tracing(&log).map_err(|e| e.to_string())?;
+    }
     let dir = TempDir::new("fanout").map_err(|e| e.to_string())?;
     let certs = dir.path().join("hq").join("certs");
     let ca = Ca::create("fanout bench").map_err(|e| e.to_string())?;
@@ -236,6 +263,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     let restarted = Instant::now();
     let killed = SystemTime::now();
     let mut core = Core::start(&config)?;
+    let ready = restarted.elapsed();
     let back = all_connected(&edges, killed).await?;
     let reconnect = restarted.elapsed();
     let log = core.process.drain();
@@ -248,6 +276,11 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         "fanout: core restarted; all {n} edges back in {:.1} s ({failed} failed handshakes \
          logged at the core, {up} links up)",
         reconnect.as_secs_f64()
+    );
+    eprintln!(
+        "fanout: the core served again {:.1} s after its kill; edges back by 5 s: {}",
+        ready.as_secs_f64(),
+        histogram(&back, Duration::from_secs(5))
     );
     let rss_after = core.process.rss_kib()?;
     drop(core);
@@ -265,6 +298,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         "burst": BURST,
         "burst_publish_s": round2(published.as_secs_f64()),
         "burst_1000_s": round2(quantile(&burst, 1.0)),
+        "core_restart_s": round2(ready.as_secs_f64()),
         "reconnect_all_s": round2(reconnect.as_secs_f64()),
         "reconnect_p50_s": round2(quantile(&back, 0.5)),
         "reconnect_p90_s": round2(quantile(&back, 0.9)),

@@ -6,6 +6,7 @@
 mod api;
 mod chart;
 mod emulator;
+mod fleet;
 mod fuzz;
 mod hostile;
 mod impaired;

@@ -11,6 +11,7 @@ use protocol::log::{ConsumerName, TableName};
 
 pub mod cluster;
 pub mod emulator;
+pub mod fleet;
 pub mod mission;
 
 /// A scratch directory under the system temp dir, removed when dropped.

@@ -7,17 +7,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use protocol::entry::{Retention, Scope, TopicConfig};
-use protocol::node::{Builder, Role};
-use protocol::tls::Ca;
 use serde_json::json;
 use tests::TempDir;
-use tests::cluster::{Node, name, node_config, topic, wait_for_count};
+use tests::fleet::{self, all_connected, arrivals};
 
 use crate::node::{NodeProcess, field};
 use crate::round2;
 
-const TOPIC: &str = "fleet";
 const PATIENCE: Duration = Duration::from_secs(300);
 /// How long the fleet is left idle before its memory is read.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -46,115 +42,11 @@ impl Core {
         })
     }
 
-    /// Publishes `count` entries on the fleet topic through the core's HTTP API, one
-    /// request each, from [`PUBLISHERS`] clients at once (HQ's applications).
+    /// Publishes `count` broadcasts through the core's HTTP API from [`PUBLISHERS`]
+    /// clients at once (HQ's applications).
     async fn publish(&self, count: u64) -> Result<(), String> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for p in 0..PUBLISHERS.min(count) {
-            let url = format!("http://{}/api/v1/topics/{TOPIC}/entries", self.http);
-            let share = count / PUBLISHERS + u64::from(p < count % PUBLISHERS);
-            tasks.spawn_blocking(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                for i in 0..share {
-                    let body = json!({ "payload": format!("broadcast {p}.{i}") }).to_string();
-                    let mut answer = agent
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .send(body)
-                        .map_err(|e| format!("POST {url}: {e}"))?;
-                    if !answer.status().is_success() {
-                        let text = answer.body_mut().read_to_string().unwrap_or_default();
-                        return Err(format!("POST {url}: {}: {text}", answer.status()));
-                    }
-                }
-                Ok::<_, String>(())
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.map_err(|e| e.to_string())??;
-        }
-        Ok(())
+        fleet::publish(&self.http, count, PUBLISHERS, "broadcast", json!({})).await
     }
-}
-
-/// A free UDP port on 127.0.0.1, for a core that must come back on the same address.
-fn free_port() -> Result<u16, String> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(socket.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn core_config(
-    dir: &Path,
-    link: SocketAddr,
-    edges: &[String],
-) -> Result<std::path::PathBuf, String> {
-    let list: Vec<String> = edges.iter().map(|e| format!("\"{e}\"")).collect();
-    let text = format!(
-        "[node]\nname = \"hq\"\ndata_dir = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n\
-         [link]\nlisten = \"{link}\"\ndemo_certs = false\nedges = [{}]\n\
-         [pipeline]\nstart_services = false\n\
-         [[topics]]\nname = \"{TOPIC}\"\nscope = \"all\"\n",
-        dir.join("hq").display(),
-        list.join(", ")
-    );
-    let path = dir.join("hq.toml");
-    std::fs::write(&path, text).map_err(|e| e.to_string())?;
-    Ok(path)
-}
-
-/// Starts edge `n` of the fleet, dialing the core at `core`.
-async fn start_edge(dir: &Path, ca: &Ca, n: &str, core: SocketAddr) -> Result<Node, String> {
-    let topics = [TopicConfig {
-        name: topic(TOPIC),
-        scope: Scope::All,
-        retention: Retention::default(),
-    }];
-    let mut config = node_config(Role::Edge, n, dir.join("edges").join(n), &topics);
-    config.link.core = core.to_string();
-    let identity = ca.issue(&name(n), Role::Edge).map_err(|e| e.to_string())?;
-    Node::start(Builder::new(Role::Edge, config).identity(identity))
-        .await
-        .map_err(|e| format!("edge {n}: {e}"))
-}
-
-/// Waits until every edge's link to the core is up with a session begun after `after`;
-/// returns when each edge's session began, from `after`, sorted.
-async fn all_connected(edges: &[Node], after: SystemTime) -> Result<Vec<Duration>, String> {
-    let mut times = Vec::with_capacity(edges.len());
-    for edge in edges {
-        let mut up = edge.link("hq").watch();
-        let status =
-            tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected && s.since >= after))
-                .await
-                .map_err(|_| format!("edge {} never connected", edge.name))?
-                .map_err(|e| e.to_string())?;
-        times.push(status.since.duration_since(after).unwrap_or_default());
-    }
-    times.sort();
-    Ok(times)
-}
-
-/// Waits until every edge's store holds `count` entries of the fleet topic; returns each
-/// edge's time from `since`, sorted.
-async fn arrivals(edges: &[Node], count: u64, since: Instant) -> Result<Vec<Duration>, String> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for edge in edges {
-        let store = edge.store.clone();
-        tasks.spawn(async move {
-            wait_for_count(&store, &topic(TOPIC), count, PATIENCE).await?;
-            Ok::<_, String>(since.elapsed())
-        });
-    }
-    let mut times = Vec::with_capacity(edges.len());
-    while let Some(done) = tasks.join_next().await {
-        times.push(done.map_err(|e| e.to_string())??);
-    }
-    times.sort();
-    Ok(times)
 }
 
 /// How many of `times` fall in each `bucket`, from 0: `0-5s:12 5-10s:40 ...`.
@@ -194,15 +86,10 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         protocol::node::init_tracing(&log).map_err(|e| e.to_string())?;
     }
     let dir = TempDir::new("fanout").map_err(|e| e.to_string())?;
-    let certs = dir.path().join("hq").join("certs");
-    let ca = Ca::create("fanout bench").map_err(|e| e.to_string())?;
-    ca.save(&certs).map_err(|e| e.to_string())?;
-    ca.issue(&name("hq"), Role::Core)
-        .and_then(|identity| identity.save(&certs))
-        .map_err(|e| e.to_string())?;
-    let names: Vec<String> = (0..n).map(|i| format!("edge{i:04}")).collect();
-    let link: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let config = core_config(dir.path(), link, &names)?;
+    let ca = fleet::make_ca(dir.path())?;
+    let names = fleet::edge_names(n);
+    let link: SocketAddr = ([127, 0, 0, 1], fleet::free_port()?).into();
+    let config = fleet::core_config(dir.path(), link, &names)?;
 
     eprintln!("fanout: starting the core");
     let mut core = Core::start(&config)?;
@@ -217,12 +104,12 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     let began = SystemTime::now();
     let mut edges = Vec::with_capacity(n);
     for (i, n) in names.iter().enumerate() {
-        edges.push(start_edge(dir.path(), &ca, n, link).await?);
+        edges.push(fleet::start_edge(dir.path(), &ca, n, link).await?);
         if (i + 1) % 100 == 0 {
             eprintln!("fanout: {} edges started", i + 1);
         }
     }
-    let connected = all_connected(&edges, began).await?;
+    let connected = all_connected(&edges, began, PATIENCE).await?;
     eprintln!(
         "fanout: {n} edges connected, {:.1} s after the first started",
         started.elapsed().as_secs_f64()
@@ -238,7 +125,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     // One broadcast: from the request to the core until it is durable at each edge.
     let sent = Instant::now();
     core.publish(1).await?;
-    let one = arrivals(&edges, 1, sent).await?;
+    let one = arrivals(&edges, 1, sent, PATIENCE).await?;
     eprintln!(
         "fanout: one broadcast at all {n} edges in {:.3} s (p50 {:.3} s)",
         quantile(&one, 1.0),
@@ -249,7 +136,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     let sent = Instant::now();
     core.publish(BURST).await?;
     let published = sent.elapsed();
-    let burst = arrivals(&edges, 1 + BURST, sent).await?;
+    let burst = arrivals(&edges, 1 + BURST, sent, PATIENCE).await?;
     eprintln!(
         "fanout: {BURST} broadcasts published in {:.1} s, at all edges in {:.1} s",
         published.as_secs_f64(),
@@ -264,7 +151,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     let killed = SystemTime::now();
     let mut core = Core::start(&config)?;
     let ready = restarted.elapsed();
-    let back = all_connected(&edges, killed).await?;
+    let back = all_connected(&edges, killed, PATIENCE).await?;
     let reconnect = restarted.elapsed();
     let log = core.process.drain();
     let failed = log

@@ -7,6 +7,7 @@
 mod fanout;
 mod impaired;
 mod link;
+mod memory;
 mod mirror;
 mod node;
 mod priority;
@@ -55,6 +56,11 @@ const SCENARIOS: &[(&str, &str)] = &[
         "fanout",
         "the real core with 1,000 edges (--quick: 100): memory per edge, a broadcast and \
          a burst of 1,000 to all, reconnects after the core is killed",
+    ),
+    (
+        "memory",
+        "an edge node's resident memory idle, at 1,000 entries/s, and holding a week's \
+         backlog (600,000 entries) for an absent core",
     ),
     (
         "priority",
@@ -145,6 +151,7 @@ fn main() -> ExitCode {
         Some("mirror") => runtime.block_on(mirror::mirror(quick, case.as_deref())),
         Some("priority") => runtime.block_on(priority::priority(quick)),
         Some("fanout") => runtime.block_on(fanout::fanout(quick)),
+        Some("memory") => runtime.block_on(memory::memory(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");
             usage();

@@ -207,6 +207,16 @@ impl PeerLink {
         &self.peer
     }
 
+    /// UDP payload bytes sent and received so far on the connection of the session that
+    /// is up (QUIC's count: handshake, acknowledgements and keep-alives included), or
+    /// `None` while the link is down.
+    pub fn wire_bytes(&self) -> Option<(u64, u64)> {
+        self.session.borrow().as_ref().map(|c| {
+            let stats = c.stats();
+            (stats.udp_tx.bytes, stats.udp_rx.bytes)
+        })
+    }
+
     /// A snapshot of the status.
     pub fn status(&self) -> LinkStatus {
         self.status.borrow().clone()

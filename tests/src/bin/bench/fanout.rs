@@ -18,6 +18,9 @@ const PATIENCE: Duration = Duration::from_secs(300);
 /// How long the fleet is left idle before its memory is read.
 const SETTLE: Duration = Duration::from_secs(5);
 const BURST: u64 = 1_000;
+/// How long the idle fleet's traffic is counted (`--quick`: one keep-alive interval).
+const IDLE: Duration = Duration::from_secs(60);
+const IDLE_QUICK: Duration = Duration::from_secs(15);
 /// HTTP clients publishing a burst at once.
 const PUBLISHERS: u64 = 16;
 
@@ -122,6 +125,23 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         rss_fleet / 1024
     );
 
+    // An idle fleet's traffic: every byte of each edge's connection, both ways.
+    let wire = |edges: &[tests::cluster::Node]| -> Result<u64, String> {
+        edges.iter().try_fold(0, |sum, e| {
+            let (tx, rx) = e
+                .link("hq")
+                .wire_bytes()
+                .ok_or_else(|| format!("edge {} is down", e.name))?;
+            Ok(sum + tx + rx)
+        })
+    };
+    let idle_for = if quick { IDLE_QUICK } else { IDLE };
+    let before = wire(&edges)?;
+    tokio::time::sleep(idle_for).await;
+    let idle_bytes =
+        wire(&edges)?.saturating_sub(before) as f64 / n as f64 / (idle_for.as_secs_f64() / 60.0);
+    eprintln!("fanout: idle, {idle_bytes:.0} bytes per edge per minute");
+
     // One broadcast: from the request to the core until it is durable at each edge.
     let sent = Instant::now();
     core.publish(1).await?;
@@ -179,6 +199,7 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         "core_rss_idle_mb": round2(rss_idle as f64 / 1024.0),
         "core_rss_fleet_mb": round2(rss_fleet as f64 / 1024.0),
         "core_kb_per_idle_edge": kib_per_edge.round(),
+        "idle_bytes_per_edge_per_min": idle_bytes.round(),
         "broadcast_p50_s": quantile(&one, 0.5),
         "broadcast_p99_s": quantile(&one, 0.99),
         "broadcast_max_s": quantile(&one, 1.0),

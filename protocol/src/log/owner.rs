@@ -345,6 +345,9 @@ struct Group {
     kv: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Replies to send once the group is durable.
     done: Vec<Done>,
+    /// A topic was created (readers of [`Store::changes`](super::Store::changes) may
+    /// wait for one).
+    created: bool,
 }
 
 struct Pending {
@@ -955,13 +958,19 @@ impl Owner {
             }
             return;
         }
+        // Only groups with entries (or a new topic) wake the readers of any topic: a
+        // group of cursors, documents or peer records alone would wake every link's
+        // sender for nothing, and each of a core's thousand links writes cursors.
+        let wake = !g.pending.is_empty() || g.created;
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
                 state.view.publish(p.counters.record());
                 state.counters = p.counters;
             }
         }
-        self.shared.changes.send_modify(|n| *n += 1);
+        if wake {
+            self.shared.changes.send_modify(|n| *n += 1);
+        }
         for done in g.done {
             done.accept();
         }
@@ -1063,6 +1072,7 @@ impl Owner {
                 counters: Counters::default(),
             },
         );
+        g.created = true;
         tracing::info!(topic = %config.name, scope = %config.scope, "topic created");
         Ok(t)
     }

@@ -155,6 +155,10 @@ pub struct LinkStatus {
     pub bytes_in: u64,
     /// Core: how often this edge's entries waited for its relay quota (since start).
     pub throttled: u64,
+    /// Edge: dials of the core that failed since start: refused, or given up after
+    /// 15 s with no answer (dials dropped because another one connected are
+    /// not counted).
+    pub failed_dials: u64,
     /// Per topic and direction.
     pub topics: Vec<TopicStatus>,
 }
@@ -185,6 +189,7 @@ impl PeerLink {
             bytes_out: 0,
             bytes_in: 0,
             throttled: 0,
+            failed_dials: 0,
             topics: Vec::new(),
         };
         let (paused_here, status, current) = (
@@ -522,7 +527,7 @@ pub async fn dial(
         match resolve(&addr).await {
             // tls::connect logs a failure itself.
             Ok(resolved) => {
-                if let Some(peer) = probe(&endpoint, resolved, &core, down_since, rtt).await {
+                if let Some(peer) = probe(&endpoint, resolved, &link, down_since, rtt).await {
                     let started = std::time::Instant::now();
                     link.replace(Some(peer.connection.clone()));
                     let err = session(&local, &peer.connection, &link, true).await;
@@ -558,10 +563,11 @@ pub async fn dial(
 async fn probe(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
-    core: &NodeName,
+    link: &PeerLink,
     down_since: std::time::Instant,
     rtt: Duration,
 ) -> Option<tls::Peer> {
+    let core = link.peer();
     let mut dials = JoinSet::new();
     let mut started = std::collections::VecDeque::new();
     loop {
@@ -579,9 +585,17 @@ async fn probe(
             done = dials.join_next() => match done {
                 Some(Ok(Ok(Ok(peer)))) => return Some(peer),
                 // An answer that is not a connection: refused, another CA, a bad name.
-                Some(Ok(Ok(Err(_)))) => return None,
-                // Timed out (nothing answered) or cancelled: the probes go on.
-                Some(Ok(Err(_)) | Err(_)) | None => {
+                Some(Ok(Ok(Err(_)))) => {
+                    link.update(|s| s.failed_dials += 1);
+                    return None;
+                }
+                // Timed out (nothing answered): the probes go on.
+                Some(Ok(Err(_))) => {
+                    link.update(|s| s.failed_dials += 1);
+                    started.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
+                }
+                // Cancelled (the oldest probe given up for a fresh one).
+                Some(Err(_)) | None => {
                     started.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
                 }
             },

@@ -94,3 +94,33 @@ async fn a_fleet_gets_each_broadcast_once_a_directed_entry_alone_and_returns_aft
     )
     .await;
 }
+
+/// An edge whose certificate is from another mission's CA counts its failed dials (for
+/// its page, API and metrics: `failed_dials`), and its link stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_counts_its_failed_dials() {
+    let cluster =
+        cluster::Cluster::start(&["alpha"], &[(fleet::TOPIC, protocol::entry::Scope::All)])
+            .await
+            .unwrap();
+    let dir = TempDir::new("stranger").unwrap();
+    let other = protocol::tls::Ca::create("another mission").unwrap();
+    let stranger = fleet::start_edge(dir.path(), &other, "alpha", cluster.core_addr())
+        .await
+        .unwrap();
+    let mut status = stranger.link("hq").watch();
+    let failed = tokio::time::timeout(PATIENCE, status.wait_for(|s| s.failed_dials >= 2))
+        .await
+        .expect("failed dials are counted")
+        .unwrap()
+        .clone();
+    assert!(!failed.connected, "{failed:?}");
+    // The edge of this mission has none.
+    let mut alpha = cluster.edge("alpha").link("hq").watch();
+    let alpha = tokio::time::timeout(PATIENCE, alpha.wait_for(|s| s.connected))
+        .await
+        .expect("alpha connects")
+        .unwrap()
+        .clone();
+    assert_eq!(alpha.failed_dials, 0, "{alpha:?}");
+}

@@ -246,6 +246,15 @@ pub fn render(app: &App) -> String {
     }
     let mut f = family(
         o,
+        "tether_link_failed_dials_total",
+        "counter",
+        "Dials of the core that failed: refused, or no answer (edge).",
+    );
+    for l in &links {
+        f.sample(&[("peer", l.peer.as_str())], l.failed_dials);
+    }
+    let mut f = family(
+        o,
         "tether_link_entries_total",
         "counter",
         "Entries sent (out) or stored (in) over the link, per topic.",

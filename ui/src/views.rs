@@ -160,6 +160,8 @@ pub struct LinkView {
     /// Core: how often this edge's entries waited for its relay quota since the node
     /// started.
     pub throttled: u64,
+    /// Edge: dials of the core that failed (refused, or no answer) since the node started.
+    pub failed_dials: u64,
     /// Entries waiting to be sent, all topics (an upper bound).
     pub backlog: u64,
     /// Per topic and direction.
@@ -199,6 +201,7 @@ impl From<&LinkStatus> for LinkView {
             bytes_out: s.bytes_out,
             bytes_in: s.bytes_in,
             throttled: s.throttled,
+            failed_dials: s.failed_dials,
             backlog: s.topics.iter().filter(|t| t.out).map(|t| t.backlog).sum(),
             topics: s
                 .topics

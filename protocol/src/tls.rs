@@ -670,9 +670,10 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// together (their idle timers were set by the same broadcast): at 50 a second, a
 /// thousand edges waited for QUIC's backed-off retransmissions, some for the whole idle
 /// timeout (`bench fanout`: all back 75 s after the kill). A reset is smaller than the
-/// packet that asks for it (no amplification), and only packets whose connection ID
-/// this key made (a keyed hash, false positives 1 in 2^32) get one, so garbage cannot
-/// use the faster rate.
+/// packet that asks for it (no amplification); only packets whose connection ID carries
+/// this key's 40-bit tag get one (quinn's keyed FxHash: it keeps random and non-QUIC
+/// packets out, 1 in 2^40, though not someone who has seen a valid ID), and at most
+/// 1,000 a second go out.
 pub const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The core endpoint's stateless-reset key and connection-ID key, derived from its

@@ -74,7 +74,7 @@ impl Pair {
 }
 
 /// Appends `n` random `PAYLOAD`-byte entries to `t` at `store`, 100 per transaction.
-async fn fill(store: &Store, t: &TopicName, n: usize, seed: u64) -> Result<(), String> {
+pub(crate) async fn fill(store: &Store, t: &TopicName, n: usize, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut left = n;
     while left > 0 {

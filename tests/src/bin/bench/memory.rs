@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use protocol::entry::{Append, Retention, Scope, TopicConfig};
-use protocol::log::{Store, StoreConfig, Txn};
+use protocol::entry::{Retention, Scope, TopicConfig};
+use protocol::log::{Store, StoreConfig};
 use protocol::node::Role;
 use serde_json::json;
 use tests::cluster::{name, topic};
-use tests::{Rng, TempDir, fleet};
+use tests::{TempDir, fleet};
 
 use crate::node::{NodeProcess, field};
 use crate::round2;
@@ -20,7 +20,6 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// How long the edge is left idle before its memory is read.
 const SETTLE: Duration = Duration::from_secs(5);
 const RATE: u64 = 1_000;
-const PAYLOAD: usize = 256;
 /// A week's backlog for an absent core, as `BENCHMARKS.md` names it: 600,000 entries
 /// (about one a second).
 const BACKLOG: u64 = 600_000;
@@ -66,7 +65,8 @@ async fn load(edge: &NodeProcess, http: &str, seconds: u64) -> Result<u64, Strin
     Ok(peak)
 }
 
-/// Appends `n` random 256-byte entries to the fleet topic of the store at `path`.
+/// Appends `n` random 256-byte entries to the fleet topic of the store at `path`
+/// (`impaired::fill`: 100 per transaction).
 async fn fill(path: &Path, n: u64) -> Result<(), String> {
     let store = Store::open(path, StoreConfig::new(name("alpha"))).map_err(|e| e.to_string())?;
     store
@@ -77,18 +77,7 @@ async fn fill(path: &Path, n: u64) -> Result<(), String> {
         })
         .await
         .map_err(|e| e.to_string())?;
-    let mut rng = Rng::new(7);
-    let mut left = n;
-    while left > 0 {
-        let mut txn = Txn::new();
-        for _ in 0..left.min(1_000) {
-            let mut payload = vec![0; PAYLOAD];
-            rng.fill(&mut payload);
-            txn.append(&topic(fleet::TOPIC), Append::new(payload));
-        }
-        left -= left.min(1_000);
-        store.commit(txn).await.map_err(|e| e.to_string())?;
-    }
+    crate::impaired::fill(&store, &topic(fleet::TOPIC), n as usize, 7).await?;
     store.close().await.map_err(|e| e.to_string())
 }
 

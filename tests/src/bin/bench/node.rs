@@ -97,11 +97,8 @@ impl NodeProcess {
             .ok_or_else(|| "no VmRSS in the node's /proc status".to_owned())
     }
 
-    /// SIGKILL, and wait for the process to be gone.
-    pub(crate) fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    /// SIGKILL, and wait for the process to be gone (what dropping it does).
+    pub(crate) fn kill(self) {}
 }
 
 impl Drop for NodeProcess {

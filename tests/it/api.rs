@@ -1279,6 +1279,56 @@ fn with_a_token_nothing_is_read_or_changed_without_it() {
         );
     }
 
+    // An address that keeps sending wrong tokens waits: after its allowance every token it
+    // offers, the right one too, gets 429 unchecked; a page already signed in goes on.
+    let node = api(&hq, "/node");
+    let mut wrong = 0;
+    let held = loop {
+        let answer = call("GET", &node, Some("guess-0123456789abcdef"), None);
+        if answer.status != 401 {
+            break answer;
+        }
+        wrong += 1;
+        assert!(
+            wrong <= 2 * ui::access::WRONG_TOKENS,
+            "wrong tokens never held back"
+        );
+    };
+    // One wrong sign-in came before; the allowance may have earned a try back since.
+    assert!(
+        (ui::access::WRONG_TOKENS - 1..=ui::access::WRONG_TOKENS + 1).contains(&wrong),
+        "{wrong} wrong tokens before the wait"
+    );
+    refused(
+        &held,
+        429,
+        "wrong tokens: try again in",
+        "a guess past the allowance",
+    );
+    refused(
+        &call("GET", &node, Some(TOKEN), None),
+        429,
+        "wrong tokens",
+        "the right token while the address waits",
+    );
+    refused(
+        &call(
+            "POST",
+            &sign_in_url,
+            None,
+            Some(&json!({ "token": TOKEN }).to_string()),
+        ),
+        429,
+        "wrong tokens",
+        "a sign-in while the address waits",
+    );
+    let (host, path) = split_url(&node);
+    let (status, _) = raw_request(
+        host,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}"),
+    );
+    assert_eq!(status, 200, "a signed-in page goes on");
+
     pair.stop();
 }
 

@@ -8,13 +8,14 @@
 //! a token (`HttpOnly`, `SameSite=Strict`: no script can read it and no other site's
 //! request carries it; `EventSource` sends it where it could send no header). The read
 //! token, and a sign-in with it, read but change nothing. A token never travels
-//! in a URL.
+//! in a URL. An address that keeps sending wrong tokens waits ([`Guesses`]).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,6 +39,16 @@ pub const MAX_REQUESTS: usize = 256;
 /// The most reads that wait for a new entry (`wait_ms`) at once; past it, 429.
 pub const MAX_WAITS: usize = 64;
 
+/// Wrong tokens an address may send in a row before it must wait ([`Guesses`]).
+pub const WRONG_TOKENS: u32 = 10;
+
+/// How long an address that used up its [`WRONG_TOKENS`] waits for each further try.
+pub const WRONG_TOKEN_WAIT: Duration = Duration::from_secs(6);
+
+/// The most addresses [`Guesses`] remembers; past it, the one that would wait least is
+/// forgotten.
+const MAX_GUESSERS: usize = 4096;
+
 /// What a credential lets a request do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +67,8 @@ pub(crate) struct Credentials {
     /// keep their sign-ins apart.
     cookie: String,
     signed_in: Mutex<HashMap<String, SignedIn>>,
+    /// Who sent wrong tokens lately.
+    pub(crate) guesses: Guesses,
     /// Room for requests at once ([`MAX_REQUESTS`]) and waiting reads ([`MAX_WAITS`]).
     pub(crate) requests: Arc<Semaphore>,
     pub(crate) waits: Arc<Semaphore>,
@@ -73,6 +86,7 @@ impl Credentials {
             read_token,
             cookie: format!("tether-sign-in-{node}"),
             signed_in: Mutex::new(HashMap::new()),
+            guesses: Guesses::default(),
             requests: Arc::new(Semaphore::new(MAX_REQUESTS)),
             waits: Arc::new(Semaphore::new(MAX_WAITS)),
         }
@@ -92,6 +106,11 @@ impl Credentials {
             (false, true) => Some(Access::Read),
             (false, false) => None,
         }
+    }
+
+    /// Whether the request offers a token (a bearer), which [`Guesses`] may hold back.
+    fn offers_token(headers: &HeaderMap) -> bool {
+        headers.contains_key(header::AUTHORIZATION)
     }
 
     /// What the request's credential grants: everything on a node without a token.
@@ -161,6 +180,73 @@ impl Credentials {
     }
 }
 
+/// Wrong tokens per source address: each address may send [`WRONG_TOKENS`] in a burst,
+/// then one more per [`WRONG_TOKEN_WAIT`], and while it must wait every token it offers,
+/// right or wrong, gets 429 unchecked, so waiting is the only way to try again. A
+/// leaky bucket kept as the time its wrong tries will have drained (GCRA). Signed-in
+/// pages (a cookie, not a token) and other addresses are not held back; behind a proxy
+/// every client shares the proxy's address.
+#[derive(Default)]
+pub(crate) struct Guesses {
+    drained_at: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Guesses {
+    /// How long `source` must wait before it may offer a token, if it must.
+    fn wait(&self, source: IpAddr, now: Instant) -> Option<Duration> {
+        let drained_at = self.drained_at.lock().unwrap_or_else(|e| e.into_inner());
+        let ahead = drained_at.get(&source)?.checked_duration_since(now)?;
+        ahead
+            .checked_sub(WRONG_TOKEN_WAIT * (WRONG_TOKENS - 1))
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Counts a wrong token from `source`.
+    fn wrong(&self, source: IpAddr, now: Instant) {
+        let mut drained_at = self.drained_at.lock().unwrap_or_else(|e| e.into_inner());
+        if drained_at.len() >= MAX_GUESSERS && !drained_at.contains_key(&source) {
+            drained_at.retain(|_, at| *at > now);
+            if drained_at.len() >= MAX_GUESSERS
+                && let Some(least) = drained_at
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(ip, _)| *ip)
+            {
+                drained_at.remove(&least);
+            }
+        }
+        let at = drained_at.entry(source).or_insert(now);
+        *at = (*at).max(now) + WRONG_TOKEN_WAIT;
+    }
+}
+
+/// The address a request came from, as [`guard`] leaves it for the handlers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source(pub(crate) IpAddr);
+
+/// The address a request came from (unspecified when the server does not say, so that
+/// all such requests share one allowance).
+fn source(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| {
+            addr.ip()
+        })
+}
+
+/// 429 for an address that sent too many wrong tokens.
+fn too_many_wrong(source: IpAddr, wait: Duration) -> Response {
+    let seconds = wait.as_secs() + 1;
+    let mut response = too_many(format!(
+        "{source} sent {WRONG_TOKENS} wrong tokens: try again in {seconds} s"
+    ));
+    if let Ok(value) = seconds.to_string().parse() {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// The value of the cookie `name` in the request's `Cookie` headers.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -214,6 +300,7 @@ struct SignIn {
 
 async fn sign_in(
     State(app): State<Arc<App>>,
+    axum::Extension(Source(from)): axum::Extension<Source>,
     headers: HeaderMap,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -224,8 +311,12 @@ async fn sign_in(
              sign in",
         ));
     }
+    if let Some(wait) = app.access.guesses.wait(from, Instant::now()) {
+        return Ok(too_many_wrong(from, wait));
+    }
     let Some(access) = app.access.grants(sign_in.token.trim()) else {
-        tracing::warn!("a sign-in with a wrong token was refused");
+        tracing::warn!(%from, "a sign-in with a wrong token was refused");
+        app.access.guesses.wrong(from, Instant::now());
         return Err(ApiError::unauthorized(
             "that is not this node's token (http.token) nor its read-only token \
              (http.read_token)",
@@ -277,7 +368,13 @@ fn public(path: &str) -> bool {
 /// Every request passes here first: refuses a `Host` the node does not answer to, a
 /// request from another site's page, a change a cross-site form could make, a request
 /// without the credential it needs, and more requests at once than [`MAX_REQUESTS`].
-pub(crate) async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(app): State<Arc<App>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let from = source(&request);
+    request.extensions_mut().insert(Source(from));
     let path = request.uri().path();
     let probe = matches!(path, "/healthz" | "/readyz");
     if probe {
@@ -315,8 +412,16 @@ pub(crate) async fn guard(State(app): State<Arc<App>>, request: Request, next: N
     }
     if !public(path) {
         let needs = if safe { Access::Read } else { Access::Operate };
+        let offers_token = Credentials::offers_token(request.headers());
+        if offers_token && let Some(wait) = app.access.guesses.wait(from, Instant::now()) {
+            return too_many_wrong(from, wait);
+        }
         match app.access.access(request.headers()) {
             None => {
+                if offers_token {
+                    tracing::warn!(%from, "a request with a wrong token was refused");
+                    app.access.guesses.wrong(from, Instant::now());
+                }
                 return ApiError::unauthorized(
                     "this node needs its token: send `Authorization: Bearer <token>` (the \
                      node's http.token or http.read_token, TETHER_HTTP__TOKEN), or sign in on \
@@ -485,6 +590,43 @@ mod tests {
             c.sign_in(Access::Operate, false).unwrap();
         }
         assert_eq!(c.signed_in.lock().unwrap().len(), MAX_SIGN_INS);
+    }
+
+    #[test]
+    fn an_address_that_sends_wrong_tokens_waits_and_earns_tries_back() {
+        let g = Guesses::default();
+        let (one, two) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t0 = Instant::now();
+        for _ in 0..WRONG_TOKENS {
+            assert_eq!(g.wait(one, t0), None);
+            g.wrong(one, t0);
+        }
+        assert_eq!(g.wait(one, t0), Some(WRONG_TOKEN_WAIT));
+        assert_eq!(g.wait(two, t0), None, "another address is not held back");
+        let later = t0 + WRONG_TOKEN_WAIT;
+        assert_eq!(g.wait(one, later), None, "one more try after one wait");
+        g.wrong(one, later);
+        assert_eq!(g.wait(one, later), Some(WRONG_TOKEN_WAIT));
+        let rested = later + WRONG_TOKEN_WAIT * WRONG_TOKENS;
+        for _ in 0..WRONG_TOKENS {
+            assert_eq!(
+                g.wait(one, rested),
+                None,
+                "a rested address has its tries back"
+            );
+            g.wrong(one, rested);
+        }
+        assert!(g.wait(one, rested).is_some());
+    }
+
+    #[test]
+    fn guessers_are_bounded() {
+        let g = Guesses::default();
+        let now = Instant::now();
+        for i in 0..MAX_GUESSERS as u32 + 10 {
+            g.wrong(IpAddr::V4(Ipv4Addr::from(i)), now);
+        }
+        assert_eq!(g.drained_at.lock().unwrap().len(), MAX_GUESSERS);
     }
 
     #[test]

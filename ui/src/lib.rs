@@ -302,9 +302,12 @@ impl Listener {
             let _ = stopped.await;
         };
         let task = tokio::spawn(async move {
-            axum::serve(self.0, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(
+                self.0,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         });
         Ok(Server {
             addr,

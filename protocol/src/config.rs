@@ -44,8 +44,8 @@ pub use check::Origins;
 pub use load::{ENV_PREFIX, NameList};
 pub use print::Line;
 pub use schema::{
-    Config, HttpSettings, Key, LinkSettings, LogFormat, LogSettings, MirrorConfig, NodeSettings,
-    RELAY_DEFAULT, SEE_ABOVE, Section, StoreSettings,
+    ALLOWANCE_DEFAULT, Allowance, Config, HttpSettings, Key, LinkSettings, LogFormat, LogSettings,
+    MirrorConfig, NodeSettings, RELAY_DEFAULT, SEE_ABOVE, Section, StoreSettings,
 };
 pub use units::{Scalar, format_duration, positive_duration, positive_size, size_value};
 

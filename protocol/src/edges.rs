@@ -19,6 +19,9 @@
 //!   connection and tells the store to stop keeping entries for it
 //!   ([`Store::forget_peer`]); retention then releases them. If the edge ever returns,
 //!   what was released before it received it is recorded as a gap in `_gaps`.
+//! - **Allowances.** An edge that stays away past its allowance (`link.allowance_age`,
+//!   `link.allowance_bytes`) is *released* the same way, but stays listed: the core keeps
+//!   nothing more for it, and when it returns it gets the gap ([`allowance`]).
 //!
 //! Where it lives: one JSON document per edge in the store's table `_edges` (written
 //! with the store's durable commit, read once at start into memory). The store, not a
@@ -37,6 +40,8 @@ use crate::entry::NodeName;
 use crate::link::Links;
 use crate::log::{ReadError, Store, TableName, Txn, WriteError};
 use crate::tls::{Admit, Allowed, CertificateInfo, CloseCode, Refusal, millis};
+
+pub mod allowance;
 
 /// The store table of the core's edges: one document per edge name.
 pub const EDGES_TABLE: &str = "_edges";
@@ -82,6 +87,20 @@ struct EdgeDoc {
     /// The certificates it presented, oldest first.
     #[serde(default)]
     certificates: Vec<CertificateDoc>,
+    /// When the core last knew it connected (written at most every
+    /// [`allowance::SEEN_EVERY`] while it is, and once after it leaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_seen_ms: Option<u64>,
+    /// When and why it was released for staying away past its allowance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    released: Option<ReleasedDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleasedDoc {
+    at_ms: u64,
+    why: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +141,12 @@ pub struct EdgeStatus {
     pub connected: bool,
     /// When an operator forgot it.
     pub forgotten: Option<SystemTime>,
+    /// When the core last knew it connected (now, while it is; `None`: not since the
+    /// core recorded it).
+    pub last_seen: Option<SystemTime>,
+    /// When and why the core released it (stopped keeping entries for it) for staying
+    /// away past its allowance; cleared when it returns.
+    pub released: Option<(SystemTime, String)>,
     /// The certificates it presented, oldest first.
     pub certificates: Vec<EdgeCertificate>,
 }
@@ -168,6 +193,9 @@ pub enum EdgesError {
     /// The store refused the change.
     #[error("the store refused the change: {0}")]
     Write(#[from] WriteError),
+    /// The store could not be read.
+    #[error("cannot read the store: {0}")]
+    Read(#[from] ReadError),
 }
 
 impl Edges {
@@ -230,6 +258,12 @@ impl Edges {
             listing: self.listing(name, &doc),
             connected,
             forgotten: doc.forgotten_ms.map(time),
+            last_seen: if connected {
+                Some(SystemTime::now())
+            } else {
+                doc.last_seen_ms.map(time)
+            },
+            released: doc.released.map(|r| (time(r.at_ms), r.why)),
             certificates: doc
                 .certificates
                 .iter()

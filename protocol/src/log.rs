@@ -159,6 +159,16 @@ pub struct PeerConfig {
     pub topics: Vec<TopicName>,
 }
 
+/// What a node holds that one peer has not acknowledged ([`Store::held_for`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Entries of the topics it receives from this node, past what it acknowledged
+    /// (its own entries aside; some may be addressed to other nodes).
+    pub entries: u64,
+    /// Their bytes, estimated from each topic's mean entry size.
+    pub bytes: u64,
+}
+
 /// What one retention pass removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -595,6 +605,56 @@ impl Store {
             vector.insert(name.clone(), Seq(seq));
         }
         Ok(VersionVector(vector))
+    }
+
+    /// What this node holds that `peer` has not acknowledged, over the topics it sends
+    /// it; `None` when `peer` is not a peer here (never linked, or forgotten). Cheap: the
+    /// acknowledgements and the topics' counters, no entry is read.
+    pub fn held_for(&self, peer: &NodeName) -> Result<Option<Held>, ReadError> {
+        let Some(record) = self
+            .shared
+            .tree
+            .get(format::peer_key(peer.as_str()))
+            .map_err(|e| self.corrupt(e))?
+        else {
+            return Ok(None);
+        };
+        let record: format::PeerRecord =
+            codec::decode(&record, "peer record").map_err(|e| self.corrupt(e))?;
+        let catalog = self.catalog();
+        let own = catalog.names.iter().position(|n| n == peer);
+        let mut held = Held::default();
+        for view in catalog.topics.values() {
+            if !record.topics.contains(&view.id) {
+                continue;
+            }
+            let state = view.published();
+            let full = format::ack_key(peer.as_str(), view.id, 0);
+            let prefix = &full[..full.len() - 4];
+            let mut acked = HashMap::new();
+            for kv in self.shared.tree.scan_prefix(prefix) {
+                let (key, value) = kv.map_err(|e| self.corrupt(e))?;
+                let origin = key.get(prefix.len()..).and_then(format::u32_value);
+                if let (Some(origin), Some(seq)) = (origin, format::u64_value(&value)) {
+                    acked.insert(origin, seq);
+                }
+            }
+            let count = state.next - state.first;
+            let behind: u64 = state
+                .vector
+                .iter()
+                .filter(|(origin, _)| Some(*origin as usize) != own)
+                .map(|(origin, seq)| seq.saturating_sub(acked.get(origin).copied().unwrap_or(0)))
+                .sum::<u64>()
+                .min(count);
+            held.entries += behind;
+            if count > 0 {
+                held.bytes += (u128::from(state.bytes) * u128::from(behind) / u128::from(count))
+                    .try_into()
+                    .unwrap_or(u64::MAX);
+            }
+        }
+        Ok(Some(held))
     }
 
     /// A durable consumer of `topic`, starting at its committed cursor.

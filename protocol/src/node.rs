@@ -26,16 +26,16 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::config::{App, Config, LogSettings};
-use crate::edges::Edges;
+use crate::edges::{Edges, EdgesError};
 use crate::entry::{NameError, NodeName, TopicName};
 use crate::link::{Links, Mirror, MirrorSource};
-use crate::log::{OpenError, ReadError, Store, WriteError};
+use crate::log::{OpenError, ReadError, RetentionReport, Store, WriteError};
 use crate::service::Services;
 use crate::tls::{self, CA_CERT_FILE, CA_KEY_FILE, Ca, CloseCode, Credentials, TlsError};
 use cli::{CertsCommand, EntriesCommand, NodeArgs, NodeCommand};
@@ -223,7 +223,7 @@ impl Node {
             store,
             links,
             credentials,
-            edges: _edges,
+            edges,
             endpoint,
             mut link_loop,
             source: _source,
@@ -246,7 +246,7 @@ impl Node {
                 biased;
                 () = &mut shutdown => break Ok(()),
                 () = &mut link_loop => break Err(NodeError::LinkStopped),
-                _ = retention.tick() => match store.enforce_retention().await {
+                _ = retention.tick() => match release_and_retain(&config, edges.as_ref(), &store).await {
                     // The store logs what retention removed and any gap it recorded.
                     Ok(_) => {}
                     Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
@@ -282,6 +282,26 @@ impl Node {
         info!(node = %config.node.name, "node stopped");
         Ok(())
     }
+}
+
+/// Releases the edges away past their allowance (core), then applies retention, which
+/// frees what was kept for them.
+async fn release_and_retain(
+    config: &Config,
+    edges: Option<&Edges>,
+    store: &Store,
+) -> Result<RetentionReport, WriteError> {
+    if let Some(edges) = edges {
+        match edges
+            .check_allowances(config.link.allowance, SystemTime::now())
+            .await
+        {
+            Ok(_) => {}
+            Err(EdgesError::Write(e)) => return Err(e),
+            Err(err) => error!(%err, "cannot check the edges' allowances"),
+        }
+    }
+    store.enforce_retention().await
 }
 
 /// How often each link's status is logged (it is also logged when a link goes up or down).

@@ -124,3 +124,105 @@ async fn an_edge_counts_its_failed_dials() {
         .clone();
     assert_eq!(alpha.failed_dials, 0, "{alpha:?}");
 }
+
+/// An edge away past its allowance (here: more bytes held for it than
+/// `link.allowance_bytes`) is released: the core stops keeping entries for it and shows
+/// why; retention then removes what only it lacked; when it returns, it gets that loss as
+/// a gap and the rest, while the edges that stayed get everything and no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_away_past_its_allowance_is_released_and_gets_a_gap_when_it_returns() {
+    let dir = TempDir::new("allowance").unwrap();
+    let ca = fleet::make_ca(dir.path()).unwrap();
+    let names = fleet::edge_names(3);
+    let link = SocketAddr::from(([127, 0, 0, 1], fleet::free_port().unwrap()));
+    let extra = fleet::Extra {
+        store: "retention_interval = \"1s\"",
+        link: "allowance_bytes = \"1KiB\"",
+        topic: "max_entries = 1",
+    };
+    let config = fleet::core_config_with(dir.path(), link, &names, &extra).unwrap();
+    let (mut core, http) = start_core(&config);
+    let began = SystemTime::now();
+    let mut edges = Vec::new();
+    for n in &names {
+        edges.push(fleet::start_edge(dir.path(), &ca, n, link).await.unwrap());
+    }
+    fleet::all_connected(&edges, began, PATIENCE).await.unwrap();
+    fleet::publish(&http, 1, 1, "before", json!({}))
+        .await
+        .unwrap();
+    for edge in &edges {
+        wait_for_count(&edge.store, &topic(fleet::TOPIC), 1, PATIENCE)
+            .await
+            .unwrap();
+    }
+
+    // edge0000 goes away; 3 entries of 600 bytes are more than its 1 KiB allowance.
+    let away = edges.remove(0);
+    let away_name = away.name.clone();
+    away.stop().await.unwrap();
+    let big = "x".repeat(600);
+    for i in 0..3 {
+        fleet::publish(&http, 1, 1, &format!("big{i} {big}"), json!({}))
+            .await
+            .unwrap();
+    }
+    let released = core.wait_for_line(|l| l.contains("edge released"), "edge released");
+    assert!(
+        released.contains("edge0000") && released.contains("link.allowance_bytes"),
+        "{released}"
+    );
+    let url = format!("http://{http}/api/v1/edges/{away_name}");
+    let view = edge_view(&url);
+    let why = view["released"]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("held for it"), "{view}");
+    // Retention now keeps the newest entry only (max_entries 1): the others are gone.
+    core.wait_for_line(|l| l.contains("retention removed entries"), "retention");
+
+    // The edges that stayed hold all 4, and no gap.
+    for edge in &edges {
+        wait_for_count(&edge.store, &topic(fleet::TOPIC), 4, PATIENCE)
+            .await
+            .unwrap();
+        let gaps = edge.store.topic(&topic(protocol::log::GAPS_TOPIC)).unwrap();
+        assert_eq!(gaps.next, Offset(0), "{} has no gap", edge.name);
+    }
+
+    // It returns: the loss is a gap at the edge, the newest entry arrives, and the core
+    // keeps entries for it again.
+    let back = fleet::start_edge(dir.path(), &ca, &names[0], link)
+        .await
+        .unwrap();
+    let gaps = topic(protocol::log::GAPS_TOPIC);
+    wait_for_count(&back.store, &gaps, 1, PATIENCE)
+        .await
+        .unwrap();
+    let gap: protocol::log::Gap =
+        serde_json::from_slice(&cluster::all(&back.store, &gaps)[0].entry.payload).unwrap();
+    assert_eq!(
+        (gap.topic.as_str(), gap.origin.as_str(), gap.last.0),
+        (fleet::TOPIC, "hq", 3),
+        "{gap:?}"
+    );
+    assert_eq!(gap.peers, vec![away_name.clone()]);
+    // It held `before` (sequence 1) when it left; the gap starts after what the core knew
+    // it held.
+    assert!((1..=2).contains(&gap.first.0), "{gap:?}");
+    wait_for_count(&back.store, &topic(fleet::TOPIC), 2, PATIENCE)
+        .await
+        .unwrap();
+    let held: Vec<String> = cluster::all(&back.store, &topic(fleet::TOPIC))
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.entry.payload).into_owned())
+        .collect();
+    assert_eq!(held, ["before 0.0".to_owned(), format!("big2 {big} 0.0")]);
+    core.wait_for_line(|l| l.contains("a released edge returned"), "returned");
+    let view = edge_view(&url);
+    assert!(view["released"].is_null(), "{view}");
+}
+
+/// The core's view of one edge (`GET /api/v1/edges/<name>`).
+fn edge_view(url: &str) -> serde_json::Value {
+    let mut answer = ureq::get(url).call().unwrap();
+    serde_json::from_reader(answer.body_mut().as_reader()).unwrap()
+}

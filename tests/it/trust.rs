@@ -340,7 +340,8 @@ async fn a_forgotten_edge_is_released_and_its_loss_is_a_gap_when_it_returns() {
         origin: name("hq"),
         first: Seq(2),
         last: Seq(3),
-        reason: "removed while alpha was forgotten".into(),
+        reason: "removed while alpha was forgotten or released (the core kept nothing for it)"
+            .into(),
         peers: vec![name("alpha")],
     };
     for store in [&hq.store, &alpha.store] {
@@ -356,6 +357,102 @@ async fn a_forgotten_edge_is_released_and_its_loss_is_a_gap_when_it_returns() {
         .collect();
     assert_eq!(held, ["news 1", "news 4"]);
     assert_eq!(alpha.store.vector(&news).unwrap().get(&name("hq")), Seq(4));
+    alpha.stop().await;
+    hq.stop().await;
+}
+
+/// An edge away longer than its allowance (`link.allowance_age`; the check is given a
+/// clock 31 days ahead) is released: the core keeps nothing more for it, but it stays
+/// listed; when it returns, what it lacked is a gap at both ends and it gets the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_away_past_its_allowance_age_is_released_and_gets_a_gap() {
+    use protocol::config::Allowance;
+    use std::time::SystemTime;
+    let news = TopicConfig {
+        name: topic("NEWS"),
+        scope: Scope::All,
+        retention: Retention {
+            max_entries: Some(1),
+            ..Retention::default()
+        },
+    };
+    let mission = Mission::new("trust-allowance", vec![news]);
+    let hq = Running::start(Role::Core, mission.core()).await;
+    let alpha = Running::start(Role::Edge, mission.edge(hq.link_addr)).await;
+    let news = topic("NEWS");
+    let append = |n: u32| hq.store.append(&news, Append::new(format!("news {n}")));
+    append(1).await.unwrap();
+    wait_store(&hq.store, || {
+        hq.store
+            .peer_vector(&name("alpha"), &news)
+            .unwrap()
+            .get(&name("hq"))
+            == Seq(1)
+    })
+    .await;
+    alpha.stop().await;
+    for n in 2..=4 {
+        append(n).await.unwrap();
+    }
+    let month = Allowance {
+        age: Duration::from_secs(30 * 24 * 3600),
+        bytes: 0,
+    };
+    let edges = hq.edges();
+    // Just gone: within its allowance, kept.
+    let now = SystemTime::now();
+    assert!(edges.check_allowances(month, now).await.unwrap().is_empty());
+    assert_eq!(hq.store.enforce_retention().await.unwrap().removed, 1);
+    let status = edges.status(&name("alpha"));
+    assert!(
+        status.last_seen.is_some() && status.released.is_none(),
+        "{status:?}"
+    );
+
+    // A month and a day later: released, still listed; retention frees what it lacked.
+    let later = now + Duration::from_secs(31 * 24 * 3600);
+    let released = edges.check_allowances(month, later).await.unwrap();
+    assert_eq!(released, vec![name("alpha")]);
+    let status = edges.status(&name("alpha"));
+    let (_, why) = status.released.clone().expect("released");
+    assert!(
+        why.contains("away for") && why.contains("allowance_age"),
+        "{why}"
+    );
+    assert!(status.listing.admitted(), "{status:?}");
+    assert_eq!(hq.store.enforce_retention().await.unwrap().removed, 2);
+    assert!(hq.store.held_for(&name("alpha")).unwrap().is_none());
+
+    // It returns: 2 and 3 are a gap at both ends, 4 arrives, and it is kept for again.
+    let alpha = Running::start(Role::Edge, mission.edge(hq.link_addr)).await;
+    let gaps = topic(GAPS_TOPIC);
+    wait_for_count(&alpha.store, &gaps, 1, WITHIN)
+        .await
+        .unwrap();
+    wait_for_count(&alpha.store, &news, 2, WITHIN)
+        .await
+        .unwrap();
+    for store in [&hq.store, &alpha.store] {
+        let recorded: Vec<Gap> = tests::cluster::all(store, &gaps)
+            .iter()
+            .map(|r| serde_json::from_slice(&r.entry.payload).unwrap())
+            .collect();
+        assert_eq!(
+            recorded
+                .iter()
+                .map(|g| (g.first, g.last))
+                .collect::<Vec<_>>(),
+            [(Seq(2), Seq(3))],
+            "at {}",
+            store.node()
+        );
+    }
+    assert!(hq.store.held_for(&name("alpha")).unwrap().is_some());
+    edges
+        .check_allowances(month, SystemTime::now())
+        .await
+        .unwrap();
+    assert!(edges.status(&name("alpha")).released.is_none());
     alpha.stop().await;
     hq.stop().await;
 }

@@ -78,7 +78,7 @@ impl Node {
 
     /// Cuts the node, then closes its store: once this returns, nothing of the node
     /// holds the store, which opens again.
-    async fn stop(mut self) -> Result<(), Error> {
+    pub async fn stop(mut self) -> Result<(), Error> {
         self.cut();
         // An aborted task's handle resolves once its future (holding the store) dropped.
         let _ = (&mut self.task).await;

@@ -38,15 +38,40 @@ pub fn free_port() -> Result<u16, String> {
 /// [`make_ca`]), its link on `link` admitting `edges`, HTTP on any free loopback port,
 /// no mission services, and the fleet topic; returns its path.
 pub fn core_config(dir: &Path, link: SocketAddr, edges: &[String]) -> Result<PathBuf, String> {
+    core_config_with(dir, link, edges, &Extra::default())
+}
+
+/// More lines for [`core_config_with`]'s sections.
+#[derive(Debug, Default)]
+pub struct Extra<'a> {
+    /// In `[store]`.
+    pub store: &'a str,
+    /// In `[link]`.
+    pub link: &'a str,
+    /// In the fleet topic's `[[topics]]`.
+    pub topic: &'a str,
+}
+
+/// [`core_config`] with `extra` lines.
+pub fn core_config_with(
+    dir: &Path,
+    link: SocketAddr,
+    edges: &[String],
+    extra: &Extra,
+) -> Result<PathBuf, String> {
     let list: Vec<String> = edges.iter().map(|e| format!("\"{e}\"")).collect();
     let text = format!(
         "[node]\nname = \"hq\"\ndata_dir = \"{}\"\n\
+         [store]\n{}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
-         [link]\nlisten = \"{link}\"\ndemo_certs = false\nedges = [{}]\n\
+         [link]\nlisten = \"{link}\"\ndemo_certs = false\nedges = [{}]\n{}\n\
          [pipeline]\nstart_services = false\n\
-         [[topics]]\nname = \"{TOPIC}\"\nscope = \"all\"\n",
+         [[topics]]\nname = \"{TOPIC}\"\nscope = \"all\"\n{}\n",
         dir.join("hq").display(),
-        list.join(", ")
+        extra.store,
+        list.join(", "),
+        extra.link,
+        extra.topic,
     );
     let path = dir.join("hq.toml");
     std::fs::write(&path, text).map_err(|e| e.to_string())?;

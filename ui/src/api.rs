@@ -594,6 +594,7 @@ fn edges_error(e: protocol::edges::EdgesError) -> ApiError {
         E::Unknown(_) => ApiError::not_found(format!("{e}; GET /api/v1/edges lists them")),
         E::OwnName(_) | E::NoCertificate(_) => ApiError::conflict(e.to_string()),
         E::Write(e) => write_error(e),
+        E::Read(e) => read_error(e),
     }
 }
 

@@ -72,8 +72,22 @@ pub struct EdgeView {
     pub connected: bool,
     /// When an operator forgot it.
     pub forgotten_ms: Option<u64>,
+    /// When the core last knew it connected (now while it is).
+    pub last_seen_ms: Option<u64>,
+    /// When the core released it (stopped keeping entries for it) for staying away past
+    /// its allowance, and why; cleared when it returns.
+    pub released: Option<ReleasedView>,
     /// The certificates it presented, oldest first.
     pub certificates: Vec<EdgeCertificateView>,
+}
+
+/// When and why an edge was released.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReleasedView {
+    /// When.
+    pub at_ms: u64,
+    /// Why: how long it was away, or how much was held for it, against which setting.
+    pub why: String,
 }
 
 /// A certificate an edge presented.
@@ -99,6 +113,11 @@ impl From<&EdgeStatus> for EdgeView {
             listing: e.listing.as_str(),
             connected: e.connected,
             forgotten_ms: e.forgotten.map(millis),
+            last_seen_ms: e.last_seen.map(millis),
+            released: e.released.as_ref().map(|(at, why)| ReleasedView {
+                at_ms: millis(*at),
+                why: why.clone(),
+            }),
             certificates: e
                 .certificates
                 .iter()

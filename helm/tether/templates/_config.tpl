@@ -47,6 +47,9 @@ allow_any_edge = {{ .Values.link.allowAnyEdge }}
 relay_rate = {{ include "tether.toml" .Values.link.relayRate }}
 relay_entries = {{ int64 .Values.link.relayEntries }}
 relay_burst = {{ include "tether.str" .Values.link.relayBurst }}
+# How long, and how many bytes, this core keeps entries for an edge that is away.
+allowance_age = {{ include "tether.str" .Values.link.allowanceAge }}
+allowance_bytes = {{ include "tether.toml" .Values.link.allowanceBytes }}
 {{- else }}
 # The core's address, host:port (UDP), resolved again at each dial.
 core = {{ include "tether.str" (include "tether.linkCore" .) }}

@@ -12,8 +12,8 @@ use super::load::{NameList, RawConfig, RawHttp, RawLink, RawMirror, RawTopic, Ra
 use super::schema::default_data_dir;
 use super::units::{Scalar, format_duration, positive_duration, positive_size, size_or_zero};
 use super::{
-    Config, ConfigError, HttpSettings, LinkSettings, LogSettings, MirrorConfig, NodeSettings,
-    Origin, RELAY_DEFAULT, StoreSettings,
+    Allowance, Config, ConfigError, HttpSettings, LinkSettings, LogSettings, MirrorConfig,
+    NodeSettings, Origin, RELAY_DEFAULT, StoreSettings,
 };
 use crate::entry::{NodeName, Retention, TopicConfig, TopicName};
 use crate::link::RelayLimit;
@@ -189,6 +189,8 @@ impl RawLink {
             "link.relay_rate" => self.relay_rate.is_some(),
             "link.relay_entries" => self.relay_entries.is_some(),
             "link.relay_burst" => self.relay_burst.is_some(),
+            "link.allowance_age" => self.allowance_age.is_some(),
+            "link.allowance_bytes" => self.allowance_bytes.is_some(),
             _ => self.allow_any_edge.is_some(),
         };
         let (theirs, why): (&[&str], _) = match role {
@@ -204,6 +206,8 @@ impl RawLink {
                     "link.relay_rate",
                     "link.relay_entries",
                     "link.relay_burst",
+                    "link.allowance_age",
+                    "link.allowance_bytes",
                 ],
                 "a core's key; an edge dials link.core",
             ),
@@ -331,6 +335,19 @@ impl RawLink {
             entries_per_s,
             burst,
         });
+        let allowance = Allowance {
+            age: match self.allowance_age {
+                Some(value) => positive_duration(&value)
+                    .map_err(|e| origins.invalid("link.allowance_age", e))?,
+                None => defaults.allowance.age,
+            },
+            bytes: match self.allowance_bytes {
+                Some(value) => {
+                    size_or_zero(&value).map_err(|e| origins.invalid("link.allowance_bytes", e))?
+                }
+                None => defaults.allowance.bytes,
+            },
+        };
         Ok(LinkSettings {
             listen,
             edges,
@@ -342,6 +359,7 @@ impl RawLink {
             keep_alive,
             idle_timeout,
             relay,
+            allowance,
         })
     }
 }

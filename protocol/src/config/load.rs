@@ -261,6 +261,8 @@ pub(super) struct RawLink {
     pub(super) relay_rate: Option<Scalar>,
     pub(super) relay_entries: Option<u64>,
     pub(super) relay_burst: Option<Scalar>,
+    pub(super) allowance_age: Option<Scalar>,
+    pub(super) allowance_bytes: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -152,6 +152,8 @@ impl Config {
             ("link", "relay_burst") => {
                 Line::Set(duration(relay.map_or(RELAY_DEFAULT.burst, |r| r.burst)))
             }
+            ("link", "allowance_age") => Line::Set(duration(link.allowance.age)),
+            ("link", "allowance_bytes") => Line::Set(size_value(link.allowance.bytes)),
             ("link", "core") => Line::Set(text(&link.core)),
             ("link", "core_name") => Line::Set(text(link.core_name.as_str())),
             ("link", "certs_dir") => dir(&link.certs_dir, self.certs_dir()),

@@ -116,7 +116,26 @@ pub struct LinkSettings {
     /// `relay_rate`, `relay_entries` and `relay_burst` (core), by default
     /// [`RELAY_DEFAULT`]; `None`: no limit (both rates 0).
     pub relay: Option<RelayLimit>,
+    /// `allowance_age` and `allowance_bytes` (core): how long, and how much, the core
+    /// keeps entries for an edge that is away.
+    pub allowance: Allowance,
 }
+
+/// What a core keeps for one edge that is away ([`crate::allowance`]): past either, it
+/// releases the edge's entries (the edge gets a gap when it returns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// Longest an edge may be away.
+    pub age: Duration,
+    /// Most entry bytes held for it; 0: no byte limit.
+    pub bytes: u64,
+}
+
+/// The default allowance: a month away, 1 GiB held.
+pub const ALLOWANCE_DEFAULT: Allowance = Allowance {
+    age: Duration::from_secs(30 * 24 * 3600),
+    bytes: 1 << 30,
+};
 
 /// The default relay quota per edge: 4 KiB of entries a second (~1.4 KiB/s on the wire
 /// for JSON, a sixth of a 64 kbit/s radio), 50 entries a second, a minute's burst.
@@ -191,6 +210,7 @@ impl Config {
                 keep_alive: tls::KEEP_ALIVE_INTERVAL,
                 idle_timeout: tls::IDLE_TIMEOUT,
                 relay: Some(RELAY_DEFAULT),
+                allowance: ALLOWANCE_DEFAULT,
             },
             mirror: MirrorConfig::default(),
             http: HttpSettings {
@@ -383,6 +403,15 @@ pub(super) const SECTIONS: &[Section] = &[
             ),
             Key::core("relay_entries", SEE_ABOVE),
             Key::core("relay_burst", SEE_ABOVE),
+            Key::core(
+                "allowance_age",
+                &[
+                    "How long this core keeps entries for an edge that is away, and how many bytes of",
+                    "them (allowance_bytes, 0 for no limit). Past either, it stops keeping them for that",
+                    "edge (it is released) and the edge is told of the gap when it returns.",
+                ],
+            ),
+            Key::core("allowance_bytes", SEE_ABOVE),
             Key::edge(
                 "core",
                 &[

@@ -1129,7 +1129,10 @@ impl Owner {
                 .iter()
                 .map(|(&key, &(first, last))| (key, (first, last, [peer.name.clone()].into())))
                 .collect();
-            let reason = format!("removed while {} was forgotten", peer.name);
+            let reason = format!(
+                "removed while {} was forgotten or released (the core kept nothing for it)",
+                peer.name
+            );
             self.record_gaps(lost, &reason, g, &mut RetentionReport::default());
             tracing::warn!(peer = %peer.name, forgotten_ms = returned.forgotten_ms, gaps = returned.owed.len(), "a forgotten peer returned");
             acked = returned.peer.acked;

@@ -780,7 +780,8 @@ async fn a_forgotten_peer_is_not_waited_for_and_on_return_its_loss_is_a_gap() {
         origin: node("hq"),
         first: Seq(3),
         last: Seq(4),
-        reason: "removed while alpha was forgotten".into(),
+        reason: "removed while alpha was forgotten or released (the core kept nothing for it)"
+            .into(),
         peers: vec![node("alpha")],
     };
     assert_eq!(gaps, vec![gap]);

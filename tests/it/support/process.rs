@@ -134,12 +134,9 @@ impl Node {
         check: impl Fn(&str) -> bool,
         what: &str,
     ) -> (Instant, String) {
-        loop {
-            let (at, line) = self.next_line(what);
-            if check(&line) {
-                return (at, line);
-            }
-        }
+        // One deadline for all lines: a node that logs now and then must not keep a
+        // wait for a line that never comes going for ever.
+        self.wait_for_by(Instant::now() + PATIENCE, check, what)
     }
 
     /// The next log line and the moment it was written; `what` names what the caller

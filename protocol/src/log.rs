@@ -65,6 +65,7 @@ mod error;
 mod format;
 pub(crate) mod fuzzing;
 mod owner;
+mod space;
 mod txn;
 mod wal;
 
@@ -88,10 +89,14 @@ use owner::Request;
 
 pub use crate::entry::VersionVector;
 pub use error::{OpenError, ReadError, WriteError};
+pub use space::default_budget;
 pub use txn::{Appended, Committed, ConsumerName, TableName, Txn};
 
 /// The system topic where gaps (entries lost to the disk budget) are recorded.
 pub const GAPS_TOPIC: &str = "_gaps";
+
+/// The free space a store keeps on its disk by default ([`StoreConfig::min_free`]).
+pub const MIN_FREE: u64 = 256 << 20;
 
 /// How a store behaves; `Default` suits a local demo.
 #[derive(Debug, Clone)]
@@ -103,6 +108,9 @@ pub struct StoreConfig {
     /// Total entry bytes the node may hold. Past it, retention removes the oldest entries
     /// even if a peer still needs them, and records a gap. `None`: no budget.
     pub disk_budget: Option<u64>,
+    /// Free space the disk under the store keeps: under it, entries are refused
+    /// ([`WriteError::DiskFull`]) until space is freed. 0: no minimum.
+    pub min_free: u64,
     /// sled's page cache, in bytes: more is faster reads, and more resident memory.
     pub cache_bytes: u64,
     /// Most requests one group commit takes: bounds the latency of one flush.
@@ -126,6 +134,7 @@ impl StoreConfig {
             node,
             max_entry_bytes: 1 << 20,
             disk_budget: None,
+            min_free: MIN_FREE,
             cache_bytes: 32 << 20,
             max_group: 1024,
             inbox: 4096,
@@ -222,6 +231,8 @@ struct Shared {
     changes: watch::Sender<u64>,
     /// The store's incarnation, set once by the owner as it opens the store.
     incarnation: std::sync::atomic::AtomicU64,
+    /// The disk's free space, against `min_free`.
+    space: space::Space,
 }
 
 impl Shared {
@@ -284,7 +295,7 @@ impl Store {
             .open_tree("tether")
             .map_err(|e| sled_open_error(&path, e))?;
         let shared = Arc::new(Shared {
-            path,
+            path: path.clone(),
             node: config.node.clone(),
             _lock: lock,
             db,
@@ -294,6 +305,7 @@ impl Store {
             writers: AtomicUsize::new(0),
             changes: watch::Sender::new(0),
             incarnation: std::sync::atomic::AtomicU64::new(0),
+            space: space::Space::new(path.clone(), config.min_free),
         });
         let inbox = owner::start(shared.clone(), config, fs)?;
         Ok(Store { shared, inbox })
@@ -691,6 +703,21 @@ impl Store {
             out.push((id, doc));
         }
         Ok(out)
+    }
+
+    /// Refuses with [`WriteError::DiskFull`] while the disk under the store has less
+    /// free space than [`StoreConfig::min_free`] (appends would be refused now).
+    pub fn check_space(&self) -> Result<(), WriteError> {
+        self.shared.space.check(std::time::Instant::now())
+    }
+
+    /// Returns once the disk under the store has room for entries again (at once if it
+    /// has); asks the disk once a second meanwhile. A link's receiver waits here instead
+    /// of failing its session while the disk is full.
+    pub async fn wait_for_space(&self) {
+        while self.check_space().is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Bytes the store's files take on disk now (sled's count, garbage included).

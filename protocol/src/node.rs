@@ -241,6 +241,7 @@ impl Node {
         let mut certificate = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
         certificate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut expiry = ExpiryWarning::default();
+        let mut poisoned = false;
         let stopped = loop {
             tokio::select! {
                 biased;
@@ -249,9 +250,13 @@ impl Node {
                 _ = retention.tick() => match release_and_retain(&config, edges.as_ref(), &store).await {
                     // The store logs what retention removed and any gap it recorded.
                     Ok(_) => {}
-                    Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
-                        break Err(NodeError::Store(e));
-                    }
+                    // Exiting would not help (a restart on a full disk fails again): the
+                    // node goes on serving what it holds, and says so once.
+                    Err(WriteError::Poisoned(cause)) => if !poisoned {
+                        poisoned = true;
+                        error!(%cause, "the store refuses writes after a failed write; the node goes on serving reads and links: restart it once the cause is fixed");
+                    },
+                    Err(e @ WriteError::Closed) => break Err(NodeError::Store(e)),
                     Err(err) => error!(%err, "retention failed"),
                 },
                 _ = status.tick() => log_links(&links),
@@ -301,7 +306,13 @@ async fn release_and_retain(
             Err(err) => error!(%err, "cannot check the edges' allowances"),
         }
     }
-    store.enforce_retention().await
+    let report = store.enforce_retention().await?;
+    tracing::debug!(
+        removed = report.removed,
+        gaps = report.gaps.len(),
+        "retention pass"
+    );
+    Ok(report)
 }
 
 /// How often each link's status is logged (it is also logged when a link goes up or down).

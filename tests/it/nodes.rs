@@ -334,3 +334,86 @@ fn edge_node_mirror_brings_the_core_volume_by_hand() {
     let (status, log) = core.exit();
     assert!(status.success(), "{log}");
 }
+
+/// A node whose disk fills up (a 24 MiB tmpfs of its own, in a mount namespace the test
+/// makes) refuses appends with 507 and the reason, goes on serving reads, and stays up
+/// through later retention passes instead of exiting.
+#[test]
+fn a_full_disk_refuses_appends_and_the_node_goes_on_serving() {
+    let dir = TempDir::new("full-disk").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = dir.path().join("alpha.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"alpha\"\ndata_dir = \"{}\"\n\
+             [log]\nfilter = \"info,protocol::node=debug\"\n\
+             [store]\nmin_free = \"8MiB\"\ndisk_budget = 0\nretention_interval = \"1s\"\n\
+             [link]\ncore = \"127.0.0.1:9\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
+            data.join("alpha").display()
+        ),
+    )
+    .unwrap();
+    // The tmpfs exists only in the node's own mount namespace, and ends with it.
+    let mut node = Node::spawn(
+        Command::new("unshare")
+            .args(["--mount", "sh", "-c"])
+            .arg("mount -t tmpfs -o size=24m tether-full \"$1\" && exec \"$2\" --config \"$3\"")
+            .arg("sh")
+            .arg(&data)
+            .arg(binary("edge-node"))
+            .arg(&config),
+    );
+    let http = node.wait_for_line(|l| l.contains("serves HTTP"), "serves HTTP");
+    let http = crate::support::process::field(&http, "http=");
+    let entries = format!("http://{http}/api/v1/topics/MESSAGES/entries");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = || {
+        let mut answer = agent
+            .post(&entries)
+            .header("content-type", "application/json")
+            .send(format!("{{\"payload\": \"{}\"}}", "f".repeat(64 << 10)))
+            .unwrap();
+        let status = answer.status().as_u16();
+        (
+            status,
+            answer.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    let mut taken = 0;
+    let (status, text) = loop {
+        let (status, text) = post();
+        if status != 201 {
+            break (status, text);
+        }
+        taken += 1;
+        assert!(taken < 1000, "24 MiB never filled");
+    };
+    assert!(taken > 10, "{taken} entries taken before the disk was full");
+    assert_eq!(status, 507, "{text}");
+    assert!(
+        text.contains("disk-full") && text.contains("store.min_free"),
+        "{text}"
+    );
+    // Two retention passes later the node is still up, still refusing, and still serving.
+    node.wait_for("retention pass");
+    node.wait_for("retention pass");
+    assert_eq!(post().0, 507);
+    let mut read = agent
+        .get(&format!("{entries}?from=0&limit=1"))
+        .call()
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    let text = read.body_mut().read_to_string().unwrap();
+    assert!(text.contains("\"offset\":0"), "{text}");
+    let node_view = agent
+        .get(&format!("http://{http}/api/v1/node"))
+        .call()
+        .unwrap();
+    assert_eq!(node_view.status().as_u16(), 200);
+}

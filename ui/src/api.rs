@@ -419,6 +419,9 @@ fn write_error(e: WriteError) -> ApiError {
         WriteError::TooLarge { .. } | WriteError::UnknownTopic(_) => {
             ApiError::bad_request(e.to_string())
         }
+        WriteError::DiskFull { .. } => {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk-full", e.to_string())
+        }
         e => ApiError::unavailable(format!("the store refused the write: {e}")),
     }
 }

@@ -25,11 +25,14 @@ filter = {{ include "tether.str" .Values.log.filter }}
 # Largest entry a producer or a peer may append; larger ones are refused.
 max_entry_bytes = {{ include "tether.toml" .Values.store.maxEntryBytes }}
 # Total entry bytes the node may hold; past it retention removes the oldest entries.
-{{- if .Values.store.diskBudget }}
+# Left out: a third of the volume's room for the store when the node starts; 0: none.
+{{- if or .Values.store.diskBudget (eq (toString .Values.store.diskBudget) "0") }}
 disk_budget = {{ include "tether.toml" .Values.store.diskBudget }}
 {{- else }}
 # disk_budget = "10GiB"
 {{- end }}
+# Free space the store leaves on its volume: under it, appends are refused.
+min_free = {{ include "tether.toml" .Values.store.minFree }}
 # sled's page cache.
 cache_bytes = {{ include "tether.toml" .Values.store.cacheBytes }}
 # How often retention runs.

@@ -98,9 +98,15 @@ impl RawConfig {
             )?,
             disk_budget: match self.store.disk_budget {
                 Some(value) => Some(
-                    positive_size(&value).map_err(|e| origins.invalid("store.disk_budget", e))?,
+                    size_or_zero(&value).map_err(|e| origins.invalid("store.disk_budget", e))?,
                 ),
                 None => None,
+            },
+            min_free: match self.store.min_free {
+                Some(value) => {
+                    size_or_zero(&value).map_err(|e| origins.invalid("store.min_free", e))?
+                }
+                None => defaults.store.min_free,
             },
             cache_bytes: size(
                 "store.cache_bytes",

@@ -242,6 +242,7 @@ pub(super) struct RawLog {
 pub(super) struct RawStore {
     pub(super) max_entry_bytes: Option<Scalar>,
     pub(super) disk_budget: Option<Scalar>,
+    pub(super) min_free: Option<Scalar>,
     pub(super) cache_bytes: Option<Scalar>,
     pub(super) retention_interval: Option<Scalar>,
 }

@@ -133,6 +133,7 @@ impl Config {
                 Some(budget) => Line::Set(size_value(budget)),
                 None => Line::Unset(text("10GiB")),
             },
+            ("store", "min_free") => Line::Set(size_value(store.min_free)),
             ("store", "cache_bytes") => Line::Set(size_value(store.cache_bytes)),
             ("store", "retention_interval") => Line::Set(duration(store.retention_interval)),
             ("link", "listen") => Line::Set(text(&link.listen.to_string())),

@@ -79,8 +79,11 @@ pub enum LogFormat {
 pub struct StoreSettings {
     /// `max_entry_bytes`.
     pub max_entry_bytes: u64,
-    /// `disk_budget`; `None`: no budget.
+    /// `disk_budget`; `None` (left out): a third of the disk's room for the store when
+    /// it opens ([`crate::log::default_budget`]); `Some(0)`: no budget.
     pub disk_budget: Option<u64>,
+    /// `min_free`: 0 for no minimum.
+    pub min_free: u64,
     /// `cache_bytes`: sled's page cache.
     pub cache_bytes: u64,
     /// `retention_interval`: shorter frees space sooner and costs more idle work.
@@ -231,6 +234,7 @@ impl Config {
             store: StoreSettings {
                 max_entry_bytes: 1 << 20,
                 disk_budget: None,
+                min_free: crate::log::MIN_FREE,
                 cache_bytes: 32 << 20,
                 retention_interval: Duration::from_secs(10),
             },
@@ -272,7 +276,12 @@ impl Config {
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             max_entry_bytes: self.store.max_entry_bytes,
-            disk_budget: self.store.disk_budget,
+            disk_budget: match self.store.disk_budget {
+                Some(0) => None,
+                Some(budget) => Some(budget),
+                None => crate::log::default_budget(&self.store_dir()),
+            },
+            min_free: self.store.min_free,
             cache_bytes: self.store.cache_bytes,
             ..StoreConfig::new(self.node.name.clone())
         }
@@ -358,7 +367,17 @@ pub(super) const SECTIONS: &[Section] = &[
                 "disk_budget",
                 &[
                     "Total entry bytes the node may hold. Past it, retention removes the oldest entries",
-                    "even if a peer has not received them, and records a gap. Left out: no budget.",
+                    "even if a peer has not received them, and records a gap. Left out: a third of the",
+                    "disk's room for the store when the node starts (free space and what the store",
+                    "holds; the store takes about twice its entry bytes on disk). 0: no budget.",
+                ],
+            ),
+            Key::both(
+                "min_free",
+                &[
+                    "Free disk space the store leaves: under it, appends (and entries from peers) are",
+                    "refused with a clear error until space is freed; reads, links and retention go on.",
+                    "0: no minimum.",
                 ],
             ),
             Key::both(

@@ -446,9 +446,19 @@ async fn receive_loop(
                 tracing::debug!(%peer, ?wait, "relay quota: throttled");
                 tokio::time::sleep(wait).await;
             }
+            if txn.has_entries() && store.check_space().is_err() {
+                // The peer's entries wait in the read-ahead queue, and then at the peer
+                // (flow control), while the link stays up; the store logs the refusal.
+                tracing::warn!(%peer, "the disk is full: entries from this peer wait for space");
+                store.wait_for_space().await;
+                tracing::info!(%peer, "the disk has room again: taking this peer's entries");
+            }
             match store.commit(txn).await {
                 Ok(_) => {}
-                Err(e @ (WriteError::Poisoned(_) | WriteError::Closed)) => {
+                Err(
+                    e
+                    @ (WriteError::Poisoned(_) | WriteError::Closed | WriteError::DiskFull { .. }),
+                ) => {
                     return Err(store_error(e));
                 }
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),

@@ -124,6 +124,21 @@ pub enum WriteError {
     /// A document id that is empty or longer than 256 bytes.
     #[error("invalid document id {0:?}: 1 to 256 bytes")]
     DocumentId(String),
+    /// The disk under the store has less free space than `min_free`: entries and
+    /// documents are refused until space is freed; nothing was written.
+    #[error(
+        "the disk under {path} has {free} bytes free, under store.min_free ({min_free}): \
+         entries are refused until space is freed (retention, a smaller store.disk_budget, \
+         or more disk)"
+    )]
+    DiskFull {
+        /// The store directory.
+        path: PathBuf,
+        /// Bytes free for the store's user.
+        free: u64,
+        /// The store's `min_free`.
+        min_free: u64,
+    },
     /// A write to disk failed earlier; the store refuses writes until it is reopened.
     #[error("store is poisoned after a failed write: {0}")]
     Poisoned(String),

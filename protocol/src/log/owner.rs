@@ -704,6 +704,15 @@ impl Owner {
             return request.refuse(WriteError::Poisoned(cause));
         }
         match request {
+            Request::Commit { txn, reply } if txn.has_entries() => {
+                match self.shared.space.check(Instant::now()) {
+                    Ok(()) => match self.apply(txn, g) {
+                        Ok(done) => g.done.push(Done::Commit(reply, done)),
+                        Err(e) => drop(reply.send(Err(e))),
+                    },
+                    Err(e) => drop(reply.send(Err(e))),
+                }
+            }
             Request::Commit { txn, reply } => match self.apply(txn, g) {
                 Ok(done) => g.done.push(Done::Commit(reply, done)),
                 Err(e) => drop(reply.send(Err(e))),
@@ -939,18 +948,21 @@ impl Owner {
             None if writes.is_empty() => Ok(()),
             // Durable first (append, `fdatasync`), then visible in sled: a reader, a
             // table read included, never sees a write a crash could take back.
-            None => self
-                .wal
-                .append(&codec::encode(&writes))
-                .and_then(|lsn| self.wal.sync().map(|()| lsn))
-                .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
-                .and_then(|lsn| {
-                    let batch = batch_of(writes, lsn);
-                    shared
-                        .tree
-                        .apply_batch(batch)
-                        .map_err(|err| shared.poison(&err))
-                }),
+            None => {
+                let record = codec::encode(&writes);
+                shared.space.wrote(record.len() as u64);
+                self.wal
+                    .append(&record)
+                    .and_then(|lsn| self.wal.sync().map(|()| lsn))
+                    .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
+                    .and_then(|lsn| {
+                        let batch = batch_of(writes, lsn);
+                        shared
+                            .tree
+                            .apply_batch(batch)
+                            .map_err(|err| shared.poison(&err))
+                    })
+            }
         };
         if let Err(cause) = written {
             for done in g.done {

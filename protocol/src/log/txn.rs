@@ -89,6 +89,13 @@ impl Txn {
         Self::default()
     }
 
+    /// Whether it appends or inserts entries (refused while the disk is full).
+    pub(crate) fn has_entries(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|op| matches!(op, Op::Append { .. } | Op::Insert { .. }))
+    }
+
     /// Appends an entry of this node's origin.
     pub fn append(&mut self, topic: &TopicName, append: Append) -> &mut Self {
         self.ops.push(Op::Append {

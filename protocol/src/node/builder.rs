@@ -114,7 +114,21 @@ impl Builder {
         };
         // Opening reads the catalog from disk on this thread: it happens once, before the
         // node does anything else, so blocking a worker for it is harmless.
-        let store = Store::open(config.store_dir(), config.store_config())?;
+        let store_config = config.store_config();
+        let store = Store::open(config.store_dir(), store_config.clone())?;
+        match (config.store.disk_budget, store_config.disk_budget) {
+            (None, Some(budget)) => tracing::info!(
+                disk_budget = budget,
+                min_free = store_config.min_free,
+                "store: entries are kept within a disk budget of a third of the disk's room \
+                 for the store (set store.disk_budget to choose, 0 for none)"
+            ),
+            (_, budget) => tracing::info!(
+                disk_budget = budget.unwrap_or(0),
+                min_free = store_config.min_free,
+                "store: disk budget as configured (0: none)"
+            ),
+        }
         for topic in &config.topics {
             let created = store.create_topic(topic.clone()).await;
             created.map_err(|source| NodeError::CreateTopic {

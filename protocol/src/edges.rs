@@ -42,6 +42,7 @@ use crate::log::{ReadError, Store, TableName, Txn, WriteError};
 use crate::tls::{Admit, Allowed, CertificateInfo, CloseCode, Refusal, millis};
 
 pub mod allowance;
+pub mod fleet;
 
 /// The store table of the core's edges: one document per edge name.
 pub const EDGES_TABLE: &str = "_edges";
@@ -247,12 +248,12 @@ impl Edges {
     /// One edge as the core sees it (an unknown name is shown as not listed).
     pub fn status(&self, name: &NodeName) -> EdgeStatus {
         let doc = self.read_state(|s| s.docs.get(name).cloned().unwrap_or_default());
-        let connected = self
-            .0
-            .links
-            .get(name)
-            .is_some_and(|link| link.status().connected);
+        let link = self.0.links.get(name).map(|link| link.status());
+        let connected = link.as_ref().is_some_and(|l| l.connected);
         let time = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        // Down in this run: it was last seen when its link went down, which the stored
+        // time (written now and then) may not know yet.
+        let left = link.filter(|l| !l.connected).map(|l| l.since);
         EdgeStatus {
             name: name.clone(),
             listing: self.listing(name, &doc),
@@ -261,7 +262,7 @@ impl Edges {
             last_seen: if connected {
                 Some(SystemTime::now())
             } else {
-                doc.last_seen_ms.map(time)
+                doc.last_seen_ms.map(time).max(left)
             },
             released: doc.released.map(|r| (time(r.at_ms), r.why)),
             certificates: doc

@@ -566,3 +566,126 @@ fn the_page_asks_for_the_token_and_shows_api_errors() {
     drop(browser);
     runtime.block_on(mission.stop());
 }
+
+/// HQ's fleet table with many edges: 150 listed, 14 connected, 2 of those gone again.
+/// The node pages, filters and sorts; the page shows it, and the link cards give way to
+/// the table.
+#[test]
+fn hq_shows_a_fleet_of_many_edges_in_one_table() {
+    let Some((chromium, driver)) = tools::chromium("page") else {
+        return;
+    };
+    let dir = TempDir::new("page-fleet").unwrap();
+    let runtime = tests::runtime().unwrap();
+    let ca = tests::fleet::make_ca(dir.path()).unwrap();
+    let names = tests::fleet::edge_names(150);
+    let link = std::net::SocketAddr::from(([127, 0, 0, 1], tests::fleet::free_port().unwrap()));
+    let config = tests::fleet::core_config(dir.path(), link, &names).unwrap();
+    let mut core = crate::support::process::Node::start("core-node", &config);
+    let http = core.wait_for_line(|l| l.contains("HQ serves HTTP"), "HQ serves HTTP");
+    let http = crate::support::process::field(&http, "http=");
+    let mut edges = runtime.block_on(async {
+        let began = std::time::SystemTime::now();
+        let mut edges = Vec::new();
+        for n in &names[..14] {
+            edges.push(
+                tests::fleet::start_edge(dir.path(), &ca, n, link)
+                    .await
+                    .unwrap(),
+            );
+        }
+        tests::fleet::all_connected(&edges, began, STEP * 2)
+            .await
+            .unwrap();
+        edges
+    });
+    for gone in edges.drain(..2) {
+        runtime.block_on(gone.stop()).unwrap();
+    }
+    let browser = Browser::start(&chromium, &driver).unwrap();
+    let b = &browser;
+    open(b, &format!("http://{http}/"), "core");
+    let rows = "[...document.querySelectorAll('#fleet-rows tr')]";
+    b.wait_for_script(
+        "the first page of the fleet, with the counts",
+        STEP,
+        &format!(
+            "return {rows}.length === 100 && document.getElementById('fleet-note').textContent \
+             === '150 edges: 12 up, 2 down, 136 never' \
+             && document.getElementById('fleet-page').textContent === '1–100 of 150' \
+             && document.querySelector('#fleet-rows tr').dataset.edge === 'edge0000' \
+             && document.getElementById('links-empty').textContent === '14 edge links: see the Fleet table.' \
+             && document.querySelector('#links [data-link]') === null;"
+        ),
+    );
+    let shot = screenshots_dir().join("hq-fleet.png");
+    b.screenshot_page(&shot, 1400).unwrap();
+    b.click_css("#fleet-next").unwrap();
+    b.wait_for_script(
+        "the second page",
+        STEP,
+        &format!(
+            "return {rows}.length === 50 && document.getElementById('fleet-page').textContent === '101–150 of 150' \
+             && document.getElementById('fleet-next').disabled;"
+        ),
+    );
+    // The state filter: only the edges that left.
+    b.execute(
+        "const s = document.getElementById('fleet-state'); s.value = 'down'; \
+         s.dispatchEvent(new Event('change'));",
+        &[],
+    )
+    .unwrap();
+    b.wait_for_script(
+        "the edges that left",
+        STEP,
+        &format!(
+            "const r = {rows}; return r.length === 2 && r[0].dataset.edge === 'edge0000' \
+             && r[1].dataset.edge === 'edge0001' && r.every((t) => t.dataset.state === 'down') \
+             && r[0].querySelector('[data-field=\"last-seen\"]').textContent.endsWith('ago');"
+        ),
+    );
+    // A name filter, and the name column sorted Z to A.
+    b.execute(
+        "const s = document.getElementById('fleet-state'); s.value = ''; \
+         s.dispatchEvent(new Event('change'));",
+        &[],
+    )
+    .unwrap();
+    b.type_text(&b.find("#fleet-q").unwrap(), "edge000")
+        .unwrap();
+    b.wait_for_script(
+        "ten edges by name",
+        STEP,
+        &format!("return {rows}.length === 10 && {rows}[0].dataset.edge === 'edge0000';"),
+    );
+    b.click_css("#fleet-table th[data-sort=\"name\"] button")
+        .unwrap();
+    b.wait_for_script(
+        "sorted Z to A",
+        STEP,
+        &format!(
+            "return {rows}.length === 10 && {rows}[0].dataset.edge === 'edge0009' \
+             && document.querySelector('#fleet-table th[data-sort=\"name\"]').getAttribute('aria-sort') === 'descending';"
+        ),
+    );
+    assert_no_page_errors(b, "HQ fleet");
+    // The metrics say the same in totals.
+    let metrics = ureq::get(&format!("http://{http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in [
+        "tether_edges{state=\"up\"} 12",
+        "tether_edges{state=\"down\"} 2",
+        "tether_edges{state=\"never\"} 136",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in /metrics");
+    }
+    println!("screenshot: {}", shot.display());
+    drop(browser);
+    drop(edges);
+    drop(core);
+}

@@ -62,6 +62,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/edges/{name}/remove", post(edge_remove))
         .route("/edges/{name}/revoke", post(edge_revoke))
         .route("/edges/{name}/forget", post(edge_forget))
+        .route("/fleet", get(crate::fleet::fleet))
         .route("/mirror", get(mirror))
         .route("/mirror/start", post(mirror_start))
         .route("/mirror/stop", post(mirror_stop))

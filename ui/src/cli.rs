@@ -327,6 +327,14 @@ fn run_command(role: Role, args: ApiArgs) -> Result<()> {
             let edge = api.send("POST", "/edges", Some(json!({ "name": name })))?;
             print(&edge, &|e| print_edges(&Value::Array(vec![e.clone()])));
         }
+        ApiCommand::Fleet { query } => {
+            let path = if query.is_empty() {
+                "/fleet".to_owned()
+            } else {
+                format!("/fleet?{query}")
+            };
+            print(&api.get(&path)?, &print_fleet);
+        }
         ApiCommand::EdgeRemove(name) => change_edge(&name, "remove")?,
         ApiCommand::EdgeRevoke(name) => change_edge(&name, "revoke")?,
         ApiCommand::EdgeForget(name) => {
@@ -415,6 +423,101 @@ fn print_edges(edges: &Value) {
             }
         );
     }
+}
+
+/// The fleet table: one line per edge, columns aligned, then the counts.
+fn print_fleet(fleet: &Value) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let ago = |ms: &Value| {
+        ms.as_u64().map_or_else(
+            || "-".to_owned(),
+            |ms| format!("{} ago", age(Duration::from_millis(now.saturating_sub(ms)))),
+        )
+    };
+    let mut rows = vec![
+        [
+            "EDGE",
+            "STATE",
+            "LAST SEEN",
+            "RTT",
+            "BACKLOG",
+            "BEHIND",
+            "GAPS",
+            "CERT EXPIRES",
+        ]
+        .map(str::to_owned),
+    ];
+    for e in fleet["edges"].as_array().into_iter().flatten() {
+        let backlog = match (
+            e["backlog_out"]["entries"].as_u64(),
+            e["backlog_out"]["bytes"].as_u64(),
+        ) {
+            (Some(entries), Some(bytes)) => format!("{entries} ({bytes} B)"),
+            _ => "-".to_owned(),
+        };
+        let expiry = e["certificate_expiry_ms"].as_u64().map_or_else(
+            || "-".to_owned(),
+            |ms| {
+                if ms > now {
+                    format!("in {}", age(Duration::from_millis(ms - now)))
+                } else {
+                    "expired".to_owned()
+                }
+            },
+        );
+        let behind = e["behind_ms"].as_u64().unwrap_or(0);
+        rows.push([
+            s(&e["name"]).to_owned(),
+            s(&e["state"]).to_owned(),
+            if e["state"] == "up" || e["state"] == "paused" {
+                "now".to_owned()
+            } else {
+                ago(&e["last_seen_ms"])
+            },
+            e["rtt_ms"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms")),
+            backlog,
+            if behind == 0 {
+                "-".to_owned()
+            } else {
+                age(Duration::from_millis(behind))
+            },
+            e["gaps"].to_string(),
+            expiry,
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        outln!("{}", line.join("  ").trim_end());
+    }
+    let states: Vec<String> = fleet["states"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["edges"].as_u64().unwrap_or(0) > 0)
+        .map(|c| format!("{} {}", c["edges"], s(&c["state"])))
+        .collect();
+    outln!(
+        "{} of {} edges shown ({} matched); {}",
+        fleet["edges"].as_array().map_or(0, Vec::len),
+        fleet["total"],
+        fleet["matched"],
+        if states.is_empty() {
+            "none known".to_owned()
+        } else {
+            states.join(", ")
+        }
+    );
 }
 
 fn print_services(services: &Value) {
@@ -620,14 +723,19 @@ fn when(ms: u64, now: u64) -> String {
     let (secs, days) = (ms / 1000, ms / 86_400_000);
     let (year, month, day) = protocol::calendar::civil_from_days(days);
     let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let ago = now.saturating_sub(ms) / 1000;
-    let age = match ago {
-        0..60 => format!("{ago} s ago"),
-        60..3600 => format!("{} min ago", ago / 60),
-        3600..86_400 => format!("{} h {} min ago", ago / 3600, ago / 60 % 60),
-        _ => format!("{} days ago", ago / 86_400),
-    };
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC, {age}")
+    let age = age(Duration::from_millis(now.saturating_sub(ms)));
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC, {age} ago")
+}
+
+/// A length of time as people say it: `5 s`, `3 min`, `2 h 5 min`, `4 days`.
+fn age(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h {} min", secs / 3600, secs / 60 % 60),
+        _ => format!("{} days", secs / 86_400),
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod page;
 pub mod views;

@@ -33,12 +33,78 @@ pub(crate) async fn count(State(app): State<Arc<App>>, request: Request, next: N
     response
 }
 
+/// Most links whose series are per peer; a node with more shows the fleet's totals.
+pub const PER_PEER_LINKS: usize = 64;
+
 pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
+    // A fleet's totals take a few store lookups per edge: off the runtime's workers.
+    let text = tokio::task::spawn_blocking(move || render(&app))
+        .await
+        .unwrap_or_default();
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        render(&app),
+        text,
     )
         .into_response()
+}
+
+/// HQ's edges, in totals: per state, entries and bytes held for them, the most behind.
+fn fleet_totals(o: &mut String, edges: &protocol::edges::Edges) {
+    let rows = match edges.fleet(std::time::SystemTime::now()) {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(%err, "metrics: cannot read the fleet");
+            return;
+        }
+    };
+    let mut f = family(
+        o,
+        "tether_edges",
+        "gauge",
+        "HQ's edges per state (up, paused, down, never, released, revoked, removed).",
+    );
+    for state in crate::fleet::STATES {
+        f.sample(
+            &[("state", state)],
+            rows.iter().filter(|r| r.state == state).count(),
+        );
+    }
+    let held = |r: &protocol::edges::fleet::FleetRow| r.backlog_out.unwrap_or_default();
+    family(
+        o,
+        "tether_edges_backlog_entries",
+        "gauge",
+        "Entries HQ holds that its edges have not acknowledged, summed over the edges.",
+    )
+    .sample(&[], rows.iter().map(|r| held(r).entries).sum::<u64>());
+    family(
+        o,
+        "tether_edges_backlog_bytes",
+        "gauge",
+        "Their bytes, estimated from each topic's mean entry size.",
+    )
+    .sample(&[], rows.iter().map(|r| held(r).bytes).sum::<u64>());
+    family(
+        o,
+        "tether_edges_behind_max_seconds",
+        "gauge",
+        "How long the edge furthest behind has been behind.",
+    )
+    .sample(
+        &[],
+        rows.iter()
+            .map(|r| r.behind)
+            .max()
+            .unwrap_or_default()
+            .as_secs_f64(),
+    );
+    family(
+        o,
+        "tether_edges_gaps",
+        "gauge",
+        "Gap records naming an edge (the newest 10,000 records), summed over the edges.",
+    )
+    .sample(&[], rows.iter().map(|r| r.gaps).sum::<u64>());
 }
 
 /// One metric family being written.
@@ -185,8 +251,17 @@ pub fn render(app: &App) -> String {
     )
     .sample(&[], app.store.disk_bytes());
 
-    // Links.
-    let links = app.links.status();
+    // The fleet (HQ): totals whatever its size.
+    if let Some(edges) = &app.edges {
+        fleet_totals(o, edges);
+    }
+
+    // Links, one series per peer while there are at most `PER_PEER_LINKS` (a fleet's
+    // thousand edges would be tens of thousands of series: its totals are above).
+    let mut links = app.links.status();
+    if links.len() > PER_PEER_LINKS {
+        links.clear();
+    }
     let mut f = family(
         o,
         "tether_link_up",

@@ -192,6 +192,12 @@ pub enum ApiCommand {
     EdgeRevoke(String),
     /// `edges forget <name>` (HQ).
     EdgeForget(String),
+    /// `fleet [--state S] [--name TEXT] [--behind 1h] [--sort COLUMN] [--asc|--desc]
+    /// [--limit N]` (HQ): the fleet table.
+    Fleet {
+        /// The API's query string (`state=down&behind_s=3600`...), checked by the node.
+        query: String,
+    },
 }
 
 /// Reads the command line (`args` includes the program's name, as
@@ -246,6 +252,7 @@ pub fn command(role: Role) -> Command {
         Some(assets(role)),
         Some(link()),
         core.then(edges),
+        core.then(fleet),
         edge.then(mirror),
         Some(append()),
         Some(read()),
@@ -441,6 +448,44 @@ fn request() -> Command {
         .arg(word("asset-id", "The asset's id"))
 }
 
+/// HQ's `fleet`: the fleet table, its filters and sort as the API's (`GET /fleet`).
+fn fleet() -> Command {
+    let behind = option(
+        "behind",
+        "DURATION",
+        "Only edges behind by at least this long (\"30s\", \"1h\", \"2d\")",
+    )
+    .value_parser(|text: &str| {
+        crate::config::positive_duration(&crate::config::Scalar::Text(text.to_owned()))
+    });
+    api("fleet")
+        .about(
+            "Every edge in one table: state, last seen, round trip, backlog, behind, gaps, expiry",
+        )
+        .args([
+            option(
+                "state",
+                "STATE",
+                "Only edges in this state: up, paused, down, never, released, revoked, removed",
+            ),
+            option("name", "TEXT", "Only edges whose name contains this"),
+            behind,
+            option(
+                "sort",
+                "COLUMN",
+                "Sort by name (default), state, since, last_seen, rtt, backlog, behind, gaps or \
+                 expiry",
+            ),
+            flag(
+                "asc",
+                "Smallest first (the default for name, state, last_seen, expiry)",
+            ),
+            flag("desc", "Biggest first (the default for the others)").conflicts_with("asc"),
+            option("limit", "N", "At most this many rows (default 1000)")
+                .value_parser(value_parser!(u64)),
+        ])
+}
+
 /// HQ's `certs`.
 fn certs() -> Command {
     let dir = || {
@@ -520,6 +565,19 @@ fn api(name: &'static str) -> Command {
         .arg(flag("json", "Print the API's JSON").global(true))
 }
 
+/// `text` for a URL's query string.
+fn percent(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A required positional argument.
 fn word(name: &'static str, help: &'static str) -> Arg {
     Arg::new(name).required(true).help(help)
@@ -596,6 +654,10 @@ fn runs_elsewhere(role: Role, e: &clap::Error) -> Option<&'static str> {
         (Role::Edge, "edges") => Some(
             "`edges` runs on the core, which keeps the list of edges: run `core-node edges` there",
         ),
+        (Role::Edge, "fleet") => Some(
+            "`fleet` runs on the core, which sees every edge: run `core-node fleet` there; \
+             `status` shows this edge's link",
+        ),
         _ => None,
     }
 }
@@ -652,6 +714,29 @@ fn invocation(name: &str, m: &ArgMatches, config: Option<PathBuf>) -> Option<Par
         ("edges", Some(("revoke", s))) => api(ApiCommand::EdgeRevoke(name_of(s))),
         ("edges", Some(("forget", s))) => api(ApiCommand::EdgeForget(name_of(s))),
         ("edges", _) => api(ApiCommand::Edges),
+        ("fleet", _) => {
+            let mut query = Vec::new();
+            for (key, id) in [("state", "state"), ("q", "name"), ("sort", "sort")] {
+                if let Some(v) = m.get_one::<String>(id) {
+                    query.push(format!("{key}={}", percent(v)));
+                }
+            }
+            if let Some(behind) = m.get_one::<std::time::Duration>("behind") {
+                query.push(format!("behind_s={}", behind.as_secs()));
+            }
+            if m.get_flag("asc") {
+                query.push("order=asc".to_owned());
+            }
+            if m.get_flag("desc") {
+                query.push("order=desc".to_owned());
+            }
+            if let Some(limit) = m.get_one::<u64>("limit") {
+                query.push(format!("limit={limit}"));
+            }
+            api(ApiCommand::Fleet {
+                query: query.join("&"),
+            })
+        }
         ("mirror", Some(("start", s))) => api_at(
             s,
             ApiCommand::MirrorStart {
@@ -793,6 +878,7 @@ mod tests {
                 "assets",
                 "link",
                 "edges",
+                "fleet",
                 "append",
                 "read",
                 "certs",
@@ -998,6 +1084,25 @@ mod tests {
             command(Role::Core, &["edges", "--token", "t"]),
             ApiCommand::Edges
         );
+        assert_eq!(
+            command(
+                Role::Core,
+                &[
+                    "fleet", "--behind", "1h", "--state", "down", "--name", "a b", "--desc"
+                ]
+            ),
+            ApiCommand::Fleet {
+                query: "state=down&q=a%20b&behind_s=3600&order=desc".into()
+            }
+        );
+        assert_eq!(
+            command(Role::Core, &["fleet"]),
+            ApiCommand::Fleet {
+                query: String::new()
+            }
+        );
+        assert!(refused(Role::Core, &["fleet", "--behind", "soon"]).contains("--behind"));
+        assert!(refused(Role::Edge, &["fleet"]).contains("core-node fleet"));
         assert!(api(Role::Edge, &["services", "--json", "list"]).json);
         assert_eq!(
             command(Role::Edge, &["services", "stop", "ingest"]),

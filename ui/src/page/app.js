@@ -38,7 +38,14 @@
     // HQ: edges whose every certificate is revoked, with when (from GET /edges and
     // revocations here); a link up since then has a new certificate.
     revoked: new Map(),
+    // HQ: the fleet table's query (the node filters, sorts and pages) and last answer.
+    fleet: { q: '', state: '', behind: '', sort: 'name', order: 'asc', offset: 0, view: null },
   };
+
+  // HQ: more edge links than this are shown in the fleet table only, not as cards.
+  const MAX_LINK_CARDS = 12;
+  const FLEET_PAGE = 100;
+  const FLEET_POLL_MS = 5000;
 
   // ---- small helpers ----
 
@@ -96,7 +103,8 @@
     const m = Math.floor(s / 60);
     if (m < 60) return m + ' min' + (s % 60 ? ' ' + (s % 60) + ' s' : '');
     const hours = Math.floor(m / 60);
-    return hours + ' h' + (m % 60 ? ' ' + (m % 60) + ' min' : '');
+    if (hours < 48) return hours + ' h' + (m % 60 ? ' ' + (m % 60) + ' min' : '');
+    return Math.floor(hours / 24) + ' days';
   }
 
   function fmtAgo(ms) {
@@ -235,7 +243,10 @@
       certPill.title = "This node's certificate (serial " + cert.serial + ') expires soon: renew it. '
         + 'New files are picked up without a restart.';
     }
-    if (node.role === 'core') refreshEdges();
+    if (node.role === 'core') {
+      refreshEdges();
+      refreshFleet();
+    }
     const debug = $('#debug-logs');
     if (node.log_filter == null) {
       debug.disabled = true;
@@ -490,7 +501,10 @@
   function renderLinks() {
     const box = $('#links');
     const seen = new Set();
-    for (const l of S.links) {
+    const core = S.node && S.node.role === 'core';
+    // HQ with a fleet: the cards would be a wall; the fleet table shows every edge.
+    const cards = core && S.links.length > MAX_LINK_CARDS ? [] : S.links;
+    for (const l of cards) {
       seen.add(l.peer);
       let row = box.querySelector('[data-link="' + sel(l.peer) + '"]');
       if (!row) {
@@ -525,8 +539,9 @@
       if (!revoke.dataset.busy) revoke.disabled = revoked;
     }
     for (const row of [...box.children]) if (!seen.has(row.dataset.link)) row.remove();
-    $('#links-empty').hidden = S.links.length > 0;
-    setText($('#links-empty'), S.node && S.node.role === 'core' ? 'No edge has connected yet.' : 'No link to HQ yet.');
+    $('#links-empty').hidden = cards.length > 0;
+    setText($('#links-empty'), !core ? 'No link to HQ yet.'
+      : S.links.length ? S.links.length + ' edge links: see the Fleet table.' : 'No edge has connected yet.');
     const up = S.links.filter((l) => l.state === 'up').length;
     setText($('#links-note'), S.links.length > 1 ? up + ' of ' + S.links.length + ' up' : '');
   }
@@ -539,6 +554,133 @@
         if (i >= 0) S.links[i] = view;
       }
     });
+  }
+
+  // ---- the fleet (HQ) ----
+
+  // Asks the node for the table as the filters, sort and page say; stale answers (a
+  // newer request went out meanwhile) are dropped.
+  let fleetAsked = 0;
+  async function refreshFleet() {
+    if (!S.node || S.node.role !== 'core' || !(S.signIn && S.signIn.access)) return;
+    const f = S.fleet;
+    const query = new URLSearchParams({ sort: f.sort, order: f.order, limit: String(FLEET_PAGE), offset: String(f.offset) });
+    if (f.q) query.set('q', f.q);
+    if (f.state) query.set('state', f.state);
+    if (f.behind) query.set('behind_s', f.behind);
+    const asked = ++fleetAsked;
+    try {
+      const view = await api('GET', '/fleet?' + query.toString(), undefined, true);
+      if (asked !== fleetAsked) return;
+      S.fleet.view = view;
+      renderFleet();
+    } catch (_) {
+      // Asked again at the next poll.
+    }
+  }
+
+  function fleetCell(field) {
+    return h('td', { dataset: { field } });
+  }
+
+  function fleetRow(name) {
+    return h('tr', { dataset: { edge: name } },
+      h('td', { class: 'fleet-name', text: name }),
+      h('td', {}, h('span', { class: 'pill', dataset: { field: 'state' } })),
+      fleetCell('last-seen'), fleetCell('rtt'), fleetCell('backlog'), fleetCell('behind'),
+      fleetCell('gaps'), fleetCell('expiry'));
+  }
+
+  function renderFleet() {
+    const view = S.fleet.view;
+    if (!view) return;
+    const body = $('#fleet-rows');
+    const rows = new Map([...body.children].map((r) => [r.dataset.edge, r]));
+    let previous = null;
+    for (const e of view.edges) {
+      let row = rows.get(e.name);
+      rows.delete(e.name);
+      if (!row) row = fleetRow(e.name);
+      // In the node's order: moved only when out of place.
+      const want = previous ? previous.nextSibling : body.firstChild;
+      if (row !== want) body.insertBefore(row, want);
+      previous = row;
+      setAttr(row, 'data-state', e.state);
+      setPill(row.querySelector('[data-field="state"]'), e.state);
+      const live = e.state === 'up' || e.state === 'paused';
+      setText(row.querySelector('[data-field="last-seen"]'), live ? 'now' : e.last_seen_ms ? fmtAgo(e.last_seen_ms) : 'never');
+      setText(row.querySelector('[data-field="rtt"]'), live ? fmtRtt(e.rtt_ms) : '–');
+      const b = e.backlog_out;
+      const backlog = row.querySelector('[data-field="backlog"]');
+      setText(backlog, b ? fmtCount(b.entries) + ' · ' + fmtBytes(b.bytes) : '–');
+      setAttr(backlog, 'data-nonzero', !!(b && b.entries > 0));
+      setAttr(backlog, 'title', 'Entries HQ holds that ' + e.name + ' has not acknowledged (bytes estimated)');
+      const behind = row.querySelector('[data-field="behind"]');
+      setText(behind, e.behind_ms > 0 ? fmtDuration(e.behind_ms) : '–');
+      setAttr(behind, 'data-nonzero', e.behind_ms > 0);
+      const gaps = row.querySelector('[data-field="gaps"]');
+      setText(gaps, fmtCount(e.gaps));
+      setAttr(gaps, 'data-nonzero', e.gaps > 0);
+      const expiry = row.querySelector('[data-field="expiry"]');
+      const left = e.certificate_expiry_ms == null ? null : e.certificate_expiry_ms - Date.now();
+      setText(expiry, left == null ? '–' : left <= 0 ? 'expired' : 'in ' + fmtDuration(left));
+      setAttr(expiry, 'data-nonzero', left != null && left < 14 * 24 * 3600 * 1000);
+    }
+    for (const row of rows.values()) row.remove();
+    $('#fleet-empty').hidden = view.edges.length > 0;
+    const counts = view.states.filter((s) => s.edges > 0).map((s) => fmtCount(s.edges) + ' ' + s.state);
+    setText($('#fleet-note'), fmtCount(view.total) + ' edges' + (counts.length ? ': ' + counts.join(', ') : ''));
+    const first = view.edges.length ? view.offset + 1 : 0;
+    setText($('#fleet-page'), first + '–' + (view.offset + view.edges.length) + ' of ' + fmtCount(view.matched));
+    $('#fleet-prev').disabled = view.offset === 0;
+    $('#fleet-next').disabled = view.offset + view.edges.length >= view.matched;
+    for (const th of document.querySelectorAll('#fleet-table th')) {
+      const on = th.dataset.sort === S.fleet.sort;
+      setAttr(th, 'aria-sort', on ? (S.fleet.order === 'asc' ? 'ascending' : 'descending') : null);
+    }
+  }
+
+  // The columns that read best biggest first start descending, as the node's default.
+  const DESCENDING_FIRST = ['since', 'rtt', 'backlog', 'behind', 'gaps'];
+
+  function initFleet() {
+    let typing = 0;
+    const changed = () => {
+      S.fleet.offset = 0;
+      refreshFleet();
+    };
+    $('#fleet-q').addEventListener('input', (e) => {
+      S.fleet.q = e.currentTarget.value.trim();
+      clearTimeout(typing);
+      typing = setTimeout(changed, 250);
+    });
+    $('#fleet-filter').addEventListener('submit', (e) => e.preventDefault());
+    $('#fleet-state').addEventListener('change', (e) => {
+      S.fleet.state = e.currentTarget.value;
+      changed();
+    });
+    $('#fleet-behind').addEventListener('change', (e) => {
+      S.fleet.behind = e.currentTarget.value;
+      changed();
+    });
+    for (const th of document.querySelectorAll('#fleet-table th')) {
+      th.querySelector('button').addEventListener('click', () => {
+        const sort = th.dataset.sort;
+        if (S.fleet.sort === sort) S.fleet.order = S.fleet.order === 'asc' ? 'desc' : 'asc';
+        else S.fleet.order = DESCENDING_FIRST.includes(sort) ? 'desc' : 'asc';
+        S.fleet.sort = sort;
+        changed();
+      });
+    }
+    $('#fleet-prev').addEventListener('click', () => {
+      S.fleet.offset = Math.max(0, S.fleet.offset - FLEET_PAGE);
+      refreshFleet();
+    });
+    $('#fleet-next').addEventListener('click', () => {
+      S.fleet.offset += FLEET_PAGE;
+      refreshFleet();
+    });
+    setInterval(refreshFleet, FLEET_POLL_MS);
   }
 
   // ---- mirror ----
@@ -1008,6 +1150,7 @@
       const up = e.currentTarget.getAttribute('aria-checked') === 'true';
       demoSet({ up: !up }, e.currentTarget);
     });
+    initFleet();
     $('#token-form').addEventListener('submit', signIn);
     $('#sign-out').addEventListener('click', signOut);
     checkSignIn().catch(() => {});

@@ -42,6 +42,7 @@ use crate::log::{ReadError, Store, TableName, Txn, WriteError};
 use crate::tls::{Admit, Allowed, CertificateInfo, CloseCode, Refusal, millis};
 
 pub mod allowance;
+pub mod enrollment;
 pub mod fleet;
 
 /// The store table of the core's edges: one document per edge name.
@@ -65,6 +66,8 @@ struct Inner {
     state: RwLock<State>,
     /// One change at a time (each reads, changes and writes one document).
     changing: tokio::sync::Mutex<()>,
+    /// The mission CA's pin, once the core takes enrollments ([`enrollment`]).
+    enrolling: std::sync::OnceLock<[u8; 32]>,
 }
 
 #[derive(Debug, Default)]
@@ -197,6 +200,12 @@ pub enum EdgesError {
     /// The store could not be read.
     #[error("cannot read the store: {0}")]
     Read(#[from] ReadError),
+    /// No enrollment code of this id.
+    #[error("no enrollment code {0} at this core")]
+    UnknownCode(String),
+    /// Enrollment cannot be done here now.
+    #[error("enrollment: {0}")]
+    Enrollment(String),
 }
 
 impl Edges {
@@ -232,6 +241,7 @@ impl Edges {
             base,
             state: RwLock::new(State::default()),
             changing: tokio::sync::Mutex::new(()),
+            enrolling: std::sync::OnceLock::new(),
         }))
     }
 

@@ -326,3 +326,27 @@ fn take(frame: Frame) {
         let _ = batch.into_entries();
     }
 }
+
+/// The enrollment exchange's messages (`crate::edges::enrollment`): from the first byte,
+/// an edge's request as HQ reads it before any code is checked (0: the rest is the
+/// request) or HQ's answer as the edge reads it (1); then, for a request that reads, HQ
+/// issuing a certificate for the key it carries with a test CA, and the code written and
+/// read back unchanged.
+pub fn enrollment(data: &[u8]) {
+    use crate::edges::enrollment::{Code, read_answer, read_request};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    if which % 2 == 1 {
+        let _ = read_answer(rest);
+        return;
+    }
+    let Ok((code, name, point)) = read_request(rest) else {
+        return;
+    };
+    assert_eq!(code.to_string().parse::<Code>().as_ref(), Ok(&code));
+    static CA: std::sync::OnceLock<Option<crate::tls::Ca>> = std::sync::OnceLock::new();
+    if let Some(ca) = CA.get_or_init(|| crate::tls::Ca::create("fuzz").ok()) {
+        let _ = ca.issue_for_key(&name, &point);
+    }
+}

@@ -433,7 +433,13 @@ impl Links {
 /// endpoint is closed. `edges` admits them (a config's `tls::Allowed` will do); the
 /// certificate of each admitted edge is recorded there. A newer connection of an edge
 /// replaces its older one.
-pub async fn serve(local: Local, endpoint: quinn::Endpoint, edges: impl Into<Edges>, links: Links) {
+pub async fn serve(
+    local: Local,
+    endpoint: quinn::Endpoint,
+    edges: impl Into<Edges>,
+    links: Links,
+    enrollment: Option<Arc<tls::Ca>>,
+) {
     let edges: Edges = edges.into();
     let mut sessions = JoinSet::new();
     loop {
@@ -447,9 +453,20 @@ pub async fn serve(local: Local, endpoint: quinn::Endpoint, edges: impl Into<Edg
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let (local, edges, links) = (local.clone(), edges.clone(), links.clone());
+                let enrollment = enrollment.clone();
                 sessions.spawn(async move {
-                    // tls::accept logs a refused edge itself.
-                    let Ok(peer) = tls::accept(incoming, &edges).await else { return };
+                    // tls::accept_any logs a refused edge itself.
+                    let peer = match tls::accept_any(incoming, &edges).await {
+                        Ok(tls::Accepted::Link(peer)) => peer,
+                        Ok(tls::Accepted::Enroll(connection)) => {
+                            match &enrollment {
+                                Some(ca) => crate::edges::enrollment::serve(connection, &edges, ca).await,
+                                None => CloseCode::Protocol.close(&connection, "this core takes no enrollments"),
+                            }
+                            return;
+                        }
+                        Err(_) => return,
+                    };
                     let Some(certificate) = peer.certificate.clone() else { return };
                     edges.seen(&peer.name, &certificate).await;
                     // The session takes the link over once the hellos are checked: a

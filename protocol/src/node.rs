@@ -437,6 +437,18 @@ where
                 Err(e) => fail(&e),
             };
         }
+        NodeCommand::Enroll { code } => {
+            return match enroll(&config, &code) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         NodeCommand::Entries(command) => {
             return match entries::<A>(&config, command) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -464,6 +476,38 @@ where
     }
     let served = runtime.block_on(serve(config, |config, shutdown| run(config, app, shutdown)));
     exit_code(served, runtime)
+}
+
+/// `edge-node enroll <code>`: joins the fleet (see `crate::edges::enrollment`); returns
+/// what to tell the operator.
+fn enroll(config: &Config, code: &str) -> Result<String, String> {
+    let code: crate::edges::enrollment::Code = code.parse()?;
+    let certs = config.certs_dir();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let identity = runtime
+        .block_on(crate::edges::enrollment::enroll(
+            &config.link.core,
+            &config.link.core_name,
+            &code,
+            &config.node.name,
+            &certs,
+        ))
+        .map_err(|e| e.to_string())?;
+    let info = identity.certificate_info().map_err(|e| e.to_string())?;
+    let (year, month, day) =
+        crate::calendar::civil_from_days(tls::millis(info.not_after) / 86_400_000);
+    Ok(format!(
+        "enrolled as {} with HQ at {}: certificate serial {}, valid until \
+         {year:04}-{month:02}-{day:02}; its key (made here, never sent) and certificate are \
+         in {}. Start the edge now.\n",
+        config.node.name,
+        config.link.core,
+        info.serial,
+        certs.display()
+    ))
 }
 
 /// The exit code of a served node: 0 after a clean stop, else 1 with the error printed.

@@ -49,7 +49,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tracing::warn;
 
 pub use self::ca::{
-    CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, check_key_file, ensure_demo_files,
+    CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, certificate_info_of_pem,
+    check_key_file, enrollment_key, ensure_demo_files, save_enrolled, sha256_of_pem,
 };
 pub use self::certificate::CertificateInfo;
 pub use self::credentials::Credentials;
@@ -58,6 +59,10 @@ use crate::entry::NodeName;
 /// The ALPN protocol name both sides offer: the protocol and its major version. A peer
 /// offering anything else fails the TLS handshake (`no_application_protocol`).
 pub const ALPN: &[u8] = b"tether/1";
+
+/// The ALPN of an edge enrolling with a code (`crate::edges::enrollment`): one request,
+/// one answer, then the connection closes.
+pub const ENROLL_ALPN: &[u8] = b"tether-enroll/1";
 
 /// The default of [`Timeouts::keep_alive`] (`[link] keep_alive`): how often a side with
 /// nothing to send pings its peer. It keeps NAT and conntrack state alive (Linux forgets
@@ -560,12 +565,27 @@ pub fn server_config_with(
     credentials: &Credentials,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsError> {
+    server_config_enrolling(credentials, transport, false)
+}
+
+/// [`server_config_with`]; `enrolling`: edges may also enroll here (ALPN
+/// [`ENROLL_ALPN`], no client certificate needed for it: see `crate::edges::enrollment`).
+/// A link ([`ALPN`]) needs a certificate either way: [`accept`] refuses one without.
+pub fn server_config_enrolling(
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+    enrolling: bool,
+) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
-        .with_client_cert_verifier(credentials.edge_verifier())
+        .with_client_cert_verifier(credentials.edge_verifier(enrolling))
         .with_cert_resolver(credentials.server_resolver());
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = if enrolling {
+        vec![ALPN.to_vec(), ENROLL_ALPN.to_vec()]
+    } else {
+        vec![ALPN.to_vec()]
+    };
     // No session resumption: every handshake presents and checks both certificates, so
     // a renewed certificate is served to the next one, and a revoked or expired one
     // cannot come back on a ticket. It costs the certificates' ~1 KB each way per
@@ -607,6 +627,94 @@ pub fn client_config_with(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
+}
+
+/// An enrolling edge's QUIC client config: TLS 1.3, ALPN [`ENROLL_ALPN`], no client
+/// certificate, and the core trusted only if it serves, after its own certificate, a CA
+/// certificate whose SHA-256 is `pin` (from the enrollment code) and its certificate
+/// chains to that CA: nothing is sent to a core that is not the mission's.
+pub fn enroll_client_config(
+    pin: [u8; 32],
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa(pin)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// Trusts the CA the server sends whose SHA-256 is the pin, and checks the server's
+/// certificate against it as [`client_config`] checks against `ca.pem`.
+#[derive(Debug)]
+struct PinnedCa([u8; 32]);
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let Some(ca) = intermediates.iter().find(|c| ca::sha256(c) == self.0) else {
+            return Err(rustls::Error::General(
+                "the core did not show the mission CA that the enrollment code names: check \
+                 the code and the core's address"
+                    .to_owned(),
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("the pinned CA is not usable: {e}")))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "TLS 1.2 is not spoken here".to_owned(),
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// The core's endpoint, listening on `listen` (UDP). Must be called inside a tokio
@@ -756,6 +864,36 @@ pub async fn accept<A: Admit + ?Sized>(
     incoming: quinn::Incoming,
     admit: &A,
 ) -> Result<Peer, HandshakeError> {
+    match accept_any(incoming, admit).await? {
+        Accepted::Link(peer) => Ok(peer),
+        Accepted::Enroll(connection) => {
+            let peer = connection.remote_address();
+            CloseCode::Protocol.close(&connection, "this core takes no enrollments here");
+            warn!(%peer, "link refused: an enrollment where none is taken");
+            Err(HandshakeError::Identity {
+                peer,
+                source: TlsError::NoPeerCertificate,
+            })
+        }
+    }
+}
+
+/// What an incoming connection turned out to be.
+#[derive(Debug)]
+pub enum Accepted {
+    /// An edge's link, admitted ([`accept`]).
+    Link(Peer),
+    /// An edge enrolling with a code (ALPN [`ENROLL_ALPN`]): not authenticated by a
+    /// certificate of its own; `crate::edges::enrollment` serves it.
+    Enroll(quinn::Connection),
+}
+
+/// [`accept`], where edges may also enroll (the endpoint's config from
+/// [`server_config_enrolling`]).
+pub async fn accept_any<A: Admit + ?Sized>(
+    incoming: quinn::Incoming,
+    admit: &A,
+) -> Result<Accepted, HandshakeError> {
     let peer = incoming.remote_address();
     let accepted = accept_inner(incoming, admit, peer).await;
     if let Err(err) = &accepted {
@@ -768,13 +906,20 @@ async fn accept_inner<A: Admit + ?Sized>(
     incoming: quinn::Incoming,
     admit: &A,
     peer: SocketAddr,
-) -> Result<Peer, HandshakeError> {
+) -> Result<Accepted, HandshakeError> {
     let handshake = |source| HandshakeError::Handshake { peer, source };
     let connection = incoming
         .accept()
         .map_err(handshake)?
         .await
         .map_err(handshake)?;
+    let alpn = connection
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(ENROLL_ALPN) {
+        return Ok(Accepted::Enroll(connection));
+    }
     let identified = peer_name(&connection).and_then(|name| {
         let certificate = peer_certificate(&connection)?;
         Ok((name, certificate))
@@ -787,11 +932,11 @@ async fn accept_inner<A: Admit + ?Sized>(
         }
     };
     match admit.admit(&name, &certificate) {
-        Ok(()) => Ok(Peer {
+        Ok(()) => Ok(Accepted::Link(Peer {
             connection,
             name,
             certificate: Some(certificate),
-        }),
+        })),
         Err(Refusal::NotAllowed) => {
             let reason = format!("edge {name} is not in this core's list of edges");
             CloseCode::NotAllowed.close(&connection, &reason);

@@ -37,7 +37,7 @@ type Body = fn(&[u8]);
 
 /// Every target, by the name of its file in `fuzz/fuzz_targets/` and its corpus, with
 /// the function it calls.
-const TARGETS: [(&str, Body); 12] = [
+const TARGETS: [(&str, Body); 13] = [
     ("frames", protocol::fuzzing::frames),
     ("inflate", protocol::fuzzing::inflate),
     ("batch", protocol::fuzzing::batch),
@@ -50,6 +50,7 @@ const TARGETS: [(&str, Body); 12] = [
     ("feed", core_node::fuzzing::feed),
     ("store_wal", protocol::fuzzing::store_wal),
     ("store_records", protocol::fuzzing::store_records),
+    ("enrollment", protocol::fuzzing::enrollment),
 ];
 
 fn corpus(target: &str) -> PathBuf {
@@ -167,6 +168,11 @@ fn image_corpus() {
 #[test]
 fn feed_corpus() {
     replay("feed");
+}
+
+#[test]
+fn enrollment_corpus() {
+    replay("enrollment");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 mod api;
 mod chart;
 mod emulator;
+mod enroll;
 mod fleet;
 mod fuzz;
 mod hostile;

@@ -63,6 +63,11 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/edges/{name}/revoke", post(edge_revoke))
         .route("/edges/{name}/forget", post(edge_forget))
         .route("/fleet", get(crate::fleet::fleet))
+        .route(
+            "/enrollments",
+            get(crate::enrollments::list).post(crate::enrollments::create),
+        )
+        .route("/enrollments/{id}/revoke", post(crate::enrollments::revoke))
         .route("/mirror", get(mirror))
         .route("/mirror/start", post(mirror_start))
         .route("/mirror/stop", post(mirror_stop))
@@ -592,13 +597,17 @@ fn edge_name(name: &str) -> Result<NodeName> {
         .map_err(|e| ApiError::bad_request(format!("{name:?} is not an edge name: {e}")))
 }
 
-fn edges_error(e: protocol::edges::EdgesError) -> ApiError {
+pub(crate) fn edges_error(e: protocol::edges::EdgesError) -> ApiError {
     use protocol::edges::EdgesError as E;
     match e {
         E::Unknown(_) => ApiError::not_found(format!("{e}; GET /api/v1/edges lists them")),
         E::OwnName(_) | E::NoCertificate(_) => ApiError::conflict(e.to_string()),
         E::Write(e) => write_error(e),
         E::Read(e) => read_error(e),
+        E::UnknownCode(_) => {
+            ApiError::not_found(format!("{e}; GET /api/v1/enrollments lists them"))
+        }
+        E::Enrollment(_) => ApiError::conflict(e.to_string()),
     }
 }
 

@@ -335,6 +335,28 @@ fn run_command(role: Role, args: ApiArgs) -> Result<()> {
             };
             print(&api.get(&path)?, &print_fleet);
         }
+        ApiCommand::EnrollCreate { body } => {
+            let body: Value = serde_json::from_str(&body).unwrap_or_default();
+            let code = api.send("POST", "/enrollments", Some(body))?;
+            print(&code, &|c| {
+                outln!("{}", s(&c["code"]));
+                eprintln!(
+                    "code {}: enrolls {} edge(s){} until {}; shown once. On the edge: \
+                     edge-node enroll <code> (with link.core set to this core's address)",
+                    s(&c["id"]),
+                    c["uses"],
+                    names_of(c),
+                    c["expires_ms"]
+                        .as_u64()
+                        .map_or_else(|| "-".to_owned(), |ms| when(ms, now_ms())),
+                );
+            });
+        }
+        ApiCommand::EnrollList => print(&api.get("/enrollments")?, &print_codes),
+        ApiCommand::EnrollRevoke(id) => {
+            let code = api.send("POST", &format!("/enrollments/{}/revoke", seg(&id)), None)?;
+            print(&code, &|c| print_codes(&Value::Array(vec![c.clone()])));
+        }
         ApiCommand::EdgeRemove(name) => change_edge(&name, "remove")?,
         ApiCommand::EdgeRevoke(name) => change_edge(&name, "revoke")?,
         ApiCommand::EdgeForget(name) => {
@@ -421,6 +443,55 @@ fn print_edges(edges: &Value) {
             } else {
                 ", forgotten"
             }
+        );
+    }
+}
+
+/// ` for alpha, bravo` when a code is for names.
+fn names_of(code: &Value) -> String {
+    let names: Vec<&str> = code["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", names.join(", "))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The enrollment codes, a line each.
+fn print_codes(codes: &Value) {
+    for c in codes.as_array().into_iter().flatten() {
+        let enrolled: Vec<&str> = c["enrolled"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        outln!(
+            "code {}: {}, {} of {} used{}{}, expires {}",
+            s(&c["id"]),
+            s(&c["state"]),
+            enrolled.len(),
+            c["uses"],
+            names_of(c),
+            if enrolled.is_empty() {
+                String::new()
+            } else {
+                format!(", enrolled {}", enrolled.join(", "))
+            },
+            c["expires_ms"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |ms| when(ms, now_ms())),
         );
     }
 }
@@ -723,8 +794,12 @@ fn when(ms: u64, now: u64) -> String {
     let (secs, days) = (ms / 1000, ms / 86_400_000);
     let (year, month, day) = protocol::calendar::civil_from_days(days);
     let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let age = age(Duration::from_millis(now.saturating_sub(ms)));
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC, {age} ago")
+    let relative = if ms > now {
+        format!("in {}", age(Duration::from_millis(ms - now)))
+    } else {
+        format!("{} ago", age(Duration::from_millis(now - ms)))
+    };
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC, {relative}")
 }
 
 /// A length of time as people say it: `5 s`, `3 min`, `2 h 5 min`, `4 days`.

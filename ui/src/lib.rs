@@ -15,6 +15,7 @@
 pub mod access;
 pub mod api;
 pub mod cli;
+pub mod enrollments;
 pub mod error;
 pub mod events;
 pub mod fleet;

@@ -174,13 +174,24 @@ impl Builder {
         let (endpoint, link_loop): (quinn::Endpoint, Pin<Box<dyn Future<Output = ()> + Send>>) =
             match role {
                 Role::Core => {
-                    let endpoint =
-                        tls::server_endpoint_with(config.link.listen, &credentials, transport)
+                    let endpoint = tls::server_endpoint_with(
+                        config.link.listen,
+                        &credentials,
+                        transport.clone(),
+                    )
+                    .map_err(NodeError::Endpoint)?;
+                    // Edges enroll with codes only where the CA's key is at hand.
+                    let ca = enrollment_ca(&config);
+                    if let (Some(ca), Some(edges)) = (&ca, &edges) {
+                        edges.enable_enrollment(ca.pin());
+                        let enrolling = tls::server_config_enrolling(&credentials, transport, true)
                             .map_err(NodeError::Endpoint)?;
+                        endpoint.set_server_config(Some(enrolling));
+                    }
                     let edges = edges
                         .clone()
                         .unwrap_or_else(|| config.allowed_edges().into());
-                    let serve = link::serve(local, endpoint.clone(), edges, links.clone());
+                    let serve = link::serve(local, endpoint.clone(), edges, links.clone(), ca);
                     (endpoint, Box::pin(serve))
                 }
                 Role::Edge => {
@@ -322,6 +333,26 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
         tls::check_key_file(key).map_err(failed)?;
     }
     Ok(identity)
+}
+
+/// The mission CA, if its key is in the core's certificates directory: then edges may
+/// enroll with codes (`crate::edges::enrollment`). Logged either way.
+fn enrollment_ca(config: &Config) -> Option<Arc<tls::Ca>> {
+    let dir = config.certs_dir();
+    if !dir.join(tls::CA_KEY_FILE).exists() {
+        tracing::info!(certs_dir = %dir.display(), "enrollment off: the CA's key (ca.key) is not in certs_dir, so edges join with certificates issued elsewhere");
+        return None;
+    }
+    match tls::Ca::load(&dir) {
+        Ok(ca) => {
+            tracing::info!("enrollment on: edges may join with a code (core-node enroll create)");
+            Some(Arc::new(ca))
+        }
+        Err(err) => {
+            tracing::warn!(%err, "enrollment off: the CA does not load");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

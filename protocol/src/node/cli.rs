@@ -62,6 +62,12 @@ pub enum NodeCommand {
     Certs(CertsCommand),
     /// `mirror` alone (edge): run the edge until the mirror it starts has ended.
     Mirror,
+    /// `enroll <code>` (edge): join the fleet: make a key, get a certificate from HQ (at
+    /// the config's `link.core`), write both into `link.certs_dir`.
+    Enroll {
+        /// The code HQ's operator gave.
+        code: String,
+    },
 }
 
 /// `append`, `read` and `request`: the node's store, opened while the node is stopped
@@ -192,6 +198,15 @@ pub enum ApiCommand {
     EdgeRevoke(String),
     /// `edges forget <name>` (HQ).
     EdgeForget(String),
+    /// `enroll create [--uses N] [--expires 1d] [--name NAME]...` (HQ): a new code.
+    EnrollCreate {
+        /// The request body, JSON.
+        body: String,
+    },
+    /// `enroll list` (HQ).
+    EnrollList,
+    /// `enroll revoke <id>` (HQ).
+    EnrollRevoke(String),
     /// `fleet [--state S] [--name TEXT] [--behind 1h] [--sort COLUMN] [--asc|--desc]
     /// [--limit N]` (HQ): the fleet table.
     Fleet {
@@ -253,6 +268,7 @@ pub fn command(role: Role) -> Command {
         Some(link()),
         core.then(edges),
         core.then(fleet),
+        Some(enroll(role)),
         edge.then(mirror),
         Some(append()),
         Some(read()),
@@ -446,6 +462,50 @@ fn request() -> Command {
              for it when it runs, and a mirror brings it",
         )
         .arg(word("asset-id", "The asset's id"))
+}
+
+/// `enroll`: at HQ, the codes (through its API); at an edge, joining with one.
+fn enroll(role: Role) -> Command {
+    match role {
+        Role::Core => api("enroll")
+            .about("Make, list and revoke the codes edges join the fleet with")
+            .subcommand_required(true)
+            .subcommands([
+                Command::new("create")
+                    .about("A new code; printed once (HQ keeps only its hash)")
+                    .args([
+                        option("uses", "N", "How many edges it may enroll (default 1)")
+                            .value_parser(value_parser!(u32)),
+                        option(
+                            "expires",
+                            "DURATION",
+                            "How long it is valid (default 1d, at most 30d)",
+                        )
+                        .value_parser(|text: &str| {
+                            crate::config::positive_duration(&crate::config::Scalar::Text(
+                                text.to_owned(),
+                            ))
+                        }),
+                        option(
+                            "name",
+                            "NAME",
+                            "Only for this edge name (repeat for several); without: any name HQ \
+                             does not know yet",
+                        )
+                        .action(ArgAction::Append),
+                    ]),
+                Command::new("list").about("The codes: state, uses, the edges they enrolled"),
+                Command::new("revoke")
+                    .about("Revoke a code: it enrolls no one from now on")
+                    .arg(word("id", "The code's id (its first 8 hex digits)")),
+            ]),
+        Role::Edge => Command::new("enroll")
+            .about(
+                "Join the fleet with a code from HQ: make this edge's key (it never leaves \
+                 it) and get its certificate from HQ at link.core",
+            )
+            .arg(word("code", "The code HQ's operator gave (tether1-...)")),
+    }
 }
 
 /// HQ's `fleet`: the fleet table, its filters and sort as the API's (`GET /fleet`).
@@ -714,6 +774,29 @@ fn invocation(name: &str, m: &ArgMatches, config: Option<PathBuf>) -> Option<Par
         ("edges", Some(("revoke", s))) => api(ApiCommand::EdgeRevoke(name_of(s))),
         ("edges", Some(("forget", s))) => api(ApiCommand::EdgeForget(name_of(s))),
         ("edges", _) => api(ApiCommand::Edges),
+        ("enroll", Some(("create", s))) => {
+            let mut body = serde_json::Map::new();
+            if let Some(uses) = s.get_one::<u32>("uses") {
+                body.insert("uses".into(), (*uses).into());
+            }
+            if let Some(expires) = s.get_one::<std::time::Duration>("expires") {
+                body.insert("expires_in_s".into(), expires.as_secs().into());
+            }
+            if let Some(names) = s.get_many::<String>("name") {
+                body.insert("names".into(), names.cloned().collect::<Vec<_>>().into());
+            }
+            api_at(
+                s,
+                ApiCommand::EnrollCreate {
+                    body: serde_json::Value::Object(body).to_string(),
+                },
+            )
+        }
+        ("enroll", Some(("list", s))) => api_at(s, ApiCommand::EnrollList),
+        ("enroll", Some(("revoke", s))) => api_at(s, ApiCommand::EnrollRevoke(text(s, "id"))),
+        ("enroll", _) if m.contains_id("code") => node(NodeCommand::Enroll {
+            code: text(m, "code"),
+        }),
         ("fleet", _) => {
             let mut query = Vec::new();
             for (key, id) in [("state", "state"), ("q", "name"), ("sort", "sort")] {
@@ -842,7 +925,9 @@ mod tests {
             assert!(all.len() >= 20, "{all:?}");
             for args in all {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let required = ["link"] == args[..] || ["certs"] == args[..];
+                let required = ["link"] == args[..]
+                    || ["certs"] == args[..]
+                    || (role == Role::Core && ["enroll"] == args[..]);
                 match parse(role, &args) {
                     Ok(_) => assert!(!required, "{args:?}"),
                     Err(e) => assert!(required, "{role} {args:?}: {e}"),
@@ -879,6 +964,7 @@ mod tests {
                 "link",
                 "edges",
                 "fleet",
+                "enroll",
                 "append",
                 "read",
                 "certs",
@@ -909,6 +995,7 @@ mod tests {
                 "tail",
                 "assets",
                 "link",
+                "enroll",
                 "mirror",
                 "append",
                 "read",

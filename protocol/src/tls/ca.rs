@@ -200,18 +200,9 @@ impl Ca {
         // The name must be a DNS name, for the SAN and for the edge's server name check.
         server_name(node)?;
         let key = generate_key(&format!("the key of node {node}"))?;
-        let mut params =
-            CertificateParams::new(vec![node.as_str().to_owned()]).map_err(generate)?;
-        params.distinguished_name = common_name(node.as_str());
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match role {
-            Role::Core => ExtendedKeyUsagePurpose::ServerAuth,
-            Role::Edge => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
-        set_validity(&mut params, not_before, not_after);
-        params.use_authority_key_identifier_extension = true;
-        let issuer = Issuer::new(ca_params(&self.name), &self.key);
-        let cert = params.signed_by(&key, &issuer).map_err(generate)?;
+        let cert = self
+            .certify(node, role, &key, not_before, not_after)
+            .map_err(generate)?;
         let ca = self.cert.clone();
         Ok(NodeIdentity {
             name: node.clone(),
@@ -228,6 +219,138 @@ impl Ca {
             ca_pem: self.cert_pem.clone(),
         })
     }
+}
+
+impl Ca {
+    /// A certificate for `node` in `role` with the public key `key`, signed by the CA.
+    fn certify(
+        &self,
+        node: &NodeName,
+        role: Role,
+        key: &impl rcgen::PublicKeyData,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<rcgen::Certificate, rcgen::Error> {
+        let mut params = CertificateParams::new(vec![node.as_str().to_owned()])?;
+        params.distinguished_name = common_name(node.as_str());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![match role {
+            Role::Core => ExtendedKeyUsagePurpose::ServerAuth,
+            Role::Edge => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        set_validity(&mut params, not_before, not_after);
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::new(ca_params(&self.name), &self.key);
+        params.signed_by(key, &issuer)
+    }
+
+    /// Issues edge `node` a certificate (PEM, valid 5 years) for the public key `point`:
+    /// an uncompressed ECDSA P-256 point (65 bytes), as an enrolling edge sends its own
+    /// key, which never leaves it.
+    pub fn issue_for_key(&self, node: &NodeName, point: &[u8]) -> Result<String, TlsError> {
+        let generate = |source| TlsError::Generate {
+            what: format!("the certificate of edge {node}"),
+            source,
+        };
+        server_name(node)?;
+        if point.len() != 65 || point[0] != 4 {
+            return Err(TlsError::Generate {
+                what: format!("the certificate of edge {node}"),
+                source: rcgen::Error::CouldNotParseKeyPair,
+            });
+        }
+        struct Point<'a>(&'a [u8]);
+        impl rcgen::PublicKeyData for Point<'_> {
+            fn der_bytes(&self) -> &[u8] {
+                self.0
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                &rcgen::PKCS_ECDSA_P256_SHA256
+            }
+        }
+        let now = SystemTime::now();
+        let cert = self
+            .certify(
+                node,
+                Role::Edge,
+                &Point(point),
+                now - BACKDATE,
+                now + NODE_VALIDITY,
+            )
+            .map_err(generate)?;
+        Ok(cert.pem())
+    }
+
+    /// SHA-256 of the CA's certificate (DER): what an enrollment code pins.
+    pub fn pin(&self) -> [u8; 32] {
+        sha256(&self.cert)
+    }
+}
+
+/// SHA-256 of the first certificate in `pem` (DER), if it holds one.
+pub fn sha256_of_pem(pem: &str) -> Option<[u8; 32]> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|der| sha256(&der))
+}
+
+/// The serial, key and expiry of the first certificate in `pem`.
+pub fn certificate_info_of_pem(pem: &str) -> Option<super::CertificateInfo> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    super::CertificateInfo::read(&der).ok()
+}
+
+/// SHA-256 of `bytes`.
+pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// A fresh key for an enrolling edge (ECDSA P-256): its PEM, and its public point for
+/// [`Ca::issue_for_key`].
+pub fn enrollment_key() -> Result<(String, Vec<u8>), TlsError> {
+    let key = generate_key("this edge's key")?;
+    Ok((
+        key.serialize_pem(),
+        rcgen::PublicKeyData::der_bytes(&key).to_vec(),
+    ))
+}
+
+/// Writes an enrolled edge's files into `dir` (`<node>.pem`, `<node>.key` with mode
+/// 0600, `ca.pem`), refusing to replace a certificate or key of that name, then loads
+/// them as the node will, so that files that would not work are an error now.
+pub fn save_enrolled(
+    dir: &Path,
+    node: &NodeName,
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<NodeIdentity, TlsError> {
+    let (cert_path, key_path) = (cert_file(dir, node), key_file(dir, node));
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            return Err(TlsError::Exists { path: path.clone() });
+        }
+    }
+    create_dir(dir)?;
+    let ca_path = dir.join(CA_CERT_FILE);
+    if ca_path.exists() {
+        // Another mission's CA would make the new certificate fail to load below.
+        if read_text(&ca_path)? != ca_pem {
+            return Err(TlsError::Invalid {
+                path: ca_path,
+                reason: "holds another CA than the one this enrollment is for: move it away"
+                    .to_owned(),
+            });
+        }
+    } else {
+        write_new(&ca_path, ca_pem, Secret::No)?;
+    }
+    write_new(&key_path, key_pem, Secret::Yes)?;
+    write_new(&cert_path, cert_pem, Secret::No)?;
+    NodeIdentity::load(dir, node, Role::Edge)
 }
 
 impl std::fmt::Debug for Ca {
@@ -333,6 +456,20 @@ impl NodeIdentity {
     /// The node's certificate chain, its own certificate first.
     pub(super) fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
+    }
+
+    /// The serial, key and expiry of the node's certificate.
+    pub fn certificate_info(&self) -> Result<super::CertificateInfo, TlsError> {
+        let first = self.chain.first().ok_or(TlsError::NoPeerCertificate)?;
+        super::CertificateInfo::read(first).map_err(|reason| TlsError::Invalid {
+            path: cert_file(Path::new(""), &self.name),
+            reason,
+        })
+    }
+
+    /// The mission CA's certificate.
+    pub(super) fn ca_cert(&self) -> &CertificateDer<'static> {
+        &self.ca
     }
 
     /// The node's private key.

@@ -61,6 +61,9 @@ struct Files {
 /// What one load produced.
 struct Loaded {
     key: Arc<CertifiedKey>,
+    /// The same with the CA's certificate after the node's: served to an enrolling edge,
+    /// which checks the CA against the pin in its code.
+    key_with_ca: Arc<CertifiedKey>,
     edges: Arc<dyn ClientCertVerifier>,
     core: Arc<WebPkiServerVerifier>,
     info: CertificateInfo,
@@ -174,9 +177,10 @@ impl Credentials {
         Arc::new(Resolver(self.clone()))
     }
 
-    /// A verifier of edges' certificates against the current CA.
-    pub(super) fn edge_verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        Arc::new(EdgeVerifier(self.clone()))
+    /// A verifier of edges' certificates against the current CA; `enrolling`: a client
+    /// may also come without one (to enroll; `accept` refuses it a link).
+    pub(super) fn edge_verifier(&self, enrolling: bool) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(EdgeVerifier(self.clone(), enrolling))
     }
 
     /// A verifier of the core's certificate against the current CA.
@@ -215,6 +219,9 @@ impl Loaded {
         let provider = provider();
         let key = CertifiedKey::from_der(identity.chain().to_vec(), identity.key(), &provider)
             .map_err(config_error)?;
+        let mut with_ca = identity.chain().to_vec();
+        with_ca.push(identity.ca_cert().clone());
+        let key_with_ca = CertifiedKey::new(with_ca, key.key.clone());
         let edges = WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
             .build()
             .map_err(config_error)?;
@@ -231,6 +238,7 @@ impl Loaded {
         })?;
         Ok(Loaded {
             key: Arc::new(key),
+            key_with_ca: Arc::new(key_with_ca),
             edges,
             core,
             info,
@@ -267,8 +275,16 @@ impl Files {
 struct Resolver(Credentials);
 
 impl ResolvesServerCert for Resolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.fresh().key.clone())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let enrolling = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == super::ENROLL_ALPN));
+        let loaded = self.0.fresh();
+        Some(if enrolling {
+            loaded.key_with_ca.clone()
+        } else {
+            loaded.key.clone()
+        })
     }
 }
 
@@ -287,8 +303,10 @@ impl ResolvesClientCert for Resolver {
 }
 
 /// The core's check of an edge's certificate: the webpki verifier of the current CA.
+/// A certificate, when one is sent, is always checked; whether one must be sent is the
+/// flag (false only where edges enroll).
 #[derive(Debug)]
-struct EdgeVerifier(Credentials);
+struct EdgeVerifier(Credentials, bool);
 
 impl ClientCertVerifier for EdgeVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -296,7 +314,7 @@ impl ClientCertVerifier for EdgeVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        !self.1
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -442,6 +442,8 @@ pub async fn serve(
 ) {
     let edges: Edges = edges.into();
     let mut sessions = JoinSet::new();
+    // Enrollments are rare and unauthenticated until the code is checked: a few at once.
+    let enrolling = Arc::new(tokio::sync::Semaphore::new(MAX_ENROLLING));
     loop {
         tokio::select! {
             biased;
@@ -453,16 +455,22 @@ pub async fn serve(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let (local, edges, links) = (local.clone(), edges.clone(), links.clone());
-                let enrollment = enrollment.clone();
+                let (enrollment, enrolling) = (enrollment.clone(), enrolling.clone());
                 sessions.spawn(async move {
                     // tls::accept_any logs a refused edge itself.
                     let peer = match tls::accept_any(incoming, &edges).await {
                         Ok(tls::Accepted::Link(peer)) => peer,
                         Ok(tls::Accepted::Enroll(connection)) => {
-                            match &enrollment {
-                                Some(ca) => crate::edges::enrollment::serve(connection, &edges, ca).await,
-                                None => CloseCode::Protocol.close(&connection, "this core takes no enrollments"),
-                            }
+                            let Some(ca) = &enrollment else {
+                                CloseCode::Protocol.close(&connection, "this core takes no enrollments");
+                                return;
+                            };
+                            let Ok(_permit) = enrolling.try_acquire() else {
+                                tracing::warn!(peer = %connection.remote_address(), "enrollment refused: {MAX_ENROLLING} under way already");
+                                CloseCode::Protocol.close(&connection, "the core is busy with other enrollments: try again in a minute");
+                                return;
+                            };
+                            crate::edges::enrollment::serve(connection, &edges, ca).await;
                             return;
                         }
                         Err(_) => return,
@@ -495,6 +503,9 @@ pub async fn serve(
     }
     sessions.shutdown().await;
 }
+
+/// Most enrollments a core serves at once; more are closed with a reason.
+const MAX_ENROLLING: usize = 16;
 
 /// Backoff between dials: from `MIN_BACKOFF`, doubling to `MAX_BACKOFF`, each wait
 /// drawn between half and all of it, so that many edges do not redial in step.

@@ -241,6 +241,7 @@ impl Node {
         let mut certificate = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
         certificate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut expiry = ExpiryWarning::default();
+        let mut renewal = Renewal::default();
         let mut poisoned = false;
         let stopped = loop {
             tokio::select! {
@@ -265,6 +266,9 @@ impl Node {
                     // is logged by `refresh` (once per change).
                     let _ = credentials.refresh();
                     expiry.check(&config.node.name, &credentials);
+                    if config.role == Role::Edge {
+                        renewal.start_if_due(&config, &credentials);
+                    }
                 }
             }
         };
@@ -364,6 +368,57 @@ impl ExpiryWarning {
              by hand, `core-node certs issue` and replace the files, no restart needed)"
         );
         self.last = Some((std::time::Instant::now(), certificate.serial));
+    }
+}
+
+/// An edge's renewal of its certificate over the link (`crate::edges::enrollment::renew`),
+/// once less than `1/RENEW_WITHIN` of its lifetime is left; one at a time, and again
+/// [`RENEW_RETRY`] after a failure.
+#[derive(Debug, Default)]
+struct Renewal {
+    running: Option<tokio::task::JoinHandle<()>>,
+    tried: Option<std::time::Instant>,
+}
+
+/// How long after a failed renewal the next one starts.
+const RENEW_RETRY: Duration = Duration::from_secs(600);
+
+impl Renewal {
+    fn start_if_due(&mut self, config: &Config, credentials: &Credentials) {
+        if self.running.as_ref().is_some_and(|r| !r.is_finished())
+            || self.tried.is_some_and(|at| at.elapsed() < RENEW_RETRY)
+            || credentials.path().is_none()
+            || !credentials
+                .certificate()
+                .renewal_due(std::time::SystemTime::now())
+        {
+            return;
+        }
+        self.tried = Some(std::time::Instant::now());
+        let (config, credentials) = (config.clone(), credentials.clone());
+        self.running = Some(tokio::spawn(async move {
+            let old = credentials.certificate();
+            info!(serial = %old.serial, not_after_ms = tls::millis(old.not_after), "the certificate is due for renewal: asking HQ over the link");
+            let renewed = crate::edges::enrollment::renew(
+                &config.link.core,
+                &config.link.core_name,
+                &credentials,
+                &config.node.name,
+                &config.certs_dir(),
+            )
+            .await;
+            match renewed {
+                Ok(new) => info!(
+                    old_serial = %old.serial,
+                    serial = %new.serial,
+                    not_after_ms = tls::millis(new.not_after),
+                    "certificate renewed over the link: new handshakes use it"
+                ),
+                Err(err) => {
+                    warn!(%err, "the certificate could not be renewed; trying again in 10 minutes")
+                }
+            }
+        }));
     }
 }
 

@@ -50,9 +50,10 @@ use tracing::warn;
 
 pub use self::ca::{
     CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, certificate_info_of_pem,
-    check_key_file, enrollment_key, ensure_demo_files, save_enrolled, sha256_of_pem,
+    check_key_file, enrollment_key, ensure_demo_files, replace_identity, save_enrolled,
+    sha256_of_pem,
 };
-pub use self::certificate::CertificateInfo;
+pub use self::certificate::{CertificateInfo, RENEW_WITHIN};
 pub use self::credentials::Credentials;
 use crate::entry::NodeName;
 
@@ -643,6 +644,26 @@ pub fn enroll_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCa(pin)))
         .with_no_client_auth();
+    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// An edge renewing its certificate: [`client_config_with`] (the CA of `ca.pem` trusted,
+/// the current certificate shown), with ALPN [`ENROLL_ALPN`].
+pub fn renew_client_config(
+    credentials: &Credentials,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(credentials.core_verifier())
+        .with_client_cert_resolver(credentials.client_resolver());
     tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;

@@ -457,6 +457,94 @@ async fn an_edge_away_past_its_allowance_age_is_released_and_gets_a_gap() {
     hq.stop().await;
 }
 
+/// An edge whose certificate is near its end renews it over the link at start: a new
+/// key made at the edge, a certificate from HQ for it, both files replaced, the new
+/// certificate used at the next handshake and recorded by HQ. A revoked edge cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_near_its_end_is_renewed_over_the_link() {
+    use std::time::SystemTime;
+    let mission = Mission::new("trust-renewal", Vec::new());
+    let hq = Running::start(Role::Core, mission.core()).await;
+    // alpha's certificate: 10 days used, 1 day left (renewed once under 1/8 is left).
+    let certs = mission.certs();
+    for ext in ["pem", "key"] {
+        std::fs::remove_file(certs.join(format!("alpha.{ext}"))).unwrap();
+    }
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    Ca::load(&certs)
+        .unwrap()
+        .issue_valid(&name("alpha"), Role::Edge, now - 10 * day, now + day)
+        .unwrap()
+        .save(&certs)
+        .unwrap();
+    let old = certificate_of(&certs, "alpha", Role::Edge);
+    let alpha = Running::start(Role::Edge, mission.edge(hq.link_addr)).await;
+    let deadline = Instant::now() + WITHIN;
+    while alpha.credentials.certificate().serial == old.serial {
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = alpha.credentials.certificate();
+    assert_ne!(new.key_sha256, old.key_sha256, "a new key");
+    assert!(new.not_after > now + 365 * day, "{new:?}");
+    assert_eq!(
+        certificate_of(&certs, "alpha", Role::Edge),
+        new,
+        "the files"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(certs.join("alpha.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0);
+    // The next handshake shows it, and HQ records it.
+    let link = hq.links.get(&name("alpha")).unwrap();
+    let since = link.status().since;
+    link.close(CloseCode::Shutdown, "the test wants a new handshake");
+    let up = alpha.links.get(&name("hq")).unwrap();
+    wait_link(&up, "alpha's new session", WITHIN, |s| {
+        s.connected && s.since > since
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    while !hq
+        .edges()
+        .status(&name("alpha"))
+        .certificates
+        .iter()
+        .any(|c| c.serial == new.serial)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "HQ never saw the new certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Revoked: no renewal, and the reason says why.
+    hq.edges().revoke(&name("alpha")).await.unwrap();
+    let refused = protocol::edges::enrollment::renew(
+        &hq.link_addr.to_string(),
+        &name("hq"),
+        &alpha.credentials,
+        &name("alpha"),
+        &certs,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("revoked"), "{refused}");
+    assert_eq!(alpha.credentials.certificate(), new);
+    alpha.stop().await;
+    hq.stop().await;
+}
+
 /// Waits on the store's change signal until `done` holds.
 async fn wait_store(store: &Store, done: impl Fn() -> bool) {
     let mut changes = store.changes();

@@ -378,7 +378,9 @@ impl Edges {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Request {
-    code: String,
+    /// The code; none to renew (the edge then shows its current certificate).
+    #[serde(default)]
+    code: Option<String>,
     name: String,
     /// Its public key: an uncompressed P-256 point, hex.
     public_key: String,
@@ -403,9 +405,16 @@ pub async fn serve(connection: quinn::Connection, edges: &Edges, ca: &Ca) {
             .read_to_end(MAX_MESSAGE)
             .await
             .map_err(|e| format!("a bad request: {e}"))?;
-        let answer = match answer(&bytes, edges, ca).await {
-            Ok((name, serial, answer)) => {
-                tracing::info!(%peer, edge = %name, %serial, "edge enrolled: admitted, its certificate issued");
+        let presented = tls::peer_name(&connection)
+            .ok()
+            .zip(tls::peer_certificate(&connection).ok());
+        let answer = match answer(&bytes, presented, edges, ca).await {
+            Ok((name, serial, answer, renewed)) => {
+                if renewed {
+                    tracing::info!(%peer, edge = %name, %serial, "certificate renewed over the link");
+                } else {
+                    tracing::info!(%peer, edge = %name, %serial, "edge enrolled: admitted, its certificate issued");
+                }
                 answer
             }
             Err(Refused(reason)) => {
@@ -428,14 +437,18 @@ pub async fn serve(connection: quinn::Connection, edges: &Edges, ca: &Ca) {
     connection.close(0u32.into(), b"done");
 }
 
-/// An enrolling edge's request, as HQ reads it: the code, the name, the public key.
-pub fn read_request(bytes: &[u8]) -> Result<(Code, NodeName, Vec<u8>), Refused> {
+/// An enrolling edge's request, as HQ reads it: the code (none: a renewal), the name,
+/// the public key.
+pub fn read_request(bytes: &[u8]) -> Result<(Option<Code>, NodeName, Vec<u8>), Refused> {
     if bytes.len() > MAX_MESSAGE {
         return Err(Refused(format!("a request over {MAX_MESSAGE} bytes")));
     }
     let request: Request = serde_json::from_slice(bytes)
         .map_err(|e| Refused(format!("the request does not read: {e}")))?;
-    let code: Code = request.code.parse().map_err(Refused)?;
+    let code = match &request.code {
+        Some(code) => Some(code.parse::<Code>().map_err(Refused)?),
+        None => None,
+    };
     let name = NodeName::new(&request.name)
         .map_err(|e| Refused(format!("{:?} is not a node name: {e}", request.name)))?;
     let point = unhex_vec(&request.public_key)
@@ -454,23 +467,54 @@ pub fn read_answer(bytes: &[u8]) -> Result<Result<(String, String), String>, Str
 
 async fn answer(
     bytes: &[u8],
+    presented: Option<(NodeName, tls::CertificateInfo)>,
     edges: &Edges,
     ca: &Ca,
-) -> Result<(NodeName, String, Answer), Refused> {
+) -> Result<(NodeName, String, Answer, bool), Refused> {
     let (code, name, point) = read_request(bytes)?;
-    // Issued first (it checks the key), kept only if the code is good.
-    let certificate = ca
+    // Issued first (it checks the key), kept only if the code (or the certificate it
+    // renews) is good.
+    let issued = ca
         .issue_for_key(&name, &point)
         .map_err(|e| Refused(format!("no certificate for this key: {e}")))?;
-    let serial = tls::certificate_info_of_pem(&certificate)
+    let serial = tls::certificate_info_of_pem(&issued)
         .map(|info| info.serial)
         .unwrap_or_default();
-    edges.redeem(&code, &name, &serial, ca.pin()).await?;
+    match (code, presented) {
+        (Some(code), _) => edges.redeem(&code, &name, &serial, ca.pin()).await?,
+        // A renewal: the edge shows its certificate (the handshake checked it against
+        // the CA), which must be its name's and still admitted.
+        (None, Some((presented, certificate))) if presented == name => {
+            tls::Admit::admit(edges, &name, &certificate).map_err(|refusal| {
+                Refused(match refusal {
+                    tls::Refusal::Revoked { serial } => {
+                        format!("the certificate of {name} (serial {serial}) is revoked")
+                    }
+                    tls::Refusal::NotAllowed => format!("{name} is not admitted at HQ"),
+                })
+            })?;
+            let answer = Answer::Enrolled {
+                certificate: issued,
+                ca: ca.cert_pem().to_owned(),
+            };
+            return Ok((name, serial, answer, true));
+        }
+        (None, Some((presented, _))) => {
+            return Err(Refused(format!(
+                "a certificate of {presented} cannot renew {name}'s"
+            )));
+        }
+        (None, None) => {
+            return Err(Refused(
+                "no code and no certificate: enroll with a code from HQ".to_owned(),
+            ));
+        }
+    }
     let answer = Answer::Enrolled {
-        certificate,
+        certificate: issued,
         ca: ca.cert_pem().to_owned(),
     };
-    Ok((name, serial, answer))
+    Ok((name, serial, answer, false))
 }
 
 /// Why an edge could not enroll.
@@ -522,42 +566,9 @@ pub async fn enroll(
     let (key_pem, point) = tls::enrollment_key()?;
     let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
     let config = tls::enroll_client_config(code.pin, transport)?;
-    let bind: SocketAddr = if addr.ip().is_loopback() {
-        (addr.ip(), 0).into()
-    } else if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
-    endpoint.set_default_client_config(config);
-    let exchange = async {
-        let connection = endpoint
-            .connect(addr, core_name.as_str())
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| tls::explain(&e))?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        let request = Request {
-            code: code.to_string(),
-            name: name.to_string(),
-            public_key: hex(&point),
-        };
-        let text = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-        send.write_all(&text).await.map_err(|e| e.to_string())?;
-        send.finish().map_err(|e| e.to_string())?;
-        let bytes = recv
-            .read_to_end(MAX_MESSAGE)
-            .await
-            .map_err(|e| format!("no answer: {e}"))?;
-        connection.close(0u32.into(), b"done");
-        read_answer(&bytes)
-    };
-    let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+    let answer = exchange(addr, core_name, config, Some(code), name, &point)
         .await
-        .map_err(|_| unreachable(format!("no answer within {EXCHANGE_TIMEOUT:?}")))?
         .map_err(unreachable)?;
-    endpoint.wait_idle().await;
     match answer {
         Err(reason) => Err(EnrollError::Refused(reason)),
         Ok((certificate, ca)) => {
@@ -575,6 +586,91 @@ pub async fn enroll(
             )?)
         }
     }
+}
+
+/// The edge's renewal: a new key, and a certificate for it from HQ (`core`), asked for
+/// with the current certificate (`credentials`, whose files are in `certs_dir`); the new
+/// files replace the old, and `credentials` load them (new handshakes use them).
+pub async fn renew(
+    core: &str,
+    core_name: &NodeName,
+    credentials: &tls::Credentials,
+    name: &NodeName,
+    certs_dir: &Path,
+) -> Result<tls::CertificateInfo, EnrollError> {
+    let unreachable = |reason: String| EnrollError::Unreachable {
+        addr: core.to_owned(),
+        reason,
+    };
+    let addr: SocketAddr = tokio::net::lookup_host(core)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .next()
+        .ok_or_else(|| unreachable("the name resolves to no address".to_owned()))?;
+    let (key_pem, point) = tls::enrollment_key()?;
+    let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
+    let config = tls::renew_client_config(credentials, transport)?;
+    let answer = exchange(addr, core_name, config, None, name, &point)
+        .await
+        .map_err(unreachable)?;
+    let (certificate, _ca) = answer.map_err(EnrollError::Refused)?;
+    tls::replace_identity(
+        certs_dir,
+        name,
+        crate::role::Role::Edge,
+        &certificate,
+        &key_pem,
+    )?;
+    // A failure is logged by `refresh`; the files loaded above, so it should not fail.
+    let _ = credentials.refresh();
+    Ok(credentials.certificate())
+}
+
+/// One request and its answer over a new connection to `addr` made with `config`.
+async fn exchange(
+    addr: SocketAddr,
+    core_name: &NodeName,
+    config: quinn::ClientConfig,
+    code: Option<&Code>,
+    name: &NodeName,
+    point: &[u8],
+) -> Result<Result<(String, String), String>, String> {
+    let bind: SocketAddr = if addr.ip().is_loopback() {
+        (addr.ip(), 0).into()
+    } else if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(config);
+    let talk = async {
+        let connection = endpoint
+            .connect(addr, core_name.as_str())
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| tls::explain(&e))?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let request = Request {
+            code: code.map(Code::to_string),
+            name: name.to_string(),
+            public_key: hex(point),
+        };
+        let text = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        send.write_all(&text).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let bytes = recv
+            .read_to_end(MAX_MESSAGE)
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        connection.close(0u32.into(), b"done");
+        read_answer(&bytes)
+    };
+    let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, talk)
+        .await
+        .map_err(|_| format!("no answer within {EXCHANGE_TIMEOUT:?}"))?;
+    endpoint.wait_idle().await;
+    answer
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

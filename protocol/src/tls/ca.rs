@@ -186,7 +186,7 @@ impl Ca {
     }
 
     /// [`Ca::issue`] with a chosen validity (tests make expired certificates with it).
-    pub(super) fn issue_valid(
+    pub fn issue_valid(
         &self,
         node: &NodeName,
         role: Role,
@@ -351,6 +351,39 @@ pub fn save_enrolled(
     write_new(&key_path, key_pem, Secret::Yes)?;
     write_new(&cert_path, cert_pem, Secret::No)?;
     NodeIdentity::load(dir, node, Role::Edge)
+}
+
+/// Replaces node `node`'s certificate and key in `dir` with renewed ones: each written
+/// beside its file and renamed over it, the key first (a reload between the two renames
+/// fails, is logged, and the next one takes both), then loads them as the node will.
+pub fn replace_identity(
+    dir: &Path,
+    node: &NodeName,
+    role: Role,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<NodeIdentity, TlsError> {
+    let (cert_path, key_path) = (cert_file(dir, node), key_file(dir, node));
+    let staged = |path: &Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".renewed");
+        PathBuf::from(name)
+    };
+    for (path, text, secret) in [
+        (&key_path, key_pem, Secret::Yes),
+        (&cert_path, cert_pem, Secret::No),
+    ] {
+        let new = staged(path);
+        let _ = fs::remove_file(&new);
+        write_new(&new, text, secret)?;
+    }
+    for path in [&key_path, &cert_path] {
+        fs::rename(staged(path), path).map_err(|source| TlsError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    NodeIdentity::load(dir, node, role)
 }
 
 impl std::fmt::Debug for Ca {

@@ -20,6 +20,8 @@ pub struct CertificateInfo {
     /// certificate carries it (`openssl x509 -pubkey -noout | openssl pkey -pubin
     /// -outform der | sha256sum`).
     pub key_sha256: String,
+    /// The start of its validity.
+    pub not_before: SystemTime,
     /// The end of its validity.
     pub not_after: SystemTime,
 }
@@ -40,15 +42,27 @@ impl CertificateInfo {
         let (validity, rest) = value(rest, SEQUENCE).ok_or("no validity")?;
         let (_subject, rest) = value(rest, SEQUENCE).ok_or("no subject")?;
         let key = whole(rest, SEQUENCE).ok_or("no subject public key")?;
-        let (_not_before, validity) = any_value(validity).ok_or("no notBefore")?;
+        let (tag, not_before, validity) = any_value_tagged(validity).ok_or("no notBefore")?;
+        let not_before = time(tag, not_before).ok_or("unreadable notBefore")?;
         let (tag, not_after, _) = any_value_tagged(validity).ok_or("no notAfter")?;
         let not_after = time(tag, not_after).ok_or("unreadable notAfter")?;
         let digest = ring::digest::digest(&ring::digest::SHA256, key);
         Ok(CertificateInfo {
             serial: hex(serial),
             key_sha256: hex(digest.as_ref()),
+            not_before,
             not_after,
         })
+    }
+
+    /// Whether it is due for renewal at `now`: less than [`RENEW_WITHIN`] of its
+    /// lifetime left.
+    pub fn renewal_due(&self, now: SystemTime) -> bool {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.expires_in(now) < lifetime / RENEW_WITHIN
     }
 
     /// Time left before it expires (zero once expired), seen from `now`.
@@ -56,6 +70,12 @@ impl CertificateInfo {
         self.not_after.duration_since(now).unwrap_or_default()
     }
 }
+
+/// A certificate is renewed over the link once less than 1/8 of its lifetime is left:
+/// ~7 months for the 5-year certificates of `core-node certs` and enrollment, so that an
+/// edge away for months still renews in time; 11 days for cert-manager's 90-day
+/// certificates, after cert-manager's own renewal (15 days before) has had its turn.
+pub const RENEW_WITHIN: u32 = 8;
 
 const INTEGER: u8 = 0x02;
 const SEQUENCE: u8 = 0x30;
@@ -75,10 +95,6 @@ fn whole(input: &[u8], tag: u8) -> Option<&[u8]> {
     let _ = contents;
     let end = input.len() - rest.len();
     (found == tag).then(|| &input[..end])
-}
-
-fn any_value(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    any_value_tagged(input).map(|(_, contents, rest)| (contents, rest))
 }
 
 /// `(tag, contents, rest)` of the value at the start of `input` (definite lengths of at
@@ -175,5 +191,21 @@ mod tests {
         ] {
             assert!(CertificateInfo::read(&CertificateDer::from(bytes.to_vec())).is_err());
         }
+    }
+
+    #[test]
+    fn a_certificate_is_due_for_renewal_in_the_last_eighth_of_its_life() {
+        let day = Duration::from_secs(86_400);
+        let start = UNIX_EPOCH + 1000 * day;
+        let info = CertificateInfo {
+            serial: String::new(),
+            key_sha256: String::new(),
+            not_before: start,
+            not_after: start + 80 * day,
+        };
+        assert!(!info.renewal_due(start));
+        assert!(!info.renewal_due(start + 69 * day));
+        assert!(info.renewal_due(start + 71 * day));
+        assert!(info.renewal_due(start + 90 * day), "expired: still due");
     }
 }

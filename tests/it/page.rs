@@ -669,6 +669,26 @@ fn hq_shows_a_fleet_of_many_edges_in_one_table() {
              && document.querySelector('#fleet-table th[data-sort=\"name\"]').getAttribute('aria-sort') === 'descending';"
         ),
     );
+    // A code for two edges, shown once, listed; revoked from the list.
+    let uses = b.find("#enroll-uses").unwrap();
+    b.clear(&uses).unwrap();
+    b.type_text(&uses, "2").unwrap();
+    b.click_css("#enroll-create").unwrap();
+    b.wait_for_script(
+        "a new code, shown and listed",
+        STEP,
+        "const code = document.getElementById('enroll-code-text').textContent; \
+         const row = document.querySelector('#enroll-rows tr'); \
+         return code.startsWith('tether1-') && row !== null && row.dataset.state === 'active' \
+         && code.slice(8, 16) === row.dataset.code && row.textContent.includes('0 of 2');",
+    );
+    b.click_css("#enroll-rows [data-action=\"revoke-code\"]").unwrap();
+    b.wait_for_script(
+        "the code revoked",
+        STEP,
+        "const row = document.querySelector('#enroll-rows tr'); \
+         return row.dataset.state === 'revoked' && row.querySelector('button') === null;",
+    );
     assert_no_page_errors(b, "HQ fleet");
     // The metrics say the same in totals.
     let metrics = ureq::get(&format!("http://{http}/metrics"))

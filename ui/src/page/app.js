@@ -246,6 +246,7 @@
     if (node.role === 'core') {
       refreshEdges();
       refreshFleet();
+      refreshCodes();
     }
     const debug = $('#debug-logs');
     if (node.log_filter == null) {
@@ -681,6 +682,54 @@
       refreshFleet();
     });
     setInterval(refreshFleet, FLEET_POLL_MS);
+  }
+
+  // ---- enrollment codes (HQ) ----
+
+  async function refreshCodes() {
+    if (!S.node || S.node.role !== 'core' || !(S.signIn && S.signIn.access)) return;
+    try {
+      renderCodes(await api('GET', '/enrollments', undefined, true));
+    } catch (_) {
+      // Asked again at the next poll.
+    }
+  }
+
+  function renderCodes(codes) {
+    const body = $('#enroll-rows');
+    body.replaceChildren(...codes.map((c) => h('tr', { dataset: { code: c.id, state: c.state } },
+      h('td', { text: c.id }),
+      h('td', {}, h('span', { class: 'pill', 'data-tone': c.state === 'active' ? 'ok' : c.state === 'revoked' ? 'bad' : 'idle', text: c.state })),
+      h('td', { text: c.enrolled.length + ' of ' + c.uses }),
+      h('td', { text: c.names.length ? c.names.join(', ') : 'any new name' }),
+      h('td', { text: fmtTime(c.expires_ms) }),
+      h('td', { text: c.enrolled.map((e) => e.name).join(', ') || '–' }),
+      h('td', {}, c.state === 'active' ? h('button', {
+        type: 'button', class: 'btn small danger', dataset: { action: 'revoke-code' }, text: 'Revoke',
+        onclick: (e) => act(e.currentTarget, async () => {
+          await api('POST', '/enrollments/' + encodeURIComponent(c.id) + '/revoke');
+          await refreshCodes();
+        }),
+      }) : null))));
+    const active = codes.filter((c) => c.state === 'active').length;
+    setText($('#enroll-note'), codes.length ? active + ' active of ' + codes.length : '');
+  }
+
+  function initEnroll() {
+    $('#enroll-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const uses = Number($('#enroll-uses').value || 1);
+      const names = $('#enroll-names').value.split(',').map((n) => n.trim()).filter((n) => n);
+      const body = { uses, expires_in_s: Number($('#enroll-expires').value) };
+      if (names.length) body.names = names;
+      act($('#enroll-create'), async () => {
+        const made = await api('POST', '/enrollments', body);
+        setText($('#enroll-code-text'), made.code);
+        $('#enroll-code').hidden = false;
+        await refreshCodes();
+      });
+    });
+    setInterval(refreshCodes, 15000);
   }
 
   // ---- mirror ----
@@ -1151,6 +1200,7 @@
       demoSet({ up: !up }, e.currentTarget);
     });
     initFleet();
+    initEnroll();
     $('#token-form').addEventListener('submit', signIn);
     $('#sign-out').addEventListener('click', signOut);
     checkSignIn().catch(() => {});

@@ -68,6 +68,9 @@ struct Inner {
     changing: tokio::sync::Mutex<()>,
     /// The mission CA's pin, once the core takes enrollments ([`enrollment`]).
     enrolling: std::sync::OnceLock<[u8; 32]>,
+    /// When this core started: its own downtime is not an edge's absence
+    /// ([`allowance::AFTER_START`]).
+    started: SystemTime,
 }
 
 #[derive(Debug, Default)]
@@ -242,6 +245,7 @@ impl Edges {
             state: RwLock::new(State::default()),
             changing: tokio::sync::Mutex::new(()),
             enrolling: std::sync::OnceLock::new(),
+            started: SystemTime::now(),
         }))
     }
 

@@ -682,7 +682,8 @@ fn hq_shows_a_fleet_of_many_edges_in_one_table() {
          return code.startsWith('tether1-') && row !== null && row.dataset.state === 'active' \
          && code.slice(8, 16) === row.dataset.code && row.textContent.includes('0 of 2');",
     );
-    b.click_css("#enroll-rows [data-action=\"revoke-code\"]").unwrap();
+    b.click_css("#enroll-rows [data-action=\"revoke-code\"]")
+        .unwrap();
     b.wait_for_script(
         "the code revoked",
         STEP,

@@ -25,9 +25,16 @@ use crate::tls::millis;
 /// How often a connected edge's last-seen time is stored.
 pub const SEEN_EVERY: Duration = Duration::from_secs(3600);
 
-/// Why an edge away for `away`, with `held` kept for it, is past `allowance`, if it is.
-pub fn past(allowance: Allowance, away: Duration, held: Held) -> Option<String> {
-    if away > allowance.age {
+/// After the core starts, no edge is released for its age before this long: the edges
+/// come back within minutes of a core's return (their redials), and a core that was
+/// down for weeks must not release them all for its own absence. The bytes rule holds
+/// from the start.
+pub const AFTER_START: Duration = Duration::from_secs(600);
+
+/// Why an edge away for `away`, with `held` kept for it, is past `allowance`, if it is;
+/// `up_for`: how long the core has been running.
+pub fn past(allowance: Allowance, away: Duration, held: Held, up_for: Duration) -> Option<String> {
+    if away > allowance.age && up_for >= AFTER_START {
         return Some(format!(
             "away for {} (link.allowance_age {})",
             format_duration(away),
@@ -88,7 +95,8 @@ impl Edges {
                 self.seen_at(&name, seen, false).await?;
             }
             let away = now.duration_since(seen).unwrap_or_default();
-            if let Some(why) = past(allowance, away, held) {
+            let up_for = now.duration_since(self.0.started).unwrap_or_default();
+            if let Some(why) = past(allowance, away, held, up_for) {
                 self.release(&store, &name, now, why).await?;
                 released.push(name);
             }
@@ -147,13 +155,19 @@ mod tests {
             bytes: 1000,
         };
         let held = |bytes| Held { entries: 10, bytes };
-        assert_eq!(past(allowance, 30 * DAY, held(1000)), None);
-        let why = past(allowance, 31 * DAY, held(0)).unwrap();
+        let up = AFTER_START;
+        assert_eq!(past(allowance, 30 * DAY, held(1000), up), None);
+        assert_eq!(
+            past(allowance, 31 * DAY, held(0), up / 2),
+            None,
+            "not for the core's own absence"
+        );
+        let why = past(allowance, 31 * DAY, held(0), up).unwrap();
         assert!(
             why.contains("away for 31d") && why.contains("allowance_age"),
             "{why}"
         );
-        let why = past(allowance, DAY, held(1001)).unwrap();
+        let why = past(allowance, DAY, held(1001), Duration::ZERO).unwrap();
         assert!(
             why.contains("1001 bytes") && why.contains("allowance_bytes"),
             "{why}"
@@ -162,6 +176,6 @@ mod tests {
             bytes: 0,
             ..allowance
         };
-        assert_eq!(past(no_byte_limit, DAY, held(u64::MAX)), None);
+        assert_eq!(past(no_byte_limit, DAY, held(u64::MAX), up), None);
     }
 }

@@ -103,6 +103,26 @@ struct EdgeDoc {
     released: Option<ReleasedDoc>,
 }
 
+impl EdgeDoc {
+    /// Records a certificate issued to this edge (at enrollment or renewal), so that a
+    /// revocation covers it before it is ever shown.
+    fn record(&mut self, issued: &CertificateInfo, now: SystemTime) {
+        let known = self
+            .certificates
+            .iter()
+            .any(|c| c.serial == issued.serial && c.key_sha256 == issued.key_sha256);
+        if !known {
+            self.certificates.push(CertificateDoc {
+                serial: issued.serial.clone(),
+                key_sha256: issued.key_sha256.clone(),
+                not_after_ms: millis(issued.not_after),
+                first_seen_ms: millis(now),
+                revoked_ms: None,
+            });
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReleasedDoc {
@@ -346,6 +366,19 @@ impl Edges {
                 "edge presented a new certificate"
             );
         }
+    }
+
+    /// Records a certificate HQ issued to `name` (renewal), so that a revocation covers
+    /// it before it is ever shown.
+    pub(crate) async fn record_issued(
+        &self,
+        name: &NodeName,
+        issued: &CertificateInfo,
+    ) -> Result<(), WriteError> {
+        let _changing = self.0.changing.lock().await;
+        let mut doc = self.doc(name);
+        doc.record(issued, SystemTime::now());
+        self.save(name, doc).await
     }
 
     /// Adds `name` to the list: its certificates are admitted again (unless revoked),

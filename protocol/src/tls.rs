@@ -50,8 +50,8 @@ use tracing::warn;
 
 pub use self::ca::{
     CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, certificate_info_of_pem,
-    check_key_file, enrollment_key, ensure_demo_files, replace_identity, save_enrolled,
-    sha256_of_pem,
+    check_key_file, enrollment_key, ensure_demo_files, finish_renewal, replace_identity,
+    save_enrolled, sha256_of_pem,
 };
 pub use self::certificate::{CertificateInfo, RENEW_WITHIN};
 pub use self::credentials::Credentials;

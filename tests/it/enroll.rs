@@ -167,8 +167,34 @@ fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
     let (ok, _, err) = run("core-node", &["enroll", "revoke", id, "--url", &url]);
     assert!(ok, "{err}");
     refused("delta", &revoked, "revoked");
-    // For another name.
-    refused("echo", &create(&["--name", "foxtrot"]), "is for foxtrot");
+    // For another name; and a name only once per code.
+    let foxtrot = create(&["--name", "foxtrot", "--uses", "2"]);
+    refused("echo", &foxtrot, "is for foxtrot");
+    let (ok, _, err) = run(
+        "edge-node",
+        &[
+            "--config",
+            &edge_config(dir.path(), "foxtrot", &core),
+            "enroll",
+            &foxtrot,
+        ],
+    );
+    assert!(ok, "{err}");
+    let twice = dir.path().join("foxtrot-again");
+    std::fs::create_dir_all(&twice).unwrap();
+    let (ok, _, err) = run(
+        "edge-node",
+        &[
+            "--config",
+            &edge_config(&twice, "foxtrot", &core),
+            "enroll",
+            &foxtrot,
+        ],
+    );
+    assert!(!ok && err.contains("enrolled foxtrot already"), "{err}");
+    // An edge enrolled but never linked can be revoked: HQ recorded its certificate.
+    let (ok, out, err) = run("core-node", &["edges", "revoke", "alpha2", "--url", &url]);
+    assert!(ok && out.contains("1 revoked"), "{out}{err}");
     // Another mission's CA: the edge sends nothing to this core.
     let other = format!("{}{}", &code[..code.len() - 64], "ab".repeat(32));
     refused("golf", &other, "mission CA that the enrollment code names");
@@ -182,7 +208,7 @@ fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
         .filter(|e| e["admitted"] == true)
         .filter_map(|e| e["name"].as_str())
         .collect();
-    assert_eq!(admitted, ["alpha", "alpha2"], "{edges}");
+    assert_eq!(admitted, ["alpha", "alpha2", "foxtrot"], "{edges}");
     let (ok, out, err) = run("core-node", &["enroll", "list", "--url", &url]);
     assert!(ok, "{err}");
     let line = out

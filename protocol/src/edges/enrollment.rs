@@ -43,6 +43,12 @@ pub const MAX_MESSAGE: usize = 16 << 10;
 /// Longest the exchange may take, either side.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Longest HQ waits for the request once the connection is up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest HQ waits, after its answer, for the edge to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Longest a code may live.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -242,6 +248,11 @@ impl Edges {
             revoked_ms: None,
         };
         let _changing = self.0.changing.lock().await;
+        if store.doc(&table(), &code.id)?.is_some() {
+            return Err(EdgesError::Enrollment(
+                "a code of this id exists already (one chance in 4 billion): try again".into(),
+            ));
+        }
         let mut txn = Txn::new();
         txn.put(
             &table(),
@@ -299,13 +310,14 @@ impl Edges {
             .ok_or_else(|| EdgesError::Enrollment("this core keeps no store".into()))
     }
 
-    /// Spends one use of `code` on `name` (whose certificate has `serial`) and admits
-    /// `name`, or refuses with the reason and changes nothing.
+    /// Spends one use of `code` on `name` and admits `name` with the certificate just
+    /// issued (`issued`, recorded so that a revocation covers it before it is ever used),
+    /// or refuses with the reason and changes nothing.
     async fn redeem(
         &self,
         code: &Code,
         name: &NodeName,
-        serial: &str,
+        issued: &tls::CertificateInfo,
         own_pin: [u8; 32],
     ) -> Result<(), Refused> {
         let refuse = |why: &str| Err(Refused(why.to_owned()));
@@ -343,14 +355,21 @@ impl Edges {
                 doc.names.join(", ")
             )));
         }
+        if doc.enrolled.iter().any(|e| e.name == name.as_str()) {
+            return Err(Refused(format!(
+                "this code enrolled {name} already: a second key for the same name needs a \
+                 new code"
+            )));
+        }
         doc.enrolled.push(EnrolledDoc {
             name: name.to_string(),
             at_ms: millis(now),
-            serial: serial.to_owned(),
+            serial: issued.serial.clone(),
         });
         let mut edge = self.doc(name);
         edge.listed = (!self.0.base.allows(name)).then_some(true);
         edge.forgotten_ms = None;
+        edge.record(issued, now);
         // One transaction: the use is spent exactly when the edge is admitted.
         let mut txn = Txn::new();
         txn.put(
@@ -400,11 +419,17 @@ enum Answer {
 pub async fn serve(connection: quinn::Connection, edges: &Edges, ca: &Ca) {
     let peer = connection.remote_address();
     let exchange = async {
-        let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
-        let bytes = recv
-            .read_to_end(MAX_MESSAGE)
+        let request = async {
+            let (send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+            let bytes = recv
+                .read_to_end(MAX_MESSAGE)
+                .await
+                .map_err(|e| format!("a bad request: {e}"))?;
+            Ok::<_, String>((send, bytes))
+        };
+        let (mut send, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, request)
             .await
-            .map_err(|e| format!("a bad request: {e}"))?;
+            .map_err(|_| format!("no request within {REQUEST_TIMEOUT:?}"))??;
         let presented = tls::peer_name(&connection)
             .ok()
             .zip(tls::peer_certificate(&connection).ok());
@@ -425,8 +450,8 @@ pub async fn serve(connection: quinn::Connection, edges: &Edges, ca: &Ca) {
         let text = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
         send.write_all(&text).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
-        // The edge closes once it has read the answer.
-        connection.closed().await;
+        // The edge closes once it has read the answer; the answer is in flight until then.
+        let _ = tokio::time::timeout(CLOSE_WAIT, connection.closed()).await;
         Ok::<_, String>(())
     };
     match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
@@ -477,11 +502,11 @@ async fn answer(
     let issued = ca
         .issue_for_key(&name, &point)
         .map_err(|e| Refused(format!("no certificate for this key: {e}")))?;
-    let serial = tls::certificate_info_of_pem(&issued)
-        .map(|info| info.serial)
-        .unwrap_or_default();
+    let issued_info = tls::certificate_info_of_pem(&issued)
+        .ok_or_else(|| Refused("HQ issued a certificate it cannot read".to_owned()))?;
+    let serial = issued_info.serial.clone();
     match (code, presented) {
-        (Some(code), _) => edges.redeem(&code, &name, &serial, ca.pin()).await?,
+        (Some(code), _) => edges.redeem(&code, &name, &issued_info, ca.pin()).await?,
         // A renewal: the edge shows its certificate (the handshake checked it against
         // the CA), which must be its name's and still admitted.
         (None, Some((presented, certificate))) if presented == name => {
@@ -493,6 +518,17 @@ async fn answer(
                     tls::Refusal::NotAllowed => format!("{name} is not admitted at HQ"),
                 })
             })?;
+            if !certificate.renewal_due(SystemTime::now()) {
+                return Err(Refused(format!(
+                    "the certificate of {name} is not due for renewal (under 1/{} of its \
+                     life left)",
+                    tls::RENEW_WITHIN
+                )));
+            }
+            edges
+                .record_issued(&name, &issued_info)
+                .await
+                .map_err(|e| Refused(format!("HQ could not record the renewal: {e}")))?;
             let answer = Answer::Enrolled {
                 certificate: issued,
                 ca: ca.cert_pem().to_owned(),
@@ -550,6 +586,7 @@ pub async fn enroll(
         addr: core.to_owned(),
         reason,
     };
+    // Checked before HQ spends the code: files that could not be written after.
     for path in [
         certs_dir.join(format!("{name}.pem")),
         certs_dir.join(format!("{name}.key")),
@@ -557,6 +594,16 @@ pub async fn enroll(
         if path.exists() {
             return Err(tls::TlsError::Exists { path }.into());
         }
+    }
+    let ca_path = certs_dir.join(tls::CA_CERT_FILE);
+    if let Ok(held) = std::fs::read_to_string(&ca_path)
+        && tls::sha256_of_pem(&held) != Some(code.pin)
+    {
+        return Err(tls::TlsError::Invalid {
+            path: ca_path,
+            reason: "holds another CA than the one this code is for: move it away".to_owned(),
+        }
+        .into());
     }
     let addr: SocketAddr = tokio::net::lookup_host(core)
         .await
@@ -686,6 +733,9 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex_vec(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || text.len() > 1024 {
+        return None;
+    }
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

@@ -302,6 +302,10 @@ fn load_identity(role: Role, config: &Config) -> Result<NodeIdentity, NodeError>
             hint,
         }
     };
+    // A renewal cut off between its two renames is finished first.
+    if tls::finish_renewal(&dir, node) {
+        tracing::warn!(certs_dir = %dir.display(), "finished a certificate renewal that a stop had cut off");
+    }
     if config.link.demo_certs {
         let edges = match role {
             Role::Core => config.link.edges.as_slice(),

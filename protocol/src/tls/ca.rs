@@ -353,9 +353,30 @@ pub fn save_enrolled(
     NodeIdentity::load(dir, node, Role::Edge)
 }
 
+/// `<file>.renewed`: where a renewal stages a file before renaming it over the old.
+fn staged(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".renewed");
+    PathBuf::from(name)
+}
+
+/// Finishes a renewal of `node`'s files in `dir` that a stop cut off between its renames
+/// ([`replace_identity`]): a staged certificate left after its key was renamed is renamed
+/// too. Returns whether there was one. (A stop before the key's rename leaves the old
+/// pair whole; the staged files are then written again by the next renewal.)
+pub fn finish_renewal(dir: &Path, node: &NodeName) -> bool {
+    let (cert_path, key_path) = (cert_file(dir, node), key_file(dir, node));
+    let (cert_new, key_new) = (staged(&cert_path), staged(&key_path));
+    if cert_new.exists() && !key_new.exists() {
+        return fs::rename(&cert_new, &cert_path).is_ok();
+    }
+    false
+}
+
 /// Replaces node `node`'s certificate and key in `dir` with renewed ones: each written
 /// beside its file and renamed over it, the key first (a reload between the two renames
-/// fails, is logged, and the next one takes both), then loads them as the node will.
+/// fails, is logged, and the next one takes both; a stop between them is finished by
+/// [`finish_renewal`] at the next start), then loads them as the node will.
 pub fn replace_identity(
     dir: &Path,
     node: &NodeName,
@@ -364,11 +385,6 @@ pub fn replace_identity(
     key_pem: &str,
 ) -> Result<NodeIdentity, TlsError> {
     let (cert_path, key_path) = (cert_file(dir, node), key_file(dir, node));
-    let staged = |path: &Path| {
-        let mut name = path.as_os_str().to_owned();
-        name.push(".renewed");
-        PathBuf::from(name)
-    };
     for (path, text, secret) in [
         (&key_path, key_pem, Secret::Yes),
         (&cert_path, cert_pem, Secret::No),
@@ -382,6 +398,10 @@ pub fn replace_identity(
             path: path.clone(),
             source,
         })?;
+    }
+    // The renames are durable before the old certificate can be forgotten.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
     }
     NodeIdentity::load(dir, node, role)
 }

@@ -276,9 +276,12 @@ struct Resolver(Credentials);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let enrolling = hello
-            .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == super::ENROLL_ALPN));
+        // Only to a client that offers nothing but enrollment: a link's handshake stays
+        // as small as it was.
+        let enrolling = hello.alpn().is_some_and(|offered| {
+            let offered: Vec<&[u8]> = offered.collect();
+            offered == [super::ENROLL_ALPN]
+        });
         let loaded = self.0.fresh();
         Some(if enrolling {
             loaded.key_with_ca.clone()

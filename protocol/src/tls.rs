@@ -20,6 +20,11 @@
 //!   own certificate, and checks that the server's certificate names the core.
 //! - Both sides speak the ALPN [`ALPN`] (protocol and version); a peer that speaks another
 //!   fails the handshake, and [`explain`] says so in the log of either side.
+//! - Where the core holds the CA's key, edges also enroll on the same port with
+//!   [`ENROLL_ALPN`] ([`server_config_enrolling`], [`accept_any`]): a client certificate
+//!   is then optional in the handshake (one that is sent is checked all the same), and
+//!   [`accept`] refuses a link without one; the enrolling edge trusts the core through
+//!   the CA pinned by its code ([`enroll_client_config`]). See `crate::edges::enrollment`.
 //! - [`transport_config`] holds the QUIC settings chosen for slow, lossy, long links.
 //!
 //! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best);

@@ -493,7 +493,7 @@ where
             };
         }
         NodeCommand::Enroll { code } => {
-            return match enroll(&config, &code) {
+            return match enroll(&config, code.as_deref()) {
                 Ok(report) => {
                     print!("{report}");
                     ExitCode::SUCCESS
@@ -533,11 +533,31 @@ where
     exit_code(served, runtime)
 }
 
-/// `edge-node enroll <code>`: joins the fleet (see `crate::edges::enrollment`); returns
-/// what to tell the operator.
-fn enroll(config: &Config, code: &str) -> Result<String, String> {
-    let code: crate::edges::enrollment::Code = code.parse()?;
+/// The variable `edge-node enroll` reads its code from when none is given.
+pub const ENROLL_CODE_VAR: &str = "TETHER_ENROLL_CODE";
+
+/// `edge-node enroll [<code>]`: joins the fleet (see `crate::edges::enrollment`), unless
+/// the edge holds a certificate already; returns what to tell the operator.
+fn enroll(config: &Config, code: Option<&str>) -> Result<String, String> {
     let certs = config.certs_dir();
+    let name = &config.node.name;
+    if certs.join(format!("{name}.pem")).exists() && certs.join(format!("{name}.key")).exists() {
+        let identity = tls::NodeIdentity::load(&certs, name, Role::Edge).map_err(|e| {
+            format!("{e}; to enroll again, move this edge's certificate and key away first")
+        })?;
+        let info = identity.certificate_info().map_err(|e| e.to_string())?;
+        return Ok(format!(
+            "{name} holds a certificate already (serial {}, in {}): nothing to do\n",
+            info.serial,
+            certs.display()
+        ));
+    }
+    let code = match code {
+        Some(code) => code.to_owned(),
+        None => std::env::var(ENROLL_CODE_VAR)
+            .map_err(|_| format!("no code: give it as an argument or in {ENROLL_CODE_VAR}"))?,
+    };
+    let code: crate::edges::enrollment::Code = code.parse()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -101,6 +101,18 @@ fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
     );
     assert_eq!(mode & 0o077, 0, "the key is the edge's alone");
     node.wait_for("edge enrolled");
+    // Again, with the code in the environment: nothing to do (an init step can run it
+    // before every start), and no use spent.
+    let again = Command::new(binary("edge-node"))
+        .args(["--config", &alpha, "enroll"])
+        .env("TETHER_ENROLL_CODE", &code)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success() && said.contains("nothing to do"),
+        "{said}"
+    );
 
     // ...and replicates.
     let mut edge = Process::start("edge-node", Path::new(&alpha));

@@ -62,11 +62,11 @@ pub enum NodeCommand {
     Certs(CertsCommand),
     /// `mirror` alone (edge): run the edge until the mirror it starts has ended.
     Mirror,
-    /// `enroll <code>` (edge): join the fleet: make a key, get a certificate from HQ (at
+    /// `enroll [<code>]` (edge): join the fleet: make a key, get a certificate from HQ (at
     /// the config's `link.core`), write both into `link.certs_dir`.
     Enroll {
-        /// The code HQ's operator gave.
-        code: String,
+        /// The code HQ's operator gave; `None`: from `TETHER_ENROLL_CODE`.
+        code: Option<String>,
     },
 }
 
@@ -499,12 +499,23 @@ fn enroll(role: Role) -> Command {
                     .about("Revoke a code: it enrolls no one from now on")
                     .arg(word("id", "The code's id (its first 8 hex digits)")),
             ]),
-        Role::Edge => Command::new("enroll")
-            .about(
-                "Join the fleet with a code from HQ: make this edge's key (it never leaves \
+        Role::Edge => {
+            Command::new("enroll")
+                .about(
+                    "Join the fleet with a code from HQ: make this edge's key (it never leaves \
                  it) and get its certificate from HQ at link.core",
-            )
-            .arg(word("code", "The code HQ's operator gave (tether1-...)")),
+                )
+                .long_about(
+                    "Join the fleet with a code from HQ: make this edge's key (it never leaves \
+                 it) and get its certificate from HQ at link.core. The code comes from the \
+                 argument or, better (it stays out of shell history and ps), from \
+                 TETHER_ENROLL_CODE. An edge that holds a certificate already has nothing \
+                 to do and exits 0, so this can run before every start.",
+                )
+                .arg(Arg::new("code").help(
+                    "The code HQ's operator gave (tether1-...); default: $TETHER_ENROLL_CODE",
+                ))
+        }
     }
 }
 
@@ -794,8 +805,8 @@ fn invocation(name: &str, m: &ArgMatches, config: Option<PathBuf>) -> Option<Par
         }
         ("enroll", Some(("list", s))) => api_at(s, ApiCommand::EnrollList),
         ("enroll", Some(("revoke", s))) => api_at(s, ApiCommand::EnrollRevoke(text(s, "id"))),
-        ("enroll", _) if m.contains_id("code") => node(NodeCommand::Enroll {
-            code: text(m, "code"),
+        ("enroll", _) if m.try_contains_id("code").is_ok() => node(NodeCommand::Enroll {
+            code: m.get_one::<String>("code").cloned(),
         }),
         ("fleet", _) => {
             let mut query = Vec::new();

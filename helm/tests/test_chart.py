@@ -178,6 +178,14 @@ SCENARIOS = {
     "core-full": (FULL_CORE, "hq"),
     # No node.name: an edge is named after its release.
     "edge-full": (FULL_EDGE, "bravo"),
+    # An edge that joins with an enrollment code.
+    "edge-enroll": (
+        deep_merge(
+            {k: v for k, v in preset("edge").items() if k != "certificates"},
+            {"certificates": {"enrollment": {"codeSecret": "tether-bravo-enroll"}}},
+        ),
+        "bravo",
+    ),
     # The lab's opt-out: no token at all.
     "insecure": (
         deep_merge(preset("edge"), {"http": {"insecureNoToken": True}, "metrics": {"serviceMonitor": {"enabled": True}}}),
@@ -338,10 +346,29 @@ def check_workload(name, values, objects, notes, release):
     for key, value in (("keep_alive", "keepAlive"), ("idle_timeout", "idleTimeout")):
         want = get(values, "link", value) or link_defaults[value]
         R.check(link.get(key) == want, f"{name}: link.{key} {link.get(key)!r} is link.{value} {want!r}")
-    certs_mount = mounts.get(link["certs_dir"])
+    code_secret = get(values, "certificates", "enrollment", "codeSecret")
+    if code_secret:
+        # Enrolled at the first start: the files live (and are renewed) on the data volume.
+        R.check(
+            link["certs_dir"] == f"{data_dir}/certs" and "certs" not in volumes,
+            f"{name}: an enrolling edge keeps certs_dir {link['certs_dir']} on its data volume, no Secret",
+        )
+        inits = pod.get("initContainers", [])
+        init = inits[0] if len(inits) == 1 else {}
+        env = {e["name"]: e for e in init.get("env", [])}
+        code_ref = get(env, "TETHER_ENROLL_CODE", "valueFrom", "secretKeyRef")
+        init_mounts = {m["mountPath"]: m for m in init.get("volumeMounts", [])}
+        R.check(
+            init.get("command") == ["/usr/local/bin/edge-node"]
+            and init.get("args") == ["--config", str(config_path), "enroll"]
+            and code_ref == {"name": code_secret, "key": get(values, "certificates", "enrollment", "codeKey") or "code"}
+            and data_dir in init_mounts and not init_mounts[data_dir].get("readOnly"),
+            f"{name}: an init container enrolls with the code from Secret {code_secret}: {init}",
+        )
+    certs_mount = None if code_secret else mounts.get(link["certs_dir"])
     certs_volume = volumes.get(certs_mount["name"]) if certs_mount else None
     R.check(
-        certs_volume is not None and "secret" in certs_volume and certs_mount.get("readOnly"),
+        code_secret or (certs_volume is not None and "secret" in certs_volume and certs_mount.get("readOnly")),
         f"{name}: certs_dir {link['certs_dir']} is a read-only Secret mount",
     )
     if certs_volume and "secret" in certs_volume:
@@ -849,6 +876,8 @@ def bad_cases():
         ("a grace period shorter than the drain", deep_merge(core, {"terminationGracePeriodSeconds": 2}), "hq", ["at '/terminationGracePeriodSeconds': minimum"]),
         ("no certificates", {"role": "core"}, "hq", ["certificates: the node needs its TLS files", "certificates.existingSecret", "hq.pem and hq.key"]),
         ("two certificate sources", deep_merge(core, {"certificates": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}), "hq", ["either certificates.existingSecret or certificates.certManager.enabled, not both"]),
+        ("an enrollment code and a Secret at once", deep_merge(edge, {"certificates": {"enrollment": {"codeSecret": "code"}}}), "alpha", ["set one of certificates.existingSecret, certificates.certManager.enabled and certificates.enrollment.codeSecret"]),
+        ("an enrollment code at the core", {"role": "core", "certificates": {"enrollment": {"codeSecret": "code"}}}, "hq", ["certificates.enrollment.codeSecret is for an edge"]),
         ("cert-manager without an issuer", {"role": "core", "certificates": {"certManager": {"enabled": True}}}, "hq", ["certificates.certManager.issuerRef.name is required"]),
         ("EZUA without an endpoint", deep_merge(core, {"ezua": {"enabled": True}}), "hq", ["at '/ezua/virtualService/endpoint': minLength"]),
         ("no token at all", deep_merge(core, {"http": {"tokenSecret": {"generate": False}}}), "hq", ["the node serves HTTP beyond its pod, so it needs a token", "leave http.tokenSecret.generate on", "http.tokenSecret.name", "http.insecureNoToken=true"]),

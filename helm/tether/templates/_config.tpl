@@ -60,8 +60,15 @@ core = {{ include "tether.str" (include "tether.linkCore" .) }}
 core_name = {{ include "tether.str" .Values.link.coreName }}
 {{- end }}
 # This node's certificate and key ({{ $name }}.pem, {{ $name }}.key) and the mission CA's
-# certificate (ca.pem): the mounted Secret.
+# certificate (ca.pem).
+{{- if .Values.certificates.enrollment.codeSecret }}
+# Enrolled with a code at the first start (the init container), kept on the data volume
+# and renewed there over the link.
+certs_dir = "/var/lib/tether/certs"
+{{- else }}
+# The mounted Secret.
 certs_dir = "/etc/tether/certs"
+{{- end }}
 # The files come from the Secret: never create any.
 demo_certs = false
 # How often this node pings a quiet link, to keep NAT and conntrack state alive.

@@ -125,7 +125,15 @@ The Secret holding the node's TLS files, checked: exactly one source.
 */}}
 {{- define "tether.certsSecret" -}}
 {{- $c := .Values.certificates }}
-{{- if and $c.certManager.enabled $c.existingSecret }}
+{{- $sources := 0 }}
+{{- range (list $c.certManager.enabled $c.existingSecret $c.enrollment.codeSecret) }}{{ if . }}{{ $sources = add1 $sources }}{{ end }}{{ end }}
+{{- if and $c.enrollment.codeSecret (gt $sources 1) }}
+{{- fail "certificates: set one of certificates.existingSecret, certificates.certManager.enabled and certificates.enrollment.codeSecret" }}
+{{- else if and $c.enrollment.codeSecret (eq .Values.role "core") }}
+{{- fail "certificates.enrollment.codeSecret is for an edge: it joins HQ with a code; HQ's own files come from `core-node certs init` (certificates.existingSecret)" }}
+{{- else if $c.enrollment.codeSecret }}
+{{- /* Enrolled: the files live on the data volume; no Secret holds them. */ -}}
+{{- else if and $c.certManager.enabled $c.existingSecret }}
 {{- fail "certificates: set either certificates.existingSecret or certificates.certManager.enabled, not both" }}
 {{- else if $c.certManager.enabled }}
 {{- if not $c.certManager.issuerRef.name }}
@@ -135,7 +143,7 @@ The Secret holding the node's TLS files, checked: exactly one source.
 {{- else if $c.existingSecret }}
 {{- $c.existingSecret }}
 {{- else }}
-{{- fail (printf "certificates: the node needs its TLS files: set certificates.existingSecret to a Secret with ca.pem, %s.pem and %s.key (from `core-node certs`), or enable certificates.certManager" (include "tether.nodeName" .) (include "tether.nodeName" .)) }}
+{{- fail (printf "certificates: the node needs its TLS files: set certificates.existingSecret to a Secret with ca.pem, %s.pem and %s.key (from `core-node certs`), enable certificates.certManager, or (an edge) set certificates.enrollment.codeSecret to a Secret holding an enrollment code from HQ" (include "tether.nodeName" .) (include "tether.nodeName" .)) }}
 {{- end }}
 {{- end }}
 

@@ -53,12 +53,21 @@ use rustls::AlertDescription;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tracing::warn;
 
+pub(crate) use self::ca::sha256;
 pub use self::ca::{
     CA_CERT_FILE, CA_KEY_FILE, Ca, DemoFiles, NodeIdentity, certificate_info_of_pem,
     check_key_file, enrollment_key, ensure_demo_files, finish_renewal, replace_identity,
     save_enrolled, sha256_of_pem,
 };
+pub(crate) use self::certificate::hex;
 pub use self::certificate::{CertificateInfo, RENEW_WITHIN};
+
+/// Whether two secrets (tokens, hashes) are equal, compared without stopping at the
+/// first difference, so that the time taken does not tell how much of a guess was right.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 pub use self::credentials::Credentials;
 use crate::entry::NodeName;
 

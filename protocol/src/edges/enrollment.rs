@@ -720,16 +720,7 @@ async fn exchange(
     answer
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use tls::{hex, same_secret as same, sha256};
 
 fn unhex_vec(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || text.len() > 1024 {
@@ -746,12 +737,6 @@ fn unhex_vec(text: &str) -> Option<Vec<u8>> {
 
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     unhex_vec(text)?.try_into().ok()
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -301,7 +301,7 @@ pub fn certificate_info_of_pem(pem: &str) -> Option<super::CertificateInfo> {
 }
 
 /// SHA-256 of `bytes`.
-pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0; 32];
     out.copy_from_slice(digest.as_ref());

@@ -37,6 +37,7 @@ const MODULES: &[&str] = &["helm_python", "kubernetes_validate", "yaml"];
 const RENDERED: &[(&str, &str)] = &[
     ("core", "core-node"),
     ("edge", "edge-node"),
+    ("edge-enroll", "edge-node"),
     ("ezua", "core-node"),
     ("core-full", "core-node"),
     ("edge-full", "edge-node"),

@@ -182,8 +182,33 @@ fn rss() -> u64 {
     kb << 10
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_edge_is_refused_and_costs_the_others_nothing() {
+/// Set in the process that runs the hostile test alone.
+const ALONE: &str = "TETHER_HOSTILE_ALONE";
+
+/// The test's memory bound is on the process's resident memory, which the other tests of
+/// this binary, running beside it, would move: it runs alone, in a process of its own
+/// (this binary again, with only this test).
+#[test]
+fn a_hostile_edge_is_refused_and_costs_the_others_nothing() {
+    if std::env::var_os(ALONE).is_none() {
+        let name = "hostile::a_hostile_edge_is_refused_and_costs_the_others_nothing";
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1", "--nocapture"])
+            .env(ALONE, "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}, alone: {status}");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(hostile_edge());
+}
+
+async fn hostile_edge() {
     let settings = SessionSettings {
         hello_timeout: Duration::from_secs(10),
         writers: Writers(vec![(topic("orders"), Writer::Edges(vec![]))]),

@@ -647,6 +647,22 @@ pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
 
+/// Where an edge binds its link socket: the address family of the core's address (IPv4
+/// unless it is IPv6), on loopback when the core is on loopback (a demo or a test opens
+/// no socket on the machine's other interfaces), else on every interface.
+pub(crate) fn edge_bind(core: Option<SocketAddr>) -> SocketAddr {
+    match core.map(|a| a.ip()) {
+        Some(std::net::IpAddr::V6(ip)) if ip.is_loopback() => {
+            (std::net::Ipv6Addr::LOCALHOST, 0).into()
+        }
+        Some(std::net::IpAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        Some(std::net::IpAddr::V4(ip)) if ip.is_loopback() => {
+            (std::net::Ipv4Addr::LOCALHOST, 0).into()
+        }
+        Some(std::net::IpAddr::V4(_)) | None => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
 /// Whether the core closed the link because its operator removed this edge or revoked
 /// its certificate.
 fn refused_by_operator(err: &LinkError) -> bool {
@@ -685,5 +701,30 @@ impl Jitter {
         self.0 ^= self.0 << 17;
         let fraction = 0.5 + (self.0 % 1000) as f64 / 2000.0;
         d.mul_f64(fraction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_binds_loopback_only_for_a_core_on_loopback() {
+        let bind = |core: &str| edge_bind(Some(core.parse().expect("an address")));
+        assert_eq!(
+            bind("127.0.0.1:7000"),
+            "127.0.0.1:0".parse().expect("an address")
+        );
+        assert_eq!(bind("[::1]:7000"), "[::1]:0".parse().expect("an address"));
+        assert_eq!(
+            bind("10.0.0.7:7000"),
+            "0.0.0.0:0".parse().expect("an address")
+        );
+        assert_eq!(
+            bind("[fd00::7]:7000"),
+            "[::]:0".parse().expect("an address")
+        );
+        // A name that does not resolve yet: the link dials (and resolves) again later.
+        assert_eq!(edge_bind(None), "0.0.0.0:0".parse().expect("an address"));
     }
 }

@@ -629,14 +629,33 @@ pub fn client_config_with(
     credentials: &Credentials,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+    quic_client(
+        credentials.core_verifier(),
+        Some(credentials),
+        ALPN,
+        transport,
+    )
+}
+
+/// A QUIC client config: TLS 1.3 with `verifier` for the core, `credentials`' current
+/// certificate shown (`None`: none), ALPN `alpn`, and every handshake a full one (see
+/// `server_config_with`).
+fn quic_client(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    credentials: Option<&Credentials>,
+    alpn: &[u8],
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error)?
         .dangerous()
-        .with_custom_certificate_verifier(credentials.core_verifier())
-        .with_client_cert_resolver(credentials.client_resolver());
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    // See `server_config_with`: every handshake is a full one.
+        .with_custom_certificate_verifier(verifier);
+    let mut tls = match credentials {
+        Some(credentials) => builder.with_client_cert_resolver(credentials.client_resolver()),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -652,18 +671,7 @@ pub fn enroll_client_config(
     pin: [u8; 32],
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(config_error)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCa(pin)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
-    tls.resumption = rustls::client::Resumption::disabled();
-    let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport);
-    Ok(config)
+    quic_client(Arc::new(PinnedCa(pin)), None, ENROLL_ALPN, transport)
 }
 
 /// An edge renewing its certificate: [`client_config_with`] (the CA of `ca.pem` trusted,
@@ -672,18 +680,12 @@ pub fn renew_client_config(
     credentials: &Credentials,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(config_error)?
-        .dangerous()
-        .with_custom_certificate_verifier(credentials.core_verifier())
-        .with_client_cert_resolver(credentials.client_resolver());
-    tls.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
-    tls.resumption = rustls::client::Resumption::disabled();
-    let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport);
-    Ok(config)
+    quic_client(
+        credentials.core_verifier(),
+        Some(credentials),
+        ENROLL_ALPN,
+        transport,
+    )
 }
 
 /// Trusts the CA the server sends whose SHA-256 is the pin, and checks the server's

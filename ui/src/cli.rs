@@ -16,7 +16,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::config::Config;
 use protocol::node::Role;
-use protocol::node::cli::{ApiArgs, ApiCommand};
+use protocol::node::cli::{ApiArgs, ApiCommand, percent as seg};
 use serde_json::{Value, json};
 
 /// `println!` that does not panic when stdout is closed (`| head`): the output simply ends.
@@ -377,19 +377,6 @@ fn run_command(role: Role, args: ApiArgs) -> Result<()> {
 /// A string field, or `-`.
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
-}
-
-/// A path segment, percent-encoded.
-fn seg(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn print_links(links: &Value) {

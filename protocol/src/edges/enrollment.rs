@@ -21,7 +21,6 @@
 //! IO: the store (through [`Edges`]), QUIC.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -605,15 +604,10 @@ pub async fn enroll(
         }
         .into());
     }
-    let addr: SocketAddr = tokio::net::lookup_host(core)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .next()
-        .ok_or_else(|| unreachable("the name resolves to no address".to_owned()))?;
     let (key_pem, point) = tls::enrollment_key()?;
     let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
     let config = tls::enroll_client_config(code.pin, transport)?;
-    let answer = exchange(addr, core_name, config, Some(code), name, &point)
+    let answer = exchange(core, core_name, config, Some(code), name, &point)
         .await
         .map_err(unreachable)?;
     match answer {
@@ -649,15 +643,10 @@ pub async fn renew(
         addr: core.to_owned(),
         reason,
     };
-    let addr: SocketAddr = tokio::net::lookup_host(core)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .next()
-        .ok_or_else(|| unreachable("the name resolves to no address".to_owned()))?;
     let (key_pem, point) = tls::enrollment_key()?;
     let transport = Arc::new(tls::transport_config(tls::Timeouts::default()));
     let config = tls::renew_client_config(credentials, transport)?;
-    let answer = exchange(addr, core_name, config, None, name, &point)
+    let answer = exchange(core, core_name, config, None, name, &point)
         .await
         .map_err(unreachable)?;
     let (certificate, _ca) = answer.map_err(EnrollError::Refused)?;
@@ -673,22 +662,20 @@ pub async fn renew(
     Ok(credentials.certificate())
 }
 
-/// One request and its answer over a new connection to `addr` made with `config`.
+/// One request and its answer over a new connection to HQ at `core` (`host:port`)
+/// made with `config`.
 async fn exchange(
-    addr: SocketAddr,
+    core: &str,
     core_name: &NodeName,
     config: quinn::ClientConfig,
     code: Option<&Code>,
     name: &NodeName,
     point: &[u8],
 ) -> Result<Result<(String, String), String>, String> {
-    let bind: SocketAddr = if addr.ip().is_loopback() {
-        (addr.ip(), 0).into()
-    } else if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
+    let addr = crate::link::resolve(core)
+        .await
+        .map_err(|e| format!("cannot resolve it: {e}"))?;
+    let bind = crate::link::edge_bind(Some(addr));
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
     endpoint.set_default_client_config(config);
     let talk = async {

@@ -9,7 +9,6 @@
 //! IO: the store, certificates, volume and mirror directories; the link endpoint's socket.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -196,7 +195,7 @@ impl Builder {
                 }
                 Role::Edge => {
                     let core = link::resolve(&config.link.core).await.ok();
-                    let bind = edge_bind(core);
+                    let bind = link::edge_bind(core);
                     let endpoint = tls::client_endpoint_with(bind, &credentials, transport)
                         .map_err(NodeError::Endpoint)?;
                     let link = links.link(&config.link.core_name);
@@ -244,18 +243,6 @@ impl Builder {
             mirror: replica,
             services,
         })
-    }
-}
-
-/// Where an edge binds its link socket: the address family of the core's address (IPv4
-/// unless it is IPv6), on loopback when the core is on loopback (a demo or a test opens
-/// no socket on the machine's other interfaces), else on every interface.
-fn edge_bind(core: Option<SocketAddr>) -> SocketAddr {
-    match core.map(|a| a.ip()) {
-        Some(IpAddr::V6(ip)) if ip.is_loopback() => (Ipv6Addr::LOCALHOST, 0).into(),
-        Some(IpAddr::V6(_)) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        Some(IpAddr::V4(ip)) if ip.is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
-        Some(IpAddr::V4(_)) | None => (Ipv4Addr::UNSPECIFIED, 0).into(),
     }
 }
 
@@ -356,30 +343,5 @@ fn enrollment_ca(config: &Config) -> Option<Arc<tls::Ca>> {
             tracing::warn!(%err, "enrollment off: the CA does not load");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_edge_binds_loopback_only_for_a_core_on_loopback() {
-        let bind = |core: &str| edge_bind(Some(core.parse().expect("an address")));
-        assert_eq!(
-            bind("127.0.0.1:7000"),
-            "127.0.0.1:0".parse().expect("an address")
-        );
-        assert_eq!(bind("[::1]:7000"), "[::1]:0".parse().expect("an address"));
-        assert_eq!(
-            bind("10.0.0.7:7000"),
-            "0.0.0.0:0".parse().expect("an address")
-        );
-        assert_eq!(
-            bind("[fd00::7]:7000"),
-            "[::]:0".parse().expect("an address")
-        );
-        // A name that does not resolve yet: the link dials (and resolves) again later.
-        assert_eq!(edge_bind(None), "0.0.0.0:0".parse().expect("an address"));
     }
 }

@@ -636,8 +636,9 @@ fn api(name: &'static str) -> Command {
         .arg(flag("json", "Print the API's JSON").global(true))
 }
 
-/// `text` for a URL's query string.
-fn percent(text: &str) -> String {
+/// `text` percent-encoded for a URL's path segment or query value (all but unreserved
+/// characters).
+pub fn percent(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

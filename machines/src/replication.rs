@@ -479,6 +479,7 @@ mod tests {
                 (topic("mismatch"), Scope::Core),
             ],
             closed: vec![],
+            clock_ms: 0,
         };
         // At the core, facing an edge: reports come in only; broadcasts both ways.
         let at_core = Routes::between(true, &topics, &[], &hello(false));
@@ -513,6 +514,7 @@ mod tests {
             core: !from_core,
             topics: topics.clone(),
             closed: theirs,
+            clock_ms: 0,
         };
         let routes = Routes::between(from_core, &topics, &ours, &hello);
         let name = node(peer);
@@ -701,6 +703,7 @@ mod tests {
             core: false,
             topics: topics.clone(),
             closed: vec![],
+            clock_ms: 0,
         };
         let at_core = Routes::between(true, &topics, &closed, &edge_hello);
         assert_eq!(at_core.input, vec![topic("messages")]);

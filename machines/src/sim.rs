@@ -295,7 +295,7 @@ impl Sim {
                 now,
             );
             let greeted = mine
-                .handle_hello(theirs.hello())
+                .handle_hello(theirs.hello(0))
                 .map_err(|e| e.to_string())?;
             let peer_name = self.nodes[peer].name.clone();
             let store = &self.nodes[me].store;

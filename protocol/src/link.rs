@@ -25,12 +25,15 @@ use tokio::task::JoinSet;
 
 use crate::edges::Edges;
 use crate::entry::{NodeName, TopicName};
-use crate::log::{ReadError, Store};
+use crate::log::{Held, ReadError, Store};
 use crate::tls::{self, Admit as _, CloseCode};
 use crate::wire::{self, WireError};
 
+mod admission;
 mod mirror;
 mod session;
+
+pub use admission::{Admission, MAX_HANDSHAKES, MAX_WAITING};
 
 pub use mirror::{MAX_REFETCH, Mirror, MirrorSettings, MirrorSource, PRIORITY_MIRROR};
 // The mirror stream's meter of chunk bytes reads bytes from the core: fuzzed.
@@ -161,7 +164,17 @@ pub struct LinkStatus {
     pub failed_dials: u64,
     /// Per topic and direction.
     pub topics: Vec<TopicStatus>,
+    /// What the peer last said it holds for this node and has not had acknowledged
+    /// (edges tell the core; kept after the link goes down, as last known).
+    pub backlog_in: Option<Held>,
+    /// How far the peer's clock is ahead of this node's (negative: behind), in ms, as
+    /// its last hello showed. Past [`CLOCK_SKEW_WARN`] both pages warn.
+    pub clock_offset_ms: Option<i64>,
 }
+
+/// How far apart two nodes' clocks may be before their pages and logs warn: entries
+/// carry their origin's timestamps, and certificates are checked against the clock.
+pub const CLOCK_SKEW_WARN: Duration = Duration::from_secs(120);
 
 /// The state of one peer's link, shared by its sessions, the link manager and readers.
 #[derive(Debug)]
@@ -191,6 +204,8 @@ impl PeerLink {
             throttled: 0,
             failed_dials: 0,
             topics: Vec::new(),
+            backlog_in: None,
+            clock_offset_ms: None,
         };
         let (paused_here, status, current) = (
             watch::Sender::new(false),
@@ -444,6 +459,7 @@ pub async fn serve(
     let mut sessions = JoinSet::new();
     // Enrollments are rare and unauthenticated until the code is checked: a few at once.
     let enrolling = Arc::new(tokio::sync::Semaphore::new(MAX_ENROLLING));
+    let admission = Arc::new(Admission::default());
     loop {
         tokio::select! {
             biased;
@@ -456,9 +472,17 @@ pub async fn serve(
                 let Some(incoming) = incoming else { break };
                 let (local, edges, links) = (local.clone(), edges.clone(), links.clone());
                 let (enrollment, enrolling) = (enrollment.clone(), enrolling.clone());
+                let admission = admission.clone();
                 sessions.spawn(async move {
+                    let Some(turn) = admission.turn().await else {
+                        tracing::warn!(peer = %incoming.remote_address(), "link refused: {MAX_WAITING} handshakes wait already; the edge will dial again");
+                        incoming.refuse();
+                        return;
+                    };
                     // tls::accept_any logs a refused edge itself.
-                    let peer = match tls::accept_any(incoming, &edges).await {
+                    let accepted = tls::accept_any(incoming, &edges).await;
+                    drop(turn);
+                    let peer = match accepted {
                         Ok(tls::Accepted::Link(peer)) => peer,
                         Ok(tls::Accepted::Enroll(connection)) => {
                             let Some(ca) = &enrollment else {

@@ -269,6 +269,63 @@ struct TopicView {
     config: Mutex<TopicConfig>,
     published: Mutex<format::StateRecord>,
     tail: watch::Sender<Offset>,
+    /// The topic's newest blocks as the owner wrote them, so that readers at the tail
+    /// (a core's thousand link senders after one broadcast) read them from memory:
+    /// an entry is read from sled once at most, not once per reader.
+    recent: Mutex<Recent>,
+}
+
+/// A topic's newest blocks, contiguous, at most [`RECENT_BYTES`] of entries.
+#[derive(Debug, Default)]
+struct Recent {
+    blocks: std::collections::VecDeque<(u64, Arc<[format::StoredEntry]>)>,
+    bytes: u64,
+}
+
+/// How many bytes of entries (by [`Entry::size`]) each topic keeps in [`Recent`].
+const RECENT_BYTES: u64 = 128 << 10;
+
+impl Recent {
+    /// Keeps `block` (entries from offset `first`), dropping the oldest past the bound.
+    /// A block that does not follow the last one (there is none after a restart)
+    /// starts the cache afresh; one larger than the bound empties it.
+    fn keep(&mut self, first: u64, block: Arc<[format::StoredEntry]>) {
+        let bytes: u64 = block.iter().map(format::StoredEntry::size).sum();
+        let follows = self
+            .blocks
+            .back()
+            .is_none_or(|(f, b)| f + b.len() as u64 == first);
+        if !follows || bytes > RECENT_BYTES {
+            self.blocks.clear();
+            self.bytes = 0;
+            if bytes > RECENT_BYTES {
+                return;
+            }
+        }
+        self.blocks.push_back((first, block));
+        self.bytes += bytes;
+        while self.bytes > RECENT_BYTES {
+            let Some((_, old)) = self.blocks.pop_front() else {
+                break;
+            };
+            self.bytes -= old.iter().map(format::StoredEntry::size).sum::<u64>();
+        }
+    }
+
+    /// The blocks holding offset `start` and after, if the cache reaches back to it.
+    fn from(&self, start: u64) -> Option<Vec<(u64, Arc<[format::StoredEntry]>)>> {
+        let (first, _) = self.blocks.front()?;
+        if start < *first {
+            return None;
+        }
+        Some(
+            self.blocks
+                .iter()
+                .filter(|(f, b)| f + b.len() as u64 > start)
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 impl Store {
@@ -453,6 +510,26 @@ impl Store {
         let start = from.0.max(first);
         let mut out = Vec::new();
         if start >= next || max == 0 {
+            return Ok(out);
+        }
+        let recent = view
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .from(start);
+        if let Some(blocks) = recent {
+            for (block_first, block) in blocks {
+                for (offset, e) in (block_first..).zip(block.iter()) {
+                    if offset >= start && offset < next {
+                        let record = self.record(Offset(offset), e.clone())?;
+                        bytes = bytes.saturating_add(record.entry.size());
+                        out.push(record);
+                        if out.len() == max || bytes >= max_bytes {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
             return Ok(out);
         }
         // The block holding `start` is the last one that begins at or before it.

@@ -337,6 +337,12 @@ fn seeds_from_the_real_encoders_pass_their_targets() {
         deflate.write(frame, &mut compressed).unwrap();
         deflate.flush(&mut compressed).unwrap();
     }
+    // A link gone quiet ends its zstd frame; what follows is a new one.
+    deflate.release(&mut compressed).unwrap();
+    for frame in frames.iter().take(3) {
+        deflate.write(frame, &mut compressed).unwrap();
+        deflate.flush(&mut compressed).unwrap();
+    }
     for piece in [255u8, 6] {
         add(
             "inflate",
@@ -517,6 +523,7 @@ fn link_frames() -> Vec<Frame> {
                 (topic("broadcasts"), Scope::All),
             ],
             closed: vec![topic("broadcasts")],
+            clock_ms: 1_765_000_000_000,
         }),
         Frame::Have {
             topic: topic("reports"),
@@ -531,6 +538,10 @@ fn link_frames() -> Vec<Frame> {
         },
         Frame::Pause,
         Frame::Resume,
+        Frame::Backlog {
+            entries: 10_000,
+            bytes: 2_560_000,
+        },
     ]
 }
 

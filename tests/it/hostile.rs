@@ -18,6 +18,13 @@ use crate::replication::{append_n, check_once_in_order, wait_status};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// This machine's clock, for the hellos (ms since the Unix epoch).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The incarnation the hostile edge presents (its "store").
 const MALLORY: u64 = 0x6d61_6c6c_6f72_7900;
 
@@ -55,6 +62,7 @@ impl Hostile {
             core: false,
             topics: TOPICS.iter().map(|(t, s)| (topic(t), *s)).collect(),
             closed: vec![],
+            clock_ms: now_ms(),
         });
         control.write_all(&framed(&hello)).await.unwrap();
         let mut reader = FrameReader::default();
@@ -96,6 +104,7 @@ impl Hostile {
             core: false,
             topics: Vec::new(),
             closed: vec![],
+            clock_ms: now_ms(),
         });
         let (mut control, _recv) = peer.connection.open_bi().await.unwrap();
         let _ = control.write_all(&framed(&hello)).await;

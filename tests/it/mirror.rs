@@ -280,6 +280,7 @@ async fn a_fetch_from_an_offset_past_its_chunk_is_refused_and_the_core_serves_on
         node: name("alpha"),
         core: false,
         topics: Vec::new(),
+        clock_ms: 0,
     });
     encode(&hello, &mut bytes);
     control.write_all(&bytes).await.unwrap();

@@ -169,7 +169,7 @@ pub(crate) async fn wait_status(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_stops_both_ways_and_resume_goes_on_where_it_stopped() {
+async fn pause_stops_both_ways_the_core_sees_what_waits_and_resume_goes_on_where_it_stopped() {
     let cluster = Cluster::start(&["alpha"], &[("broadcast", Scope::All)])
         .await
         .unwrap();
@@ -186,6 +186,12 @@ async fn pause_stops_both_ways_and_resume_goes_on_where_it_stopped() {
     .await;
     append_n(hq, "broadcast", 20, None).await;
     append_n(alpha, "broadcast", 10, None).await;
+    // The edge tells the core what waits there for it (HQ's fleet table shows it).
+    let at_core = cluster.core.link("alpha");
+    wait_status(&at_core, "told of the edge's 10 waiting entries", |s| {
+        s.backlog_in.is_some_and(|h| h.entries == 10 && h.bytes > 0)
+    })
+    .await;
     // Nothing crosses while paused: a second is ample on loopback, where the same
     // entries cross in milliseconds when the link is not paused.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -204,8 +210,74 @@ async fn pause_stops_both_ways_and_resume_goes_on_where_it_stopped() {
     here.resume();
     wait_for_count(alpha, &b, 30, PATIENCE).await.unwrap();
     wait_for_count(hq, &b, 30, PATIENCE).await.unwrap();
+    wait_status(&at_core, "told that nothing waits", |s| {
+        s.backlog_in.is_some_and(|h| h.entries == 0)
+    })
+    .await;
     check_once_in_order(&all(alpha, &b));
     check_once_in_order(&all(hq, &b));
+}
+
+/// Each side of a link learns from the other's hello how far apart their clocks are; past
+/// two minutes both pages warn. An edge whose clock is three hours slow, driven by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_side_learns_how_far_the_other_s_clock_is() {
+    use protocol::wire::{Frame, FrameReader, Hello};
+    let cluster = Cluster::start_allowing(&[], &["alpha"], &[("broadcast", Scope::All)])
+        .await
+        .unwrap();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let slow: i64 = 3 * 3600 * 1000;
+    let endpoint = Cluster::endpoint_for(cluster.ca(), "alpha").unwrap();
+    let peer = protocol::tls::connect(&endpoint, cluster.core_addr(), &name("hq"))
+        .await
+        .unwrap();
+    let (mut control, mut recv) = peer.connection.open_bi().await.unwrap();
+    let hello = Frame::Hello(Hello {
+        version: protocol::wire::VERSION,
+        node: name("alpha"),
+        incarnation: 1,
+        core: false,
+        topics: vec![(topic("broadcast"), Scope::All)],
+        closed: vec![],
+        clock_ms: (now_ms() - slow) as u64,
+    });
+    control.write_all(&framed(&hello)).await.unwrap();
+    // The core's hello carries its clock: this machine's.
+    let mut reader = FrameReader::default();
+    let theirs = loop {
+        if let Some(frame) = reader.next_frame().unwrap() {
+            break frame;
+        }
+        let chunk = recv.read_chunk(4096, true).await.unwrap().unwrap();
+        reader.push(&chunk.bytes);
+    };
+    let Frame::Hello(theirs) = theirs else {
+        panic!("the core's first frame is a hello: {theirs:?}")
+    };
+    assert!(
+        (theirs.clock_ms as i64 - now_ms()).abs() < 60_000,
+        "the core's clock: {}",
+        theirs.clock_ms
+    );
+    // The core sees the edge's clock three hours behind its own, and says so.
+    let at_core = cluster.core.link("alpha");
+    wait_status(&at_core, "told of the edge's clock", |s| {
+        s.clock_offset_ms.is_some()
+    })
+    .await;
+    let status = at_core.status();
+    let offset = status.clock_offset_ms.unwrap();
+    assert!((offset + slow).abs() < 60_000, "offset {offset} ms");
+    let view = ui::views::LinkView::from(&status);
+    assert!(view.clock_skewed, "{view:?}");
+    assert!(!ui::views::clock_skewed(60_000));
+    drop(peer);
 }
 
 /// Connects to the core as `who` (from `ca`), writes `bytes` on a control stream, and
@@ -251,6 +323,7 @@ async fn misbehaving_peers_are_refused_with_a_reason_and_the_core_serves_on() {
             node: name("mallory"),
             core: false,
             topics: vec![(topic("broadcast"), Scope::All)],
+            clock_ms: 0,
         })
     };
 

@@ -83,13 +83,20 @@ pub fn edge_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("edge{i:04}")).collect()
 }
 
-/// Starts edge `n`, its data in `<dir>/edges/<n>`, dialing the core at `core`.
+/// Starts edge `n`, its data in `<dir>/edges/<n>`, dialing the core at `core`. It holds
+/// the fleet topic and the mission's request and response topics (an edge asks HQ for
+/// an asset on one, HQ answers it alone on the other).
 pub async fn start_edge(dir: &Path, ca: &Ca, n: &str, core: SocketAddr) -> Result<Node, String> {
-    let topics = [TopicConfig {
-        name: topic(TOPIC),
-        scope: Scope::All,
+    let held = |name: &str, scope| TopicConfig {
+        name: topic(name),
+        scope,
         retention: Retention::default(),
-    }];
+    };
+    let topics = [
+        held(TOPIC, Scope::All),
+        held(mission::ASSET_REQUEST, Scope::Core),
+        held(mission::ASSET_RESPONSE, Scope::All),
+    ];
     let mut config = node_config(Role::Edge, n, dir.join("edges").join(n), &topics);
     config.link.core = core.to_string();
     let identity = ca.issue(&name(n), Role::Edge).map_err(|e| e.to_string())?;

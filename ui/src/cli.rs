@@ -500,19 +500,27 @@ fn print_fleet(fleet: &Value) {
             "STATE",
             "LAST SEEN",
             "RTT",
-            "BACKLOG",
+            "TO EDGE",
+            "FROM EDGE",
             "BEHIND",
             "GAPS",
             "CERT EXPIRES",
+            "CLOCK",
         ]
         .map(str::to_owned),
     ];
     for e in fleet["edges"].as_array().into_iter().flatten() {
-        let backlog = match (
-            e["backlog_out"]["entries"].as_u64(),
-            e["backlog_out"]["bytes"].as_u64(),
-        ) {
+        let backlog = |b: &Value| match (b["entries"].as_u64(), b["bytes"].as_u64()) {
             (Some(entries), Some(bytes)) => format!("{entries} ({bytes} B)"),
+            _ => "-".to_owned(),
+        };
+        let clock = match (e["clock_offset_ms"].as_i64(), e["clock_skewed"].as_bool()) {
+            (Some(ms), Some(true)) => format!(
+                "{}{} OFF",
+                if ms > 0 { "+" } else { "-" },
+                age(Duration::from_millis(ms.unsigned_abs()))
+            ),
+            (Some(_), _) => "ok".to_owned(),
             _ => "-".to_owned(),
         };
         let expiry = e["certificate_expiry_ms"].as_u64().map_or_else(
@@ -537,7 +545,8 @@ fn print_fleet(fleet: &Value) {
             e["rtt_ms"]
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms")),
-            backlog,
+            backlog(&e["backlog_out"]),
+            backlog(&e["backlog_in"]),
             if behind == 0 {
                 "-".to_owned()
             } else {
@@ -545,9 +554,10 @@ fn print_fleet(fleet: &Value) {
             },
             e["gaps"].to_string(),
             expiry,
+            clock,
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..10)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for row in &rows {

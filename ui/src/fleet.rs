@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use protocol::edges::fleet::FleetRow;
+use protocol::log::Held;
 use serde::{Deserialize, Serialize};
 
 use crate::App;
@@ -24,16 +25,18 @@ pub const STATES: [&str; 7] = [
 ];
 
 /// The columns the table sorts by.
-const SORTS: [&str; 9] = [
+const SORTS: [&str; 11] = [
     "name",
     "state",
     "since",
     "last_seen",
     "rtt",
     "backlog",
+    "backlog_in",
     "behind",
     "gaps",
     "expiry",
+    "clock",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +93,9 @@ pub struct FleetRowView {
     pub rtt_ms: Option<f64>,
     /// What HQ holds that it has not acknowledged: entries and bytes (estimated).
     pub backlog_out: Option<BacklogView>,
+    /// What it last said it holds for HQ and HQ has not acknowledged (`null`: it has
+    /// not said since HQ started).
+    pub backlog_in: Option<BacklogView>,
     /// How long it has been behind (0: it has everything).
     pub behind_ms: u64,
     /// Per topic HQ sends it.
@@ -100,6 +106,11 @@ pub struct FleetRowView {
     pub certificate_expiry_ms: Option<u64>,
     /// Its session's protocol version, while up.
     pub version: Option<u32>,
+    /// How far its clock is ahead of HQ's (negative: behind), as its last hello showed.
+    pub clock_offset_ms: Option<i64>,
+    /// Its clock is further from HQ's than the nodes tolerate (2 minutes): both pages
+    /// warn.
+    pub clock_skewed: bool,
 }
 
 /// Entries and bytes waiting.
@@ -130,10 +141,8 @@ impl From<&FleetRow> for FleetRowView {
             since_ms: r.since.map(millis),
             last_seen_ms: r.last_seen.map(millis),
             rtt_ms: r.rtt.map(|d| d.as_secs_f64() * 1000.0),
-            backlog_out: r.backlog_out.map(|h| BacklogView {
-                entries: h.entries,
-                bytes: h.bytes,
-            }),
+            backlog_out: r.backlog_out.map(BacklogView::from),
+            backlog_in: r.backlog_in.map(BacklogView::from),
             behind_ms: ms(r.behind),
             topics: r
                 .topics
@@ -147,6 +156,17 @@ impl From<&FleetRow> for FleetRowView {
             gaps: r.gaps,
             certificate_expiry_ms: r.certificate_expiry.map(millis),
             version: r.version,
+            clock_offset_ms: r.clock_offset,
+            clock_skewed: r.clock_offset.is_some_and(crate::views::clock_skewed),
+        }
+    }
+}
+
+impl From<Held> for BacklogView {
+    fn from(h: Held) -> BacklogView {
+        BacklogView {
+            entries: h.entries,
+            bytes: h.bytes,
         }
     }
 }
@@ -302,6 +322,14 @@ impl Filter {
                 .backlog_out
                 .map(|h| h.bytes)
                 .cmp(&b.backlog_out.map(|h| h.bytes)),
+            "backlog_in" => a
+                .backlog_in
+                .map(|h| h.bytes)
+                .cmp(&b.backlog_in.map(|h| h.bytes)),
+            "clock" => a
+                .clock_offset
+                .map(i64::unsigned_abs)
+                .cmp(&b.clock_offset.map(i64::unsigned_abs)),
             "behind" => a.behind.cmp(&b.behind),
             "gaps" => a.gaps.cmp(&b.gaps),
             "expiry" => a.certificate_expiry.cmp(&b.certificate_expiry),
@@ -314,7 +342,6 @@ impl Filter {
 mod tests {
     use super::*;
     use protocol::entry::NodeName;
-    use protocol::log::Held;
 
     fn row(name: &str, state: &'static str, behind_s: u64, bytes: Option<u64>) -> FleetRow {
         FleetRow {
@@ -324,11 +351,13 @@ mod tests {
             last_seen: None,
             rtt: None,
             backlog_out: bytes.map(|bytes| Held { entries: 1, bytes }),
+            backlog_in: None,
             behind: Duration::from_secs(behind_s),
             topics: Vec::new(),
             gaps: 0,
             certificate_expiry: None,
             version: None,
+            clock_offset: None,
         }
     }
 

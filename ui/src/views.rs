@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use protocol::edges::{EdgeStatus, Forgotten};
 use protocol::entry::Record;
-use protocol::link::LinkStatus;
+use protocol::link::{CLOCK_SKEW_WARN, LinkStatus};
 use protocol::log::TopicInfo;
 use protocol::mirror::{MirrorState, MirrorStatus};
 use protocol::tls::CertificateInfo;
@@ -183,8 +183,23 @@ pub struct LinkView {
     pub failed_dials: u64,
     /// Entries waiting to be sent, all topics (an upper bound).
     pub backlog: u64,
+    /// Entries the peer last said wait there for this node (edges tell HQ).
+    pub backlog_in: Option<u64>,
+    /// Their bytes, as the peer estimates them.
+    pub backlog_in_bytes: Option<u64>,
+    /// How far the peer's clock is ahead of this node's (negative: behind), in ms, as
+    /// its last hello showed.
+    pub clock_offset_ms: Option<i64>,
+    /// The two clocks are further apart than the nodes tolerate (2 minutes): the page
+    /// warns.
+    pub clock_skewed: bool,
     /// Per topic and direction.
     pub topics: Vec<LinkTopicView>,
+}
+
+/// Whether clocks `offset_ms` apart are further apart than [`CLOCK_SKEW_WARN`].
+pub fn clock_skewed(offset_ms: i64) -> bool {
+    u128::from(offset_ms.unsigned_abs()) > CLOCK_SKEW_WARN.as_millis()
 }
 
 /// One topic and direction of a link.
@@ -222,6 +237,10 @@ impl From<&LinkStatus> for LinkView {
             throttled: s.throttled,
             failed_dials: s.failed_dials,
             backlog: s.topics.iter().filter(|t| t.out).map(|t| t.backlog).sum(),
+            backlog_in: s.backlog_in.map(|h| h.entries),
+            backlog_in_bytes: s.backlog_in.map(|h| h.bytes),
+            clock_offset_ms: s.clock_offset_ms,
+            clock_skewed: s.clock_offset_ms.is_some_and(clock_skewed),
             topics: s
                 .topics
                 .iter()

@@ -39,8 +39,9 @@ impl Handshake {
         }
     }
 
-    /// Our hello: the first frame on the control stream.
-    pub fn hello(&self) -> Frame {
+    /// Our hello: the first frame on the control stream; `clock_ms` is this node's clock
+    /// as it sends it (ms since the Unix epoch).
+    pub fn hello(&self, clock_ms: u64) -> Frame {
         Frame::Hello(Hello {
             version: wire::VERSION,
             node: self.side.node.clone(),
@@ -48,6 +49,7 @@ impl Handshake {
             core: self.side.core,
             topics: self.side.topics.clone(),
             closed: self.closed.clone(),
+            clock_ms,
         })
     }
 
@@ -132,6 +134,15 @@ impl Greeted {
     /// The incarnation the peer's hello presents.
     pub fn presented(&self) -> u64 {
         self.theirs.incarnation
+    }
+
+    /// How far the peer's clock is ahead of ours (negative: behind), in ms: its hello's
+    /// clock against ours when the hello `arrived_ms`, less half the round trip `rtt` it
+    /// took to cross.
+    pub fn clock_offset_ms(&self, arrived_ms: u64, rtt: std::time::Duration) -> i64 {
+        let sent_ms = i128::from(arrived_ms) - (rtt.as_millis() / 2) as i128;
+        let offset = i128::from(self.theirs.clock_ms) - sent_ms;
+        offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
     }
 
     /// Checks the peer's incarnation against the one `recorded` for its name, `held`

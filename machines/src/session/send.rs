@@ -61,6 +61,13 @@ pub enum Control {
     Paused,
     /// The peer's operator resumed the link.
     Resumed,
+    /// What the peer holds for this side and has not had acknowledged.
+    Backlog {
+        /// Entries.
+        entries: u64,
+        /// Their bytes, as the peer estimates them.
+        bytes: u64,
+    },
 }
 
 /// Where one outgoing topic stands after a `Have`.
@@ -198,7 +205,7 @@ impl Session {
     }
 
     /// A frame from the peer's control stream (after the hellos): only `Have` of a topic
-    /// this side sends, `Pause` and `Resume` belong there.
+    /// this side sends, `Pause`, `Resume` and `Backlog` belong there.
     pub fn handle_control(&mut self, frame: Frame) -> Result<Control, SessionError> {
         match frame {
             Frame::Have { topic, vector } => {
@@ -222,6 +229,7 @@ impl Session {
                 self.paused_by_peer = false;
                 Ok(Control::Resumed)
             }
+            Frame::Backlog { entries, bytes } => Ok(Control::Backlog { entries, bytes }),
             other => Err(SessionError::Protocol(format!(
                 "{} on the control stream",
                 other.name()

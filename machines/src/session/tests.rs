@@ -32,7 +32,7 @@ fn side(name: &str, core: bool) -> Side {
 fn alpha_hello(change: impl FnOnce(&mut Hello)) -> Frame {
     let t0 = Instant::now();
     let mut frame =
-        Handshake::new(side("alpha", false), node("hq"), Default::default(), t0).hello();
+        Handshake::new(side("alpha", false), node("hq"), Default::default(), t0).hello(0);
     if let Frame::Hello(hello) = &mut frame {
         change(hello);
     }
@@ -49,7 +49,7 @@ fn core_greeted(settings: SessionSettings, t0: Instant) -> Greeted {
 fn edge_greeted(t0: Instant) -> Greeted {
     let core = Handshake::new(side("hq", true), node("alpha"), Default::default(), t0);
     let hs = Handshake::new(side("alpha", false), node("hq"), Default::default(), t0);
-    hs.handle_hello(core.hello()).unwrap()
+    hs.handle_hello(core.hello(0)).unwrap()
 }
 
 fn entry(origin: &str, seq: u64, len: usize) -> Entry {
@@ -172,6 +172,30 @@ fn a_hello_is_refused_for_its_place_version_name_or_role() {
 }
 
 #[test]
+fn each_side_learns_how_far_the_peer_s_clock_is_from_its_own() {
+    let t0 = Instant::now();
+    let core = || Handshake::new(side("hq", true), node("alpha"), Default::default(), t0);
+    let at = |clock_ms| {
+        core()
+            .handle_hello(alpha_hello(|h| h.clock_ms = clock_ms))
+            .unwrap()
+    };
+    // Sent at 1,000,000 by its clock; here it arrives at 1,000,500 after half of a
+    // 200 ms round trip: sent at 1,000,400 by ours, so its clock is 400 ms behind.
+    let rtt = Duration::from_millis(200);
+    assert_eq!(at(1_000_000).clock_offset_ms(1_000_500, rtt), -400);
+    // An edge whose clock is a day ahead.
+    let day: i64 = 86_400_000;
+    assert_eq!(
+        at(1_000_000 + day as u64).clock_offset_ms(1_000_100, rtt),
+        day
+    );
+    // Nonsense clocks do not overflow.
+    assert_eq!(at(u64::MAX).clock_offset_ms(0, rtt), i64::MAX);
+    assert_eq!(at(0).clock_offset_ms(u64::MAX, rtt), i64::MIN);
+}
+
+#[test]
 fn a_silent_peer_times_out_at_each_step() {
     let t0 = Instant::now();
     let minute = Duration::from_secs(60);
@@ -226,7 +250,7 @@ fn the_core_closes_what_an_edge_may_not_write_and_both_routes_follow() {
         ..Default::default()
     };
     let core = Handshake::new(side("hq", true), node("alpha"), settings.clone(), t0);
-    let Frame::Hello(hello) = core.hello() else {
+    let Frame::Hello(hello) = core.hello(0) else {
         panic!("a hello")
     };
     assert_eq!(hello.closed, vec![topic("broadcast")]);

@@ -29,6 +29,9 @@ pub struct FleetRow {
     pub rtt: Option<Duration>,
     /// What the core holds that it has not acknowledged (`None`: nothing is kept for it).
     pub backlog_out: Option<Held>,
+    /// What it last said it holds for the core and the core has not acknowledged (`None`:
+    /// it has not said, in this run of the core).
+    pub backlog_in: Option<Held>,
     /// How long it has been behind: since it last had nothing left to receive (while up),
     /// or since it was last seen when entries wait for it; zero when it has all.
     pub behind: Duration,
@@ -40,6 +43,9 @@ pub struct FleetRow {
     pub certificate_expiry: Option<SystemTime>,
     /// The protocol version of its session, while up.
     pub version: Option<u32>,
+    /// How far its clock is ahead of the core's (negative: behind), as its last hello
+    /// showed.
+    pub clock_offset: Option<i64>,
 }
 
 /// One topic the core sends an edge, in the fleet table.
@@ -119,11 +125,13 @@ impl Edges {
                 last_seen: status.last_seen,
                 rtt: link.as_ref().and_then(|l| l.rtt),
                 backlog_out,
+                backlog_in: link.as_ref().and_then(|l| l.backlog_in),
                 behind,
                 topics,
                 gaps: gaps.get(&status.name).copied().unwrap_or(0),
                 certificate_expiry,
                 version: connected.then_some(wire::VERSION),
+                clock_offset: link.as_ref().and_then(|l| l.clock_offset_ms),
                 name: status.name,
             });
         }

@@ -26,16 +26,17 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use machines::replication::Incarnations;
 use machines::session::{self as machine, Control, Greeted, Handshake, Intake, Measure, Session};
 use machines::session::{Progress, Side, Take};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{LinkError, Local, PeerLink, TopicStatus};
+use super::{CLOCK_SKEW_WARN, LinkError, Local, PeerLink, TopicStatus};
 use crate::entry::{NodeName, Offset, Scope, Seq};
-use crate::log::{ConsumerName, PeerConfig, Store, TableName, Txn, WriteError};
+use crate::log::{ConsumerName, Held, PeerConfig, Store, TableName, Txn, WriteError};
+use crate::tls;
 use crate::wire::{self, Deflate, Frame, FrameReader, Inflate};
 
 /// Runs one session on an authenticated connection with `peer` until it ends, then
@@ -100,12 +101,27 @@ async fn run(
 
     // Hello, both ways: the peer has the hello timeout from here to say its own.
     let mut bytes = Vec::new();
-    wire::encode(&handshake.hello(), &mut bytes);
+    wire::encode(&handshake.hello(tls::millis(SystemTime::now())), &mut bytes);
     control_send.write_all(&bytes).await.map_err(closed)?;
     handshake.opened(Instant::now());
     let mut control = FrameReader::default();
     let theirs = in_time(&handshake, read_frame(&mut control_recv, &mut control)).await?;
     let greeted = handshake.handle_hello(theirs)?;
+    let offset = greeted.clock_offset_ms(tls::millis(SystemTime::now()), conn.rtt());
+    link.update(|s| s.clock_offset_ms = Some(offset));
+    if offset.unsigned_abs() > CLOCK_SKEW_WARN.as_millis() as u64 {
+        let (how, by) = match offset > 0 {
+            true => ("ahead of", offset.unsigned_abs()),
+            false => ("behind", offset.unsigned_abs()),
+        };
+        tracing::warn!(
+            %peer,
+            offset_ms = offset,
+            "the peer's clock is {} s {how} this node's: set both from one time source \
+             (entries carry their origin's time, and certificates are checked against it)",
+            by / 1000
+        );
+    }
     check_incarnation(store, &peer, &greeted).await?;
     let routes = greeted.routes().clone();
     let out_config = PeerConfig {
@@ -161,8 +177,10 @@ async fn run(
     let receiver = receive_loop(local, conn, link, intake, &control_tx);
     let persist = persist_loop(local, conn, &consumer, link, &shared);
     let mirrors = mirror_loop(local, conn, &peer);
+    let backlog = backlog_loop(store, link, &control_tx);
     tokio::select! {
         r = mirrors, if !dialer => r,
+        r = backlog, if dialer => r,
         r = writer => r,
         r = reader => r,
         r = pause => r,
@@ -253,9 +271,42 @@ async fn control_loop(
                 shared.wake.notify_one();
                 tracing::info!(%peer, "peer resumed the link");
             }
+            Control::Backlog { entries, bytes } => {
+                link.update(|s| s.backlog_in = Some(Held { entries, bytes }));
+            }
         }
     }
 }
+
+/// An edge's side: tells the core what waits here to cross to it ([`Store::held_for`]),
+/// whenever that changes, checked every [`BACKLOG_EVERY`], for HQ's fleet table. An
+/// idle link sends nothing.
+async fn backlog_loop(
+    store: &Store,
+    link: &PeerLink,
+    control: &mpsc::Sender<Frame>,
+) -> Result<Never, LinkError> {
+    let mut every = tokio::time::interval(BACKLOG_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut told = None;
+    loop {
+        every.tick().await;
+        let held = store.held_for(link.peer())?.unwrap_or_default();
+        if told != Some(held) {
+            let frame = Frame::Backlog {
+                entries: held.entries,
+                bytes: held.bytes,
+            };
+            if control.send(frame).await.is_err() {
+                return Err(LinkError::Protocol("control queue closed".into()));
+            }
+            told = Some(held);
+        }
+    }
+}
+
+/// How often an edge checks what waits for the core ([`backlog_loop`]).
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Tells the peer when an operator pauses or resumes the link here.
 async fn pause_loop(
@@ -295,13 +346,26 @@ async fn send_loop(
     let mut changes = store.changes();
     let mut paused_here = link.paused_here.subscribe();
     let mut buf = Vec::new();
+    // QUIC's window and round trip, read at most every `MEASURE_EVERY`: `stats` copies
+    // all of the connection's counters, and a core's thousand senders run a round each
+    // whenever anything is appended.
+    let mut measured: Option<(Instant, Measure)> = None;
+    let mut last_sent = Instant::now();
     loop {
         changes.borrow_and_update();
         let paused = *paused_here.borrow_and_update();
-        let path = conn.stats().path;
-        let measure = Measure {
-            cwnd: path.cwnd,
-            rtt: path.rtt,
+        let now = Instant::now();
+        let measure = match measured {
+            Some((at, measure)) if now.duration_since(at) < MEASURE_EVERY => measure,
+            _ => {
+                let path = conn.stats().path;
+                let measure = Measure {
+                    cwnd: path.cwnd,
+                    rtt: path.rtt,
+                };
+                measured = Some((now, measure));
+                measure
+            }
         };
         let mut round = shared.session().send_round(measure, paused);
         let mut counts = Vec::new();
@@ -333,6 +397,7 @@ async fn send_loop(
                 send.write_all(&buf).await.map_err(closed)?;
                 link.update(|s| s.bytes_out += buf.len() as u64);
                 buf.clear();
+                last_sent = Instant::now();
             }
             for (topic, entries) in counts {
                 // The round may have passed the peer's own entries only, with no `Have`
@@ -348,12 +413,40 @@ async fn send_loop(
             }
             continue;
         }
-        // Nothing to send: wait for new entries, an acknowledgement or a pause change.
+        // Nothing to send: wait for new entries, an acknowledgement or a pause change;
+        // once the link has been quiet for `RELEASE_AFTER`, end the zstd frame and let go
+        // of the compression context (the peer lets go of its own at the frame's end).
+        let quiet = deflate.is_live().then(|| last_sent + RELEASE_AFTER);
         tokio::select! {
             r = changes.changed() => if r.is_err() { return Err(LinkError::Store("store closed".into())) },
             () = shared.wake.notified() => {}
             _ = paused_here.changed() => {}
+            () = sleep_until_some(quiet) => {
+                deflate
+                    .release(&mut buf)
+                    .map_err(|e| LinkError::Store(e.to_string()))?;
+                send.write_all(&buf).await.map_err(closed)?;
+                link.update(|s| s.bytes_out += buf.len() as u64);
+                buf = Vec::new();
+                measured = None;
+            }
         }
+    }
+}
+
+/// How long a link's sender keeps its zstd context with nothing to send: past it, the
+/// context (~100 KiB once used) is dropped, and the next entry starts a fresh zstd frame
+/// (`bench wire` measures what that costs).
+const RELEASE_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a sender uses one reading of QUIC's window and round trip.
+const MEASURE_EVERY: Duration = Duration::from_millis(10);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -572,10 +665,7 @@ async fn persist_loop(
     let peer = link.peer();
     loop {
         let at = shared.session().poll_timeout();
-        match at {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
+        sleep_until_some(at).await;
         link.update(|s| s.rtt = Some(conn.rtt()));
         let due = shared.session().handle_timeout(Instant::now());
         for persist in due {

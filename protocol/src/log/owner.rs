@@ -976,6 +976,7 @@ impl Owner {
         let wake = !g.pending.is_empty() || g.created;
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
+                state.view.remember(p.new_first, p.new);
                 state.view.publish(p.counters.record());
                 state.counters = p.counters;
             }
@@ -1513,7 +1514,20 @@ impl TopicView {
             config: Mutex::new(config),
             published: Mutex::new(state),
             tail,
+            recent: Mutex::default(),
         })
+    }
+
+    /// Keeps a group's new entries (from offset `first`), in the blocks they were
+    /// written as, for readers at the tail.
+    fn remember(&self, mut first: u64, mut entries: Vec<StoredEntry>) {
+        let sizes: Vec<usize> = blocks(&entries).map(<[StoredEntry]>::len).collect();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for n in sizes {
+            let block: Arc<[StoredEntry]> = entries.drain(..n).collect();
+            recent.keep(first, block);
+            first += n as u64;
+        }
     }
 
     fn publish(&self, state: StateRecord) {

@@ -123,6 +123,59 @@ async fn append_then_read_back_with_identity_and_offsets() {
     ));
 }
 
+/// Readers at the tail read the newest blocks from memory (`Recent`), older ones from
+/// sled: whichever, every read returns the same records, across block and cache edges.
+#[tokio::test]
+async fn reads_from_the_newest_blocks_in_memory_match_reads_from_disk() {
+    let dir = TempDir::new();
+    let t = topic("t");
+    let store = open_with(&dir.0, "hq", &[("t", Scope::All, Retention::default())]).await;
+    // Groups of 1 to 40 entries of ~1 KiB: ~300 KiB, more than the cache holds, in
+    // blocks of all sizes.
+    let mut n = 0u64;
+    for group in 0..30u64 {
+        let mut txn = Txn::new();
+        for _ in 0..(group * 7 % 40 + 1) {
+            txn.append(&t, Append::new(format!("{n:04}{}", "x".repeat(1000))));
+            n += 1;
+        }
+        store.commit(txn).await.unwrap();
+    }
+    let live: Vec<Vec<Record>> = (0..n)
+        .map(|from| store.read(&t, Offset(from), 17).unwrap())
+        .collect();
+    let within: Vec<Vec<Record>> = (0..n)
+        .map(|from| store.read_within(&t, Offset(from), 50, 5_000).unwrap())
+        .collect();
+    // The newest entries come from memory: the cache reaches back some way, not all.
+    let recent = store.view(&t).unwrap().recent.lock().unwrap().from(n - 1);
+    let cached = recent.map_or(0, |b| b.len());
+    assert!(cached > 0, "the newest block is in memory");
+    assert!(
+        store
+            .view(&t)
+            .unwrap()
+            .recent
+            .lock()
+            .unwrap()
+            .from(0)
+            .is_none(),
+        "the oldest are not"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    // Reopened, the cache is empty: every read comes from sled.
+    let store = open(&dir.0, "hq");
+    for from in 0..n {
+        let disk = store.read(&t, Offset(from), 17).unwrap();
+        assert_eq!(disk, live[from as usize], "read from {from}");
+        assert_eq!(disk.first().map(|r| r.offset), Some(Offset(from)));
+        let disk = store.read_within(&t, Offset(from), 50, 5_000).unwrap();
+        assert_eq!(disk, within[from as usize], "read within from {from}");
+    }
+    assert!(store.read(&t, Offset(n), 10).unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_flushes_and_get_distinct_offsets() {
     let dir = TempDir::new();

@@ -529,6 +529,8 @@
       const revoked = S.revoked.has(l.peer);
       if (revoked) notes.push('Certificate revoked: ' + l.peer + ' cannot connect until it has a new certificate.');
       else if (!l.connected) notes.push('Store and forward: entries wait here until the link returns.');
+      if (l.backlog_in > 0) notes.push(l.peer + ' holds ' + fmtCount(l.backlog_in) + ' entries (' + fmtBytes(l.backlog_in_bytes) + ') for this node.');
+      if (l.clock_skewed) notes.push(clockNote(l.peer, l.clock_offset_ms));
       setText(row.querySelector('[data-field="note"]'), notes.join(' '));
       setAttr(row, 'data-revoked', revoked);
       const pause = row.querySelector('[data-action="pause"]');
@@ -545,6 +547,13 @@
       : S.links.length ? S.links.length + ' edge links: see the Fleet table.' : 'No edge has connected yet.');
     const up = S.links.filter((l) => l.state === 'up').length;
     setText($('#links-note'), S.links.length > 1 ? up + ' of ' + S.links.length + ' up' : '');
+  }
+
+  // "alpha's clock is 3 h ahead of this node's: ...", for offsets past the tolerance.
+  function clockNote(peer, offsetMs) {
+    const how = offsetMs > 0 ? ' ahead of ' : ' behind ';
+    return 'Clock: ' + peer + "'s clock is " + fmtDuration(Math.abs(offsetMs)) + how +
+      "this node's. Set both from one time source: entries carry their origin's time, and certificates are checked against it.";
   }
 
   function linkAction(peer, action, button) {
@@ -588,8 +597,8 @@
     return h('tr', { dataset: { edge: name } },
       h('td', { class: 'fleet-name', text: name }),
       h('td', {}, h('span', { class: 'pill', dataset: { field: 'state' } })),
-      fleetCell('last-seen'), fleetCell('rtt'), fleetCell('backlog'), fleetCell('behind'),
-      fleetCell('gaps'), fleetCell('expiry'));
+      fleetCell('last-seen'), fleetCell('rtt'), fleetCell('backlog'), fleetCell('backlog-in'),
+      fleetCell('behind'), fleetCell('gaps'), fleetCell('expiry'), fleetCell('clock'));
   }
 
   function renderFleet() {
@@ -616,6 +625,11 @@
       setText(backlog, b ? fmtCount(b.entries) + ' · ' + fmtBytes(b.bytes) : '–');
       setAttr(backlog, 'data-nonzero', !!(b && b.entries > 0));
       setAttr(backlog, 'title', 'Entries HQ holds that ' + e.name + ' has not acknowledged (bytes estimated)');
+      const i = e.backlog_in;
+      const backlogIn = row.querySelector('[data-field="backlog-in"]');
+      setText(backlogIn, i ? fmtCount(i.entries) + ' · ' + fmtBytes(i.bytes) : '–');
+      setAttr(backlogIn, 'data-nonzero', !!(i && i.entries > 0));
+      setAttr(backlogIn, 'title', 'Entries ' + e.name + ' last said it holds for HQ, not yet acknowledged');
       const behind = row.querySelector('[data-field="behind"]');
       setText(behind, e.behind_ms > 0 ? fmtDuration(e.behind_ms) : '–');
       setAttr(behind, 'data-nonzero', e.behind_ms > 0);
@@ -626,6 +640,11 @@
       const left = e.certificate_expiry_ms == null ? null : e.certificate_expiry_ms - Date.now();
       setText(expiry, left == null ? '–' : left <= 0 ? 'expired' : 'in ' + fmtDuration(left));
       setAttr(expiry, 'data-nonzero', left != null && left < 14 * 24 * 3600 * 1000);
+      const clock = row.querySelector('[data-field="clock"]');
+      const off = e.clock_offset_ms;
+      setText(clock, off == null ? '–' : e.clock_skewed ? (off > 0 ? '+' : '−') + fmtDuration(Math.abs(off)) : 'ok');
+      setAttr(clock, 'data-nonzero', e.clock_skewed);
+      setAttr(clock, 'title', e.clock_skewed ? clockNote(e.name, off) : "Within 2 minutes of HQ's clock at its last hello");
     }
     for (const row of rows.values()) row.remove();
     $('#fleet-empty').hidden = view.edges.length > 0;
@@ -642,7 +661,7 @@
   }
 
   // The columns that read best biggest first start descending, as the node's default.
-  const DESCENDING_FIRST = ['since', 'rtt', 'backlog', 'behind', 'gaps'];
+  const DESCENDING_FIRST = ['since', 'rtt', 'backlog', 'backlog_in', 'behind', 'gaps', 'clock'];
 
   function initFleet() {
     let typing = 0;

@@ -21,6 +21,9 @@ const BURST: u64 = 1_000;
 /// How long the idle fleet's traffic is counted (`--quick`: one keep-alive interval).
 const IDLE: Duration = Duration::from_secs(60);
 const IDLE_QUICK: Duration = Duration::from_secs(15);
+/// How long the fleet is left quiet after the burst before the core's memory is read
+/// again: past the links' release of their compression contexts (30 s).
+const QUIET: Duration = Duration::from_secs(35);
 /// HTTP clients publishing a burst at once.
 const PUBLISHERS: u64 = 16;
 
@@ -45,11 +48,57 @@ impl Core {
         })
     }
 
+    /// Starts one of the core's services through its HTTP API.
+    async fn start_service(&self, name: &str) -> Result<(), String> {
+        let url = format!("http://{}/api/v1/services/{name}/start", self.http);
+        tokio::task::spawn_blocking(move || {
+            let mut answer = ureq::post(&url)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .header("content-type", "application/json")
+                .header("x-requested-with", "bench")
+                .send("{}")
+                .map_err(|e| format!("POST {url}: {e}"))?;
+            if !answer.status().is_success() {
+                let text = answer.body_mut().read_to_string().unwrap_or_default();
+                return Err(format!("POST {url}: {}: {text}", answer.status()));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// Publishes `count` broadcasts through the core's HTTP API from [`PUBLISHERS`]
     /// clients at once (HQ's applications).
     async fn publish(&self, count: u64) -> Result<(), String> {
         fleet::publish(&self.http, count, PUBLISHERS, "broadcast", json!({})).await
     }
+}
+
+/// Waits until every edge holds an `ASSET_RESPONSE`; returns each edge's time from
+/// `since`, sorted.
+async fn answers(
+    edges: &[tests::cluster::Node],
+    since: Instant,
+    patience: Duration,
+) -> Result<Vec<Duration>, String> {
+    let response = mission::topic(mission::ASSET_RESPONSE);
+    let mut tasks = tokio::task::JoinSet::new();
+    for edge in edges {
+        let (store, response) = (edge.store.clone(), response.clone());
+        tasks.spawn(async move {
+            tests::cluster::wait_for_count(&store, &response, 1, patience).await?;
+            Ok::<_, String>(since.elapsed())
+        });
+    }
+    let mut times = Vec::with_capacity(edges.len());
+    while let Some(done) = tasks.join_next().await {
+        times.push(done.map_err(|e| e.to_string())??);
+    }
+    times.sort();
+    Ok(times)
 }
 
 /// How many of `times` fall in each `bucket`, from 0: `0-5s:12 5-10s:40 ...`.
@@ -143,13 +192,17 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     eprintln!("fanout: idle, {idle_bytes:.0} bytes per edge per minute");
 
     // One broadcast: from the request to the core until it is durable at each edge.
+    let cpu_before = core.process.cpu()?;
     let sent = Instant::now();
     core.publish(1).await?;
     let one = arrivals(&edges, 1, sent, PATIENCE).await?;
+    let broadcast_cpu = core.process.cpu()?.saturating_sub(cpu_before);
     eprintln!(
-        "fanout: one broadcast at all {n} edges in {:.3} s (p50 {:.3} s)",
+        "fanout: one broadcast at all {n} edges in {:.3} s (p50 {:.3} s); the core spent \
+         {} ms of CPU on it",
         quantile(&one, 1.0),
-        quantile(&one, 0.5)
+        quantile(&one, 0.5),
+        broadcast_cpu.as_millis()
     );
 
     // A burst: until every edge holds all of it.
@@ -161,6 +214,52 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         "fanout: {BURST} broadcasts published in {:.1} s, at all edges in {:.1} s",
         published.as_secs_f64(),
         quantile(&burst, 1.0)
+    );
+    // Every edge asks HQ for an asset at once; HQ's asset-response service answers each
+    // with an `ASSET_RESPONSE` addressed to it alone. The asset is one HQ does not hold,
+    // so the answer is "not found": what is measured is the requests' way in, the
+    // service, and the answers' way out to each edge.
+    core.start_service("asset-response").await?;
+    let asked = Instant::now();
+    let request = mission::topic(mission::ASSET_REQUEST);
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, edge) in edges.iter().enumerate() {
+        let (store, request) = (edge.store.clone(), request.clone());
+        let ask = mission::Request {
+            asset: format!("bench-{i}"),
+        };
+        asks.spawn(async move {
+            store
+                .append(
+                    &request,
+                    protocol::entry::Append::new(mission::encode(&ask)),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+    while let Some(done) = asks.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    let answered = answers(&edges, asked, PATIENCE).await?;
+    eprintln!(
+        "fanout: an asset request from each of {n} edges, all answered in {:.1} s (p50 {:.1} s)",
+        quantile(&answered, 1.0),
+        quantile(&answered, 0.5)
+    );
+
+    // What the core holds for links that carried traffic, and once they are quiet again
+    // (each link lets go of its compression context after `RELEASE_AFTER`).
+    tokio::time::sleep(SETTLE).await;
+    let rss_busy = core.process.rss_kib()?;
+    tokio::time::sleep(QUIET).await;
+    let rss_quiet = core.process.rss_kib()?;
+    let kib_per_quiet_edge = rss_quiet.saturating_sub(rss_idle) as f64 / n as f64;
+    eprintln!(
+        "fanout: core after the burst {} MiB, quiet again {} MiB: {kib_per_quiet_edge:.0} KiB \
+         per edge",
+        rss_busy / 1024,
+        rss_quiet / 1024
     );
 
     // The core killed and restarted on the same address and data. A failed handshake
@@ -213,9 +312,14 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         "broadcast_p50_s": quantile(&one, 0.5),
         "broadcast_p99_s": quantile(&one, 0.99),
         "broadcast_max_s": quantile(&one, 1.0),
+        "broadcast_core_cpu_ms": broadcast_cpu.as_millis() as u64,
         "burst": BURST,
         "burst_publish_s": round2(published.as_secs_f64()),
         "burst_1000_s": round2(quantile(&burst, 1.0)),
+        "asset_requests_answered_s": round2(quantile(&answered, 1.0)),
+        "asset_requests_p50_s": round2(quantile(&answered, 0.5)),
+        "core_rss_after_burst_mb": round2(rss_busy as f64 / 1024.0),
+        "core_kb_per_quiet_edge": kib_per_quiet_edge.round(),
         "core_restart_s": round2(ready.as_secs_f64()),
         "reconnect_all_s": round2(reconnect.as_secs_f64()),
         "reconnect_p50_s": round2(quantile(&back, 0.5)),

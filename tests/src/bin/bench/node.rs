@@ -97,6 +97,28 @@ impl NodeProcess {
             .ok_or_else(|| "no VmRSS in the node's /proc status".to_owned())
     }
 
+    /// The CPU time the process has used so far (user and system), from `/proc`.
+    pub(crate) fn cpu(&self) -> Result<Duration, String> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map_err(|e| format!("the node's /proc stat: {e}"))?;
+        // Fields after the command name (which may hold spaces), from field 3 on:
+        // utime and stime are fields 14 and 15, in clock ticks.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or("no command name in the node's /proc stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64, String> {
+            fields
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| "a short /proc stat".to_owned())
+        };
+        // Linux reports them in USER_HZ, 100 a second on every architecture it runs
+        // this on.
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
     /// SIGKILL, and wait for the process to be gone (what dropping it does).
     pub(crate) fn kill(self) {}
 }

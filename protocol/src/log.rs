@@ -229,6 +229,13 @@ struct Shared {
     writers: AtomicUsize,
     /// Counts published groups: one wake-up for "something changed in any topic".
     changes: watch::Sender<u64>,
+    /// Counts published groups that may concern every peer's sender: entries of a
+    /// topic that crosses links addressed to no one, a topic's counters, a new topic.
+    sends: watch::Sender<u64>,
+    /// Per peer, the wake-up of its sender for entries addressed to it (and, at an
+    /// edge, to anyone: the core relays them): a core's thousand senders are not all
+    /// woken for an answer to one edge.
+    directed: Mutex<HashMap<NodeName, Arc<tokio::sync::Notify>>>,
     /// The store's incarnation, set once by the owner as it opens the store.
     incarnation: std::sync::atomic::AtomicU64,
     /// The disk's free space, against `min_free`.
@@ -273,6 +280,29 @@ struct TopicView {
     /// (a core's thousand link senders after one broadcast) read them from memory:
     /// an entry is read from sled once at most, not once per reader.
     recent: Mutex<Recent>,
+}
+
+/// What wakes one link's sender ([`Store::sender_wakes`]).
+#[derive(Debug)]
+pub struct SenderWakes {
+    all: watch::Receiver<u64>,
+    mine: Arc<tokio::sync::Notify>,
+}
+
+impl SenderWakes {
+    /// Marks everything published so far as seen: [`SenderWakes::changed`] waits for
+    /// what comes after.
+    pub fn seen(&mut self) {
+        self.all.borrow_and_update();
+    }
+
+    /// Waits for new entries the peer may need; `Err` when the store is closed.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        tokio::select! {
+            r = self.all.changed() => r,
+            () = self.mine.notified() => Ok(()),
+        }
+    }
 }
 
 /// A topic's newest blocks, contiguous, at most [`RECENT_BYTES`] of entries.
@@ -361,6 +391,8 @@ impl Store {
             poisoned: Mutex::new(None),
             writers: AtomicUsize::new(0),
             changes: watch::Sender::new(0),
+            sends: watch::Sender::new(0),
+            directed: Mutex::default(),
             incarnation: std::sync::atomic::AtomicU64::new(0),
             space: space::Space::new(path.clone(), config.min_free),
         });
@@ -646,6 +678,24 @@ impl Store {
     /// A watch that changes whenever new writes of any topic become visible.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
+    }
+
+    /// What wakes the sender of a link to `peer`: new entries it may need. Entries
+    /// addressed to other nodes do not (unless `peer` is the core, which relays them),
+    /// nor do topics that never cross a link.
+    pub fn sender_wakes(&self, peer: &NodeName) -> SenderWakes {
+        let mine = self
+            .shared
+            .directed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.clone())
+            .or_default()
+            .clone();
+        SenderWakes {
+            all: self.shared.sends.subscribe(),
+            mine,
+        }
     }
 
     /// Waits until the topic holds an entry at `offset` (or later), without polling.

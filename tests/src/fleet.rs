@@ -36,7 +36,8 @@ pub fn free_port() -> Result<u16, String> {
 
 /// Writes `<dir>/hq.toml`: core `hq` with its data in `<dir>/hq` (certificates from
 /// [`make_ca`]), its link on `link` admitting `edges`, HTTP on any free loopback port,
-/// no mission services, and the fleet topic; returns its path.
+/// no mission services running, the fleet topic and the mission's asset request and
+/// response topics; returns its path.
 pub fn core_config(dir: &Path, link: SocketAddr, edges: &[String]) -> Result<PathBuf, String> {
     core_config_with(dir, link, edges, &Extra::default())
 }
@@ -66,12 +67,16 @@ pub fn core_config_with(
          [http]\nlisten = \"127.0.0.1:0\"\n\
          [link]\nlisten = \"{link}\"\ndemo_certs = false\nedges = [{}]\n{}\n\
          [pipeline]\nstart_services = false\n\
-         [[topics]]\nname = \"{TOPIC}\"\nscope = \"all\"\n{}\n",
+         [[topics]]\nname = \"{TOPIC}\"\nscope = \"all\"\n{}\n\
+         [[topics]]\nname = \"{}\"\nscope = \"core\"\n\
+         [[topics]]\nname = \"{}\"\nscope = \"all\"\nwriters = \"core\"\n",
         dir.join("hq").display(),
         extra.store,
         list.join(", "),
         extra.link,
         extra.topic,
+        mission::ASSET_REQUEST,
+        mission::ASSET_RESPONSE,
     );
     let path = dir.join("hq.toml");
     std::fs::write(&path, text).map_err(|e| e.to_string())?;

@@ -32,6 +32,7 @@ use machines::replication::Incarnations;
 use machines::session::{self as machine, Control, Greeted, Handshake, Intake, Measure, Session};
 use machines::session::{Progress, Side, Take};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 use super::{CLOCK_SKEW_WARN, LinkError, Local, PeerLink, TopicStatus};
 use crate::entry::{NodeName, Offset, Scope, Seq};
@@ -158,7 +159,12 @@ async fn run(
     for topic in intake.topics() {
         let _ = control_tx.try_send(machine::have(topic.clone(), &store.vector(topic)?));
     }
-    let writer = async {
+    // Each loop is a task of its own, so that each is polled when its own event comes
+    // and not whenever any other loop's does: with a thousand links, one broadcast wakes
+    // every sender, and polling every loop's streams with it doubled the core's work.
+    // The first to end ends the session; the others are stopped before this returns.
+    let mut loops: JoinSet<Result<Never, LinkError>> = JoinSet::new();
+    loops.spawn(async move {
         let mut buf = Vec::new();
         while let Some(frame) = control_rx.recv().await {
             buf.clear();
@@ -168,27 +174,55 @@ async fn run(
             }
             control_send.write_all(&buf).await.map_err(closed)?;
         }
-        Err::<Never, _>(LinkError::Protocol("control queue closed".into()))
+        Err(LinkError::Protocol("control queue closed".into()))
+    });
+    // What every loop holds its own handle of.
+    let at = Handles {
+        local: local.clone(),
+        conn: conn.clone(),
+        link: link.clone(),
+        shared: shared.clone(),
+        control: control_tx.clone(),
     };
+    let h = at.clone();
+    loops.spawn(async move {
+        control_loop(&h.local.store, &h.link, &h.shared, control_recv, control).await
+    });
+    let h = at.clone();
+    loops.spawn(async move { pause_loop(&h.link, &h.shared, &h.control).await });
+    let h = at.clone();
+    loops.spawn(async move { send_loop(&h.local, &h.conn, &h.link, &h.shared).await });
+    let h = at.clone();
+    loops.spawn(async move { receive_loop(&h.local, &h.conn, &h.link, intake, &h.control).await });
+    let h = at.clone();
+    loops
+        .spawn(async move { persist_loop(&h.local, &h.conn, &consumer, &h.link, &h.shared).await });
+    let h = at.clone();
+    match dialer {
+        true => loops.spawn(async move { backlog_loop(&h.local.store, &h.link, &h.control).await }),
+        false => loops.spawn(async move { mirror_loop(&h.local, &h.conn, &peer).await }),
+    };
+    let Handles { conn: c, .. } = at;
+    drop(control_tx);
+    loops.spawn(async move { Err(LinkError::Connection(c.closed().await)) });
+    let ended = match loops.join_next().await {
+        Some(Ok(ended)) => ended,
+        // A bug here: it ends the session as a panic in it always did.
+        Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        _ => Err(LinkError::Store("a session task was cancelled".into())),
+    };
+    loops.shutdown().await;
+    ended
+}
 
-    let reader = control_loop(store, link, &shared, control_recv, control);
-    let pause = pause_loop(link, &shared, &control_tx);
-    let sender = send_loop(local, conn, link, &shared);
-    let receiver = receive_loop(local, conn, link, intake, &control_tx);
-    let persist = persist_loop(local, conn, &consumer, link, &shared);
-    let mirrors = mirror_loop(local, conn, &peer);
-    let backlog = backlog_loop(store, link, &control_tx);
-    tokio::select! {
-        r = mirrors, if !dialer => r,
-        r = backlog, if dialer => r,
-        r = writer => r,
-        r = reader => r,
-        r = pause => r,
-        r = sender => r,
-        r = receiver => r,
-        r = persist => r,
-        e = conn.closed() => Err(LinkError::Connection(e)),
-    }
+/// A session's handles, one set per loop task.
+#[derive(Clone)]
+struct Handles {
+    local: Local,
+    conn: quinn::Connection,
+    link: Arc<PeerLink>,
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Frame>,
 }
 
 /// Runs `op` until it completes, or fails it when the handshake's deadline passes.
@@ -343,7 +377,7 @@ async fn send_loop(
     let _ = send.set_priority(PRIORITY_ENTRIES);
     let mut deflate =
         Deflate::new(local.settings.zstd_level).map_err(|e| LinkError::Store(e.to_string()))?;
-    let mut changes = store.changes();
+    let mut wakes = store.sender_wakes(link.peer());
     let mut paused_here = link.paused_here.subscribe();
     let mut buf = Vec::new();
     // QUIC's window and round trip, read at most every `MEASURE_EVERY`: `stats` copies
@@ -352,7 +386,7 @@ async fn send_loop(
     let mut measured: Option<(Instant, Measure)> = None;
     let mut last_sent = Instant::now();
     loop {
-        changes.borrow_and_update();
+        wakes.seen();
         let paused = *paused_here.borrow_and_update();
         let now = Instant::now();
         let measure = match measured {
@@ -418,7 +452,7 @@ async fn send_loop(
         // of the compression context (the peer lets go of its own at the frame's end).
         let quiet = deflate.is_live().then(|| last_sent + RELEASE_AFTER);
         tokio::select! {
-            r = changes.changed() => if r.is_err() { return Err(LinkError::Store("store closed".into())) },
+            r = wakes.changed() => if r.is_err() { return Err(LinkError::Store("store closed".into())) },
             () = shared.wake.notified() => {}
             _ = paused_here.changed() => {}
             () = sleep_until_some(quiet) => {

@@ -15,7 +15,7 @@
 //!   the owner begins a new one and the **flusher** thread flushes sled, syncs what sled
 //!   leaves out ([`DiskSync`]) and only then removes the segments sled now holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -974,6 +974,7 @@ impl Owner {
         // group of cursors, documents or peer records alone would wake every link's
         // sender for nothing, and each of a core's thousand links writes cursors.
         let wake = !g.pending.is_empty() || g.created;
+        let senders = self.senders_to_wake(&g.pending, g.created);
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
                 state.view.remember(p.new_first, p.new);
@@ -983,6 +984,22 @@ impl Owner {
         }
         if wake {
             self.shared.changes.send_modify(|n| *n += 1);
+        }
+        match senders {
+            Wake::None => {}
+            Wake::All => self.shared.sends.send_modify(|n| *n += 1),
+            Wake::Only(names) => {
+                let directed = self
+                    .shared
+                    .directed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for name in &names {
+                    if let Some(wake) = directed.get(name) {
+                        wake.notify_one();
+                    }
+                }
+            }
         }
         for done in g.done {
             done.accept();
@@ -1474,6 +1491,71 @@ fn draw_incarnation(path: &Path) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash.as_bytes()[..8]);
     u64::from_le_bytes(first).max(1)
+}
+
+/// Which links' senders a group concerns.
+enum Wake {
+    None,
+    /// Every peer's: an entry of a crossing topic for no one in particular, a topic's
+    /// counters that changed without new entries, a new topic.
+    All,
+    /// Only these peers': entries addressed to them, and the core, which relays them.
+    Only(BTreeSet<NodeName>),
+}
+
+impl Owner {
+    /// Which senders a group concerns (its new entries by topic, `created`: it made a
+    /// topic), by the entries' topics and destinations.
+    fn senders_to_wake(&self, pending: &HashMap<u32, Pending>, created: bool) -> Wake {
+        if created {
+            return Wake::All;
+        }
+        let mut to = BTreeSet::new();
+        for (t, p) in pending {
+            let crosses = self
+                .topics
+                .get(t)
+                .is_some_and(|s| s.config.scope != crate::entry::Scope::Local);
+            if !crosses {
+                continue;
+            }
+            if p.new.is_empty() {
+                return Wake::All;
+            }
+            for e in &p.new {
+                match e.to {
+                    None => return Wake::All,
+                    Some(id) => {
+                        to.insert(id);
+                    }
+                }
+            }
+        }
+        if to.is_empty() {
+            return Wake::None;
+        }
+        let catalog = self
+            .shared
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut names = BTreeSet::new();
+        for id in to {
+            match catalog.names.get(id as usize) {
+                Some(name) => names.insert(name.clone()),
+                // A name this group interns: no link to it can be up yet, but wake all
+                // rather than reason about when the catalog learns it.
+                None => return Wake::All,
+            };
+        }
+        names.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.core)
+                .map(|(n, _)| n.clone()),
+        );
+        Wake::Only(names)
+    }
 }
 
 /// Cuts one topic's new entries into blocks of bounded size.

@@ -123,6 +123,78 @@ async fn append_then_read_back_with_identity_and_offsets() {
     ));
 }
 
+/// A link's sender wakes for entries it may send: one addressed to another edge wakes
+/// only that edge's sender (and the core's, which relays it); one for no one wakes all;
+/// a local topic wakes none.
+#[tokio::test]
+async fn an_entry_for_one_peer_wakes_only_the_senders_that_may_send_it() {
+    let dir = TempDir::new();
+    let store = open_with(
+        &dir.0,
+        "alpha",
+        &[
+            ("t", Scope::All, Retention::default()),
+            ("here", Scope::Local, Retention::default()),
+        ],
+    )
+    .await;
+    for (name, core) in [("hq", true), ("bravo", false), ("charlie", false)] {
+        store
+            .set_peer(PeerConfig {
+                name: node(name),
+                core,
+                topics: vec![topic("t")],
+            })
+            .await
+            .unwrap();
+    }
+    let mut hq = store.sender_wakes(&node("hq"));
+    let mut bravo = store.sender_wakes(&node("bravo"));
+    let mut charlie = store.sender_wakes(&node("charlie"));
+    // Woken now, or not: the wake-up is given before the append is answered.
+    async fn woken(w: &mut SenderWakes) -> bool {
+        let now = tokio::time::timeout(Duration::ZERO, w.changed())
+            .await
+            .is_ok();
+        w.seen();
+        now
+    }
+    for w in [&mut hq, &mut bravo, &mut charlie] {
+        w.seen();
+    }
+    store
+        .append(&topic("t"), Append::new(*b"for bravo").to(node("bravo")))
+        .await
+        .unwrap();
+    assert!(woken(&mut bravo).await, "bravo's sender");
+    assert!(woken(&mut hq).await, "the core's, which relays it");
+    assert!(!woken(&mut charlie).await, "not charlie's");
+
+    store
+        .append(&topic("t"), Append::new(*b"all"))
+        .await
+        .unwrap();
+    for (w, who) in [
+        (&mut hq, "hq"),
+        (&mut bravo, "bravo"),
+        (&mut charlie, "charlie"),
+    ] {
+        assert!(woken(w).await, "{who}: an entry for everyone");
+    }
+
+    store
+        .append(&topic("here"), Append::new(*b"stays"))
+        .await
+        .unwrap();
+    for (w, who) in [
+        (&mut hq, "hq"),
+        (&mut bravo, "bravo"),
+        (&mut charlie, "charlie"),
+    ] {
+        assert!(!woken(w).await, "{who}: a local topic never crosses");
+    }
+}
+
 /// Readers at the tail read the newest blocks from memory (`Recent`), older ones from
 /// sled: whichever, every read returns the same records, across block and cache edges.
 #[tokio::test]

@@ -215,6 +215,20 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         published.as_secs_f64(),
         quantile(&burst, 1.0)
     );
+    // What the core holds for links that carried traffic, and once they are quiet again
+    // (each link lets go of its compression context after `RELEASE_AFTER`).
+    tokio::time::sleep(SETTLE).await;
+    let rss_busy = core.process.rss_kib()?;
+    tokio::time::sleep(QUIET).await;
+    let rss_quiet = core.process.rss_kib()?;
+    let kib_per_quiet_edge = rss_quiet.saturating_sub(rss_idle) as f64 / n as f64;
+    eprintln!(
+        "fanout: core after the burst {} MiB, quiet again {} MiB: {kib_per_quiet_edge:.0} KiB \
+         per edge",
+        rss_busy / 1024,
+        rss_quiet / 1024
+    );
+
     // Every edge asks HQ for an asset at once; HQ's asset-response service answers each
     // with an `ASSET_RESPONSE` addressed to it alone. The asset is one HQ does not hold,
     // so the answer is "not found": what is measured is the requests' way in, the
@@ -246,20 +260,6 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
         "fanout: an asset request from each of {n} edges, all answered in {:.1} s (p50 {:.1} s)",
         quantile(&answered, 1.0),
         quantile(&answered, 0.5)
-    );
-
-    // What the core holds for links that carried traffic, and once they are quiet again
-    // (each link lets go of its compression context after `RELEASE_AFTER`).
-    tokio::time::sleep(SETTLE).await;
-    let rss_busy = core.process.rss_kib()?;
-    tokio::time::sleep(QUIET).await;
-    let rss_quiet = core.process.rss_kib()?;
-    let kib_per_quiet_edge = rss_quiet.saturating_sub(rss_idle) as f64 / n as f64;
-    eprintln!(
-        "fanout: core after the burst {} MiB, quiet again {} MiB: {kib_per_quiet_edge:.0} KiB \
-         per edge",
-        rss_busy / 1024,
-        rss_quiet / 1024
     );
 
     // The core killed and restarted on the same address and data. A failed handshake

@@ -276,9 +276,9 @@ struct TopicView {
     config: Mutex<TopicConfig>,
     published: Mutex<format::StateRecord>,
     tail: watch::Sender<Offset>,
-    /// The topic's newest blocks as the owner wrote them, so that readers at the tail
-    /// (a core's thousand link senders after one broadcast) read them from memory:
-    /// an entry is read from sled once at most, not once per reader.
+    /// The newest blocks of a topic that crosses links, as the owner wrote them, so that
+    /// readers at the tail (a core's thousand link senders after one broadcast) read
+    /// them from memory: an entry is read from sled once at most, not once per reader.
     recent: Mutex<Recent>,
 }
 
@@ -312,8 +312,9 @@ struct Recent {
     bytes: u64,
 }
 
-/// How many bytes of entries (by [`Entry::size`]) each topic keeps in [`Recent`].
-const RECENT_BYTES: u64 = 128 << 10;
+/// How many bytes of entries (by [`Entry::size`]) each topic that crosses links keeps
+/// in [`Recent`]: a burst's worth of small entries, little on an edge's small box.
+const RECENT_BYTES: u64 = 64 << 10;
 
 impl Recent {
     /// Keeps `block` (entries from offset `first`), dropping the oldest past the bound.

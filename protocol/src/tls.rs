@@ -810,16 +810,18 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// At most one stateless reset per this interval (quinn's default: 20 ms). After a core
-/// restart every edge's next packet asks for one, and a fleet's keep-alives arrive
-/// together (their idle timers were set by the same broadcast): at 50 a second, a
-/// thousand edges waited for QUIC's backed-off retransmissions, some for the whole idle
-/// timeout (`bench fanout`: all back 75 s after the kill). A reset is smaller than the
-/// packet that asks for it (no amplification); only packets whose connection ID carries
-/// this key's 40-bit tag get one (quinn's keyed FxHash: it keeps random and non-QUIC
-/// packets out, 1 in 2^40, though not someone who has seen a valid ID), and at most
-/// 1,000 a second go out.
-pub const MIN_RESET_INTERVAL: Duration = Duration::from_millis(1);
+/// At most one stateless reset per this interval (quinn's default: 20 ms): none. After
+/// a core restart every edge's next packet asks for one, and a fleet's keep-alives arrive
+/// together (their idle timers were set by the same broadcast), and so do their
+/// backed-off retransmissions. At 50 a second a thousand edges waited for them, some for
+/// the whole idle timeout (`bench fanout`: all back 75 s after the kill); at 1,000 a
+/// second the same happened to one edge in some runs: its probes kept arriving in the
+/// same millisecond as others'. A reset is smaller than the packet that asks for it (no
+/// amplification, and no loop: each answer is shorter, down to nothing), and only packets
+/// whose connection ID carries this key's 40-bit tag get one (quinn's keyed FxHash: it
+/// keeps random and non-QUIC packets out, 1 in 2^40, though not someone who has seen a
+/// valid ID), so answering each costs one keyed hash and one small datagram.
+pub const MIN_RESET_INTERVAL: Duration = Duration::ZERO;
 
 /// The core endpoint's stateless-reset key and connection-ID key, derived from its
 /// private key instead of drawn at random: a restarted core then recognises the

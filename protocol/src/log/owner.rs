@@ -977,7 +977,10 @@ impl Owner {
         let senders = self.senders_to_wake(&g.pending, g.created);
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
-                state.view.remember(p.new_first, p.new);
+                // Only topics that cross links have many readers at their tail.
+                if state.config.scope != crate::entry::Scope::Local {
+                    state.view.remember(p.new_first, p.new);
+                }
                 state.view.publish(p.counters.record());
                 state.counters = p.counters;
             }

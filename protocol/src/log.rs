@@ -308,7 +308,8 @@ impl SenderWakes {
 /// A topic's newest blocks, contiguous, at most [`RECENT_BYTES`] of entries.
 #[derive(Debug, Default)]
 struct Recent {
-    blocks: std::collections::VecDeque<(u64, Arc<[format::StoredEntry]>)>,
+    /// Each block: its first offset, its entries, their bytes.
+    blocks: std::collections::VecDeque<(u64, Arc<[format::StoredEntry]>, u64)>,
     bytes: u64,
 }
 
@@ -325,7 +326,7 @@ impl Recent {
         let follows = self
             .blocks
             .back()
-            .is_none_or(|(f, b)| f + b.len() as u64 == first);
+            .is_none_or(|(f, b, _)| f + b.len() as u64 == first);
         if !follows || bytes > RECENT_BYTES {
             self.blocks.clear();
             self.bytes = 0;
@@ -333,27 +334,27 @@ impl Recent {
                 return;
             }
         }
-        self.blocks.push_back((first, block));
+        self.blocks.push_back((first, block, bytes));
         self.bytes += bytes;
         while self.bytes > RECENT_BYTES {
-            let Some((_, old)) = self.blocks.pop_front() else {
+            let Some((_, _, old)) = self.blocks.pop_front() else {
                 break;
             };
-            self.bytes -= old.iter().map(format::StoredEntry::size).sum::<u64>();
+            self.bytes -= old;
         }
     }
 
     /// The blocks holding offset `start` and after, if the cache reaches back to it.
     fn from(&self, start: u64) -> Option<Vec<(u64, Arc<[format::StoredEntry]>)>> {
-        let (first, _) = self.blocks.front()?;
+        let (first, _, _) = self.blocks.front()?;
         if start < *first {
             return None;
         }
         Some(
             self.blocks
                 .iter()
-                .filter(|(f, b)| f + b.len() as u64 > start)
-                .cloned()
+                .filter(|(f, b, _)| f + b.len() as u64 > start)
+                .map(|(f, b, _)| (*f, b.clone()))
                 .collect(),
         )
     }

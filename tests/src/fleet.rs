@@ -139,11 +139,22 @@ pub async fn arrivals(
     since: Instant,
     patience: Duration,
 ) -> Result<Vec<Duration>, String> {
+    arrivals_on(edges, &topic(TOPIC), count, since, patience).await
+}
+
+/// [`arrivals`] on any topic the edges hold.
+pub async fn arrivals_on(
+    edges: &[Node],
+    on: &protocol::entry::TopicName,
+    count: u64,
+    since: Instant,
+    patience: Duration,
+) -> Result<Vec<Duration>, String> {
     let mut tasks = tokio::task::JoinSet::new();
     for edge in edges {
-        let store = edge.store.clone();
+        let (store, on) = (edge.store.clone(), on.clone());
         tasks.spawn(async move {
-            wait_for_count(&store, &topic(TOPIC), count, patience).await?;
+            wait_for_count(&store, &on, count, patience).await?;
             Ok::<_, String>(since.elapsed())
         });
     }

@@ -77,30 +77,6 @@ impl Core {
     }
 }
 
-/// Waits until every edge holds an `ASSET_RESPONSE`; returns each edge's time from
-/// `since`, sorted.
-async fn answers(
-    edges: &[tests::cluster::Node],
-    since: Instant,
-    patience: Duration,
-) -> Result<Vec<Duration>, String> {
-    let response = mission::topic(mission::ASSET_RESPONSE);
-    let mut tasks = tokio::task::JoinSet::new();
-    for edge in edges {
-        let (store, response) = (edge.store.clone(), response.clone());
-        tasks.spawn(async move {
-            tests::cluster::wait_for_count(&store, &response, 1, patience).await?;
-            Ok::<_, String>(since.elapsed())
-        });
-    }
-    let mut times = Vec::with_capacity(edges.len());
-    while let Some(done) = tasks.join_next().await {
-        times.push(done.map_err(|e| e.to_string())??);
-    }
-    times.sort();
-    Ok(times)
-}
-
 /// How many of `times` fall in each `bucket`, from 0: `0-5s:12 5-10s:40 ...`.
 fn histogram(times: &[Duration], bucket: Duration) -> String {
     let mut counts: Vec<usize> = Vec::new();
@@ -255,7 +231,8 @@ pub(crate) async fn fanout(quick: bool) -> crate::Lines {
     while let Some(done) = asks.join_next().await {
         done.map_err(|e| e.to_string())??;
     }
-    let answered = answers(&edges, asked, PATIENCE).await?;
+    let response = mission::topic(mission::ASSET_RESPONSE);
+    let answered = fleet::arrivals_on(&edges, &response, 1, asked, PATIENCE).await?;
     eprintln!(
         "fanout: an asset request from each of {n} edges, all answered in {:.1} s (p50 {:.1} s)",
         quantile(&answered, 1.0),

@@ -16,7 +16,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use protocol::config::Config;
+use protocol::config::{Config, FirstRun};
+use protocol::edges::enrollment;
 use protocol::node::{Node, NodeError, Role};
 use protocol::service::ServicesError;
 
@@ -40,14 +41,50 @@ pub enum Error {
 }
 
 /// Runs the field node with the mission's `settings` until `shutdown` resolves, then
-/// stops its services, link and HTTP server and closes its store.
+/// stops its services, link and HTTP server and closes its store. An edge that holds no
+/// certificate yet serves its first-run setup first ([`ui::setup`]) and starts once it
+/// has enrolled.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     settings: mission::Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let addr = config.http.listen;
+    let http_error = |source| Error::Http { addr, source };
+    let mut listener = ui::Listener::bind(addr).await.map_err(http_error)?;
+    let certs_dir = config.certs_dir();
+    if !config.link.demo_certs && !enrollment::holds_certificate(&certs_dir, &config.node.name) {
+        let http = listener.addr().map_err(http_error)?;
+        tracing::warn!(
+            http = %http,
+            name = %config.node.name,
+            certs_dir = %certs_dir.display(),
+            "first-run setup: this edge holds no certificate yet; open http://{http}/ to give \
+             it HQ's address and an enrollment code, or run `edge-node enroll <code>`"
+        );
+        match ui::setup::serve(&config, listener, shutdown.as_mut())
+            .await
+            .map_err(http_error)?
+        {
+            Some((kept, answers)) => {
+                listener = kept;
+                answers.apply(&mut config);
+            }
+            None => return Ok(()),
+        }
+    }
+    if FirstRun::path(&certs_dir).exists() {
+        tracing::info!(
+            file = %FirstRun::path(&certs_dir).display(),
+            name = %config.node.name,
+            core = %config.link.core,
+            core_name = %config.link.core_name,
+            "the first-run setup's record sets this edge's name and HQ (the environment still wins)"
+        );
+    }
     let node = Node::start(Role::Edge, config).await?;
-    let http = start(&node, &settings, None).await?;
+    let http = start_on(listener, &node, &settings, None).await?;
     let served = node.serve(shutdown).await;
     http.stop().await;
     Ok(served?)
@@ -64,6 +101,17 @@ pub async fn start(
     let listener = ui::Listener::bind(addr)
         .await
         .map_err(|source| Error::Http { addr, source })?;
+    start_on(listener, node, settings, demo).await
+}
+
+/// [`start`] on a listener bound already.
+async fn start_on(
+    listener: ui::Listener,
+    node: &Node,
+    settings: &mission::Settings,
+    demo: Option<Arc<dyn ui::DemoLink>>,
+) -> Result<ui::Server, Error> {
+    let addr = node.config().http.listen;
     let http = listener
         .addr()
         .map_err(|source| Error::Http { addr, source })?;

@@ -1,6 +1,6 @@
 //! A node's configuration: one TOML file, environment overrides, and the checked result.
 //!
-//! Loading goes in three steps ([`Config::load`]), for the framework's sections and those
+//! Loading goes in four steps ([`Config::load`]), for the framework's sections and those
 //! of the application the binary runs ([`App`]):
 //! 1. the file (if any) is parsed as it is written, so that a syntax error, an unknown key
 //!    or a value of the wrong type is reported with its line, its column and the file;
@@ -13,6 +13,8 @@
 //!    duplicate topic, the `[link]` keys of the node's role only (a core listens, an edge
 //!    dials). Errors name the key (`topics[2].name`, counted from 0) and where it came
 //!    from (the file or the variable).
+//! 4. at an edge, what its first-run setup page recorded ([`FirstRun`]: its name and its
+//!    HQ) replaces those keys, unless the environment sets them.
 //!
 //! Keys left out take the defaults of the node's [`Role`]; a file that lists `[[topics]]`
 //! replaces the default list. Sizes are bytes, as an integer or a string with a unit
@@ -22,7 +24,7 @@
 //! The files, by concept: `schema` (the typed [`Config`], its sections and each role's
 //! defaults), `app` (the application's part: [`App`]), `load` (the file and the
 //! environment over it, as written), `check` (what was written into [`Config`], errors
-//! with their [`Origin`]), `print` ([`Config::to_toml_with`], `--print-config`) and `units`
+//! with their [`Origin`]), `first_run` (an edge's first-run record), `print` ([`Config::to_toml_with`], `--print-config`) and `units`
 //! (sizes and durations, read and written).
 //!
 //! IO: [`Config::load`] reads the file it is given and the process environment.
@@ -32,6 +34,7 @@ use std::path::PathBuf;
 
 mod app;
 mod check;
+mod first_run;
 mod load;
 mod print;
 mod schema;
@@ -41,6 +44,7 @@ mod units;
 
 pub use app::App;
 pub use check::Origins;
+pub use first_run::{FIRST_RUN_FILE, FirstRun};
 pub use load::{ENV_PREFIX, NameList};
 pub use print::Line;
 pub use schema::{

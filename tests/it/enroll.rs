@@ -1,6 +1,7 @@
 //! Joining the fleet with a code, through the real binaries: HQ's `core-node` makes codes
 //! (`enroll create`), an `edge-node enroll <code>` gets its certificate over QUIC and then
-//! replicates; bad codes are refused with their reason and admit nothing.
+//! replicates; bad codes are refused with their reason and admit nothing. The same from an
+//! edge's first-run setup page, in a real Chromium.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,6 +10,11 @@ use serde_json::{Value, json};
 use tests::TempDir;
 
 use crate::support::process::{Node as Process, binary, field};
+use crate::support::tools;
+use crate::support::webdriver::{Browser, screenshots_dir};
+
+/// How long one browser step may take.
+const STEP: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs `binary args` to its end; returns whether it succeeded, its stdout and stderr.
 fn run(binary_name: &str, args: &[&str]) -> (bool, String, String) {
@@ -48,12 +54,12 @@ fn get(url: &str) -> Value {
     serde_json::from_reader(answer.body_mut().as_reader()).unwrap()
 }
 
-#[test]
-fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
-    let dir = TempDir::new("enroll").unwrap();
+/// HQ with a mission CA whose key it holds (enrollment on), running; returns the process,
+/// its link address and its HTTP URL.
+fn start_hq(dir: &Path) -> (Process, String, String) {
     let port = tests::fleet::free_port().unwrap();
     let core = format!("127.0.0.1:{port}");
-    let hq = dir.path().join("hq.toml");
+    let hq = dir.join("hq.toml");
     std::fs::write(
         &hq,
         format!(
@@ -62,7 +68,7 @@ fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [pipeline]\nstart_services = false\n\
              [[topics]]\nname = \"NEWS\"\nscope = \"all\"\n",
-            dir.path().join("hq").display()
+            dir.join("hq").display()
         ),
     )
     .unwrap();
@@ -75,14 +81,23 @@ fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
         &node.wait_for_line(|l| l.contains("HQ serves HTTP"), "HQ serves HTTP"),
         "http=",
     );
-    let url = format!("http://{http}");
-    let create = |args: &[&str]| {
-        let mut all = vec!["enroll", "create", "--url", &url];
-        all.extend_from_slice(args);
-        let (ok, out, err) = run("core-node", &all);
-        assert!(ok, "{err}");
-        out.trim().to_owned()
-    };
+    (node, core, format!("http://{http}"))
+}
+
+/// A new code from HQ at `url`, made with `core-node enroll create args...`.
+fn create_code(url: &str, args: &[&str]) -> String {
+    let mut all = vec!["enroll", "create", "--url", url];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run("core-node", &all);
+    assert!(ok, "{err}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
+    let dir = TempDir::new("enroll").unwrap();
+    let (mut node, core, url) = start_hq(dir.path());
+    let create = |args: &[&str]| create_code(&url, args);
     let code = create(&["--uses", "2"]);
     assert!(code.starts_with("tether1-"), "{code}");
 
@@ -232,4 +247,136 @@ fn an_edge_enrolls_with_a_code_at_run_time_and_a_bad_code_admits_nothing() {
         "{line}"
     );
     drop(edge);
+}
+
+/// An edge with no certificate offers its first-run setup page: in a real Chromium the
+/// operator names the edge, corrects HQ's address and gives a code. A wrong code is
+/// refused with HQ's reason and leaves nothing behind; the right one enrolls the edge,
+/// which then serves its own page on the same address, linked to HQ, and after a restart
+/// still dials the HQ it enrolled with.
+#[test]
+fn an_edge_joins_the_fleet_from_its_first_run_page() {
+    let Some((chromium, driver)) = tools::chromium("enroll") else {
+        return;
+    };
+    let dir = TempDir::new("enroll-page").unwrap();
+    let (hq, core, url) = start_hq(dir.path());
+    let code = create_code(&url, &[]);
+    // The config names no HQ that answers: the operator gives the right one on the page.
+    let config = edge_config(dir.path(), "alpha", "127.0.0.1:9");
+    let mut edge = Process::start("edge-node", Path::new(&config));
+    let http = field(
+        &edge.wait_for_line(|l| l.contains("first-run setup"), "the first-run setup"),
+        "http=",
+    );
+    let page = format!("http://{http}/");
+    let ready = ureq::get(&format!("{page}readyz")).call();
+    assert!(
+        matches!(ready, Err(ureq::Error::StatusCode(503))),
+        "not ready before it enrolls: {ready:?}"
+    );
+    let certs = dir.path().join("alpha").join("certs");
+    // What no page should get through: a form's post, a malformed code or name.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |content_type: &str, body: String| {
+        let mut answer = agent
+            .post(&format!("{page}api/v1/setup"))
+            .header("content-type", content_type)
+            .send(body)
+            .unwrap();
+        let text = answer.body_mut().read_to_string().unwrap();
+        (answer.status().as_u16(), text)
+    };
+    let answers = |name: &str, code: &str| {
+        json!({ "name": name, "core": core, "core_name": "hq", "code": code }).to_string()
+    };
+    let (status, text) = post("application/x-www-form-urlencoded", answers("kilo", &code));
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = post("application/json", answers("kilo", "tether1-nope"));
+    assert!(
+        status == 400 && text.contains("not an enrollment code"),
+        "{status} {text}"
+    );
+    let (status, text) = post("application/json", answers("../kilo", &code));
+    assert!(
+        status == 400 && text.contains("this edge's name"),
+        "{status} {text}"
+    );
+    let (status, text) = post("application/json", "{\"name\": 1}".to_owned());
+    assert_eq!(status, 400, "{text}");
+
+    let browser = Browser::start(&chromium, &driver).unwrap();
+    let b = &browser;
+    b.goto(&page).unwrap();
+    b.wait_for_script(
+        "the setup form, filled from the config",
+        STEP,
+        "return document.body.dataset.state === 'ready' \
+         && document.getElementById('setup-name').value === 'alpha' \
+         && document.getElementById('setup-core').value === '127.0.0.1:9' \
+         && document.getElementById('setup-core-name').value === 'hq';",
+    );
+    let fill = |css: &str, text: &str| {
+        let input = b.find(css).unwrap();
+        b.clear(&input).unwrap();
+        b.type_text(&input, text).unwrap();
+    };
+    fill("#setup-name", "kilo");
+    fill("#setup-core", &core);
+    // A wrong secret: HQ's reason on the page, and nothing written here.
+    let wrong = format!(
+        "{}{}{}",
+        &code[..17],
+        if &code[17..18] == "0" { "1" } else { "0" },
+        &code[18..]
+    );
+    fill("#setup-code", &wrong);
+    b.screenshot(&screenshots_dir().join("edge-setup.png"))
+        .unwrap();
+    b.click_css("#setup-enroll").unwrap();
+    b.wait_for_script(
+        "HQ's refusal, on the page",
+        STEP,
+        "const e = document.getElementById('setup-error'); return !e.hidden \
+         && e.dataset.code === 'refused' && e.textContent.includes('no such enrollment code') \
+         && document.body.dataset.state === 'ready';",
+    );
+    for file in ["kilo.pem", "kilo.key", "first-run.toml"] {
+        assert!(!certs.join(file).exists(), "{file} after a refusal");
+    }
+    // The right code: enrolled, and the edge's own page follows on the same address.
+    fill("#setup-code", &code);
+    b.click_css("#setup-enroll").unwrap();
+    b.wait_for_script(
+        "the edge's own page, linked to HQ",
+        STEP,
+        "return document.body.dataset.role === 'edge' \
+         && document.getElementById('node-name').textContent === 'kilo' \
+         && document.querySelector('#links [data-link=\"hq\"][data-state=\"up\"]') !== null;",
+    );
+    b.screenshot(&screenshots_dir().join("edge-enrolled.png"))
+        .unwrap();
+    drop(browser);
+    for file in ["kilo.pem", "kilo.key", "ca.pem", "first-run.toml"] {
+        assert!(certs.join(file).exists(), "{file}");
+    }
+    let listed = get(&format!("{url}/api/v1/enrollments"));
+    assert!(listed.to_string().contains("kilo"), "{listed}");
+
+    // Restarted, it is kilo, dialing the HQ it enrolled with, and asks nothing.
+    drop(edge.kill());
+    let mut edge = Process::start("edge-node", Path::new(&config));
+    let line = edge.wait_for_line(
+        |l| l.contains("serves HTTP") || l.contains("first-run setup:"),
+        "the edge serves HTTP",
+    );
+    assert!(line.contains("serves HTTP"), "{line}");
+    edge.wait_for_line(
+        |l| l.contains("link up") && l.contains("peer=hq"),
+        "the link to HQ up again",
+    );
+    drop((edge, hq));
 }

@@ -23,7 +23,6 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::App;
 use crate::error::ApiError;
 
 /// How long a sign-in lasts.
@@ -57,6 +56,32 @@ pub enum Access {
     Read,
     /// Read and change (the operator's token, or a node without a token).
     Operate,
+}
+
+/// What [`guard`] and the sign-in routes need: who may come in and how much they may
+/// send. A node's server and an edge's first-run setup ([`crate::setup`]) each have one.
+pub(crate) struct Gate {
+    /// Its tokens, sign-ins, and room for requests.
+    pub(crate) access: Credentials,
+    /// `http.hosts`: names the node answers to besides addresses and localhost.
+    pub(crate) hosts: Vec<String>,
+    /// The largest request body.
+    pub(crate) body_limit: usize,
+}
+
+impl Gate {
+    /// The gate of `config`'s node, for bodies of at most `body_limit` bytes.
+    pub(crate) fn new(config: &protocol::config::Config, body_limit: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            access: Credentials::new(
+                config.node.name.as_str(),
+                config.http.token.clone(),
+                config.http.read_token.clone(),
+            ),
+            hosts: config.http.hosts.clone(),
+            body_limit,
+        })
+    }
 }
 
 /// The node's credentials and its sign-ins.
@@ -263,13 +288,15 @@ use protocol::tls::same_secret as same;
 
 /// `/api/v1/sign-in`: sign in with a token (a cookie), see what this browser may do, sign
 /// out.
-pub(crate) fn routes() -> Router<Arc<App>> {
-    Router::new().route(
-        "/sign-in",
-        axum::routing::get(sign_in_state)
-            .post(sign_in)
-            .delete(sign_out),
-    )
+pub(crate) fn routes<S>(gate: Arc<Gate>) -> Router<S> {
+    Router::new()
+        .route(
+            "/sign-in",
+            axum::routing::get(sign_in_state)
+                .post(sign_in)
+                .delete(sign_out),
+        )
+        .with_state(gate)
 }
 
 /// What a request may do, as `GET /sign-in` and signing in answer it.
@@ -281,7 +308,7 @@ struct SignInView {
     access: Option<Access>,
 }
 
-async fn sign_in_state(State(app): State<Arc<App>>, request: Request) -> Json<SignInView> {
+async fn sign_in_state(State(app): State<Arc<Gate>>, request: Request) -> Json<SignInView> {
     Json(SignInView {
         token_required: app.access.required(),
         access: app.access.access(request.headers()),
@@ -295,7 +322,7 @@ struct SignIn {
 }
 
 async fn sign_in(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Gate>>,
     axum::Extension(Source(from)): axum::Extension<Source>,
     headers: HeaderMap,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
@@ -334,7 +361,7 @@ async fn sign_in(
         .into_response())
 }
 
-async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+async fn sign_out(State(app): State<Arc<Gate>>, headers: HeaderMap) -> Response {
     let clear = app.access.sign_out(&headers);
     (
         StatusCode::NO_CONTENT,
@@ -355,6 +382,7 @@ fn public(path: &str) -> bool {
             | "/readyz"
             | "/"
             | "/ui/app.js"
+            | "/ui/setup.js"
             | "/ui/style.css"
             | "/api/v1/openapi.json"
             | "/api/v1/sign-in"
@@ -365,7 +393,7 @@ fn public(path: &str) -> bool {
 /// request from another site's page, a change a cross-site form could make, a request
 /// without the credential it needs, and more requests at once than [`MAX_REQUESTS`].
 pub(crate) async fn guard(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Gate>>,
     mut request: Request,
     next: Next,
 ) -> Response {

@@ -90,7 +90,7 @@ pub fn node_view(app: &App) -> NodeView {
         role: app.role,
         version: env!("CARGO_PKG_VERSION"),
         started_ms: app.started_ms,
-        token_required: app.access.required(),
+        token_required: app.gate.access.required(),
         demo_link: app.demo.is_some(),
         log_filter: protocol::node::logs::control().map(|c| c.filter()),
         certificate: CertificateView::new(
@@ -295,7 +295,7 @@ async fn entries(
         && records.is_empty()
     {
         // Wait for an entry past what the topic holds now (and at `from` or later).
-        let Ok(_waiting) = app.access.waits.clone().try_acquire_owned() else {
+        let Ok(_waiting) = app.gate.access.waits.clone().try_acquire_owned() else {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-requests",

@@ -21,6 +21,7 @@ pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod page;
+pub mod setup;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -111,11 +112,8 @@ pub struct App {
     name: String,
     role: &'static str,
     started_ms: u64,
-    /// Its tokens, sign-ins, and room for requests.
-    access: access::Credentials,
-    /// The largest request body: one entry, base64 (4/3) in JSON, with room for its
-    /// headers.
-    body_limit: usize,
+    /// Its credentials, host names and body limit.
+    gate: Arc<access::Gate>,
     store: Store,
     services: Services,
     links: Links,
@@ -125,8 +123,6 @@ pub struct App {
     demo: Option<Arc<dyn DemoLink>>,
     /// See [`Site::fed_by_services`].
     fed: Vec<String>,
-    /// `http.hosts`: names the node answers to besides addresses and localhost.
-    hosts: Vec<String>,
     /// Room for live-event streams ([`events::MAX_STREAMS`]).
     streams: Arc<tokio::sync::Semaphore>,
     http: metrics::HttpCounts,
@@ -152,15 +148,14 @@ impl App {
                 Role::Edge => "edge",
             },
             started_ms: views::millis(std::time::SystemTime::now()),
-            body_limit: usize::try_from(config.store.max_entry_bytes)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(3)
-                .div_ceil(2)
-                .saturating_add(64 << 10),
-            access: access::Credentials::new(
-                config.node.name.as_str(),
-                config.http.token.clone(),
-                config.http.read_token.clone(),
+            // One entry, base64 (4/3) in JSON, with room for its headers.
+            gate: access::Gate::new(
+                config,
+                usize::try_from(config.store.max_entry_bytes)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(3)
+                    .div_ceil(2)
+                    .saturating_add(64 << 10),
             ),
             store: node.store().clone(),
             services: node.services().clone(),
@@ -170,7 +165,6 @@ impl App {
             edges: node.edges().cloned(),
             demo,
             fed,
-            hosts: config.http.hosts.clone(),
             streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),
             http: metrics::HttpCounts::default(),
             closing: tokio::sync::watch::Sender::new(false),
@@ -183,7 +177,10 @@ fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::metrics))
-        .nest("/api/v1", api::routes().merge(access::routes()))
+        .nest(
+            "/api/v1",
+            api::routes().merge(access::routes(app.gate.clone())),
+        )
         .merge(page::routes());
     for (name, dir) in files {
         let served = Router::new()
@@ -193,8 +190,11 @@ fn router(app: Arc<App>, files: Vec<(String, PathBuf)>) -> Router {
         router = router.nest(&format!("/files/{name}"), served);
     }
     router
-        .layer(DefaultBodyLimit::max(app.body_limit))
-        .layer(middleware::from_fn_with_state(app.clone(), access::guard))
+        .layer(DefaultBodyLimit::max(app.gate.body_limit))
+        .layer(middleware::from_fn_with_state(
+            app.gate.clone(),
+            access::guard,
+        ))
         .route_layer(middleware::from_fn_with_state(app.clone(), metrics::count))
         .with_state(app)
 }

@@ -506,7 +506,10 @@ pub fn render(app: &App) -> String {
         "gauge",
         "Reads waiting for a new entry (wait_ms) now; past ui::access::MAX_WAITS, 429.",
     )
-    .sample(&[], in_use(&app.access.waits, crate::access::MAX_WAITS));
+    .sample(
+        &[],
+        in_use(&app.gate.access.waits, crate::access::MAX_WAITS),
+    );
     family(
         o,
         "tether_http_event_streams",

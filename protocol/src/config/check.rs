@@ -422,7 +422,7 @@ fn check_edges(
 
 /// Checks a `host:port` address to dial: a port from 1 to 65535, a host that is a DNS
 /// name or an IP address, IPv6 in brackets.
-fn check_host_port(text: &str) -> Result<(), String> {
+pub(super) fn check_host_port(text: &str) -> Result<(), String> {
     let invalid = |why: &str| {
         format!(
             "invalid address {text:?}: {why} (expected host:port, such as \"hq.example.org:7000\", \

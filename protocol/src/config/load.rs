@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, MapAccess};
 
 use super::check::Origins;
+use super::first_run::FirstRun;
 use super::schema::SECTIONS;
 use super::units::Scalar;
 use super::{App, Config, ConfigError, LogFormat};
@@ -19,8 +20,9 @@ pub const ENV_PREFIX: &str = "TETHER_";
 
 impl Config {
     /// Loads the config of a node of this role running the application `A`: the
-    /// defaults, the file at `path` if one is given, then the `TETHER_<SECTION>__<KEY>`
-    /// environment variables. The file holds the framework's sections and `A`'s.
+    /// defaults, the file at `path` if one is given, then (an edge's) the first-run
+    /// setup's record ([`FirstRun`]), then the `TETHER_<SECTION>__<KEY>` environment
+    /// variables. The file holds the framework's sections and `A`'s.
     pub fn load<A: App>(role: Role, path: Option<&Path>) -> Result<(Config, A), ConfigError> {
         let file = match path {
             Some(path) => {
@@ -48,7 +50,14 @@ impl Config {
             env.push((var.to_owned(), value));
         }
         env.sort();
-        Config::from_sources(role, file.as_ref().map(|(p, t)| (*p, t.as_str())), &env)
+        let (mut config, app) =
+            Config::from_sources::<A>(role, file.as_ref().map(|(p, t)| (*p, t.as_str())), &env)?;
+        if role == Role::Edge
+            && let Some(first_run) = FirstRun::read(&config.certs_dir())?
+        {
+            first_run.apply(&mut config);
+        }
+        Ok((config, app))
     }
 
     /// Loads from an optional `(path, text)` file and `(variable, value)` overrides, as

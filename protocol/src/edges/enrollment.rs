@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{Edges, EdgesError};
+use crate::config::FirstRun;
 use crate::entry::NodeName;
 use crate::log::{TableName, Txn};
 use crate::tls::{self, Ca, NodeIdentity, millis};
@@ -569,6 +570,62 @@ pub enum EnrollError {
     /// The files could not be written or do not load.
     #[error(transparent)]
     Files(#[from] tls::TlsError),
+}
+
+/// Whether `name`'s certificate and key are both in `certs_dir`: an edge without them
+/// has not joined the fleet yet (its page offers the first-run setup).
+pub fn holds_certificate(certs_dir: &Path, name: &NodeName) -> bool {
+    certs_dir.join(format!("{name}.pem")).exists() && certs_dir.join(format!("{name}.key")).exists()
+}
+
+/// The first-run setup's enrollment: checks the operator's `answers`, records them
+/// ([`FirstRun`], so that the edge dials the HQ it enrolled with from now on), then
+/// enrolls with `code`. If the enrollment fails, the record is removed again.
+pub async fn enroll_first_run(
+    certs_dir: &Path,
+    answers: &FirstRun,
+    code: &Code,
+) -> Result<NodeIdentity, FirstRunError> {
+    answers.check().map_err(FirstRunError::Answers)?;
+    answers
+        .write(certs_dir)
+        .map_err(|source| FirstRunError::Record {
+            path: FirstRun::path(certs_dir),
+            source,
+        })?;
+    let enrolled = enroll(
+        &answers.core,
+        &answers.core_name,
+        code,
+        &answers.name,
+        certs_dir,
+    )
+    .await;
+    if enrolled.is_err()
+        && let Err(e) = FirstRun::remove(certs_dir)
+    {
+        tracing::warn!(path = %FirstRun::path(certs_dir).display(), error = %e, "cannot remove the first-run record of a failed enrollment");
+    }
+    Ok(enrolled?)
+}
+
+/// Why the first-run setup's enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirstRunError {
+    /// An answer is not valid.
+    #[error("{0}")]
+    Answers(String),
+    /// The answers could not be recorded.
+    #[error("cannot record the answers in {}: {source}", path.display())]
+    Record {
+        /// The record's file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The enrollment failed.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
 }
 
 /// The edge's side: makes a key, enrolls `name` with HQ (`core`, `host:port`, whose

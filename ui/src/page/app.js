@@ -201,6 +201,19 @@
     return data;
   }
 
+  // Live events seen, by kind.
+  const eventsSeen = {};
+
+  // Calls the API for an action whose answer is the node's state of `kind` (a service,
+  // a link, the mirror): the answer, or undefined if a live event of that kind came
+  // while the action was under way. Such an event may be newer than the answer, and the
+  // node sends each state once, so a stale answer over it would stay on the page.
+  async function answer(kind, method, path, body) {
+    const before = eventsSeen[kind] || 0;
+    const view = await api(method, path, body);
+    return (eventsSeen[kind] || 0) === before ? view : undefined;
+  }
+
   // Runs an operator's action from `button`: busy while it runs; errors are in the banner.
   async function act(button, fn) {
     if (button) {
@@ -412,7 +425,7 @@
     const s = S.services.find((x) => x.name === name);
     const on = s && (s.state === 'running' || s.state === 'failed');
     act(button, async () => {
-      updateService(await api('POST', '/services/' + encodeURIComponent(name) + (on ? '/stop' : '/start')));
+      updateService(await answer('services', 'POST', '/services/' + encodeURIComponent(name) + (on ? '/stop' : '/start')));
     });
   }
 
@@ -425,7 +438,7 @@
       return;
     }
     act(form.querySelector('button'), async () => {
-      updateService(await api('POST', '/services/' + encodeURIComponent(name) + '/delay', { delay_ms: ms }));
+      updateService(await answer('services', 'POST', '/services/' + encodeURIComponent(name) + '/delay', { delay_ms: ms }));
       input.value = '';
     });
   }
@@ -558,7 +571,7 @@
 
   function linkAction(peer, action, button) {
     act(button, async () => {
-      const view = await api('POST', '/links/' + encodeURIComponent(peer) + '/' + action);
+      const view = await answer('links', 'POST', '/links/' + encodeURIComponent(peer) + '/' + action);
       if (view && view.peer) {
         const i = S.links.findIndex((l) => l.peer === view.peer);
         if (i >= 0) S.links[i] = view;
@@ -798,7 +811,7 @@
 
   function mirrorAction(action, button) {
     act(button, async () => {
-      const view = await api('POST', '/mirror/' + action);
+      const view = await answer('mirror', 'POST', '/mirror/' + action);
       if (view && view.state) S.mirror = view;
     });
   }
@@ -823,7 +836,7 @@
 
   function demoSet(body, control) {
     act(control, async () => {
-      const status = await api('POST', '/demo-link', body);
+      const status = await answer('demo-link', 'POST', '/demo-link', body);
       if (status && status.profiles) S.demo = status;
     });
   }
@@ -1127,6 +1140,7 @@
     const es = new EventSource(API + '/events');
     source = es;
     const on = (name, fn) => es.addEventListener(name, (e) => {
+      eventsSeen[name] = (eventsSeen[name] || 0) + 1;
       let data;
       try {
         data = JSON.parse(e.data);

@@ -104,7 +104,14 @@ pub(crate) async fn memory(quick: bool) -> crate::Lines {
     edge.wait_for("link up", PATIENCE)?;
     tokio::time::sleep(SETTLE).await;
     let idle = edge.rss_kib()?;
-    eprintln!("memory: edge idle, linked: {:.1} MiB", idle as f64 / 1024.0);
+    let (anon, file) = (edge.status_kib("RssAnon")?, edge.status_kib("RssFile")?);
+    eprintln!(
+        "memory: edge idle, linked: {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB of files: \
+         the binary's pages)",
+        idle as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    );
 
     let loaded = load(&edge, &http, seconds).await?;
     eprintln!(
@@ -131,6 +138,8 @@ pub(crate) async fn memory(quick: bool) -> crate::Lines {
     Ok(vec![json!({
         "scenario": "memory",
         "rss_idle_mb": round2(idle as f64 / 1024.0),
+        "rss_idle_anon_mb": round2(anon as f64 / 1024.0),
+        "rss_idle_file_mb": round2(file as f64 / 1024.0),
         "rss_load_mb": round2(loaded as f64 / 1024.0),
         "load_per_s": RATE,
         "load_s": seconds,

@@ -88,13 +88,19 @@ impl NodeProcess {
 
     /// The node's resident memory (`VmRSS`), in KiB.
     pub(crate) fn rss_kib(&self) -> Result<u64, String> {
+        self.status_kib("VmRSS")
+    }
+
+    /// One memory figure of the node's `/proc/<pid>/status` (`VmRSS`, `RssAnon`,
+    /// `RssFile`), in KiB.
+    pub(crate) fn status_kib(&self, key: &str) -> Result<u64, String> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .map_err(|e| format!("the node's /proc status: {e}"))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| "no VmRSS in the node's /proc status".to_owned())
+            .ok_or_else(|| format!("no {key} in the node's /proc status"))
     }
 
     /// The CPU time the process has used so far (user and system), from `/proc`.

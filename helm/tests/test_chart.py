@@ -178,6 +178,11 @@ SCENARIOS = {
     "core-full": (FULL_CORE, "hq"),
     # No node.name: an edge is named after its release.
     "edge-full": (FULL_EDGE, "bravo"),
+    # HQ that takes enrollments: the CA's key from a Secret of its own.
+    "core-enrolls": (
+        deep_merge(FULL_CORE, {"certificates": {"enrollment": {"caKeySecret": "tether-hq-ca-key"}}}),
+        "hq",
+    ),
     # An edge that joins with an enrollment code.
     "edge-enroll": (
         deep_merge(
@@ -367,15 +372,24 @@ def check_workload(name, values, objects, notes, release):
         )
     certs_mount = None if code_secret else mounts.get(link["certs_dir"])
     certs_volume = volumes.get(certs_mount["name"]) if certs_mount else None
+    sources = [src.get("secret") for src in get(certs_volume or {}, "projected", "sources") or []]
     R.check(
-        code_secret or (certs_volume is not None and "secret" in certs_volume and certs_mount.get("readOnly")),
-        f"{name}: certs_dir {link['certs_dir']} is a read-only Secret mount",
+        code_secret or (sources and all(sources) and certs_mount.get("readOnly")),
+        f"{name}: certs_dir {link['certs_dir']} is a read-only mount of Secrets",
     )
-    if certs_volume and "secret" in certs_volume:
-        paths = sorted(i["path"] for i in certs_volume["secret"].get("items", []))
-        wanted = sorted([CA_CERT_FILE, f"{node_name}.pem", f"{node_name}.key"])
+    if sources and all(sources):
+        paths = sorted(i["path"] for src in sources for i in src.get("items", []))
+        wanted = [CA_CERT_FILE, f"{node_name}.pem", f"{node_name}.key"]
+        ca_key = get(values, "certificates", "enrollment", "caKeySecret")
+        if ca_key:
+            wanted.append("ca.key")
+            R.check(
+                any(src["name"] == ca_key for src in sources),
+                f"{name}: ca.key comes from Secret {ca_key}: {sources}",
+            )
+        wanted = sorted(wanted)
         R.check(paths == wanted, f"{name}: the certificates are mounted as {wanted}, not {paths}")
-        mode = certs_volume["secret"].get("defaultMode", 0o644)
+        mode = certs_volume["projected"].get("defaultMode", 0o644)
         R.check(mode & 0o007 == 0, f"{name}: the key is not readable by others (mode {mode:o})")
     if role == "core":
         quic = ports.get("quic", {})
@@ -802,7 +816,12 @@ def check_custom(name, values, objects, release):
             )
         elif kind == "Certificate":
             secret = get(sts[0], "spec", "template", "spec", "volumes") if sts else []
-            secret_names = [v["secret"]["secretName"] for v in secret or [] if "secret" in v]
+            secret_names = [
+                src["secret"]["name"]
+                for v in secret or []
+                for src in get(v, "projected", "sources") or []
+                if "secret" in src
+            ]
             R.check(spec["secretName"] in secret_names, f"{label}: writes the Secret the pod mounts: {secret_names}")
             R.check(spec["dnsNames"] == [node_name], f"{label}: one DNS name, the node's: {spec['dnsNames']}")
             R.check(spec.get("commonName") == node_name, f"{label}: commonName {spec.get('commonName')}")
@@ -878,6 +897,7 @@ def bad_cases():
         ("two certificate sources", deep_merge(core, {"certificates": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}), "hq", ["either certificates.existingSecret or certificates.certManager.enabled, not both"]),
         ("an enrollment code and a Secret at once", deep_merge(edge, {"certificates": {"enrollment": {"codeSecret": "code"}}}), "alpha", ["set one of certificates.existingSecret, certificates.certManager.enabled and certificates.enrollment.codeSecret"]),
         ("an enrollment code at the core", {"role": "core", "certificates": {"enrollment": {"codeSecret": "code"}}}, "hq", ["certificates.enrollment.codeSecret is for an edge"]),
+        ("the CA's key at an edge", deep_merge(edge, {"certificates": {"enrollment": {"caKeySecret": "ca-key"}}}), "alpha", ["certificates.enrollment.caKeySecret is for the core"]),
         ("cert-manager without an issuer", {"role": "core", "certificates": {"certManager": {"enabled": True}}}, "hq", ["certificates.certManager.issuerRef.name is required"]),
         ("EZUA without an endpoint", deep_merge(core, {"ezua": {"enabled": True}}), "hq", ["at '/ezua/virtualService/endpoint': minLength"]),
         ("no token at all", deep_merge(core, {"http": {"tokenSecret": {"generate": False}}}), "hq", ["the node serves HTTP beyond its pod, so it needs a token", "leave http.tokenSecret.generate on", "http.tokenSecret.name", "http.insecureNoToken=true"]),

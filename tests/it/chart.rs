@@ -40,6 +40,7 @@ const RENDERED: &[(&str, &str)] = &[
     ("edge-enroll", "edge-node"),
     ("ezua", "core-node"),
     ("core-full", "core-node"),
+    ("core-enrolls", "core-node"),
     ("edge-full", "edge-node"),
     ("insecure", "edge-node"),
 ];

@@ -129,6 +129,8 @@ The Secret holding the node's TLS files, checked: exactly one source.
 {{- range (list $c.certManager.enabled $c.existingSecret $c.enrollment.codeSecret) }}{{ if . }}{{ $sources = add1 $sources }}{{ end }}{{ end }}
 {{- if and $c.enrollment.codeSecret (gt $sources 1) }}
 {{- fail "certificates: set one of certificates.existingSecret, certificates.certManager.enabled and certificates.enrollment.codeSecret" }}
+{{- else if and $c.enrollment.caKeySecret (ne .Values.role "core") }}
+{{- fail "certificates.enrollment.caKeySecret is for the core: HQ holds the CA's key to enroll edges; an edge never does" }}
 {{- else if and $c.enrollment.codeSecret (eq .Values.role "core") }}
 {{- fail "certificates.enrollment.codeSecret is for an edge: it joins HQ with a code; HQ's own files come from `core-node certs init` (certificates.existingSecret)" }}
 {{- else if $c.enrollment.codeSecret }}

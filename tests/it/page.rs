@@ -105,6 +105,11 @@ fn start_services(browser: &Browser, names: &[&str]) {
                 .any(|(name, state)| name == n && state == "stopped")
         }))
     });
+    // Where each row is: a service that starts working must not move the rows below it
+    // (a switch that moves under the pointer takes a click meant for another).
+    let rows =
+        "return [...document.querySelectorAll('#services [data-service]')].map(r => r.offsetTop);";
+    let before = browser.execute(rows, &[]).unwrap();
     for name in names {
         browser
             .click_css(&format!(
@@ -121,6 +126,14 @@ fn start_services(browser: &Browser, names: &[&str]) {
                 .any(|(name, state)| name == n && state == "running")
         }))
     });
+    browser.wait_until("the services show their last work", STEP, || {
+        browser.check("return [...document.querySelectorAll('#services [data-field=last]')].some(e => e.textContent !== '');")
+    });
+    let after = browser.execute(rows, &[]).unwrap();
+    assert_eq!(
+        before, after,
+        "the service rows moved as the services started"
+    );
     for name in names {
         let switch = browser
             .find(&format!(

@@ -22,6 +22,7 @@
 
 pub use machines::{codec, entry, replication, wire};
 
+pub mod bridge;
 pub mod calendar;
 pub mod config;
 pub mod edges;

@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use crate::bridge::Bridge;
 use crate::config::{App, Config, LogSettings};
 use crate::edges::{Edges, EdgesError};
 use crate::entry::{NameError, NodeName, TopicName};
@@ -144,6 +145,7 @@ pub struct Node {
     source: Option<MirrorSource>,
     mirror: Option<Mirror>,
     services: Services,
+    bridge: Option<Bridge>,
 }
 
 impl fmt::Debug for Node {
@@ -161,6 +163,11 @@ impl Node {
     /// cannot say (tests and benchmarks).
     pub async fn start(role: Role, config: Config) -> Result<Node, NodeError> {
         Builder::new(role, config).start().await
+    }
+
+    /// The bridge to NATS JetStream, where `[bridge]` configures one.
+    pub fn bridge(&self) -> Option<&Bridge> {
+        self.bridge.as_ref()
     }
 
     /// The node's services; the node crates add theirs before [`Node::serve`].
@@ -229,6 +236,7 @@ impl Node {
             source: _source,
             mirror: _mirror,
             services,
+            bridge,
         } = self;
         tokio::pin!(shutdown);
         // The first tick completes at once: retention also runs at start, after a long stop.
@@ -273,8 +281,9 @@ impl Node {
             }
         };
 
-        // Stop the services (they start again at the next start), then the links: sessions
-        // end, the peers are told why; then the store closes.
+        // Stop the bridge and the services (they start again at the next start), then the
+        // links: sessions end, the peers are told why; then the store closes.
+        drop(bridge);
         services.halt().await;
         drop(link_loop);
         endpoint.close(CloseCode::Shutdown.code(), b"the node is stopping");

@@ -68,6 +68,7 @@ pub fn routes() -> Router<Arc<App>> {
             get(crate::enrollments::list).post(crate::enrollments::create),
         )
         .route("/enrollments/{id}/revoke", post(crate::enrollments::revoke))
+        .route("/bridge", get(bridge))
         .route("/mirror", get(mirror))
         .route("/mirror/start", post(mirror_start))
         .route("/mirror/stop", post(mirror_stop))
@@ -716,6 +717,16 @@ pub fn mirror_view(app: &App) -> Option<MirrorView> {
     app.mirror
         .as_ref()
         .map(|m| MirrorView::new(&m.status(), m.started()))
+}
+
+/// `GET /bridge`: the bridge to NATS JetStream, each topic's way in or out.
+async fn bridge(State(app): State<Arc<App>>) -> Result<Json<protocol::bridge::BridgeStatus>> {
+    let status = app.bridge.as_ref().ok_or_else(|| {
+        ApiError::not_found(
+            "this node has no bridge to NATS: set [bridge] urls, out and in in its config",
+        )
+    })?;
+    Ok(Json(status.borrow().clone()))
 }
 
 async fn mirror(State(app): State<Arc<App>>) -> Result<Json<MirrorView>> {

@@ -120,6 +120,8 @@ pub struct App {
     mirror: Option<Mirror>,
     credentials: protocol::tls::Credentials,
     edges: Option<protocol::edges::Edges>,
+    /// The bridge's status, where the node has one.
+    bridge: Option<tokio::sync::watch::Receiver<protocol::bridge::BridgeStatus>>,
     demo: Option<Arc<dyn DemoLink>>,
     /// See [`Site::fed_by_services`].
     fed: Vec<String>,
@@ -163,6 +165,7 @@ impl App {
             mirror: node.mirror().cloned(),
             credentials: node.credentials().clone(),
             edges: node.edges().cloned(),
+            bridge: node.bridge().map(protocol::bridge::Bridge::watch),
             demo,
             fed,
             streams: Arc::new(tokio::sync::Semaphore::new(events::MAX_STREAMS)),

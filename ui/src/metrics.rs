@@ -481,6 +481,64 @@ pub fn render(app: &App) -> String {
         f.sample(&[("service", &s.name)], seconds(s.delay_ms));
     }
 
+    // The bridge to NATS JetStream, per topic and direction (a handful of series).
+    if let Some(bridge) = &app.bridge {
+        let status = bridge.borrow().clone();
+        family(
+            o,
+            "tether_bridge_connected",
+            "gauge",
+            "1 while the bridge's NATS client is connected.",
+        )
+        .sample(&[], u64::from(status.connected));
+        let labels = |m: &protocol::bridge::MappingStatus| {
+            [
+                ("direction", m.direction.to_owned()),
+                ("topic", m.topic.clone()),
+            ]
+        };
+        let mut f = family(
+            o,
+            "tether_bridge_carried_total",
+            "counter",
+            "Entries carried into (out) or from (in) JetStream since the node started.",
+        );
+        for m in &status.mappings {
+            let l = labels(m);
+            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], m.carried);
+        }
+        let mut f = family(
+            o,
+            "tether_bridge_refused_total",
+            "counter",
+            "Messages from JetStream refused (malformed, or for no topic of bridge.in).",
+        );
+        for m in status.mappings.iter().filter(|m| m.direction == "in") {
+            let l = labels(m);
+            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], m.refused);
+        }
+        let mut f = family(
+            o,
+            "tether_bridge_lag_entries",
+            "gauge",
+            "Entries of the topic not yet in JetStream.",
+        );
+        for m in status.mappings.iter().filter(|m| m.direction == "out") {
+            let l = labels(m);
+            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], m.lag_entries);
+        }
+        let mut f = family(
+            o,
+            "tether_bridge_lag_seconds",
+            "gauge",
+            "How long the oldest entry not yet in JetStream has waited.",
+        );
+        for m in status.mappings.iter().filter(|m| m.direction == "out") {
+            let l = labels(m);
+            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], seconds(m.lag_ms));
+        }
+    }
+
     // HTTP.
     let counts = app.http.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut f = family(

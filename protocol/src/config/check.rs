@@ -8,12 +8,14 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::load::{NameList, RawConfig, RawHttp, RawLink, RawMirror, RawTopic, RawWriters};
+use super::load::{
+    NameList, RawBridge, RawConfig, RawHttp, RawLink, RawMirror, RawTopic, RawWriters,
+};
 use super::schema::default_data_dir;
 use super::units::{Scalar, format_duration, positive_duration, positive_size, size_or_zero};
 use super::{
-    Allowance, Config, ConfigError, HttpSettings, LinkSettings, LogSettings, MirrorConfig,
-    NodeSettings, Origin, RELAY_DEFAULT, StoreSettings,
+    Allowance, BridgeSettings, Config, ConfigError, HttpSettings, LinkSettings, LogSettings,
+    MirrorConfig, NodeSettings, Origin, RELAY_DEFAULT, StoreSettings,
 };
 use crate::entry::{NodeName, Retention, TopicConfig, TopicName};
 use crate::link::RelayLimit;
@@ -126,11 +128,13 @@ impl RawConfig {
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
         let http = self.http.check(defaults.http, origins)?;
+        let bridge = self.bridge.check(origins)?;
         Ok(Config {
             role,
             link,
             mirror,
             http,
+            bridge,
             node: NodeSettings { name, data_dir },
             log: LogSettings {
                 format: self.log.format.unwrap_or(defaults.log.format),
@@ -141,6 +145,194 @@ impl RawConfig {
             writers,
         })
     }
+}
+
+impl RawBridge {
+    /// Checks the values, and that credentials and TLS files come in whole kinds.
+    fn check(self, origins: &Origins) -> Result<BridgeSettings, ConfigError> {
+        let defaults = BridgeSettings::default();
+        let urls = match self.urls {
+            Some(NameList(urls)) => {
+                for url in &urls {
+                    check_nats_url(url).map_err(|e| origins.invalid("bridge.urls", e))?;
+                }
+                urls
+            }
+            None => defaults.urls,
+        };
+        let topics = |key: &str, list: Option<NameList>| -> Result<Vec<TopicName>, ConfigError> {
+            let mut topics: Vec<TopicName> = Vec::new();
+            for name in list.map(|NameList(names)| names).unwrap_or_default() {
+                let topic = TopicName::new(name).map_err(|e| origins.invalid(key, e))?;
+                if topic.as_str().starts_with('_') {
+                    return Err(origins.invalid(
+                        key,
+                        format_args!("{topic} is one of the node's own topics; it is not bridged"),
+                    ));
+                }
+                if topics.contains(&topic) {
+                    return Err(origins.invalid(key, format_args!("{topic} is listed twice")));
+                }
+                topics.push(topic);
+            }
+            Ok(topics)
+        };
+        let out = topics("bridge.out", self.out)?;
+        let inbound = topics("bridge.in", self.inbound)?;
+        let name = |key: &str, value: Option<String>, default: String| match value {
+            Some(value) => check_stream_name(&value)
+                .map(|()| value)
+                .map_err(|e| origins.invalid(key, e)),
+            None => Ok(default),
+        };
+        let subject = |key: &str, value: Option<String>, default: String| match value {
+            Some(value) => check_subject_prefix(&value)
+                .map(|()| value)
+                .map_err(|e| origins.invalid(key, e)),
+            None => Ok(default),
+        };
+        let stream = name("bridge.stream", self.stream, defaults.stream)?;
+        let in_stream = name("bridge.in_stream", self.in_stream, defaults.in_stream)?;
+        let subject_prefix = subject(
+            "bridge.subject_prefix",
+            self.subject_prefix,
+            defaults.subject_prefix,
+        )?;
+        let in_prefix = subject("bridge.in_prefix", self.in_prefix, defaults.in_prefix)?;
+        if !inbound.is_empty() && !out.is_empty() {
+            let (a, b) = (format!("{subject_prefix}."), format!("{in_prefix}."));
+            if a.starts_with(&b) || b.starts_with(&a) {
+                return Err(origins.invalid(
+                    "bridge.in_prefix",
+                    format_args!(
+                        "{in_prefix:?} and subject_prefix {subject_prefix:?} overlap: what goes out \
+                         would come back in"
+                    ),
+                ));
+            }
+        }
+        let replicas = match self.replicas {
+            Some(n @ 1..=5) => n as usize,
+            Some(n) => {
+                return Err(origins.invalid(
+                    "bridge.replicas",
+                    format_args!("{n}: JetStream keeps 1 to 5 replicas of a stream"),
+                ));
+            }
+            None => defaults.replicas,
+        };
+        let duplicate_window = match self.duplicate_window {
+            Some(value) => positive_duration(&value)
+                .map_err(|e| origins.invalid("bridge.duplicate_window", e))?,
+            None => defaults.duplicate_window,
+        };
+        let in_flight = match self.in_flight {
+            Some(n @ 1..=65_536) => n as usize,
+            Some(n) => {
+                return Err(origins.invalid(
+                    "bridge.in_flight",
+                    format_args!("{n}: from 1 to 65536 publishes"),
+                ));
+            }
+            None => defaults.in_flight,
+        };
+        let user = match (self.user, self.password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(origins.invalid("bridge.password", "bridge.user needs a password"));
+            }
+            (None, Some(_)) => {
+                return Err(origins.invalid("bridge.user", "bridge.password needs a user"));
+            }
+        };
+        let kinds = [
+            user.is_some(),
+            self.token.is_some(),
+            self.nkey_seed_file.is_some(),
+            self.creds_file.is_some(),
+        ];
+        if kinds.iter().filter(|set| **set).count() > 1 {
+            return Err(origins.invalid(
+                "bridge.user",
+                "set one kind of credentials: user and password, token, nkey_seed_file or \
+                 creds_file",
+            ));
+        }
+        let tls_client = match (self.tls_cert_file, self.tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(origins.invalid(
+                    "bridge.tls_cert_file",
+                    "tls_cert_file and tls_key_file go together",
+                ));
+            }
+        };
+        Ok(BridgeSettings {
+            urls,
+            out,
+            stream,
+            subject_prefix,
+            inbound,
+            in_stream,
+            in_prefix,
+            create_streams: self.create_streams.unwrap_or(defaults.create_streams),
+            replicas,
+            duplicate_window,
+            in_flight,
+            user,
+            token: self.token,
+            nkey_seed_file: self.nkey_seed_file,
+            creds_file: self.creds_file,
+            tls_ca_file: self.tls_ca_file,
+            tls_client,
+        })
+    }
+}
+
+/// Checks a NATS server address: `nats://`, `tls://`, `ws://` or `wss://` with a host and
+/// port, or a bare `host:port`.
+fn check_nats_url(url: &str) -> Result<(), String> {
+    let rest = ["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .unwrap_or(url);
+    // Credentials in the URL (user:password@) would show in logs and the page.
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('@') {
+        return Err(format!(
+            "{url:?}: put credentials in bridge.user/password or bridge.token, not in the URL"
+        ));
+    }
+    check_host_port(rest).map_err(|e| format!("{url:?}: {e}"))
+}
+
+/// Checks a JetStream stream name: no spaces, dots, wildcards or path separators.
+fn check_stream_name(name: &str) -> Result<(), String> {
+    let ok = (1..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    ok.then_some(())
+        .ok_or_else(|| format!("{name:?}: a stream name is 1 to 255 of A-Z, a-z, 0-9, '_' and '-'"))
+}
+
+/// Checks a subject prefix: dot-separated tokens without spaces or wildcards.
+fn check_subject_prefix(prefix: &str) -> Result<(), String> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 200
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        });
+    ok.then_some(()).ok_or_else(|| {
+        format!(
+            "{prefix:?}: a subject prefix is dot-separated tokens of A-Z, a-z, 0-9, '_' and '-'"
+        )
+    })
 }
 
 impl RawMirror {

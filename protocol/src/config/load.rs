@@ -161,6 +161,7 @@ impl<'de, A: App> Deserialize<'de> for RawFile<A> {
                         "link" => config.link = map.next_value()?,
                         "mirror" => config.mirror = map.next_value()?,
                         "http" => config.http = map.next_value()?,
+                        "bridge" => config.bridge = map.next_value()?,
                         "topics" => config.topics = map.next_value()?,
                         section => map.next_value_seed(AppSection::<A> {
                             raw: &mut raw.app,
@@ -229,6 +230,7 @@ pub(super) struct RawConfig {
     pub(super) link: RawLink,
     pub(super) mirror: RawMirror,
     pub(super) http: RawHttp,
+    pub(super) bridge: RawBridge,
     pub(super) topics: Option<Vec<RawTopic>>,
 }
 
@@ -291,6 +293,31 @@ pub(super) struct RawHttp {
     pub(super) read_token: Option<String>,
     pub(super) insecure_no_token: Option<bool>,
     pub(super) hosts: Option<NameList>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBridge {
+    pub(super) urls: Option<NameList>,
+    pub(super) out: Option<NameList>,
+    pub(super) stream: Option<String>,
+    pub(super) subject_prefix: Option<String>,
+    #[serde(rename = "in")]
+    pub(super) inbound: Option<NameList>,
+    pub(super) in_stream: Option<String>,
+    pub(super) in_prefix: Option<String>,
+    pub(super) create_streams: Option<bool>,
+    pub(super) replicas: Option<u64>,
+    pub(super) duplicate_window: Option<Scalar>,
+    pub(super) in_flight: Option<u64>,
+    pub(super) user: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) nkey_seed_file: Option<PathBuf>,
+    pub(super) creds_file: Option<PathBuf>,
+    pub(super) tls_ca_file: Option<PathBuf>,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
 }
 
 /// A list of names as written: a TOML array of strings, or one string of names separated

@@ -106,6 +106,10 @@ impl Config {
         let list = |items: Vec<String>| {
             toml::Value::Array(items.into_iter().map(toml::Value::String).collect())
         };
+        let optional_path = |set: &Option<PathBuf>| match set {
+            Some(file) => Line::Set(path(file)),
+            None => Line::Unset(text("")),
+        };
         let dir = |set: &Option<PathBuf>, default: PathBuf| match set {
             Some(dir) => Line::Set(path(dir)),
             None => Line::Unset(path(&default)),
@@ -117,6 +121,7 @@ impl Config {
             link,
             mirror,
             http,
+            bridge,
             ..
         } = self;
         let relay = link.relay;
@@ -172,6 +177,36 @@ impl Config {
             ("http", "read_token") => Line::Secret(http.read_token.is_some()),
             ("http", "insecure_no_token") => Line::Set(http.insecure_no_token.into()),
             ("http", "hosts") => Line::Set(list(http.hosts.clone())),
+            ("bridge", "urls") => Line::Set(list(bridge.urls.clone())),
+            ("bridge", "out") => {
+                Line::Set(list(bridge.out.iter().map(|t| t.to_string()).collect()))
+            }
+            ("bridge", "stream") => Line::Set(text(&bridge.stream)),
+            ("bridge", "subject_prefix") => Line::Set(text(&bridge.subject_prefix)),
+            ("bridge", "in") => {
+                Line::Set(list(bridge.inbound.iter().map(|t| t.to_string()).collect()))
+            }
+            ("bridge", "in_stream") => Line::Set(text(&bridge.in_stream)),
+            ("bridge", "in_prefix") => Line::Set(text(&bridge.in_prefix)),
+            ("bridge", "create_streams") => Line::Set(bridge.create_streams.into()),
+            ("bridge", "replicas") => Line::Set(toml::Value::Integer(bridge.replicas as i64)),
+            ("bridge", "duplicate_window") => Line::Set(duration(bridge.duplicate_window)),
+            ("bridge", "in_flight") => Line::Set(toml::Value::Integer(bridge.in_flight as i64)),
+            ("bridge", "user") => match &bridge.user {
+                Some((user, _)) => Line::Set(text(user)),
+                None => Line::Unset(text("")),
+            },
+            ("bridge", "password") => Line::Secret(bridge.user.is_some()),
+            ("bridge", "token") => Line::Secret(bridge.token.is_some()),
+            ("bridge", "nkey_seed_file") => optional_path(&bridge.nkey_seed_file),
+            ("bridge", "creds_file") => optional_path(&bridge.creds_file),
+            ("bridge", "tls_ca_file") => optional_path(&bridge.tls_ca_file),
+            ("bridge", "tls_cert_file") => {
+                optional_path(&bridge.tls_client.as_ref().map(|(cert, _)| cert.clone()))
+            }
+            ("bridge", "tls_key_file") => {
+                optional_path(&bridge.tls_client.as_ref().map(|(_, key)| key.clone()))
+            }
             // SECTIONS and this match name the same keys, and the tests print every key
             // of both roles: a key added to one and not the other fails them.
             _ => unreachable!("config key {section}.{name} has help but no line"),

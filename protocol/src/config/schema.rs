@@ -39,6 +39,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     /// `[http]`: the node's HTTP server (API, page, files).
     pub http: HttpSettings,
+    /// `[bridge]`: topics carried into and out of NATS JetStream.
+    pub bridge: BridgeSettings,
     /// `[[topics]]`: the topics the node creates (or updates) at start (`TOPICS_HELP`);
     /// by default the application's ([`App::topics`]).
     pub topics: Vec<TopicConfig>,
@@ -159,6 +161,76 @@ pub struct MirrorConfig {
     pub max_rate: Option<u64>,
 }
 
+/// The `[bridge]` section (each key's help: see [`Config`]); off while `urls` is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSettings {
+    /// `urls`: the NATS servers (`nats://`, `tls://` or `host:port`).
+    pub urls: Vec<String>,
+    /// `out`: topics whose entries go into JetStream.
+    pub out: Vec<crate::entry::TopicName>,
+    /// `stream`: the stream they go into.
+    pub stream: String,
+    /// `subject_prefix`: their subjects are `<subject_prefix>.<topic>.<origin>`.
+    pub subject_prefix: String,
+    /// `in`: topics that take messages from JetStream.
+    pub inbound: Vec<crate::entry::TopicName>,
+    /// `in_stream`: the stream those messages are read from.
+    pub in_stream: String,
+    /// `in_prefix`: their subjects are `<in_prefix>.<topic>` or `<in_prefix>.<topic>.<edge>`.
+    pub in_prefix: String,
+    /// `create_streams`: create missing streams (with `replicas` and `duplicate_window`).
+    pub create_streams: bool,
+    /// `replicas`, of a stream the bridge creates.
+    pub replicas: usize,
+    /// `duplicate_window`, of a stream the bridge creates.
+    pub duplicate_window: Duration,
+    /// `in_flight`: publishes awaiting JetStream's acknowledgement at most.
+    pub in_flight: usize,
+    /// `user` and `password`.
+    pub user: Option<(String, String)>,
+    /// `token`.
+    pub token: Option<String>,
+    /// `nkey_seed_file`: a file holding an NKey seed.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// `creds_file`: a NATS credentials file (JWT and seed).
+    pub creds_file: Option<PathBuf>,
+    /// `tls_ca_file`: the CA to check the servers' certificates with.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `tls_cert_file` and `tls_key_file`: this node's client certificate.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for BridgeSettings {
+    fn default() -> Self {
+        BridgeSettings {
+            urls: Vec::new(),
+            out: Vec::new(),
+            stream: "TETHER".to_owned(),
+            subject_prefix: "tether".to_owned(),
+            inbound: Vec::new(),
+            in_stream: "TETHER_IN".to_owned(),
+            in_prefix: "tether-in".to_owned(),
+            create_streams: true,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            in_flight: 256,
+            user: None,
+            token: None,
+            nkey_seed_file: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_client: None,
+        }
+    }
+}
+
+impl BridgeSettings {
+    /// Whether the bridge runs.
+    pub fn enabled(&self) -> bool {
+        !self.urls.is_empty()
+    }
+}
+
 /// The `[http]` section (each key's help: see [`Config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
@@ -216,6 +288,7 @@ impl Config {
                 allowance: ALLOWANCE_DEFAULT,
             },
             mirror: MirrorConfig::default(),
+            bridge: BridgeSettings::default(),
             http: HttpSettings {
                 listen: match role {
                     Role::Core => SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -543,6 +616,68 @@ pub(super) const SECTIONS: &[Section] = &[
             ),
         ],
     },
+    Section {
+        name: "bridge",
+        keys: &[
+            Key::both(
+                "urls",
+                &[
+                    "NATS servers to bridge topics with JetStream (nats://host:4222, tls://...).",
+                    "Left empty: no bridge. Each entry lands exactly once, in order per origin.",
+                ],
+            ),
+            Key::both(
+                "out",
+                &["Topics whose entries go into JetStream, as <subject_prefix>.<topic>.<origin>."],
+            ),
+            Key::both("stream", &["The JetStream stream they go into."]),
+            Key::both("subject_prefix", SEE_ABOVE),
+            Key::both(
+                "in",
+                &[
+                    "Topics that take messages from JetStream: a message on <in_prefix>.<topic> is",
+                    "appended for everyone, on <in_prefix>.<topic>.<edge> for that edge alone; it is",
+                    "acknowledged to NATS once it is durable here.",
+                ],
+            ),
+            Key::both("in_stream", &["The JetStream stream those messages are read from."]),
+            Key::both("in_prefix", SEE_ABOVE),
+            Key::both(
+                "create_streams",
+                &[
+                    "Create a missing stream (file storage), with these replicas and duplicate window.",
+                    "false: the streams must exist (an operator made them).",
+                ],
+            ),
+            Key::both("replicas", SEE_ABOVE),
+            Key::both("duplicate_window", SEE_ABOVE),
+            Key::both(
+                "in_flight",
+                &["Publishes awaiting JetStream's acknowledgement at most (the pipeline's depth)."],
+            ),
+            Key::both(
+                "user",
+                &[
+                    "Credentials, one kind at most: user and password, a token, an NKey seed file",
+                    "or a credentials file. Secrets are best set from the environment",
+                    "(TETHER_BRIDGE__PASSWORD, TETHER_BRIDGE__TOKEN).",
+                ],
+            ),
+            Key::both("password", SEE_ABOVE),
+            Key::both("token", SEE_ABOVE),
+            Key::both("nkey_seed_file", SEE_ABOVE),
+            Key::both("creds_file", SEE_ABOVE),
+            Key::both(
+                "tls_ca_file",
+                &["TLS to NATS: the CA that signed the servers' certificates (PEM)."],
+            ),
+            Key::both(
+                "tls_cert_file",
+                &["This node's client certificate and key (PEM), if the servers ask for one."],
+            ),
+            Key::both("tls_key_file", SEE_ABOVE),
+        ],
+    },
 ];
 
 /// The help of `[[topics]]`, written above the list (the topics' keys share it).
@@ -558,7 +693,7 @@ pub(super) const TOPICS_HELP: &[&str] = &[
 pub const SEE_ABOVE: &[&str] = &[];
 
 /// A section of the config file, `[name]`, and its keys: the framework's (`node`, `log`,
-/// `store`, `link`, `mirror`, `http`) or an application's ([`App::SECTIONS`]).
+/// `store`, `link`, `mirror`, `http`, `bridge`) or an application's ([`App::SECTIONS`]).
 #[derive(Debug)]
 pub struct Section {
     /// Its name: `[name]` in the file, `TETHER_<NAME>__<KEY>` in the environment.

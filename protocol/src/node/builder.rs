@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::{Node, NodeError, Role};
+use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::edges::Edges;
 use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
@@ -231,6 +232,15 @@ impl Builder {
             idle_timeout = ?config.link.idle_timeout,
             "node ready"
         );
+        let bridge = config.bridge.enabled().then(|| {
+            tracing::info!(servers = ?config.bridge.urls, out = ?config.bridge.out, inbound = ?config.bridge.inbound, "bridge to NATS JetStream on");
+            Bridge::start(
+                store.clone(),
+                config.node.name.clone(),
+                config.bridge.clone(),
+                config.store.max_entry_bytes,
+            )
+        });
         Ok(Node {
             config,
             store,
@@ -242,6 +252,7 @@ impl Builder {
             source,
             mirror: replica,
             services,
+            bridge,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The tools outside Rust that some scenarios drive: Debian's chromium and chromedriver
-//! (the page's browser tests) and the Python venv of `.ci/tools` (the chart's tests, the
+//! (the page's browser tests), Debian's nats-server (the bridge's) and the Python venv of `.ci/tools` (the chart's tests, the
 //! API's schema check).
 //!
 //! A tool that is missing skips its test with a line on stderr saying how to install it,
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// How to install every tool here.
-const INSTALL: &str =
-    "run .ci/tools once (Debian's chromium and chromium-driver, and a venv in .venv)";
+const INSTALL: &str = "run .ci/tools once (Debian's chromium, chromium-driver and nats-server, \
+                       and a venv in .venv)";
 
 /// The workspace's root directory.
 pub(crate) fn root() -> PathBuf {
@@ -61,6 +61,20 @@ pub(crate) fn chromium(test: &str) -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
+}
+
+/// Debian's `nats-server`, if it is installed, else `None` after saying why (or a panic
+/// when tools are required).
+pub(crate) fn nats_server(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        missing(test, "nats-server");
+    }
+    found
 }
 
 fn missing(test: &str, what: &str) {

@@ -1,0 +1,218 @@
+//! The bridge's way in: messages on `<in_prefix>.<topic>[.<edge>]` appended to the `in`
+//! topics, exactly once (see [`super`] for how).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures_util::StreamExt as _;
+use serde_json::json;
+
+use super::{Report, headers};
+use crate::config::BridgeSettings;
+use crate::entry::{NodeName, TopicName, entry_size};
+use crate::log::{Store, TableName, Txn};
+
+/// The store table that holds, per stream, the sequence the bridge has appended through.
+pub(super) const TABLE: &str = "_bridge";
+
+/// Messages asked for at once.
+const BATCH: usize = 256;
+
+/// How long one fetch waits for messages.
+const FETCH_WAIT: Duration = Duration::from_secs(2);
+
+/// How long JetStream waits for an acknowledgement before it delivers again.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// One session: the consumer, then batches until a failure.
+pub(super) async fn run(
+    js: jetstream::Context,
+    store: Store,
+    node: NodeName,
+    settings: Arc<BridgeSettings>,
+    max_entry_bytes: u64,
+    report: Report,
+) -> Result<Infallible, String> {
+    let filter = format!("{}.>", settings.in_prefix);
+    let stream = super::stream(&js, &settings, &settings.in_stream, filter.clone()).await?;
+    for topic in &settings.inbound {
+        if store.topic(topic).is_none() {
+            return Err(format!(
+                "topic {topic} (bridge.in) does not exist on this node: add it to [[topics]]"
+            ));
+        }
+    }
+    let table = TableName::new(TABLE).map_err(|e| e.to_string())?;
+    let key = settings.in_stream.as_str();
+    let mut position = store
+        .doc(&table, key)
+        .map_err(|e| e.to_string())?
+        .and_then(|doc| doc.get("through").and_then(|v| v.as_u64()))
+        .unwrap_or(0);
+    // The consumer is made again at each session, from what this node holds: messages
+    // a previous session fetched and never acknowledged would otherwise come again only
+    // after the acknowledgement wait, behind newer ones, and be skipped as appended.
+    let name = format!("tether-{node}");
+    match stream.delete_consumer(&name).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => {
+            return Err(format!(
+                "consumer {name} on stream {}: {e}",
+                settings.in_stream
+            ));
+        }
+    }
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: filter,
+            deliver_policy: match position {
+                0 => jetstream::consumer::DeliverPolicy::All,
+                through => jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: through + 1,
+                },
+            },
+            ack_policy: jetstream::consumer::AckPolicy::All,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: (BATCH * 4) as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("consumer {name} on stream {}: {e}", settings.in_stream))?;
+    for topic in &settings.inbound {
+        report.update(topic.as_str(), |m| m.state = "running");
+    }
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(FETCH_WAIT)
+            .messages()
+            .await
+            .map_err(|e| format!("fetching from {}: {e}", settings.in_stream))?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages
+                .push(message.map_err(|e| format!("fetching from {}: {e}", settings.in_stream))?);
+        }
+        let Some(last) = messages.last() else {
+            continue;
+        };
+        let mut txn = Txn::new();
+        let mut through = position;
+        let mut carried: Vec<TopicName> = Vec::new();
+        for message in &messages {
+            let info = message.info().map_err(|e| e.to_string())?;
+            let seq = info.stream_sequence;
+            if seq <= position {
+                continue; // Appended before: delivered again.
+            }
+            through = through.max(seq);
+            match take(&settings, max_entry_bytes, message) {
+                Ok((topic, append)) => {
+                    txn.append(&topic, append);
+                    carried.push(topic);
+                }
+                Err(why) => {
+                    tracing::warn!(subject = %message.subject, seq, %why, "bridge: a message from JetStream is refused");
+                    let topic = topic_of(&settings, message.subject.as_str());
+                    report.update(topic.map_or("", |(t, _)| t.as_str()), |m| {
+                        m.refused += 1;
+                        m.last_error = Some(format!("{}: {why}", message.subject));
+                        m.last_error_ms = Some(super::millis(std::time::SystemTime::now()));
+                    });
+                }
+            }
+        }
+        if through > position {
+            txn.put(
+                &table,
+                key,
+                json!({ "stream": settings.in_stream, "through": through }),
+            );
+            store
+                .commit(txn)
+                .await
+                .map_err(|e| format!("appending messages from {}: {e}", settings.in_stream))?;
+            position = through;
+            for topic in carried {
+                report.update(topic.as_str(), |m| m.carried += 1);
+            }
+        }
+        // Durable here: JetStream may forget them (an acknowledgement of the last one is
+        // one of all before it).
+        last.ack()
+            .await
+            .map_err(|e| format!("acknowledging to {}: {e}", settings.in_stream))?;
+    }
+}
+
+/// The topic and the edge a subject names: `<in_prefix>.<topic>` or
+/// `<in_prefix>.<topic>.<edge>`, for a topic in `in` (the longest that fits, as a topic
+/// name may hold dots).
+fn topic_of<'a, 's>(
+    settings: &'a BridgeSettings,
+    subject: &'s str,
+) -> Option<(&'a TopicName, Option<&'s str>)> {
+    let rest = subject
+        .strip_prefix(settings.in_prefix.as_str())?
+        .strip_prefix('.')?;
+    settings
+        .inbound
+        .iter()
+        .filter_map(|topic| {
+            let after = rest.strip_prefix(topic.as_str())?;
+            match after {
+                "" => Some((topic, None)),
+                _ => after.strip_prefix('.').map(|edge| (topic, Some(edge))),
+            }
+        })
+        .max_by_key(|(topic, _)| topic.as_str().len())
+}
+
+/// What a message becomes: its topic, and the append.
+fn take(
+    settings: &BridgeSettings,
+    max_entry_bytes: u64,
+    message: &jetstream::Message,
+) -> Result<(TopicName, crate::entry::Append), String> {
+    let (topic, edge) = topic_of(settings, message.subject.as_str()).ok_or_else(|| {
+        format!(
+            "no topic of bridge.in ({}) for this subject: expected {}.<topic> or \
+             {}.<topic>.<edge>",
+            settings
+                .inbound
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            settings.in_prefix,
+            settings.in_prefix
+        )
+    })?;
+    let to = match edge {
+        Some(edge) => Some(NodeName::new(edge).map_err(|e| format!("the subject's edge: {e}"))?),
+        None => None,
+    };
+    let pairs: Vec<(String, String)> = message
+        .headers
+        .iter()
+        .flat_map(|map| map.iter())
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| (name.to_string(), value.as_str().to_owned()))
+        })
+        .collect();
+    let append = headers::to_append(&pairs, to, message.payload.to_vec())?;
+    let size = entry_size(append.key.as_deref(), &append.headers, &append.payload);
+    if size > max_entry_bytes {
+        return Err(format!(
+            "an entry of {size} bytes, over this node's store.max_entry_bytes ({max_entry_bytes})"
+        ));
+    }
+    Ok((topic.clone(), append))
+}

@@ -65,6 +65,8 @@ struct Topic {
     acked: Offset,
     /// The cursor as committed.
     committed: Offset,
+    /// Entries carried and not yet counted in the status.
+    carried: u64,
 }
 
 /// One session: from the committed cursors and the stream as it is, until a failure.
@@ -91,6 +93,7 @@ pub(super) async fn run(
             buffer: VecDeque::new(),
             acked: committed,
             committed,
+            carried: 0,
         });
     }
     let info = stream
@@ -170,6 +173,10 @@ pub(super) async fn run(
         if in_flight.is_empty() || now.duration_since(committed_at) >= COMMIT_EVERY {
             commit(&store, &consumer, &mut topics).await?;
             committed_at = now;
+            for topic in topics.iter_mut().filter(|t| t.carried > 0) {
+                let carried = std::mem::take(&mut topic.carried);
+                report.update(topic.name.as_str(), |m| m.carried += carried);
+            }
         }
         if now.duration_since(status_at) >= STATUS_EVERY {
             measure(&store, &topics, &report);
@@ -194,7 +201,7 @@ pub(super) async fn run(
                     if ack.duplicate { " (a duplicate)" } else { "" }
                 ));
             }
-            report.update(topics[front.topic].name.as_str(), |m| m.carried += 1);
+            topics[front.topic].carried += 1;
         }
         topics[front.topic].acked = front.after;
     }

@@ -4,6 +4,7 @@
 //! (see `shared/BENCHMARKS.md`); progress for people goes to stderr. Every scenario runs
 //! on real components: the real sled store on disk, real sockets on 127.0.0.1.
 
+mod bridge;
 mod fanout;
 mod impaired;
 mod link;
@@ -61,6 +62,11 @@ const SCENARIOS: &[(&str, &str)] = &[
         "memory",
         "an edge node's resident memory idle, at 1,000 entries/s, and holding a week's \
          backlog (600,000 entries) for an absent core",
+    ),
+    (
+        "bridge",
+        "100,000 entries (--quick: 10,000) from the store into JetStream and back through \
+         the bridge, against async-nats alone on the same nats-server",
     ),
     (
         "priority",
@@ -152,6 +158,7 @@ fn main() -> ExitCode {
         Some("priority") => runtime.block_on(priority::priority(quick)),
         Some("fanout") => runtime.block_on(fanout::fanout(quick)),
         Some("memory") => runtime.block_on(memory::memory(quick)),
+        Some("bridge") => runtime.block_on(bridge::bridge(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");
             usage();

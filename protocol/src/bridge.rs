@@ -30,6 +30,8 @@ pub mod headers;
 mod inbound;
 mod out;
 
+pub use inbound::decode;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

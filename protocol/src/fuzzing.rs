@@ -352,3 +352,62 @@ pub fn enrollment(data: &[u8]) {
         let _ = ca.issue_for_key(&name, &point);
     }
 }
+
+/// A message from JetStream as the bridge takes it (`crate::bridge::decode`): the first
+/// line is its subject, then `name: value` header lines up to an empty line, then the
+/// payload. What decodes is sent out again as the bridge would and must decode to the
+/// same key, destination and headers.
+pub fn bridge_message(data: &[u8]) {
+    use crate::bridge::{decode, headers};
+    use crate::config::BridgeSettings;
+    use crate::entry::{Entry, EntryId, NodeName, Seq, Timestamp, TopicName};
+    static SETTINGS: std::sync::OnceLock<Option<BridgeSettings>> = std::sync::OnceLock::new();
+    let Some(settings) = SETTINGS.get_or_init(|| {
+        let topics = ["ORDERS", "a.b", "a"].map(TopicName::new);
+        Some(BridgeSettings {
+            inbound: topics.into_iter().collect::<Result<_, _>>().ok()?,
+            ..BridgeSettings::default()
+        })
+    }) else {
+        return;
+    };
+    let text_end = data
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .unwrap_or(data.len());
+    let Ok(text) = std::str::from_utf8(&data[..text_end]) else {
+        return;
+    };
+    let payload = data.get(text_end + 2..).unwrap_or_default().to_vec();
+    let mut lines = text.split('\n');
+    let subject = lines.next().unwrap_or_default();
+    let pairs: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    let Ok((topic, append)) = decode(settings, 1 << 20, subject, &pairs, payload) else {
+        return;
+    };
+    let Ok(origin) = NodeName::new("hq") else {
+        return;
+    };
+    let entry = Entry {
+        id: EntryId {
+            origin,
+            seq: Seq(1),
+        },
+        timestamp: Timestamp(0),
+        key: append.key.clone(),
+        to: append.to.clone(),
+        headers: append.headers.clone(),
+        payload: append.payload.clone(),
+    };
+    let sent: Vec<(String, String)> = headers::of_entry(&topic, &entry)
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v))
+        .collect();
+    let Ok(again) = headers::to_append(&sent, None, entry.payload.clone()) else {
+        panic!("an entry the bridge sends does not decode: {sent:?}");
+    };
+    assert_eq!(again, append, "an entry changed on its way out and back");
+}

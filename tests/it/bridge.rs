@@ -18,6 +18,7 @@ use tests::TempDir;
 
 use crate::support::process::{Node as Process, PATIENCE};
 use crate::support::tools;
+use crate::support::webdriver::Browser;
 
 /// Entries the node appends, in three rounds.
 const ROUND: usize = 400;
@@ -319,6 +320,41 @@ fn entries_go_out_and_messages_come_in_exactly_once_through_kills_and_outages() 
     }
     let status = get(&format!("{api}/bridge"));
     assert_eq!(status["connected"], true, "{status}");
+    // The page shows it live, if a browser is here.
+    if let Some((chromium, driver)) = tools::chromium("bridge") {
+        let browser = Browser::start(&chromium, &driver).unwrap();
+        browser.goto(&format!("http://127.0.0.1:{http}/")).unwrap();
+        browser.wait_for_script(
+            "the page shows the bridge connected, NEWS caught up, ORDERS running",
+            PATIENCE,
+            "const p = document.getElementById('bridge-panel'); \
+             const out = document.querySelector('#bridge [data-mapping=\"out:NEWS\"]'); \
+             const inbound = document.querySelector('#bridge [data-mapping=\"in:ORDERS\"]'); \
+             return !p.hidden && document.getElementById('bridge-state').dataset.state === 'connected' \
+               && out && out.dataset.state === 'running' \
+               && out.querySelector('[data-field=lag]').dataset.lag === '0' \
+               && inbound && inbound.dataset.state === 'running';",
+        );
+        let shot = crate::support::webdriver::screenshots_dir().join("hq-bridge.png");
+        browser.screenshot_page(&shot, 1280).unwrap();
+    }
+    // The CLI says the same.
+    let out = Command::new(crate::support::process::binary("core-node"))
+        .args(["bridge", "--url", &format!("http://127.0.0.1:{http}")])
+        .env_remove("TETHER_HTTP__TOKEN")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && said.contains(&format!("NATS {}: connected", nats.url()))
+            && said.contains("NEWS -> stream TETHER (tether.NEWS.*): running")
+            && said.contains("0 waiting")
+            && said.contains(
+                "stream TETHER_IN (tether-in.ORDERS and tether-in.ORDERS.<edge>) -> ORDERS: running"
+            ),
+        "{said}"
+    );
     drop(core);
     nats.kill();
 }

@@ -37,7 +37,7 @@ type Body = fn(&[u8]);
 
 /// Every target, by the name of its file in `fuzz/fuzz_targets/` and its corpus, with
 /// the function it calls.
-const TARGETS: [(&str, Body); 13] = [
+const TARGETS: [(&str, Body); 14] = [
     ("frames", protocol::fuzzing::frames),
     ("inflate", protocol::fuzzing::inflate),
     ("batch", protocol::fuzzing::batch),
@@ -51,6 +51,7 @@ const TARGETS: [(&str, Body); 13] = [
     ("store_wal", protocol::fuzzing::store_wal),
     ("store_records", protocol::fuzzing::store_records),
     ("enrollment", protocol::fuzzing::enrollment),
+    ("bridge_message", protocol::fuzzing::bridge_message),
 ];
 
 fn corpus(target: &str) -> PathBuf {
@@ -173,6 +174,11 @@ fn feed_corpus() {
 #[test]
 fn enrollment_corpus() {
     replay("enrollment");
+}
+
+#[test]
+fn bridge_message_corpus() {
+    replay("bridge_message");
 }
 
 #[test]
@@ -458,6 +464,33 @@ fn seeds_from_the_real_encoders_pass_their_targets() {
     // Feeds: the demo document and one in NASA's shape with bad items among good ones.
     add("feed", "demo", demo.document);
     add("feed", "nasa", FEED.as_bytes().to_vec());
+
+    // Messages from JetStream as the bridge takes them: what the bridge itself sends,
+    // and an application's, to everyone and to one edge.
+    for (i, frame) in link_frames().iter().enumerate() {
+        let Frame::Batch(batch) = frame else { continue };
+        for (j, entry) in batch
+            .clone()
+            .into_entries()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .take(2)
+        {
+            let mut message = format!("tether-in.ORDERS.{}", entry.id.origin).into_bytes();
+            for (name, value) in protocol::bridge::headers::of_entry(&topic("ORDERS"), entry) {
+                message.extend_from_slice(format!("\n{name}: {value}").as_bytes());
+            }
+            message.extend_from_slice(b"\n\n");
+            message.extend_from_slice(&entry.payload);
+            add("bridge_message", &format!("entry-{i}-{j}"), message);
+        }
+    }
+    add(
+        "bridge_message",
+        "application",
+        b"tether-in.a.b\nTether-Key: order-7\nTether-Header: kind=report\n\n{\"n\": 7}".to_vec(),
+    );
 
     for (target, name, bytes) in &seeds {
         pass_and_write(target, name, bytes, write);

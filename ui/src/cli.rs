@@ -262,6 +262,7 @@ fn run_command(role: Role, args: ApiArgs) -> Result<()> {
             });
         }
         ApiCommand::Services => print(&api.get("/services")?, &print_services),
+        ApiCommand::Bridge => print(&api.get("/bridge")?, &print_bridge),
         ApiCommand::ServiceStart(name) => switch_service(&name, "start")?,
         ApiCommand::ServiceStop(name) => switch_service(&name, "stop")?,
         ApiCommand::Publish {
@@ -396,6 +397,51 @@ fn print_links(links: &Value) {
             } else {
                 ""
             }
+        );
+    }
+}
+
+fn print_bridge(bridge: &Value) {
+    let servers: Vec<&str> = bridge["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    match bridge["connected"] == true {
+        true => outln!("NATS {}: connected", servers.join(", ")),
+        false => outln!(
+            "NATS {}: not connected ({})",
+            servers.join(", "),
+            bridge["error"].as_str().unwrap_or("connecting")
+        ),
+    }
+    for m in bridge["mappings"].as_array().into_iter().flatten() {
+        let way = match m["direction"].as_str() {
+            Some("out") => format!(
+                "{} -> stream {} ({})",
+                s(&m["topic"]),
+                s(&m["stream"]),
+                s(&m["subjects"])
+            ),
+            _ => format!(
+                "stream {} ({}) -> {}",
+                s(&m["stream"]),
+                s(&m["subjects"]),
+                s(&m["topic"])
+            ),
+        };
+        let lag = match m["direction"].as_str() {
+            Some("out") => format!(", {} waiting (oldest {} ms)", m["lag_entries"], m["lag_ms"]),
+            _ => format!(", {} refused", m["refused"]),
+        };
+        outln!(
+            "{way}: {}, {} carried{lag}{}",
+            s(&m["state"]),
+            m["carried"],
+            m["last_error"]
+                .as_str()
+                .map_or_else(String::new, |e| format!("; last error: {e}"))
         );
     }
 }

@@ -7,6 +7,7 @@
 //! - `links`: every link's state, round trip, bytes and backlog, when any changes;
 //! - `mirror`: the edge's mirror progress, when it changes;
 //! - `demo-link`: the demo link's profile and state, when it changes (demo only);
+//! - `bridge`: the bridge to NATS JetStream, when it changes (where there is one);
 //! - `tile`: one tile, with the tile's offset as the event id: a client that
 //!   reconnects with `Last-Event-ID` (as browsers do by themselves) gets the tiles it
 //!   missed, and no tile twice;
@@ -118,6 +119,7 @@ struct Sent {
     links: Option<Vec<crate::views::LinkView>>,
     mirror: Option<crate::views::MirrorView>,
     demo: Option<DemoLinkStatus>,
+    bridge: Option<protocol::bridge::BridgeStatus>,
 }
 
 /// Feeds one client until it goes away.
@@ -234,6 +236,13 @@ fn changes(app: &App, sent: &mut Sent) -> Vec<Event> {
         if sent.demo.as_ref() != Some(&status) {
             events.push(json_event("demo-link", &status));
             sent.demo = Some(status);
+        }
+    }
+    if let Some(bridge) = &app.bridge {
+        let status = bridge.borrow().clone();
+        if sent.bridge.as_ref() != Some(&status) {
+            events.push(json_event("bridge", &status));
+            sent.bridge = Some(status);
         }
     }
     events

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{Report, headers};
 use crate::config::BridgeSettings;
-use crate::entry::{NodeName, TopicName, entry_size};
+use crate::entry::{Append, NodeName, TopicName, entry_size};
 use crate::log::{Store, TableName, Txn};
 
 /// The store table that holds, per stream, the sequence the bridge has appended through.
@@ -178,8 +178,37 @@ fn take(
     settings: &BridgeSettings,
     max_entry_bytes: u64,
     message: &jetstream::Message,
-) -> Result<(TopicName, crate::entry::Append), String> {
-    let (topic, edge) = topic_of(settings, message.subject.as_str()).ok_or_else(|| {
+) -> Result<(TopicName, Append), String> {
+    let pairs: Vec<(String, String)> = message
+        .headers
+        .iter()
+        .flat_map(|map| map.iter())
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| (name.to_string(), value.as_str().to_owned()))
+        })
+        .collect();
+    decode(
+        settings,
+        max_entry_bytes,
+        message.subject.as_str(),
+        &pairs,
+        message.payload.to_vec(),
+    )
+}
+
+/// What a message from JetStream becomes, from its subject, headers and payload: the
+/// topic of `in` its subject names and the append, or why it is refused (no such topic,
+/// a subject edge that is not a node name, malformed headers, too large for the store).
+pub fn decode(
+    settings: &BridgeSettings,
+    max_entry_bytes: u64,
+    subject: &str,
+    pairs: &[(String, String)],
+    payload: Vec<u8>,
+) -> Result<(TopicName, Append), String> {
+    let (topic, edge) = topic_of(settings, subject).ok_or_else(|| {
         format!(
             "no topic of bridge.in ({}) for this subject: expected {}.<topic> or \
              {}.<topic>.<edge>",
@@ -197,17 +226,7 @@ fn take(
         Some(edge) => Some(NodeName::new(edge).map_err(|e| format!("the subject's edge: {e}"))?),
         None => None,
     };
-    let pairs: Vec<(String, String)> = message
-        .headers
-        .iter()
-        .flat_map(|map| map.iter())
-        .flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |value| (name.to_string(), value.as_str().to_owned()))
-        })
-        .collect();
-    let append = headers::to_append(&pairs, to, message.payload.to_vec())?;
+    let append = headers::to_append(pairs, to, payload)?;
     let size = entry_size(append.key.as_deref(), &append.headers, &append.payload);
     if size > max_entry_bytes {
         return Err(format!(

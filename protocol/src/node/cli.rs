@@ -146,6 +146,8 @@ pub enum ApiCommand {
     Status,
     /// `services [list]`.
     Services,
+    /// `bridge`: the bridge to NATS JetStream.
+    Bridge,
     /// `services start <name>`.
     ServiceStart(String),
     /// `services stop <name>`.
@@ -266,6 +268,7 @@ pub fn command(role: Role) -> Command {
         Some(tail()),
         Some(assets(role)),
         Some(link()),
+        Some(bridge()),
         core.then(edges),
         core.then(fleet),
         Some(enroll(role)),
@@ -367,6 +370,14 @@ fn assets(role: Role) -> Command {
                     .arg(word("id", "The asset's id")),
             ),
     }
+}
+
+/// `bridge`: the bridge to NATS JetStream.
+fn bridge() -> Command {
+    api("bridge").about(
+        "The bridge to NATS JetStream: connected or not, and each topic's way in or out (lag, \
+         carried, refused, last error)",
+    )
 }
 
 fn link() -> Command {
@@ -775,6 +786,7 @@ fn invocation(name: &str, m: &ArgMatches, config: Option<PathBuf>) -> Option<Par
         }),
         ("assets", Some(("request", s))) => api(ApiCommand::AssetRequest(text(s, "id"))),
         ("assets", _) => api(ApiCommand::Assets),
+        ("bridge", _) => api(ApiCommand::Bridge),
         ("link", Some(("pause", s))) => {
             api(ApiCommand::LinkPause(s.get_one::<String>("peer").cloned()))
         }
@@ -974,6 +986,7 @@ mod tests {
                 "tail",
                 "assets",
                 "link",
+                "bridge",
                 "edges",
                 "fleet",
                 "enroll",
@@ -1007,6 +1020,7 @@ mod tests {
                 "tail",
                 "assets",
                 "link",
+                "bridge",
                 "enroll",
                 "mirror",
                 "append",

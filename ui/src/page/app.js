@@ -30,6 +30,8 @@
     links: [],
     mirror: null,
     demo: null,
+    // The bridge to NATS JetStream (its `bridge` events), where there is one.
+    bridge: null,
     assets: new Map(),
     assetOrder: [],
     assetsLoaded: false,
@@ -130,10 +132,10 @@
 
   // The colour of a state, by what it means to an operator.
   const TONES = {
-    ok: ['running', 'up', 'done', 'received', 'live', 'broadcast', 'downloaded', 'archived', 'ingested'],
+    ok: ['running', 'up', 'done', 'connected', 'received', 'live', 'broadcast', 'downloaded', 'archived', 'ingested'],
     busy: ['planning', 'wanted', 'requested', 'ingesting', 'listed', 'connecting'],
-    warn: ['paused', 'interrupted', 'reconnecting', 'ready'],
-    bad: ['failed', 'down', 'not-found', 'download-failed', 'errored', 'error'],
+    warn: ['paused', 'interrupted', 'reconnecting', 'ready', 'waiting'],
+    bad: ['failed', 'down', 'not-found', 'download-failed', 'errored', 'error', 'disconnected'],
     info: ['available'],
   };
   function tone(state) {
@@ -816,6 +818,48 @@
     });
   }
 
+  // ---- the bridge to NATS JetStream ----
+
+  function renderBridge() {
+    const b = S.bridge;
+    $('#bridge-panel').hidden = !b;
+    if (!b) return;
+    setPill($('#bridge-state'), b.connected ? 'connected' : 'disconnected');
+    setText($('#bridge-servers'), 'NATS ' + b.servers.join(', ') + (b.connected ? '' : ': ' + (b.error || 'connecting')));
+    const ul = $('#bridge');
+    const rows = b.mappings.map((m) => {
+      const key = m.direction + ':' + m.topic;
+      let row = ul.querySelector('[data-mapping="' + sel(key) + '"]');
+      if (!row) {
+        row = h('li', { class: 'service', dataset: { mapping: key } },
+          h('div', { class: 'svc-main' },
+            h('div', { class: 'svc-head' },
+              h('span', { class: 'svc-name', dataset: { field: 'way' } }),
+              h('span', { class: 'pill', dataset: { field: 'state' } })),
+            h('div', { class: 'svc-desc', dataset: { field: 'subjects' } }),
+            h('div', { class: 'svc-stats' },
+              h('span', {}, h('b', { dataset: { counter: 'carried' }, text: '0' }), ' carried'),
+              h('span', { dataset: { field: 'lag' } })),
+            h('div', { class: 'error-text', dataset: { field: 'error' }, hidden: true })));
+      }
+      setAttr(row, 'data-state', m.state);
+      setText(row.querySelector('[data-field="way"]'), m.direction === 'out'
+        ? m.topic + ' → ' + m.stream : m.stream + ' → ' + m.topic);
+      setPill(row.querySelector('[data-field="state"]'), m.state);
+      setText(row.querySelector('[data-field="subjects"]'), m.subjects);
+      setText(row.querySelector('[data-counter="carried"]'), fmtCount(m.carried));
+      setAttr(row.querySelector('[data-field="lag"]'), 'data-lag', m.direction === 'out' ? String(m.lag_entries) : null);
+      setText(row.querySelector('[data-field="lag"]'), m.direction === 'out'
+        ? fmtCount(m.lag_entries) + ' waiting' + (m.lag_entries ? ' (oldest ' + fmtDuration(m.lag_ms) + ')' : '')
+        : fmtCount(m.refused) + ' refused');
+      const err = row.querySelector('[data-field="error"]');
+      err.hidden = !m.last_error;
+      setText(err, m.last_error ? 'Last error: ' + m.last_error : '');
+      return row;
+    });
+    ul.replaceChildren(...rows);
+  }
+
   // ---- demo link ----
 
   function renderDemo() {
@@ -1192,6 +1236,10 @@
       S.demo = d;
       renderDemo();
     });
+    on('bridge', (b) => {
+      S.bridge = b;
+      renderBridge();
+    });
     on('tile', (t) => addTile(t));
     on('log', (l) => addLog(l));
   }
@@ -1203,6 +1251,7 @@
     renderLinks();
     renderMirror();
     renderDemo();
+    renderBridge();
     if (S.assetsLoaded) renderAssets();
   }
 

@@ -111,6 +111,13 @@ FULL_CORE = {
     "mirror": {"maxRate": "64KiB"},
     # The operator's own Secret, with a read token for the ServiceMonitor.
     "http": {"tokenSecret": {"name": "tether-api", "key": "api-token", "readKey": "metrics.token"}},
+    "bridge": {
+        "urls": ["nats://nats.nats.svc:4222"],
+        "out": ["MESSAGES"],
+        "in": ["MESSAGES"],
+        "user": "hq",
+        "credentialsSecret": {"name": "tether-hq-nats", "passwordKey": "password"},
+    },
     "pipeline": {
         "feed": "https://images-api.nasa.gov/search?q=apollo&media_type=image",
         "feedBatch": 3,
@@ -345,6 +352,24 @@ def check_workload(name, values, objects, notes, release):
                  get(values, "ezua", "virtualService", "endpoint") if get(values, "ezua", "enabled") else None):
         if host and "$" not in host and "*" not in host:
             R.check(host.lower() in hosts, f"{name}: http.hosts {hosts} names {host}")
+    bridge = values.get("bridge") or {}
+    if bridge.get("urls"):
+        b = config.get("bridge", {})
+        R.check(
+            b.get("urls") == bridge["urls"]
+            and b.get("out") == bridge.get("out", [])
+            and b.get("in") == bridge.get("in", [])
+            and "password" not in b and "token" not in b,
+            f"{name}: [bridge] has the values' urls, out and in, and no secret: {b}",
+        )
+        container_env = {e["name"]: e for e in c.get("env", [])}
+        creds = bridge.get("credentialsSecret") or {}
+        for var, key in (("TETHER_BRIDGE__PASSWORD", "passwordKey"), ("TETHER_BRIDGE__TOKEN", "tokenKey")):
+            ref = get(container_env, var, "valueFrom", "secretKeyRef")
+            want = {"name": creds["name"], "key": creds[key]} if creds.get(key) else None
+            R.check(ref == want, f"{name}: {var} comes from {want}, not {ref}")
+    else:
+        R.check("bridge" not in config, f"{name}: no [bridge] without bridge.urls")
     link = config["link"]
     R.check(link["demo_certs"] is False, f"{name}: demo_certs is false")
     link_defaults = yaml.safe_load((CHART / "values.yaml").read_text())["link"]
@@ -897,6 +922,7 @@ def bad_cases():
         ("two certificate sources", deep_merge(core, {"certificates": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}), "hq", ["either certificates.existingSecret or certificates.certManager.enabled, not both"]),
         ("an enrollment code and a Secret at once", deep_merge(edge, {"certificates": {"enrollment": {"codeSecret": "code"}}}), "alpha", ["set one of certificates.existingSecret, certificates.certManager.enabled and certificates.enrollment.codeSecret"]),
         ("an enrollment code at the core", {"role": "core", "certificates": {"enrollment": {"codeSecret": "code"}}}, "hq", ["certificates.enrollment.codeSecret is for an edge"]),
+        ("a NATS password without a user", deep_merge(edge, {"bridge": {"urls": ["nats://n:4222"], "credentialsSecret": {"name": "s", "passwordKey": "p"}}}), "alpha", ["bridge.credentialsSecret.passwordKey needs bridge.user"]),
         ("the CA's key at an edge", deep_merge(edge, {"certificates": {"enrollment": {"caKeySecret": "ca-key"}}}), "alpha", ["certificates.enrollment.caKeySecret is for the core"]),
         ("cert-manager without an issuer", {"role": "core", "certificates": {"certManager": {"enabled": True}}}, "hq", ["certificates.certManager.issuerRef.name is required"]),
         ("EZUA without an endpoint", deep_merge(core, {"ezua": {"enabled": True}}), "hq", ["at '/ezua/virtualService/endpoint': minLength"]),

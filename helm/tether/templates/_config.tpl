@@ -121,6 +121,36 @@ insecure_no_token = false
 # reads and changes everything. For a lab only.
 insecure_no_token = true
 {{- end }}
+{{- with .Values.bridge }}
+{{- if and .credentialsSecret.passwordKey (not .user) }}
+{{- fail "bridge.credentialsSecret.passwordKey needs bridge.user: NATS checks a password with its user" }}
+{{- end }}
+{{- if .urls }}
+
+[bridge]
+# The NATS servers (JetStream) this node bridges its topics with.
+urls = [{{ range $i, $u := .urls }}{{ if $i }}, {{ end }}{{ include "tether.str" $u }}{{ end }}]
+# Topics into the stream, as <subject_prefix>.<topic>.<origin>.
+out = [{{ range $i, $t := .out }}{{ if $i }}, {{ end }}{{ include "tether.str" $t }}{{ end }}]
+stream = {{ include "tether.str" .stream }}
+subject_prefix = {{ include "tether.str" .subjectPrefix }}
+# Topics from the stream in_stream, on <in_prefix>.<topic>[.<edge>].
+in = [{{ range $i, $t := .in }}{{ if $i }}, {{ end }}{{ include "tether.str" $t }}{{ end }}]
+in_stream = {{ include "tether.str" .inStream }}
+in_prefix = {{ include "tether.str" .inPrefix }}
+create_streams = {{ .createStreams }}
+replicas = {{ int64 .replicas }}
+duplicate_window = {{ include "tether.str" .duplicateWindow }}
+{{- if .user }}
+user = {{ include "tether.str" .user }}
+{{- end }}
+{{- with .credentialsSecret }}
+{{- if .name }}
+# The password or token: never in this file; from Secret {{ .name }} in the environment.
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 
 [pipeline]
 {{- if eq $role "core" }}

@@ -260,6 +260,19 @@ fn entries_go_out_and_messages_come_in_exactly_once_through_kills_and_outages() 
     );
     drop(core.kill());
     core = start_core(&config);
+    // Messages that cannot be entries are refused, and do not hold up the rest.
+    runtime.block_on(async {
+        for (subject, payload) in [
+            ("tether-in.NOPE", "no such topic"),
+            ("tether-in.ORDERS.Not_A_Node", "no such edge"),
+        ] {
+            js.publish(subject, payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
     publish(2 * MESSAGES / 3, MESSAGES);
 
     // Everything arrives, and no more.
@@ -320,6 +333,7 @@ fn entries_go_out_and_messages_come_in_exactly_once_through_kills_and_outages() 
     }
     let status = get(&format!("{api}/bridge"));
     assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["mappings"][1]["refused"], 2, "{status}");
     // The page shows it live, if a browser is here.
     if let Some((chromium, driver)) = tools::chromium("bridge") {
         let browser = Browser::start(&chromium, &driver).unwrap();

@@ -118,8 +118,11 @@ pub(super) async fn run(
                 }
                 Err(why) => {
                     tracing::warn!(subject = %message.subject, seq, %why, "bridge: a message from JetStream is refused");
-                    let topic = topic_of(&settings, message.subject.as_str());
-                    report.update(topic.map_or("", |(t, _)| t.as_str()), |m| {
+                    // Counted against its topic; a subject of no topic, against the first.
+                    let topic = topic_of(&settings, message.subject.as_str())
+                        .map(|(t, _)| t)
+                        .or(settings.inbound.first());
+                    report.update(topic.map_or("", |t| t.as_str()), |m| {
                         m.refused += 1;
                         m.last_error = Some(format!("{}: {why}", message.subject));
                         m.last_error_ms = Some(super::millis(std::time::SystemTime::now()));

@@ -30,6 +30,9 @@ use crate::access::{self, Gate};
 use crate::error::ApiError;
 use crate::{Listener, page};
 
+/// How long the setup's open requests may take to finish once an enrollment succeeded.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The largest body the setup takes: four short fields.
 const BODY_LIMIT: usize = 4 << 10;
 
@@ -85,9 +88,12 @@ pub async fn serve(
         () = shutdown => false,
         Ok(_) = enrolled.wait_for(Option::is_some) => true,
     };
-    // Open requests (the enrolling one's answer) are answered before the server ends.
+    // Open requests (the enrolling one's answer) are answered before the server ends;
+    // a client that holds a request open cannot hold the node back for longer.
     stop.send_replace(true);
-    server.await?;
+    if let Ok(ended) = tokio::time::timeout(CLOSE_WAIT, server).await {
+        ended?;
+    }
     let answers = enrolled.borrow().clone();
     match answers {
         Some(answers) if enrolled_now => {

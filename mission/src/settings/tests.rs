@@ -117,7 +117,7 @@ fn every_key_has_help() {
     assert_eq!(
         expected("[no_such_section]\n"),
         [
-            "node", "log", "store", "link", "mirror", "http", "pipeline", "topics"
+            "node", "log", "store", "link", "mirror", "http", "bridge", "pipeline", "topics"
         ]
     );
     for section in Settings::SECTIONS {
@@ -185,7 +185,7 @@ fn pipeline_errors_name_the_line_or_the_variable() {
         load(Role::Core, "", &[("TETHER_NODES__X", "1")]),
         &[
             "environment variable TETHER_NODES__X: unknown field `nodes`, expected one of \
-             `node`, `log`, `store`, `link`, `mirror`, `http`, `pipeline`, `topics`",
+             `node`, `log`, `store`, `link`, `mirror`, `http`, `bridge`, `pipeline`, `topics`",
         ],
     );
     check_error(
@@ -193,7 +193,7 @@ fn pipeline_errors_name_the_line_or_the_variable() {
         &[
             "config file /etc/tether/node.toml: TOML parse error at line 1, column 2",
             "unknown field `nodes`, expected one of `node`, `log`, `store`, `link`, \
-             `mirror`, `http`, `pipeline`, `topics`",
+             `mirror`, `http`, `bridge`, `pipeline`, `topics`",
         ],
     );
 }

@@ -106,7 +106,7 @@ pub(super) async fn run(
     let mut changes = store.changes();
     let mut turn = 0usize;
     let mut committed_at = tokio::time::Instant::now();
-    let mut status_at = tokio::time::Instant::now() - STATUS_EVERY;
+    let mut status_at = None::<tokio::time::Instant>;
     for topic in &topics {
         report.update(topic.name.as_str(), |m| {
             m.state = "running";
@@ -178,9 +178,9 @@ pub(super) async fn run(
                 report.update(topic.name.as_str(), |m| m.carried += carried);
             }
         }
-        if now.duration_since(status_at) >= STATUS_EVERY {
+        if status_at.is_none_or(|at| now.duration_since(at) >= STATUS_EVERY) {
             measure(&store, &topics, &report);
-            status_at = now;
+            status_at = Some(now);
         }
         let Some(front) = in_flight.pop_front() else {
             // Caught up: wait for a new entry (any commit wakes this), or the next status.

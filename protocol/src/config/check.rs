@@ -199,6 +199,16 @@ impl RawBridge {
             defaults.subject_prefix,
         )?;
         let in_prefix = subject("bridge.in_prefix", self.in_prefix, defaults.in_prefix)?;
+        if !inbound.is_empty() && !out.is_empty() && stream == in_stream {
+            // The way out counts on being the stream's only publisher.
+            return Err(origins.invalid(
+                "bridge.in_stream",
+                format_args!(
+                    "{in_stream} is also bridge.stream: what comes in needs a stream of its \
+                     own, which applications publish to"
+                ),
+            ));
+        }
         if !inbound.is_empty() && !out.is_empty() {
             let (a, b) = (format!("{subject_prefix}."), format!("{in_prefix}."));
             if a.starts_with(&b) || b.starts_with(&a) {

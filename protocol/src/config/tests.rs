@@ -303,6 +303,50 @@ fn mirror_keys_are_read_and_checked() {
 }
 
 #[test]
+fn bad_bridge_keys_name_the_key() {
+    let bridge = |body: &str| {
+        let urls = match body.starts_with("urls") {
+            true => "",
+            false => "urls = [\"nats://127.0.0.1:4222\"]\n",
+        };
+        load(Role::Core, &format!("[bridge]\n{urls}{body}\n"), &[])
+    };
+    for (body, says) in [
+        ("urls = [\"nats://me:secret@host:4222\"]", "not in the URL"),
+        ("urls = [\"nats://host\"]", "no port"),
+        ("out = [\"_gaps\"]", "node's own topics"),
+        ("out = [\"NEWS\", \"NEWS\"]", "listed twice"),
+        ("stream = \"A.B\"", "bridge.stream"),
+        ("subject_prefix = \"a.*\"", "subject prefix"),
+        (
+            "out = [\"NEWS\"]\nin = [\"NEWS\"]\nin_stream = \"TETHER\"",
+            "bridge.in_stream: TETHER is also bridge.stream",
+        ),
+        (
+            "out = [\"NEWS\"]\nin = [\"NEWS\"]\nin_prefix = \"tether.in\"",
+            "what goes out would come back in",
+        ),
+        ("replicas = 7", "1 to 5 replicas"),
+        ("in_flight = 0", "from 1 to 65536"),
+        ("password = \"x\"", "bridge.password needs a user"),
+        (
+            "user = \"u\"\npassword = \"p\"\ntoken = \"t\"",
+            "one kind of credentials",
+        ),
+        ("tls_cert_file = \"c.pem\"", "go together"),
+    ] {
+        check_error(bridge(body), &[says]);
+    }
+    let config = bridge("out = [\"NEWS\"]\nduplicate_window = \"5s\"").unwrap();
+    assert!(config.bridge.enabled());
+    assert_eq!(
+        config.bridge.duplicate_window,
+        std::time::Duration::from_secs(5)
+    );
+    assert!(!load(Role::Core, "", &[]).unwrap().bridge.enabled());
+}
+
+#[test]
 fn bad_link_keys_name_the_key() {
     let link = |role, body: &str| load(role, &format!("[link]\n{body}\n"), &[]);
     check_error(

@@ -103,7 +103,11 @@ pub(super) async fn run(
     let mut next_seq = info.state.last_sequence + 1;
     let mut last: HashMap<String, Last> = HashMap::new();
     let mut in_flight: VecDeque<Pending> = VecDeque::new();
-    let mut changes = store.changes();
+    // Each out topic's tail: the loop wakes for a new entry of its own topics only.
+    let mut tails = Vec::new();
+    for topic in &topics {
+        tails.push(store.subscribe(&topic.name).map_err(|e| e.to_string())?);
+    }
     let mut turn = 0usize;
     let mut committed_at = tokio::time::Instant::now();
     let mut status_at = None::<tokio::time::Instant>;
@@ -113,6 +117,10 @@ pub(super) async fn run(
         });
     }
     loop {
+        // Seen before reading: an entry appended after the reads below wakes the wait.
+        for tail in &mut tails {
+            tail.borrow_and_update();
+        }
         // Fill the pipeline, one topic after the other.
         while in_flight.len() < settings.in_flight {
             let Some((index, record)) = next_record(&store, &mut topics, &mut turn)? else {
@@ -183,9 +191,10 @@ pub(super) async fn run(
             status_at = Some(now);
         }
         let Some(front) = in_flight.pop_front() else {
-            // Caught up: wait for a new entry (any commit wakes this), or the next status.
-            changes.borrow_and_update();
-            let _ = tokio::time::timeout(STATUS_EVERY, changes.changed()).await;
+            // Caught up: wait for a new entry in one of the topics, or the next status.
+            let waits = tails.iter_mut().map(|tail| Box::pin(tail.changed()));
+            let _ =
+                tokio::time::timeout(STATUS_EVERY, futures_util::future::select_all(waits)).await;
             continue;
         };
         if let Some((expected, ack)) = front.published {

@@ -550,7 +550,7 @@ pub const ENROLL_CODE_VAR: &str = "TETHER_ENROLL_CODE";
 fn enroll(config: &Config, code: Option<&str>) -> Result<String, String> {
     let certs = config.certs_dir();
     let name = &config.node.name;
-    if certs.join(format!("{name}.pem")).exists() && certs.join(format!("{name}.key")).exists() {
+    if crate::edges::enrollment::holds_certificate(&certs, name) {
         let identity = tls::NodeIdentity::load(&certs, name, Role::Edge).map_err(|e| {
             format!("{e}; to enroll again, move this edge's certificate and key away first")
         })?;

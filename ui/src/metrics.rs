@@ -491,12 +491,9 @@ pub fn render(app: &App) -> String {
             "1 while the bridge's NATS client is connected.",
         )
         .sample(&[], u64::from(status.connected));
-        let labels = |m: &protocol::bridge::MappingStatus| {
-            [
-                ("direction", m.direction.to_owned()),
-                ("topic", m.topic.clone()),
-            ]
-        };
+        fn labels(m: &protocol::bridge::MappingStatus) -> [(&'static str, &str); 2] {
+            [("direction", m.direction), ("topic", m.topic.as_str())]
+        }
         let mut f = family(
             o,
             "tether_bridge_carried_total",
@@ -504,8 +501,7 @@ pub fn render(app: &App) -> String {
             "Entries carried into (out) or from (in) JetStream since the node started.",
         );
         for m in &status.mappings {
-            let l = labels(m);
-            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], m.carried);
+            f.sample(&labels(m), m.carried);
         }
         let mut f = family(
             o,
@@ -514,8 +510,7 @@ pub fn render(app: &App) -> String {
             "Messages from JetStream refused (malformed, or for no topic of bridge.in).",
         );
         for m in status.mappings.iter().filter(|m| m.direction == "in") {
-            let l = labels(m);
-            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], m.refused);
+            f.sample(&labels(m), m.refused);
         }
         let mut f = family(
             o,
@@ -524,8 +519,7 @@ pub fn render(app: &App) -> String {
             "Entries of the topic not yet in JetStream.",
         );
         for m in status.mappings.iter().filter(|m| m.direction == "out") {
-            let l = labels(m);
-            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], m.lag_entries);
+            f.sample(&labels(m), m.lag_entries);
         }
         let mut f = family(
             o,
@@ -534,8 +528,7 @@ pub fn render(app: &App) -> String {
             "How long the oldest entry not yet in JetStream has waited.",
         );
         for m in status.mappings.iter().filter(|m| m.direction == "out") {
-            let l = labels(m);
-            f.sample(&[(l[0].0, &l[0].1), (l[1].0, &l[1].1)], seconds(m.lag_ms));
+            f.sample(&labels(m), seconds(m.lag_ms));
         }
     }
 

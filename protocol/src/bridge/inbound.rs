@@ -135,8 +135,12 @@ pub(super) async fn run(
                 .await
                 .map_err(|e| format!("appending messages from {}: {e}", settings.in_stream))?;
             position = through;
-            for topic in carried {
-                report.update(topic.as_str(), |m| m.carried += 1);
+            // One status update per topic and batch, not per message.
+            for topic in &settings.inbound {
+                let n = carried.iter().filter(|t| *t == topic).count() as u64;
+                if n > 0 {
+                    report.update(topic.as_str(), |m| m.carried += n);
+                }
             }
         }
         // Durable here: JetStream may forget them (an acknowledgement of the last one is

@@ -113,23 +113,38 @@ async fn baseline(js: &jetstream::Context, n: usize) -> Result<f64, String> {
     })
     .await
     .map_err(|e| e.to_string())?;
-    let payload = bytes::Bytes::from(vec![7u8; PAYLOAD]);
     let started = Instant::now();
-    let mut pending = VecDeque::new();
-    for i in 0..n {
-        if pending.len() == IN_FLIGHT
-            && let Some(ack) = pending.pop_front()
-        {
-            let ack: jetstream::context::PublishAckFuture = ack;
-            ack.await.map_err(|e| e.to_string())?;
-        }
+    publish_all(js, n, "baseline.NEWS.hq", 7, |i| {
         let mut headers = bridge_headers(i as u64 + 1);
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             i.to_string().as_str(),
         );
+        headers
+    })
+    .await?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Publishes `n` messages of `PAYLOAD` bytes of `fill` on `subject`, with `IN_FLIGHT`
+/// awaiting their acknowledgement, the headers of each from `headers`.
+async fn publish_all(
+    js: &jetstream::Context,
+    n: usize,
+    subject: &str,
+    fill: u8,
+    headers: impl Fn(usize) -> async_nats::HeaderMap,
+) -> Result<(), String> {
+    let payload = bytes::Bytes::from(vec![fill; PAYLOAD]);
+    let mut pending: VecDeque<jetstream::context::PublishAckFuture> = VecDeque::new();
+    for i in 0..n {
+        if pending.len() == IN_FLIGHT
+            && let Some(ack) = pending.pop_front()
+        {
+            ack.await.map_err(|e| e.to_string())?;
+        }
         pending.push_back(
-            js.publish_with_headers("baseline.NEWS.hq", headers, payload.clone())
+            js.publish_with_headers(subject.to_owned(), headers(i), payload.clone())
                 .await
                 .map_err(|e| e.to_string())?,
         );
@@ -137,7 +152,7 @@ async fn baseline(js: &jetstream::Context, n: usize) -> Result<f64, String> {
     for ack in pending {
         ack.await.map_err(|e| e.to_string())?;
     }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// Waits until the bridge has carried `n` entries in its only mapping; the time it took
@@ -224,24 +239,7 @@ pub(crate) async fn bridge(quick: bool) -> crate::Lines {
     .await
     .map_err(|e| e.to_string())?;
     let subject = format!("{}.ORDERS", settings.in_prefix);
-    let payload = bytes::Bytes::from(vec![9u8; PAYLOAD]);
-    let mut pending = VecDeque::new();
-    for _ in 0..n {
-        if pending.len() == IN_FLIGHT
-            && let Some(ack) = pending.pop_front()
-        {
-            let ack: jetstream::context::PublishAckFuture = ack;
-            ack.await.map_err(|e| e.to_string())?;
-        }
-        pending.push_back(
-            js.publish(subject.clone(), payload.clone())
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    for ack in pending {
-        ack.await.map_err(|e| e.to_string())?;
-    }
+    publish_all(&js, n, &subject, 9, |_| async_nats::HeaderMap::new()).await?;
     let started = Instant::now();
     let inbound = Bridge::start(
         store.clone(),

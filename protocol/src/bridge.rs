@@ -26,10 +26,12 @@
 //!
 //! IO: NATS (async-nats), the store.
 
+pub mod backbone;
 pub mod headers;
 mod inbound;
 mod out;
 
+pub use backbone::Backbone;
 pub use inbound::decode;
 
 use std::sync::Arc;
@@ -51,7 +53,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// How long a JetStream request (a publish's acknowledgement, a stream lookup) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bridge of a running node: its status, and its tasks (stopped when it is dropped).
 #[derive(Debug)]
@@ -109,8 +111,21 @@ impl Bridge {
         node: NodeName,
         settings: BridgeSettings,
         max_entry_bytes: u64,
+        backbone: Option<Backbone>,
     ) -> Bridge {
         let mut mappings = Vec::new();
+        if backbone.is_some() {
+            for topic in backbone::carried(&store) {
+                for direction in [BACKBONE_OUT, BACKBONE_IN] {
+                    mappings.push(MappingStatus::new(
+                        direction,
+                        topic.as_str(),
+                        &settings.backbone_stream,
+                        format!("{}.{}.*", settings.backbone_prefix, topic),
+                    ));
+                }
+            }
+        }
         for topic in &settings.out {
             mappings.push(MappingStatus::new(
                 "out",
@@ -139,7 +154,14 @@ impl Bridge {
         let status = Arc::new(tx);
         let mut tasks = JoinSet::new();
         let settings = Arc::new(settings);
-        tasks.spawn(run(store, node, settings, max_entry_bytes, status));
+        tasks.spawn(run(
+            store,
+            node,
+            settings,
+            max_entry_bytes,
+            status,
+            backbone,
+        ));
         Bridge {
             status: rx,
             _tasks: tasks,
@@ -223,6 +245,7 @@ async fn run(
     settings: Arc<BridgeSettings>,
     max_entry_bytes: u64,
     status: Arc<watch::Sender<BridgeStatus>>,
+    backbone: Option<Backbone>,
 ) {
     let client = {
         let mut backoff = FIRST_BACKOFF;
@@ -293,8 +316,54 @@ async fn run(
             )
         }));
     }
+    if let Some(backbone) = backbone {
+        let report = Report {
+            status: status.clone(),
+            direction: BACKBONE_OUT,
+        };
+        let (js2, store2, settings2, backbone2) = (
+            js.clone(),
+            store.clone(),
+            settings.clone(),
+            backbone.clone(),
+        );
+        tasks.spawn(retrying(BACKBONE_OUT, report.clone(), move || {
+            backbone::run_out(
+                js2.clone(),
+                store2.clone(),
+                backbone2.clone(),
+                settings2.clone(),
+                report.clone(),
+            )
+        }));
+        let report = Report {
+            status: status.clone(),
+            direction: BACKBONE_IN,
+        };
+        let (js2, settings2, backbone2) = (js.clone(), settings.clone(), backbone.clone());
+        tasks.spawn(retrying(BACKBONE_IN, report.clone(), move || {
+            backbone::run_in(
+                js2.clone(),
+                store.clone(),
+                backbone2.clone(),
+                settings2.clone(),
+                report.clone(),
+            )
+        }));
+        let report = Report {
+            status: status.clone(),
+            direction: "fleet",
+        };
+        tasks.spawn(retrying("fleet", report, move || {
+            backbone::run_fleet(js.clone(), backbone.clone(), settings.clone())
+        }));
+    }
     while tasks.join_next().await.is_some() {}
 }
+
+/// The backbone's two directions, in the status.
+const BACKBONE_OUT: &str = "backbone out";
+const BACKBONE_IN: &str = "backbone in";
 
 /// Runs `session` again after each failure, pausing longer each time (reset once a
 /// session has run for a while).

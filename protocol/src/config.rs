@@ -48,9 +48,9 @@ pub use first_run::{FIRST_RUN_FILE, FirstRun};
 pub use load::{ENV_PREFIX, NameList};
 pub use print::Line;
 pub use schema::{
-    ALLOWANCE_DEFAULT, Allowance, BridgeSettings, Config, HttpSettings, Key, LinkSettings,
-    LogFormat, LogSettings, MirrorConfig, NodeSettings, RELAY_DEFAULT, SEE_ABOVE, Section,
-    StoreSettings,
+    ALLOWANCE_DEFAULT, Allowance, BridgeSettings, Config, FailoverCore, HttpSettings, Key,
+    LinkSettings, LogFormat, LogSettings, MirrorConfig, NodeSettings, RELAY_DEFAULT, SEE_ABOVE,
+    Section, StoreSettings,
 };
 pub use units::{Scalar, format_duration, positive_duration, positive_size, size_value};
 

@@ -71,6 +71,8 @@ struct Inner {
     /// When this core started: its own downtime is not an edge's absence
     /// ([`allowance::AFTER_START`]).
     started: SystemTime,
+    /// The HQ's backbone, when this core shares one: decisions go to the other cores.
+    backbone: std::sync::OnceLock<crate::bridge::Backbone>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +90,10 @@ struct EdgeDoc {
     /// removed; absent: as the config says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     listed: Option<bool>,
+    /// When an operator last decided `listed` (at this core or another of the HQ's):
+    /// the newest decision wins when cores merge their documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listed_ms: Option<u64>,
     /// When an operator forgot it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     forgotten_ms: Option<u64>,
@@ -104,6 +110,43 @@ struct EdgeDoc {
 }
 
 impl EdgeDoc {
+    /// Takes in what another core of the HQ decided about this edge (the backbone):
+    /// certificates and revocations add up, the newest listing decision wins, and the
+    /// release of the latest news stands. Returns whether anything changed.
+    fn merge(&mut self, theirs: EdgeDoc) -> bool {
+        let before = self.clone();
+        if theirs.listed_ms.unwrap_or(0) > self.listed_ms.unwrap_or(0) {
+            self.listed = theirs.listed;
+            self.listed_ms = theirs.listed_ms;
+            self.forgotten_ms = theirs.forgotten_ms;
+        }
+        let news = |d: &EdgeDoc| {
+            d.last_seen_ms
+                .unwrap_or(0)
+                .max(d.released.as_ref().map_or(0, |r| r.at_ms))
+        };
+        if news(&theirs) > news(self) {
+            self.released = theirs.released.clone();
+        }
+        self.last_seen_ms = self.last_seen_ms.max(theirs.last_seen_ms);
+        for cert in theirs.certificates {
+            match self
+                .certificates
+                .iter_mut()
+                .find(|c| c.serial == cert.serial && c.key_sha256 == cert.key_sha256)
+            {
+                Some(mine) => {
+                    mine.revoked_ms = match (mine.revoked_ms, cert.revoked_ms) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                None => self.certificates.push(cert),
+            }
+        }
+        *self != before
+    }
+
     /// Records a certificate issued to this edge (at enrollment or renewal), so that a
     /// revocation covers it before it is ever shown.
     fn record(&mut self, issued: &CertificateInfo, now: SystemTime) {
@@ -266,7 +309,67 @@ impl Edges {
             changing: tokio::sync::Mutex::new(()),
             enrolling: std::sync::OnceLock::new(),
             started: SystemTime::now(),
+            backbone: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Shares this core's decisions with the HQ's other cores through `backbone`, and
+    /// takes theirs in: every document now, then each as it changes here or there.
+    pub fn join(&self, backbone: crate::bridge::Backbone) {
+        let mut updates = backbone.fleet_updates();
+        for (name, doc) in self.read_state(|s| s.docs.clone()) {
+            backbone.share_fleet(&name, serde_json::to_value(&doc).unwrap_or_default());
+        }
+        if self.0.backbone.set(backbone).is_err() {
+            return;
+        }
+        let edges = self.clone();
+        tokio::spawn(async move {
+            while let Some((name, value)) = updates.recv().await {
+                match serde_json::from_value::<EdgeDoc>(value) {
+                    Ok(doc) => edges.merge(&name, doc).await,
+                    Err(e) => {
+                        tracing::warn!(edge = %name, error = %e, "backbone: another core's fleet document is refused");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Takes in another core's document of `name` (see [`EdgeDoc::merge`]); a
+    /// revocation or removal there closes the edge's connection here too.
+    async fn merge(&self, name: &NodeName, theirs: EdgeDoc) {
+        let _changing = self.0.changing.lock().await;
+        let mut doc = self.doc(name);
+        if !doc.merge(theirs) {
+            return;
+        }
+        let revoked = doc
+            .certificates
+            .iter()
+            .filter(|c| c.revoked_ms.is_some())
+            .count();
+        if let Err(err) = self.store_doc(name, doc.clone()).await {
+            tracing::error!(edge = %name, %err, "cannot record another core's decision about an edge");
+            return;
+        }
+        let admitted = self.listing(name, &doc).admitted();
+        tracing::info!(edge = %name, admitted, revoked, "took in another core's decision about an edge");
+        if revoked > 0
+            && self.close(
+                name,
+                CloseCode::Revoked,
+                &format!("the certificate of edge {name} is revoked at another core of HQ"),
+            )
+        {
+            tracing::warn!(edge = %name, "edge revoked at another core: its link here is closed");
+        } else if !admitted {
+            self.close(
+                name,
+                CloseCode::NotAllowed,
+                &format!("edge {name} was removed at another core of HQ"),
+            );
+        }
     }
 
     /// Every edge the core knows of (listed, seen, or linked), by name.
@@ -388,6 +491,7 @@ impl Edges {
         let _changing = self.0.changing.lock().await;
         let mut doc = self.doc(name);
         doc.listed = (!self.0.base.allows(name)).then_some(true);
+        doc.listed_ms = Some(millis(SystemTime::now()));
         doc.forgotten_ms = None;
         self.save(name, doc).await?;
         tracing::info!(edge = %name, "edge added to the list by an operator");
@@ -405,6 +509,7 @@ impl Edges {
             let _changing = self.0.changing.lock().await;
             let mut doc = self.doc(name);
             doc.listed = self.0.base.allows(name).then_some(false);
+            doc.listed_ms = Some(millis(SystemTime::now()));
             self.save(name, doc).await?;
         }
         let closed = self.close(
@@ -470,6 +575,7 @@ impl Edges {
             let _changing = self.0.changing.lock().await;
             let mut doc = self.doc(name);
             doc.listed = self.0.base.allows(name).then_some(false);
+            doc.listed_ms = Some(millis(SystemTime::now()));
             doc.forgotten_ms = Some(millis(SystemTime::now()));
             self.save(name, doc).await?;
         }
@@ -518,8 +624,18 @@ impl Edges {
         self.read_state(|s| s.docs.get(name).cloned().unwrap_or_default())
     }
 
-    /// Stores `doc` (when there is a store), then makes it the state.
+    /// Stores `doc` (when there is a store), makes it the state, and shares it with the
+    /// HQ's other cores (when there is a backbone).
     async fn save(&self, name: &NodeName, doc: EdgeDoc) -> Result<(), WriteError> {
+        self.store_doc(name, doc.clone()).await?;
+        if let Some(backbone) = self.0.backbone.get() {
+            backbone.share_fleet(name, serde_json::to_value(&doc).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Stores `doc` (when there is a store), then makes it the state.
+    async fn store_doc(&self, name: &NodeName, doc: EdgeDoc) -> Result<(), WriteError> {
         if let Some(store) = &self.0.store {
             let mut txn = Txn::new();
             // An EdgeDoc always serializes: strings, numbers and options.
@@ -604,4 +720,55 @@ impl Listing {
 
 fn table() -> TableName {
     TableName::new(EDGES_TABLE).unwrap_or_else(|_| unreachable!("a valid constant name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(serial: &str, revoked_ms: Option<u64>) -> CertificateDoc {
+        CertificateDoc {
+            serial: serial.into(),
+            key_sha256: format!("key-{serial}"),
+            not_after_ms: 9,
+            first_seen_ms: 1,
+            revoked_ms,
+        }
+    }
+
+    #[test]
+    fn cores_merge_an_edges_documents_whatever_the_order() {
+        let a = EdgeDoc {
+            listed: Some(false),
+            listed_ms: Some(200),
+            certificates: vec![cert("01", Some(150)), cert("02", None)],
+            last_seen_ms: Some(100),
+            ..EdgeDoc::default()
+        };
+        let b = EdgeDoc {
+            listed: Some(true),
+            listed_ms: Some(100),
+            certificates: vec![cert("02", Some(300)), cert("03", None)],
+            last_seen_ms: Some(120),
+            released: Some(ReleasedDoc {
+                at_ms: 400,
+                why: "away".into(),
+            }),
+            ..EdgeDoc::default()
+        };
+        let (mut ab, mut ba) = (a.clone(), b.clone());
+        assert!(ab.merge(b.clone()));
+        assert!(ba.merge(a.clone()));
+        ab.certificates.sort_by(|x, y| x.serial.cmp(&y.serial));
+        ba.certificates.sort_by(|x, y| x.serial.cmp(&y.serial));
+        assert_eq!(ab, ba, "the same whichever core merges first");
+        // The newer listing decision wins; revocations add up; the latest release holds.
+        assert_eq!(ab.listed, Some(false));
+        let revoked: Vec<_> = ab.certificates.iter().map(|c| c.revoked_ms).collect();
+        assert_eq!(revoked, [Some(150), Some(300), None]);
+        assert_eq!(ab.released.as_ref().map(|r| r.at_ms), Some(400));
+        assert_eq!(ab.last_seen_ms, Some(120));
+        // Merging again changes nothing: the cores stop sending it back and forth.
+        assert!(!ab.merge(ba));
+    }
 }

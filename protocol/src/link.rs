@@ -404,6 +404,9 @@ pub struct Local {
     /// The core's mission volume, served to mirrors (`None` at an edge, or a core
     /// without a volume: mirrors are refused with a reason).
     pub mirror: Option<MirrorSource>,
+    /// The HQ's backbone, at a core that shares one: an edge's entries are acknowledged
+    /// only once the backbone holds them.
+    pub backbone: Option<crate::bridge::Backbone>,
 }
 
 /// Every peer's link on this node.
@@ -560,48 +563,70 @@ fn probe_every(down_for: Duration, rtt: Duration) -> Duration {
     every.max(rtt * 4)
 }
 
-/// An edge's side: keeps a link to the core at `addr` (`host:port`, resolved at every
-/// attempt; its certificate must name `core`) up, reconnecting after every loss, until
-/// the future is dropped.
-pub async fn dial(
-    local: Local,
-    endpoint: quinn::Endpoint,
-    addr: String,
-    core: NodeName,
-    link: Arc<PeerLink>,
-) {
+/// One core an edge may dial: its address (`host:port`, resolved at every attempt), its
+/// name (its certificate must name it) and the edge's link with it.
+pub type CoreToDial = (String, NodeName, Arc<PeerLink>);
+
+/// How long an edge that lists several cores waits for the one it dials to answer
+/// before it dials the next (at least eight round trips of its last session).
+const FAILOVER_AFTER: Duration = Duration::from_secs(3);
+
+/// An edge's side: keeps a link to a core up, reconnecting after every loss, until the
+/// future is dropped. With several `cores` (the HQ's backbone), a session that ends, or
+/// a core that does not answer within [`FAILOVER_AFTER`], moves the edge on to the next
+/// one in the list; the next session resumes from what that core holds.
+pub async fn dial(local: Local, endpoint: quinn::Endpoint, cores: Vec<CoreToDial>) {
     let mut backoff = MIN_BACKOFF;
     let mut jitter = Jitter::new();
     let mut down_since = std::time::Instant::now();
     // The last session's round trip; before any, QUIC's initial estimate.
     let mut rtt = tls::INITIAL_RTT;
+    let mut index = 0;
     loop {
-        match resolve(&addr).await {
+        let Some((addr, core, link)) = cores.get(index % cores.len().max(1)) else {
+            return;
+        };
+        let give_up = (cores.len() > 1).then(|| FAILOVER_AFTER.max(rtt * 8));
+        match resolve(addr).await {
             // tls::connect logs a failure itself.
             Ok(resolved) => {
-                if let Some(peer) = probe(&endpoint, resolved, &link, down_since, rtt).await {
-                    let started = std::time::Instant::now();
-                    link.replace(Some(peer.connection.clone()));
-                    let err = session(&local, &peer.connection, &link, true).await;
-                    link.replace_if(&peer.connection);
-                    log_end(&core, &err);
-                    down_since = std::time::Instant::now();
-                    rtt = peer.connection.rtt();
-                    if started.elapsed() >= STABLE {
-                        backoff = MIN_BACKOFF;
+                match probe(&endpoint, resolved, link, down_since, rtt, give_up).await {
+                    Some(peer) => {
+                        let started = std::time::Instant::now();
+                        link.replace(Some(peer.connection.clone()));
+                        let err = session(&local, &peer.connection, link, true).await;
+                        link.replace_if(&peer.connection);
+                        log_end(core, &err);
+                        down_since = std::time::Instant::now();
+                        rtt = peer.connection.rtt();
+                        if started.elapsed() >= STABLE {
+                            backoff = MIN_BACKOFF;
+                        }
+                        if refused_by_operator(&err) {
+                            // Redialing soon will not help: the core's operator must act.
+                            backoff = MAX_BACKOFF;
+                        } else if cores.len() > 1 {
+                            // The core went away: the next one at once.
+                            backoff = MIN_BACKOFF;
+                        }
                     }
-                    if refused_by_operator(&err) {
-                        // Redialing soon will not help: the core's operator must act.
-                        backoff = MAX_BACKOFF;
+                    None if give_up.is_some() => {
+                        tracing::warn!(peer = %core, %addr, "the core does not answer: dialing the next one of HQ");
                     }
+                    None => {}
                 }
             }
             Err(err) => {
                 tracing::warn!(peer = %core, %addr, %err, "cannot resolve the core's address")
             }
         }
+        index += 1;
+        // Back off once per round of the list.
+        if index % cores.len().max(1) != 0 {
+            continue;
+        }
         let wait = jitter.spread(backoff);
-        tracing::debug!(peer = %core, ?wait, "redialing");
+        tracing::debug!(?wait, "redialing");
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -611,15 +636,18 @@ pub async fn dial(
 /// [`probe_every`] beside the ones waiting (at most [`MAX_PROBES`], the oldest given up
 /// first), each abandoned after [`DIAL_TIMEOUT`]. Returns the first connection made
 /// (the other dials are dropped before they complete), or `None` when the core answered
-/// with a refusal or an error, for the caller to back off.
+/// with a refusal or an error, for the caller to back off, or did not answer within
+/// `give_up`.
 async fn probe(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     link: &PeerLink,
     down_since: std::time::Instant,
     rtt: Duration,
+    give_up: Option<Duration>,
 ) -> Option<tls::Peer> {
     let core = link.peer();
+    let give_up = give_up.map(|after| tokio::time::Instant::now() + after);
     let mut dials = JoinSet::new();
     let mut started = std::collections::VecDeque::new();
     loop {
@@ -651,6 +679,10 @@ async fn probe(
                     started.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
                 }
             },
+            () = sleep_until_some(give_up) => {
+                link.update(|s| s.failed_dials += 1);
+                return None;
+            }
             () = tokio::time::sleep(next) => {
                 started.retain(|h| !h.is_finished());
                 if started.len() >= MAX_PROBES
@@ -660,6 +692,13 @@ async fn probe(
                 }
             }
         }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "test code")]
 
 mod api;
+mod backbone;
 mod bridge;
 mod chart;
 mod emulator;

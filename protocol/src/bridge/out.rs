@@ -40,9 +40,9 @@ type AckFuture = Pin<
 /// What the stream holds last on a subject: its stream sequence, and the Tether sequence
 /// it carries (0: none).
 #[derive(Debug, Clone, Copy)]
-struct Last {
-    stream_seq: u64,
-    tether_seq: u64,
+pub(super) struct Last {
+    pub(super) stream_seq: u64,
+    pub(super) tether_seq: u64,
 }
 
 /// An entry on its way: published (with the sequence the stream should give it), or
@@ -252,7 +252,10 @@ fn next_record(
 }
 
 /// What the stream holds last on `subject`.
-async fn last_on(stream: &jetstream::stream::Stream, subject: &str) -> Result<Last, String> {
+pub(super) async fn last_on(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> Result<Last, String> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => {
             let tether_seq = message

@@ -14,8 +14,8 @@ use super::load::{
 use super::schema::default_data_dir;
 use super::units::{Scalar, format_duration, positive_duration, positive_size, size_or_zero};
 use super::{
-    Allowance, BridgeSettings, Config, ConfigError, HttpSettings, LinkSettings, LogSettings,
-    MirrorConfig, NodeSettings, Origin, RELAY_DEFAULT, StoreSettings,
+    Allowance, BridgeSettings, Config, ConfigError, FailoverCore, HttpSettings, LinkSettings,
+    LogSettings, MirrorConfig, NodeSettings, Origin, RELAY_DEFAULT, StoreSettings,
 };
 use crate::entry::{NodeName, Retention, TopicConfig, TopicName};
 use crate::link::RelayLimit;
@@ -128,7 +128,7 @@ impl RawConfig {
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
         let http = self.http.check(defaults.http, origins)?;
-        let bridge = self.bridge.check(origins)?;
+        let bridge = self.bridge.check(role, origins)?;
         Ok(Config {
             role,
             link,
@@ -149,8 +149,18 @@ impl RawConfig {
 
 impl RawBridge {
     /// Checks the values, and that credentials and TLS files come in whole kinds.
-    fn check(self, origins: &Origins) -> Result<BridgeSettings, ConfigError> {
+    fn check(self, role: Role, origins: &Origins) -> Result<BridgeSettings, ConfigError> {
         let defaults = BridgeSettings::default();
+        if role == Role::Edge {
+            let core_keys = [
+                ("bridge.backbone", self.backbone.is_some()),
+                ("bridge.backbone_stream", self.backbone_stream.is_some()),
+                ("bridge.backbone_prefix", self.backbone_prefix.is_some()),
+            ];
+            if let Some((key, _)) = core_keys.iter().find(|(_, set)| *set) {
+                return Err(origins.invalid(key, "a core's key: the backbone joins an HQ's cores"));
+            }
+        }
         let urls = match self.urls {
             Some(NameList(urls)) => {
                 for url in &urls {
@@ -199,6 +209,50 @@ impl RawBridge {
             defaults.subject_prefix,
         )?;
         let in_prefix = subject("bridge.in_prefix", self.in_prefix, defaults.in_prefix)?;
+        let backbone_stream = name(
+            "bridge.backbone_stream",
+            self.backbone_stream,
+            defaults.backbone_stream,
+        )?;
+        let backbone_prefix = subject(
+            "bridge.backbone_prefix",
+            self.backbone_prefix,
+            defaults.backbone_prefix,
+        )?;
+        let backbone = self.backbone.unwrap_or(defaults.backbone);
+        if backbone {
+            // The backbone's streams are written by every core: no other mapping's stream
+            // may be one of them, and no prefix may take another's subjects.
+            let fleet = format!("{backbone_stream}_FLEET");
+            for (key, other) in [("bridge.stream", &stream), ("bridge.in_stream", &in_stream)] {
+                if *other == backbone_stream || *other == fleet {
+                    return Err(origins.invalid(
+                        key,
+                        format_args!("{other} is one of the backbone's streams"),
+                    ));
+                }
+            }
+            let b = format!("{backbone_prefix}.");
+            let bf = format!("{backbone_prefix}-fleet.");
+            for (key, other) in [
+                ("bridge.subject_prefix", &subject_prefix),
+                ("bridge.in_prefix", &in_prefix),
+            ] {
+                let o = format!("{other}.");
+                if [&b, &bf]
+                    .iter()
+                    .any(|p| p.starts_with(&o) || o.starts_with(p.as_str()))
+                {
+                    return Err(origins.invalid(
+                        key,
+                        format_args!(
+                            "{other:?} and backbone_prefix {backbone_prefix:?} overlap: the \
+                             backbone's subjects are its own"
+                        ),
+                    ));
+                }
+            }
+        }
         if !inbound.is_empty() && !out.is_empty() && stream == in_stream {
             // The way out counts on being the stream's only publisher.
             return Err(origins.invalid(
@@ -297,6 +351,9 @@ impl RawBridge {
             creds_file: self.creds_file,
             tls_ca_file: self.tls_ca_file,
             tls_client,
+            backbone,
+            backbone_stream,
+            backbone_prefix,
         })
     }
 }
@@ -392,6 +449,7 @@ impl RawLink {
         let set = |key: &str| match key {
             "link.core" => self.core.is_some(),
             "link.core_name" => self.core_name.is_some(),
+            "link.failover" => self.failover.is_some(),
             "link.listen" => self.listen.is_some(),
             "link.edges" => self.edges.is_some(),
             "link.relay_rate" => self.relay_rate.is_some(),
@@ -403,7 +461,7 @@ impl RawLink {
         };
         let (theirs, why): (&[&str], _) = match role {
             Role::Core => (
-                &["link.core", "link.core_name"],
+                &["link.core", "link.core_name", "link.failover"],
                 "an edge's key; a core listens on link.listen",
             ),
             Role::Edge => (
@@ -459,6 +517,23 @@ impl RawLink {
                 "link.core_name",
                 format_args!("{core_name} is this edge's own name, not the core's"),
             ));
+        }
+        let mut failover: Vec<FailoverCore> = Vec::new();
+        for text in self.failover.map(|NameList(l)| l).unwrap_or_default() {
+            let core = check_failover(&text).map_err(|e| origins.invalid("link.failover", e))?;
+            if core.name == *name || core.name == core_name {
+                return Err(origins.invalid(
+                    "link.failover",
+                    format_args!("{}: this edge itself, or link.core_name", core.name),
+                ));
+            }
+            if failover.iter().any(|c| c.name == core.name) {
+                return Err(origins.invalid(
+                    "link.failover",
+                    format_args!("{} is listed twice", core.name),
+                ));
+            }
+            failover.push(core);
         }
         let certs_dir = match self.certs_dir {
             Some(dir) if dir.as_os_str().is_empty() => {
@@ -562,6 +637,7 @@ impl RawLink {
             allow_any_edge: self.allow_any_edge.unwrap_or(defaults.allow_any_edge),
             core,
             core_name,
+            failover,
             certs_dir,
             demo_certs,
             keep_alive,
@@ -624,6 +700,19 @@ fn check_edges(
 
 /// Checks a `host:port` address to dial: a port from 1 to 65535, a host that is a DNS
 /// name or an IP address, IPv6 in brackets.
+/// Checks one `link.failover` entry, `name@host:port`.
+fn check_failover(text: &str) -> Result<FailoverCore, String> {
+    let (name, address) = text.split_once('@').ok_or_else(|| {
+        format!("{text:?}: expected name@host:port, such as \"hq-b@hq-b.example.org:7000\"")
+    })?;
+    let name = NodeName::new(name).map_err(|e| e.to_string())?;
+    check_host_port(address)?;
+    Ok(FailoverCore {
+        name,
+        address: address.to_owned(),
+    })
+}
+
 pub(super) fn check_host_port(text: &str) -> Result<(), String> {
     let invalid = |why: &str| {
         format!(

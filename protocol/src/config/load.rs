@@ -266,6 +266,7 @@ pub(super) struct RawLink {
     pub(super) allow_any_edge: Option<bool>,
     pub(super) core: Option<String>,
     pub(super) core_name: Option<String>,
+    pub(super) failover: Option<NameList>,
     pub(super) certs_dir: Option<PathBuf>,
     pub(super) demo_certs: Option<bool>,
     pub(super) keep_alive: Option<Scalar>,
@@ -318,6 +319,9 @@ pub(super) struct RawBridge {
     pub(super) tls_ca_file: Option<PathBuf>,
     pub(super) tls_cert_file: Option<PathBuf>,
     pub(super) tls_key_file: Option<PathBuf>,
+    pub(super) backbone: Option<bool>,
+    pub(super) backbone_stream: Option<String>,
+    pub(super) backbone_prefix: Option<String>,
 }
 
 /// A list of names as written: a TOML array of strings, or one string of names separated

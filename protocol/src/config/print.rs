@@ -162,6 +162,9 @@ impl Config {
             ("link", "allowance_bytes") => Line::Set(size_value(link.allowance.bytes)),
             ("link", "core") => Line::Set(text(&link.core)),
             ("link", "core_name") => Line::Set(text(link.core_name.as_str())),
+            ("link", "failover") => {
+                Line::Set(list(link.failover.iter().map(|c| c.to_string()).collect()))
+            }
             ("link", "certs_dir") => dir(&link.certs_dir, self.certs_dir()),
             ("link", "demo_certs") => Line::Set(link.demo_certs.into()),
             ("link", "keep_alive") => Line::Set(duration(link.keep_alive)),
@@ -207,6 +210,9 @@ impl Config {
             ("bridge", "tls_key_file") => {
                 optional_path(&bridge.tls_client.as_ref().map(|(_, key)| key.clone()))
             }
+            ("bridge", "backbone") => Line::Set(bridge.backbone.into()),
+            ("bridge", "backbone_stream") => Line::Set(text(&bridge.backbone_stream)),
+            ("bridge", "backbone_prefix") => Line::Set(text(&bridge.backbone_prefix)),
             // SECTIONS and this match name the same keys, and the tests print every key
             // of both roles: a key added to one and not the other fails them.
             _ => unreachable!("config key {section}.{name} has help but no line"),

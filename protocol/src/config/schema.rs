@@ -92,6 +92,22 @@ pub struct StoreSettings {
     pub retention_interval: Duration,
 }
 
+/// Another core of the same HQ an edge may fail over to (`link.failover`, written
+/// `name@host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverCore {
+    /// Its node name: the certificate it presents must name it.
+    pub name: NodeName,
+    /// Its address, `host:port`, resolved at each dial.
+    pub address: String,
+}
+
+impl std::fmt::Display for FailoverCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.address)
+    }
+}
+
 /// The `[link]` section (each key's help, and whose key it is: see [`Config`]). The
 /// keys of the other role keep their defaults (setting one is an error).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +122,9 @@ pub struct LinkSettings {
     pub core: String,
     /// `core_name` (edge).
     pub core_name: NodeName,
+    /// `failover` (edge): other cores of the same HQ, dialed in turn when the one in use
+    /// stops answering (an HQ on several machines sharing a backbone).
+    pub failover: Vec<FailoverCore>,
     /// `certs_dir`; `None`: `<data_dir>/certs`, following the data directory;
     /// [`Config::certs_dir`] resolves it.
     pub certs_dir: Option<PathBuf>,
@@ -198,6 +217,15 @@ pub struct BridgeSettings {
     pub tls_ca_file: Option<PathBuf>,
     /// `tls_cert_file` and `tls_key_file`: this node's client certificate.
     pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// `backbone` (core): share this core's topics and fleet with the other cores of the
+    /// HQ through JetStream ([`crate::bridge::backbone`]).
+    pub backbone: bool,
+    /// `backbone_stream`: the stream of the HQ's entries (`<backbone_stream>_FLEET`: of
+    /// its fleet decisions).
+    pub backbone_stream: String,
+    /// `backbone_prefix`: entries on `<backbone_prefix>.<topic>.<origin>`, fleet
+    /// decisions on `<backbone_prefix>-fleet.<edge>`.
+    pub backbone_prefix: String,
 }
 
 impl Default for BridgeSettings {
@@ -220,6 +248,9 @@ impl Default for BridgeSettings {
             creds_file: None,
             tls_ca_file: None,
             tls_client: None,
+            backbone: false,
+            backbone_stream: "TETHER_BACKBONE".to_owned(),
+            backbone_prefix: "tether-bb".to_owned(),
         }
     }
 }
@@ -228,6 +259,11 @@ impl BridgeSettings {
     /// Whether the bridge runs.
     pub fn enabled(&self) -> bool {
         !self.urls.is_empty()
+    }
+
+    /// Whether this core shares a backbone with the HQ's other cores.
+    pub fn backbone(&self) -> bool {
+        self.enabled() && self.backbone
     }
 }
 
@@ -280,6 +316,7 @@ impl Config {
                 allow_any_edge: false,
                 core: "127.0.0.1:7000".to_owned(),
                 core_name: hq,
+                failover: Vec::new(),
                 certs_dir: None,
                 demo_certs: true,
                 keep_alive: tls::KEEP_ALIVE_INTERVAL,
@@ -515,6 +552,13 @@ pub(super) const SECTIONS: &[Section] = &[
                 "core_name",
                 &["The core's node name: the certificate the core presents must name it."],
             ),
+            Key::edge(
+                "failover",
+                &[
+                    "Other cores of the same HQ (sharing a NATS backbone), as name@host:port: when",
+                    "the core in use stops answering, the edge dials the next one and resumes.",
+                ],
+            ),
             Key::both(
                 "certs_dir",
                 &[
@@ -676,6 +720,17 @@ pub(super) const SECTIONS: &[Section] = &[
                 &["This node's client certificate and key (PEM), if the servers ask for one."],
             ),
             Key::both("tls_key_file", SEE_ABOVE),
+            Key::core(
+                "backbone",
+                &[
+                    "An HQ on several machines: every core with backbone = true shares its entries",
+                    "(each once, in order per origin) and its fleet decisions with the others",
+                    "through these streams, and acknowledges an edge's entries only once JetStream",
+                    "holds them. Give the cores' NATS user alone the right to publish there.",
+                ],
+            ),
+            Key::core("backbone_stream", SEE_ABOVE),
+            Key::core("backbone_prefix", SEE_ABOVE),
         ],
     },
 ];

@@ -334,9 +334,24 @@ fn bad_bridge_keys_name_the_key() {
             "one kind of credentials",
         ),
         ("tls_cert_file = \"c.pem\"", "go together"),
+        (
+            "backbone = true\nstream = \"TETHER_BACKBONE_FLEET\"",
+            "one of the backbone's streams",
+        ),
+        (
+            "backbone = true\nsubject_prefix = \"tether-bb\"",
+            "the backbone's subjects are its own",
+        ),
+        ("backbone_prefix = \"bb.*\"", "bridge.backbone_prefix"),
     ] {
         check_error(bridge(body), &[says]);
     }
+    let backbone = bridge("backbone = true").unwrap();
+    assert!(backbone.bridge.backbone());
+    check_error(
+        load(Role::Edge, "[bridge]\nbackbone = true\n", &[]),
+        &["bridge.backbone", "a core's key"],
+    );
     let config = bridge("out = [\"NEWS\"]\nduplicate_window = \"5s\"").unwrap();
     assert!(config.bridge.enabled());
     assert_eq!(
@@ -344,6 +359,33 @@ fn bad_bridge_keys_name_the_key() {
         std::time::Duration::from_secs(5)
     );
     assert!(!load(Role::Core, "", &[]).unwrap().bridge.enabled());
+}
+
+#[test]
+fn an_edge_lists_other_cores_to_fail_over_to() {
+    let edge = |body: &str| load(Role::Edge, &format!("[link]\n{body}\n"), &[]);
+    let config = edge("failover = [\"hq-b@10.0.0.2:7000\", \"hq-c@[fd00::3]:7000\"]").unwrap();
+    let listed: Vec<String> = config.link.failover.iter().map(|c| c.to_string()).collect();
+    assert_eq!(listed, ["hq-b@10.0.0.2:7000", "hq-c@[fd00::3]:7000"]);
+    let env = [("TETHER_LINK__FAILOVER", "hq-b@hq-b.example.org:7000")];
+    let config = load(Role::Edge, "", &env).unwrap();
+    assert_eq!(config.link.failover[0].address, "hq-b.example.org:7000");
+    for (body, says) in [
+        ("failover = [\"10.0.0.2:7000\"]", "expected name@host:port"),
+        ("failover = [\"hq-b@10.0.0.2\"]", "link.failover"),
+        ("failover = [\"HQ@10.0.0.2:7000\"]", "link.failover"),
+        ("failover = [\"hq@10.0.0.2:7000\"]", "link.core_name"),
+        (
+            "failover = [\"b@10.0.0.2:7000\", \"b@10.0.0.3:7000\"]",
+            "listed twice",
+        ),
+    ] {
+        check_error(edge(body), &[says]);
+    }
+    check_error(
+        load(Role::Core, "[link]\nfailover = []\n", &[]),
+        &["link.failover", "an edge's key"],
+    );
 }
 
 #[test]

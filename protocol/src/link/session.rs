@@ -35,7 +35,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::{CLOCK_SKEW_WARN, LinkError, Local, PeerLink, TopicStatus};
-use crate::entry::{NodeName, Offset, Scope, Seq};
+use crate::entry::{NodeName, Offset, Scope, Seq, TopicName};
 use crate::log::{ConsumerName, Held, PeerConfig, Store, TableName, Txn, WriteError};
 use crate::tls;
 use crate::wire::{self, Deflate, Frame, FrameReader, Inflate};
@@ -156,8 +156,12 @@ async fn run(
 
     // Control writer: every frame for the control stream goes through one queue.
     let (control_tx, mut control_rx) = mpsc::channel::<Frame>(1024);
-    for topic in intake.topics() {
-        let _ = control_tx.try_send(machine::have(topic.clone(), &store.vector(topic)?));
+    // At a core on a backbone, `backbone_haves` sends them, as far as the backbone holds.
+    let taken: Vec<TopicName> = intake.topics().to_vec();
+    if local.backbone.is_none() {
+        for topic in &taken {
+            let _ = control_tx.try_send(machine::have(topic.clone(), &store.vector(topic)?));
+        }
     }
     // Each loop is a task of its own, so that each is polled when its own event comes
     // and not whenever any other loop's does: with a thousand links, one broadcast wakes
@@ -194,6 +198,12 @@ async fn run(
     loops.spawn(async move { send_loop(&h.local, &h.conn, &h.link, &h.shared).await });
     let h = at.clone();
     loops.spawn(async move { receive_loop(&h.local, &h.conn, &h.link, intake, &h.control).await });
+    if let Some(backbone) = local.backbone.clone() {
+        let (h, peer) = (at.clone(), peer.clone());
+        loops.spawn(async move {
+            backbone_haves(&h.local.store, &backbone, &peer, &taken, &h.control).await
+        });
+    }
     let h = at.clone();
     loops
         .spawn(async move { persist_loop(&h.local, &h.conn, &consumer, &h.link, &h.shared).await });
@@ -599,6 +609,9 @@ async fn receive_loop(
                 });
             }
             for topic in committed.acknowledge {
+                if local.backbone.is_some() {
+                    break; // `backbone_haves` acknowledges once the backbone holds them.
+                }
                 let have = machine::have(topic.clone(), &store.vector(&topic)?);
                 if control.send(have).await.is_err() {
                     return Err(LinkError::Protocol("control queue closed".into()));
@@ -610,6 +623,46 @@ async fn receive_loop(
     tokio::select! {
         r = read => r,
         r = commit => r,
+    }
+}
+
+/// At a core on the HQ's backbone: `Have` for each topic the peer sends, its own entries
+/// counted only as far as the backbone holds them, sent again whenever that moves. So an
+/// edge is never told that entries are safe which a core's death could lose.
+async fn backbone_haves(
+    store: &Store,
+    backbone: &crate::bridge::Backbone,
+    peer: &NodeName,
+    topics: &[TopicName],
+    control: &mpsc::Sender<Frame>,
+) -> Result<Never, LinkError> {
+    let mut moved = backbone.moved();
+    let mut sent: std::collections::HashMap<TopicName, Seq> = std::collections::HashMap::new();
+    loop {
+        moved.borrow_and_update();
+        for topic in topics {
+            // Not known yet (NATS away): nothing is acknowledged until it is.
+            let Some(held) = backbone.look_up(topic, peer).await else {
+                continue;
+            };
+            let mut vector = store.vector(topic)?;
+            let own = Seq(vector.get(peer).0.min(held));
+            if sent.get(topic) == Some(&own) {
+                continue;
+            }
+            vector.0.insert(peer.clone(), own);
+            if control
+                .send(machine::have(topic.clone(), &vector))
+                .await
+                .is_err()
+            {
+                return Err(LinkError::Protocol("control queue closed".into()));
+            }
+            sent.insert(topic.clone(), own);
+        }
+        // Moves when the backbone learns of new messages; the second bounds the wait
+        // while a lookup is not possible.
+        let _ = tokio::time::timeout(Duration::from_secs(1), moved.changed()).await;
     }
 }
 

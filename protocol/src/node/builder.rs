@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::{Node, NodeError, Role};
-use crate::bridge::Bridge;
+use crate::bridge::{Backbone, Bridge};
 use crate::config::Config;
 use crate::edges::Edges;
 use crate::link::{self, Links, Local, Mirror, MirrorSettings, MirrorSource, SessionSettings};
@@ -146,6 +146,8 @@ impl Builder {
                 })?;
 
         let links = Links::default();
+        let backbone = (role == Role::Core && config.bridge.backbone())
+            .then(|| Backbone::new(config.node.name.clone(), &config.bridge));
         let edges = match role {
             Role::Core => Some(
                 Edges::open(store.clone(), links.clone(), config.allowed_edges())
@@ -167,7 +169,11 @@ impl Builder {
                 ..session
             },
             mirror: source.clone(),
+            backbone: backbone.clone(),
         };
+        if let (Some(edges), Some(backbone)) = (&edges, &backbone) {
+            edges.join(backbone.clone());
+        }
         let transport =
             Arc::new(transport.unwrap_or_else(|| tls::transport_config(config.link.timeouts())));
         let mut replica = None;
@@ -211,10 +217,18 @@ impl Builder {
                             source,
                         },
                     )?);
-                    let (core, name) = (config.link.core.clone(), config.link.core_name.clone());
+                    let mut cores = vec![(
+                        config.link.core.clone(),
+                        config.link.core_name.clone(),
+                        link,
+                    )];
+                    for other in &config.link.failover {
+                        let link = links.link(&other.name);
+                        cores.push((other.address.clone(), other.name.clone(), link));
+                    }
                     (
                         endpoint.clone(),
-                        Box::pin(link::dial(local, endpoint, core, name, link)),
+                        Box::pin(link::dial(local, endpoint, cores)),
                     )
                 }
             };
@@ -239,6 +253,7 @@ impl Builder {
                 config.node.name.clone(),
                 config.bridge.clone(),
                 config.store.max_entry_bytes,
+                backbone,
             )
         });
         Ok(Node {

@@ -219,6 +219,7 @@ pub(crate) async fn bridge(quick: bool) -> crate::Lines {
             ..settings.clone()
         },
         1 << 20,
+        None,
     );
     let took = carried(&out, n as u64, started).await?;
     drop(out);
@@ -249,6 +250,7 @@ pub(crate) async fn bridge(quick: bool) -> crate::Lines {
             ..settings.clone()
         },
         1 << 20,
+        None,
     );
     let took = carried(&inbound, n as u64, started).await?;
     drop(inbound);

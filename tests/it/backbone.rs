@@ -1,0 +1,487 @@
+//! HQ on two machines (issue 19): two `core-node`s share a three-server NATS cluster (an R3
+//! backbone stream) and four edges. One NATS server and one core are SIGKILLed during
+//! traffic; the dead core's edges fail over to the other core; everything converges
+//! exactly once on every node and in the stream. An edge revoked at one core is refused by
+//! the other, and a NATS client without the cores' credentials cannot publish on the
+//! backbone. Real binaries, real `nats-server`s on loopback ports.
+//!
+//! Needs Debian's `nats-server` (see `tools::nats_server`): without it the test skips,
+//! unless `TETHER_REQUIRE_TOOLS` is set.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde_json::{Value, json};
+use tests::TempDir;
+
+use crate::support::process::{Node as Process, PATIENCE};
+use crate::support::tools;
+
+/// Entries each edge appends before the kills, and after.
+const BEFORE: usize = 300;
+const AFTER: usize = 200;
+
+/// Entries core-a appends itself.
+const CORE_A: usize = 100;
+
+/// The cores' NATS user; applications get another, which may not publish on the
+/// backbone.
+const CORE_USER: (&str, &str) = ("core", "core-secret");
+const APP_USER: (&str, &str) = ("app", "app-secret");
+
+/// Three `nats-server`s in one cluster, each with JetStream.
+struct Cluster {
+    servers: Vec<Option<Process>>,
+    ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn start(binary: &Path, dir: &Path) -> Cluster {
+        let ports: Vec<u16> = (0..3).map(|_| tests::fleet::free_port().unwrap()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| tests::fleet::free_port().unwrap()).collect();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let others: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("\"nats://127.0.0.1:{}\"", routes[j]))
+                .collect();
+            let config = dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: \"127.0.0.1:{}\"\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: tether, listen: \"127.0.0.1:{}\", routes: [{}] }}\n\
+                     authorization {{ users: [\n\
+                       {{ user: {}, password: {} }}\n\
+                       {{ user: {}, password: {}, permissions: {{ publish: {{ deny: \
+                          [\"tether-bb.>\", \"tether-bb-fleet.>\"] }} }} }}\n\
+                     ] }}\n",
+                    ports[i],
+                    dir.join(format!("n{i}")).display(),
+                    routes[i],
+                    others.join(", "),
+                    CORE_USER.0,
+                    CORE_USER.1,
+                    APP_USER.0,
+                    APP_USER.1,
+                ),
+            )
+            .unwrap();
+            let process = Process::spawn(Command::new(binary).arg("-c").arg(&config));
+            servers.push(Some(process));
+        }
+        for server in servers.iter_mut().flatten() {
+            server.wait_for("Server is ready");
+        }
+        Cluster { servers, ports }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to every server, by PID.
+    fn signal(&self, signal: &str) {
+        for server in self.servers.iter().flatten() {
+            server.signal(signal);
+        }
+    }
+
+    /// SIGKILL of server `i`, by PID.
+    fn kill(&mut self, i: usize) {
+        if let Some(server) = self.servers[i].take() {
+            drop(server.kill());
+        }
+    }
+}
+
+/// A node of the test: its config file, HTTP API and process.
+struct Member {
+    config: PathBuf,
+    api: String,
+    process: Option<Process>,
+}
+
+impl Member {
+    fn start(&mut self, binary: &str) {
+        let mut process = Process::start(binary, &self.config);
+        process.wait_for(if binary == "core-node" {
+            "HQ serves HTTP"
+        } else {
+            "the edge serves HTTP"
+        });
+        self.process = Some(process);
+    }
+}
+
+/// Writes a core's config: link on `link`, the four edges listed, demo certificates in
+/// the shared `certs`, the backbone on `urls` with three replicas.
+fn core(dir: &Path, name: &str, link: u16, urls: &[String]) -> Member {
+    let http = tests::fleet::free_port().unwrap();
+    let config = dir.join(format!("{name}.toml"));
+    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n\
+             [link]\nlisten = \"127.0.0.1:{link}\"\nedges = [\"e1\", \"e2\", \"e3\", \"e4\"]\n\
+             certs_dir = \"{}\"\ndemo_certs = true\nkeep_alive = \"1s\"\nidle_timeout = \"5s\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [pipeline]\nstart_services = false\n\
+             [bridge]\nurls = [{}]\nbackbone = true\nreplicas = 3\n\
+             user = \"{}\"\npassword = \"{}\"\n\
+             [[topics]]\nname = \"NEWS\"\nscope = \"all\"\n",
+            dir.join(name).display(),
+            dir.join("certs").display(),
+            urls.join(", "),
+            CORE_USER.0,
+            CORE_USER.1,
+        ),
+    )
+    .unwrap();
+    Member {
+        config,
+        api: format!("http://127.0.0.1:{http}/api/v1"),
+        process: None,
+    }
+}
+
+/// Writes an edge's config: it dials `first` (`name@port`), then `then`.
+fn edge(dir: &Path, name: &str, first: (&str, u16), then: (&str, u16)) -> Member {
+    let http = tests::fleet::free_port().unwrap();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n\
+             [link]\ncore = \"127.0.0.1:{}\"\ncore_name = \"{}\"\n\
+             failover = [\"{}@127.0.0.1:{}\"]\n\
+             certs_dir = \"{}\"\ndemo_certs = true\nkeep_alive = \"1s\"\nidle_timeout = \"5s\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [pipeline]\nstart_services = false\n\
+             [[topics]]\nname = \"NEWS\"\nscope = \"all\"\n",
+            dir.join(name).display(),
+            first.1,
+            first.0,
+            then.0,
+            then.1,
+            dir.join("certs").display(),
+        ),
+    )
+    .unwrap();
+    Member {
+        config,
+        api: format!("http://127.0.0.1:{http}/api/v1"),
+        process: None,
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> Option<Value> {
+    let mut answer = agent().get(url).call().ok()?;
+    if answer.status().as_u16() != 200 {
+        return None;
+    }
+    serde_json::from_reader(answer.body_mut().as_reader()).ok()
+}
+
+/// Appends `n` entries to NEWS at `api`.
+fn append(api: &str, n: usize) {
+    let agent = agent();
+    for i in 0..n {
+        let answer = agent
+            .post(&format!("{api}/topics/NEWS/entries"))
+            .header("content-type", "application/json")
+            .send(json!({ "payload": format!("entry {i}") }).to_string())
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 201, "append at {api}");
+    }
+}
+
+/// Per origin, the sequences of NEWS at `api`, in topic order (`None`: not answering).
+fn held(api: &str) -> Option<BTreeMap<String, Vec<u64>>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut from = 0;
+    loop {
+        let page = get(&format!("{api}/topics/NEWS/entries?from={from}&limit=1000"))?;
+        let page = page.as_array()?.clone();
+        if page.is_empty() {
+            return Some(out);
+        }
+        from += page.len();
+        for e in page {
+            out.entry(e["origin"].as_str()?.to_owned())
+                .or_default()
+                .push(e["seq"].as_u64()?);
+        }
+    }
+}
+
+/// Whether `api`'s link to `peer` is up.
+fn linked(api: &str, peer: &str) -> bool {
+    get(&format!("{api}/links/{peer}")).is_some_and(|l| l["connected"] == true)
+}
+
+/// Waits, up to `patience`, until `done` holds; `what` names it, `show` what a failure
+/// prints.
+fn wait_until(
+    what: &str,
+    patience: Duration,
+    mut done: impl FnMut() -> bool,
+    show: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + patience;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; {}",
+            show()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_dying() {
+    let Some(server) = tools::nats_server("backbone") else {
+        return;
+    };
+    let dir = TempDir::new("backbone").unwrap();
+    let mut cluster = Cluster::start(&server, dir.path());
+    let urls = cluster.urls();
+    let (link_a, link_b) = (
+        tests::fleet::free_port().unwrap(),
+        tests::fleet::free_port().unwrap(),
+    );
+    let mut a = core(dir.path(), "core-a", link_a, &urls);
+    let mut b = core(dir.path(), "core-b", link_b, &urls);
+    // core-a first: it makes the demo CA and the edges' certificates; core-b finds them.
+    a.start("core-node");
+    b.start("core-node");
+    let (ca, cb) = (("core-a", link_a), ("core-b", link_b));
+    let mut edges = vec![
+        edge(dir.path(), "e1", ca, cb),
+        edge(dir.path(), "e2", ca, cb),
+        edge(dir.path(), "e3", cb, ca),
+        edge(dir.path(), "e4", ca, cb),
+    ];
+    for e in &mut edges {
+        e.start("edge-node");
+    }
+    for (e, core) in edges.iter().zip(["core-a", "core-a", "core-b", "core-a"]) {
+        wait_until(
+            &format!("{} links to {core}", e.api),
+            PATIENCE,
+            || linked(&e.api, core),
+            String::new,
+        );
+    }
+
+    // e4 is revoked at core-a: core-b takes the decision in, and refuses e4 when it
+    // comes (restarted, it dials core-a, is refused, and fails over to core-b).
+    let answer = agent()
+        .post(&format!("{}/edges/e4/revoke", a.api))
+        .header("x-requested-with", "test")
+        .send_empty()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "revoke e4 at core-a");
+    wait_until(
+        "core-b knows e4 is revoked",
+        PATIENCE,
+        || {
+            get(&format!("{}/edges", b.api)).is_some_and(|list| {
+                list.as_array().into_iter().flatten().any(|e| {
+                    e["name"] == "e4"
+                        && e["certificates"]
+                            .as_array()
+                            .is_some_and(|c| c.iter().any(|c| !c["revoked_ms"].is_null()))
+                })
+            })
+        },
+        || format!("{:?}", get(&format!("{}/edges", b.api))),
+    );
+    drop(edges[3].process.take().map(Process::kill));
+    edges[3].start("edge-node");
+    b.process.as_mut().unwrap().wait_for_line(
+        |l| l.contains("edge e4 at") && l.contains("presented a revoked certificate"),
+        "core-b refuses e4",
+    );
+    assert!(!linked(&b.api, "e4"), "core-b admitted the revoked e4");
+
+    // While NATS is frozen, core-a stores e1's entries but does not tell e1 it holds
+    // them: only what the backbone holds is acknowledged. Once NATS thaws, it is.
+    let backlog =
+        || get(&format!("{}/links/core-a", edges[0].api)).and_then(|l| l["backlog"].as_u64());
+    cluster.signal("STOP");
+    append(&edges[0].api, 20);
+    wait_until(
+        "core-a holds e1's entries",
+        PATIENCE,
+        || held(&a.api).is_some_and(|h| h.get("e1").is_some_and(|s| s.len() >= 20)),
+        String::new,
+    );
+    // Not a synchronisation: a window in which an acknowledgement must not come.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(1) {
+        assert!(
+            backlog().is_some_and(|n| n >= 20),
+            "core-a acknowledged entries the backbone does not hold: {:?}",
+            get(&format!("{}/links/core-a", edges[0].api))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.signal("CONT");
+    wait_until(
+        "core-a acknowledges e1's entries once the backbone holds them",
+        PATIENCE,
+        || backlog() == Some(0),
+        || format!("{:?}", get(&format!("{}/links/core-a", edges[0].api))),
+    );
+
+    // Traffic from three edges and core-a; then one NATS server and core-a die.
+    let apis: Vec<String> = edges.iter().map(|e| e.api.clone()).collect();
+    std::thread::scope(|s| {
+        for api in &apis[..3] {
+            s.spawn(|| append(api, BEFORE));
+        }
+        s.spawn(|| append(&a.api, CORE_A));
+    });
+    cluster.kill(0);
+    drop(a.process.take().map(Process::kill));
+    let died = Instant::now();
+    std::thread::scope(|s| {
+        for api in &apis[..3] {
+            s.spawn(|| append(api, AFTER));
+        }
+    });
+    // core-a's edges fail over to core-b.
+    for e in &edges[..2] {
+        wait_until(
+            &format!("{} fails over to core-b", e.api),
+            PATIENCE,
+            || linked(&e.api, "core-b"),
+            || format!("{:?}", get(&format!("{}/links", e.api))),
+        );
+    }
+    eprintln!("the edges failed over in {:?}", died.elapsed());
+
+    // Every edge's entries reach core-b and every other edge; core-a's own, those it
+    // published before it died.
+    let per_edge = (BEFORE + AFTER) as u64;
+    let counts = [
+        ("core-a", CORE_A as u64),
+        ("e1", per_edge + 20),
+        ("e2", per_edge),
+        ("e3", per_edge),
+    ];
+    let complete = |api: &str| {
+        held(api).is_some_and(|h| {
+            counts[1..]
+                .iter()
+                .all(|(o, n)| h.get(*o).is_some_and(|s| s.len() as u64 >= *n))
+        })
+    };
+    for api in [&b.api, &edges[0].api, &edges[1].api, &edges[2].api] {
+        wait_until(
+            &format!("{api} holds every edge's entries"),
+            PATIENCE,
+            || complete(api),
+            || {
+                format!(
+                    "{:?}",
+                    held(api).map(|h| h
+                        .iter()
+                        .map(|(o, s)| (o.clone(), s.len()))
+                        .collect::<Vec<_>>())
+                )
+            },
+        );
+    }
+
+    // core-a comes back: what it held and had not yet published goes out now.
+    a.start("core-node");
+    let expected: BTreeMap<String, Vec<u64>> = counts
+        .iter()
+        .map(|(o, n)| (o.to_string(), (1..=*n).collect()))
+        .collect();
+    for api in [&a.api, &b.api, &edges[0].api, &edges[1].api, &edges[2].api] {
+        let sorted = |h: BTreeMap<String, Vec<u64>>| {
+            h.into_iter()
+                .filter(|(o, _)| o != "e4")
+                .map(|(o, mut s)| {
+                    s.sort_unstable();
+                    (o, s)
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        wait_until(
+            &format!("{api} holds every entry exactly once"),
+            PATIENCE,
+            || held(api).map(sorted).as_ref() == Some(&expected),
+            || {
+                format!(
+                    "{:?}",
+                    held(api).map(|h| h
+                        .iter()
+                        .map(|(o, s)| (o.clone(), s.len()))
+                        .collect::<Vec<_>>())
+                )
+            },
+        );
+    }
+
+    // The stream holds each entry once, in order per origin; an application's user
+    // cannot publish there.
+    let runtime = tests::runtime().unwrap();
+    runtime.block_on(async {
+        let connect = |(user, password): (&str, &str)| {
+            async_nats::ConnectOptions::new()
+                .user_and_password(user.into(), password.into())
+                .connect(urls[1..].to_vec())
+        };
+        let js = jetstream::new(connect(CORE_USER).await.unwrap());
+        let stream = js.get_stream("TETHER_BACKBONE").await.unwrap();
+        assert_eq!(stream.cached_info().config.num_replicas, 3);
+        let last = stream.get_info().await.unwrap().state.last_sequence;
+        let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for seq in 1..=last {
+            let message = stream.get_raw_message(seq).await.unwrap();
+            let (_, origin, entries) = protocol::bridge::backbone::decode(
+                "tether-bb",
+                message.subject.as_str(),
+                &message.payload,
+            )
+            .unwrap();
+            seen.entry(origin.to_string())
+                .or_default()
+                .extend(entries.iter().map(|e| e.id.seq.0));
+        }
+        seen.remove("e4");
+        assert_eq!(
+            seen, expected,
+            "the backbone stream, per origin in stream order"
+        );
+
+        let app = jetstream::new(connect(APP_USER).await.unwrap());
+        let forged = match app.publish("tether-bb.NEWS.e1", "forged".into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!forged, "an application's user published on the backbone");
+    });
+    drop(cluster);
+}

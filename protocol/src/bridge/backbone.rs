@@ -586,44 +586,57 @@ pub(super) async fn run_fleet(
             .await
             .map_err(|e| format!("stream {name}: {e} (an operator creates it, for {subjects})"))?
     };
-    let mut messages = stream
-        .create_consumer(pull::OrderedConfig {
+    // An ephemeral consumer from the start of the stream (the last document per edge),
+    // made again at each session; it goes when unused.
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
             filter_subject: subjects,
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(60),
             ..Default::default()
         })
-        .await
-        .map_err(|e| format!("reading {name}: {e}"))?
-        .messages()
         .await
         .map_err(|e| format!("reading {name}: {e}"))?;
     loop {
         publish_fleet(&js, &backbone, &prefix).await?;
-        tokio::select! {
-            message = messages.next() => {
-                let message = message
-                    .ok_or_else(|| format!("{name}: the consumer ended"))?
-                    .map_err(|e| format!("reading {name}: {e}"))?;
-                let from = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(CORE))
-                    .map(|v| v.as_str().to_owned());
-                if from.as_deref() == Some(backbone.0.node.as_str()) {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(FETCH_BATCH)
+            .expires(FETCH_WAIT)
+            .messages()
+            .await
+            .map_err(|e| format!("reading {name}: {e}"))?;
+        loop {
+            // A decision taken here goes out without waiting for the fetch to end.
+            let message = tokio::select! {
+                message = batch.next() => match message {
+                    Some(message) => message.map_err(|e| format!("reading {name}: {e}"))?,
+                    None => break,
+                },
+                () = backbone.0.fleet_wake.notified() => {
+                    publish_fleet(&js, &backbone, &prefix).await?;
                     continue;
                 }
-                match fleet_doc(&prefix, message.subject.as_str(), &message.payload) {
-                    Ok((edge, doc)) => {
-                        if let Some(tx) = lock(&backbone.0.fleet_in).as_ref() {
-                            let _ = tx.send((edge, doc));
-                        }
-                    }
-                    Err(why) => {
-                        tracing::warn!(subject = %message.subject, %why, "backbone: a fleet document is refused");
+            };
+            let from = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(CORE))
+                .map(|v| v.as_str().to_owned());
+            if from.as_deref() == Some(backbone.0.node.as_str()) {
+                continue;
+            }
+            match fleet_doc(&prefix, message.subject.as_str(), &message.payload) {
+                Ok((edge, doc)) => {
+                    if let Some(tx) = lock(&backbone.0.fleet_in).as_ref() {
+                        let _ = tx.send((edge, doc));
                     }
                 }
+                Err(why) => {
+                    tracing::warn!(subject = %message.subject, %why, "backbone: a fleet document is refused");
+                }
             }
-            () = backbone.0.fleet_wake.notified() => {}
         }
     }
 }

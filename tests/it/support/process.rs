@@ -105,7 +105,12 @@ impl Node {
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, log) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Bytes, not `lines()`: a line that is not UTF-8 must not end the log.
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                buf.clear();
                 if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
@@ -155,10 +160,14 @@ impl Node {
                 self.seen.push(line.clone());
                 (at, line)
             }
-            Err(_) => panic!(
-                "no log line with {what:?}; log so far:\n{}",
-                self.seen.join("\n")
-            ),
+            Err(_) => {
+                // Whether it is still running, and if not how it ended.
+                let status = self.child.as_mut().map(|c| c.try_wait());
+                panic!(
+                    "no log line with {what:?} (the process: {status:?}); log so far:\n{}",
+                    self.seen.join("\n")
+                )
+            }
         }
     }
 
@@ -184,6 +193,11 @@ impl Node {
         let (at, line) = self.log.try_recv().ok()?;
         self.seen.push(line.clone());
         Some((at, line))
+    }
+
+    /// The log lines seen so far.
+    pub(crate) fn log(&self) -> String {
+        self.seen.join("\n")
     }
 
     /// The process id.

@@ -55,8 +55,12 @@ impl Cluster {
 
     fn try_start(binary: &Path, dir: &Path) -> Result<Cluster, String> {
         std::fs::create_dir_all(dir).unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
-        let routes: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+        let ports: Vec<u16> = (0..3)
+            .map(|_| tests::fleet::free_tcp_port().unwrap())
+            .collect();
+        let routes: Vec<u16> = (0..3)
+            .map(|_| tests::fleet::free_tcp_port().unwrap())
+            .collect();
         let mut servers = Vec::new();
         for i in 0..3 {
             let others: Vec<String> = (0..3)
@@ -123,12 +127,6 @@ impl Cluster {
             drop(server.kill());
         }
     }
-}
-
-/// A free TCP port on 127.0.0.1 (NATS listens on TCP).
-fn free_tcp_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// A node of the test: its config file, HTTP API and process.

@@ -40,7 +40,7 @@ struct Nats {
 
 impl Nats {
     fn start(binary: PathBuf, dir: &Path) -> Nats {
-        let port = tests::fleet::free_port().unwrap();
+        let port = tests::fleet::free_tcp_port().unwrap();
         let mut nats = Nats {
             binary,
             port,
@@ -190,7 +190,7 @@ fn entries_go_out_and_messages_come_in_exactly_once_through_kills_and_outages() 
     };
     let dir = TempDir::new("bridge").unwrap();
     let mut nats = Nats::start(server, &dir.path().join("nats"));
-    let http = tests::fleet::free_port().unwrap();
+    let http = tests::fleet::free_tcp_port().unwrap();
     let config = core_config(dir.path(), http, &nats.url());
     let api = format!("http://127.0.0.1:{http}/api/v1");
     let runtime = tests::runtime().unwrap();

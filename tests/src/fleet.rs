@@ -34,6 +34,12 @@ pub fn free_port() -> Result<u16, String> {
     Ok(socket.local_addr().map_err(|e| e.to_string())?.port())
 }
 
+/// A free TCP port on 127.0.0.1 (HTTP, NATS): one free for UDP may be taken over TCP.
+pub fn free_tcp_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
 /// Writes `<dir>/hq.toml`: core `hq` with its data in `<dir>/hq` (certificates from
 /// [`make_ca`]), its link on `link` admitting `edges`, HTTP on any free loopback port,
 /// no mission services running, the fleet topic and the mission's asset request and

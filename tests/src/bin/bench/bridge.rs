@@ -35,9 +35,9 @@ const PAYLOAD: usize = 256;
 const PATIENCE: Duration = Duration::from_secs(300);
 
 /// `nats-server` with JetStream on a free loopback port; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -47,7 +47,7 @@ impl Drop for Server {
     }
 }
 
-fn nats_server(dir: &std::path::Path) -> Result<Server, String> {
+pub(crate) fn nats_server(dir: &std::path::Path) -> Result<Server, String> {
     let binary = std::env::var_os("PATH")
         .and_then(|path| {
             std::env::split_paths(&path)
@@ -55,7 +55,7 @@ fn nats_server(dir: &std::path::Path) -> Result<Server, String> {
                 .find(|c| c.is_file())
         })
         .ok_or("nats-server is not installed (Debian's package nats-server; .ci/tools)")?;
-    let port = tests::fleet::free_port()?;
+    let port = tests::fleet::free_tcp_port()?;
     let child = Command::new(binary)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir)

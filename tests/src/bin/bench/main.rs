@@ -5,6 +5,7 @@
 //! on real components: the real sled store on disk, real sockets on 127.0.0.1.
 
 mod bridge;
+mod failover;
 mod fanout;
 mod impaired;
 mod link;
@@ -67,6 +68,11 @@ const SCENARIOS: &[(&str, &str)] = &[
         "bridge",
         "100,000 entries (--quick: 10,000) from the store into JetStream and back through \
          the bridge, against async-nats alone on the same nats-server",
+    ),
+    (
+        "failover",
+        "a two-core HQ on a NATS backbone: a core SIGKILLed, until its edges replicate \
+         through the other (10 s idle timeout, and the default)",
     ),
     (
         "priority",
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
         Some("fanout") => runtime.block_on(fanout::fanout(quick)),
         Some("memory") => runtime.block_on(memory::memory(quick)),
         Some("bridge") => runtime.block_on(bridge::bridge(quick)),
+        Some("failover") => runtime.block_on(failover::failover(quick)),
         Some(other) => {
             eprintln!("error: unknown scenario {other:?}");
             usage();

@@ -411,3 +411,21 @@ pub fn bridge_message(data: &[u8]) {
     };
     assert_eq!(again, append, "an entry changed on its way out and back");
 }
+
+/// A message from the backbone stream as a core takes it (`crate::bridge::backbone::decode`):
+/// the first line is its subject, the rest its payload. What decodes is encoded again as
+/// a core publishes it and must decode to the same entries.
+pub fn backbone_message(data: &[u8]) {
+    use crate::bridge::backbone::decode;
+    let split = data.iter().position(|b| *b == b'\n').unwrap_or(data.len());
+    let Ok(subject) = std::str::from_utf8(&data[..split]) else {
+        return;
+    };
+    let payload = data.get(split + 1..).unwrap_or_default();
+    let Ok((topic, origin, entries)) = decode("tether-bb", subject, payload) else {
+        return;
+    };
+    let again = crate::codec::encode(&crate::wire::Batch::new(topic.clone(), &entries));
+    let back = decode("tether-bb", &format!("tether-bb.{topic}.{origin}"), &again);
+    assert_eq!(back.ok(), Some((topic, origin, entries)));
+}

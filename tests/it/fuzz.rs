@@ -37,7 +37,7 @@ type Body = fn(&[u8]);
 
 /// Every target, by the name of its file in `fuzz/fuzz_targets/` and its corpus, with
 /// the function it calls.
-const TARGETS: [(&str, Body); 14] = [
+const TARGETS: [(&str, Body); 15] = [
     ("frames", protocol::fuzzing::frames),
     ("inflate", protocol::fuzzing::inflate),
     ("batch", protocol::fuzzing::batch),
@@ -52,6 +52,7 @@ const TARGETS: [(&str, Body); 14] = [
     ("store_records", protocol::fuzzing::store_records),
     ("enrollment", protocol::fuzzing::enrollment),
     ("bridge_message", protocol::fuzzing::bridge_message),
+    ("backbone_message", protocol::fuzzing::backbone_message),
 ];
 
 fn corpus(target: &str) -> PathBuf {
@@ -179,6 +180,11 @@ fn enrollment_corpus() {
 #[test]
 fn bridge_message_corpus() {
     replay("bridge_message");
+}
+
+#[test]
+fn backbone_message_corpus() {
+    replay("backbone_message");
 }
 
 #[test]
@@ -491,6 +497,25 @@ fn seeds_from_the_real_encoders_pass_their_targets() {
         "application",
         b"tether-in.a.b\nTether-Key: order-7\nTether-Header: kind=report\n\n{\"n\": 7}".to_vec(),
     );
+
+    // Backbone messages as a core publishes them: one origin's run of a batch each.
+    for (i, frame) in link_frames().iter().enumerate() {
+        let Frame::Batch(batch) = frame else { continue };
+        let entries = batch.clone().into_entries().unwrap();
+        let Some(origin) = entries.first().map(|e| e.id.origin.clone()) else {
+            continue;
+        };
+        let run: Vec<_> = entries
+            .into_iter()
+            .filter(|e| e.id.origin == origin)
+            .collect();
+        let mut message = format!("tether-bb.{}.{origin}\n", batch.topic).into_bytes();
+        message.extend(protocol::codec::encode(&protocol::wire::Batch::new(
+            batch.topic.clone(),
+            &run,
+        )));
+        add("backbone_message", &format!("run-{i}"), message);
+    }
 
     for (target, name, bytes) in &seeds {
         pass_and_write(target, name, bytes, write);

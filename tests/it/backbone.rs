@@ -488,6 +488,20 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
         );
     }
 
+    // Each core shows its backbone's mappings: `core-node bridge`.
+    let url = b.api.trim_end_matches("/api/v1");
+    let out = Command::new(crate::support::process::binary("core-node"))
+        .args(["bridge", "--url", url])
+        .env_remove("TETHER_HTTP__TOKEN")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("backbone: NEWS -> stream TETHER_BACKBONE (tether-bb.NEWS.*): running")
+            && shown.contains("backbone: stream TETHER_BACKBONE (tether-bb.NEWS.*) -> NEWS"),
+        "core-node bridge at core-b: {shown}"
+    );
+
     // The stream holds each entry once, in order per origin; an application's user
     // cannot publish there.
     let runtime = tests::runtime().unwrap();

@@ -417,26 +417,34 @@ fn print_bridge(bridge: &Value) {
         ),
     }
     for m in bridge["mappings"].as_array().into_iter().flatten() {
-        let way = match m["direction"].as_str() {
-            Some("out") => format!(
+        // `out` and `in` for the bridge, `backbone out` and `backbone in` between cores.
+        let direction = m["direction"].as_str().unwrap_or_default();
+        let out = direction.ends_with("out");
+        let via = if direction.starts_with("backbone") {
+            "backbone: "
+        } else {
+            ""
+        };
+        let way = match out {
+            true => format!(
                 "{} -> stream {} ({})",
                 s(&m["topic"]),
                 s(&m["stream"]),
                 s(&m["subjects"])
             ),
-            _ => format!(
+            false => format!(
                 "stream {} ({}) -> {}",
                 s(&m["stream"]),
                 s(&m["subjects"]),
                 s(&m["topic"])
             ),
         };
-        let lag = match m["direction"].as_str() {
-            Some("out") => format!(", {} waiting (oldest {} ms)", m["lag_entries"], m["lag_ms"]),
-            _ => format!(", {} refused", m["refused"]),
+        let lag = match out {
+            true => format!(", {} waiting (oldest {} ms)", m["lag_entries"], m["lag_ms"]),
+            false => format!(", {} refused", m["refused"]),
         };
         outln!(
-            "{way}: {}, {} carried{lag}{}",
+            "{via}{way}: {}, {} carried{lag}{}",
             s(&m["state"]),
             m["carried"],
             m["last_error"]

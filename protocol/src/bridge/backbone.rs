@@ -285,7 +285,10 @@ pub(super) async fn run_out(
                 .read(name, *read, READ_BATCH)
                 .map_err(|e| format!("reading {name}: {e}"))?;
             let Some(last) = records.last() else {
-                report.update(name.as_str(), |m| m.lag_entries = 0);
+                report.update(name.as_str(), |m| {
+                    m.lag_entries = 0;
+                    m.lag_ms = 0;
+                });
                 continue;
             };
             let next = Offset(last.offset.0 + 1);
@@ -313,9 +316,20 @@ pub(super) async fn run_out(
             let lag = store
                 .topic(name)
                 .map_or(0, |t| t.next.0.saturating_sub(next.0));
+            let lag_ms = match lag {
+                0 => 0,
+                _ => store
+                    .read(name, next, 1)
+                    .ok()
+                    .and_then(|r| r.first().map(|r| r.entry.timestamp.0))
+                    .map_or(0, |at| {
+                        super::millis(std::time::SystemTime::now()).saturating_sub(at)
+                    }),
+            };
             report.update(name.as_str(), |m| {
                 m.carried += carried;
                 m.lag_entries = lag;
+                m.lag_ms = lag_ms;
             });
         }
         if !moved {

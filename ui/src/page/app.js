@@ -843,13 +843,16 @@
             h('div', { class: 'error-text', dataset: { field: 'error' }, hidden: true })));
       }
       setAttr(row, 'data-state', m.state);
-      setText(row.querySelector('[data-field="way"]'), m.direction === 'out'
-        ? m.topic + ' → ' + m.stream : m.stream + ' → ' + m.topic);
+      // `out` and `in` for the bridge, `backbone out` and `backbone in` between cores.
+      const out = m.direction.endsWith('out');
+      const via = m.direction.startsWith('backbone') ? 'backbone: ' : '';
+      setText(row.querySelector('[data-field="way"]'), via + (out
+        ? m.topic + ' → ' + m.stream : m.stream + ' → ' + m.topic));
       setPill(row.querySelector('[data-field="state"]'), m.state);
       setText(row.querySelector('[data-field="subjects"]'), m.subjects);
       setText(row.querySelector('[data-counter="carried"]'), fmtCount(m.carried));
-      setAttr(row.querySelector('[data-field="lag"]'), 'data-lag', m.direction === 'out' ? String(m.lag_entries) : null);
-      setText(row.querySelector('[data-field="lag"]'), m.direction === 'out'
+      setAttr(row.querySelector('[data-field="lag"]'), 'data-lag', out ? String(m.lag_entries) : null);
+      setText(row.querySelector('[data-field="lag"]'), out
         ? fmtCount(m.lag_entries) + ' waiting' + (m.lag_entries ? ' (oldest ' + fmtDuration(m.lag_ms) + ')' : '')
         : fmtCount(m.refused) + ' refused');
       const err = row.querySelector('[data-field="error"]');

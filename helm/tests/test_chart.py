@@ -198,6 +198,28 @@ SCENARIOS = {
         ),
         "bravo",
     ),
+    # HQ on two machines: two cores of one release on a NATS backbone.
+    "core-backbone": (
+        deep_merge(
+            preset("core"),
+            {
+                "cores": 2,
+                "bridge": {
+                    "urls": ["nats://nats-1.nats:4222", "nats://nats-2.nats:4222"],
+                    "backbone": True,
+                    "replicas": 3,
+                    "user": "core",
+                    "credentialsSecret": {"name": "tether-hq-nats", "passwordKey": "password"},
+                },
+            },
+        ),
+        "hq",
+    ),
+    # An edge of that HQ: it fails over to the second core.
+    "edge-failover": (
+        deep_merge(preset("edge"), {"link": {"coreName": "hq-0", "failover": ["hq-1@hq-1.example.org:7000"]}}),
+        "alpha",
+    ),
     # The lab's opt-out: no token at all.
     "insecure": (
         deep_merge(preset("edge"), {"http": {"insecureNoToken": True}, "metrics": {"serviceMonitor": {"enabled": True}}}),
@@ -295,7 +317,11 @@ def check_workload(name, values, objects, notes, release):
         return None
     spec = sts["spec"]
     pod = spec["template"]["spec"]
-    R.check(spec["replicas"] == 1, f"{name}: the StatefulSet runs one replica (the store is single-writer)")
+    cores = values.get("cores", 1)
+    R.check(
+        spec["replicas"] == cores,
+        f"{name}: the StatefulSet runs {cores} pod(s), each a node of its own (the store is single-writer)",
+    )
     containers = pod["containers"]
     R.check(len(containers) == 1, f"{name}: one container")
     c = containers[0]
@@ -368,8 +394,23 @@ def check_workload(name, values, objects, notes, release):
             ref = get(container_env, var, "valueFrom", "secretKeyRef")
             want = {"name": creds["name"], "key": creds[key]} if creds.get(key) else None
             R.check(ref == want, f"{name}: {var} comes from {want}, not {ref}")
+        R.check(
+            b.get("backbone", False) == bool(bridge.get("backbone")),
+            f"{name}: [bridge] backbone is the values' {bridge.get('backbone')}: {b}",
+        )
     else:
         R.check("bridge" not in config, f"{name}: no [bridge] without bridge.urls")
+    # Several cores: each pod is named after its ordinal.
+    container_env = {e["name"]: e for e in c.get("env", [])}
+    if cores > 1:
+        R.check(
+            get(container_env, "TETHER_POD_INDEX", "valueFrom", "fieldRef", "fieldPath")
+            == "metadata.labels['apps.kubernetes.io/pod-index']"
+            and get(container_env, "TETHER_NODE__NAME", "value") == f"{node_name}-$(TETHER_POD_INDEX)",
+            f"{name}: each core is named {node_name}-<ordinal> from its pod's index: {container_env}",
+        )
+    else:
+        R.check("TETHER_NODE__NAME" not in container_env, f"{name}: one node keeps the config's name")
     link = config["link"]
     R.check(link["demo_certs"] is False, f"{name}: demo_certs is false")
     link_defaults = yaml.safe_load((CHART / "values.yaml").read_text())["link"]
@@ -404,7 +445,10 @@ def check_workload(name, values, objects, notes, release):
     )
     if sources and all(sources):
         paths = sorted(i["path"] for src in sources for i in src.get("items", []))
-        wanted = [CA_CERT_FILE, f"{node_name}.pem", f"{node_name}.key"]
+        if cores > 1:
+            wanted = [CA_CERT_FILE] + [f"{node_name}-{i}.{ext}" for i in range(cores) for ext in ("pem", "key")]
+        else:
+            wanted = [CA_CERT_FILE, f"{node_name}.pem", f"{node_name}.key"]
         ca_key = get(values, "certificates", "enrollment", "caKeySecret")
         if ca_key:
             wanted.append("ca.key")
@@ -429,6 +473,8 @@ def check_workload(name, values, objects, notes, release):
             link.get("core") == values["link"]["core"] and "listen" not in link and "edges" not in link,
             f"{name}: an edge's link has core = {values['link']['core']!r} and no core keys: {link}",
         )
+        failover = get(values, "link", "failover") or []
+        R.check(link.get("failover") == failover, f"{name}: link.failover is the values' {failover}: {link}")
 
     # Probes, resources, security, the drain.
     for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -450,14 +496,25 @@ def check_workload(name, values, objects, notes, release):
     # Services: they select the pod; the core has a UDP one, an edge none.
     pod_labels = spec["template"]["metadata"]["labels"]
     services = by_kind(objects, "Service")
+    pods = [f"{sts['metadata']['name']}-{i}" for i in range(cores)]
     for svc in services:
-        selector = svc["spec"]["selector"]
+        selector = dict(svc["spec"]["selector"])
+        # A core's own QUIC Service (several cores) picks its pod by name too.
+        pod_name = selector.pop("statefulset.kubernetes.io/pod-name", pods[0])
         R.check(
-            selector.items() <= pod_labels.items(),
+            selector.items() <= pod_labels.items() and pod_name in pods,
             f"{name}: Service {svc['metadata']['name']} selects the pod",
         )
     udp = [s for s in services if any(p.get("protocol") == "UDP" for p in s["spec"]["ports"])]
-    if role == "core":
+    if role == "core" and cores > 1:
+        # One QUIC Service per core, each selecting its pod alone.
+        want = sorted(f"{sts['metadata']['name']}-{i}" for i in range(cores))
+        got = {s["metadata"]["name"]: s["spec"]["selector"].get("statefulset.kubernetes.io/pod-name") for s in udp}
+        R.check(
+            len(udp) == cores and sorted(got.values()) == want,
+            f"{name}: one QUIC Service per core, each for its pod: {got}",
+        )
+    elif role == "core":
         svc_type = get(values, "link", "service", "type") or "ClusterIP"
         R.check(len(udp) == 1, f"{name}: one UDP Service for QUIC at the core")
         if udp:
@@ -619,7 +676,11 @@ def check_tokens(name, values, objects, notes):
     resolved = {}
     for var, entry in env.items():
         if "value" in entry:
-            resolved[var] = entry["value"]
+            # Kubernetes expands $(VAR) from the variables before it.
+            resolved[var] = re.sub(r"\$\(([A-Za-z0-9_]+)\)", lambda m: resolved.get(m.group(1), m.group(0)), entry["value"])
+            continue
+        if get(entry, "valueFrom", "fieldRef", "fieldPath") == "metadata.labels['apps.kubernetes.io/pod-index']":
+            resolved[var] = "0"  # The first pod's.
             continue
         ref = get(entry, "valueFrom", "secretKeyRef")
         if ref is None:
@@ -934,6 +995,10 @@ def bad_cases():
         ("a token Secret name that is no Secret name", deep_merge(core, {"http": {"tokenSecret": {"name": "Tether API"}}}), "hq", ["at '/http/tokenSecret/name': 'Tether API' does not match pattern"]),
         ("a misspelt NetworkPolicy peer", deep_merge(core, {"networkPolicy": {"http": {"from": [{"namespaceSelecter": {}}]}}}), "hq", ["at '/networkPolicy/http/from/0'", "additional properties 'namespaceSelecter' not allowed"]),
         ("an empty NetworkPolicy peer", deep_merge(core, {"networkPolicy": {"http": {"prometheus": [{}]}}}), "hq", ["at '/networkPolicy/http/prometheus/0': minProperties"]),
+        ("several cores without a backbone", deep_merge(core, {"cores": 2}), "hq", ["cores: 2 cores of one HQ share their entries through NATS", "bridge.backbone=true"]),
+        ("several edges in one release", deep_merge(edge, {"cores": 2}), "alpha", ["cores: an edge is one node"]),
+        ("several cores with cert-manager", deep_merge(core, {"cores": 2, "bridge": {"urls": ["nats://n:4222"], "backbone": True}, "certificates": {"existingSecret": "", "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}), "hq", ["certificates come from certificates.existingSecret"]),
+        ("a failover core without a name", deep_merge(edge, {"link": {"failover": ["hq-1.example.org:7000"]}}), "alpha", ["at '/link/failover/0'", "does not match pattern"]),
         ("an edge whose release name is no node name", {"role": "edge", "link": {"core": "hq:7000"}, "certificates": {"existingSecret": "x"}}, "edge.one", ["node.name: the release name \"edge.one\" is not a node name"]),
     ]
 

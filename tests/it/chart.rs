@@ -43,6 +43,8 @@ const RENDERED: &[(&str, &str)] = &[
     ("core-enrolls", "core-node"),
     ("edge-full", "edge-node"),
     ("insecure", "edge-node"),
+    ("core-backbone", "core-node"),
+    ("edge-failover", "edge-node"),
 ];
 
 /// The scenario that opts out of the token (`http.insecureNoToken`).
@@ -125,6 +127,23 @@ fn the_rendered_configs_run_the_real_nodes() {
             String::from_utf8_lossy(&printed.stderr)
         );
         let insecure = *name == INSECURE;
+        // Each pod of a release with several cores is a core of its own (the first: hq-0),
+        // on the backbone; an edge of theirs lists the other to fail over to.
+        if *name == "core-backbone" {
+            for key in ["name = \"hq-0\"", "backbone = true", "replicas = 3"] {
+                assert!(
+                    text.contains(key),
+                    "{name}.toml as loaded lacks {key}:\n{text}"
+                );
+            }
+        }
+        if *name == "edge-failover" {
+            let key = r#"failover = ["hq-1@hq-1.example.org:7000"]"#;
+            assert!(
+                text.contains(key),
+                "{name}.toml as loaded lacks {key}:\n{text}"
+            );
+        }
         if *name == "core-full" {
             assert!(
                 text.contains(r#"download_allow = ["10.20.0.0/16", "fd00::/8"]"#),

@@ -58,6 +58,8 @@ allowance_bytes = {{ include "tether.toml" .Values.link.allowanceBytes }}
 core = {{ include "tether.str" (include "tether.linkCore" .) }}
 # The core's node name: the certificate the core presents must name it.
 core_name = {{ include "tether.str" .Values.link.coreName }}
+# The HQ's other cores, dialed in turn when the one in use stops answering.
+failover = [{{ range $i, $c := .Values.link.failover }}{{ if $i }}, {{ end }}{{ include "tether.str" $c }}{{ end }}]
 {{- end }}
 # This node's certificate and key ({{ $name }}.pem, {{ $name }}.key) and the mission CA's
 # certificate (ca.pem).
@@ -148,6 +150,13 @@ user = {{ include "tether.str" .user }}
 {{- if .name }}
 # The password or token: never in this file; from Secret {{ .name }} in the environment.
 {{- end }}
+{{- end }}
+{{- if .backbone }}
+# The HQ's cores share their entries and fleet decisions through these streams, and a
+# core acknowledges an edge's entries only once JetStream holds them.
+backbone = true
+backbone_stream = {{ include "tether.str" .backboneStream }}
+backbone_prefix = {{ include "tether.str" .backbonePrefix }}
 {{- end }}
 {{- end }}
 {{- end }}

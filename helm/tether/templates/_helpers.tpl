@@ -259,3 +259,23 @@ lookup: helm/tests/test_chart.py answers it from a made-up cluster to check all 
 {{- $readToken := get $data "read-token" | default (randAlphaNum 32 | b64enc) }}
 {{- dict "token" $token "read-token" $readToken | toJson }}
 {{- end }}
+
+{{/*
+How many cores this release runs (`cores`), checked: more than one only for a core on a
+backbone, with certificates from a Secret named per core.
+*/}}
+{{- define "tether.cores" -}}
+{{- $n := int (default 1 .Values.cores) }}
+{{- if gt $n 1 }}
+{{- if ne (include "tether.role" .) "core" }}
+{{- fail "cores: an edge is one node; cores > 1 runs several cores of one HQ" }}
+{{- else if not (and .Values.bridge.backbone .Values.bridge.urls) }}
+{{- fail (printf "cores: %d cores of one HQ share their entries through NATS: set bridge.urls and bridge.backbone=true" $n) }}
+{{- else if .Values.certificates.certManager.enabled }}
+{{- fail "cores: with several cores, certificates come from certificates.existingSecret (one <node name>-<ordinal>.pem and .key per core); cert-manager issues one certificate" }}
+{{- else if or .Values.certificates.keys.cert .Values.certificates.keys.key }}
+{{- fail "cores: with several cores, each core's files are <node name>-<ordinal>.pem and .key in the Secret: leave certificates.keys.cert and .key empty" }}
+{{- end }}
+{{- end }}
+{{- $n }}
+{{- end }}

@@ -208,8 +208,8 @@ SCENARIOS = {
                     "urls": ["nats://nats-1.nats:4222", "nats://nats-2.nats:4222"],
                     "backbone": True,
                     "replicas": 3,
-                    "user": "core",
-                    "credentialsSecret": {"name": "tether-hq-nats", "passwordKey": "password"},
+                    "credentialsSecret": {"name": "tether-hq-nats", "credsKey": "core.creds"},
+                    "tlsSecret": {"name": "tether-hq-nats-tls", "certKey": "tls.crt", "keyKey": "tls.key"},
                 },
             },
         ),
@@ -394,6 +394,38 @@ def check_workload(name, values, objects, notes, release):
             ref = get(container_env, var, "valueFrom", "secretKeyRef")
             want = {"name": creds["name"], "key": creds[key]} if creds.get(key) else None
             R.check(ref == want, f"{name}: {var} comes from {want}, not {ref}")
+        # Credentials and TLS as files: each from its Secret, where the config says.
+        projected = [
+            src["secret"]
+            for src in get(volumes, "nats", "projected", "sources", default=[]) or []
+            if "secret" in src
+        ]
+        files = {
+            f"/etc/tether/nats/{i['path']}": (src["name"], i["key"]) for src in projected for i in src.get("items", [])
+        }
+        tls = bridge.get("tlsSecret") or {}
+        wanted_files = {}
+        for config_key, secret, key in (
+            ("nkey_seed_file", creds.get("name"), creds.get("nkeySeedKey")),
+            ("creds_file", creds.get("name"), creds.get("credsKey")),
+            ("tls_ca_file", tls.get("name"), tls.get("caKey", "ca.crt") if tls.get("name") else None),
+            ("tls_cert_file", tls.get("name"), tls.get("certKey")),
+            ("tls_key_file", tls.get("name"), tls.get("keyKey")),
+        ):
+            if secret and key:
+                wanted_files[b.get(config_key)] = (secret, key)
+            else:
+                R.check(config_key not in b, f"{name}: no {config_key} without its Secret key: {b}")
+        R.check(
+            None not in wanted_files and files == wanted_files,
+            f"{name}: the NATS files {sorted(wanted_files)} are mounted from their Secrets: {files}",
+        )
+        if files:
+            R.check(
+                get(mounts, "/etc/tether/nats", "readOnly") is True
+                and get(volumes, "nats", "projected", "defaultMode", default=0o644) & 0o007 == 0,
+                f"{name}: the NATS files are a read-only mount no other user reads",
+            )
         R.check(
             b.get("backbone", False) == bool(bridge.get("backbone")),
             f"{name}: [bridge] backbone is the values' {bridge.get('backbone')}: {b}",
@@ -995,6 +1027,8 @@ def bad_cases():
         ("a token Secret name that is no Secret name", deep_merge(core, {"http": {"tokenSecret": {"name": "Tether API"}}}), "hq", ["at '/http/tokenSecret/name': 'Tether API' does not match pattern"]),
         ("a misspelt NetworkPolicy peer", deep_merge(core, {"networkPolicy": {"http": {"from": [{"namespaceSelecter": {}}]}}}), "hq", ["at '/networkPolicy/http/from/0'", "additional properties 'namespaceSelecter' not allowed"]),
         ("an empty NetworkPolicy peer", deep_merge(core, {"networkPolicy": {"http": {"prometheus": [{}]}}}), "hq", ["at '/networkPolicy/http/prometheus/0': minProperties"]),
+        ("two kinds of NATS credentials", deep_merge(core, {"bridge": {"urls": ["nats://n:4222"], "user": "u", "credentialsSecret": {"name": "s", "passwordKey": "p", "credsKey": "c"}}}), "hq", ["set one kind of NATS credentials"]),
+        ("a NATS client certificate without its key", deep_merge(core, {"bridge": {"urls": ["nats://n:4222"], "tlsSecret": {"name": "t", "certKey": "tls.crt"}}}), "hq", ["certKey and keyKey go together"]),
         ("several cores without a backbone", deep_merge(core, {"cores": 2}), "hq", ["cores: 2 cores of one HQ share their entries through NATS", "bridge.backbone=true"]),
         ("several edges in one release", deep_merge(edge, {"cores": 2}), "alpha", ["cores: an edge is one node"]),
         ("several cores with cert-manager", deep_merge(core, {"cores": 2, "bridge": {"urls": ["nats://n:4222"], "backbone": True}, "certificates": {"existingSecret": "", "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}), "hq", ["certificates come from certificates.existingSecret"]),

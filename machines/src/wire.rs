@@ -742,6 +742,40 @@ mod tests {
     }
 
     #[test]
+    fn large_entries_cross_the_compressed_stream_whole() {
+        let mut deflate = Deflate::new(3).unwrap();
+        let mut inflate = Inflate::new().unwrap();
+        for (i, size) in [1_000usize, 100_000, 300_000, 700_000, 1 << 20]
+            .into_iter()
+            .enumerate()
+        {
+            let frame = Frame::Batch(Batch::new(
+                topic(),
+                &[entry(
+                    "hq",
+                    i as u64 + 1,
+                    1_700_000_000_000,
+                    &vec![b'x'; size],
+                )],
+            ));
+            let mut out = Vec::new();
+            deflate.write(&frame, &mut out).unwrap();
+            deflate.flush(&mut out).unwrap();
+            // As QUIC hands it over: in pieces, the frame asked for after each.
+            let mut got = None;
+            for piece in out.chunks(7) {
+                inflate.push(piece);
+                if let Some(frame) = inflate.next_frame().unwrap() {
+                    assert!(got.is_none(), "one frame");
+                    got = Some(frame);
+                }
+            }
+            assert_eq!(got, Some(frame), "an entry of {size} bytes");
+            assert_eq!(inflate.next_frame().unwrap(), None);
+        }
+    }
+
+    #[test]
     fn a_released_stream_goes_on_in_a_new_zstd_frame_and_both_ends_hold_nothing_between() {
         let mut deflate = Deflate::new(1).unwrap();
         let mut inflate = Inflate::new().unwrap();

@@ -115,7 +115,10 @@ impl EdgeDoc {
     /// release of the latest news stands. Returns whether anything changed.
     fn merge(&mut self, theirs: EdgeDoc) -> bool {
         let before = self.clone();
-        if theirs.listed_ms.unwrap_or(0) > self.listed_ms.unwrap_or(0) {
+        // Equal times: the removal wins, so that every core ends with the same decision.
+        let newer = (theirs.listed_ms.unwrap_or(0), theirs.listed != Some(true))
+            > (self.listed_ms.unwrap_or(0), self.listed != Some(true));
+        if newer {
             self.listed = theirs.listed;
             self.listed_ms = theirs.listed_ms;
             self.forgotten_ms = theirs.forgotten_ms;
@@ -341,21 +344,26 @@ impl Edges {
     async fn merge(&self, name: &NodeName, theirs: EdgeDoc) {
         let _changing = self.0.changing.lock().await;
         let mut doc = self.doc(name);
+        let revoked = |d: &EdgeDoc| {
+            d.certificates
+                .iter()
+                .filter(|c| c.revoked_ms.is_some())
+                .count()
+        };
+        let revoked_before = revoked(&doc);
+        let admitted_before = self.listing(name, &doc).admitted();
         if !doc.merge(theirs) {
             return;
         }
-        let revoked = doc
-            .certificates
-            .iter()
-            .filter(|c| c.revoked_ms.is_some())
-            .count();
         if let Err(err) = self.store_doc(name, doc.clone()).await {
             tracing::error!(edge = %name, %err, "cannot record another core's decision about an edge");
             return;
         }
         let admitted = self.listing(name, &doc).admitted();
-        tracing::info!(edge = %name, admitted, revoked, "took in another core's decision about an edge");
-        if revoked > 0
+        let newly_revoked = revoked(&doc).saturating_sub(revoked_before);
+        tracing::info!(edge = %name, admitted, newly_revoked, "took in another core's decision about an edge");
+        // Only a new revocation, or a removal, closes the edge's link here.
+        if newly_revoked > 0
             && self.close(
                 name,
                 CloseCode::Revoked,
@@ -363,7 +371,7 @@ impl Edges {
             )
         {
             tracing::warn!(edge = %name, "edge revoked at another core: its link here is closed");
-        } else if !admitted {
+        } else if admitted_before && !admitted {
             self.close(
                 name,
                 CloseCode::NotAllowed,
@@ -770,5 +778,20 @@ mod tests {
         assert_eq!(ab.last_seen_ms, Some(120));
         // Merging again changes nothing: the cores stop sending it back and forth.
         assert!(!ab.merge(ba));
+        // Two decisions at the same moment: the removal, whichever core merges.
+        let added = EdgeDoc {
+            listed: Some(true),
+            listed_ms: Some(500),
+            ..EdgeDoc::default()
+        };
+        let removed = EdgeDoc {
+            listed: Some(false),
+            listed_ms: Some(500),
+            ..EdgeDoc::default()
+        };
+        let (mut x, mut y) = (added.clone(), removed.clone());
+        x.merge(removed);
+        y.merge(added);
+        assert_eq!((x.listed, y.listed), (Some(false), Some(false)));
     }
 }

@@ -568,7 +568,8 @@ fn probe_every(down_for: Duration, rtt: Duration) -> Duration {
 pub type CoreToDial = (String, NodeName, Arc<PeerLink>);
 
 /// How long an edge that lists several cores waits for the one it dials to answer
-/// before it dials the next (at least eight round trips of its last session).
+/// before it dials the next: at least 32 round trips of its last session, as a handshake
+/// on the slowest radios (HF) has taken up to thirty.
 const FAILOVER_AFTER: Duration = Duration::from_secs(3);
 
 /// An edge's side: keeps a link to a core up, reconnecting after every loss, until the
@@ -586,7 +587,7 @@ pub async fn dial(local: Local, endpoint: quinn::Endpoint, cores: Vec<CoreToDial
         let Some((addr, core, link)) = cores.get(index % cores.len().max(1)) else {
             return;
         };
-        let give_up = (cores.len() > 1).then(|| FAILOVER_AFTER.max(rtt * 8));
+        let give_up = (cores.len() > 1).then(|| FAILOVER_AFTER.max(rtt * 32));
         match resolve(addr).await {
             // tls::connect logs a failure itself.
             Ok(resolved) => {
@@ -605,9 +606,6 @@ pub async fn dial(local: Local, endpoint: quinn::Endpoint, cores: Vec<CoreToDial
                         if refused_by_operator(&err) {
                             // Redialing soon will not help: the core's operator must act.
                             backoff = MAX_BACKOFF;
-                        } else if cores.len() > 1 {
-                            // The core went away: the next one at once.
-                            backoff = MIN_BACKOFF;
                         }
                     }
                     None if give_up.is_some() => {

@@ -27,6 +27,9 @@ const AFTER: usize = 200;
 /// Entries core-a appends itself.
 const CORE_A: usize = 100;
 
+/// Bytes of the one entry larger than a backbone message's part (512 KiB).
+const BIG: usize = 700_000;
+
 /// The cores' NATS user; applications get another, which may not publish on the
 /// backbone.
 const CORE_USER: (&str, &str) = ("core", "core-secret");
@@ -157,6 +160,7 @@ fn core(dir: &Path, name: &str, link: u16, urls: &[String]) -> Member {
             "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n\
              [link]\nlisten = \"127.0.0.1:{link}\"\nedges = [\"e1\", \"e2\", \"e3\", \"e4\"]\n\
              certs_dir = \"{}\"\ndemo_certs = true\nkeep_alive = \"1s\"\nidle_timeout = \"5s\"\n\
+             relay_rate = 0\nrelay_entries = 0\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [pipeline]\nstart_services = false\n\
              [bridge]\nurls = [{}]\nbackbone = true\nreplicas = 3\n\
@@ -404,6 +408,13 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
         }
         s.spawn(|| append(&a.api, CORE_A));
     });
+    // One entry larger than a NATS message, from e3 on core-b: it crosses in parts.
+    let answer = agent()
+        .post(&format!("{}/topics/NEWS/entries", apis[2]))
+        .header("content-type", "application/json")
+        .send(json!({ "payload": "x".repeat(BIG) }).to_string())
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 201, "the large entry at e3");
     cluster.kill(0);
     drop(a.process.take().map(Process::kill));
     let died = Instant::now();
@@ -430,7 +441,7 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
         ("core-a", CORE_A as u64),
         ("e1", per_edge + 20),
         ("e2", per_edge),
-        ("e3", per_edge),
+        ("e3", per_edge + 1),
     ];
     let complete = |api: &str| {
         held(api).is_some_and(|h| {
@@ -488,6 +499,26 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
         );
     }
 
+    // The large entry reached core-a, whole, through the backbone alone.
+    let mut large = None;
+    let mut from = 0;
+    while let Some(page) = get(&format!(
+        "{}/topics/NEWS/entries?from={from}&limit=1000",
+        a.api
+    )) {
+        let page = page.as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            break;
+        }
+        from += page.len();
+        large = large.or_else(|| {
+            page.iter()
+                .filter(|e| e["origin"] == "e3")
+                .find_map(|e| e["payload"].as_str().map(str::len).filter(|n| *n > 1000))
+        });
+    }
+    assert_eq!(large, Some(BIG), "e3's large entry at core-a");
+
     // Each core shows its backbone's mappings: `core-node bridge`.
     let url = b.api.trim_end_matches("/api/v1");
     let out = Command::new(crate::support::process::binary("core-node"))
@@ -516,19 +547,36 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
         assert_eq!(stream.cached_info().config.num_replicas, 3);
         let last = stream.get_info().await.unwrap().state.last_sequence;
         let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        // Runs in parts (`Tether-Part: i/n`), gathered by subject.
+        let mut parts: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut in_parts = 0;
         for seq in 1..=last {
             let message = stream.get_raw_message(seq).await.unwrap();
-            let (_, origin, entries) = protocol::bridge::backbone::decode(
-                "tether-bb",
-                message.subject.as_str(),
-                &message.payload,
-            )
-            .unwrap();
+            let subject = message.subject.to_string();
+            let payload = match message.headers.get("Tether-Part").map(|v| v.to_string()) {
+                None => message.payload.to_vec(),
+                Some(part) => {
+                    let (i, n) = part.split_once('/').unwrap();
+                    let gathered = parts.entry(subject.clone()).or_default();
+                    if i == "1" {
+                        gathered.clear();
+                    }
+                    gathered.extend_from_slice(&message.payload);
+                    if i != n {
+                        continue;
+                    }
+                    in_parts += 1;
+                    parts.remove(&subject).unwrap()
+                }
+            };
+            let (_, origin, entries) =
+                protocol::bridge::backbone::decode("tether-bb", &subject, &payload).unwrap();
             seen.entry(origin.to_string())
                 .or_default()
                 .extend(entries.iter().map(|e| e.id.seq.0));
         }
         seen.remove("e4");
+        assert_eq!(in_parts, 1, "the one large entry, in parts");
         assert_eq!(
             seen, expected,
             "the backbone stream, per origin in stream order"

@@ -147,8 +147,34 @@ duplicate_window = {{ include "tether.str" .duplicateWindow }}
 user = {{ include "tether.str" .user }}
 {{- end }}
 {{- with .credentialsSecret }}
-{{- if .name }}
+{{- $kinds := 0 }}
+{{- range (list .passwordKey .tokenKey .nkeySeedKey .credsKey) }}{{ if . }}{{ $kinds = add1 $kinds }}{{ end }}{{ end }}
+{{- if gt $kinds 1 }}
+{{- fail "bridge.credentialsSecret: set one kind of NATS credentials: passwordKey (with bridge.user), tokenKey, nkeySeedKey or credsKey" }}
+{{- end }}
+{{- if and .name (or .passwordKey .tokenKey) }}
 # The password or token: never in this file; from Secret {{ .name }} in the environment.
+{{- end }}
+{{- if and .name .nkeySeedKey }}
+# An NKey seed, from Secret {{ .name }}.
+nkey_seed_file = "/etc/tether/nats/nkey.seed"
+{{- end }}
+{{- if and .name .credsKey }}
+# A NATS credentials file (JWT and seed), from Secret {{ .name }}.
+creds_file = "/etc/tether/nats/nats.creds"
+{{- end }}
+{{- end }}
+{{- with .tlsSecret }}
+{{- if .name }}
+{{- if ne (empty .certKey) (empty .keyKey) }}
+{{- fail "bridge.tlsSecret: certKey and keyKey go together (this node's client certificate and its key)" }}
+{{- end }}
+# TLS to NATS, from Secret {{ .name }}: the servers' CA{{ if .certKey }}, this node's certificate and key{{ end }}.
+tls_ca_file = "/etc/tether/nats/ca.pem"
+{{- if .certKey }}
+tls_cert_file = "/etc/tether/nats/client.pem"
+tls_key_file = "/etc/tether/nats/client.key"
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if .backbone }}

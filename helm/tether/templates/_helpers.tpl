@@ -279,3 +279,43 @@ backbone, with certificates from a Secret named per core.
 {{- end }}
 {{- $n }}
 {{- end }}
+
+{{/*
+The projected sources of the NATS files (/etc/tether/nats): an NKey seed or credentials
+file, the servers' CA and this node's client certificate; empty when there are none.
+*/}}
+{{- define "tether.natsFiles" -}}
+{{- with .Values.bridge }}
+{{- if .urls }}
+{{- $c := .credentialsSecret }}
+{{- if and $c.name (or $c.nkeySeedKey $c.credsKey) }}
+- secret:
+    name: {{ $c.name }}
+    items:
+      {{- if $c.nkeySeedKey }}
+      - key: {{ $c.nkeySeedKey }}
+        path: nkey.seed
+      {{- end }}
+      {{- if $c.credsKey }}
+      - key: {{ $c.credsKey }}
+        path: nats.creds
+      {{- end }}
+{{- end }}
+{{- with .tlsSecret }}
+{{- if .name }}
+- secret:
+    name: {{ .name }}
+    items:
+      - key: {{ .caKey }}
+        path: ca.pem
+      {{- if .certKey }}
+      - key: {{ .certKey }}
+        path: client.pem
+      - key: {{ .keyKey }}
+        path: client.key
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

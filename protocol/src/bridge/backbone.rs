@@ -21,8 +21,9 @@
 //!   core, which ignores what it already holds.
 //! - **Fleet.** Each decision about an edge (listing, certificates and revocations,
 //!   release; `crate::edges`) is published as the edge's whole document on
-//!   `<backbone_prefix>-fleet.<edge>` in `<backbone_stream>_FLEET` (the last one per
-//!   edge kept). Every core merges the others' into its own: revocations and
+//!   `<backbone_prefix>-fleet.<edge>.<core>` in `<backbone_stream>_FLEET` (each core's
+//!   last one per edge kept, so that a core holding an old document cannot overwrite
+//!   another's decision). Every core merges the others' into its own: revocations and
 //!   certificates add up, the newest listing decision wins. A core publishes all its
 //!   documents again at each session, so a decision taken while NATS was away goes out.
 //!
@@ -59,6 +60,19 @@ const MAX_MESSAGE_ENTRIES: usize = 1024;
 /// Entry bytes in one backbone message at most (NATS refuses more than its
 /// `max_payload`, 1 MiB by default).
 const MAX_MESSAGE_BYTES: u64 = 256 << 10;
+
+/// A backbone message's payload at most: a larger one (one large entry) goes in parts,
+/// each within NATS's default `max_payload` (1 MiB).
+const MAX_PART_BYTES: usize = 512 << 10;
+
+/// Parts of one message at most (what the largest entry needs, with room).
+const MAX_PARTS: usize = 64;
+
+/// Runs in parts gathered at once on the way in, at most.
+const MAX_PARTIAL: usize = 16;
+
+/// The header of a part: `<i>/<n>`.
+const PART: &str = "Tether-Part";
 
 /// A fleet document larger than this is refused.
 const MAX_FLEET_DOC: usize = 64 << 10;
@@ -206,9 +220,15 @@ pub fn carried(store: &Store) -> Vec<TopicName> {
     store
         .topics()
         .into_iter()
-        .filter(|t| t.config.scope != Scope::Local && !t.config.name.is_system())
+        .filter(|t| carries(&t.config))
         .map(|t| t.config.name)
         .collect()
+}
+
+/// Whether the backbone carries a topic so defined (and so whether a core acknowledges
+/// an edge's entries of it only once the backbone holds them).
+pub fn carries(topic: &crate::entry::TopicConfig) -> bool {
+    topic.scope != Scope::Local && !topic.name.is_system()
 }
 
 /// A backbone message checked: its topic and origin from the subject, and its entries,
@@ -218,13 +238,7 @@ pub fn decode(
     subject: &str,
     payload: &[u8],
 ) -> Result<(TopicName, NodeName, Vec<Entry>), String> {
-    let rest = subject
-        .strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix('.'))
-        .ok_or("not a backbone subject")?;
-    let (topic, origin) = rest.rsplit_once('.').ok_or("the subject names no origin")?;
-    let topic = TopicName::new(topic.to_owned()).map_err(|e| e.to_string())?;
-    let origin = NodeName::new(origin.to_owned()).map_err(|e| e.to_string())?;
+    let (topic, origin) = names(prefix, subject)?;
     let batch: wire::Batch =
         crate::codec::decode(payload, "backbone message").map_err(|e| e.to_string())?;
     if batch.topic != topic {
@@ -242,6 +256,18 @@ pub fn decode(
         previous = entry.id.seq.0;
     }
     Ok((topic, origin, entries))
+}
+
+/// The topic and the origin a backbone subject names: `<prefix>.<topic>.<origin>`.
+fn names(prefix: &str, subject: &str) -> Result<(TopicName, NodeName), String> {
+    let rest = subject
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or("not a backbone subject")?;
+    let (topic, origin) = rest.rsplit_once('.').ok_or("the subject names no origin")?;
+    let topic = TopicName::new(topic.to_owned()).map_err(|e| e.to_string())?;
+    let origin = NodeName::new(origin.to_owned()).map_err(|e| e.to_string())?;
+    Ok((topic, origin))
 }
 
 /// The entries' stream, made when the settings say so.
@@ -387,25 +413,45 @@ async fn publish_run(
         let run = &rest[..count];
         let through = run.last().map_or(0, |e| e.id.seq.0);
         let payload = crate::codec::encode(&wire::Batch::new(topic.clone(), run));
-        let mut map = HeaderMap::new();
-        map.insert(headers::SEQ, through.to_string().as_str());
-        map.insert(CORE, backbone.0.node.as_str());
-        map.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            last.stream_seq.to_string().as_str(),
-        );
-        let sent = js
-            .publish_with_headers(subject.clone(), map, Bytes::from(payload))
-            .await
-            .map_err(|e| format!("publish to {subject}: {e}"))?
-            .await;
+        // A message larger than a part (one large entry) goes in parts, in a row on the
+        // subject; only the last carries the run's sequence, so a run cut off by a crash
+        // reads as not there and is sent again whole.
+        let parts: Vec<&[u8]> = payload.chunks(MAX_PART_BYTES).collect();
+        let mut after = last.stream_seq;
+        let mut sent = Ok(());
+        for (i, part) in parts.iter().enumerate() {
+            let mut map = HeaderMap::new();
+            let last_part = i + 1 == parts.len();
+            let seq = if last_part { through } else { last.tether_seq };
+            map.insert(headers::SEQ, seq.to_string().as_str());
+            map.insert(CORE, backbone.0.node.as_str());
+            if parts.len() > 1 {
+                map.insert(PART, format!("{}/{}", i + 1, parts.len()).as_str());
+            }
+            map.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                after.to_string().as_str(),
+            );
+            let ack = js
+                .publish_with_headers(subject.clone(), map, Bytes::copy_from_slice(part))
+                .await
+                .map_err(|e| format!("publish to {subject}: {e}"))?
+                .await;
+            match ack {
+                Ok(ack) => after = ack.sequence,
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
+            }
+        }
         match sent {
-            Ok(ack) => {
+            Ok(()) => {
                 backbone.learn(
                     topic,
                     origin,
                     Last {
-                        stream_seq: ack.sequence,
+                        stream_seq: after,
                         tether_seq: through,
                     },
                 );
@@ -428,6 +474,75 @@ async fn publish_run(
     }
 }
 
+/// A run of one message in parts, as it comes in.
+struct Parts {
+    /// The stream sequence of its first part: the position stays below it until the run
+    /// is whole.
+    first: u64,
+    /// The next part's number, and how many there are.
+    next: usize,
+    of: usize,
+    bytes: Vec<u8>,
+}
+
+/// What a message from the backbone stream adds to the runs in parts (`partial`, by
+/// subject): the whole payload when it is a message of its own or the last part of a
+/// run, else `None`. A part out of turn (a run cut off by a publisher's crash, sent
+/// again from its first part) drops what was gathered.
+fn assemble(
+    partial: &mut HashMap<String, Parts>,
+    subject: &str,
+    seq: u64,
+    part: Option<&str>,
+    payload: &[u8],
+) -> Result<Option<Vec<u8>>, String> {
+    let Some(part) = part else {
+        partial.remove(subject);
+        return Ok(Some(payload.to_vec()));
+    };
+    let (i, of) = part
+        .split_once('/')
+        .and_then(|(i, n)| {
+            Some((
+                i.trim().parse::<usize>().ok()?,
+                n.trim().parse::<usize>().ok()?,
+            ))
+        })
+        .filter(|(i, of)| (1..=*of).contains(i) && *of <= MAX_PARTS)
+        .ok_or_else(|| format!("a bad {PART} header {part:?}"))?;
+    if payload.len() > MAX_PART_BYTES {
+        return Err(format!("a part larger than {MAX_PART_BYTES} bytes"));
+    }
+    if i == 1 {
+        if partial.len() >= MAX_PARTIAL && !partial.contains_key(subject) {
+            return Err("too many runs in parts at once".into());
+        }
+        partial.insert(
+            subject.to_owned(),
+            Parts {
+                first: seq,
+                next: 1,
+                of,
+                bytes: Vec::new(),
+            },
+        );
+    }
+    let Some(run) = partial
+        .get_mut(subject)
+        .filter(|r| r.next == i && r.of == of)
+    else {
+        partial.remove(subject);
+        tracing::warn!(%subject, seq, part, "backbone: a part out of turn (a run cut off); waiting for it again from its first part");
+        return Ok(None);
+    };
+    run.bytes.extend_from_slice(payload);
+    run.next += 1;
+    if i < of {
+        return Ok(None);
+    }
+    Ok(partial.remove(subject).map(|r| r.bytes))
+}
+
 /// One session of the way in: the whole stream, from the stored position, inserted by
 /// identity with that position in the same transaction, acknowledged after.
 pub(super) async fn run_in(
@@ -445,6 +560,18 @@ pub(super) async fn run_in(
         .map_err(|e| e.to_string())?
         .and_then(|doc| doc.get("through").and_then(|v| v.as_u64()))
         .unwrap_or(0);
+    let last = stream
+        .get_info()
+        .await
+        .map_err(|e| format!("stream {}: {e}", settings.backbone_stream))?
+        .state
+        .last_sequence;
+    if position > last {
+        // The stream was made again (its sequences start over): read it all again; what
+        // this core holds already is ignored.
+        tracing::warn!(stream = %settings.backbone_stream, position, last, "backbone: the stream is behind this core's position (made again?): reading it from the start");
+        position = 0;
+    }
     let name = format!("backbone-{}", backbone.0.node);
     if let Err(e) = stream.delete_consumer(&name).await {
         tracing::debug!(consumer = %name, error = %e, "backbone: the consumer was not deleted");
@@ -470,6 +597,7 @@ pub(super) async fn run_in(
     for topic in &carried {
         report.update(topic.as_str(), |m| m.state = "running");
     }
+    let mut partial: HashMap<String, Parts> = HashMap::new();
     loop {
         let mut batch = consumer
             .fetch()
@@ -498,10 +626,52 @@ pub(super) async fn run_in(
                 continue; // Inserted before: delivered again.
             }
             through = through.max(seq);
+            let part = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(PART))
+                .map(|v| v.as_str().to_owned());
+            let whole = assemble(
+                &mut partial,
+                message.subject.as_str(),
+                seq,
+                part.as_deref(),
+                &message.payload,
+            );
+            let payload = match whole {
+                Ok(Some(payload)) => payload,
+                Ok(None) => {
+                    // A part: the last message on its subject for now, for this core's
+                    // own publishes there.
+                    let tether_seq = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(headers::SEQ))
+                        .and_then(|v| v.as_str().parse().ok());
+                    if let (Ok((topic, origin)), Some(tether_seq)) = (
+                        names(&settings.backbone_prefix, message.subject.as_str()),
+                        tether_seq,
+                    ) {
+                        backbone.learn(
+                            &topic,
+                            &origin,
+                            Last {
+                                stream_seq: seq,
+                                tether_seq,
+                            },
+                        );
+                    }
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(subject = %message.subject, seq, %why, "backbone: a message is refused");
+                    continue;
+                }
+            };
             let decoded = decode(
                 &settings.backbone_prefix,
                 message.subject.as_str(),
-                &message.payload,
+                &payload,
             )
             .and_then(|(topic, origin, entries)| {
                 if carried.contains(&topic) {
@@ -533,16 +703,28 @@ pub(super) async fn run_in(
                     slot.insert(vector.get(&origin).0)
                 }
             };
-            let fresh: Vec<Entry> = entries.into_iter().filter(|e| e.id.seq.0 > *slot).collect();
-            if let Some(first) = fresh.first() {
-                if first.id.seq.0 > *slot + 1 {
-                    // The stream lost them (its limits): recorded as a gap, never silent.
-                    tracing::warn!(%topic, %origin, from = *slot + 1, to = first.id.seq.0 - 1, "backbone: entries missing from the stream are recorded as a gap");
-                    txn.skip(&topic, &origin, Seq(first.id.seq.0 - 1));
+            // Runs of consecutive sequences, each after a skip of what is missing before
+            // it: the origin's own gaps (its disk budget), or what the stream lost (its
+            // limits). Recorded as gaps, never silent; the store takes nothing out of order.
+            let mut run: Vec<Entry> = Vec::new();
+            for entry in entries {
+                let seq = entry.id.seq.0;
+                if seq <= *slot {
+                    continue; // Held already.
                 }
-                *counts.entry(topic.clone()).or_default() += fresh.len() as u64;
-                *slot = last_seq;
-                txn.insert(&topic, fresh);
+                if seq > *slot + 1 {
+                    if !run.is_empty() {
+                        txn.insert(&topic, std::mem::take(&mut run));
+                    }
+                    tracing::warn!(%topic, %origin, from = *slot + 1, to = seq - 1, "backbone: entries that will never come are recorded as a gap");
+                    txn.skip(&topic, &origin, Seq(seq - 1));
+                }
+                *slot = seq;
+                *counts.entry(topic.clone()).or_default() += 1;
+                run.push(entry);
+            }
+            if !run.is_empty() {
+                txn.insert(&topic, run);
             }
             backbone.learn(
                 &topic,
@@ -552,6 +734,10 @@ pub(super) async fn run_in(
                     tether_seq: last_seq,
                 },
             );
+        }
+        // A run still in parts is read again from its first part after a restart.
+        if let Some(first) = partial.values().map(|r| r.first).min() {
+            through = through.min(first - 1);
         }
         if through > position {
             txn.put(
@@ -583,7 +769,9 @@ pub(super) async fn run_fleet(
 ) -> Result<Infallible, String> {
     let name = format!("{}_FLEET", settings.backbone_stream);
     let prefix = format!("{}-fleet", settings.backbone_prefix);
-    let subjects = format!("{prefix}.*");
+    // `<prefix>.<edge>.<core>`: each core's last document of each edge, kept, so that a
+    // core with an old document cannot overwrite another's newer decision.
+    let subjects = format!("{prefix}.*.*");
     let stream = if settings.create_streams {
         js.get_or_create_stream(jetstream::stream::Config {
             name: name.clone(),
@@ -633,16 +821,9 @@ pub(super) async fn run_fleet(
                     continue;
                 }
             };
-            let from = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(CORE))
-                .map(|v| v.as_str().to_owned());
-            if from.as_deref() == Some(backbone.0.node.as_str()) {
-                continue;
-            }
             match fleet_doc(&prefix, message.subject.as_str(), &message.payload) {
-                Ok((edge, doc)) => {
+                Ok((_, core, _)) if core == backbone.0.node => {}
+                Ok((edge, _, doc)) => {
                     if let Some(tx) = lock(&backbone.0.fleet_in).as_ref() {
                         let _ = tx.send((edge, doc));
                     }
@@ -670,7 +851,7 @@ async fn publish_fleet(
         let mut map = HeaderMap::new();
         map.insert(CORE, backbone.0.node.as_str());
         let payload = Bytes::from(doc.to_string());
-        js.publish_with_headers(format!("{prefix}.{edge}"), map, payload)
+        js.publish_with_headers(format!("{prefix}.{edge}.{}", backbone.0.node), map, payload)
             .await
             .map_err(|e| format!("publishing edge {edge}'s fleet document: {e}"))?
             .await
@@ -683,22 +864,25 @@ async fn publish_fleet(
     Ok(())
 }
 
-/// A fleet message checked: the edge its subject names, and its JSON document.
+/// A fleet message checked: the edge and the core its subject names
+/// (`<prefix>.<edge>.<core>`), and its JSON document.
 fn fleet_doc(
     prefix: &str,
     subject: &str,
     payload: &[u8],
-) -> Result<(NodeName, serde_json::Value), String> {
-    let edge = subject
+) -> Result<(NodeName, NodeName, serde_json::Value), String> {
+    let (edge, core) = subject
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.split_once('.'))
         .ok_or("not a fleet subject")?;
     let edge = NodeName::new(edge.to_owned()).map_err(|e| e.to_string())?;
+    let core = NodeName::new(core.to_owned()).map_err(|e| e.to_string())?;
     if payload.len() > MAX_FLEET_DOC {
         return Err(format!("larger than {MAX_FLEET_DOC} bytes"));
     }
     let doc = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
-    Ok((edge, doc))
+    Ok((edge, core, doc))
 }
 
 #[cfg(test)]
@@ -761,5 +945,62 @@ mod tests {
             let err = decode("tether-bb", subject, &payload).unwrap_err();
             assert!(err.contains(says), "{subject}: {err} (expected {says:?})");
         }
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_in_parts_is_whole_only_when_every_part_came_in_turn() {
+        let mut partial = HashMap::new();
+        let s = "tether-bb.NEWS.e1";
+        // A message of its own.
+        assert_eq!(
+            assemble(&mut partial, s, 1, None, b"one").unwrap(),
+            Some(b"one".to_vec())
+        );
+        // Parts 1 and 2 of 3, then a publisher's crash: part 1 of the run again.
+        assert_eq!(
+            assemble(&mut partial, s, 2, Some("1/3"), b"a").unwrap(),
+            None
+        );
+        assert_eq!(
+            assemble(&mut partial, s, 3, Some("2/3"), b"b").unwrap(),
+            None
+        );
+        assert_eq!(
+            partial[s].first, 2,
+            "the position stays below the run's first part"
+        );
+        assert_eq!(
+            assemble(&mut partial, s, 4, Some("1/3"), b"A").unwrap(),
+            None
+        );
+        assert_eq!(partial[s].first, 4);
+        assert_eq!(
+            assemble(&mut partial, s, 5, Some("2/3"), b"B").unwrap(),
+            None
+        );
+        assert_eq!(
+            assemble(&mut partial, s, 6, Some("3/3"), b"C").unwrap(),
+            Some(b"ABC".to_vec())
+        );
+        assert!(partial.is_empty());
+        // A part out of turn is dropped with what was gathered.
+        assert_eq!(
+            assemble(&mut partial, s, 7, Some("2/2"), b"x").unwrap(),
+            None
+        );
+        assert!(partial.is_empty());
+        for bad in ["0/2", "3/2", "1/x", "1", "1/1000"] {
+            assert!(
+                assemble(&mut partial, s, 8, Some(bad), b"x").is_err(),
+                "{bad}"
+            );
+        }
+        let big = vec![0; MAX_PART_BYTES + 1];
+        assert!(assemble(&mut partial, s, 9, Some("1/2"), &big).is_err());
     }
 }

@@ -220,7 +220,15 @@ impl RawBridge {
             defaults.backbone_prefix,
         )?;
         let backbone = self.backbone.unwrap_or(defaults.backbone);
+        if backbone && urls.is_empty() {
+            return Err(origins.invalid(
+                "bridge.backbone",
+                "the backbone is NATS JetStream: set bridge.urls to the cluster's servers",
+            ));
+        }
         if backbone {
+            check_stream_name(&format!("{backbone_stream}_FLEET"))
+                .map_err(|e| origins.invalid("bridge.backbone_stream", e))?;
             // The backbone's streams are written by every core: no other mapping's stream
             // may be one of them, and no prefix may take another's subjects.
             let fleet = format!("{backbone_stream}_FLEET");

@@ -224,7 +224,7 @@ pub struct BridgeSettings {
     /// its fleet decisions).
     pub backbone_stream: String,
     /// `backbone_prefix`: entries on `<backbone_prefix>.<topic>.<origin>`, fleet
-    /// decisions on `<backbone_prefix>-fleet.<edge>`.
+    /// decisions on `<backbone_prefix>-fleet.<edge>.<core>`.
     pub backbone_prefix: String,
 }
 

@@ -352,6 +352,10 @@ fn bad_bridge_keys_name_the_key() {
         load(Role::Edge, "[bridge]\nbackbone = true\n", &[]),
         &["bridge.backbone", "a core's key"],
     );
+    check_error(
+        load(Role::Core, "[bridge]\nbackbone = true\n", &[]),
+        &["bridge.backbone", "set bridge.urls"],
+    );
     let config = bridge("out = [\"NEWS\"]\nduplicate_window = \"5s\"").unwrap();
     assert!(config.bridge.enabled());
     assert_eq!(

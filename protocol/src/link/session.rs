@@ -156,12 +156,15 @@ async fn run(
 
     // Control writer: every frame for the control stream goes through one queue.
     let (control_tx, mut control_rx) = mpsc::channel::<Frame>(1024);
-    // At a core on a backbone, `backbone_haves` sends them, as far as the backbone holds.
-    let taken: Vec<TopicName> = intake.topics().to_vec();
-    if local.backbone.is_none() {
-        for topic in &taken {
-            let _ = control_tx.try_send(machine::have(topic.clone(), &store.vector(topic)?));
-        }
+    // At a core on a backbone, `backbone_haves` sends those of the topics it carries, as
+    // far as the backbone holds.
+    let (capped, plain): (Vec<TopicName>, Vec<TopicName>) = intake
+        .topics()
+        .iter()
+        .cloned()
+        .partition(|topic| capped_by_backbone(local, topic));
+    for topic in &plain {
+        let _ = control_tx.try_send(machine::have(topic.clone(), &store.vector(topic)?));
     }
     // Each loop is a task of its own, so that each is polled when its own event comes
     // and not whenever any other loop's does: with a thousand links, one broadcast wakes
@@ -201,7 +204,7 @@ async fn run(
     if let Some(backbone) = local.backbone.clone() {
         let (h, peer) = (at.clone(), peer.clone());
         loops.spawn(async move {
-            backbone_haves(&h.local.store, &backbone, &peer, &taken, &h.control).await
+            backbone_haves(&h.local.store, &backbone, &peer, &capped, &h.control).await
         });
     }
     let h = at.clone();
@@ -609,8 +612,8 @@ async fn receive_loop(
                 });
             }
             for topic in committed.acknowledge {
-                if local.backbone.is_some() {
-                    break; // `backbone_haves` acknowledges once the backbone holds them.
+                if capped_by_backbone(local, &topic) {
+                    continue; // `backbone_haves` acknowledges once the backbone holds them.
                 }
                 let have = machine::have(topic.clone(), &store.vector(&topic)?);
                 if control.send(have).await.is_err() {
@@ -624,6 +627,16 @@ async fn receive_loop(
         r = read => r,
         r = commit => r,
     }
+}
+
+/// Whether this node acknowledges a peer's entries of `topic` only as far as the HQ's
+/// backbone holds them: at a core on a backbone, for the topics the backbone carries.
+fn capped_by_backbone(local: &Local, topic: &TopicName) -> bool {
+    local.backbone.is_some()
+        && local
+            .store
+            .topic(topic)
+            .is_some_and(|t| crate::bridge::backbone::carries(&t.config))
 }
 
 /// At a core on the HQ's backbone: `Have` for each topic the peer sends, its own entries

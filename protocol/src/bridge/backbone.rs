@@ -474,6 +474,41 @@ async fn publish_run(
     }
 }
 
+/// Adds to `txn` the entries of `origin` in `topic` after `held` (which it moves on), in
+/// runs of consecutive sequences, each after a skip of what is missing before it: the
+/// origin's own gaps (its disk budget), or what the stream lost (its limits). Recorded as
+/// gaps, never silent; the store takes nothing out of order. Returns how many it added.
+fn take_run(
+    txn: &mut Txn,
+    topic: &TopicName,
+    origin: &NodeName,
+    held: &mut u64,
+    entries: Vec<Entry>,
+) -> u64 {
+    let mut run: Vec<Entry> = Vec::new();
+    let mut taken = 0;
+    for entry in entries {
+        let seq = entry.id.seq.0;
+        if seq <= *held {
+            continue; // Held already.
+        }
+        if seq > *held + 1 {
+            if !run.is_empty() {
+                txn.insert(topic, std::mem::take(&mut run));
+            }
+            tracing::warn!(%topic, %origin, from = *held + 1, to = seq - 1, "backbone: entries that will never come are recorded as a gap");
+            txn.skip(topic, origin, Seq(seq - 1));
+        }
+        *held = seq;
+        taken += 1;
+        run.push(entry);
+    }
+    if !run.is_empty() {
+        txn.insert(topic, run);
+    }
+    taken
+}
+
 /// A run of one message in parts, as it comes in.
 struct Parts {
     /// The stream sequence of its first part: the position stays below it until the run
@@ -703,29 +738,8 @@ pub(super) async fn run_in(
                     slot.insert(vector.get(&origin).0)
                 }
             };
-            // Runs of consecutive sequences, each after a skip of what is missing before
-            // it: the origin's own gaps (its disk budget), or what the stream lost (its
-            // limits). Recorded as gaps, never silent; the store takes nothing out of order.
-            let mut run: Vec<Entry> = Vec::new();
-            for entry in entries {
-                let seq = entry.id.seq.0;
-                if seq <= *slot {
-                    continue; // Held already.
-                }
-                if seq > *slot + 1 {
-                    if !run.is_empty() {
-                        txn.insert(&topic, std::mem::take(&mut run));
-                    }
-                    tracing::warn!(%topic, %origin, from = *slot + 1, to = seq - 1, "backbone: entries that will never come are recorded as a gap");
-                    txn.skip(&topic, &origin, Seq(seq - 1));
-                }
-                *slot = seq;
-                *counts.entry(topic.clone()).or_default() += 1;
-                run.push(entry);
-            }
-            if !run.is_empty() {
-                txn.insert(&topic, run);
-            }
+            let taken = take_run(&mut txn, &topic, &origin, slot, entries);
+            *counts.entry(topic.clone()).or_default() += taken;
             backbone.learn(
                 &topic,
                 &origin,
@@ -951,6 +965,71 @@ mod tests {
 #[cfg(test)]
 mod parts_tests {
     use super::*;
+    use crate::entry::{EntryId, Timestamp, TopicConfig};
+    use crate::log::StoreConfig;
+
+    #[tokio::test]
+    async fn a_run_with_its_origins_gaps_is_taken_whole_with_the_gaps_recorded() {
+        let dir = tempfile_dir();
+        let store = Store::open(
+            &dir,
+            StoreConfig::new(NodeName::new("hq".to_owned()).unwrap()),
+        )
+        .unwrap();
+        let topic = TopicName::new("NEWS".to_owned()).unwrap();
+        store
+            .create_topic(TopicConfig {
+                name: topic.clone(),
+                scope: Scope::All,
+                retention: Default::default(),
+            })
+            .await
+            .unwrap();
+        let origin = NodeName::new("e1".to_owned()).unwrap();
+        let entry = |seq: u64| Entry {
+            id: EntryId {
+                origin: origin.clone(),
+                seq: Seq(seq),
+            },
+            timestamp: Timestamp(seq),
+            key: None,
+            to: None,
+            headers: Vec::new(),
+            payload: vec![seq as u8],
+        };
+        // Held through 2; the run brings 1 to 4 (1 and 2 again), then 7 and 8, then 10.
+        let mut txn = Txn::new();
+        txn.insert(&topic, vec![entry(1), entry(2)]);
+        store.commit(txn).await.unwrap();
+        let mut held = 2;
+        let mut txn = Txn::new();
+        let run = [1, 2, 3, 4, 7, 8, 10].map(entry).to_vec();
+        assert_eq!(take_run(&mut txn, &topic, &origin, &mut held, run), 5);
+        store.commit(txn).await.unwrap();
+        assert_eq!(held, 10);
+        assert_eq!(store.vector(&topic).unwrap().get(&origin), Seq(10));
+        let seqs: Vec<u64> = store
+            .read(&topic, crate::entry::Offset(0), 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.entry.id.seq.0)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 7, 8, 10]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tether-backbone-take-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     #[test]
     fn a_run_in_parts_is_whole_only_when_every_part_came_in_turn() {

@@ -48,6 +48,9 @@ pub mod fleet;
 /// The store table of the core's edges: one document per edge name.
 pub const EDGES_TABLE: &str = "_edges";
 
+/// How often a core with a backbone looks for its edges' links going up or down.
+const LINKED_EVERY: Duration = Duration::from_secs(1);
+
 /// Most certificates kept per edge that are not revoked (revoked ones are all kept:
 /// dropping one would admit it again). Each is about 200 bytes.
 const MAX_CERTIFICATES: usize = 8;
@@ -107,6 +110,31 @@ struct EdgeDoc {
     /// When and why it was released for staying away past its allowance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     released: Option<ReleasedDoc>,
+    /// The last link event of this edge that the HQ's cores know (with a backbone): which
+    /// core it linked to or left, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    linked: Option<LinkedDoc>,
+}
+
+/// An edge's link to a core of the HQ went up or down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkedDoc {
+    core: NodeName,
+    up: bool,
+    /// When that link came up (0: not known).
+    since_ms: u64,
+    /// When it went up or down.
+    at_ms: u64,
+}
+
+impl LinkedDoc {
+    /// Which of two events stands: the link that came up last, and of one link, its last
+    /// event. So a core that notices late that the edge left does not hide its link to
+    /// another core, and a core that died linked does not outlive the edge's later links.
+    fn order(&self) -> (u64, &NodeName, u64, bool) {
+        (self.since_ms, &self.core, self.at_ms, self.up)
+    }
 }
 
 impl EdgeDoc {
@@ -132,6 +160,10 @@ impl EdgeDoc {
             self.released = theirs.released.clone();
         }
         self.last_seen_ms = self.last_seen_ms.max(theirs.last_seen_ms);
+        if theirs.linked.as_ref().map(LinkedDoc::order) > self.linked.as_ref().map(LinkedDoc::order)
+        {
+            self.linked = theirs.linked.clone();
+        }
         for cert in theirs.certificates {
             match self
                 .certificates
@@ -222,6 +254,9 @@ pub struct EdgeStatus {
     pub released: Option<(SystemTime, String)>,
     /// The certificates it presented, oldest first.
     pub certificates: Vec<EdgeCertificate>,
+    /// Another core of the HQ it is linked to now, as far as this core knows (the
+    /// backbone's fleet documents).
+    pub elsewhere: Option<NodeName>,
 }
 
 /// A certificate an edge presented.
@@ -326,6 +361,29 @@ impl Edges {
         if self.0.backbone.set(backbone).is_err() {
             return;
         }
+        // Each edge's link here going up or down, for the other cores' fleet tables.
+        let edges = self.clone();
+        tokio::spawn(async move {
+            // Per edge: whether its link here is up, and since when.
+            let mut known: BTreeMap<NodeName, (bool, u64)> = BTreeMap::new();
+            loop {
+                for status in edges.0.links.status() {
+                    let before = known.get(&status.peer).copied();
+                    if before.map(|(up, _)| up) == Some(status.connected) {
+                        continue;
+                    }
+                    let since = match status.connected {
+                        true => millis(status.since),
+                        false => before.map_or(0, |(_, since)| since),
+                    };
+                    known.insert(status.peer.clone(), (status.connected, since));
+                    edges
+                        .linked_here(&status.peer, status.connected, since)
+                        .await;
+                }
+                tokio::time::sleep(LINKED_EVERY).await;
+            }
+        });
         let edges = self.clone();
         tokio::spawn(async move {
             while let Some((name, value)) = updates.recv().await {
@@ -337,6 +395,35 @@ impl Edges {
                 }
             }
         });
+    }
+
+    /// This core's name (`None`: no store, in tests).
+    fn own(&self) -> Option<&NodeName> {
+        self.0.store.as_ref().map(|s| s.node())
+    }
+
+    /// Records that `name`'s link here, up since `since_ms`, went `up` or down, and
+    /// shares it with the HQ's other cores (see [`LinkedDoc::order`] for which event
+    /// stands).
+    async fn linked_here(&self, name: &NodeName, up: bool, since_ms: u64) {
+        let Some(own) = self.own().cloned() else {
+            return;
+        };
+        let _changing = self.0.changing.lock().await;
+        let mut doc = self.doc(name);
+        let event = LinkedDoc {
+            core: own,
+            up,
+            since_ms,
+            at_ms: millis(SystemTime::now()),
+        };
+        if doc.linked.as_ref().map(LinkedDoc::order) >= Some(event.order()) {
+            return;
+        }
+        doc.linked = Some(event);
+        if let Err(err) = self.save(name, doc).await {
+            tracing::warn!(edge = %name, %err, "cannot record the edge's link for the other cores");
+        }
     }
 
     /// Takes in another core's document of `name` (see [`EdgeDoc::merge`]); a
@@ -410,6 +497,10 @@ impl Edges {
                 doc.last_seen_ms.map(time).max(left)
             },
             released: doc.released.map(|r| (time(r.at_ms), r.why)),
+            elsewhere: doc
+                .linked
+                .filter(|l| l.up && !connected && Some(&l.core) != self.own())
+                .map(|l| l.core),
             certificates: doc
                 .certificates
                 .iter()
@@ -793,5 +884,34 @@ mod tests {
         x.merge(removed);
         y.merge(added);
         assert_eq!((x.listed, y.listed), (Some(false), Some(false)));
+
+        // Links: core-a notices late that the edge left (it came up there at 100), after
+        // the edge linked to core-b at 200: core-b's link stands, whichever merges first.
+        let linked = |core: &str, up: bool, since_ms: u64, at_ms: u64| EdgeDoc {
+            linked: Some(LinkedDoc {
+                core: NodeName::new(core).unwrap(),
+                up,
+                since_ms,
+                at_ms,
+            }),
+            ..EdgeDoc::default()
+        };
+        let (late_down, up_b) = (
+            linked("core-a", false, 100, 300),
+            linked("core-b", true, 200, 200),
+        );
+        let (mut x, mut y) = (late_down.clone(), up_b.clone());
+        x.merge(up_b.clone());
+        y.merge(late_down);
+        assert_eq!(
+            (x.linked.clone(), y.linked),
+            (up_b.linked.clone(), up_b.linked)
+        );
+        // And when it leaves core-b, that stands over core-a's old link.
+        x.merge(linked("core-b", false, 200, 400));
+        assert_eq!(
+            x.linked.map(|l| (l.core.to_string(), l.up)),
+            Some(("core-b".to_owned(), false))
+        );
     }
 }

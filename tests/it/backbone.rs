@@ -370,6 +370,33 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
     );
     assert!(!linked(&b.api, "e4"), "core-b admitted the revoked e4");
 
+    // Each core's fleet table shows the edges linked to the other core as there.
+    let at_core = |api: &str, edge: &str| {
+        get(&format!("{api}/fleet")).and_then(|f| {
+            f["edges"]
+                .as_array()?
+                .iter()
+                .find(|e| e["name"] == edge)
+                .map(|e| {
+                    (
+                        e["state"].as_str().map(str::to_owned),
+                        e["core"].as_str().map(str::to_owned),
+                    )
+                })
+        })
+    };
+    let elsewhere = |core: &str| (Some("elsewhere".to_owned()), Some(core.to_owned()));
+    wait_until(
+        "core-b's fleet table shows e1 and e2 at core-a, and core-a's shows e3 at core-b",
+        PATIENCE,
+        || {
+            at_core(&b.api, "e1") == Some(elsewhere("core-a"))
+                && at_core(&b.api, "e2") == Some(elsewhere("core-a"))
+                && at_core(&a.api, "e3") == Some(elsewhere("core-b"))
+        },
+        || format!("{:?} {:?}", at_core(&b.api, "e1"), at_core(&a.api, "e3")),
+    );
+
     // While NATS is frozen, core-a stores e1's entries but does not tell e1 it holds
     // them: only what the backbone holds is acknowledged. Once NATS thaws, it is.
     let backlog =
@@ -498,6 +525,17 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
             },
         );
     }
+
+    // core-a, back, knows its old edges are at core-b now, though it died linked to them.
+    wait_until(
+        "core-a's fleet table shows e1 and e2 at core-b",
+        PATIENCE,
+        || {
+            at_core(&a.api, "e1") == Some(elsewhere("core-b"))
+                && at_core(&a.api, "e2") == Some(elsewhere("core-b"))
+        },
+        || format!("{:?}", at_core(&a.api, "e1")),
+    );
 
     // The large entry reached core-a, whole, through the backbone alone.
     let mut large = None;

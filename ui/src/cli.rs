@@ -590,7 +590,11 @@ fn print_fleet(fleet: &Value) {
         let behind = e["behind_ms"].as_u64().unwrap_or(0);
         rows.push([
             s(&e["name"]).to_owned(),
-            s(&e["state"]).to_owned(),
+            // Linked to another core of HQ: "at <core>".
+            match e["core"].as_str() {
+                Some(core) => format!("at {core}"),
+                None => s(&e["state"]).to_owned(),
+            },
             if e["state"] == "up" || e["state"] == "paused" {
                 "now".to_owned()
             } else {

@@ -20,8 +20,15 @@ use crate::views::millis;
 pub const MAX_LIMIT: usize = 1000;
 
 /// The states an edge can be in, as the table and `state=` name them.
-pub const STATES: [&str; 7] = [
-    "up", "paused", "down", "never", "released", "revoked", "removed",
+pub const STATES: [&str; 8] = [
+    "up",
+    "paused",
+    "elsewhere",
+    "down",
+    "never",
+    "released",
+    "revoked",
+    "removed",
 ];
 
 /// The columns the table sorts by.
@@ -104,6 +111,8 @@ pub struct FleetRowView {
     pub gaps: u64,
     /// When its newest certificate that is not revoked expires.
     pub certificate_expiry_ms: Option<u64>,
+    /// The other core of the HQ it is linked to (state `elsewhere`).
+    pub core: Option<String>,
     /// Its session's protocol version, while up.
     pub version: Option<u32>,
     /// How far its clock is ahead of HQ's (negative: behind), as its last hello showed.
@@ -155,6 +164,7 @@ impl From<&FleetRow> for FleetRowView {
                 .collect(),
             gaps: r.gaps,
             certificate_expiry_ms: r.certificate_expiry.map(millis),
+            core: r.core.as_ref().map(|c| c.to_string()),
             version: r.version,
             clock_offset_ms: r.clock_offset,
             clock_skewed: r.clock_offset.is_some_and(crate::views::clock_skewed),
@@ -356,6 +366,7 @@ mod tests {
             topics: Vec::new(),
             gaps: 0,
             certificate_expiry: None,
+            core: None,
             version: None,
             clock_offset: None,
         }

@@ -18,8 +18,9 @@ const MAX_GAP_RECORDS: usize = 10_000;
 pub struct FleetRow {
     /// Its name.
     pub name: NodeName,
-    /// `up`, `paused`, `down` (it linked before), `never` (never seen), `released` (away
-    /// past its allowance), `revoked` (every certificate), `removed` (not admitted).
+    /// `up`, `paused`, `elsewhere` (linked to another core of the HQ), `down` (it linked
+    /// before), `never` (never seen), `released` (away past its allowance), `revoked`
+    /// (every certificate), `removed` (not admitted).
     pub state: &'static str,
     /// Since when the link is up or down (in this run of the core).
     pub since: Option<SystemTime>,
@@ -41,6 +42,8 @@ pub struct FleetRow {
     pub gaps: u64,
     /// When its newest certificate that is not revoked expires.
     pub certificate_expiry: Option<SystemTime>,
+    /// The other core of the HQ it is linked to (state `elsewhere`).
+    pub core: Option<NodeName>,
     /// The protocol version of its session, while up.
     pub version: Option<u32>,
     /// How far its clock is ahead of the core's (negative: behind), as its last hello
@@ -79,6 +82,7 @@ impl Edges {
                 _ if !status.listing.admitted() && status.listing != Listing::NotListed => {
                     "removed"
                 }
+                _ if status.elsewhere.is_some() => "elsewhere",
                 _ if status.released.is_some() => "released",
                 _ if status.last_seen.is_none() && link.is_none() => "never",
                 _ => "down",
@@ -130,6 +134,7 @@ impl Edges {
                 topics,
                 gaps: gaps.get(&status.name).copied().unwrap_or(0),
                 certificate_expiry,
+                core: status.elsewhere.clone(),
                 version: connected.then_some(wire::VERSION),
                 clock_offset: link.as_ref().and_then(|l| l.clock_offset_ms),
                 name: status.name,

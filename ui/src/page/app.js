@@ -132,7 +132,7 @@
 
   // The colour of a state, by what it means to an operator.
   const TONES = {
-    ok: ['running', 'up', 'done', 'connected', 'received', 'live', 'broadcast', 'downloaded', 'archived', 'ingested'],
+    ok: ['running', 'up', 'elsewhere', 'done', 'connected', 'received', 'live', 'broadcast', 'downloaded', 'archived', 'ingested'],
     busy: ['planning', 'wanted', 'requested', 'ingesting', 'listed', 'connecting'],
     warn: ['paused', 'interrupted', 'reconnecting', 'ready', 'waiting'],
     bad: ['failed', 'down', 'not-found', 'download-failed', 'errored', 'error', 'disconnected'],
@@ -631,7 +631,8 @@
       if (row !== want) body.insertBefore(row, want);
       previous = row;
       setAttr(row, 'data-state', e.state);
-      setPill(row.querySelector('[data-field="state"]'), e.state);
+      // Linked to another core of HQ: shown as "at <core>".
+      setPill(row.querySelector('[data-field="state"]'), e.state, e.core ? 'at ' + e.core : null);
       const live = e.state === 'up' || e.state === 'paused';
       setText(row.querySelector('[data-field="last-seen"]'), live ? 'now' : e.last_seen_ms ? fmtAgo(e.last_seen_ms) : 'never');
       setText(row.querySelector('[data-field="rtt"]'), live ? fmtRtt(e.rtt_ms) : '–');

@@ -1,8 +1,10 @@
 //! HQ on two machines (issue 19): two `core-node`s share a three-server NATS cluster (an R3
 //! backbone stream) and four edges. One NATS server and one core are SIGKILLed during
 //! traffic; the dead core's edges fail over to the other core; everything converges
-//! exactly once on every node and in the stream. An edge revoked at one core is refused by
-//! the other, and a NATS client without the cores' credentials cannot publish on the
+//! exactly once on every node and in the stream, an entry larger than a NATS message
+//! included (in parts). While NATS is frozen a core acknowledges nothing. An edge revoked
+//! at one core is refused by the other; each core's fleet table shows the edges linked to
+//! the other; a NATS client without the cores' credentials cannot publish on the
 //! backbone. Real binaries, real `nats-server`s on loopback ports.
 //!
 //! Needs Debian's `nats-server` (see `tools::nats_server`): without it the test skips,

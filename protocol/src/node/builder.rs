@@ -248,6 +248,15 @@ impl Builder {
         );
         let bridge = config.bridge.enabled().then(|| {
             tracing::info!(servers = ?config.bridge.urls, out = ?config.bridge.out, inbound = ?config.bridge.inbound, "bridge to NATS JetStream on");
+            if config.bridge.backbone() {
+                tracing::info!(stream = %config.bridge.backbone_stream, replicas = config.bridge.replicas, "backbone on: this core shares its entries and fleet with the HQ's other cores");
+                if config.bridge.create_streams && config.bridge.replicas < 3 {
+                    tracing::warn!(replicas = config.bridge.replicas, "backbone: a stream with fewer than 3 replicas loses what one NATS server's disk loses; an edge's entries are acknowledged once it holds them (set bridge.replicas = 3)");
+                }
+                if !config.bridge.out.is_empty() || !config.bridge.inbound.is_empty() {
+                    tracing::warn!("backbone: bridge.out and bridge.in are this core's own: set them on one core of the HQ only, or each stream gets every entry once per core and each message is appended once per core");
+                }
+            }
             Bridge::start(
                 store.clone(),
                 config.node.name.clone(),

@@ -609,7 +609,8 @@ pub async fn dial(local: Local, endpoint: quinn::Endpoint, cores: Vec<CoreToDial
                         }
                     }
                     None if give_up.is_some() => {
-                        tracing::warn!(peer = %core, %addr, "the core does not answer: dialing the next one of HQ");
+                        // tls::connect logged a refusal; silence is logged here.
+                        tracing::warn!(peer = %core, %addr, "no link with this core (refused, or no answer): dialing the next one of HQ");
                     }
                     None => {}
                 }

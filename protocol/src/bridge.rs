@@ -27,6 +27,7 @@
 //! IO: NATS (async-nats), the store.
 
 pub mod backbone;
+mod durable;
 pub mod headers;
 mod inbound;
 mod out;

@@ -38,14 +38,13 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::out::{Last, last_on};
-use super::{REQUEST_TIMEOUT, Report, headers};
+use super::{REQUEST_TIMEOUT, Report, durable, headers};
 use crate::config::BridgeSettings;
 use crate::entry::{Entry, NodeName, Offset, Scope, Seq, TopicName};
-use crate::log::{ConsumerName, Store, TableName, Txn};
+use crate::log::{ConsumerName, Store, Txn};
 use crate::wire;
 
 /// The consumer whose cursor in each topic is the backbone's floor on the way out.
@@ -82,9 +81,6 @@ const FETCH_BATCH: usize = 256;
 
 /// How long one fetch waits for messages.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
-
-/// How long JetStream waits for an acknowledgement before it delivers again.
-const ACK_WAIT: Duration = Duration::from_secs(60);
 
 /// The header naming the core that published a message.
 const CORE: &str = "Tether-Core";
@@ -588,13 +584,8 @@ pub(super) async fn run_in(
     report: Report,
 ) -> Result<Infallible, String> {
     let stream = entries_stream(&js, &settings).await?;
-    let table = TableName::new(super::inbound::TABLE).map_err(|e| e.to_string())?;
     let key = settings.backbone_stream.as_str();
-    let mut position = store
-        .doc(&table, key)
-        .map_err(|e| e.to_string())?
-        .and_then(|doc| doc.get("through").and_then(|v| v.as_u64()))
-        .unwrap_or(0);
+    let mut position = durable::taken_through(&store, key)?;
     let last = stream
         .get_info()
         .await
@@ -608,45 +599,19 @@ pub(super) async fn run_in(
         position = 0;
     }
     let name = format!("backbone-{}", backbone.0.node);
-    if let Err(e) = stream.delete_consumer(&name).await {
-        tracing::debug!(consumer = %name, error = %e, "backbone: the consumer was not deleted");
-    }
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name.clone()),
-            filter_subject: format!("{}.>", settings.backbone_prefix),
-            deliver_policy: match position {
-                0 => jetstream::consumer::DeliverPolicy::All,
-                through => jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: through + 1,
-                },
-            },
-            ack_policy: jetstream::consumer::AckPolicy::All,
-            ack_wait: ACK_WAIT,
-            max_ack_pending: (FETCH_BATCH * 4) as i64,
-            ..Default::default()
-        })
+    let filter = format!("{}.>", settings.backbone_prefix);
+    let consumer = durable::consumer_after(&stream, &name, filter, position, FETCH_BATCH)
         .await
-        .map_err(|e| format!("consumer {name} on {}: {e}", settings.backbone_stream))?;
+        .map_err(|e| format!("{e} (stream {})", settings.backbone_stream))?;
     let carried = carried(&store);
     for topic in &carried {
         report.update(topic.as_str(), |m| m.state = "running");
     }
     let mut partial: HashMap<String, Parts> = HashMap::new();
     loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(FETCH_BATCH)
-            .expires(FETCH_WAIT)
-            .messages()
+        let messages = durable::fetch(&consumer, FETCH_BATCH, FETCH_WAIT)
             .await
-            .map_err(|e| format!("fetching from {}: {e}", settings.backbone_stream))?;
-        let mut messages = Vec::new();
-        while let Some(message) = batch.next().await {
-            messages.push(
-                message.map_err(|e| format!("fetching from {}: {e}", settings.backbone_stream))?,
-            );
-        }
+            .map_err(|e| format!("{} {e}", settings.backbone_stream))?;
         let Some(last) = messages.last() else {
             continue;
         };
@@ -754,11 +719,7 @@ pub(super) async fn run_in(
             through = through.min(first - 1);
         }
         if through > position {
-            txn.put(
-                &table,
-                key,
-                json!({ "stream": settings.backbone_stream, "through": through }),
-            );
+            durable::take_through(&mut txn, key, through)?;
             store
                 .commit(txn)
                 .await

@@ -5,26 +5,18 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
-use futures_util::StreamExt as _;
-use serde_json::json;
+use async_nats::jetstream;
 
-use super::{Report, headers};
+use super::{Report, durable, headers};
 use crate::config::BridgeSettings;
 use crate::entry::{Append, NodeName, TopicName, entry_size};
-use crate::log::{Store, TableName, Txn};
-
-/// The store table that holds, per stream, the sequence the bridge has appended through.
-pub(super) const TABLE: &str = "_bridge";
+use crate::log::{Store, Txn};
 
 /// Messages asked for at once.
 const BATCH: usize = 256;
 
 /// How long one fetch waits for messages.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
-
-/// How long JetStream waits for an acknowledgement before it delivers again.
-const ACK_WAIT: Duration = Duration::from_secs(60);
 
 /// One session: the consumer, then batches until a failure.
 pub(super) async fn run(
@@ -44,54 +36,22 @@ pub(super) async fn run(
             ));
         }
     }
-    let table = TableName::new(TABLE).map_err(|e| e.to_string())?;
     let key = settings.in_stream.as_str();
-    let mut position = store
-        .doc(&table, key)
-        .map_err(|e| e.to_string())?
-        .and_then(|doc| doc.get("through").and_then(|v| v.as_u64()))
-        .unwrap_or(0);
+    let mut position = durable::taken_through(&store, key)?;
     // The consumer is made again at each session, from what this node holds: messages
     // a previous session fetched and never acknowledged would otherwise come again only
     // after the acknowledgement wait, behind newer ones, and be skipped as appended.
     let name = format!("tether-{node}");
-    // Not there (the first session) is fine; any other failure shows when it is made.
-    if let Err(e) = stream.delete_consumer(&name).await {
-        tracing::debug!(consumer = %name, error = %e, "bridge: the consumer was not deleted");
-    }
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name.clone()),
-            filter_subject: filter,
-            deliver_policy: match position {
-                0 => jetstream::consumer::DeliverPolicy::All,
-                through => jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: through + 1,
-                },
-            },
-            ack_policy: jetstream::consumer::AckPolicy::All,
-            ack_wait: ACK_WAIT,
-            max_ack_pending: (BATCH * 4) as i64,
-            ..Default::default()
-        })
+    let consumer = durable::consumer_after(&stream, &name, filter, position, BATCH)
         .await
-        .map_err(|e| format!("consumer {name} on stream {}: {e}", settings.in_stream))?;
+        .map_err(|e| format!("{e} (stream {})", settings.in_stream))?;
     for topic in &settings.inbound {
         report.update(topic.as_str(), |m| m.state = "running");
     }
     loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(BATCH)
-            .expires(FETCH_WAIT)
-            .messages()
+        let messages = durable::fetch(&consumer, BATCH, FETCH_WAIT)
             .await
-            .map_err(|e| format!("fetching from {}: {e}", settings.in_stream))?;
-        let mut messages = Vec::new();
-        while let Some(message) = batch.next().await {
-            messages
-                .push(message.map_err(|e| format!("fetching from {}: {e}", settings.in_stream))?);
-        }
+            .map_err(|e| format!("{} {e}", settings.in_stream))?;
         let Some(last) = messages.last() else {
             continue;
         };
@@ -125,11 +85,7 @@ pub(super) async fn run(
             }
         }
         if through > position {
-            txn.put(
-                &table,
-                key,
-                json!({ "stream": settings.in_stream, "through": through }),
-            );
+            durable::take_through(&mut txn, key, through)?;
             store
                 .commit(txn)
                 .await

@@ -260,6 +260,16 @@ fn held(api: &str) -> Option<BTreeMap<String, Vec<u64>>> {
     }
 }
 
+/// How many entries of each origin NEWS at `api` holds, for a failure's message.
+fn sizes(api: &str) -> String {
+    let sizes = held(api).map(|h| {
+        h.iter()
+            .map(|(o, s)| (o.clone(), s.len()))
+            .collect::<Vec<_>>()
+    });
+    format!("{sizes:?}")
+}
+
 /// Whether `api`'s link to `peer` is up.
 fn linked(api: &str, peer: &str) -> bool {
     get(&format!("{api}/links/{peer}")).is_some_and(|l| l["connected"] == true)
@@ -484,15 +494,7 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
             &format!("{api} holds every edge's entries"),
             PATIENCE,
             || complete(api),
-            || {
-                format!(
-                    "{:?}",
-                    held(api).map(|h| h
-                        .iter()
-                        .map(|(o, s)| (o.clone(), s.len()))
-                        .collect::<Vec<_>>())
-                )
-            },
+            || sizes(api),
         );
     }
 
@@ -516,15 +518,7 @@ fn an_hq_on_two_cores_shares_every_entry_once_through_a_core_and_a_nats_server_d
             &format!("{api} holds every entry exactly once"),
             PATIENCE,
             || held(api).map(sorted).as_ref() == Some(&expected),
-            || {
-                format!(
-                    "{:?}",
-                    held(api).map(|h| h
-                        .iter()
-                        .map(|(o, s)| (o.clone(), s.len()))
-                        .collect::<Vec<_>>())
-                )
-            },
+            || sizes(api),
         );
     }
 

@@ -61,6 +61,7 @@
 //!    created.
 
 mod checkpoint;
+mod entries;
 mod error;
 mod format;
 pub(crate) mod fuzzing;
@@ -240,9 +241,23 @@ struct Shared {
     incarnation: std::sync::atomic::AtomicU64,
     /// The disk's free space, against `min_free`.
     space: space::Space,
+    /// The entry files' layer (`entries/`): the owner writes blocks there, readers read
+    /// them.
+    entries: Arc<dyn wal::WalFs>,
 }
 
 impl Shared {
+    /// The entries of the block whose `BLOCK` value (of topic `topic`) is `value`, read
+    /// from its entry file or in place; `Ok(None)`: its file is gone.
+    fn block(&self, topic: u32, value: &[u8]) -> Result<Option<Vec<StoredEntry>>, String> {
+        let Some(bytes) = entries::block_bytes(&*self.entries, topic, value)? else {
+            return Ok(None);
+        };
+        codec::decode(&bytes, "entry block")
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
     fn poisoned(&self) -> Option<String> {
         self.poisoned
             .lock()
@@ -363,22 +378,30 @@ impl Recent {
 impl Store {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
-        Store::open_on(path, config, None)
+        Store::open_on(path, config, None, None)
     }
 
-    /// [`Store::open`] with the write-ahead log's files behind `fs` (`None`: the store's
-    /// `wal` directory); tests put a simulated power cut there.
+    /// [`Store::open`] with the write-ahead log's files behind `fs`, and the entry files
+    /// behind `entries` (`None`: the store's `wal` and `entries` directories); tests put
+    /// a simulated power cut there.
     fn open_on(
         path: impl AsRef<Path>,
         config: StoreConfig,
         fs: Option<Arc<dyn wal::WalFs>>,
+        entries: Option<Arc<dyn wal::WalFs>>,
     ) -> Result<Store, OpenError> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|source| OpenError::Io {
+        let io_error = |source| OpenError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(&path).map_err(io_error)?;
         let lock = lock_dir(&path)?;
+        let entries: Arc<dyn wal::WalFs> = match entries {
+            Some(entries) => entries,
+            // Made by the owner once the store's format is known to be one it reads.
+            None => Arc::new(wal::DiskFs::at(&path.join(entries::DIR))),
+        };
         let db = open_sled(&path, config.cache_bytes)?;
         let tree = db
             .open_tree("tether")
@@ -397,6 +420,7 @@ impl Store {
             directed: Mutex::default(),
             incarnation: std::sync::atomic::AtomicU64::new(0),
             space: space::Space::new(path.clone(), config.min_free),
+            entries,
         });
         let inbox = owner::start(shared.clone(), config, fs)?;
         Ok(Store { shared, inbox })
@@ -581,7 +605,10 @@ impl Store {
             if block_first >= next {
                 break;
             }
-            for (offset, e) in (block_first..).zip(self.decode_block(&value)?) {
+            let Some(block) = self.block(view.id, &value, block_first)? else {
+                continue; // its file went with retention since the key was read
+            };
+            for (offset, e) in (block_first..).zip(block) {
                 if offset >= start && offset < next {
                     let record = self.record(Offset(offset), e)?;
                     bytes = bytes.saturating_add(record.entry.size());
@@ -642,7 +669,10 @@ impl Store {
             else {
                 continue; // removed by retention since the index was read
             };
-            for (offset, e) in (block_first..).zip(self.decode_block(&value)?) {
+            let Some(block) = self.block(view.id, &value, block_first)? else {
+                continue; // its file went with retention since the key was read
+            };
+            for (offset, e) in (block_first..).zip(block) {
                 if offset >= first && offset < next && e.ts >= from.0 && e.ts < to.0 {
                     let record = self.record(Offset(offset), e)?;
                     bytes = bytes.saturating_add(record.entry.size());
@@ -849,9 +879,17 @@ impl Store {
         }
     }
 
-    /// Bytes the store's files take on disk now (sled's count, garbage included).
+    /// Bytes the store's files take on disk now: sled's count (garbage included) and the
+    /// entry files.
     pub fn disk_bytes(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0)
+        let sled = self.shared.db.size_on_disk().unwrap_or(0);
+        let entries = std::fs::read_dir(self.shared.path.join(entries::DIR))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+        sled + entries
     }
 
     fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
@@ -871,8 +909,34 @@ impl Store {
             .ok_or_else(|| ReadError::UnknownTopic(topic.clone()))
     }
 
-    fn decode_block(&self, bytes: &[u8]) -> Result<Vec<StoredEntry>, ReadError> {
-        codec::decode(bytes, "entry block").map_err(|e| self.corrupt(e))
+    /// The entries of the block whose `BLOCK` value is `value`; `None` if retention
+    /// removed it (and its file) since the key was read.
+    fn block(
+        &self,
+        topic: u32,
+        value: &[u8],
+        block_first: u64,
+    ) -> Result<Option<Vec<StoredEntry>>, ReadError> {
+        match self.shared.block(topic, value) {
+            Ok(Some(entries)) => Ok(Some(entries)),
+            // Its file is gone: retention moved the head past it, or the store is damaged.
+            Ok(None) => {
+                let head = self
+                    .catalog()
+                    .topics
+                    .values()
+                    .find(|v| v.id == topic)
+                    .map(|v| v.window().0);
+                if head.is_some_and(|head| head > block_first) {
+                    Ok(None)
+                } else {
+                    Err(self.corrupt(format!(
+                        "the entry file of topic {topic}'s block at offset {block_first} is missing"
+                    )))
+                }
+            }
+            Err(e) => Err(self.corrupt(e)),
+        }
     }
 
     fn record(&self, offset: Offset, e: StoredEntry) -> Result<Record, ReadError> {

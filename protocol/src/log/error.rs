@@ -30,13 +30,15 @@ pub enum OpenError {
         detail: String,
     },
     /// The store was written by a build with another on-disk format.
-    #[error("store at {path} has format version {found}; this build reads version {supported}")]
+    #[error(
+        "store at {path} has format version {found}; this build reads versions 1 to {supported} (a newer build wrote it: open it with that build)"
+    )]
     UnknownFormat {
         /// The store directory.
         path: PathBuf,
         /// The version found on disk.
         found: u32,
-        /// The version this build reads.
+        /// The newest version this build reads (and writes).
         supported: u32,
     },
     /// The store belongs to another node.

@@ -9,7 +9,7 @@
 //! | 0 `META` | `format` / `node` / `incarnation` / `wal_lsn` | format version (u32 BE) / the owning node's name / incarnation (u64 BE) / last log record applied (u64 BE) |
 //! | 1 `TOPIC` | topic name | [`TopicRecord`] |
 //! | 2 `NAME` | node name | interned id (u32 BE) |
-//! | 3 `BLOCK` | topic id, first offset | `Vec<StoredEntry>`: the entries of one group commit |
+//! | 3 `BLOCK` | topic id, first offset | the block's `entries::Location` in its entry file (format 2 and older: the `Vec<StoredEntry>` itself): the entries of one topic from one group commit |
 //! | 4 `TIME` | topic id, max timestamp, first offset | min timestamp (u64 BE) of that block |
 //! | 5 `STATE` | topic id | [`StateRecord`]: head, next offset, bytes, version vector |
 //! | 6 `CURSOR` | consumer, 0, topic id | next offset (u64 BE) |
@@ -24,13 +24,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::{NodeName, Scope};
 
-/// The version this build writes and reads. Version 2: writes go through the
-/// write-ahead log (`log/wal.rs`) before sled, and sled holds the log's position
-/// ([`META_LSN`]). A build of version 1 refuses a version 2 store, whose log may hold
-/// records that build would not replay.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The version this build writes and reads. Version 3: blocks of entries are in entry
+/// files (`log/entries.rs`), and a `BLOCK` value is the block's location; the log's
+/// records carry the blocks. Version 2: writes go through the write-ahead log
+/// (`log/wal.rs`) before sled, and sled holds the log's position ([`META_LSN`]). A
+/// build of an older version refuses a newer store, whose log or blocks it would not
+/// read.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
-/// The previous version (no write-ahead log), which this build opens and converts.
+/// Version 2 (blocks in sled), which this build opens and converts.
+pub(crate) const FORMAT_LOGGED: u32 = 2;
+
+/// Version 1 (no write-ahead log), which this build opens and converts.
 pub(crate) const FORMAT_UNLOGGED: u32 = 1;
 
 /// sled's segment size, part of the format: sled refuses to open a database with another.

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::format::{self, ForgottenRecord, PeerRecord, StateRecord, StoredEntry, TopicRecord};
-use super::wal::{self, WalFs, Write};
-use super::{Store, checkpoint};
+use super::wal::{self, WalFs};
+use super::{Store, checkpoint, entries};
 use crate::codec;
 use crate::entry::{NodeName, TopicName};
 
@@ -48,11 +48,21 @@ pub fn store_wal(data: &[u8]) {
         let _ = fs.append(&name, bytes);
     }
     let mut tree: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let entry_files = MemFs::default();
     let mut lsns = Vec::new();
-    let recovered = wal::recover(&fs, applied, |lsn, payload| {
-        let writes: Vec<Write> =
+    let recovered = wal::recover(&fs, applied, |lsn, payload, past| {
+        let record: wal::Payload =
             codec::decode(payload, "write-ahead log record").map_err(|e| e.to_string())?;
-        for write in writes {
+        for block in &record.files {
+            let name = entries::file_name(block.topic, block.file);
+            entry_files
+                .write_at(&name, block.pos, &block.bytes)
+                .map_err(|e| e.to_string())?;
+        }
+        if !past {
+            return Ok(());
+        }
+        for write in record.writes {
             match write.value {
                 Some(value) => tree.insert(write.key, value),
                 None => tree.remove(&write.key),
@@ -79,7 +89,7 @@ pub fn store_wal(data: &[u8]) {
             .all(|&lsn| lsn > applied && lsn <= recovery.last),
         "a record at or below what sled holds, or past the last, was replayed"
     );
-    match wal::recover(&fs, applied, |_, _| Ok(())) {
+    match wal::recover(&fs, applied, |_, _, _| Ok(())) {
         Ok(again) => {
             assert_eq!(again.cut, None, "a second recovery cut again");
             assert_eq!(
@@ -95,6 +105,14 @@ pub fn store_wal(data: &[u8]) {
             names.push((key.as_slice(), value.as_slice()));
         }
         let _ = stored(key, value);
+        // A block's location, read from the entry files the replay wrote, as reads do.
+        if let (Some(_), Some(topic)) = (
+            format::block_first(key),
+            key.get(1..5).and_then(format::u32_value),
+        ) && let Ok(Some(bytes)) = entries::block_bytes(&entry_files, topic, value)
+        {
+            let _ = block(&bytes);
+        }
     }
     let _ = interned(&names);
 }
@@ -108,12 +126,14 @@ pub fn store_wal(data: &[u8]) {
 /// acknowledgement, 12 a name-keyed record (topic, name, peer, forgotten peer). 13: a
 /// sled key and value (a one-byte key length, the key, the value) decoded by its tag as
 /// the store does. 14: the interned names (each a one-byte name length, the name, its id
-/// as u32 BE), as the catalog load makes its table of them.
+/// as u32 BE), as the catalog load makes its table of them. 15: an entry file's name, and
+/// the entry files as the store finds them at open (names separated by `/`, each topic's
+/// head and last block taken from the bytes).
 pub fn store_records(data: &[u8]) {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    let _ = match which % 15 {
+    let _ = match which % 16 {
         0 => decode::<TopicRecord>(bytes, "topic record").map(|_| ()),
         1 => state(bytes),
         2 => block(bytes),
@@ -134,6 +154,7 @@ pub fn store_records(data: &[u8]) {
             let (key, value) = rest.split_at(usize::from(len).min(rest.len()));
             stored(key, value)
         }
+        15 => entry_files(bytes),
         _ => {
             let mut names = Vec::new();
             let mut rest = bytes;
@@ -419,12 +440,50 @@ fn state(bytes: &[u8]) -> Result<(), String> {
 }
 
 /// A block of entries, and each one's size (the reads' byte bounds).
+/// A `BLOCK` value: a location in an entry file, or (format 2 and older) the block.
 fn block(bytes: &[u8]) -> Result<(), String> {
+    if entries::Location::decode(bytes)?.is_some() {
+        return Ok(());
+    }
     let entries: Vec<StoredEntry> = decode(bytes, "entry block")?;
     let _bytes = entries
         .iter()
         .map(StoredEntry::size)
         .fold(0, u64::saturating_add);
+    Ok(())
+}
+
+/// Entry file names, and [`entries::Files::open`] over them: which it keeps must be
+/// consistent with the heads and last blocks it was given.
+fn entry_files(bytes: &[u8]) -> Result<(), String> {
+    let (head, rest) = bytes.split_at(8.min(bytes.len()));
+    let head = format::u64_value(head).unwrap_or(0);
+    let (last, rest) = rest.split_at(29.min(rest.len()));
+    let last = entries::Location::decode(last).ok().flatten();
+    let fs = MemFs::default();
+    for name in rest.split(|&b| b == b'/') {
+        let name = String::from_utf8_lossy(name);
+        if let Some((topic, first)) = entries::parse_name(&name) {
+            assert_eq!(
+                entries::file_name(topic, first),
+                name,
+                "a name parsed, not as written"
+            );
+            fs.append(&name, b"").map_err(|e| e.to_string())?;
+        }
+    }
+    let topics: BTreeMap<u32, (u64, Option<entries::Location>)> =
+        [(1, (head, last))].into_iter().collect();
+    let mut files = entries::Files::open(&fs, &topics).map_err(|e| e.to_string())?;
+    for name in fs.list().map_err(|e| e.to_string())? {
+        let (topic, first) = entries::parse_name(&name).ok_or("a file kept with a bad name")?;
+        assert_eq!(topic, 1, "a file of an unknown topic was kept");
+        assert!(
+            last.is_some_and(|l| first <= l.file),
+            "a file after the last block was kept"
+        );
+    }
+    let _ = files.place(1, head, b"block");
     Ok(())
 }
 
@@ -505,6 +564,31 @@ impl WalFs for MemFs {
         Ok(())
     }
 
+    fn write_at(&self, name: &str, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let mut files = self.files();
+        let file = files.entry(name.to_owned()).or_default();
+        let pos = usize::try_from(pos).map_err(std::io::Error::other)?;
+        let end = pos
+            .checked_add(bytes.len())
+            .filter(|&end| end <= 1 << 30)
+            .ok_or_else(|| std::io::Error::other("a write past 1 GiB in memory"))?;
+        if file.len() < end {
+            file.resize(end, 0);
+        }
+        file[pos..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn read_at(&self, name: &str, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let files = self.files();
+        let file = files.get(name).ok_or_else(|| missing(name))?;
+        usize::try_from(pos)
+            .ok()
+            .and_then(|pos| file.get(pos..pos.checked_add(len)?))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    }
+
     fn sync(&self, _: &str) -> std::io::Result<()> {
         Ok(())
     }
@@ -555,12 +639,20 @@ mod tests {
             }
             out.extend_from_slice(&first.to_le_bytes());
             for &lsn in *lsns {
-                let writes = vec![Write {
-                    key: format::META_NODE.to_vec(),
-                    value: Some(b"alpha".to_vec()),
-                }];
+                let record = wal::Payload {
+                    writes: vec![wal::Write {
+                        key: format::META_NODE.to_vec(),
+                        value: Some(b"alpha".to_vec()),
+                    }],
+                    files: vec![wal::FileWrite {
+                        topic: 1,
+                        file: 0,
+                        pos: lsn.min(1 << 20),
+                        bytes: b"block".to_vec(),
+                    }],
+                };
                 out.extend(
-                    wal::encode_record(lsn, lsn.saturating_sub(1), &codec::encode(&writes))
+                    wal::encode_record(lsn, lsn.saturating_sub(1), &codec::encode(&record))
                         .unwrap(),
                 );
             }
@@ -581,7 +673,7 @@ mod tests {
             let name = format!("{:020}.wal", u64::from_le_bytes(*first));
             fs.append(&name, bytes).unwrap();
         }
-        wal::recover(&fs, applied, |_, _| Ok(()))
+        wal::recover(&fs, applied, |_, _, _| Ok(()))
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //!   `commit_delay`, so that one sync serves them all. A lone writer never waits.
 //! - Each request is applied to a working copy of the topics it touches; a refused
 //!   transaction drops its copy and leaves the group as it was.
-//! - The group's writes become one record of the write-ahead log ([`super::wal`]),
-//!   appended and `fdatasync`ed: the one device sync of a group commit. Only then are
-//!   they handed to sled as one batch (in memory, no flush), the new counters published
-//!   to readers, tailers woken and every writer answered.
-//! - sled is made durable off the commit path: when the log's segment is full (or old),
-//!   the owner begins a new one and the **flusher** thread flushes sled, syncs what sled
-//!   leaves out ([`DiskSync`]) and only then removes the segments sled now holds.
+//! - The group's writes (and its blocks of entries) become one record of the
+//!   write-ahead log ([`super::wal`]), appended and `fdatasync`ed: the one device sync
+//!   of a group commit. Only then are the blocks written to their entry files
+//!   ([`super::entries`], page cache only) and the writes handed to sled as one batch
+//!   (in memory, no flush; a block's key holds its location), the new counters
+//!   published to readers, tailers woken and every writer answered.
+//! - The entry files and sled are made durable off the commit path: when the log's
+//!   segment is full (or old), the owner begins a new one and the **flusher** thread
+//!   syncs the entry files written since, flushes sled, syncs what sled leaves out
+//!   ([`DiskSync`]) and only then removes the segments they now hold.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::checkpoint::Checkpoint;
+use super::entries::{self, Files, Location};
 use super::error::{OpenError, WriteError};
 use super::format::{self, ForgottenRecord, PeerRecord, StateRecord, StoredEntry, TopicRecord};
 use super::txn::{Appended, Committed, Op, TableName, Txn};
@@ -99,6 +103,9 @@ pub(crate) fn start(
         source,
     };
     let format = stored_format(&shared)?;
+    wal::DiskFs::at(&shared.path.join(entries::DIR))
+        .make_dir()
+        .map_err(io_error)?;
     let mut disk = DiskSync::open(&shared.path.join("sled")).map_err(io_error)?;
     let fs = match fs {
         Some(fs) => fs,
@@ -153,14 +160,39 @@ fn recover(
         }
         None => 0,
     };
+    // Every record's blocks are written again, those sled holds included: the entry
+    // files are made durable only when the log's segments go.
+    let entries = &*shared.entries;
+    let mut rewritten = entries::Dirty::default();
     let recovery = match format {
-        Some(format::FORMAT_VERSION) => wal::recover(fs, applied, |lsn, payload| {
+        Some(format::FORMAT_VERSION) => wal::recover(fs, applied, |lsn, payload, past| {
+            let record: wal::Payload =
+                codec::decode(payload, "write-ahead log record").map_err(|e| e.to_string())?;
+            for block in &record.files {
+                let name = entries::file_name(block.topic, block.file);
+                entries
+                    .write_at(&name, block.pos, &block.bytes)
+                    .map_err(|e| format!("cannot write {}: {e}", entries.path(&name).display()))?;
+                rewritten.files.push(name);
+                rewritten.created = true;
+            }
+            if !past {
+                return Ok(());
+            }
+            tree.apply_batch(batch_of(record.writes, lsn))
+                .map_err(|e| e.to_string())
+        }),
+        // The previous format's log: sled's writes alone, its blocks in place.
+        Some(format::FORMAT_LOGGED) => wal::recover(fs, applied, |lsn, payload, past| {
+            if !past {
+                return Ok(());
+            }
             let writes: Vec<wal::Write> =
                 codec::decode(payload, "write-ahead log record").map_err(|e| e.to_string())?;
             tree.apply_batch(batch_of(writes, lsn))
                 .map_err(|e| e.to_string())
         }),
-        found => wal::recover(fs, applied, |lsn, _| {
+        found => wal::recover(fs, applied, |lsn, _, _| {
             Err(match found {
                 Some(v) => {
                     format!("record {lsn} in the log of a store of format {v}, which has none")
@@ -175,7 +207,12 @@ fn recover(
     }
     if recovery.segments > 0 {
         // What sled recovered by itself after a kill may be only in the page cache: it
-        // is made durable before the log that also holds it goes.
+        // is made durable, after the entry files it points into, before the log that
+        // also holds them goes.
+        rewritten.files.sort_unstable();
+        rewritten.files.dedup();
+        entries::sync(entries, &rewritten)
+            .map_err(|e| corrupt(format!("cannot sync the entry files: {e}")))?;
         shared.db.flush().map_err(sled_err)?;
         disk.sync()
             .map_err(|e| corrupt(format!("cannot sync the store: {e}")))?;
@@ -201,7 +238,7 @@ fn stored_format(shared: &Shared) -> Result<Option<u32>, OpenError> {
         return Ok(None);
     };
     let found = format::u32_value(&v).ok_or_else(|| corrupt("unreadable format marker".into()))?;
-    if found != format::FORMAT_VERSION && found != format::FORMAT_UNLOGGED {
+    if found > format::FORMAT_VERSION || found < format::FORMAT_UNLOGGED {
         let supported = format::FORMAT_VERSION;
         return Err(OpenError::UnknownFormat {
             path,
@@ -227,14 +264,15 @@ fn batch_of(writes: Vec<wal::Write>, lsn: u64) -> sled::Batch {
 
 /// The flusher's work.
 enum Job {
-    /// A segment was closed: the first LSN of its successor.
-    Fold(u64),
+    /// A segment was closed: the first LSN of its successor, and the entry files
+    /// written before it.
+    Fold(u64, entries::Dirty),
     /// Make a spare of this many bytes ready for the next segment.
     Spare(u64),
 }
 
-/// The flusher thread: for each closed segment, makes sled durable through it and
-/// removes the segments it made redundant; makes spares ready.
+/// The flusher thread: for each closed segment, makes the entry files written and sled
+/// durable through it and removes the segments they made redundant; makes spares ready.
 fn flush_loop(
     shared: &Shared,
     disk: &Mutex<DiskSync>,
@@ -242,8 +280,8 @@ fn flush_loop(
     rx: std::sync::mpsc::Receiver<Job>,
 ) {
     for job in rx {
-        let before = match job {
-            Job::Fold(before) => before,
+        let (before, dirty) = match job {
+            Job::Fold(before, dirty) => (before, dirty),
             Job::Spare(len) => {
                 // Only an optimisation: without one, the next segment is a new file.
                 if let Err(err) = fs.prepare_spare(len) {
@@ -253,10 +291,10 @@ fn flush_loop(
             }
         };
         let started = Instant::now();
-        let flushed = shared
-            .db
-            .flush()
-            .map_err(|e| e.to_string())
+        // The entry files first: sled points into them.
+        let flushed = entries::sync(&*shared.entries, &dirty)
+            .map_err(|e| format!("entry files: {e}"))
+            .and_then(|()| shared.db.flush().map_err(|e| e.to_string()))
             .and_then(|_| {
                 let mut disk = disk.lock().unwrap_or_else(|p| p.into_inner());
                 disk.sync().map_err(|e| e.to_string())
@@ -301,6 +339,8 @@ struct Owner {
     /// Shared with the flusher thread.
     disk: Arc<Mutex<DiskSync>>,
     wal: Wal,
+    /// The entry files: where each topic's next block goes.
+    files: Files,
     flusher: Option<Flusher>,
     checkpoint: Checkpoint,
 }
@@ -383,10 +423,12 @@ impl Owner {
             Some(v) => {
                 let found = format::u32_value(&v)
                     .ok_or_else(|| corrupt("unreadable format marker".into()))?;
-                if found == format::FORMAT_UNLOGGED {
-                    // Converted: from here on writes go through the log, which a build
-                    // of format 1 would not replay; the new marker is durable (below)
-                    // before the log holds a record.
+                if found == format::FORMAT_UNLOGGED || found == format::FORMAT_LOGGED {
+                    // Converted: from here on writes go through the log, and blocks to
+                    // entry files, which a build of format 1 or 2 would not replay or
+                    // read; the new marker is durable (below) before the log holds a
+                    // record. Blocks the old format kept in sled are read where they
+                    // are, until retention removes them.
                     tracing::info!(path = %path.display(), from = found, to = format::FORMAT_VERSION, "store format converted");
                     init.insert(format::META_FORMAT, &format::FORMAT_VERSION.to_be_bytes());
                 } else if found != format::FORMAT_VERSION {
@@ -555,6 +597,28 @@ impl Owner {
             }
         }
 
+        // Each topic's head and last block, for the entry files (those no block points
+        // at are removed).
+        let mut lasts = BTreeMap::new();
+        for (&t, state) in &topics {
+            let range = format::block_key(t, 0)..format::block_key(t + 1, 0);
+            let last = match tree.range(range).next_back() {
+                Some(kv) => {
+                    let (_, v) = kv.map_err(sled_err)?;
+                    Location::decode(&v)
+                        .map_err(|e| corrupt(format!("topic {}: {e}", state.config.name)))?
+                }
+                None => None,
+            };
+            lasts.insert(t, (state.counters.first, last));
+        }
+        let files = Files::open(&*shared.entries, &lasts).map_err(|e| {
+            corrupt(format!(
+                "entry files in {}: {e}",
+                shared.entries.path("").display()
+            ))
+        })?;
+
         let checkpoint = Checkpoint::new(&path);
         checkpoint
             .verify(|name| {
@@ -578,6 +642,7 @@ impl Owner {
             forgotten,
             disk,
             wal,
+            files,
             flusher: None,
             checkpoint,
         };
@@ -682,6 +747,8 @@ impl Owner {
         if let Some(cause) = self.shared.poisoned() {
             return Err(cause);
         }
+        entries::sync(&*self.shared.entries, &self.files.take_dirty())
+            .map_err(|e| format!("entry files: {e}"))?;
         self.shared.db.flush().map_err(|e| e.to_string())?;
         let mut disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
         disk.sync().map_err(|e| e.to_string())?;
@@ -919,15 +986,24 @@ impl Owner {
             g.kv.into_iter()
                 .map(|(key, value)| wal::Write { key, value })
                 .collect();
+        let mut placed: Vec<wal::FileWrite> = Vec::new();
         for (&t, p) in &g.pending {
             let mut first = p.new_first;
             for block in blocks(&p.new) {
                 let (min, max) = block
                     .iter()
                     .fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
+                let bytes = codec::encode(block);
+                let (_, at) = self.files.place(t, first, &bytes);
                 writes.push(wal::Write {
                     key: format::block_key(t, first).to_vec(),
-                    value: Some(codec::encode(block)),
+                    value: Some(at.encode()),
+                });
+                placed.push(wal::FileWrite {
+                    topic: t,
+                    file: at.file,
+                    pos: at.pos,
+                    bytes,
                 });
                 writes.push(wal::Write {
                     key: format::time_key(t, max, first).to_vec(),
@@ -946,15 +1022,34 @@ impl Owner {
             // Nothing to write (acknowledgements already known, nothing to retain): what
             // the replies rest on is published, so durable already.
             None if writes.is_empty() => Ok(()),
-            // Durable first (append, `fdatasync`), then visible in sled: a reader, a
-            // table read included, never sees a write a crash could take back.
+            // Durable first (append, `fdatasync`), then the blocks in their files, then
+            // visible in sled: a reader, a table read included, never sees a write a
+            // crash could take back.
             None => {
-                let record = codec::encode(&writes);
+                let record = codec::encode(&wal::PayloadRef {
+                    writes: &writes,
+                    files: &placed,
+                });
                 shared.space.wrote(record.len() as u64);
+                let entries = &*shared.entries;
                 self.wal
                     .append(&record)
                     .and_then(|lsn| self.wal.sync().map(|()| lsn))
                     .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
+                    .and_then(|lsn| {
+                        for block in &placed {
+                            let name = entries::file_name(block.topic, block.file);
+                            entries
+                                .write_at(&name, block.pos, &block.bytes)
+                                .map_err(|err| {
+                                    shared.poison(&format!(
+                                        "entry file {}: {err}",
+                                        entries.path(&name).display()
+                                    ))
+                                })?;
+                        }
+                        Ok(lsn)
+                    })
                     .and_then(|lsn| {
                         let batch = batch_of(writes, lsn);
                         shared
@@ -975,6 +1070,16 @@ impl Owner {
         // sender for nothing, and each of a core's thousand links writes cursors.
         let wake = !g.pending.is_empty() || g.created;
         let senders = self.senders_to_wake(&g.pending, g.created);
+        for (&t, p) in &g.pending {
+            // Retention moved the head: files now wholly before it go. The removal of
+            // their blocks' keys is durable (in the log record just synced).
+            for name in self.files.below(t, p.counters.first, p.counters.next) {
+                if let Err(err) = self.shared.entries.remove(&name) {
+                    let path = self.shared.entries.path(&name);
+                    tracing::warn!(path = %path.display(), %err, "cannot remove an entry file retention emptied (it goes at the next open)");
+                }
+            }
+        }
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
                 // Only topics that cross links have many readers at their tail.
@@ -1036,7 +1141,8 @@ impl Owner {
         if let Some(flusher) = &mut self.flusher {
             flusher.spare_asked = false;
             // Waits while a flush is under way and another is queued.
-            if flusher.tx.send(Job::Fold(before)).is_err() {
+            let dirty = self.files.take_dirty();
+            if flusher.tx.send(Job::Fold(before, dirty)).is_err() {
                 self.shared.poison(&"the store's flusher thread is gone");
             }
         }

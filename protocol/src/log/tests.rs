@@ -1029,7 +1029,7 @@ fn an_unknown_format_version_is_a_clear_error() {
             err,
             OpenError::UnknownFormat {
                 found: 7,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),
@@ -1037,11 +1037,12 @@ fn an_unknown_format_version_is_a_clear_error() {
     );
     assert!(
         err.to_string()
-            .contains("format version 7; this build reads version 2"),
+            .contains("format version 7; this build reads versions 1 to 3"),
         "{err}"
     );
     // Nothing of a store this build does not read is touched: no log is begun in it.
     assert!(!dir.0.join(wal::DIR).exists());
+    assert!(!dir.0.join(entries::DIR).exists());
 }
 
 #[test]

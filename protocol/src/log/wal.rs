@@ -73,7 +73,12 @@ pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
     /// Writes `bytes` after what was appended to file `name` (in a segment taken from
     /// the spare: from its start), creating it if missing (not synced).
     fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()>;
-    /// Makes what was appended to `name` durable (`fdatasync`).
+    /// Writes `bytes` at `pos` in file `name`, creating it if missing (not synced): the
+    /// entry files (`log/entries.rs`), whose blocks are placed by the owner.
+    fn write_at(&self, name: &str, pos: u64, bytes: &[u8]) -> std::io::Result<()>;
+    /// `len` bytes at `pos` of file `name` (an error if the file is shorter).
+    fn read_at(&self, name: &str, pos: u64, len: usize) -> std::io::Result<Vec<u8>>;
+    /// Makes what was written to `name` durable (`fdatasync`).
     fn sync(&self, name: &str) -> std::io::Result<()>;
     /// The whole content of `name`.
     fn read(&self, name: &str) -> std::io::Result<Vec<u8>>;
@@ -102,12 +107,18 @@ pub(crate) trait WalFs: Send + Sync + std::fmt::Debug {
 }
 
 /// [`WalFs`] on a real directory; keeps the file being appended to open, with where its
-/// records end (a segment renamed from the spare is longer than what it holds).
+/// records end (a segment renamed from the spare is longer than what it holds), and the
+/// files written or read at a position (entry files) open too, up to [`MAX_HANDLES`].
 #[derive(Debug)]
 pub(crate) struct DiskFs {
     dir: PathBuf,
     open: Mutex<Option<Open>>,
+    handles: std::sync::RwLock<std::collections::HashMap<String, Arc<File>>>,
 }
+
+/// Most files a [`DiskFs`] keeps open for positioned writes and reads; past it, all are
+/// closed and opened again as used (a store has one file being written per topic).
+const MAX_HANDLES: usize = 256;
 
 #[derive(Debug)]
 struct Open {
@@ -119,16 +130,56 @@ struct Open {
 impl DiskFs {
     /// The log directory `dir`, created (and its parent synced) if missing.
     pub(crate) fn open(dir: &Path) -> std::io::Result<DiskFs> {
-        if !dir.is_dir() {
-            std::fs::create_dir_all(dir)?;
-            if let Some(parent) = dir.parent() {
+        let fs = DiskFs::at(dir);
+        fs.make_dir()?;
+        Ok(fs)
+    }
+
+    /// Creates the directory (and syncs its parent) if missing.
+    pub(crate) fn make_dir(&self) -> std::io::Result<()> {
+        if !self.dir.is_dir() {
+            std::fs::create_dir_all(&self.dir)?;
+            if let Some(parent) = self.dir.parent() {
                 File::open(parent)?.sync_all()?;
             }
         }
-        Ok(DiskFs {
+        Ok(())
+    }
+
+    /// The directory `dir`, not touched until used ([`DiskFs::make_dir`]).
+    pub(crate) fn at(dir: &Path) -> DiskFs {
+        DiskFs {
             dir: dir.to_path_buf(),
             open: Mutex::new(None),
-        })
+            handles: std::sync::RwLock::default(),
+        }
+    }
+
+    /// The open handle of `name` for positioned writes and reads; `create` makes the
+    /// file if missing.
+    fn handle(&self, name: &str, create: bool) -> std::io::Result<Arc<File>> {
+        if let Some(file) = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(self.dir.join(name))?,
+        );
+        let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
+        if handles.len() >= MAX_HANDLES {
+            handles.clear();
+        }
+        handles.insert(name.to_owned(), file.clone());
+        Ok(file)
     }
 
     /// Runs `f` on the open file `name`, opened (created if missing, its records
@@ -164,6 +215,11 @@ impl DiskFs {
         if open.as_ref().is_some_and(|o| o.name == name) {
             *open = None;
         }
+        drop(open);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 }
 
@@ -177,8 +233,30 @@ impl WalFs for DiskFs {
         })
     }
 
+    fn write_at(&self, name: &str, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        self.handle(name, true)?.write_all_at(bytes, pos)
+    }
+
+    fn read_at(&self, name: &str, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0; len];
+        self.handle(name, false)?.read_exact_at(&mut buf, pos)?;
+        Ok(buf)
+    }
+
     fn sync(&self, name: &str) -> std::io::Result<()> {
-        self.with_open(name, |o| o.file.sync_data())
+        // The segment being appended to, or a file written at positions: opening the
+        // latter as the appended one would forget where the segment's records end.
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = open.as_ref().filter(|o| o.name == name) {
+            return o.file.sync_data();
+        }
+        drop(open);
+        if name.ends_with(SEGMENT_SUFFIX) {
+            return self.with_open(name, |o| o.file.sync_data());
+        }
+        self.handle(name, false)?.sync_data()
     }
 
     fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
@@ -262,6 +340,33 @@ pub(crate) struct Write {
     pub(crate) key: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub(crate) value: Option<Vec<u8>>,
+}
+
+/// A group's record, as the owner writes it (format 3): its writes to sled and the
+/// blocks it places in entry files (`log/entries.rs`). A store of format 2 wrote the
+/// writes alone (`Vec<Write>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Payload {
+    pub(crate) writes: Vec<Write>,
+    pub(crate) files: Vec<FileWrite>,
+}
+
+/// [`Payload`], borrowed, to encode.
+#[derive(Serialize)]
+pub(crate) struct PayloadRef<'a> {
+    pub(crate) writes: &'a [Write],
+    pub(crate) files: &'a [FileWrite],
+}
+
+/// One block's bytes written at a position of an entry file (named by topic and first
+/// offset, never by a path, so that a record read back cannot name another file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileWrite {
+    pub(crate) topic: u32,
+    pub(crate) file: u64,
+    pub(crate) pos: u64,
+    #[serde(with = "serde_bytes")]
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// The log being written: the current segment and the next LSN.
@@ -404,12 +509,14 @@ pub(crate) struct Cut {
     pub(crate) why: &'static str,
 }
 
-/// Reads the log and hands `apply` every record past `applied` (the LSN sled holds), in
-/// order; cuts a torn tail; an error names the file and the offset of damage.
+/// Reads the log and hands `apply` every valid record, in order, with whether it is past
+/// `applied` (the LSN sled holds; those below are in sled already, and their blocks
+/// in entry files may not be durable yet); cuts a torn tail; an error names the file
+/// and the offset of damage.
 pub(crate) fn recover(
     fs: &dyn WalFs,
     applied: u64,
-    mut apply: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    mut apply: impl FnMut(u64, &[u8], bool) -> Result<(), String>,
 ) -> Result<Recovery, String> {
     if applied == u64::MAX {
         return Err(format!("the store's log position is {applied}: damaged"));
@@ -511,9 +618,9 @@ pub(crate) fn recover(
                     place(at)
                 ));
             }
+            apply(lsn, payload, lsn > applied)
+                .map_err(|e| format!("write-ahead log record {lsn} at {}: {e}", place(at)))?;
             if lsn > applied {
-                apply(lsn, payload)
-                    .map_err(|e| format!("write-ahead log record {lsn} at {}: {e}", place(at)))?;
                 rec.replayed += 1;
             }
             rec.last = rec.last.max(lsn);
@@ -534,7 +641,7 @@ fn segments(fs: &dyn WalFs) -> std::io::Result<Vec<(u64, String)>> {
         .list()?
         .into_iter()
         .filter_map(|name| {
-            let digits = name.strip_suffix(".wal")?;
+            let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
             let ok = digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit());
             Some((digits.parse().ok().filter(|_| ok)?, name))
         })
@@ -543,8 +650,11 @@ fn segments(fs: &dyn WalFs) -> std::io::Result<Vec<(u64, String)>> {
     Ok(out)
 }
 
+/// How a segment's name ends.
+const SEGMENT_SUFFIX: &str = ".wal";
+
 fn segment_name(first: u64) -> String {
-    format!("{first:020}.wal")
+    format!("{first:020}{SEGMENT_SUFFIX}")
 }
 
 fn checksum(header: &[u8], payload: &[u8]) -> [u8; 8] {
@@ -684,15 +794,21 @@ mod tests {
         dir
     }
 
-    /// Records handed to `apply`: LSN and payload.
+    /// Records handed to `apply` past what sled holds: LSN and payload.
     type Replayed = Vec<(u64, Vec<u8>)>;
 
     fn replay(fs: &dyn WalFs, applied: u64) -> Result<(Recovery, Replayed), String> {
         let mut got = Vec::new();
-        let rec = recover(fs, applied, |lsn, p| {
-            got.push((lsn, p.to_vec()));
+        let mut lsns = Vec::new();
+        let rec = recover(fs, applied, |lsn, p, past| {
+            lsns.push(lsn);
+            if past {
+                got.push((lsn, p.to_vec()));
+            }
             Ok(())
         })?;
+        // Every valid record is handed over, in order; those past `applied` flagged.
+        assert!(lsns.windows(2).all(|w| w[0] < w[1]), "{lsns:?}");
         Ok((rec, got))
     }
 

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Group, Owner, Peer, work_for_group, work_for_group_mut};
-use crate::codec;
 use crate::entry::{Append, NodeName, Seq, Timestamp, TopicName};
 use crate::log::format::{self, StoredEntry};
 use crate::log::{GAPS_TOPIC, Gap, RetentionReport, Shared};
@@ -253,7 +252,12 @@ impl Head {
         if let Some(kv) = shared.tree.range(range).next() {
             let (k, v) = kv.map_err(|e| e.to_string())?;
             self.block_first = format::block_first(&k).ok_or("bad block key")?;
-            self.entries = codec::decode(&v, "entry block").map_err(|e| e.to_string())?;
+            self.entries = shared.block(self.topic, &v)?.ok_or_else(|| {
+                format!(
+                    "the entry file of the block at offset {} is missing",
+                    self.block_first
+                )
+            })?;
         }
         Ok(())
     }

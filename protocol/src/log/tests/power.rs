@@ -1,6 +1,7 @@
-//! Power cuts under the write-ahead log: [`CutFs`] drops (or tears) what was written and
-//! not synced, and the store is reopened from a copy of its directory taken at the cut
-//! (sled's files as they were on disk then: what it held only in memory is lost too).
+//! Power cuts under the write-ahead log and the entry files: [`CutFs`] drops (or tears)
+//! what was written and not synced, and the store is reopened from a copy of its
+//! directory taken at the cut (sled's files as they were on disk then: what it held only
+//! in memory is lost too).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -35,6 +36,39 @@ struct CutState {
     dead: bool,
     /// Each sync takes this long first: a slow device.
     slow_sync: Option<Duration>,
+}
+
+/// The store's two file layers, each a [`CutFs`]: the log's and the entry files'.
+#[derive(Debug, Clone)]
+struct CutDisk {
+    wal: Arc<CutFs>,
+    entries: Arc<CutFs>,
+}
+
+impl CutDisk {
+    fn new(store: &Path) -> CutDisk {
+        CutDisk {
+            wal: CutFs::new(&store.join(wal::DIR)),
+            entries: CutFs::new(&store.join(entries::DIR)),
+        }
+    }
+
+    fn open(&self, store: &Path, config: StoreConfig) -> Store {
+        let (wal, entries) = (self.wal.clone(), self.entries.clone());
+        Store::open_on(store, config, Some(wal), Some(entries)).unwrap()
+    }
+
+    /// The next sync of the log fails: the power went during it.
+    fn cut_at_next_sync(&self) {
+        self.wal.cut_at_next_sync();
+        self.entries.cut_at_next_sync();
+    }
+
+    /// The power goes: `torn` bytes of what each file had unsynced reach the disk.
+    fn power_cut(&self, torn: u64) {
+        self.wal.power_cut(torn);
+        self.entries.power_cut(torn);
+    }
 }
 
 impl CutFs {
@@ -86,6 +120,22 @@ impl CutFs {
 }
 
 impl WalFs for CutFs {
+    fn write_at(&self, name: &str, pos: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let mut state = self.alive()?;
+        let path = self.inner.path(name);
+        if !path.exists() {
+            state.fresh.insert(name.to_owned());
+        }
+        let before = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let end = state.written.entry(name.to_owned()).or_insert(before);
+        *end = (*end).max(pos + bytes.len() as u64);
+        self.inner.write_at(name, pos, bytes)
+    }
+
+    fn read_at(&self, name: &str, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.inner.read_at(name, pos, len)
+    }
+
     fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         let mut state = self.alive()?;
         let path = self.inner.path(name);
@@ -187,7 +237,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A store on a [`CutFs`], topic `t` created, and five appends `a0`..`a4` and a
 /// document acknowledged, each its own group.
-async fn store_on_cut_fs() -> (TempDir, Arc<CutFs>, Store, Vec<String>) {
+async fn store_on_cut_fs() -> (TempDir, CutDisk, Store, Vec<String>) {
     store_on_cut_fs_with(StoreConfig::new(node("hq")), None).await
 }
 
@@ -195,11 +245,11 @@ async fn store_on_cut_fs() -> (TempDir, Arc<CutFs>, Store, Vec<String>) {
 async fn store_on_cut_fs_with(
     config: StoreConfig,
     slow_sync: Option<Duration>,
-) -> (TempDir, Arc<CutFs>, Store, Vec<String>) {
+) -> (TempDir, CutDisk, Store, Vec<String>) {
     let dir = TempDir::new();
-    let fs = CutFs::new(&dir.0.join(wal::DIR));
-    fs.state.lock().unwrap().slow_sync = slow_sync;
-    let store = Store::open_on(&dir.0, config, Some(fs.clone())).unwrap();
+    let fs = CutDisk::new(&dir.0);
+    fs.wal.state.lock().unwrap().slow_sync = slow_sync;
+    let store = fs.open(&dir.0, config);
     let config = TopicConfig {
         name: topic("t"),
         scope: Scope::Local,
@@ -337,44 +387,141 @@ async fn a_flipped_byte_in_a_middle_record_fails_the_open_naming_file_and_offset
     );
 }
 
+/// Rewrites a closed store as a build of `format` (1 or 2) would have left it: each
+/// block's entries in sled in place of its location, no entry files, no log, no log
+/// position for format 1.
+fn as_older_format(dir: &Path, format: u32) {
+    let entry_files = wal::DiskFs::open(&dir.join(entries::DIR)).unwrap();
+    {
+        let db = sled_config(dir, 1 << 20).open().unwrap();
+        let tree = db.open_tree("tether").unwrap();
+        let mut blocks = 0;
+        for kv in tree.scan_prefix([format::BLOCK]) {
+            let (k, v) = kv.unwrap();
+            let topic = format::u32_value(&k[1..5]).unwrap();
+            let bytes = entries::block_bytes(&entry_files, topic, &v)
+                .unwrap()
+                .unwrap()
+                .into_owned();
+            assert_ne!(bytes, v.to_vec(), "a block already in place");
+            tree.insert(k, bytes).unwrap();
+            blocks += 1;
+        }
+        assert!(blocks > 0);
+        tree.insert(format::META_FORMAT, &format.to_be_bytes())
+            .unwrap();
+        if format == 1 {
+            tree.remove(format::META_LSN).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    std::fs::remove_dir_all(dir.join(entries::DIR)).unwrap();
+    std::fs::remove_dir_all(dir.join(wal::DIR)).unwrap();
+}
+
+fn marker(dir: &Path) -> Option<u32> {
+    let db = sled_config(dir, 1 << 20).open().unwrap();
+    let tree = db.open_tree("tether").unwrap();
+    format::u32_value(&tree.get(format::META_FORMAT).unwrap()?)
+}
+
 #[tokio::test]
-async fn a_store_of_format_1_opens_converted_and_a_format_2_marker_is_durable_first() {
+async fn a_store_of_format_1_opens_converted_and_the_format_3_marker_is_durable_first() {
     let (dir, fs, store, acked) = store_on_cut_fs().await;
     drop(fs);
     store.close().await.unwrap();
     drop(store);
-    // A closed store holds no log: as a build of format 1 would have left it.
-    {
+    as_older_format(&dir.0, 1);
+    let store = open(&dir.0, "hq");
+    check_holds(&store, &acked);
+    // New entries go to entry files, after the ones kept in sled.
+    store.append(&topic("t"), Append::new("new")).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(marker(&dir.0), Some(3));
+    let store = open(&dir.0, "hq");
+    let mut acked = acked;
+    acked.push("new".into());
+    check_holds(&store, &acked);
+}
+
+/// A store of format 2 whose log holds a record of that format (its writes alone, a
+/// block in place): it is replayed, and the store converted.
+#[tokio::test]
+async fn a_store_of_format_2_replays_its_log_and_opens_converted() {
+    let (dir, fs, store, mut acked) = store_on_cut_fs().await;
+    drop(fs);
+    store.close().await.unwrap();
+    drop(store);
+    as_older_format(&dir.0, 2);
+    let lsn = {
         let db = sled_config(&dir.0, 1 << 20).open().unwrap();
         let tree = db.open_tree("tether").unwrap();
-        tree.insert(format::META_FORMAT, &1u32.to_be_bytes())
-            .unwrap();
-        tree.remove(format::META_LSN).unwrap();
-        db.flush().unwrap();
-    }
-    std::fs::remove_dir_all(dir.0.join(wal::DIR)).unwrap();
+        format::u64_value(&tree.get(format::META_LSN).unwrap().unwrap()).unwrap()
+    };
+    // The record a format 2 build wrote for a sixth append: its block in place, the
+    // topic's state, the time index.
+    let (t, state) = {
+        let db = sled_config(&dir.0, 1 << 20).open().unwrap();
+        let tree = db.open_tree("tether").unwrap();
+        let record = tree.get(format::topic_key("t")).unwrap().unwrap();
+        let t = codec::decode::<format::TopicRecord>(&record, "topic")
+            .unwrap()
+            .id;
+        let v = tree.get(format::state_key(t)).unwrap().unwrap();
+        (
+            t,
+            codec::decode::<format::StateRecord>(&v, "state").unwrap(),
+        )
+    };
+    let e = StoredEntry {
+        origin: state.vector[0].0,
+        seq: state.vector[0].1 + 1,
+        ts: 1,
+        key: None,
+        to: None,
+        headers: Vec::new(),
+        payload: b"in the old log".to_vec(),
+    };
+    let mut after = state.clone();
+    after.next += 1;
+    after.bytes += e.size();
+    after.vector[0].1 += 1;
+    let writes = vec![
+        wal::Write {
+            key: format::block_key(t, state.next).to_vec(),
+            value: Some(codec::encode(&vec![e])),
+        },
+        wal::Write {
+            key: format::time_key(t, 1, state.next).to_vec(),
+            value: Some(1u64.to_be_bytes().to_vec()),
+        },
+        wal::Write {
+            key: format::state_key(t).to_vec(),
+            value: Some(codec::encode(&after)),
+        },
+    ];
+    let log = wal::DiskFs::open(&dir.0.join(wal::DIR)).unwrap();
+    let record = wal::encode_record(lsn + 1, lsn, &codec::encode(&writes)).unwrap();
+    log.append(&format!("{:020}.wal", lsn + 1), &record)
+        .unwrap();
     let store = open(&dir.0, "hq");
+    acked.push("in the old log".into());
     check_holds(&store, &acked);
     store.close().await.unwrap();
     drop(store);
-    let db = sled_config(&dir.0, 1 << 20).open().unwrap();
-    let marker = db
-        .open_tree("tether")
-        .unwrap()
-        .get(format::META_FORMAT)
-        .unwrap();
-    assert_eq!(marker.as_deref(), Some(&2u32.to_be_bytes()[..]));
+    assert_eq!(marker(&dir.0), Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_segments_are_folded_into_sled_and_removed_and_a_cut_still_recovers() {
     let dir = TempDir::new();
-    let fs = CutFs::new(&dir.0.join(wal::DIR));
+    let fs = CutDisk::new(&dir.0);
     let config = StoreConfig {
         wal_segment_bytes: 4096,
         ..StoreConfig::new(node("hq"))
     };
-    let store = Store::open_on(&dir.0, config, Some(fs.clone())).unwrap();
+    let store = fs.open(&dir.0, config);
     let t = TopicConfig {
         name: topic("t"),
         scope: Scope::Local,
@@ -395,7 +542,7 @@ async fn full_segments_are_folded_into_sled_and_removed_and_a_cut_still_recovers
     store.commit(txn).await.unwrap();
     // About 50 KiB of log in 4 KiB segments: the flusher keeps up and removes them.
     let segments = || {
-        let names = fs.list().unwrap();
+        let names = fs.wal.list().unwrap();
         names.iter().filter(|n| n.ends_with(".wal")).count()
     };
     for _ in 0..500 {
@@ -406,7 +553,7 @@ async fn full_segments_are_folded_into_sled_and_removed_and_a_cut_still_recovers
     }
     assert!(segments() <= 2, "{} segments left", segments());
     // Segments after the first few are renamed from spares the flusher made ready.
-    assert!(fs.state.lock().unwrap().spares_taken > 0);
+    assert!(fs.wal.state.lock().unwrap().spares_taken > 0);
     fs.cut_at_next_sync();
     if store.append(&topic("t"), Append::new("cut")).await.is_ok() {
         acked.push("cut".into());
@@ -437,4 +584,94 @@ async fn a_segment_is_folded_into_sled_only_once_sled_holds_all_of_it() {
     drop(store);
     let store = open(&copy.0, "hq");
     check_holds(&store, &acked);
+}
+
+/// sled is durable past the groups whose blocks the entry files still hold only in the
+/// page cache (sled flushes by itself); the power goes: the files lose them (the new
+/// files their names too), and recovery writes them again from the log, whose records
+/// sled already holds.
+#[tokio::test]
+async fn blocks_the_entry_files_lost_to_a_cut_are_written_again_from_the_log() {
+    let (dir, fs, store, acked) = store_on_cut_fs().await;
+    store.shared.db.flush().unwrap();
+    assert!(
+        fs.entries.state.lock().unwrap().synced.is_empty(),
+        "an entry file was synced: the cut would lose nothing"
+    );
+    fs.power_cut(0);
+    let copy = TempDir::new();
+    copy_dir(&dir.0, &copy.0);
+    drop(store);
+    assert!(
+        std::fs::read_dir(copy.0.join(entries::DIR))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the cut left an entry file"
+    );
+    let store = open(&copy.0, "hq");
+    check_holds(&store, &acked);
+}
+
+/// Retention removes whole entry files once their entries are all gone, and a cut after
+/// that (the removal's record in the log, sled not flushed) does not bring them back.
+#[tokio::test]
+async fn retention_removes_emptied_entry_files_and_a_replay_does_not_bring_them_back() {
+    let dir = TempDir::new();
+    let fs = CutDisk::new(&dir.0);
+    // One segment of log for everything: none is folded, the replay holds every block.
+    let config = StoreConfig {
+        wal_segment_bytes: 64 << 20,
+        ..StoreConfig::new(node("hq"))
+    };
+    let store = fs.open(&dir.0, config);
+    let retention = Retention {
+        max_entries: Some(10),
+        ..Retention::default()
+    };
+    let config = TopicConfig {
+        name: topic("t"),
+        scope: Scope::Local,
+        retention,
+    };
+    store.create_topic(config).await.unwrap();
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.0.join(entries::DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    // Entries of 200 KB, each its own group and block: about 20 in a file.
+    let mut acked = Vec::new();
+    for i in 0..45 {
+        let payload = format!("{i:04}{}", "y".repeat(200_000));
+        store
+            .append(&topic("t"), Append::new(payload.clone()))
+            .await
+            .unwrap();
+        acked.push(payload);
+    }
+    let before = files();
+    let report = store.enforce_retention().await.unwrap();
+    assert_eq!(report.removed, 35);
+    let after = files();
+    assert!(
+        after.len() < before.len(),
+        "no entry file removed: {before:?} -> {after:?}"
+    );
+    fs.power_cut(0);
+    let copy = TempDir::new();
+    copy_dir(&dir.0, &copy.0);
+    drop(store);
+    let store = open(&copy.0, "hq");
+    let held = payloads(&store.read(&topic("t"), Offset(0), 1000).unwrap());
+    assert_eq!(held, acked[35..].to_vec());
+    let mut kept: Vec<String> = std::fs::read_dir(copy.0.join(entries::DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, after, "files retention removed came back");
 }

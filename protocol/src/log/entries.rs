@@ -159,7 +159,15 @@ pub(crate) struct Files {
     dirty: BTreeSet<String>,
     /// A file was created since then: the directory needs a sync too.
     created: bool,
+    /// Bytes placed since then.
+    dirty_bytes: u64,
 }
+
+/// Once this much is written to entry files, the flusher syncs them in the background
+/// ([`Files::take_dirty`] early), so that the device writes them in steps rather than
+/// all at once when the log's segment is folded, where the log's syncs would wait
+/// behind them.
+pub(crate) const EARLY_SYNC: u64 = 256 << 10;
 
 #[derive(Debug, Default)]
 struct TopicFiles {
@@ -252,6 +260,7 @@ impl Files {
             sum: checksum(bytes),
         };
         t.end = at.end();
+        self.dirty_bytes += u64::from(at.len);
         let name = file_name(topic, file);
         self.dirty.insert(name.clone());
         (name, at)
@@ -294,10 +303,23 @@ impl Files {
 
     /// What was written since the last call, for the flusher to sync.
     pub(crate) fn take_dirty(&mut self) -> Dirty {
+        self.dirty_bytes = 0;
         Dirty {
             files: std::mem::take(&mut self.dirty).into_iter().collect(),
             created: std::mem::take(&mut self.created),
         }
+    }
+
+    /// Whether [`EARLY_SYNC`] bytes were written since the last [`Files::take_dirty`].
+    pub(crate) fn sync_due(&self) -> bool {
+        self.dirty_bytes >= EARLY_SYNC
+    }
+
+    /// Takes back what a [`Files::take_dirty`] took, when the flusher was busy.
+    pub(crate) fn restore(&mut self, dirty: Dirty) {
+        self.dirty.extend(dirty.files);
+        self.created |= dirty.created;
+        self.dirty_bytes = EARLY_SYNC;
     }
 }
 

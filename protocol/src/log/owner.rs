@@ -45,11 +45,11 @@ use crate::entry::{
 /// (and the latency of everyone in it) stays bounded even with large entries.
 const GROUP_BYTES: u64 = 8 << 20;
 /// A block holds the entries of one topic from one group, cut at this many entries or
-/// bytes, so that a read decodes little more than it returns. With 16 KiB blocks, a sled
-/// leaf (at most 16 keys) stays under sled's blob threshold, so that appends do not
-/// create blob files (each costs a file and an fsync).
-const BLOCK_ENTRIES: usize = 256;
-const BLOCK_BYTES: u64 = 16 << 10;
+/// bytes, so that a read decodes little more than it returns. Each block costs sled a
+/// key, its location and a time index key: a group of 64 entries of 256 bytes is one
+/// block, not two.
+const BLOCK_ENTRIES: usize = 1024;
+const BLOCK_BYTES: u64 = 64 << 10;
 
 mod retention;
 
@@ -269,6 +269,8 @@ enum Job {
     Fold(u64, entries::Dirty),
     /// Make a spare of this many bytes ready for the next segment.
     Spare(u64),
+    /// Sync these entry files early ([`entries::EARLY_SYNC`]).
+    Sync(entries::Dirty),
 }
 
 /// The flusher thread: for each closed segment, makes the entry files written and sled
@@ -282,6 +284,12 @@ fn flush_loop(
     for job in rx {
         let (before, dirty) = match job {
             Job::Fold(before, dirty) => (before, dirty),
+            Job::Sync(dirty) => {
+                if let Err(err) = entries::sync(&*shared.entries, &dirty) {
+                    shared.poison(&format!("background sync of the entry files: {err}"));
+                }
+                continue;
+            }
             Job::Spare(len) => {
                 // Only an optimisation: without one, the next segment is a new file.
                 if let Err(err) = fs.prepare_spare(len) {
@@ -1117,6 +1125,16 @@ impl Owner {
         }
         if self.wal.due() {
             self.rotate();
+        } else if let Some(flusher) = self.flusher.as_mut()
+            && self.files.sync_due()
+        {
+            // Never waits: a busy flusher gets them with the next group.
+            let dirty = self.files.take_dirty();
+            if let Err(std::sync::mpsc::TrySendError::Full(Job::Sync(dirty))) =
+                flusher.tx.try_send(Job::Sync(dirty))
+            {
+                self.files.restore(dirty);
+            }
         } else if let Some(flusher) = self.flusher.as_mut().filter(|f| !f.spare_asked)
             && self.wal.wants_spare()
         {

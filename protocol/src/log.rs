@@ -1,4 +1,4 @@
-//! The durable log store: topics of entries, version vectors, consumers and tables, on sled.
+//! The durable log store: topics of entries (in entry files of its own), version vectors, consumers and tables (on sled).
 //!
 //! Data flow:
 //! - Writers ([`Store::append`], [`Store::commit`], topic and peer changes) send a request
@@ -10,33 +10,43 @@
 //!   syncs it once, hands them to sled as one batch, then **publishes** the new state and
 //!   replies. This is group commit: concurrent writers share one record and one
 //!   `fdatasync`.
-//! - Readers ([`Store::read`] and friends) run on any thread, concurrently, straight on
-//!   sled; sled is handed a group only once it is durable in the log, and they see only
-//!   what is published, so never an entry that is not yet durable.
+//! - Readers ([`Store::read`] and friends) run on any thread, concurrently: a block's
+//!   location from sled, its bytes from its entry file. sled is handed a group (and the
+//!   files its blocks) only once it is durable in the log, and readers see only what is
+//!   published, so never an entry that is not yet durable.
 //! - Tailers wait on a per-topic watch channel that the owner updates on publish.
 //!
 //! The durable write path, in order:
-//! 1. the group's entries of each topic become blocks (`BLOCK` keys), each with a `TIME`
-//!    index key, and the topic's `STATE` (head, next offset, bytes, version vector);
+//! 1. the group's entries of each topic become blocks (up to 64 KiB), each placed in the
+//!    topic's current **entry file** (`entries/<topic>-<first offset>.ent`, a new one
+//!    once it holds 4 MiB); the block's `BLOCK` key gets its location (file, position,
+//!    length, checksum), its `TIME` index key its timestamps, and the topic's `STATE`
+//!    its head, next offset, bytes and version vector;
 //! 2. table documents, cursors, interned names and topic definitions join the same
 //!    group's writes (absolute puts and removes);
-//! 3. the writes are encoded as one record (length, LSN, checksum, payload) and appended
-//!    to the current segment of the write-ahead log (`wal/<first LSN>.wal`), then one
-//!    `fdatasync` of that file: the group commit's only device sync. A segment file and
-//!    its name are synced when it is begun, before any record in it counts;
-//! 4. `apply_batch` of the writes, with the record's LSN (`META_LSN`), in sled's memory:
+//! 3. sled's writes and the blocks' bytes are encoded as one record (length, LSN,
+//!    checksum, payload) and appended to the current segment of the write-ahead log
+//!    (`wal/<first LSN>.wal`), then one `fdatasync` of that file: the group commit's
+//!    only device sync. A segment file and its name are synced when it is begun, before
+//!    any record in it counts;
+//! 4. the blocks are written to their entry files (page cache, not synced), then
+//!    `apply_batch` of the writes, with the record's LSN (`META_LSN`), in sled's memory:
 //!    no flush;
-//! 5. only then: publish to readers, wake tailers, acknowledge the writers;
+//! 5. only then: publish to readers, wake tailers, acknowledge the writers; retention's
+//!    removals that emptied an entry file remove the file;
 //! 6. at most every 5 s, and at close: the checkpoint (each topic's next offset) is
 //!    replaced atomically beside sled's files;
-//! 7. off the commit path: once a segment holds a quarter of the next spare's size
-//!    (what the last segment held, 64 KiB to 8 MiB), the flusher thread writes and
-//!    syncs that spare segment of zeros; once the segment holds 8 MiB (or 30 s of
-//!    writes) the owner begins a new one (renamed from the spare: a record's
-//!    `fdatasync` then writes data only, no file growth) and the flusher thread
-//!    flushes sled, `fsync`s new blob files and their directory, then `fdatasync`s
-//!    sled's log (the syncs sled 0.34 leaves out), and only then removes the segments
-//!    sled now holds. `close` does the same for all, and removes the spare.
+//! 7. off the commit path: every 256 KiB written to entry files, the flusher thread
+//!    syncs them (so that the device writes them in steps, not all at a fold, ahead of
+//!    the log's syncs); once a segment holds a quarter of the next spare's size (what
+//!    the last segment held, 64 KiB to 8 MiB), the flusher writes and syncs that spare
+//!    segment of zeros; once the segment holds 8 MiB (or 30 s of writes) the owner
+//!    begins a new one (renamed from the spare: a record's `fdatasync` then writes data
+//!    only, no file growth) and the flusher syncs the entry files written since (and
+//!    their directory, for new ones), flushes sled, `fsync`s new blob files and their
+//!    directory, then `fdatasync`s sled's log (the syncs sled 0.34 leaves out), and only
+//!    then removes the segments that the entry files and sled now hold. `close` does
+//!    the same for all, and removes the spare.
 //!
 //! A failed write or sync **poisons** the store: every later write is refused with the
 //! cause, and the node must restart (reopen) to go on. Nothing acknowledged is lost.
@@ -44,21 +54,28 @@
 //! On open, in order:
 //! 1. the format version is checked (a version this build does not read is refused
 //!    before anything is touched);
-//! 2. recovery: the log's records past the LSN sled holds are applied to sled in LSN
-//!    order (consecutive LSNs checked); zeros after the last record (a segment renamed
-//!    from the spare) are the clean end; a torn tail (an invalid record that no later
-//!    record proves durable: each record carries the LSN through which the log was
-//!    durable when it was written) is a group never synced, so never acknowledged, and
-//!    is cut with a warning naming the file, the offset and the bytes; an invalid record
-//!    that a later one proves durable, a hole in the LSNs or an undecodable record is an
-//!    `OpenError` naming the file and the offset. Then sled is flushed and synced and
-//!    the log removed;
-//! 3. a store of format 1 (no log) is converted: the format 2 marker is durable in sled
-//!    before the log holds any record, so a build of format 1 never opens a store whose
-//!    log it would not replay;
+//! 2. recovery: every valid record of the log writes its blocks to their entry files
+//!    again (those sled holds too: the files may have lost them, as they are synced
+//!    only when the log's segments go), and the records past the LSN sled holds are
+//!    applied to sled in LSN order (consecutive LSNs checked); zeros after the last
+//!    record (a segment renamed from the spare) are the clean end; a torn tail (an
+//!    invalid record that no later record proves durable: each record carries the LSN
+//!    through which the log was durable when it was written) is a group never synced,
+//!    so never acknowledged, and is cut with a warning naming the file, the offset and
+//!    the bytes; an invalid record that a later one proves durable, a hole in the LSNs
+//!    or an undecodable record is an `OpenError` naming the file and the offset. Then
+//!    the entry files written, and sled, are synced and the log removed;
+//! 3. a store of format 1 (no log) or 2 (blocks in sled) is converted: the format 3
+//!    marker is durable in sled before the log holds any record, so an older build
+//!    never opens a store whose log or blocks it would not read; blocks kept in sled
+//!    are read where they are, until retention removes them;
 //! 4. the store must belong to this node and hold at least what its checkpoint recorded;
 //!    the catalog (topics, names, peers, counters) is loaded and the `_gaps` system topic
-//!    created.
+//!    created; entry files no block points at (after a cut tail, or removed by retention
+//!    and written again by the replay) are removed, with a log line.
+//!
+//! A block read back is checked against its location's checksum: a damaged entry file
+//! is a [`ReadError::Corrupt`] naming the file and the offset, never wrong entries.
 
 mod checkpoint;
 mod entries;

@@ -1,4 +1,4 @@
-//! The bodies of the store's fuzz targets, for what it reads back from disk (the write-ahead log, sled's keys and values, the checkpoint), re-exported by [`crate::fuzzing`]; and [`store_seeds`], their seed inputs from a real store.
+//! The bodies of the store's fuzz targets, for what it reads back from disk (the write-ahead log, the entry files, sled's keys and values, the checkpoint), re-exported by [`crate::fuzzing`]; and [`store_seeds`], their seed inputs from a real store.
 //!
 //! Each target drives the decoders as the store does at open and on reads; any error is
 //! an answer, a panic, a hang or an allocation without bound is the bug.
@@ -315,6 +315,37 @@ pub fn store_seeds(store: &Store) -> Result<Vec<Seed>, String> {
     let mut out = vec![14];
     out.extend_from_slice(&table);
     seeds.push(("store_records", "names".to_owned(), out));
+
+    // The entry files: their names, a head, the last block's location; and a block as
+    // read back from them (as a store of format 2 kept it in sled).
+    let mut last = None;
+    for kv in store.shared.tree.scan_prefix([format::BLOCK]) {
+        let (key, value) = kv.map_err(|e| e.to_string())?;
+        if entries::Location::decode(&value)?.is_some() {
+            last = Some((key.to_vec(), value.to_vec()));
+        }
+    }
+    let (key, location) = last.ok_or("no block in an entry file")?;
+    let topic = key
+        .get(1..5)
+        .and_then(format::u32_value)
+        .ok_or("bad block key")?;
+    let block = entries::block_bytes(&*store.shared.entries, topic, &location)?
+        .ok_or("the last block's entry file is missing")?;
+    let mut out = vec![2];
+    out.extend_from_slice(&block);
+    seeds.push(("store_records", "block-in-place".to_owned(), out));
+    let mut names = store
+        .shared
+        .entries
+        .list()
+        .map_err(|e| format!("entry files: {e}"))?;
+    names.sort();
+    let mut out = vec![15];
+    out.extend_from_slice(&0u64.to_be_bytes());
+    out.extend_from_slice(&location);
+    out.extend_from_slice(names.join("/").as_bytes());
+    seeds.push(("store_records", "entry-files".to_owned(), out));
 
     let path = store.path().join("checkpoint");
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -238,7 +238,7 @@ fn stored_format(shared: &Shared) -> Result<Option<u32>, OpenError> {
         return Ok(None);
     };
     let found = format::u32_value(&v).ok_or_else(|| corrupt("unreadable format marker".into()))?;
-    if found > format::FORMAT_VERSION || found < format::FORMAT_UNLOGGED {
+    if !(format::FORMAT_UNLOGGED..=format::FORMAT_VERSION).contains(&found) {
         let supported = format::FORMAT_VERSION;
         return Err(OpenError::UnknownFormat {
             path,

@@ -13,9 +13,9 @@ use crate::round2;
 /// on the same directory, the disk's own limit: the latency of a 4 KiB append +
 /// `fdatasync` (the durable path of a log), and the appends per second one sync per
 /// round of all producers would give (`sync_limit_per_s`). Where the bytes are
-/// (`disk_log_bytes_per_entry`: sled's log; `disk_blob_bytes_per_entry`, `blob_files`:
-/// its blob files); then what retention gives back (`retention_*`, see
-/// [`retention_pass`]).
+/// (`disk_entry_file_bytes_per_entry`: the entry files; `disk_log_bytes_per_entry`:
+/// sled's log; `disk_blob_bytes_per_entry`, `blob_files`: its blob files); then what
+/// retention gives back (`retention_*`, see [`retention_pass`]).
 pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String> {
     const PRODUCERS: usize = 64;
     const PAYLOAD: usize = 256;
@@ -97,6 +97,9 @@ pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String>
         "sync_median_ms": (sync_median * 1e3).round() / 1e3,
         "sync_p99_ms": (sync_p99 * 1e3).round() / 1e3,
         "sync_limit_per_s": sync_limit.round(),
+        "disk_entry_file_bytes_per_entry": round2(
+            dir_bytes(&dir.path().join("entries")).unwrap_or(0) as f64 / total as f64
+        ),
         "disk_log_bytes_per_entry": round2(parts.log as f64 / total as f64),
         "disk_blob_bytes_per_entry": round2(parts.blobs as f64 / total as f64),
         "blob_files": parts.blob_files,
@@ -151,8 +154,8 @@ struct Reclaimed {
 
 /// Reopens the store, keeps 1 MiB of the topic, and goes on appending 64 entries a round
 /// from 64 producers with a retention pass after each (as a node's timer would), until
-/// sled holds less than half of `before` (at most 200 rounds): sled gives space back
-/// over the writes that follow a pass, not at the pass itself.
+/// the store holds less than half of `before` (at most 200 rounds; 0 when the pass
+/// itself gave the space back: it removes whole entry files).
 async fn retention_pass(
     dir: &std::path::Path,
     topic: &TopicName,

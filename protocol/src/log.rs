@@ -936,15 +936,24 @@ impl Store {
     ) -> Result<Option<Vec<StoredEntry>>, ReadError> {
         match self.shared.block(topic, value) {
             Ok(Some(entries)) => Ok(Some(entries)),
-            // Its file is gone: retention moved the head past it, or the store is damaged.
+            // Its file is gone: retention moved the head past it (files go only once
+            // the head is past their last block, and after it is published), or the
+            // store is damaged.
             Ok(None) => {
-                let head = self
+                let (head, next) = self
                     .catalog()
                     .topics
                     .values()
                     .find(|v| v.id == topic)
-                    .map(|v| v.window().0);
-                if head.is_some_and(|head| head > block_first) {
+                    .map_or((0, 0), |v| v.window());
+                // The block ends where the next one begins (the last one, at `next`).
+                let after = format::block_key(topic, block_first.saturating_add(1));
+                let prefix = &after[..5];
+                let end = match self.shared.tree.range(after..).next() {
+                    Some(Ok((k, _))) if k.starts_with(prefix) => format::block_first(&k),
+                    _ => Some(next),
+                };
+                if end.is_some_and(|end| head >= end && end > block_first) {
                     Ok(None)
                 } else {
                     Err(self.corrupt(format!(

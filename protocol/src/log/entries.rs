@@ -36,15 +36,13 @@ pub(crate) fn file_name(topic: u32, first: u64) -> String {
     format!("{topic:08x}-{first:020}{SUFFIX}")
 }
 
-/// The topic and first offset of an entry file's name; `None` for any other name.
+/// The topic and first offset of an entry file's name; `None` for any other name (one
+/// [`file_name`] would not write: no sign, no upper-case hex).
 pub(crate) fn parse_name(name: &str) -> Option<(u32, u64)> {
     let (topic, first) = name.strip_suffix(SUFFIX)?.split_once('-')?;
-    if topic.len() != 8 || first.len() != 20 {
-        return None;
-    }
     let topic = u32::from_str_radix(topic, 16).ok()?;
     let first = first.parse().ok()?;
-    Some((topic, first))
+    (file_name(topic, first) == name).then_some((topic, first))
 }
 
 /// Where a block's bytes are: sled's value for its `BLOCK` key.
@@ -209,7 +207,8 @@ impl Files {
             };
             let mut kept = BTreeSet::new();
             for &first in &firsts {
-                let next_first = firsts.range(first + 1..).next().copied();
+                let after = (std::ops::Bound::Excluded(first), std::ops::Bound::Unbounded);
+                let next_first = firsts.range(after).next().copied();
                 let pointed = last.is_some_and(|l| first <= l.file)
                     && (first == last.map_or(0, |l| l.file)
                         || next_first.is_some_and(|n| n > head));
@@ -217,7 +216,10 @@ impl Files {
                     kept.insert(first);
                 } else {
                     let name = file_name(topic, first);
-                    fs.remove(&name)?;
+                    match fs.remove(&name) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        other => other?,
+                    }
                     removed.push(name);
                 }
             }
@@ -347,7 +349,15 @@ mod tests {
         let name = file_name(7, 123_456);
         assert_eq!(name, "00000007-00000000000000123456.ent");
         assert_eq!(parse_name(&name), Some((7, 123_456)));
-        for bad in ["7-1.ent", "00000007-00000000000000123456.wal", "spare", ""] {
+        for bad in [
+            "7-1.ent",
+            "00000007-00000000000000123456.wal",
+            "+0000007-00000000000000123456.ent",
+            "0000000A-00000000000000123456.ent",
+            "00000007-+0000000000000123456.ent",
+            "spare",
+            "",
+        ] {
             assert_eq!(parse_name(bad), None, "{bad}");
         }
         let at = Location {

@@ -31,7 +31,7 @@ pub enum OpenError {
     },
     /// The store was written by a build with another on-disk format.
     #[error(
-        "store at {path} has format version {found}; this build reads versions 1 to {supported} (a newer build wrote it: open it with that build)"
+        "store at {path} has format version {found}; this build reads versions 1 to {supported} (a newer build wrote it, or its format marker is damaged)"
     )]
     UnknownFormat {
         /// The store directory.

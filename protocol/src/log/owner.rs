@@ -282,6 +282,12 @@ fn flush_loop(
     rx: std::sync::mpsc::Receiver<Job>,
 ) {
     for job in rx {
+        // Once a write or sync failed, nothing more is made durable here, and above all
+        // no log segment goes: a failed `fsync` may have dropped pages it reports clean
+        // after, so the log may hold the only durable copy of what it covered.
+        if shared.poisoned().is_some() {
+            continue;
+        }
         let (before, dirty) = match job {
             Job::Fold(before, dirty) => (before, dirty),
             Job::Sync(dirty) => {
@@ -609,8 +615,8 @@ impl Owner {
         // at are removed).
         let mut lasts = BTreeMap::new();
         for (&t, state) in &topics {
-            let range = format::block_key(t, 0)..format::block_key(t + 1, 0);
-            let last = match tree.range(range).next_back() {
+            let prefix = &format::block_key(t, 0)[..5];
+            let last = match tree.scan_prefix(prefix).next_back() {
                 Some(kv) => {
                     let (_, v) = kv.map_err(sled_err)?;
                     Location::decode(&v)
@@ -750,7 +756,9 @@ impl Owner {
     fn stop(mut self) -> Result<(), String> {
         if let Some(flusher) = self.flusher.take() {
             drop(flusher.tx);
-            let _ = flusher.thread.join();
+            if flusher.thread.join().is_err() {
+                self.shared.poison(&"the store's flusher thread panicked");
+            }
         }
         if let Some(cause) = self.shared.poisoned() {
             return Err(cause);
@@ -1078,15 +1086,9 @@ impl Owner {
         // sender for nothing, and each of a core's thousand links writes cursors.
         let wake = !g.pending.is_empty() || g.created;
         let senders = self.senders_to_wake(&g.pending, g.created);
+        let mut emptied = Vec::new();
         for (&t, p) in &g.pending {
-            // Retention moved the head: files now wholly before it go. The removal of
-            // their blocks' keys is durable (in the log record just synced).
-            for name in self.files.below(t, p.counters.first, p.counters.next) {
-                if let Err(err) = self.shared.entries.remove(&name) {
-                    let path = self.shared.entries.path(&name);
-                    tracing::warn!(path = %path.display(), %err, "cannot remove an entry file retention emptied (it goes at the next open)");
-                }
-            }
+            emptied.extend(self.files.below(t, p.counters.first, p.counters.next));
         }
         for (t, p) in g.pending {
             if let Some(state) = self.topics.get_mut(&t) {
@@ -1096,6 +1098,15 @@ impl Owner {
                 }
                 state.view.publish(p.counters.record());
                 state.counters = p.counters;
+            }
+        }
+        // Retention moved a head past whole files: they go, once the new head is
+        // published (a reader that finds a file gone sees the head past it) and the
+        // removal of their blocks' keys is durable (in the record just synced).
+        for name in emptied {
+            if let Err(err) = self.shared.entries.remove(&name) {
+                let path = self.shared.entries.path(&name);
+                tracing::warn!(path = %path.display(), %err, "cannot remove an entry file retention emptied (it goes at the next open)");
             }
         }
         if wake {
@@ -1128,10 +1139,13 @@ impl Owner {
         } else if let Some(flusher) = self.flusher.as_mut()
             && self.files.sync_due()
         {
-            // Never waits: a busy flusher gets them with the next group.
+            // Never waits: a busy flusher gets them with the next group (a gone one
+            // poisons the store at the next rotation; until then they stay dirty).
             let dirty = self.files.take_dirty();
-            if let Err(std::sync::mpsc::TrySendError::Full(Job::Sync(dirty))) =
-                flusher.tx.try_send(Job::Sync(dirty))
+            if let Err(
+                std::sync::mpsc::TrySendError::Full(Job::Sync(dirty))
+                | std::sync::mpsc::TrySendError::Disconnected(Job::Sync(dirty)),
+            ) = flusher.tx.try_send(Job::Sync(dirty))
             {
                 self.files.restore(dirty);
             }

@@ -178,7 +178,11 @@ impl DiskFs {
         if handles.len() >= MAX_HANDLES {
             handles.clear();
         }
-        handles.insert(name.to_owned(), file.clone());
+        // Kept only if the file is still there: a removal between the open and this
+        // would otherwise leave a handle holding a deleted file's space.
+        if self.dir.join(name).exists() {
+            handles.insert(name.to_owned(), file.clone());
+        }
         Ok(file)
     }
 
@@ -240,8 +244,14 @@ impl WalFs for DiskFs {
 
     fn read_at(&self, name: &str, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt as _;
+        let file = self.handle(name, false)?;
+        // A length from a damaged location allocates nothing past the file.
+        let held = file.metadata()?.len();
+        if pos.checked_add(len as u64).is_none_or(|end| end > held) {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let mut buf = vec![0; len];
-        self.handle(name, false)?.read_exact_at(&mut buf, pos)?;
+        file.read_exact_at(&mut buf, pos)?;
         Ok(buf)
     }
 

@@ -14,8 +14,8 @@ use crate::log::wal::{DiskFs, MAGIC, WalFs};
 /// [`CutFs::cut_at_next_sync`], the next sync fails (the power went during it) and
 /// every later call fails; [`CutFs::power_cut`] (after which every call fails too)
 /// drops from the files what was not synced, keeping `torn` bytes of it, and files
-/// whose names were never synced. Removals count as durable at once (the log never
-/// relies on a removal).
+/// whose names were never synced, and brings back the files removed since the
+/// directory was last synced (with what of them was synced).
 #[derive(Debug)]
 struct CutFs {
     inner: DiskFs,
@@ -32,6 +32,9 @@ struct CutState {
     /// Segments taken from the spare so far.
     spares_taken: usize,
     fresh: HashSet<String>,
+    /// Files removed since the last directory sync: their synced bytes, which a power
+    /// cut brings back.
+    removed: HashMap<String, Vec<u8>>,
     cut_at_sync: bool,
     dead: bool,
     /// Each sync takes this long first: a slow device.
@@ -86,6 +89,9 @@ impl CutFs {
     fn power_cut(&self, torn: u64) {
         let mut state = self.state.lock().unwrap();
         state.dead = true;
+        for (name, bytes) in std::mem::take(&mut state.removed) {
+            std::fs::write(self.inner.path(&name), bytes).unwrap();
+        }
         for name in self.inner.list().unwrap() {
             let path = self.inner.path(&name);
             if state.fresh.contains(&name) {
@@ -185,6 +191,12 @@ impl WalFs for CutFs {
 
     fn remove(&self, name: &str) -> std::io::Result<()> {
         let mut state = self.alive()?;
+        if !state.fresh.contains(name) {
+            let mut durable = std::fs::read(self.inner.path(name)).unwrap_or_default();
+            let synced = state.synced.get(name).copied().unwrap_or(0);
+            durable.truncate(synced as usize);
+            state.removed.insert(name.to_owned(), durable);
+        }
         state.synced.remove(name);
         state.written.remove(name);
         state.from_spare.remove(name);
@@ -196,6 +208,7 @@ impl WalFs for CutFs {
         let mut state = self.alive()?;
         self.inner.sync_dir()?;
         state.fresh.clear();
+        state.removed.clear();
         Ok(())
     }
 

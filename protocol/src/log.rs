@@ -7,7 +7,7 @@
 //!   other writers are still on their way it waits for them, up to `commit_delay`. It
 //!   applies each request to its in-memory state (a refused transaction is rolled back
 //!   alone), appends the group's writes to the **write-ahead log** as one record and
-//!   syncs it once, hands them to sled as one batch, then **publishes** the new state and
+//!   syncs it once, hands them to sled (the log record's LSN last), then **publishes** the new state and
 //!   replies. This is group commit: concurrent writers share one record and one
 //!   `fdatasync`.
 //! - Readers ([`Store::read`] and friends) run on any thread, concurrently: a block's
@@ -29,9 +29,10 @@
 //!    (`wal/<first LSN>.wal`), then one `fdatasync` of that file: the group commit's
 //!    only device sync. A segment file and its name are synced when it is begun, before
 //!    any record in it counts;
-//! 4. the blocks are written to their entry files (page cache, not synced), then
-//!    `apply_batch` of the writes, with the record's LSN (`META_LSN`), in sled's memory:
-//!    no flush;
+//! 4. the blocks are written to their entry files (page cache, not synced), then the
+//!    writes are handed to sled one by one and the record's LSN (`META_LSN`) last, in
+//!    sled's memory: no flush, and no `apply_batch`, which makes sled 0.34 write its
+//!    buffer out (`sync_file_range`) twice per group;
 //! 5. only then: publish to readers, wake tailers, acknowledge the writers; retention's
 //!    removals that emptied an entry file remove the file;
 //! 6. at most every 5 s, and at close: the checkpoint (each topic's next offset) is
@@ -261,6 +262,10 @@ struct Shared {
     /// The entry files' layer (`entries/`): the owner writes blocks there, readers read
     /// them.
     entries: Arc<dyn wal::WalFs>,
+    /// Held by the owner while it hands a group's writes to sled (one by one), and by
+    /// readers of documents, cursors and acknowledgements: they see a group whole.
+    /// (Entry readers need not: they stop at the published next offset.)
+    applying: RwLock<()>,
 }
 
 impl Shared {
@@ -438,6 +443,7 @@ impl Store {
             incarnation: std::sync::atomic::AtomicU64::new(0),
             space: space::Space::new(path.clone(), config.min_free),
             entries,
+            applying: RwLock::new(()),
         });
         let inbox = owner::start(shared.clone(), config, fs)?;
         Ok(Store { shared, inbox })
@@ -759,6 +765,7 @@ impl Store {
     /// A consumer's cursor: the first offset it has not processed (0 if new).
     pub fn cursor(&self, consumer: &ConsumerName, topic: &TopicName) -> Result<Offset, ReadError> {
         let view = self.view(topic)?;
+        let _whole = self.whole();
         let key = format::cursor_key(consumer.as_str(), view.id);
         match self.shared.tree.get(key).map_err(|e| self.corrupt(e))? {
             Some(v) => format::u64_value(&v)
@@ -775,6 +782,7 @@ impl Store {
         topic: &TopicName,
     ) -> Result<VersionVector, ReadError> {
         let view = self.view(topic)?;
+        let _whole = self.whole();
         let full = format::ack_key(peer.as_str(), view.id, 0);
         let prefix = &full[..full.len() - 4];
         let catalog = self.catalog();
@@ -799,6 +807,7 @@ impl Store {
     /// it; `None` when `peer` is not a peer here (never linked, or forgotten). Cheap: the
     /// acknowledgements and the topics' counters, no entry is read.
     pub fn held_for(&self, peer: &NodeName) -> Result<Option<Held>, ReadError> {
+        let _whole = self.whole();
         let Some(record) = self
             .shared
             .tree
@@ -859,6 +868,7 @@ impl Store {
     /// A document of a table.
     pub fn doc(&self, table: &TableName, id: &str) -> Result<Option<serde_json::Value>, ReadError> {
         let key = doc_key(table.as_str(), id);
+        let _whole = self.whole();
         let Some(bytes) = self.shared.tree.get(key).map_err(|e| self.corrupt(e))? else {
             return Ok(None);
         };
@@ -871,6 +881,7 @@ impl Store {
     pub fn docs(&self, table: &TableName) -> Result<Vec<(String, serde_json::Value)>, ReadError> {
         let prefix = doc_prefix(table.as_str());
         let mut out = Vec::new();
+        let _whole = self.whole();
         for kv in self.shared.tree.scan_prefix(&prefix) {
             let (key, value) = kv.map_err(|e| self.corrupt(e))?;
             let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
@@ -907,6 +918,15 @@ impl Store {
             .map(|m| m.len())
             .sum::<u64>();
         sled + entries
+    }
+
+    /// Holds off the owner's next group while sled's documents, cursors or
+    /// acknowledgements are read, so that a group is seen whole or not at all.
+    fn whole(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.shared
+            .applying
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {

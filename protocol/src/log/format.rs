@@ -1,6 +1,6 @@
 //! The store's on-disk format, version [`FORMAT_VERSION`]: key layout and stored records.
 //!
-//! Everything lives in one sled tree, so that one `apply_batch` is one atomic write. Keys
+//! Everything lives in one sled tree (entries: their locations; the blocks are in entry files, `log/entries.rs`). Keys
 //! start with a one-byte tag; integers in keys are big-endian so that byte order is
 //! numeric order. Values are encoded with [`crate::codec`].
 //!

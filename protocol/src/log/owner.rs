@@ -10,7 +10,7 @@
 //! - The group's writes (and its blocks of entries) become one record of the
 //!   write-ahead log ([`super::wal`]), appended and `fdatasync`ed: the one device sync
 //!   of a group commit. Only then are the blocks written to their entry files
-//!   ([`super::entries`], page cache only) and the writes handed to sled as one batch
+//!   ([`super::entries`], page cache only) and the writes handed to sled (the LSN last)
 //!   (in memory, no flush; a block's key holds its location), the new counters
 //!   published to readers, tailers woken and every writer answered.
 //! - The entry files and sled are made durable off the commit path: when the log's
@@ -179,8 +179,7 @@ fn recover(
             if !past {
                 return Ok(());
             }
-            tree.apply_batch(batch_of(record.writes, lsn))
-                .map_err(|e| e.to_string())
+            apply_writes(tree, record.writes, lsn).map_err(|e| e.to_string())
         }),
         // The previous format's log: sled's writes alone, its blocks in place.
         Some(format::FORMAT_LOGGED) => wal::recover(fs, applied, |lsn, payload, past| {
@@ -189,8 +188,7 @@ fn recover(
             }
             let writes: Vec<wal::Write> =
                 codec::decode(payload, "write-ahead log record").map_err(|e| e.to_string())?;
-            tree.apply_batch(batch_of(writes, lsn))
-                .map_err(|e| e.to_string())
+            apply_writes(tree, writes, lsn).map_err(|e| e.to_string())
         }),
         found => wal::recover(fs, applied, |lsn, _, _| {
             Err(match found {
@@ -249,17 +247,24 @@ fn stored_format(shared: &Shared) -> Result<Option<u32>, OpenError> {
     Ok(Some(found))
 }
 
-/// A group's writes as a sled batch, with the LSN of the log record that holds them.
-fn batch_of(writes: Vec<wal::Write>, lsn: u64) -> sled::Batch {
-    let mut batch = sled::Batch::default();
+/// Hands a group's writes to sled one by one, then the LSN of the log record that holds
+/// them, last: sled recovers a prefix of its operations (its log is read up to the first
+/// damaged message), so a sled that holds this LSN holds every write before it, and one
+/// that holds part of a group holds the previous LSN, from which the replay redoes the
+/// group whole (its writes are absolute). Not `apply_batch`: sled 0.34 writes its IO
+/// buffer out twice per batch, each with a synchronous `sync_file_range`, so every group
+/// commit cost device writes beside the log's own sync; the log already makes a group
+/// atomic. Readers of documents, cursors and acknowledgements see a group whole through
+/// [`Shared::applying`](super::Shared).
+fn apply_writes(tree: &sled::Tree, writes: Vec<wal::Write>, lsn: u64) -> sled::Result<()> {
     for w in writes {
         match w.value {
-            Some(v) => batch.insert(w.key, v),
-            None => batch.remove(w.key),
+            Some(v) => drop(tree.insert(w.key, v)?),
+            None => drop(tree.remove(w.key)?),
         }
     }
-    batch.insert(format::META_LSN, &lsn.to_be_bytes());
-    batch
+    tree.insert(format::META_LSN, &lsn.to_be_bytes())?;
+    Ok(())
 }
 
 /// The flusher's work.
@@ -993,7 +998,7 @@ impl Owner {
     }
 
     /// Writes the group to the log and syncs it (the one device sync), hands it to sled
-    /// as one batch, then publishes and replies.
+    /// one by one (the LSN last), then publishes and replies.
     fn write(&mut self, g: Group) {
         if g.done.is_empty() && g.kv.is_empty() && g.pending.is_empty() {
             return;
@@ -1067,11 +1072,8 @@ impl Owner {
                         Ok(lsn)
                     })
                     .and_then(|lsn| {
-                        let batch = batch_of(writes, lsn);
-                        shared
-                            .tree
-                            .apply_batch(batch)
-                            .map_err(|err| shared.poison(&err))
+                        let _whole = shared.applying.write().unwrap_or_else(|p| p.into_inner());
+                        apply_writes(&shared.tree, writes, lsn).map_err(|err| shared.poison(&err))
                     })
             }
         };

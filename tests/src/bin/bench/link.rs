@@ -100,7 +100,8 @@ pub(crate) async fn replicate(quick: bool) -> crate::Lines {
 }
 
 /// `latency`: 200 entries/s for 20 s appended at the edge; from the start of each append
-/// to the moment it is readable at the core.
+/// to the moment it is readable at the core (and, of that, until the append returned:
+/// durable at the edge, `edge_durable_*`).
 pub(crate) async fn latency(quick: bool) -> crate::Lines {
     let seconds = if quick { 3 } else { 20 };
     let total = 200 * seconds;
@@ -146,17 +147,24 @@ pub(crate) async fn latency(quick: bool) -> crate::Lines {
     eprintln!("latency: 200 entries/s for {seconds} s, edge to core");
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let mut rng = Rng::new(7);
+    let mut durable = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
         let mut payload = vec![0; PAYLOAD];
         rng.fill(&mut payload);
         payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        started.lock().map_err(|e| e.to_string())?[i] = Some(Instant::now());
+        let t = Instant::now();
+        started.lock().map_err(|e| e.to_string())?[i] = Some(t);
         origin
             .append(&topic("bench"), Append::new(payload))
             .await
             .map_err(|e| e.to_string())?;
+        durable.push(t.elapsed());
     }
+    durable.sort_unstable();
+    let durable_ms = |p: f64| {
+        durable[((durable.len() as f64 * p) as usize).min(durable.len() - 1)].as_secs_f64() * 1e3
+    };
     let mut latencies = watch.await.map_err(|e| e.to_string())??;
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -184,6 +192,8 @@ pub(crate) async fn latency(quick: bool) -> crate::Lines {
         "p50_ms": round2(pct(0.5)),
         "p99_ms": round2(pct(0.99)),
         "max_ms": round2(pct(1.0)),
+        "edge_durable_p50_ms": round2(durable_ms(0.5)),
+        "edge_durable_p99_ms": round2(durable_ms(0.99)),
         "sync_median_ms": (sync_ms(0.5) * 1e3).round() / 1e3,
         "sync_p99_ms": (sync_ms(0.99) * 1e3).round() / 1e3,
         "quick": quick,

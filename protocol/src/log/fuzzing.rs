@@ -128,12 +128,15 @@ pub fn store_wal(data: &[u8]) {
 /// the store does. 14: the interned names (each a one-byte name length, the name, its id
 /// as u32 BE), as the catalog load makes its table of them. 15: an entry file's name, and
 /// the entry files as the store finds them at open (names separated by `/`, each topic's
-/// head and last block taken from the bytes).
+/// head and last block taken from the bytes). 16: a write-ahead log record's payload
+/// (which [`store_wal`] sees only behind a checksum the fuzzer cannot forge), its blocks
+/// written to in-memory entry files and each read back through a location, as recovery
+/// and reads do.
 pub fn store_records(data: &[u8]) {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    let _ = match which % 16 {
+    let _ = match which % 17 {
         0 => decode::<TopicRecord>(bytes, "topic record").map(|_| ()),
         1 => state(bytes),
         2 => block(bytes),
@@ -155,6 +158,7 @@ pub fn store_records(data: &[u8]) {
             stored(key, value)
         }
         15 => entry_files(bytes),
+        16 => payload(bytes),
         _ => {
             let mut names = Vec::new();
             let mut rest = bytes;
@@ -253,6 +257,17 @@ pub fn store_seeds(store: &Store) -> Result<Vec<Seed>, String> {
     empty.extend_from_slice(SEGMENT_MARK);
     empty.extend_from_slice(&(records[n - 1].0 + 1).to_le_bytes());
     seeds.push(("store_wal", "empty-segment".to_owned(), empty));
+    // Two records' payloads with blocks, for store_records 16, which needs no checksum.
+    let with_blocks = records.iter().filter_map(|(_, bytes)| {
+        let payload = bytes.get(wal::HEADER..)?;
+        let record: wal::Payload = codec::decode(payload, "record").ok()?;
+        (!record.files.is_empty()).then_some(payload)
+    });
+    for (i, payload) in with_blocks.take(2).enumerate() {
+        let mut out = vec![16];
+        out.extend_from_slice(payload);
+        seeds.push(("store_records", format!("payload-{}", i + 1), out));
+    }
 
     // sled's keys and values: at most two of each kind.
     let mut kinds: BTreeMap<u8, usize> = BTreeMap::new();
@@ -481,6 +496,42 @@ fn block(bytes: &[u8]) -> Result<(), String> {
         .iter()
         .map(StoredEntry::size)
         .fold(0, u64::saturating_add);
+    Ok(())
+}
+
+/// A log record's payload as recovery decodes and applies it (blocks written to
+/// in-memory entry files, at most 64 MiB in all), then each block read back through a
+/// location made for it, as reads do.
+fn payload(bytes: &[u8]) -> Result<(), String> {
+    let record: wal::Payload = decode(bytes, "write-ahead log record")?;
+    let files = MemFs::default();
+    let mut written = 0u64;
+    for block in &record.files {
+        written = written.saturating_add(block.pos).saturating_add(block.bytes.len() as u64);
+        if written > 64 << 20 {
+            return Err("more than 64 MiB of entry files".into());
+        }
+        let name = entries::file_name(block.topic, block.file);
+        files
+            .write_at(&name, block.pos, &block.bytes)
+            .map_err(|e| e.to_string())?;
+        let at = entries::Location {
+            file: block.file,
+            pos: block.pos,
+            len: u32::try_from(block.bytes.len()).map_err(|e| e.to_string())?,
+            sum: entries::checksum(&block.bytes),
+        };
+        let location = at.encode();
+        let read = entries::block_bytes(&files, block.topic, &location)?
+            .ok_or("a block written is missing")?;
+        assert_eq!(&*read, &block.bytes[..], "a block read back differs");
+        let _ = self::block(&read);
+    }
+    for write in &record.writes {
+        if let Some(value) = &write.value {
+            let _ = stored(&write.key, value);
+        }
+    }
     Ok(())
 }
 

@@ -507,7 +507,9 @@ fn payload(bytes: &[u8]) -> Result<(), String> {
     let files = MemFs::default();
     let mut written = 0u64;
     for block in &record.files {
-        written = written.saturating_add(block.pos).saturating_add(block.bytes.len() as u64);
+        written = written
+            .saturating_add(block.pos)
+            .saturating_add(block.bytes.len() as u64);
         if written > 64 << 20 {
             return Err("more than 64 MiB of entry files".into());
         }

@@ -67,6 +67,7 @@ pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String>
     drop(store);
     let disk = dir_bytes(dir.path()).map_err(|e| e.to_string())?;
     let parts = SledFiles::of(dir.path()).map_err(|e| e.to_string())?;
+    let entry_files = dir_bytes(&dir.path().join("entries")).map_err(|e| e.to_string())?;
     let syncs = sync_latencies(dir.path(), if quick { 200 } else { 1000 })
         .map_err(|e| format!("sync probe: {e}"))?;
     let retention = retention_pass(dir.path(), &topic, disk).await?;
@@ -97,9 +98,7 @@ pub(crate) async fn log_append(quick: bool) -> Result<serde_json::Value, String>
         "sync_median_ms": (sync_median * 1e3).round() / 1e3,
         "sync_p99_ms": (sync_p99 * 1e3).round() / 1e3,
         "sync_limit_per_s": sync_limit.round(),
-        "disk_entry_file_bytes_per_entry": round2(
-            dir_bytes(&dir.path().join("entries")).unwrap_or(0) as f64 / total as f64
-        ),
+        "disk_entry_file_bytes_per_entry": round2(entry_files as f64 / total as f64),
         "disk_log_bytes_per_entry": round2(parts.log as f64 / total as f64),
         "disk_blob_bytes_per_entry": round2(parts.blobs as f64 / total as f64),
         "blob_files": parts.blob_files,

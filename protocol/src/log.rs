@@ -1118,14 +1118,27 @@ fn lock_dir(path: &Path) -> Result<std::fs::File, OpenError> {
         .write(true)
         .open(path.join("lock"))
         .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked {
-            path: path.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    // A holder that is letting go (a process exiting, a handle in this one whose owner
+    // thread is still closing the store) gets a moment; one that keeps it is an error.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
+        }
     }
 }
+
+/// How long opening a store waits for another holder of its lock to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, OpenError> {
     remove_unfinished_snapshots(&path.join("sled")).map_err(|source| OpenError::Io {

@@ -224,6 +224,9 @@ impl Files {
                 }
             }
             if let Some(last) = last {
+                // The next block goes after the last one, in its file, even were that
+                // file missing (its blocks then read as damage, never as another's).
+                kept.insert(last.file);
                 files.topics.insert(
                     topic,
                     TopicFiles {
@@ -231,6 +234,16 @@ impl Files {
                         end: last.end(),
                     },
                 );
+            }
+        }
+        // A topic whose last block's file the directory lacks altogether.
+        for (&topic, &(_, last)) in topics {
+            if let (Some(last), false) = (last, files.topics.contains_key(&topic)) {
+                let t = TopicFiles {
+                    firsts: [last.file].into(),
+                    end: last.end(),
+                };
+                files.topics.insert(topic, t);
             }
         }
         if !removed.is_empty() {

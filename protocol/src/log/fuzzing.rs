@@ -567,7 +567,14 @@ fn entry_files(bytes: &[u8]) -> Result<(), String> {
             "a file after the last block was kept"
         );
     }
-    let _ = files.place(1, head, b"block");
+    let (_, at) = files.place(1, head, b"block");
+    if let Some(l) = last.filter(|l| l.end() < entries::FILE_BYTES) {
+        assert_eq!(
+            (at.file, at.pos),
+            (l.file, l.end()),
+            "the next block does not follow the last one"
+        );
+    }
     Ok(())
 }
 
@@ -779,6 +786,23 @@ mod tests {
             std::fs::write(dir.join("applied-u64-max"), input(255, &[(1, &[1, 2])])).unwrap();
             std::fs::write(dir.join("record-u64-max"), data).unwrap();
         }
+    }
+
+    /// The last block's file is missing and an older one is there: the next block goes
+    /// after the last one, in its file, not into the older file.
+    #[test]
+    fn the_next_block_follows_the_last_even_when_its_file_is_missing() {
+        let last = entries::Location {
+            file: 10,
+            pos: 100,
+            len: 5,
+            sum: [0; 8],
+        };
+        let mut data = vec![15];
+        data.extend_from_slice(&0u64.to_be_bytes());
+        data.extend_from_slice(&last.encode());
+        data.extend_from_slice(entries::file_name(1, 0).as_bytes());
+        store_records(&data);
     }
 
     #[test]

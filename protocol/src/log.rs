@@ -315,7 +315,8 @@ struct TopicView {
     tail: watch::Sender<Offset>,
     /// The newest blocks of a topic that crosses links, as the owner wrote them, so that
     /// readers at the tail (a core's thousand link senders after one broadcast) read
-    /// them from memory: an entry is read from sled once at most, not once per reader.
+    /// them from memory: an entry is read from its file once at most, not once per
+    /// reader.
     recent: Mutex<Recent>,
 }
 

@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::wal::WalFs;
+use super::wal::{FileWrite, WalFs};
 
 /// The directory of the entry files, inside the store's.
 pub(crate) const DIR: &str = "entries";
@@ -146,6 +146,15 @@ pub(crate) fn block_bytes<'a>(
         ));
     }
     Ok(Some(Cow::Owned(bytes)))
+}
+
+/// Writes a log record's block at its place in its entry file (not synced); returns the
+/// file's name. An error names the file.
+pub(crate) fn write_block(fs: &dyn WalFs, block: &FileWrite) -> Result<String, String> {
+    let name = file_name(block.topic, block.file);
+    fs.write_at(&name, block.pos, &block.bytes)
+        .map_err(|e| format!("cannot write entry file {}: {e}", fs.path(&name).display()))?;
+    Ok(name)
 }
 
 /// The owner's view of the entry files: the ones each topic holds, where its next block

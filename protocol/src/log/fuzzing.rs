@@ -54,10 +54,7 @@ pub fn store_wal(data: &[u8]) {
         let record: wal::Payload =
             codec::decode(payload, "write-ahead log record").map_err(|e| e.to_string())?;
         for block in &record.files {
-            let name = entries::file_name(block.topic, block.file);
-            entry_files
-                .write_at(&name, block.pos, &block.bytes)
-                .map_err(|e| e.to_string())?;
+            entries::write_block(&entry_files, block)?;
         }
         if !past {
             return Ok(());
@@ -513,10 +510,7 @@ fn payload(bytes: &[u8]) -> Result<(), String> {
         if written > 64 << 20 {
             return Err("more than 64 MiB of entry files".into());
         }
-        let name = entries::file_name(block.topic, block.file);
-        files
-            .write_at(&name, block.pos, &block.bytes)
-            .map_err(|e| e.to_string())?;
+        entries::write_block(&files, block)?;
         let at = entries::Location {
             file: block.file,
             pos: block.pos,

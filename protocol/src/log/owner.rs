@@ -169,11 +169,7 @@ fn recover(
             let record: wal::Payload =
                 codec::decode(payload, "write-ahead log record").map_err(|e| e.to_string())?;
             for block in &record.files {
-                let name = entries::file_name(block.topic, block.file);
-                entries
-                    .write_at(&name, block.pos, &block.bytes)
-                    .map_err(|e| format!("cannot write {}: {e}", entries.path(&name).display()))?;
-                rewritten.files.push(name);
+                rewritten.files.push(entries::write_block(entries, block)?);
                 rewritten.created = true;
             }
             if !past {
@@ -1059,15 +1055,8 @@ impl Owner {
                     .map_err(|err| shared.poison(&format!("write-ahead log: {err}")))
                     .and_then(|lsn| {
                         for block in &placed {
-                            let name = entries::file_name(block.topic, block.file);
-                            entries
-                                .write_at(&name, block.pos, &block.bytes)
-                                .map_err(|err| {
-                                    shared.poison(&format!(
-                                        "entry file {}: {err}",
-                                        entries.path(&name).display()
-                                    ))
-                                })?;
+                            entries::write_block(entries, block)
+                                .map_err(|err| shared.poison(&err))?;
                         }
                         Ok(lsn)
                     })

@@ -217,6 +217,36 @@ impl fmt::Display for Scope {
     }
 }
 
+/// A topic's priority class on a link: a class never waits behind a lower one (its own
+/// entry stream, sent first by QUIC, and an in-flight window that does not count lower
+/// classes). Control frames go above all of them, mirror transfers below.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Sent before everything else: contact reports, alerts.
+    Urgent,
+    /// The default.
+    #[default]
+    Normal,
+    /// Sent when nothing else waits: bulk feeds, logs.
+    Bulk,
+}
+
+impl Priority {
+    /// Every class, most urgent first.
+    pub const ALL: [Priority; 3] = [Priority::Urgent, Priority::Normal, Priority::Bulk];
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Priority::Urgent => "urgent",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        })
+    }
+}
+
 /// How long a topic keeps entries; `None` means no limit of that kind.
 ///
 /// Retention removes the oldest entries first, and never an entry that a peer in scope

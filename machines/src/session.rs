@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use crate::entry::{NodeName, Scope, TopicName, VersionVector};
+use crate::entry::{NodeName, Priority, Scope, TopicName, VersionVector};
 use crate::replication::Writers;
 use crate::wire::Frame;
 
@@ -58,6 +58,11 @@ pub struct SessionSettings {
     pub zstd_level: i32,
     /// Core: which edges may write which topics (`[[topics]] writers`).
     pub writers: Writers,
+    /// Each topic's priority class (`[[topics]] priority`), for what this side sends.
+    pub priorities: Priorities,
+    /// The protocol version this side speaks: this build's ([`wire::VERSION`]); the
+    /// previous one only where a test plays an edge not yet upgraded.
+    pub version: u32,
     /// Most entry bytes (as the store counts them) read ahead from a peer's entry stream
     /// and not yet committed: the memory one peer's stream can make this side hold,
     /// beside QUIC's receive window.
@@ -78,9 +83,25 @@ impl Default for SessionSettings {
             have_every: Duration::from_millis(100),
             zstd_level: 1,
             writers: Writers::default(),
+            priorities: Priorities::default(),
+            version: crate::wire::VERSION,
             queue_bytes: 8 << 20,
             relay: None,
         }
+    }
+}
+
+/// The topics whose priority class is not [`Priority::Normal`] (`[[topics]] priority`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Priorities(pub Vec<(TopicName, Priority)>);
+
+impl Priorities {
+    /// `topic`'s class.
+    pub fn of(&self, topic: &TopicName) -> Priority {
+        self.0
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(Priority::Normal, |(_, p)| *p)
     }
 }
 

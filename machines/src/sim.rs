@@ -556,7 +556,7 @@ impl Sim {
                 cwnd: 2_000 + self.rng.below(200_000),
                 rtt: Duration::from_millis(5 + self.rng.below(500)),
             };
-            let mut round = end.session.send_round(measure, false);
+            let mut round = end.session.send_round(measure, false, None);
             let store = &self.nodes[me].store;
             let mut planned = Vec::new();
             while let Some(read) = end.session.next_read(&mut round, 0) {

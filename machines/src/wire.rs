@@ -38,8 +38,13 @@ use crate::entry::{Entry, EntryId, NodeName, Scope, Seq, Timestamp, TopicName};
 /// mirror fetches an appended file's extended chunk from an offset (`FetchFrom`); a peer
 /// of version 2 is closed the same way. 4: the hello carries the node's incarnation and
 /// the topics the peer may not send; batches are bounded in entries and headers. 5: the
-/// hello carries the sender's clock; `Backlog`.
-pub const VERSION: u32 = 5;
+/// hello carries the sender's clock; `Backlog`. 6: an entry stream per priority class
+/// (up to three each way, each its own zstd stream); the core answers an edge's hello
+/// with the version the edge speaks, so that it serves edges of version 5 as before.
+pub const VERSION: u32 = 6;
+
+/// The oldest version a core still serves: edges are upgraded one by one, over months.
+pub const PREVIOUS_VERSION: u32 = 5;
 
 /// Largest encoded frame accepted: a batch of entries at the size limit fits.
 pub const MAX_FRAME: usize = 4 << 20;

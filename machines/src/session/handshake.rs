@@ -39,18 +39,12 @@ impl Handshake {
         }
     }
 
-    /// Our hello: the first frame on the control stream; `clock_ms` is this node's clock
-    /// as it sends it (ms since the Unix epoch).
+    /// Our hello, of this build's version: the dialer's first frame on the control
+    /// stream (the other side answers with [`Greeted::hello`], once it knows which
+    /// version the dialer speaks); `clock_ms` is this node's clock as it sends it (ms
+    /// since the Unix epoch).
     pub fn hello(&self, clock_ms: u64) -> Frame {
-        Frame::Hello(Hello {
-            version: wire::VERSION,
-            node: self.side.node.clone(),
-            incarnation: self.side.incarnation,
-            core: self.side.core,
-            topics: self.side.topics.clone(),
-            closed: self.closed.clone(),
-            clock_ms,
-        })
+        hello(&self.side, &self.closed, self.settings.version, clock_ms)
     }
 
     /// By when the next step must happen (the control stream opened, then the peer's
@@ -75,8 +69,9 @@ impl Handshake {
         }
     }
 
-    /// The peer's first control frame, which must be a hello of our version, naming the
-    /// peer its certificate proves, from the other role.
+    /// The peer's first control frame, which must be a hello of this build's version or
+    /// the previous one ([`wire::PREVIOUS_VERSION`]: the session then speaks that one),
+    /// naming the peer its certificate proves, from the other role.
     pub fn handle_hello(self, frame: Frame) -> Result<Greeted, SessionError> {
         let theirs = match frame {
             Frame::Hello(hello) => hello,
@@ -85,7 +80,7 @@ impl Handshake {
                 return Err(SessionError::Protocol(format!("expected hello, got {got}")));
             }
         };
-        if theirs.version != wire::VERSION {
+        if !(wire::PREVIOUS_VERSION..=wire::VERSION).contains(&theirs.version) {
             return Err(SessionError::Version(theirs.version));
         }
         if theirs.node != self.peer {
@@ -103,10 +98,23 @@ impl Handshake {
             side: self.side,
             peer: self.peer,
             settings: self.settings,
+            closed: self.closed,
             theirs,
             routes,
         })
     }
+}
+
+fn hello(side: &Side, closed: &[TopicName], version: u32, clock_ms: u64) -> Frame {
+    Frame::Hello(Hello {
+        version,
+        node: side.node.clone(),
+        incarnation: side.incarnation,
+        core: side.core,
+        topics: side.topics.clone(),
+        closed: closed.to_vec(),
+        clock_ms,
+    })
 }
 
 /// A session whose hellos are exchanged and checked: the routes are known. Before it
@@ -116,11 +124,24 @@ pub struct Greeted {
     side: Side,
     peer: NodeName,
     settings: SessionSettings,
+    closed: Vec<TopicName>,
     theirs: Hello,
     routes: Routes,
 }
 
 impl Greeted {
+    /// The version the session speaks: the lower of the two hellos'.
+    pub fn version(&self) -> u32 {
+        self.theirs.version.min(self.settings.version)
+    }
+
+    /// Our hello in answer to the peer's, of the version the session speaks: the
+    /// accepting side sends it once it has read the dialer's, so that a dialer of the
+    /// previous version reads a hello of its own version.
+    pub fn hello(&self, clock_ms: u64) -> Frame {
+        hello(&self.side, &self.closed, self.version(), clock_ms)
+    }
+
     /// The topics each way.
     pub fn routes(&self) -> &Routes {
         &self.routes
@@ -174,6 +195,7 @@ impl Greeted {
             settings,
             theirs,
             routes,
+            ..
         } = self;
         let intake = Intake::new(&side, peer.clone(), theirs.core, &routes, &settings, now);
         let session = Session::new(&side, peer, theirs.core, routes, &settings, cursors, now);

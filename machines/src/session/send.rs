@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::{SessionError, SessionSettings, Side};
-use crate::entry::{NodeName, Offset, Record, TopicName, VersionVector};
+use crate::entry::{NodeName, Offset, Priority, Record, TopicName, VersionVector};
 use crate::replication::{Outbound, Routes};
 use crate::wire::Frame;
 
@@ -30,9 +30,12 @@ pub struct Session {
     paused_by_peer: bool,
     /// What the peer was last told of this side's pause switch.
     told_paused: bool,
-    /// Which outgoing topic goes first in the next round: each round starts one further,
-    /// so that no topic always waits behind another.
-    turn: usize,
+    /// Each outgoing topic's priority class, in the order of `routes.out`.
+    classes: Vec<Priority>,
+    /// Per class (in [`Priority::ALL`]'s order), which of its topics goes first in the
+    /// next round: each round starts one further, so that no topic always waits behind
+    /// another of its class.
+    turns: [usize; 3],
     batch_entries: usize,
     batch_bytes: usize,
     max_in_flight: usize,
@@ -119,6 +122,10 @@ pub struct Measure {
 /// One round of sending, sized when it starts ([`Session::send_round`]).
 #[derive(Debug)]
 pub struct Round {
+    /// The class it sends (`None`: every class, most urgent first, on one stream).
+    class: Option<Priority>,
+    /// The outgoing topics it looks at (indices into the routes), in order.
+    order: Vec<usize>,
     /// Neither side is paused: the round counts as a turn.
     started: bool,
     /// More may be read in this round.
@@ -178,13 +185,15 @@ impl Session {
             let out = Outbound::new(topic.clone(), peer.clone(), peer_core, only.clone(), start);
             (topic.clone(), out)
         });
+        let classes = routes.out.iter().map(|t| settings.priorities.of(t)).collect();
         Session {
             outbound: outbound.collect(),
             peer,
             routes,
+            classes,
             paused_by_peer: false,
             told_paused: false,
-            turn: 0,
+            turns: [0; 3],
             batch_entries: settings.batch_entries,
             batch_bytes: settings.batch_bytes,
             max_in_flight: settings.max_in_flight,
@@ -283,8 +292,29 @@ impl Session {
         self.paused_by_peer
     }
 
-    /// Starts a round of sending with the link as `measure` says; nothing is sent while
-    /// either side is paused (`paused_here`: this side's operator switch).
+    /// The priority classes of the outgoing topics, most urgent first: with a peer of
+    /// version 6 or later, the driver sends each on its own entry stream.
+    pub fn classes(&self) -> Vec<Priority> {
+        Priority::ALL
+            .into_iter()
+            .filter(|c| self.classes.contains(c))
+            .collect()
+    }
+
+    /// `topic`'s priority class on this link (`None`: not an outgoing topic).
+    pub fn class_of(&self, topic: &TopicName) -> Option<Priority> {
+        let i = self.routes.out.iter().position(|t| t == topic)?;
+        self.classes.get(i).copied()
+    }
+
+    /// Starts a round of sending with the link as `measure` says, of the topics of
+    /// `class` (`None`: of every class, most urgent first, for a peer of version 5 and
+    /// its one entry stream); nothing is sent while either side is paused
+    /// (`paused_here`: this side's operator switch).
+    ///
+    /// A class's window counts what its own topics and those of higher classes have
+    /// sent and not had acknowledged, never lower classes': an urgent entry never waits
+    /// for a backlog of normal ones to be acknowledged.
     ///
     /// Sized to the link: what is sent and not yet acknowledged stays within four
     /// congestion windows (acknowledgements come a round trip plus a commit after the
@@ -300,8 +330,15 @@ impl Session {
     /// satcom's catch-up lost ~5 s of its ramp. Where half a window is far less than
     /// 50 ms of sending (loopback, a LAN), pieces that small only cost work: a
     /// piece is the larger of the two.
-    pub fn send_round(&mut self, measure: Measure, paused_here: bool) -> Round {
+    pub fn send_round(
+        &mut self,
+        measure: Measure,
+        paused_here: bool,
+        class: Option<Priority>,
+    ) -> Round {
         let mut round = Round {
+            class,
+            order: Vec::new(),
             started: false,
             active: false,
             window: 0,
@@ -324,14 +361,32 @@ impl Session {
         round.active = true;
         round.window = cwnd.saturating_mul(4).max(MIN_IN_FLIGHT_BYTES);
         round.piece = (cwnd / 2).max(timely).clamp(MIN_WRITE_BYTES, most);
-        round.unacknowledged = self.outbound.values().map(Outbound::in_flight_bytes).sum();
+        for (k, c) in Priority::ALL.into_iter().enumerate() {
+            if class.is_some_and(|only| only != c) {
+                continue;
+            }
+            let of_class: Vec<usize> = (0..self.classes.len())
+                .filter(|&i| self.classes[i] == c)
+                .collect();
+            let n = of_class.len().max(1);
+            let first = self.turns[k] % n;
+            round
+                .order
+                .extend(of_class[first..].iter().chain(&of_class[..first]));
+        }
+        let counted = |i: usize| class.is_none_or(|only| self.classes[i] <= only);
+        round.unacknowledged = (0..self.routes.out.len())
+            .filter(|&i| counted(i))
+            .filter_map(|i| self.outbound.get(&self.routes.out[i]))
+            .map(Outbound::in_flight_bytes)
+            .sum();
         round
     }
 
     /// What to read next in `round`, `compressed` being the bytes its piece holds so far;
     /// `None`: the round is over (every topic looked at, or the window or the piece full).
     pub fn next_read(&self, round: &mut Round, compressed: usize) -> Option<Read> {
-        let n = self.routes.out.len();
+        let n = round.order.len();
         if !round.active {
             return None;
         }
@@ -346,7 +401,7 @@ impl Session {
                 round.active = false;
                 return None;
             }
-            let topic = &self.routes.out[(self.turn + round.looked) % n];
+            let topic = &self.routes.out[round.order[round.looked]];
             round.looked += 1;
             let Some(out) = self.outbound.get(topic) else {
                 continue;
@@ -401,7 +456,11 @@ impl Session {
     /// acknowledgement or a pause change).
     pub fn end_round(&mut self, round: Round) -> bool {
         if round.started {
-            self.turn = self.turn.wrapping_add(1);
+            for (k, c) in Priority::ALL.into_iter().enumerate() {
+                if round.class.is_none_or(|only| only == c) {
+                    self.turns[k] = self.turns[k].wrapping_add(1);
+                }
+            }
         }
         round.progressed
     }

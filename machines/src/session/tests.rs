@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::entry::{Entry, EntryId, Offset, Record, Seq, Timestamp};
 use crate::replication::{Incarnations, Writer};
-use crate::wire::{Batch, Hello};
+use crate::entry::Priority;
+use crate::wire::{self, Batch, Hello};
 
 fn node(n: &str) -> NodeName {
     NodeName::new(n).unwrap()
@@ -92,7 +93,7 @@ fn entries_in(frames: &[Frame]) -> usize {
 
 /// One send round over `log`: the entries planned.
 fn round(session: &mut Session, log: &[Record], measure: Measure) -> usize {
-    let mut round = session.send_round(measure, false);
+    let mut round = session.send_round(measure, false, None);
     let mut sent = 0;
     while let Some(read) = session.next_read(&mut round, 0) {
         let from = usize::try_from(read.from.0).unwrap().min(log.len());
@@ -474,7 +475,7 @@ fn pauses_are_told_once_and_stop_the_sender() {
     assert_eq!(session.pause_here(true), None);
     assert_eq!(session.pause_here(false), Some(Frame::Resume));
     // Paused here (the operator's switch is an input of each round): nothing is read.
-    let mut paused = session.send_round(FAST, true);
+    let mut paused = session.send_round(FAST, true, None);
     assert_eq!(session.next_read(&mut paused, 0), None);
     assert!(!session.end_round(paused));
     // Paused by the peer: the same, until it resumes.
@@ -626,7 +627,7 @@ impl SimNode {
 
     /// One send round: what the session plans goes to the peer's entry stream.
     fn send(&mut self) -> usize {
-        let mut round = self.session.send_round(FAST, false);
+        let mut round = self.session.send_round(FAST, false, None);
         let mut sent = 0;
         while let Some(read) = self.session.next_read(&mut round, 0) {
             let log = self.logs.get(&read.topic).map_or(&[][..], Vec::as_slice);
@@ -734,4 +735,107 @@ fn two_machines_replicate_both_ways_over_simulated_time() {
             (topic("reports"), Offset(3000))
         ]
     );
+}
+
+/// A core and an edge that both hold `broadcast` and `alerts` (scope all), `alerts`
+/// urgent at the core: the core's sending half toward alpha, with both topics ready.
+fn core_with_alerts(t0: Instant) -> Session {
+    let with_alerts = |name: &str, core: bool| {
+        let mut s = side(name, core);
+        s.topics.push((topic("alerts"), Scope::All));
+        s
+    };
+    let settings = SessionSettings {
+        priorities: Priorities(vec![(topic("alerts"), Priority::Urgent)]),
+        ..Default::default()
+    };
+    let edge = Handshake::new(with_alerts("alpha", false), node("hq"), Default::default(), t0);
+    let hs = Handshake::new(with_alerts("hq", true), node("alpha"), settings, t0);
+    let (mut session, _) = hs.handle_hello(edge.hello(0)).unwrap().start([], t0);
+    for t in ["broadcast", "alerts"] {
+        let frame = Frame::Have {
+            topic: topic(t),
+            vector: vec![],
+        };
+        assert!(matches!(session.handle_control(frame), Ok(Control::Have { .. })));
+        session.handle_have(&topic(t), &[], &VersionVector::default(), None);
+    }
+    session
+}
+
+#[test]
+fn an_urgent_topic_is_not_held_by_a_window_full_of_normal_entries() {
+    let t0 = Instant::now();
+    let mut session = core_with_alerts(t0);
+    assert_eq!(session.classes(), vec![Priority::Urgent, Priority::Normal]);
+    let slow = Measure {
+        cwnd: 16 << 10,
+        rtt: Duration::from_millis(1200),
+    };
+    // The normal class fills its window with broadcast's backlog, round after round.
+    let backlog = log(1000);
+    let mut rounds = 0;
+    loop {
+        let mut round = session.send_round(slow, false, Some(Priority::Normal));
+        let mut read_any = false;
+        while let Some(read) = session.next_read(&mut round, 0) {
+            assert_eq!(read.topic, topic("broadcast"), "a normal round reads normal topics only");
+            let from = usize::try_from(read.from.0).unwrap();
+            let records = backlog[from..(from + read.max).min(backlog.len())].to_vec();
+            session.plan(&mut round, &read.topic, records);
+            read_any = true;
+        }
+        session.end_round(round);
+        rounds += 1;
+        if !read_any {
+            break;
+        }
+        assert!(rounds < 100, "the normal window never filled");
+    }
+    assert!(session.progress(&topic("broadcast")).unwrap().in_flight > 0);
+    // The urgent class still reads: its window does not count normal entries.
+    let mut urgent = session.send_round(slow, false, Some(Priority::Urgent));
+    let read = session.next_read(&mut urgent, 0).expect("alerts is read");
+    assert_eq!(read.topic, topic("alerts"));
+    // On one stream (a peer of version 5), the round reads urgent topics first.
+    let mut one = session.send_round(slow, false, None);
+    let first = session.next_read(&mut one, 0).map(|r| r.topic);
+    assert_eq!(first, None, "one stream: the shared window is full");
+}
+
+#[test]
+fn on_one_stream_urgent_topics_are_read_first() {
+    let t0 = Instant::now();
+    let mut session = core_with_alerts(t0);
+    for _ in 0..3 {
+        let mut round = session.send_round(FAST, false, None);
+        let first = session.next_read(&mut round, 0).map(|r| r.topic);
+        assert_eq!(first, Some(topic("alerts")));
+        let second = session.next_read(&mut round, 0).map(|r| r.topic);
+        assert_eq!(second, Some(topic("broadcast")));
+        session.end_round(round);
+    }
+}
+
+#[test]
+fn the_core_serves_an_edge_of_the_previous_version_in_that_version() {
+    let t0 = Instant::now();
+    let old = SessionSettings {
+        version: wire::PREVIOUS_VERSION,
+        ..Default::default()
+    };
+    let edge = Handshake::new(side("alpha", false), node("hq"), old.clone(), t0);
+    let core = Handshake::new(side("hq", true), node("alpha"), Default::default(), t0);
+    let greeted = core.handle_hello(edge.hello(0)).unwrap();
+    assert_eq!(greeted.version(), wire::PREVIOUS_VERSION);
+    let answer = greeted.hello(0);
+    assert!(matches!(&answer, Frame::Hello(h) if h.version == wire::PREVIOUS_VERSION));
+    // The old edge takes the answer (it checks the version it speaks).
+    let edge = Handshake::new(side("alpha", false), node("hq"), old, t0);
+    assert_eq!(edge.handle_hello(answer).unwrap().version(), wire::PREVIOUS_VERSION);
+    // Older than the previous version: refused, naming it.
+    let core = Handshake::new(side("hq", true), node("alpha"), Default::default(), t0);
+    let ancient = alpha_hello(|h| h.version = wire::PREVIOUS_VERSION - 1);
+    let err = core.handle_hello(ancient).unwrap_err();
+    assert_eq!(err, SessionError::Version(wire::PREVIOUS_VERSION - 1));
 }

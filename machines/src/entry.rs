@@ -220,7 +220,9 @@ impl fmt::Display for Scope {
 /// A topic's priority class on a link: a class never waits behind a lower one (its own
 /// entry stream, sent first by QUIC, and an in-flight window that does not count lower
 /// classes). Control frames go above all of them, mirror transfers below.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Sent before everything else: contact reports, alerts.

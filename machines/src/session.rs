@@ -32,7 +32,7 @@ mod send;
 mod tests;
 
 pub use handshake::{Greeted, Handshake};
-pub use intake::{Committed, Intake, Take};
+pub use intake::{Committed, Gathering, Intake, Take};
 pub use quota::{RelayLimit, RelayQuota};
 pub use send::{Control, Measure, Persist, Progress, Read, Round, Session};
 

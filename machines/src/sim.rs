@@ -50,7 +50,7 @@ use crate::entry::{
 };
 use crate::replication::Recipient;
 use crate::session::{
-    Control, Handshake, Intake, Measure, Session, SessionSettings, Side, Take, have,
+    Control, Gathering, Handshake, Intake, Measure, Session, SessionSettings, Side, Take, have,
 };
 use crate::wire::Frame;
 
@@ -153,6 +153,8 @@ struct Node {
 struct End {
     session: Session,
     intake: Intake,
+    /// The transaction being gathered.
+    gathering: Gathering,
 }
 
 /// Frames in flight on one ordered stream: (delivered at, frame).
@@ -309,7 +311,11 @@ impl Sim {
             for t in intake.topics() {
                 control[i].push_back((now, have(t.clone(), &store.vector(t))));
             }
-            ends.push(End { session, intake });
+            ends.push(End {
+                session,
+                intake,
+                gathering: Gathering::default(),
+            });
         }
         let edge_end = ends.pop().unwrap();
         let core_end = ends.pop().unwrap();
@@ -450,13 +456,16 @@ impl Sim {
             // until it is full; it commits once its commit time (a disk's fsync) is due.
             // A crash or cut before then loses it, and nothing of it was acknowledged.
             let end = &mut conn.ends[i];
-            while !end.intake.full()
+            while !end.gathering.full()
                 && conn.entries[1 - i]
                     .front()
                     .is_some_and(|(at, _)| *at <= now)
             {
                 let frame = conn.entries[1 - i].pop_front().unwrap().1;
-                let take = end.intake.handle_frame(frame).map_err(|e| e.to_string())?;
+                let take = end
+                    .intake
+                    .handle_frame(&mut end.gathering, frame)
+                    .map_err(|e| e.to_string())?;
                 if conn.pending[i].is_none() {
                     let at = now + Duration::from_millis(self.rng.below(40));
                     conn.pending[i] = Some((at, Vec::new()));
@@ -468,7 +477,7 @@ impl Sim {
                 let end = &mut conn.ends[i];
                 let store = &mut self.nodes[me].store;
                 assert_eq!(
-                    end.intake.before_commit(now),
+                    end.intake.before_commit(&mut end.gathering, now),
                     Duration::ZERO,
                     "no relay quota"
                 );
@@ -495,7 +504,11 @@ impl Sim {
                     }
                 }
                 let queued = !conn.entries[1 - i].is_empty();
-                for t in end.intake.committed(now, queued).acknowledge {
+                for t in end
+                    .intake
+                    .committed(std::mem::take(&mut end.gathering), now, queued)
+                    .acknowledge
+                {
                     let d = self.delay_for(&conn.control[i]);
                     let store = &self.nodes[me].store;
                     conn.control[i].push_back((d, have(t.clone(), &store.vector(&t))));

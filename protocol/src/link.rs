@@ -37,7 +37,7 @@ pub use admission::{Admission, MAX_HANDSHAKES, MAX_WAITING};
 
 pub use mirror::{MAX_REFETCH, Mirror, MirrorSettings, MirrorSource, PRIORITY_MIRROR};
 // The mirror stream's meter of chunk bytes reads bytes from the core: fuzzed.
-pub use machines::session::{RelayLimit, RelayQuota, SessionSettings};
+pub use machines::session::{Priorities, RelayLimit, RelayQuota, SessionSettings};
 pub(crate) use mirror::DataMeter;
 pub use session::session;
 

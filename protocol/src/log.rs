@@ -253,8 +253,9 @@ struct Shared {
     sends: watch::Sender<u64>,
     /// Per peer, the wake-up of its sender for entries addressed to it (and, at an
     /// edge, to anyone: the core relays them): a core's thousand senders are not all
-    /// woken for an answer to one edge.
-    directed: Mutex<HashMap<NodeName, Arc<tokio::sync::Notify>>>,
+    /// woken for an answer to one edge. A watch: each of a link's send loops (one per
+    /// priority class) sees it.
+    directed: Mutex<HashMap<NodeName, watch::Sender<u64>>>,
     /// The store's incarnation, set once by the owner as it opens the store.
     incarnation: std::sync::atomic::AtomicU64,
     /// The disk's free space, against `min_free`.
@@ -324,7 +325,7 @@ struct TopicView {
 #[derive(Debug)]
 pub struct SenderWakes {
     all: watch::Receiver<u64>,
-    mine: Arc<tokio::sync::Notify>,
+    mine: watch::Receiver<u64>,
 }
 
 impl SenderWakes {
@@ -332,13 +333,14 @@ impl SenderWakes {
     /// what comes after.
     pub fn seen(&mut self) {
         self.all.borrow_and_update();
+        self.mine.borrow_and_update();
     }
 
     /// Waits for new entries the peer may need; `Err` when the store is closed.
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
         tokio::select! {
             r = self.all.changed() => r,
-            () = self.mine.notified() => Ok(()),
+            r = self.mine.changed() => r,
         }
     }
 }
@@ -746,8 +748,8 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(peer.clone())
-            .or_default()
-            .clone();
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe();
         SenderWakes {
             all: self.shared.sends.subscribe(),
             mine,

@@ -134,8 +134,9 @@ const SEND_WINDOW: u64 = 16 << 20;
 /// Bidirectional streams a peer may have open at once: the control stream and mirror runs.
 pub const MAX_BIDI_STREAMS: u32 = 3;
 
-/// Unidirectional streams a peer may have open at once: its entry stream.
-pub const MAX_UNI_STREAMS: u32 = 1;
+/// Unidirectional streams a peer may have open at once: its entry streams, one per
+/// priority class.
+pub const MAX_UNI_STREAMS: u32 = 3;
 
 /// The longest close reason sent: it must fit one packet on a small-MTU link.
 const MAX_REASON_BYTES: usize = 256;
@@ -513,8 +514,8 @@ pub fn transport_config(timeouts: Timeouts) -> quinn::TransportConfig {
         // The link uses streams only: refusing datagrams is one less thing a peer can send.
         .datagram_receive_buffer_size(None)
         // What the protocol opens, and no more: the control stream and a mirror run (one
-        // at a time; a stopped run's stream may linger while a new one starts), and one
-        // entry stream each way. Each stream a peer opens costs the receiver a task and
+        // at a time; a stopped run's stream may linger while a new one starts), and an
+        // entry stream per priority class each way. Each stream a peer opens costs the receiver a task and
         // buffers; quinn's default lets it open 100 of each.
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))

@@ -421,3 +421,85 @@ async fn an_idle_link_sends_little() {
         "{probes} large datagrams on an idle link"
     );
 }
+
+/// A topic's priority class on the `tactical` rate and round trip (without its loss, so
+/// that what is shown is the order, not a retransmission): the edge holds a backlog of
+/// a normal topic, handed to QUIC as far as the sender's window allows; an entry of an
+/// urgent topic appended after it on the same side overtakes the backlog's entries that
+/// were already sent (in QUIC's buffer): it has an entry stream of its own, which QUIC
+/// sends first, and a window that does not count the normal topic's entries. On one
+/// stream, it would arrive after all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_entry_overtakes_a_normal_backlog_sent_before_it() {
+    use protocol::entry::Priority;
+    use protocol::link::{Priorities, SessionSettings};
+    use tests::emulator::OneWay;
+    let profile = Profile::symmetric(
+        "tactical-no-loss",
+        OneWay::new(64_000, Duration::from_millis(600), 0.0),
+    );
+    let settings = SessionSettings {
+        priorities: Priorities(vec![(topic("alerts"), Priority::Urgent)]),
+        ..SessionSettings::default()
+    };
+    let (cluster, _relay) = Cluster::start_through_with(
+        "alpha",
+        profile,
+        &[(TOPIC, Scope::All), ("alerts", Scope::All)],
+        settings,
+    )
+    .await
+    .unwrap();
+    up(&cluster, "tactical").await;
+    let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
+    let (backlog, alerts) = (topic(TOPIC), topic("alerts"));
+
+    // ~400 kB of random entries: 50 s on this link, far more than the window lets out.
+    const BACKLOG: u64 = 1500;
+    let mut txn = protocol::log::Txn::new();
+    let mut rng = tests::Rng::new(9);
+    for _ in 0..BACKLOG {
+        let mut payload = vec![0; 256];
+        rng.fill(&mut payload);
+        txn.append(&backlog, Append::new(payload));
+    }
+    alpha.commit(txn).await.unwrap();
+
+    // Wait until the sender has handed QUIC well more of the backlog than the link can
+    // hold on its way (its queue and its round trip: ~18 kB, ~70 entries).
+    let link = cluster.edge("alpha").link("hq");
+    let mut status = link.watch();
+    let sent_of = |s: &LinkStatus| {
+        s.topics
+            .iter()
+            .find(|t| t.out && t.topic == backlog)
+            .map_or(0, |t| t.entries)
+    };
+    let held = |store: &Store, t: &TopicName| store.topic(t).map_or(0, |i| i.next.0);
+    let ahead = tokio::time::timeout(patience("tactical"), async {
+        loop {
+            let sent = sent_of(&status.borrow_and_update());
+            if sent.saturating_sub(held(hq, &backlog)) >= 120 {
+                return sent;
+            }
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the sender never got 120 entries ahead of what the core holds");
+
+    alpha.append(&alerts, Append::new("contact")).await.unwrap();
+    wait_for_count(hq, &alerts, 1, patience("tactical"))
+        .await
+        .unwrap();
+    let arrived = held(hq, &backlog);
+    eprintln!(
+        "priority: {ahead} backlog entries were sent before the urgent one; the core held \
+         {arrived} of them when it arrived"
+    );
+    assert!(
+        arrived < ahead,
+        "the urgent entry arrived after all {ahead} backlog entries sent before it \
+         (the core held {arrived})"
+    );
+}

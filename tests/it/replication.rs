@@ -409,3 +409,48 @@ async fn a_silent_peer_is_closed_after_the_hello_timeout() {
         "{why}"
     );
 }
+
+/// Edges are upgraded one by one, over months: an edge that speaks the previous protocol
+/// version (5: one entry stream, no priority classes) links with the new core and
+/// replicates both ways, an urgent topic of the core's included (on the one stream,
+/// read first). The core answers its hello in its version; had it answered in its own,
+/// the edge would refuse the link ("version").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_of_the_previous_version_replicates_with_the_new_core() {
+    use protocol::entry::Priority;
+    use protocol::link::{Priorities, SessionSettings};
+    let settings = SessionSettings {
+        hello_timeout: Duration::from_secs(3),
+        priorities: Priorities(vec![(topic("alerts"), Priority::Urgent)]),
+        ..SessionSettings::default()
+    };
+    let topics = [("broadcast", Scope::All), ("alerts", Scope::All)];
+    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, settings.clone())
+        .await
+        .unwrap();
+    let old = SessionSettings {
+        version: protocol::wire::PREVIOUS_VERSION,
+        ..settings
+    };
+    let transport = protocol::tls::transport_config(protocol::tls::Timeouts::default());
+    let edge = cluster
+        .start_edge_as("alpha", cluster.core_addr(), transport, old)
+        .await
+        .unwrap();
+    cluster.add(edge);
+    let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
+    append_n(alpha, "broadcast", 20, None).await;
+    append_n(hq, "broadcast", 20, None).await;
+    append_n(hq, "alerts", 5, None).await;
+    append_n(alpha, "alerts", 5, None).await;
+    for (store, t, n) in [
+        (hq, "broadcast", 40),
+        (alpha, "broadcast", 40),
+        (hq, "alerts", 10),
+        (alpha, "alerts", 10),
+    ] {
+        wait_for_count(store, &topic(t), n, PATIENCE).await.unwrap();
+        let last = check_once_in_order(&all(store, &topic(t)));
+        assert_eq!(last.len(), 2, "{t} at {}: both origins", store.node());
+    }
+}

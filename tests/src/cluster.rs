@@ -263,8 +263,18 @@ impl Cluster {
         profile: Profile,
         topics: &[(&str, Scope)],
     ) -> Result<(Cluster, Link), Error> {
-        let mut cluster =
-            Cluster::start_with(&[], &[n], topics, SessionSettings::default(), uncapped()).await?;
+        Cluster::start_through_with(n, profile, topics, SessionSettings::default()).await
+    }
+
+    /// Like [`Cluster::start_through`], with these session settings on both nodes (their
+    /// `writers`, `priorities` and `relay` go into the nodes' configs).
+    pub async fn start_through_with(
+        n: &str,
+        profile: Profile,
+        topics: &[(&str, Scope)],
+        settings: SessionSettings,
+    ) -> Result<(Cluster, Link), Error> {
+        let mut cluster = Cluster::start_with(&[], &[n], topics, settings, uncapped()).await?;
         let relay = Link::start(cluster.core_addr(), profile)?;
         let edge = cluster.start_edge_via(n, relay.addr()).await?;
         cluster.add(edge);
@@ -323,6 +333,19 @@ impl Cluster {
         addr: SocketAddr,
         transport: quinn::TransportConfig,
     ) -> Result<Node, Error> {
+        self.start_edge_as(n, addr, transport, self.settings.clone())
+            .await
+    }
+
+    /// Like [`Cluster::start_edge_tuned`], with the edge's own session `settings` (such
+    /// as an edge speaking the previous protocol version, `SessionSettings::version`).
+    pub async fn start_edge_as(
+        &self,
+        n: &str,
+        addr: SocketAddr,
+        transport: quinn::TransportConfig,
+        settings: SessionSettings,
+    ) -> Result<Node, Error> {
         let mut config = self.config(Role::Edge, n);
         config.link.core = addr.to_string();
         config.mirror.dir = Some(self.dir.path().join(format!("{n}-mirror")));
@@ -331,7 +354,7 @@ impl Cluster {
         let builder = Builder::new(Role::Edge, config)
             .identity(identity)
             .transport(transport)
-            .session(self.settings.clone())
+            .session(settings)
             .mirror(self.mirror.clone());
         Node::start(builder).await
     }
@@ -386,6 +409,7 @@ fn config(
 ) -> Config {
     let mut config = node_config(role, n, dir.path().join(n), topics);
     config.writers = settings.writers.clone();
+    config.priorities = settings.priorities.clone();
     config.link.relay = settings.relay;
     config.mirror.volume = Some(dir.path().join("hq-volume"));
     config

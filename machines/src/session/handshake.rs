@@ -80,7 +80,7 @@ impl Handshake {
                 return Err(SessionError::Protocol(format!("expected hello, got {got}")));
             }
         };
-        if !(wire::PREVIOUS_VERSION..=wire::VERSION).contains(&theirs.version) {
+        if !(wire::PREVIOUS_VERSION..=self.settings.version).contains(&theirs.version) {
             return Err(SessionError::Version(theirs.version));
         }
         if theirs.node != self.peer {

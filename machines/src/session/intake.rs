@@ -15,6 +15,9 @@ const COMMIT_ENTRIES: usize = 8192;
 /// The receiving half of a session. The driver gathers queued frames into one
 /// transaction ([`Intake::handle_frame`] says what each adds), waits as
 /// [`Intake::before_commit`] says, commits, and reports it ([`Intake::committed`]).
+/// With a peer of version 6, each of its entry streams (one per priority class) has a
+/// committer of its own, each gathering its own transaction ([`Gathering`]) through the
+/// one intake: the trust rule and the relay quota see every stream.
 #[derive(Debug)]
 pub struct Intake {
     peer: NodeName,
@@ -29,11 +32,29 @@ pub struct Intake {
     last_have: Instant,
     /// Topics stored since their last `Have`.
     unacknowledged: Vec<TopicName>,
-    /// The transaction being gathered: entries, entries and bytes relayed onward, and
-    /// the topics it touches with the entries it stores of each.
+}
+
+/// One transaction being gathered from an entry stream: entries, entries and bytes
+/// relayed onward, and the topics it touches with the entries it stores of each.
+#[derive(Debug, Default)]
+pub struct Gathering {
     entries: usize,
     relayed: (u64, u64),
     touched: Vec<(TopicName, u64)>,
+}
+
+impl Gathering {
+    /// Whether the transaction holds enough: commit it before taking more frames.
+    pub fn full(&self) -> bool {
+        self.entries >= COMMIT_ENTRIES
+    }
+
+    fn touch(&mut self, topic: &TopicName, stored: u64) {
+        match self.touched.iter_mut().find(|(t, _)| t == topic) {
+            Some((_, count)) => *count += stored,
+            None => self.touched.push((topic.clone(), stored)),
+        }
+    }
 }
 
 /// What one frame of the entry stream adds to the transaction being gathered.
@@ -96,9 +117,6 @@ impl Intake {
             have_every: settings.have_every,
             last_have: now,
             unacknowledged: Vec::new(),
-            entries: 0,
-            relayed: (0, 0),
-            touched: Vec::new(),
         }
     }
 
@@ -110,9 +128,9 @@ impl Intake {
 
     /// A frame of the peer's entry stream, decoded: only `Batch` and `Skip` of the topics
     /// this side takes belong there, and each passes the trust rule ([`Inbound`]) before
-    /// it joins the transaction. A refusal ends the session with nothing of the
+    /// it joins the transaction `g`. A refusal ends the session with nothing of the
     /// transaction stored.
-    pub fn handle_frame(&mut self, frame: Frame) -> Result<Take, SessionError> {
+    pub fn handle_frame(&mut self, g: &mut Gathering, frame: Frame) -> Result<Take, SessionError> {
         match frame {
             Frame::Batch(batch) => {
                 let topic = batch.topic.clone();
@@ -125,12 +143,12 @@ impl Intake {
                     // What goes on to other edges: all but entries for the core.
                     let onward = entries.iter().filter(|e| e.to.as_ref() != Some(&self.node));
                     for e in onward {
-                        self.relayed.0 += 1;
-                        self.relayed.1 += e.size();
+                        g.relayed.0 += 1;
+                        g.relayed.1 += e.size();
                     }
                 }
-                self.entries += entries.len();
-                self.touch(&topic, entries.len() as u64);
+                g.entries += entries.len();
+                g.touch(&topic, entries.len() as u64);
                 let skip = skip.map(|through| (self.peer.clone(), through));
                 Ok(Take::Insert {
                     topic,
@@ -148,7 +166,7 @@ impl Intake {
                     .inbound
                     .skip(&topic, &origin, through)
                     .map_err(forged)?;
-                self.touch(&topic, 0);
+                g.touch(&topic, 0);
                 Ok(match applied {
                     Some(through) => Take::Skip {
                         topic,
@@ -165,26 +183,20 @@ impl Intake {
         }
     }
 
-    /// Whether the transaction holds enough: commit it before taking more frames.
-    pub fn full(&self) -> bool {
-        self.entries >= COMMIT_ENTRIES
-    }
-
-    /// The transaction is about to be committed at `now`: how long to wait first. An
+    /// The transaction `g` is about to be committed at `now`: how long to wait first. An
     /// edge past its relay quota waits here, so its stream stops being read, its own
     /// sender slows down, and the backlog stays on its disk, not the core's.
-    pub fn before_commit(&mut self, now: Instant) -> Duration {
-        let (entries, bytes) = std::mem::take(&mut self.relayed);
+    pub fn before_commit(&mut self, g: &mut Gathering, now: Instant) -> Duration {
+        let (entries, bytes) = std::mem::take(&mut g.relayed);
         self.quota.take(entries, bytes, now)
     }
 
-    /// The transaction was committed (durably) at `now`; `queued`: more frames wait for
-    /// the next one. Acknowledges at once when the stream goes quiet, and at most every
-    /// `have_every` while it streams: one `Have` per commit would cost a packet back per
-    /// commit during a bulk transfer.
-    pub fn committed(&mut self, now: Instant, queued: bool) -> Committed {
-        self.entries = 0;
-        let stored = std::mem::take(&mut self.touched);
+    /// The transaction `g` was committed (durably) at `now`; `queued`: more frames wait
+    /// for the next one on its stream. Acknowledges at once when the stream goes quiet,
+    /// and at most every `have_every` while it streams: one `Have` per commit would cost
+    /// a packet back per commit during a bulk transfer.
+    pub fn committed(&mut self, g: Gathering, now: Instant, queued: bool) -> Committed {
+        let stored = g.touched;
         for (topic, _) in &stored {
             if !self.unacknowledged.contains(topic) {
                 self.unacknowledged.push(topic.clone());
@@ -211,13 +223,6 @@ impl Intake {
         Err(SessionError::Protocol(format!(
             "entries of topic {topic}, which this node does not take from the peer"
         )))
-    }
-
-    fn touch(&mut self, topic: &TopicName, stored: u64) {
-        match self.touched.iter_mut().find(|(t, _)| t == topic) {
-            Some((_, count)) => *count += stored,
-            None => self.touched.push((topic.clone(), stored)),
-        }
     }
 }
 

@@ -185,7 +185,11 @@ impl Session {
             let out = Outbound::new(topic.clone(), peer.clone(), peer_core, only.clone(), start);
             (topic.clone(), out)
         });
-        let classes = routes.out.iter().map(|t| settings.priorities.of(t)).collect();
+        let classes = routes
+            .out
+            .iter()
+            .map(|t| settings.priorities.of(t))
+            .collect();
         Session {
             outbound: outbound.collect(),
             peer,

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::entry::Priority;
 use crate::entry::{Entry, EntryId, Offset, Record, Seq, Timestamp};
 use crate::replication::{Incarnations, Writer};
-use crate::entry::Priority;
 use crate::wire::{self, Batch, Hello};
 
 fn node(n: &str) -> NodeName {
@@ -266,44 +266,56 @@ fn the_core_closes_what_an_edge_may_not_write_and_both_routes_follow() {
 
 #[test]
 fn acknowledgements_wait_for_have_every_while_the_stream_streams() {
+    let mut g = Gathering::default();
     let t0 = Instant::now();
     let ms = Duration::from_millis;
     let (_, mut intake) = core_greeted(Default::default(), t0).start([], t0);
     assert_eq!(intake.topics(), [topic("reports"), topic("broadcast")]);
     let reports = [entry("alpha", 1, 10), entry("alpha", 2, 10)];
     assert!(matches!(
-        intake.handle_frame(batch("reports", &reports)),
+        intake.handle_frame(&mut g, batch("reports", &reports)),
         Ok(Take::Insert { entries, skip: None, .. }) if entries.len() == 2
     ));
     // More frames are queued: the stream streams, so no `Have` yet...
-    let done = intake.committed(t0 + ms(10), true);
+    let done = intake.committed(std::mem::take(&mut g), t0 + ms(10), true);
     assert_eq!(done.stored, vec![(topic("reports"), 2)]);
     assert!(done.acknowledge.is_empty());
     intake
-        .handle_frame(batch("broadcast", &[entry("alpha", 1, 10)]))
+        .handle_frame(&mut g, batch("broadcast", &[entry("alpha", 1, 10)]))
         .unwrap();
-    assert!(intake.committed(t0 + ms(50), true).acknowledge.is_empty());
+    assert!(
+        intake
+            .committed(std::mem::take(&mut g), t0 + ms(50), true)
+            .acknowledge
+            .is_empty()
+    );
     // ...until `have_every` has passed: both topics at once.
     intake
-        .handle_frame(batch("reports", &[entry("alpha", 3, 10)]))
+        .handle_frame(&mut g, batch("reports", &[entry("alpha", 3, 10)]))
         .unwrap();
-    let done = intake.committed(t0 + ms(100), true);
+    let done = intake.committed(std::mem::take(&mut g), t0 + ms(100), true);
     assert_eq!(done.acknowledge, vec![topic("reports"), topic("broadcast")]);
     intake
-        .handle_frame(batch("reports", &[entry("alpha", 4, 10)]))
+        .handle_frame(&mut g, batch("reports", &[entry("alpha", 4, 10)]))
         .unwrap();
-    assert!(intake.committed(t0 + ms(120), true).acknowledge.is_empty());
+    assert!(
+        intake
+            .committed(std::mem::take(&mut g), t0 + ms(120), true)
+            .acknowledge
+            .is_empty()
+    );
     // A quiet stream is acknowledged at once.
-    let done = intake.committed(t0 + ms(130), false);
+    let done = intake.committed(std::mem::take(&mut g), t0 + ms(130), false);
     assert_eq!(done.acknowledge, vec![topic("reports")]);
     assert!(done.stored.is_empty());
 }
 
 #[test]
 fn the_trust_rule_refuses_what_an_edge_may_not_say() {
+    let mut g = Gathering::default();
     let t0 = Instant::now();
     let (_, mut from_alpha) = core_greeted(Default::default(), t0).start([], t0);
-    let forged = from_alpha.handle_frame(batch("reports", &[entry("bravo", 1, 1)]));
+    let forged = from_alpha.handle_frame(&mut g, batch("reports", &[entry("bravo", 1, 1)]));
     assert!(matches!(forged, Err(SessionError::Forged(why)) if why.contains("bravo:1")));
     let skip = |origin: &str, through| Frame::Skip {
         topic: topic("reports"),
@@ -311,44 +323,54 @@ fn the_trust_rule_refuses_what_an_edge_may_not_say() {
         through,
     };
     assert!(matches!(
-        from_alpha.handle_frame(skip("bravo", 9)),
+        from_alpha.handle_frame(&mut g, skip("bravo", 9)),
         Err(SessionError::Forged(_))
     ));
     // Its own skip is held until the entry right after it, then applied with it.
-    assert_eq!(from_alpha.handle_frame(skip("alpha", 9)), Ok(Take::Hold));
-    let next = from_alpha.handle_frame(batch("reports", &[entry("alpha", 10, 1)]));
+    assert_eq!(
+        from_alpha.handle_frame(&mut g, skip("alpha", 9)),
+        Ok(Take::Hold)
+    );
+    let next = from_alpha.handle_frame(&mut g, batch("reports", &[entry("alpha", 10, 1)]));
     assert!(matches!(next, Ok(Take::Insert { skip: Some((o, 9)), .. }) if o == node("alpha")));
-    assert_eq!(from_alpha.handle_frame(skip("alpha", 20)), Ok(Take::Hold));
-    let past = from_alpha.handle_frame(batch("reports", &[entry("alpha", 25, 1)]));
+    assert_eq!(
+        from_alpha.handle_frame(&mut g, skip("alpha", 20)),
+        Ok(Take::Hold)
+    );
+    let past = from_alpha.handle_frame(&mut g, batch("reports", &[entry("alpha", 25, 1)]));
     assert!(matches!(past, Err(SessionError::Forged(_))));
     // Outside the routes, or out of place: a protocol violation.
     let (_, mut intake) = core_greeted(Default::default(), t0).start([], t0);
     assert_eq!(
-        intake.handle_frame(batch("elsewhere", &[entry("alpha", 1, 1)])),
+        intake.handle_frame(&mut g, batch("elsewhere", &[entry("alpha", 1, 1)])),
         Err(SessionError::Protocol(
             "entries of topic elsewhere, which this node does not take from the peer".into()
         ))
     );
     assert_eq!(
-        intake.handle_frame(Frame::Resume),
+        intake.handle_frame(&mut g, Frame::Resume),
         Err(SessionError::Protocol("resume on the entry stream".into()))
     );
     // The core relays: an edge takes any origin from it, and its skips at once.
     let (_, mut from_core) = edge_greeted(t0).start([], t0);
     let relayed = [entry("bravo", 1, 1), entry("hq", 1, 1)];
-    assert!(from_core.handle_frame(batch("broadcast", &relayed)).is_ok());
+    assert!(
+        from_core
+            .handle_frame(&mut g, batch("broadcast", &relayed))
+            .is_ok()
+    );
     let skip = Frame::Skip {
         topic: topic("broadcast"),
         origin: node("bravo"),
         through: 7,
     };
     assert!(matches!(
-        from_core.handle_frame(skip),
+        from_core.handle_frame(&mut g, skip),
         Ok(Take::Skip { through: 7, .. })
     ));
     // `reports` stops at the core: an edge takes none.
     assert!(matches!(
-        from_core.handle_frame(batch("reports", &[entry("hq", 1, 1)])),
+        from_core.handle_frame(&mut g, batch("reports", &[entry("hq", 1, 1)])),
         Err(SessionError::Protocol(_))
     ));
 }
@@ -520,6 +542,7 @@ fn cursors_are_stored_every_persist_every_when_they_moved() {
 
 #[test]
 fn the_relay_quota_holds_back_an_edge_past_it() {
+    let mut g = Gathering::default();
     let t0 = Instant::now();
     let settings = SessionSettings {
         relay: Some(RelayLimit {
@@ -532,16 +555,18 @@ fn the_relay_quota_holds_back_an_edge_past_it() {
     let (_, mut intake) = core_greeted(settings, t0).start([], t0);
     // Reports stop at the core: not relayed, not counted.
     let reports: Vec<_> = (1..=50).map(|s| entry("alpha", s, 1)).collect();
-    intake.handle_frame(batch("reports", &reports)).unwrap();
-    assert_eq!(intake.before_commit(t0), Duration::ZERO);
-    intake.committed(t0, false);
+    intake
+        .handle_frame(&mut g, batch("reports", &reports))
+        .unwrap();
+    assert_eq!(intake.before_commit(&mut g, t0), Duration::ZERO);
+    intake.committed(std::mem::take(&mut g), t0, false);
     // Broadcasts go on to the other edges: past the burst, the debt is waited out...
     let broadcasts: Vec<_> = (1..=20).map(|s| entry("alpha", s, 1)).collect();
     intake
-        .handle_frame(batch("broadcast", &broadcasts))
+        .handle_frame(&mut g, batch("broadcast", &broadcasts))
         .unwrap();
-    assert_eq!(intake.before_commit(t0), Duration::from_secs(1));
-    intake.committed(t0, false);
+    assert_eq!(intake.before_commit(&mut g, t0), Duration::from_secs(1));
+    intake.committed(std::mem::take(&mut g), t0, false);
     // ...but entries addressed to the core itself go nowhere else.
     let for_core: Vec<_> = (21..=40)
         .map(|s| Entry {
@@ -549,30 +574,35 @@ fn the_relay_quota_holds_back_an_edge_past_it() {
             ..entry("alpha", s, 1)
         })
         .collect();
-    intake.handle_frame(batch("broadcast", &for_core)).unwrap();
+    intake
+        .handle_frame(&mut g, batch("broadcast", &for_core))
+        .unwrap();
     let later = t0 + Duration::from_secs(2);
-    assert_eq!(intake.before_commit(later), Duration::ZERO);
+    assert_eq!(intake.before_commit(&mut g, later), Duration::ZERO);
 }
 
 #[test]
 fn a_commit_is_at_most_one_transaction_of_entries() {
+    let mut g = Gathering::default();
     let t0 = Instant::now();
     let (_, mut intake) = core_greeted(Default::default(), t0).start([], t0);
     let mut seq = 0;
     let mut frames = 0;
-    while !intake.full() {
+    while !g.full() {
         let entries: Vec<_> = (0..1000)
             .map(|_| {
                 seq += 1;
                 entry("alpha", seq, 0)
             })
             .collect();
-        intake.handle_frame(batch("reports", &entries)).unwrap();
+        intake
+            .handle_frame(&mut g, batch("reports", &entries))
+            .unwrap();
         frames += 1;
     }
     assert_eq!(frames, 9);
-    intake.committed(t0, false);
-    assert!(!intake.full());
+    intake.committed(std::mem::take(&mut g), t0, false);
+    assert!(!g.full());
 }
 
 /// A node for [`two_machines_replicate_both_ways_over_simulated_time`]: its two halves
@@ -644,8 +674,9 @@ impl SimNode {
     /// Takes the peer's frames: entries as one transaction, then the control frames.
     fn receive(&mut self, control: Vec<Frame>, entries: Vec<Frame>, now: Instant) {
         let queued = !entries.is_empty();
+        let mut g = Gathering::default();
         for frame in entries {
-            match self.intake.handle_frame(frame).unwrap() {
+            match self.intake.handle_frame(&mut g, frame).unwrap() {
                 Take::Insert {
                     topic,
                     skip,
@@ -658,7 +689,7 @@ impl SimNode {
             }
         }
         if queued {
-            for topic in self.intake.committed(now, false).acknowledge {
+            for topic in self.intake.committed(g, now, false).acknowledge {
                 let vector = self.vectors.entry(topic.clone()).or_default();
                 self.control.push(have(topic, vector));
             }
@@ -749,7 +780,12 @@ fn core_with_alerts(t0: Instant) -> Session {
         priorities: Priorities(vec![(topic("alerts"), Priority::Urgent)]),
         ..Default::default()
     };
-    let edge = Handshake::new(with_alerts("alpha", false), node("hq"), Default::default(), t0);
+    let edge = Handshake::new(
+        with_alerts("alpha", false),
+        node("hq"),
+        Default::default(),
+        t0,
+    );
     let hs = Handshake::new(with_alerts("hq", true), node("alpha"), settings, t0);
     let (mut session, _) = hs.handle_hello(edge.hello(0)).unwrap().start([], t0);
     for t in ["broadcast", "alerts"] {
@@ -757,7 +793,10 @@ fn core_with_alerts(t0: Instant) -> Session {
             topic: topic(t),
             vector: vec![],
         };
-        assert!(matches!(session.handle_control(frame), Ok(Control::Have { .. })));
+        assert!(matches!(
+            session.handle_control(frame),
+            Ok(Control::Have { .. })
+        ));
         session.handle_have(&topic(t), &[], &VersionVector::default(), None);
     }
     session
@@ -779,7 +818,11 @@ fn an_urgent_topic_is_not_held_by_a_window_full_of_normal_entries() {
         let mut round = session.send_round(slow, false, Some(Priority::Normal));
         let mut read_any = false;
         while let Some(read) = session.next_read(&mut round, 0) {
-            assert_eq!(read.topic, topic("broadcast"), "a normal round reads normal topics only");
+            assert_eq!(
+                read.topic,
+                topic("broadcast"),
+                "a normal round reads normal topics only"
+            );
             let from = usize::try_from(read.from.0).unwrap();
             let records = backlog[from..(from + read.max).min(backlog.len())].to_vec();
             session.plan(&mut round, &read.topic, records);
@@ -832,7 +875,10 @@ fn the_core_serves_an_edge_of_the_previous_version_in_that_version() {
     assert!(matches!(&answer, Frame::Hello(h) if h.version == wire::PREVIOUS_VERSION));
     // The old edge takes the answer (it checks the version it speaks).
     let edge = Handshake::new(side("alpha", false), node("hq"), old, t0);
-    assert_eq!(edge.handle_hello(answer).unwrap().version(), wire::PREVIOUS_VERSION);
+    assert_eq!(
+        edge.handle_hello(answer).unwrap().version(),
+        wire::PREVIOUS_VERSION
+    );
     // Older than the previous version: refused, naming it.
     let core = Handshake::new(side("hq", true), node("alpha"), Default::default(), t0);
     let ancient = alpha_hello(|h| h.version = wire::PREVIOUS_VERSION - 1);

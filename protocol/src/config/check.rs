@@ -17,7 +17,8 @@ use super::{
     Allowance, BridgeSettings, Config, ConfigError, FailoverCore, HttpSettings, LinkSettings,
     LogSettings, MirrorConfig, NodeSettings, Origin, RELAY_DEFAULT, StoreSettings,
 };
-use crate::entry::{NodeName, Retention, TopicConfig, TopicName};
+use crate::entry::{NodeName, Priority, Retention, Scope, TopicConfig, TopicName};
+use crate::link::Priorities;
 use crate::link::RelayLimit;
 use crate::replication::{Writer, Writers};
 use crate::role::Role;
@@ -121,9 +122,9 @@ impl RawConfig {
                 None => defaults.store.retention_interval,
             },
         };
-        let (topics, writers) = match self.topics {
+        let (topics, writers, priorities) = match self.topics {
             Some(raw) => check_topics(raw, origins)?,
-            None => (topics, writers),
+            None => (topics, writers, Priorities::default()),
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
@@ -143,6 +144,7 @@ impl RawConfig {
             store,
             topics,
             writers,
+            priorities,
         })
     }
 }
@@ -763,10 +765,11 @@ pub(super) fn check_host_port(text: &str) -> Result<(), String> {
 fn check_topics(
     raw: Vec<RawTopic>,
     origins: &Origins,
-) -> Result<(Vec<TopicConfig>, Writers), ConfigError> {
+) -> Result<(Vec<TopicConfig>, Writers, Priorities), ConfigError> {
     let mut seen = HashSet::new();
     let mut topics = Vec::with_capacity(raw.len());
     let mut writers = Writers::default();
+    let mut priorities = Priorities::default();
     for (i, topic) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("topics[{i}].{field}");
         let name = TopicName::new(topic.name).map_err(|e| origins.invalid(&key("name"), e))?;
@@ -823,13 +826,26 @@ fn check_topics(
                 writers.0.push((name.clone(), Writer::Edges(edges)));
             }
         }
+        match topic.priority {
+            Some(Priority::Normal) | None => {}
+            Some(class) if topic.scope == Scope::Local => {
+                return Err(origins.invalid(
+                    &key("priority"),
+                    format_args!(
+                        "topic {name} is local: its entries never cross a link, so a \
+                         priority ({class}) has no meaning"
+                    ),
+                ));
+            }
+            Some(class) => priorities.0.push((name.clone(), class)),
+        }
         topics.push(TopicConfig {
             name,
             scope: topic.scope,
             retention,
         });
     }
-    Ok((topics, writers))
+    Ok((topics, writers, priorities))
 }
 
 impl RawHttp {

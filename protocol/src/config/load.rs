@@ -12,7 +12,7 @@ use super::first_run::FirstRun;
 use super::schema::SECTIONS;
 use super::units::Scalar;
 use super::{App, Config, ConfigError, LogFormat};
-use crate::entry::Scope;
+use crate::entry::{Priority, Scope};
 use crate::role::Role;
 
 /// The prefix of environment variables that override config keys.
@@ -338,6 +338,7 @@ pub(super) struct RawTopic {
     pub(super) max_bytes: Option<Scalar>,
     pub(super) max_entries: Option<u64>,
     pub(super) writers: Option<RawWriters>,
+    pub(super) priority: Option<Priority>,
 }
 
 /// `writers` as written: `"any"`, `"core"`, or a list of edge names.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::schema::{SECTIONS, TOPICS_HELP, default_data_dir};
 use super::units::{format_duration, size_value};
 use super::{App, Config, RELAY_DEFAULT};
-use crate::entry::Retention;
+use crate::entry::{Priority, Retention};
 use crate::replication::Writer;
 
 /// The top of the file: what applies to every key; the sections are named between its
@@ -264,6 +264,10 @@ impl Config {
                         .into();
                     writeln!(out, "writers = {list}")?;
                 }
+            }
+            match self.priorities.of(&topic.name) {
+                Priority::Normal => {}
+                class => writeln!(out, "priority = \"{class}\"")?,
             }
         }
         Ok(())

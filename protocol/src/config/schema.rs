@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::App;
 use crate::entry::{NodeName, TopicConfig};
+use crate::link::Priorities;
 use crate::link::RelayLimit;
 use crate::log::StoreConfig;
 use crate::replication::Writers;
@@ -46,6 +47,9 @@ pub struct Config {
     pub topics: Vec<TopicConfig>,
     /// `[[topics]] writers`: at the core, which edges may write each topic.
     pub writers: Writers,
+    /// `[[topics]] priority`: the topics that are not of the normal class, for what this
+    /// node sends on its links.
+    pub priorities: Priorities,
 }
 
 /// The `[node]` section (each key's help: see [`Config`]).
@@ -350,6 +354,7 @@ impl Config {
             },
             topics: Vec::new(),
             writers: Writers::default(),
+            priorities: Priorities::default(),
         }
     }
 
@@ -742,6 +747,8 @@ pub(super) const TOPICS_HELP: &[&str] = &[
     "subscribes. Retention (max_age, max_bytes, max_entries): left out, no such limit.",
     "writers (read by the core): who besides the core may write the topic: \"any\" edge",
     "(left out), \"core\" alone, or a list of edge names; the core takes no other edge's.",
+    "priority: \"urgent\", \"normal\" (left out) or \"bulk\": on a link, each class has an",
+    "entry stream of its own, and a class never waits behind a lower one.",
 ];
 
 /// The help of a key that the help of the key above it describes too.

@@ -30,12 +30,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use machines::replication::Incarnations;
 use machines::session::{self as machine, Control, Greeted, Handshake, Intake, Measure, Session};
-use machines::session::{Progress, Side, Take};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use machines::session::{Gathering, Progress, Side, Take};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{CLOCK_SKEW_WARN, LinkError, Local, PeerLink, TopicStatus};
-use crate::entry::{NodeName, Offset, Scope, Seq, TopicName};
+use crate::entry::{NodeName, Offset, Priority, Scope, Seq, TopicName};
 use crate::log::{ConsumerName, Held, PeerConfig, Store, TableName, Txn, WriteError};
 use crate::tls;
 use crate::wire::{self, Deflate, Frame, FrameReader, Inflate};
@@ -100,14 +100,26 @@ async fn run(
     // acknowledgement or a pause never waits behind a batch of entries.
     let _ = control_send.set_priority(PRIORITY_CONTROL);
 
-    // Hello, both ways: the peer has the hello timeout from here to say its own.
+    // Hello, both ways: the dialer says its own first; the other side answers once it
+    // has read it, in the version the dialer speaks (a core serves edges of the
+    // previous version). Each side has the hello timeout to say its own.
     let mut bytes = Vec::new();
-    wire::encode(&handshake.hello(tls::millis(SystemTime::now())), &mut bytes);
-    control_send.write_all(&bytes).await.map_err(closed)?;
-    handshake.opened(Instant::now());
     let mut control = FrameReader::default();
-    let theirs = in_time(&handshake, read_frame(&mut control_recv, &mut control)).await?;
-    let greeted = handshake.handle_hello(theirs)?;
+    let greeted = if dialer {
+        wire::encode(&handshake.hello(tls::millis(SystemTime::now())), &mut bytes);
+        control_send.write_all(&bytes).await.map_err(closed)?;
+        handshake.opened(Instant::now());
+        let theirs = in_time(&handshake, read_frame(&mut control_recv, &mut control)).await?;
+        handshake.handle_hello(theirs)?
+    } else {
+        handshake.opened(Instant::now());
+        let theirs = in_time(&handshake, read_frame(&mut control_recv, &mut control)).await?;
+        let greeted = handshake.handle_hello(theirs)?;
+        wire::encode(&greeted.hello(tls::millis(SystemTime::now())), &mut bytes);
+        control_send.write_all(&bytes).await.map_err(closed)?;
+        greeted
+    };
+    let version = greeted.version();
     let offset = greeted.clock_offset_ms(tls::millis(SystemTime::now()), conn.rtt());
     link.update(|s| s.clock_offset_ms = Some(offset));
     if offset.unsigned_abs() > CLOCK_SKEW_WARN.as_millis() as u64 {
@@ -149,9 +161,15 @@ async fn run(
         link.topic(topic, false, |_| {});
     }
     let (session, intake) = greeted.start(cursors, Instant::now());
+    // With a peer of version 6 or later, each priority class of the outgoing topics has
+    // an entry stream of its own; with one of version 5, one stream carries them all.
+    let classes: Vec<Option<Priority>> = match version >= 6 {
+        true => session.classes().into_iter().map(Some).collect(),
+        false => vec![None],
+    };
     let shared = Arc::new(Shared {
         session: Mutex::new(session),
-        wake: Notify::new(),
+        wake: watch::Sender::new(0),
     });
 
     // Control writer: every frame for the control stream goes through one queue.
@@ -197,10 +215,14 @@ async fn run(
     });
     let h = at.clone();
     loops.spawn(async move { pause_loop(&h.link, &h.shared, &h.control).await });
+    for class in classes {
+        let h = at.clone();
+        loops.spawn(async move { send_loop(&h.local, &h.conn, &h.link, &h.shared, class).await });
+    }
     let h = at.clone();
-    loops.spawn(async move { send_loop(&h.local, &h.conn, &h.link, &h.shared).await });
-    let h = at.clone();
-    loops.spawn(async move { receive_loop(&h.local, &h.conn, &h.link, intake, &h.control).await });
+    loops.spawn(async move {
+        receive_loop(&h.local, &h.conn, &h.link, intake, &h.control, version).await
+    });
     if let Some(backbone) = local.backbone.clone() {
         let (h, peer) = (at.clone(), peer.clone());
         loops.spawn(async move {
@@ -253,17 +275,28 @@ async fn in_time<T>(
     op.await
 }
 
-/// Stream priorities (higher goes first): control, then entries; mirror transfers come
-/// last, below entries ([`super::PRIORITY_MIRROR`]).
-const PRIORITY_CONTROL: i32 = 1;
-const PRIORITY_ENTRIES: i32 = 0;
+/// Stream priorities (higher goes first): control, then the entry streams by class
+/// ([`priority_of`]); mirror transfers come last, below entries
+/// ([`super::PRIORITY_MIRROR`]).
+const PRIORITY_CONTROL: i32 = 3;
+
+/// An entry stream's QUIC priority: urgent 2, normal 1 (and a peer of version 5's one
+/// stream), bulk 0; quinn fills each packet from the highest-priority stream with data.
+fn priority_of(class: Option<Priority>) -> i32 {
+    match class {
+        Some(Priority::Urgent) => 2,
+        Some(Priority::Normal) | None => 1,
+        Some(Priority::Bulk) => 0,
+    }
+}
 
 /// The sending half, shared by the loops that feed it. The lock is never held across an
 /// `.await`.
 struct Shared {
     session: Mutex<Session>,
-    /// Wakes the sender: an acknowledgement freed room, or the peer resumed.
-    wake: Notify,
+    /// Wakes the send loops (each its own receiver): an acknowledgement freed room, or
+    /// the peer resumed.
+    wake: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -307,7 +340,7 @@ async fn control_loop(
                 }
                 let next = store.topic(&topic).map_or(Offset(0), |t| t.next);
                 link.topic(&topic, true, |t| show(t, progress, next));
-                shared.wake.notify_one();
+                shared.wake.send_modify(|n| *n += 1);
             }
             Control::Paused => {
                 link.update(|s| s.paused_by_peer = true);
@@ -315,7 +348,7 @@ async fn control_loop(
             }
             Control::Resumed => {
                 link.update(|s| s.paused_by_peer = false);
-                shared.wake.notify_one();
+                shared.wake.send_modify(|n| *n += 1);
                 tracing::info!(%peer, "peer resumed the link");
             }
             Control::Backlog { entries, bytes } => {
@@ -377,17 +410,20 @@ async fn pause_loop(
     }
 }
 
-/// Sends entries: in rounds, reads what the session says, compresses what it plans,
-/// writes.
+/// Sends the entries of the topics of `class` (`None`: of every class, to a peer of
+/// version 5) on an entry stream of their own: in rounds, reads what the session says,
+/// compresses what it plans, writes.
 async fn send_loop(
     local: &Local,
     conn: &quinn::Connection,
     link: &PeerLink,
     shared: &Shared,
+    class: Option<Priority>,
 ) -> Result<Never, LinkError> {
     let store = &local.store;
     let mut send = conn.open_uni().await?;
-    let _ = send.set_priority(PRIORITY_ENTRIES);
+    let _ = send.set_priority(priority_of(class));
+    let mut woken = shared.wake.subscribe();
     let mut deflate =
         Deflate::new(local.settings.zstd_level).map_err(|e| LinkError::Store(e.to_string()))?;
     let mut wakes = store.sender_wakes(link.peer());
@@ -400,6 +436,7 @@ async fn send_loop(
     let mut last_sent = Instant::now();
     loop {
         wakes.seen();
+        woken.borrow_and_update();
         let paused = *paused_here.borrow_and_update();
         let now = Instant::now();
         let measure = match measured {
@@ -414,7 +451,7 @@ async fn send_loop(
                 measure
             }
         };
-        let mut round = shared.session().send_round(measure, paused);
+        let mut round = shared.session().send_round(measure, paused, class);
         let mut counts = Vec::new();
         loop {
             let read = shared.session().next_read(&mut round, buf.len());
@@ -466,7 +503,7 @@ async fn send_loop(
         let quiet = deflate.is_live().then(|| last_sent + RELEASE_AFTER);
         tokio::select! {
             r = wakes.changed() => if r.is_err() { return Err(LinkError::Store("store closed".into())) },
-            () = shared.wake.notified() => {}
+            _ = woken.changed() => {}
             _ = paused_here.changed() => {}
             () = sleep_until_some(quiet) => {
                 deflate
@@ -497,26 +534,68 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Receives the peer's entry stream: reads ahead, commits what is queued as one
-/// transaction, acknowledges with `Have` when the intake says so.
-///
-/// What the peer can make this side hold is bounded: the read-ahead queue by the bytes
-/// of the entries in it ([`super::SessionSettings::queue_bytes`]), each frame by
-/// [`wire::MAX_FRAME`] and what it decodes into (`wire`'s limits). Every frame passes the
-/// intake (routes, the trust rule) before it joins a transaction; a refusal ends the
-/// session with nothing of that transaction stored. At the core, entries that are
-/// relayed to other edges pass the edge's relay quota first.
+/// Receives the peer's entry streams: one from a peer of version 5, up to one per
+/// priority class from a peer of version 6 or later (accepted as the peer opens them),
+/// each read and committed on its own ([`receive_stream`]) so that an urgent entry never
+/// waits behind a normal one's commit; they share the intake (the trust rule, the relay
+/// quota) and the read-ahead budget ([`super::SessionSettings::queue_bytes`], split
+/// evenly between the streams).
 async fn receive_loop(
     local: &Local,
     conn: &quinn::Connection,
-    link: &PeerLink,
-    mut intake: Intake,
+    link: &Arc<PeerLink>,
+    intake: Intake,
     control: &mpsc::Sender<Frame>,
+    version: u32,
+) -> Result<Never, LinkError> {
+    let streams = match version >= 6 {
+        true => Priority::ALL.len(),
+        false => 1,
+    };
+    let budget = (local.settings.queue_bytes / streams).max(1);
+    let intake = Arc::new(Mutex::new(intake));
+    let mut receiving: JoinSet<Result<Never, LinkError>> = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_uni(), if receiving.len() < streams => {
+                let recv = accepted?;
+                let (local, link) = (local.clone(), link.clone());
+                let (intake, control) = (intake.clone(), control.clone());
+                receiving.spawn(async move {
+                    receive_stream(&local, &link, recv, &intake, &control, budget).await
+                });
+            }
+            Some(ended) = receiving.join_next() => {
+                return match ended {
+                    Ok(ended) => ended,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => Err(LinkError::Store("an entry stream's task was cancelled".into())),
+                };
+            }
+        }
+    }
+}
+
+/// Receives one entry stream: reads ahead, commits what is queued as one transaction,
+/// acknowledges with `Have` when the intake says so.
+///
+/// What the peer can make this side hold is bounded: the read-ahead queue by the bytes
+/// of the entries in it (`budget`), each frame by [`wire::MAX_FRAME`] and what it
+/// decodes into (`wire`'s limits). Every frame passes the intake (routes, the trust
+/// rule) before it joins a transaction; a refusal ends the session with nothing of that
+/// transaction stored. At the core, entries that are relayed to other edges pass the
+/// edge's relay quota first.
+async fn receive_stream(
+    local: &Local,
+    link: &PeerLink,
+    mut recv: quinn::RecvStream,
+    intake: &Mutex<Intake>,
+    control: &mpsc::Sender<Frame>,
+    budget: usize,
 ) -> Result<Never, LinkError> {
     let store = &local.store;
     let peer = link.peer().clone();
-    let mut recv = conn.accept_uni().await?;
-    let budget = local.settings.queue_bytes.max(1);
+    let intake = || intake.lock().unwrap_or_else(|p| p.into_inner());
     let room = Arc::new(Semaphore::new(budget));
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<(Frame, OwnedSemaphorePermit)>();
     let read = async {
@@ -550,13 +629,14 @@ async fn receive_loop(
     let commit = async {
         while let Some(first) = frames_rx.recv().await {
             let mut txn = Txn::new();
+            let mut gathering = Gathering::default();
             let mut next = Some(first);
             // Held until the transaction is committed: the queue's bytes are free only
             // once the entries are out of memory.
             let mut permits = Vec::new();
             while let Some((frame, permit)) = next.take().or_else(|| frames_rx.try_recv().ok()) {
                 permits.push(permit);
-                match intake.handle_frame(frame)? {
+                match intake().handle_frame(&mut gathering, frame)? {
                     Take::Insert {
                         topic,
                         skip,
@@ -576,11 +656,11 @@ async fn receive_loop(
                     }
                     Take::Hold => {}
                 }
-                if intake.full() {
+                if gathering.full() {
                     break;
                 }
             }
-            let wait = intake.before_commit(Instant::now());
+            let wait = intake().before_commit(&mut gathering, Instant::now());
             if !wait.is_zero() {
                 link.update(|s| s.throttled += 1);
                 tracing::debug!(%peer, ?wait, "relay quota: throttled");
@@ -604,7 +684,8 @@ async fn receive_loop(
                 Err(e) => return Err(LinkError::Protocol(e.to_string())),
             }
             drop(permits);
-            let committed = intake.committed(Instant::now(), !frames_rx.is_empty());
+            let queued = !frames_rx.is_empty();
+            let committed = intake().committed(gathering, Instant::now(), queued);
             for (topic, count) in committed.stored {
                 link.topic(&topic, false, |t| {
                     t.entries += count;

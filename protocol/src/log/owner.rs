@@ -1114,7 +1114,7 @@ impl Owner {
                     .unwrap_or_else(|p| p.into_inner());
                 for name in &names {
                     if let Some(wake) = directed.get(name) {
-                        wake.notify_one();
+                        wake.send_modify(|n| *n += 1);
                     }
                 }
             }

@@ -165,6 +165,7 @@ impl Builder {
             core: role == Role::Core,
             settings: SessionSettings {
                 writers: config.writers.clone(),
+                priorities: config.priorities.clone(),
                 relay: config.link.relay,
                 ..session
             },

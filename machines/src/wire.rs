@@ -24,13 +24,14 @@
 //! | 4 | `Pause` | control | an operator paused the link at the sender: stop sending entries |
 //! | 5 | `Resume` | control | the link is resumed |
 //! | 6 | `Backlog` | control | what the sender holds for the receiver and has not had acknowledged (an edge's, for HQ's fleet table): sent when it changes |
+//! | 7 | `Classes` | control | the core's priority classes of the topics it shares with the edge, right after its hello (version 6) |
 //!
 //! This module does no IO and never reads the clock.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::entry::{Entry, EntryId, NodeName, Scope, Seq, Timestamp, TopicName};
+use crate::entry::{Entry, EntryId, NodeName, Priority, Scope, Seq, Timestamp, TopicName};
 
 /// The protocol version this build speaks, checked in the hello (the ALPN carries the
 /// major version). 2: the mirror fetches chunks by position, paces them, and sends
@@ -98,6 +99,11 @@ pub enum Frame {
         /// Their bytes (an estimate from each topic's mean entry size).
         bytes: u64,
     },
+    /// 7: the core's priority classes (`[[topics]] priority`) of the topics it shares
+    /// with the edge that are not normal, sent right after its hello to an edge of
+    /// version 6 or later: the edge sends those topics in the higher of this class and
+    /// its own config's.
+    Classes(Vec<(TopicName, Priority)>),
 }
 
 impl Frame {
@@ -111,6 +117,7 @@ impl Frame {
             Frame::Pause => "pause",
             Frame::Resume => "resume",
             Frame::Backlog { .. } => "backlog",
+            Frame::Classes(_) => "classes",
         }
     }
 }

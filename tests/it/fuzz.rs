@@ -600,6 +600,10 @@ fn link_frames() -> Vec<Frame> {
             entries: 10_000,
             bytes: 2_560_000,
         },
+        Frame::Classes(vec![
+            (topic("reports"), protocol::entry::Priority::Urgent),
+            (topic("broadcasts"), protocol::entry::Priority::Bulk),
+        ]),
     ]
 }
 

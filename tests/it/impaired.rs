@@ -428,7 +428,8 @@ async fn an_idle_link_sends_little() {
 /// urgent topic appended after it on the same side overtakes the backlog's entries that
 /// were already sent (in QUIC's buffer): it has an entry stream of its own, which QUIC
 /// sends first, and a window that does not count the normal topic's entries. On one
-/// stream, it would arrive after all of them.
+/// stream, it would arrive after all of them. The class is set in the core's config
+/// only: the edge learns it in the handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_urgent_entry_overtakes_a_normal_backlog_sent_before_it() {
     use protocol::entry::Priority;
@@ -438,18 +439,21 @@ async fn an_urgent_entry_overtakes_a_normal_backlog_sent_before_it() {
         "tactical-no-loss",
         OneWay::new(64_000, Duration::from_millis(600), 0.0),
     );
-    let settings = SessionSettings {
+    let at_core = SessionSettings {
         priorities: Priorities(vec![(topic("alerts"), Priority::Urgent)]),
         ..SessionSettings::default()
     };
-    let (cluster, _relay) = Cluster::start_through_with(
-        "alpha",
-        profile,
-        &[(TOPIC, Scope::All), ("alerts", Scope::All)],
-        settings,
-    )
-    .await
-    .unwrap();
+    let topics = [(TOPIC, Scope::All), ("alerts", Scope::All)];
+    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, at_core)
+        .await
+        .unwrap();
+    let relay = Link::start(cluster.core_addr(), profile).unwrap();
+    let transport = tls::transport_config(Timeouts::default());
+    let edge = cluster
+        .start_edge_as("alpha", relay.addr(), transport, SessionSettings::default())
+        .await
+        .unwrap();
+    cluster.add(edge);
     up(&cluster, "tactical").await;
     let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
     let (backlog, alerts) = (topic(TOPIC), topic("alerts"));

@@ -338,7 +338,8 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start_edge_tuned`], with the edge's own session `settings` (such
-    /// as an edge speaking the previous protocol version, `SessionSettings::version`).
+    /// as an edge speaking the previous protocol version, `SessionSettings::version`);
+    /// their `priorities` are the edge's config's.
     pub async fn start_edge_as(
         &self,
         n: &str,
@@ -347,6 +348,7 @@ impl Cluster {
         settings: SessionSettings,
     ) -> Result<Node, Error> {
         let mut config = self.config(Role::Edge, n);
+        config.priorities = settings.priorities.clone();
         config.link.core = addr.to_string();
         config.mirror.dir = Some(self.dir.path().join(format!("{n}-mirror")));
         config.mirror.max_rate = self.mirror.max_rate;

@@ -135,6 +135,47 @@ impl Greeted {
         self.theirs.version.min(self.settings.version)
     }
 
+    /// At the core, to an edge of version 6 or later: the frame to send right after the
+    /// hello, the classes of the shared topics that are not normal.
+    pub fn classes(&self) -> Option<Frame> {
+        if !self.side.core || self.version() < 6 {
+            return None;
+        }
+        let shared = |t: &TopicName| self.routes.out.contains(t) || self.routes.input.contains(t);
+        let classes = self.settings.priorities.0.iter();
+        Some(Frame::Classes(
+            classes.filter(|(t, _)| shared(t)).cloned().collect(),
+        ))
+    }
+
+    /// At an edge whose core speaks version 6 or later: its next control frame must be
+    /// [`Frame::Classes`] ([`Greeted::handle_classes`]).
+    pub fn expects_classes(&self) -> bool {
+        !self.side.core && self.version() >= 6
+    }
+
+    /// The core's classes ([`Greeted::classes`]): each topic this edge sends goes in the
+    /// higher of the core's class and its own config's. Topics outside the routes are
+    /// ignored.
+    pub fn handle_classes(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let Frame::Classes(classes) = frame else {
+            let got = frame.name();
+            return Err(SessionError::Protocol(format!(
+                "expected classes, got {got}"
+            )));
+        };
+        for (topic, class) in classes {
+            if !self.routes.out.contains(&topic) {
+                continue;
+            }
+            let own = self.settings.priorities.of(&topic);
+            let list = &mut self.settings.priorities.0;
+            list.retain(|(t, _)| *t != topic);
+            list.push((topic, own.min(class)));
+        }
+        Ok(())
+    }
+
     /// Our hello in answer to the peer's, of the version the session speaks: the
     /// accepting side sends it once it has read the dialer's, so that a dialer of the
     /// previous version reads a hello of its own version.

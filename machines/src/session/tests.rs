@@ -885,3 +885,62 @@ fn the_core_serves_an_edge_of_the_previous_version_in_that_version() {
     let err = core.handle_hello(ancient).unwrap_err();
     assert_eq!(err, SessionError::Version(wire::PREVIOUS_VERSION - 1));
 }
+
+#[test]
+fn the_core_tells_an_edge_of_version_6_its_classes_and_the_edge_takes_the_higher() {
+    let t0 = Instant::now();
+    let with_alerts = |name: &str, core: bool| {
+        let mut s = side(name, core);
+        s.topics.push((topic("alerts"), Scope::All));
+        s
+    };
+    let at_core = SessionSettings {
+        priorities: Priorities(vec![
+            (topic("alerts"), Priority::Urgent),
+            (topic("reports"), Priority::Bulk),
+            (topic("elsewhere"), Priority::Urgent),
+        ]),
+        ..Default::default()
+    };
+    // The edge's own config makes `reports` urgent: the higher of the two stays.
+    let at_edge = SessionSettings {
+        priorities: Priorities(vec![(topic("reports"), Priority::Urgent)]),
+        ..Default::default()
+    };
+    let edge = Handshake::new(with_alerts("alpha", false), node("hq"), at_edge.clone(), t0);
+    let core = Handshake::new(with_alerts("hq", true), node("alpha"), at_core.clone(), t0);
+    let core = core.handle_hello(edge.hello(0)).unwrap();
+    let classes = core.classes().expect("a core tells an edge of version 6");
+    assert_eq!(
+        classes,
+        Frame::Classes(vec![
+            (topic("alerts"), Priority::Urgent),
+            (topic("reports"), Priority::Bulk),
+        ]),
+        "only the topics they share"
+    );
+    let mut edge = edge.handle_hello(core.hello(0)).unwrap();
+    assert!(edge.expects_classes());
+    assert!(edge.classes().is_none(), "an edge tells nothing");
+    edge.handle_classes(classes).unwrap();
+    let (session, _) = edge.start([], t0);
+    assert_eq!(session.class_of(&topic("alerts")), Some(Priority::Urgent));
+    assert_eq!(session.class_of(&topic("reports")), Some(Priority::Urgent));
+    // Anything else in its place ends the session.
+    let edge = Handshake::new(with_alerts("alpha", false), node("hq"), at_edge, t0);
+    let mut edge = edge.handle_hello(core.hello(0)).unwrap();
+    assert!(matches!(
+        edge.handle_classes(Frame::Pause),
+        Err(SessionError::Protocol(_))
+    ));
+    // An edge of version 5 is told nothing, and expects nothing.
+    let old = SessionSettings {
+        version: wire::PREVIOUS_VERSION,
+        ..Default::default()
+    };
+    let edge = Handshake::new(with_alerts("alpha", false), node("hq"), old, t0);
+    let core = Handshake::new(with_alerts("hq", true), node("alpha"), at_core, t0);
+    let core = core.handle_hello(edge.hello(0)).unwrap();
+    assert!(core.classes().is_none());
+    assert!(!edge.handle_hello(core.hello(0)).unwrap().expects_classes());
+}

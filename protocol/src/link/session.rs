@@ -105,7 +105,9 @@ async fn run(
     // previous version). Each side has the hello timeout to say its own.
     let mut bytes = Vec::new();
     let mut control = FrameReader::default();
-    let greeted = if dialer {
+    // A core then tells an edge of version 6 its topics' priority classes, in the same
+    // write as its hello.
+    let mut greeted = if dialer {
         wire::encode(&handshake.hello(tls::millis(SystemTime::now())), &mut bytes);
         control_send.write_all(&bytes).await.map_err(closed)?;
         handshake.opened(Instant::now());
@@ -116,9 +118,19 @@ async fn run(
         let theirs = in_time(&handshake, read_frame(&mut control_recv, &mut control)).await?;
         let greeted = handshake.handle_hello(theirs)?;
         wire::encode(&greeted.hello(tls::millis(SystemTime::now())), &mut bytes);
+        if let Some(classes) = greeted.classes() {
+            wire::encode(&classes, &mut bytes);
+        }
         control_send.write_all(&bytes).await.map_err(closed)?;
         greeted
     };
+    if greeted.expects_classes() {
+        let wait = local.settings.hello_timeout;
+        let frame = tokio::time::timeout(wait, read_frame(&mut control_recv, &mut control))
+            .await
+            .map_err(|_| LinkError::from(machine::SessionError::Timeout(wait)))??;
+        greeted.handle_classes(frame)?;
+    }
     let version = greeted.version();
     let offset = greeted.clock_offset_ms(tls::millis(SystemTime::now()), conn.rtt());
     link.update(|s| s.clock_offset_ms = Some(offset));

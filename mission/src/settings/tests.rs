@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::config::{App, Config, ConfigError, Line, LogFormat, LogSettings, RELAY_DEFAULT};
-use protocol::entry::{NodeName, Retention, TopicName};
-use protocol::link::RelayLimit;
+use protocol::entry::{NodeName, Priority, Retention, TopicName};
+use protocol::link::{Priorities, RelayLimit};
 use protocol::node::Role;
 use protocol::replication::Writers;
 use protocol::tls::Allowed;
@@ -220,6 +220,12 @@ fn printed_config_round_trips() {
         max_bytes: Some(3 << 30),
         max_entries: Some(10),
     };
+    let crossing = config
+        .topics
+        .iter()
+        .find(|t| t.scope.leaves_node())
+        .unwrap();
+    config.priorities = Priorities(vec![(crossing.name.clone(), Priority::Urgent)]);
     config.link.core = "hq.example.org:7443".to_owned();
     config.link.core_name = NodeName::new("base").unwrap();
     config.link.demo_certs = false;
@@ -238,9 +244,11 @@ fn printed_config_round_trips() {
         text.contains("\nkeep_alive = \"2500ms\"\n") && text.contains("\nidle_timeout = \"90s\"\n"),
         "{text}"
     );
+    assert!(text.contains("\npriority = \"urgent\"\n"), "{text}");
     config.topics.clear();
-    // Writers are a property of listed topics: none listed, none left.
+    // Writers and priorities are properties of listed topics: none listed, none left.
     config.writers = Writers::default();
+    config.priorities = Priorities::default();
     let text = config.to_toml();
     assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
 

@@ -484,3 +484,49 @@ fn bad_topics_name_their_index() {
         &["topics[0].name", "belong to the system"],
     );
 }
+
+#[test]
+fn topic_priorities_are_read_and_checked() {
+    use crate::entry::{Priority, TopicName};
+    let text = r#"
+        [[topics]]
+        name = "contacts"
+        scope = "all"
+        priority = "urgent"
+        [[topics]]
+        name = "logs"
+        scope = "core"
+        priority = "bulk"
+        [[topics]]
+        name = "chat"
+        scope = "all"
+        priority = "normal"
+        [[topics]]
+        name = "positions"
+        scope = "all"
+    "#;
+    let config = load(Role::Core, text, &[]).unwrap();
+    let of = |n: &str| config.priorities.of(&TopicName::new(n).unwrap());
+    assert_eq!(of("contacts"), Priority::Urgent);
+    assert_eq!(of("logs"), Priority::Bulk);
+    assert_eq!(of("chat"), Priority::Normal);
+    assert_eq!(of("positions"), Priority::Normal);
+    // Only the classes that are not normal are listed (and printed).
+    assert_eq!(config.priorities.0.len(), 2);
+    check_error(
+        load(
+            Role::Core,
+            "[[topics]]\nname = \"a\"\nscope = \"all\"\npriority = \"high\"\n",
+            &[],
+        ),
+        &["unknown variant `high`", "urgent", "bulk"],
+    );
+    check_error(
+        load(
+            Role::Edge,
+            "[[topics]]\nname = \"notes\"\nscope = \"local\"\npriority = \"urgent\"\n",
+            &[],
+        ),
+        &["topics[0].priority", "notes is local"],
+    );
+}

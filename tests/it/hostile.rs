@@ -29,9 +29,10 @@ fn now_ms() -> u64 {
 const MALLORY: u64 = 0x6d61_6c6c_6f72_7900;
 
 /// What the core may hold for one connected peer, whatever it sends (ARCHITECTURE.md,
-/// "A peer is never trusted"): QUIC's receive window, the read-ahead queue, a frame being
-/// decoded and what it decodes into, the zstd window, the control stream's frame.
-const PEER_BOUND: u64 = (16 + 8 + 2 * 4 + 4 + 2 * 4) << 20;
+/// "A peer is never trusted"): QUIC's receive window, the read-ahead queue (shared by
+/// the entry streams), per entry stream (one per priority class, up to 3) a frame being
+/// decoded and what it decodes into and the zstd window, the control stream's frame.
+const PEER_BOUND: u64 = (16 + 8 + 3 * (2 * 4 + 4) + 2 * 4) << 20;
 
 /// An edge connection driven by hand: the hellos exchanged, then any frames.
 struct Hostile {

@@ -90,7 +90,7 @@ pub(crate) async fn fill(store: &Store, t: &TopicName, n: usize, seed: u64) -> R
     Ok(())
 }
 
-fn held(store: &Store, t: &TopicName) -> u64 {
+pub(crate) fn held(store: &Store, t: &TopicName) -> u64 {
     store.topic(t).map_or(0, |i| i.next.0 - i.first.0)
 }
 

@@ -76,7 +76,9 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "priority",
-        "200-byte entries each second, link idle then while a mirror fills 512 kbit/s",
+        "200-byte entries each second, link idle then while a mirror fills 512 kbit/s \
+         (--case mirror); urgent entries behind 10,000 normal ones on tactical (--case \
+         tactical)",
     ),
 ];
 
@@ -116,7 +118,8 @@ fn main() -> ExitCode {
         eprintln!(
             "usage: bench <scenario> [--quick] [--profile NAME] [--case NAME]\n\n\
              --profile NAME  catch-up through that link profile only\n\
-             --case NAME     mirror: that case only (outage-resume, or lan for the others)\n\n\
+             --case NAME     mirror: that case only (outage-resume, or lan for the others);\n\
+                             priority: mirror or tactical\n\n\
              scenarios:"
         );
         for (name, what) in SCENARIOS {
@@ -161,7 +164,7 @@ fn main() -> ExitCode {
         Some("first-entry") => runtime.block_on(impaired::first_entry(quick)),
         Some("wire") => runtime.block_on(link::wire(quick)),
         Some("mirror") => runtime.block_on(mirror::mirror(quick, case.as_deref())),
-        Some("priority") => runtime.block_on(priority::priority(quick)),
+        Some("priority") => runtime.block_on(priority::priority(quick, case.as_deref())),
         Some("fanout") => runtime.block_on(fanout::fanout(quick)),
         Some("memory") => runtime.block_on(memory::memory(quick)),
         Some("bridge") => runtime.block_on(bridge::bridge(quick)),

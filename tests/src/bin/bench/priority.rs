@@ -11,19 +11,35 @@
 //!   twice the measuring time at the link's rate, stopped once measured), after a few
 //!   seconds for it to fill the link. Chunks go core to edge, so `down` (the headline
 //!   keys) shares their direction; `up` (`_e2c` keys) shares the requests' and ACKs'.
+//!
+//! The `tactical` case ([`tactical`], `--case tactical`; both run without a case): does
+//! an urgent topic's entry wait behind a backlog of normal entries on the same side?
+//!
+//! - A core and an edge on the `tactical` profile (64 kbit/s, 1.2 s round trip, 5 %
+//!   loss), holding `backlog` and `alerts` (both `all`); `alerts` is urgent in the
+//!   core's config (`[[topics]] priority`), which the edge learns in the handshake.
+//! - The edge appends 10,000 random 256-byte entries to `backlog` (2.8 MB: ~6 minutes of
+//!   the link), and once they stream, 20 entries to `alerts`, one every 2 s (`--quick`:
+//!   2,000 and 5): each timed from its append to the moment the core can read it.
+//! - `backlog_goodput_ratio`: `backlog` payload bits the core stored per second while
+//!   the urgent entries crossed, over the link's rate (as `catch-up` computes goodput).
+//! - Then the same with `alerts` of the normal class (`urgent_as_normal_*`): what an
+//!   urgent entry waited before classes.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use protocol::entry::{Append, Offset, Scope, TopicName};
+use protocol::entry::{Append, Offset, Priority, Scope, TopicName};
+use protocol::link::{Priorities, SessionSettings};
 use protocol::log::Store;
 use protocol::mirror::MirrorState;
+use protocol::tls;
 use serde_json::json;
-use tests::cluster::topic;
-use tests::emulator::{OneWay, Profile};
+use tests::cluster::{Cluster, topic, wait_for_count};
+use tests::emulator::{Link, OneWay, Profile};
 
 use crate::mirror::{edge_mirror, linked_pair, random, settle};
-use crate::round2;
+use crate::{impaired, round2};
 
 /// The probe entries' payload.
 const PROBE: usize = 200;
@@ -74,8 +90,24 @@ const QUICK: Sizes = Sizes {
     data: 1_000_000,
 };
 
-/// `priority`: one line with the idle and the busy latencies, both directions.
-pub(crate) async fn priority(quick: bool) -> crate::Lines {
+/// `priority`: the mirror case's line and the `tactical` case's, or the `case` named.
+pub(crate) async fn priority(quick: bool, case: Option<&str>) -> crate::Lines {
+    match case {
+        None => {
+            let mut lines = mirror_case(quick).await?;
+            lines.push(tactical(quick).await?);
+            Ok(lines)
+        }
+        Some("mirror") => mirror_case(quick).await,
+        Some("tactical") => Ok(vec![tactical(quick).await?]),
+        Some(other) => Err(format!(
+            "priority has no case {other:?} (cases: mirror, tactical)"
+        )),
+    }
+}
+
+/// The mirror case: one line with the idle and the busy latencies, both directions.
+async fn mirror_case(quick: bool) -> crate::Lines {
     let Sizes {
         samples,
         every,
@@ -298,4 +330,135 @@ fn pct(latencies: &[Duration], p: f64) -> f64 {
         return 0.0;
     };
     sorted[((sorted.len() as f64 * p) as usize).min(last)].as_secs_f64() * 1e3
+}
+
+/// The `tactical` case (see the module doc): one line.
+async fn tactical(quick: bool) -> Result<serde_json::Value, String> {
+    let (backlog_n, urgent_n) = if quick { (2_000, 5) } else { (10_000, 20) };
+    let every = Duration::from_secs(2);
+    let profile = Profile::named("tactical").map_err(|e| e.to_string())?;
+    let rate = profile.e2c.rate_bps.map_or(1, |r| r.get());
+    eprintln!(
+        "priority tactical: {urgent_n} urgent entries, one every {every:?}, behind \
+         {backlog_n} normal ones on the same side (edge to core)"
+    );
+    let classes = run_tactical(&profile, backlog_n, urgent_n, every, true).await?;
+    eprintln!(
+        "priority tactical: urgent p50 {:.0} ms, p99 {:.0} ms (targets {} and {} ms); \
+         backlog goodput {:.2}",
+        pct(&classes.latencies, 0.5),
+        pct(&classes.latencies, 0.99),
+        profile.round_trip().as_millis() + 500,
+        2 * profile.round_trip().as_millis() + 500,
+        classes.goodput(rate)
+    );
+    let without = run_tactical(&profile, backlog_n, urgent_n, every, false).await?;
+    eprintln!(
+        "priority tactical: the same topic of the normal class: p50 {:.0} ms, p99 {:.0} ms",
+        pct(&without.latencies, 0.5),
+        pct(&without.latencies, 0.99),
+    );
+    let rtt = profile.round_trip().as_secs_f64() * 1e3;
+    let (p50, p99) = (pct(&classes.latencies, 0.5), pct(&classes.latencies, 0.99));
+    Ok(json!({
+        "scenario": "priority",
+        "profile": profile.name,
+        "rate_bps": rate,
+        "rtt_ms": round2(rtt),
+        "loss": profile.e2c.loss,
+        "dir": "e2c",
+        "backlog_entries": backlog_n,
+        "urgent_entries": urgent_n,
+        "every_ms": every.as_millis() as u64,
+        "urgent_p50_ms": round2(p50),
+        "urgent_p99_ms": round2(p99),
+        "urgent_max_ms": round2(pct(&classes.latencies, 1.0)),
+        "target_p50_ms": round2(rtt + 500.0),
+        "target_p99_ms": round2(2.0 * rtt + 500.0),
+        "within_target": p50 <= rtt + 500.0 && p99 <= 2.0 * rtt + 500.0,
+        "backlog_goodput_ratio": round2(classes.goodput(rate)),
+        "urgent_as_normal_p50_ms": round2(pct(&without.latencies, 0.5)),
+        "urgent_as_normal_p99_ms": round2(pct(&without.latencies, 0.99)),
+        "backlog_goodput_ratio_as_normal": round2(without.goodput(rate)),
+        "quick": quick,
+    }))
+}
+
+/// What one run of the `tactical` case measured.
+struct Tactical {
+    latencies: Vec<Duration>,
+    /// Backlog entries the core stored while the urgent ones crossed, and over how long.
+    backlog_stored: u64,
+    seconds: f64,
+}
+
+impl Tactical {
+    fn goodput(&self, rate_bps: u64) -> f64 {
+        let bits = (self.backlog_stored * BACKLOG_PAYLOAD as u64 * 8) as f64;
+        bits / self.seconds.max(1e-3) / rate_bps.max(1) as f64
+    }
+}
+
+/// The backlog's payload: random, so that compression gains nothing.
+const BACKLOG_PAYLOAD: usize = 256;
+
+/// One run of the `tactical` case: `urgent` of the urgent class (`classes`) or not.
+async fn run_tactical(
+    profile: &Profile,
+    backlog_n: usize,
+    urgent_n: usize,
+    every: Duration,
+    classes: bool,
+) -> Result<Tactical, String> {
+    let (backlog, alerts) = (topic("backlog"), topic("alerts"));
+    let priorities = match classes {
+        true => Priorities(vec![(alerts.clone(), Priority::Urgent)]),
+        false => Priorities::default(),
+    };
+    // The class is in the core's config only: the edge learns it in the handshake.
+    let at_core = SessionSettings {
+        priorities,
+        ..SessionSettings::default()
+    };
+    let topics = [("backlog", Scope::All), ("alerts", Scope::All)];
+    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, at_core)
+        .await
+        .map_err(|e| e.to_string())?;
+    let relay = Link::start(cluster.core_addr(), profile.clone()).map_err(|e| e.to_string())?;
+    let transport = tls::transport_config(tls::Timeouts::default());
+    let edge = cluster
+        .start_edge_as("alpha", relay.addr(), transport, SessionSettings::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    cluster.add(edge);
+    let mut up = cluster.edge("alpha").link("hq").watch();
+    tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected))
+        .await
+        .map_err(|_| "the link never came up")?
+        .map_err(|e| e.to_string())?;
+    let (core, edge) = (&cluster.core.store, &cluster.edge("alpha").store);
+    // One entry of each topic across first: each side has heard where the other
+    // stands (`Have`) before anything is timed.
+    for t in [&backlog, &alerts] {
+        edge.append(t, Append::new(vec![0; 8]))
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for_count(core, t, 1, PATIENCE).await?;
+    }
+    impaired::fill(edge, &backlog, backlog_n, 17).await?;
+    // The backlog streams: its window is full once its first entries arrive.
+    wait_for_count(core, &backlog, 2, PATIENCE).await?;
+    let (started, stored_before) = (Instant::now(), impaired::held(core, &backlog));
+    let latencies = probes(edge, core, &alerts, urgent_n, every).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let backlog_stored = impaired::held(core, &backlog) - stored_before;
+    if impaired::held(core, &backlog) >= backlog_n as u64 + 1 {
+        return Err("the backlog drained before the urgent entries were all across".into());
+    }
+    drop(relay);
+    Ok(Tactical {
+        latencies,
+        backlog_stored,
+        seconds,
+    })
 }

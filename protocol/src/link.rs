@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::edges::Edges;
-use crate::entry::{NodeName, TopicName};
+use crate::entry::{NodeName, Priority, TopicName};
 use crate::log::{Held, ReadError, Store};
 use crate::tls::{self, Admit as _, CloseCode};
 use crate::wire::{self, WireError};
@@ -128,6 +128,9 @@ pub struct TopicStatus {
     pub topic: TopicName,
     /// `true`: this node sends it; `false`: it receives it.
     pub out: bool,
+    /// Its priority class on this link, as this node knows it (out: the class it sends
+    /// in; in, at an edge: the core's; in, at the core: its own config's).
+    pub priority: Priority,
     /// Entries sent (out) or stored (in) in this session.
     pub entries: u64,
     /// Entries after the peer's acknowledged position (out only, an upper bound: some
@@ -380,6 +383,7 @@ impl PeerLink {
                     s.topics.push(TopicStatus {
                         topic: topic.clone(),
                         out,
+                        priority: Priority::Normal,
                         entries,
                         backlog,
                         up_to_date,

@@ -209,6 +209,8 @@ pub struct LinkTopicView {
     pub topic: String,
     /// `out` (sent) or `in` (received).
     pub direction: &'static str,
+    /// Its priority class on the link: `urgent`, `normal` or `bulk`.
+    pub priority: String,
     /// Entries sent or stored since the node started.
     pub entries: u64,
     /// Entries waiting to be sent (out only).
@@ -247,6 +249,7 @@ impl From<&LinkStatus> for LinkView {
                 .map(|t| LinkTopicView {
                     topic: t.topic.to_string(),
                     direction: if t.out { "out" } else { "in" },
+                    priority: t.priority.to_string(),
                     entries: t.entries,
                     backlog: t.backlog,
                     up_to_date_ms: t.up_to_date.map(millis),

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::{Intake, Session, SessionError, SessionSettings, Side};
-use crate::entry::{NodeName, Offset, TopicName};
+use crate::entry::{NodeName, Offset, Priority, TopicName};
 use crate::replication::{Incarnations, Routes};
 use crate::wire::{self, Frame, Hello};
 
@@ -148,6 +148,12 @@ impl Greeted {
         ))
     }
 
+    /// `topic`'s priority class on this link, as this side knows it: its config's, and
+    /// at an edge, the higher of that and the core's ([`Greeted::handle_classes`]).
+    pub fn class_of(&self, topic: &TopicName) -> Priority {
+        self.settings.priorities.of(topic)
+    }
+
     /// At an edge whose core speaks version 6 or later: its next control frame must be
     /// [`Frame::Classes`] ([`Greeted::handle_classes`]).
     pub fn expects_classes(&self) -> bool {
@@ -155,8 +161,8 @@ impl Greeted {
     }
 
     /// The core's classes ([`Greeted::classes`]): each topic this edge sends goes in the
-    /// higher of the core's class and its own config's. Topics outside the routes are
-    /// ignored.
+    /// higher of the core's class and its own config's (and each it takes is shown in
+    /// the core's). Topics outside the routes are ignored.
     pub fn handle_classes(&mut self, frame: Frame) -> Result<(), SessionError> {
         let Frame::Classes(classes) = frame else {
             let got = frame.name();
@@ -165,7 +171,7 @@ impl Greeted {
             )));
         };
         for (topic, class) in classes {
-            if !self.routes.out.contains(&topic) {
+            if !self.routes.out.contains(&topic) && !self.routes.input.contains(&topic) {
                 continue;
             }
             let own = self.settings.priorities.of(&topic);

@@ -167,10 +167,12 @@ async fn run(
     let mut cursors = Vec::new();
     for topic in &routes.out {
         cursors.push((topic.clone(), store.cursor(&consumer, topic)?));
-        link.topic(topic, true, |_| {});
+        let class = greeted.class_of(topic);
+        link.topic(topic, true, |t| t.priority = class);
     }
     for topic in &routes.input {
-        link.topic(topic, false, |_| {});
+        let class = greeted.class_of(topic);
+        link.topic(topic, false, |t| t.priority = class);
     }
     let (session, intake) = greeted.start(cursors, Instant::now());
     // With a peer of version 6 or later, each priority class of the outgoing topics has

@@ -27,9 +27,16 @@
 //!   the CA pinned by its code ([`enroll_client_config`]). See `crate::edges::enrollment`.
 //! - [`transport_config`] holds the QUIC settings chosen for slow, lossy, long links.
 //!
-//! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best);
-//! no session resumption (a resumed handshake carries the certificates of the first one,
-//! so it would keep serving a replaced certificate and admit a revoked one's ticket).
+//! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best).
+//! Links resume sessions (TLS 1.3 tickets, kept in memory by both ends: the core keeps
+//! [`RESUMED_SESSIONS`], one use each, for at most a day): a returning edge's handshake
+//! carries no certificates, ~1 KB each way, seconds on an HF radio. A resumed handshake
+//! presents the certificates of the session's first one, and [`accept`] checks them as
+//! it checks a full handshake's: its name against the edges allowed, its serial against
+//! the revocation list, and its validity against the clock, so that a revoked or expired
+//! certificate is refused on a ticket as without one. A core's renewed certificate is
+//! seen by each edge at its next full handshake (a ticket lasts a day at most).
+//! Enrollment and renewal never resume.
 //!
 //! IO: the certificates directory (reading and writing PEM files, in `tls/ca.rs`) and UDP
 //! sockets (the endpoints).
@@ -133,6 +140,11 @@ const SEND_WINDOW: u64 = 16 << 20;
 
 /// Bidirectional streams a peer may have open at once: the control stream and mirror runs.
 pub const MAX_BIDI_STREAMS: u32 = 3;
+
+/// Sessions the core keeps for edges to resume (one ticket per edge in use, each ~2 KB
+/// with the edge's certificates): a fleet of this many edges reconnects without
+/// certificates; past it, the oldest tickets give way to full handshakes.
+pub const RESUMED_SESSIONS: usize = 4096;
 
 /// Unidirectional streams a peer may have open at once: its entry streams, one per
 /// priority class.
@@ -602,12 +614,10 @@ pub fn server_config_enrolling(
     } else {
         vec![ALPN.to_vec()]
     };
-    // No session resumption: every handshake presents and checks both certificates, so
-    // a renewed certificate is served to the next one, and a revoked or expired one
-    // cannot come back on a ticket. It costs the certificates' ~1 KB each way per
-    // reconnect, not a round trip.
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    tls.send_tls13_tickets = 0;
+    // Session resumption (see the module doc): one ticket per connection, single use,
+    // kept in memory; never 0-RTT data.
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMED_SESSIONS);
+    tls.send_tls13_tickets = 1;
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -635,17 +645,19 @@ pub fn client_config_with(
         Some(credentials),
         ALPN,
         transport,
+        true,
     )
 }
 
 /// A QUIC client config: TLS 1.3 with `verifier` for the core, `credentials`' current
-/// certificate shown (`None`: none), ALPN `alpn`, and every handshake a full one (see
-/// `server_config_with`).
+/// certificate shown (`None`: none), ALPN `alpn`; `resume`: sessions are resumed (links,
+/// see the module doc), else every handshake is a full one (enrollment, renewal).
 fn quic_client(
     verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     credentials: Option<&Credentials>,
     alpn: &[u8],
     transport: Arc<quinn::TransportConfig>,
+    resume: bool,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -657,7 +669,11 @@ fn quic_client(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
-    tls.resumption = rustls::client::Resumption::disabled();
+    tls.resumption = match resume {
+        // An edge dials one core (or the few of its HQ): a ticket or two each.
+        true => rustls::client::Resumption::in_memory_sessions(16),
+        false => rustls::client::Resumption::disabled(),
+    };
     let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
@@ -672,7 +688,7 @@ pub fn enroll_client_config(
     pin: [u8; 32],
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    quic_client(Arc::new(PinnedCa(pin)), None, ENROLL_ALPN, transport)
+    quic_client(Arc::new(PinnedCa(pin)), None, ENROLL_ALPN, transport, false)
 }
 
 /// An edge renewing its certificate: [`client_config_with`] (the CA of `ca.pem` trusted,
@@ -686,6 +702,7 @@ pub fn renew_client_config(
         Some(credentials),
         ENROLL_ALPN,
         transport,
+        false,
     )
 }
 
@@ -971,6 +988,17 @@ async fn accept_inner<A: Admit + ?Sized>(
             return Err(HandshakeError::Identity { peer, source });
         }
     };
+    // A full handshake checked the certificate's validity; a resumed one did not (its
+    // certificates are the session's first handshake's): check it here for both.
+    if certificate.not_after <= SystemTime::now() {
+        let reason = format!(
+            "the certificate of edge {name} (serial {}) has expired: renew it",
+            certificate.serial
+        );
+        CloseCode::NotAllowed.close(&connection, &reason);
+        let source = TlsError::PeerCertificate { reason };
+        return Err(HandshakeError::Identity { peer, source });
+    }
     match admit.admit(&name, &certificate) {
         Ok(()) => Ok(Accepted::Link(Peer {
             connection,

@@ -650,9 +650,12 @@ async fn renewed_files_are_served_to_the_next_handshake_without_a_restart() {
     let server = server_endpoint_with(localhost(), &credentials, transport()).unwrap();
     let addr = server.local_addr().unwrap();
     let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
-    let edge = client_endpoint(localhost(), &alpha, transport()).unwrap();
     let (allowed, core) = (Allowed::AnyEdge, name("hq"));
+    // A fresh endpoint each time: an edge that resumes its session sees the core's
+    // certificate of the session's first handshake (it sees a renewed one at its next
+    // full handshake; a ticket lasts a day at most).
     let served = || async {
+        let edge = client_endpoint(localhost(), &alpha, transport()).unwrap();
         let (accepted, connected) = tokio::join!(
             async { accept(server.accept().await.unwrap(), &allowed).await },
             connect(&edge, addr, &core)
@@ -748,4 +751,117 @@ fn link_sockets_get_the_receive_buffer_the_kernel_allows() {
         granted > 212_992 || ceiling <= 212_992,
         "the default was not raised: {granted}"
     );
+}
+
+/// One link handshake of `edge` with the core's `server`, admitted by `admit`: the core's
+/// result, and the core's certificate as the edge saw it.
+async fn handshake_with(
+    server: &quinn::Endpoint,
+    edge: &quinn::Endpoint,
+    admit: &dyn Admit,
+) -> (Result<Peer, HandshakeError>, CertificateInfo) {
+    let addr = server.local_addr().unwrap();
+    let hq = name("hq");
+    let (at_core, at_edge) = tokio::join!(
+        async { accept(server.accept().await.unwrap(), admit).await },
+        connect(edge, addr, &hq)
+    );
+    let at_edge = at_edge.unwrap();
+    let seen = at_edge.certificate.clone().unwrap();
+    // A round trip on the link, so that the core's ticket (sent once its side of the
+    // handshake is done) has reached the edge before the next handshake.
+    if let Ok(core) = &at_core {
+        let mut ping = at_edge.connection.open_uni().await.unwrap();
+        ping.write_all(b"ping").await.unwrap();
+        ping.finish().unwrap();
+        let mut got = core.connection.accept_uni().await.unwrap();
+        got.read_to_end(8).await.unwrap();
+        let mut pong = core.connection.open_uni().await.unwrap();
+        pong.write_all(b"pong").await.unwrap();
+        pong.finish().unwrap();
+        let mut back = at_edge.connection.accept_uni().await.unwrap();
+        back.read_to_end(8).await.unwrap();
+    }
+    (at_core, seen)
+}
+
+#[tokio::test]
+async fn a_returning_edge_resumes_its_session_and_a_revoked_one_is_still_refused() {
+    let dir = TempDir::new("tls-resume");
+    let (ca, _) = mission();
+    ca.issue(&name("hq"), Role::Core)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let hq = NodeIdentity::load(dir.path(), &name("hq"), Role::Core).unwrap();
+    let credentials = Credentials::watch(&hq, dir.path()).unwrap();
+    let server = server_endpoint_with(localhost(), &credentials, transport()).unwrap();
+    let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
+    let alpha_key = CertificateInfo::read(&alpha.chain()[0]).unwrap().key_sha256;
+    let edge = client_endpoint(localhost(), &alpha, transport()).unwrap();
+    let allowed = Allowed::List(vec![name("alpha")]);
+
+    let (first, seen_first) = handshake_with(&server, &edge, &allowed).await;
+    let first = first.unwrap();
+    CloseCode::Replaced.close(&first.connection, "reconnecting");
+    // The core's certificate is renewed: a full handshake would present the new one.
+    for file in ["hq.pem", "hq.key"] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    ca.issue(&name("hq"), Role::Core)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let (second, seen_second) = handshake_with(&server, &edge, &allowed).await;
+    let second = second.unwrap();
+    assert_ne!(
+        credentials.certificate(),
+        seen_first,
+        "the core's certificate is renewed"
+    );
+    // The edge resumed: it sees the session's certificate, not the renewed one; and the
+    // core still knows the edge by its certificate (name and serial).
+    assert_eq!(
+        seen_second, seen_first,
+        "the second handshake was a full one"
+    );
+    assert_eq!(second.name, name("alpha"));
+    assert_eq!(second.certificate, first.certificate);
+    CloseCode::Replaced.close(&second.connection, "reconnecting");
+    // Revoked meanwhile: refused on its ticket, as without one.
+    let (third, _) = handshake_with(&server, &edge, &RevokedKey(alpha_key)).await;
+    assert!(
+        matches!(&third, Err(HandshakeError::Revoked { name: n, .. }) if n.as_str() == "alpha"),
+        "{third:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_edge_whose_certificate_expired_is_refused_on_its_ticket() {
+    let (ca, core) = mission();
+    let now = SystemTime::now();
+    let expires = now + Duration::from_secs(2);
+    let alpha = ca
+        .issue_valid(
+            &name("alpha"),
+            Role::Edge,
+            now - Duration::from_secs(60),
+            expires,
+        )
+        .unwrap();
+    let server = server_endpoint(localhost(), &core, transport()).unwrap();
+    let edge = client_endpoint(localhost(), &alpha, transport()).unwrap();
+    let allowed = Allowed::AnyEdge;
+    let (first, _) = handshake_with(&server, &edge, &allowed).await;
+    CloseCode::Replaced.close(&first.unwrap().connection, "reconnecting");
+    // Holding a duration: the certificate's validity is the clock's (whole seconds).
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
+    // A full handshake would fail in TLS; a resumed one passes TLS, and the core's own
+    // check refuses it.
+    let (second, _) = handshake_with(&server, &edge, &allowed).await;
+    let err = second.unwrap_err().to_string();
+    check_contains(&err, &["certificate of edge alpha", "has expired"]);
 }

@@ -3,7 +3,8 @@
 //! through a relay that imposes a named profile and counts the bytes on the wire.
 //!
 //! - `catch-up` through the profiles ([`catch_up_profiles`]): a backlog appended while
-//!   the edge is away, sent when it comes back; its goodput against the link's rate.
+//!   the link is down, sent when it comes back (a new connection); how long the
+//!   reconnect took, and the backlog's goodput against the link's rate.
 //! - `idle` ([`idle`]): bytes per minute on a linked pair with nothing to send.
 //! - `first-entry` ([`first_entry`]): after a 60 s outage on `tactical` during which the
 //!   edge appended 10,000 entries, how long one new entry takes to cross.
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use protocol::entry::{Append, Scope, TopicName};
 use protocol::log::{Store, Txn};
+use protocol::tls;
 use serde_json::json;
 use tests::Rng;
 use tests::cluster::{Cluster, Node, topic};
@@ -36,6 +38,9 @@ const BULK: &str = "bench";
 /// A topic of its own for a new entry from the side that holds the backlog.
 const URGENT: &str = "urgent";
 
+/// The edge's QUIC idle timeout in `catch-up`: an outage past it ends the connection.
+const RECONNECT_IDLE: Duration = Duration::from_secs(15);
+
 /// A core and an edge `alpha`, the edge dialing through a link emulator.
 struct Pair {
     cluster: Cluster,
@@ -49,6 +54,30 @@ impl Pair {
         let (cluster, relay) = Cluster::start_through("alpha", profile, &topics)
             .await
             .map_err(|e| e.to_string())?;
+        let pair = Pair { cluster, relay };
+        pair.connected().await?;
+        Ok(pair)
+    }
+
+    /// Like [`Pair::start`], the edge's QUIC idle timeout [`RECONNECT_IDLE`] (QUIC takes
+    /// the smaller of both sides'), so that an outage past it ends the connection in
+    /// seconds and what comes back is a new one.
+    async fn start_reconnecting(profile: Profile) -> Result<Pair, String> {
+        let topics = [(BULK, Scope::All), (URGENT, Scope::All)];
+        let settings = protocol::link::SessionSettings::default();
+        let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let relay = Link::start(cluster.core_addr(), profile).map_err(|e| e.to_string())?;
+        let timeouts = tls::Timeouts {
+            keep_alive: RECONNECT_IDLE / 3,
+            idle_timeout: RECONNECT_IDLE,
+        };
+        let edge = cluster
+            .start_edge_tuned("alpha", relay.addr(), tls::transport_config(timeouts))
+            .await
+            .map_err(|e| e.to_string())?;
+        cluster.add(edge);
         let pair = Pair { cluster, relay };
         pair.connected().await?;
         Ok(pair)
@@ -158,11 +187,16 @@ fn rate(profile: &Profile, dir: &str) -> Result<u64, String> {
 }
 
 /// `catch-up` through the profiles, after the loopback line(s) of `link::catch_up`
-/// (`lan`): per profile and direction, a backlog appended while the edge is away (its
-/// node stopped), then the edge restarts and dials through the emulator. Keys:
+/// (`lan`): per profile and direction, the link goes down through the emulator for
+/// longer than the edge's idle timeout ([`RECONNECT_IDLE`]: the connection ends, the
+/// edge keeps dialing), a backlog is appended meanwhile, then the link comes back.
+/// Keys:
 ///
-/// - `catchup_s`: from the restart to the last entry stored at the other side
-///   (handshake included);
+/// - `handshake_s`: from the moment the link is back until the session is up (the wait
+///   for the edge's next dial, the QUIC and TLS handshake, resumed from the last
+///   session's ticket, and the hellos);
+/// - `catchup_s`: from the moment the link is back to the last entry stored at the other
+///   side (handshake included);
 /// - `goodput_ratio`: payload bytes delivered per second, from the first entry stored to
 ///   the last, over the link's rate in that direction;
 /// - `first_new_entry_ms`: once the link is up, one entry appended at the side without
@@ -218,35 +252,40 @@ async fn catch_up_one(
 ) -> Result<serde_json::Value, String> {
     let name = &profile.name;
     let bps = rate(profile, dir)?;
-    let mut pair = Pair::start(profile.clone()).await?;
-    pair.edge().cut();
+    let pair = Pair::start_reconnecting(profile.clone()).await?;
     let bulk = topic(BULK);
-    eprintln!("catch-up {name} {dir}: {n} entries of {PAYLOAD} bytes while the edge is away");
-    let origin = match dir {
-        "e2c" => &pair.edge().store,
-        _ => &pair.core().store,
-    };
-    fill(origin, &bulk, n, 5).await?;
-
-    let before = pair.relay.counters();
-    let started = Instant::now();
-    pair.cluster
-        .restart_edge_via("alpha", pair.relay.addr())
-        .await
-        .map_err(|e| e.to_string())?;
     let (edge, core) = (pair.edge().store.clone(), pair.core().store.clone());
+    // Each side hears where the other stands (`Have`) before the outage, and the edge
+    // holds the core's session ticket.
+    one_across(&edge, &core, &bulk, 1, PATIENCE).await?;
+    one_across(&core, &edge, &bulk, 2, PATIENCE).await?;
+    // The link goes down, for longer than the idle timeout: the connection ends.
+    pair.relay.down();
+    let mut status = pair.edge().link("hq").watch();
+    tokio::time::timeout(PATIENCE, status.wait_for(|s| !s.connected))
+        .await
+        .map_err(|_| "the edge never saw its link down")?
+        .map_err(|e| e.to_string())?;
+    eprintln!("catch-up {name} {dir}: {n} entries of {PAYLOAD} bytes while the link is down");
     let (origin, target) = match dir {
         "e2c" => (edge, core),
         _ => (core, edge),
     };
+    fill(&origin, &bulk, n, 5).await?;
+
+    let before = pair.relay.counters();
+    let started = Instant::now();
+    pair.relay.up();
     let first_new = async {
         pair.connected().await?;
         let handshake = started.elapsed();
-        let first = one_across(&target, &origin, &bulk, n as u64 + 1, PATIENCE).await?;
+        let first = one_across(&target, &origin, &bulk, n as u64 + 3, PATIENCE).await?;
         Ok::<_, String>((handshake, first))
     };
-    let (first_new, arrived) =
-        tokio::join!(first_new, arrivals(&target, &bulk, 0, n as u64, PATIENCE));
+    let (first_new, arrived) = tokio::join!(
+        first_new,
+        arrivals(&target, &bulk, 2, n as u64 + 2, PATIENCE)
+    );
     let (handshake, first_new) = first_new?;
     let (first, last) = arrived?;
     let after = pair.relay.counters();

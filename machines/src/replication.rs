@@ -357,12 +357,18 @@ impl Outbound {
     }
 
     /// Plans the frames for `records` (read from [`Outbound::position`] on, in order),
-    /// and moves the position past them.
-    pub fn plan(&mut self, records: Vec<Record>) -> Vec<Frame> {
+    /// and moves the position past them. `superseded`: per record, whether a later entry
+    /// of its origin and key holds its place (a latest-value topic; empty: none does).
+    pub fn plan(&mut self, records: Vec<Record>, superseded: &[bool]) -> Vec<Frame> {
         let mut frames = Vec::new();
         let mut entries = Vec::new();
-        for record in records {
+        for (i, record) in records.into_iter().enumerate() {
             self.position = self.position.max(record.offset.0 + 1);
+            if superseded.get(i).copied().unwrap_or(false) {
+                // A later entry of its origin and key holds its place: its sequence is
+                // skipped with the successor's (below), never sent after it.
+                continue;
+            }
             let e = record.entry;
             let origin = &e.id.origin;
             let told = self.told.get(origin).copied().unwrap_or(0);
@@ -584,12 +590,15 @@ mod tests {
         let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
         assert!(!out.ready());
         out.have(&[(node("hq"), 1)], |_| true);
-        let frames = out.plan(vec![
-            record(0, "hq", 1, None),
-            record(1, "hq", 2, None),
-            record(2, "bravo", 1, None),
-            record(3, "hq", 3, None),
-        ]);
+        let frames = out.plan(
+            vec![
+                record(0, "hq", 1, None),
+                record(1, "hq", 2, None),
+                record(2, "bravo", 1, None),
+                record(3, "hq", 3, None),
+            ],
+            &[],
+        );
         assert_eq!(show(frames), ["b:hq:2,bravo:1,hq:3"]);
         assert_eq!(
             (out.position(), out.cursor(), out.in_flight()),
@@ -604,31 +613,63 @@ mod tests {
     }
 
     #[test]
+    fn a_superseded_entry_is_skipped_with_its_successor_and_never_sent_after_it() {
+        let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
+        out.have(&[], |_| true);
+        // hq's 1 and 3 are superseded (by 4 and 5, of the same keys); 2 is not.
+        let records = vec![
+            record(0, "hq", 1, None),
+            record(1, "hq", 2, None),
+            record(2, "hq", 3, None),
+            record(3, "hq", 4, None),
+            record(4, "hq", 5, None),
+        ];
+        let frames = out.plan(records, &[true, false, true, false, false]);
+        assert_eq!(show(frames), ["s:hq:1", "b:hq:2", "s:hq:3", "b:hq:4,hq:5"]);
+        assert_eq!((out.position(), out.in_flight()), (Offset(5), 3));
+        // The peer's acknowledgement of the successors covers the skipped ones.
+        out.have(&[(node("hq"), 5)], |_| true);
+        assert_eq!((out.cursor(), out.in_flight()), (Offset(5), 0));
+        // A read that holds only superseded records still moves the position on.
+        let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
+        out.have(&[], |_| true);
+        let frames = out.plan(vec![record(0, "hq", 1, None)], &[true]);
+        assert!(frames.is_empty());
+        assert_eq!(out.position(), Offset(1));
+    }
+
+    #[test]
     fn never_echoes_to_the_origin_and_respects_destinations() {
         // Toward an edge: its own entries and others' private ones are not sent; the
         // sequences it will not get are skipped before the next one it will.
         let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
         out.have(&[], |_| true);
-        let frames = out.plan(vec![
-            record(0, "alpha", 1, None),
-            record(1, "hq", 1, Some("bravo")),
-            record(2, "hq", 2, Some("bravo")),
-            record(3, "hq", 3, Some("alpha")),
-            record(4, "hq", 4, None),
-            record(5, "hq", 5, Some("bravo")),
-        ]);
+        let frames = out.plan(
+            vec![
+                record(0, "alpha", 1, None),
+                record(1, "hq", 1, Some("bravo")),
+                record(2, "hq", 2, Some("bravo")),
+                record(3, "hq", 3, Some("alpha")),
+                record(4, "hq", 4, None),
+                record(5, "hq", 5, Some("bravo")),
+            ],
+            &[],
+        );
         assert_eq!(show(frames), ["s:hq:2", "b:hq:3,hq:4"]);
         // From an edge toward the core: its own entries only (the trust rule), whatever
         // else it holds; the core has those from their origins.
         let mut out = Outbound::new(topic("t"), node("hq"), true, Some(node("alpha")), Offset(0));
         out.have(&[], |_| true);
-        let frames = out.plan(vec![
-            record(0, "alpha", 1, Some("bravo")),
-            record(1, "hq", 1, None),
-            record(2, "bravo", 1, None),
-            record(3, "bravo", 4, None),
-            record(4, "alpha", 2, None),
-        ]);
+        let frames = out.plan(
+            vec![
+                record(0, "alpha", 1, Some("bravo")),
+                record(1, "hq", 1, None),
+                record(2, "bravo", 1, None),
+                record(3, "bravo", 4, None),
+                record(4, "alpha", 2, None),
+            ],
+            &[],
+        );
         assert_eq!(show(frames), ["b:alpha:1,alpha:2"]);
     }
 
@@ -739,10 +780,10 @@ mod tests {
         // Sequences 2 and 3 of bravo were lost here (disk budget): say so before 4.
         let mut out = Outbound::new(topic("t"), node("alpha"), false, None, Offset(0));
         out.have(&[(node("bravo"), 1)], |_| true);
-        let frames = out.plan(vec![
-            record(7, "bravo", 4, None),
-            record(8, "bravo", 5, None),
-        ]);
+        let frames = out.plan(
+            vec![record(7, "bravo", 4, None), record(8, "bravo", 5, None)],
+            &[],
+        );
         assert_eq!(show(frames), ["s:bravo:3", "b:bravo:4,bravo:5"]);
     }
 }

@@ -60,6 +60,9 @@ pub struct SessionSettings {
     pub writers: Writers,
     /// Each topic's priority class (`[[topics]] priority`), for what this side sends.
     pub priorities: Priorities,
+    /// The latest-value topics (`[[topics]] latest_value`): of what waits to cross, only
+    /// the latest entry per origin and key is sent.
+    pub latest_value: Vec<TopicName>,
     /// The protocol version this side speaks: this build's ([`wire::VERSION`]); the
     /// previous one only where a test plays an edge not yet upgraded.
     pub version: u32,
@@ -84,6 +87,7 @@ impl Default for SessionSettings {
             zstd_level: 1,
             writers: Writers::default(),
             priorities: Priorities::default(),
+            latest_value: Vec::new(),
             version: crate::wire::VERSION,
             queue_bytes: 8 << 20,
             relay: None,

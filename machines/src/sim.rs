@@ -576,7 +576,7 @@ impl Sim {
                 let log = store.logs.get(&read.topic).map_or(&[][..], Vec::as_slice);
                 let from = usize::try_from(read.from.0).unwrap().min(log.len());
                 let records = log[from..(from + read.max).min(log.len())].to_vec();
-                planned.extend(end.session.plan(&mut round, &read.topic, records));
+                planned.extend(end.session.plan(&mut round, &read.topic, records, &[]));
             }
             end.session.end_round(round);
             for frame in planned {

@@ -20,11 +20,11 @@
 //! | 0 | `Hello` | control | first frame each way: version, node, incarnation, role, topics held, topics the peer may not send |
 //! | 1 | `Have` | control | what the sender durably holds of a topic: sent at start, and after every durable insert (the acknowledgement) |
 //! | 2 | `Batch` | entry | entries of one topic, in the sender's order |
-//! | 3 | `Skip` | entry | the sender lost an origin's entries up to a sequence (disk budget): account for them |
+//! | 3 | `Skip` | entry | the sender will not send an origin's entries up to a sequence: lost to its disk budget (a gap, recorded where it happened), or superseded in a latest-value topic; account for them |
 //! | 4 | `Pause` | control | an operator paused the link at the sender: stop sending entries |
 //! | 5 | `Resume` | control | the link is resumed |
 //! | 6 | `Backlog` | control | what the sender holds for the receiver and has not had acknowledged (an edge's, for HQ's fleet table): sent when it changes |
-//! | 7 | `Classes` | control | the core's priority classes of the topics it shares with the edge, right after its hello (version 6) |
+//! | 7 | `Rules` | control | the core's rules for the topics it shares with the edge (priority classes, latest-value topics), right after its hello (version 6) |
 //!
 //! This module does no IO and never reads the clock.
 
@@ -99,11 +99,16 @@ pub enum Frame {
         /// Their bytes (an estimate from each topic's mean entry size).
         bytes: u64,
     },
-    /// 7: the core's priority classes (`[[topics]] priority`) of the topics it shares
-    /// with the edge that are not normal, sent right after its hello to an edge of
-    /// version 6 or later: the edge sends those topics in the higher of this class and
-    /// its own config's.
-    Classes(Vec<(TopicName, Priority)>),
+    /// 7: the core's rules for the topics it shares with the edge, sent right after its
+    /// hello to an edge of version 6 or later.
+    Rules {
+        /// The priority classes that are not normal (`[[topics]] priority`): the edge
+        /// sends those topics in the higher of this class and its own config's.
+        classes: Vec<(TopicName, Priority)>,
+        /// The latest-value topics (`[[topics]] latest_value`): the edge sends only the
+        /// latest entry per key of those that wait, as its own config may say too.
+        latest_value: Vec<TopicName>,
+    },
 }
 
 impl Frame {
@@ -117,7 +122,7 @@ impl Frame {
             Frame::Pause => "pause",
             Frame::Resume => "resume",
             Frame::Backlog { .. } => "backlog",
-            Frame::Classes(_) => "classes",
+            Frame::Rules { .. } => "rules",
         }
     }
 }

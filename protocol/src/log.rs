@@ -319,6 +319,22 @@ struct TopicView {
     /// them from memory: an entry is read from its file once at most, not once per
     /// reader.
     recent: Mutex<Recent>,
+    /// Of a latest-value topic, once a sender asked ([`Store::superseded`]).
+    latest: Mutex<Option<Latest>>,
+}
+
+/// Most keys (origin and key) a latest-value topic's index holds: past it, the topic is
+/// no longer conflated. Each costs its key, its origin's name and an offset.
+pub const LATEST_KEYS: usize = 65_536;
+
+/// A latest-value topic's index: the offset of the latest entry per origin and key.
+#[derive(Debug)]
+struct Latest {
+    by_key: HashMap<(NodeName, Vec<u8>), u64>,
+    /// Entries below this offset are indexed.
+    indexed: u64,
+    /// Too many keys: the index is dropped and nothing is superseded.
+    overflowed: bool,
 }
 
 /// What wakes one link's sender ([`Store::sender_wakes`]).
@@ -565,6 +581,54 @@ impl Store {
     /// One topic, if it exists.
     pub fn topic(&self, name: &TopicName) -> Option<TopicInfo> {
         self.view(name).ok().map(|v| v.info())
+    }
+
+    /// For records of `topic` as read: whether each is superseded, a later entry of the
+    /// same origin and key being in the topic (entries without a key, or addressed to
+    /// one node, never are, nor supersede). This is what a latest-value topic's senders
+    /// pass over. The topic's index of the latest entry per origin and key is built on
+    /// the first call and kept up to date by each call (reading the entries appended
+    /// since), once for all readers; past [`LATEST_KEYS`] keys the topic is no longer
+    /// conflated (every record reads as not superseded), with a warning.
+    pub fn superseded(
+        &self,
+        topic: &TopicName,
+        records: &[Record],
+    ) -> Result<Vec<bool>, ReadError> {
+        let view = self.view(topic)?;
+        let info = view.info();
+        let mut guard = view.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = guard.get_or_insert_with(|| Latest {
+            by_key: HashMap::new(),
+            indexed: info.first.0,
+            overflowed: false,
+        });
+        latest.indexed = latest.indexed.max(info.first.0);
+        while !latest.overflowed && latest.indexed < info.next.0 {
+            let read = self.read_within(topic, Offset(latest.indexed), 4096, u64::MAX)?;
+            let Some(last) = read.last() else { break };
+            latest.indexed = last.offset.0 + 1;
+            for r in read {
+                if let (None, Some(key)) = (&r.entry.to, r.entry.key) {
+                    latest.by_key.insert((r.entry.id.origin, key), r.offset.0);
+                }
+            }
+            if latest.by_key.len() > LATEST_KEYS {
+                latest.overflowed = true;
+                latest.by_key = HashMap::new();
+                tracing::warn!(%topic, keys = LATEST_KEYS, "a latest-value topic holds more keys than its index keeps: it is no longer conflated (every entry crosses)");
+            }
+        }
+        Ok(records
+            .iter()
+            .map(|r| match (&r.entry.to, &r.entry.key) {
+                (None, Some(key)) => latest
+                    .by_key
+                    .get(&(r.entry.id.origin.clone(), key.clone()))
+                    .is_some_and(|&at| at > r.offset.0),
+                _ => false,
+            })
+            .collect())
     }
 
     /// Up to `max` records from offset `from` on, in offset order. Offsets below the

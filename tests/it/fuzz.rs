@@ -600,10 +600,13 @@ fn link_frames() -> Vec<Frame> {
             entries: 10_000,
             bytes: 2_560_000,
         },
-        Frame::Classes(vec![
-            (topic("reports"), protocol::entry::Priority::Urgent),
-            (topic("broadcasts"), protocol::entry::Priority::Bulk),
-        ]),
+        Frame::Rules {
+            classes: vec![
+                (topic("reports"), protocol::entry::Priority::Urgent),
+                (topic("broadcasts"), protocol::entry::Priority::Bulk),
+            ],
+            latest_value: vec![topic("positions")],
+        },
     ]
 }
 

@@ -454,3 +454,82 @@ async fn an_edge_of_the_previous_version_replicates_with_the_new_core() {
         assert_eq!(last.len(), 2, "{t} at {}: both origins", store.node());
     }
 }
+
+/// A latest-value topic (set in the core's config only: the edge learns it in the
+/// handshake): while the link is paused, the edge updates 20 positions 10 times each;
+/// when it resumes, only the latest of each crosses, and the core's vector still covers
+/// every sequence (the superseded ones were skipped with their successors, not lost). A
+/// superseded entry never arrives after its successor, and the edge still reads all 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_value_topic_sends_only_the_latest_entry_per_key_of_what_waits() {
+    use protocol::link::SessionSettings;
+    let settings = SessionSettings {
+        hello_timeout: Duration::from_secs(3),
+        latest_value: vec![topic("positions")],
+        ..SessionSettings::default()
+    };
+    let topics = [("positions", Scope::All)];
+    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, settings.clone())
+        .await
+        .unwrap();
+    let at_edge = SessionSettings {
+        latest_value: Vec::new(),
+        ..settings
+    };
+    let transport = protocol::tls::transport_config(protocol::tls::Timeouts::default());
+    let edge = cluster
+        .start_edge_as("alpha", cluster.core_addr(), transport, at_edge)
+        .await
+        .unwrap();
+    cluster.add(edge);
+    let p = topic("positions");
+    let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
+    let here = cluster.edge("alpha").link("hq");
+    wait_status(&here, "up", |s| s.connected).await;
+    // A first position crosses at once: routes and acknowledgements are settled.
+    alpha
+        .append(&p, Append::new("unit-0 at start").key("unit-0"))
+        .await
+        .unwrap();
+    wait_for_count(hq, &p, 1, PATIENCE).await.unwrap();
+
+    here.pause();
+    wait_status(&cluster.core.link("alpha"), "paused by the peer", |s| {
+        s.paused_by_peer
+    })
+    .await;
+    for round in 0..10 {
+        let mut txn = protocol::log::Txn::new();
+        for unit in 0..20 {
+            let position = format!("unit-{unit} at {round}");
+            txn.append(&p, Append::new(position).key(format!("unit-{unit}")));
+        }
+        alpha.commit(txn).await.unwrap();
+    }
+    here.resume();
+    // The latest of each unit: seq 2 + 9 * 20 + unit.
+    let last = 1 + 200;
+    let wanted =
+        |store: &protocol::log::Store| store.vector(&p).unwrap().get(&name("alpha")).0 >= last;
+    let mut changes = hq.changes();
+    tokio::time::timeout(PATIENCE, async {
+        while !wanted(hq) {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the core's vector never covered the edge's updates");
+    let records = all(hq, &p);
+    let seqs: Vec<u64> = records.iter().map(|r| r.entry.id.seq.0).collect();
+    assert_eq!(
+        seqs,
+        std::iter::once(1).chain(182..=201).collect::<Vec<_>>(),
+        "the core holds the first position and the latest of each unit, in order"
+    );
+    for r in &records[1..] {
+        let text = String::from_utf8_lossy(&r.entry.payload);
+        assert!(text.ends_with(" at 9"), "{text}: not the latest");
+    }
+    check_once_in_order(&records);
+    assert_eq!(all(alpha, &p).len(), 201, "the edge reads every entry");
+}

@@ -349,6 +349,7 @@ impl Cluster {
     ) -> Result<Node, Error> {
         let mut config = self.config(Role::Edge, n);
         config.priorities = settings.priorities.clone();
+        config.latest_value = settings.latest_value.clone();
         config.link.core = addr.to_string();
         config.mirror.dir = Some(self.dir.path().join(format!("{n}-mirror")));
         config.mirror.max_rate = self.mirror.max_rate;
@@ -412,6 +413,7 @@ fn config(
     let mut config = node_config(role, n, dir.path().join(n), topics);
     config.writers = settings.writers.clone();
     config.priorities = settings.priorities.clone();
+    config.latest_value = settings.latest_value.clone();
     config.link.relay = settings.relay;
     config.mirror.volume = Some(dir.path().join("hq-volume"));
     config

@@ -136,42 +136,48 @@ impl Greeted {
     }
 
     /// At the core, to an edge of version 6 or later: the frame to send right after the
-    /// hello, the classes of the shared topics that are not normal.
-    pub fn classes(&self) -> Option<Frame> {
+    /// hello, its rules for the topics they share ([`Frame::Rules`]).
+    pub fn rules(&self) -> Option<Frame> {
         if !self.side.core || self.version() < 6 {
             return None;
         }
         let shared = |t: &TopicName| self.routes.out.contains(t) || self.routes.input.contains(t);
         let classes = self.settings.priorities.0.iter();
-        Some(Frame::Classes(
-            classes.filter(|(t, _)| shared(t)).cloned().collect(),
-        ))
+        let latest = self.settings.latest_value.iter();
+        Some(Frame::Rules {
+            classes: classes.filter(|(t, _)| shared(t)).cloned().collect(),
+            latest_value: latest.filter(|t| shared(t)).cloned().collect(),
+        })
+    }
+
+    /// At an edge whose core speaks version 6 or later: its next control frame must be
+    /// [`Frame::Rules`] ([`Greeted::handle_rules`]).
+    pub fn expects_rules(&self) -> bool {
+        !self.side.core && self.version() >= 6
     }
 
     /// `topic`'s priority class on this link, as this side knows it: its config's, and
-    /// at an edge, the higher of that and the core's ([`Greeted::handle_classes`]).
+    /// at an edge, the higher of that and the core's ([`Greeted::handle_rules`]).
     pub fn class_of(&self, topic: &TopicName) -> Priority {
         self.settings.priorities.of(topic)
     }
 
-    /// At an edge whose core speaks version 6 or later: its next control frame must be
-    /// [`Frame::Classes`] ([`Greeted::handle_classes`]).
-    pub fn expects_classes(&self) -> bool {
-        !self.side.core && self.version() >= 6
-    }
-
-    /// The core's classes ([`Greeted::classes`]): each topic this edge sends goes in the
+    /// The core's rules ([`Greeted::rules`]): each topic this edge sends goes in the
     /// higher of the core's class and its own config's (and each it takes is shown in
-    /// the core's). Topics outside the routes are ignored.
-    pub fn handle_classes(&mut self, frame: Frame) -> Result<(), SessionError> {
-        let Frame::Classes(classes) = frame else {
+    /// the core's), and is latest-value if either says so. Topics outside the routes are
+    /// ignored.
+    pub fn handle_rules(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let Frame::Rules {
+            classes,
+            latest_value,
+        } = frame
+        else {
             let got = frame.name();
-            return Err(SessionError::Protocol(format!(
-                "expected classes, got {got}"
-            )));
+            return Err(SessionError::Protocol(format!("expected rules, got {got}")));
         };
+        let routed = |t: &TopicName| self.routes.out.contains(t) || self.routes.input.contains(t);
         for (topic, class) in classes {
-            if !self.routes.out.contains(&topic) && !self.routes.input.contains(&topic) {
+            if !routed(&topic) {
                 continue;
             }
             let own = self.settings.priorities.of(&topic);
@@ -179,7 +185,17 @@ impl Greeted {
             list.retain(|(t, _)| *t != topic);
             list.push((topic, own.min(class)));
         }
+        for topic in latest_value {
+            if routed(&topic) && !self.settings.latest_value.contains(&topic) {
+                self.settings.latest_value.push(topic);
+            }
+        }
         Ok(())
+    }
+
+    /// Whether this side sends `topic` as a latest-value topic.
+    pub fn latest_value(&self, topic: &TopicName) -> bool {
+        self.settings.latest_value.contains(topic)
     }
 
     /// Our hello in answer to the peer's, of the version the session speaks: the

@@ -32,6 +32,8 @@ pub struct Session {
     told_paused: bool,
     /// Each outgoing topic's priority class, in the order of `routes.out`.
     classes: Vec<Priority>,
+    /// The outgoing latest-value topics.
+    latest_value: Vec<TopicName>,
     /// Per class (in [`Priority::ALL`]'s order), which of its topics goes first in the
     /// next round: each round starts one further, so that no topic always waits behind
     /// another of its class.
@@ -190,7 +192,12 @@ impl Session {
             .iter()
             .map(|t| settings.priorities.of(t))
             .collect();
+        let latest_value = (routes.out.iter())
+            .filter(|t| settings.latest_value.contains(t))
+            .cloned()
+            .collect();
         Session {
+            latest_value,
             outbound: outbound.collect(),
             peer,
             routes,
@@ -303,6 +310,12 @@ impl Session {
             .into_iter()
             .filter(|c| self.classes.contains(c))
             .collect()
+    }
+
+    /// Whether the outgoing `topic` is latest-value: the driver says which of the records
+    /// it reads are superseded ([`Session::plan`]).
+    pub fn latest_value(&self, topic: &TopicName) -> bool {
+        self.latest_value.contains(topic)
     }
 
     /// `topic`'s priority class on this link (`None`: not an outgoing topic).
@@ -425,17 +438,25 @@ impl Session {
 
     /// Plans the frames for `records`, read as [`Session::next_read`] said: as many as
     /// fit the round's window and piece (at least one, so that a large entry still goes).
+    /// `superseded`: per record, whether a later entry of the same origin and key holds
+    /// its place (a latest-value topic; empty: none is): it is passed over, and the peer
+    /// told to skip its sequence with its successor's.
     pub fn plan(
         &mut self,
         round: &mut Round,
         topic: &TopicName,
         mut records: Vec<Record>,
+        superseded: &[bool],
     ) -> Vec<Frame> {
         if records.is_empty() {
             return Vec::new();
         }
         let mut fits = 0;
-        for r in &records {
+        for (i, r) in records.iter().enumerate() {
+            if superseded.get(i).copied().unwrap_or(false) {
+                fits += 1;
+                continue;
+            }
             let size = r.entry.size();
             let over =
                 round.unacknowledged + size > round.window || round.gathered + size > round.piece;
@@ -450,7 +471,7 @@ impl Session {
         round.progressed = true;
         round.planned = true;
         match self.outbound.get_mut(topic) {
-            Some(out) => out.plan(records),
+            Some(out) => out.plan(records, superseded),
             None => Vec::new(),
         }
     }

@@ -99,7 +99,7 @@ fn round(session: &mut Session, log: &[Record], measure: Measure) -> usize {
         let from = usize::try_from(read.from.0).unwrap().min(log.len());
         let to = (from + read.max).min(log.len());
         let records = log[from..to].to_vec();
-        sent += entries_in(&session.plan(&mut round, &read.topic, records));
+        sent += entries_in(&session.plan(&mut round, &read.topic, records, &[]));
     }
     session.end_round(round);
     sent
@@ -663,7 +663,7 @@ impl SimNode {
             let log = self.logs.get(&read.topic).map_or(&[][..], Vec::as_slice);
             let from = usize::try_from(read.from.0).unwrap().min(log.len());
             let records = log[from..(from + read.max).min(log.len())].to_vec();
-            let frames = self.session.plan(&mut round, &read.topic, records);
+            let frames = self.session.plan(&mut round, &read.topic, records, &[]);
             sent += entries_in(&frames);
             self.entries.extend(frames);
         }
@@ -825,7 +825,7 @@ fn an_urgent_topic_is_not_held_by_a_window_full_of_normal_entries() {
             );
             let from = usize::try_from(read.from.0).unwrap();
             let records = backlog[from..(from + read.max).min(backlog.len())].to_vec();
-            session.plan(&mut round, &read.topic, records);
+            session.plan(&mut round, &read.topic, records, &[]);
             read_any = true;
         }
         session.end_round(round);
@@ -887,7 +887,7 @@ fn the_core_serves_an_edge_of_the_previous_version_in_that_version() {
 }
 
 #[test]
-fn the_core_tells_an_edge_of_version_6_its_classes_and_the_edge_takes_the_higher() {
+fn the_core_tells_an_edge_of_version_6_its_rules_and_the_edge_takes_the_higher_class() {
     let t0 = Instant::now();
     let with_alerts = |name: &str, core: bool| {
         let mut s = side(name, core);
@@ -900,6 +900,7 @@ fn the_core_tells_an_edge_of_version_6_its_classes_and_the_edge_takes_the_higher
             (topic("reports"), Priority::Bulk),
             (topic("elsewhere"), Priority::Urgent),
         ]),
+        latest_value: vec![topic("reports"), topic("elsewhere")],
         ..Default::default()
     };
     // The edge's own config makes `reports` urgent: the higher of the two stays.
@@ -910,27 +911,33 @@ fn the_core_tells_an_edge_of_version_6_its_classes_and_the_edge_takes_the_higher
     let edge = Handshake::new(with_alerts("alpha", false), node("hq"), at_edge.clone(), t0);
     let core = Handshake::new(with_alerts("hq", true), node("alpha"), at_core.clone(), t0);
     let core = core.handle_hello(edge.hello(0)).unwrap();
-    let classes = core.classes().expect("a core tells an edge of version 6");
+    let rules = core.rules().expect("a core tells an edge of version 6");
     assert_eq!(
-        classes,
-        Frame::Classes(vec![
-            (topic("alerts"), Priority::Urgent),
-            (topic("reports"), Priority::Bulk),
-        ]),
+        rules,
+        Frame::Rules {
+            classes: vec![
+                (topic("alerts"), Priority::Urgent),
+                (topic("reports"), Priority::Bulk),
+            ],
+            latest_value: vec![topic("reports")],
+        },
         "only the topics they share"
     );
     let mut edge = edge.handle_hello(core.hello(0)).unwrap();
-    assert!(edge.expects_classes());
-    assert!(edge.classes().is_none(), "an edge tells nothing");
-    edge.handle_classes(classes).unwrap();
+    assert!(edge.expects_rules());
+    assert!(edge.rules().is_none(), "an edge tells nothing");
+    edge.handle_rules(rules).unwrap();
+    assert!(edge.latest_value(&topic("reports")));
+    assert!(!edge.latest_value(&topic("alerts")));
     let (session, _) = edge.start([], t0);
     assert_eq!(session.class_of(&topic("alerts")), Some(Priority::Urgent));
     assert_eq!(session.class_of(&topic("reports")), Some(Priority::Urgent));
+    assert!(session.latest_value(&topic("reports")));
     // Anything else in its place ends the session.
     let edge = Handshake::new(with_alerts("alpha", false), node("hq"), at_edge, t0);
     let mut edge = edge.handle_hello(core.hello(0)).unwrap();
     assert!(matches!(
-        edge.handle_classes(Frame::Pause),
+        edge.handle_rules(Frame::Pause),
         Err(SessionError::Protocol(_))
     ));
     // An edge of version 5 is told nothing, and expects nothing.
@@ -941,6 +948,6 @@ fn the_core_tells_an_edge_of_version_6_its_classes_and_the_edge_takes_the_higher
     let edge = Handshake::new(with_alerts("alpha", false), node("hq"), old, t0);
     let core = Handshake::new(with_alerts("hq", true), node("alpha"), at_core, t0);
     let core = core.handle_hello(edge.hello(0)).unwrap();
-    assert!(core.classes().is_none());
-    assert!(!edge.handle_hello(core.hello(0)).unwrap().expects_classes());
+    assert!(core.rules().is_none());
+    assert!(!edge.handle_hello(core.hello(0)).unwrap().expects_rules());
 }

@@ -220,12 +220,12 @@ fn printed_config_round_trips() {
         max_bytes: Some(3 << 30),
         max_entries: Some(10),
     };
-    let crossing = config
-        .topics
-        .iter()
+    let crossing = (config.topics.iter())
         .find(|t| t.scope.leaves_node())
+        .map(|t| t.name.clone())
         .unwrap();
-    config.priorities = Priorities(vec![(crossing.name.clone(), Priority::Urgent)]);
+    config.priorities = Priorities(vec![(crossing.clone(), Priority::Urgent)]);
+    config.latest_value = vec![crossing];
     config.link.core = "hq.example.org:7443".to_owned();
     config.link.core_name = NodeName::new("base").unwrap();
     config.link.demo_certs = false;
@@ -245,10 +245,12 @@ fn printed_config_round_trips() {
         "{text}"
     );
     assert!(text.contains("\npriority = \"urgent\"\n"), "{text}");
+    assert!(text.contains("\nlatest_value = true\n"), "{text}");
     config.topics.clear();
     // Writers and priorities are properties of listed topics: none listed, none left.
     config.writers = Writers::default();
     config.priorities = Priorities::default();
+    config.latest_value = Vec::new();
     let text = config.to_toml();
     assert_eq!(load(Role::Edge, &text, &[]).unwrap(), config, "{text}");
 

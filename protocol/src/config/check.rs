@@ -122,9 +122,9 @@ impl RawConfig {
                 None => defaults.store.retention_interval,
             },
         };
-        let (topics, writers, priorities) = match self.topics {
+        let (topics, writers, (priorities, latest_value)) = match self.topics {
             Some(raw) => check_topics(raw, origins)?,
-            None => (topics, writers, Priorities::default()),
+            None => (topics, writers, (Priorities::default(), Vec::new())),
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
@@ -145,6 +145,7 @@ impl RawConfig {
             topics,
             writers,
             priorities,
+            latest_value,
         })
     }
 }
@@ -765,11 +766,12 @@ pub(super) fn check_host_port(text: &str) -> Result<(), String> {
 fn check_topics(
     raw: Vec<RawTopic>,
     origins: &Origins,
-) -> Result<(Vec<TopicConfig>, Writers, Priorities), ConfigError> {
+) -> Result<(Vec<TopicConfig>, Writers, (Priorities, Vec<TopicName>)), ConfigError> {
     let mut seen = HashSet::new();
     let mut topics = Vec::with_capacity(raw.len());
     let mut writers = Writers::default();
     let mut priorities = Priorities::default();
+    let mut latest_value = Vec::new();
     for (i, topic) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("topics[{i}].{field}");
         let name = TopicName::new(topic.name).map_err(|e| origins.invalid(&key("name"), e))?;
@@ -839,13 +841,26 @@ fn check_topics(
             }
             Some(class) => priorities.0.push((name.clone(), class)),
         }
+        match topic.latest_value {
+            Some(true) if topic.scope == Scope::Local => {
+                return Err(origins.invalid(
+                    &key("latest_value"),
+                    format_args!(
+                        "topic {name} is local: its entries never cross a link, so there is \
+                         nothing to conflate"
+                    ),
+                ));
+            }
+            Some(true) => latest_value.push(name.clone()),
+            Some(false) | None => {}
+        }
         topics.push(TopicConfig {
             name,
             scope: topic.scope,
             retention,
         });
     }
-    Ok((topics, writers, priorities))
+    Ok((topics, writers, (priorities, latest_value)))
 }
 
 impl RawHttp {

@@ -339,6 +339,7 @@ pub(super) struct RawTopic {
     pub(super) max_entries: Option<u64>,
     pub(super) writers: Option<RawWriters>,
     pub(super) priority: Option<Priority>,
+    pub(super) latest_value: Option<bool>,
 }
 
 /// `writers` as written: `"any"`, `"core"`, or a list of edge names.

@@ -269,6 +269,9 @@ impl Config {
                 Priority::Normal => {}
                 class => writeln!(out, "priority = \"{class}\"")?,
             }
+            if self.latest_value.contains(&topic.name) {
+                writeln!(out, "latest_value = true")?;
+            }
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::App;
-use crate::entry::{NodeName, TopicConfig};
+use crate::entry::{NodeName, TopicConfig, TopicName};
 use crate::link::Priorities;
 use crate::link::RelayLimit;
 use crate::log::StoreConfig;
@@ -50,6 +50,9 @@ pub struct Config {
     /// `[[topics]] priority`: the topics that are not of the normal class, for what this
     /// node sends on its links.
     pub priorities: Priorities,
+    /// `[[topics]] latest_value`: the topics of which only the latest entry per origin
+    /// and key crosses a link, of those that wait.
+    pub latest_value: Vec<TopicName>,
 }
 
 /// The `[node]` section (each key's help: see [`Config`]).
@@ -355,6 +358,7 @@ impl Config {
             topics: Vec::new(),
             writers: Writers::default(),
             priorities: Priorities::default(),
+            latest_value: Vec::new(),
         }
     }
 
@@ -749,6 +753,8 @@ pub(super) const TOPICS_HELP: &[&str] = &[
     "(left out), \"core\" alone, or a list of edge names; the core takes no other edge's.",
     "priority: \"urgent\", \"normal\" (left out) or \"bulk\": on a link, each class has an",
     "entry stream of its own, and a class never waits behind a lower one.",
+    "latest_value = true: of the entries waiting to cross a link, only the latest per origin",
+    "and key is sent (positions, states); readers here still see every entry.",
 ];
 
 /// The help of a key that the help of the key above it describes too.

@@ -530,3 +530,39 @@ fn topic_priorities_are_read_and_checked() {
         &["topics[0].priority", "notes is local"],
     );
 }
+
+#[test]
+fn latest_value_topics_are_read_and_checked() {
+    use crate::entry::TopicName;
+    let text = r#"
+        [[topics]]
+        name = "positions"
+        scope = "all"
+        latest_value = true
+        [[topics]]
+        name = "reports"
+        scope = "core"
+        latest_value = false
+    "#;
+    let config = load(Role::Core, text, &[]).unwrap();
+    assert_eq!(
+        config.latest_value,
+        vec![TopicName::new("positions").unwrap()]
+    );
+    check_error(
+        load(
+            Role::Core,
+            "[[topics]]\nname = \"a\"\nscope = \"all\"\nlatest_value = \"yes\"\n",
+            &[],
+        ),
+        &["line 4", "latest_value = \"yes\"", "expected a boolean"],
+    );
+    check_error(
+        load(
+            Role::Edge,
+            "[[topics]]\nname = \"notes\"\nscope = \"local\"\nlatest_value = true\n",
+            &[],
+        ),
+        &["topics[0].latest_value", "notes is local"],
+    );
+}

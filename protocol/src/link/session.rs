@@ -105,8 +105,8 @@ async fn run(
     // previous version). Each side has the hello timeout to say its own.
     let mut bytes = Vec::new();
     let mut control = FrameReader::default();
-    // A core then tells an edge of version 6 its topics' priority classes, in the same
-    // write as its hello.
+    // A core then tells an edge of version 6 its rules for their topics (priority
+    // classes, latest-value topics), in the same write as its hello.
     let mut greeted = if dialer {
         wire::encode(&handshake.hello(tls::millis(SystemTime::now())), &mut bytes);
         control_send.write_all(&bytes).await.map_err(closed)?;
@@ -118,18 +118,18 @@ async fn run(
         let theirs = in_time(&handshake, read_frame(&mut control_recv, &mut control)).await?;
         let greeted = handshake.handle_hello(theirs)?;
         wire::encode(&greeted.hello(tls::millis(SystemTime::now())), &mut bytes);
-        if let Some(classes) = greeted.classes() {
-            wire::encode(&classes, &mut bytes);
+        if let Some(rules) = greeted.rules() {
+            wire::encode(&rules, &mut bytes);
         }
         control_send.write_all(&bytes).await.map_err(closed)?;
         greeted
     };
-    if greeted.expects_classes() {
+    if greeted.expects_rules() {
         let wait = local.settings.hello_timeout;
         let frame = tokio::time::timeout(wait, read_frame(&mut control_recv, &mut control))
             .await
             .map_err(|_| LinkError::from(machine::SessionError::Timeout(wait)))??;
-        greeted.handle_classes(frame)?;
+        greeted.handle_rules(frame)?;
     }
     let version = greeted.version();
     let offset = greeted.clock_offset_ms(tls::millis(SystemTime::now()), conn.rtt());
@@ -474,7 +474,14 @@ async fn send_loop(
             if records.is_empty() {
                 continue;
             }
-            let frames = shared.session().plan(&mut round, &read.topic, records);
+            let latest_value = shared.session().latest_value(&read.topic);
+            let superseded = match latest_value {
+                true => store.superseded(&read.topic, &records)?,
+                false => Vec::new(),
+            };
+            let frames = shared
+                .session()
+                .plan(&mut round, &read.topic, records, &superseded);
             let mut entries = 0;
             for frame in &frames {
                 if let Frame::Batch(b) = frame {

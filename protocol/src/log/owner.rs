@@ -1729,6 +1729,7 @@ impl TopicView {
             published: Mutex::new(state),
             tail,
             recent: Mutex::default(),
+            latest: Mutex::default(),
         })
     }
 

@@ -166,6 +166,7 @@ impl Builder {
             settings: SessionSettings {
                 writers: config.writers.clone(),
                 priorities: config.priorities.clone(),
+                latest_value: config.latest_value.clone(),
                 relay: config.link.relay,
                 ..session
             },

@@ -122,9 +122,19 @@ impl RawConfig {
                 None => defaults.store.retention_interval,
             },
         };
-        let (topics, writers, (priorities, latest_value)) = match self.topics {
+        let Topics {
+            topics,
+            writers,
+            priorities,
+            latest_value,
+        } = match self.topics {
             Some(raw) => check_topics(raw, origins)?,
-            None => (topics, writers, (Priorities::default(), Vec::new())),
+            None => Topics {
+                topics,
+                writers,
+                priorities: Priorities::default(),
+                latest_value: Vec::new(),
+            },
         };
         let link = self.link.check(role, &name, defaults.link, origins)?;
         let mirror = self.mirror.check(role, origins)?;
@@ -763,10 +773,15 @@ pub(super) fn check_host_port(text: &str) -> Result<(), String> {
     }
 }
 
-fn check_topics(
-    raw: Vec<RawTopic>,
-    origins: &Origins,
-) -> Result<(Vec<TopicConfig>, Writers, (Priorities, Vec<TopicName>)), ConfigError> {
+/// `[[topics]]`, checked: the topics and what their keys say beyond `TopicConfig`.
+struct Topics {
+    topics: Vec<TopicConfig>,
+    writers: Writers,
+    priorities: Priorities,
+    latest_value: Vec<TopicName>,
+}
+
+fn check_topics(raw: Vec<RawTopic>, origins: &Origins) -> Result<Topics, ConfigError> {
     let mut seen = HashSet::new();
     let mut topics = Vec::with_capacity(raw.len());
     let mut writers = Writers::default();
@@ -860,7 +875,12 @@ fn check_topics(
             retention,
         });
     }
-    Ok((topics, writers, (priorities, latest_value)))
+    Ok(Topics {
+        topics,
+        writers,
+        priorities,
+        latest_value,
+    })
 }
 
 impl RawHttp {

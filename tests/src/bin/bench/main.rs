@@ -5,6 +5,7 @@
 //! on real components: the real sled store on disk, real sockets on 127.0.0.1.
 
 mod bridge;
+mod conflation;
 mod failover;
 mod fanout;
 mod impaired;
@@ -48,6 +49,11 @@ const SCENARIOS: &[(&str, &str)] = &[
         "first-entry",
         "tactical down 60 s while the edge appends 10,000 entries; then one new entry \
          each way",
+    ),
+    (
+        "conflation",
+        "a latest-value topic of 100 units reporting every second through a 10-minute \
+         outage on tactical (--quick: 1): what crosses when the link returns",
     ),
     (
         "mirror",
@@ -162,6 +168,7 @@ fn main() -> ExitCode {
         }),
         Some("idle") => runtime.block_on(impaired::idle(quick)),
         Some("first-entry") => runtime.block_on(impaired::first_entry(quick)),
+        Some("conflation") => runtime.block_on(conflation::conflation(quick)),
         Some("wire") => runtime.block_on(link::wire(quick)),
         Some("mirror") => runtime.block_on(mirror::mirror(quick, case.as_deref())),
         Some("priority") => runtime.block_on(priority::priority(quick, case.as_deref())),

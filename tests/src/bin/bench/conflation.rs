@@ -7,14 +7,15 @@
 //!   positions every second (64-byte binary reports, random, keyed by unit): 60,000
 //!   entries (6,000). Then the link comes back.
 //! - Measured from then until the core holds the latest position of every unit:
-//!   `entry_stream_bytes` (the edge's compressed entry stream, as its link counts it),
-//!   `wire_bytes_e2c` (everything the emulator delivered to the core: the reconnect's
-//!   handshake, QUIC and Tether framing included), both against 100 entries' bytes
-//!   (`one_entry_bytes` as the store counts an entry), and `latest_all_s`; its target is
-//!   two round trips plus the time the entry stream's bytes take at the link's rate;
-//!   `reconnect_s`, of that, until the new session was up (the outage outlives the idle
-//!   timeout).
-//! - `entries_at_core`: what the core stored of the updates (100: only the latest).
+//!   `wire_bytes` (everything the emulator delivered to the core: the reconnect's
+//!   handshake, QUIC and Tether framing included) and `entry_stream_bytes` (the edge's
+//!   compressed entry stream, as its link counts it), each against 100 entries' bytes
+//!   (`one_entry_bytes` as the store counts an entry: `bytes_ratio_to_one_per_key`,
+//!   `entry_stream_ratio_to_one_per_key`); `latest_readable_s`, whose target is two
+//!   round trips plus the time the entry stream's bytes take at the link's rate
+//!   (`latest_readable_target_s`); `reconnect_s`, of that, until the new session was up
+//!   (the outage outlives the idle timeout).
+//! - `entries_per_key`: what the core stored of the updates, per unit (1: the latest).
 
 use std::time::{Duration, Instant};
 
@@ -148,16 +149,16 @@ pub(crate) async fn conflation(quick: bool) -> crate::Lines {
         "units": UNITS,
         "report_bytes": REPORT,
         "updates": updates,
-        "entries_at_core": at_core,
+        "entries_per_key": round2(at_core as f64 / UNITS as f64),
         "one_entry_bytes": one_entry,
+        "wire_bytes": wire_e2c,
+        "bytes_ratio_to_one_per_key": round2(wire_e2c as f64 / per_key),
         "entry_stream_bytes": stream,
-        "entry_stream_per_unit_ratio": round2(stream as f64 / per_key),
-        "wire_bytes_e2c": wire_e2c,
-        "wire_per_unit_ratio": round2(wire_e2c as f64 / per_key),
+        "entry_stream_ratio_to_one_per_key": round2(stream as f64 / per_key),
         "wire_bytes_c2e": after.c2e.delivered.bytes - before.c2e.delivered.bytes,
-        "latest_all_s": round2(latest_all.as_secs_f64()),
+        "latest_readable_s": round2(latest_all.as_secs_f64()),
+        "latest_readable_target_s": round2(target_s),
         "reconnect_s": reconnect.map(|d| round2(d.as_secs_f64())),
-        "target_s": round2(target_s),
         "quick": quick,
     })])
 }

@@ -350,6 +350,7 @@ pub(crate) async fn wire(quick: bool) -> crate::Lines {
             line["json_wire_ratio"] = json!(round2(per_entry / json_per_entry));
         }
     }
+    crate::reports::report_cases(quick, &mut line).await?;
     Ok(vec![line])
 }
 

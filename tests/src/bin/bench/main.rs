@@ -14,6 +14,7 @@ mod memory;
 mod mirror;
 mod node;
 mod priority;
+mod reports;
 mod rsync;
 mod store;
 
@@ -39,7 +40,8 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "wire",
-        "bytes on the link per entry, random and JSON payloads",
+        "bytes on the link per entry, random and JSON payloads; position and status \
+         reports, quiet (1/s) and busy (100/s)",
     ),
     (
         "idle",

@@ -34,9 +34,10 @@
 //! presents the certificates of the session's first one, and [`accept`] checks them as
 //! it checks a full handshake's: its name against the edges allowed, its serial against
 //! the revocation list, and its validity against the clock, so that a revoked or expired
-//! certificate is refused on a ticket as without one. A core's renewed certificate is
-//! seen by each edge at its next full handshake (a ticket lasts a day at most).
-//! Enrollment and renewal never resume.
+//! certificate is refused on a ticket as without one. An edge whose own files were
+//! renewed drops its tickets ([`SessionsOf`]): its next handshake presents the new
+//! certificate. A core's renewed certificate is seen by each edge at its next full
+//! handshake (a ticket lasts a day at most). Enrollment and renewal never resume.
 //!
 //! IO: the certificates directory (reading and writing PEM files, in `tls/ca.rs`) and UDP
 //! sockets (the endpoints).
@@ -669,15 +670,97 @@ fn quic_client(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
-    tls.resumption = match resume {
-        // An edge dials one core (or the few of its HQ): a ticket or two each.
-        true => rustls::client::Resumption::in_memory_sessions(16),
-        false => rustls::client::Resumption::disabled(),
+    tls.resumption = match (resume, credentials) {
+        (true, Some(credentials)) => {
+            rustls::client::Resumption::store(Arc::new(SessionsOf::new(credentials.clone())))
+        }
+        _ => rustls::client::Resumption::disabled(),
     };
     let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
+}
+
+/// An edge's resumable sessions, bound to the certificate it presents: once its files
+/// are renewed (checked at each dial, before the hello), the old certificate's tickets
+/// are dropped, so that the next handshake is a full one and the core sees the new
+/// certificate at once. An edge dials one core (or the few of its HQ): 16 tickets.
+struct SessionsOf {
+    credentials: Credentials,
+    /// The serial the tickets were taken with, and the tickets.
+    held: std::sync::Mutex<(String, Arc<rustls::client::ClientSessionMemoryCache>)>,
+}
+
+impl SessionsOf {
+    fn new(credentials: Credentials) -> Self {
+        let serial = credentials.certificate().serial;
+        let cache = Arc::new(rustls::client::ClientSessionMemoryCache::new(16));
+        SessionsOf {
+            credentials,
+            held: std::sync::Mutex::new((serial, cache)),
+        }
+    }
+
+    /// The tickets of the certificate in use now (its files looked at first).
+    fn current(&self) -> Arc<rustls::client::ClientSessionMemoryCache> {
+        // A failed reload keeps the previous certificate, and is logged there.
+        let _ = self.credentials.refresh();
+        let serial = self.credentials.certificate().serial;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.0 != serial {
+            *held = (
+                serial,
+                Arc::new(rustls::client::ClientSessionMemoryCache::new(16)),
+            );
+        }
+        held.1.clone()
+    }
+}
+
+impl std::fmt::Debug for SessionsOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsOf").finish_non_exhaustive()
+    }
+}
+
+impl rustls::client::ClientSessionStore for SessionsOf {
+    fn set_kx_hint(&self, server: ServerName<'static>, group: rustls::NamedGroup) {
+        self.current().set_kx_hint(server, group);
+    }
+
+    fn kx_hint(&self, server: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.current().kx_hint(server)
+    }
+
+    fn set_tls12_session(
+        &self,
+        _: ServerName<'static>,
+        _: rustls::client::Tls12ClientSessionValue,
+    ) {
+        // TLS 1.3 only.
+    }
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+
+    fn insert_tls13_ticket(
+        &self,
+        server: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.current().insert_tls13_ticket(server, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.current().take_tls13_ticket(server)
+    }
 }
 
 /// An enrolling edge's QUIC client config: TLS 1.3, ALPN [`ENROLL_ALPN`], no client

@@ -104,7 +104,10 @@ async fn case(kind: &str, n: u64, every: Duration) -> Result<(f64, f64, f64), St
         .await
         .map_err(|e| e.to_string())?;
     cluster.add(edge);
-    let (core, alpha) = (cluster.core.store.clone(), cluster.edge("alpha").store.clone());
+    let (core, alpha) = (
+        cluster.core.store.clone(),
+        cluster.edge("alpha").store.clone(),
+    );
     let t = topic("reports");
     let mut up = cluster.edge("alpha").link("hq").watch();
     tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected))

@@ -21,8 +21,9 @@
 //! - The edge appends 10,000 random 256-byte entries to `backlog` (2.8 MB: ~6 minutes of
 //!   the link), and once they stream, 20 entries to `alerts`, one every 2 s (`--quick`:
 //!   2,000 and 5): each timed from its append to the moment the core can read it.
-//! - `backlog_goodput_ratio`: `backlog` payload bits the core stored per second while
-//!   the urgent entries crossed, over the link's rate (as `catch-up` computes goodput).
+//! - `backlog_goodput_ratio`: `backlog` payload bits the core stored per second over
+//!   the probes' span (20 × 2 s from the first urgent append), over the link's rate (as
+//!   `catch-up` computes goodput).
 //! - Then the same with `alerts` of the normal class (`urgent_as_normal_*`): what an
 //!   urgent entry waited before classes.
 
@@ -448,10 +449,19 @@ async fn run_tactical(
     impaired::fill(edge, &backlog, backlog_n, 17).await?;
     // The backlog streams: its window is full once its first entries arrive.
     wait_for_count(core, &backlog, 2, PATIENCE).await?;
-    let (started, stored_before) = (Instant::now(), impaired::held(core, &backlog));
-    let latencies = probes(edge, core, &alerts, urgent_n, every).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let backlog_stored = impaired::held(core, &backlog) - stored_before;
+    // The backlog's goodput over a fixed window (the probes' own span), so that both
+    // runs measure the same stretch of the transfer whenever their probes arrive.
+    let stored_before = impaired::held(core, &backlog);
+    let window = every * urgent_n as u32;
+    let stored_then = async {
+        tokio::time::sleep(window).await;
+        impaired::held(core, &backlog)
+    };
+    let (latencies, stored_then) =
+        tokio::join!(probes(edge, core, &alerts, urgent_n, every), stored_then);
+    let latencies = latencies?;
+    let seconds = window.as_secs_f64();
+    let backlog_stored = stored_then - stored_before;
     if impaired::held(core, &backlog) > backlog_n as u64 {
         return Err("the backlog drained before the urgent entries were all across".into());
     }

@@ -77,8 +77,9 @@ pub enum Frame {
     },
     /// 2: entries of one topic.
     Batch(Batch),
-    /// 3: the sender cannot send `origin`'s entries of `topic` up to `through`: they
-    /// were lost (recorded as a gap); the receiver accounts for them and goes on.
+    /// 3: the sender will not send `origin`'s entries of `topic` up to `through`: they
+    /// were lost to its disk budget (recorded there as a gap), or superseded in a
+    /// latest-value topic; the receiver accounts for them and goes on.
     Skip {
         /// The topic.
         topic: TopicName,

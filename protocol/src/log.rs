@@ -327,14 +327,32 @@ struct TopicView {
 /// no longer conflated. Each costs its key, its origin's name and an offset.
 pub const LATEST_KEYS: usize = 65_536;
 
+/// Most bytes of keys and origins' names a latest-value topic's index holds (keys may
+/// be long): past it, the topic is no longer conflated.
+pub const LATEST_KEY_BYTES: usize = 8 << 20;
+
+/// Most entry bytes one read of a latest-value topic's index takes in.
+pub const INDEX_READ_BYTES: u64 = 4 << 20;
+
 /// A latest-value topic's index: the offset of the latest entry per origin and key.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Latest {
     by_key: HashMap<(NodeName, Vec<u8>), u64>,
+    /// The bytes of the keys and origins' names in `by_key`.
+    key_bytes: usize,
     /// Entries below this offset are indexed.
     indexed: u64,
     /// Too many keys: the index is dropped and nothing is superseded.
     overflowed: bool,
+}
+
+impl Latest {
+    fn add(&mut self, origin: NodeName, key: Vec<u8>, offset: u64) {
+        let bytes = origin.as_str().len() + key.len();
+        if self.by_key.insert((origin, key), offset).is_none() {
+            self.key_bytes += bytes;
+        }
+    }
 }
 
 /// What wakes one link's sender ([`Store::sender_wakes`]).
@@ -588,42 +606,55 @@ impl Store {
     /// one node, never are, nor supersede). This is what a latest-value topic's senders
     /// pass over. The topic's index of the latest entry per origin and key is built on
     /// the first call and kept up to date by each call (reading the entries appended
-    /// since), once for all readers; past [`LATEST_KEYS`] keys the topic is no longer
-    /// conflated (every record reads as not superseded), with a warning.
+    /// since, in reads of at most [`INDEX_READ_BYTES`], the index's lock let go between
+    /// them), once for all readers. Past [`LATEST_KEYS`] keys, or [`LATEST_KEY_BYTES`] of
+    /// them, the topic is no longer conflated (every record reads as not superseded),
+    /// with a warning.
     pub fn superseded(
         &self,
         topic: &TopicName,
         records: &[Record],
     ) -> Result<Vec<bool>, ReadError> {
         let view = self.view(topic)?;
-        let info = view.info();
-        let mut guard = view.latest.lock().unwrap_or_else(|p| p.into_inner());
-        let latest = guard.get_or_insert_with(|| Latest {
-            by_key: HashMap::new(),
-            indexed: info.first.0,
-            overflowed: false,
-        });
-        latest.indexed = latest.indexed.max(info.first.0);
-        while !latest.overflowed && latest.indexed < info.next.0 {
-            let read = self.read_within(topic, Offset(latest.indexed), 4096, u64::MAX)?;
-            let Some(last) = read.last() else { break };
-            latest.indexed = last.offset.0 + 1;
+        let lock = || view.latest.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let info = view.info();
+            let from = {
+                let mut guard = lock();
+                let latest = guard.get_or_insert_with(Latest::default);
+                latest.indexed = latest.indexed.max(info.first.0);
+                if latest.overflowed || latest.indexed >= info.next.0 {
+                    break;
+                }
+                latest.indexed
+            };
+            let read = self.read_within(topic, Offset(from), 4096, INDEX_READ_BYTES)?;
+            let Some(last) = read.last().map(|r| r.offset.0) else {
+                break;
+            };
+            let mut guard = lock();
+            let latest = guard.get_or_insert_with(Latest::default);
+            if latest.indexed != from {
+                continue; // another reader indexed these meanwhile
+            }
+            latest.indexed = last + 1;
             for r in read {
                 if let (None, Some(key)) = (&r.entry.to, r.entry.key) {
-                    latest.by_key.insert((r.entry.id.origin, key), r.offset.0);
+                    latest.add(r.entry.id.origin, key, r.offset.0);
                 }
             }
-            if latest.by_key.len() > LATEST_KEYS {
+            if latest.by_key.len() > LATEST_KEYS || latest.key_bytes > LATEST_KEY_BYTES {
                 latest.overflowed = true;
                 latest.by_key = HashMap::new();
-                tracing::warn!(%topic, keys = LATEST_KEYS, "a latest-value topic holds more keys than its index keeps: it is no longer conflated (every entry crosses)");
+                tracing::warn!(%topic, keys = LATEST_KEYS, key_bytes = LATEST_KEY_BYTES, "a latest-value topic holds more keys than its index keeps: it is no longer conflated (every entry crosses)");
             }
         }
+        let guard = lock();
+        let by_key = guard.as_ref().map(|l| &l.by_key);
         Ok(records
             .iter()
-            .map(|r| match (&r.entry.to, &r.entry.key) {
-                (None, Some(key)) => latest
-                    .by_key
+            .map(|r| match (&r.entry.to, &r.entry.key, by_key) {
+                (None, Some(key), Some(by_key)) => by_key
                     .get(&(r.entry.id.origin.clone(), key.clone()))
                     .is_some_and(|&at| at > r.offset.0),
                 _ => false,

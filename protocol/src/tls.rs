@@ -29,7 +29,8 @@
 //!
 //! TLS 1.3 only; no 0-RTT (replayable, and it saves one round trip per reconnect at best).
 //! Links resume sessions (TLS 1.3 tickets, kept in memory by both ends: the core keeps
-//! [`RESUMED_SESSIONS`], one use each, for at most a day): a returning edge's handshake
+//! [`RESUMED_SESSIONS`], one use each, for at most [`SESSION_LIFETIME`], a day): a
+//! returning edge's handshake
 //! carries no certificates, ~1 KB each way, seconds on an HF radio. A resumed handshake
 //! presents the certificates of the session's first one, and [`accept`] checks them as
 //! it checks a full handshake's: its name against the edges allowed, its serial against
@@ -617,7 +618,7 @@ pub fn server_config_enrolling(
     };
     // Session resumption (see the module doc): one ticket per connection, single use,
     // kept in memory; never 0-RTT data.
-    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMED_SESSIONS);
+    tls.session_storage = Arc::new(DaySessions::new());
     tls.send_tls13_tickets = 1;
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
@@ -682,6 +683,50 @@ fn quic_client(
     Ok(config)
 }
 
+/// The core's resumable sessions: [`RESUMED_SESSIONS`] at most, each used once and for
+/// at most [`SESSION_LIFETIME`] from its ticket's issue (rustls's cache bounds their
+/// number only; the time of each is kept in front of its value here).
+#[derive(Debug)]
+struct DaySessions(Arc<rustls::server::ServerSessionMemoryCache>);
+
+/// How long a session ticket the core issued may be resumed.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+impl DaySessions {
+    fn new() -> Self {
+        DaySessions(rustls::server::ServerSessionMemoryCache::new(
+            RESUMED_SESSIONS,
+        ))
+    }
+
+    /// The value stored under a ticket, if it was issued less than a lifetime ago.
+    fn fresh(stored: Vec<u8>) -> Option<Vec<u8>> {
+        let (issued, value) = stored.split_first_chunk::<8>()?;
+        let age = millis(SystemTime::now()).saturating_sub(u64::from_be_bytes(*issued));
+        (u128::from(age) < SESSION_LIFETIME.as_millis()).then(|| value.to_vec())
+    }
+}
+
+impl rustls::server::StoresServerSessions for DaySessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut stored = millis(SystemTime::now()).to_be_bytes().to_vec();
+        stored.extend_from_slice(&value);
+        self.0.put(key, stored)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(key).and_then(Self::fresh)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.take(key).and_then(Self::fresh)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
 /// An edge's resumable sessions, bound to the certificate it presents: once its files
 /// are renewed (checked at each dial, before the hello), the old certificate's tickets
 /// are dropped, so that the next handshake is a full one and the core sees the new
@@ -702,10 +747,14 @@ impl SessionsOf {
         }
     }
 
-    /// The tickets of the certificate in use now (its files looked at first).
-    fn current(&self) -> Arc<rustls::client::ClientSessionMemoryCache> {
-        // A failed reload keeps the previous certificate, and is logged there.
-        let _ = self.credentials.refresh();
+    /// The tickets of the certificate in use now; `refresh`: its files looked at first
+    /// (before a hello; not when a ticket arrives, which belongs to the certificate the
+    /// handshake presented, the one in use before any reload).
+    fn current(&self, refresh: bool) -> Arc<rustls::client::ClientSessionMemoryCache> {
+        if refresh {
+            // A failed reload keeps the previous certificate, and is logged there.
+            let _ = self.credentials.refresh();
+        }
         let serial = self.credentials.certificate().serial;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if held.0 != serial {
@@ -726,11 +775,11 @@ impl std::fmt::Debug for SessionsOf {
 
 impl rustls::client::ClientSessionStore for SessionsOf {
     fn set_kx_hint(&self, server: ServerName<'static>, group: rustls::NamedGroup) {
-        self.current().set_kx_hint(server, group);
+        self.current(false).set_kx_hint(server, group);
     }
 
     fn kx_hint(&self, server: &ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.current().kx_hint(server)
+        self.current(false).kx_hint(server)
     }
 
     fn set_tls12_session(
@@ -752,14 +801,14 @@ impl rustls::client::ClientSessionStore for SessionsOf {
         server: ServerName<'static>,
         value: rustls::client::Tls13ClientSessionValue,
     ) {
-        self.current().insert_tls13_ticket(server, value);
+        self.current(false).insert_tls13_ticket(server, value);
     }
 
     fn take_tls13_ticket(
         &self,
         server: &ServerName<'static>,
     ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.current().take_tls13_ticket(server)
+        self.current(true).take_tls13_ticket(server)
     }
 }
 
@@ -1057,6 +1106,22 @@ async fn accept_inner<A: Admit + ?Sized>(
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
+    // A full handshake checked the certificate's validity; a resumed one did not (its
+    // certificates are the session's first handshake's, whatever ALPN it was resumed
+    // with): check any certificate presented here, before enrollment (a renewal) or a
+    // link is served.
+    if let Ok(certificate) = peer_certificate(&connection)
+        && certificate.not_after <= SystemTime::now()
+    {
+        let who = peer_name(&connection).map_or_else(|_| "?".to_owned(), |n| n.to_string());
+        let reason = format!(
+            "the certificate of edge {who} (serial {}) has expired: renew it",
+            certificate.serial
+        );
+        CloseCode::NotAllowed.close(&connection, &reason);
+        let source = TlsError::PeerCertificate { reason };
+        return Err(HandshakeError::Identity { peer, source });
+    }
     if alpn.as_deref() == Some(ENROLL_ALPN) {
         return Ok(Accepted::Enroll(connection));
     }
@@ -1071,17 +1136,6 @@ async fn accept_inner<A: Admit + ?Sized>(
             return Err(HandshakeError::Identity { peer, source });
         }
     };
-    // A full handshake checked the certificate's validity; a resumed one did not (its
-    // certificates are the session's first handshake's): check it here for both.
-    if certificate.not_after <= SystemTime::now() {
-        let reason = format!(
-            "the certificate of edge {name} (serial {}) has expired: renew it",
-            certificate.serial
-        );
-        CloseCode::NotAllowed.close(&connection, &reason);
-        let source = TlsError::PeerCertificate { reason };
-        return Err(HandshakeError::Identity { peer, source });
-    }
     match admit.admit(&name, &certificate) {
         Ok(()) => Ok(Accepted::Link(Peer {
             connection,

@@ -492,7 +492,7 @@ fn take_run(
             if !run.is_empty() {
                 txn.insert(topic, std::mem::take(&mut run));
             }
-            tracing::warn!(%topic, %origin, from = *held + 1, to = seq - 1, "backbone: entries that will never come are recorded as a gap");
+            tracing::warn!(%topic, %origin, from = *held + 1, to = seq - 1, "backbone: entries that will never come are skipped (lost to a disk budget, or superseded in a latest-value topic)");
             txn.skip(topic, origin, Seq(seq - 1));
         }
         *held = seq;

@@ -115,8 +115,9 @@ impl Txn {
         self
     }
 
-    /// Accounts for sequences of `origin` up to `through` that will never arrive, because
-    /// a peer lost them (its disk budget forced retention and it recorded a gap).
+    /// Accounts for sequences of `origin` up to `through` that will never arrive: a peer
+    /// lost them (its disk budget forced retention and it recorded a gap), or they were
+    /// superseded in a latest-value topic.
     pub fn skip(&mut self, topic: &TopicName, origin: &NodeName, through: Seq) -> &mut Self {
         let (topic, origin) = (topic.clone(), origin.clone());
         self.ops.push(Op::Skip {

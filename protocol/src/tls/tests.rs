@@ -865,3 +865,23 @@ async fn an_edge_whose_certificate_expired_is_refused_on_its_ticket() {
     let err = second.unwrap_err().to_string();
     check_contains(&err, &["certificate of edge alpha", "has expired"]);
 }
+
+#[test]
+fn the_core_resumes_a_session_for_a_day_at_most() {
+    use rustls::server::StoresServerSessions;
+    let sessions = DaySessions::new();
+    assert!(sessions.put(b"ticket".to_vec(), b"session".to_vec()));
+    assert_eq!(sessions.get(b"ticket"), Some(b"session".to_vec()));
+    assert_eq!(sessions.take(b"ticket"), Some(b"session".to_vec()));
+    assert_eq!(sessions.take(b"ticket"), None, "a ticket is used once");
+    let stored = |age: Duration| {
+        let issued = millis(SystemTime::now() - age);
+        let mut v = issued.to_be_bytes().to_vec();
+        v.extend_from_slice(b"session");
+        v
+    };
+    let hour = Duration::from_secs(3600);
+    assert_eq!(DaySessions::fresh(stored(hour)), Some(b"session".to_vec()));
+    assert_eq!(DaySessions::fresh(stored(SESSION_LIFETIME + hour)), None);
+    assert_eq!(DaySessions::fresh(b"short".to_vec()), None);
+}

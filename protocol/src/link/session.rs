@@ -559,8 +559,8 @@ async fn sleep_until_some(at: Option<Instant>) {
 /// priority class from a peer of version 6 or later (accepted as the peer opens them),
 /// each read and committed on its own ([`receive_stream`]) so that an urgent entry never
 /// waits behind a normal one's commit; they share the intake (the trust rule, the relay
-/// quota) and the read-ahead budget ([`super::SessionSettings::queue_bytes`], split
-/// evenly between the streams).
+/// quota) and the read-ahead budget ([`super::SessionSettings::queue_bytes`]: a stream
+/// waits for room only while the others' entries are not yet committed).
 async fn receive_loop(
     local: &Local,
     conn: &quinn::Connection,
@@ -573,7 +573,8 @@ async fn receive_loop(
         true => Priority::ALL.len(),
         false => 1,
     };
-    let budget = (local.settings.queue_bytes / streams).max(1);
+    let budget = local.settings.queue_bytes.max(1);
+    let room = Arc::new(Semaphore::new(budget));
     let intake = Arc::new(Mutex::new(intake));
     let mut receiving: JoinSet<Result<Never, LinkError>> = JoinSet::new();
     loop {
@@ -581,9 +582,9 @@ async fn receive_loop(
             accepted = conn.accept_uni(), if receiving.len() < streams => {
                 let recv = accepted?;
                 let (local, link) = (local.clone(), link.clone());
-                let (intake, control) = (intake.clone(), control.clone());
+                let (intake, control, room) = (intake.clone(), control.clone(), room.clone());
                 receiving.spawn(async move {
-                    receive_stream(&local, &link, recv, &intake, &control, budget).await
+                    receive_stream(&local, &link, recv, &intake, &control, (room, budget)).await
                 });
             }
             Some(ended) = receiving.join_next() => {
@@ -601,8 +602,8 @@ async fn receive_loop(
 /// acknowledges with `Have` when the intake says so.
 ///
 /// What the peer can make this side hold is bounded: the read-ahead queue by the bytes
-/// of the entries in it (`budget`), each frame by [`wire::MAX_FRAME`] and what it
-/// decodes into (`wire`'s limits). Every frame passes the intake (routes, the trust
+/// of the entries in it (`room`, of `budget` permits, shared by the peer's streams),
+/// each frame by [`wire::MAX_FRAME`] and what it decodes into (`wire`'s limits). Every frame passes the intake (routes, the trust
 /// rule) before it joins a transaction; a refusal ends the session with nothing of that
 /// transaction stored. At the core, entries that are relayed to other edges pass the
 /// edge's relay quota first.
@@ -612,12 +613,11 @@ async fn receive_stream(
     mut recv: quinn::RecvStream,
     intake: &Mutex<Intake>,
     control: &mpsc::Sender<Frame>,
-    budget: usize,
+    (room, budget): (Arc<Semaphore>, usize),
 ) -> Result<Never, LinkError> {
     let store = &local.store;
     let peer = link.peer().clone();
     let intake = || intake.lock().unwrap_or_else(|p| p.into_inner());
-    let room = Arc::new(Semaphore::new(budget));
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<(Frame, OwnedSemaphorePermit)>();
     let read = async {
         let mut inflate = Inflate::new().map_err(|e| LinkError::Store(e.to_string()))?;

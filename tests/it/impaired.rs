@@ -75,6 +75,19 @@ async fn append_range(store: &Store, t: &str, from: u64, to: u64) {
     }
 }
 
+/// Appends `n` random 256-byte entries to `t` at `store` in one transaction (random, so
+/// that compression does not shrink them), from the seed `seed`.
+async fn append_random(store: &Store, t: &TopicName, n: u64, seed: u64) {
+    let mut txn = protocol::log::Txn::new();
+    let mut rng = tests::Rng::new(seed);
+    for _ in 0..n {
+        let mut payload = vec![0; 256];
+        rng.fill(&mut payload);
+        txn.append(t, Append::new(payload));
+    }
+    store.commit(txn).await.unwrap();
+}
+
 /// Checks that `t` at `store` holds exactly the series `"<origin> 0"` to
 /// `"<origin> <n-1>"` of each origin in `expect`, each entry once, each origin in order,
 /// and nothing else.
@@ -335,15 +348,7 @@ async fn a_new_entry_does_not_wait_behind_the_backlog() {
     // 64 kbit/s link at best.
     const BACKLOG: u64 = 400;
     relay.down();
-    let mut txn = protocol::log::Txn::new();
-    let mut rng = tests::Rng::new(4);
-    for _ in 0..BACKLOG {
-        // Random, so that compression does not shrink the backlog.
-        let mut payload = vec![0; 256];
-        rng.fill(&mut payload);
-        txn.append(&t, Append::new(payload));
-    }
-    alpha.commit(txn).await.unwrap();
+    append_random(alpha, &t, BACKLOG, 4).await;
     // The outage itself: two seconds, well under the idle timeout (what is measured is
     // what crosses after it, not how the link noticed it).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -444,30 +449,17 @@ async fn an_urgent_entry_overtakes_a_normal_backlog_sent_before_it() {
         ..SessionSettings::default()
     };
     let topics = [(TOPIC, Scope::All), ("alerts", Scope::All)];
-    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, at_core)
+    let at_edge = SessionSettings::default();
+    let (cluster, _relay) = Cluster::start_pair("alpha", &topics, at_core, at_edge, Some(profile))
         .await
         .unwrap();
-    let relay = Link::start(cluster.core_addr(), profile).unwrap();
-    let transport = tls::transport_config(Timeouts::default());
-    let edge = cluster
-        .start_edge_as("alpha", relay.addr(), transport, SessionSettings::default())
-        .await
-        .unwrap();
-    cluster.add(edge);
     up(&cluster, "tactical").await;
     let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
     let (backlog, alerts) = (topic(TOPIC), topic("alerts"));
 
     // ~400 kB of random entries: 50 s on this link, far more than the window lets out.
     const BACKLOG: u64 = 1500;
-    let mut txn = protocol::log::Txn::new();
-    let mut rng = tests::Rng::new(9);
-    for _ in 0..BACKLOG {
-        let mut payload = vec![0; 256];
-        rng.fill(&mut payload);
-        txn.append(&backlog, Append::new(payload));
-    }
-    alpha.commit(txn).await.unwrap();
+    append_random(alpha, &backlog, BACKLOG, 9).await;
 
     // Wait until the sender has handed QUIC well more of the backlog than the link can
     // hold on its way (its queue and its round trip: ~18 kB, ~70 entries).

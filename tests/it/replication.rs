@@ -425,19 +425,13 @@ async fn an_edge_of_the_previous_version_replicates_with_the_new_core() {
         ..SessionSettings::default()
     };
     let topics = [("broadcast", Scope::All), ("alerts", Scope::All)];
-    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, settings.clone())
-        .await
-        .unwrap();
     let old = SessionSettings {
         version: protocol::wire::PREVIOUS_VERSION,
-        ..settings
+        ..settings.clone()
     };
-    let transport = protocol::tls::transport_config(protocol::tls::Timeouts::default());
-    let edge = cluster
-        .start_edge_as("alpha", cluster.core_addr(), transport, old)
+    let (cluster, _) = Cluster::start_pair("alpha", &topics, settings, old, None)
         .await
         .unwrap();
-    cluster.add(edge);
     let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
     append_n(alpha, "broadcast", 20, None).await;
     append_n(hq, "broadcast", 20, None).await;
@@ -469,19 +463,13 @@ async fn a_latest_value_topic_sends_only_the_latest_entry_per_key_of_what_waits(
         ..SessionSettings::default()
     };
     let topics = [("positions", Scope::All)];
-    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, settings.clone())
-        .await
-        .unwrap();
     let at_edge = SessionSettings {
         latest_value: Vec::new(),
-        ..settings
+        ..settings.clone()
     };
-    let transport = protocol::tls::transport_config(protocol::tls::Timeouts::default());
-    let edge = cluster
-        .start_edge_as("alpha", cluster.core_addr(), transport, at_edge)
+    let (cluster, _) = Cluster::start_pair("alpha", &topics, settings, at_edge, None)
         .await
         .unwrap();
-    cluster.add(edge);
     let p = topic("positions");
     let (hq, alpha) = (&cluster.core.store, &cluster.edge("alpha").store);
     let here = cluster.edge("alpha").link("hq");

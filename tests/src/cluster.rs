@@ -263,20 +263,31 @@ impl Cluster {
         profile: Profile,
         topics: &[(&str, Scope)],
     ) -> Result<(Cluster, Link), Error> {
-        Cluster::start_through_with(n, profile, topics, SessionSettings::default()).await
+        let defaults = SessionSettings::default();
+        let (cluster, relay) =
+            Cluster::start_pair(n, topics, defaults.clone(), defaults, Some(profile)).await?;
+        Ok((cluster, relay.ok_or("no link emulator")?))
     }
 
-    /// Like [`Cluster::start_through`], with these session settings on both nodes (their
-    /// `writers`, `priorities` and `relay` go into the nodes' configs).
-    pub async fn start_through_with(
+    /// A core `hq` holding `topics` with the session settings `at_core` (their
+    /// `writers`, `priorities`, `latest_value` and `relay` in its config) and one edge
+    /// `n` with `at_edge` (its `priorities` and `latest_value` in its own), dialing the
+    /// core directly, or through a link emulator imposing `profile`; does not wait for
+    /// the link to come up.
+    pub async fn start_pair(
         n: &str,
-        profile: Profile,
         topics: &[(&str, Scope)],
-        settings: SessionSettings,
-    ) -> Result<(Cluster, Link), Error> {
-        let mut cluster = Cluster::start_with(&[], &[n], topics, settings, uncapped()).await?;
-        let relay = Link::start(cluster.core_addr(), profile)?;
-        let edge = cluster.start_edge_via(n, relay.addr()).await?;
+        at_core: SessionSettings,
+        at_edge: SessionSettings,
+        profile: Option<Profile>,
+    ) -> Result<(Cluster, Option<Link>), Error> {
+        let mut cluster = Cluster::start_with(&[], &[n], topics, at_core, uncapped()).await?;
+        let relay = profile
+            .map(|profile| Link::start(cluster.core_addr(), profile))
+            .transpose()?;
+        let addr = relay.as_ref().map_or(cluster.core_addr(), Link::addr);
+        let transport = tls::transport_config(tls::Timeouts::default());
+        let edge = cluster.start_edge_as(n, addr, transport, at_edge).await?;
         cluster.add(edge);
         Ok((cluster, relay))
     }

@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 use protocol::entry::{Append, NodeName, Scope};
 use protocol::link::SessionSettings;
 use protocol::log::Txn;
-use protocol::tls;
 use serde_json::json;
 use tests::Rng;
 use tests::cluster::{Cluster, topic, wait_for_count};
-use tests::emulator::{Link, Profile};
+use tests::emulator::Profile;
 
 use crate::round2;
 
@@ -50,16 +49,16 @@ pub(crate) async fn conflation(quick: bool) -> crate::Lines {
         ..SessionSettings::default()
     };
     let topics = [("positions", Scope::All)];
-    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, at_core)
-        .await
-        .map_err(|e| e.to_string())?;
-    let relay = Link::start(cluster.core_addr(), profile.clone()).map_err(|e| e.to_string())?;
-    let transport = tls::transport_config(tls::Timeouts::default());
-    let edge = cluster
-        .start_edge_as("alpha", relay.addr(), transport, SessionSettings::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    cluster.add(edge);
+    let (cluster, relay) = Cluster::start_pair(
+        "alpha",
+        &topics,
+        at_core,
+        SessionSettings::default(),
+        Some(profile.clone()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let relay = relay.ok_or("no link emulator")?;
     let link = cluster.edge("alpha").link("hq");
     let mut status = link.watch();
     tokio::time::timeout(PATIENCE, status.wait_for(|s| s.connected))

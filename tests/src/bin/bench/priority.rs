@@ -34,10 +34,9 @@ use protocol::entry::{Append, Offset, Priority, Scope, TopicName};
 use protocol::link::{Priorities, SessionSettings};
 use protocol::log::Store;
 use protocol::mirror::MirrorState;
-use protocol::tls;
 use serde_json::json;
 use tests::cluster::{Cluster, topic, wait_for_count};
-use tests::emulator::{Link, OneWay, Profile};
+use tests::emulator::{OneWay, Profile};
 
 use crate::mirror::{edge_mirror, linked_pair, random, settle};
 use crate::{impaired, round2};
@@ -422,16 +421,15 @@ async fn run_tactical(
         ..SessionSettings::default()
     };
     let topics = [("backlog", Scope::All), ("alerts", Scope::All)];
-    let mut cluster = Cluster::start_with_settings(&[], &["alpha"], &topics, at_core)
-        .await
-        .map_err(|e| e.to_string())?;
-    let relay = Link::start(cluster.core_addr(), profile.clone()).map_err(|e| e.to_string())?;
-    let transport = tls::transport_config(tls::Timeouts::default());
-    let edge = cluster
-        .start_edge_as("alpha", relay.addr(), transport, SessionSettings::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    cluster.add(edge);
+    let (cluster, relay) = Cluster::start_pair(
+        "alpha",
+        &topics,
+        at_core,
+        SessionSettings::default(),
+        Some(profile.clone()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let mut up = cluster.edge("alpha").link("hq").watch();
     tokio::time::timeout(PATIENCE, up.wait_for(|s| s.connected))
         .await

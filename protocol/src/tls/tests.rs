@@ -637,9 +637,10 @@ fn a_certificate_reads_its_serial_key_and_expiry() {
     );
 }
 
-#[tokio::test]
-async fn renewed_files_are_served_to_the_next_handshake_without_a_restart() {
-    let dir = TempDir::new("tls-renew");
+/// A mission's CA and the core `hq`'s files in a new directory named `label`, and
+/// credentials that reload from them.
+fn watched_core(label: &str) -> (TempDir, Ca, Credentials) {
+    let dir = TempDir::new(label);
     let (ca, _) = mission();
     ca.issue(&name("hq"), Role::Core)
         .unwrap()
@@ -647,6 +648,24 @@ async fn renewed_files_are_served_to_the_next_handshake_without_a_restart() {
         .unwrap();
     let hq = NodeIdentity::load(dir.path(), &name("hq"), Role::Core).unwrap();
     let credentials = Credentials::watch(&hq, dir.path()).unwrap();
+    (dir, ca, credentials)
+}
+
+/// Replaces the core's files in `dir` with a new certificate and key, as cert-manager
+/// does.
+fn renew_core(dir: &TempDir, ca: &Ca) {
+    for file in ["hq.pem", "hq.key"] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    ca.issue(&name("hq"), Role::Core)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+}
+
+#[tokio::test]
+async fn renewed_files_are_served_to_the_next_handshake_without_a_restart() {
+    let (dir, ca, credentials) = watched_core("tls-renew");
     let server = server_endpoint_with(localhost(), &credentials, transport()).unwrap();
     let addr = server.local_addr().unwrap();
     let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
@@ -667,13 +686,7 @@ async fn renewed_files_are_served_to_the_next_handshake_without_a_restart() {
     assert_eq!(first, credentials.certificate());
 
     // Renewed on disk: the next handshake presents the new certificate.
-    for file in ["hq.pem", "hq.key"] {
-        std::fs::remove_file(dir.path().join(file)).unwrap();
-    }
-    ca.issue(&name("hq"), Role::Core)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
+    renew_core(&dir, &ca);
     let second = served().await;
     assert_ne!(second.serial, first.serial);
     assert_eq!(second, credentials.certificate());
@@ -787,14 +800,7 @@ async fn handshake_with(
 
 #[tokio::test]
 async fn a_returning_edge_resumes_its_session_and_a_revoked_one_is_still_refused() {
-    let dir = TempDir::new("tls-resume");
-    let (ca, _) = mission();
-    ca.issue(&name("hq"), Role::Core)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    let hq = NodeIdentity::load(dir.path(), &name("hq"), Role::Core).unwrap();
-    let credentials = Credentials::watch(&hq, dir.path()).unwrap();
+    let (dir, ca, credentials) = watched_core("tls-resume");
     let server = server_endpoint_with(localhost(), &credentials, transport()).unwrap();
     let alpha = ca.issue(&name("alpha"), Role::Edge).unwrap();
     let alpha_key = CertificateInfo::read(&alpha.chain()[0]).unwrap().key_sha256;
@@ -805,13 +811,7 @@ async fn a_returning_edge_resumes_its_session_and_a_revoked_one_is_still_refused
     let first = first.unwrap();
     CloseCode::Replaced.close(&first.connection, "reconnecting");
     // The core's certificate is renewed: a full handshake would present the new one.
-    for file in ["hq.pem", "hq.key"] {
-        std::fs::remove_file(dir.path().join(file)).unwrap();
-    }
-    ca.issue(&name("hq"), Role::Core)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
+    renew_core(&dir, &ca);
     let (second, seen_second) = handshake_with(&server, &edge, &allowed).await;
     let second = second.unwrap();
     assert_ne!(

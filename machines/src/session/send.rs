@@ -32,6 +32,9 @@ pub struct Session {
     told_paused: bool,
     /// Each outgoing topic's priority class, in the order of `routes.out`.
     classes: Vec<Priority>,
+    /// Per class (in [`Priority::ALL`]'s order), its outgoing topics (indices into
+    /// `routes.out`).
+    by_class: [Vec<usize>; 3],
     /// The outgoing latest-value topics.
     latest_value: Vec<TopicName>,
     /// Per class (in [`Priority::ALL`]'s order), which of its topics goes first in the
@@ -126,8 +129,6 @@ pub struct Measure {
 pub struct Round {
     /// The class it sends (`None`: every class, most urgent first, on one stream).
     class: Option<Priority>,
-    /// The outgoing topics it looks at (indices into the routes), in order.
-    order: Vec<usize>,
     /// Neither side is paused: the round counts as a turn.
     started: bool,
     /// More may be read in this round.
@@ -192,6 +193,14 @@ impl Session {
             .iter()
             .map(|t| settings.priorities.of(t))
             .collect();
+        let mut by_class: [Vec<usize>; 3] = Default::default();
+        for (i, t) in routes.out.iter().enumerate() {
+            let k = Priority::ALL
+                .iter()
+                .position(|c| *c == settings.priorities.of(t))
+                .unwrap_or(1);
+            by_class[k].push(i);
+        }
         let latest_value = (routes.out.iter())
             .filter(|t| settings.latest_value.contains(t))
             .cloned()
@@ -202,6 +211,7 @@ impl Session {
             peer,
             routes,
             classes,
+            by_class,
             paused_by_peer: false,
             told_paused: false,
             turns: [0; 3],
@@ -355,7 +365,6 @@ impl Session {
     ) -> Round {
         let mut round = Round {
             class,
-            order: Vec::new(),
             started: false,
             active: false,
             window: 0,
@@ -378,19 +387,6 @@ impl Session {
         round.active = true;
         round.window = cwnd.saturating_mul(4).max(MIN_IN_FLIGHT_BYTES);
         round.piece = (cwnd / 2).max(timely).clamp(MIN_WRITE_BYTES, most);
-        for (k, c) in Priority::ALL.into_iter().enumerate() {
-            if class.is_some_and(|only| only != c) {
-                continue;
-            }
-            let of_class: Vec<usize> = (0..self.classes.len())
-                .filter(|&i| self.classes[i] == c)
-                .collect();
-            let n = of_class.len().max(1);
-            let first = self.turns[k] % n;
-            round
-                .order
-                .extend(of_class[first..].iter().chain(&of_class[..first]));
-        }
         let counted = |i: usize| class.is_none_or(|only| self.classes[i] <= only);
         round.unacknowledged = (0..self.routes.out.len())
             .filter(|&i| counted(i))
@@ -403,7 +399,7 @@ impl Session {
     /// What to read next in `round`, `compressed` being the bytes its piece holds so far;
     /// `None`: the round is over (every topic looked at, or the window or the piece full).
     pub fn next_read(&self, round: &mut Round, compressed: usize) -> Option<Read> {
-        let n = round.order.len();
+        let n: usize = self.groups(round.class).map(|(_, g)| g.len()).sum();
         if !round.active {
             return None;
         }
@@ -418,7 +414,10 @@ impl Session {
                 round.active = false;
                 return None;
             }
-            let topic = &self.routes.out[round.order[round.looked]];
+            let Some(i) = self.nth(round.class, round.looked) else {
+                break;
+            };
+            let topic = &self.routes.out[i];
             round.looked += 1;
             let Some(out) = self.outbound.get(topic) else {
                 continue;
@@ -474,6 +473,26 @@ impl Session {
             Some(out) => out.plan(records, superseded),
             None => Vec::new(),
         }
+    }
+
+    /// The class groups a round of `class` looks at (`None`: all, most urgent first),
+    /// with each group's index in [`Priority::ALL`].
+    fn groups(&self, class: Option<Priority>) -> impl Iterator<Item = (usize, &Vec<usize>)> {
+        (Priority::ALL.into_iter().zip(&self.by_class).enumerate())
+            .filter(move |(_, (c, _))| class.is_none_or(|only| only == *c))
+            .map(|(k, (_, group))| (k, group))
+    }
+
+    /// The `k`th topic a round of `class` looks at (an index into `routes.out`): each
+    /// group in turn, each starting at its turn.
+    fn nth(&self, class: Option<Priority>, mut k: usize) -> Option<usize> {
+        for (g, group) in self.groups(class) {
+            if k < group.len() {
+                return Some(group[(self.turns[g] + k) % group.len()]);
+            }
+            k -= group.len();
+        }
+        None
     }
 
     /// Ends `round`; returns whether it planned anything (then the driver flushes the
